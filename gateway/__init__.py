@@ -1,0 +1,1 @@
+"""Process assembly: settings, the aiohttp app, CLI, admin API, middleware, embedded engines."""

@@ -1,0 +1,267 @@
+"""Admin route declarations: one decorator gives the aiohttp route, its body validation, its
+permission check and its OpenAPI entry, so the document cannot drift from the router.
+
+    routes = ApiRoutes(tag="customers")
+
+    @routes.post("/api/v1/customers", body=CustomerIn, permission="customers:write",
+                 status=201, summary="Register a customer", response=CustomerOut)
+    async def create_customer(request: web.Request, body: CustomerIn) -> web.StreamResponse: ...
+
+A body that is not JSON is 400 `INVALID_JSON`; JSON that fails the model is 422
+`VALIDATION_ERROR` with one entry per problem in `details.errors`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from aiohttp import web
+from pydantic import BaseModel, ValidationError
+
+from core.errors import CoreError, Forbidden, TokenInvalid, ValidationFailed
+from core.identity import Principal
+from gateway.keys import PRINCIPAL_KEY, TOKENS
+
+Handler = Callable[..., Awaitable[web.StreamResponse]]
+B = TypeVar("B", bound=BaseModel)
+
+
+class HttpError(CoreError):
+    """An error that only exists at the HTTP layer (bad JSON, wrong content type)."""
+
+    def __init__(self, status: int, code: str, message: str, **details: Any) -> None:
+        super().__init__(message, code=code, **details)
+        self.status = status
+
+
+@dataclass(frozen=True)
+class RouteSpec:
+    method: str
+    path: str
+    handler: Handler
+    summary: str
+    tag: str
+    permission: str | None
+    public: bool
+    body: type[BaseModel] | None
+    response: type[BaseModel] | None
+    status: int
+    query: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass
+class ApiRoutes:
+    """A group of admin routes (one module per resource)."""
+
+    tag: str
+    specs: list[RouteSpec] = field(default_factory=list)
+
+    def route(
+        self,
+        method: str,
+        path: str,
+        *,
+        summary: str,
+        permission: str | None = None,
+        public: bool = False,
+        body: type[BaseModel] | None = None,
+        response: type[BaseModel] | None = None,
+        status: int = 200,
+        query: tuple[tuple[str, str], ...] = (),
+    ) -> Callable[[Handler], Handler]:
+        # Not public and no permission: any authenticated admin (e.g. logout, who-am-I).
+        def register(handler: Handler) -> Handler:
+            self.specs.append(
+                RouteSpec(
+                    method,
+                    path,
+                    handler,
+                    summary,
+                    self.tag,
+                    permission,
+                    public,
+                    body,
+                    response,
+                    status,
+                    query,
+                )
+            )
+            return handler
+
+        return register
+
+    def get(self, path: str, **kw: Any) -> Callable[[Handler], Handler]:
+        return self.route("GET", path, **kw)
+
+    def post(self, path: str, **kw: Any) -> Callable[[Handler], Handler]:
+        return self.route("POST", path, **kw)
+
+    def put(self, path: str, **kw: Any) -> Callable[[Handler], Handler]:
+        return self.route("PUT", path, **kw)
+
+    def delete(self, path: str, **kw: Any) -> Callable[[Handler], Handler]:
+        return self.route("DELETE", path, **kw)
+
+
+async def read_json(request: web.Request) -> Any:
+    ctype = request.content_type
+    if ctype != "application/json" and not ctype.endswith("+json"):
+        raise HttpError(400, "INVALID_CONTENT_TYPE", "The body must be JSON (application/json)")
+    raw = await request.read()
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise HttpError(400, "INVALID_JSON", "The body is not valid JSON") from None
+
+
+def validate(model: type[B], data: Any) -> B:
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        errors = [
+            {
+                "field": ".".join(str(p) for p in err["loc"]) or "body",
+                "problem": err["msg"],
+            }
+            for err in exc.errors(include_url=False, include_input=False)
+        ]
+        raise ValidationFailed("The request is not valid", errors=errors) from None
+
+
+def bearer_token(request: web.Request) -> str:
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise TokenInvalid("A Bearer token is required", code="UNAUTHORIZED")
+    return token.strip()
+
+
+async def authorise(request: web.Request, permission: str | None) -> Principal:
+    principal = await request.app[TOKENS].verify_access(bearer_token(request))
+    if permission is not None and not principal.may(permission):
+        raise Forbidden(f"This needs the {permission!r} permission", permission=permission)
+    request[PRINCIPAL_KEY] = principal
+    return principal
+
+
+def _wrap(spec: RouteSpec) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    async def handler(request: web.Request) -> web.StreamResponse:
+        if not spec.public:
+            await authorise(request, spec.permission)
+        if spec.body is not None:
+            return await spec.handler(request, validate(spec.body, await read_json(request)))
+        return await spec.handler(request)
+
+    handler.__name__ = spec.handler.__name__
+    handler.__doc__ = spec.handler.__doc__
+    return handler
+
+
+def add_routes(app: web.Application, groups: list[ApiRoutes]) -> list[RouteSpec]:
+    specs = [spec for group in groups for spec in group.specs]
+    for spec in specs:
+        app.router.add_route(spec.method, spec.path, _wrap(spec))
+    return specs
+
+
+def json_response(data: Any, status: int = 200) -> web.Response:
+    return web.json_response(data, status=status, dumps=lambda o: json.dumps(o, default=str))
+
+
+# --- OpenAPI -----------------------------------------------------------------------------------
+
+_ERROR_SCHEMA = {
+    "type": "object",
+    "required": ["status_code", "error_code", "message", "details"],
+    "properties": {
+        "status_code": {"type": "integer"},
+        "error_code": {"type": "string"},
+        "message": {"type": "string"},
+        "details": {"type": "object"},
+    },
+}
+
+
+def _path_params(path: str) -> list[dict[str, Any]]:
+    params = []
+    for part in path.split("/"):
+        if part.startswith("{") and part.endswith("}"):
+            name = part[1:-1].split(":")[0]
+            params.append(
+                {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+            )
+    return params
+
+
+def openapi_document(specs: list[RouteSpec], version: str) -> dict[str, Any]:
+    schemas: dict[str, Any] = {"Error": _ERROR_SCHEMA}
+    paths: dict[str, Any] = {}
+    for spec in specs:
+        op: dict[str, Any] = {
+            "summary": spec.summary,
+            "tags": [spec.tag],
+            "operationId": f"{spec.method.lower()}_{spec.handler.__name__}",
+            "parameters": _path_params(spec.path)
+            + [
+                {
+                    "name": n,
+                    "in": "query",
+                    "required": False,
+                    "description": d,
+                    "schema": {"type": "string"},
+                }
+                for n, d in spec.query
+            ],
+            "responses": {
+                "default": {
+                    "description": "Error",
+                    "content": {
+                        "application/json": {"schema": {"$ref": "#/components/schemas/Error"}}
+                    },
+                }
+            },
+        }
+        ok: dict[str, Any] = {"description": "Success"}
+        if spec.response is not None:
+            schemas[spec.response.__name__] = spec.response.model_json_schema(
+                ref_template="#/components/schemas/{model}"
+            )
+            ok["content"] = {
+                "application/json": {
+                    "schema": {"$ref": f"#/components/schemas/{spec.response.__name__}"}
+                }
+            }
+        op["responses"][str(spec.status)] = ok
+        if spec.body is not None:
+            schemas[spec.body.__name__] = spec.body.model_json_schema(
+                ref_template="#/components/schemas/{model}"
+            )
+            op["requestBody"] = {
+                "required": True,
+                "content": {
+                    "application/json": {
+                        "schema": {"$ref": f"#/components/schemas/{spec.body.__name__}"}
+                    }
+                },
+            }
+        if not spec.public:
+            op["security"] = [{"bearer": []}]
+            if spec.permission:
+                op["x-permission"] = spec.permission
+        paths.setdefault(spec.path, {})[spec.method.lower()] = op
+    for schema in list(schemas.values()):
+        schemas.update(schema.pop("$defs", {}))
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "CodeForge Channel Gateway admin API", "version": version},
+        "paths": paths,
+        "components": {
+            "schemas": schemas,
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}
+            },
+        },
+    }

@@ -1,0 +1,154 @@
+"""The `gateway` command line: serve, migrate, admin, and the per-area commands.
+
+Every command reads the same Settings. A bad setting prints one line naming the variable and
+exits 2; a command's own failure prints one line per problem and exits 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import sys
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from config.settings import Settings, SettingsError, load_settings
+from core.errors import CoreError
+
+Command = Callable[[argparse.Namespace, Settings], int]
+
+
+@dataclass
+class Storage:
+    database_url: str
+    redis_url: str
+    sessionmaker: async_sessionmaker[AsyncSession]
+
+
+@asynccontextmanager
+async def open_storage(settings: Settings, migrate: bool = True) -> AsyncIterator[Storage]:
+    """For one-shot commands: the engines (embedded if needed), migrated, with a sessionmaker."""
+    from gateway import db as dbmod
+    from gateway.services import storage_endpoints
+
+    async with storage_endpoints(settings) as ep:
+        if migrate:
+            await dbmod.migrate(ep.database_url)
+        engine = dbmod.make_engine(ep.database_url)
+        try:
+            yield Storage(ep.database_url, ep.redis_url, dbmod.make_sessionmaker(engine))
+        finally:
+            await engine.dispose()
+
+
+def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
+    from aiohttp import web
+
+    from gateway.app import create_app
+    from gateway.logs import configure_logging
+    from gateway.middlewares import JsonAccessLogger
+
+    configure_logging(settings.log_level)
+    host = args.host or settings.host
+    port = args.port if args.port is not None else settings.port
+    web.run_app(
+        create_app(settings),
+        host=host,
+        port=port,
+        access_log_class=JsonAccessLogger,
+        print=lambda _msg: print(f"gateway listening on http://{host}:{port}", flush=True),
+        shutdown_timeout=10.0,
+    )
+    return 0
+
+
+def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
+    async def run() -> None:
+        async with open_storage(settings, migrate=True):
+            pass
+
+    asyncio.run(run())
+    print("migrations applied")
+    return 0
+
+
+def _read_password() -> str:
+    if sys.stdin.isatty():
+        first = getpass.getpass("Password: ")
+        if first != getpass.getpass("Password again: "):
+            raise CoreError("The two passwords differ")
+        return first
+    return sys.stdin.readline().rstrip("\r\n")
+
+
+def cmd_admin_create(args: argparse.Namespace, settings: Settings) -> int:
+    from core.crypto import FieldCipher
+    from core.identity import create_admin
+    from gateway.secrets import resolve_secret
+
+    password = _read_password()
+    cipher = FieldCipher(resolve_secret(settings))
+
+    async def run() -> str:
+        async with open_storage(settings) as storage, storage.sessionmaker.begin() as db:
+            created = await create_admin(
+                db,
+                cipher,
+                username=args.username,
+                password=password,
+                role=args.role,
+                password_rounds=settings.password_bcrypt_rounds,
+            )
+            return created.provisioning_uri
+
+    print(asyncio.run(run()))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gateway", description="CodeForge channel gateway")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the server and every configured channel")
+    serve.add_argument("--host")
+    serve.add_argument("--port", type=int)
+    serve.set_defaults(func=cmd_serve)
+
+    migrate = sub.add_parser("migrate", help="apply database migrations")
+    migrate.set_defaults(func=cmd_migrate)
+
+    admin = sub.add_parser("admin", help="manage admin users")
+    admin_sub = admin.add_subparsers(dest="admin_command", required=True)
+    create = admin_sub.add_parser("create", help="create an admin; password from stdin")
+    create.add_argument("username")
+    create.add_argument("--role", default="admin")
+    create.set_defaults(func=cmd_admin_create)
+
+    for register in EXTRA_COMMANDS:
+        register(sub)
+    return parser
+
+
+# Areas add their commands here (menus validate, ledger check, simulate ussd ...).
+EXTRA_COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = []  # type: ignore[type-arg]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = load_settings()
+    except SettingsError as exc:
+        print(f"gateway: {exc}", file=sys.stderr)
+        return 2
+    try:
+        result: int = args.func(args, settings)
+    except CoreError as exc:
+        print(f"gateway: {exc.message}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return result

@@ -1,0 +1,90 @@
+"""Database URLs, the SQLAlchemy engine for the admin side, the asyncpg pool for the money path,
+and Alembic migrations run programmatically."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+from alembic import command
+from alembic.config import Config
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
+POOL_MIN = 2
+POOL_MAX = 20
+STATEMENT_TIMEOUT_MS = 10_000
+COMMAND_TIMEOUT_S = 15.0
+
+
+def sqlalchemy_url(url: str) -> str:
+    """`postgresql://...` as SQLAlchemy's asyncpg dialect wants it."""
+    parts = urlsplit(url)
+    return urlunsplit(("postgresql+asyncpg", *parts[1:]))
+
+
+def asyncpg_url(url: str) -> str:
+    parts = urlsplit(url)
+    scheme = "postgresql" if parts.scheme.startswith("postgres") else parts.scheme
+    return urlunsplit((scheme, *parts[1:]))
+
+
+def with_database(url: str, database: str) -> str:
+    """The same server, another database (tests give each run its own)."""
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme, parts.netloc, f"/{database}", parts.query, ""))
+
+
+def make_engine(url: str) -> AsyncEngine:
+    return create_async_engine(
+        sqlalchemy_url(url),
+        pool_size=5,
+        max_overflow=5,
+        pool_pre_ping=True,
+        connect_args={
+            "timeout": 10,
+            "command_timeout": COMMAND_TIMEOUT_S,
+            "server_settings": {"statement_timeout": str(STATEMENT_TIMEOUT_MS)},
+        },
+    )
+
+
+def make_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
+    return async_sessionmaker(engine, expire_on_commit=False)
+
+
+async def make_pool(url: str, min_size: int = POOL_MIN, max_size: int = POOL_MAX) -> asyncpg.Pool:
+    pool = await asyncpg.create_pool(
+        asyncpg_url(url),
+        min_size=min_size,
+        max_size=max_size,
+        timeout=10,
+        command_timeout=COMMAND_TIMEOUT_S,
+        server_settings={"statement_timeout": str(STATEMENT_TIMEOUT_MS)},
+    )
+    assert pool is not None
+    return pool
+
+
+def alembic_config(url: str) -> Config:
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    # ConfigParser interpolation treats % specially; escape it in passwords.
+    cfg.set_main_option("sqlalchemy.url", sqlalchemy_url(url).replace("%", "%%"))
+    return cfg
+
+
+async def migrate(url: str, revision: str = "head") -> None:
+    """Upgrade to `revision`. Alembic's async env runs its own loop, so it gets a thread."""
+    await asyncio.to_thread(command.upgrade, alembic_config(url), revision)
+
+
+async def downgrade(url: str, revision: str = "base") -> None:
+    await asyncio.to_thread(command.downgrade, alembic_config(url), revision)

@@ -1,0 +1,33 @@
+"""Every typed `web.AppKey` (and request key) in one place."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import asyncpg
+from aiohttp import web
+from redis.asyncio import Redis
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from config.settings import Settings
+from core.crypto import FieldCipher
+from core.identity import Principal
+from gateway.auth import TokenService
+from gateway.metrics import Metrics
+from gateway.services import Endpoints
+
+SETTINGS = web.AppKey("settings", Settings)
+ENDPOINTS = web.AppKey("endpoints", Endpoints)
+ENGINE = web.AppKey("engine", AsyncEngine)
+SESSIONMAKER = web.AppKey("sessionmaker", async_sessionmaker[AsyncSession])
+PG_POOL = web.AppKey("pg_pool", asyncpg.Pool)
+REDIS = web.AppKey("redis", Redis)
+CIPHER = web.AppKey("cipher", FieldCipher)
+TOKENS = web.AppKey("tokens", TokenService)
+METRICS = web.AppKey("metrics", Metrics)
+ROUTE_SPECS = web.AppKey("route_specs", list[Any])
+BACKGROUND = web.AppKey("background", dict[str, Any])
+
+# Request-scoped values (request[...]).
+PRINCIPAL_KEY = web.RequestKey("principal", Principal)
+REQUEST_ID_KEY = web.RequestKey("request_id", str)

@@ -1,0 +1,185 @@
+"""Middleware: request ids, metrics, security headers, and the one error format for every error.
+
+Every error leaves as `{"status_code", "error_code", "message", "details"}`: CoreErrors by the
+table below, aiohttp's own 404 / 405 / 413 included, and anything unexpected as a 500 that
+carries the request id and no traceback (the traceback goes to the log).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
+from aiohttp.web_exceptions import HTTPException
+
+from core import errors as E
+from gateway.api import HttpError
+from gateway.keys import METRICS, REQUEST_ID_KEY
+from gateway.logs import redact_query
+
+log = logging.getLogger("gateway.http")
+access_log = logging.getLogger("gateway.access")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+_REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._-]{8,64}$")
+
+# Most specific first: the first matching class decides the status.
+STATUS_BY_ERROR: tuple[tuple[type[E.CoreError], int], ...] = (
+    (E.IdempotencyConflict, 409),
+    (E.AccountLocked, 403),
+    (E.NotFound, 404),
+    (E.ValidationFailed, 422),
+    (E.Conflict, 409),
+    (E.AuthFailed, 401),
+    (E.Forbidden, 403),
+    (E.RateLimited, 429),
+    (E.Unavailable, 503),
+)
+
+_HTTP_CODES = {
+    400: ("BAD_REQUEST", "The request is malformed"),
+    401: ("UNAUTHORIZED", "Authentication is required"),
+    403: ("FORBIDDEN", "You are not allowed to do this"),
+    404: ("NOT_FOUND", "No such resource"),
+    405: ("METHOD_NOT_ALLOWED", "This method is not allowed on this resource"),
+    409: ("CONFLICT", "The request conflicts with the current state"),
+    413: ("PAYLOAD_TOO_LARGE", "The request body is too large"),
+    415: ("UNSUPPORTED_MEDIA_TYPE", "Unsupported content type"),
+    422: ("VALIDATION_ERROR", "The request is not valid"),
+    429: ("RATE_LIMITED", "Too many requests"),
+}
+
+
+def error_body(status: int, code: str, message: str, details: dict[str, Any]) -> dict[str, Any]:
+    return {"status_code": status, "error_code": code, "message": message, "details": details}
+
+
+def error_response(
+    status: int, code: str, message: str, details: dict[str, Any] | None = None
+) -> web.Response:
+    resp = web.json_response(error_body(status, code, message, details or {}), status=status)
+    retry = (details or {}).get("retry_after_s")
+    if isinstance(retry, int) and status in (429, 403, 503):
+        resp.headers["Retry-After"] = str(retry)
+    return resp
+
+
+def status_for(error: E.CoreError) -> int:
+    if isinstance(error, HttpError):
+        return error.status
+    for cls, status in STATUS_BY_ERROR:
+        if isinstance(error, cls):
+            return status
+    return 400
+
+
+@web.middleware
+async def metrics_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    started = time.perf_counter()
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    except HTTPException as exc:
+        status = exc.status
+        raise
+    finally:
+        info = request.match_info.route.resource
+        route = info.canonical if info is not None else "unmatched"
+        request.app[METRICS].observe(request.method, route, status, time.perf_counter() - started)
+
+
+def _from_http_exception(exc: HTTPException) -> web.Response:
+    code, message = _HTTP_CODES.get(exc.status, ("HTTP_ERROR", exc.reason))
+    details: dict[str, Any] = {}
+    if exc.status == 405:
+        allowed = exc.headers.get("Allow", "")
+        details["allowed"] = [m for m in allowed.split(",") if m]
+    resp = error_response(exc.status, code, message, details)
+    if "Allow" in exc.headers:
+        resp.headers["Allow"] = exc.headers["Allow"]
+    return resp
+
+
+def _internal_error(request: web.Request) -> web.Response:
+    rid = request.get(REQUEST_ID_KEY, "")
+    log.exception("unhandled error", extra={"request_id": rid, "path": request.path})
+    return error_response(
+        500, "INTERNAL_ERROR", "Something went wrong on our side", {"request_id": rid}
+    )
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Innermost: every failure of a handler becomes the standard error JSON."""
+    try:
+        return await handler(request)
+    except E.CoreError as exc:
+        return error_response(status_for(exc), exc.error_code, exc.message, exc.details)
+    except HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return _from_http_exception(exc)
+    except Exception:
+        return _internal_error(request)
+
+
+SECURITY_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+    "Content-Security-Policy": "default-src 'none'; frame-ancestors 'none'",
+    "Cache-Control": "no-store",
+    "Cross-Origin-Resource-Policy": "same-origin",
+}
+
+
+@web.middleware
+async def edge_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Outermost: the request id, security headers on every response, and a last-resort 500
+    in the standard format should anything between here and the handler fail."""
+    incoming = request.headers.get("X-Request-Id", "")
+    request[REQUEST_ID_KEY] = incoming if _REQUEST_ID_RE.match(incoming) else uuid.uuid4().hex
+    try:
+        response = await handler(request)
+    except HTTPException as exc:
+        if exc.status < 400:
+            raise
+        response = _from_http_exception(exc)
+    except Exception:
+        response = _internal_error(request)
+    response.headers["X-Request-Id"] = request[REQUEST_ID_KEY]
+    for name, value in SECURITY_HEADERS.items():
+        response.headers.setdefault(name, value)
+    return response
+
+
+class JsonAccessLogger(AbstractAccessLogger):
+    """One JSON line per request; query strings pass through the secret redactor."""
+
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        access_log.info(
+            "request",
+            extra={
+                "request_id": request.get(REQUEST_ID_KEY, ""),
+                "method": request.method,
+                "path": redact_query(request.path_qs),
+                "status": response.status,
+                "duration_ms": round(time * 1000, 2),
+                "remote": request.remote,
+            },
+        )
+
+    @property
+    def enabled(self) -> bool:
+        return self.logger.isEnabledFor(logging.INFO)
+
+
+MIDDLEWARES = [edge_middleware, metrics_middleware, error_middleware]

@@ -1,0 +1,51 @@
+"""Resolve where PostgreSQL, Redis and the MQTT broker are: the URLs from Settings, or embedded
+engines started for this process. Used by `serve` (through the app's cleanup context) and by the
+one-shot CLI commands alike."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+from config.settings import Settings
+from gateway.embedded import EmbeddedMqtt, EmbeddedPostgres, EmbeddedRedis
+
+
+@dataclass
+class Endpoints:
+    database_url: str
+    redis_url: str
+    mqtt_url: str | None = None
+    embedded: tuple[str, ...] = field(default=())
+
+
+@contextlib.asynccontextmanager
+async def storage_endpoints(settings: Settings) -> AsyncIterator[Endpoints]:
+    """PostgreSQL and Redis URLs, starting the embedded engines the settings leave unnamed."""
+    pg = EmbeddedPostgres(settings.data_dir) if settings.database_url is None else None
+    rd = EmbeddedRedis(settings.data_dir) if settings.redis_url is None else None
+    try:
+        database_url = settings.database_url if pg is None else await asyncio.to_thread(pg.start)
+        redis_url = settings.redis_url if rd is None else await asyncio.to_thread(rd.start)
+        assert database_url is not None and redis_url is not None
+        embedded = tuple(n for n, e in (("postgresql", pg), ("redis", rd)) if e is not None)
+        yield Endpoints(database_url, redis_url, settings.mqtt_url, embedded)
+    finally:
+        for engine in (rd, pg):
+            if engine is not None:
+                await asyncio.to_thread(engine.stop)
+
+
+@contextlib.asynccontextmanager
+async def mqtt_endpoint(settings: Settings) -> AsyncIterator[str]:
+    """The broker URL: MQTT_URL, or an embedded amqtt broker living as long as the context."""
+    if settings.mqtt_url is not None:
+        yield settings.mqtt_url
+        return
+    broker = EmbeddedMqtt(settings.data_dir, settings.embedded_mqtt_port)
+    try:
+        yield await broker.start()
+    finally:
+        await broker.stop()

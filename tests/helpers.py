@@ -1,0 +1,77 @@
+"""Test helpers: admins with TOTP, logins, and assertions on the error format."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import pyotp
+from aiohttp import ClientResponse
+from aiohttp.test_utils import TestClient
+from aiohttp.web import Application
+
+from core.identity import create_admin
+from gateway.keys import CIPHER, SESSIONMAKER
+
+PASSWORD = "Corr3ct-horse-battery"
+
+
+@dataclass
+class Admin:
+    username: str
+    password: str
+    totp: pyotp.TOTP
+    next_step: int = 0
+
+    def otp(self) -> str:
+        """A code not used before: this step, then the next (one step of drift is allowed)."""
+        step = max(int(time.time()) // 30, self.next_step)
+        self.next_step = step + 1
+        return self.totp.generate_otp(step)
+
+
+async def make_admin(app: Application, role: str = "admin") -> Admin:
+    username = f"adm{secrets.token_hex(5)}"
+    async with app[SESSIONMAKER].begin() as db:
+        created = await create_admin(
+            db, app[CIPHER], username=username, password=PASSWORD, role=role, password_rounds=4
+        )
+    totp = pyotp.parse_uri(created.provisioning_uri)
+    assert isinstance(totp, pyotp.TOTP)
+    return Admin(username, PASSWORD, totp)
+
+
+async def login(client: TestClient, admin: Admin) -> dict[str, Any]:
+    resp = await client.post(
+        "/api/v1/auth/login",
+        json={"username": admin.username, "password": admin.password, "otp": admin.otp()},
+    )
+    body = await resp.json()
+    assert resp.status == 200, body
+    return body  # type: ignore[no-any-return]
+
+
+async def token_for(client: TestClient, role: str = "admin") -> str:
+    app = client.server.app
+    assert app is not None
+    admin = await make_admin(app, role)
+    return str((await login(client, admin))["access_token"])
+
+
+def auth(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+async def assert_error(
+    resp: ClientResponse, status: int, code: str | None = None
+) -> dict[str, Any]:
+    body = await resp.json()
+    assert resp.status == status, body
+    assert set(body) == {"status_code", "error_code", "message", "details"}, body
+    assert body["status_code"] == status
+    if code is not None:
+        assert body["error_code"] == code, body
+    assert isinstance(body["message"], str) and body["message"]
+    return body  # type: ignore[no-any-return]

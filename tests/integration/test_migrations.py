@@ -1,0 +1,54 @@
+"""Migrations go up, all the way down, and up again on a real database."""
+
+from __future__ import annotations
+
+import uuid
+
+import asyncpg
+
+from gateway import db as dbmod
+
+
+async def _tables(url: str) -> set[str]:
+    conn = await asyncpg.connect(dbmod.asyncpg_url(url))
+    try:
+        rows = await conn.fetch("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
+    finally:
+        await conn.close()
+    return {r["tablename"] for r in rows}
+
+
+async def test_upgrade_downgrade_upgrade(server_database_url: str) -> None:
+    name = f"gw_mig_{uuid.uuid4().hex[:8]}"
+    admin = await asyncpg.connect(dbmod.asyncpg_url(server_database_url))
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    url = dbmod.with_database(server_database_url, name)
+    try:
+        await dbmod.migrate(url)
+        up = await _tables(url)
+        assert {"admin_users", "roles", "permissions", "audit_log"} <= up
+        await dbmod.downgrade(url, "base")
+        assert await _tables(url) == {"alembic_version"}
+        await dbmod.migrate(url)
+        assert await _tables(url) == up
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
+
+
+async def test_audit_log_is_append_only(pg_pool: asyncpg.Pool) -> None:
+    await pg_pool.execute(
+        "INSERT INTO audit_log (actor_type, actor, action) VALUES ('system', 'test', 'probe')"
+    )
+    try:
+        await pg_pool.execute("UPDATE audit_log SET actor = 'x' WHERE action = 'probe'")
+    except asyncpg.InsufficientPrivilegeError:
+        pass
+    else:
+        raise AssertionError("audit_log accepted an UPDATE")
+    try:
+        await pg_pool.execute("DELETE FROM audit_log WHERE action = 'probe'")
+    except asyncpg.InsufficientPrivilegeError:
+        pass
+    else:
+        raise AssertionError("audit_log accepted a DELETE")

@@ -1,0 +1,82 @@
+"""Settings: defaults, and one clear line naming the variable for every bad value."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from config.settings import SettingsError, load_settings
+
+
+def test_defaults() -> None:
+    s = load_settings({})
+    assert s.port == 8080
+    assert s.ussd_service_code == "*384#"
+    assert s.currency == "KES"
+    assert s.default_country_code == "254"
+    assert s.access_token_ttl_s == 3600
+    assert s.refresh_token_ttl_s == 7 * 86400
+    assert s.embedded == ("postgresql", "redis", "mqtt")
+    assert s.smpp_binds == ()
+
+
+def test_urls_and_smpp_binds() -> None:
+    s = load_settings(
+        {
+            "DATABASE_URL": "postgresql://u@db:5432/x",
+            "REDIS_URL": "redis://r:6379/0",
+            "MQTT_URL": "mqtt://a:b@m:1883",
+            "SMPP_URL": "smpp://sys:pw@smsc:2775?bind=tx&source_addr=384&tps=30, "
+            "smpp://two:pw@smsc2?window=5",
+        }
+    )
+    assert s.embedded == ()
+    first, second = s.smpp_binds
+    assert (first.system_id, first.host, first.port, first.bind) == ("sys", "smsc", 2775, "tx")
+    assert (first.source_addr, first.tps) == ("384", 30.0)
+    assert (second.port, second.window, second.bind) == (2775, 5, "trx")
+
+
+@pytest.mark.parametrize(
+    ("env", "variable"),
+    [
+        ({"GATEWAY_PORT": "eighty"}, "GATEWAY_PORT"),
+        ({"GATEWAY_PORT": "70000"}, "GATEWAY_PORT"),
+        ({"DATABASE_URL": "mysql://x@y/z"}, "DATABASE_URL"),
+        ({"DATABASE_URL": "postgresql://h:notaport/x"}, "DATABASE_URL"),
+        ({"REDIS_URL": "http://r"}, "REDIS_URL"),
+        ({"MQTT_URL": "tcp://m:1883"}, "MQTT_URL"),
+        ({"SMPP_URL": "smpp://sys@h?bind=xx"}, "SMPP_URL"),
+        ({"SMPP_URL": "smpp://h:2775"}, "SMPP_URL"),
+        ({"SMPP_URL": "smpp://s@h?tps=fast"}, "SMPP_URL"),
+        ({"USSD_SERVICE_CODE": "384"}, "USSD_SERVICE_CODE"),
+        ({"CURRENCY": "shilling"}, "CURRENCY"),
+        ({"DEFAULT_COUNTRY_CODE": "+25a"}, "DEFAULT_COUNTRY_CODE"),
+        ({"GATEWAY_SECRET_KEY": "short"}, "GATEWAY_SECRET_KEY"),
+        ({"GATEWAY_DEMO": "maybe"}, "GATEWAY_DEMO"),
+        ({"LOG_LEVEL": "LOUD"}, "LOG_LEVEL"),
+        ({"ACCESS_TOKEN_TTL_S": "5"}, "ACCESS_TOKEN_TTL_S"),
+    ],
+)
+def test_bad_values_name_the_variable(env: dict[str, str], variable: str) -> None:
+    with pytest.raises(SettingsError) as info:
+        load_settings(env)
+    message = str(info.value)
+    assert message.startswith(f"{variable}: ")
+    assert "\n" not in message
+
+
+def test_cli_stops_with_one_line_on_a_bad_setting() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "gateway", "migrate"],
+        env={"GATEWAY_PORT": "not-a-port", "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 2
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert lines == ["gateway: GATEWAY_PORT: expected an integer, got 'not-a-port'"]
