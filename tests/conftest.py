@@ -11,6 +11,8 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import shutil
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
@@ -33,9 +35,19 @@ RUN_ID = uuid.uuid4().hex[:10]
 TEST_SECRET = "test-secret-" + "x" * 40
 
 
+def open_tmp_dir(prefix: str) -> Path:
+    """A temporary folder other users can traverse: pgserver runs PostgreSQL as its own user
+    when we are root, and pytest's tmp folders are 0700."""
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    path.chmod(0o755)
+    return path
+
+
 @pytest.fixture(scope="session")
-def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("gwdata")
+def data_dir() -> Iterator[Path]:
+    path = open_tmp_dir("gwdata-")
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
@@ -118,6 +130,8 @@ async def settings(
         redis_prefix=redis_prefix,
         password_bcrypt_rounds=4,
         pin_bcrypt_rounds=4,
+        # The whole suite logs in from one address; the limit itself has its own test.
+        login_rate_per_minute=100_000,
     )
 
 

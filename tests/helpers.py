@@ -75,3 +75,22 @@ async def assert_error(
         assert body["error_code"] == code, body
     assert isinstance(body["message"], str) and body["message"]
     return body  # type: ignore[no-any-return]
+
+
+async def direct_token(app: Application, role: str = "admin") -> str:
+    """An access token for a new admin without the login round trip (and its rate limit);
+    tests of the login itself use `login`."""
+    from core.identity import load_principal
+    from gateway.keys import TOKENS
+
+    admin = await make_admin(app, role)
+    async with app[SESSIONMAKER].begin() as db:
+        from sqlalchemy import select
+
+        from core.models import AdminUser
+
+        user_id = (
+            await db.execute(select(AdminUser.id).where(AdminUser.username == admin.username))
+        ).scalar_one()
+        principal = await load_principal(db, user_id)
+    return app[TOKENS].issue(principal).access_token

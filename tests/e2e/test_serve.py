@@ -4,6 +4,7 @@ made by the CLI, a login with TOTP, a logout, and a restart that keeps the data.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -16,6 +17,7 @@ import pyotp
 import pytest
 
 from gateway.embedded import free_port
+from tests.conftest import open_tmp_dir
 
 PASSWORD = "E2e-strong-passw0rd"
 READY_DEADLINE_S = 90
@@ -94,8 +96,10 @@ async def _tick() -> None:
 
 
 @pytest.fixture
-def data_dir(tmp_path: Path) -> Iterator[Path]:
-    yield tmp_path
+def data_dir() -> Iterator[Path]:
+    path = open_tmp_dir("gw-e2e-")
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
 
 
 async def _login(http: aiohttp.ClientSession, url: str, user: str, code: str) -> dict[str, str]:
