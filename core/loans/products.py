@@ -138,11 +138,11 @@ def _decimal(data: dict[str, Any], name: str, hi: Decimal, default: str = "0") -
 
 def _choice(data: dict[str, Any], name: str, enum: type[E]) -> E:
     raw = data.get(name)
-    try:
-        return enum(str(raw)) if isinstance(raw, str) else enum("\0")
-    except ValueError:
-        allowed = ", ".join(e.value for e in enum)
-        raise _fail(name, f"must be one of {allowed}") from None
+    for member in enum:
+        if raw == member.value:
+            return member
+    allowed = ", ".join(e.value for e in enum)
+    raise _fail(name, f"must be one of {allowed}")
 
 
 def _text(data: dict[str, Any], name: str, pattern: re.Pattern[str], what: str) -> str:
