@@ -60,7 +60,8 @@ class Score:
 class Scorer(Protocol):
     """Anything that can score an applicant: the internal model or an external service."""
 
-    name: str
+    @property
+    def name(self) -> str: ...
 
     async def score(self, facts: ScoringFacts, product: Product) -> Score: ...
 
