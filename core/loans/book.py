@@ -120,7 +120,7 @@ async def insert_loan(
     now: datetime,
 ) -> Loan:
     """The loan row (status `disbursed`) and its installments. The application must already be
-    `disbursed` (the trigger checks)."""
+    `disbursed` (the trigger checks); that move wrote the history row."""
     async with guarded():
         loan_id = await conn.fetchval(
             """
@@ -159,16 +159,6 @@ async def insert_loan(
         [r.principal_minor for r in rows],
         [r.interest_minor for r in rows],
         [r.fee_minor for r in rows],
-    )
-    await _history(
-        conn,
-        application_id=app.id,
-        loan_id=loan_id,
-        trigger="disburse",
-        source=State.APPROVED,
-        dest=State.DISBURSED,
-        actor=actor,
-        now=now,
     )
     return await get_loan(conn, loan_id)
 

@@ -15,7 +15,7 @@ import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -30,7 +30,7 @@ from core.loans.scoring import Score
 
 ILLEGAL_TRANSITION_SQLSTATE = "LN001"
 MAX_PAGE = 200
-VELOCITY_WINDOW_S = 24 * 3600
+VELOCITY_WINDOW = timedelta(hours=24)
 
 PRODUCT_FIELDS = (
     "code",
@@ -186,14 +186,13 @@ async def applicant_counts(conn: Connection, msisdn: str, now: datetime) -> tupl
           (SELECT count(*) FROM loan_applications
             WHERE msisdn = $1 AND status = ANY($3::text[])) AS in_flight,
           (SELECT count(*) FROM loan_applications
-            WHERE msisdn = $1 AND created_at > $2 - make_interval(secs => $5)) AS recent,
+            WHERE msisdn = $1 AND created_at > $2) AS recent,
           (SELECT count(*) FROM loans WHERE msisdn = $1 AND status = ANY($4::text[])) AS open
         """,
         msisdn,
-        now,
+        now - VELOCITY_WINDOW,
         [s.value for s in lifecycle.IN_FLIGHT_APPLICATION_STATES],
         [s.value for s in OPEN_LOAN_STATES],
-        VELOCITY_WINDOW_S,
     )
     return int(row["in_flight"]), int(row["recent"]), int(row["open"])
 

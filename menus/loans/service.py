@@ -55,6 +55,8 @@ SCORING_WINDOW = timedelta(days=90)
 DEFAULT_SCORER_TIMEOUT_S = 3.0
 NOTE_MAX = 500
 SYSTEM = "system"
+DISBURSEMENT_FAILED = "DISBURSEMENT_FAILED"
+DISBURSEMENT_FAILED_TEXT = "We could not send the money now; please try again later"
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,9 +122,12 @@ def check_key(key: str, channel: str) -> None:
 def decision_of(app: Application) -> Decision:
     """The decision as the customer should see it now (an approval that could not be disbursed
     reads as a refusal)."""
+    limit = app.score_limit_minor
     if app.status == State.REJECTED and app.decision != Outcome.REFUSE:
-        return Decision(Outcome.REFUSE, app.decision_code, app.decision_message)
-    return Decision(Outcome(app.decision), app.decision_code, app.decision_message)
+        if (app.note or "").startswith(DISBURSEMENT_FAILED):
+            return Decision(Outcome.REFUSE, DISBURSEMENT_FAILED, DISBURSEMENT_FAILED_TEXT, limit)
+        return Decision(Outcome.REFUSE, "REJECTED", "Your application was not approved", limit)
+    return Decision(Outcome(app.decision), app.decision_code, app.decision_message, limit)
 
 
 class LoanService:
@@ -145,7 +150,7 @@ class LoanService:
         self.notifier: Notifier = notifier or NoticeTable()
         self.lifecycle = lifecycle
 
-    def _ledger(self) -> LoanLedger:
+    def require_ledger(self) -> LoanLedger:
         if self.ledger is None:
             raise Unavailable("Loans cannot move money until the banking core is connected")
         return self.ledger
@@ -155,7 +160,7 @@ class LoanService:
             raise Unavailable("Loans cannot check customers until the banking core is connected")
         return self.customers
 
-    async def _notify(
+    async def notify(
         self, conn: Any, msisdn: str, body: str, kind: str, loan_id: int | None
     ) -> None:
         await self.notifier.enqueue(
@@ -252,7 +257,7 @@ class LoanService:
     ) -> ScoringFacts:
         now = self.clock.now()
         on_time, late, defaulted = await store.repayment_history(conn, msisdn)
-        activity = await self._ledger().wallet_activity(
+        activity = await self.require_ledger().wallet_activity(
             conn, msisdn, product.currency, now - SCORING_WINDOW
         )
         return ScoringFacts(
@@ -285,7 +290,7 @@ class LoanService:
             conn, app, trigger=trigger, dest=dest, actor=actor, now=self.clock.now(), note=note
         )
 
-    async def _move_loan(self, conn: Any, loan: Loan, trigger: str, actor: str) -> Loan:
+    async def move_loan(self, conn: Any, loan: Loan, trigger: str, actor: str) -> Loan:
         dest = self.lifecycle.next_state(loan.status, trigger)
         return await book.move_loan(
             conn, loan, trigger=trigger, dest=dest, actor=actor, now=self.clock.now()
@@ -310,7 +315,7 @@ class LoanService:
             app = await store.get_application(conn, application_id, for_update=True)
             app = await self._move_app(conn, app, "reject", actor, _note(reason))
             body = notices.decided(False, "not approved. " + _note(reason))
-            await self._notify(conn, app.msisdn, body, "loan_rejected", None)
+            await self.notify(conn, app.msisdn, body, "loan_rejected", None)
         return ReviewResult(app)
 
     async def _disburse(
@@ -333,14 +338,14 @@ class LoanService:
                 current = await store.get_application(conn, app.id, for_update=True)
                 if current.status != State.APPROVED:
                     raise
-                note = f"DISBURSEMENT_FAILED: {exc.error_code}"
+                note = f"{DISBURSEMENT_FAILED}: {exc.error_code}"
                 rejected = await self._move_app(conn, current, "reject", SYSTEM, note)
             return rejected, None
         async with pool.acquire() as conn:
             return await store.get_application(conn, app.id), loan
 
     async def _disburse_in(self, conn: Any, app: Application, actor: str) -> Loan:
-        ledger = self._ledger()
+        ledger = self.require_ledger()
         app = await store.get_application(conn, app.id, for_update=True)
         app = await self._move_app(conn, app, "disburse", actor)
         product = await store.get_product(conn, product_id=app.product_id)
@@ -366,11 +371,11 @@ class LoanService:
             idempotency_key=key,
         )
         await book.set_disbursement_ref(conn, loan.id, receipt.reference)
-        loan = await self._move_loan(conn, loan, "activate", actor)
+        loan = await self.move_loan(conn, loan, "activate", actor)
         body = notices.disbursed(
             app.principal_minor, schedule.total_minor, schedule.first_due_date, product.currency
         )
-        await self._notify(conn, app.msisdn, body, "loan_disbursed", loan.id)
+        await self.notify(conn, app.msisdn, body, "loan_disbursed", loan.id)
         return loan
 
     # --- repayment -------------------------------------------------------------------------------
@@ -388,7 +393,7 @@ class LoanService:
         check_msisdn(msisdn)
         check_amount(amount_minor)
         check_key(idempotency_key, channel)
-        self._ledger()
+        self.require_ledger()
         async with pool.acquire() as conn, conn.transaction():
             prior = await book.find_repayment_for(conn, msisdn, idempotency_key)
             if prior is not None:
@@ -414,7 +419,7 @@ class LoanService:
         rows = await book.installments(conn, loan.id)
         dues = [r.due() for r in rows]
         allocation = allocate(amount_minor, dues)
-        receipt = await self._ledger().collect(
+        receipt = await self.require_ledger().collect(
             conn,
             loan_id=loan.id,
             msisdn=loan.msisdn,
@@ -439,14 +444,14 @@ class LoanService:
         owed = outstanding_minor(after)
         dpd = days_past_due(after, self.clock.today())
         if owed == 0:
-            loan = await self._move_loan(conn, loan, "repay", SYSTEM)
+            loan = await self.move_loan(conn, loan, "repay", SYSTEM)
         elif loan.status == State.OVERDUE and dpd == 0:
-            loan = await self._move_loan(conn, loan, "cure", SYSTEM)
+            loan = await self.move_loan(conn, loan, "cure", SYSTEM)
         if dpd != loan.days_past_due or owed == 0:
             await book.set_arrears(conn, loan.id, dpd, bucket_for(dpd), now)
             loan = await book.get_loan(conn, loan.id)
         body = notices.received(amount_minor, owed, loan.currency)
-        await self._notify(conn, loan.msisdn, body, "loan_repayment", loan.id)
+        await self.notify(conn, loan.msisdn, body, "loan_repayment", loan.id)
         return RepayResult(loan, repayment, owed)
 
     # --- status and write-off --------------------------------------------------------------------
@@ -474,7 +479,7 @@ class LoanService:
         """Close a defaulted loan as a loss. No money moves; later repayments are refused."""
         async with pool.acquire() as conn, conn.transaction():
             loan = await book.get_loan(conn, loan_id, for_update=True)
-            return await self._move_loan(conn, loan, "write_off", actor)
+            return await self.move_loan(conn, loan, "write_off", actor)
 
 
 def _note(text: str | None) -> str:

@@ -226,12 +226,15 @@ BEGIN
             RAISE EXCEPTION 'a new % row starts as %, not %', TG_TABLE_NAME, TG_ARGV[0],
                 NEW.status USING ERRCODE = 'LN001';
         END IF;
-        IF TG_TABLE_NAME = 'loans' AND NOT EXISTS (
-            SELECT 1 FROM loan_applications a
-            WHERE a.id = NEW.application_id AND a.status = 'disbursed'
-        ) THEN
-            RAISE EXCEPTION 'a loan needs its application moved to disbursed first'
-                USING ERRCODE = 'LN001';
+        -- Nested, not ANDed: NEW.application_id exists only on loans.
+        IF TG_TABLE_NAME = 'loans' THEN
+            IF NOT EXISTS (
+                SELECT 1 FROM loan_applications a
+                WHERE a.id = NEW.application_id AND a.status = 'disbursed'
+            ) THEN
+                RAISE EXCEPTION 'a loan needs its application moved to disbursed first'
+                    USING ERRCODE = 'LN001';
+            END IF;
         END IF;
     ELSIF NEW.status IS DISTINCT FROM OLD.status AND NOT EXISTS (
         SELECT 1 FROM loan_transitions t WHERE t.source = OLD.status AND t.dest = NEW.status
