@@ -16,7 +16,7 @@ from core.errors import IllegalTransition, NotFound
 from core.loans import lifecycle
 from core.loans.allocation import Allocation, InstallmentDue
 from core.loans.arrears import BUCKET_NAMES
-from core.loans.lifecycle import FINAL_STATES, OPEN_LOAN_STATES, State
+from core.loans.lifecycle import FINAL_STATES, OPEN_LOAN_STATES
 from core.loans.ports import Connection
 from core.loans.products import Product
 from core.loans.schedule import Schedule
@@ -116,7 +116,6 @@ async def insert_loan(
     *,
     disbursement_key: str,
     disbursement_ref: str | None,
-    actor: str,
     now: datetime,
 ) -> Loan:
     """The loan row (status `disbursed`) and its installments. The application must already be

@@ -359,7 +359,6 @@ class LoanService:
             schedule,
             disbursement_key=key,
             disbursement_ref=None,
-            actor=actor,
             now=now,
         )
         receipt = await ledger.disburse(
