@@ -278,7 +278,7 @@ async def record_repayment(
                           AND i.fee_minor = i.fee_paid_minor + u.fee
                           AND i.interest_minor = i.interest_paid_minor + u.int
                           AND i.principal_minor = i.principal_paid_minor + u.prin
-                         THEN $7 ELSE NULL END
+                         THEN $7::timestamptz ELSE NULL END
         FROM unnest($2::smallint[], $3::bigint[], $4::bigint[], $5::bigint[], $6::bigint[])
              AS u(number, pen, fee, int, prin)
         WHERE i.loan_id = $1 AND i.number = u.number
