@@ -191,7 +191,7 @@ def validate_product(data: dict[str, Any], product_id: int | None = None) -> Pro
     if not isinstance(active, bool):
         raise _fail("active", "must be true or false")
     return Product(
-        code=_text(data, "code", CODE_RE, "2-32 of A-Z, 0-9, _ or -, starting with a letter"),
+        code=_text(data, "code", CODE_RE, "2-32 characters of A-Z, 0-9, _ or -"),
         name=_name(data),
         currency=_text(data, "currency", CURRENCY_RE, "a three-letter ISO code like KES"),
         principal_min_minor=pmin,

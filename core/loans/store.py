@@ -97,7 +97,7 @@ async def insert_product(conn: Connection, product: Product, actor: str) -> Prod
         )
     except asyncpg.UniqueViolationError:
         raise AlreadyExists(
-            f"A loan product with code {product.code} already exists", code=product.code
+            f"A loan product with code {product.code} already exists", product_code=product.code
         ) from None
     return _product(row)
 
