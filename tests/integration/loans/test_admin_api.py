@@ -4,22 +4,42 @@ portfolio, and bad input of every kind answered with the standard error JSON."""
 from __future__ import annotations
 
 import json
+import secrets
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient
 
+from core.identity import create_admin, load_principal
 from core.loans.decision import Outcome
 from core.loans.fraud import FraudLimits
-from gateway.keys import LOANS, PG_POOL
+from gateway.keys import CIPHER, LOANS, PG_POOL, SESSIONMAKER, TOKENS
 from menus.loans.service import LoanPolicy
-from tests.helpers import assert_error, auth, token_for
+from tests.helpers import PASSWORD, assert_error, auth
 from tests.integration.loans.conftest import World, product_terms
 
 PRODUCTS = "/api/v1/loans/products"
 APPLICATIONS = "/api/v1/loans/applications"
 PORTFOLIO = "/api/v1/loans/portfolio"
+
+
+async def token_for(client: TestClient, role: str) -> str:
+    """A real signed access token for a new admin with `role`, issued without the login
+    endpoint: logins are rate limited per address, and login itself is tested elsewhere."""
+    app = client.server.app
+    assert app is not None
+    async with app[SESSIONMAKER].begin() as db:
+        created = await create_admin(
+            db,
+            app[CIPHER],
+            username=f"adm{secrets.token_hex(5)}",
+            password=PASSWORD,
+            role=role,
+            password_rounds=4,
+        )
+        principal = await load_principal(db, created.user_id)
+    return app[TOKENS].issue(principal).access_token
 
 
 @pytest.fixture(scope="module")
