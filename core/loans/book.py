@@ -6,13 +6,15 @@ only way a loan's status changes.
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
 
 import asyncpg
 
-from core.errors import IllegalTransition, NotFound
+from core.errors import Conflict, IllegalTransition, NotFound
 from core.loans import lifecycle
 from core.loans.allocation import Allocation, InstallmentDue
 from core.loans.arrears import BUCKET_NAMES
@@ -101,6 +103,17 @@ class Repayment:
     created_at: datetime
 
 
+@asynccontextmanager
+async def _one_open_loan(msisdn: str) -> AsyncIterator[None]:
+    """The unique index behind the LOAN_OUTSTANDING rule, as the typed error."""
+    try:
+        yield
+    except asyncpg.UniqueViolationError as exc:
+        if getattr(exc, "constraint_name", None) != "loans_one_open_per_msisdn":
+            raise
+        raise Conflict("A loan is already outstanding", code="LOAN_OUTSTANDING") from None
+
+
 def _loan(row: asyncpg.Record) -> Loan:
     data = {name: row[name] for name in Loan.__slots__}
     terms = data["terms"]
@@ -120,7 +133,7 @@ async def insert_loan(
 ) -> Loan:
     """The loan row (status `disbursed`) and its installments. The application must already be
     `disbursed` (the trigger checks); that move wrote the history row."""
-    async with guarded():
+    async with guarded(), _one_open_loan(app.msisdn):
         loan_id = await conn.fetchval(
             """
             INSERT INTO loans

@@ -120,14 +120,22 @@ def check_key(key: str, channel: str) -> None:
 
 
 def decision_of(app: Application) -> Decision:
-    """The decision as the customer should see it now (an approval that could not be disbursed
-    reads as a refusal)."""
+    """The decision as the customer should see it now: an application waiting for an officer
+    reads as review, an approved or disbursed one as approved, a rejected one as refused (an
+    approval that could not be disbursed says so)."""
     limit = app.score_limit_minor
-    if app.status == State.REJECTED and app.decision != Outcome.REFUSE:
-        if (app.note or "").startswith(DISBURSEMENT_FAILED):
-            return Decision(Outcome.REFUSE, DISBURSEMENT_FAILED, DISBURSEMENT_FAILED_TEXT, limit)
-        return Decision(Outcome.REFUSE, "REJECTED", "Your application was not approved", limit)
-    return Decision(Outcome(app.decision), app.decision_code, app.decision_message, limit)
+    own = Decision(Outcome(app.decision), app.decision_code, app.decision_message, limit)
+    if app.status == State.APPLIED:
+        return own
+    if app.status in (State.APPROVED, State.DISBURSED):
+        if own.outcome is Outcome.APPROVE:
+            return own
+        return Decision(Outcome.APPROVE, "APPROVED", "Your loan is approved", limit)
+    if own.outcome is Outcome.REFUSE:
+        return own
+    if (app.note or "").startswith(DISBURSEMENT_FAILED):
+        return Decision(Outcome.REFUSE, DISBURSEMENT_FAILED, DISBURSEMENT_FAILED_TEXT, limit)
+    return Decision(Outcome.REFUSE, "REJECTED", "Your application was not approved", limit)
 
 
 class LoanService:
@@ -235,7 +243,7 @@ class LoanService:
             )
             if decision.outcome is not Outcome.REVIEW:
                 trigger = "approve" if decision.outcome is Outcome.APPROVE else "reject"
-                app = await self._move_app(conn, app, trigger, SYSTEM, decision.code)
+                app = await self._move_app(conn, app, trigger, SYSTEM)
         app, loan = await self._disburse(pool, app, SYSTEM)
         return ApplyResult(app, decision_of(app), loan)
 

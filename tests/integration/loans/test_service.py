@@ -11,14 +11,17 @@ from typing import Any
 import pytest
 
 from core.errors import (
+    Conflict,
     IdempotencyConflict,
     IllegalTransition,
     NotFound,
     ValidationFailed,
 )
-from core.loans.decision import Outcome
+from core.loans import book, store
+from core.loans.decision import Decision, Outcome
 from core.loans.fraud import FraudLimits
 from core.loans.products import Product
+from core.loans.schedule import build_schedule
 from core.loans.scoring import Score, ScoringFacts
 from menus.loans.service import LoanPolicy, LoanService
 from tests.integration.loans.conftest import World, wallet
@@ -307,3 +310,51 @@ async def test_unknown_product_and_customer(world: World) -> None:
             channel="sms",
             idempotency_key="k",
         )
+
+
+async def test_the_database_backs_the_one_open_loan_rule(world: World) -> None:
+    product = await world.product()
+    msisdn = await world.customer()
+    first = await _apply(world, msisdn, product, 100_000, key="one")
+    assert first.loan is not None
+    # Bypass the service's rules: a second application pushed straight to disbursement.
+    async with world.pool.acquire() as conn, conn.transaction():
+        decision = Decision(Outcome.APPROVE, "APPROVED", "ok")
+        app = await store.insert_application(
+            conn,
+            msisdn=msisdn,
+            product=product,
+            principal_minor=100_000,
+            channel="ussd",
+            idempotency_key="two",
+            decision=decision,
+            score=None,
+            now=world.clock.now(),
+        )
+        for trigger, dest in (("approve", "approved"), ("disburse", "disbursed")):
+            app = await store.move_application(
+                conn, app, trigger=trigger, dest=dest, actor="t", now=world.clock.now()
+            )
+        schedule = build_schedule(product, 100_000, world.clock.today())
+        with pytest.raises(Conflict) as info:
+            await book.insert_loan(
+                conn,
+                app,
+                product,
+                schedule,
+                disbursement_key="two",
+                disbursement_ref=None,
+                now=world.clock.now(),
+            )
+        assert info.value.error_code == "LOAN_OUTSTANDING"
+
+
+async def test_a_replay_after_review_reads_as_the_final_decision(world: World) -> None:
+    product = await world.product(auto_approve_max_minor=0)
+    msisdn = await world.customer()
+    waiting = await _apply(world, msisdn, product, 100_000, key="r")
+    assert waiting.decision.outcome is Outcome.REVIEW
+    await world.service.approve(world.pool, waiting.application.id, actor="officer")
+    replay = await _apply(world, msisdn, product, 100_000, key="r")
+    assert replay.replayed and replay.decision.outcome is Outcome.APPROVE
+    assert replay.loan is not None and replay.loan.status == "active"
