@@ -67,6 +67,13 @@ class Settings:
     demo_data: bool = False
     redis_prefix: str = "gw:"
     embedded_mqtt_port: int = 11883
+    loan_max_applications_24h: int = 3
+    loan_score_weights: str = "wallet=0.4,tenure=0.3,repayment=0.3"
+    loan_score_approve_min: int = 600
+    loan_score_review_min: int = 400
+    loan_scorer_timeout_ms: int = 3000
+    loan_reminder_days: tuple[int, ...] = (-3, 0, 1, 7)
+    loan_jobs_interval_s: int = 900
 
     @property
     def embedded(self) -> tuple[str, ...]:
@@ -169,6 +176,46 @@ def _smpp(env: Mapping[str, str]) -> tuple[SmppBind, ...]:
     return tuple(parse_smpp_url("SMPP_URL", u) for u in urls)
 
 
+_WEIGHT_RE = re.compile(r"^(wallet|tenure|repayment)=(\d{1,3}(\.\d{1,4})?)$")
+
+
+def _weights(env: Mapping[str, str]) -> str:
+    raw = env.get("LOAN_SCORE_WEIGHTS", "").replace(" ", "")
+    if not raw:
+        return "wallet=0.4,tenure=0.3,repayment=0.3"
+    parts = raw.split(",")
+    matches = [_WEIGHT_RE.match(p) for p in parts]
+    names = [m.group(1) for m in matches if m]
+    if None in matches or len(set(names)) != len(names):
+        raise SettingsError(
+            "LOAN_SCORE_WEIGHTS: expected name=weight pairs for wallet, tenure, repayment"
+        )
+    if not any(float(m.group(2)) > 0 for m in matches if m):
+        raise SettingsError("LOAN_SCORE_WEIGHTS: at least one weight must be above 0")
+    return raw
+
+
+def _days(env: Mapping[str, str], name: str, default: tuple[int, ...]) -> tuple[int, ...]:
+    raw = env.get(name, "").replace(" ", "")
+    if not raw:
+        return default
+    try:
+        days = tuple(sorted({int(p) for p in raw.split(",")}))
+    except ValueError:
+        raise SettingsError(f"{name}: expected comma-separated whole days like -3,0,7") from None
+    if not all(-60 <= d <= 365 for d in days) or len(days) > 10:
+        raise SettingsError(f"{name}: at most 10 days, each between -60 and 365")
+    return days
+
+
+def _score_bands(env: Mapping[str, str]) -> tuple[int, int]:
+    approve = _int(env, "LOAN_SCORE_APPROVE_MIN", 600, 0, 1000)
+    review = _int(env, "LOAN_SCORE_REVIEW_MIN", 400, 0, 1000)
+    if review > approve:
+        raise SettingsError("LOAN_SCORE_REVIEW_MIN: must not exceed LOAN_SCORE_APPROVE_MIN")
+    return approve, review
+
+
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     """Build Settings from `env` (default: os.environ). Raises SettingsError on a bad value."""
     env = os.environ if env is None else env
@@ -192,6 +239,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     prefix = env.get("REDIS_PREFIX", "gw:")
     if not re.fullmatch(r"[A-Za-z0-9_:.-]{1,40}", prefix):
         raise SettingsError("REDIS_PREFIX: 1-40 characters of letters, digits, _ : . -")
+    approve_min, review_min = _score_bands(env)
     return Settings(
         database_url=_url(env, "DATABASE_URL", ("postgresql", "postgres")),
         redis_url=_url(env, "REDIS_URL", ("redis", "rediss", "unix")),
@@ -217,4 +265,11 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         demo_data=_bool(env, "GATEWAY_DEMO", False),
         redis_prefix=prefix,
         embedded_mqtt_port=_int(env, "EMBEDDED_MQTT_PORT", 11883, 1, 65535),
+        loan_max_applications_24h=_int(env, "LOAN_MAX_APPLICATIONS_24H", 3, 1, 1000),
+        loan_score_weights=_weights(env),
+        loan_score_approve_min=approve_min,
+        loan_score_review_min=review_min,
+        loan_scorer_timeout_ms=_int(env, "LOAN_SCORER_TIMEOUT_MS", 3000, 50, 60_000),
+        loan_reminder_days=_days(env, "LOAN_REMINDER_DAYS", (-3, 0, 1, 7)),
+        loan_jobs_interval_s=_int(env, "LOAN_JOBS_INTERVAL_S", 900, 0, 86_400),
     )

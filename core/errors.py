@@ -6,9 +6,11 @@ SMS hint, an MQTT error reply). Bugs are assertions, never CoreErrors.
     CoreError
     ├── NotFound                      a customer, agent, wallet, admin ... does not exist
     ├── ValidationFailed              well-formed input that breaks a rule (amount <= 0 ...)
+    │   └── Overpayment               a loan repayment larger than everything the loan owes
     ├── Conflict                      the request clashes with current state
     │   ├── AlreadyExists
-    │   └── IdempotencyConflict       same idempotency key, different request
+    │   ├── IdempotencyConflict       same idempotency key, different request
+    │   └── IllegalTransition         a loan lifecycle move the state machine does not allow
     ├── AuthFailed                    credentials, PIN or OTP wrong (one generic message)
     │   ├── OtpInvalid                wrong or already used TOTP code
     │   └── TokenInvalid              a JWT that is forged, expired or revoked
@@ -101,3 +103,18 @@ class RateLimited(CoreError):
 class Unavailable(CoreError):
     code = "SERVICE_UNAVAILABLE"
     default_message = "The service is temporarily unavailable"
+
+
+class IllegalTransition(Conflict):
+    """A loan or application asked to move along an edge the lifecycle table does not have."""
+
+    code = "ILLEGAL_TRANSITION"
+    default_message = "The loan cannot make this change from its current state"
+
+
+class Overpayment(ValidationFailed):
+    """A repayment larger than the loan's whole outstanding balance; `details` says how much
+    is owed so a channel can offer the exact figure."""
+
+    code = "OVERPAYMENT"
+    default_message = "The amount is more than the loan owes"

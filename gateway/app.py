@@ -7,6 +7,8 @@ keys and tokens -> MQTT broker and channels. Nothing is created at import time.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
 
@@ -14,7 +16,9 @@ from aiohttp import web
 from redis.asyncio import Redis
 
 from config.settings import Settings, load_settings
+from core.clock import SystemClock
 from core.crypto import FieldCipher
+from core.loans.jobs import JobScheduler
 from gateway import db as dbmod
 from gateway.admin import ROUTE_GROUPS
 from gateway.admin.system import add_system_routes
@@ -25,6 +29,7 @@ from gateway.keys import (
     CIPHER,
     ENDPOINTS,
     ENGINE,
+    LOANS,
     METRICS,
     PG_POOL,
     REDIS,
@@ -37,6 +42,8 @@ from gateway.metrics import Metrics
 from gateway.middlewares import MIDDLEWARES
 from gateway.secrets import resolve_secret
 from gateway.services import mqtt_endpoint, storage_endpoints
+from menus.loans.jobs import loan_jobs
+from menus.loans.setup import build_loan_service
 
 log = logging.getLogger("gateway.app")
 
@@ -103,6 +110,36 @@ async def _security(app: web.Application) -> AsyncIterator[None]:
     yield
 
 
+async def _loans(app: web.Application) -> AsyncIterator[None]:
+    """The loan service. The ledger and the customer directory come from the banking core
+    (issue 3); until it is wired here, loans cannot apply, disburse or repay (Unavailable)."""
+    app[LOANS] = build_loan_service(app[SETTINGS], SystemClock())
+    yield
+
+
+async def _loan_jobs(app: web.Application) -> AsyncIterator[None]:
+    """The daily loan jobs on every instance (each loan acted on once per day overall)."""
+    settings = app[SETTINGS]
+    if settings.loan_jobs_interval_s == 0:
+        yield
+        return
+    service = app[LOANS]
+    scheduler = JobScheduler(
+        app[PG_POOL],
+        loan_jobs(service, settings.loan_reminder_days),
+        service.clock,
+        interval_s=settings.loan_jobs_interval_s,
+    )
+    task = asyncio.create_task(scheduler.run_forever(), name="loan-jobs")
+    app[BACKGROUND]["loan_jobs"] = task
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
 async def _mqtt(app: web.Application) -> AsyncIterator[None]:
     async with mqtt_endpoint(app[SETTINGS]) as url:
         app[ENDPOINTS].mqtt_url = url
@@ -123,8 +160,10 @@ def create_app(
     app[METRICS] = Metrics()
     app[BACKGROUND] = {}
     app.cleanup_ctx.extend([_engines, _database(run_migrations), _redis, _security])
+    app.cleanup_ctx.append(_loans)
     if start_channels:
         app.cleanup_ctx.append(_mqtt)
+        app.cleanup_ctx.append(_loan_jobs)
     add_system_routes(app)
     app[ROUTE_SPECS] = add_routes(app, ROUTE_GROUPS)
     return app

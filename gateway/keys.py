@@ -15,6 +15,7 @@ from core.identity import Principal
 from gateway.auth import TokenService
 from gateway.metrics import Metrics
 from gateway.services import Endpoints
+from menus.loans.service import LoanService
 
 SETTINGS = web.AppKey("settings", Settings)
 ENDPOINTS = web.AppKey("endpoints", Endpoints)
@@ -27,6 +28,7 @@ TOKENS = web.AppKey("tokens", TokenService)
 METRICS = web.AppKey("metrics", Metrics)
 ROUTE_SPECS = web.AppKey("route_specs", list[Any])
 BACKGROUND = web.AppKey("background", dict[str, Any])
+LOANS = web.AppKey("loans", LoanService)
 
 # Request-scoped values (request[...]).
 PRINCIPAL_KEY = web.RequestKey("principal", Principal)

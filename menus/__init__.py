@@ -1,2 +1,1 @@
-"""Menus: definitions (schema, loader, validator), the shared session engine that USSD menus,
-SMS dialogs and agent devices run on, rendering, and bindings from actions to core calls."""
+"""Menus, dialogs and the shared state machines (`transitions`) that channels run on."""

@@ -1,0 +1,134 @@
+"""What the loan service needs from outside the loan area, as interfaces.
+
+- `LoanLedger`: money. The banking core implements it on its double-entry ledger (issue 3,
+  /work/wt/CORE_API.md); until then nothing moves money and the service refuses disbursement and
+  repayment with `Unavailable`.
+- `CustomerDirectory`: who the applicant is (KYC tier, when the wallet was opened). The core's
+  `core.customers.find_customer` backs it once merged.
+- `Notifier`: notification intents written in the caller's transaction; `NoticeTable` writes
+  them to `loan_notices` until the core's outbox (`core.outbox.enqueue`) takes over.
+
+Every call takes the caller's asyncpg connection and runs inside the caller's transaction, so
+the loan-side rows and the money commit or roll back together (one database, one transaction).
+Every money call takes an idempotency key; the same key with the same request must return the
+first receipt, and with a different request raise `IdempotencyConflict`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Protocol
+
+Connection = Any  # asyncpg.Connection (or a pool connection proxy); untyped upstream
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerReceipt:
+    reference: str  # the ledger's transfer reference, stored with the loan-side row
+
+
+@dataclass(frozen=True, slots=True)
+class WalletActivity:
+    inflow_minor: int
+    outflow_minor: int
+    transactions: int
+
+
+class LoanLedger(Protocol):
+    """The transfers a loan makes. Accounts named here are the core's system accounts:
+    `loan_fund` (lends and is repaid principal), `loan_interest_income`, `loan_fee_income`,
+    `loan_penalty_income` (one per currency)."""
+
+    async def disburse(
+        self,
+        conn: Connection,
+        *,
+        loan_id: int,
+        msisdn: str,
+        amount_minor: int,
+        currency: str,
+        idempotency_key: str,
+    ) -> LedgerReceipt:
+        """loan_fund -> the customer's wallet, `amount_minor`. Raises InsufficientFunds (the
+        fund is short), NotFound (no wallet) or LimitExceeded (the wallet's balance cap)."""
+        ...
+
+    async def collect(
+        self,
+        conn: Connection,
+        *,
+        loan_id: int,
+        msisdn: str,
+        currency: str,
+        principal_minor: int,
+        interest_minor: int,
+        fee_minor: int,
+        penalty_minor: int,
+        idempotency_key: str,
+    ) -> LedgerReceipt:
+        """One linked posting from the customer's wallet: principal to loan_fund, interest,
+        fees and penalties to their income accounts (zero legs are skipped). Raises
+        InsufficientFunds when the wallet cannot cover the sum."""
+        ...
+
+    async def available_minor(self, conn: Connection, msisdn: str, currency: str) -> int:
+        """The wallet's spendable balance (what a sweep may take)."""
+        ...
+
+    async def wallet_activity(
+        self, conn: Connection, msisdn: str, currency: str, since: datetime
+    ) -> WalletActivity:
+        """Money in and out of the wallet since `since` (scoring input)."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class CustomerFacts:
+    msisdn: str
+    tier: str
+    registered_at: datetime
+    active: bool = True
+
+
+class CustomerDirectory(Protocol):
+    async def customer(self, conn: Connection, msisdn: str) -> CustomerFacts | None: ...
+
+
+class Notifier(Protocol):
+    """Same fields as core.outbox.enqueue, plus the loan the message is about."""
+
+    async def enqueue(
+        self,
+        conn: Connection,
+        *,
+        channel: str,
+        recipient: str,
+        body: str,
+        kind: str,
+        loan_id: int | None = None,
+    ) -> None: ...
+
+
+class NoticeTable:
+    """Writes notification intents to `loan_notices` (until the core's outbox exists)."""
+
+    async def enqueue(
+        self,
+        conn: Connection,
+        *,
+        channel: str,
+        recipient: str,
+        body: str,
+        kind: str,
+        loan_id: int | None = None,
+    ) -> None:
+        await conn.execute(
+            "INSERT INTO loan_notices (loan_id, channel, recipient, kind, body)"
+            " VALUES ($1, $2, $3, $4, $5)",
+            loan_id,
+            channel,
+            recipient,
+            kind,
+            body,
+        )

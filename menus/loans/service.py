@@ -1,0 +1,496 @@
+"""The loan service: what channels (USSD, SMS) and the admin API call.
+
+    apply(pool, msisdn=, product_code=, amount_minor=, channel=, idempotency_key=) -> ApplyResult
+    approve(pool, application_id, actor=, note=) -> ReviewResult
+    reject(pool, application_id, actor=, reason=) -> ReviewResult
+    repay(pool, msisdn=, amount_minor=, idempotency_key=, channel=) -> RepayResult
+    status(pool, msisdn) -> LoanStatus | None
+    write_off(pool, loan_id, actor=) -> Loan
+
+An application is scored outside any transaction (an external scorer may be slow; it is bounded
+by `scorer_timeout_s`, and a failure sends the application to review), then decided and stored
+in one transaction under a per-MSISDN advisory lock, so the in-flight and velocity rules see
+every concurrent application. Approval (automatic or by an officer) is followed by disbursement
+in its own transaction: the application moves to `disbursed`, the loan and its schedule are
+written, the ledger moves the money, and the loan becomes `active`, all or nothing. Every status
+change asks the shared `transitions` machine (menus.loans.lifecycle) for its destination; core
+and the database trigger check the same table again.
+
+Money needs a `LoanLedger` and applications a `CustomerDirectory` (core.loans.ports); until the
+banking core provides them the service answers those calls with `Unavailable`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
+from typing import Any
+
+from core.clock import Clock
+from core.errors import CoreError, IdempotencyConflict, NotFound, Unavailable, ValidationFailed
+from core.loans import book, notices, store
+from core.loans.allocation import allocate, apply_allocation, due_by, outstanding_minor
+from core.loans.arrears import bucket_for, days_past_due
+from core.loans.book import InstallmentRow, Loan, Repayment
+from core.loans.decision import Decision, DecisionPolicy, Outcome, decide
+from core.loans.fraud import ApplicationFacts, FraudLimits, first_refusal
+from core.loans.lifecycle import State
+from core.loans.ports import CustomerDirectory, LoanLedger, NoticeTable, Notifier
+from core.loans.products import MAX_PRINCIPAL_MINOR, Product, validate_product
+from core.loans.schedule import build_schedule
+from core.loans.scoring import InternalScorer, Score, Scorer, ScoringFacts
+from core.loans.store import Application
+from menus.loans.lifecycle import LIFECYCLE, LoanLifecycle
+
+log = logging.getLogger("menus.loans")
+
+Pool = Any  # asyncpg.Pool
+MSISDN_RE = re.compile(r"^\+[1-9][0-9]{6,14}$")
+KEY_RE = re.compile(r"^[\x21-\x7e]{1,100}$")  # printable ASCII, no spaces
+CHANNEL_RE = re.compile(r"^[a-z][a-z0-9_]{1,15}$")
+SCORING_WINDOW = timedelta(days=90)
+DEFAULT_SCORER_TIMEOUT_S = 3.0
+NOTE_MAX = 500
+SYSTEM = "system"
+DISBURSEMENT_FAILED = "DISBURSEMENT_FAILED"
+DISBURSEMENT_FAILED_TEXT = "We could not send the money now; please try again later"
+
+
+@dataclass(frozen=True, slots=True)
+class LoanPolicy:
+    fraud: FraudLimits = field(default_factory=FraudLimits)
+    decision: DecisionPolicy = field(default_factory=DecisionPolicy)
+    scorer_timeout_s: float = DEFAULT_SCORER_TIMEOUT_S
+    notify_channel: str = "sms"
+
+
+@dataclass(frozen=True, slots=True)
+class ApplyResult:
+    application: Application
+    decision: Decision
+    loan: Loan | None = None
+    replayed: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ReviewResult:
+    application: Application
+    loan: Loan | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RepayResult:
+    loan: Loan
+    repayment: Repayment
+    outstanding_minor: int
+    replayed: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class LoanStatus:
+    loan: Loan
+    installments: list[InstallmentRow]
+    outstanding_minor: int
+    due_now_minor: int  # fallen due by today and unpaid
+    next_due_date: date | None
+    next_due_minor: int
+
+
+def check_msisdn(msisdn: str) -> str:
+    if not isinstance(msisdn, str) or not MSISDN_RE.match(msisdn):
+        raise ValidationFailed("The phone number must be E.164, like +254712345678")
+    return msisdn
+
+
+def check_amount(amount_minor: int) -> int:
+    ok = isinstance(amount_minor, int) and not isinstance(amount_minor, bool)
+    if not ok or not 0 < amount_minor <= MAX_PRINCIPAL_MINOR:
+        raise ValidationFailed("The amount must be a positive whole number of minor units")
+    return amount_minor
+
+
+def check_key(key: str, channel: str) -> None:
+    if not isinstance(key, str) or not KEY_RE.match(key):
+        raise ValidationFailed("The idempotency key must be 1-100 printable characters")
+    if not isinstance(channel, str) or not CHANNEL_RE.match(channel):
+        raise ValidationFailed("The channel must be a short lowercase name like ussd or sms")
+
+
+def decision_of(app: Application) -> Decision:
+    """The decision as the customer should see it now: an application waiting for an officer
+    reads as review, an approved or disbursed one as approved, a rejected one as refused (an
+    approval that could not be disbursed says so)."""
+    limit = app.score_limit_minor
+    own = Decision(Outcome(app.decision), app.decision_code, app.decision_message, limit)
+    if app.status == State.APPLIED:
+        return own
+    if app.status in (State.APPROVED, State.DISBURSED):
+        if own.outcome is Outcome.APPROVE:
+            return own
+        return Decision(Outcome.APPROVE, "APPROVED", "Your loan is approved", limit)
+    if own.outcome is Outcome.REFUSE:
+        return own
+    if (app.note or "").startswith(DISBURSEMENT_FAILED):
+        return Decision(Outcome.REFUSE, DISBURSEMENT_FAILED, DISBURSEMENT_FAILED_TEXT, limit)
+    return Decision(Outcome.REFUSE, "REJECTED", "Your application was not approved", limit)
+
+
+class LoanService:
+    def __init__(
+        self,
+        *,
+        clock: Clock,
+        policy: LoanPolicy | None = None,
+        scorer: Scorer | None = None,
+        customers: CustomerDirectory | None = None,
+        ledger: LoanLedger | None = None,
+        notifier: Notifier | None = None,
+        lifecycle: LoanLifecycle = LIFECYCLE,
+    ) -> None:
+        self.clock = clock
+        self.policy = policy or LoanPolicy()
+        self.scorer: Scorer = scorer or InternalScorer()
+        self.customers = customers
+        self.ledger = ledger
+        self.notifier: Notifier = notifier or NoticeTable()
+        self.lifecycle = lifecycle
+
+    def require_ledger(self) -> LoanLedger:
+        if self.ledger is None:
+            raise Unavailable("Loans cannot move money until the banking core is connected")
+        return self.ledger
+
+    def _directory(self) -> CustomerDirectory:
+        if self.customers is None:
+            raise Unavailable("Loans cannot check customers until the banking core is connected")
+        return self.customers
+
+    async def notify(
+        self, conn: Any, msisdn: str, body: str, kind: str, loan_id: int | None
+    ) -> None:
+        await self.notifier.enqueue(
+            conn,
+            channel=self.policy.notify_channel,
+            recipient=msisdn,
+            body=body,
+            kind=kind,
+            loan_id=loan_id,
+        )
+
+    # --- products ------------------------------------------------------------------------------
+
+    async def create_product(self, pool: Pool, data: dict[str, Any], actor: str) -> Product:
+        product = validate_product(data)
+        async with pool.acquire() as conn:
+            return await store.insert_product(conn, product, actor)
+
+    async def products(self, pool: Pool, *, active_only: bool = False) -> list[Product]:
+        async with pool.acquire() as conn:
+            return await store.list_products(conn, active_only=active_only)
+
+    # --- applications --------------------------------------------------------------------------
+
+    async def apply(
+        self,
+        pool: Pool,
+        *,
+        msisdn: str,
+        product_code: str,
+        amount_minor: int,
+        channel: str,
+        idempotency_key: str,
+    ) -> ApplyResult:
+        check_msisdn(msisdn)
+        check_amount(amount_minor)
+        check_key(idempotency_key, channel)
+        async with pool.acquire() as conn:
+            earlier = await store.find_application(conn, msisdn, idempotency_key)
+            if earlier is not None:
+                return await self._replay(pool, earlier, product_code, amount_minor)
+            product = await store.get_product(conn, code=product_code)
+            if not product.active:
+                raise NotFound("This loan product is not offered", code="PRODUCT_NOT_FOUND")
+            customer = await self._directory().customer(conn, msisdn)
+            if customer is None or not customer.active:
+                raise NotFound("No active wallet for this number", code="CUSTOMER_NOT_FOUND")
+            facts = await self._scoring_facts(conn, msisdn, product, customer.registered_at)
+        score = await self._score(facts, product)
+        async with pool.acquire() as conn, conn.transaction():
+            await store.lock_applicant(conn, msisdn)
+            earlier = await store.find_application(conn, msisdn, idempotency_key)
+            if earlier is not None:
+                return await self._replay(pool, earlier, product_code, amount_minor)
+            now = self.clock.now()
+            in_flight, recent, open_loans = await store.applicant_counts(conn, msisdn, now)
+            app_facts = ApplicationFacts(
+                msisdn, customer.tier, facts.account_age_days, in_flight, recent, open_loans
+            )
+            refusal = first_refusal(app_facts, product, self.policy.fraud)
+            decision = decide(product, amount_minor, refusal, score, self.policy.decision)
+            app = await store.insert_application(
+                conn,
+                msisdn=msisdn,
+                product=product,
+                principal_minor=amount_minor,
+                channel=channel,
+                idempotency_key=idempotency_key,
+                decision=decision,
+                score=score,
+                now=now,
+            )
+            if decision.outcome is not Outcome.REVIEW:
+                trigger = "approve" if decision.outcome is Outcome.APPROVE else "reject"
+                app = await self._move_app(conn, app, trigger, SYSTEM)
+        app, loan = await self._disburse(pool, app, SYSTEM)
+        return ApplyResult(app, decision_of(app), loan)
+
+    async def _replay(
+        self, pool: Pool, app: Application, product_code: str, amount_minor: int
+    ) -> ApplyResult:
+        if app.product_code != product_code or app.principal_minor != amount_minor:
+            raise IdempotencyConflict(
+                "This idempotency key was already used for another application"
+            )
+        loan = None
+        if app.loan_id is not None:
+            async with pool.acquire() as conn:
+                loan = await book.get_loan(conn, app.loan_id)
+        return ApplyResult(app, decision_of(app), loan, replayed=True)
+
+    async def _scoring_facts(
+        self, conn: Any, msisdn: str, product: Product, registered_at: datetime
+    ) -> ScoringFacts:
+        now = self.clock.now()
+        on_time, late, defaulted = await store.repayment_history(conn, msisdn)
+        activity = await self.require_ledger().wallet_activity(
+            conn, msisdn, product.currency, now - SCORING_WINDOW
+        )
+        return ScoringFacts(
+            msisdn=msisdn,
+            account_age_days=max(0, (now - registered_at).days),
+            inflow_90d_minor=activity.inflow_minor,
+            outflow_90d_minor=activity.outflow_minor,
+            transactions_90d=activity.transactions,
+            loans_repaid_on_time=on_time,
+            loans_repaid_late=late,
+            loans_defaulted=defaulted,
+        )
+
+    async def _score(self, facts: ScoringFacts, product: Product) -> Score | None:
+        """The scorer's answer, or None when it fails or takes too long (-> manual review)."""
+        try:
+            async with asyncio.timeout(self.policy.scorer_timeout_s):
+                return await self.scorer.score(facts, product)
+        except TimeoutError:
+            log.warning("loan scorer timed out", extra={"scorer": self.scorer.name})
+        except Exception:
+            log.exception("loan scorer failed", extra={"scorer": self.scorer.name})
+        return None
+
+    async def _move_app(
+        self, conn: Any, app: Application, trigger: str, actor: str, note: str | None = None
+    ) -> Application:
+        dest = self.lifecycle.next_state(app.status, trigger)
+        return await store.move_application(
+            conn, app, trigger=trigger, dest=dest, actor=actor, now=self.clock.now(), note=note
+        )
+
+    async def move_loan(self, conn: Any, loan: Loan, trigger: str, actor: str) -> Loan:
+        dest = self.lifecycle.next_state(loan.status, trigger)
+        return await book.move_loan(
+            conn, loan, trigger=trigger, dest=dest, actor=actor, now=self.clock.now()
+        )
+
+    # --- review ----------------------------------------------------------------------------------
+
+    async def approve(
+        self, pool: Pool, application_id: int, *, actor: str, note: str | None = None
+    ) -> ReviewResult:
+        """A loan officer approves an application waiting for review, then it is disbursed."""
+        async with pool.acquire() as conn, conn.transaction():
+            app = await store.get_application(conn, application_id, for_update=True)
+            app = await self._move_app(conn, app, "approve", actor, _note(note))
+        app, loan = await self._disburse(pool, app, actor)
+        return ReviewResult(app, loan)
+
+    async def reject(
+        self, pool: Pool, application_id: int, *, actor: str, reason: str
+    ) -> ReviewResult:
+        async with pool.acquire() as conn, conn.transaction():
+            app = await store.get_application(conn, application_id, for_update=True)
+            app = await self._move_app(conn, app, "reject", actor, _note(reason))
+            body = notices.decided(False, "not approved. " + _note(reason))
+            await self.notify(conn, app.msisdn, body, "loan_rejected", None)
+        return ReviewResult(app)
+
+    async def _disburse(
+        self, pool: Pool, app: Application, actor: str
+    ) -> tuple[Application, Loan | None]:
+        """Disburse an approved application; without a ledger it stays approved (the banking
+        core is not connected yet). If the ledger refuses (the fund is short, the wallet is at
+        its cap ...), nothing moved and the application is rejected with the reason."""
+        if app.status != State.APPROVED or self.ledger is None:
+            return app, None
+        try:
+            async with pool.acquire() as conn, conn.transaction():
+                loan = await self._disburse_in(conn, app, actor)
+        except CoreError as exc:
+            log.warning(
+                "loan disbursement refused",
+                extra={"application_id": app.id, "reason": exc.error_code},
+            )
+            async with pool.acquire() as conn, conn.transaction():
+                current = await store.get_application(conn, app.id, for_update=True)
+                if current.status != State.APPROVED:
+                    raise
+                note = f"{DISBURSEMENT_FAILED}: {exc.error_code}"
+                rejected = await self._move_app(conn, current, "reject", SYSTEM, note)
+            return rejected, None
+        async with pool.acquire() as conn:
+            return await store.get_application(conn, app.id), loan
+
+    async def _disburse_in(self, conn: Any, app: Application, actor: str) -> Loan:
+        ledger = self.require_ledger()
+        app = await store.get_application(conn, app.id, for_update=True)
+        app = await self._move_app(conn, app, "disburse", actor)
+        product = await store.get_product(conn, product_id=app.product_id)
+        now = self.clock.now()
+        schedule = build_schedule(product, app.principal_minor, now.date())
+        key = f"loan-disburse:{app.id}"
+        loan = await book.insert_loan(
+            conn,
+            app,
+            product,
+            schedule,
+            disbursement_key=key,
+            disbursement_ref=None,
+            now=now,
+        )
+        receipt = await ledger.disburse(
+            conn,
+            loan_id=loan.id,
+            msisdn=app.msisdn,
+            amount_minor=app.principal_minor,
+            currency=product.currency,
+            idempotency_key=key,
+        )
+        await book.set_disbursement_ref(conn, loan.id, receipt.reference)
+        loan = await self.move_loan(conn, loan, "activate", actor)
+        body = notices.disbursed(
+            app.principal_minor, schedule.total_minor, schedule.first_due_date, product.currency
+        )
+        await self.notify(conn, app.msisdn, body, "loan_disbursed", loan.id)
+        return loan
+
+    # --- repayment -------------------------------------------------------------------------------
+
+    async def repay(
+        self,
+        pool: Pool,
+        *,
+        msisdn: str,
+        amount_minor: int,
+        idempotency_key: str,
+        channel: str,
+    ) -> RepayResult:
+        """Repay from the wallet. The same key again returns the first result."""
+        check_msisdn(msisdn)
+        check_amount(amount_minor)
+        check_key(idempotency_key, channel)
+        self.require_ledger()
+        async with pool.acquire() as conn, conn.transaction():
+            prior = await book.find_repayment_for(conn, msisdn, idempotency_key)
+            if prior is not None:
+                return await self._repay_replay(conn, prior, amount_minor)
+            loan = await book.open_loan_for(conn, msisdn, for_update=True)
+            if loan is None:
+                raise NotFound("You have no loan to repay", code="NO_OPEN_LOAN")
+            return await self.collect(conn, loan, amount_minor, idempotency_key, channel)
+
+    async def _repay_replay(self, conn: Any, prior: Repayment, amount_minor: int) -> RepayResult:
+        if prior.amount_minor != amount_minor:
+            raise IdempotencyConflict("This idempotency key was already used for another amount")
+        loan = await book.get_loan(conn, prior.loan_id)
+        rows = await book.installments(conn, loan.id)
+        owed = outstanding_minor([r.due() for r in rows])
+        return RepayResult(loan, prior, owed, replayed=True)
+
+    async def collect(
+        self, conn: Any, loan: Loan, amount_minor: int, key: str, channel: str
+    ) -> RepayResult:
+        """Take `amount_minor` from the wallet into `loan` (locked by the caller): allocate,
+        move the money, record, and move the loan to repaid or back to active."""
+        rows = await book.installments(conn, loan.id)
+        dues = [r.due() for r in rows]
+        allocation = allocate(amount_minor, dues)
+        receipt = await self.require_ledger().collect(
+            conn,
+            loan_id=loan.id,
+            msisdn=loan.msisdn,
+            currency=loan.currency,
+            principal_minor=allocation.principal_minor,
+            interest_minor=allocation.interest_minor,
+            fee_minor=allocation.fee_minor,
+            penalty_minor=allocation.penalty_minor,
+            idempotency_key=f"loan-repay:{loan.id}:{key}",
+        )
+        now = self.clock.now()
+        repayment = await book.record_repayment(
+            conn,
+            loan,
+            allocation,
+            channel=channel,
+            idempotency_key=key,
+            ledger_ref=receipt.reference,
+            now=now,
+        )
+        after = apply_allocation(dues, allocation)
+        owed = outstanding_minor(after)
+        dpd = days_past_due(after, self.clock.today())
+        if owed == 0:
+            loan = await self.move_loan(conn, loan, "repay", SYSTEM)
+        elif loan.status == State.OVERDUE and dpd == 0:
+            loan = await self.move_loan(conn, loan, "cure", SYSTEM)
+        if dpd != loan.days_past_due or owed == 0:
+            await book.set_arrears(conn, loan.id, dpd, bucket_for(dpd), now)
+            loan = await book.get_loan(conn, loan.id)
+        body = notices.received(amount_minor, owed, loan.currency)
+        await self.notify(conn, loan.msisdn, body, "loan_repayment", loan.id)
+        return RepayResult(loan, repayment, owed)
+
+    # --- status and write-off --------------------------------------------------------------------
+
+    async def status(self, pool: Pool, msisdn: str) -> LoanStatus | None:
+        """The open loan's position, or None when the customer owes nothing."""
+        check_msisdn(msisdn)
+        async with pool.acquire() as conn:
+            loan = await book.open_loan_for(conn, msisdn)
+            if loan is None:
+                return None
+            rows = await book.installments(conn, loan.id)
+        dues = [r.due() for r in rows]
+        upcoming = [d for d in dues if d.total_minor > 0]
+        return LoanStatus(
+            loan=loan,
+            installments=rows,
+            outstanding_minor=outstanding_minor(dues),
+            due_now_minor=due_by(dues, self.clock.today()),
+            next_due_date=upcoming[0].due_date if upcoming else None,
+            next_due_minor=upcoming[0].total_minor if upcoming else 0,
+        )
+
+    async def write_off(self, pool: Pool, loan_id: int, *, actor: str) -> Loan:
+        """Close a defaulted loan as a loss. No money moves; later repayments are refused."""
+        async with pool.acquire() as conn, conn.transaction():
+            loan = await book.get_loan(conn, loan_id, for_update=True)
+            return await self.move_loan(conn, loan, "write_off", actor)
+
+
+def _note(text: str | None) -> str:
+    cleaned = " ".join((text or "").split())
+    if len(cleaned) > NOTE_MAX:
+        raise ValidationFailed(f"The note is at most {NOTE_MAX} characters")
+    return cleaned

@@ -1,0 +1,360 @@
+"""The loan service on a real database: apply, decide, disburse, repay, with the stand-in
+ledger in the same transactions."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import replace
+from datetime import timedelta
+from typing import Any
+
+import pytest
+
+from core.errors import (
+    Conflict,
+    IdempotencyConflict,
+    IllegalTransition,
+    NotFound,
+    ValidationFailed,
+)
+from core.loans import book, store
+from core.loans.decision import Decision, Outcome
+from core.loans.fraud import FraudLimits
+from core.loans.products import Product
+from core.loans.schedule import build_schedule
+from core.loans.scoring import Score, ScoringFacts
+from menus.loans.service import LoanPolicy, LoanService
+from tests.integration.loans.conftest import World, wallet
+
+
+async def _apply(world: World, msisdn: str, product: Product, amount: int, key: str = "k1") -> Any:
+    return await world.service.apply(
+        world.pool,
+        msisdn=msisdn,
+        product_code=product.code,
+        amount_minor=amount,
+        channel="ussd",
+        idempotency_key=key,
+    )
+
+
+async def _notices(world: World, msisdn: str) -> list[str]:
+    rows = await world.pool.fetch(
+        "SELECT kind FROM loan_notices WHERE recipient = $1 ORDER BY id", msisdn
+    )
+    return [r["kind"] for r in rows]
+
+
+async def test_auto_approved_loan_is_disbursed_with_its_schedule(world: World) -> None:
+    product = await world.product(facility_fee_percent="1.5")
+    msisdn = await world.customer()
+    before = await world.ledger.balance(world.pool, wallet(msisdn))
+    result = await _apply(world, msisdn, product, 300_000)
+    assert result.decision.outcome is Outcome.APPROVE
+    assert result.application.status == "disbursed"
+    assert result.loan is not None and result.loan.status == "active"
+    assert await world.ledger.balance(world.pool, wallet(msisdn)) == before + 300_000
+    status = await world.service.status(world.pool, msisdn)
+    assert status is not None
+    # flat 5 % x 3 weeks = 45,000 interest; the 1.5 % fee (4,500) is due with installment 1.
+    assert status.outstanding_minor == 300_000 + 45_000 + 4_500
+    assert [r.due_date for r in status.installments] == [
+        world.clock.today() + timedelta(weeks=k) for k in (1, 2, 3)
+    ]
+    assert status.next_due_minor == 100_000 + 15_000 + 4_500
+    assert await _notices(world, msisdn) == ["loan_disbursed"]
+    history = await world.pool.fetch(
+        "SELECT trigger, from_status, to_status FROM loan_status_history"
+        " WHERE application_id = $1 ORDER BY id",
+        result.application.id,
+    )
+    assert [(h["trigger"], h["from_status"], h["to_status"]) for h in history] == [
+        ("apply", None, "applied"),
+        ("approve", "applied", "approved"),
+        ("disburse", "approved", "disbursed"),
+        ("activate", "disbursed", "active"),
+    ]
+
+
+async def test_same_key_replays_and_another_request_conflicts(world: World) -> None:
+    product = await world.product()
+    msisdn = await world.customer()
+    first = await _apply(world, msisdn, product, 200_000, key="same")
+    again = await _apply(world, msisdn, product, 200_000, key="same")
+    assert again.replayed and again.application.id == first.application.id
+    assert again.loan is not None and first.loan is not None and again.loan.id == first.loan.id
+    assert world.ledger.calls.count(f"disburse:{first.loan.id}") == 1
+    with pytest.raises(IdempotencyConflict):
+        await _apply(world, msisdn, product, 250_000, key="same")
+
+
+async def test_an_open_loan_is_refused_as_outstanding(world: World) -> None:
+    product = await world.product()
+    msisdn = await world.customer()
+    await _apply(world, msisdn, product, 200_000, key="a")
+    second = await _apply(world, msisdn, product, 100_000, key="b")
+    assert second.decision.outcome is Outcome.REFUSE
+    assert second.decision.code == "LOAN_OUTSTANDING"
+    assert "outstanding" in second.decision.message
+    assert second.application.status == "rejected"
+
+
+async def test_review_band_then_officer_approves_and_it_is_disbursed(world: World) -> None:
+    product = await world.product(auto_approve_max_minor=100_000)
+    msisdn = await world.customer()
+    result = await _apply(world, msisdn, product, 150_000)
+    assert (result.decision.outcome, result.decision.code) == (Outcome.REVIEW, "REVIEW_AMOUNT")
+    assert result.application.status == "applied" and result.loan is None
+    # While it waits, a second application is refused as in flight.
+    again = await _apply(world, msisdn, product, 50_000, key="k2")
+    assert again.decision.code == "APPLICATION_IN_FLIGHT"
+    reviewed = await world.service.approve(world.pool, result.application.id, actor="officer1")
+    assert reviewed.application.status == "disbursed"
+    assert reviewed.loan is not None and reviewed.loan.status == "active"
+    with pytest.raises(IllegalTransition):
+        await world.service.approve(world.pool, result.application.id, actor="officer1")
+    with pytest.raises(IllegalTransition):
+        await world.service.reject(world.pool, result.application.id, actor="o", reason="late")
+
+
+async def test_officer_rejects_with_a_reason(world: World) -> None:
+    product = await world.product(auto_approve_max_minor=0)
+    msisdn = await world.customer()
+    result = await _apply(world, msisdn, product, 20_000)
+    assert result.decision.outcome is Outcome.REVIEW
+    rejected = await world.service.reject(
+        world.pool, result.application.id, actor="officer2", reason="  income  unclear "
+    )
+    assert rejected.application.status == "rejected"
+    assert rejected.application.note == "income unclear"
+    assert rejected.application.decided_by == "officer2"
+    assert await _notices(world, msisdn) == ["loan_rejected"]
+    with pytest.raises(IllegalTransition):
+        await world.service.approve(world.pool, result.application.id, actor="officer2")
+
+
+async def test_fund_short_rejects_the_approval_and_moves_nothing(world: World) -> None:
+    product = await world.product()
+    msisdn = await world.customer()
+    world.ledger.fund = "loan_fund:empty"  # a fund with no money in it
+    before = await world.ledger.balance(world.pool, wallet(msisdn))
+    result = await _apply(world, msisdn, product, 200_000)
+    assert (result.decision.outcome, result.decision.code) == (
+        Outcome.REFUSE,
+        "DISBURSEMENT_FAILED",
+    )
+    assert "try again" in result.decision.message
+    assert result.application.status == "rejected"
+    assert result.application.note == "DISBURSEMENT_FAILED: INSUFFICIENT_FUNDS"
+    assert result.loan is None
+    assert await world.ledger.balance(world.pool, wallet(msisdn)) == before
+    loans = await world.pool.fetchval("SELECT count(*) FROM loans WHERE msisdn = $1", msisdn)
+    assert loans == 0  # the loan row rolled back with the money
+
+
+@pytest.mark.parametrize(
+    ("customer", "code"),
+    [
+        ({"tier": "basic"}, "TIER_NOT_ALLOWED"),
+        ({"age_days": 29}, "ACCOUNT_TOO_NEW"),
+        ({"age_days": 30}, "REVIEW_SCORE"),  # eligible; a 30-day tenure scores low
+    ],
+)
+async def test_customer_facts_reach_the_rules(
+    world: World, customer: dict[str, Any], code: str | None
+) -> None:
+    product = await world.product()
+    msisdn = await world.customer(**customer)
+    result = await _apply(world, msisdn, product, 100_000)
+    assert result.decision.code == (code or "APPROVED")
+
+
+async def test_velocity_counts_applications_in_24_hours(world: World) -> None:
+    world.service.policy = replace(world.service.policy, fraud=FraudLimits(max_applications_24h=2))
+    closed = await world.product(tiers=["premium"])  # refuses this standard-tier customer
+    offered = await world.product()
+    msisdn = await world.customer()
+    first = await _apply(world, msisdn, closed, 100_000, key="v1")
+    second = await _apply(world, msisdn, closed, 100_000, key="v2")
+    assert [first.decision.code, second.decision.code] == ["TIER_NOT_ALLOWED"] * 2
+    # Refused applications count too: a third within 24 hours is more than 2.
+    third = await _apply(world, msisdn, offered, 100_000, key="v3")
+    assert third.decision.code == "TOO_MANY_APPLICATIONS"
+    world.clock.advance(days=1)  # exactly 24 hours later the first ones fall out of the window
+    fourth = await _apply(world, msisdn, offered, 100_000, key="v4")
+    assert fourth.decision.code == "APPROVED"
+
+
+async def test_concurrent_applications_from_one_number_give_one_loan(world: World) -> None:
+    product = await world.product()
+    msisdn = await world.customer()
+    results = await asyncio.gather(
+        *[_apply(world, msisdn, product, 100_000, key=f"c{i}") for i in range(4)]
+    )
+    approved = [r for r in results if r.decision.outcome is Outcome.APPROVE]
+    assert len(approved) == 1
+    assert {r.decision.code for r in results if r not in approved} <= {
+        "LOAN_OUTSTANDING",
+        "APPLICATION_IN_FLIGHT",
+        "TOO_MANY_APPLICATIONS",  # the 4th within 24 hours, whichever order they ran in
+    }
+    open_loans = await world.pool.fetchval(
+        "SELECT count(*) FROM loans WHERE msisdn = $1 AND status = 'active'", msisdn
+    )
+    assert open_loans == 1
+
+
+class SlowScorer:
+    name = "slow-bureau"
+
+    async def score(self, facts: ScoringFacts, product: Product) -> Score:
+        await asyncio.sleep(5)
+        return Score(1000, 10**9)
+
+
+class BrokenScorer:
+    name = "broken-bureau"
+
+    async def score(self, facts: ScoringFacts, product: Product) -> Score:
+        raise ConnectionError("bureau unreachable")
+
+
+class GenerousScorer:
+    name = "external"
+
+    async def score(self, facts: ScoringFacts, product: Product) -> Score:
+        return Score(900, 250_000, {"bureau": 900}, self.name)
+
+
+@pytest.mark.parametrize("scorer", [SlowScorer(), BrokenScorer()])
+async def test_scorer_failure_goes_to_review_never_approval(world: World, scorer: Any) -> None:
+    world.service = LoanService(
+        clock=world.clock,
+        policy=LoanPolicy(scorer_timeout_s=0.2),
+        scorer=scorer,
+        ledger=world.ledger,
+        customers=world.directory,
+    )
+    product = await world.product()
+    msisdn = await world.customer()
+    result = await _apply(world, msisdn, product, 100_000)
+    assert (result.decision.outcome, result.decision.code) == (
+        Outcome.REVIEW,
+        "SCORER_UNAVAILABLE",
+    )
+    assert result.application.score is None
+
+
+async def test_an_external_scorer_plugs_in(world: World) -> None:
+    world.service = LoanService(
+        clock=world.clock, scorer=GenerousScorer(), ledger=world.ledger, customers=world.directory
+    )
+    product = await world.product()
+    msisdn = await world.customer(inflow_minor=0)
+    over = await _apply(world, msisdn, product, 300_000, key="x1")
+    assert (over.decision.code, over.decision.limit_minor) == ("OVER_LIMIT", 250_000)
+    ok = await _apply(world, msisdn, product, 250_000, key="x2")
+    assert ok.decision.code == "APPROVED" and ok.application.score == 900
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("msisdn", "0712345678"),
+        ("amount_minor", 0),
+        ("amount_minor", 1.5),
+        ("idempotency_key", ""),
+        ("idempotency_key", "has space"),
+        ("channel", "USSD!"),
+    ],
+)
+async def test_bad_input_is_refused_before_anything_happens(
+    world: World, field: str, value: Any
+) -> None:
+    product = await world.product()
+    msisdn = await world.customer()
+    args: dict[str, Any] = {
+        "msisdn": msisdn,
+        "product_code": product.code,
+        "amount_minor": 100_000,
+        "channel": "ussd",
+        "idempotency_key": "k",
+    }
+    args[field] = value
+    with pytest.raises(ValidationFailed):
+        await world.service.apply(world.pool, **args)
+    count = await world.pool.fetchval(
+        "SELECT count(*) FROM loan_applications WHERE msisdn = $1", msisdn
+    )
+    assert count == 0
+
+
+async def test_unknown_product_and_customer(world: World) -> None:
+    product = await world.product()
+    msisdn = await world.customer()
+    with pytest.raises(NotFound):
+        await world.service.apply(
+            world.pool,
+            msisdn=msisdn,
+            product_code="NOPE",
+            amount_minor=100_000,
+            channel="sms",
+            idempotency_key="k",
+        )
+    with pytest.raises(NotFound):
+        await world.service.apply(
+            world.pool,
+            msisdn="+254799999999",
+            product_code=product.code,
+            amount_minor=100_000,
+            channel="sms",
+            idempotency_key="k",
+        )
+
+
+async def test_the_database_backs_the_one_open_loan_rule(world: World) -> None:
+    product = await world.product()
+    msisdn = await world.customer()
+    first = await _apply(world, msisdn, product, 100_000, key="one")
+    assert first.loan is not None
+    # Bypass the service's rules: a second application pushed straight to disbursement.
+    async with world.pool.acquire() as conn, conn.transaction():
+        decision = Decision(Outcome.APPROVE, "APPROVED", "ok")
+        app = await store.insert_application(
+            conn,
+            msisdn=msisdn,
+            product=product,
+            principal_minor=100_000,
+            channel="ussd",
+            idempotency_key="two",
+            decision=decision,
+            score=None,
+            now=world.clock.now(),
+        )
+        for trigger, dest in (("approve", "approved"), ("disburse", "disbursed")):
+            app = await store.move_application(
+                conn, app, trigger=trigger, dest=dest, actor="t", now=world.clock.now()
+            )
+        schedule = build_schedule(product, 100_000, world.clock.today())
+        with pytest.raises(Conflict) as info:
+            await book.insert_loan(
+                conn,
+                app,
+                product,
+                schedule,
+                disbursement_key="two",
+                disbursement_ref=None,
+                now=world.clock.now(),
+            )
+        assert info.value.error_code == "LOAN_OUTSTANDING"
+
+
+async def test_a_replay_after_review_reads_as_the_final_decision(world: World) -> None:
+    product = await world.product(auto_approve_max_minor=0)
+    msisdn = await world.customer()
+    waiting = await _apply(world, msisdn, product, 100_000, key="r")
+    assert waiting.decision.outcome is Outcome.REVIEW
+    await world.service.approve(world.pool, waiting.application.id, actor="officer")
+    replay = await _apply(world, msisdn, product, 100_000, key="r")
+    assert replay.replayed and replay.decision.outcome is Outcome.APPROVE
+    assert replay.loan is not None and replay.loan.status == "active"
