@@ -37,6 +37,7 @@ from gateway.metrics import Metrics
 from gateway.middlewares import MIDDLEWARES
 from gateway.secrets import resolve_secret
 from gateway.services import mqtt_endpoint, storage_endpoints
+from gateway.ussd import add_ussd
 
 log = logging.getLogger("gateway.app")
 
@@ -123,6 +124,7 @@ def create_app(
     app[METRICS] = Metrics()
     app[BACKGROUND] = {}
     app.cleanup_ctx.extend([_engines, _database(run_migrations), _redis, _security])
+    add_ussd(app)  # USSD is always on, like the admin API
     if start_channels:
         app.cleanup_ctx.append(_mqtt)
     add_system_routes(app)

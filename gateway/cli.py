@@ -137,6 +137,15 @@ def build_parser() -> argparse.ArgumentParser:
 EXTRA_COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = []  # type: ignore[type-arg]
 
 
+def _ussd_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    from gateway.cli_ussd import register
+
+    register(sub)
+
+
+EXTRA_COMMANDS.append(_ussd_commands)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
