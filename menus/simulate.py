@@ -77,6 +77,9 @@ class Simulator:
         outcomes: Mapping[str, str] | None = None,
         customer: Mapping[str, Any] | None = None,
     ) -> list[Screen]:
+        if language is not None:
+            # The simulated customer speaks the language asked for (a lookup would say so).
+            customer = {**(customer or {}), "language": language}
         bindings = MenuBindings(self.specs)
         for name, spec in self.specs.items():
             bindings.bind(name, _DryRun(spec, outcomes or {}, customer))

@@ -109,7 +109,7 @@ class SimulationOut(BaseModel):
 
 
 def _out(row: store.MenuRow, *, draft: bool = False, problems: list[str] | None = None) -> Any:
-    return MenuOut(
+    out = MenuOut(
         id=row.id,
         name=row.name,
         current_version=row.current_version,
@@ -127,7 +127,12 @@ def _out(row: store.MenuRow, *, draft: bool = False, problems: list[str] | None 
         ],
         draft=row.draft if draft else None,
         problems=problems,
-    ).model_dump(exclude_none=True)
+    ).model_dump()
+    if not draft:
+        del out["draft"]
+    if problems is None:
+        del out["problems"]
+    return out
 
 
 def _menu_id(request: web.Request) -> int:
