@@ -21,7 +21,10 @@ from tests.ussd_support import UssdEnv, ussd
 
 __all__ = ["ussd"]
 
-START = "sessionId=ATUid_5e8c1&serviceCode=%2A384%23&phoneNumber=%2B254711000111&networkCode=63902&text="
+START = (
+    "sessionId=ATUid_5e8c1&serviceCode=%2A384%23&phoneNumber=%2B254711000111"
+    "&networkCode=63902&text="
+)
 
 
 def form(**fields: str) -> str:
