@@ -20,7 +20,7 @@ KINDS = ("digits", "amount", "msisdn", "pin", "regex", "length", "text")
 _ZERO_DECIMAL = frozenset({"BIF", "CLP", "DJF", "GNF", "JPY", "KMF", "KRW", "RWF", "UGX", "XAF"})
 _ZERO_DECIMAL_MORE = frozenset({"XOF", "XPF", "VND", "VUV", "PYG"})
 _AMOUNT = re.compile(r"(\d{1,13})(?:[.,](\d{1,2}))?")
-_MSISDN_DIGITS = re.compile(r"\d{7,15}")
+_MSISDN_DIGITS = re.compile(r"\d{10,15}")  # E.164: at most 15; mobiles need 10+
 
 
 def currency_exponent(currency: str) -> int:

@@ -26,7 +26,7 @@ from menus.engine import Reply, UssdRequest
 MAX_FIELD_CHARS = 200
 MAX_TEXT_CHARS = 1000  # Africa's Talking's cumulative text grows with every hop
 _SESSION_ID = re.compile(r"[A-Za-z0-9._:@+=\-]{1,128}")
-_MSISDN = re.compile(r"\+?(\d{7,15})")
+_MSISDN = re.compile(r"\+?(\d{10,15})")
 _DIAL = re.compile(r"\*?\d{1,8}(\*\d{0,20})*#?")
 _LANGUAGE = re.compile(r"[a-z]{2,3}")
 
