@@ -40,13 +40,13 @@ class Measure:
 
 
 def is_gsm7(text: str) -> bool:
-    return all(ch in _GSM7_ALL for ch in text)
+    return _GSM7_ALL.issuperset(text)
 
 
 def measure(text: str) -> Measure:
     """Length of `text` in the units of the encoding it needs, with that encoding's limit."""
-    if is_gsm7(text):
-        septets = len(text) + sum(1 for ch in text if ch in GSM7_EXTENSION)
+    if _GSM7_ALL.issuperset(text):
+        septets = len(text) + sum(map(text.count, _EXTENSION))
         return Measure("gsm7", septets, GSM7_LIMIT)
     return Measure("ucs2", len(text.encode("utf-16-le")) // 2, UCS2_LIMIT)
 

@@ -58,6 +58,13 @@ class LeanAsyncMachine(AsyncMachine):
             return
         await super().callbacks(funcs, event_data)
 
+    async def process_context(self, func: Callable[[], Awaitable[None]], model: object) -> bool:
+        # The base class records the running task per model so that a new transition can cancel
+        # one in progress on the same model. Every step here has its own model and runs its
+        # transitions one after another, so that bookkeeping (a context variable and a dict
+        # entry per trigger) is pure cost.
+        return bool(await self._process_async(func, model))
+
     @staticmethod
     async def await_all(callables: list[AsyncCallbackFunc]) -> list[bool | None]:
         if len(callables) == 1:

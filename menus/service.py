@@ -174,6 +174,7 @@ class UssdService:
             if current is None and req.kind != "start" and req.inputs is None:
                 trace.outcome = "expired"
                 return self._system("expired", req.language)
+            session = None
             if current is not None:
                 session = current.session()
                 trace.session(session)
@@ -181,7 +182,7 @@ class UssdService:
                 if early is not None:
                     return early
             try:
-                return await self._step(hop, current)
+                return await self._step(hop, current, session)
             except _Lost as lost:
                 current = lost.current
         trace.outcome = "busy"
@@ -233,10 +234,10 @@ class UssdService:
                     break
         return self._system("busy", trace.language or req.language)
 
-    async def _step(self, hop: _Hop, current: Versioned | None) -> Reply:
+    async def _step(self, hop: _Hop, current: Versioned | None, parsed: Session | None) -> Reply:
         req = hop.req
         prefill: tuple[str, ...] = ()
-        if current is None:
+        if current is None or parsed is None:
             menu, prefill = self.registry.resolve(req.service_code)
             if menu is None:
                 raise Unavailable("No menu is published")
@@ -250,7 +251,7 @@ class UssdService:
             prefill += req.inputs or ()
             before, expected, text = session.to_json(), None, None
         else:
-            session = current.session()
+            session = parsed
             menu = await self.registry.version(session.menu, session.version)
             before, expected, text = current.raw, current.version, req.input
         claim = _Claim(self.store, hop, expected=expected, before=before)

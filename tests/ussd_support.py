@@ -6,9 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import shutil
+import subprocess
+import time
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,6 +21,7 @@ from aiohttp.test_utils import TestClient
 from config.settings import Settings
 from core.errors import CoreError
 from gateway.app import create_app
+from gateway.embedded import free_port, port_open
 from gateway.keys import MENU_BINDINGS
 from menus.actions import ActionContext, ActionResult, MenuBindings
 from tests.conftest import running_app
@@ -274,3 +279,58 @@ async def ussd(settings: Settings) -> AsyncIterator[UssdEnv]:
     """A running gateway with the fake bank bound (one per test module)."""
     async for env in start_env(settings):
         yield env
+
+
+START_DEADLINE_S = 10.0
+
+
+class RedisProcess:
+    def __init__(self, folder: Path) -> None:
+        self.port = free_port()
+        self.folder = folder
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        binary = shutil.which("redis-server")
+        assert binary is not None, "redis-server is needed for this test"
+        self.proc = subprocess.Popen(
+            [
+                binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.folder),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + START_DEADLINE_S
+        while not port_open("127.0.0.1", self.port):
+            assert time.monotonic() < deadline, "redis-server did not start"
+            assert self.proc.poll() is None, "redis-server exited"
+            time.sleep(0.02)  # polling for the port to open
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[RedisProcess]:
+    server = RedisProcess(tmp_path)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -29,6 +29,7 @@ _SESSION_ID = re.compile(r"[A-Za-z0-9._:@+=\-]{1,128}")
 _MSISDN = re.compile(r"\+?(\d{10,15})")
 _DIAL = re.compile(r"\*?\d{1,8}(\*\d{0,20})*#?")
 _LANGUAGE = re.compile(r"[a-z]{2,3}")
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 __all__ = [
     "Inbound",
@@ -130,7 +131,7 @@ def text(
         raise bad(f"{name} must be a string", field=name)
     if len(value) > max_chars:
         raise bad(f"{name} is longer than {max_chars} characters", field=name)
-    if any(ord(ch) < 32 and ch not in "\r\n\t" for ch in value):
+    if _CONTROL.search(value):
         raise bad(f"{name} contains control characters", field=name)
     return value
 

@@ -6,23 +6,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import shutil
-import subprocess
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import replace
-from pathlib import Path
 
 import asyncpg
 import pytest
 from redis.asyncio import Redis
 
 from config.settings import Settings
-from gateway.embedded import free_port, port_open
 from gateway.keys import MENU_BINDINGS, REDIS
-from tests.ussd_support import UssdEnv, new_msisdn, start_env, ussd
+from tests.ussd_support import RedisProcess, UssdEnv, new_msisdn, own_redis, start_env, ussd
 
-__all__ = ["ussd"]
+__all__ = ["own_redis", "ussd"]
 
 DEADLINE_S = 5.0
 
@@ -200,58 +196,6 @@ async def test_end_of_session_notification(ussd: UssdEnv) -> None:
 
 
 # --- Redis stopped mid-session ----------------------------------------------------------------
-
-
-class RedisProcess:
-    def __init__(self, folder: Path) -> None:
-        self.port = free_port()
-        self.folder = folder
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        binary = shutil.which("redis-server")
-        assert binary is not None, "redis-server is needed for this test"
-        self.proc = subprocess.Popen(
-            [
-                binary,
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(self.folder),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + DEADLINE_S
-        while not port_open("127.0.0.1", self.port):
-            assert time.monotonic() < deadline, "redis-server did not start"
-            assert self.proc.poll() is None, "redis-server exited"
-            time.sleep(0.02)  # polling for the port to open
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(timeout=10)
-
-
-@pytest.fixture
-def own_redis(tmp_path: Path) -> Iterator[RedisProcess]:
-    server = RedisProcess(tmp_path)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 async def test_redis_stopped_mid_session(settings: Settings, own_redis: RedisProcess) -> None:

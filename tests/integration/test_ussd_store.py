@@ -10,11 +10,12 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
+from gateway.app import make_redis
 from gateway.keys import REDIS, USSD_SERVICE
 from menus.session import RedisSessionStore
-from tests.ussd_support import UssdEnv, new_msisdn, ussd
+from tests.ussd_support import RedisProcess, UssdEnv, new_msisdn, own_redis, ussd
 
-__all__ = ["ussd"]
+__all__ = ["own_redis", "ussd"]
 
 
 async def test_compare_and_set(redis: Redis, redis_prefix: str) -> None:
@@ -33,6 +34,20 @@ async def test_compare_and_set(redis: Redis, redis_prefix: str) -> None:
     await redis.delete(key)
     ok, current = await store.save(key, 2, '{"a":5}', 60)  # expired meanwhile
     assert not ok and current is None
+
+
+async def test_the_script_loads_itself_on_a_fresh_server(own_redis: RedisProcess) -> None:
+    """A new (or restarted) Redis has no scripts: the first write falls back to EVAL."""
+    client = make_redis(own_redis.url)
+    try:
+        store = RedisSessionStore(client, "fresh:")
+        key = store.key("unit", "s1")
+        assert await client.script_exists(store._sha) == [False]
+        assert await store.save(key, None, "{}", 60) == (True, None)
+        assert await client.script_exists(store._sha) == [True]
+        assert await store.save(key, 1, "{}", 60) == (True, None)
+    finally:
+        await client.aclose()
 
 
 class Counter:
