@@ -443,6 +443,11 @@ def bench_one(n: int, seconds: float, servers: tuple[int, int, int, int]) -> boo
     print(f"  fixed rate {half:.0f}/s (half the floor): floor, then gateway ...", flush=True)
     fh = asyncio.run(fixed_rate(floor_port, n, half, seconds))
     gh = asyncio.run(fixed_rate(gw_port, n, half, seconds))
+    # The same comparison at a rate the gateway sustains (half its own closed-loop rate).
+    own = g.rate() / 2
+    print(f"  fixed rate {own:.0f}/s (half the gateway's): floor, then gateway ...", flush=True)
+    fo = asyncio.run(fixed_rate(floor_port, n, own, seconds))
+    go = asyncio.run(fixed_rate(gw_port, n, own, seconds))
     print(f"  floor runs: {f1.rate():.0f} and {f2.rate():.0f} req/s (the better one is the floor)")
     print(describe("floor, closed loop", floor, None, nav=False))
     print(describe("gateway navigation, closed loop", g, floor))
@@ -450,6 +455,8 @@ def bench_one(n: int, seconds: float, servers: tuple[int, int, int, int]) -> boo
     print(describe("gateway session start (lookup)", starts, floor))
     print(describe(f"floor at {half:.0f}/s", fh, None, nav=False))
     print(describe(f"gateway navigation at {half:.0f}/s", gh, fh))
+    print(describe(f"floor at {own:.0f}/s", fo, None, nav=False))
+    print(describe(f"gateway navigation at {own:.0f}/s", go, fo))
     floor_cpu = min(f1.cpu_s / f1.sent, f2.cpu_s / f2.sent) * 1e6
     gw_cpu = g.cpu_s / g.sent * 1e6  # navigation and session starts together
     print(
@@ -458,7 +465,7 @@ def bench_one(n: int, seconds: float, servers: tuple[int, int, int, int]) -> boo
     )
     throughput = g.nav_rate() / floor.rate()
     p99 = pct(gh.nav, 0.99) / pct(fh.nav + fh.starts, 0.99)
-    errors = f1.errors + f2.errors + g.errors + fh.errors + gh.errors
+    errors = f1.errors + f2.errors + g.errors + fh.errors + gh.errors + fo.errors + go.errors
     met = throughput >= TARGET_THROUGHPUT and p99 <= TARGET_P99 and errors == 0
     print(
         f"  => navigation throughput {throughput:.2f}x floor (target >= {TARGET_THROUGHPUT}),"

@@ -23,6 +23,7 @@ log = logging.getLogger("menus.seed")
 
 DEFAULT_MENU_FILE = Path(__file__).resolve().parent.parent / "config" / "menus" / "default.yaml"
 _SEED_LOCK = 0x6D656E75  # "menu": the advisory lock key for seeding
+DB_TIMEOUT_S = 10.0
 
 
 async def ensure_menu(
@@ -39,7 +40,7 @@ async def ensure_menu(
         return None
     assert isinstance(data, dict)
     document: dict[str, Any] = data
-    async with pool.acquire() as conn, conn.transaction():
+    async with pool.acquire(timeout=DB_TIMEOUT_S) as conn, conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock($1)", _SEED_LOCK)
         if await store.find_menu(conn, document["name"]) is not None:
             return None

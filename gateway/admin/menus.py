@@ -30,6 +30,7 @@ from menus.validators import MAX_INPUT_CHARS
 
 routes = ApiRoutes(tag="menus")
 MAX_SIMULATED_INPUTS = 50
+DB_ACQUIRE_TIMEOUT_S = 5.0
 
 
 class DraftIn(BaseModel):
@@ -167,7 +168,10 @@ async def save_draft(request: web.Request, body: DraftIn) -> web.StreamResponse:
     problems = _problems(request, body.document)
     if any(p.startswith("name:") for p in problems):
         raise MenuInvalid("The menu name is not valid", problems=problems)
-    async with request.app[PG_POOL].acquire() as conn, conn.transaction():
+    async with (
+        request.app[PG_POOL].acquire(timeout=DB_ACQUIRE_TIMEOUT_S) as conn,
+        conn.transaction(),
+    ):
         row, created = await store.save_draft(conn, name, body.document, _actor(request))
     return json_response(_out(row, draft=True, problems=problems), status=201 if created else 200)
 
@@ -176,7 +180,7 @@ async def save_draft(request: web.Request, body: DraftIn) -> web.StreamResponse:
     "/api/v1/menus", permission="menus:read", response=MenuListOut, summary="List the menus"
 )
 async def list_menus(request: web.Request) -> web.StreamResponse:
-    async with request.app[PG_POOL].acquire() as conn:
+    async with request.app[PG_POOL].acquire(timeout=DB_ACQUIRE_TIMEOUT_S) as conn:
         rows = await store.list_menus(conn)
     return json_response({"menus": [_out(r) for r in rows]})
 
@@ -188,7 +192,7 @@ async def list_menus(request: web.Request) -> web.StreamResponse:
     summary="A menu with its draft and versions",
 )
 async def get_menu(request: web.Request) -> web.StreamResponse:
-    async with request.app[PG_POOL].acquire() as conn:
+    async with request.app[PG_POOL].acquire(timeout=DB_ACQUIRE_TIMEOUT_S) as conn:
         row = await store.get_menu(conn, _menu_id(request))
     return json_response(_out(row, draft=True))
 
@@ -203,7 +207,7 @@ async def get_version(request: web.Request) -> web.StreamResponse:
     raw = request.match_info["version"]
     if not raw.isdigit() or len(raw) > 9:
         raise NotFound("No such version", code="VERSION_NOT_FOUND")
-    async with request.app[PG_POOL].acquire() as conn:
+    async with request.app[PG_POOL].acquire(timeout=DB_ACQUIRE_TIMEOUT_S) as conn:
         row = await store.get_menu(conn, _menu_id(request))
         document = await store.version_document(conn, row.name, int(raw))
     return json_response(
@@ -223,7 +227,7 @@ async def get_version(request: web.Request) -> web.StreamResponse:
     summary="Validate the draft: one line per problem",
 )
 async def validate(request: web.Request) -> web.StreamResponse:
-    async with request.app[PG_POOL].acquire() as conn:
+    async with request.app[PG_POOL].acquire(timeout=DB_ACQUIRE_TIMEOUT_S) as conn:
         row = await store.get_menu(conn, _menu_id(request))
     problems = _problems(request, row.draft)
     return json_response({"ok": not problems, "problems": problems})
@@ -238,7 +242,10 @@ async def validate(request: web.Request) -> web.StreamResponse:
 )
 async def publish(request: web.Request) -> web.StreamResponse:
     menu_id = _menu_id(request)
-    async with request.app[PG_POOL].acquire() as conn, conn.transaction():
+    async with (
+        request.app[PG_POOL].acquire(timeout=DB_ACQUIRE_TIMEOUT_S) as conn,
+        conn.transaction(),
+    ):
         row = await store.get_menu(conn, menu_id, lock=True)
         problems = _problems(request, row.draft)
         if problems:
@@ -261,7 +268,10 @@ async def publish(request: web.Request) -> web.StreamResponse:
     summary="Make an earlier version current again (default: the one before current)",
 )
 async def rollback(request: web.Request, body: RollbackIn) -> web.StreamResponse:
-    async with request.app[PG_POOL].acquire() as conn, conn.transaction():
+    async with (
+        request.app[PG_POOL].acquire(timeout=DB_ACQUIRE_TIMEOUT_S) as conn,
+        conn.transaction(),
+    ):
         row = await store.get_menu(conn, _menu_id(request), lock=True)
         version = body.version
         if version is None:
@@ -284,7 +294,7 @@ async def rollback(request: web.Request, body: RollbackIn) -> web.StreamResponse
 async def simulate(request: web.Request, body: SimulateIn) -> web.StreamResponse:
     if any(len(i) > MAX_INPUT_CHARS for i in body.inputs):
         raise ValidationFailed(f"An input is longer than {MAX_INPUT_CHARS} characters")
-    async with request.app[PG_POOL].acquire() as conn:
+    async with request.app[PG_POOL].acquire(timeout=DB_ACQUIRE_TIMEOUT_S) as conn:
         row = await store.get_menu(conn, _menu_id(request))
         document = (
             row.draft
