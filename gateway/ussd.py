@@ -35,14 +35,19 @@ from menus.seed import DEFAULT_MENU_FILE, ensure_menu
 from menus.service import UssdService
 from menus.session import RedisSessionStore
 
+GC_GEN0_THRESHOLD = 20_000  # Python's default is 700 allocations
+
 
 async def _freeze_startup_objects(app: web.Application) -> None:
     # Everything allocated while starting (imported modules, compiled menus and their machines,
     # pools) lives as long as the process. Freezing it keeps the cyclic garbage collector from
     # rescanning it on every full collection, which cost a serving process ~20% of its CPU at
-    # a few thousand USSD steps per second (bench/ussd.py). Only for a process that serves.
+    # a few thousand USSD steps per second (bench/ussd.py); collecting the young generation
+    # less often saved another ~5-10%. Only for a process that serves.
     gc.collect()
     gc.freeze()
+    _, second, third = gc.get_threshold()
+    gc.set_threshold(GC_GEN0_THRESHOLD, second, third)
 
 
 def freeze_after_startup(app: web.Application) -> None:
