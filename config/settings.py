@@ -7,6 +7,7 @@ prints that line and exits 2, so an operator sees exactly what to fix.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from collections.abc import Mapping
@@ -37,6 +38,34 @@ class SmppBind:
     window: int = 10
     system_type: str = ""
     message_id_base: int = 16
+
+
+USSD_PROVIDER_NAMES = (
+    "africastalking",
+    "hubtel",
+    "nalo",
+    "arkesel",
+    "beem",
+    "emergent",
+    "infobip",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class UssdProviderSettings:
+    """Per-aggregator settings, from `USSD_<PROVIDER>_*` (e.g. `USSD_HUBTEL_SECRET`).
+
+    `allow_from`: source networks allowed to call (empty: any). `secret`: a shared secret the
+    aggregator sends as the `X-Ussd-Secret` header or the `key` query parameter. `basic_auth`:
+    `user:password` the aggregator sends with HTTP basic auth. `session_ttl_s`: how long an idle
+    session lives in Redis.
+    """
+
+    name: str
+    allow_from: tuple[str, ...] = ()
+    secret: str | None = None
+    basic_auth: str | None = None
+    session_ttl_s: int = 180
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +103,16 @@ class Settings:
     loan_scorer_timeout_ms: int = 3000
     loan_reminder_days: tuple[int, ...] = (-3, 0, 1, 7)
     loan_jobs_interval_s: int = 900
+    ussd_providers: tuple[UssdProviderSettings, ...] = tuple(
+        UssdProviderSettings(n) for n in USSD_PROVIDER_NAMES
+    )
+    ussd_deadline_s: float = 10.0
+
+    def ussd_provider(self, name: str) -> UssdProviderSettings:
+        for provider in self.ussd_providers:
+            if provider.name == name:
+                return provider
+        return UssdProviderSettings(name)
 
     @property
     def embedded(self) -> tuple[str, ...]:
@@ -216,6 +255,31 @@ def _score_bands(env: Mapping[str, str]) -> tuple[int, int]:
     return approve, review
 
 
+def _ussd_provider(env: Mapping[str, str], name: str) -> UssdProviderSettings:
+    prefix = f"USSD_{name.upper()}_"
+    allow = tuple(a for a in re.split(r"[\s,]+", env.get(prefix + "ALLOW_FROM", "")) if a)
+    for network in allow:
+        try:
+            ipaddress.ip_network(network, strict=False)
+        except ValueError:
+            raise SettingsError(
+                f"{prefix}ALLOW_FROM: {network!r} is not an address or network"
+            ) from None
+    secret = env.get(prefix + "SECRET") or None
+    if secret is not None and len(secret) < 16:
+        raise SettingsError(f"{prefix}SECRET: must be at least 16 characters")
+    basic = env.get(prefix + "BASIC_AUTH") or None
+    if basic is not None and (":" not in basic or basic.startswith(":")):
+        raise SettingsError(f"{prefix}BASIC_AUTH: expected user:password")
+    return UssdProviderSettings(
+        name=name,
+        allow_from=allow,
+        secret=secret,
+        basic_auth=basic,
+        session_ttl_s=_int(env, prefix + "SESSION_TTL_S", 180, 1, 3600),
+    )
+
+
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     """Build Settings from `env` (default: os.environ). Raises SettingsError on a bad value."""
     env = os.environ if env is None else env
@@ -272,4 +336,6 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         loan_scorer_timeout_ms=_int(env, "LOAN_SCORER_TIMEOUT_MS", 3000, 50, 60_000),
         loan_reminder_days=_days(env, "LOAN_REMINDER_DAYS", (-3, 0, 1, 7)),
         loan_jobs_interval_s=_int(env, "LOAN_JOBS_INTERVAL_S", 900, 0, 86_400),
+        ussd_providers=tuple(_ussd_provider(env, n) for n in USSD_PROVIDER_NAMES),
+        ussd_deadline_s=float(_int(env, "USSD_DEADLINE_MS", 10_000, 500, 14_000)) / 1000,
     )

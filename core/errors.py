@@ -17,7 +17,11 @@ SMS hint, an MQTT error reply). Bugs are assertions, never CoreErrors.
     ├── Forbidden                     authenticated, but not allowed
     │   └── AccountLocked             too many failures; `details.retry_after_s` when it ends
     ├── RateLimited                   too many attempts in a window
-    └── Unavailable                   a dependency is down; try again later
+    ├── Unavailable                   a dependency is down; try again later
+    └── BadRequest                    malformed input: not the wire format at all (HTTP 400)
+
+    ValidationFailed
+    └── MenuInvalid                   a menu document fails validation; `details.problems`
 
 Each class carries a stable `code` (the `error_code` channels show) and a human `message`.
 """
@@ -118,3 +122,18 @@ class Overpayment(ValidationFailed):
 
     code = "OVERPAYMENT"
     default_message = "The amount is more than the loan owes"
+
+
+class BadRequest(CoreError):
+    """Input that is not the expected wire format at all (a USSD callback missing fields, a body
+    that is not JSON). HTTP 400; a well-formed request that breaks a rule is ValidationFailed."""
+
+    code = "BAD_REQUEST"
+    default_message = "The request is malformed"
+
+
+class MenuInvalid(ValidationFailed):
+    """A menu document fails validation; `details["problems"]` has one line per problem."""
+
+    code = "MENU_INVALID"
+    default_message = "The menu is not valid"

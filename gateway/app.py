@@ -42,6 +42,7 @@ from gateway.metrics import Metrics
 from gateway.middlewares import MIDDLEWARES
 from gateway.secrets import resolve_secret
 from gateway.services import mqtt_endpoint, storage_endpoints
+from gateway.ussd import add_ussd
 from menus.loans.jobs import loan_jobs
 from menus.loans.setup import build_loan_service
 
@@ -161,6 +162,7 @@ def create_app(
     app[BACKGROUND] = {}
     app.cleanup_ctx.extend([_engines, _database(run_migrations), _redis, _security])
     app.cleanup_ctx.append(_loans)
+    add_ussd(app)  # USSD is always on, like the admin API
     if start_channels:
         app.cleanup_ctx.append(_mqtt)
         app.cleanup_ctx.append(_loan_jobs)

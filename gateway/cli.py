@@ -51,12 +51,15 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     from gateway.app import create_app
     from gateway.logs import configure_logging
     from gateway.middlewares import JsonAccessLogger
+    from gateway.ussd import freeze_after_startup
 
     configure_logging(settings.log_level)
     host = args.host or settings.host
     port = args.port if args.port is not None else settings.port
+    app = create_app(settings)
+    freeze_after_startup(app)
     web.run_app(
-        create_app(settings),
+        app,
         host=host,
         port=port,
         access_log_class=JsonAccessLogger,
@@ -135,6 +138,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 # Areas add their commands here (menus validate, ledger check, simulate ussd ...).
 EXTRA_COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = []  # type: ignore[type-arg]
+
+
+def _ussd_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    from gateway.cli_ussd import register
+
+    register(sub)
+
+
+EXTRA_COMMANDS.append(_ussd_commands)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

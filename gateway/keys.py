@@ -9,13 +9,17 @@ from aiohttp import web
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from channels.ussd.http import UssdHttp
 from config.settings import Settings
 from core.crypto import FieldCipher
 from core.identity import Principal
 from gateway.auth import TokenService
 from gateway.metrics import Metrics
 from gateway.services import Endpoints
+from menus.actions import MenuBindings
 from menus.loans.service import LoanService
+from menus.registry import MenuRegistry
+from menus.service import UssdService
 
 SETTINGS = web.AppKey("settings", Settings)
 ENDPOINTS = web.AppKey("endpoints", Endpoints)
@@ -29,6 +33,10 @@ METRICS = web.AppKey("metrics", Metrics)
 ROUTE_SPECS = web.AppKey("route_specs", list[Any])
 BACKGROUND = web.AppKey("background", dict[str, Any])
 LOANS = web.AppKey("loans", LoanService)
+MENU_BINDINGS = web.AppKey("menu_bindings", MenuBindings)
+MENU_REGISTRY = web.AppKey("menu_registry", MenuRegistry)
+USSD_SERVICE = web.AppKey("ussd_service", UssdService)
+USSD_HTTP = web.AppKey("ussd_http", UssdHttp)
 
 # Request-scoped values (request[...]).
 PRINCIPAL_KEY = web.RequestKey("principal", Principal)

@@ -36,6 +36,24 @@ class Metrics:
             registry=self.registry,
         )
 
+        self.ussd_steps = Counter(
+            "gateway_ussd_steps_total",
+            "USSD steps by provider and outcome (ok, end, invalid, replay, busy, error ...)",
+            ["provider", "outcome"],
+            registry=self.registry,
+        )
+        self.ussd_latency = Histogram(
+            "gateway_ussd_step_duration_seconds",
+            "USSD step latency by provider",
+            ["provider"],
+            buckets=LATENCY_BUCKETS_S,
+            registry=self.registry,
+        )
+
+    def observe_ussd(self, provider: str, outcome: str, elapsed_s: float) -> None:
+        self.ussd_steps.labels(provider, outcome).inc()
+        self.ussd_latency.labels(provider).observe(elapsed_s)
+
     def observe(self, method: str, route: str, status: int, elapsed_s: float) -> None:
         self.requests.labels(method, route, str(status)).inc()
         self.latency.labels(method, route).observe(elapsed_s)

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from gateway.admin import auth, system
+from gateway.admin import auth, menus, system
 from gateway.admin import loans as loans_admin
 from gateway.api import ApiRoutes
 
-ROUTE_GROUPS: list[ApiRoutes] = [auth.routes, system.routes]
-ROUTE_GROUPS.append(loans_admin.routes)
+ROUTE_GROUPS: list[ApiRoutes] = [auth.routes, system.routes, loans_admin.routes, menus.routes]

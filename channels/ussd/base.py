@@ -1,0 +1,189 @@
+"""What every USSD provider module shares: the raw request it parses, the wire answer it renders,
+and strict field readers that turn anything malformed into a 400 (`core.errors.BadRequest`).
+
+A provider module exposes:
+
+    NAME: str
+    def parse(raw: Raw) -> Inbound        # raises BadRequest on anything malformed
+    def render(inbound: Inbound, reply: Reply) -> Wire
+
+`Inbound.request` is the provider-neutral `menus.engine.UssdRequest`; `Inbound.echo` carries the
+fields the provider wants echoed back in its reply (Nalo's USERID, Beem's request_id ...).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qsl
+
+from core.errors import BadRequest
+from menus.engine import Reply, UssdRequest
+
+MAX_FIELD_CHARS = 200
+MAX_TEXT_CHARS = 1000  # Africa's Talking's cumulative text grows with every hop
+_SESSION_ID = re.compile(r"[A-Za-z0-9._:@+=\-]{1,128}")
+_MSISDN = re.compile(r"\+?(\d{10,15})")
+_DIAL = re.compile(r"\*?\d{1,8}(\*\d{0,20})*#?")
+_LANGUAGE = re.compile(r"[a-z]{2,3}")
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+__all__ = [
+    "Inbound",
+    "Raw",
+    "Reply",
+    "UssdRequest",
+    "Wire",
+    "dial_code",
+    "form_body",
+    "json_body",
+    "json_wire",
+    "language",
+    "msisdn",
+    "session_id",
+    "text",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Raw:
+    """An HTTP request as a provider module sees it. `path` is what follows `/ussd/<provider>`
+    (Infobip puts the session id and the event there)."""
+
+    method: str
+    path: str
+    content_type: str
+    body: bytes
+    query: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Wire:
+    status: int
+    content_type: str
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Inbound:
+    request: UssdRequest
+    echo: Mapping[str, Any] = field(default_factory=dict)
+
+
+def bad(message: str, **details: Any) -> BadRequest:
+    return BadRequest(message, **details)
+
+
+def json_body(raw: Raw) -> dict[str, Any]:
+    """The body as a JSON object. JSON is required (`application/json`; a missing or text/plain
+    content type is tolerated because some aggregators send one); anything else is a 400."""
+    ctype = raw.content_type
+    if ctype and ctype not in ("application/json", "text/plain") and not ctype.endswith("+json"):
+        raise bad("The body must be JSON", content_type=ctype)
+    try:
+        data = json.loads(raw.body)
+    except (ValueError, UnicodeDecodeError):
+        raise bad("The body is not valid JSON") from None
+    if not isinstance(data, dict):
+        raise bad("The body must be a JSON object")
+    return data
+
+
+def form_body(raw: Raw) -> dict[str, str]:
+    """The body as an `application/x-www-form-urlencoded` form (first value of each field)."""
+    if raw.content_type != "application/x-www-form-urlencoded":
+        raise bad("The body must be a form (application/x-www-form-urlencoded)")
+    try:
+        pairs = parse_qsl(raw.body.decode("utf-8"), keep_blank_values=True, strict_parsing=False)
+    except (UnicodeDecodeError, ValueError):
+        raise bad("The form is not valid UTF-8") from None
+    form: dict[str, str] = {}
+    for key, value in pairs:
+        form.setdefault(key, value)
+    return form
+
+
+def _get(data: Mapping[str, Any], name: str, required: bool) -> Any:
+    value = data.get(name)
+    if value is None and required:
+        raise bad(f"{name} is required", field=name)
+    return value
+
+
+def text(
+    data: Mapping[str, Any],
+    name: str,
+    *,
+    required: bool = True,
+    max_chars: int = MAX_FIELD_CHARS,
+    numbers: bool = False,
+) -> str | None:
+    """A string field (numbers accepted when `numbers`: some providers send ids as numbers)."""
+    value = _get(data, name, required)
+    if value is None:
+        return None
+    if numbers and isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)
+    if not isinstance(value, str):
+        raise bad(f"{name} must be a string", field=name)
+    if len(value) > max_chars:
+        raise bad(f"{name} is longer than {max_chars} characters", field=name)
+    if _CONTROL.search(value):
+        raise bad(f"{name} contains control characters", field=name)
+    return value
+
+
+def boolean(data: Mapping[str, Any], name: str) -> bool:
+    value = _get(data, name, True)
+    if not isinstance(value, bool):
+        raise bad(f"{name} must be a JSON boolean (true or false)", field=name)
+    return value
+
+
+def session_id(data: Mapping[str, Any], name: str) -> str:
+    value = text(data, name, numbers=True)
+    assert value is not None
+    if not _SESSION_ID.fullmatch(value):
+        raise bad(f"{name} is not a valid session id", field=name)
+    return value
+
+
+def msisdn(data: Mapping[str, Any], name: str, *, required: bool = True) -> str:
+    """Provider MSISDNs arrive as digits with or without a leading `+`; stored as E.164."""
+    value = text(data, name, required=required, numbers=True)
+    if value is None:
+        return ""
+    m = _MSISDN.fullmatch(value.strip())
+    if m is None or m.group(1).startswith("0"):
+        raise bad(f"{name} is not an international phone number", field=name)
+    return "+" + m.group(1)
+
+
+def dial_code(value: str | None, name: str) -> str:
+    """`384`, `*384#`, `*384*1*2#`, `714*5` -> `*384#`, `*384*1*2#`, `*714*5#`."""
+    if value is None:
+        raise bad(f"{name} is required", field=name)
+    raw = value.strip()
+    if not _DIAL.fullmatch(raw):
+        raise bad(f"{name} is not a USSD code", field=name)
+    inner = raw.strip("#").lstrip("*")
+    return f"*{inner}#"
+
+
+def looks_like_dial(value: str | None) -> bool:
+    return bool(value) and value is not None and value.strip().endswith("#")
+
+
+def language(data: Mapping[str, Any], name: str) -> str | None:
+    value = data.get(name)
+    if isinstance(value, str) and _LANGUAGE.fullmatch(value.strip().lower()):
+        return value.strip().lower()
+    return None
+
+
+def json_wire(payload: Mapping[str, Any], status: int = 200) -> Wire:
+    body = json.dumps(payload, ensure_ascii=False).encode("utf-8")
+    return Wire(status, "application/json", body)

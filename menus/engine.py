@@ -1,0 +1,491 @@
+"""The menu engine: one user input moves a session through its version's shared state machine.
+
+`Engine.run(step)` takes a `Step` (the session plus this request), applies the input the way the
+screen wants it (a menu choice, a validated input, yes / no, or the built-in `0` back, `00` home
+and `98` next page), fires the machine's trigger, then follows action and router screens until a
+screen the user sees. `Engine.reply(step)` renders that screen. Storage, replays and deadlines
+around a step are `menus.service`'s; the engine only needs a `claim` hook that the service runs
+once before the first side effect of a step.
+
+Secret inputs (PINs, the national ID) live in plain text only inside the step that needs them;
+in the session they are encrypted with the gateway key, and they never reach a log, the stored
+reply or the analytics.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+from core.crypto import FieldCipher
+from core.errors import CoreError
+from menus import validators
+from menus.actions import ActionContext, ActionResult, MenuBindings
+from menus.compiled import CompiledMenu, Node
+from menus.machine import build_machine
+from menus.render import full_text, render, visible_options
+from menus.schema import BEGIN
+from menus.session import Session
+
+log = logging.getLogger("menus.engine")
+
+MAX_AUTO_STEPS = 16  # action and router screens followed in one step
+LATE_ACTION_LIMIT_S = 120.0  # an action that outlives the USSD deadline gets this much longer
+MAX_LATE_TASKS = 1000
+BACK, HOME, NEXT_PAGE = "0", "00", "98"
+
+
+@dataclass(frozen=True, slots=True)
+class UssdRequest:
+    """One callback, provider-neutral. `namespace` (the provider) only keeps session ids of
+    different aggregators apart; the engine never branches on it."""
+
+    namespace: str
+    session_id: str
+    msisdn: str
+    service_code: str  # as dialled: "*384#" or "*384*1*2#" (a prefilled path)
+    kind: str  # "start", "continue" or "end"
+    input: str | None = None  # the latest input; None on start
+    inputs: tuple[str, ...] | None = None  # every input so far, when the provider sends them
+    hop: str | None = None  # the provider's identity of this hop, when it gives one
+    language: str | None = None
+    detail: str | None = None  # why a session ended (provider status), for analytics
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    text: str
+    end: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What an action did: ok (with its result), failed (with an error code and details),
+    late (still running past the deadline), or unbound (no implementation)."""
+
+    kind: str
+    result: ActionResult | None = None
+    code: str = ""
+    details: Mapping[str, Any] = field(default_factory=dict)
+
+
+ClaimHook = Callable[[], Awaitable[None]]
+
+
+async def _no_claim() -> None:
+    return None
+
+
+class Step:
+    """The model the shared machine moves for one request: `state` is the current screen."""
+
+    __slots__ = (
+        "back_to",
+        "claim",
+        "deadline",
+        "failure",
+        "fault",
+        "input_secret",
+        "menu",
+        "notice",
+        "outcome",
+        "plain",
+        "session",
+        "state",
+        "trail",
+    )
+
+    def __init__(
+        self,
+        menu: CompiledMenu,
+        session: Session,
+        *,
+        deadline: float,
+        claim: ClaimHook = _no_claim,
+    ) -> None:
+        self.menu = menu
+        self.session = session
+        self.state = session.state
+        self.deadline = deadline
+        self.claim = claim
+        self.plain: dict[str, str] = {}  # secrets typed in this step
+        self.notice: str | None = None
+        self.outcome: Outcome | None = None
+        self.back_to: str | None = None
+        self.fault: str | None = None  # "late", "unavailable" or "error": a system END
+        self.failure: str | None = None  # the error code of an action that failed
+        self.input_secret = False
+        self.trail: list[str] = []  # screens passed, for analytics
+
+    def scope(self) -> dict[str, Any]:
+        s = self.session
+        return {**s.vars, "customer": s.customer, "msisdn": s.msisdn, "language": s.language}
+
+    @property
+    def node(self) -> Node:
+        return self.menu.nodes[self.state]
+
+
+def idempotency_key(session_key: str, seq: int, screen: str) -> str:
+    """Stable for one session and step: a retried step moves money at most once."""
+    digest = hashlib.sha256(session_key.encode()).hexdigest()[:32]
+    return f"ussd:{digest}:{seq}:{screen}"
+
+
+class Engine:
+    def __init__(
+        self,
+        bindings: MenuBindings,
+        cipher: FieldCipher,
+        *,
+        currency: str,
+        country_code: str,
+    ) -> None:
+        self.bindings = bindings
+        self.cipher = cipher
+        self.currency = currency
+        self.country_code = country_code
+        self.exponent = validators.currency_exponent(currency)
+        self._late: set[asyncio.Task[None]] = set()
+
+    def attach(self, menu: CompiledMenu) -> CompiledMenu:
+        """Build the version's one machine (once, when the version is loaded)."""
+        menu.machine = build_machine(menu, self._on_action)
+        return menu
+
+    # --- a step -------------------------------------------------------------------------------
+
+    async def run(self, step: Step, text: str | None, prefill: tuple[str, ...] = ()) -> None:
+        """Apply `text` (None: the session starts) and settle on a displayed screen."""
+        if step.state == BEGIN:
+            await self._fire(step, "begin")
+            await self._settle(step)
+            for value in prefill:
+                if step.fault or step.node.type != "menu":
+                    break
+                await self._input(step, value)
+                if step.notice:
+                    step.notice = None  # a bad prefilled choice: show the screen plainly
+                    break
+            return
+        if text is not None:
+            await self._input(step, text)
+
+    async def _input(self, step: Step, text: str) -> None:
+        node = step.node
+        session = step.session
+        step.input_secret = step.input_secret or (node.type == "input" and node.secret)
+        value = text.strip()
+        if value == HOME:
+            session.history.clear()
+            session.page = 0
+            await self._fire(step, "home")
+            await self._settle(step)
+            return
+        if value == BACK:
+            await self._back(step)
+            return
+        if value == NEXT_PAGE:
+            pages = render(self._menu(step), node, session.language, step.scope()).pages
+            if session.page < pages - 1:
+                session.page += 1
+                return
+        handler = {
+            "menu": self._choose,
+            "input": self._enter,
+            "confirm": self._confirm,
+        }.get(node.type)
+        if handler is None:  # an end screen with more pages: anything else shows it again
+            return
+        await handler(step, value)
+
+    async def _back(self, step: Step) -> None:
+        session = step.session
+        if session.page > 0:
+            session.page -= 1
+            return
+        if not session.history:
+            return
+        step.back_to = session.history.pop()
+        session.page = 0
+        if not await self._fire(step, "back", required=False):
+            session.history.clear()  # the history no longer fits the graph: start over
+            await self._fire(step, "home")
+        await self._settle(step)
+
+    async def _forward(self, step: Step, trigger: str) -> None:
+        step.session.push_history(step.state)
+        step.session.page = 0
+        await self._fire(step, trigger)
+        await self._settle(step)
+
+    async def _choose(self, step: Step, value: str) -> None:
+        node = step.node
+        choices = visible_options(node, step.scope())
+        if not (value.isascii() and value.isdigit()) or not 1 <= int(value) <= len(choices):
+            step.notice = self._message(step, "invalid_choice")
+            return
+        kind, choice = choices[int(value) - 1]
+        if kind == "option":
+            await self._forward(step, f"option_{choice.index}")
+            return
+        assert node.save is not None and node.item_value is not None and node.item_label
+        step.session.vars[node.save] = choice.get(node.item_value)
+        step.session.vars[f"{node.save}_label"] = node.item_label.render(choice)
+        await self._forward(step, "pick")
+
+    async def _enter(self, step: Step, value: str) -> None:
+        node = step.node
+        assert node.rule is not None and node.save is not None
+        try:
+            saved = validators.check(
+                node.rule, value, country_code=self.country_code, exponent=self.exponent
+            )
+        except validators.Refused as refused:
+            own = node.error.get(step.session.language) if node.error else None
+            step.notice = own.render({}) if own else self._message(step, refused.key)
+            return
+        if node.rule.match and self.secret(step, node.rule.match) != saved:
+            step.notice = self._message(step, "mismatch")
+            return
+        if node.secret:
+            step.plain[node.save] = str(saved)
+            step.session.secrets[node.save] = self.cipher.encrypt(str(saved))
+        else:
+            step.session.vars[node.save] = saved
+        await self._forward(step, "submit")
+
+    async def _confirm(self, step: Step, value: str) -> None:
+        if value == "1":
+            await self._forward(step, "confirm")
+        elif value == "2":
+            await self._forward(step, "cancel")
+        else:
+            step.notice = self._message(step, "invalid_choice")
+
+    def secret(self, step: Step, name: str) -> str | None:
+        if name in step.plain:
+            return step.plain[name]
+        token = step.session.secrets.get(name)
+        if token is None:
+            return None
+        try:
+            step.plain[name] = self.cipher.decrypt(token)
+        except ValueError:
+            return None
+        return step.plain[name]
+
+    # --- the machine ----------------------------------------------------------------------------
+
+    async def _fire(self, step: Step, trigger: str, *, required: bool = True) -> bool:
+        machine = self._menu(step).machine
+        event = machine.events.get(trigger)
+        moved = bool(event is not None and await event.trigger(step))
+        if not moved and required:
+            # The validator guarantees every trigger the engine fires exists: a bug.
+            log.error("menu transition missing", extra={"trigger": trigger, "screen": step.state})
+            step.fault = "error"
+        step.trail.append(step.state)
+        return moved
+
+    async def _settle(self, step: Step) -> None:
+        """Follow action and router screens until a displayed one (or a fault)."""
+        for _ in range(MAX_AUTO_STEPS):
+            if step.fault:
+                return
+            node = step.node
+            if node.displayed:
+                return
+            if node.type == "router":
+                await self._fire(step, "route")
+                continue
+            outcome, step.outcome = step.outcome, None
+            if outcome is None or outcome.kind in {"late", "unbound"}:
+                step.fault = "late" if outcome and outcome.kind == "late" else "unavailable"
+                return
+            if outcome.kind == "ok":
+                await self._fire(step, "done")
+                continue
+            step.session.vars.update(outcome.details)
+            step.session.vars["error_code"] = outcome.code
+            step.failure = outcome.code
+            if outcome.code in node.on_error:
+                await self._fire(step, f"fail_{outcome.code}")
+            elif "default" in node.on_error:
+                await self._fire(step, "fail")
+            else:
+                step.fault = "error"
+        step.fault = step.fault or "error"
+
+    async def _on_action(self, event: Any) -> None:
+        """on_enter of every action screen: the transition's one side effect."""
+        step: Step = event.model
+        step.outcome = await self._call(step, step.node)
+
+    def _context(self, step: Step, node: Node) -> ActionContext:
+        assert node.action is not None
+        spec = self.bindings.specs.get(node.action)
+        names = spec.secrets if spec is not None else tuple(step.session.secrets)
+        secrets = {n: v for n in names if (v := self.secret(step, n)) is not None}
+        s = step.session
+        return ActionContext(
+            action=node.action,
+            msisdn=s.msisdn,
+            language=s.language,
+            vars=MappingProxyType(dict(s.vars)),
+            secrets=MappingProxyType(secrets),
+            customer=MappingProxyType(dict(s.customer)),
+            params=node.params,
+            idempotency_key=idempotency_key(s.key, s.seq, node.id),
+            channel="ussd",
+            session_id=s.key,
+            currency=self.currency,
+        )
+
+    async def _call(self, step: Step, node: Node) -> Outcome:
+        assert node.action is not None
+        fn = self.bindings.function(node.action)
+        if fn is None:
+            log.warning("action not bound", extra={"action": node.action})
+            return Outcome("unbound")
+        await step.claim()
+        ctx = self._context(step, node)
+        task = asyncio.ensure_future(fn(ctx))
+        remaining = step.deadline - time.monotonic()
+        done, _ = await asyncio.wait({task}, timeout=max(remaining, 0.0))
+        if not done:
+            self._finish_later(step, node, ctx, task)
+            return Outcome("late")
+        outcome = self._outcome(node, task)
+        if outcome.kind == "ok":
+            self._apply(step, outcome)
+        return outcome
+
+    def _outcome(self, node: Node, task: asyncio.Future[ActionResult]) -> Outcome:
+        exc = task.exception()
+        if exc is None:
+            return Outcome("ok", result=task.result())
+        if isinstance(exc, CoreError):
+            details = {k: v for k, v in exc.details.items() if isinstance(v, str | int | float)}
+            return Outcome("failed", code=exc.error_code, details=details)
+        log.error(
+            "action failed unexpectedly",
+            extra={"action": node.action, "error": type(exc).__name__},
+            exc_info=exc,
+        )
+        return Outcome("failed", code="ERROR")
+
+    def _apply(self, step: Step, outcome: Outcome) -> None:
+        result = outcome.result
+        assert result is not None
+        s = step.session
+        s.vars.update(result.vars)
+        if result.customer is not None:
+            s.customer = dict(result.customer)
+            language = s.customer.get("language")
+            if isinstance(language, str) and language in self._menu(step).languages:
+                s.language = language
+        if result.language and result.language in self._menu(step).languages:
+            s.language = result.language
+
+    # --- actions that outlive the deadline -----------------------------------------------------
+
+    def _finish_later(
+        self, step: Step, node: Node, ctx: ActionContext, task: asyncio.Future[ActionResult]
+    ) -> None:
+        """The user already got "the result will come by SMS"; when the action completes, render
+        where it leads and queue that SMS."""
+        snapshot = Session.from_json(step.session.to_json())
+        menu = self._menu(step)
+
+        async def finish() -> None:
+            await asyncio.wait({task}, timeout=LATE_ACTION_LIMIT_S)
+            if not task.done():
+                task.cancel()
+                return
+            late = Step(menu, snapshot, deadline=time.monotonic())
+            late.state = node.id
+            late.outcome = self._outcome(node, task)
+            if late.outcome.kind == "ok":
+                self._apply(late, late.outcome)
+            await self._settle_late(late)
+            await self._notify(late, ctx)
+
+        if len(self._late) >= MAX_LATE_TASKS:
+            log.error("too many late actions; result SMS dropped", extra={"action": node.action})
+            return
+        job = asyncio.ensure_future(finish())
+        self._late.add(job)
+        job.add_done_callback(self._late.discard)
+
+    async def _settle_late(self, step: Step) -> None:
+        outcome = step.outcome
+        if outcome is None:
+            return
+        node = step.node
+        if outcome.kind == "ok":
+            await self._fire(step, "done")
+        else:
+            step.session.vars.update(outcome.details)
+            trigger = f"fail_{outcome.code}" if outcome.code in node.on_error else "fail"
+            if trigger == "fail" and "default" not in node.on_error:
+                step.fault = "error"
+                return
+            await self._fire(step, trigger)
+        for _ in range(MAX_AUTO_STEPS):  # routers only: no second action after the deadline
+            if step.fault or step.node.displayed or step.node.type != "router":
+                break
+            await self._fire(step, "route")
+
+    async def _notify(self, step: Step, ctx: ActionContext) -> None:
+        notifier = self.bindings.notifier
+        if step.fault or not step.node.displayed:
+            text = self._message(step, "error")
+        else:
+            text = full_text(self._menu(step), step.node, step.session.language, step.scope())
+        if notifier is None:
+            log.error("no notifier bound; late result not sent", extra={"action": ctx.action})
+            return
+        try:
+            await notifier.notify(
+                msisdn=ctx.msisdn,
+                text=text,
+                kind="ussd.late_result",
+                idempotency_key=ctx.idempotency_key + ":sms",
+            )
+        except Exception:
+            log.exception("queueing the late result failed", extra={"action": ctx.action})
+
+    async def drain(self, timeout_s: float = 5.0) -> None:
+        """Let late actions finish (shutdown)."""
+        if self._late:
+            await asyncio.wait(set(self._late), timeout=timeout_s)
+
+    # --- the reply ----------------------------------------------------------------------------
+
+    def reply(self, step: Step) -> Reply:
+        """Render where the step landed; the session now rests on that screen."""
+        session = step.session
+        session.state = step.state
+        menu = self._menu(step)
+        if step.fault is not None:
+            key = {"late": "pending", "unavailable": "unavailable"}.get(step.fault, "error")
+            return Reply(menu.message(key, session.language), True)
+        node = step.node
+        page = render(
+            menu, node, session.language, step.scope(), page=session.page, notice=step.notice
+        )
+        session.page = page.page
+        return Reply(page.text, node.type == "end" and page.last)
+
+    def _menu(self, step: Step) -> CompiledMenu:
+        return step.menu
+
+    def _message(self, step: Step, key: str) -> str:
+        return step.menu.message(key, step.session.language)

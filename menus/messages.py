@@ -1,0 +1,75 @@
+"""The engine's own texts (invalid choice, session expired, result by SMS ...), per language.
+
+A menu document may override any of them under `messages:`; these defaults cover English,
+Kiswahili and French. The validator requires every message in every language of a document, so a
+menu in another language must bring its own.
+"""
+
+from __future__ import annotations
+
+from types import MappingProxyType
+
+DEFAULTS: MappingProxyType[str, MappingProxyType[str, str]] = MappingProxyType(
+    {
+        key: MappingProxyType(texts)
+        for key, texts in {
+            "invalid_choice": {
+                "en": "Invalid choice.",
+                "sw": "Chaguo si sahihi.",
+                "fr": "Choix invalide.",
+            },
+            "invalid_input": {
+                "en": "Invalid entry, try again.",
+                "sw": "Si sahihi, jaribu tena.",
+                "fr": "Saisie invalide, réessayez.",
+            },
+            "invalid_pin": {
+                "en": "The PIN is 4 digits.",
+                "sw": "PIN ni tarakimu 4.",
+                "fr": "Le PIN a 4 chiffres.",
+            },
+            "mismatch": {
+                "en": "The PINs differ, try again.",
+                "sw": "PIN hazilingani, jaribu tena.",
+                "fr": "Les PIN different, réessayez.",
+            },
+            "more": {"en": "98. More", "sw": "98. Zaidi", "fr": "98. Suite"},
+            "back": {"en": "0. Back", "sw": "0. Rudi", "fr": "0. Retour"},
+            "confirm": {"en": "1. Confirm", "sw": "1. Thibitisha", "fr": "1. Confirmer"},
+            "cancel": {"en": "2. Cancel", "sw": "2. Ghairi", "fr": "2. Annuler"},
+            "unavailable": {
+                "en": "The service is temporarily unavailable. Please try again later.",
+                "sw": "Huduma haipatikani kwa sasa. Tafadhali jaribu tena baadaye.",
+                "fr": "Le service est temporairement indisponible. Réessayez plus tard.",
+            },
+            "expired": {
+                "en": "Your session has expired. Please dial again.",
+                "sw": "Muda wa kikao umeisha. Tafadhali piga tena.",
+                "fr": "Votre session a expiré. Veuillez composer à nouveau.",
+            },
+            "busy": {
+                "en": "Your previous request is still being processed. Please wait.",
+                "sw": "Ombi lako la awali bado linashughulikiwa. Tafadhali subiri.",
+                "fr": "Votre demande précédente est en cours. Veuillez patienter.",
+            },
+            "pending": {
+                "en": "We are still processing your request. The result will come by SMS.",
+                "sw": "Bado tunashughulikia ombi lako. Utapokea jibu kwa SMS.",
+                "fr": "Votre demande est en cours. Le résultat vous sera envoyé par SMS.",
+            },
+            "error": {
+                "en": "Sorry, we could not complete your request. Please try again later.",
+                "sw": "Samahani, ombi lako halikukamilika. Tafadhali jaribu tena baadaye.",
+                "fr": "Désolé, votre demande n'a pas abouti. Réessayez plus tard.",
+            },
+        }.items()
+    }
+)
+
+KEYS = tuple(DEFAULTS)
+FALLBACK_LANGUAGE = "en"
+
+
+def default_text(key: str, language: str) -> str:
+    texts = DEFAULTS[key]
+    return texts.get(language) or texts[FALLBACK_LANGUAGE]

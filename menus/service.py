@@ -1,0 +1,327 @@
+"""One USSD step around the engine: sessions, repeats, one writer, deadlines, failures.
+
+    handle(request) -> Reply
+      load the session (local cache of own writes, else one GET)
+      a repeat of the last hop (same hop, same input), a stale hop, or a closed session
+          -> the stored reply; nothing runs again
+      a hop while another with side effects is in flight
+          -> the same hop and input: wait for it and answer its reply; else "still processing"
+      otherwise run the engine; before its first side effect the step claims the session
+          (a CAS that records the hop in flight), and it ends with one CAS of the new record
+      Redis or PostgreSQL down -> "temporarily unavailable" (an END screen, never an error page)
+
+A navigation step therefore costs one Redis round trip (the final CAS) when the session is in the
+local cache, two otherwise; a step with an action adds the claim. Every step is recorded for
+analytics (screen, latency, outcome; secret inputs masked).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import asyncpg
+from redis.exceptions import RedisError
+
+from core.crypto import FieldCipher
+from core.errors import Unavailable
+from menus import messages
+from menus.analytics import StepLog, StepRecord, masked, now
+from menus.engine import Engine, Reply, Step, UssdRequest
+from menus.registry import MenuSet
+from menus.session import Session, SessionStore, Versioned
+
+log = logging.getLogger("menus.service")
+
+MAX_ATTEMPTS = 3  # a conflicting write is retried this often before "still processing"
+BUSY_POLL_S = 0.1  # how often a duplicate hop checks whether the first one finished
+RENDER_MARGIN_S = 0.3  # kept back from the deadline to store and answer
+STALE_CLAIM_GRACE_S = 30.0  # a claim older than the deadline plus this died with its process
+FAILURES = (RedisError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError)
+
+Observer = Callable[[str, str, float], None]
+
+
+@dataclass
+class Trace:
+    """What analytics learns about a step."""
+
+    outcome: str = "ok"
+    screen: str = ""
+    menu: str = ""
+    version: int = 0
+    step: int = 0
+    language: str = ""
+    input: str | None = None
+
+    def session(self, s: Session) -> None:
+        self.menu, self.version, self.step, self.language = s.menu, s.version, s.seq, s.language
+        self.screen = s.state
+
+
+class _Lost(Exception):
+    """Another writer got the session first; `current` is what it stored."""
+
+    def __init__(self, current: Versioned | None) -> None:
+        super().__init__("session changed under us")
+        self.current = current
+
+
+@dataclass(frozen=True, slots=True)
+class _Hop:
+    """One request being answered: where its session lives and what identifies it."""
+
+    key: str
+    req: UssdRequest
+    fp: str  # keyed hash of the input (never the input: it may be a PIN)
+    ttl_s: int
+    started: float
+    trace: Trace
+
+
+class _Claim:
+    """The step's claim hook: once, before the first side effect, mark the hop in flight."""
+
+    def __init__(
+        self, store: SessionStore, hop: _Hop, *, expected: int | None, before: str
+    ) -> None:
+        self.store, self.hop, self.expected, self.before = store, hop, expected, before
+        self.claimed = False
+
+    async def __call__(self) -> None:
+        if self.claimed:
+            return
+        record = Session.from_json(self.before)
+        record.inflight = {"hop": self.hop.req.hop, "fp": self.hop.fp, "at": time.time()}
+        ok, current = await self.store.save(
+            self.hop.key, self.expected, record.to_json(), self.hop.ttl_s
+        )
+        if not ok:
+            raise _Lost(current)
+        self.expected = (self.expected or 0) + 1
+        self.claimed = True
+
+
+class UssdService:
+    def __init__(
+        self,
+        registry: MenuSet,
+        engine: Engine,
+        store: SessionStore,
+        *,
+        cipher: FieldCipher,
+        deadline_s: float,
+        steps: StepLog | None = None,
+        observe: Observer | None = None,
+    ) -> None:
+        self.registry = registry
+        self.engine = engine
+        self.store = store
+        self.cipher = cipher
+        self.deadline_s = deadline_s
+        self.steps = steps
+        self.observe = observe
+
+    async def handle(self, req: UssdRequest, ttl_s: int) -> Reply:
+        started = time.monotonic()
+        trace = Trace()
+        try:
+            reply = await self._handle(req, ttl_s, started, trace)
+        except (*FAILURES, Unavailable):
+            log.warning("ussd step: a dependency is unavailable", exc_info=True)
+            trace.outcome = "unavailable"
+            reply = self._system("unavailable", trace.language or req.language)
+        except Exception:
+            log.exception("ussd step failed", extra={"provider": req.namespace})
+            trace.outcome = "error"
+            reply = self._system("unavailable", trace.language or req.language)
+        self._record(req, trace, time.monotonic() - started)
+        return reply
+
+    async def active(self, namespace: str, session_id: str) -> bool:
+        """Whether a session is open (Infobip's status call)."""
+        key = self.store.key(namespace, session_id)
+        try:
+            current = await self.store.load(key)
+        except FAILURES:
+            return False
+        return current is not None and not current.session().ended
+
+    def _system(self, key: str, language: str | None) -> Reply:
+        menu = self.registry.current.get("default") or next(
+            iter(self.registry.current.values()), None
+        )
+        if menu is None:
+            return Reply(messages.default_text(key, language or "en"), True)
+        return Reply(menu.message(key, menu.language(language)), True)
+
+    def fingerprint(self, text: str | None) -> str:
+        return self.cipher.lookup_hash(text or "")[:16]
+
+    async def _handle(self, req: UssdRequest, ttl_s: int, started: float, trace: Trace) -> Reply:
+        key = self.store.key(req.namespace, req.session_id)
+        if req.kind == "end":
+            await self._abort(key, req, ttl_s, trace)
+            return Reply("", True)
+        current = self.store.cached(key)
+        if current is None and req.kind != "start":
+            current = await self.store.load(key)
+        hop = _Hop(key, req, self.fingerprint(req.input), ttl_s, started, trace)
+        for _ in range(MAX_ATTEMPTS):
+            if current is None and req.kind != "start" and req.inputs is None:
+                trace.outcome = "expired"
+                return self._system("expired", req.language)
+            session = None
+            if current is not None:
+                session = current.session()
+                trace.session(session)
+                early = await self._early(hop, session)
+                if early is not None:
+                    return early
+            try:
+                return await self._step(hop, current, session)
+            except _Lost as lost:
+                current = lost.current
+        trace.outcome = "busy"
+        return self._system("busy", trace.language or req.language)
+
+    async def _early(self, hop: _Hop, s: Session) -> Reply | None:
+        """The answer when this request must not run a step: a repeat, a stale or duplicate
+        hop, a closed session."""
+        req, trace = hop.req, hop.trace
+        if s.inflight and time.time() - float(s.inflight.get("at", 0)) < (
+            self.deadline_s + STALE_CLAIM_GRACE_S
+        ):
+            return await self._busy(hop, s.inflight)
+        last = s.last
+        if last is not None and (s.ended or req.kind == "start" or self._repeat(last, req)):
+            trace.outcome = "replay"
+            return Reply(str(last["text"]), bool(last["end"]))
+        if s.ended:
+            trace.outcome = "expired"
+            return self._system("expired", s.language)
+        return None
+
+    @staticmethod
+    def _repeat(last: dict[str, object], req: UssdRequest) -> bool:
+        """A repeat of the last hop, or an older hop (the provider retried late)."""
+        hop, last_hop = req.hop, last.get("hop")
+        if hop is None or not isinstance(last_hop, str):
+            return False
+        if hop == last_hop:
+            return True  # same hop: the same input replays; another input cannot be applied
+        return hop.isdigit() and last_hop.isdigit() and int(hop) < int(last_hop)
+
+    async def _busy(self, hop: _Hop, inflight: dict[str, object]) -> Reply:
+        req, fp, trace = hop.req, hop.fp, hop.trace
+        trace.outcome = "busy"
+        if inflight.get("hop") == req.hop and inflight.get("fp") == fp:
+            # The provider sent this hop again while we work on it: answer what it gets.
+            deadline = hop.started + self.deadline_s - RENDER_MARGIN_S
+            while time.monotonic() + BUSY_POLL_S < deadline:
+                await asyncio.sleep(BUSY_POLL_S)  # bounded polling for the first copy
+                current = await self.store.load(hop.key)
+                if current is None:
+                    break
+                s = current.session()
+                if not s.inflight:
+                    if s.last and s.last.get("hop") == req.hop and s.last.get("fp") == fp:
+                        trace.outcome = "replay"
+                        return Reply(str(s.last["text"]), bool(s.last["end"]))
+                    break
+        return self._system("busy", trace.language or req.language)
+
+    async def _step(self, hop: _Hop, current: Versioned | None, parsed: Session | None) -> Reply:
+        req = hop.req
+        prefill: tuple[str, ...] = ()
+        if current is None or parsed is None:
+            menu, prefill = self.registry.resolve(req.service_code)
+            if menu is None:
+                raise Unavailable("No menu is published")
+            session = Session(
+                key=f"{req.namespace}:{req.session_id}",
+                msisdn=req.msisdn,
+                menu=menu.name,
+                version=menu.version,
+                language=menu.language(req.language),
+            )
+            prefill += req.inputs or ()
+            before, expected, text = session.to_json(), None, None
+        else:
+            session = parsed
+            menu = await self.registry.version(session.menu, session.version)
+            before, expected, text = current.raw, current.version, req.input
+        claim = _Claim(self.store, hop, expected=expected, before=before)
+        deadline = hop.started + self.deadline_s - RENDER_MARGIN_S
+        step = Step(menu, session, deadline=deadline, claim=claim)
+        await self.engine.run(step, text, prefill)
+        reply = self.engine.reply(step)
+        self._trace(hop.trace, step, reply, req.input)
+        session.last = {"hop": req.hop, "fp": hop.fp, "text": reply.text, "end": reply.end}
+        session.seq += 1
+        session.inflight = None
+        if reply.end:
+            session.close()
+        ok, now_stored = await self.store.save(
+            hop.key, claim.expected, session.to_json(), hop.ttl_s
+        )
+        if not ok:
+            if claim.claimed:
+                # Our claim was overtaken (it outlived its grace): the action ran, answer it.
+                log.warning("session overwritten during an action", extra={"key": hop.key})
+                return reply
+            raise _Lost(now_stored)
+        return reply
+
+    def _trace(self, trace: Trace, step: Step, reply: Reply, text: str | None) -> None:
+        trace.session(step.session)
+        trace.step = step.session.seq + 1
+        # Only a step that ran knows whether its screen was secret; anything else keeps no input.
+        trace.input = masked(text, step.input_secret)
+        if step.fault is not None:
+            trace.outcome = step.fault
+        elif step.failure is not None:
+            trace.outcome = f"error:{step.failure}"
+        elif step.notice is not None:
+            trace.outcome = "invalid"
+        elif reply.end:
+            trace.outcome = "end"
+
+    async def _abort(self, key: str, req: UssdRequest, ttl_s: int, trace: Trace) -> None:
+        """The provider says the session is over (user cancelled, network timeout)."""
+        trace.outcome = f"aborted:{req.detail}" if req.detail else "aborted"
+        current = await self.store.load(key)
+        if current is None:
+            return
+        session = current.session()
+        trace.session(session)
+        if session.ended:
+            return
+        session.close()
+        # Best effort: a step in flight will answer (and store) its own reply.
+        await self.store.save(key, current.version, session.to_json(), ttl_s)
+
+    def _record(self, req: UssdRequest, trace: Trace, elapsed_s: float) -> None:
+        if self.observe is not None:
+            self.observe(req.namespace, trace.outcome.split(":")[0], elapsed_s)
+        if self.steps is None:
+            return
+        self.steps.record(
+            StepRecord(
+                provider=req.namespace,
+                session_id=req.session_id,
+                msisdn=req.msisdn,
+                menu=trace.menu,
+                menu_version=trace.version,
+                step=trace.step,
+                screen=trace.screen,
+                outcome=trace.outcome,
+                latency_ms=round(elapsed_s * 1000, 3),
+                input=trace.input,
+                language=trace.language,
+                at=now(),
+            )
+        )

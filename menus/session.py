@@ -1,0 +1,249 @@
+"""Sessions: versioned JSON records in Redis with a TTL, written by one writer at a time.
+
+A record is stored as `<version>|<json>`. Every write is a compare-and-set in one Lua script:
+it succeeds only if the stored version is the one the writer read (or, for a new session, if
+there is none), and otherwise hands back what is stored, so a conflict costs no extra read.
+Because each instance keeps the records it last wrote in a small bounded cache, a navigation
+step usually costs exactly one Redis round trip (the CAS) and a cache miss costs two (GET, CAS).
+A stale cache entry is harmless: its CAS fails and returns the current record.
+
+The cache is an optimisation, never a source of truth: the version check in Redis decides.
+Keys carry a hash tag (`{provider:session}`) so they live in one slot on Redis Cluster.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from redis.asyncio import Redis
+from redis.exceptions import NoScriptError
+
+from menus.schema import BEGIN
+
+CACHE_ENTRIES = 20_000
+MAX_HISTORY = 20
+
+# KEYS[1] = session key; ARGV = expected version ('' = must not exist), new value, ttl in ms.
+# Returns 1 on success, else the stored value (nil when there is none).
+CAS_SCRIPT = """
+local cur = redis.call('GET', KEYS[1])
+local expected = ARGV[1]
+if expected == '' then
+  if cur then return cur end
+else
+  if not cur then return false end
+  if string.sub(cur, 1, string.len(expected) + 1) ~= expected .. '|' then return cur end
+end
+redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+return 1
+"""
+
+
+@dataclass(slots=True)
+class Session:
+    """The state of one USSD session; everything the next step needs."""
+
+    key: str  # provider-namespaced session id
+    msisdn: str
+    menu: str
+    version: int  # the menu version the session started on (kept to the end)
+    language: str
+    state: str = BEGIN
+    page: int = 0
+    history: list[str] = field(default_factory=list)
+    vars: dict[str, Any] = field(default_factory=dict)
+    secrets: dict[str, str] = field(default_factory=dict)  # encrypted at rest
+    customer: dict[str, Any] = field(default_factory=dict)
+    seq: int = 0  # steps committed
+    last: dict[str, Any] | None = None  # {"hop", "fp", "text", "end"}: the stored reply
+    inflight: dict[str, Any] | None = None  # {"hop", "fp", "at"}: a step with side effects
+    ended: bool = False
+    started_at: float = field(default_factory=time.time)
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "k": self.key,
+                "m": self.msisdn,
+                "mn": self.menu,
+                "mv": self.version,
+                "l": self.language,
+                "s": self.state,
+                "p": self.page,
+                "h": self.history,
+                "v": self.vars,
+                "x": self.secrets,
+                "c": self.customer,
+                "q": self.seq,
+                "r": self.last,
+                "f": self.inflight,
+                "e": self.ended,
+                "t": self.started_at,
+            },
+            separators=(",", ":"),
+            ensure_ascii=False,
+        )
+
+    @classmethod
+    def from_json(cls, raw: str) -> Session:
+        d = json.loads(raw)
+        return cls(
+            key=d["k"],
+            msisdn=d["m"],
+            menu=d["mn"],
+            version=d["mv"],
+            language=d["l"],
+            state=d["s"],
+            page=d["p"],
+            history=d["h"],
+            vars=d["v"],
+            secrets=d["x"],
+            customer=d["c"],
+            seq=d["q"],
+            last=d["r"],
+            inflight=d["f"],
+            ended=d["e"],
+            started_at=d["t"],
+        )
+
+    def push_history(self, screen: str) -> None:
+        self.history.append(screen)
+        if len(self.history) > MAX_HISTORY:
+            del self.history[0]
+
+    def close(self) -> None:
+        """The session is over: keep only what answers a repeated request."""
+        self.ended = True
+        self.inflight = None
+        self.secrets = {}
+        self.vars = {}
+        self.history = []
+
+
+@dataclass(frozen=True, slots=True)
+class Versioned:
+    version: int
+    raw: str  # the JSON, parsed on demand (a replay needs only `last`)
+
+    def session(self) -> Session:
+        return Session.from_json(self.raw)
+
+
+class SessionStore(Protocol):
+    def key(self, namespace: str, session_id: str) -> str: ...
+
+    def cached(self, key: str) -> Versioned | None: ...
+
+    async def load(self, key: str) -> Versioned | None: ...
+
+    async def save(
+        self, key: str, expected: int | None, raw: str, ttl_s: int
+    ) -> tuple[bool, Versioned | None]:
+        """Write `raw` as version expected+1 (1 when new) if the stored version is `expected`
+        (None: nothing stored). Returns (True, None), or (False, what is stored)."""
+        ...
+
+
+def _decode(value: bytes | str | None) -> Versioned | None:
+    if value is None:
+        return None
+    text = value.decode() if isinstance(value, bytes) else value
+    version, _, raw = text.partition("|")
+    return Versioned(int(version), raw)
+
+
+class RedisSessionStore:
+    """Sessions in Redis: one CAS script per write, a bounded local cache of own writes."""
+
+    def __init__(self, redis: Redis, prefix: str, cache_entries: int = CACHE_ENTRIES) -> None:
+        self.redis = redis
+        self.prefix = prefix
+        self._sha = hashlib.sha1(CAS_SCRIPT.encode()).hexdigest()  # noqa: S324 - Redis's script id
+        self._cache: OrderedDict[str, tuple[float, Versioned]] = OrderedDict()
+        self._cache_entries = cache_entries
+
+    def key(self, namespace: str, session_id: str) -> str:
+        return f"{self.prefix}ussd:{{{namespace}:{session_id}}}"
+
+    def cached(self, key: str) -> Versioned | None:
+        entry = self._cache.get(key)
+        if entry is None:
+            return None
+        expires, value = entry
+        if expires < time.monotonic():
+            self._cache.pop(key, None)
+            return None
+        return value
+
+    def _remember(self, key: str, value: Versioned | None, ttl_s: float) -> None:
+        if value is None:
+            self._cache.pop(key, None)
+            return
+        self._cache[key] = (time.monotonic() + ttl_s, value)
+        self._cache.move_to_end(key)
+        while len(self._cache) > self._cache_entries:
+            self._cache.popitem(last=False)
+
+    def forget(self, key: str) -> None:
+        self._cache.pop(key, None)
+
+    async def load(self, key: str) -> Versioned | None:
+        return _decode(await self.redis.get(key))
+
+    async def save(
+        self, key: str, expected: int | None, raw: str, ttl_s: int
+    ) -> tuple[bool, Versioned | None]:
+        version = 1 if expected is None else expected + 1
+        value = f"{version}|{raw}"
+        args = ("" if expected is None else str(expected), value, ttl_s * 1000)
+        try:
+            try:
+                # EVALSHA straight away: the script is loaded once per server, so this is the
+                # one round trip; redis-py's Script wrapper costs more client CPU per call.
+                result = await self.redis.execute_command(  # type: ignore[no-untyped-call]
+                    "EVALSHA", self._sha, 1, key, *args
+                )
+            except NoScriptError:
+                result = await self.redis.execute_command(  # type: ignore[no-untyped-call]
+                    "EVAL", CAS_SCRIPT, 1, key, *args
+                )
+        except BaseException:
+            self.forget(key)
+            raise
+        if result == 1:
+            self._remember(key, Versioned(version, raw), ttl_s)
+            return True, None
+        current = _decode(result)
+        # Keep the cache honest: the next step starts from what is really stored.
+        self._remember(key, current, ttl_s)
+        return False, current
+
+
+class MemorySessionStore:
+    """The same contract in a dict: dry-run simulation and engine tests."""
+
+    def __init__(self) -> None:
+        self.data: dict[str, Versioned] = {}
+
+    def key(self, namespace: str, session_id: str) -> str:
+        return f"{namespace}:{session_id}"
+
+    def cached(self, key: str) -> Versioned | None:
+        return self.data.get(key)
+
+    async def load(self, key: str) -> Versioned | None:
+        return self.data.get(key)
+
+    async def save(
+        self, key: str, expected: int | None, raw: str, ttl_s: int
+    ) -> tuple[bool, Versioned | None]:
+        current = self.data.get(key)
+        if (current.version if current is not None else None) != expected:
+            return False, current
+        self.data[key] = Versioned(1 if expected is None else expected + 1, raw)
+        return True, None

@@ -1,0 +1,106 @@
+"""Nalo Solutions: JSON with a boolean `MSGTYPE`; the first `USERDATA` is the dial string."""
+
+from __future__ import annotations
+
+import pytest
+
+from channels.ussd import nalo
+from menus.engine import Reply
+from tests.channels.harness import (
+    HttpCase,
+    ParseCase,
+    RenderCase,
+    ids,
+    run_http,
+    run_parse,
+    run_render,
+)
+from tests.ussd_support import UssdEnv, ussd
+
+__all__ = ["ussd"]
+
+FIRST = {
+    "USERID": "NALOTest",
+    "MSISDN": "233244000111",
+    "USERDATA": "*920*1#",
+    "MSGTYPE": True,
+    "NETWORK": "MTN",
+    "SESSIONID": "16590115252429751",
+}
+NEXT = {**FIRST, "USERDATA": "1", "MSGTYPE": False}
+
+
+def without(data: dict[str, object], key: str) -> dict[str, object]:
+    return {k: v for k, v in data.items() if k != key}
+
+
+PARSE = [
+    ParseCase(
+        "first dial",
+        FIRST,
+        {
+            "kind": "start",
+            "service_code": "*920*1#",
+            "msisdn": "+233244000111",
+            "session_id": "16590115252429751",
+            "input": None,
+            "hop": None,
+        },
+    ),
+    ParseCase("a later input", NEXT, {"kind": "continue", "input": "1", "service_code": ""}),
+    ParseCase(
+        "numeric ids", {**NEXT, "SESSIONID": 165901152, "USERID": 42}, {"session_id": "165901152"}
+    ),
+    ParseCase("MSGTYPE as a string", {**FIRST, "MSGTYPE": "true"}, error="JSON boolean"),
+    ParseCase("no MSGTYPE", without(FIRST, "MSGTYPE"), error="MSGTYPE is required"),
+    ParseCase("no SESSIONID", without(FIRST, "SESSIONID"), error="SESSIONID is required"),
+    ParseCase("no USERID", without(FIRST, "USERID"), error="USERID is required"),
+    ParseCase("no USERDATA", without(NEXT, "USERDATA"), error="USERDATA is required"),
+    ParseCase("a bad MSISDN", {**FIRST, "MSISDN": "abc"}, error="not an international"),
+    ParseCase(
+        "a first USERDATA that is no code",
+        {**FIRST, "USERDATA": "hello"},
+        error="USERDATA is not a USSD code",
+    ),
+    ParseCase("not JSON", "{", error="not valid JSON"),
+]
+
+RENDER = [
+    RenderCase(
+        "continue",
+        ParseCase("", FIRST),
+        Reply("Menu", False),
+        {"USERID": "NALOTest", "MSISDN": "233244000111", "MSG": "Menu", "MSGTYPE": True},
+    ),
+    RenderCase(
+        "end",
+        ParseCase("", NEXT),
+        Reply("Bye", True),
+        {"USERID": "NALOTest", "MSISDN": "233244000111", "MSG": "Bye", "MSGTYPE": False},
+    ),
+]
+
+HTTP = [
+    HttpCase(
+        "first dial of the default code",
+        {**FIRST, "USERDATA": "*384#", "SESSIONID": "nalo-http-1", "MSISDN": "233244000992"},
+        200,
+        '"MSGTYPE": true',
+    ),
+    HttpCase("malformed", {**FIRST, "MSGTYPE": 1}, 400, error_code="BAD_REQUEST"),
+]
+
+
+@pytest.mark.parametrize("case", PARSE, ids=ids(PARSE))
+def test_parse(case: ParseCase) -> None:
+    run_parse(nalo, case)
+
+
+@pytest.mark.parametrize("case", RENDER, ids=ids(RENDER))
+def test_render(case: RenderCase) -> None:
+    run_render(nalo, case)
+
+
+@pytest.mark.parametrize("case", HTTP, ids=ids(HTTP))
+async def test_http(ussd: UssdEnv, case: HttpCase) -> None:
+    await run_http(ussd.client, "nalo", case)
