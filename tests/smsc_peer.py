@@ -233,21 +233,30 @@ class _Smsc:
         tlvs = [self.m.Tlv(int(tag), bytes.fromhex(value)) for tag, value in body.get("tlvs", [])]
         statuses = []
         for _ in range(int(body.get("repeat", 1))):
-            for session in list(self.sessions.values()):
+            for key, session in list(self.sessions.items()):
                 if not session.can_receive:
                     continue
-                resp = await session.deliver_sm(
-                    body.get("dest", "12345"),
-                    data,
-                    source_addr=body.get("source", "254700000001"),
-                    source_addr_ton=int(body.get("source_ton", 1)),
-                    esm_class=int(body.get("esm_class", 0)),
-                    data_coding=int(body.get("data_coding", 0)),
-                    tlvs=tlvs,
-                )
+                try:
+                    resp = await self._deliver_one(session, body, data, tlvs)
+                except Exception:
+                    self.sessions.pop(key, None)  # a session that just went away
+                    continue
                 statuses.append(int(resp.command_status))
                 break
         return statuses
+
+    async def _deliver_one(
+        self, session: Any, body: dict[str, Any], data: bytes, tlvs: list[Any]
+    ) -> Any:
+        return await session.deliver_sm(
+            body.get("dest", "12345"),
+            data,
+            source_addr=body.get("source", "254700000001"),
+            source_addr_ton=int(body.get("source_ton", 1)),
+            esm_class=int(body.get("esm_class", 0)),
+            data_coding=int(body.get("data_coding", 0)),
+            tlvs=tlvs,
+        )
 
 
 async def _serve(port: int, control_port: int) -> None:

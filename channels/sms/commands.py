@@ -17,7 +17,8 @@ that (wave 2). Amounts stay text: the core's `parse_amount` owns the currency ru
 
 `mask_secrets` is what gets stored and logged instead of the text: the PIN positions of a
 well-formed command (and the national id and confirmation code) become `****`; in anything else
-every run of 3 to 8 digits is masked, because a mistyped command still carries a PIN.
+every run of up to 8 digits is masked (a phone number, 9 digits or more, stays), because a
+mistyped command still carries a PIN, or part of one.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ _NAME = re.compile(r"[^\W\d_][\w'.-]{0,39}")
 _NATIONAL_ID = re.compile(r"[A-Za-z0-9]{4,20}")
 _CODE = re.compile(r"[A-Za-z0-9]{4,8}")
 _TOKEN = re.compile(r"\S+")
-_DIGIT_RUN = re.compile(r"(?<!\d)\d{3,8}(?!\d)")
+_DIGIT_RUN = re.compile(r"(?<!\d)\d{1,8}(?!\d)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,9 +147,8 @@ USAGE = {
     "YES": "YES <code>",
 }
 HELP_TEXT = (
-    "BAL <PIN>, SEND <phone> <amount> <PIN>, MINI <PIN>, PIN <old> <new>, LANG EN|SW|FR, "
-    "LOAN <amount> <PIN>, LOAN STATUS <PIN>, REPAY <amount> <PIN>, "
-    "REG <first> <last> <ID> <PIN>"
+    "BAL pin; SEND phone amount pin; MINI pin; PIN old new; LANG en/sw/fr; "
+    "LOAN amount pin; LOAN STATUS pin; REPAY amount pin; REG first last id pin"
 )
 UNKNOWN_HINT = "Sorry, we did not understand that. Send HELP for the list of commands."
 _PROBLEMS = {

@@ -25,6 +25,7 @@ from channels.sms.commands import (
     mask_secrets,
     parse,
 )
+from channels.sms.encoding import split_text
 
 GOOD = [
     ("help", "HELP", Help()),
@@ -134,6 +135,8 @@ MASKING = [
     ("short wrong pin", "BAL 123", "BAL ****"),
     ("glued", "BAL1234", "BAL****"),
     ("unknown with pin", "my pin is 4321 ok", "my pin is **** ok"),
+    ("malformed keeps the phone", "SEND 0712345678 500 97", "SEND 0712345678 **** ****"),
+    ("short fragment", "BAL 12", "BAL ****"),
     ("help untouched", "HELP", "HELP"),
     ("lang untouched", "LANG sw", "LANG sw"),
 ]
@@ -156,3 +159,9 @@ def test_masked_text_never_contains_a_pin_from_the_good_table() -> None:
 def test_help_text_lists_every_keyword() -> None:
     for word in ("BAL", "SEND", "MINI", "PIN", "LANG", "LOAN", "REPAY", "REG"):
         assert word in HELP_TEXT
+
+
+def test_help_and_hints_fit_one_sms() -> None:
+    texts = [HELP_TEXT] + [r.hint for r in map(parse, [c[1] for c in MALFORMED + UNKNOWN])]
+    for text in texts:
+        assert len(split_text(text, ref=0).parts) == 1, text

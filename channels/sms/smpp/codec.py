@@ -44,17 +44,17 @@ BIND_COMMANDS = {
     "rx": (BIND_RECEIVER, "bind_receiver"),
 }
 
-ESME_ROK = consts.SMPP_ESME_ROK
-ESME_RINVCMDLEN = consts.SMPP_ESME_RINVCMDLEN
-ESME_RINVCMDID = consts.SMPP_ESME_RINVCMDID
-ESME_RSYSERR = consts.SMPP_ESME_RSYSERR
-ESME_RMSGQFUL = consts.SMPP_ESME_RMSGQFUL
-ESME_RTHROTTLED = consts.SMPP_ESME_RTHROTTLED
-ESME_RX_T_APPN = consts.SMPP_ESME_RX_T_APPN  # temporary application error: the SMSC retries
-ESME_RINVBNDSTS = consts.SMPP_ESME_RINVBNDSTS
+ESME_ROK: int = consts.SMPP_ESME_ROK
+ESME_RINVCMDLEN: int = consts.SMPP_ESME_RINVCMDLEN
+ESME_RINVCMDID: int = consts.SMPP_ESME_RINVCMDID
+ESME_RSYSERR: int = consts.SMPP_ESME_RSYSERR
+ESME_RMSGQFUL: int = consts.SMPP_ESME_RMSGQFUL
+ESME_RTHROTTLED: int = consts.SMPP_ESME_RTHROTTLED
+ESME_RX_T_APPN: int = consts.SMPP_ESME_RX_T_APPN  # temporary application error: the SMSC retries
+ESME_RINVBNDSTS: int = consts.SMPP_ESME_RINVBNDSTS
 
 # Statuses after which the same submit_sm may succeed later (the rest are the message's fault).
-TEMPORARY_STATUSES = frozenset(
+TEMPORARY_STATUSES: frozenset[int] = frozenset(
     {
         consts.SMPP_ESME_RSYSERR,
         consts.SMPP_ESME_RMSGQFUL,
@@ -65,7 +65,9 @@ TEMPORARY_STATUSES = frozenset(
         consts.SMPP_ESME_RUNKNOWNERR,
     }
 )
-SLOW_DOWN_STATUSES = frozenset({consts.SMPP_ESME_RTHROTTLED, consts.SMPP_ESME_RMSGQFUL})
+SLOW_DOWN_STATUSES: frozenset[int] = frozenset(
+    {consts.SMPP_ESME_RTHROTTLED, consts.SMPP_ESME_RMSGQFUL}
+)
 
 
 class CodecError(ValueError):

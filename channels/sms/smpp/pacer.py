@@ -42,6 +42,10 @@ class Pacer:
                 return
             # A slow-down happened while we slept: our slot was booked at the old rate.
 
+    def delay(self) -> float:
+        """Seconds until a submit asked for now would go."""
+        return max(0.0, self._next_slot - time.monotonic())
+
     def accepted(self) -> None:
         self._recent.append(time.monotonic())
         if self.rate < self.configured:

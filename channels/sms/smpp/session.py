@@ -155,6 +155,7 @@ class BindStatus:
 
 
 DeliverHandler = Callable[["SmppSession", DeliverSm], Awaitable[int]]
+StateListener = Callable[["SmppSession", "BindState"], None]
 
 
 def describe(exc: BaseException) -> str:
@@ -169,11 +170,13 @@ class SmppSession:
         *,
         name: str,
         on_deliver: DeliverHandler | None = None,
+        on_state: StateListener | None = None,
         tuning: SessionTuning | None = None,
     ) -> None:
         self.bind = bind
         self.name = name
         self.on_deliver = on_deliver
+        self.on_state = on_state
         self.tuning = tuning or SessionTuning()
         self.pacer = Pacer(bind.tps)
         self._state = BindState.IDLE
@@ -209,6 +212,11 @@ class SmppSession:
     @property
     def can_receive(self) -> bool:
         return self.bind.bind in ("trx", "rx")
+
+    @property
+    def is_up(self) -> bool:
+        """Bound and the link is alive: requests may go."""
+        return self._bound.is_set()
 
     @property
     def in_flight(self) -> int:
@@ -296,6 +304,8 @@ class SmppSession:
         log.info("smpp bind %s: %s -> %s", self.name, self._state.value, new.value)
         self._state = new
         self._since = time.time()
+        if self.on_state is not None:
+            self.on_state(self, new)
 
     def _note_error(self, text: str) -> None:
         self.last_error = text
@@ -427,12 +437,10 @@ class SmppSession:
 
     async def _unbind(self) -> None:
         self._set_state(BindState.UNBINDING)
+        self._bound.clear()  # no new requests; the ones in flight may still be answered
         with contextlib.suppress(SmppFailure, OSError):
-            await self._request(
-                UNBIND,
-                header_only(UNBIND, 0),
-                windowed=False,
-                timeout_s=self.tuning.unbind_timeout_s,
+            await self._exchange(
+                UNBIND, header_only(UNBIND, 0), self.tuning.unbind_timeout_s, closing=True
             )
 
     # --- reading ----------------------------------------------------------------------------
@@ -454,22 +462,30 @@ class SmppSession:
         # Nothing at all for this long means the SMSC is gone: we send enquire_link every
         # enquire_link_s and it must answer within response_timeout_s.
         idle_s = self.bind.enquire_link_s * 2 + self.bind.response_timeout_s
-        while True:
-            async with asyncio.timeout(idle_s):
-                frame = await self._read_frame(reader)
-            _, cid, status, seq = HEADER.unpack_from(frame)
-            if cid & RESP_BIT:
-                self._on_response(cid, status, seq, frame)
-            elif cid == DELIVER_SM:
-                await self._on_deliver_frame(frame, seq)
-            elif cid == ENQUIRE_LINK:
-                self._write(header_only(ENQUIRE_LINK | RESP_BIT, seq))
-            elif cid == UNBIND:
-                self._write(header_only(UNBIND | RESP_BIT, seq))
-                raise _PeerUnbound
-            elif cid != ALERT_NOTIFICATION:  # alert_notification has no response
-                self._write(header_only(GENERIC_NACK, seq, ESME_RINVCMDID))
-                self.counters["nacks"] += 1
+        try:
+            while True:
+                async with asyncio.timeout(idle_s):
+                    frame = await self._read_frame(reader)
+                self._dispatch(frame)
+                if HEADER.unpack_from(frame)[1] == DELIVER_SM:
+                    await self._on_deliver_frame(frame)
+        finally:
+            # Nothing more will answer what is in flight: fail it now, not at its timeout.
+            self._bound.clear()
+            self._fail_pending("the link dropped")
+
+    def _dispatch(self, frame: bytes) -> None:
+        _, cid, status, seq = HEADER.unpack_from(frame)
+        if cid & RESP_BIT:
+            self._on_response(cid, status, seq, frame)
+        elif cid == ENQUIRE_LINK:
+            self._write(header_only(ENQUIRE_LINK | RESP_BIT, seq))
+        elif cid == UNBIND:
+            self._write(header_only(UNBIND | RESP_BIT, seq))
+            raise _PeerUnbound
+        elif cid not in (DELIVER_SM, ALERT_NOTIFICATION):  # alert_notification has no response
+            self._write(header_only(GENERIC_NACK, seq, ESME_RINVCMDID))
+            self.counters["nacks"] += 1
 
     def _on_response(self, cid: int, status: int, seq: int, frame: bytes) -> None:
         entry = self._pending.pop(seq, None)
@@ -490,7 +506,8 @@ class SmppSession:
             except CodecError as exc:
                 fut.set_exception(exc)
 
-    async def _on_deliver_frame(self, frame: bytes, seq: int) -> None:
+    async def _on_deliver_frame(self, frame: bytes) -> None:
+        seq = HEADER.unpack_from(frame)[3]
         try:
             pdu = codec.decode_deliver_sm(frame)
         except CodecError as exc:
@@ -564,9 +581,11 @@ class SmppSession:
             if windowed:
                 self._window.release()
 
-    async def _exchange(self, command_id: int, frame: bytes, timeout_s: float) -> Response:
+    async def _exchange(
+        self, command_id: int, frame: bytes, timeout_s: float, *, closing: bool = False
+    ) -> Response:
         writer = self._writer
-        if writer is None or writer.is_closing():
+        if writer is None or writer.is_closing() or not (closing or self._bound.is_set()):
             raise LinkDown("not bound")
         seq = self._next_seq()
         fut: asyncio.Future[Response] = asyncio.get_running_loop().create_future()

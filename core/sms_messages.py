@@ -1,0 +1,527 @@
+"""The SMS message store: every MO and MT message, with PINs masked, in PostgreSQL.
+
+The SMS channel never touches the database; it calls this store, which the composition root
+builds over the asyncpg pool. What it guarantees:
+
+- An MO is stored (durably) before the SMSC gets its deliver_sm_resp, so an acknowledged MO is
+  never lost; its raw text is kept encrypted (`body_enc`) only until it has been processed, and
+  the readable `body` is always the masked text.
+- An MO the SMSC delivers again within the de-duplication window (same keyed hash) is not
+  stored or processed twice (`sms_mo_seen`, one statement with the insert).
+- Processing is at least once: a stored MO holds a lease; a worker that finishes marks it
+  processed, one that fails marks it for a retry, and MOs whose lease ran out (the process
+  died) are claimed again with `FOR UPDATE SKIP LOCKED`, so any instance can finish them.
+- Concatenated MO parts wait in `sms_mo_parts` (encrypted) until all have arrived or the
+  timeout passes; assembly happens under an advisory lock on the group, so two parts arriving
+  at once on two connections cannot both miss the completion.
+- An MT is recorded with the SMSC's message id of every part; a delivery receipt updates its
+  part and the message's status. A receipt that overtakes the submit's record leaves a part row
+  without a message, which the record then claims (both are upserts on one key).
+
+Text decoding and PIN masking belong to the channel: the store gets an `Assembler` that turns
+the parts' payloads into (raw text, masked text, encoding name).
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+from core.crypto import FieldCipher
+
+Assembler = Callable[[Sequence[bytes], int], tuple[str, str, str]]
+
+MO_PENDING = ("received", "processing")
+MT_FINAL_PART = ("delivered", "failed", "expired")
+ORPHAN_RECEIPT_TTL_S = 86_400
+PURGE_BATCH = 5_000
+MAX_PAGE = 200
+
+
+@dataclass(frozen=True, slots=True)
+class InboundRecord:
+    """One complete MO (a single-part message) ready to be stored."""
+
+    smsc: str
+    msisdn: str
+    short_code: str
+    text: str
+    masked: str
+    encoding: str
+    dedupe_key: str
+
+
+@dataclass(frozen=True, slots=True)
+class InboundPart:
+    """One part of a concatenated MO."""
+
+    smsc: str
+    msisdn: str
+    short_code: str
+    group_key: str
+    seq: int
+    total: int
+    data_coding: int
+    payload: bytes
+    dedupe_key: str
+
+
+@dataclass(frozen=True, slots=True)
+class StoredMo:
+    """An MO that is stored and leased to the caller for processing."""
+
+    id: int
+    smsc: str
+    msisdn: str
+    short_code: str
+    text: str
+    parts: int
+    complete: bool
+    attempts: int
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class SubmittedPart:
+    part_no: int
+    message_id: str
+    message_key: str  # the canonical id (receipts.message_key) receipts are matched on
+    smsc: str  # the SMSC account that issued the id
+
+
+@dataclass(frozen=True, slots=True)
+class MtRecord:
+    """The outcome of sending one MT: `status` is submitted, queued (a temporary failure, some
+    parts may be out) or failed (refused for good, `error` says why)."""
+
+    ref: str | None
+    smsc: str
+    msisdn: str
+    short_code: str
+    body: str
+    encoding: str
+    parts: int
+    concat_ref: int | None
+    status: str
+    error: str | None
+    submitted: Sequence[SubmittedPart]
+
+
+@dataclass(frozen=True, slots=True)
+class SentMt:
+    """What the store knows of an MT sent before under the same reference."""
+
+    id: int
+    status: str
+    concat_ref: int | None
+    parts: tuple[SubmittedPart, ...]
+
+
+_INSERT_MO = """
+WITH seen AS (
+    INSERT INTO sms_mo_seen (dedupe_key) VALUES ($1)
+    ON CONFLICT (dedupe_key) DO UPDATE SET seen_at = now()
+        WHERE sms_mo_seen.seen_at < now() - make_interval(secs => $2)
+    RETURNING 1
+)
+INSERT INTO sms_messages (direction, smsc, msisdn, short_code, body, encoding, parts, complete,
+                          status, body_enc, attempts, lease_until)
+SELECT 'mo', $3, $4, $5, $6, $7, $8, $9, 'processing', $10, 1,
+       now() + make_interval(secs => $11)
+FROM seen
+RETURNING id, smsc, msisdn, short_code, body_enc, parts, complete, attempts, created_at
+"""
+
+_SEEN = """
+INSERT INTO sms_mo_seen (dedupe_key) VALUES ($1)
+ON CONFLICT (dedupe_key) DO UPDATE SET seen_at = now()
+    WHERE sms_mo_seen.seen_at < now() - make_interval(secs => $2)
+RETURNING 1
+"""
+
+_RECORD_MT = """
+WITH msg AS (
+    INSERT INTO sms_messages AS m (direction, smsc, msisdn, short_code, body, encoding, parts,
+                                   status, error, ref, concat_ref, attempts)
+    VALUES ('mt', $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 1)
+    ON CONFLICT (ref) WHERE direction = 'mt' AND ref IS NOT NULL DO UPDATE
+        SET smsc = EXCLUDED.smsc, status = EXCLUDED.status, error = EXCLUDED.error,
+            attempts = m.attempts + 1, updated_at = now()
+    RETURNING id
+), parts AS (
+    INSERT INTO sms_mt_parts AS p (smsc, message_key, message_id, mt_id, part_no)
+    SELECT c, k, i, (SELECT id FROM msg), n
+    FROM unnest($11::text[], $12::text[], $13::text[], $14::int[]) AS u(c, k, i, n)
+    ON CONFLICT (smsc, message_key) DO UPDATE
+        SET mt_id = EXCLUDED.mt_id, part_no = EXCLUDED.part_no, message_id = EXCLUDED.message_id
+    RETURNING p.status
+)
+SELECT (SELECT id FROM msg) AS id,
+       coalesce((SELECT bool_or(status <> 'submitted') FROM parts), false) AS early_receipt
+"""
+
+_APPLY_RECEIPT = """
+INSERT INTO sms_mt_parts AS p (smsc, message_key, message_id, status, error)
+VALUES ($1, $2, $3, $4, $5)
+ON CONFLICT (smsc, message_key) DO UPDATE
+    SET status = EXCLUDED.status, error = EXCLUDED.error, updated_at = now()
+    WHERE p.status NOT IN ('delivered', 'failed', 'expired') OR EXCLUDED.status <> 'submitted'
+RETURNING mt_id
+"""
+
+# The message's status from its parts, once every part is out (a message refused part-way
+# keeps its failed status and reason).
+_RECOMPUTE_MT = """
+UPDATE sms_messages AS m
+SET status = a.status, error = coalesce(a.error, m.error), updated_at = now()
+FROM (
+    SELECT CASE
+               WHEN bool_or(p.status = 'failed') THEN 'failed'
+               WHEN bool_or(p.status = 'expired') THEN 'expired'
+               WHEN bool_and(p.status = 'delivered') THEN 'delivered'
+               ELSE 'submitted'
+           END AS status,
+           max(p.error) FILTER (WHERE p.status IN ('failed', 'expired')) AS error,
+           count(*) AS submitted
+    FROM sms_mt_parts AS p WHERE p.mt_id = $1
+) AS a
+WHERE m.id = $1 AND m.status <> 'queued' AND a.submitted >= m.parts
+"""
+
+_CLAIM_MO = """
+UPDATE sms_messages SET status = 'processing', attempts = attempts + 1,
+    lease_until = now() + make_interval(secs => $2), updated_at = now()
+WHERE id IN (
+    SELECT id FROM sms_messages
+    WHERE direction = 'mo' AND status IN ('received', 'processing') AND lease_until < now()
+      AND attempts < $3
+    ORDER BY id LIMIT $1
+    FOR UPDATE SKIP LOCKED
+)
+RETURNING id, smsc, msisdn, short_code, body_enc, parts, complete, attempts, created_at
+"""
+
+_SEARCH = """
+SELECT id, direction, smsc, msisdn, short_code, body, encoding, parts, complete, status, error,
+       ref, attempts, created_at, updated_at
+FROM sms_messages
+WHERE ($1::text IS NULL OR direction = $1)
+  AND ($2::text IS NULL OR status = $2)
+  AND ($3::text IS NULL OR msisdn = $3)
+  AND ($4::text IS NULL OR body ILIKE $4 ESCAPE '\\')
+  AND ($5::bigint IS NULL OR id < $5)
+ORDER BY id DESC
+LIMIT $6
+"""
+
+
+def _like(term: str) -> str:
+    escaped = term.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"
+
+
+class SmsMessageStore:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        cipher: FieldCipher,
+        *,
+        assemble: Assembler,
+        dedupe_window_s: int = 600,
+        lease_s: float = 60.0,
+    ) -> None:
+        self._pool = pool
+        self._cipher = cipher
+        self._assemble = assemble
+        self.dedupe_window_s = dedupe_window_s
+        self.lease_s = lease_s
+
+    # --- MO ----------------------------------------------------------------------------------
+
+    def _mo(self, row: asyncpg.Record, text: str | None = None) -> StoredMo:
+        if text is None:
+            text = self._cipher.decrypt(row["body_enc"]) if row["body_enc"] else ""
+        return StoredMo(
+            id=row["id"],
+            smsc=row["smsc"],
+            msisdn=row["msisdn"],
+            short_code=row["short_code"],
+            text=text,
+            parts=row["parts"],
+            complete=row["complete"],
+            attempts=row["attempts"],
+            created_at=row["created_at"],
+        )
+
+    async def record_mo(self, rec: InboundRecord) -> StoredMo | None:
+        """Store a single-part MO leased for processing; None when it is a redelivery."""
+        row = await self._pool.fetchrow(
+            _INSERT_MO,
+            rec.dedupe_key,
+            float(self.dedupe_window_s),
+            rec.smsc,
+            rec.msisdn,
+            rec.short_code,
+            rec.masked,
+            rec.encoding,
+            1,
+            True,
+            self._cipher.encrypt(rec.text),
+            self.lease_s,
+        )
+        return None if row is None else self._mo(row, rec.text)
+
+    async def record_mo_part(self, part: InboundPart) -> StoredMo | bool | None:
+        """Store one part. Returns the assembled MO when this part completed it, False for a
+        redelivered part, None while parts are still missing."""
+        payload = self._cipher.encrypt(base64.b64encode(part.payload).decode())
+        async with self._pool.acquire() as conn, conn.transaction():
+            if await conn.fetchval(_SEEN, part.dedupe_key, float(self.dedupe_window_s)) is None:
+                return False
+            await conn.execute(
+                "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", part.group_key
+            )
+            await conn.execute(
+                """INSERT INTO sms_mo_parts (group_key, seq, total, smsc, msisdn, short_code,
+                                             data_coding, payload_enc)
+                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING""",
+                part.group_key,
+                part.seq,
+                part.total,
+                part.smsc,
+                part.msisdn,
+                part.short_code,
+                part.data_coding,
+                payload,
+            )
+            return await self._assemble_group(conn, part.group_key, force=False)
+
+    async def _assemble_group(
+        self, conn: asyncpg.Connection, group_key: str, *, force: bool
+    ) -> StoredMo | None:
+        rows = await conn.fetch(
+            "SELECT * FROM sms_mo_parts WHERE group_key = $1 ORDER BY seq", group_key
+        )
+        if not rows:
+            return None
+        total = rows[0]["total"]
+        if len(rows) < total and not force:
+            return None
+        payloads = [base64.b64decode(self._cipher.decrypt(r["payload_enc"]).encode()) for r in rows]
+        text, masked, encoding = self._assemble(payloads, rows[0]["data_coding"])
+        complete = len(rows) >= total
+        error = None if complete else f"incomplete: {len(rows)} of {total} parts arrived"
+        row = await conn.fetchrow(
+            """INSERT INTO sms_messages (direction, smsc, msisdn, short_code, body, encoding,
+                    parts, complete, status, error, body_enc, attempts, lease_until)
+                VALUES ('mo', $1, $2, $3, $4, $5, $6, $7, 'processing', $8, $9, 1,
+                        now() + make_interval(secs => $10))
+                RETURNING id, smsc, msisdn, short_code, body_enc, parts, complete, attempts,
+                          created_at""",
+            rows[0]["smsc"],
+            rows[0]["msisdn"],
+            rows[0]["short_code"],
+            masked,
+            encoding,
+            total,
+            complete,
+            error,
+            self._cipher.encrypt(text),
+            self.lease_s,
+        )
+        await conn.execute("DELETE FROM sms_mo_parts WHERE group_key = $1", group_key)
+        return self._mo(row, text)
+
+    async def expire_part_groups(self, timeout_s: float, limit: int = 50) -> list[StoredMo]:
+        """Assemble whatever arrived of groups older than the timeout (marked incomplete)."""
+        keys = await self._pool.fetch(
+            """SELECT group_key FROM sms_mo_parts GROUP BY group_key
+               HAVING min(received_at) < now() - make_interval(secs => $1) LIMIT $2""",
+            float(timeout_s),
+            limit,
+        )
+        out = []
+        for key in keys:
+            async with self._pool.acquire() as conn, conn.transaction():
+                await conn.execute(
+                    "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", key["group_key"]
+                )
+                mo = await self._assemble_group(conn, key["group_key"], force=True)
+            if mo is not None:
+                out.append(mo)
+        return out
+
+    async def claim_mo(self, limit: int, max_attempts: int) -> list[StoredMo]:
+        """MOs whose lease ran out (a retry is due, or the process handling them died)."""
+        rows = await self._pool.fetch(_CLAIM_MO, limit, self.lease_s, max_attempts)
+        return [self._mo(r) for r in rows]
+
+    async def mo_processed(self, mo_id: int) -> None:
+        await self._pool.execute(
+            """UPDATE sms_messages SET status = 'processed', body_enc = NULL, lease_until = NULL,
+                   error = NULL, updated_at = now() WHERE id = $1""",
+            mo_id,
+        )
+
+    async def mo_retry(self, mo_id: int, error: str, delay_s: float) -> None:
+        await self._pool.execute(
+            """UPDATE sms_messages SET status = 'received', error = $2, updated_at = now(),
+                   lease_until = now() + make_interval(secs => $3) WHERE id = $1""",
+            mo_id,
+            error[:500],
+            float(delay_s),
+        )
+
+    async def mo_failed(self, mo_id: int, error: str) -> None:
+        await self._pool.execute(
+            """UPDATE sms_messages SET status = 'failed', error = $2, body_enc = NULL,
+                   lease_until = NULL, updated_at = now() WHERE id = $1""",
+            mo_id,
+            error[:500],
+        )
+
+    async def give_up_mo(self, max_attempts: int) -> int:
+        """MOs that used every attempt: failed, raw text erased."""
+        result = await self._pool.execute(
+            """UPDATE sms_messages SET status = 'failed', body_enc = NULL, lease_until = NULL,
+                   error = coalesce(error, '') || ' (gave up after ' || attempts || ' attempts)',
+                   updated_at = now()
+               WHERE direction = 'mo' AND status IN ('received', 'processing')
+                 AND lease_until < now() AND attempts >= $1""",
+            max_attempts,
+        )
+        return int(result.split()[-1])
+
+    async def purge(self, orphan_ttl_s: float = ORPHAN_RECEIPT_TTL_S) -> None:
+        """Forget de-duplication keys past the window and receipts nobody claimed."""
+        await self._pool.execute(
+            """DELETE FROM sms_mo_seen WHERE ctid IN (
+                   SELECT ctid FROM sms_mo_seen
+                   WHERE seen_at < now() - make_interval(secs => $1) LIMIT $2)""",
+            float(self.dedupe_window_s),
+            PURGE_BATCH,
+        )
+        await self._pool.execute(
+            """DELETE FROM sms_mt_parts WHERE mt_id IS NULL
+                   AND updated_at < now() - make_interval(secs => $1)""",
+            float(orphan_ttl_s),
+        )
+
+    # --- MT ----------------------------------------------------------------------------------
+
+    async def find_mt(self, ref: str) -> SentMt | None:
+        rows = await self._pool.fetch(
+            """SELECT m.id, m.status, m.concat_ref, p.part_no, p.message_id, p.message_key,
+                      p.smsc
+               FROM sms_messages m LEFT JOIN sms_mt_parts p ON p.mt_id = m.id
+               WHERE m.direction = 'mt' AND m.ref = $1 ORDER BY p.part_no""",
+            ref,
+        )
+        if not rows:
+            return None
+        parts = tuple(
+            SubmittedPart(r["part_no"], r["message_id"], r["message_key"], r["smsc"])
+            for r in rows
+            if r["message_id"] is not None
+        )
+        return SentMt(rows[0]["id"], rows[0]["status"], rows[0]["concat_ref"], parts)
+
+    async def record_mt(self, rec: MtRecord) -> int:
+        async with self._pool.acquire() as conn:
+            row = await conn.fetchrow(
+                _RECORD_MT,
+                rec.smsc,
+                rec.msisdn,
+                rec.short_code,
+                rec.body,
+                rec.encoding,
+                rec.parts,
+                rec.status,
+                rec.error,
+                rec.ref,
+                rec.concat_ref,
+                [p.smsc for p in rec.submitted],
+                [p.message_key for p in rec.submitted],
+                [p.message_id for p in rec.submitted],
+                [p.part_no for p in rec.submitted],
+            )
+            mt_id: int = row["id"]
+            if row["early_receipt"]:
+                await self._recompute(conn, mt_id)
+        return mt_id
+
+    async def _recompute(self, conn: asyncpg.Connection, mt_id: int) -> None:
+        async with conn.transaction():
+            # The row lock orders concurrent receipts for parts of one message, so the last
+            # one to commit sees every part's status.
+            await conn.execute("SELECT 1 FROM sms_messages WHERE id = $1 FOR UPDATE", mt_id)
+            await conn.execute(_RECOMPUTE_MT, mt_id)
+
+    async def apply_receipt(
+        self, smsc: str, message_key: str, message_id: str, status: str, error: str | None
+    ) -> bool:
+        """Record a delivery receipt; True when it matched a recorded MT part."""
+        async with self._pool.acquire() as conn:
+            mt_id = await conn.fetchval(
+                _APPLY_RECEIPT, smsc, message_key, message_id, status, error
+            )
+            if mt_id is None:
+                return False
+            await self._recompute(conn, mt_id)
+        return True
+
+    # --- admin -------------------------------------------------------------------------------
+
+    async def search(
+        self,
+        *,
+        direction: str | None = None,
+        status: str | None = None,
+        msisdn: str | None = None,
+        text: str | None = None,
+        before_id: int | None = None,
+        limit: int = 50,
+    ) -> list[dict[str, Any]]:
+        rows = await self._pool.fetch(
+            _SEARCH,
+            direction,
+            status,
+            msisdn,
+            _like(text) if text else None,
+            before_id,
+            max(1, min(limit, MAX_PAGE)),
+        )
+        return [dict(r) for r in rows]
+
+    async def get(self, message_id: int) -> dict[str, Any] | None:
+        rows = await self._pool.fetch(
+            """SELECT m.id, m.direction, m.smsc, m.msisdn, m.short_code, m.body, m.encoding,
+                      m.parts, m.complete, m.status, m.error, m.ref, m.attempts, m.created_at,
+                      m.updated_at, p.part_no, p.message_id, p.status AS part_status,
+                      p.error AS part_error
+               FROM sms_messages m LEFT JOIN sms_mt_parts p ON p.mt_id = m.id
+               WHERE m.id = $1 ORDER BY p.part_no""",
+            message_id,
+        )
+        if not rows:
+            return None
+        first = dict(rows[0])
+        parts = [
+            {
+                "part_no": r["part_no"],
+                "message_id": r["message_id"],
+                "status": r["part_status"],
+                "error": r["part_error"],
+            }
+            for r in rows
+            if r["message_id"] is not None
+        ]
+        for key in ("part_no", "message_id", "part_status", "part_error"):
+            first.pop(key)
+        first["submitted_parts"] = parts
+        return first
