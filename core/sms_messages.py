@@ -475,53 +475,57 @@ class SmsMessageStore:
             await self._recompute(conn, mt_id)
         return True
 
-    # --- admin -------------------------------------------------------------------------------
 
-    async def search(
-        self,
-        *,
-        direction: str | None = None,
-        status: str | None = None,
-        msisdn: str | None = None,
-        text: str | None = None,
-        before_id: int | None = None,
-        limit: int = 50,
-    ) -> list[dict[str, Any]]:
-        rows = await self._pool.fetch(
-            _SEARCH,
-            direction,
-            status,
-            msisdn,
-            _like(text) if text else None,
-            before_id,
-            max(1, min(limit, MAX_PAGE)),
-        )
-        return [dict(r) for r in rows]
+# --- admin reads ------------------------------------------------------------------------------
 
-    async def get(self, message_id: int) -> dict[str, Any] | None:
-        rows = await self._pool.fetch(
-            """SELECT m.id, m.direction, m.smsc, m.msisdn, m.short_code, m.body, m.encoding,
-                      m.parts, m.complete, m.status, m.error, m.ref, m.attempts, m.created_at,
-                      m.updated_at, p.part_no, p.message_id, p.status AS part_status,
-                      p.error AS part_error
-               FROM sms_messages m LEFT JOIN sms_mt_parts p ON p.mt_id = m.id
-               WHERE m.id = $1 ORDER BY p.part_no""",
-            message_id,
-        )
-        if not rows:
-            return None
-        first = dict(rows[0])
-        parts = [
-            {
-                "part_no": r["part_no"],
-                "message_id": r["message_id"],
-                "status": r["part_status"],
-                "error": r["part_error"],
-            }
-            for r in rows
-            if r["message_id"] is not None
-        ]
-        for key in ("part_no", "message_id", "part_status", "part_error"):
-            first.pop(key)
-        first["submitted_parts"] = parts
-        return first
+
+async def search_messages(
+    pool: asyncpg.Pool,
+    *,
+    direction: str | None = None,
+    status: str | None = None,
+    msisdn: str | None = None,
+    text: str | None = None,
+    before_id: int | None = None,
+    limit: int = 50,
+) -> list[dict[str, Any]]:
+    """Newest first; `before_id` pages on (keyset). `text` matches the masked body."""
+    rows = await pool.fetch(
+        _SEARCH,
+        direction,
+        status,
+        msisdn,
+        _like(text) if text else None,
+        before_id,
+        max(1, min(limit, MAX_PAGE)),
+    )
+    return [dict(r) for r in rows]
+
+
+async def get_message(pool: asyncpg.Pool, message_id: int) -> dict[str, Any] | None:
+    """One message with the SMSC ids and receipt status of its submitted parts."""
+    rows = await pool.fetch(
+        """SELECT m.id, m.direction, m.smsc, m.msisdn, m.short_code, m.body, m.encoding,
+                  m.parts, m.complete, m.status, m.error, m.ref, m.attempts, m.created_at,
+                  m.updated_at, p.part_no, p.message_id, p.status AS part_status,
+                  p.error AS part_error
+           FROM sms_messages m LEFT JOIN sms_mt_parts p ON p.mt_id = m.id
+           WHERE m.id = $1 ORDER BY p.part_no""",
+        message_id,
+    )
+    if not rows:
+        return None
+    first = dict(rows[0])
+    for key in ("part_no", "message_id", "part_status", "part_error"):
+        first.pop(key)
+    first["submitted_parts"] = [
+        {
+            "part_no": r["part_no"],
+            "message_id": r["message_id"],
+            "status": r["part_status"],
+            "error": r["part_error"],
+        }
+        for r in rows
+        if r["message_id"] is not None
+    ]
+    return first

@@ -37,6 +37,7 @@ from gateway.metrics import Metrics
 from gateway.middlewares import MIDDLEWARES
 from gateway.secrets import resolve_secret
 from gateway.services import mqtt_endpoint, storage_endpoints
+from gateway.sms import sms_channel
 
 log = logging.getLogger("gateway.app")
 
@@ -125,6 +126,8 @@ def create_app(
     app.cleanup_ctx.extend([_engines, _database(run_migrations), _redis, _security])
     if start_channels:
         app.cleanup_ctx.append(_mqtt)
+    if start_channels and settings.smpp_binds:
+        app.cleanup_ctx.append(sms_channel)
     add_system_routes(app)
     app[ROUTE_SPECS] = add_routes(app, ROUTE_GROUPS)
     return app

@@ -9,6 +9,7 @@ from aiohttp import web
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from channels.sms.channel import SmppSender, SmsChannel
 from config.settings import Settings
 from core.crypto import FieldCipher
 from core.identity import Principal
@@ -27,6 +28,8 @@ TOKENS = web.AppKey("tokens", TokenService)
 METRICS = web.AppKey("metrics", Metrics)
 ROUTE_SPECS = web.AppKey("route_specs", list[Any])
 BACKGROUND = web.AppKey("background", dict[str, Any])
+SMS_CHANNEL = web.AppKey("sms_channel", SmsChannel)  # only when SMPP_URL names binds
+SMS_SENDER = web.AppKey("sms_sender", SmppSender)
 
 # Request-scoped values (request[...]).
 PRINCIPAL_KEY = web.RequestKey("principal", Principal)

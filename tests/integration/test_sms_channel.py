@@ -19,7 +19,7 @@ from channels.base import SendFailed
 from channels.sms.channel import ChannelTuning, SmppSender, SmsChannel, assemble_mo
 from channels.sms.encoding import udh_concat
 from channels.sms.handler import GrammarReplyHandler, InboundSms, RetryLater
-from core.sms_messages import SmsMessageStore
+from core.sms_messages import MtRecord, SmsMessageStore, SubmittedPart, get_message
 from gateway.keys import CIPHER
 from tests.sms_helpers import FAST, bind_for, eventually
 from tests.smsc_peer import SmscPeer
@@ -357,8 +357,9 @@ async def test_receipts_update_status(
     assert [p["status"] for p in parts] == [expected, expected]
 
 
-async def test_receipt_before_the_record_is_matched(store: SmsMessageStore) -> None:
-    from core.sms_messages import MtRecord, SubmittedPart
+async def test_receipt_before_the_record_is_matched(
+    store: SmsMessageStore, pg_pool: asyncpg.Pool
+) -> None:
 
     msisdn = "+" + new_msisdn()
     key = f"s:early-{secrets.token_hex(4)}"
@@ -378,8 +379,11 @@ async def test_receipt_before_the_record_is_matched(store: SmsMessageStore) -> N
             submitted=[SubmittedPart(1, key[2:], key, "acct@smsc")],
         )
     )
-    message = await store.get(mt_id)
+    message = await get_message(pg_pool, mt_id)
     assert message is not None and message["status"] == "delivered"
+    assert message["submitted_parts"] == [
+        {"part_no": 1, "message_id": key[2:], "status": "delivered", "error": None}
+    ]
 
 
 # --- MO ---------------------------------------------------------------------------------------
