@@ -32,13 +32,17 @@ from typing import Any
 
 import asyncpg
 
+from core.batching import Batcher
 from core.crypto import FieldCipher
 
 Assembler = Callable[[Sequence[bytes], int], tuple[str, str, str]]
 
 MO_PENDING = ("received", "processing")
 MT_FINAL_PART = ("delivered", "failed", "expired")
-ORPHAN_RECEIPT_TTL_S = 86_400
+# A receipt waits this long for its submit's record. SMSCs reuse message ids (counters restart),
+# so an id already on record for another message, or an older receipt, belongs to the past.
+EARLY_RECEIPT_S = 3_600
+ORPHAN_RECEIPT_TTL_S = EARLY_RECEIPT_S
 PURGE_BATCH = 5_000
 MAX_PAGE = 200
 
@@ -122,19 +126,26 @@ class SentMt:
     parts: tuple[SubmittedPart, ...]
 
 
-_INSERT_MO = """
-WITH seen AS (
-    INSERT INTO sms_mo_seen (dedupe_key) VALUES ($1)
+# A batch of single-part MOs: the ones whose de-duplication key is new (or older than the
+# window) are inserted; the rest are redeliveries. One statement, one commit, for the batch.
+_INSERT_MOS = """
+WITH input AS (
+    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
+                         $6::text[], $7::text[])
+        AS u(dedupe_key, smsc, msisdn, short_code, body, encoding, body_enc)
+), seen AS (
+    INSERT INTO sms_mo_seen (dedupe_key) SELECT dedupe_key FROM input
     ON CONFLICT (dedupe_key) DO UPDATE SET seen_at = now()
-        WHERE sms_mo_seen.seen_at < now() - make_interval(secs => $2)
-    RETURNING 1
+        WHERE sms_mo_seen.seen_at < now() - make_interval(secs => $8)
+    RETURNING dedupe_key
 )
 INSERT INTO sms_messages (direction, smsc, msisdn, short_code, body, encoding, parts, complete,
-                          status, body_enc, attempts, lease_until)
-SELECT 'mo', $3, $4, $5, $6, $7, $8, $9, 'processing', $10, 1,
-       now() + make_interval(secs => $11)
-FROM seen
-RETURNING id, smsc, msisdn, short_code, body_enc, parts, complete, attempts, created_at
+                          status, body_enc, attempts, lease_until, dedupe_key)
+SELECT 'mo', i.smsc, i.msisdn, i.short_code, i.body, i.encoding, 1, true, 'processing',
+       i.body_enc, 1, now() + make_interval(secs => $9), i.dedupe_key
+FROM input AS i JOIN seen USING (dedupe_key)
+RETURNING id, smsc, msisdn, short_code, body_enc, parts, complete, attempts, created_at,
+          dedupe_key
 """
 
 _SEEN = """
@@ -153,16 +164,24 @@ WITH msg AS (
         SET smsc = EXCLUDED.smsc, status = EXCLUDED.status, error = EXCLUDED.error,
             attempts = m.attempts + 1, updated_at = now()
     RETURNING id
-), parts AS (
-    INSERT INTO sms_mt_parts AS p (smsc, message_key, message_id, mt_id, part_no)
-    SELECT c, k, i, (SELECT id FROM msg), n
-    FROM unnest($11::text[], $12::text[], $13::text[], $14::int[]) AS u(c, k, i, n)
-    ON CONFLICT (smsc, message_key) DO UPDATE
-        SET mt_id = EXCLUDED.mt_id, part_no = EXCLUDED.part_no, message_id = EXCLUDED.message_id
-    RETURNING p.status
 )
-SELECT (SELECT id FROM msg) AS id,
-       coalesce((SELECT bool_or(status <> 'submitted') FROM parts), false) AS early_receipt
+INSERT INTO sms_mt_parts AS p (smsc, message_key, message_id, mt_id, part_no)
+SELECT c, k, i, (SELECT id FROM msg), n
+FROM unnest($11::text[], $12::text[], $13::text[], $14::int[]) AS u(c, k, i, n)
+ON CONFLICT (smsc, message_key) DO UPDATE
+    SET mt_id = EXCLUDED.mt_id, part_no = EXCLUDED.part_no, message_id = EXCLUDED.message_id,
+        status = CASE WHEN p.mt_id = EXCLUDED.mt_id OR (p.mt_id IS NULL AND p.updated_at >
+                      now() - make_interval(secs => $15)) THEN p.status ELSE 'submitted' END,
+        error = CASE WHEN p.mt_id = EXCLUDED.mt_id OR (p.mt_id IS NULL AND p.updated_at >
+                     now() - make_interval(secs => $15)) THEN p.error END,
+        updated_at = now()
+"""
+
+# Parts of the batch whose receipt came before the record: their messages need a recompute.
+_EARLY_RECEIPTS = """
+SELECT DISTINCT p.mt_id FROM sms_mt_parts AS p
+JOIN unnest($1::text[], $2::text[]) AS u(c, k) ON p.smsc = u.c AND p.message_key = u.k
+WHERE p.status <> 'submitted' AND p.mt_id IS NOT NULL
 """
 
 _APPLY_RECEIPT = """
@@ -240,6 +259,11 @@ class SmsMessageStore:
         self._assemble = assemble
         self.dedupe_window_s = dedupe_window_s
         self.lease_s = lease_s
+        # The MO -> MT path writes three times per message; under load each write joins the
+        # others waiting for the same round trip and commit.
+        self._mo_batch: Batcher[InboundRecord, StoredMo | None] = Batcher(self._insert_mos)
+        self._processed_batch: Batcher[int, None] = Batcher(self._mark_processed)
+        self._mt_batch: Batcher[MtRecord, None] = Batcher(self._record_mts)
 
     # --- MO ----------------------------------------------------------------------------------
 
@@ -260,21 +284,31 @@ class SmsMessageStore:
 
     async def record_mo(self, rec: InboundRecord) -> StoredMo | None:
         """Store a single-part MO leased for processing; None when it is a redelivery."""
-        row = await self._pool.fetchrow(
-            _INSERT_MO,
-            rec.dedupe_key,
+        return await self._mo_batch.submit(rec)
+
+    async def _insert_mos(self, recs: Sequence[InboundRecord]) -> list[StoredMo | None]:
+        first: dict[str, InboundRecord] = {}
+        for rec in recs:
+            first.setdefault(rec.dedupe_key, rec)  # a copy inside one batch is a redelivery too
+        unique = list(first.values())
+        rows = await self._pool.fetch(
+            _INSERT_MOS,
+            [r.dedupe_key for r in unique],
+            [r.smsc for r in unique],
+            [r.msisdn for r in unique],
+            [r.short_code for r in unique],
+            [r.masked for r in unique],
+            [r.encoding for r in unique],
+            [self._cipher.encrypt(r.text) for r in unique],
             float(self.dedupe_window_s),
-            rec.smsc,
-            rec.msisdn,
-            rec.short_code,
-            rec.masked,
-            rec.encoding,
-            1,
-            True,
-            self._cipher.encrypt(rec.text),
             self.lease_s,
         )
-        return None if row is None else self._mo(row, rec.text)
+        stored = {row["dedupe_key"]: row for row in rows}
+        out: list[StoredMo | None] = []
+        for rec in recs:
+            row = stored.pop(rec.dedupe_key, None) if first.get(rec.dedupe_key) is rec else None
+            out.append(None if row is None else self._mo(row, rec.text))
+        return out
 
     async def record_mo_part(self, part: InboundPart) -> StoredMo | bool | None:
         """Store one part. Returns the assembled MO when this part completed it, False for a
@@ -362,11 +396,15 @@ class SmsMessageStore:
         return [self._mo(r) for r in rows]
 
     async def mo_processed(self, mo_id: int) -> None:
+        await self._processed_batch.submit(mo_id)
+
+    async def _mark_processed(self, ids: Sequence[int]) -> list[None]:
         await self._pool.execute(
             """UPDATE sms_messages SET status = 'processed', body_enc = NULL, lease_until = NULL,
-                   error = NULL, updated_at = now() WHERE id = $1""",
-            mo_id,
+                   error = NULL, updated_at = now() WHERE id = ANY($1::bigint[])""",
+            list(ids),
         )
+        return [None] * len(ids)
 
     async def mo_retry(self, mo_id: int, error: str, delay_s: float) -> None:
         await self._pool.execute(
@@ -431,10 +469,12 @@ class SmsMessageStore:
         )
         return SentMt(rows[0]["id"], rows[0]["status"], rows[0]["concat_ref"], parts)
 
-    async def record_mt(self, rec: MtRecord) -> int:
-        async with self._pool.acquire() as conn:
-            row = await conn.fetchrow(
-                _RECORD_MT,
+    async def record_mt(self, rec: MtRecord) -> None:
+        await self._mt_batch.submit(rec)
+
+    async def _record_mts(self, recs: Sequence[MtRecord]) -> list[None]:
+        rows = [
+            (
                 rec.smsc,
                 rec.msisdn,
                 rec.short_code,
@@ -449,11 +489,20 @@ class SmsMessageStore:
                 [p.message_key for p in rec.submitted],
                 [p.message_id for p in rec.submitted],
                 [p.part_no for p in rec.submitted],
+                float(EARLY_RECEIPT_S),
             )
-            mt_id: int = row["id"]
-            if row["early_receipt"]:
-                await self._recompute(conn, mt_id)
-        return mt_id
+            for rec in recs
+        ]
+        parts = [p for rec in recs for p in rec.submitted]
+        async with self._pool.acquire() as conn:
+            async with conn.transaction():
+                await conn.executemany(_RECORD_MT, rows)
+                early = await conn.fetch(
+                    _EARLY_RECEIPTS, [p.smsc for p in parts], [p.message_key for p in parts]
+                )
+            for row in early:  # a receipt overtook its submit's record (rare)
+                await self._recompute(conn, row["mt_id"])
+        return [None] * len(recs)
 
     async def _recompute(self, conn: asyncpg.Connection, mt_id: int) -> None:
         async with conn.transaction():

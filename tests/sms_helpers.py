@@ -24,7 +24,7 @@ FAST = SessionTuning(
 
 def bind_for(port: int, **overrides: object) -> SmppBind:
     fields: dict[str, object] = {
-        "system_id": "gw",
+        "system_id": f"gw{port}",  # each test SMSC counts message ids from 1
         "password": "secret",
         "host": "127.0.0.1",
         "port": port,

@@ -9,6 +9,10 @@ Run as a script (`python tests/smsc_peer.py --port P --control-port C`), it prin
                       "reject_dest": "<addr>"}
     POST /mo         {"source", "dest", "hex" | "text", "data_coding", "esm_class",
                       "tlvs": [[tag, hex]], "repeat": N}  -> {"statuses": [...]}
+    POST /flood      {"count", "rate" (MO/s, 0 = as fast as the window allows), "window",
+                      "source_prefix", "text_prefix"}: MOs from distinct numbers, for benchmarks
+    GET  /flood      {"sent", "acked", "first_mo", "last_mo", "mt", "first_mt", "last_mt",
+                      "throttled"} (monotonic seconds in the SMSC process)
     POST /release    answer every held submit_sm (accept)
     POST /unbind     the SMSC unbinds every session
     GET  /submits    every submit_sm seen, in order, with its answer
@@ -134,6 +138,12 @@ class SmscPeer:
     async def unbind_all(self) -> None:
         await self._call("POST", "/unbind")
 
+    async def flood(self, **options: Any) -> None:
+        await self._call("POST", "/flood", options)
+
+    async def flood_stats(self) -> dict[str, Any]:
+        return dict(await self._call("GET", "/flood"))
+
 
 @contextlib.asynccontextmanager
 async def running_peer(log_dir: Path) -> AsyncIterator[SmscPeer]:
@@ -158,6 +168,7 @@ class _Smsc:
         self.counter = 0
         self.window_start = time.monotonic()
         self.window_count = 0
+        self.flood: dict[str, Any] = {}
 
     def _over_tps(self) -> bool:
         max_tps = self.config.get("max_tps")
@@ -169,6 +180,18 @@ class _Smsc:
         self.window_count += 1
         # A little slack over the limit: loopback jitter bunches submits at second edges.
         return bool(self.window_count > max_tps * 1.1 + 2)
+
+    def _flood_submit(self, event: Any, throttled: bool) -> None:
+        flood = self.flood
+        if not flood or not event.destination_addr.startswith(flood["source_prefix"]):
+            return
+        now = time.monotonic()
+        if throttled:
+            flood["throttled"] += 1
+            return
+        flood["mt"] += 1
+        flood["first_mt"] = flood["first_mt"] or now
+        flood["last_mt"] = now
 
     def on_submit(self, event: Any) -> None:
         self.counter += 1
@@ -187,6 +210,7 @@ class _Smsc:
         if (every and self.counter % int(every) == 0) or self._over_tps():
             record["status"] = int(self.m.ESME_RTHROTTLED)
             event.reject(self.m.ESME_RTHROTTLED)
+            self._flood_submit(event, throttled=True)
         elif self.config.get("reject_dest") == event.destination_addr:
             record["status"] = int(self.config.get("reject_status") or self.m.ESME_RINVDSTADR)
             event.reject(record["status"])
@@ -195,7 +219,9 @@ class _Smsc:
             return
         else:
             self._accept(event, record)
-        self.submits.append(record)
+            self._flood_submit(event, throttled=False)
+        if not self.flood.get("quiet"):
+            self.submits.append(record)
 
     def _accept(self, event: Any, record: dict[str, Any]) -> None:
         message_id = f"{record['n']:08X}"
@@ -227,6 +253,51 @@ class _Smsc:
                 esm_class=0x04,
                 tlvs=tlvs,
             )
+
+    async def run_flood(self, body: dict[str, Any]) -> None:
+        count, rate = int(body["count"]), float(body.get("rate", 0))
+        window = asyncio.Semaphore(int(body.get("window", 10)))
+        prefix, text = str(body["source_prefix"]), str(body.get("text_prefix", "PING"))
+        flood = self.flood = {
+            "source_prefix": prefix,
+            "quiet": True,
+            "sent": 0,
+            "acked": 0,
+            "first_mo": None,
+            "last_mo": None,
+            "mt": 0,
+            "first_mt": None,
+            "last_mt": None,
+            "throttled": 0,
+        }
+        session = next(s for s in self.sessions.values() if s.can_receive)
+        start = time.monotonic()
+
+        async def one(i: int) -> None:
+            try:
+                await session.deliver_sm(
+                    "12345",
+                    f"{text} {i}".encode(),
+                    source_addr=f"{prefix}{i:06d}",
+                    source_addr_ton=1,
+                )
+                flood["acked"] += 1
+            finally:
+                window.release()
+
+        tasks = []
+        for i in range(count):
+            if rate:
+                delay = start + i / rate - time.monotonic()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+            await window.acquire()
+            now = time.monotonic()
+            flood["first_mo"] = flood["first_mo"] or now
+            flood["last_mo"] = now
+            flood["sent"] += 1
+            tasks.append(asyncio.create_task(one(i)))
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     async def deliver(self, body: dict[str, Any]) -> list[int]:
         data = bytes.fromhex(body["hex"]) if "hex" in body else body["text"].encode("latin-1")
@@ -284,6 +355,14 @@ async def _serve(port: int, control_port: int) -> None:
     async def mo(request: web.Request) -> web.Response:
         return web.json_response({"statuses": await smsc.deliver(await request.json())})
 
+    async def flood(request: web.Request) -> web.Response:
+        body = await request.json()
+        asyncio.get_running_loop().create_task(smsc.run_flood(body))
+        return web.json_response({"started": True})
+
+    async def flood_stats(request: web.Request) -> web.Response:
+        return web.json_response({k: v for k, v in smsc.flood.items() if k != "quiet"})
+
     async def release(request: web.Request) -> web.Response:
         held, smsc.held = smsc.held, []
         smsc.config["hold"] = False
@@ -308,6 +387,8 @@ async def _serve(port: int, control_port: int) -> None:
     app.router.add_post("/config", config)
     app.router.add_post("/mo", mo)
     app.router.add_post("/release", release)
+    app.router.add_post("/flood", flood)
+    app.router.add_get("/flood", flood_stats)
     app.router.add_post("/unbind", unbind)
     app.router.add_get("/submits", submits)
     app.router.add_get("/sessions", sessions)

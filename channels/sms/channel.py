@@ -81,8 +81,9 @@ class ChannelTuning:
     """MO workers and recovery, MT waits and retries. The store's lease (default 60 s) must be
     longer than `handler_timeout_s`, or a slow handler's MO is claimed a second time."""
 
-    workers: int = 8
+    workers: int = 32
     queue_size: int = 1_000
+    enqueue_wait_s: float = 5.0
     handler_timeout_s: float = 30.0
     max_attempts: int = 5
     retry_delay_s: float = 30.0
@@ -276,7 +277,11 @@ class SmsChannel:
             self.counters["mo_duplicates"] += 1
         if stored is not None:
             self.counters["mo"] += 1
-            self._enqueue(stored)
+            # A full queue holds the deliver_sm_resp back a little: the SMSC's window then
+            # slows the MOs down, instead of parking them until their lease runs out.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.tuning.enqueue_wait_s):
+                    await self._queue.put(stored)
         return ESME_ROK
 
     def _enqueue(self, mo: StoredMo) -> None:
@@ -363,11 +368,13 @@ class SmsChannel:
         self._concat_ref = (self._concat_ref + 1) % 256
         return self._concat_ref
 
-    async def _progress_for(self, ref: str | None, text: str) -> _Progress | str:
+    async def _progress_for(
+        self, ref: str | None, text: str, first_attempt: bool
+    ) -> _Progress | str:
         """Where sending `ref` stands: a progress record (resuming a message a temporary failure
         interrupted, here or in another instance), or the first part's message id when it was
         sent completely before."""
-        sent = await self.store.find_mt(ref) if ref is not None else None
+        sent = await self.store.find_mt(ref) if ref is not None and not first_attempt else None
         if sent is not None and sent.status in SENT_STATUSES and sent.parts:
             return sent.parts[0].message_id
         resume = sent is not None and sent.status == "queued"
@@ -383,16 +390,23 @@ class SmsChannel:
         return progress
 
     async def send_text(
-        self, recipient: str, text: str, *, ref: str | None = None, sensitive: bool = False
+        self,
+        recipient: str,
+        text: str,
+        *,
+        ref: str | None = None,
+        sensitive: bool = False,
+        first_attempt: bool = False,
     ) -> str:
         """Send `text` (split when long) and return the SMSC's message id of its first part.
-        `ref` makes the send idempotent: a reference already sent is not sent again.
+        `ref` makes the send idempotent: a reference already sent is not sent again (one store
+        look-up, skipped when the caller knows this is the first attempt for `ref`).
         `sensitive` stores the body as "[redacted]". Raises SendFailed."""
         try:
             dest, _, _ = address.destination(recipient, self._country)
         except ValueError as exc:
             raise SendFailed(str(exc), temporary=False) from None
-        progress = await self._progress_for(ref, text)
+        progress = await self._progress_for(ref, text, first_attempt)
         if isinstance(progress, str):
             return progress
         body = REDACTED if sensitive else text

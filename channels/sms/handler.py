@@ -48,7 +48,13 @@ class RetryLater(Exception):
 
 class ReplySender(Protocol):
     async def send_text(
-        self, recipient: str, text: str, *, ref: str | None = None, sensitive: bool = False
+        self,
+        recipient: str,
+        text: str,
+        *,
+        ref: str | None = None,
+        sensitive: bool = False,
+        first_attempt: bool = False,
     ) -> str: ...
 
 
@@ -73,4 +79,7 @@ class GrammarReplyHandler:
                 reply = commands.hint(result)
             else:
                 reply = NOT_AVAILABLE
-        await self._sender.send_text(sms.msisdn, reply, ref=f"mo:{sms.id}")
+        # On the first attempt nothing can have been sent for this MO yet: skip the look-up.
+        await self._sender.send_text(
+            sms.msisdn, reply, ref=f"mo:{sms.id}", first_attempt=sms.attempt == 1
+        )

@@ -31,6 +31,7 @@ def upgrade() -> None:
             status text NOT NULL,
             error text,
             ref text,
+            dedupe_key text,
             concat_ref integer,
             body_enc text,
             attempts integer NOT NULL DEFAULT 0,

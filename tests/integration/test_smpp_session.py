@@ -161,6 +161,7 @@ async def test_mo_is_handed_over_and_acknowledged(peer: SmscPeer) -> None:
         SmppSession(bind_for(peer.port), name="mo", on_deliver=on_deliver, tuning=FAST)
     )
     try:
+        await eventually(peer.bound, lambda n: n == 1)
         assert await peer.mo(source="254711000111", text="BAL 1234") == [0]
         assert [(p.source_addr, p.short_message) for p in seen] == [("254711000111", b"BAL 1234")]
     finally:
@@ -175,6 +176,7 @@ async def test_handler_failure_answers_temporary_error(peer: SmscPeer) -> None:
         SmppSession(bind_for(peer.port), name="mo2", on_deliver=broken, tuning=FAST)
     )
     try:
+        await eventually(peer.bound, lambda n: n == 1)
         assert await peer.mo(text="BAL 1234") == [0x64]  # ESME_RX_T_APPN: the SMSC retries
     finally:
         await session.stop()

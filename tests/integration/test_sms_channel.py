@@ -348,13 +348,17 @@ async def test_receipts_update_status(
         record = await row(pg_pool, ref=ref)
         return None if record is None else str(record["status"])
 
-    await eventually(status, lambda s: s == expected)
-    parts = await pg_pool.fetch(
-        "SELECT p.status FROM sms_mt_parts p JOIN sms_messages m ON m.id = p.mt_id "
-        "WHERE m.ref = $1",
-        ref,
-    )
-    assert [p["status"] for p in parts] == [expected, expected]
+    async def part_statuses() -> list[str]:
+        rows = await pg_pool.fetch(
+            "SELECT p.status FROM sms_mt_parts p JOIN sms_messages m ON m.id = p.mt_id "
+            "WHERE m.ref = $1 ORDER BY p.part_no",
+            ref,
+        )
+        return [r["status"] for r in rows]
+
+    # Both receipts applied (a failed part fails the message before the other receipt lands).
+    await eventually(part_statuses, lambda s: s == [expected, expected])
+    assert await status() == expected
 
 
 async def test_receipt_before_the_record_is_matched(
@@ -364,26 +368,50 @@ async def test_receipt_before_the_record_is_matched(
     msisdn = "+" + new_msisdn()
     key = f"s:early-{secrets.token_hex(4)}"
     assert not await store.apply_receipt("acct@smsc", key, key[2:], "delivered", None)
-    mt_id = await store.record_mt(
-        MtRecord(
-            ref=None,
-            smsc="acct@smsc",
-            msisdn=msisdn,
-            short_code="12345",
-            body="hi",
-            encoding="gsm7",
-            parts=1,
-            concat_ref=None,
-            status="submitted",
-            error=None,
-            submitted=[SubmittedPart(1, key[2:], key, "acct@smsc")],
-        )
+    await store.record_mt(mt_record(msisdn, key))
+    mt_id = await pg_pool.fetchval(
+        "SELECT mt_id FROM sms_mt_parts WHERE smsc = 'acct@smsc' AND message_key = $1", key
     )
     message = await get_message(pg_pool, mt_id)
     assert message is not None and message["status"] == "delivered"
     assert message["submitted_parts"] == [
         {"part_no": 1, "message_id": key[2:], "status": "delivered", "error": None}
     ]
+
+
+def mt_record(msisdn: str, key: str, smsc: str = "acct@smsc") -> MtRecord:
+    return MtRecord(
+        ref=None,
+        smsc=smsc,
+        msisdn=msisdn,
+        short_code="12345",
+        body="hi",
+        encoding="gsm7",
+        parts=1,
+        concat_ref=None,
+        status="submitted",
+        error=None,
+        submitted=[SubmittedPart(1, key[2:], key, smsc)],
+    )
+
+
+async def test_a_reused_message_id_starts_clean(
+    store: SmsMessageStore, pg_pool: asyncpg.Pool
+) -> None:
+    key = f"s:reused-{secrets.token_hex(4)}"
+    await store.record_mt(mt_record("+254700000001", key))
+    assert await store.apply_receipt("acct@smsc", key, key[2:], "expired", None)
+    await store.record_mt(mt_record("+254700000002", key))  # the SMSC issued the id again
+    row = await pg_pool.fetchrow(
+        "SELECT p.status, m.msisdn, m.status AS message_status FROM sms_mt_parts p "
+        "JOIN sms_messages m ON m.id = p.mt_id WHERE p.smsc = 'acct@smsc' AND p.message_key = $1",
+        key,
+    )
+    assert dict(row) == {
+        "status": "submitted",
+        "msisdn": "+254700000002",
+        "message_status": "submitted",
+    }
 
 
 # --- MO ---------------------------------------------------------------------------------------

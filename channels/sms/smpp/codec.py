@@ -7,8 +7,10 @@ after construction), returns C-strings as bytes, and parses truncated or inconsi
 without complaint (so `check_sm_body` walks the structure first and a malformed deliver_sm gets a
 generic_nack instead of garbage fields).
 
-Header-only PDUs (enquire_link, unbind, generic_nack and their responses) are packed with
-`struct`: there is nothing for a codec to do in 16 bytes of header.
+Header-only PDUs (enquire_link, unbind, generic_nack and their responses), deliver_sm_resp (an
+empty message_id) and the one C-string of submit_sm_resp / bind_*_resp are packed and read with
+`struct`: nothing for a codec to do there, and on the MO -> MT path smpplib's object building
+for them cost as much as the submit_sm and deliver_sm themselves.
 """
 
 from __future__ import annotations
@@ -140,9 +142,12 @@ def decode_response(frame: bytes) -> Response:
     if len(frame) == HEADER_BYTES or status != ESME_ROK:
         # An error response carries no body worth reading (SMPP 3.4 says it is not returned).
         return Response(command_id, status, sequence, "")
-    pdu = _decode(frame)
-    value = getattr(pdu, "message_id", None) or getattr(pdu, "system_id", None)
-    return Response(command_id, status, sequence, _text(value).strip("\x00"))
+    # submit_sm_resp (message_id) and bind_*_resp (system_id) open with one C-string; what
+    # follows (a bind_resp's sc_interface_version TLV) is not needed.
+    end = frame.find(b"\x00", HEADER_BYTES)
+    if end < 0:
+        raise CodecError("the response's C-string has no terminator")
+    return Response(command_id, status, sequence, frame[HEADER_BYTES:end].decode("latin-1"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -249,4 +254,5 @@ def decode_deliver_sm(frame: bytes) -> DeliverSm:
 
 
 def deliver_sm_resp(sequence: int, status: int = ESME_ROK) -> bytes:
-    return encode("deliver_sm_resp", sequence, status)
+    # The body is an empty message_id (one NUL): nothing for a codec to do.
+    return HEADER.pack(HEADER_BYTES + 1, DELIVER_SM | RESP_BIT, status, sequence) + b"\x00"
