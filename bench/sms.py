@@ -54,6 +54,7 @@ UNTHROTTLED_ROUND_TRIPS = 4_000
 THROTTLED_SECONDS = 10
 OFFER_FACTOR = 1.2
 REPEATS = 3
+POLL_S = 0.5
 RUN_TIMEOUT_S = 180
 
 
@@ -171,6 +172,31 @@ async def round_trip_floor(peer: SmscPeer, count: int, window: int) -> float:
     return float(count / (stats["last_mt"] - stats["first_mo"]))
 
 
+def proc_cpu_s(pids: list[int]) -> dict[int, float]:
+    """CPU seconds (user + system) of local processes, from /proc; a process that is not
+    visible (a remote database, one that exited) is left out."""
+    out = {}
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        out[pid] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return out
+
+
+def cpu_used(before: dict[int, float], after: dict[int, float]) -> float:
+    """Processes that appeared during the run count from zero."""
+    return sum(value - before.get(pid, 0.0) for pid, value in after.items())
+
+
+async def backend_pids(store: SmsMessageStore) -> list[int]:
+    rows = await store._pool.fetch(
+        "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
+    )
+    return [r["pid"] for r in rows]
+
+
 def new_prefix() -> str:
     return "2547" + str(uuid.uuid4().int)[:2]
 
@@ -189,7 +215,7 @@ async def wait_replies(peer: SmscPeer, count: int) -> dict[str, Any]:
         stats = await peer.flood_stats()
         if stats.get("mt", 0) >= count or time.monotonic() > deadline:
             return stats
-        await asyncio.sleep(0.2)
+        await asyncio.sleep(POLL_S)
 
 
 # --- product: the SMS channel -------------------------------------------------------------------
@@ -216,10 +242,14 @@ async def round_trips(
     try:
         assert await channel.sessions[0].wait_bound(10), "no bind"
         await wait_bound_at(peer)
-        cpu0 = time.process_time()
+        assert peer.proc is not None
+        smsc = [peer.proc.pid]
+        cpu0, smsc0 = time.process_time(), proc_cpu_s(smsc)
+        pg0 = proc_cpu_s(await backend_pids(store))
         await peer.flood(count=count, rate=offer, window=WINDOW, source_prefix=new_prefix())
         stats = await wait_replies(peer, count)
         cpu = time.process_time() - cpu0
+        pg1, smsc1 = proc_cpu_s(await backend_pids(store)), proc_cpu_s(smsc)
     finally:
         await channel.stop()
     if stats["mt"] < count:
@@ -228,6 +258,10 @@ async def round_trips(
         "round_trips_per_s": count / (stats["last_mt"] - stats["first_mo"]),
         "mt_per_s": (count - 1) / (stats["last_mt"] - stats["first_mt"]),
         "cpu_s_per_1000": cpu / count * 1000,
+        "pg_cpu_s_per_1000": (pg1 - pg0) / count * 1000 if pg0 is not None and pg1 else -1,
+        "smsc_cpu_s_per_1000": (smsc1 - smsc0) / count * 1000
+        if smsc0 is not None and smsc1
+        else -1,
         "throttled": stats["throttled"],
     }
 
@@ -322,7 +356,8 @@ async def run(peer: SmscPeer, store: SmsMessageStore) -> None:
         log(
             f"  TPS {tps:>3}: achieved {r['mt_per_s']:.1f}/s = {r['mt_per_s'] / tps:.3f} of "
             f"configured (target >= 0.95), throttled {r['throttled']}, "
-            f"CPU {r['cpu_s_per_1000']:.2f} s per 1,000 round trips"
+            f"CPU {r['cpu_s_per_1000']:.2f} s per 1,000 round trips "
+            f"(PostgreSQL backends {r['pg_cpu_s_per_1000']:.2f})"
         )
     floor_rate = statistics.median(floors)
     rt_floor = statistics.median(rt_floors)
@@ -333,9 +368,11 @@ async def run(peer: SmscPeer, store: SmsMessageStore) -> None:
     def runs(values: list[float]) -> str:
         return ", ".join(f"{v:.0f}" for v in values)
 
+    pg_cpu = statistics.median(p["pg_cpu_s_per_1000"] for p in products)
+    smsc_cpu = statistics.median(p["smsc_cpu_s_per_1000"] for p in products)
     log(
-        f"  unthrottled: {rate:.0f} round trips/s (runs {runs(rates)}), "
-        f"CPU {cpu:.2f} s per 1,000 round trips"
+        f"  unthrottled: {rate:.0f} round trips/s (runs {runs(rates)}); CPU s per 1,000 round "
+        f"trips: gateway {cpu:.2f}, its PostgreSQL backends {pg_cpu:.2f}, test SMSC {smsc_cpu:.2f}"
     )
     log(
         f"    vs floor (bare submit_sm client): {floor_rate:.0f}/s (runs {runs(floors)}) = "

@@ -25,6 +25,7 @@ the parts' payloads into (raw text, masked text, encoding name).
 from __future__ import annotations
 
 import base64
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -155,33 +156,43 @@ ON CONFLICT (dedupe_key) DO UPDATE SET seen_at = now()
 RETURNING 1
 """
 
-_RECORD_MT = """
-WITH msg AS (
+# A batch of MT records in one statement: the messages (upserted by ref), then their parts
+# (upserted by SMSC message id). A part row that already carries a receipt (one that overtook
+# this record, or an earlier attempt of the same message) keeps it; its message is returned
+# for a status recompute. An id on record for another, older message starts clean (SMSCs
+# reuse ids).
+_RECORD_MTS = """
+WITH m_in AS (
+    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
+                         $6::text[], $7::int[], $8::text[], $9::text[], $10::int[])
+        AS u(ref, smsc, msisdn, short_code, body, encoding, parts, status, error, concat_ref)
+), msg AS (
     INSERT INTO sms_messages AS m (direction, smsc, msisdn, short_code, body, encoding, parts,
                                    status, error, ref, concat_ref, attempts)
-    VALUES ('mt', $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 1)
+    SELECT 'mt', smsc, msisdn, short_code, body, encoding, parts, status, error, ref,
+           concat_ref, 1
+    FROM m_in
     ON CONFLICT (ref) WHERE direction = 'mt' AND ref IS NOT NULL DO UPDATE
         SET smsc = EXCLUDED.smsc, status = EXCLUDED.status, error = EXCLUDED.error,
             attempts = m.attempts + 1, updated_at = now()
-    RETURNING id
+    RETURNING m.id, m.ref
+), parts AS (
+    INSERT INTO sms_mt_parts AS p (smsc, message_key, message_id, mt_id, part_no)
+    SELECT q.smsc, q.message_key, q.message_id, msg.id, q.part_no
+    FROM unnest($11::text[], $12::text[], $13::text[], $14::text[], $15::int[])
+        AS q(ref, smsc, message_key, message_id, part_no)
+    JOIN msg ON msg.ref = q.ref
+    ON CONFLICT (smsc, message_key) DO UPDATE
+        SET mt_id = EXCLUDED.mt_id, part_no = EXCLUDED.part_no,
+            message_id = EXCLUDED.message_id,
+            status = CASE WHEN p.mt_id = EXCLUDED.mt_id OR (p.mt_id IS NULL AND p.updated_at >
+                          now() - make_interval(secs => $16)) THEN p.status ELSE 'submitted' END,
+            error = CASE WHEN p.mt_id = EXCLUDED.mt_id OR (p.mt_id IS NULL AND p.updated_at >
+                         now() - make_interval(secs => $16)) THEN p.error END,
+            updated_at = now()
+    RETURNING p.mt_id, p.status
 )
-INSERT INTO sms_mt_parts AS p (smsc, message_key, message_id, mt_id, part_no)
-SELECT c, k, i, (SELECT id FROM msg), n
-FROM unnest($11::text[], $12::text[], $13::text[], $14::int[]) AS u(c, k, i, n)
-ON CONFLICT (smsc, message_key) DO UPDATE
-    SET mt_id = EXCLUDED.mt_id, part_no = EXCLUDED.part_no, message_id = EXCLUDED.message_id,
-        status = CASE WHEN p.mt_id = EXCLUDED.mt_id OR (p.mt_id IS NULL AND p.updated_at >
-                      now() - make_interval(secs => $15)) THEN p.status ELSE 'submitted' END,
-        error = CASE WHEN p.mt_id = EXCLUDED.mt_id OR (p.mt_id IS NULL AND p.updated_at >
-                     now() - make_interval(secs => $15)) THEN p.error END,
-        updated_at = now()
-"""
-
-# Parts of the batch whose receipt came before the record: their messages need a recompute.
-_EARLY_RECEIPTS = """
-SELECT DISTINCT p.mt_id FROM sms_mt_parts AS p
-JOIN unnest($1::text[], $2::text[]) AS u(c, k) ON p.smsc = u.c AND p.message_key = u.k
-WHERE p.status <> 'submitted' AND p.mt_id IS NOT NULL
+SELECT DISTINCT mt_id FROM parts WHERE status <> 'submitted'
 """
 
 _APPLY_RECEIPT = """
@@ -473,36 +484,47 @@ class SmsMessageStore:
         await self._mt_batch.submit(rec)
 
     async def _record_mts(self, recs: Sequence[MtRecord]) -> list[None]:
-        rows = [
-            (
-                rec.smsc,
-                rec.msisdn,
-                rec.short_code,
-                rec.body,
-                rec.encoding,
-                rec.parts,
-                rec.status,
-                rec.error,
-                rec.ref,
-                rec.concat_ref,
-                [p.smsc for p in rec.submitted],
-                [p.message_key for p in rec.submitted],
-                [p.message_id for p in rec.submitted],
-                [p.part_no for p in rec.submitted],
+        # Every row needs a ref to tie its parts to it within the statement; one ref twice in
+        # a statement is not allowed by ON CONFLICT, so a repeat waits for the next statement.
+        refs = [rec.ref or f"auto:{uuid.uuid4().hex}" for rec in recs]
+        pending = list(zip(refs, recs, strict=True))
+        while pending:
+            batch: dict[str, MtRecord] = {}
+            rest = []
+            for ref, rec in pending:
+                if ref in batch:
+                    rest.append((ref, rec))
+                else:
+                    batch[ref] = rec
+            await self._record_mt_batch(batch)
+            pending = rest
+        return [None] * len(recs)
+
+    async def _record_mt_batch(self, batch: dict[str, MtRecord]) -> None:
+        recs = list(batch.values())
+        parts = [(ref, p) for ref, rec in batch.items() for p in rec.submitted]
+        async with self._pool.acquire() as conn:
+            early = await conn.fetch(
+                _RECORD_MTS,
+                list(batch),
+                [r.smsc for r in recs],
+                [r.msisdn for r in recs],
+                [r.short_code for r in recs],
+                [r.body for r in recs],
+                [r.encoding for r in recs],
+                [r.parts for r in recs],
+                [r.status for r in recs],
+                [r.error for r in recs],
+                [r.concat_ref for r in recs],
+                [ref for ref, _ in parts],
+                [p.smsc for _, p in parts],
+                [p.message_key for _, p in parts],
+                [p.message_id for _, p in parts],
+                [p.part_no for _, p in parts],
                 float(EARLY_RECEIPT_S),
             )
-            for rec in recs
-        ]
-        parts = [p for rec in recs for p in rec.submitted]
-        async with self._pool.acquire() as conn:
-            async with conn.transaction():
-                await conn.executemany(_RECORD_MT, rows)
-                early = await conn.fetch(
-                    _EARLY_RECEIPTS, [p.smsc for p in parts], [p.message_key for p in parts]
-                )
-            for row in early:  # a receipt overtook its submit's record (rare)
+            for row in early:  # a receipt is already there: the message's status follows it
                 await self._recompute(conn, row["mt_id"])
-        return [None] * len(recs)
 
     async def _recompute(self, conn: asyncpg.Connection, mt_id: int) -> None:
         async with conn.transaction():

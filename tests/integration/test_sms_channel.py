@@ -414,6 +414,21 @@ async def test_a_reused_message_id_starts_clean(
     }
 
 
+async def test_one_reference_twice_in_a_batch(store: SmsMessageStore) -> None:
+    ref = f"twice:{secrets.token_hex(4)}"
+    key1, key2 = f"s:{ref}-1", f"s:{ref}-2"
+    first = replace(mt_record("+254700000003", key1), ref=ref, parts=2, status="queued")
+    second = replace(
+        first,
+        status="submitted",
+        submitted=[*first.submitted, SubmittedPart(2, key2[2:], key2, "acct@smsc")],
+    )
+    await asyncio.gather(store.record_mt(first), store.record_mt(second))
+    sent = await store.find_mt(ref)
+    assert sent is not None and sent.status == "submitted"
+    assert [p.part_no for p in sent.parts] == [1, 2]
+
+
 # --- MO ---------------------------------------------------------------------------------------
 
 
