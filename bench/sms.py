@@ -258,10 +258,8 @@ async def round_trips(
         "round_trips_per_s": count / (stats["last_mt"] - stats["first_mo"]),
         "mt_per_s": (count - 1) / (stats["last_mt"] - stats["first_mt"]),
         "cpu_s_per_1000": cpu / count * 1000,
-        "pg_cpu_s_per_1000": (pg1 - pg0) / count * 1000 if pg0 is not None and pg1 else -1,
-        "smsc_cpu_s_per_1000": (smsc1 - smsc0) / count * 1000
-        if smsc0 is not None and smsc1
-        else -1,
+        "pg_cpu_s_per_1000": cpu_used(pg0, pg1) / count * 1000,
+        "smsc_cpu_s_per_1000": cpu_used(smsc0, smsc1) / count * 1000,
         "throttled": stats["throttled"],
     }
 

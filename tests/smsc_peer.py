@@ -232,7 +232,19 @@ class _Smsc:
             asyncio.get_running_loop().create_task(self._receipt(record))
 
     async def _receipt(self, record: dict[str, Any]) -> None:
+        # Receipts go back over the submitting session, or a receiver of the same account
+        # when that one is a transmitter.
         session = self.sessions.get(record["session"])
+        if session is None or not session.can_receive:
+            account = session.system_id if session is not None else None
+            session = next(
+                (
+                    s
+                    for s in self.sessions.values()
+                    if s.can_receive and (account is None or s.system_id == account)
+                ),
+                None,
+            )
         if session is None:
             return
         mode, stat = self.config["dlr"], self.config.get("dlr_stat", "DELIVRD")
@@ -353,7 +365,13 @@ async def _serve(port: int, control_port: int) -> None:
         return web.json_response(smsc.config)
 
     async def mo(request: web.Request) -> web.Response:
-        return web.json_response({"statuses": await smsc.deliver(await request.json())})
+        body = await request.json()
+        if body.get("nowait"):
+            # smpp34 1.5.0 never reads the deliver_sm_resp of a receiver-only session, so its
+            # deliver_sm would not return: send and answer at once.
+            asyncio.get_running_loop().create_task(smsc.deliver(body))
+            return web.json_response({"statuses": []})
+        return web.json_response({"statuses": await smsc.deliver(body)})
 
     async def flood(request: web.Request) -> web.Response:
         body = await request.json()

@@ -34,7 +34,12 @@ async def peer(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[SmscPe
 async def sms_client(
     settings: Settings, mqtt_url: str, peer: SmscPeer
 ) -> AsyncIterator[TestClient]:
-    configured = replace(settings, mqtt_url=mqtt_url, smpp_binds=(bind_for(peer.port, tps=100),))
+    configured = replace(
+        settings,
+        mqtt_url=mqtt_url,
+        smpp_binds=(bind_for(peer.port, tps=100),),
+        login_rate_per_minute=10_000,  # these logins must not eat the suite's shared budget
+    )
     app = create_app(configured, run_migrations=False, start_channels=True)
     async with running_app(app) as client:
         assert await app[SMS_CHANNEL].sessions[0].wait_bound(10)
@@ -51,13 +56,12 @@ def local(msisdn: str) -> str:
 
 
 async def test_channel_runs_only_when_smpp_is_configured(
-    sms_client: TestClient, app_client: TestClient
+    sms_client: TestClient, app_client: TestClient, token: str
 ) -> None:
     assert sms_client.server.app is not None and app_client.server.app is not None
     assert SMS_CHANNEL in sms_client.server.app
     assert SMS_SENDER in sms_client.server.app
     assert SMS_CHANNEL not in app_client.server.app
-    token = await token_for(app_client)
     resp = await app_client.get("/api/v1/sms/binds", headers=auth(token))
     assert resp.status == 200
     assert await resp.json() == {"enabled": False, "binds": []}

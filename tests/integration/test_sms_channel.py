@@ -321,6 +321,39 @@ async def test_sender_implements_the_outbox_protocol(
     assert len(await accepted_to(peer, msisdn)) == 1  # the same outbox id is not sent twice
 
 
+async def test_transmitter_and_receiver_pair(
+    peer: SmscPeer, store: SmsMessageStore, pg_pool: asyncpg.Pool
+) -> None:
+    await peer.configure(dlr="tlv")
+    recorder = Recorder()
+    channel = SmsChannel(
+        [bind_for(peer.port, bind="tx"), bind_for(peer.port, bind="rx")],
+        store,
+        dedupe_secret=b"k" * 32,
+        handler=recorder,
+        session_tuning=FAST,
+        tuning=TUNING,
+    )
+    await channel.start()
+    try:
+        tx, rx = channel.sessions
+        assert await tx.wait_bound(10) and await rx.wait_bound(10)
+        await eventually(peer.bound, lambda n: n == 2)
+        msisdn = new_msisdn()
+        ref = f"pair:{msisdn}"
+        await channel.send_text(msisdn, "over the transmitter", ref=ref)
+        assert (tx.status().submitted, rx.status().submitted) == (1, 0)
+        # The receipt comes back over the receiver and still matches (one SMSC account).
+        await eventually(lambda: row(pg_pool, ref=ref), lambda r: r and r["status"] == "delivered")
+        await peer.mo(source=msisdn, text="HELP", nowait=True)  # see nowait in smsc_peer
+        await eventually(lambda: _value(len(recorder.seen)), lambda n: n == 1)
+        assert recorder.seen[0].text == "HELP"
+        assert rx.status().received == 2 and tx.status().received == 0
+        assert [b.bind_type for b in channel.bind_statuses()] == ["tx", "rx"]
+    finally:
+        await channel.stop()
+
+
 # --- receipts ---------------------------------------------------------------------------------
 
 
@@ -423,7 +456,7 @@ async def test_one_reference_twice_in_a_batch(store: SmsMessageStore) -> None:
         status="submitted",
         submitted=[*first.submitted, SubmittedPart(2, key2[2:], key2, "acct@smsc")],
     )
-    await asyncio.gather(store.record_mt(first), store.record_mt(second))
+    await store._record_mts([first, second])  # one flush holding both: applied in order
     sent = await store.find_mt(ref)
     assert sent is not None and sent.status == "submitted"
     assert [p.part_no for p in sent.parts] == [1, 2]
