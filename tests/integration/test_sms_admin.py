@@ -14,6 +14,7 @@ from aiohttp.test_utils import TestClient
 from config.settings import Settings
 from gateway.app import create_app
 from gateway.keys import SMS_CHANNEL, SMS_SENDER
+from gateway.sms import sms_channel
 from tests.conftest import running_app
 from tests.helpers import assert_error, auth, token_for
 from tests.sms_helpers import bind_for, eventually
@@ -30,17 +31,19 @@ async def peer(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[SmscPe
         await smsc.close()
 
 
-@pytest.fixture(scope="module")
-async def sms_client(
-    settings: Settings, mqtt_url: str, peer: SmscPeer
-) -> AsyncIterator[TestClient]:
-    configured = replace(
+def with_binds(settings: Settings, port: int) -> Settings:
+    return replace(
         settings,
-        mqtt_url=mqtt_url,
-        smpp_binds=(bind_for(peer.port, tps=100),),
+        smpp_binds=(bind_for(port, tps=100),),
         login_rate_per_minute=10_000,  # these logins must not eat the suite's shared budget
     )
-    app = create_app(configured, run_migrations=False, start_channels=True)
+
+
+@pytest.fixture(scope="module")
+async def sms_client(settings: Settings, peer: SmscPeer) -> AsyncIterator[TestClient]:
+    # The channels' MQTT broker is not needed here: mount the app's own SMS entry alone.
+    app = create_app(with_binds(settings, peer.port), run_migrations=False, start_channels=False)
+    app.cleanup_ctx.append(sms_channel)
     async with running_app(app) as client:
         assert await app[SMS_CHANNEL].sessions[0].wait_bound(10)
         yield client
@@ -56,8 +59,13 @@ def local(msisdn: str) -> str:
 
 
 async def test_channel_runs_only_when_smpp_is_configured(
-    sms_client: TestClient, app_client: TestClient, token: str
+    sms_client: TestClient, app_client: TestClient, token: str, settings: Settings
 ) -> None:
+    assert sms_channel in create_app(with_binds(settings, 2775)).cleanup_ctx
+    assert sms_channel not in create_app(settings).cleanup_ctx
+    assert (
+        sms_channel not in create_app(with_binds(settings, 2775), start_channels=False).cleanup_ctx
+    )
     assert sms_client.server.app is not None and app_client.server.app is not None
     assert SMS_CHANNEL in sms_client.server.app
     assert SMS_SENDER in sms_client.server.app
