@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -29,7 +29,7 @@ class SmppBind:
     """One SMPP bind parsed from `SMPP_URL` (`smpp://id:pw@host:port?bind=trx&...`)."""
 
     system_id: str
-    password: str
+    password: str = field(repr=False)
     host: str
     port: int
     bind: str = "trx"

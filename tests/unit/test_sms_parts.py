@@ -166,3 +166,9 @@ def test_sms_settings_from_env() -> None:
     assert (settings.sms_dedupe_window_s, settings.sms_concat_timeout_s) == (120, 60)
     with pytest.raises(SettingsError, match="SMS_CONCAT_TIMEOUT_S"):
         load_settings({"SMS_CONCAT_TIMEOUT_S": "1"})
+
+
+def test_bind_repr_hides_the_password() -> None:
+    bind = parse_smpp_url("SMPP_URL", "smpp://acct:topsecret@smsc:2775")
+    assert "topsecret" not in repr(bind) and bind.password == "topsecret"
+    assert "topsecret" not in repr(load_settings({"SMPP_URL": "smpp://acct:topsecret@smsc"}))
