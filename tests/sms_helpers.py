@@ -9,6 +9,7 @@ from typing import TypeVar
 
 from channels.sms.smpp import SessionTuning
 from config.settings import SmppBind
+from tests.smsc_peer import SmscPeer
 
 T = TypeVar("T")
 
@@ -22,9 +23,13 @@ FAST = SessionTuning(
 )
 
 
-def bind_for(port: int, **overrides: object) -> SmppBind:
+def bind_for(smsc: int | SmscPeer, **overrides: object) -> SmppBind:
+    """A bind to a test SMSC. Given the peer, the system_id is the peer's own account: each
+    test SMSC counts message ids from 1, and receipts are matched per account, so tests that
+    share the database must not share an account."""
+    port = smsc if isinstance(smsc, int) else smsc.port
     fields: dict[str, object] = {
-        "system_id": f"gw{port}",  # each test SMSC counts message ids from 1
+        "system_id": f"gw{port}" if isinstance(smsc, int) else smsc.account,
         "password": "secret",
         "host": "127.0.0.1",
         "port": port,

@@ -27,6 +27,7 @@ import argparse
 import asyncio
 import contextlib
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -54,6 +55,7 @@ class SmscPeer:
     def __init__(self, log_dir: Path, port: int | None = None) -> None:
         self.port = port or _free_port()
         self.control_port = _free_port()
+        self.account = f"gw{secrets.token_hex(4)}"  # a system_id no other test SMSC shares
         self.log_path = log_dir / f"smsc-{self.port}.log"
         self.proc: subprocess.Popen[bytes] | None = None
         self._http: aiohttp.ClientSession | None = None

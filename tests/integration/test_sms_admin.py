@@ -31,7 +31,7 @@ async def peer(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[SmscPe
         await smsc.close()
 
 
-def with_binds(settings: Settings, port: int) -> Settings:
+def with_binds(settings: Settings, port: int | SmscPeer) -> Settings:
     return replace(
         settings,
         smpp_binds=(bind_for(port, tps=100),),
@@ -42,7 +42,7 @@ def with_binds(settings: Settings, port: int) -> Settings:
 @pytest.fixture(scope="module")
 async def sms_client(settings: Settings, peer: SmscPeer) -> AsyncIterator[TestClient]:
     # The channels' MQTT broker is not needed here: mount the app's own SMS entry alone.
-    app = create_app(with_binds(settings, peer.port), run_migrations=False, start_channels=False)
+    app = create_app(with_binds(settings, peer), run_migrations=False, start_channels=False)
     app.cleanup_ctx.append(sms_channel)
     async with running_app(app) as client:
         assert await app[SMS_CHANNEL].sessions[0].wait_bound(10)

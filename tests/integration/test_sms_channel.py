@@ -76,7 +76,7 @@ async def make_channel(peer: SmscPeer, store: SmsMessageStore) -> AsyncIterator[
 
     async def make(handler: Any = None, tuning: ChannelTuning = TUNING, **bind: Any) -> SmsChannel:
         channel = SmsChannel(
-            [bind_for(peer.port, **bind)],
+            [bind_for(peer, **bind)],
             store,
             dedupe_secret=b"k" * 32,
             handler=handler,
@@ -327,7 +327,7 @@ async def test_transmitter_and_receiver_pair(
     await peer.configure(dlr="tlv")
     recorder = Recorder()
     channel = SmsChannel(
-        [bind_for(peer.port, bind="tx"), bind_for(peer.port, bind="rx")],
+        [bind_for(peer, bind="tx"), bind_for(peer, bind="rx")],
         store,
         dedupe_secret=b"k" * 32,
         handler=recorder,
@@ -630,7 +630,7 @@ async def test_mo_left_by_a_dead_instance_is_processed(
 
     short_lease = SmsMessageStore(store._pool, store._cipher, assemble=assemble_mo, lease_s=0.2)
     first = SmsChannel(
-        [bind_for(peer.port)],
+        [bind_for(peer)],
         short_lease,
         dedupe_secret=b"k" * 32,
         handler=Hang(),
@@ -647,7 +647,7 @@ async def test_mo_left_by_a_dead_instance_is_processed(
     await first.stop()  # the "crash": the handler never finished
     recorder = Recorder()
     second = SmsChannel(
-        [bind_for(peer.port)],
+        [bind_for(peer)],
         short_lease,
         dedupe_secret=b"k" * 32,
         handler=recorder,
