@@ -11,8 +11,9 @@ import ipaddress
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 
@@ -29,7 +30,7 @@ class SmppBind:
     """One SMPP bind parsed from `SMPP_URL` (`smpp://id:pw@host:port?bind=trx&...`)."""
 
     system_id: str
-    password: str
+    password: str = field(repr=False)
     host: str
     port: int
     bind: str = "trx"
@@ -38,6 +39,12 @@ class SmppBind:
     window: int = 10
     system_type: str = ""
     message_id_base: int = 16
+    # SMS channel (issue 5): the base of the `id:` in receipt texts (some SMSCs write the hex
+    # submit_sm_resp id in decimal there), keepalive and response timers, receipts wanted.
+    dlr_id_base: int = 16
+    enquire_link_s: float = 30.0
+    response_timeout_s: float = 10.0
+    registered_delivery: bool = True
 
 
 USSD_PROVIDER_NAMES = (
@@ -113,6 +120,11 @@ class Settings:
             if provider.name == name:
                 return provider
         return UssdProviderSettings(name)
+
+    # SMS channel (issue 5): identical MOs from one number within the window are one message
+    # (an SMSC redelivery); parts of a concatenated MO wait this long for their siblings.
+    sms_dedupe_window_s: int = 600
+    sms_concat_timeout_s: int = 300
 
     @property
     def embedded(self) -> tuple[str, ...]:
@@ -192,6 +204,7 @@ def parse_smpp_url(name: str, raw: str) -> SmppBind:
         raise SettingsError(f"{name}: tps, window and message_id_base must be numbers") from None
     if not 0 < tps <= 10_000 or not 1 <= window <= 1000 or base not in {10, 16}:
         raise SettingsError(f"{name}: tps in (0, 10000], window in [1, 1000], base 10 or 16")
+    sms = _smpp_sms_options(name, query, base)
     return SmppBind(
         system_id=unquote(parts.username),
         password=unquote(parts.password or ""),
@@ -203,7 +216,34 @@ def parse_smpp_url(name: str, raw: str) -> SmppBind:
         window=window,
         system_type=query.get("system_type", ""),
         message_id_base=base,
+        **sms,
     )
+
+
+def _smpp_sms_options(name: str, query: dict[str, str], base: int) -> dict[str, Any]:
+    """The SMS channel's per-bind options: dlr_id_base, enquire_link_s, response_timeout_s, dlr."""
+    try:
+        dlr_base = int(query.get("dlr_id_base", str(base)))
+        enquire = float(query.get("enquire_link_s", "30"))
+        timeout = float(query.get("response_timeout_s", "10"))
+    except ValueError:
+        raise SettingsError(
+            f"{name}: dlr_id_base, enquire_link_s and response_timeout_s must be numbers"
+        ) from None
+    if dlr_base not in {10, 16} or not 1 <= enquire <= 3600 or not 0.1 <= timeout <= 300:
+        raise SettingsError(
+            f"{name}: dlr_id_base 10 or 16, enquire_link_s in [1, 3600], "
+            "response_timeout_s in [0.1, 300]"
+        )
+    dlr = query.get("dlr", "1").lower()
+    if dlr not in {"0", "1", "true", "false", "yes", "no"}:
+        raise SettingsError(f"{name}: dlr= must be 1 or 0, got {dlr!r}")
+    return {
+        "dlr_id_base": dlr_base,
+        "enquire_link_s": enquire,
+        "response_timeout_s": timeout,
+        "registered_delivery": dlr in {"1", "true", "yes"},
+    }
 
 
 def _smpp(env: Mapping[str, str]) -> tuple[SmppBind, ...]:
@@ -338,4 +378,6 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         loan_jobs_interval_s=_int(env, "LOAN_JOBS_INTERVAL_S", 900, 0, 86_400),
         ussd_providers=tuple(_ussd_provider(env, n) for n in USSD_PROVIDER_NAMES),
         ussd_deadline_s=float(_int(env, "USSD_DEADLINE_MS", 10_000, 500, 14_000)) / 1000,
+        sms_dedupe_window_s=_int(env, "SMS_DEDUPE_WINDOW_S", 600, 0, 86_400),
+        sms_concat_timeout_s=_int(env, "SMS_CONCAT_TIMEOUT_S", 300, 5, 86_400),
     )

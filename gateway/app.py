@@ -42,6 +42,7 @@ from gateway.metrics import Metrics
 from gateway.middlewares import MIDDLEWARES
 from gateway.secrets import resolve_secret
 from gateway.services import mqtt_endpoint, storage_endpoints
+from gateway.sms import sms_channel
 from gateway.ussd import add_ussd
 from menus.loans.jobs import loan_jobs
 from menus.loans.setup import build_loan_service
@@ -166,6 +167,8 @@ def create_app(
     if start_channels:
         app.cleanup_ctx.append(_mqtt)
         app.cleanup_ctx.append(_loan_jobs)
+    if start_channels and settings.smpp_binds:
+        app.cleanup_ctx.append(sms_channel)
     add_system_routes(app)
     app[ROUTE_SPECS] = add_routes(app, ROUTE_GROUPS)
     return app

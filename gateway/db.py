@@ -4,6 +4,7 @@ and Alembic migrations run programmatically."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -60,7 +61,19 @@ def make_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     return async_sessionmaker(engine, expire_on_commit=False)
 
 
-async def make_pool(url: str, min_size: int = POOL_MIN, max_size: int = POOL_MAX) -> asyncpg.Pool:
+async def keep_session(conn: asyncpg.Connection) -> None:
+    """A pool `reset` that skips asyncpg's default reset query (`RESET ALL; UNLISTEN *; ...`),
+    which otherwise costs a second round trip on every release. Only for pools whose users
+    leave no session state behind (asyncpg still rolls back an open transaction)."""
+
+
+async def make_pool(
+    url: str,
+    min_size: int = POOL_MIN,
+    max_size: int = POOL_MAX,
+    *,
+    reset: Callable[[asyncpg.Connection], Awaitable[None]] | None = None,
+) -> asyncpg.Pool:
     pool = await asyncpg.create_pool(
         asyncpg_url(url),
         min_size=min_size,
@@ -68,6 +81,7 @@ async def make_pool(url: str, min_size: int = POOL_MIN, max_size: int = POOL_MAX
         timeout=10,
         command_timeout=COMMAND_TIMEOUT_S,
         server_settings={"statement_timeout": str(STATEMENT_TIMEOUT_MS)},
+        reset=reset,
     )
     assert pool is not None
     return pool

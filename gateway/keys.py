@@ -9,6 +9,7 @@ from aiohttp import web
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from channels.sms.channel import SmppSender, SmsChannel
 from channels.ussd.http import UssdHttp
 from config.settings import Settings
 from core.crypto import FieldCipher
@@ -37,6 +38,8 @@ MENU_BINDINGS = web.AppKey("menu_bindings", MenuBindings)
 MENU_REGISTRY = web.AppKey("menu_registry", MenuRegistry)
 USSD_SERVICE = web.AppKey("ussd_service", UssdService)
 USSD_HTTP = web.AppKey("ussd_http", UssdHttp)
+SMS_CHANNEL = web.AppKey("sms_channel", SmsChannel)  # only when SMPP_URL names binds
+SMS_SENDER = web.AppKey("sms_sender", SmppSender)
 
 # Request-scoped values (request[...]).
 PRINCIPAL_KEY = web.RequestKey("principal", Principal)

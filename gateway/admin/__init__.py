@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
-from gateway.admin import auth, menus, system
+from gateway.admin import auth, menus, sms, system
 from gateway.admin import loans as loans_admin
 from gateway.api import ApiRoutes
 
-ROUTE_GROUPS: list[ApiRoutes] = [auth.routes, system.routes, loans_admin.routes, menus.routes]
+ROUTE_GROUPS: list[ApiRoutes] = [
+    auth.routes,
+    system.routes,
+    loans_admin.routes,
+    menus.routes,
+    sms.routes,
+]

@@ -1,0 +1,386 @@
+"""SMS channel benchmark: MO-to-MT round trips through the whole channel against the test SMSC.
+
+    .venv/bin/python bench/sms.py            (DATABASE_URL if set, else an embedded PostgreSQL)
+
+The SMSC is the smpp34 test peer (tests/smsc_peer.py) in its own process. Each round trip is
+the real path: deliver_sm -> MO stored (de-duplicated, masked, encrypted) -> deliver_sm_resp ->
+worker -> handler -> send_text (idempotency look-up, split, pacer, window) -> submit_sm ->
+submit_sm_resp -> MT recorded -> MO marked processed. The handler echoes "PONG <n>".
+
+Figures:
+- at a configured TPS of 30 and 100 (MOs offered at 1.2x that rate, the SMSC enforcing the
+  limit): achieved MT rate / configured (target >= 0.95, no throttling) and the gateway
+  process's CPU seconds per 1,000 round trips;
+- unthrottled: round trips/s as a ratio to a floor measured in the same run, a bare asyncio
+  client (hand-packed PDUs, no codec library) sending submit_sm and awaiting submit_sm_resp
+  with the same window (10) against the same SMSC process (target >= 0.5x); and, to show where
+  the rest goes, to a round-trip floor: a bare asyncio ESME doing the same MO -> MT exchange
+  with no codec library and no store. Floors and product are interleaved, three times each;
+  each figure is the median.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import platform
+import statistics
+import struct
+import sys
+import tempfile
+import time
+import uuid
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import asyncpg  # noqa: E402
+
+from channels.sms.channel import ChannelTuning, SmsChannel, assemble_mo  # noqa: E402
+from channels.sms.handler import InboundSms  # noqa: E402
+from config.settings import SmppBind  # noqa: E402
+from core.crypto import FieldCipher  # noqa: E402
+from core.sms_messages import SmsMessageStore  # noqa: E402
+from gateway import db as dbmod  # noqa: E402
+from gateway.embedded import EmbeddedPostgres  # noqa: E402
+from tests.smsc_peer import SmscPeer  # noqa: E402
+
+WINDOW = 10
+FLOOR_SUBMITS = 20_000
+UNTHROTTLED_ROUND_TRIPS = 4_000
+THROTTLED_SECONDS = 10
+OFFER_FACTOR = 1.2
+REPEATS = 3
+POLL_S = 0.5
+RUN_TIMEOUT_S = 180
+
+
+def log(message: str) -> None:
+    print(message, flush=True)
+
+
+# --- floor: a bare asyncio ESME -----------------------------------------------------------------
+
+HEADER = struct.Struct(">LLLL")
+
+
+async def floor(port: int, count: int, window: int) -> float:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    bind = b"floor\x00pw\x00\x00\x34\x00\x00\x00"
+    writer.write(HEADER.pack(16 + len(bind), 0x09, 0, 1) + bind)
+    length, *_ = HEADER.unpack(await reader.readexactly(16))
+    await reader.readexactly(length - 16)
+    body = (
+        b"\x00\x03\x00"
+        + b"12345\x00"
+        + b"\x01\x01"
+        + b"254799000000\x00"
+        + b"\x00\x00\x00\x00\x00\x00\x00\x00\x00"
+        + bytes([10])
+        + b"PONG floor"
+    )
+    slots = asyncio.Semaphore(window)
+    done = 0
+    finished = asyncio.Event()
+
+    async def read() -> None:
+        nonlocal done
+        while done < count:
+            length, command_id, _, seq = HEADER.unpack(await reader.readexactly(16))
+            if length > 16:
+                await reader.readexactly(length - 16)
+            if command_id == 0x80000004:
+                done += 1
+                slots.release()
+            elif command_id == 0x15:
+                writer.write(HEADER.pack(16, 0x80000015, 0, seq))
+        finished.set()
+
+    reading = asyncio.create_task(read())
+    start = time.perf_counter()
+    for seq in range(2, count + 2):
+        await slots.acquire()
+        writer.write(HEADER.pack(16 + len(body), 0x04, 0, seq) + body)
+    async with asyncio.timeout(RUN_TIMEOUT_S):
+        await finished.wait()
+    elapsed = time.perf_counter() - start
+    await reading
+    writer.write(HEADER.pack(16, 0x06, 0, count + 2))
+    writer.close()
+    return count / elapsed
+
+
+async def round_trip_floor(peer: SmscPeer, count: int, window: int) -> float:
+    """The same MO -> MT round trips by a bare asyncio ESME: ack each deliver_sm, answer with a
+    submit_sm (window 10); no codec library, no store. Bounded by the SMSC process and
+    loopback, it shows how much of the gap to the submit floor the round trip itself costs."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", peer.port)
+    bind = b"rtfloor\x00pw\x00\x00\x34\x00\x00\x00"
+    writer.write(HEADER.pack(16 + len(bind), 0x09, 0, 1) + bind)
+    length, *_ = HEADER.unpack(await reader.readexactly(16))
+    await reader.readexactly(length - 16)
+    await wait_bound_at(peer)
+    slots = asyncio.Semaphore(window)
+    seqs = iter(range(2, 10**9))
+    done = 0
+    finished = asyncio.Event()
+
+    async def reply(source: bytes) -> None:
+        await slots.acquire()
+        body = (
+            b"\x00\x03\x00"
+            + b"12345\x00"
+            + b"\x01\x01"
+            + source
+            + b"\x00"
+            + b"\x00\x00\x00\x00\x00\x00\x00\x00\x00"
+            + bytes([4])
+            + b"PONG"
+        )
+        writer.write(HEADER.pack(16 + len(body), 0x04, 0, next(seqs)) + body)
+
+    async def read() -> None:
+        nonlocal done
+        tasks = set()
+        while done < count:
+            length, command_id, _, seq = HEADER.unpack(await reader.readexactly(16))
+            body = await reader.readexactly(length - 16) if length > 16 else b""
+            if command_id == 0x05:
+                writer.write(HEADER.pack(17, 0x80000005, 0, seq) + b"\x00")
+                start = body.index(b"\x00") + 3  # service_type, then source TON and NPI
+                task = asyncio.create_task(reply(body[start : body.index(b"\x00", start)]))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+            elif command_id == 0x80000004:
+                done += 1
+                slots.release()
+            elif command_id == 0x15:
+                writer.write(HEADER.pack(16, 0x80000015, 0, seq))
+        finished.set()
+
+    reading = asyncio.create_task(read())
+    await peer.flood(count=count, rate=0, window=window, source_prefix=new_prefix())
+    async with asyncio.timeout(RUN_TIMEOUT_S):
+        await finished.wait()
+    await reading
+    stats = await peer.flood_stats()
+    writer.write(HEADER.pack(16, 0x06, 0, next(seqs)))
+    writer.close()
+    return float(count / (stats["last_mt"] - stats["first_mo"]))
+
+
+def proc_cpu_s(pids: list[int]) -> dict[int, float]:
+    """CPU seconds (user + system) of local processes, from /proc; a process that is not
+    visible (a remote database, one that exited) is left out."""
+    out = {}
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        out[pid] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return out
+
+
+def cpu_used(before: dict[int, float], after: dict[int, float]) -> float:
+    """Processes that appeared during the run count from zero."""
+    return sum(value - before.get(pid, 0.0) for pid, value in after.items())
+
+
+async def backend_pids(store: SmsMessageStore) -> list[int]:
+    rows = await store._pool.fetch(
+        "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
+    )
+    return [r["pid"] for r in rows]
+
+
+def new_prefix() -> str:
+    return "2547" + str(uuid.uuid4().int)[:2]
+
+
+async def wait_bound_at(peer: SmscPeer) -> None:
+    deadline = time.monotonic() + 10
+    while True:
+        if await peer.bound() >= 1 or time.monotonic() > deadline:
+            return
+        await asyncio.sleep(0.05)
+
+
+async def wait_replies(peer: SmscPeer, count: int) -> dict[str, Any]:
+    deadline = time.monotonic() + RUN_TIMEOUT_S
+    while True:
+        stats = await peer.flood_stats()
+        if stats.get("mt", 0) >= count or time.monotonic() > deadline:
+            return stats
+        await asyncio.sleep(POLL_S)
+
+
+# --- product: the SMS channel -------------------------------------------------------------------
+
+
+class Echo:
+    def __init__(self, channel: SmsChannel) -> None:
+        self.channel = channel
+
+    async def handle(self, sms: InboundSms) -> None:
+        number = sms.text.split()[-1]
+        await self.channel.send_text(
+            sms.msisdn, f"PONG {number}", ref=f"mo:{sms.id}", first_attempt=sms.attempt == 1
+        )
+
+
+async def round_trips(
+    peer: SmscPeer, store: SmsMessageStore, *, tps: float, count: int, offer: float
+) -> dict[str, float]:
+    bind = SmppBind("bench", "pw", "127.0.0.1", peer.port, tps=tps, window=WINDOW)
+    channel = SmsChannel([bind], store, dedupe_secret=os.urandom(32), tuning=ChannelTuning())
+    channel.handler = Echo(channel)
+    await channel.start()
+    try:
+        assert await channel.sessions[0].wait_bound(10), "no bind"
+        await wait_bound_at(peer)
+        assert peer.proc is not None
+        smsc = [peer.proc.pid]
+        cpu0, smsc0 = time.process_time(), proc_cpu_s(smsc)
+        pg0 = proc_cpu_s(await backend_pids(store))
+        await peer.flood(count=count, rate=offer, window=WINDOW, source_prefix=new_prefix())
+        stats = await wait_replies(peer, count)
+        cpu = time.process_time() - cpu0
+        pg1, smsc1 = proc_cpu_s(await backend_pids(store)), proc_cpu_s(smsc)
+    finally:
+        await channel.stop()
+    if stats["mt"] < count:
+        raise RuntimeError(f"only {stats['mt']} of {count} replies arrived: {stats}")
+    return {
+        "round_trips_per_s": count / (stats["last_mt"] - stats["first_mo"]),
+        "mt_per_s": (count - 1) / (stats["last_mt"] - stats["first_mt"]),
+        "cpu_s_per_1000": cpu / count * 1000,
+        "pg_cpu_s_per_1000": cpu_used(pg0, pg1) / count * 1000,
+        "smsc_cpu_s_per_1000": cpu_used(smsc0, smsc1) / count * 1000,
+        "throttled": stats["throttled"],
+    }
+
+
+# --- setup --------------------------------------------------------------------------------------
+
+
+async def database(tmp: Path) -> tuple[str, EmbeddedPostgres | None]:
+    server = os.environ.get("DATABASE_URL")
+    embedded = None
+    if not server:
+        embedded = EmbeddedPostgres(tmp / "pg")
+        server = await asyncio.to_thread(embedded.start)
+    name = f"bench_sms_{uuid.uuid4().hex[:8]}"
+    admin = await asyncpg.connect(dbmod.asyncpg_url(server))
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    return dbmod.with_database(server, name), embedded
+
+
+async def drop(url: str) -> None:
+    server = dbmod.with_database(url, "postgres")
+    admin = await asyncpg.connect(dbmod.asyncpg_url(server))
+    try:
+        name = url.rsplit("/", 1)[-1]
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+def setup_line() -> str:
+    versions = ", ".join(
+        f"{p} {metadata.version(p)}" for p in ("smpplib", "smpp34", "asyncpg", "aiohttp")
+    )
+    return (
+        f"{os.cpu_count()} CPUs ({platform.processor() or platform.machine()}), "
+        f"Python {platform.python_version()}, {versions}"
+    )
+
+
+async def main() -> None:
+    log(f"setup: {setup_line()}")
+    with tempfile.TemporaryDirectory() as tmpdir:
+        tmp = Path(tmpdir)
+        url, embedded = await database(tmp)
+        log("database: migrating a fresh database")
+        await dbmod.migrate(url)
+        pool = await dbmod.make_pool(url, min_size=2, max_size=10, reset=dbmod.keep_session)
+        store = SmsMessageStore(pool, FieldCipher("bench-secret-" + "x" * 32), assemble=assemble_mo)
+        peer = SmscPeer(tmp)
+        await peer.start()
+        try:
+            await run(peer, store)
+        finally:
+            await peer.close()
+            await pool.close()
+            await drop(url)
+            if embedded is not None:
+                await asyncio.to_thread(embedded.stop)
+
+
+async def run(peer: SmscPeer, store: SmsMessageStore) -> None:
+    log("warm-up: 300 round trips")
+    await round_trips(peer, store, tps=10_000, count=300, offer=0)
+
+    results = {}
+    for tps in (30, 100):
+        count = int(tps * THROTTLED_SECONDS)
+        await peer.configure(max_tps=tps)
+        log(f"throttled: TPS {tps}, {count} MOs offered at {OFFER_FACTOR}x ...")
+        results[tps] = await round_trips(
+            peer, store, tps=tps, count=count, offer=tps * OFFER_FACTOR
+        )
+    await peer.configure(max_tps=0)
+
+    floors, rt_floors, products = [], [], []
+    for repeat in range(1, REPEATS + 1):
+        log(f"[{repeat}/{REPEATS}] floor: bare asyncio client, {FLOOR_SUBMITS} submit_sm ...")
+        floors.append(await floor(peer.port, FLOOR_SUBMITS, WINDOW))
+        log(f"[{repeat}/{REPEATS}] round-trip floor: bare asyncio ESME, MO -> MT ...")
+        rt_floors.append(await round_trip_floor(peer, UNTHROTTLED_ROUND_TRIPS, WINDOW))
+        log(f"[{repeat}/{REPEATS}] unthrottled: the SMS channel, MO -> MT ...")
+        products.append(
+            await round_trips(peer, store, tps=10_000, count=UNTHROTTLED_ROUND_TRIPS, offer=0)
+        )
+
+    log("")
+    log("results")
+    for tps, r in results.items():
+        log(
+            f"  TPS {tps:>3}: achieved {r['mt_per_s']:.1f}/s = {r['mt_per_s'] / tps:.3f} of "
+            f"configured (target >= 0.95), throttled {r['throttled']}, "
+            f"CPU {r['cpu_s_per_1000']:.2f} s per 1,000 round trips "
+            f"(PostgreSQL backends {r['pg_cpu_s_per_1000']:.2f})"
+        )
+    floor_rate = statistics.median(floors)
+    rt_floor = statistics.median(rt_floors)
+    rates = [p["round_trips_per_s"] for p in products]
+    rate = statistics.median(rates)
+    cpu = statistics.median(p["cpu_s_per_1000"] for p in products)
+
+    def runs(values: list[float]) -> str:
+        return ", ".join(f"{v:.0f}" for v in values)
+
+    pg_cpu = statistics.median(p["pg_cpu_s_per_1000"] for p in products)
+    smsc_cpu = statistics.median(p["smsc_cpu_s_per_1000"] for p in products)
+    log(
+        f"  unthrottled: {rate:.0f} round trips/s (runs {runs(rates)}); CPU s per 1,000 round "
+        f"trips: gateway {cpu:.2f}, its PostgreSQL backends {pg_cpu:.2f}, test SMSC {smsc_cpu:.2f}"
+    )
+    log(
+        f"    vs floor (bare submit_sm client): {floor_rate:.0f}/s (runs {runs(floors)}) = "
+        f"{rate / floor_rate:.2f}x (target >= 0.5)"
+    )
+    log(
+        f"    vs round-trip floor (bare ESME, MO -> MT): {rt_floor:.0f}/s "
+        f"(runs {runs(rt_floors)}) = {rate / rt_floor:.2f}x"
+    )
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

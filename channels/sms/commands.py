@@ -1,0 +1,290 @@
+"""The SMS command grammar (CONTRACTS.md, "SMS"), as a pure parser.
+
+    HELP                                   the command list
+    REG <first> <last> <national id> <PIN>
+    BAL <PIN>
+    SEND <phone> <amount> <PIN>
+    MINI <PIN>
+    PIN <old PIN> <new PIN>
+    LANG <en|sw|fr>
+    LOAN <amount> <PIN> | REPAY <amount> <PIN> | LOAN STATUS <PIN>
+    YES <code>                             confirms a pending SEND (when confirmation is on)
+
+Keywords are case-insensitive and any run of whitespace separates words. `parse` returns one
+command object, or `Malformed` (a known keyword with wrong arguments) or `Unknown`; both carry
+a one-line hint. Nothing here checks a PIN against the core or moves money: the executor does
+that (wave 2). Amounts stay text: the core's `parse_amount` owns the currency rules.
+
+`mask_secrets` is what gets stored and logged instead of the text: the PIN positions of a
+well-formed command (and the national id and confirmation code) become `****`; in anything else
+every run of up to 8 digits is masked (a phone number, 9 digits or more, stays), because a
+mistyped command still carries a PIN, or part of one.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+
+PIN_DIGITS = 4
+MASK = "****"
+MAX_TEXT_CHARS = 480  # three concatenated SMS; longer is not a command
+LANGUAGES = ("en", "sw", "fr")
+
+_PIN = re.compile(rf"\d{{{PIN_DIGITS}}}")
+_PHONE = re.compile(r"\+?\d{9,15}")
+_AMOUNT = re.compile(r"\d{1,9}(\.\d{1,2})?")
+_NAME = re.compile(r"[^\W\d_][\w'.-]{0,39}")
+_NATIONAL_ID = re.compile(r"[A-Za-z0-9]{4,20}")
+_CODE = re.compile(r"[A-Za-z0-9]{4,8}")
+_TOKEN = re.compile(r"\S+")
+_DIGIT_RUN = re.compile(r"(?<!\d)\d{1,8}(?!\d)")
+
+
+@dataclass(frozen=True, slots=True)
+class Help:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Register:
+    first_name: str
+    last_name: str
+    national_id: str
+    pin: str
+
+
+@dataclass(frozen=True, slots=True)
+class Balance:
+    pin: str
+
+
+@dataclass(frozen=True, slots=True)
+class Send:
+    phone: str
+    amount: str
+    pin: str
+
+
+@dataclass(frozen=True, slots=True)
+class Mini:
+    pin: str
+
+
+@dataclass(frozen=True, slots=True)
+class ChangePin:
+    old_pin: str
+    new_pin: str
+
+
+@dataclass(frozen=True, slots=True)
+class Language:
+    code: str
+
+
+@dataclass(frozen=True, slots=True)
+class Loan:
+    amount: str
+    pin: str
+
+
+@dataclass(frozen=True, slots=True)
+class Repay:
+    amount: str
+    pin: str
+
+
+@dataclass(frozen=True, slots=True)
+class LoanStatus:
+    pin: str
+
+
+@dataclass(frozen=True, slots=True)
+class Confirm:
+    code: str
+
+
+@dataclass(frozen=True, slots=True)
+class Malformed:
+    """A known keyword with wrong arguments; `problem` is a stable code, `hint` one line."""
+
+    keyword: str
+    problem: str
+    hint: str
+
+
+@dataclass(frozen=True, slots=True)
+class Unknown:
+    hint: str
+
+
+Command = (
+    Help
+    | Register
+    | Balance
+    | Send
+    | Mini
+    | ChangePin
+    | Language
+    | Loan
+    | Repay
+    | LoanStatus
+    | Confirm
+)
+ParseResult = Command | Malformed | Unknown
+
+USAGE = {
+    "HELP": "HELP",
+    "REG": "REG <first name> <last name> <ID number> <PIN>",
+    "BAL": "BAL <PIN>",
+    "SEND": "SEND <phone> <amount> <PIN>",
+    "MINI": "MINI <PIN>",
+    "PIN": "PIN <old PIN> <new PIN>",
+    "LANG": "LANG <EN or SW or FR>",
+    "LOAN": "LOAN <amount> <PIN> or LOAN STATUS <PIN>",
+    "REPAY": "REPAY <amount> <PIN>",
+    "YES": "YES <code>",
+}
+HELP_TEXT = (
+    "BAL pin; SEND phone amount pin; MINI pin; PIN old new; LANG en/sw/fr; "
+    "LOAN amount pin; LOAN STATUS pin; REPAY amount pin; REG first last id pin"
+)
+UNKNOWN_HINT = "Sorry, we did not understand that. Send HELP for the list of commands."
+_PROBLEMS = {
+    "arguments": "Wrong number of words.",
+    "pin": f"The PIN must be {PIN_DIGITS} digits.",
+    "phone": "The phone number is not valid.",
+    "amount": "The amount must be a number like 500 or 12.50.",
+    "name": "Names must be letters.",
+    "national_id": "The ID number must be 4 to 20 letters or digits.",
+    "language": "The language must be EN, SW or FR.",
+    "code": "The code must be 4 to 8 letters or digits.",
+    "same_pin": "The new PIN must differ from the old one.",
+    "too_long": "The message is too long.",
+}
+
+
+def _bad(keyword: str, problem: str) -> Malformed:
+    hint = f"{_PROBLEMS[problem]} Use: {USAGE[keyword]}. Send HELP for all commands."
+    return Malformed(keyword, problem, hint)
+
+
+def _check(
+    keyword: str, args: list[str], spec: tuple[tuple[re.Pattern[str], str], ...]
+) -> Malformed | None:
+    if len(args) != len(spec):
+        return _bad(keyword, "arguments")
+    for value, (pattern, problem) in zip(args, spec, strict=True):
+        if not pattern.fullmatch(value):
+            return _bad(keyword, problem)
+    return None
+
+
+_PIN_ARG = (_PIN, "pin")
+_AMOUNT_ARG = (_AMOUNT, "amount")
+
+
+def _parse_loan(args: list[str]) -> ParseResult:
+    if args and args[0].upper() == "STATUS":
+        return _check("LOAN", args[1:], (_PIN_ARG,)) or LoanStatus(args[1])
+    return _check("LOAN", args, (_AMOUNT_ARG, _PIN_ARG)) or Loan(args[0], args[1])
+
+
+def _parse_pin_change(args: list[str]) -> ParseResult:
+    bad = _check("PIN", args, (_PIN_ARG, _PIN_ARG))
+    if bad:
+        return bad
+    if args[0] == args[1]:
+        return _bad("PIN", "same_pin")
+    return ChangePin(args[0], args[1])
+
+
+def _parse_register(args: list[str]) -> ParseResult:
+    spec = ((_NAME, "name"), (_NAME, "name"), (_NATIONAL_ID, "national_id"), _PIN_ARG)
+    return _check("REG", args, spec) or Register(args[0], args[1], args[2].upper(), args[3])
+
+
+def _parse_language(args: list[str]) -> ParseResult:
+    if len(args) != 1:
+        return _bad("LANG", "arguments")
+    code = args[0].lower()
+    return Language(code) if code in LANGUAGES else _bad("LANG", "language")
+
+
+def _one_pin(keyword: str, make: Callable[[str], Command]) -> Parser:
+    return lambda args: _check(keyword, args, (_PIN_ARG,)) or make(args[0])
+
+
+def _parse_send(args: list[str]) -> ParseResult:
+    spec = ((_PHONE, "phone"), _AMOUNT_ARG, _PIN_ARG)
+    return _check("SEND", args, spec) or Send(args[0], args[1], args[2])
+
+
+def _parse_repay(args: list[str]) -> ParseResult:
+    return _check("REPAY", args, (_AMOUNT_ARG, _PIN_ARG)) or Repay(args[0], args[1])
+
+
+def _parse_confirm(args: list[str]) -> ParseResult:
+    return _check("YES", args, ((_CODE, "code"),)) or Confirm(args[0])
+
+
+Parser = Callable[[list[str]], ParseResult]
+_PARSERS: dict[str, Parser] = {
+    "HELP": lambda _args: Help(),
+    "BAL": _one_pin("BAL", Balance),
+    "MINI": _one_pin("MINI", Mini),
+    "SEND": _parse_send,
+    "PIN": _parse_pin_change,
+    "LANG": _parse_language,
+    "LOAN": _parse_loan,
+    "REPAY": _parse_repay,
+    "REG": _parse_register,
+    "YES": _parse_confirm,
+}
+
+
+def parse(text: str) -> ParseResult:
+    """One SMS text to a command, or a Malformed/Unknown with a one-line hint."""
+    if len(text) > MAX_TEXT_CHARS:
+        return Unknown(_PROBLEMS["too_long"] + " Send HELP for the list of commands.")
+    words = text.split()
+    parser = _PARSERS.get(words[0].upper()) if words else None
+    if parser is None:
+        return Unknown(UNKNOWN_HINT)
+    return parser(words[1:])
+
+
+def hint(result: Malformed | Unknown) -> str:
+    return result.hint
+
+
+# Word positions (0 = keyword) holding a secret, per well-formed command.
+_SECRET_POSITIONS: dict[type, tuple[int, ...]] = {
+    Register: (3, 4),
+    Balance: (1,),
+    Send: (3,),
+    Mini: (1,),
+    ChangePin: (1, 2),
+    Loan: (2,),
+    Repay: (2,),
+    LoanStatus: (2,),
+    Confirm: (1,),
+}
+
+
+def mask_secrets(text: str) -> str:
+    """`text` with PINs (and ID numbers, confirmation codes) replaced by `****`."""
+    result = parse(text)
+    positions = _SECRET_POSITIONS.get(type(result))
+    if positions is None:
+        return _DIGIT_RUN.sub(MASK, text)
+    tokens = list(_TOKEN.finditer(text))
+    out, last = [], 0
+    for index in positions:
+        match = tokens[index]
+        out.append(text[last : match.start()])
+        out.append(MASK)
+        last = match.end()
+    out.append(text[last:])
+    return "".join(out)

@@ -1,0 +1,258 @@
+"""SMPP 3.4 PDUs as bytes, with smpplib as the codec and nothing else from it.
+
+smpplib's client is blocking and not thread-safe, but `smpplib.smpp.make_pdu` / `parse_pdu`
+encode and decode on their own. This module hides its quirks: it needs a "client" object with
+`.sequence` / `.next_sequence()`, ignores `sequence=` given as a keyword (we set the attribute
+after construction), returns C-strings as bytes, and parses truncated or inconsistent bodies
+without complaint (so `check_sm_body` walks the structure first and a malformed deliver_sm gets a
+generic_nack instead of garbage fields).
+
+Header-only PDUs (enquire_link, unbind, generic_nack and their responses), deliver_sm_resp (an
+empty message_id) and the one C-string of submit_sm_resp / bind_*_resp are packed and read with
+`struct`: nothing for a codec to do there, and on the MO -> MT path smpplib's object building
+for them cost as much as the submit_sm and deliver_sm themselves.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from typing import Any
+
+from smpplib import consts
+from smpplib import smpp as smpplib_smpp
+
+HEADER = struct.Struct(">LLLL")
+HEADER_BYTES = 16
+MAX_PDU_BYTES = 65_536  # a deliver_sm with a full message_payload fits; more is an attack or noise
+RESP_BIT = 0x80000000
+MAX_SEQUENCE = 0x7FFFFFFF
+
+GENERIC_NACK = 0x80000000
+BIND_RECEIVER = 0x00000001
+BIND_TRANSMITTER = 0x00000002
+SUBMIT_SM = 0x00000004
+DELIVER_SM = 0x00000005
+UNBIND = 0x00000006
+BIND_TRANSCEIVER = 0x00000009
+OUTBIND = 0x0000000B
+ENQUIRE_LINK = 0x00000015
+ALERT_NOTIFICATION = 0x00000102
+DATA_SM = 0x00000103
+
+BIND_COMMANDS = {
+    "trx": (BIND_TRANSCEIVER, "bind_transceiver"),
+    "tx": (BIND_TRANSMITTER, "bind_transmitter"),
+    "rx": (BIND_RECEIVER, "bind_receiver"),
+}
+
+ESME_ROK: int = consts.SMPP_ESME_ROK
+ESME_RINVCMDLEN: int = consts.SMPP_ESME_RINVCMDLEN
+ESME_RINVCMDID: int = consts.SMPP_ESME_RINVCMDID
+ESME_RSYSERR: int = consts.SMPP_ESME_RSYSERR
+ESME_RMSGQFUL: int = consts.SMPP_ESME_RMSGQFUL
+ESME_RTHROTTLED: int = consts.SMPP_ESME_RTHROTTLED
+ESME_RX_T_APPN: int = consts.SMPP_ESME_RX_T_APPN  # temporary application error: the SMSC retries
+ESME_RINVBNDSTS: int = consts.SMPP_ESME_RINVBNDSTS
+
+# Statuses after which the same submit_sm may succeed later (the rest are the message's fault).
+TEMPORARY_STATUSES: frozenset[int] = frozenset(
+    {
+        consts.SMPP_ESME_RSYSERR,
+        consts.SMPP_ESME_RMSGQFUL,
+        consts.SMPP_ESME_RTHROTTLED,
+        consts.SMPP_ESME_RX_T_APPN,
+        consts.SMPP_ESME_RINVBNDSTS,
+        consts.SMPP_ESME_RSUBMITFAIL,
+        consts.SMPP_ESME_RUNKNOWNERR,
+    }
+)
+SLOW_DOWN_STATUSES: frozenset[int] = frozenset(
+    {consts.SMPP_ESME_RTHROTTLED, consts.SMPP_ESME_RMSGQFUL}
+)
+
+
+class CodecError(ValueError):
+    """A PDU that cannot be encoded or decoded."""
+
+
+def status_text(status: int) -> str:
+    desc = consts.DESCRIPTIONS.get(status, "unknown status")
+    return f"0x{status:08X} {desc}"
+
+
+class _SequenceHolder:
+    """smpplib PDUs insist on a client with these two members; we set sequences ourselves."""
+
+    sequence = 0
+
+    def next_sequence(self) -> int:
+        return 0
+
+
+_HOLDER = _SequenceHolder()
+
+
+def header_only(command_id: int, sequence: int, status: int = ESME_ROK) -> bytes:
+    return HEADER.pack(HEADER_BYTES, command_id, status, sequence)
+
+
+def encode(command: str, sequence: int, status: int = ESME_ROK, **fields: Any) -> bytes:
+    """Encode one PDU by smpplib name (`submit_sm`, `bind_transceiver`, ...)."""
+    try:
+        pdu = smpplib_smpp.make_pdu(command, client=_HOLDER, **fields)
+        pdu.sequence = sequence
+        pdu.status = status
+        data: bytes = pdu.generate()
+    except Exception as exc:  # smpplib raises a mix of ValueError, TypeError, struct.error
+        raise CodecError(f"cannot encode {command}: {exc}") from exc
+    return data
+
+
+def _decode(frame: bytes) -> Any:
+    try:
+        pdu = smpplib_smpp.parse_pdu(frame, client=_HOLDER, allow_unknown_opt_params=True)
+    except Exception as exc:
+        raise CodecError(f"cannot decode PDU: {exc}") from exc
+    if pdu is None:
+        raise CodecError("unknown command id")
+    return pdu
+
+
+def _text(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bytes):
+        return value.decode("latin-1")
+    return str(value)
+
+
+@dataclass(frozen=True, slots=True)
+class Response:
+    """A *_resp (or generic_nack) as the session needs it."""
+
+    command_id: int
+    status: int
+    sequence: int
+    message_id: str  # submit_sm_resp's id, bind_*_resp's system_id, "" otherwise
+
+
+def decode_response(frame: bytes) -> Response:
+    _, command_id, status, sequence = HEADER.unpack_from(frame)
+    if len(frame) == HEADER_BYTES or status != ESME_ROK:
+        # An error response carries no body worth reading (SMPP 3.4 says it is not returned).
+        return Response(command_id, status, sequence, "")
+    # submit_sm_resp (message_id) and bind_*_resp (system_id) open with one C-string; what
+    # follows (a bind_resp's sc_interface_version TLV) is not needed.
+    end = frame.find(b"\x00", HEADER_BYTES)
+    if end < 0:
+        raise CodecError("the response's C-string has no terminator")
+    return Response(command_id, status, sequence, frame[HEADER_BYTES:end].decode("latin-1"))
+
+
+@dataclass(frozen=True, slots=True)
+class DeliverSm:
+    """The fields of a deliver_sm the channel reads, as Python types."""
+
+    sequence: int
+    source_addr: str
+    source_addr_ton: int
+    destination_addr: str
+    esm_class: int
+    data_coding: int
+    short_message: bytes
+    message_payload: bytes | None
+    receipted_message_id: str | None
+    message_state: int | None
+    network_error_code: bytes | None
+    sar_msg_ref_num: int | None
+    sar_total_segments: int | None
+    sar_segment_seqnum: int | None
+    user_message_reference: int | None
+
+
+# Mandatory part of submit_sm/deliver_sm: (kind, max C-string length incl. NUL or int size).
+_SM_LAYOUT = (
+    ("c", 6),  # service_type
+    ("i", 1),  # source_addr_ton
+    ("i", 1),  # source_addr_npi
+    ("c", 21),  # source_addr
+    ("i", 1),  # dest_addr_ton
+    ("i", 1),  # dest_addr_npi
+    ("c", 21),  # destination_addr
+    ("i", 1),  # esm_class
+    ("i", 1),  # protocol_id
+    ("i", 1),  # priority_flag
+    ("c", 17),  # schedule_delivery_time
+    ("c", 17),  # validity_period
+    ("i", 1),  # registered_delivery
+    ("i", 1),  # replace_if_present_flag
+    ("i", 1),  # data_coding
+    ("i", 1),  # sm_default_msg_id
+)
+
+
+def check_sm_body(body: bytes) -> str | None:
+    """What is structurally wrong with a submit_sm/deliver_sm body, or None. smpplib would
+    parse these into shifted fields instead of failing."""
+    pos = 0
+    for kind, size in _SM_LAYOUT:
+        if kind == "i":
+            pos += size
+            continue
+        end = body.find(b"\x00", pos, pos + size)
+        if end < 0:
+            return "a C-string field is missing its terminator or is too long"
+        pos = end + 1
+    if pos >= len(body):
+        return "the body ends before short_message"
+    pos += 1 + body[pos]  # sm_length, then the message
+    if pos > len(body):
+        return "short_message is shorter than sm_length"
+    return _check_tlvs(body, pos)
+
+
+def _check_tlvs(body: bytes, pos: int) -> str | None:
+    while pos < len(body):  # the TLVs must tile the rest exactly
+        if pos + 4 > len(body):
+            return "truncated TLV header"
+        (length,) = struct.unpack_from(">H", body, pos + 2)
+        pos += 4 + length
+        if pos > len(body):
+            return "a TLV runs past the end of the PDU"
+    return None
+
+
+def _opt_int(value: Any) -> int | None:
+    return value if isinstance(value, int) else None
+
+
+def decode_deliver_sm(frame: bytes) -> DeliverSm:
+    problem = check_sm_body(frame[HEADER_BYTES:])
+    if problem:
+        raise CodecError(problem)
+    pdu = _decode(frame)
+    payload = pdu.message_payload
+    receipted = pdu.receipted_message_id
+    return DeliverSm(
+        sequence=pdu.sequence,
+        source_addr=_text(pdu.source_addr),
+        source_addr_ton=int(pdu.source_addr_ton or 0),
+        destination_addr=_text(pdu.destination_addr),
+        esm_class=int(pdu.esm_class or 0),
+        data_coding=int(pdu.data_coding or 0),
+        short_message=bytes(pdu.short_message or b""),
+        message_payload=bytes(payload) if payload else None,
+        receipted_message_id=_text(receipted).strip("\x00") if receipted else None,
+        message_state=_opt_int(pdu.message_state),
+        network_error_code=bytes(pdu.network_error_code) if pdu.network_error_code else None,
+        sar_msg_ref_num=_opt_int(pdu.sar_msg_ref_num),
+        sar_total_segments=_opt_int(pdu.sar_total_segments),
+        sar_segment_seqnum=_opt_int(pdu.sar_segment_seqnum),
+        user_message_reference=_opt_int(pdu.user_message_reference),
+    )
+
+
+def deliver_sm_resp(sequence: int, status: int = ESME_ROK) -> bytes:
+    # The body is an empty message_id (one NUL): nothing for a codec to do.
+    return HEADER.pack(HEADER_BYTES + 1, DELIVER_SM | RESP_BIT, status, sequence) + b"\x00"

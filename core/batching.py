@@ -1,0 +1,69 @@
+"""Natural batching: many concurrent callers, few database round trips.
+
+Each caller awaits its own result. While fewer than `concurrency` flushes are running, a new
+item starts a flush at once (no added latency when the load is light); items that arrive while
+every flush slot is busy wait and go together in the next one. Under load, batches grow with
+the number of concurrent callers, so per-item cost (round trips, commits, statement overhead on
+both sides) falls as load rises. A failed flush fails every item in it with the same exception.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+MAX_BATCH = 256
+
+
+class Batcher(Generic[T, R]):
+    def __init__(
+        self,
+        flush: Callable[[Sequence[T]], Awaitable[Sequence[R]]],
+        *,
+        max_batch: int = MAX_BATCH,
+        concurrency: int = 2,
+    ) -> None:
+        self._flush = flush
+        self._max = max_batch
+        self._concurrency = concurrency
+        self._waiting: list[tuple[T, asyncio.Future[R]]] = []
+        self._flushing: set[asyncio.Task[None]] = set()
+
+    async def submit(self, item: T) -> R:
+        fut: asyncio.Future[R] = asyncio.get_running_loop().create_future()
+        self._waiting.append((item, fut))
+        if len(self._flushing) < self._concurrency:
+            self._start()
+        return await fut
+
+    def _start(self) -> None:
+        batch, self._waiting = self._waiting[: self._max], self._waiting[self._max :]
+        task = asyncio.create_task(self._run(batch))
+        self._flushing.add(task)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._flushing.discard(task)
+        if self._waiting and len(self._flushing) < self._concurrency:
+            self._start()
+
+    async def _run(self, batch: list[tuple[T, asyncio.Future[R]]]) -> None:
+        try:
+            results = await self._flush([item for item, _ in batch])
+        except asyncio.CancelledError:
+            for _, fut in batch:
+                fut.cancel()
+            raise
+        except Exception as exc:
+            for _, fut in batch:
+                if not fut.done():
+                    fut.set_exception(exc)
+            return
+        assert len(results) == len(batch)
+        for (_, fut), result in zip(batch, results, strict=True):
+            if not fut.done():
+                fut.set_result(result)

@@ -1,0 +1,167 @@
+"""Case tables for the SMS command grammar: good, malformed, extra spaces, lower case, bad PINs,
+unknown words, and the masking of secrets for storage."""
+
+from __future__ import annotations
+
+import pytest
+
+from channels.sms.commands import (
+    HELP_TEXT,
+    MASK,
+    Balance,
+    ChangePin,
+    Confirm,
+    Help,
+    Language,
+    Loan,
+    LoanStatus,
+    Malformed,
+    Mini,
+    ParseResult,
+    Register,
+    Repay,
+    Send,
+    Unknown,
+    mask_secrets,
+    parse,
+)
+from channels.sms.encoding import split_text
+
+GOOD = [
+    ("help", "HELP", Help()),
+    ("help lower", "help", Help()),
+    ("balance", "BAL 1234", Balance("1234")),
+    ("balance lower", "bal 1234", Balance("1234")),
+    ("balance mixed case", "BaL 1234", Balance("1234")),
+    ("balance extra spaces", "  BAL    1234  ", Balance("1234")),
+    ("balance tab and newline", "BAL\t1234\n", Balance("1234")),
+    ("send local", "SEND 0712345678 500 1234", Send("0712345678", "500", "1234")),
+    ("send e164", "send +254712345678 12.50 1234", Send("+254712345678", "12.50", "1234")),
+    ("send spaces", "SEND   0712345678   500    1234", Send("0712345678", "500", "1234")),
+    ("mini", "MINI 1234", Mini("1234")),
+    ("pin change", "PIN 1234 5678", ChangePin("1234", "5678")),
+    ("lang sw", "LANG SW", Language("sw")),
+    ("lang fr lower", "lang fr", Language("fr")),
+    ("loan", "LOAN 1000 1234", Loan("1000", "1234")),
+    ("loan status", "LOAN STATUS 1234", LoanStatus("1234")),
+    ("loan status lower", "loan status 1234", LoanStatus("1234")),
+    ("repay", "REPAY 250.5 1234", Repay("250.5", "1234")),
+    ("register", "REG Jane Doe 12345678 1234", Register("Jane", "Doe", "12345678", "1234")),
+    (
+        "register unicode name",
+        "reg Zoë O'Neil ab12cd 4321",
+        Register("Zoë", "O'Neil", "AB12CD", "4321"),
+    ),
+    ("confirm", "YES ab12", Confirm("ab12")),
+]
+
+
+@pytest.mark.parametrize(("label", "text", "expected"), GOOD, ids=[c[0] for c in GOOD])
+def test_good(label: str, text: str, expected: ParseResult) -> None:
+    assert parse(text) == expected
+
+
+MALFORMED = [
+    ("bal without pin", "BAL", "BAL", "arguments"),
+    ("bal two args", "BAL 1234 5678", "BAL", "arguments"),
+    ("bal short pin", "BAL 123", "BAL", "pin"),
+    ("bal long pin", "BAL 12345", "BAL", "pin"),
+    ("bal letters in pin", "BAL 12a4", "BAL", "pin"),
+    ("send missing amount", "SEND 0712345678 1234", "SEND", "arguments"),
+    ("send bad phone", "SEND 07123 500 1234", "SEND", "phone"),
+    ("send letters phone", "SEND john 500 1234", "SEND", "phone"),
+    ("send negative amount", "SEND 0712345678 -500 1234", "SEND", "amount"),
+    ("send three decimals", "SEND 0712345678 5.005 1234", "SEND", "amount"),
+    ("send comma amount", "SEND 0712345678 1,000 1234", "SEND", "amount"),
+    ("send wrong pin", "SEND 0712345678 500 12", "SEND", "pin"),
+    ("mini wrong pin", "MINI abcd", "MINI", "pin"),
+    ("pin same twice", "PIN 1234 1234", "PIN", "same_pin"),
+    ("pin one arg", "PIN 1234", "PIN", "arguments"),
+    ("pin bad new", "PIN 1234 56", "PIN", "pin"),
+    ("lang unknown", "LANG de", "LANG", "language"),
+    ("lang missing", "LANG", "LANG", "arguments"),
+    ("loan no pin", "LOAN 1000", "LOAN", "arguments"),
+    ("loan status no pin", "LOAN STATUS", "LOAN", "arguments"),
+    ("loan bad amount", "LOAN lots 1234", "LOAN", "amount"),
+    ("repay bad pin", "REPAY 100 1", "REPAY", "pin"),
+    ("reg missing id", "REG Jane Doe 1234", "REG", "arguments"),
+    ("reg digit name", "REG 1Jane Doe 12345678 1234", "REG", "name"),
+    ("reg bad id", "REG Jane Doe 12 1234", "REG", "national_id"),
+    ("yes no code", "YES", "YES", "arguments"),
+    ("yes bad code", "YES a!", "YES", "code"),
+]
+
+
+@pytest.mark.parametrize(
+    ("label", "text", "keyword", "problem"), MALFORMED, ids=[c[0] for c in MALFORMED]
+)
+def test_malformed_gets_a_one_line_hint(label: str, text: str, keyword: str, problem: str) -> None:
+    result = parse(text)
+    assert isinstance(result, Malformed), result
+    assert (result.keyword, result.problem) == (keyword, problem)
+    assert "\n" not in result.hint
+    assert "HELP" in result.hint
+    assert len(result.hint) <= 160
+
+
+UNKNOWN = [
+    ("empty", ""),
+    ("spaces only", "   "),
+    ("word", "hello"),
+    ("glued", "BAL1234"),
+    ("number", "1234"),
+    ("emoji", "😀"),
+    ("too long", "BAL " + "x" * 600),
+]
+
+
+@pytest.mark.parametrize(("label", "text"), UNKNOWN, ids=[c[0] for c in UNKNOWN])
+def test_unknown_gets_a_hint(label: str, text: str) -> None:
+    result = parse(text)
+    assert isinstance(result, Unknown)
+    assert "HELP" in result.hint and "\n" not in result.hint
+
+
+MASKING = [
+    ("balance", "BAL 1234", "BAL ****"),
+    ("balance spacing kept", "bal   1234 ", "bal   **** "),
+    ("send keeps phone and amount", "SEND 0712345678 5000 1234", "SEND 0712345678 5000 ****"),
+    ("pin change masks both", "PIN 1234 5678", "PIN **** ****"),
+    ("reg masks id and pin", "REG Jane Doe 12345678 1234", "REG Jane Doe **** ****"),
+    ("loan status", "LOAN STATUS 9876", "LOAN STATUS ****"),
+    ("loan", "LOAN 1000 9876", "LOAN 1000 ****"),
+    ("confirm code", "YES AB12", "YES ****"),
+    ("malformed send", "SEND 0712345678 1234", "SEND 0712345678 ****"),
+    ("short wrong pin", "BAL 123", "BAL ****"),
+    ("glued", "BAL1234", "BAL****"),
+    ("unknown with pin", "my pin is 4321 ok", "my pin is **** ok"),
+    ("malformed keeps the phone", "SEND 0712345678 500 97", "SEND 0712345678 **** ****"),
+    ("short fragment", "BAL 12", "BAL ****"),
+    ("help untouched", "HELP", "HELP"),
+    ("lang untouched", "LANG sw", "LANG sw"),
+]
+
+
+@pytest.mark.parametrize(("label", "text", "masked"), MASKING, ids=[c[0] for c in MASKING])
+def test_mask_secrets(label: str, text: str, masked: str) -> None:
+    assert mask_secrets(text) == masked
+    assert MASK in masked or not any(ch.isdigit() for ch in text) or label.startswith("lang")
+
+
+def test_masked_text_never_contains_a_pin_from_the_good_table() -> None:
+    for _, text, expected in GOOD:
+        pins = [getattr(expected, f) for f in ("pin", "old_pin", "new_pin") if hasattr(expected, f)]
+        masked = mask_secrets(text)
+        for pin in pins:
+            assert pin not in masked.split(), (text, masked)
+
+
+def test_help_text_lists_every_keyword() -> None:
+    for word in ("BAL", "SEND", "MINI", "PIN", "LANG", "LOAN", "REPAY", "REG"):
+        assert word in HELP_TEXT
+
+
+def test_help_and_hints_fit_one_sms() -> None:
+    texts = [HELP_TEXT] + [r.hint for r in map(parse, [c[1] for c in MALFORMED + UNKNOWN])]
+    for text in texts:
+        assert len(split_text(text, ref=0).parts) == 1, text

@@ -1,0 +1,346 @@
+"""The asyncio ESME over real sockets: against the smpp34 test SMSC (a separate process) for
+binds, windows, pacing, throttling, timeouts and restarts, and against a hand-packed raw SMSC
+for what a well-behaved SMSC never sends."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from channels.sms.smpp import (
+    BindState,
+    LinkDown,
+    ResponseTimeout,
+    SmppSession,
+    SmscRejected,
+    Throttled,
+)
+from channels.sms.smpp.codec import DeliverSm
+from tests.raw_smsc import pdu, raw_smsc
+from tests.sms_helpers import FAST, bind_for, eventually
+from tests.smsc_peer import SmscPeer
+
+SUBMIT = {"source_addr": "12345", "destination_addr": "254700000001", "short_message": b"hi"}
+
+
+@pytest.fixture
+async def peer(tmp_path: Path) -> AsyncIterator[SmscPeer]:
+    smsc = SmscPeer(tmp_path)
+    await smsc.start()
+    try:
+        yield smsc
+    finally:
+        await smsc.close()
+
+
+async def started(session: SmppSession) -> SmppSession:
+    session.start()
+    assert await session.wait_bound(10), session.status()
+    return session
+
+
+async def test_bind_submit_and_state(peer: SmscPeer) -> None:
+    session = await started(SmppSession(bind_for(peer.port), name="a", tuning=FAST))
+    try:
+        status = session.status()
+        assert (status.state, status.bind_type, status.window_size) == ("bound", "trx", 10)
+        message_id = await session.submit(**SUBMIT)
+        assert message_id == "00000001"
+        submits = await peer.submits()
+        assert [s["dest"] for s in submits] == ["254700000001"]
+        assert bytes.fromhex(submits[0]["hex"]) == b"hi"
+        assert session.status().submitted == 1
+    finally:
+        await session.stop()
+    assert session.state is BindState.STOPPED
+    await eventually(peer.bound, lambda n: n == 0)
+
+
+async def test_window_limits_outstanding_requests(peer: SmscPeer) -> None:
+    await peer.configure(hold=True)
+    session = await started(SmppSession(bind_for(peer.port, window=3), name="w", tuning=FAST))
+    try:
+        sends = [asyncio.create_task(session.submit(**SUBMIT)) for _ in range(7)]
+        await eventually(lambda: _value(session.in_flight), lambda n: n == 3)
+        assert session.status().window_in_use == 3
+        await peer.release()
+        ids = await asyncio.gather(*sends)
+        assert len(set(ids)) == 7
+        assert len(await peer.submits()) == 7
+    finally:
+        await session.stop()
+
+
+async def test_tps_is_respected(peer: SmscPeer) -> None:
+    session = await started(SmppSession(bind_for(peer.port, tps=40), name="t", tuning=FAST))
+    try:
+        start = time.monotonic()
+        await asyncio.gather(*(session.submit(**SUBMIT) for _ in range(30)))
+        elapsed = time.monotonic() - start
+        assert elapsed >= 29 / 40 * 0.95, elapsed
+        stamps = [s["at"] for s in await peer.submits()]
+        assert stamps[-1] - stamps[0] >= 29 / 40 * 0.9
+    finally:
+        await session.stop()
+
+
+async def test_throttled_submit_slows_the_bind(peer: SmscPeer) -> None:
+    await peer.configure(throttle_every=2)
+    session = await started(SmppSession(bind_for(peer.port, tps=100), name="th", tuning=FAST))
+    try:
+        await session.submit(**SUBMIT)
+        with pytest.raises(Throttled) as info:
+            await session.submit(**SUBMIT)
+        assert info.value.status == 0x58
+        assert session.pacer.rate == 50
+        assert session.status().throttled == 1
+    finally:
+        await session.stop()
+
+
+async def test_permanent_rejection_carries_the_status(peer: SmscPeer) -> None:
+    await peer.configure(reject_dest="254799999999", reject_status=0x0B)
+    session = await started(SmppSession(bind_for(peer.port), name="rj", tuning=FAST))
+    try:
+        with pytest.raises(SmscRejected) as info:
+            await session.submit(**{**SUBMIT, "destination_addr": "254799999999"})
+        assert info.value.status == 0x0B and not isinstance(info.value, Throttled)
+        assert "Invalid Destination Address" in str(info.value)
+    finally:
+        await session.stop()
+
+
+async def test_in_flight_requests_fail_when_the_smsc_dies(peer: SmscPeer) -> None:
+    await peer.configure(hold=True)
+    bind = bind_for(peer.port, response_timeout_s=30)
+    session = await started(SmppSession(bind, name="k", tuning=FAST))
+    try:
+        sends = [asyncio.create_task(session.submit(**SUBMIT)) for _ in range(3)]
+        await eventually(lambda: _value(session.in_flight), lambda n: n == 3)
+        start = time.monotonic()
+        peer.kill()
+        results = await asyncio.gather(*sends, return_exceptions=True)
+        assert all(isinstance(r, LinkDown) for r in results), results
+        assert time.monotonic() - start < 5  # failed at once, not after the 30 s timeout
+        await eventually(lambda: _value(session.state), lambda s: s is not BindState.BOUND)
+        await eventually(lambda: _value(session.status().last_error), lambda e: e is not None)
+        await peer.start()
+        assert await session.wait_bound(10)
+        assert session.status().connects == 2
+        assert await session.submit(**SUBMIT)
+    finally:
+        await session.stop()
+
+
+async def test_response_timeouts_drop_the_link(peer: SmscPeer) -> None:
+    await peer.configure(hold=True)
+    bind = bind_for(peer.port, response_timeout_s=0.2)
+    session = await started(SmppSession(bind, name="to", tuning=FAST))
+    try:
+        for _ in range(FAST.max_timeouts_in_row):
+            with pytest.raises(ResponseTimeout):
+                await session.submit(**SUBMIT)
+        await eventually(lambda: _value(session.status().connects), lambda n: n >= 2)
+        assert "timed out" in (session.status().last_error or "")
+    finally:
+        await session.stop()
+
+
+async def test_mo_is_handed_over_and_acknowledged(peer: SmscPeer) -> None:
+    seen: list[DeliverSm] = []
+
+    async def on_deliver(session: SmppSession, pdu: DeliverSm) -> int:
+        seen.append(pdu)
+        return 0
+
+    session = await started(
+        SmppSession(bind_for(peer.port), name="mo", on_deliver=on_deliver, tuning=FAST)
+    )
+    try:
+        await eventually(peer.bound, lambda n: n == 1)
+        assert await peer.mo(source="254711000111", text="BAL 1234") == [0]
+        assert [(p.source_addr, p.short_message) for p in seen] == [("254711000111", b"BAL 1234")]
+    finally:
+        await session.stop()
+
+
+async def test_handler_failure_answers_temporary_error(peer: SmscPeer) -> None:
+    async def broken(session: SmppSession, pdu: DeliverSm) -> int:
+        raise RuntimeError("store down")
+
+    session = await started(
+        SmppSession(bind_for(peer.port), name="mo2", on_deliver=broken, tuning=FAST)
+    )
+    try:
+        await eventually(peer.bound, lambda n: n == 1)
+        assert await peer.mo(text="BAL 1234") == [0x64]  # ESME_RX_T_APPN: the SMSC retries
+    finally:
+        await session.stop()
+
+
+async def test_smsc_unbind_is_answered_and_the_bind_returns(peer: SmscPeer) -> None:
+    session = await started(SmppSession(bind_for(peer.port), name="u", tuning=FAST))
+    try:
+        await eventually(peer.bound, lambda n: n == 1)
+        await peer.unbind_all()
+        await eventually(lambda: _value(session.status().connects), lambda n: n >= 2)
+        assert session.state is BindState.BOUND
+        assert session.status().last_error == "the SMSC unbound"
+    finally:
+        await session.stop()
+
+
+async def test_bind_refused_backs_off_with_growing_delays() -> None:
+    async with raw_smsc(bind_status=0x0E) as smsc:  # ESME_RINVPASWD
+        session = SmppSession(bind_for(smsc.port), name="r", tuning=FAST)
+        session.start()
+        try:
+            await eventually(lambda: _value(smsc.binds), lambda n: n >= 3)
+            status = session.status()
+            assert status.state in ("backing_off", "connecting")
+            assert "Invalid Password" in (status.last_error or "")
+            assert status.connects == 0
+        finally:
+            await session.stop()
+        assert session.state is BindState.STOPPED
+
+
+async def test_unknown_command_gets_generic_nack() -> None:
+    async with raw_smsc() as smsc:
+        session = await started(SmppSession(bind_for(smsc.port), name="n", tuning=FAST))
+        try:
+            smsc.send(pdu(0x00000099, 777, b"junk"))  # no such command
+            smsc.send(pdu(0x00000103, 778))  # data_sm: not supported here
+            nack = await smsc.wait_for(0x80000000, seq=777)
+            assert nack.status == 0x03  # ESME_RINVCMDID
+            assert (await smsc.wait_for(0x80000000, seq=778)).status == 0x03
+            assert session.state is BindState.BOUND
+            assert await session.submit(**SUBMIT) == "RAW1"  # the link still works
+            assert session.status().nacks_sent == 2
+        finally:
+            await session.stop()
+
+
+MALFORMED_DELIVER = [
+    ("empty body", b""),
+    ("unterminated source", b"\x00\x01\x01" + b"2" * 40),
+    (
+        "sm_length past end",
+        b"\x00\x01\x01254\x00\x00\x00123\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x50ab",
+    ),
+    (
+        "tlv past end",
+        b"\x00\x01\x01254\x00\x00\x00123\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x02ab\x00\x1e\x00\x09x",
+    ),
+    (
+        "truncated tlv header",
+        b"\x00\x01\x01254\x00\x00\x00123\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x02ab\x00",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("label", "body"), MALFORMED_DELIVER, ids=[c[0] for c in MALFORMED_DELIVER]
+)
+async def test_malformed_deliver_sm_gets_generic_nack(label: str, body: bytes) -> None:
+    seen: list[DeliverSm] = []
+
+    async def on_deliver(session: SmppSession, pdu_: DeliverSm) -> int:
+        seen.append(pdu_)
+        return 0
+
+    async with raw_smsc() as smsc:
+        session = await started(
+            SmppSession(bind_for(smsc.port), name="m", on_deliver=on_deliver, tuning=FAST)
+        )
+        try:
+            smsc.send(pdu(0x00000005, 55, body))
+            nack = await smsc.wait_for(0x80000000, seq=55)
+            assert nack.status == 0x02  # ESME_RINVCMDLEN
+            assert seen == []
+            assert smsc.count(0x80000005) == 0
+            assert session.state is BindState.BOUND
+        finally:
+            await session.stop()
+
+
+@pytest.mark.parametrize("length", [8, 15, 10_000_000], ids=["tiny", "header-1", "huge"])
+async def test_impossible_length_nacks_and_reconnects(length: int) -> None:
+    async with raw_smsc() as smsc:
+        session = await started(SmppSession(bind_for(smsc.port), name="l", tuning=FAST))
+        try:
+            smsc.send(
+                length.to_bytes(4, "big")
+                + (5).to_bytes(4, "big")
+                + bytes(4)
+                + (91).to_bytes(4, "big")
+            )
+            assert (await smsc.wait_for(0x80000000, seq=91)).status == 0x02
+            await eventually(lambda: _value(smsc.binds), lambda n: n == 2)
+            assert "out of range" in (session.status().last_error or "")
+        finally:
+            await session.stop()
+
+
+async def test_enquire_link_both_ways() -> None:
+    async with raw_smsc() as smsc:
+        bind = bind_for(smsc.port, enquire_link_s=0.1)
+        session = await started(SmppSession(bind, name="e", tuning=FAST))
+        try:
+            smsc.send(pdu(0x00000015, 4242))
+            assert (await smsc.wait_for(0x80000015, seq=4242)).status == 0
+            await eventually(lambda: _value(smsc.count(0x15)), lambda n: n >= 3)
+            assert session.status().connects == 1
+        finally:
+            await session.stop()
+        assert smsc.count(0x06) == 1  # a polite unbind on stop
+
+
+async def test_silent_smsc_is_detected_by_enquire_link() -> None:
+    async with raw_smsc(answer_enquire_link=False) as smsc:
+        bind = bind_for(smsc.port, enquire_link_s=0.1, response_timeout_s=0.2)
+        session = await started(SmppSession(bind, name="s", tuning=FAST))
+        try:
+            await eventually(lambda: _value(smsc.binds), lambda n: n >= 2)
+            assert session.status().last_error
+        finally:
+            await session.stop()
+
+
+async def test_generic_nack_to_a_request_fails_it() -> None:
+    async with raw_smsc(answer_submit=False) as smsc:
+        session = await started(SmppSession(bind_for(smsc.port), name="g", tuning=FAST))
+        try:
+            task = asyncio.create_task(session.submit(**SUBMIT))
+            frame = await smsc.wait_for(0x04)
+            smsc.send(pdu(0x80000000, frame.seq, status=0x08))
+            with pytest.raises(SmscRejected) as info:
+                await task
+            assert info.value.status == 0x08
+            assert session.in_flight == 0
+            # A response nobody waits for (a stray sequence) is dropped without harm.
+            smsc.send(pdu(0x80000004, 999_999, b"X\x00"))
+            smsc.send(pdu(0x00000015, 31))
+            assert (await smsc.wait_for(0x80000015, seq=31)).status == 0
+        finally:
+            await session.stop()
+
+
+async def test_stop_while_connecting_is_prompt() -> None:
+    session = SmppSession(bind_for(1), name="x", tuning=FAST)  # nothing listens on port 1
+    session.start()
+    await eventually(lambda: _value(session.status().last_error), lambda e: e is not None)
+    start = time.monotonic()
+    await session.stop()
+    assert time.monotonic() - start < 2
+    assert session.state is BindState.STOPPED
+    with pytest.raises(LinkDown):
+        await session.submit(**SUBMIT)
+
+
+async def _value(value: object) -> object:
+    return value

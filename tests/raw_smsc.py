@@ -1,0 +1,104 @@
+"""A bare SMSC over asyncio sockets with hand-packed headers, for what no real SMSC library will
+send: unknown command ids, malformed bodies, impossible lengths, an unbind out of the blue, a
+peer that stops answering. It records every PDU the ESME sends."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import struct
+from dataclasses import dataclass, field
+
+HEADER = struct.Struct(">LLLL")
+
+
+def pdu(command_id: int, seq: int, body: bytes = b"", status: int = 0) -> bytes:
+    return HEADER.pack(16 + len(body), command_id, status, seq) + body
+
+
+@dataclass
+class Frame:
+    command_id: int
+    status: int
+    seq: int
+    body: bytes
+
+
+@dataclass
+class RawSmsc:
+    answer_enquire_link: bool = True
+    answer_submit: bool = True
+    bind_status: int = 0
+    frames: list[Frame] = field(default_factory=list)
+    binds: int = 0
+    writer: asyncio.StreamWriter | None = None
+    server: asyncio.Server | None = None
+    port: int = 0
+    _changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def start(self) -> None:
+        self.server = await asyncio.start_server(self._client, "127.0.0.1", 0)
+        self.port = self.server.sockets[0].getsockname()[1]
+
+    async def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+        if self.server is not None:
+            self.server.close()
+            await self.server.wait_closed()
+
+    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.writer = writer
+        try:
+            while True:
+                header = await reader.readexactly(16)
+                length, cid, status, seq = HEADER.unpack(header)
+                body = await reader.readexactly(length - 16)
+                self.frames.append(Frame(cid, status, seq, body))
+                self._changed.set()
+                if cid in (1, 2, 9):
+                    self.binds += 1
+                    writer.write(pdu(cid | 0x80000000, seq, b"raw\x00", self.bind_status))
+                elif cid == 0x15 and self.answer_enquire_link:
+                    writer.write(pdu(0x80000015, seq))
+                elif cid == 6:
+                    writer.write(pdu(0x80000006, seq))
+                elif cid == 4 and self.answer_submit:
+                    writer.write(pdu(0x80000004, seq, b"RAW1\x00"))
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    def send(self, data: bytes) -> None:
+        assert self.writer is not None
+        self.writer.write(data)
+
+    def drop(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+    async def wait_for(
+        self, command_id: int, seq: int | None = None, timeout_s: float = 5
+    ) -> Frame:
+        """The first frame with this command id (and sequence) the ESME sent."""
+        async with asyncio.timeout(timeout_s):
+            while True:
+                for frame in self.frames:
+                    if frame.command_id == command_id and (seq is None or frame.seq == seq):
+                        return frame
+                self._changed.clear()
+                await self._changed.wait()
+
+    def count(self, command_id: int) -> int:
+        return sum(1 for f in self.frames if f.command_id == command_id)
+
+
+@contextlib.asynccontextmanager
+async def raw_smsc(**options: object):  # type: ignore[no-untyped-def]
+    smsc = RawSmsc(**options)  # type: ignore[arg-type]
+    await smsc.start()
+    try:
+        yield smsc
+    finally:
+        await smsc.close()

@@ -1,0 +1,174 @@
+"""Small SMS building blocks: the pacer, natural batching, addresses, settings for binds."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from channels.sms import address
+from channels.sms.smpp.pacer import MIN_RATE_FRACTION, Pacer
+from config.settings import SettingsError, load_settings, parse_smpp_url
+from core.batching import Batcher
+
+
+async def test_pacer_spaces_submits() -> None:
+    pacer = Pacer(50)
+    start = time.monotonic()
+    for _ in range(11):
+        await pacer.wait()
+    assert time.monotonic() - start >= 10 / 50 * 0.95
+
+
+def test_pacer_slows_down_and_recovers() -> None:
+    pacer = Pacer(100)
+    pacer.slow_down(0.0)
+    assert pacer.rate == 50
+    for _ in range(10):
+        pacer.slow_down(0.0)
+    assert pacer.rate == 100 * MIN_RATE_FRACTION
+    for _ in range(1000):
+        pacer.accepted()
+    assert pacer.rate == 100
+
+
+async def test_pacer_pause_holds_waiters_booked_before_it() -> None:
+    pacer = Pacer(1000)
+    pacer.slow_down(0.2)
+    assert 0.15 < pacer.delay() <= 0.2
+    start = time.monotonic()
+    await pacer.wait()
+    assert time.monotonic() - start >= 0.19
+
+
+def test_pacer_refuses_zero() -> None:
+    with pytest.raises(ValueError):
+        Pacer(0)
+
+
+async def test_batcher_groups_concurrent_items() -> None:
+    sizes: list[int] = []
+    gate = asyncio.Event()
+
+    async def flush(items: list[int]) -> list[int]:
+        sizes.append(len(items))
+        await gate.wait()
+        return [i * 2 for i in items]
+
+    batcher: Batcher[int, int] = Batcher(flush, concurrency=1)  # type: ignore[arg-type]
+    tasks = [asyncio.create_task(batcher.submit(i)) for i in range(10)]
+    await asyncio.sleep(0)
+    gate.set()
+    assert await asyncio.gather(*tasks) == [i * 2 for i in range(10)]
+    assert sizes == [1, 9]  # the first starts at once, the rest wait and go together
+
+
+async def test_batcher_failure_reaches_every_caller_and_it_recovers() -> None:
+    calls = 0
+
+    async def flush(items: list[str]) -> list[str]:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise RuntimeError("db down")
+        return items
+
+    batcher: Batcher[str, str] = Batcher(flush)  # type: ignore[arg-type]
+    with pytest.raises(RuntimeError):
+        await batcher.submit("a")
+    assert await batcher.submit("b") == "b"
+
+
+async def test_batcher_cancelled_caller_does_not_break_others() -> None:
+    async def flush(items: list[int]) -> list[int]:
+        await asyncio.sleep(0.01)
+        return items
+
+    batcher: Batcher[int, int] = Batcher(flush, concurrency=1)  # type: ignore[arg-type]
+    first = asyncio.create_task(batcher.submit(1))
+    second = asyncio.create_task(batcher.submit(2))
+    await asyncio.sleep(0)
+    second.cancel()
+    assert await first == 1
+    with pytest.raises(asyncio.CancelledError):
+        await second
+
+
+@pytest.mark.parametrize(
+    ("raw", "ton", "expected"),
+    [
+        ("254712345678", 1, "+254712345678"),
+        ("+254712345678", 0, "+254712345678"),
+        ("0712345678", 0, "+254712345678"),
+        ("254712345678", 0, "+254712345678"),
+        ("12345", 0, "12345"),
+        ("MPESA", 5, "MPESA"),
+    ],
+)
+def test_to_e164(raw: str, ton: int, expected: str) -> None:
+    assert address.to_e164(raw, ton, "254") == expected
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("+254712345678", "254712345678"),
+        ("0712345678", "254712345678"),
+        ("254 712 345678", "254712345678"),
+    ],
+)
+def test_destination(raw: str, expected: str) -> None:
+    assert address.destination(raw, "254") == (expected, 1, 1)
+
+
+@pytest.mark.parametrize("raw", ["", "abc", "+12345", "1" * 16, "07123-45678"])
+def test_destination_refuses(raw: str) -> None:
+    with pytest.raises(ValueError):
+        address.destination(raw, "254")
+
+
+@pytest.mark.parametrize(
+    ("source", "ton", "npi"), [("MyBank", 5, 0), ("12345", 3, 0), ("254700000000", 1, 1)]
+)
+def test_source_ton_npi(source: str, ton: int, npi: int) -> None:
+    assert address.source(source) == (source, ton, npi)
+
+
+def test_smpp_url_sms_options() -> None:
+    bind = parse_smpp_url(
+        "SMPP_URL",
+        "smpp://id:pw@smsc:2775?bind=tx&dlr_id_base=10&enquire_link_s=15&response_timeout_s=3&dlr=0",
+    )
+    assert (bind.dlr_id_base, bind.enquire_link_s, bind.response_timeout_s) == (10, 15.0, 3.0)
+    assert bind.registered_delivery is False and bind.bind == "tx"
+    default = parse_smpp_url("SMPP_URL", "smpp://id:pw@smsc?message_id_base=10")
+    assert default.dlr_id_base == 10 and default.registered_delivery is True
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "dlr_id_base=8",
+        "enquire_link_s=0",
+        "response_timeout_s=1000",
+        "dlr=maybe",
+        "enquire_link_s=x",
+    ],
+)
+def test_smpp_url_bad_sms_options(query: str) -> None:
+    with pytest.raises(SettingsError, match="SMPP_URL"):
+        parse_smpp_url("SMPP_URL", f"smpp://id:pw@smsc?{query}")
+
+
+def test_sms_settings_from_env() -> None:
+    settings = load_settings({"SMS_DEDUPE_WINDOW_S": "120", "SMS_CONCAT_TIMEOUT_S": "60"})
+    assert (settings.sms_dedupe_window_s, settings.sms_concat_timeout_s) == (120, 60)
+    with pytest.raises(SettingsError, match="SMS_CONCAT_TIMEOUT_S"):
+        load_settings({"SMS_CONCAT_TIMEOUT_S": "1"})
+
+
+def test_bind_repr_hides_the_password() -> None:
+    bind = parse_smpp_url("SMPP_URL", "smpp://acct:topsecret@smsc:2775")
+    assert "topsecret" not in repr(bind) and bind.password == "topsecret"
+    assert "topsecret" not in repr(load_settings({"SMPP_URL": "smpp://acct:topsecret@smsc"}))
