@@ -1,0 +1,799 @@
+-- Banking core schema and the money path (revision 0100_core_banking).
+--
+-- Statements are separated by lines reading exactly "-- statement" (the migration runs them one
+-- at a time through the driver). Every money movement is ONE call of a ledger_* function:
+-- resolve the parties, claim the idempotency key, lock the touched accounts in id order, check
+-- balance and limits, post the entries, queue the receipts. A failed check raises and the whole
+-- call rolls back, so nothing is ever half written.
+--
+-- Sign convention: every account's balance = sum of its entries; an entry > 0 is a credit.
+-- Customer wallets and agent floats are liabilities (balance >= 0, enforced by a CHECK as the
+-- last line); settlement, fee income and the loan fund may go below zero.
+--
+-- Hot accounts (settlement, fee income, agent float and commission) are split into shards: a
+-- logical parent row (balance always 0) and N child rows. A credit, or a debit of an account
+-- that may go negative, lands on one random shard; a debit that must not overdraw locks every
+-- shard and drains the fullest first. The logical balance is the sum of the shards.
+
+CREATE TABLE customers (
+    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    msisdn text NOT NULL UNIQUE CHECK (msisdn ~ '^\+[1-9][0-9]{7,14}$'),
+    first_name text NOT NULL CHECK (length(first_name) BETWEEN 1 AND 50),
+    last_name text NOT NULL CHECK (length(last_name) BETWEEN 1 AND 50),
+    national_id_enc text NOT NULL,
+    national_id_hash text NOT NULL,
+    language text NOT NULL DEFAULT 'en' CHECK (language IN ('en', 'sw', 'fr')),
+    tier text NOT NULL DEFAULT 'Basic' CHECK (tier IN ('Basic', 'Standard', 'Premium', 'Business')),
+    status text NOT NULL DEFAULT 'active' CHECK (status IN ('active', 'locked', 'closed')),
+    pin_hash text NOT NULL,
+    pin_failures integer NOT NULL DEFAULT 0 CHECK (pin_failures >= 0),
+    created_at timestamptz NOT NULL DEFAULT now(),
+    updated_at timestamptz NOT NULL DEFAULT now(),
+    CONSTRAINT customers_national_id_unique UNIQUE (national_id_hash)
+)
+-- statement
+CREATE TABLE agents (
+    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    code text NOT NULL UNIQUE CHECK (code ~ '^[A-Z0-9]{3,16}$'),
+    msisdn text NOT NULL CHECK (msisdn ~ '^\+[1-9][0-9]{7,14}$'),
+    name text NOT NULL CHECK (length(name) BETWEEN 1 AND 100),
+    currency text NOT NULL CHECK (currency ~ '^[A-Z]{3}$'),
+    status text NOT NULL DEFAULT 'active' CHECK (status IN ('active', 'locked', 'closed')),
+    pin_hash text NOT NULL,
+    pin_failures integer NOT NULL DEFAULT 0 CHECK (pin_failures >= 0),
+    created_at timestamptz NOT NULL DEFAULT now()
+)
+-- statement
+CREATE TABLE accounts (
+    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    kind text NOT NULL CHECK (kind IN ('wallet', 'agent_float', 'agent_commission', 'fee_income',
+                                       'settlement', 'loan_fund', 'suspense')),
+    currency text NOT NULL CHECK (currency ~ '^[A-Z]{3}$'),
+    customer_id bigint REFERENCES customers (id),
+    agent_id bigint REFERENCES agents (id),
+    parent_id bigint REFERENCES accounts (id),
+    shard integer NOT NULL DEFAULT 0,
+    shards integer NOT NULL DEFAULT 1 CHECK (shards BETWEEN 1 AND 64),
+    allow_negative boolean NOT NULL DEFAULT false,
+    balance bigint NOT NULL DEFAULT 0,
+    day date,
+    day_debits bigint NOT NULL DEFAULT 0,
+    month date,
+    month_debits bigint NOT NULL DEFAULT 0,
+    created_at timestamptz NOT NULL DEFAULT now(),
+    CONSTRAINT accounts_no_overdraft CHECK (allow_negative OR balance >= 0),
+    CONSTRAINT accounts_liabilities_never_negative
+        CHECK (kind NOT IN ('wallet', 'agent_float', 'agent_commission') OR NOT allow_negative),
+    CONSTRAINT accounts_wallet_has_customer CHECK ((kind = 'wallet') = (customer_id IS NOT NULL)),
+    CONSTRAINT accounts_parent_holds_nothing CHECK (shards = 1 OR balance = 0),
+    CONSTRAINT accounts_wallets_unsharded CHECK (kind <> 'wallet' OR shards = 1)
+)
+-- statement
+CREATE UNIQUE INDEX accounts_one_wallet_per_currency ON accounts (customer_id, currency)
+    WHERE kind = 'wallet'
+-- statement
+CREATE UNIQUE INDEX accounts_agent_kind ON accounts (agent_id, kind, currency)
+    WHERE parent_id IS NULL AND agent_id IS NOT NULL
+-- statement
+CREATE UNIQUE INDEX accounts_system_kind ON accounts (kind, currency)
+    WHERE parent_id IS NULL AND customer_id IS NULL AND agent_id IS NULL
+-- statement
+CREATE UNIQUE INDEX accounts_shard ON accounts (parent_id, shard) WHERE parent_id IS NOT NULL
+-- statement
+CREATE TABLE tier_limits (
+    tier text NOT NULL CHECK (tier IN ('Basic', 'Standard', 'Premium', 'Business')),
+    currency text NOT NULL CHECK (currency ~ '^[A-Z]{3}$'),
+    max_balance_minor bigint NOT NULL CHECK (max_balance_minor > 0),
+    per_transaction_minor bigint NOT NULL CHECK (per_transaction_minor > 0),
+    daily_debit_minor bigint NOT NULL CHECK (daily_debit_minor > 0),
+    monthly_debit_minor bigint NOT NULL CHECK (monthly_debit_minor > 0),
+    PRIMARY KEY (tier, currency)
+)
+-- statement
+INSERT INTO tier_limits VALUES
+    ('Basic', 'KES', 10000000, 7000000, 15000000, 50000000),
+    ('Standard', 'KES', 30000000, 15000000, 30000000, 100000000),
+    ('Premium', 'KES', 100000000, 25000000, 50000000, 300000000),
+    ('Business', 'KES', 500000000, 100000000, 250000000, 2000000000)
+-- statement
+CREATE TABLE tariffs (
+    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    txn_type text NOT NULL CHECK (txn_type IN ('p2p', 'deposit', 'float_topup', 'cash_in',
+                                               'cash_out')),
+    currency text NOT NULL CHECK (currency ~ '^[A-Z]{3}$'),
+    min_minor bigint NOT NULL CHECK (min_minor > 0),
+    max_minor bigint NOT NULL,
+    fee_minor bigint NOT NULL DEFAULT 0 CHECK (fee_minor >= 0),
+    commission_minor bigint NOT NULL DEFAULT 0 CHECK (commission_minor >= 0),
+    CHECK (max_minor >= min_minor)
+)
+-- statement
+CREATE INDEX tariffs_lookup ON tariffs (txn_type, currency, min_minor)
+-- statement
+CREATE TABLE transfers (
+    id bigint PRIMARY KEY,
+    reference text NOT NULL UNIQUE,
+    type text NOT NULL CHECK (type IN ('p2p', 'deposit', 'float_topup', 'cash_in', 'cash_out',
+                                       'reversal')),
+    idempotency_key text NOT NULL CHECK (length(idempotency_key) BETWEEN 1 AND 128),
+    request_hash text NOT NULL,
+    currency text NOT NULL,
+    amount bigint NOT NULL CHECK (amount > 0),
+    fee bigint NOT NULL DEFAULT 0 CHECK (fee >= 0),
+    commission bigint NOT NULL DEFAULT 0 CHECK (commission >= 0),
+    debit_party text NOT NULL,
+    credit_party text NOT NULL,
+    subject_account_id bigint REFERENCES accounts (id),
+    reversal_of bigint REFERENCES transfers (id),
+    channel text NOT NULL,
+    initiator text NOT NULL DEFAULT '',
+    note text NOT NULL DEFAULT '',
+    created_at timestamptz NOT NULL DEFAULT now(),
+    CONSTRAINT transfers_idempotency_key UNIQUE (idempotency_key),
+    CONSTRAINT transfers_reversed_once UNIQUE (reversal_of)
+)
+-- statement
+CREATE SEQUENCE transfers_id_seq OWNED BY transfers.id
+-- statement
+CREATE TABLE entries (
+    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    transfer_id bigint NOT NULL REFERENCES transfers (id),
+    account_id bigint NOT NULL REFERENCES accounts (id),
+    amount bigint NOT NULL CHECK (amount <> 0),
+    balance_after bigint NOT NULL
+)
+-- statement
+CREATE INDEX entries_account ON entries (account_id, id)
+-- statement
+CREATE INDEX entries_transfer ON entries (transfer_id)
+-- statement
+CREATE TABLE outbox (
+    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    channel text NOT NULL,
+    recipient text NOT NULL,
+    kind text NOT NULL,
+    body text,
+    template text,
+    language text NOT NULL DEFAULT 'en',
+    params jsonb NOT NULL DEFAULT '{}',
+    status text NOT NULL DEFAULT 'pending' CHECK (status IN ('pending', 'sent', 'dead')),
+    attempts integer NOT NULL DEFAULT 0,
+    next_attempt_at timestamptz NOT NULL DEFAULT now(),
+    last_error text,
+    provider_id text,
+    transfer_id bigint REFERENCES transfers (id),
+    created_at timestamptz NOT NULL DEFAULT now(),
+    sent_at timestamptz,
+    CHECK (body IS NOT NULL OR template IS NOT NULL)
+)
+-- statement
+CREATE INDEX outbox_due ON outbox (channel, next_attempt_at) WHERE status = 'pending'
+-- statement
+CREATE INDEX outbox_transfer ON outbox (transfer_id)
+-- statement
+CREATE FUNCTION ledger_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION '% is append-only', TG_TABLE_NAME USING ERRCODE = 'insufficient_privilege';
+END $$
+-- statement
+CREATE TRIGGER transfers_append_only BEFORE UPDATE OR DELETE ON transfers
+    FOR EACH ROW EXECUTE FUNCTION ledger_append_only()
+-- statement
+CREATE TRIGGER entries_append_only BEFORE UPDATE OR DELETE ON entries
+    FOR EACH ROW EXECUTE FUNCTION ledger_append_only()
+-- statement
+-- A typed failure: MESSAGE is for people, DETAIL is the stable error code, HINT carries JSON.
+CREATE FUNCTION ledger_fail(p_code text, p_message text, p_details jsonb DEFAULT '{}')
+RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION USING ERRCODE = 'P0001', MESSAGE = p_message, DETAIL = p_code,
+        HINT = p_details::text;
+END $$
+-- statement
+-- A short, non-sequential-looking reference for receipts (a bijection of the id).
+CREATE FUNCTION ledger_reference(p_id bigint) RETURNS text LANGUAGE sql IMMUTABLE AS $$
+    SELECT CASE WHEN p_id >= 4294967296 THEN upper(to_hex(p_id >> 32)) ELSE '' END
+        || 'T' || upper(lpad(to_hex((p_id * 2654435761) % 4294967296), 8, '0'))
+$$
+-- statement
+-- Create a logical account with `p_shards` children when p_shards > 1. Returns the parent id.
+CREATE FUNCTION ledger_open_account(p_kind text, p_currency text, p_customer bigint,
+                                    p_agent bigint, p_shards integer, p_allow_negative boolean)
+RETURNS bigint LANGUAGE plpgsql AS $$
+DECLARE
+    v_id bigint;
+BEGIN
+    INSERT INTO accounts (kind, currency, customer_id, agent_id, shards, allow_negative)
+    VALUES (p_kind, p_currency, p_customer, p_agent, p_shards, p_allow_negative)
+    RETURNING id INTO v_id;
+    IF p_shards > 1 THEN
+        INSERT INTO accounts (kind, currency, agent_id, parent_id, shard, allow_negative)
+        SELECT p_kind, p_currency, p_agent, v_id, s, p_allow_negative
+        FROM generate_series(0, p_shards - 1) AS s;
+    END IF;
+    RETURN v_id;
+END $$
+-- statement
+-- Settlement, fee income and loan fund for a currency, created once (idempotent).
+CREATE FUNCTION ledger_ensure_system_accounts(p_currency text, p_shards integer)
+RETURNS void LANGUAGE plpgsql AS $$
+DECLARE
+    v_kind text;
+BEGIN
+    PERFORM pg_advisory_xact_lock(7384100);
+    FOREACH v_kind IN ARRAY ARRAY['settlement', 'fee_income', 'loan_fund'] LOOP
+        IF NOT EXISTS (SELECT 1 FROM accounts WHERE kind = v_kind AND currency = p_currency
+                       AND parent_id IS NULL AND customer_id IS NULL AND agent_id IS NULL) THEN
+            PERFORM ledger_open_account(v_kind, p_currency, NULL, NULL, p_shards, true);
+        END IF;
+    END LOOP;
+END $$
+-- statement
+CREATE FUNCTION ledger_system_account(p_kind text, p_currency text) RETURNS bigint
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    v_id bigint;
+BEGIN
+    SELECT id INTO v_id FROM accounts WHERE kind = p_kind AND currency = p_currency
+        AND parent_id IS NULL AND customer_id IS NULL AND agent_id IS NULL;
+    IF v_id IS NULL THEN
+        PERFORM ledger_fail('CURRENCY_MISMATCH', format('No %s account in %s', p_kind, p_currency),
+                            jsonb_build_object('currency', p_currency));
+    END IF;
+    RETURN v_id;
+END $$
+-- statement
+-- Fee and commission for an amount from the tariff bands; no band means free.
+CREATE FUNCTION ledger_tariff(p_type text, p_currency text, p_amount bigint,
+                              OUT o_fee bigint, OUT o_commission bigint)
+LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    SELECT fee_minor, commission_minor INTO o_fee, o_commission FROM tariffs
+    WHERE txn_type = p_type AND currency = p_currency
+      AND p_amount BETWEEN min_minor AND max_minor
+    ORDER BY min_minor DESC LIMIT 1;
+    o_fee := coalesce(o_fee, 0);
+    o_commission := coalesce(o_commission, 0);
+END $$
+-- statement
+-- Expand logical legs to physical ones and lock them all in id order (no deadlock between any
+-- two money paths, since every path locks through here). Sharded credits go to a random shard;
+-- a sharded debit that must not overdraw locks every shard and takes from the fullest first.
+-- With p_check, every non-negative account is checked after locking.
+CREATE FUNCTION ledger_lock_legs(p_accounts bigint[], p_deltas bigint[], p_check boolean,
+                                 OUT o_ids bigint[], OUT o_deltas bigint[])
+LANGUAGE plpgsql AS $$
+DECLARE
+    r record;
+    s record;
+    v_child bigint;
+    v_shard integer;
+    v_greedy bigint[] := '{}';
+    v_gdelta bigint[] := '{}';
+    v_need bigint;
+    v_take bigint;
+BEGIN
+    o_ids := '{}';
+    o_deltas := '{}';
+    FOR r IN
+        SELECT a.id, a.shards, a.allow_negative, l.delta
+        FROM unnest(p_accounts, p_deltas) WITH ORDINALITY AS l (id, delta, n)
+        JOIN accounts a ON a.id = l.id
+        WHERE l.delta <> 0
+        ORDER BY l.n
+    LOOP
+        IF r.shards = 1 THEN
+            o_ids := o_ids || r.id;
+            o_deltas := o_deltas || r.delta;
+        ELSIF r.delta > 0 OR r.allow_negative THEN
+            -- The shard number first: random() inside WHERE would be drawn once per row.
+            v_shard := floor(random() * r.shards)::integer;
+            SELECT id INTO STRICT v_child FROM accounts WHERE parent_id = r.id AND shard = v_shard;
+            o_ids := o_ids || v_child;
+            o_deltas := o_deltas || r.delta;
+        ELSE
+            v_greedy := v_greedy || r.id;
+            v_gdelta := v_gdelta || r.delta;
+        END IF;
+    END LOOP;
+    PERFORM 1 FROM accounts WHERE id = ANY (o_ids) OR parent_id = ANY (v_greedy)
+    ORDER BY id FOR UPDATE;
+    FOR i IN 1 .. coalesce(array_length(v_greedy, 1), 0) LOOP
+        v_need := -v_gdelta[i];
+        FOR s IN SELECT id, balance FROM accounts WHERE parent_id = v_greedy[i] AND balance > 0
+                 ORDER BY balance DESC, id LOOP
+            EXIT WHEN v_need = 0;
+            v_take := least(s.balance, v_need);
+            o_ids := o_ids || s.id;
+            o_deltas := o_deltas || -v_take;
+            v_need := v_need - v_take;
+        END LOOP;
+        IF v_need > 0 THEN
+            PERFORM ledger_fail('INSUFFICIENT_FUNDS', 'Not enough money in the account',
+                                jsonb_build_object('account_id', v_greedy[i],
+                                                   'short_by_minor', v_need));
+        END IF;
+    END LOOP;
+    IF p_check THEN
+        SELECT a.id, a.kind, a.balance + l.delta AS after INTO r
+        FROM unnest(o_ids, o_deltas) AS l (id, delta) JOIN accounts a ON a.id = l.id
+        WHERE NOT a.allow_negative AND a.balance + l.delta < 0 LIMIT 1;
+        IF FOUND THEN
+            PERFORM ledger_fail('INSUFFICIENT_FUNDS', 'Not enough money in the account',
+                                jsonb_build_object('account_id', r.id, 'kind', r.kind,
+                                                   'short_by_minor', -r.after));
+        END IF;
+    END IF;
+END $$
+-- statement
+-- Post locked physical legs: move balances, count a customer's debit towards its daily and
+-- monthly caps, and write one entry per leg (with the balance after it).
+CREATE FUNCTION ledger_apply(p_transfer bigint, p_ids bigint[], p_deltas bigint[],
+                             p_counted_account bigint, p_counted bigint)
+RETURNS void LANGUAGE plpgsql AS $$
+DECLARE
+    v_today date := (now() AT TIME ZONE 'UTC')::date;
+    v_month date := date_trunc('month', (now() AT TIME ZONE 'UTC'))::date;
+BEGIN
+    -- Cannot happen; checked because an unbalanced posting must never commit.
+    IF array_position(p_ids, NULL) IS NOT NULL
+       OR (SELECT sum(x) FROM unnest(p_deltas) AS x) <> 0 THEN
+        RAISE EXCEPTION 'ledger_apply: unbalanced or unresolved legs % %', p_ids, p_deltas;
+    END IF;
+    WITH d AS (
+        SELECT l.id, sum(l.delta)::bigint AS delta
+        FROM unnest(p_ids, p_deltas) AS l (id, delta) GROUP BY l.id
+    ), u AS (
+        UPDATE accounts a SET
+            balance = a.balance + d.delta,
+            day = CASE WHEN a.id = p_counted_account THEN v_today ELSE a.day END,
+            day_debits = CASE WHEN a.id = p_counted_account
+                THEN (CASE WHEN a.day = v_today THEN a.day_debits ELSE 0 END) + p_counted
+                ELSE a.day_debits END,
+            month = CASE WHEN a.id = p_counted_account THEN v_month ELSE a.month END,
+            month_debits = CASE WHEN a.id = p_counted_account
+                THEN (CASE WHEN a.month = v_month THEN a.month_debits ELSE 0 END) + p_counted
+                ELSE a.month_debits END
+        FROM d WHERE a.id = d.id AND d.delta <> 0
+        RETURNING a.id, a.balance, d.delta
+    )
+    INSERT INTO entries (transfer_id, account_id, amount, balance_after)
+    SELECT p_transfer, u.id, u.delta, u.balance FROM u ORDER BY u.id;
+END $$
+-- statement
+-- The customer behind an MSISDN with its wallet in a currency, for a debit or a credit.
+CREATE FUNCTION ledger_party(p_msisdn text, p_currency text, p_debit boolean, p_role text,
+                             OUT o_customer bigint, OUT o_wallet bigint, OUT o_tier text,
+                             OUT o_language text, OUT o_name text)
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    v_status text;
+BEGIN
+    SELECT c.id, w.id, c.tier, c.language, c.first_name || ' ' || c.last_name, c.status
+    INTO o_customer, o_wallet, o_tier, o_language, o_name, v_status
+    FROM customers c
+    LEFT JOIN accounts w ON w.customer_id = c.id AND w.kind = 'wallet'
+                        AND w.currency = p_currency
+    WHERE c.msisdn = p_msisdn;
+    IF o_customer IS NULL THEN
+        PERFORM ledger_fail('CUSTOMER_NOT_FOUND', format('No customer with number %s', p_msisdn),
+                            jsonb_build_object('msisdn', p_msisdn, 'party', p_role));
+    ELSIF v_status = 'closed' THEN
+        PERFORM ledger_fail('ACCOUNT_CLOSED', format('The account of %s is closed', p_msisdn),
+                            jsonb_build_object('msisdn', p_msisdn, 'party', p_role));
+    ELSIF p_debit AND v_status = 'locked' THEN
+        PERFORM ledger_fail('WALLET_LOCKED', 'The wallet is locked; ask support to unlock it',
+                            jsonb_build_object('msisdn', p_msisdn, 'party', p_role));
+    ELSIF o_wallet IS NULL THEN
+        PERFORM ledger_fail('CURRENCY_MISMATCH',
+                            format('%s has no %s wallet', p_msisdn, p_currency),
+                            jsonb_build_object('msisdn', p_msisdn, 'currency', p_currency,
+                                               'party', p_role));
+    END IF;
+END $$
+-- statement
+-- The active agent behind a code, with its float and commission accounts.
+CREATE FUNCTION ledger_agent(p_code text, p_currency text, OUT o_agent bigint,
+                             OUT o_float bigint, OUT o_commission bigint, OUT o_msisdn text,
+                             OUT o_name text)
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    v_status text;
+    v_currency text;
+BEGIN
+    SELECT g.id, g.msisdn, g.name, g.status, g.currency
+    INTO o_agent, o_msisdn, o_name, v_status, v_currency
+    FROM agents g WHERE g.code = p_code;
+    IF o_agent IS NULL THEN
+        PERFORM ledger_fail('AGENT_NOT_FOUND', format('No agent %s', p_code),
+                            jsonb_build_object('agent_code', p_code));
+    ELSIF v_status <> 'active' THEN
+        PERFORM ledger_fail('AGENT_UNAVAILABLE', format('Agent %s is %s', p_code, v_status),
+                            jsonb_build_object('agent_code', p_code, 'status', v_status));
+    ELSIF v_currency <> p_currency THEN
+        PERFORM ledger_fail('CURRENCY_MISMATCH',
+                            format('Agent %s works in %s, not %s', p_code, v_currency, p_currency),
+                            jsonb_build_object('agent_code', p_code, 'currency', p_currency));
+    END IF;
+    SELECT id INTO o_float FROM accounts
+    WHERE agent_id = o_agent AND kind = 'agent_float' AND parent_id IS NULL;
+    SELECT id INTO o_commission FROM accounts
+    WHERE agent_id = o_agent AND kind = 'agent_commission' AND parent_id IS NULL;
+END $$
+-- statement
+CREATE FUNCTION ledger_check_amount(p_amount bigint) RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+    IF p_amount IS NULL OR p_amount <= 0 THEN
+        PERFORM ledger_fail('VALIDATION_ERROR', 'The amount must be more than zero',
+                            jsonb_build_object('field', 'amount_minor'));
+    END IF;
+END $$
+-- statement
+CREATE FUNCTION ledger_limits(p_tier text, p_currency text) RETURNS tier_limits
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    v tier_limits;
+BEGIN
+    SELECT * INTO v FROM tier_limits WHERE tier = p_tier AND currency = p_currency;
+    IF NOT FOUND THEN
+        PERFORM ledger_fail('CURRENCY_MISMATCH',
+                            format('No %s limits are configured for tier %s', p_currency, p_tier),
+                            jsonb_build_object('currency', p_currency, 'tier', p_tier));
+    END IF;
+    RETURN v;
+END $$
+-- statement
+CREATE FUNCTION ledger_limit_fail(p_limit text, p_limit_minor bigint, p_used_minor bigint,
+                                  p_amount bigint, p_party text) RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM ledger_fail('LIMIT_EXCEEDED',
+        CASE p_limit
+            WHEN 'per_transaction' THEN 'The amount is over the per-transaction limit'
+            WHEN 'daily' THEN 'This would pass the daily limit'
+            WHEN 'monthly' THEN 'This would pass the monthly limit'
+            ELSE 'This would take the recipient over the maximum balance' END,
+        jsonb_build_object('limit', p_limit, 'limit_minor', p_limit_minor,
+                           'used_minor', p_used_minor, 'amount_minor', p_amount,
+                           'party', p_party));
+END $$
+-- statement
+-- The sender side of a customer debit, after the wallet is locked: balance, then the caps.
+CREATE FUNCTION ledger_check_debit(p_wallet bigint, p_tier text, p_currency text,
+                                   p_amount bigint, p_total bigint) RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    w accounts;
+    l tier_limits;
+    v_today date := (now() AT TIME ZONE 'UTC')::date;
+    v_month date := date_trunc('month', (now() AT TIME ZONE 'UTC'))::date;
+    v_day_used bigint;
+    v_month_used bigint;
+BEGIN
+    SELECT * INTO w FROM accounts WHERE id = p_wallet;
+    l := ledger_limits(p_tier, p_currency);
+    IF w.balance < p_total THEN
+        PERFORM ledger_fail('INSUFFICIENT_FUNDS', 'Not enough money in the wallet',
+                            jsonb_build_object('balance_minor', w.balance,
+                                               'needed_minor', p_total));
+    END IF;
+    v_day_used := CASE WHEN w.day = v_today THEN w.day_debits ELSE 0 END;
+    IF v_day_used + p_amount > l.daily_debit_minor THEN
+        PERFORM ledger_limit_fail('daily', l.daily_debit_minor, v_day_used, p_amount, 'sender');
+    END IF;
+    v_month_used := CASE WHEN w.month = v_month THEN w.month_debits ELSE 0 END;
+    IF v_month_used + p_amount > l.monthly_debit_minor THEN
+        PERFORM ledger_limit_fail('monthly', l.monthly_debit_minor, v_month_used, p_amount,
+                                  'sender');
+    END IF;
+END $$
+-- statement
+CREATE FUNCTION ledger_check_credit(p_wallet bigint, p_tier text, p_currency text,
+                                    p_amount bigint) RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_balance bigint;
+    l tier_limits;
+BEGIN
+    SELECT balance INTO v_balance FROM accounts WHERE id = p_wallet;
+    l := ledger_limits(p_tier, p_currency);
+    IF v_balance + p_amount > l.max_balance_minor THEN
+        PERFORM ledger_limit_fail('max_balance', l.max_balance_minor, v_balance, p_amount,
+                                  'recipient');
+    END IF;
+END $$
+-- statement
+-- Claim an idempotency key by inserting the transfer row. NULL means the key was taken: the
+-- caller replays it (same request hash) or refuses it (another hash).
+CREATE FUNCTION ledger_claim(p_type text, p_key text, p_hash text, p_currency text,
+                             p_amount bigint, p_fee bigint, p_commission bigint,
+                             p_debit_party text, p_credit_party text, p_subject bigint,
+                             p_reversal_of bigint, p_channel text, p_initiator text, p_note text)
+RETURNS bigint LANGUAGE plpgsql AS $$
+DECLARE
+    v_id bigint := nextval('transfers_id_seq');
+    v_got bigint;
+BEGIN
+    IF p_key IS NULL OR length(p_key) NOT BETWEEN 1 AND 128 THEN
+        PERFORM ledger_fail('VALIDATION_ERROR', 'An idempotency key of 1 to 128 characters is needed',
+                            jsonb_build_object('field', 'idempotency_key'));
+    END IF;
+    INSERT INTO transfers (id, reference, type, idempotency_key, request_hash, currency, amount,
+                           fee, commission, debit_party, credit_party, subject_account_id,
+                           reversal_of, channel, initiator, note)
+    VALUES (v_id, ledger_reference(v_id), p_type, p_key, p_hash, p_currency, p_amount, p_fee,
+            p_commission, p_debit_party, p_credit_party, p_subject, p_reversal_of, p_channel,
+            coalesce(p_initiator, ''), coalesce(p_note, ''))
+    ON CONFLICT DO NOTHING
+    RETURNING id INTO v_got;
+    RETURN v_got;
+END $$
+-- statement
+-- The outcome of a posted transfer, as every ledger_* money function returns it.
+CREATE TYPE ledger_outcome AS (
+    reference text, type text, currency text, amount bigint, fee bigint, commission bigint,
+    debit_party text, credit_party text, balance_after bigint, created_at timestamptz,
+    replayed boolean
+)
+-- statement
+CREATE FUNCTION ledger_result(p_transfer bigint, p_replayed boolean) RETURNS ledger_outcome
+LANGUAGE sql STABLE AS $$
+    SELECT t.reference, t.type, t.currency, t.amount, t.fee, t.commission, t.debit_party,
+           t.credit_party,
+           (SELECT e.balance_after FROM entries e
+            WHERE e.transfer_id = t.id AND e.account_id = t.subject_account_id),
+           t.created_at, p_replayed
+    FROM transfers t WHERE t.id = p_transfer
+$$
+-- statement
+-- The key was already used: the first result when the request is the same, else a refusal.
+CREATE FUNCTION ledger_replay(p_key text, p_hash text) RETURNS bigint
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_id bigint;
+    v_hash text;
+BEGIN
+    SELECT id, request_hash INTO v_id, v_hash FROM transfers WHERE idempotency_key = p_key;
+    IF v_id IS NULL THEN
+        -- Only a reversal can conflict on something other than the key: its original.
+        PERFORM ledger_fail('ALREADY_REVERSED', 'This transfer was already reversed');
+    ELSIF v_hash <> p_hash THEN
+        PERFORM ledger_fail('IDEMPOTENCY_CONFLICT',
+                            'This idempotency key was already used with a different request',
+                            jsonb_build_object('idempotency_key', p_key));
+    END IF;
+    RETURN v_id;
+END $$
+-- statement
+CREATE FUNCTION ledger_notify(p_transfer bigint, p_recipient text, p_language text,
+                              p_template text, p_params jsonb) RETURNS void
+LANGUAGE sql AS $$
+    INSERT INTO outbox (channel, recipient, kind, template, language, params, transfer_id)
+    VALUES ('sms', p_recipient, 'receipt', p_template, p_language, p_params, p_transfer)
+$$
+-- statement
+-- P2P: sender wallet -> recipient wallet, the fee to fee income.
+CREATE FUNCTION ledger_p2p(p_key text, p_hash text, p_sender text, p_recipient text,
+                           p_amount bigint, p_currency text, p_channel text, p_initiator text)
+RETURNS ledger_outcome LANGUAGE plpgsql AS $$
+DECLARE
+    s record;
+    r record;
+    v_fee bigint;
+    v_fee_account bigint;
+    v_id bigint;
+    v_lock record;
+    v_params jsonb;
+BEGIN
+    PERFORM ledger_check_amount(p_amount);
+    IF p_sender = p_recipient THEN
+        PERFORM ledger_fail('SAME_ACCOUNT', 'You cannot send money to yourself',
+                            jsonb_build_object('msisdn', p_sender));
+    END IF;
+    SELECT * INTO s FROM ledger_party(p_sender, p_currency, true, 'sender');
+    SELECT * INTO r FROM ledger_party(p_recipient, p_currency, false, 'recipient');
+    IF p_amount > (ledger_limits(s.o_tier, p_currency)).per_transaction_minor THEN
+        PERFORM ledger_limit_fail('per_transaction',
+            (ledger_limits(s.o_tier, p_currency)).per_transaction_minor, 0, p_amount, 'sender');
+    END IF;
+    SELECT o_fee INTO v_fee FROM ledger_tariff('p2p', p_currency, p_amount);
+    v_fee_account := ledger_system_account('fee_income', p_currency);
+    v_id := ledger_claim('p2p', p_key, p_hash, p_currency, p_amount, v_fee, 0, p_sender,
+                         p_recipient, s.o_wallet, NULL, p_channel, p_initiator, '');
+    IF v_id IS NULL THEN
+        RETURN ledger_result(ledger_replay(p_key, p_hash), true);
+    END IF;
+    SELECT * INTO v_lock FROM ledger_lock_legs(ARRAY[s.o_wallet, r.o_wallet, v_fee_account],
+                               ARRAY[-(p_amount + v_fee), p_amount, v_fee], false);
+    PERFORM ledger_check_debit(s.o_wallet, s.o_tier, p_currency, p_amount, p_amount + v_fee);
+    PERFORM ledger_check_credit(r.o_wallet, r.o_tier, p_currency, p_amount);
+    PERFORM ledger_apply(v_id, v_lock.o_ids, v_lock.o_deltas, s.o_wallet, p_amount);
+    v_params := jsonb_build_object('amount_minor', p_amount, 'fee_minor', v_fee,
+        'currency', p_currency, 'sender', p_sender, 'sender_name', s.o_name,
+        'recipient', p_recipient, 'recipient_name', r.o_name,
+        'reference', ledger_reference(v_id));
+    PERFORM ledger_notify(v_id, p_sender, s.o_language, 'p2p_sent', v_params
+        || jsonb_build_object('balance_minor', (SELECT balance FROM accounts WHERE id = s.o_wallet)));
+    PERFORM ledger_notify(v_id, p_recipient, r.o_language, 'p2p_received', v_params
+        || jsonb_build_object('balance_minor', (SELECT balance FROM accounts WHERE id = r.o_wallet)));
+    RETURN ledger_result(v_id, false);
+END $$
+-- statement
+-- Deposit: bank settlement -> customer wallet (money in from the bank).
+CREATE FUNCTION ledger_deposit(p_key text, p_hash text, p_msisdn text, p_amount bigint,
+                               p_currency text, p_channel text, p_initiator text, p_note text)
+RETURNS ledger_outcome LANGUAGE plpgsql AS $$
+DECLARE
+    r record;
+    v_settlement bigint;
+    v_id bigint;
+    v_lock record;
+BEGIN
+    PERFORM ledger_check_amount(p_amount);
+    SELECT * INTO r FROM ledger_party(p_msisdn, p_currency, false, 'recipient');
+    v_settlement := ledger_system_account('settlement', p_currency);
+    v_id := ledger_claim('deposit', p_key, p_hash, p_currency, p_amount, 0, 0, 'BANK', p_msisdn,
+                         r.o_wallet, NULL, p_channel, p_initiator, p_note);
+    IF v_id IS NULL THEN
+        RETURN ledger_result(ledger_replay(p_key, p_hash), true);
+    END IF;
+    SELECT * INTO v_lock FROM ledger_lock_legs(ARRAY[v_settlement, r.o_wallet], ARRAY[-p_amount, p_amount], false);
+    PERFORM ledger_check_credit(r.o_wallet, r.o_tier, p_currency, p_amount);
+    PERFORM ledger_apply(v_id, v_lock.o_ids, v_lock.o_deltas, NULL, 0);
+    PERFORM ledger_notify(v_id, p_msisdn, r.o_language, 'deposit_received',
+        jsonb_build_object('amount_minor', p_amount, 'currency', p_currency,
+            'reference', ledger_reference(v_id),
+            'balance_minor', (SELECT balance FROM accounts WHERE id = r.o_wallet)));
+    RETURN ledger_result(v_id, false);
+END $$
+-- statement
+-- Float top-up: bank settlement -> agent float.
+CREATE FUNCTION ledger_float_topup(p_key text, p_hash text, p_agent_code text, p_amount bigint,
+                                   p_currency text, p_channel text, p_initiator text)
+RETURNS ledger_outcome LANGUAGE plpgsql AS $$
+DECLARE
+    g record;
+    v_settlement bigint;
+    v_id bigint;
+    v_lock record;
+BEGIN
+    PERFORM ledger_check_amount(p_amount);
+    SELECT * INTO g FROM ledger_agent(p_agent_code, p_currency);
+    v_settlement := ledger_system_account('settlement', p_currency);
+    v_id := ledger_claim('float_topup', p_key, p_hash, p_currency, p_amount, 0, 0, 'BANK',
+                         p_agent_code, NULL, NULL, p_channel, p_initiator, '');
+    IF v_id IS NULL THEN
+        RETURN ledger_result(ledger_replay(p_key, p_hash), true);
+    END IF;
+    SELECT * INTO v_lock FROM ledger_lock_legs(ARRAY[v_settlement, g.o_float], ARRAY[-p_amount, p_amount], false);
+    PERFORM ledger_apply(v_id, v_lock.o_ids, v_lock.o_deltas, NULL, 0);
+    PERFORM ledger_notify(v_id, g.o_msisdn, 'en', 'float_topup',
+        jsonb_build_object('amount_minor', p_amount, 'currency', p_currency,
+            'agent_code', p_agent_code, 'reference', ledger_reference(v_id)));
+    RETURN ledger_result(v_id, false);
+END $$
+-- statement
+-- Cash-in: agent float -> customer wallet; the agent earns its commission from fee income.
+CREATE FUNCTION ledger_cash_in(p_key text, p_hash text, p_agent_code text, p_msisdn text,
+                               p_amount bigint, p_currency text, p_channel text,
+                               p_initiator text)
+RETURNS ledger_outcome LANGUAGE plpgsql AS $$
+DECLARE
+    g record;
+    r record;
+    v_commission bigint;
+    v_fee_account bigint;
+    v_id bigint;
+    v_lock record;
+BEGIN
+    PERFORM ledger_check_amount(p_amount);
+    SELECT * INTO g FROM ledger_agent(p_agent_code, p_currency);
+    SELECT * INTO r FROM ledger_party(p_msisdn, p_currency, false, 'recipient');
+    SELECT o_commission INTO v_commission FROM ledger_tariff('cash_in', p_currency, p_amount);
+    v_fee_account := ledger_system_account('fee_income', p_currency);
+    v_id := ledger_claim('cash_in', p_key, p_hash, p_currency, p_amount, 0, v_commission,
+                         p_agent_code, p_msisdn, r.o_wallet, NULL, p_channel, p_initiator, '');
+    IF v_id IS NULL THEN
+        RETURN ledger_result(ledger_replay(p_key, p_hash), true);
+    END IF;
+    SELECT * INTO v_lock FROM ledger_lock_legs(
+        ARRAY[g.o_float, r.o_wallet, v_fee_account, g.o_commission],
+        ARRAY[-p_amount, p_amount, -v_commission, v_commission], false);
+    PERFORM ledger_check_credit(r.o_wallet, r.o_tier, p_currency, p_amount);
+    PERFORM ledger_apply(v_id, v_lock.o_ids, v_lock.o_deltas, NULL, 0);
+    PERFORM ledger_notify(v_id, p_msisdn, r.o_language, 'cash_in_received',
+        jsonb_build_object('amount_minor', p_amount, 'currency', p_currency,
+            'agent_code', p_agent_code, 'agent_name', g.o_name,
+            'reference', ledger_reference(v_id),
+            'balance_minor', (SELECT balance FROM accounts WHERE id = r.o_wallet)));
+    RETURN ledger_result(v_id, false);
+END $$
+-- statement
+-- Cash-out: customer wallet -> agent float (amount), fee to fee income, commission to the agent.
+CREATE FUNCTION ledger_cash_out(p_key text, p_hash text, p_msisdn text, p_agent_code text,
+                                p_amount bigint, p_currency text, p_channel text,
+                                p_initiator text)
+RETURNS ledger_outcome LANGUAGE plpgsql AS $$
+DECLARE
+    g record;
+    s record;
+    v_fee bigint;
+    v_commission bigint;
+    v_fee_account bigint;
+    v_id bigint;
+    v_lock record;
+BEGIN
+    PERFORM ledger_check_amount(p_amount);
+    SELECT * INTO s FROM ledger_party(p_msisdn, p_currency, true, 'sender');
+    SELECT * INTO g FROM ledger_agent(p_agent_code, p_currency);
+    IF p_amount > (ledger_limits(s.o_tier, p_currency)).per_transaction_minor THEN
+        PERFORM ledger_limit_fail('per_transaction',
+            (ledger_limits(s.o_tier, p_currency)).per_transaction_minor, 0, p_amount, 'sender');
+    END IF;
+    SELECT o_fee, o_commission INTO v_fee, v_commission
+    FROM ledger_tariff('cash_out', p_currency, p_amount);
+    v_fee_account := ledger_system_account('fee_income', p_currency);
+    v_id := ledger_claim('cash_out', p_key, p_hash, p_currency, p_amount, v_fee, v_commission,
+                         p_msisdn, p_agent_code, s.o_wallet, NULL, p_channel, p_initiator, '');
+    IF v_id IS NULL THEN
+        RETURN ledger_result(ledger_replay(p_key, p_hash), true);
+    END IF;
+    SELECT * INTO v_lock FROM ledger_lock_legs(
+        ARRAY[s.o_wallet, g.o_float, v_fee_account, g.o_commission],
+        ARRAY[-(p_amount + v_fee), p_amount, v_fee - v_commission, v_commission], false);
+    PERFORM ledger_check_debit(s.o_wallet, s.o_tier, p_currency, p_amount, p_amount + v_fee);
+    PERFORM ledger_apply(v_id, v_lock.o_ids, v_lock.o_deltas, s.o_wallet, p_amount);
+    PERFORM ledger_notify(v_id, p_msisdn, s.o_language, 'cash_out_done',
+        jsonb_build_object('amount_minor', p_amount, 'fee_minor', v_fee, 'currency', p_currency,
+            'agent_code', p_agent_code, 'agent_name', g.o_name,
+            'reference', ledger_reference(v_id),
+            'balance_minor', (SELECT balance FROM accounts WHERE id = s.o_wallet)));
+    RETURN ledger_result(v_id, false);
+END $$
+-- statement
+-- Reversal: a new transfer that undoes every leg of the original, per logical account (the
+-- money comes back out of whichever shard can pay). Refused when the receiving side has spent it.
+CREATE FUNCTION ledger_reverse(p_key text, p_hash text, p_reference text, p_channel text,
+                               p_initiator text, p_note text)
+RETURNS ledger_outcome LANGUAGE plpgsql AS $$
+DECLARE
+    t transfers;
+    v_accounts bigint[];
+    v_deltas bigint[];
+    v_id bigint;
+    v_lock record;
+    n record;
+BEGIN
+    SELECT * INTO t FROM transfers WHERE reference = upper(p_reference);
+    IF t.id IS NULL THEN
+        PERFORM ledger_fail('TRANSFER_NOT_FOUND', format('No transfer %s', p_reference),
+                            jsonb_build_object('reference', p_reference));
+    ELSIF t.type = 'reversal' THEN
+        PERFORM ledger_fail('VALIDATION_ERROR', 'A reversal cannot be reversed',
+                            jsonb_build_object('reference', p_reference));
+    END IF;
+    v_id := ledger_claim('reversal', p_key, p_hash, t.currency, t.amount, t.fee, t.commission,
+                         t.credit_party, t.debit_party, t.subject_account_id, t.id, p_channel,
+                         p_initiator, p_note);
+    IF v_id IS NULL THEN
+        RETURN ledger_result(ledger_replay(p_key, p_hash), true);
+    END IF;
+    SELECT array_agg(l.account ORDER BY l.account), array_agg(l.delta ORDER BY l.account)
+    INTO v_accounts, v_deltas
+    FROM (SELECT coalesce(a.parent_id, a.id) AS account, -sum(e.amount)::bigint AS delta
+          FROM entries e JOIN accounts a ON a.id = e.account_id
+          WHERE e.transfer_id = t.id GROUP BY 1) AS l;
+    SELECT * INTO v_lock FROM ledger_lock_legs(v_accounts, v_deltas, true);
+    PERFORM ledger_apply(v_id, v_lock.o_ids, v_lock.o_deltas, NULL, 0);
+    FOR n IN
+        SELECT c.msisdn, c.language, w.balance FROM accounts w JOIN customers c
+            ON c.id = w.customer_id
+        WHERE w.id = ANY (v_accounts) AND w.kind = 'wallet'
+    LOOP
+        PERFORM ledger_notify(v_id, n.msisdn, n.language, 'reversal',
+            jsonb_build_object('amount_minor', t.amount, 'currency', t.currency,
+                'original', t.reference, 'reference', ledger_reference(v_id),
+                'balance_minor', n.balance));
+    END LOOP;
+    RETURN ledger_result(v_id, false);
+END $$
