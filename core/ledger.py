@@ -71,14 +71,14 @@ class LedgerReport:
 CHECKS: tuple[tuple[str, str], ...] = (
     (
         "transfers_sum_to_zero",
-        "SELECT t.id AS transfer_id, t.reference, coalesce(sum(e.amount), 0) AS sum_minor, "
+        "SELECT t.id AS transfer_id, t.reference, coalesce(sum(e.amount), 0)::bigint AS sum_minor, "
         "count(e.id) AS entries FROM transfers t LEFT JOIN entries e ON e.transfer_id = t.id "
         "GROUP BY t.id HAVING coalesce(sum(e.amount), 0) <> 0 OR count(e.id) < 2",
     ),
     (
         "balances_equal_entries",
         "SELECT a.id AS account_id, a.kind, a.balance AS balance_minor, "
-        "coalesce(e.total, 0) AS entries_minor FROM accounts a LEFT JOIN "
+        "coalesce(e.total, 0)::bigint AS entries_minor FROM accounts a LEFT JOIN "
         "(SELECT account_id, sum(amount) AS total FROM entries GROUP BY account_id) e "
         "ON e.account_id = a.id WHERE a.balance <> coalesce(e.total, 0)",
     ),
@@ -90,9 +90,9 @@ CHECKS: tuple[tuple[str, str], ...] = (
     ),
     (
         "debits_equal_credits_per_currency",
-        "SELECT a.currency, sum(e.amount) AS net_minor, "
-        "sum(-e.amount) FILTER (WHERE e.amount < 0) AS debits_minor, "
-        "sum(e.amount) FILTER (WHERE e.amount > 0) AS credits_minor "
+        "SELECT a.currency, sum(e.amount)::bigint AS net_minor, "
+        "(sum(-e.amount) FILTER (WHERE e.amount < 0))::bigint AS debits_minor, "
+        "(sum(e.amount) FILTER (WHERE e.amount > 0))::bigint AS credits_minor "
         "FROM entries e JOIN accounts a ON a.id = e.account_id GROUP BY a.currency "
         "HAVING sum(e.amount) <> 0",
     ),

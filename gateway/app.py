@@ -7,6 +7,7 @@ keys and tokens -> MQTT broker and channels. Nothing is created at import time.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable
 
@@ -15,6 +16,9 @@ from redis.asyncio import Redis
 
 from config.settings import Settings, load_settings
 from core.crypto import FieldCipher
+from core.demo import seed_demo
+from core.ledger import ensure_system_accounts
+from core.outbox import Dispatcher, LogSender, Sender
 from gateway import db as dbmod
 from gateway.admin import ROUTE_GROUPS
 from gateway.admin.system import add_system_routes
@@ -23,12 +27,14 @@ from gateway.auth import TokenService
 from gateway.keys import (
     BACKGROUND,
     CIPHER,
+    DISPATCHER,
     ENDPOINTS,
     ENGINE,
     METRICS,
     PG_POOL,
     REDIS,
     ROUTE_SPECS,
+    SENDERS,
     SESSIONMAKER,
     SETTINGS,
     TOKENS,
@@ -103,6 +109,35 @@ async def _security(app: web.Application) -> AsyncIterator[None]:
     yield
 
 
+DISPATCHER_STOP_TIMEOUT_S = 10.0
+
+
+async def _core(app: web.Application) -> AsyncIterator[None]:
+    """The banking core: system accounts for the currency, demo data when asked, and the
+    outbox dispatcher (safe with several instances: rows are claimed with SKIP LOCKED)."""
+    settings = app[SETTINGS]
+    pool = app[PG_POOL]
+    await ensure_system_accounts(pool, settings.currency)
+    if settings.demo_data:
+        await seed_demo(
+            pool, app[CIPHER], currency=settings.currency, pin_rounds=settings.pin_bcrypt_rounds
+        )
+    log_sender = LogSender()
+    senders: dict[str, Sender] = {"log": log_sender, "sms": log_sender}
+    app[SENDERS] = senders
+    app[DISPATCHER] = Dispatcher(pool, senders)
+    stop = asyncio.Event()
+    task = asyncio.create_task(app[DISPATCHER].run(stop), name="outbox-dispatcher")
+    try:
+        yield
+    finally:
+        stop.set()
+        try:
+            await asyncio.wait_for(task, DISPATCHER_STOP_TIMEOUT_S)
+        except TimeoutError:
+            log.warning("outbox dispatcher did not stop in time")
+
+
 async def _mqtt(app: web.Application) -> AsyncIterator[None]:
     async with mqtt_endpoint(app[SETTINGS]) as url:
         app[ENDPOINTS].mqtt_url = url
@@ -123,6 +158,7 @@ def create_app(
     app[METRICS] = Metrics()
     app[BACKGROUND] = {}
     app.cleanup_ctx.extend([_engines, _database(run_migrations), _redis, _security])
+    app.cleanup_ctx.append(_core)
     if start_channels:
         app.cleanup_ctx.append(_mqtt)
     add_system_routes(app)

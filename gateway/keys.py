@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from config.settings import Settings
 from core.crypto import FieldCipher
 from core.identity import Principal
+from core.outbox import Dispatcher, Sender
 from gateway.auth import TokenService
 from gateway.metrics import Metrics
 from gateway.services import Endpoints
@@ -27,6 +28,10 @@ TOKENS = web.AppKey("tokens", TokenService)
 METRICS = web.AppKey("metrics", Metrics)
 ROUTE_SPECS = web.AppKey("route_specs", list[Any])
 BACKGROUND = web.AppKey("background", dict[str, Any])
+# Outbox senders by channel ("sms", "email", "push", "log"): a channel's cleanup_ctx entry
+# replaces the logging default with its real sender; the dispatcher reads this dict live.
+SENDERS = web.AppKey("senders", dict[str, Sender])
+DISPATCHER = web.AppKey("dispatcher", Dispatcher)
 
 # Request-scoped values (request[...]).
 PRINCIPAL_KEY = web.RequestKey("principal", Principal)

@@ -118,6 +118,9 @@ async def settings(
         redis_prefix=redis_prefix,
         password_bcrypt_rounds=4,
         pin_bcrypt_rounds=4,
+        # Every area's tests log in admins through this one app and client address; the rate
+        # limit itself is tested with its own tight settings (test_auth.py).
+        login_rate_per_minute=10_000,
     )
 
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from gateway.admin import auth, system
+from gateway.admin import agents, auth, customers, money, system
 from gateway.api import ApiRoutes
 
 ROUTE_GROUPS: list[ApiRoutes] = [auth.routes, system.routes]
+ROUTE_GROUPS += [customers.routes, money.routes, agents.routes]
