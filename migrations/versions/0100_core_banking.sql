@@ -123,7 +123,9 @@ CREATE TABLE transfers (
     commission bigint NOT NULL DEFAULT 0 CHECK (commission >= 0),
     debit_party text NOT NULL,
     credit_party text NOT NULL,
-    subject_account_id bigint REFERENCES accounts (id),
+    -- No foreign key on purpose: its KEY SHARE lock, taken when the key is claimed (before
+    -- the accounts are locked), would deadlock two debits of the same wallet.
+    subject_account_id bigint,
     reversal_of bigint REFERENCES transfers (id),
     channel text NOT NULL,
     initiator text NOT NULL DEFAULT '',
