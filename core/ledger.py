@@ -6,6 +6,8 @@ gives a consistent answer:
 - each account's balance equals the sum of its entries;
 - no customer wallet, agent float or commission account is negative;
 - per currency, debits equal credits;
+- every entry points at a transfer and an account (no foreign keys on the hot tables);
+- each account's chain of entries (for statements) is intact;
 - a sharded account's parent holds nothing (its balance is the sum of its shards).
 """
 
@@ -17,7 +19,7 @@ from typing import Any
 from core.money import check_currency
 from core.pg import Db, connection
 
-HOT_SHARDS = 8  # settlement, fee income and loan fund rows per currency
+HOT_SHARDS = 32  # settlement, fee income and loan fund rows per currency
 MAX_BREACHES_SHOWN = 20
 
 
@@ -71,7 +73,8 @@ class LedgerReport:
 CHECKS: tuple[tuple[str, str], ...] = (
     (
         "transfers_sum_to_zero",
-        "SELECT t.id AS transfer_id, t.reference, coalesce(sum(e.amount), 0)::bigint AS sum_minor, "
+        "SELECT t.id AS transfer_id, ledger_reference(t.id) AS reference, "
+        "coalesce(sum(e.amount), 0)::bigint AS sum_minor, "
         "count(e.id) AS entries FROM transfers t LEFT JOIN entries e ON e.transfer_id = t.id "
         "GROUP BY t.id HAVING coalesce(sum(e.amount), 0) <> 0 OR count(e.id) < 2",
     ),
@@ -98,9 +101,26 @@ CHECKS: tuple[tuple[str, str], ...] = (
     ),
     (
         "entries_in_transfer_currency",
-        "SELECT e.id AS entry_id, t.reference, a.currency AS account_currency, "
+        "SELECT e.id AS entry_id, ledger_reference(t.id) AS reference, "
+        "a.currency AS account_currency, "
         "t.currency AS transfer_currency FROM entries e JOIN transfers t ON t.id = e.transfer_id "
         "JOIN accounts a ON a.id = e.account_id WHERE a.currency <> t.currency",
+    ),
+    (
+        "entries_point_at_transfers_and_accounts",
+        "SELECT e.id AS entry_id, e.transfer_id, e.account_id FROM entries e "
+        "LEFT JOIN transfers t ON t.id = e.transfer_id LEFT JOIN accounts a ON a.id = e.account_id "
+        "WHERE t.id IS NULL OR a.id IS NULL",
+    ),
+    (
+        "entry_chains_intact",
+        "SELECT e.id AS entry_id, e.account_id FROM entries e LEFT JOIN entries p "
+        "ON p.id = e.prev_id WHERE e.prev_id IS NOT NULL "
+        "AND (p.id IS NULL OR p.account_id <> e.account_id OR p.id >= e.id) "
+        "UNION ALL SELECT a.last_entry_id, a.id FROM accounts a LEFT JOIN "
+        "(SELECT account_id, max(id) AS newest, count(*) FILTER (WHERE prev_id IS NULL) AS firsts "
+        "FROM entries GROUP BY account_id) x ON x.account_id = a.id "
+        "WHERE a.last_entry_id IS DISTINCT FROM x.newest OR x.firsts > 1",
     ),
     (
         "sharded_parents_hold_nothing",

@@ -106,7 +106,22 @@ FROM (
 ) c
 WHERE o.id = c.id
 RETURNING o.id, o.channel, o.recipient, o.kind, o.body, o.template, o.language, o.params,
-          o.attempts, o.transfer_id
+          o.attempts, o.transfer_id, o.balance_minor
+"""
+# What a receipt says about its transfer, read at send time (the money path only writes the
+# transfer id and the recipient's balance into the outbox row).
+_TRANSFERS_SQL = """
+SELECT t.id, ledger_reference(t.id) AS reference, t.currency, t.amount AS amount_minor,
+       t.fee AS fee_minor, t.debit_party AS sender, t.credit_party AS recipient,
+       d.first_name || ' ' || d.last_name AS sender_name,
+       c.first_name || ' ' || c.last_name AS recipient_name,
+       g.code AS agent_code, g.name AS agent_name,
+       CASE WHEN t.reversal_of IS NOT NULL THEN ledger_reference(t.reversal_of) END AS original
+FROM transfers t
+LEFT JOIN customers d ON d.msisdn = t.debit_party
+LEFT JOIN customers c ON c.msisdn = t.credit_party
+LEFT JOIN agents g ON g.code IN (t.debit_party, t.credit_party)
+WHERE t.id = ANY ($1::bigint[])
 """
 # Each outcome only applies to the attempt that claimed the row (a lease taken over by another
 # instance after expiry has a higher attempt count).
@@ -164,21 +179,27 @@ class Dispatcher:
         rows = await self.db.fetch(
             _CLAIM_SQL, channels, self.policy.batch_size, self.policy.lease_s, timeout=15.0
         )
+        transfer_ids = sorted({r["transfer_id"] for r in rows if r["transfer_id"] is not None})
+        transfers: dict[int, dict[str, Any]] = {}
+        if transfer_ids:
+            found = await self.db.fetch(_TRANSFERS_SQL, transfer_ids, timeout=15.0)
+            transfers = {t["id"]: {k: v for k, v in t.items() if v is not None} for t in found}
         gate = asyncio.Semaphore(self.policy.concurrency)
 
         async def one(row: Any) -> None:
             async with gate:
-                await self._deliver(row)
+                await self._deliver(row, transfers.get(row["transfer_id"], {}))
 
         await asyncio.gather(*(one(r) for r in rows))
         return len(rows)
 
-    async def _deliver(self, row: Any) -> None:
+    async def _deliver(self, row: Any, transfer: dict[str, Any]) -> None:
         attempts = int(row["attempts"])
         try:
-            body = row["body"] or render(
-                row["template"], row["language"], json.loads(row["params"] or "{}")
-            )
+            params = dict(transfer) | json.loads(row["params"] or "{}")
+            if row["balance_minor"] is not None:
+                params["balance_minor"] = row["balance_minor"]
+            body = row["body"] or render(row["template"], row["language"], params)
         except (KeyError, ValueError) as exc:
             await self.db.execute(_DEAD_SQL, row["id"], attempts, f"cannot render: {exc!r}")
             return

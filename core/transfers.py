@@ -368,12 +368,27 @@ async def balance(db: Db, msisdn: str, currency: str = "KES", country_code: str 
     return int(row["balance"])
 
 
+# A statement walks the wallet's chain of entries (accounts.last_entry_id, entries.prev_id)
+# newest first, by primary key: no (account, id) index to slow every posting down.
 _STATEMENT_SQL = """
-SELECT e.id, e.amount, e.balance_after, t.reference, t.type, t.fee, t.created_at,
-       CASE WHEN e.amount < 0 THEN t.credit_party ELSE t.debit_party END AS counterparty
-FROM entries e JOIN transfers t ON t.id = e.transfer_id
-WHERE e.account_id = $1 AND ($2::bigint IS NULL OR e.id < $2)
-ORDER BY e.id DESC LIMIT $3
+WITH RECURSIVE start AS (
+    SELECT CASE WHEN $2::bigint IS NULL THEN a.last_entry_id
+                ELSE (SELECT e.prev_id FROM entries e WHERE e.id = $2 AND e.account_id = a.id)
+           END AS id
+    FROM accounts a WHERE a.id = $1
+), chain AS (
+    SELECT e.id, e.prev_id, e.amount, e.balance_after, e.transfer_id, 1 AS n
+    FROM entries e JOIN start ON e.id = start.id
+    UNION ALL
+    SELECT e.id, e.prev_id, e.amount, e.balance_after, e.transfer_id, chain.n + 1
+    FROM chain JOIN entries e ON e.id = chain.prev_id
+    WHERE chain.n < $3
+)
+SELECT c.id, c.amount, c.balance_after, ledger_reference(t.id) AS reference, t.type, t.fee,
+       t.created_at,
+       CASE WHEN c.amount < 0 THEN t.credit_party ELSE t.debit_party END AS counterparty
+FROM chain c JOIN transfers t ON t.id = c.transfer_id
+ORDER BY c.id DESC
 """
 
 

@@ -60,6 +60,10 @@ CREATE TABLE accounts (
     day_debits bigint NOT NULL DEFAULT 0,
     month date,
     month_debits bigint NOT NULL DEFAULT 0,
+    -- The newest entry of this account; each entry links to the one before (entries.prev_id),
+    -- so a statement walks the chain by primary key instead of needing an (account, id)
+    -- index, whose random-position inserts cost every posting a page write.
+    last_entry_id bigint,
     created_at timestamptz NOT NULL DEFAULT now(),
     CONSTRAINT accounts_no_overdraft CHECK (allow_negative OR balance >= 0),
     CONSTRAINT accounts_liabilities_never_negative
@@ -112,10 +116,12 @@ CREATE INDEX tariffs_lookup ON tariffs (txn_type, currency, min_minor)
 -- statement
 CREATE TABLE transfers (
     id bigint PRIMARY KEY,
-    reference text NOT NULL UNIQUE,
     type text NOT NULL CHECK (type IN ('p2p', 'deposit', 'float_topup', 'cash_in', 'cash_out',
                                        'reversal')),
     idempotency_key text NOT NULL CHECK (length(idempotency_key) BETWEEN 1 AND 128),
+    -- Keys are unique through a 64-bit hash: a third of the index of the text, so far fewer
+    -- pages for random keys to land on. A replay compares the key itself as well.
+    key_hash bigint NOT NULL,
     request_hash text NOT NULL,
     currency text NOT NULL,
     amount bigint NOT NULL CHECK (amount > 0),
@@ -131,23 +137,30 @@ CREATE TABLE transfers (
     initiator text NOT NULL DEFAULT '',
     note text NOT NULL DEFAULT '',
     created_at timestamptz NOT NULL DEFAULT now(),
-    CONSTRAINT transfers_idempotency_key UNIQUE (idempotency_key),
-    CONSTRAINT transfers_reversed_once UNIQUE (reversal_of)
+    CONSTRAINT transfers_key_hash UNIQUE (key_hash)
 )
+-- statement
+-- A transfer is reversed at most once; partial, so ordinary transfers add no index entry.
+CREATE UNIQUE INDEX transfers_reversed_once ON transfers (reversal_of)
+    WHERE reversal_of IS NOT NULL
 -- statement
 CREATE SEQUENCE transfers_id_seq OWNED BY transfers.id
 -- statement
 CREATE TABLE entries (
     id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    transfer_id bigint NOT NULL REFERENCES transfers (id),
-    account_id bigint NOT NULL REFERENCES accounts (id),
+    -- No foreign keys on this hot append-only table: each would cost a look-up per entry on
+    -- the money path; only the ledger functions write here and the ledger check verifies that
+    -- every entry points at a transfer and an account.
+    transfer_id bigint NOT NULL,
+    account_id bigint NOT NULL,
     amount bigint NOT NULL CHECK (amount <> 0),
-    balance_after bigint NOT NULL
+    balance_after bigint NOT NULL,
+    prev_id bigint  -- the account's previous entry (see accounts.last_entry_id)
 )
 -- statement
-CREATE INDEX entries_account ON entries (account_id, id)
--- statement
-CREATE INDEX entries_transfer ON entries (transfer_id)
+-- BRIN: entries arrive in transfer order, so a tiny block-range index finds a transfer's
+-- entries (replays, reversals) at almost no cost to every posting.
+CREATE INDEX entries_transfer ON entries USING brin (transfer_id)
 -- statement
 CREATE TABLE outbox (
     id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
@@ -158,20 +171,22 @@ CREATE TABLE outbox (
     template text,
     language text NOT NULL DEFAULT 'en',
     params jsonb NOT NULL DEFAULT '{}',
+    -- Ledger receipts carry only the transfer and the recipient's balance after it: the rest
+    -- of the text is read from the transfer when it is sent (less to write on the money path).
+    balance_minor bigint,
     status text NOT NULL DEFAULT 'pending' CHECK (status IN ('pending', 'sent', 'dead')),
     attempts integer NOT NULL DEFAULT 0,
     next_attempt_at timestamptz NOT NULL DEFAULT now(),
     last_error text,
     provider_id text,
-    transfer_id bigint REFERENCES transfers (id),
+    transfer_id bigint,  -- no foreign key: see entries
     created_at timestamptz NOT NULL DEFAULT now(),
     sent_at timestamptz,
     CHECK (body IS NOT NULL OR template IS NOT NULL)
 )
 -- statement
 CREATE INDEX outbox_due ON outbox (channel, next_attempt_at) WHERE status = 'pending'
--- statement
-CREATE INDEX outbox_transfer ON outbox (transfer_id)
+
 -- statement
 CREATE FUNCTION ledger_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
@@ -192,11 +207,35 @@ BEGIN
         HINT = p_details::text;
 END $$
 -- statement
--- A short, non-sequential-looking reference for receipts (a bijection of the id).
+-- A short, non-sequential-looking reference for receipts: a bijection of the id (so it needs
+-- no column and no index of its own; ledger_reference_id inverts it). numeric: no overflow.
 CREATE FUNCTION ledger_reference(p_id bigint) RETURNS text LANGUAGE sql IMMUTABLE AS $$
     SELECT CASE WHEN p_id >= 4294967296 THEN upper(to_hex(p_id >> 32)) ELSE '' END
-        || 'T' || upper(lpad(to_hex((p_id * 2654435761) % 4294967296), 8, '0'))
+        || 'T' || upper(lpad(to_hex((((p_id % 4294967296)::numeric * 2654435761) % 4294967296)::bigint),
+                             8, '0'))
 $$
+-- statement
+-- The transfer id behind a reference, or NULL for text that is not a reference.
+CREATE FUNCTION ledger_reference_id(p_reference text) RETURNS bigint
+LANGUAGE plpgsql IMMUTABLE AS $$
+DECLARE
+    v_text text := upper(btrim(p_reference));
+    v_cut integer;
+    v_high bigint := 0;
+    v_low bigint;
+    v_id bigint;
+BEGIN
+    IF v_text IS NULL OR v_text !~ '^[0-9A-F]{0,8}T[0-9A-F]{8}$' THEN
+        RETURN NULL;
+    END IF;
+    v_cut := position('T' IN v_text);
+    IF v_cut > 1 THEN
+        v_high := ('x' || lpad(substr(v_text, 1, v_cut - 1), 16, '0'))::bit(64)::bigint;
+    END IF;
+    v_low := ('x' || lpad(substr(v_text, v_cut + 1), 16, '0'))::bit(64)::bigint;
+    v_id := (v_high << 32) + ((v_low::numeric * 244002641) % 4294967296)::bigint;
+    RETURN CASE WHEN ledger_reference(v_id) = v_text THEN v_id END;
+END $$
 -- statement
 -- Create a logical account with `p_shards` children when p_shards > 1. Returns the parent id.
 CREATE FUNCTION ledger_open_account(p_kind text, p_currency text, p_customer bigint,
@@ -245,6 +284,20 @@ BEGIN
     RETURN v_id;
 END $$
 -- statement
+-- A random shard of a logical account (itself when unsharded): credits spread over the shards.
+CREATE FUNCTION ledger_shard(p_parent bigint, p_shards integer) RETURNS bigint
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_shard integer := floor(random() * p_shards)::integer;
+    v_id bigint;
+BEGIN
+    IF p_shards = 1 THEN
+        RETURN p_parent;
+    END IF;
+    SELECT id INTO STRICT v_id FROM accounts WHERE parent_id = p_parent AND shard = v_shard;
+    RETURN v_id;
+END $$
+-- statement
 -- Fee and commission for an amount from the tariff bands; no band means free.
 CREATE FUNCTION ledger_tariff(p_type text, p_currency text, p_amount bigint,
                               OUT o_fee bigint, OUT o_commission bigint)
@@ -256,6 +309,32 @@ BEGIN
     ORDER BY min_minor DESC LIMIT 1;
     o_fee := coalesce(o_fee, 0);
     o_commission := coalesce(o_commission, 0);
+END $$
+-- statement
+-- The tariff's fee and commission for an amount and a random fee-income shard, in one statement.
+CREATE FUNCTION ledger_fee(p_type text, p_currency text, p_amount bigint, OUT o_fee bigint,
+                           OUT o_commission bigint, OUT o_fee_shard bigint)
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_draw double precision := random();
+BEGIN
+    SELECT coalesce(t.fee_minor, 0), coalesce(t.commission_minor, 0),
+           (SELECT coalesce((SELECT c.id FROM accounts c WHERE c.parent_id = p.id
+                             AND c.shard = floor(v_draw * p.shards)::integer), p.id)
+            FROM accounts p
+            WHERE p.kind = 'fee_income' AND p.currency = p_currency AND p.parent_id IS NULL
+              AND p.customer_id IS NULL AND p.agent_id IS NULL)
+    INTO o_fee, o_commission, o_fee_shard
+    FROM (SELECT 1) AS one
+    LEFT JOIN LATERAL (
+        SELECT fee_minor, commission_minor FROM tariffs
+        WHERE txn_type = p_type AND currency = p_currency
+          AND p_amount BETWEEN min_minor AND max_minor
+        ORDER BY min_minor DESC LIMIT 1) AS t ON true;
+    IF o_fee_shard IS NULL THEN
+        PERFORM ledger_fail('CURRENCY_MISMATCH', format('No fee_income account in %s', p_currency),
+                            jsonb_build_object('currency', p_currency));
+    END IF;
 END $$
 -- statement
 -- Expand logical legs to physical ones and lock them all in id order (no deadlock between any
@@ -336,10 +415,14 @@ RETURNS void LANGUAGE plpgsql AS $$
 DECLARE
     v_today date := (now() AT TIME ZONE 'UTC')::date;
     v_month date := date_trunc('month', (now() AT TIME ZONE 'UTC'))::date;
+    v_sum bigint := 0;
+    v_delta bigint;
 BEGIN
+    FOREACH v_delta IN ARRAY p_deltas LOOP
+        v_sum := v_sum + v_delta;
+    END LOOP;
     -- Cannot happen; checked because an unbalanced posting must never commit.
-    IF array_position(p_ids, NULL) IS NOT NULL
-       OR (SELECT sum(x) FROM unnest(p_deltas) AS x) <> 0 THEN
+    IF array_position(p_ids, NULL) IS NOT NULL OR v_sum <> 0 THEN
         RAISE EXCEPTION 'ledger_apply: unbalanced or unresolved legs % %', p_ids, p_deltas;
     END IF;
     WITH d AS (
@@ -355,49 +438,72 @@ BEGIN
             month = CASE WHEN a.id = p_counted_account THEN v_month ELSE a.month END,
             month_debits = CASE WHEN a.id = p_counted_account
                 THEN (CASE WHEN a.month = v_month THEN a.month_debits ELSE 0 END) + p_counted
-                ELSE a.month_debits END
-        FROM d WHERE a.id = d.id AND d.delta <> 0
-        RETURNING a.id, a.balance, d.delta
+                ELSE a.month_debits END,
+            last_entry_id = nextval('entries_id_seq')
+        FROM d, accounts o  -- o: the row as it was, for the link to the previous entry
+        WHERE a.id = d.id AND o.id = d.id AND d.delta <> 0
+        RETURNING a.id, a.balance, d.delta, a.last_entry_id AS entry_id, o.last_entry_id AS prev_id
     )
-    INSERT INTO entries (transfer_id, account_id, amount, balance_after)
-    SELECT p_transfer, u.id, u.delta, u.balance FROM u ORDER BY u.id;
+    INSERT INTO entries (id, transfer_id, account_id, amount, balance_after, prev_id)
+    OVERRIDING SYSTEM VALUE
+    SELECT u.entry_id, p_transfer, u.id, u.delta, u.balance, u.prev_id FROM u ORDER BY u.id;
 END $$
 -- statement
--- The customer behind an MSISDN with its wallet in a currency, for a debit or a credit.
-CREATE FUNCTION ledger_party(p_msisdn text, p_currency text, p_debit boolean, p_role text,
-                             OUT o_customer bigint, OUT o_wallet bigint, OUT o_tier text,
-                             OUT o_language text, OUT o_name text)
-LANGUAGE plpgsql STABLE AS $$
-DECLARE
-    v_status text;
+-- Refuse a party that cannot take part (no query: values come from the caller's look-up).
+CREATE FUNCTION ledger_party_check(p_msisdn text, p_currency text, p_debit boolean,
+                                   p_role text, p_customer bigint, p_status text,
+                                   p_wallet bigint, p_tier text, p_max_balance bigint)
+RETURNS void LANGUAGE plpgsql AS $$
 BEGIN
-    SELECT c.id, w.id, c.tier, c.language, c.first_name || ' ' || c.last_name, c.status
-    INTO o_customer, o_wallet, o_tier, o_language, o_name, v_status
-    FROM customers c
-    LEFT JOIN accounts w ON w.customer_id = c.id AND w.kind = 'wallet'
-                        AND w.currency = p_currency
-    WHERE c.msisdn = p_msisdn;
-    IF o_customer IS NULL THEN
+    IF p_customer IS NULL THEN
         PERFORM ledger_fail('CUSTOMER_NOT_FOUND', format('No customer with number %s', p_msisdn),
                             jsonb_build_object('msisdn', p_msisdn, 'party', p_role));
-    ELSIF v_status = 'closed' THEN
+    ELSIF p_status = 'closed' THEN
         PERFORM ledger_fail('ACCOUNT_CLOSED', format('The account of %s is closed', p_msisdn),
                             jsonb_build_object('msisdn', p_msisdn, 'party', p_role));
-    ELSIF p_debit AND v_status = 'locked' THEN
+    ELSIF p_debit AND p_status = 'locked' THEN
         PERFORM ledger_fail('WALLET_LOCKED', 'The wallet is locked; ask support to unlock it',
                             jsonb_build_object('msisdn', p_msisdn, 'party', p_role));
-    ELSIF o_wallet IS NULL THEN
+    ELSIF p_wallet IS NULL THEN
         PERFORM ledger_fail('CURRENCY_MISMATCH',
                             format('%s has no %s wallet', p_msisdn, p_currency),
                             jsonb_build_object('msisdn', p_msisdn, 'currency', p_currency,
                                                'party', p_role));
+    ELSIF p_max_balance IS NULL THEN
+        PERFORM ledger_fail('CURRENCY_MISMATCH',
+                            format('No %s limits are configured for tier %s', p_currency, p_tier),
+                            jsonb_build_object('currency', p_currency, 'tier', p_tier,
+                                               'party', p_role));
     END IF;
+END $$
+-- statement
+-- The customer behind an MSISDN with its wallet in a currency and its tier's limits there.
+CREATE FUNCTION ledger_party(p_msisdn text, p_currency text, p_debit boolean, p_role text,
+                             OUT o_customer bigint, OUT o_wallet bigint, OUT o_tier text,
+                             OUT o_language text, OUT o_name text, OUT o_max_balance bigint,
+                             OUT o_per_txn bigint, OUT o_daily bigint, OUT o_monthly bigint)
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    v_status text;
+BEGIN
+    SELECT c.id, w.id, c.tier, c.language, c.first_name || ' ' || c.last_name, c.status,
+           l.max_balance_minor, l.per_transaction_minor, l.daily_debit_minor,
+           l.monthly_debit_minor
+    INTO o_customer, o_wallet, o_tier, o_language, o_name, v_status,
+         o_max_balance, o_per_txn, o_daily, o_monthly
+    FROM customers c
+    LEFT JOIN accounts w ON w.customer_id = c.id AND w.kind = 'wallet'
+                        AND w.currency = p_currency
+    LEFT JOIN tier_limits l ON l.tier = c.tier AND l.currency = p_currency
+    WHERE c.msisdn = p_msisdn;
+    PERFORM ledger_party_check(p_msisdn, p_currency, p_debit, p_role, o_customer, v_status,
+                               o_wallet, o_tier, o_max_balance);
 END $$
 -- statement
 -- The active agent behind a code, with its float and commission accounts.
 CREATE FUNCTION ledger_agent(p_code text, p_currency text, OUT o_agent bigint,
                              OUT o_float bigint, OUT o_commission bigint, OUT o_msisdn text,
-                             OUT o_name text)
+                             OUT o_name text, OUT o_shards integer)
 LANGUAGE plpgsql STABLE AS $$
 DECLARE
     v_status text;
@@ -417,10 +523,10 @@ BEGIN
                             format('Agent %s works in %s, not %s', p_code, v_currency, p_currency),
                             jsonb_build_object('agent_code', p_code, 'currency', p_currency));
     END IF;
-    SELECT id INTO o_float FROM accounts
-    WHERE agent_id = o_agent AND kind = 'agent_float' AND parent_id IS NULL;
-    SELECT id INTO o_commission FROM accounts
-    WHERE agent_id = o_agent AND kind = 'agent_commission' AND parent_id IS NULL;
+    SELECT max(id) FILTER (WHERE kind = 'agent_float'),
+           max(id) FILTER (WHERE kind = 'agent_commission'), max(shards)
+    INTO o_float, o_commission, o_shards
+    FROM accounts WHERE agent_id = o_agent AND parent_id IS NULL;
 END $$
 -- statement
 CREATE FUNCTION ledger_check_amount(p_amount bigint) RETURNS void LANGUAGE plpgsql AS $$
@@ -429,20 +535,6 @@ BEGIN
         PERFORM ledger_fail('VALIDATION_ERROR', 'The amount must be more than zero',
                             jsonb_build_object('field', 'amount_minor'));
     END IF;
-END $$
--- statement
-CREATE FUNCTION ledger_limits(p_tier text, p_currency text) RETURNS tier_limits
-LANGUAGE plpgsql STABLE AS $$
-DECLARE
-    v tier_limits;
-BEGIN
-    SELECT * INTO v FROM tier_limits WHERE tier = p_tier AND currency = p_currency;
-    IF NOT FOUND THEN
-        PERFORM ledger_fail('CURRENCY_MISMATCH',
-                            format('No %s limits are configured for tier %s', p_currency, p_tier),
-                            jsonb_build_object('currency', p_currency, 'tier', p_tier));
-    END IF;
-    RETURN v;
 END $$
 -- statement
 CREATE FUNCTION ledger_limit_fail(p_limit text, p_limit_minor bigint, p_used_minor bigint,
@@ -460,48 +552,32 @@ BEGIN
                            'party', p_party));
 END $$
 -- statement
--- The sender side of a customer debit, after the wallet is locked: balance, then the caps.
-CREATE FUNCTION ledger_check_debit(p_wallet bigint, p_tier text, p_currency text,
-                                   p_amount bigint, p_total bigint) RETURNS void
+-- The sender side of a customer debit, on values read under the wallet's lock (no query):
+-- the balance covers amount + fee, and the amount fits today's and this month's caps.
+CREATE FUNCTION ledger_debit_checks(p_balance bigint, p_total bigint, p_amount bigint,
+                                    p_day_used bigint, p_month_used bigint, p_daily bigint,
+                                    p_monthly bigint) RETURNS void
 LANGUAGE plpgsql AS $$
-DECLARE
-    w accounts;
-    l tier_limits;
-    v_today date := (now() AT TIME ZONE 'UTC')::date;
-    v_month date := date_trunc('month', (now() AT TIME ZONE 'UTC'))::date;
-    v_day_used bigint;
-    v_month_used bigint;
 BEGIN
-    SELECT * INTO w FROM accounts WHERE id = p_wallet;
-    l := ledger_limits(p_tier, p_currency);
-    IF w.balance < p_total THEN
+    IF p_balance < p_total THEN
         PERFORM ledger_fail('INSUFFICIENT_FUNDS', 'Not enough money in the wallet',
-                            jsonb_build_object('balance_minor', w.balance,
+                            jsonb_build_object('balance_minor', p_balance,
                                                'needed_minor', p_total));
-    END IF;
-    v_day_used := CASE WHEN w.day = v_today THEN w.day_debits ELSE 0 END;
-    IF v_day_used + p_amount > l.daily_debit_minor THEN
-        PERFORM ledger_limit_fail('daily', l.daily_debit_minor, v_day_used, p_amount, 'sender');
-    END IF;
-    v_month_used := CASE WHEN w.month = v_month THEN w.month_debits ELSE 0 END;
-    IF v_month_used + p_amount > l.monthly_debit_minor THEN
-        PERFORM ledger_limit_fail('monthly', l.monthly_debit_minor, v_month_used, p_amount,
-                                  'sender');
+    ELSIF p_day_used + p_amount > p_daily THEN
+        PERFORM ledger_limit_fail('daily', p_daily, p_day_used, p_amount, 'sender');
+    ELSIF p_month_used + p_amount > p_monthly THEN
+        PERFORM ledger_limit_fail('monthly', p_monthly, p_month_used, p_amount, 'sender');
     END IF;
 END $$
 -- statement
-CREATE FUNCTION ledger_check_credit(p_wallet bigint, p_tier text, p_currency text,
-                                    p_amount bigint) RETURNS void
-LANGUAGE plpgsql AS $$
+CREATE FUNCTION ledger_check_credit(p_wallet bigint, p_amount bigint, p_max bigint)
+RETURNS void LANGUAGE plpgsql AS $$
 DECLARE
     v_balance bigint;
-    l tier_limits;
 BEGIN
     SELECT balance INTO v_balance FROM accounts WHERE id = p_wallet;
-    l := ledger_limits(p_tier, p_currency);
-    IF v_balance + p_amount > l.max_balance_minor THEN
-        PERFORM ledger_limit_fail('max_balance', l.max_balance_minor, v_balance, p_amount,
-                                  'recipient');
+    IF v_balance + p_amount > p_max THEN
+        PERFORM ledger_limit_fail('max_balance', p_max, v_balance, p_amount, 'recipient');
     END IF;
 END $$
 -- statement
@@ -520,10 +596,10 @@ BEGIN
         PERFORM ledger_fail('VALIDATION_ERROR', 'An idempotency key of 1 to 128 characters is needed',
                             jsonb_build_object('field', 'idempotency_key'));
     END IF;
-    INSERT INTO transfers (id, reference, type, idempotency_key, request_hash, currency, amount,
+    INSERT INTO transfers (id, type, idempotency_key, key_hash, request_hash, currency, amount,
                            fee, commission, debit_party, credit_party, subject_account_id,
                            reversal_of, channel, initiator, note)
-    VALUES (v_id, ledger_reference(v_id), p_type, p_key, p_hash, p_currency, p_amount, p_fee,
+    VALUES (v_id, p_type, p_key, hashtextextended(p_key, 0), p_hash, p_currency, p_amount, p_fee,
             p_commission, p_debit_party, p_credit_party, p_subject, p_reversal_of, p_channel,
             coalesce(p_initiator, ''), coalesce(p_note, ''))
     ON CONFLICT DO NOTHING
@@ -540,7 +616,8 @@ CREATE TYPE ledger_outcome AS (
 -- statement
 CREATE FUNCTION ledger_result(p_transfer bigint, p_replayed boolean) RETURNS ledger_outcome
 LANGUAGE sql STABLE AS $$
-    SELECT t.reference, t.type, t.currency, t.amount, t.fee, t.commission, t.debit_party,
+    SELECT ledger_reference(t.id), t.type, t.currency, t.amount, t.fee, t.commission,
+           t.debit_party,
            t.credit_party,
            (SELECT e.balance_after FROM entries e
             WHERE e.transfer_id = t.id AND e.account_id = t.subject_account_id),
@@ -555,11 +632,12 @@ DECLARE
     v_id bigint;
     v_hash text;
 BEGIN
-    SELECT id, request_hash INTO v_id, v_hash FROM transfers WHERE idempotency_key = p_key;
+    SELECT id, CASE WHEN idempotency_key = p_key THEN request_hash END INTO v_id, v_hash
+    FROM transfers WHERE key_hash = hashtextextended(p_key, 0);
     IF v_id IS NULL THEN
         -- Only a reversal can conflict on something other than the key: its original.
         PERFORM ledger_fail('ALREADY_REVERSED', 'This transfer was already reversed');
-    ELSIF v_hash <> p_hash THEN
+    ELSIF v_hash IS DISTINCT FROM p_hash THEN  -- NULL: another key with the same 64-bit hash
         PERFORM ledger_fail('IDEMPOTENCY_CONFLICT',
                             'This idempotency key was already used with a different request',
                             jsonb_build_object('idempotency_key', p_key));
@@ -568,57 +646,106 @@ BEGIN
 END $$
 -- statement
 CREATE FUNCTION ledger_notify(p_transfer bigint, p_recipient text, p_language text,
-                              p_template text, p_params jsonb) RETURNS void
+                              p_template text, p_balance bigint) RETURNS void
 LANGUAGE sql AS $$
-    INSERT INTO outbox (channel, recipient, kind, template, language, params, transfer_id)
-    VALUES ('sms', p_recipient, 'receipt', p_template, p_language, p_params, p_transfer)
+    INSERT INTO outbox (channel, recipient, kind, template, language, transfer_id, balance_minor)
+    VALUES ('sms', p_recipient, 'receipt', p_template, p_language, p_transfer, p_balance)
 $$
 -- statement
--- P2P: sender wallet -> recipient wallet, the fee to fee income.
+-- P2P: sender wallet -> recipient wallet, the fee to a fee-income shard. The hottest path, so
+-- it locks and reads its three rows in one statement and builds its answer without a query.
 CREATE FUNCTION ledger_p2p(p_key text, p_hash text, p_sender text, p_recipient text,
                            p_amount bigint, p_currency text, p_channel text, p_initiator text)
 RETURNS ledger_outcome LANGUAGE plpgsql AS $$
 DECLARE
     s record;
     r record;
+    a record;
+    v_found_sender boolean := false;
+    v_found_recipient boolean := false;
     v_fee bigint;
-    v_fee_account bigint;
+    v_fee_shard bigint;
     v_id bigint;
-    v_lock record;
-    v_params jsonb;
+    v_sender_balance bigint;
+    v_recipient_balance bigint;
+    v_day_used bigint;
+    v_month_used bigint;
+    v_today date := (now() AT TIME ZONE 'UTC')::date;
+    v_month date := date_trunc('month', (now() AT TIME ZONE 'UTC'))::date;
 BEGIN
-    PERFORM ledger_check_amount(p_amount);
-    IF p_sender = p_recipient THEN
+    IF p_amount IS NULL OR p_amount <= 0 THEN
+        PERFORM ledger_fail('VALIDATION_ERROR', 'The amount must be more than zero',
+                            jsonb_build_object('field', 'amount_minor'));
+    ELSIF p_sender = p_recipient THEN
         PERFORM ledger_fail('SAME_ACCOUNT', 'You cannot send money to yourself',
                             jsonb_build_object('msisdn', p_sender));
     END IF;
-    SELECT * INTO s FROM ledger_party(p_sender, p_currency, true, 'sender');
-    SELECT * INTO r FROM ledger_party(p_recipient, p_currency, false, 'recipient');
-    IF p_amount > (ledger_limits(s.o_tier, p_currency)).per_transaction_minor THEN
-        PERFORM ledger_limit_fail('per_transaction',
-            (ledger_limits(s.o_tier, p_currency)).per_transaction_minor, 0, p_amount, 'sender');
+    -- Both parties in one look-up (this is the busiest path).
+    FOR a IN
+        SELECT c.msisdn, c.id, c.status, w.id AS wallet, c.tier, c.language,
+               c.first_name || ' ' || c.last_name AS name, l.max_balance_minor,
+               l.per_transaction_minor, l.daily_debit_minor, l.monthly_debit_minor
+        FROM customers c
+        LEFT JOIN accounts w ON w.customer_id = c.id AND w.kind = 'wallet'
+                            AND w.currency = p_currency
+        LEFT JOIN tier_limits l ON l.tier = c.tier AND l.currency = p_currency
+        WHERE c.msisdn IN (p_sender, p_recipient)
+    LOOP
+        IF a.msisdn = p_sender THEN
+            s := a;
+            v_found_sender := true;
+        ELSE
+            r := a;
+            v_found_recipient := true;
+        END IF;
+    END LOOP;
+    IF NOT v_found_sender THEN
+        PERFORM ledger_party_check(p_sender, p_currency, true, 'sender', NULL, NULL, NULL, NULL,
+                                   NULL);
     END IF;
-    SELECT o_fee INTO v_fee FROM ledger_tariff('p2p', p_currency, p_amount);
-    v_fee_account := ledger_system_account('fee_income', p_currency);
+    PERFORM ledger_party_check(p_sender, p_currency, true, 'sender', s.id, s.status, s.wallet,
+                               s.tier, s.max_balance_minor);
+    IF NOT v_found_recipient THEN
+        PERFORM ledger_party_check(p_recipient, p_currency, false, 'recipient', NULL, NULL, NULL,
+                                   NULL, NULL);
+    END IF;
+    PERFORM ledger_party_check(p_recipient, p_currency, false, 'recipient', r.id, r.status,
+                               r.wallet, r.tier, r.max_balance_minor);
+    IF p_amount > s.per_transaction_minor THEN
+        PERFORM ledger_limit_fail('per_transaction', s.per_transaction_minor, 0, p_amount,
+                                  'sender');
+    END IF;
+    SELECT o_fee, o_fee_shard INTO v_fee, v_fee_shard FROM ledger_fee('p2p', p_currency, p_amount);
     v_id := ledger_claim('p2p', p_key, p_hash, p_currency, p_amount, v_fee, 0, p_sender,
-                         p_recipient, s.o_wallet, NULL, p_channel, p_initiator, '');
+                         p_recipient, s.wallet, NULL, p_channel, p_initiator, '');
     IF v_id IS NULL THEN
         RETURN ledger_result(ledger_replay(p_key, p_hash), true);
     END IF;
-    SELECT * INTO v_lock FROM ledger_lock_legs(ARRAY[s.o_wallet, r.o_wallet, v_fee_account],
-                               ARRAY[-(p_amount + v_fee), p_amount, v_fee], false);
-    PERFORM ledger_check_debit(s.o_wallet, s.o_tier, p_currency, p_amount, p_amount + v_fee);
-    PERFORM ledger_check_credit(r.o_wallet, r.o_tier, p_currency, p_amount);
-    PERFORM ledger_apply(v_id, v_lock.o_ids, v_lock.o_deltas, s.o_wallet, p_amount);
-    v_params := jsonb_build_object('amount_minor', p_amount, 'fee_minor', v_fee,
-        'currency', p_currency, 'sender', p_sender, 'sender_name', s.o_name,
-        'recipient', p_recipient, 'recipient_name', r.o_name,
-        'reference', ledger_reference(v_id));
-    PERFORM ledger_notify(v_id, p_sender, s.o_language, 'p2p_sent', v_params
-        || jsonb_build_object('balance_minor', (SELECT balance FROM accounts WHERE id = s.o_wallet)));
-    PERFORM ledger_notify(v_id, p_recipient, r.o_language, 'p2p_received', v_params
-        || jsonb_build_object('balance_minor', (SELECT balance FROM accounts WHERE id = r.o_wallet)));
-    RETURN ledger_result(v_id, false);
+    FOR a IN SELECT id, balance, day, day_debits, month, month_debits FROM accounts
+             WHERE id IN (s.wallet, r.wallet, v_fee_shard) ORDER BY id FOR UPDATE LOOP
+        IF a.id = s.wallet THEN
+            v_sender_balance := a.balance;
+            v_day_used := CASE WHEN a.day = v_today THEN a.day_debits ELSE 0 END;
+            v_month_used := CASE WHEN a.month = v_month THEN a.month_debits ELSE 0 END;
+        ELSIF a.id = r.wallet THEN
+            v_recipient_balance := a.balance;
+        END IF;
+    END LOOP;
+    PERFORM ledger_debit_checks(v_sender_balance, p_amount + v_fee, p_amount, v_day_used,
+                                v_month_used, s.daily_debit_minor, s.monthly_debit_minor);
+    IF v_recipient_balance + p_amount > r.max_balance_minor THEN
+        PERFORM ledger_limit_fail('max_balance', r.max_balance_minor, v_recipient_balance, p_amount,
+                                  'recipient');
+    END IF;
+    PERFORM ledger_apply(v_id, ARRAY[s.wallet, r.wallet, v_fee_shard],
+                         ARRAY[-(p_amount + v_fee), p_amount, v_fee], s.wallet, p_amount);
+    INSERT INTO outbox (channel, recipient, kind, template, language, transfer_id, balance_minor)
+    VALUES ('sms', p_sender, 'receipt', 'p2p_sent', s.language, v_id,
+            v_sender_balance - p_amount - v_fee),
+           ('sms', p_recipient, 'receipt', 'p2p_received', r.language, v_id,
+            v_recipient_balance + p_amount);
+    RETURN ROW(ledger_reference(v_id), 'p2p', p_currency, p_amount, v_fee, 0::bigint, p_sender,
+               p_recipient, v_sender_balance - p_amount - v_fee, now(), false)::ledger_outcome;
 END $$
 -- statement
 -- Deposit: bank settlement -> customer wallet (money in from the bank).
@@ -640,12 +767,10 @@ BEGIN
         RETURN ledger_result(ledger_replay(p_key, p_hash), true);
     END IF;
     SELECT * INTO v_lock FROM ledger_lock_legs(ARRAY[v_settlement, r.o_wallet], ARRAY[-p_amount, p_amount], false);
-    PERFORM ledger_check_credit(r.o_wallet, r.o_tier, p_currency, p_amount);
+    PERFORM ledger_check_credit(r.o_wallet, p_amount, r.o_max_balance);
     PERFORM ledger_apply(v_id, v_lock.o_ids, v_lock.o_deltas, NULL, 0);
     PERFORM ledger_notify(v_id, p_msisdn, r.o_language, 'deposit_received',
-        jsonb_build_object('amount_minor', p_amount, 'currency', p_currency,
-            'reference', ledger_reference(v_id),
-            'balance_minor', (SELECT balance FROM accounts WHERE id = r.o_wallet)));
+                          (SELECT balance FROM accounts WHERE id = r.o_wallet));
     RETURN ledger_result(v_id, false);
 END $$
 -- statement
@@ -669,9 +794,7 @@ BEGIN
     END IF;
     SELECT * INTO v_lock FROM ledger_lock_legs(ARRAY[v_settlement, g.o_float], ARRAY[-p_amount, p_amount], false);
     PERFORM ledger_apply(v_id, v_lock.o_ids, v_lock.o_deltas, NULL, 0);
-    PERFORM ledger_notify(v_id, g.o_msisdn, 'en', 'float_topup',
-        jsonb_build_object('amount_minor', p_amount, 'currency', p_currency,
-            'agent_code', p_agent_code, 'reference', ledger_reference(v_id)));
+    PERFORM ledger_notify(v_id, g.o_msisdn, 'en', 'float_topup', NULL);
     RETURN ledger_result(v_id, false);
 END $$
 -- statement
@@ -701,17 +824,15 @@ BEGIN
     SELECT * INTO v_lock FROM ledger_lock_legs(
         ARRAY[g.o_float, r.o_wallet, v_fee_account, g.o_commission],
         ARRAY[-p_amount, p_amount, -v_commission, v_commission], false);
-    PERFORM ledger_check_credit(r.o_wallet, r.o_tier, p_currency, p_amount);
+    PERFORM ledger_check_credit(r.o_wallet, p_amount, r.o_max_balance);
     PERFORM ledger_apply(v_id, v_lock.o_ids, v_lock.o_deltas, NULL, 0);
     PERFORM ledger_notify(v_id, p_msisdn, r.o_language, 'cash_in_received',
-        jsonb_build_object('amount_minor', p_amount, 'currency', p_currency,
-            'agent_code', p_agent_code, 'agent_name', g.o_name,
-            'reference', ledger_reference(v_id),
-            'balance_minor', (SELECT balance FROM accounts WHERE id = r.o_wallet)));
+                          (SELECT balance FROM accounts WHERE id = r.o_wallet));
     RETURN ledger_result(v_id, false);
 END $$
 -- statement
 -- Cash-out: customer wallet -> agent float (amount), fee to fee income, commission to the agent.
+-- Every credit lands on a random shard, so one busy agent does not serialise its customers.
 CREATE FUNCTION ledger_cash_out(p_key text, p_hash text, p_msisdn text, p_agent_code text,
                                 p_amount bigint, p_currency text, p_channel text,
                                 p_initiator text)
@@ -719,38 +840,55 @@ RETURNS ledger_outcome LANGUAGE plpgsql AS $$
 DECLARE
     g record;
     s record;
+    a record;
     v_fee bigint;
     v_commission bigint;
-    v_fee_account bigint;
+    v_fee_shard bigint;
+    v_float_shard bigint;
+    v_commission_shard bigint;
     v_id bigint;
-    v_lock record;
+    v_balance bigint;
+    v_day_used bigint;
+    v_month_used bigint;
+    v_today date := (now() AT TIME ZONE 'UTC')::date;
+    v_month date := date_trunc('month', (now() AT TIME ZONE 'UTC'))::date;
 BEGIN
-    PERFORM ledger_check_amount(p_amount);
+    IF p_amount IS NULL OR p_amount <= 0 THEN
+        PERFORM ledger_fail('VALIDATION_ERROR', 'The amount must be more than zero',
+                            jsonb_build_object('field', 'amount_minor'));
+    END IF;
     SELECT * INTO s FROM ledger_party(p_msisdn, p_currency, true, 'sender');
     SELECT * INTO g FROM ledger_agent(p_agent_code, p_currency);
-    IF p_amount > (ledger_limits(s.o_tier, p_currency)).per_transaction_minor THEN
-        PERFORM ledger_limit_fail('per_transaction',
-            (ledger_limits(s.o_tier, p_currency)).per_transaction_minor, 0, p_amount, 'sender');
+    IF p_amount > s.o_per_txn THEN
+        PERFORM ledger_limit_fail('per_transaction', s.o_per_txn, 0, p_amount, 'sender');
     END IF;
-    SELECT o_fee, o_commission INTO v_fee, v_commission
-    FROM ledger_tariff('cash_out', p_currency, p_amount);
-    v_fee_account := ledger_system_account('fee_income', p_currency);
+    SELECT o_fee, o_commission, o_fee_shard INTO v_fee, v_commission, v_fee_shard
+    FROM ledger_fee('cash_out', p_currency, p_amount);
+    v_float_shard := ledger_shard(g.o_float, g.o_shards);
+    v_commission_shard := ledger_shard(g.o_commission, g.o_shards);
     v_id := ledger_claim('cash_out', p_key, p_hash, p_currency, p_amount, v_fee, v_commission,
                          p_msisdn, p_agent_code, s.o_wallet, NULL, p_channel, p_initiator, '');
     IF v_id IS NULL THEN
         RETURN ledger_result(ledger_replay(p_key, p_hash), true);
     END IF;
-    SELECT * INTO v_lock FROM ledger_lock_legs(
-        ARRAY[s.o_wallet, g.o_float, v_fee_account, g.o_commission],
-        ARRAY[-(p_amount + v_fee), p_amount, v_fee - v_commission, v_commission], false);
-    PERFORM ledger_check_debit(s.o_wallet, s.o_tier, p_currency, p_amount, p_amount + v_fee);
-    PERFORM ledger_apply(v_id, v_lock.o_ids, v_lock.o_deltas, s.o_wallet, p_amount);
+    FOR a IN SELECT id, balance, day, day_debits, month, month_debits FROM accounts
+             WHERE id IN (s.o_wallet, v_float_shard, v_fee_shard, v_commission_shard)
+             ORDER BY id FOR UPDATE LOOP
+        IF a.id = s.o_wallet THEN
+            v_balance := a.balance;
+            v_day_used := CASE WHEN a.day = v_today THEN a.day_debits ELSE 0 END;
+            v_month_used := CASE WHEN a.month = v_month THEN a.month_debits ELSE 0 END;
+        END IF;
+    END LOOP;
+    PERFORM ledger_debit_checks(v_balance, p_amount + v_fee, p_amount, v_day_used, v_month_used,
+                                s.o_daily, s.o_monthly);
+    PERFORM ledger_apply(v_id, ARRAY[s.o_wallet, v_float_shard, v_fee_shard, v_commission_shard],
+                         ARRAY[-(p_amount + v_fee), p_amount, v_fee - v_commission, v_commission],
+                         s.o_wallet, p_amount);
     PERFORM ledger_notify(v_id, p_msisdn, s.o_language, 'cash_out_done',
-        jsonb_build_object('amount_minor', p_amount, 'fee_minor', v_fee, 'currency', p_currency,
-            'agent_code', p_agent_code, 'agent_name', g.o_name,
-            'reference', ledger_reference(v_id),
-            'balance_minor', (SELECT balance FROM accounts WHERE id = s.o_wallet)));
-    RETURN ledger_result(v_id, false);
+                          v_balance - p_amount - v_fee);
+    RETURN ROW(ledger_reference(v_id), 'cash_out', p_currency, p_amount, v_fee, v_commission,
+               p_msisdn, p_agent_code, v_balance - p_amount - v_fee, now(), false)::ledger_outcome;
 END $$
 -- statement
 -- Reversal: a new transfer that undoes every leg of the original, per logical account (the
@@ -766,7 +904,7 @@ DECLARE
     v_lock record;
     n record;
 BEGIN
-    SELECT * INTO t FROM transfers WHERE reference = upper(p_reference);
+    SELECT * INTO t FROM transfers WHERE id = ledger_reference_id(p_reference);
     IF t.id IS NULL THEN
         PERFORM ledger_fail('TRANSFER_NOT_FOUND', format('No transfer %s', p_reference),
                             jsonb_build_object('reference', p_reference));
@@ -792,10 +930,7 @@ BEGIN
             ON c.id = w.customer_id
         WHERE w.id = ANY (v_accounts) AND w.kind = 'wallet'
     LOOP
-        PERFORM ledger_notify(v_id, n.msisdn, n.language, 'reversal',
-            jsonb_build_object('amount_minor', t.amount, 'currency', t.currency,
-                'original', t.reference, 'reference', ledger_reference(v_id),
-                'balance_minor', n.balance));
+        PERFORM ledger_notify(v_id, n.msisdn, n.language, 'reversal', n.balance);
     END LOOP;
     RETURN ledger_result(v_id, false);
 END $$

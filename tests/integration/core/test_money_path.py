@@ -15,6 +15,7 @@ from core.crypto import FieldCipher
 from core.customers import open_wallet
 from core.fees import quote
 from core.ledger import system_balance
+from core.limits import TierLimits, set_limits
 from core.transfers import (
     balance,
     cash_in,
@@ -64,7 +65,7 @@ async def test_p2p_moves_amount_and_fee(core_db: asyncpg.Pool, cipher: FieldCiph
 
     receipts = await core_db.fetch(
         "SELECT o.recipient, o.template, o.language FROM outbox o JOIN transfers t "
-        "ON t.id = o.transfer_id WHERE t.reference = $1 ORDER BY o.id",
+        "ON t.id = o.transfer_id WHERE t.id = ledger_reference_id($1) ORDER BY o.id",
         result.reference,
     )
     assert [(r["recipient"], r["template"]) for r in receipts] == [
@@ -370,8 +371,14 @@ async def test_currency_mismatch_between_wallets(
     alice = await make_customer(core_db, cipher, 1_000_00)
     bob = await make_customer(core_db, cipher)
     await open_wallet(core_db, alice, "UGX")
+    await set_limits(
+        core_db, TierLimits("Basic", "UGX", 5_000_000, 1_000_000, 2_000_000, 9_000_000)
+    )
     with pytest.raises(E.AlreadyExists):
         await open_wallet(core_db, alice, "UGX")
+    await set_limits(
+        core_db, TierLimits("Basic", "UGX", 5_000_000, 1_000_000, 2_000_000, 9_000_000)
+    )
     before = await counts(core_db)
     with pytest.raises(E.CurrencyMismatch) as info:
         await send_money(

@@ -191,7 +191,7 @@ async def test_app_dispatcher_sends_receipts_in_the_customers_language(
     while time.monotonic() < deadline:
         rows = await core_db.fetch(
             "SELECT o.recipient, o.status, o.body FROM outbox o JOIN transfers t "
-            "ON t.id = o.transfer_id WHERE t.reference = $1 ORDER BY o.id",
+            "ON t.id = o.transfer_id WHERE t.id = ledger_reference_id($1) ORDER BY o.id",
             sent.reference,
         )
         if rows and all(r["status"] == "sent" for r in rows):
