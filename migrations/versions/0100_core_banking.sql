@@ -64,6 +64,7 @@ CREATE TABLE accounts (
     -- so a statement walks the chain by primary key instead of needing an (account, id)
     -- index, whose random-position inserts cost every posting a page write.
     last_entry_id bigint,
+    prev_entry_id bigint,  -- scratch: last_entry_id before the latest posting (see ledger_apply)
     created_at timestamptz NOT NULL DEFAULT now(),
     CONSTRAINT accounts_no_overdraft CHECK (allow_negative OR balance >= 0),
     CONSTRAINT accounts_liabilities_never_negative
@@ -408,7 +409,9 @@ BEGIN
 END $$
 -- statement
 -- Post locked physical legs: move balances, count a customer's debit towards its daily and
--- monthly caps, and write one entry per leg (with the balance after it).
+-- monthly caps, and write one entry per leg (with the balance after it and a link to the
+-- account's previous entry). One simple UPDATE per leg: measured 3x cheaper than one UPDATE
+-- joined to the legs. Legs must name distinct accounts.
 CREATE FUNCTION ledger_apply(p_transfer bigint, p_ids bigint[], p_deltas bigint[],
                              p_counted_account bigint, p_counted bigint)
 RETURNS void LANGUAGE plpgsql AS $$
@@ -416,37 +419,53 @@ DECLARE
     v_today date := (now() AT TIME ZONE 'UTC')::date;
     v_month date := date_trunc('month', (now() AT TIME ZONE 'UTC'))::date;
     v_sum bigint := 0;
-    v_delta bigint;
+    v_entries bigint[] := '{}';
+    v_accounts bigint[] := '{}';
+    v_amounts bigint[] := '{}';
+    v_after bigint[] := '{}';
+    v_prev bigint[] := '{}';
+    v_balance bigint;
+    v_entry bigint;
+    v_prev_entry bigint;
 BEGIN
-    FOREACH v_delta IN ARRAY p_deltas LOOP
-        v_sum := v_sum + v_delta;
+    FOR i IN 1 .. coalesce(array_length(p_ids, 1), 0) LOOP
+        v_sum := v_sum + p_deltas[i];
+        CONTINUE WHEN p_deltas[i] = 0;
+        IF p_ids[i] = p_counted_account THEN
+            UPDATE accounts SET balance = balance + p_deltas[i],
+                day_debits = CASE WHEN day = v_today THEN day_debits ELSE 0 END + p_counted,
+                day = v_today,
+                month_debits = CASE WHEN month = v_month THEN month_debits ELSE 0 END
+                               + p_counted,
+                month = v_month,
+                prev_entry_id = last_entry_id, last_entry_id = nextval('entries_id_seq')
+            WHERE id = p_ids[i]
+            RETURNING balance, last_entry_id, prev_entry_id INTO v_balance, v_entry, v_prev_entry;
+        ELSE
+            UPDATE accounts SET balance = balance + p_deltas[i],
+                prev_entry_id = last_entry_id, last_entry_id = nextval('entries_id_seq')
+            WHERE id = p_ids[i]
+            RETURNING balance, last_entry_id, prev_entry_id INTO v_balance, v_entry, v_prev_entry;
+        END IF;
+        -- Cannot happen; checked because a leg on nothing must never commit.
+        IF v_entry IS NULL OR p_ids[i] = ANY (v_accounts) THEN
+            RAISE EXCEPTION 'ledger_apply: unknown or repeated account %', p_ids[i];
+        END IF;
+        v_entries := v_entries || v_entry;
+        v_accounts := v_accounts || p_ids[i];
+        v_amounts := v_amounts || p_deltas[i];
+        v_after := v_after || v_balance;
+        v_prev := v_prev || v_prev_entry;
+        v_entry := NULL;
     END LOOP;
-    -- Cannot happen; checked because an unbalanced posting must never commit.
-    IF array_position(p_ids, NULL) IS NOT NULL OR v_sum <> 0 THEN
-        RAISE EXCEPTION 'ledger_apply: unbalanced or unresolved legs % %', p_ids, p_deltas;
+    IF v_sum <> 0 THEN  -- cannot happen: an unbalanced posting must never commit
+        RAISE EXCEPTION 'ledger_apply: unbalanced legs % %', p_ids, p_deltas;
     END IF;
-    WITH d AS (
-        SELECT l.id, sum(l.delta)::bigint AS delta
-        FROM unnest(p_ids, p_deltas) AS l (id, delta) GROUP BY l.id
-    ), u AS (
-        UPDATE accounts a SET
-            balance = a.balance + d.delta,
-            day = CASE WHEN a.id = p_counted_account THEN v_today ELSE a.day END,
-            day_debits = CASE WHEN a.id = p_counted_account
-                THEN (CASE WHEN a.day = v_today THEN a.day_debits ELSE 0 END) + p_counted
-                ELSE a.day_debits END,
-            month = CASE WHEN a.id = p_counted_account THEN v_month ELSE a.month END,
-            month_debits = CASE WHEN a.id = p_counted_account
-                THEN (CASE WHEN a.month = v_month THEN a.month_debits ELSE 0 END) + p_counted
-                ELSE a.month_debits END,
-            last_entry_id = nextval('entries_id_seq')
-        FROM d, accounts o  -- o: the row as it was, for the link to the previous entry
-        WHERE a.id = d.id AND o.id = d.id AND d.delta <> 0
-        RETURNING a.id, a.balance, d.delta, a.last_entry_id AS entry_id, o.last_entry_id AS prev_id
-    )
     INSERT INTO entries (id, transfer_id, account_id, amount, balance_after, prev_id)
     OVERRIDING SYSTEM VALUE
-    SELECT u.entry_id, p_transfer, u.id, u.delta, u.balance, u.prev_id FROM u ORDER BY u.id;
+    SELECT l.entry, p_transfer, l.account, l.amount, l.after, l.prev
+    FROM unnest(v_entries, v_accounts, v_amounts, v_after, v_prev)
+         AS l (entry, account, amount, after, prev);
 END $$
 -- statement
 -- Refuse a party that cannot take part (no query: values come from the caller's look-up).
