@@ -20,7 +20,7 @@ _EXPONENTS = {
 MAX_AMOUNT_MINOR = 10**13  # far above any tier limit, far below bigint: refuses "huge" early
 MAX_AMOUNT_CHARS = 24
 _CURRENCY_RE = re.compile(r"^[A-Z]{3}$")
-_AMOUNT_RE = re.compile(r"^(\d+)(?:\.(\d+))?$")
+_AMOUNT_RE = re.compile(r"^([0-9]+)(?:\.([0-9]+))?$")  # ASCII digits only
 
 
 def exponent(currency: str) -> int:

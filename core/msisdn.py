@@ -9,7 +9,7 @@ from core.errors import ValidationFailed
 
 MAX_INPUT_CHARS = 32
 _SEPARATORS = re.compile(r"[\s\-().]")
-_E164 = re.compile(r"^\+[1-9]\d{7,14}$")
+_E164 = re.compile(r"^\+[1-9][0-9]{7,14}$")  # ASCII digits only
 
 
 def normalise_msisdn(raw: str, country_code: str = "254", field: str = "msisdn") -> str:
