@@ -18,7 +18,7 @@ from core.msisdn import normalise_msisdn
 from core.pg import Db
 from core.pins import hash_pin, pin_matches, register_failure
 
-AGENT_SHARDS = 16
+AGENT_SHARDS = 32
 NAME_MAX = 100
 _CODE_RE = re.compile(r"^[A-Z0-9]{3,16}$")
 

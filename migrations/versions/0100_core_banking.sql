@@ -671,6 +671,116 @@ LANGUAGE sql AS $$
     VALUES ('sms', p_recipient, 'receipt', p_template, p_language, p_transfer, p_balance)
 $$
 -- statement
+-- Post a customer debit without a separate locking pass: one conditional UPDATE per leg, in
+-- account id order (so no two postings can deadlock), each taking its own row lock. The
+-- debited wallet's UPDATE carries the balance and cap checks in its WHERE and the credited
+-- wallet's the maximum balance; when one matches nothing, the row is locked and the precise
+-- error raised (sender's errors first). Then one INSERT writes every entry.
+CREATE FUNCTION ledger_post_checked(p_transfer bigint, p_ids bigint[], p_deltas bigint[],
+                                    p_debit_wallet bigint, p_amount bigint, p_daily bigint,
+                                    p_monthly bigint, p_credit_wallet bigint,
+                                    p_max_balance bigint,
+                                    OUT o_debit_after bigint, OUT o_credit_after bigint)
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_today date := (now() AT TIME ZONE 'UTC')::date;
+    v_month date := date_trunc('month', (now() AT TIME ZONE 'UTC'))::date;
+    v_order integer[] := '{}';
+    v_n integer := coalesce(array_length(p_ids, 1), 0);
+    v_sum bigint := 0;
+    v_entries bigint[] := '{}';
+    v_accounts bigint[] := '{}';
+    v_amounts bigint[] := '{}';
+    v_after bigint[] := '{}';
+    v_prev bigint[] := '{}';
+    v_id bigint;
+    v_delta bigint;
+    v_balance bigint;
+    v_entry bigint;
+    v_prev_entry bigint;
+    w accounts;
+    k integer;
+    j integer;
+BEGIN
+    FOR i IN 1 .. v_n LOOP  -- insertion sort of the leg positions by account id (<= 4 legs)
+        v_sum := v_sum + p_deltas[i];
+        j := array_length(v_order, 1);
+        v_order := v_order || i;
+        WHILE j IS NOT NULL AND j >= 1 AND p_ids[v_order[j]] > p_ids[i] LOOP
+            v_order[j + 1] := v_order[j];
+            v_order[j] := i;
+            j := j - 1;
+        END LOOP;
+    END LOOP;
+    IF v_sum <> 0 OR array_position(p_ids, NULL) IS NOT NULL THEN  -- cannot happen
+        RAISE EXCEPTION 'ledger_post_checked: unbalanced or unresolved legs % %', p_ids, p_deltas;
+    END IF;
+    FOREACH k IN ARRAY v_order LOOP
+        v_id := p_ids[k];
+        v_delta := p_deltas[k];
+        CONTINUE WHEN v_delta = 0;
+        v_entry := NULL;
+        IF v_id = p_debit_wallet THEN
+            UPDATE accounts SET balance = balance + v_delta,
+                day_debits = CASE WHEN day = v_today THEN day_debits ELSE 0 END + p_amount,
+                day = v_today,
+                month_debits = CASE WHEN month = v_month THEN month_debits ELSE 0 END + p_amount,
+                month = v_month,
+                prev_entry_id = last_entry_id, last_entry_id = nextval('entries_id_seq')
+            WHERE id = v_id AND balance + v_delta >= 0
+              AND CASE WHEN day = v_today THEN day_debits ELSE 0 END + p_amount <= p_daily
+              AND CASE WHEN month = v_month THEN month_debits ELSE 0 END + p_amount <= p_monthly
+            RETURNING balance, last_entry_id, prev_entry_id INTO v_balance, v_entry, v_prev_entry;
+            IF v_entry IS NULL THEN
+                SELECT * INTO w FROM accounts WHERE id = v_id FOR UPDATE;
+                PERFORM ledger_debit_checks(w.balance, -v_delta, p_amount,
+                    CASE WHEN w.day = v_today THEN w.day_debits ELSE 0 END,
+                    CASE WHEN w.month = v_month THEN w.month_debits ELSE 0 END,
+                    p_daily, p_monthly);
+                RAISE EXCEPTION 'ledger_post_checked: debit refused without a reason';
+            END IF;
+            o_debit_after := v_balance;
+        ELSIF v_id = p_credit_wallet THEN
+            UPDATE accounts SET balance = balance + v_delta,
+                prev_entry_id = last_entry_id, last_entry_id = nextval('entries_id_seq')
+            WHERE id = v_id AND balance + v_delta <= p_max_balance
+            RETURNING balance, last_entry_id, prev_entry_id INTO v_balance, v_entry, v_prev_entry;
+            IF v_entry IS NULL THEN
+                IF p_debit_wallet IS NOT NULL THEN  -- the sender's own errors come first
+                    SELECT * INTO w FROM accounts WHERE id = p_debit_wallet;
+                    PERFORM ledger_debit_checks(w.balance,
+                        -p_deltas[array_position(p_ids, p_debit_wallet)], p_amount,
+                        CASE WHEN w.day = v_today THEN w.day_debits ELSE 0 END,
+                        CASE WHEN w.month = v_month THEN w.month_debits ELSE 0 END,
+                        p_daily, p_monthly);
+                END IF;
+                SELECT * INTO w FROM accounts WHERE id = v_id FOR UPDATE;
+                PERFORM ledger_limit_fail('max_balance', p_max_balance, w.balance, v_delta,
+                                          'recipient');
+            END IF;
+            o_credit_after := v_balance;
+        ELSE
+            UPDATE accounts SET balance = balance + v_delta,
+                prev_entry_id = last_entry_id, last_entry_id = nextval('entries_id_seq')
+            WHERE id = v_id
+            RETURNING balance, last_entry_id, prev_entry_id INTO v_balance, v_entry, v_prev_entry;
+            IF v_entry IS NULL THEN  -- cannot happen
+                RAISE EXCEPTION 'ledger_post_checked: no account %', v_id;
+            END IF;
+        END IF;
+        v_entries := v_entries || v_entry;
+        v_accounts := v_accounts || v_id;
+        v_amounts := v_amounts || v_delta;
+        v_after := v_after || v_balance;
+        v_prev := v_prev || v_prev_entry;
+    END LOOP;
+    INSERT INTO entries (id, transfer_id, account_id, amount, balance_after, prev_id)
+    OVERRIDING SYSTEM VALUE
+    SELECT l.entry, p_transfer, l.account, l.amount, l.after, l.prev
+    FROM unnest(v_entries, v_accounts, v_amounts, v_after, v_prev)
+         AS l (entry, account, amount, after, prev);
+END $$
+-- statement
 -- P2P: sender wallet -> recipient wallet, the fee to a fee-income shard. The hottest path, so
 -- it locks and reads its three rows in one statement and builds its answer without a query.
 CREATE FUNCTION ledger_p2p(p_key text, p_hash text, p_sender text, p_recipient text,
@@ -687,10 +797,6 @@ DECLARE
     v_id bigint;
     v_sender_balance bigint;
     v_recipient_balance bigint;
-    v_day_used bigint;
-    v_month_used bigint;
-    v_today date := (now() AT TIME ZONE 'UTC')::date;
-    v_month date := date_trunc('month', (now() AT TIME ZONE 'UTC'))::date;
 BEGIN
     IF p_amount IS NULL OR p_amount <= 0 THEN
         PERFORM ledger_fail('VALIDATION_ERROR', 'The amount must be more than zero',
@@ -740,31 +846,17 @@ BEGIN
     IF v_id IS NULL THEN
         RETURN ledger_result(ledger_replay(p_key, p_hash), true);
     END IF;
-    FOR a IN SELECT id, balance, day, day_debits, month, month_debits FROM accounts
-             WHERE id IN (s.wallet, r.wallet, v_fee_shard) ORDER BY id FOR UPDATE LOOP
-        IF a.id = s.wallet THEN
-            v_sender_balance := a.balance;
-            v_day_used := CASE WHEN a.day = v_today THEN a.day_debits ELSE 0 END;
-            v_month_used := CASE WHEN a.month = v_month THEN a.month_debits ELSE 0 END;
-        ELSIF a.id = r.wallet THEN
-            v_recipient_balance := a.balance;
-        END IF;
-    END LOOP;
-    PERFORM ledger_debit_checks(v_sender_balance, p_amount + v_fee, p_amount, v_day_used,
-                                v_month_used, s.daily_debit_minor, s.monthly_debit_minor);
-    IF v_recipient_balance + p_amount > r.max_balance_minor THEN
-        PERFORM ledger_limit_fail('max_balance', r.max_balance_minor, v_recipient_balance, p_amount,
-                                  'recipient');
-    END IF;
-    PERFORM ledger_apply(v_id, ARRAY[s.wallet, r.wallet, v_fee_shard],
-                         ARRAY[-(p_amount + v_fee), p_amount, v_fee], s.wallet, p_amount);
+    SELECT * INTO a FROM ledger_post_checked(v_id, ARRAY[s.wallet, r.wallet, v_fee_shard],
+        ARRAY[-(p_amount + v_fee), p_amount, v_fee], s.wallet, p_amount, s.daily_debit_minor,
+        s.monthly_debit_minor, r.wallet, r.max_balance_minor);
+    v_sender_balance := a.o_debit_after;
+    v_recipient_balance := a.o_credit_after;
     INSERT INTO outbox (channel, recipient, kind, template, language, transfer_id, balance_minor)
-    VALUES ('sms', p_sender, 'receipt', 'p2p_sent', s.language, v_id,
-            v_sender_balance - p_amount - v_fee),
+    VALUES ('sms', p_sender, 'receipt', 'p2p_sent', s.language, v_id, v_sender_balance),
            ('sms', p_recipient, 'receipt', 'p2p_received', r.language, v_id,
-            v_recipient_balance + p_amount);
+            v_recipient_balance);
     RETURN ROW(ledger_reference(v_id), 'p2p', p_currency, p_amount, v_fee, 0::bigint, p_sender,
-               p_recipient, v_sender_balance - p_amount - v_fee, now(), false)::ledger_outcome;
+               p_recipient, v_sender_balance, now(), false)::ledger_outcome;
 END $$
 -- statement
 -- Deposit: bank settlement -> customer wallet (money in from the bank).
@@ -867,10 +959,6 @@ DECLARE
     v_commission_shard bigint;
     v_id bigint;
     v_balance bigint;
-    v_day_used bigint;
-    v_month_used bigint;
-    v_today date := (now() AT TIME ZONE 'UTC')::date;
-    v_month date := date_trunc('month', (now() AT TIME ZONE 'UTC'))::date;
 BEGIN
     IF p_amount IS NULL OR p_amount <= 0 THEN
         PERFORM ledger_fail('VALIDATION_ERROR', 'The amount must be more than zero',
@@ -890,24 +978,13 @@ BEGIN
     IF v_id IS NULL THEN
         RETURN ledger_result(ledger_replay(p_key, p_hash), true);
     END IF;
-    FOR a IN SELECT id, balance, day, day_debits, month, month_debits FROM accounts
-             WHERE id IN (s.o_wallet, v_float_shard, v_fee_shard, v_commission_shard)
-             ORDER BY id FOR UPDATE LOOP
-        IF a.id = s.o_wallet THEN
-            v_balance := a.balance;
-            v_day_used := CASE WHEN a.day = v_today THEN a.day_debits ELSE 0 END;
-            v_month_used := CASE WHEN a.month = v_month THEN a.month_debits ELSE 0 END;
-        END IF;
-    END LOOP;
-    PERFORM ledger_debit_checks(v_balance, p_amount + v_fee, p_amount, v_day_used, v_month_used,
-                                s.o_daily, s.o_monthly);
-    PERFORM ledger_apply(v_id, ARRAY[s.o_wallet, v_float_shard, v_fee_shard, v_commission_shard],
-                         ARRAY[-(p_amount + v_fee), p_amount, v_fee - v_commission, v_commission],
-                         s.o_wallet, p_amount);
-    PERFORM ledger_notify(v_id, p_msisdn, s.o_language, 'cash_out_done',
-                          v_balance - p_amount - v_fee);
+    SELECT o_debit_after INTO v_balance FROM ledger_post_checked(v_id,
+        ARRAY[s.o_wallet, v_float_shard, v_fee_shard, v_commission_shard],
+        ARRAY[-(p_amount + v_fee), p_amount, v_fee - v_commission, v_commission],
+        s.o_wallet, p_amount, s.o_daily, s.o_monthly, NULL, NULL);
+    PERFORM ledger_notify(v_id, p_msisdn, s.o_language, 'cash_out_done', v_balance);
     RETURN ROW(ledger_reference(v_id), 'cash_out', p_currency, p_amount, v_fee, v_commission,
-               p_msisdn, p_agent_code, v_balance - p_amount - v_fee, now(), false)::ledger_outcome;
+               p_msisdn, p_agent_code, v_balance, now(), false)::ledger_outcome;
 END $$
 -- statement
 -- Reversal: a new transfer that undoes every leg of the original, per logical account (the
