@@ -14,6 +14,7 @@ say) may be retried with the same key.
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -43,6 +44,7 @@ __all__ = [
 MAX_KEY_CHARS = 128
 MAX_CHANNEL_CHARS = 32
 MAX_NOTE_CHARS = 200
+MAX_EVIDENCE_CHARS = 2000
 MAX_STATEMENT_LINES = 100
 
 
@@ -126,6 +128,16 @@ def _agent_code(code: str) -> str:
     text = code.strip().upper() if isinstance(code, str) else ""
     if not 3 <= len(text) <= 16 or not text.isalnum() or not text.isascii():
         raise E.AgentNotFound(f"No agent {code!r}", agent_code=str(code)[:32])
+    return text
+
+
+def _evidence(evidence: dict[str, Any] | None) -> str:
+    """An agent transaction's evidence (geofence decision, device ...) as JSON for the note."""
+    if evidence is None:
+        return ""
+    text = json.dumps(evidence, default=str, separators=(",", ":"), sort_keys=True)
+    if len(text) > MAX_EVIDENCE_CHARS:
+        raise E.ValidationFailed("The evidence is too large", field="evidence")
     return text
 
 
@@ -260,9 +272,8 @@ async def cash_in(
     country_code: str = "254",
 ) -> TransferResult:
     """The customer hands cash to the agent: agent float -> customer wallet; the agent earns
-    the `cash_in` commission from fee income. `evidence` (e.g. the geofence decision) is the
-    caller's to store; it is not part of the request identity."""
-    del evidence  # recorded by the agents area next to its decision, keyed by the reference
+    the `cash_in` commission from fee income. `evidence` (e.g. the geofence decision) is kept
+    as JSON in the transfer's note; it is not part of the request identity."""
     code = _agent_code(agent_code)
     dst = normalise_msisdn(msisdn, country_code)
     amount = check_amount(amount_minor)
@@ -271,7 +282,7 @@ async def cash_in(
     digest = request_hash("cash_in", code, dst, amount, currency)
     row = await call(
         db,
-        "SELECT * FROM ledger_cash_in($1, $2, $3, $4, $5, $6, $7, $8)",
+        "SELECT * FROM ledger_cash_in($1, $2, $3, $4, $5, $6, $7, $8, $9)",
         key,
         digest,
         code,
@@ -280,6 +291,7 @@ async def cash_in(
         currency,
         _channel(channel),
         code,
+        _evidence(evidence),
     )
     return _result(row)
 
@@ -297,8 +309,8 @@ async def cash_out(
     country_code: str = "254",
 ) -> TransferResult:
     """The agent hands cash to the customer: customer wallet -> agent float, plus the
-    `cash_out` fee, of which the agent's commission goes to its commission account."""
-    del evidence
+    `cash_out` fee, of which the agent's commission goes to its commission account.
+    `evidence` as for cash_in."""
     code = _agent_code(agent_code)
     src = normalise_msisdn(msisdn, country_code)
     amount = check_amount(amount_minor)
@@ -307,7 +319,7 @@ async def cash_out(
     digest = request_hash("cash_out", code, src, amount, currency)
     row = await call(
         db,
-        "SELECT * FROM ledger_cash_out($1, $2, $3, $4, $5, $6, $7, $8)",
+        "SELECT * FROM ledger_cash_out($1, $2, $3, $4, $5, $6, $7, $8, $9)",
         key,
         digest,
         src,
@@ -316,6 +328,7 @@ async def cash_out(
         currency,
         _channel(channel),
         code,
+        _evidence(evidence),
     )
     return _result(row)
 

@@ -136,7 +136,7 @@ CREATE TABLE transfers (
     reversal_of bigint REFERENCES transfers (id),
     channel text NOT NULL,
     initiator text NOT NULL DEFAULT '',
-    note text NOT NULL DEFAULT '',
+    note text NOT NULL DEFAULT '',  -- a deposit's bank reference, a reversal's reason, agent evidence
     created_at timestamptz NOT NULL DEFAULT now(),
     CONSTRAINT transfers_key_hash UNIQUE (key_hash)
 )
@@ -912,7 +912,7 @@ END $$
 -- Cash-in: agent float -> customer wallet; the agent earns its commission from fee income.
 CREATE FUNCTION ledger_cash_in(p_key text, p_hash text, p_agent_code text, p_msisdn text,
                                p_amount bigint, p_currency text, p_channel text,
-                               p_initiator text)
+                               p_initiator text, p_note text DEFAULT '')
 RETURNS ledger_outcome LANGUAGE plpgsql AS $$
 DECLARE
     g record;
@@ -928,7 +928,7 @@ BEGIN
     SELECT o_commission INTO v_commission FROM ledger_tariff('cash_in', p_currency, p_amount);
     v_fee_account := ledger_system_account('fee_income', p_currency);
     v_id := ledger_claim('cash_in', p_key, p_hash, p_currency, p_amount, 0, v_commission,
-                         p_agent_code, p_msisdn, r.o_wallet, NULL, p_channel, p_initiator, '');
+                         p_agent_code, p_msisdn, r.o_wallet, NULL, p_channel, p_initiator, p_note);
     IF v_id IS NULL THEN
         RETURN ledger_result(ledger_replay(p_key, p_hash), true);
     END IF;
@@ -946,7 +946,7 @@ END $$
 -- Every credit lands on a random shard, so one busy agent does not serialise its customers.
 CREATE FUNCTION ledger_cash_out(p_key text, p_hash text, p_msisdn text, p_agent_code text,
                                 p_amount bigint, p_currency text, p_channel text,
-                                p_initiator text)
+                                p_initiator text, p_note text DEFAULT '')
 RETURNS ledger_outcome LANGUAGE plpgsql AS $$
 DECLARE
     g record;
@@ -974,7 +974,7 @@ BEGIN
     v_float_shard := ledger_shard(g.o_float, g.o_shards);
     v_commission_shard := ledger_shard(g.o_commission, g.o_shards);
     v_id := ledger_claim('cash_out', p_key, p_hash, p_currency, p_amount, v_fee, v_commission,
-                         p_msisdn, p_agent_code, s.o_wallet, NULL, p_channel, p_initiator, '');
+                         p_msisdn, p_agent_code, s.o_wallet, NULL, p_channel, p_initiator, p_note);
     IF v_id IS NULL THEN
         RETURN ledger_result(ledger_replay(p_key, p_hash), true);
     END IF;

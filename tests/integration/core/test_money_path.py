@@ -124,8 +124,13 @@ async def test_agent_cash_in_and_cash_out_with_commission(
         amount_minor=3_000_00,
         idempotency_key=new_key(),
         channel="agent",
+        evidence={"geofence": "inside", "accuracy_m": 12},
     )
     assert got.commission_minor == 12_00 and got.balance_after_minor == 3_000_00
+    note = await core_db.fetchval(
+        "SELECT note FROM transfers WHERE id = ledger_reference_id($1)", got.reference
+    )
+    assert note == '{"accuracy_m":12,"geofence":"inside"}'
     out = await cash_out(
         core_db,
         agent_code=agent,
