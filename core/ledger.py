@@ -19,7 +19,7 @@ from typing import Any
 from core.money import check_currency
 from core.pg import Db, connection
 
-HOT_SHARDS = 64  # settlement, fee income and loan fund rows per currency
+HOT_SHARDS = 256  # settlement, fee income and loan fund rows per currency
 MAX_BREACHES_SHOWN = 20
 
 

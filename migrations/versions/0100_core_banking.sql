@@ -53,7 +53,7 @@ CREATE TABLE accounts (
     agent_id bigint REFERENCES agents (id),
     parent_id bigint REFERENCES accounts (id),
     shard integer NOT NULL DEFAULT 0,
-    shards integer NOT NULL DEFAULT 1 CHECK (shards BETWEEN 1 AND 64),
+    shards integer NOT NULL DEFAULT 1 CHECK (shards BETWEEN 1 AND 1024),
     allow_negative boolean NOT NULL DEFAULT false,
     balance bigint NOT NULL DEFAULT 0,
     day date,
