@@ -2,7 +2,8 @@
 --
 -- Statements are separated by lines reading exactly "-- statement" (the migration runs them one
 -- at a time through the driver). Every money movement is ONE call of a ledger_* function:
--- resolve the parties, claim the idempotency key, lock the touched accounts in id order, check
+-- resolve the parties, claim the idempotency key, lock the touched accounts in id order (every
+-- path does, either in one locking statement or UPDATE by UPDATE, so none can deadlock), check
 -- balance and limits, post the entries, queue the receipts. A failed check raises and the whole
 -- call rolls back, so nothing is ever half written.
 --
@@ -781,8 +782,9 @@ BEGIN
          AS l (entry, account, amount, after, prev);
 END $$
 -- statement
--- P2P: sender wallet -> recipient wallet, the fee to a fee-income shard. The hottest path, so
--- it locks and reads its three rows in one statement and builds its answer without a query.
+-- P2P: sender wallet -> recipient wallet, the fee to a fee-income shard. The hottest path: both
+-- parties in one look-up, conditional UPDATEs instead of a locking pass, and an answer built
+-- without a query.
 CREATE FUNCTION ledger_p2p(p_key text, p_hash text, p_sender text, p_recipient text,
                            p_amount bigint, p_currency text, p_channel text, p_initiator text)
 RETURNS ledger_outcome LANGUAGE plpgsql AS $$
