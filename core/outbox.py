@@ -29,6 +29,7 @@ log = logging.getLogger("core.outbox")
 CHANNELS = ("sms", "email", "push", "log")
 MAX_BODY_CHARS = 4000
 MAX_RECIPIENT_CHARS = 256
+RUN_BACKOFF_MAX_S = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -242,19 +243,26 @@ class Dispatcher:
         await self.db.execute(_DEAD_SQL, message.id, message.attempts, reason[:500])
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Dispatch until `stop` is set; a database hiccup is logged and retried."""
+        """Dispatch until `stop` is set. A database outage is logged and retried with backoff
+        (up to RUN_BACKOFF_MAX_S between tries), not in a tight loop."""
+        failures = 0
         while not stop.is_set():
             try:
                 claimed = await self.dispatch_once()
+                failures = 0
             except Exception:
-                log.exception("outbox dispatch failed; retrying")
+                failures += 1
+                log.exception("outbox dispatch failed; retrying", extra={"failures": failures})
                 claimed = 0
             if claimed:
                 continue
             self._wake.clear()
+            pause = self.policy.poll_interval_s
+            if failures:
+                pause = min(RUN_BACKOFF_MAX_S, pause * 2**failures)
             waiters = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(self._wake.wait())]
             _, pending = await asyncio.wait(
-                waiters, timeout=self.policy.poll_interval_s, return_when=asyncio.FIRST_COMPLETED
+                waiters, timeout=pause, return_when=asyncio.FIRST_COMPLETED
             )
             for waiter in pending:
                 waiter.cancel()

@@ -72,6 +72,8 @@ async def call(db: Db, sql: str, *args: Any, timeout_s: float = CALL_TIMEOUT_S) 
             return await db.fetchrow(sql, *args, timeout=timeout_s)
         except asyncpg.RaiseError as exc:
             raise _from_raise(exc) from None
+        except asyncpg.DataError:  # a value the database types cannot hold (checked earlier)
+            raise E.ValidationFailed("A value is out of range") from None
         except asyncpg.CheckViolationError as exc:
             if getattr(exc, "constraint_name", "") == "accounts_no_overdraft":
                 raise E.InsufficientFunds() from None
