@@ -201,3 +201,24 @@ async def test_app_dispatcher_sends_receipts_in_the_customers_language(
     assert rows[0]["body"].startswith(f"{sent.reference} Confirmé. KES 200.00 envoyé")
     assert "Frais KES 7.00" in rows[0]["body"]
     assert rows[1]["body"].startswith(f"{sent.reference} Imethibitishwa. Umepokea KES 200.00")
+
+
+async def test_dispatcher_backs_off_while_the_database_is_down(database_url: str) -> None:
+    from gateway import db as dbmod
+
+    pool = await dbmod.make_pool(database_url, min_size=1, max_size=1)
+    await pool.close()  # a real pool that can no longer reach the database
+
+    class Counting(Dispatcher):
+        calls = 0
+
+        async def dispatch_once(self) -> int:
+            Counting.calls += 1
+            return await super().dispatch_once()
+
+    dispatcher = Counting(pool, {"x": Recorder()}, DispatchPolicy(poll_interval_s=0.01))
+    stop = asyncio.Event()
+    asyncio.get_running_loop().call_later(0.6, stop.set)
+    await asyncio.wait_for(dispatcher.run(stop), timeout=10)
+    # 0.01 s polls would make ~60 tries; doubling pauses (0.02, 0.04 ... s) make about 6.
+    assert 2 <= Counting.calls <= 8
