@@ -286,20 +286,6 @@ BEGIN
     RETURN v_id;
 END $$
 -- statement
--- A random shard of a logical account (itself when unsharded): credits spread over the shards.
-CREATE FUNCTION ledger_shard(p_parent bigint, p_shards integer) RETURNS bigint
-LANGUAGE plpgsql AS $$
-DECLARE
-    v_shard integer := floor(random() * p_shards)::integer;
-    v_id bigint;
-BEGIN
-    IF p_shards = 1 THEN
-        RETURN p_parent;
-    END IF;
-    SELECT id INTO STRICT v_id FROM accounts WHERE parent_id = p_parent AND shard = v_shard;
-    RETURN v_id;
-END $$
--- statement
 -- Fee and commission for an amount from the tariff bands; no band means free.
 CREATE FUNCTION ledger_tariff(p_type text, p_currency text, p_amount bigint,
                               OUT o_fee bigint, OUT o_commission bigint)
@@ -311,32 +297,6 @@ BEGIN
     ORDER BY min_minor DESC LIMIT 1;
     o_fee := coalesce(o_fee, 0);
     o_commission := coalesce(o_commission, 0);
-END $$
--- statement
--- The tariff's fee and commission for an amount and a random fee-income shard, in one statement.
-CREATE FUNCTION ledger_fee(p_type text, p_currency text, p_amount bigint, OUT o_fee bigint,
-                           OUT o_commission bigint, OUT o_fee_shard bigint)
-LANGUAGE plpgsql AS $$
-DECLARE
-    v_draw double precision := random();
-BEGIN
-    SELECT coalesce(t.fee_minor, 0), coalesce(t.commission_minor, 0),
-           (SELECT coalesce((SELECT c.id FROM accounts c WHERE c.parent_id = p.id
-                             AND c.shard = floor(v_draw * p.shards)::integer), p.id)
-            FROM accounts p
-            WHERE p.kind = 'fee_income' AND p.currency = p_currency AND p.parent_id IS NULL
-              AND p.customer_id IS NULL AND p.agent_id IS NULL)
-    INTO o_fee, o_commission, o_fee_shard
-    FROM (SELECT 1) AS one
-    LEFT JOIN LATERAL (
-        SELECT fee_minor, commission_minor FROM tariffs
-        WHERE txn_type = p_type AND currency = p_currency
-          AND p_amount BETWEEN min_minor AND max_minor
-        ORDER BY min_minor DESC LIMIT 1) AS t ON true;
-    IF o_fee_shard IS NULL THEN
-        PERFORM ledger_fail('CURRENCY_MISMATCH', format('No fee_income account in %s', p_currency),
-                            jsonb_build_object('currency', p_currency));
-    END IF;
 END $$
 -- statement
 -- Expand logical legs to physical ones and lock them all in id order (no deadlock between any
@@ -1046,45 +1006,101 @@ END $$
 -- statement
 -- Cash-out: customer wallet -> agent float (amount), fee to fee income, commission to the agent.
 -- Every credit lands on a random shard, so one busy agent does not serialise its customers.
+-- Written out like ledger_p2p (the hot-destination path): three look-ups, the claim, one
+-- posting call, the receipt.
 CREATE FUNCTION ledger_cash_out(p_key text, p_hash text, p_msisdn text, p_agent_code text,
                                 p_amount bigint, p_currency text, p_channel text,
                                 p_initiator text, p_note text DEFAULT '')
 RETURNS ledger_outcome LANGUAGE plpgsql AS $$
 DECLARE
-    g record;
     s record;
-    a record;
+    g record;
+    v_float_draw double precision := random();
+    v_commission_draw double precision := random();
+    v_fee_draw double precision := random();
     v_fee bigint;
     v_commission bigint;
     v_fee_shard bigint;
-    v_float_shard bigint;
-    v_commission_shard bigint;
     v_id bigint;
+    v_got bigint;
     v_balance bigint;
 BEGIN
     IF p_amount IS NULL OR p_amount <= 0 THEN
         PERFORM ledger_fail('VALIDATION_ERROR', 'The amount must be more than zero',
                             jsonb_build_object('field', 'amount_minor'));
+    ELSIF p_key IS NULL OR length(p_key) NOT BETWEEN 1 AND 128 THEN
+        PERFORM ledger_fail('VALIDATION_ERROR',
+                            'An idempotency key of 1 to 128 characters is needed',
+                            jsonb_build_object('field', 'idempotency_key'));
     END IF;
-    SELECT * INTO s FROM ledger_party(p_msisdn, p_currency, true, 'sender');
-    SELECT * INTO g FROM ledger_agent(p_agent_code, p_currency);
-    IF p_amount > s.o_per_txn THEN
-        PERFORM ledger_limit_fail('per_transaction', s.o_per_txn, 0, p_amount, 'sender');
+    SELECT cu.id, cu.status, wa.id AS wallet, cu.tier, cu.language, tl.max_balance_minor,
+           tl.per_transaction_minor, tl.daily_debit_minor, tl.monthly_debit_minor
+    INTO s
+    FROM customers cu
+    LEFT JOIN accounts wa ON wa.customer_id = cu.id AND wa.kind = 'wallet'
+                         AND wa.currency = p_currency
+    LEFT JOIN tier_limits tl ON tl.tier = cu.tier AND tl.currency = p_currency
+    WHERE cu.msisdn = p_msisdn;
+    IF NOT FOUND THEN
+        PERFORM ledger_party_check(p_msisdn, p_currency, true, 'sender', NULL, NULL, NULL, NULL,
+                                   NULL);
+    ELSIF s.status <> 'active' OR s.wallet IS NULL OR s.max_balance_minor IS NULL THEN
+        PERFORM ledger_party_check(p_msisdn, p_currency, true, 'sender', s.id, s.status,
+                                   s.wallet, s.tier, s.max_balance_minor);
     END IF;
-    SELECT o_fee, o_commission, o_fee_shard INTO v_fee, v_commission, v_fee_shard
-    FROM ledger_fee('cash_out', p_currency, p_amount);
-    v_float_shard := ledger_shard(g.o_float, g.o_shards);
-    v_commission_shard := ledger_shard(g.o_commission, g.o_shards);
-    v_id := ledger_claim('cash_out', p_key, p_hash, p_currency, p_amount, v_fee, v_commission,
-                         p_msisdn, p_agent_code, s.o_wallet, NULL, p_channel, p_initiator, p_note);
-    IF v_id IS NULL THEN
+    SELECT ag.id, ag.status, ag.currency, ag.name,
+           (SELECT coalesce((SELECT sh.id FROM accounts sh WHERE sh.parent_id = f.id
+                             AND sh.shard = floor(v_float_draw * f.shards)::integer), f.id)
+            FROM accounts f WHERE f.agent_id = ag.id AND f.kind = 'agent_float'
+              AND f.parent_id IS NULL) AS float_shard,
+           (SELECT coalesce((SELECT sh.id FROM accounts sh WHERE sh.parent_id = f.id
+                             AND sh.shard = floor(v_commission_draw * f.shards)::integer), f.id)
+            FROM accounts f WHERE f.agent_id = ag.id AND f.kind = 'agent_commission'
+              AND f.parent_id IS NULL) AS commission_shard
+    INTO g
+    FROM agents ag WHERE ag.code = p_agent_code;
+    IF NOT FOUND OR g.status <> 'active' OR g.currency <> p_currency THEN
+        PERFORM * FROM ledger_agent(p_agent_code, p_currency);  -- raises the precise error
+    END IF;
+    IF p_amount > s.per_transaction_minor THEN
+        PERFORM ledger_limit_fail('per_transaction', s.per_transaction_minor, 0, p_amount,
+                                  'sender');
+    END IF;
+    SELECT coalesce(t.fee_minor, 0), coalesce(t.commission_minor, 0),
+           (SELECT coalesce((SELECT sh.id FROM accounts sh WHERE sh.parent_id = p.id
+                             AND sh.shard = floor(v_fee_draw * p.shards)::integer), p.id)
+            FROM accounts p
+            WHERE p.kind = 'fee_income' AND p.currency = p_currency AND p.parent_id IS NULL
+              AND p.customer_id IS NULL AND p.agent_id IS NULL)
+    INTO v_fee, v_commission, v_fee_shard
+    FROM (SELECT 1) AS one
+    LEFT JOIN LATERAL (
+        SELECT fee_minor, commission_minor FROM tariffs
+        WHERE txn_type = 'cash_out' AND currency = p_currency
+          AND p_amount BETWEEN min_minor AND max_minor
+        ORDER BY min_minor DESC LIMIT 1) AS t ON true;
+    IF v_fee_shard IS NULL THEN
+        PERFORM ledger_fail('CURRENCY_MISMATCH', format('No fee_income account in %s', p_currency),
+                            jsonb_build_object('currency', p_currency));
+    END IF;
+    v_id := nextval('transfers_id_seq');
+    INSERT INTO transfers (id, type, idempotency_key, key_hash, request_hash, currency, amount,
+                           fee, commission, debit_party, credit_party, subject_account_id,
+                           channel, initiator, note)
+    VALUES (v_id, 'cash_out', p_key, hashtextextended(p_key, 0), p_hash, p_currency, p_amount,
+            v_fee, v_commission, p_msisdn, p_agent_code, s.wallet, p_channel,
+            coalesce(p_initiator, ''), coalesce(p_note, ''))
+    ON CONFLICT DO NOTHING
+    RETURNING id INTO v_got;
+    IF v_got IS NULL THEN
         RETURN ledger_result(ledger_replay(p_key, p_hash), true);
     END IF;
     SELECT o_debit_after INTO v_balance FROM ledger_post_checked(v_id,
-        ARRAY[s.o_wallet, v_float_shard, v_fee_shard, v_commission_shard],
+        ARRAY[s.wallet, g.float_shard, v_fee_shard, g.commission_shard],
         ARRAY[-(p_amount + v_fee), p_amount, v_fee - v_commission, v_commission],
-        s.o_wallet, p_amount, s.o_daily, s.o_monthly, NULL, NULL);
-    PERFORM ledger_notify(v_id, p_msisdn, s.o_language, 'cash_out_done', v_balance);
+        s.wallet, p_amount, s.daily_debit_minor, s.monthly_debit_minor, NULL, NULL);
+    INSERT INTO outbox (channel, recipient, kind, template, language, transfer_id, balance_minor)
+    VALUES ('sms', p_msisdn, 'receipt', 'cash_out_done', s.language, v_id, v_balance);
     RETURN ROW(ledger_reference(v_id), 'cash_out', p_currency, p_amount, v_fee, v_commission,
                p_msisdn, p_agent_code, v_balance, now(), false)::ledger_outcome;
 END $$
