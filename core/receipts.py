@@ -53,6 +53,20 @@ TEMPLATES: dict[str, dict[str, str]] = {
         "sw": "{reference} Imethibitishwa. Float ya {amount} imewekwa kwa wakala {agent_code}.",
         "fr": "{reference} Confirmé. Float de {amount} crédité à l'agent {agent_code}.",
     },
+    "loan_disbursed": {
+        "en": "{reference} Confirmed. Loan of {amount} credited to your wallet. "
+        "New balance {balance}.",
+        "sw": "{reference} Imethibitishwa. Mkopo wa {amount} umewekwa kwenye pochi yako. "
+        "Salio jipya {balance}.",
+        "fr": "{reference} Confirmé. Prêt de {amount} crédité sur votre portefeuille. "
+        "Nouveau solde {balance}.",
+    },
+    "loan_repaid": {
+        "en": "{reference} Confirmed. Loan repayment of {amount} received. New balance {balance}.",
+        "sw": "{reference} Imethibitishwa. Malipo ya mkopo ya {amount} yamepokelewa. "
+        "Salio jipya {balance}.",
+        "fr": "{reference} Confirmé. Remboursement de {amount} reçu. Nouveau solde {balance}.",
+    },
     "reversal": {
         "en": "{reference} Confirmed. Transaction {original} of {amount} was reversed. "
         "New balance {balance}.",

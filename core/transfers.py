@@ -34,8 +34,10 @@ __all__ = [
     "cash_in",
     "cash_out",
     "deposit",
+    "disburse_loan",
     "float_topup",
     "quote",
+    "repay_loan",
     "reverse",
     "send_money",
     "statement",
@@ -362,6 +364,100 @@ async def reverse(
         reason,
     )
     return _result(row)
+
+
+async def _loan_movement(
+    db: Db,
+    function: str,
+    kind: str,
+    *,
+    msisdn: str,
+    amount_minor: int,
+    idempotency_key: str,
+    channel: str,
+    loan_reference: str,
+    currency: str,
+    country_code: str,
+    initiator: str,
+) -> TransferResult:
+    number = normalise_msisdn(msisdn, country_code)
+    amount = check_amount(amount_minor)
+    check_currency(currency)
+    if len(loan_reference) > MAX_NOTE_CHARS:
+        raise E.ValidationFailed("The loan reference is at most 200 characters", field="loan")
+    key = _key(idempotency_key)
+    digest = request_hash(kind, number, amount, currency, loan_reference)
+    row = await call(
+        db,
+        f"SELECT * FROM {function}($1, $2, $3, $4, $5, $6, $7, $8)",  # noqa: S608 (a constant)
+        key,
+        digest,
+        number,
+        amount,
+        currency,
+        _channel(channel),
+        initiator,
+        loan_reference,
+    )
+    return _result(row)
+
+
+async def disburse_loan(
+    db: Db,
+    *,
+    msisdn: str,
+    amount_minor: int,
+    idempotency_key: str,
+    channel: str,
+    loan_reference: str = "",
+    currency: str = "KES",
+    country_code: str = "254",
+    initiator: str = "",
+) -> TransferResult:
+    """Loan fund -> customer wallet (the recipient's maximum balance applies). The loans area
+    owns the loan itself; `loan_reference` (its id) is part of the request."""
+    return await _loan_movement(
+        db,
+        "ledger_loan_disburse",
+        "loan_disbursement",
+        msisdn=msisdn,
+        amount_minor=amount_minor,
+        idempotency_key=idempotency_key,
+        channel=channel,
+        loan_reference=loan_reference,
+        currency=currency,
+        country_code=country_code,
+        initiator=initiator,
+    )
+
+
+async def repay_loan(
+    db: Db,
+    *,
+    msisdn: str,
+    amount_minor: int,
+    idempotency_key: str,
+    channel: str,
+    loan_reference: str = "",
+    currency: str = "KES",
+    country_code: str = "254",
+    initiator: str = "",
+) -> TransferResult:
+    """Customer wallet -> loan fund (InsufficientFunds when the wallet cannot pay; not counted
+    towards the daily and monthly debit caps)."""
+    return await _loan_movement(
+        db,
+        "ledger_loan_repay",
+        "loan_repayment",
+        msisdn=msisdn,
+        amount_minor=amount_minor,
+        idempotency_key=idempotency_key,
+        channel=channel,
+        loan_reference=loan_reference,
+        currency=currency,
+        country_code=country_code,
+        initiator=initiator,
+    )
 
 
 async def balance(db: Db, msisdn: str, currency: str = "KES", country_code: str = "254") -> int:

@@ -119,7 +119,7 @@ CREATE INDEX tariffs_lookup ON tariffs (txn_type, currency, min_minor)
 CREATE TABLE transfers (
     id bigint PRIMARY KEY,
     type text NOT NULL CHECK (type IN ('p2p', 'deposit', 'float_topup', 'cash_in', 'cash_out',
-                                       'reversal')),
+                                       'reversal', 'loan_disbursement', 'loan_repayment')),
     idempotency_key text NOT NULL CHECK (length(idempotency_key) BETWEEN 1 AND 128),
     -- Keys are unique through a 64-bit hash: a third of the index of the text, so far fewer
     -- pages for random keys to land on. A replay compares the key itself as well.
@@ -1103,6 +1103,62 @@ BEGIN
     VALUES ('sms', p_msisdn, 'receipt', 'cash_out_done', s.language, v_id, v_balance);
     RETURN ROW(ledger_reference(v_id), 'cash_out', p_currency, p_amount, v_fee, v_commission,
                p_msisdn, p_agent_code, v_balance, now(), false)::ledger_outcome;
+END $$
+-- statement
+-- Loan disbursement: loan fund -> customer wallet (the recipient's maximum balance applies).
+CREATE FUNCTION ledger_loan_disburse(p_key text, p_hash text, p_msisdn text, p_amount bigint,
+                                     p_currency text, p_channel text, p_initiator text,
+                                     p_note text)
+RETURNS ledger_outcome LANGUAGE plpgsql AS $$
+DECLARE
+    r record;
+    v_fund bigint;
+    v_id bigint;
+    v_lock record;
+BEGIN
+    PERFORM ledger_check_amount(p_amount);
+    SELECT * INTO r FROM ledger_party(p_msisdn, p_currency, false, 'recipient');
+    v_fund := ledger_system_account('loan_fund', p_currency);
+    v_id := ledger_claim('loan_disbursement', p_key, p_hash, p_currency, p_amount, 0, 0, 'LOANS',
+                         p_msisdn, r.o_wallet, NULL, p_channel, p_initiator, p_note);
+    IF v_id IS NULL THEN
+        RETURN ledger_result(ledger_replay(p_key, p_hash), true);
+    END IF;
+    SELECT * INTO v_lock FROM ledger_lock_legs(ARRAY[v_fund, r.o_wallet],
+                                               ARRAY[-p_amount, p_amount], false);
+    PERFORM ledger_check_credit(r.o_wallet, p_amount, r.o_max_balance);
+    PERFORM ledger_apply(v_id, v_lock.o_ids, v_lock.o_deltas, NULL, 0);
+    PERFORM ledger_notify(v_id, p_msisdn, r.o_language, 'loan_disbursed',
+                          (SELECT balance FROM accounts WHERE id = r.o_wallet));
+    RETURN ledger_result(v_id, false);
+END $$
+-- statement
+-- Loan repayment: customer wallet -> loan fund. Not counted towards the daily and monthly
+-- debit caps (paying back is not spending).
+CREATE FUNCTION ledger_loan_repay(p_key text, p_hash text, p_msisdn text, p_amount bigint,
+                                  p_currency text, p_channel text, p_initiator text,
+                                  p_note text)
+RETURNS ledger_outcome LANGUAGE plpgsql AS $$
+DECLARE
+    s record;
+    v_fund bigint;
+    v_id bigint;
+    v_lock record;
+BEGIN
+    PERFORM ledger_check_amount(p_amount);
+    SELECT * INTO s FROM ledger_party(p_msisdn, p_currency, true, 'sender');
+    v_fund := ledger_system_account('loan_fund', p_currency);
+    v_id := ledger_claim('loan_repayment', p_key, p_hash, p_currency, p_amount, 0, 0, p_msisdn,
+                         'LOANS', s.o_wallet, NULL, p_channel, p_initiator, p_note);
+    IF v_id IS NULL THEN
+        RETURN ledger_result(ledger_replay(p_key, p_hash), true);
+    END IF;
+    SELECT * INTO v_lock FROM ledger_lock_legs(ARRAY[s.o_wallet, v_fund],
+                                               ARRAY[-p_amount, p_amount], true);
+    PERFORM ledger_apply(v_id, v_lock.o_ids, v_lock.o_deltas, NULL, 0);
+    PERFORM ledger_notify(v_id, p_msisdn, s.o_language, 'loan_repaid',
+                          (SELECT balance FROM accounts WHERE id = s.o_wallet));
+    RETURN ledger_result(v_id, false);
 END $$
 -- statement
 -- Reversal: a new transfer that undoes every leg of the original, per logical account (the

@@ -411,3 +411,65 @@ async def test_wallets_never_negative_in_the_database(
         )
     with pytest.raises(asyncpg.InsufficientPrivilegeError):
         await core_db.execute("DELETE FROM entries WHERE amount = 100")
+
+
+async def test_loan_disbursement_and_repayment(core_db: asyncpg.Pool, cipher: FieldCipher) -> None:
+    from core.transfers import disburse_loan, repay_loan
+
+    alice = await make_customer(core_db, cipher)
+    fund_before = await system_balance(core_db, "loan_fund", "KES")
+    key = new_key("loan")
+    out = await disburse_loan(
+        core_db,
+        msisdn=alice,
+        amount_minor=1_000_00,
+        idempotency_key=key,
+        channel="ussd",
+        loan_reference="L-1",
+    )
+    assert out.kind == "loan_disbursement" and out.balance_after_minor == 1_000_00
+    again = await disburse_loan(
+        core_db,
+        msisdn=alice,
+        amount_minor=1_000_00,
+        idempotency_key=key,
+        channel="ussd",
+        loan_reference="L-1",
+    )
+    assert again.replayed and again.reference == out.reference
+    with pytest.raises(E.IdempotencyConflict):
+        await disburse_loan(
+            core_db,
+            msisdn=alice,
+            amount_minor=1_000_00,
+            idempotency_key=key,
+            channel="ussd",
+            loan_reference="L-2",
+        )
+    with pytest.raises(E.InsufficientFunds):
+        await repay_loan(
+            core_db,
+            msisdn=alice,
+            amount_minor=1_000_01,
+            idempotency_key=new_key(),
+            channel="ussd",
+            loan_reference="L-1",
+        )
+    paid = await repay_loan(
+        core_db,
+        msisdn=alice,
+        amount_minor=1_000_00,
+        idempotency_key=new_key(),
+        channel="ussd",
+        loan_reference="L-1",
+    )
+    assert paid.kind == "loan_repayment" and paid.balance_after_minor == 0
+    assert await system_balance(core_db, "loan_fund", "KES") == fund_before
+    with pytest.raises(E.CustomerNotFound):
+        await disburse_loan(
+            core_db,
+            msisdn=new_msisdn(),
+            amount_minor=100,
+            idempotency_key=new_key(),
+            channel="ussd",
+        )
