@@ -286,6 +286,26 @@ BEGIN
     RETURN v_id;
 END $$
 -- statement
+-- A shard of a sharded credit account that no one holds right now (SKIP LOCKED, starting at
+-- a random shard), locked; when all are busy, wait for a random one. Used for an agent's
+-- float and commission, credited by every cash-out at that agent: credits do not queue
+-- behind each other while a shard is free. Taken before any other account lock, which keeps
+-- the lock order (agents' accounts first) and so cannot deadlock.
+CREATE FUNCTION ledger_free_shard(p_parent bigint, p_shards integer) RETURNS bigint
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_start integer := floor(random() * p_shards)::integer;
+    v_id bigint;
+BEGIN
+    SELECT id INTO v_id FROM accounts WHERE parent_id = p_parent
+    ORDER BY (shard + p_shards - v_start) % p_shards LIMIT 1 FOR UPDATE SKIP LOCKED;
+    IF v_id IS NULL THEN
+        SELECT id INTO STRICT v_id FROM accounts WHERE parent_id = p_parent AND shard = v_start
+        FOR UPDATE;
+    END IF;
+    RETURN v_id;
+END $$
+-- statement
 -- Fee and commission for an amount from the tariff bands; no band means free.
 CREATE FUNCTION ledger_tariff(p_type text, p_currency text, p_amount bigint,
                               OUT o_fee bigint, OUT o_commission bigint)
@@ -299,8 +319,8 @@ BEGIN
     o_commission := coalesce(o_commission, 0);
 END $$
 -- statement
--- Expand logical legs to physical ones and lock them all in id order (no deadlock between any
--- two money paths, since every path locks through here). Sharded credits go to a random shard;
+-- Expand logical legs to physical ones and lock them all in the one lock order (agents'
+-- accounts first, then by id), so no two money paths can deadlock. Sharded credits go to a random shard;
 -- a sharded debit that must not overdraw locks every shard and takes from the fullest first.
 -- With p_check, every non-negative account is checked after locking.
 CREATE FUNCTION ledger_lock_legs(p_accounts bigint[], p_deltas bigint[], p_check boolean,
@@ -339,8 +359,10 @@ BEGIN
             v_gdelta := v_gdelta || r.delta;
         END IF;
     END LOOP;
+    -- The lock order every path follows: agents' accounts first, then the rest, each by id
+    -- (cash-out takes a free agent shard before anything else; see ledger_free_shard).
     PERFORM 1 FROM accounts WHERE id = ANY (o_ids) OR parent_id = ANY (v_greedy)
-    ORDER BY id FOR UPDATE;
+    ORDER BY agent_id IS NULL, id FOR UPDATE;
     FOR i IN 1 .. coalesce(array_length(v_greedy, 1), 0) LOOP
         v_need := -v_gdelta[i];
         FOR s IN SELECT id, balance FROM accounts WHERE parent_id = v_greedy[i] AND balance > 0
@@ -633,7 +655,8 @@ LANGUAGE sql AS $$
 $$
 -- statement
 -- Post a customer debit without a separate locking pass: one conditional UPDATE per leg, in
--- account id order (so no two postings can deadlock), each taking its own row lock. The
+-- account id order (so no two postings can deadlock), each taking its own row lock; legs the
+-- caller already locked (agent shards, taken first) do not wait here. The
 -- debited wallet's UPDATE carries the balance and cap checks in its WHERE and the credited
 -- wallet's the maximum balance; when one matches nothing, the row is locked and the precise
 -- error raised (sender's errors first). Then one INSERT writes every entry.
@@ -1006,8 +1029,8 @@ END $$
 -- statement
 -- Cash-out: customer wallet -> agent float (amount), fee to fee income, commission to the agent.
 -- Every credit lands on a random shard, so one busy agent does not serialise its customers.
--- Written out like ledger_p2p (the hot-destination path): three look-ups, the claim, one
--- posting call, the receipt.
+-- Written out like ledger_p2p (the hot-destination path): three look-ups, the claim, a free
+-- shard of the float and of the commission account, one posting call, the receipt.
 CREATE FUNCTION ledger_cash_out(p_key text, p_hash text, p_msisdn text, p_agent_code text,
                                 p_amount bigint, p_currency text, p_channel text,
                                 p_initiator text, p_note text DEFAULT '')
@@ -1015,9 +1038,9 @@ RETURNS ledger_outcome LANGUAGE plpgsql AS $$
 DECLARE
     s record;
     g record;
-    v_float_draw double precision := random();
-    v_commission_draw double precision := random();
     v_fee_draw double precision := random();
+    v_float_shard bigint;
+    v_commission_shard bigint;
     v_fee bigint;
     v_commission bigint;
     v_fee_shard bigint;
@@ -1049,16 +1072,12 @@ BEGIN
                                    s.wallet, s.tier, s.max_balance_minor);
     END IF;
     SELECT ag.id, ag.status, ag.currency, ag.name,
-           (SELECT coalesce((SELECT sh.id FROM accounts sh WHERE sh.parent_id = f.id
-                             AND sh.shard = floor(v_float_draw * f.shards)::integer), f.id)
-            FROM accounts f WHERE f.agent_id = ag.id AND f.kind = 'agent_float'
-              AND f.parent_id IS NULL) AS float_shard,
-           (SELECT coalesce((SELECT sh.id FROM accounts sh WHERE sh.parent_id = f.id
-                             AND sh.shard = floor(v_commission_draw * f.shards)::integer), f.id)
-            FROM accounts f WHERE f.agent_id = ag.id AND f.kind = 'agent_commission'
-              AND f.parent_id IS NULL) AS commission_shard
+           max(f.id) FILTER (WHERE f.kind = 'agent_float') AS float_account,
+           max(f.id) FILTER (WHERE f.kind = 'agent_commission') AS commission_account,
+           max(f.shards) AS shards
     INTO g
-    FROM agents ag WHERE ag.code = p_agent_code;
+    FROM agents ag LEFT JOIN accounts f ON f.agent_id = ag.id AND f.parent_id IS NULL
+    WHERE ag.code = p_agent_code GROUP BY ag.id;
     IF NOT FOUND OR g.status <> 'active' OR g.currency <> p_currency THEN
         PERFORM * FROM ledger_agent(p_agent_code, p_currency);  -- raises the precise error
     END IF;
@@ -1095,8 +1114,11 @@ BEGIN
     IF v_got IS NULL THEN
         RETURN ledger_result(ledger_replay(p_key, p_hash), true);
     END IF;
+    -- Agent shards first (the lock order), whichever are free; then the rest in id order.
+    v_float_shard := ledger_free_shard(g.float_account, g.shards);
+    v_commission_shard := ledger_free_shard(g.commission_account, g.shards);
     SELECT o_debit_after INTO v_balance FROM ledger_post_checked(v_id,
-        ARRAY[s.wallet, g.float_shard, v_fee_shard, g.commission_shard],
+        ARRAY[s.wallet, v_float_shard, v_fee_shard, v_commission_shard],
         ARRAY[-(p_amount + v_fee), p_amount, v_fee - v_commission, v_commission],
         s.wallet, p_amount, s.daily_debit_minor, s.monthly_debit_minor, NULL, NULL);
     INSERT INTO outbox (channel, recipient, kind, template, language, transfer_id, balance_minor)
