@@ -5,23 +5,35 @@ SMS hint, an MQTT error reply). Bugs are assertions, never CoreErrors.
 
     CoreError
     ├── NotFound                      a customer, agent, wallet, admin ... does not exist
+    │   ├── CustomerNotFound          no customer with that MSISDN (banking core)
+    │   ├── AgentNotFound             no agent with that code
+    │   └── TransferNotFound          no transfer with that reference
     ├── ValidationFailed              well-formed input that breaks a rule (amount <= 0 ...)
-    │   └── Overpayment               a loan repayment larger than everything the loan owes
+    │   ├── SameAccount               source and destination are the same wallet
+    │   ├── CurrencyMismatch          no wallet/account in the transfer's currency
+    │   ├── WeakPin                   a PIN that is not 4 digits, a sequence or one digit repeated
+    │   ├── Overpayment               a loan repayment larger than everything the loan owes
+    │   └── MenuInvalid               a menu document fails validation; `details.problems`
     ├── Conflict                      the request clashes with current state
     │   ├── AlreadyExists
     │   ├── IdempotencyConflict       same idempotency key, different request
+    │   ├── InsufficientFunds         the balance does not cover amount + fee
+    │   ├── LimitExceeded             a KYC tier limit (`details.limit` says which)
+    │   ├── AlreadyReversed           a transfer is reversed at most once
     │   └── IllegalTransition         a loan lifecycle move the state machine does not allow
     ├── AuthFailed                    credentials, PIN or OTP wrong (one generic message)
     │   ├── OtpInvalid                wrong or already used TOTP code
-    │   └── TokenInvalid              a JWT that is forged, expired or revoked
+    │   ├── TokenInvalid              a JWT that is forged, expired or revoked
+    │   └── WrongPin                  a wrong PIN; `details.attempts_left`
     ├── Forbidden                     authenticated, but not allowed
-    │   └── AccountLocked             too many failures; `details.retry_after_s` when it ends
+    │   ├── AccountLocked             too many failures; `details.retry_after_s` when it ends
+    │   ├── WalletLocked              3 wrong PINs in a row; an admin must unlock it
+    │   ├── AccountClosed             the customer's account is closed
+    │   └── AgentUnavailable          the agent is locked or closed
     ├── RateLimited                   too many attempts in a window
-    ├── Unavailable                   a dependency is down; try again later
-    └── BadRequest                    malformed input: not the wire format at all (HTTP 400)
-
-    ValidationFailed
-    └── MenuInvalid                   a menu document fails validation; `details.problems`
+    ├── Unavailable                   a dependency is down; try again later (same key is safe)
+    ├── BadRequest                    malformed input: not the wire format at all (HTTP 400)
+    └── SendFailed                    an outbox sender could not deliver (`temporary` or not)
 
 Each class carries a stable `code` (the `error_code` channels show) and a human `message`.
 """
@@ -137,3 +149,83 @@ class MenuInvalid(ValidationFailed):
 
     code = "MENU_INVALID"
     default_message = "The menu is not valid"
+
+
+# --- banking core ----------------------------------------------------------------------------
+
+
+class CustomerNotFound(NotFound):
+    code = "CUSTOMER_NOT_FOUND"
+    default_message = "No customer with that number"
+
+
+class AgentNotFound(NotFound):
+    code = "AGENT_NOT_FOUND"
+    default_message = "No agent with that code"
+
+
+class TransferNotFound(NotFound):
+    code = "TRANSFER_NOT_FOUND"
+    default_message = "No transfer with that reference"
+
+
+class SameAccount(ValidationFailed):
+    code = "SAME_ACCOUNT"
+    default_message = "The source and the destination are the same"
+
+
+class CurrencyMismatch(ValidationFailed):
+    code = "CURRENCY_MISMATCH"
+    default_message = "There is no account in that currency"
+
+
+class WeakPin(ValidationFailed):
+    code = "WEAK_PIN"
+    default_message = "A PIN is 4 digits, not a sequence and not one digit repeated"
+
+
+class InsufficientFunds(Conflict):
+    code = "INSUFFICIENT_FUNDS"
+    default_message = "Not enough money in the account"
+
+
+class LimitExceeded(Conflict):
+    code = "LIMIT_EXCEEDED"
+    default_message = "A transaction limit would be passed"
+
+
+class AlreadyReversed(Conflict):
+    code = "ALREADY_REVERSED"
+    default_message = "This transfer was already reversed"
+
+
+class WrongPin(AuthFailed):
+    code = "WRONG_PIN"
+    default_message = "Wrong PIN"
+
+
+class WalletLocked(Forbidden):
+    code = "WALLET_LOCKED"
+    default_message = "The wallet is locked; ask support to unlock it"
+
+
+class AccountClosed(Forbidden):
+    code = "ACCOUNT_CLOSED"
+    default_message = "The account is closed"
+
+
+class AgentUnavailable(Forbidden):
+    code = "AGENT_UNAVAILABLE"
+    default_message = "The agent is locked or closed"
+
+
+class SendFailed(CoreError):
+    """An outbox sender failed: `temporary` ones are retried with backoff, the rest go to the
+    dead-letter state with the reason."""
+
+    code = "SEND_FAILED"
+    default_message = "The message could not be sent"
+
+    def __init__(self, message: str | None = None, *, temporary: bool = True, **details: Any):
+        super().__init__(message, temporary=temporary, **details)
+        self.temporary = temporary

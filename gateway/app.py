@@ -18,7 +18,10 @@ from redis.asyncio import Redis
 from config.settings import Settings, load_settings
 from core.clock import SystemClock
 from core.crypto import FieldCipher
+from core.demo import seed_demo
+from core.ledger import ensure_system_accounts
 from core.loans.jobs import JobScheduler
+from core.outbox import Dispatcher, LogSender, Sender
 from gateway import db as dbmod
 from gateway.admin import ROUTE_GROUPS
 from gateway.admin.system import add_system_routes
@@ -27,6 +30,7 @@ from gateway.auth import TokenService
 from gateway.keys import (
     BACKGROUND,
     CIPHER,
+    DISPATCHER,
     ENDPOINTS,
     ENGINE,
     LOANS,
@@ -34,6 +38,7 @@ from gateway.keys import (
     PG_POOL,
     REDIS,
     ROUTE_SPECS,
+    SENDERS,
     SESSIONMAKER,
     SETTINGS,
     TOKENS,
@@ -142,6 +147,35 @@ async def _loan_jobs(app: web.Application) -> AsyncIterator[None]:
             await task
 
 
+DISPATCHER_STOP_TIMEOUT_S = 10.0
+
+
+async def _core(app: web.Application) -> AsyncIterator[None]:
+    """The banking core: system accounts for the currency, demo data when asked, and the
+    outbox dispatcher (safe with several instances: rows are claimed with SKIP LOCKED)."""
+    settings = app[SETTINGS]
+    pool = app[PG_POOL]
+    await ensure_system_accounts(pool, settings.currency)
+    if settings.demo_data:
+        await seed_demo(
+            pool, app[CIPHER], currency=settings.currency, pin_rounds=settings.pin_bcrypt_rounds
+        )
+    log_sender = LogSender()
+    senders: dict[str, Sender] = {"log": log_sender, "sms": log_sender}
+    app[SENDERS] = senders
+    app[DISPATCHER] = Dispatcher(pool, senders)
+    stop = asyncio.Event()
+    task = asyncio.create_task(app[DISPATCHER].run(stop), name="outbox-dispatcher")
+    try:
+        yield
+    finally:
+        stop.set()
+        try:
+            await asyncio.wait_for(task, DISPATCHER_STOP_TIMEOUT_S)
+        except TimeoutError:
+            log.warning("outbox dispatcher did not stop in time")
+
+
 async def _mqtt(app: web.Application) -> AsyncIterator[None]:
     async with mqtt_endpoint(app[SETTINGS]) as url:
         app[ENDPOINTS].mqtt_url = url
@@ -162,6 +196,7 @@ def create_app(
     app[METRICS] = Metrics()
     app[BACKGROUND] = {}
     app.cleanup_ctx.extend([_engines, _database(run_migrations), _redis, _security])
+    app.cleanup_ctx.append(_core)
     app.cleanup_ctx.append(_loans)
     add_ussd(app)  # USSD is always on, like the admin API
     if start_channels:

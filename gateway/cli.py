@@ -136,8 +136,40 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def cmd_ledger_check(args: argparse.Namespace, settings: Settings) -> int:
+    """Verify the ledger invariants on the live database; exit 1 with a report on a breach."""
+    import asyncpg
+
+    from core.ledger import check_ledger
+    from gateway import db as dbmod
+
+    async def run() -> list[str] | None:
+        async with open_storage(settings) as storage:
+            conn = await asyncpg.connect(dbmod.asyncpg_url(storage.database_url), timeout=10)
+            try:
+                report = await check_ledger(conn)
+            finally:
+                await conn.close()
+        return None if report.ok else report.lines()
+
+    breaches = asyncio.run(run())
+    if breaches is None:
+        print("ledger ok")
+        return 0
+    print("\n".join(breaches))
+    return 1
+
+
+def _ledger_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    ledger = sub.add_parser("ledger", help="the double-entry ledger")
+    ledger_sub = ledger.add_subparsers(dest="ledger_command", required=True)
+    check = ledger_sub.add_parser("check", help="verify the ledger invariants; exit 1 on breach")
+    check.set_defaults(func=cmd_ledger_check)
+
+
 # Areas add their commands here (menus validate, ledger check, simulate ussd ...).
 EXTRA_COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = []  # type: ignore[type-arg]
+EXTRA_COMMANDS.append(_ledger_commands)
 
 
 def _ussd_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]

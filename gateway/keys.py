@@ -14,6 +14,7 @@ from channels.ussd.http import UssdHttp
 from config.settings import Settings
 from core.crypto import FieldCipher
 from core.identity import Principal
+from core.outbox import Dispatcher, Sender
 from gateway.auth import TokenService
 from gateway.metrics import Metrics
 from gateway.services import Endpoints
@@ -40,6 +41,10 @@ USSD_SERVICE = web.AppKey("ussd_service", UssdService)
 USSD_HTTP = web.AppKey("ussd_http", UssdHttp)
 SMS_CHANNEL = web.AppKey("sms_channel", SmsChannel)  # only when SMPP_URL names binds
 SMS_SENDER = web.AppKey("sms_sender", SmppSender)
+# Outbox senders by channel ("sms", "email", "push", "log"): a channel's cleanup_ctx entry
+# replaces the logging default with its real sender; the dispatcher reads this dict live.
+SENDERS = web.AppKey("senders", dict[str, Sender])
+DISPATCHER = web.AppKey("dispatcher", Dispatcher)
 
 # Request-scoped values (request[...]).
 PRINCIPAL_KEY = web.RequestKey("principal", Principal)

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from gateway.admin import auth, menus, sms, system
+from gateway.admin import agents, auth, customers, menus, money, sms, system
 from gateway.admin import loans as loans_admin
 from gateway.api import ApiRoutes
 
 ROUTE_GROUPS: list[ApiRoutes] = [
     auth.routes,
     system.routes,
+    customers.routes,
+    money.routes,
+    agents.routes,
     loans_admin.routes,
     menus.routes,
     sms.routes,

@@ -1,0 +1,268 @@
+"""The notification outbox: rows written in the same transaction as the change they announce
+(the ledger functions write receipts), sent later by a dispatcher through pluggable senders.
+
+Dispatch is safe with many gateway instances: a batch is claimed with FOR UPDATE SKIP LOCKED
+and leased (next_attempt_at pushed `lease_s` ahead) in one statement, so no transaction stays
+open while a message is on the wire and a crashed instance's rows come back after the lease.
+Delivery is at least once. A temporary failure (`SendFailed(temporary=True)`, a timeout, any
+unexpected error) retries with exponential backoff and jitter; a permanent one, or
+`max_attempts`, moves the row to the dead-letter state with the reason. A dispatcher only
+claims rows for channels it has a sender for, so rows wait for their sender to be configured.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from core.errors import SendFailed, ValidationFailed
+from core.pg import Db
+from core.receipts import render
+
+log = logging.getLogger("core.outbox")
+
+CHANNELS = ("sms", "email", "push", "log")
+MAX_BODY_CHARS = 4000
+MAX_RECIPIENT_CHARS = 256
+RUN_BACKOFF_MAX_S = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class OutboundMessage:
+    id: int
+    channel: str
+    recipient: str
+    body: str
+    kind: str
+    attempts: int
+    language: str = "en"
+    transfer_id: int | None = None
+
+
+class Sender(Protocol):
+    async def send(self, message: OutboundMessage) -> str | None:
+        """Deliver; return the provider's message id. Raise SendFailed(temporary=...)."""
+        ...
+
+
+class LogSender:
+    """Until a real channel is configured: logs what would be sent (receipts hold no secrets)."""
+
+    def __init__(self, logger: logging.Logger | None = None) -> None:
+        self.log = logger or log
+
+    async def send(self, message: OutboundMessage) -> str | None:
+        self.log.info(
+            "outbound message",
+            extra={
+                "channel": message.channel,
+                "recipient": message.recipient,
+                "kind": message.kind,
+                "body": message.body,
+            },
+        )
+        return f"log-{message.id}"
+
+
+async def enqueue(
+    db: Db,
+    *,
+    channel: str,
+    recipient: str,
+    body: str,
+    kind: str,
+    language: str = "en",
+) -> int:
+    """Queue one message; pass the caller's connection to make it part of its transaction."""
+    if channel not in CHANNELS:
+        raise ValidationFailed(f"channel is one of {', '.join(CHANNELS)}", field="channel")
+    if not body or len(body) > MAX_BODY_CHARS:
+        raise ValidationFailed("A message body is 1 to 4000 characters", field="body")
+    if not recipient or len(recipient) > MAX_RECIPIENT_CHARS:
+        raise ValidationFailed("A recipient is 1 to 256 characters", field="recipient")
+    value = await db.fetchval(
+        "INSERT INTO outbox (channel, recipient, kind, body, language) "
+        "VALUES ($1, $2, $3, $4, $5) RETURNING id",
+        channel,
+        recipient,
+        kind[:64],
+        body,
+        language,
+    )
+    return int(value)
+
+
+_CLAIM_SQL = """
+UPDATE outbox o SET attempts = o.attempts + 1,
+    next_attempt_at = now() + make_interval(secs => $3)
+FROM (
+    SELECT id FROM outbox
+    WHERE status = 'pending' AND channel = ANY ($1::text[]) AND next_attempt_at <= now()
+    ORDER BY next_attempt_at, id LIMIT $2 FOR UPDATE SKIP LOCKED
+) c
+WHERE o.id = c.id
+RETURNING o.id, o.channel, o.recipient, o.kind, o.body, o.template, o.language, o.params,
+          o.attempts, o.transfer_id, o.balance_minor
+"""
+# What a receipt says about its transfer, read at send time (the money path only writes the
+# transfer id and the recipient's balance into the outbox row).
+_TRANSFERS_SQL = """
+SELECT t.id, ledger_reference(t.id) AS reference, t.currency, t.amount AS amount_minor,
+       t.fee AS fee_minor, t.debit_party AS sender, t.credit_party AS recipient,
+       d.first_name || ' ' || d.last_name AS sender_name,
+       c.first_name || ' ' || c.last_name AS recipient_name,
+       g.code AS agent_code, g.name AS agent_name,
+       CASE WHEN t.reversal_of IS NOT NULL THEN ledger_reference(t.reversal_of) END AS original
+FROM transfers t
+LEFT JOIN customers d ON d.msisdn = t.debit_party
+LEFT JOIN customers c ON c.msisdn = t.credit_party
+LEFT JOIN agents g ON g.code IN (t.debit_party, t.credit_party)
+WHERE t.id = ANY ($1::bigint[])
+"""
+# Each outcome only applies to the attempt that claimed the row (a lease taken over by another
+# instance after expiry has a higher attempt count).
+_SENT_SQL = """
+UPDATE outbox SET status = 'sent', sent_at = now(), provider_id = $3, body = $4,
+    last_error = NULL
+WHERE id = $1 AND attempts = $2 AND status = 'pending'
+"""
+_RETRY_SQL = """
+UPDATE outbox SET next_attempt_at = now() + make_interval(secs => $3), last_error = $4
+WHERE id = $1 AND attempts = $2 AND status = 'pending'
+"""
+_DEAD_SQL = """
+UPDATE outbox SET status = 'dead', last_error = $3
+WHERE id = $1 AND attempts = $2 AND status = 'pending'
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class DispatchPolicy:
+    batch_size: int = 50
+    concurrency: int = 8
+    poll_interval_s: float = 0.5
+    lease_s: float = 60.0
+    send_timeout_s: float = 15.0
+    max_attempts: int = 8
+    backoff_base_s: float = 2.0
+    backoff_max_s: float = 900.0
+
+    def backoff_s(self, attempts: int) -> float:
+        ceiling = min(self.backoff_max_s, self.backoff_base_s * 2 ** max(0, attempts - 1))
+        return float(ceiling * (0.5 + random.random() / 2))  # noqa: S311 (jitter, not crypto)
+
+
+class Dispatcher:
+    """Claims due rows for the channels in `senders` (read at every claim, so senders added
+    later are picked up) and records each outcome."""
+
+    def __init__(
+        self, db: Db, senders: Mapping[str, Sender], policy: DispatchPolicy | None = None
+    ) -> None:
+        self.db = db
+        self.senders = senders
+        self.policy = policy or DispatchPolicy()
+        self._wake = asyncio.Event()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def dispatch_once(self) -> int:
+        """Claim one batch and send it; the number of rows claimed."""
+        channels = list(self.senders)
+        if not channels:
+            return 0
+        rows = await self.db.fetch(
+            _CLAIM_SQL, channels, self.policy.batch_size, self.policy.lease_s, timeout=15.0
+        )
+        transfer_ids = sorted({r["transfer_id"] for r in rows if r["transfer_id"] is not None})
+        transfers: dict[int, dict[str, Any]] = {}
+        if transfer_ids:
+            found = await self.db.fetch(_TRANSFERS_SQL, transfer_ids, timeout=15.0)
+            transfers = {t["id"]: {k: v for k, v in t.items() if v is not None} for t in found}
+        gate = asyncio.Semaphore(self.policy.concurrency)
+
+        async def one(row: Any) -> None:
+            async with gate:
+                await self._deliver(row, transfers.get(row["transfer_id"], {}))
+
+        await asyncio.gather(*(one(r) for r in rows))
+        return len(rows)
+
+    async def _deliver(self, row: Any, transfer: dict[str, Any]) -> None:
+        attempts = int(row["attempts"])
+        try:
+            params = dict(transfer) | json.loads(row["params"] or "{}")
+            if row["balance_minor"] is not None:
+                params["balance_minor"] = row["balance_minor"]
+            body = row["body"] or render(row["template"], row["language"], params)
+        except (KeyError, ValueError) as exc:
+            await self.db.execute(_DEAD_SQL, row["id"], attempts, f"cannot render: {exc!r}")
+            return
+        message = OutboundMessage(
+            id=row["id"],
+            channel=row["channel"],
+            recipient=row["recipient"],
+            body=body,
+            kind=row["kind"],
+            attempts=attempts,
+            language=row["language"],
+            transfer_id=row["transfer_id"],
+        )
+        sender = self.senders.get(message.channel)
+        try:
+            if sender is None:
+                raise SendFailed(f"no sender for channel {message.channel}", temporary=True)
+            provider_id = await asyncio.wait_for(
+                sender.send(message), timeout=self.policy.send_timeout_s
+            )
+        except SendFailed as exc:
+            await self._failed(message, exc.message, exc.temporary)
+        except TimeoutError:
+            await self._failed(message, "the sender timed out", True)
+        except Exception as exc:  # a sender bug must not stop the dispatcher
+            log.exception("sender failed", extra={"outbox_id": message.id})
+            await self._failed(message, f"{type(exc).__name__}: {exc}", True)
+        else:
+            await self.db.execute(_SENT_SQL, message.id, attempts, provider_id, body)
+
+    async def _failed(self, message: OutboundMessage, reason: str, temporary: bool) -> None:
+        if temporary and message.attempts < self.policy.max_attempts:
+            delay = self.policy.backoff_s(message.attempts)
+            await self.db.execute(_RETRY_SQL, message.id, message.attempts, delay, reason[:500])
+            return
+        log.warning(
+            "outbound message dead-lettered",
+            extra={"outbox_id": message.id, "channel": message.channel, "reason": reason[:200]},
+        )
+        await self.db.execute(_DEAD_SQL, message.id, message.attempts, reason[:500])
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Dispatch until `stop` is set. A database outage is logged and retried with backoff
+        (up to RUN_BACKOFF_MAX_S between tries), not in a tight loop."""
+        failures = 0
+        while not stop.is_set():
+            try:
+                claimed = await self.dispatch_once()
+                failures = 0
+            except Exception:
+                failures += 1
+                log.exception("outbox dispatch failed; retrying", extra={"failures": failures})
+                claimed = 0
+            if claimed:
+                continue
+            self._wake.clear()
+            pause = self.policy.poll_interval_s
+            if failures:
+                pause = min(RUN_BACKOFF_MAX_S, pause * 2**failures)
+            waiters = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(self._wake.wait())]
+            _, pending = await asyncio.wait(
+                waiters, timeout=pause, return_when=asyncio.FIRST_COMPLETED
+            )
+            for waiter in pending:
+                waiter.cancel()

@@ -1,0 +1,109 @@
+"""How core talks to PostgreSQL on the channel side: raw asyncpg, one round trip per operation.
+
+`Db` is an asyncpg Pool or Connection (both answer fetchrow/fetch/execute). `call` runs one
+statement with a timeout and turns the database's answers into core.errors:
+- the ledger functions raise `ledger_fail(code, message, details)`: SQLSTATE P0001 with the
+  stable code in DETAIL and JSON details in HINT;
+- the CHECK that keeps wallets from going negative (the last line) becomes InsufficientFunds;
+- a lost connection, a timeout or a cancelled statement becomes Unavailable: nothing or all of
+  the call was committed, so a retry with the same idempotency key is safe.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import asyncpg
+
+from core import errors as E
+
+Db = Any  # asyncpg.Pool | asyncpg.Connection (asyncpg ships no type hints)
+
+CALL_TIMEOUT_S = 10.0
+DEADLOCK_RETRIES = 3
+
+ERRORS_BY_CODE: dict[str, type[E.CoreError]] = {
+    cls.code: cls
+    for cls in (
+        E.CustomerNotFound,
+        E.AgentNotFound,
+        E.TransferNotFound,
+        E.SameAccount,
+        E.CurrencyMismatch,
+        E.ValidationFailed,
+        E.InsufficientFunds,
+        E.LimitExceeded,
+        E.AlreadyReversed,
+        E.IdempotencyConflict,
+        E.WalletLocked,
+        E.AccountClosed,
+        E.AgentUnavailable,
+    )
+}
+
+
+def _from_raise(exc: asyncpg.RaiseError) -> E.CoreError:
+    code = getattr(exc, "detail", None) or ""
+    cls = ERRORS_BY_CODE.get(code)
+    if cls is None:  # a RAISE we did not write: a bug, not an expected failure
+        raise exc
+    try:
+        details = json.loads(getattr(exc, "hint", None) or "{}")
+    except ValueError:
+        details = {}
+    return cls(exc.args[0] if exc.args else None, **details)
+
+
+def _unavailable(exc: BaseException) -> E.Unavailable:
+    return E.Unavailable(
+        "The database did not answer; try again with the same idempotency key",
+        reason=type(exc).__name__,
+    )
+
+
+async def call(db: Db, sql: str, *args: Any, timeout_s: float = CALL_TIMEOUT_S) -> Any:
+    """fetchrow(sql, *args) with the error mapping above. Deadlocks and serialisation failures
+    (which sorted locking should make impossible) are retried a few times."""
+    for attempt in range(DEADLOCK_RETRIES):
+        try:
+            return await db.fetchrow(sql, *args, timeout=timeout_s)
+        except asyncpg.RaiseError as exc:
+            raise _from_raise(exc) from None
+        except asyncpg.DataError:  # a value the database types cannot hold (checked earlier)
+            raise E.ValidationFailed("A value is out of range") from None
+        except asyncpg.CheckViolationError as exc:
+            if getattr(exc, "constraint_name", "") == "accounts_no_overdraft":
+                raise E.InsufficientFunds() from None
+            raise
+        except (asyncpg.DeadlockDetectedError, asyncpg.SerializationError):
+            if attempt == DEADLOCK_RETRIES - 1:
+                raise
+        except (
+            asyncpg.PostgresConnectionError,
+            asyncpg.InterfaceError,
+            asyncpg.QueryCanceledError,
+            asyncpg.CannotConnectNowError,
+            asyncpg.AdminShutdownError,
+            OSError,
+            TimeoutError,
+        ) as exc:
+            raise _unavailable(exc) from None
+    raise AssertionError("unreachable")
+
+
+@contextlib.asynccontextmanager
+async def connection(db: Db) -> AsyncIterator[Any]:
+    """One connection for a multi-statement transaction: `db` itself, or one from the pool."""
+    if isinstance(db, asyncpg.Pool):
+        async with db.acquire(timeout=CALL_TIMEOUT_S) as conn:
+            yield conn
+    else:
+        yield db
+
+
+def unique_violation(exc: asyncpg.UniqueViolationError) -> str:
+    """The name of the violated unique constraint or index."""
+    return str(getattr(exc, "constraint_name", "") or "")
