@@ -6,6 +6,8 @@ SMS hint, an MQTT error reply). Bugs are assertions, never CoreErrors.
     CoreError
     ├── NotFound                      a customer, agent, wallet, admin ... does not exist
     ├── ValidationFailed              well-formed input that breaks a rule (amount <= 0 ...)
+    │   └── FixRejected               a device's location fix: MALFORMED_FIX, FIX_OUT_OF_RANGE,
+    │                                 STALE_FIX or FUTURE_FIX (the code says which)
     ├── Conflict                      the request clashes with current state
     │   ├── AlreadyExists
     │   └── IdempotencyConflict       same idempotency key, different request
@@ -13,7 +15,9 @@ SMS hint, an MQTT error reply). Bugs are assertions, never CoreErrors.
     │   ├── OtpInvalid                wrong or already used TOTP code
     │   └── TokenInvalid              a JWT that is forged, expired or revoked
     ├── Forbidden                     authenticated, but not allowed
-    │   └── AccountLocked             too many failures; `details.retry_after_s` when it ends
+    │   ├── AccountLocked             too many failures; `details.retry_after_s` when it ends
+    │   └── LocationRefused           the geofence gate said no: OUTSIDE_GEOFENCE,
+    │                                 STALE_LOCATION, ... (the code is the gate's reason)
     ├── RateLimited                   too many attempts in a window
     └── Unavailable                   a dependency is down; try again later
 
@@ -101,3 +105,19 @@ class RateLimited(CoreError):
 class Unavailable(CoreError):
     code = "SERVICE_UNAVAILABLE"
     default_message = "The service is temporarily unavailable"
+
+
+class FixRejected(ValidationFailed):
+    """A location fix that cannot be used; `code` is MALFORMED_FIX, FIX_OUT_OF_RANGE, STALE_FIX
+    or FUTURE_FIX."""
+
+    code = "MALFORMED_FIX"
+    default_message = "The location fix is malformed"
+
+
+class LocationRefused(Forbidden):
+    """An agent transaction refused by the geofence gate; `code` is the gate's reason
+    (OUTSIDE_GEOFENCE, STALE_LOCATION, ...) and `details.evidence` what it rests on."""
+
+    code = "LOCATION_REFUSED"
+    default_message = "The agent's location does not allow this transaction"
