@@ -8,12 +8,18 @@ from typing import Any
 import pytest
 
 from channels.agents import topics
-from channels.agents.commands import (
-    CommandError,
-    parse_command,
+from channels.agents.commands import decode_command
+from menus.agent_commands import (
+    Command,
+    CommandInvalid,
     reply_error,
     reply_ok,
+    validate_command,
 )
+
+
+def parse_command(payload: bytes) -> Command:
+    return validate_command(decode_command(payload))
 
 
 def js(**kw: Any) -> bytes:
@@ -66,7 +72,7 @@ BAD = [
     ("payload", "command_id", "code"), [c[1:] for c in BAD], ids=[c[0] for c in BAD]
 )
 def test_bad_commands(payload: bytes, command_id: str | None, code: str) -> None:
-    with pytest.raises(CommandError) as err:
+    with pytest.raises(CommandInvalid) as err:
         parse_command(payload)
     assert (err.value.command_id, err.value.code) == (command_id, code)
     reply = reply_error(err.value.command_id, err.value.code, err.value.message, err.value.details)
