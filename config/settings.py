@@ -67,6 +67,16 @@ class Settings:
     demo_data: bool = False
     redis_prefix: str = "gw:"
     embedded_mqtt_port: int = 11883
+    # Agent devices and geofences (issue 6).
+    mqtt_share_group: str = "gateway"
+    agent_exit_confirm_fixes: int = 2
+    agent_exit_confirm_s: int = 60
+    agent_unknown_accuracy_m: int = 30
+    agent_max_fix_age_s: int = 120
+    agent_max_accuracy_m: int = 50
+    agent_future_skew_s: int = 60
+    agent_max_backlog_s: int = 86_400
+    agent_heartbeat_timeout_s: int = 600
 
     @property
     def embedded(self) -> tuple[str, ...]:
@@ -217,4 +227,20 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         demo_data=_bool(env, "GATEWAY_DEMO", False),
         redis_prefix=prefix,
         embedded_mqtt_port=_int(env, "EMBEDDED_MQTT_PORT", 11883, 1, 65535),
+        mqtt_share_group=_share_group(env),
+        agent_exit_confirm_fixes=_int(env, "AGENT_EXIT_CONFIRM_FIXES", 2, 1, 100),
+        agent_exit_confirm_s=_int(env, "AGENT_EXIT_CONFIRM_S", 60, 0, 86_400),
+        agent_unknown_accuracy_m=_int(env, "AGENT_UNKNOWN_ACCURACY_M", 30, 1, 10_000),
+        agent_max_fix_age_s=_int(env, "AGENT_MAX_FIX_AGE_S", 120, 1, 86_400),
+        agent_max_accuracy_m=_int(env, "AGENT_MAX_ACCURACY_M", 50, 1, 10_000),
+        agent_future_skew_s=_int(env, "AGENT_FUTURE_SKEW_S", 60, 0, 3600),
+        agent_max_backlog_s=_int(env, "AGENT_MAX_BACKLOG_S", 86_400, 60, 30 * 86_400),
+        agent_heartbeat_timeout_s=_int(env, "AGENT_HEARTBEAT_TIMEOUT_S", 600, 10, 86_400),
     )
+
+
+def _share_group(env: Mapping[str, str]) -> str:
+    group = env.get("MQTT_SHARE_GROUP", "gateway").strip()
+    if not re.fullmatch(r"[A-Za-z0-9_-]{1,32}", group):
+        raise SettingsError("MQTT_SHARE_GROUP: 1-32 letters, digits, _ or -")
+    return group
