@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from gateway.admin import auth, system
+from gateway.admin import agents, auth, system
 from gateway.api import ApiRoutes
 
-ROUTE_GROUPS: list[ApiRoutes] = [auth.routes, system.routes]
+ROUTE_GROUPS: list[ApiRoutes] = [auth.routes, system.routes, agents.routes]
