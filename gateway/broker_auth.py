@@ -109,8 +109,6 @@ def embedded_broker_config(secret: str, database_url: str) -> dict[str, Any]:
     """The amqtt config section that puts the plugin in charge of logins and topics."""
     plugin = f"{AgentBrokerPlugin.__module__}.{AgentBrokerPlugin.__qualname__}"
     return {
-        "auth": None,
-        "topic-check": None,
         "plugins": {
             plugin: {
                 "database_url": database_url,

@@ -137,6 +137,7 @@ class MqttService:
         self._kick_pending = False
         self._wake = asyncio.Event()
         self._connected = asyncio.Event()
+        self._subscribed = asyncio.Event()
         self._stopping = threading.Event()
         self._drain_task: asyncio.Task[None] | None = None
         self.connections = 0  # successful CONNACKs so far (reconnects show as > 1)
@@ -163,6 +164,7 @@ class MqttService:
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
+        client.on_subscribe = self._on_subscribe
         properties = None
         if self.mqtt5:
             properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
@@ -184,6 +186,10 @@ class MqttService:
 
     async def wait_connected(self, timeout_s: float) -> None:
         await asyncio.wait_for(self._connected.wait(), timeout_s)
+
+    async def wait_subscribed(self, timeout_s: float) -> None:
+        """Until the broker has acknowledged this connection's subscriptions."""
+        await asyncio.wait_for(self._subscribed.wait(), timeout_s)
 
     @property
     def connected(self) -> bool:
@@ -226,10 +232,20 @@ class MqttService:
         self._call_in_loop(self._connected.set)
         log.info("mqtt connected", extra={"subscriptions": topics, "connections": self.connections})
 
+    def _on_subscribe(
+        self, client: paho.Client, userdata: Any, mid: int, reasons: Any, properties: Any
+    ) -> None:
+        failed = [str(r) for r in reasons if r.is_failure]
+        if failed:
+            log.error("mqtt subscriptions refused", extra={"reasons": failed})
+            return
+        self._call_in_loop(self._subscribed.set)
+
     def _on_disconnect(
         self, client: paho.Client, userdata: Any, flags: Any, reason: Any, properties: Any
     ) -> None:
         self._call_in_loop(self._connected.clear)
+        self._call_in_loop(self._subscribed.clear)
         if not self._stopping.is_set():
             log.warning("mqtt disconnected; reconnecting", extra={"reason": str(reason)})
 
