@@ -178,9 +178,22 @@ async def agent_fence_ids(conn: asyncpg.Connection, agent_code: str) -> list[int
     return [r["geofence_id"] for r in rows]
 
 
-async def load_catalog(conn: asyncpg.Connection) -> FenceCatalog:
-    """Every fence, assignment and schedule, as one immutable catalog."""
-    fences = [_stored(r).fence for r in await conn.fetch(f"SELECT {_COLUMNS} FROM geofences")]  # noqa: S608
+async def load_catalog(
+    conn: asyncpg.Connection, previous: FenceCatalog | None = None
+) -> FenceCatalog:
+    """Every fence, assignment and schedule, as one immutable catalog. Fences whose id and
+    version are already in `previous` are reused rather than built again."""
+    known = previous.fences if previous is not None else {}
+    fences: list[Fence] = []
+    for row in await conn.fetch("SELECT id, version FROM geofences"):
+        old = known.get(row["id"])
+        if old is not None and old.version == row["version"]:
+            fences.append(old)
+    missing = [r for r in await conn.fetch(
+        f"SELECT {_COLUMNS} FROM geofences WHERE NOT (id = ANY($1::bigint[]))",  # noqa: S608
+        [f.id for f in fences],
+    )]  # fmt: skip
+    fences += [_stored(r).fence for r in missing]
     assignments: dict[str, list[int]] = {}
     for row in await conn.fetch("SELECT agent_code, geofence_id FROM agent_geofences"):
         assignments.setdefault(row["agent_code"], []).append(row["geofence_id"])

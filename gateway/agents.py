@@ -129,7 +129,7 @@ class AgentRuntime:
 
     async def reload_catalog(self) -> None:
         async with self.pool.acquire() as conn:
-            self.engine.catalog = await geofences.load_catalog(conn)
+            self.engine.catalog = await geofences.load_catalog(conn, self.engine.catalog)
 
     async def fences_changed(self) -> None:
         """Tell every instance (this one at once) that fences or assignments changed."""

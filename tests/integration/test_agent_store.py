@@ -154,3 +154,16 @@ async def test_history_events_and_latest(pg_pool: asyncpg.Pool) -> None:
             await conn.execute(
                 "INSERT INTO agent_events (agent_code, kind) VALUES ($1, 'teleport')", agent
             )
+
+
+async def test_catalog_reload_reuses_unchanged_fences(pg_pool: asyncpg.Pool) -> None:
+    async with pg_pool.acquire() as conn:
+        kept = await geofences.create_fence(conn, CIRCLE)
+        changed = await geofences.create_fence(conn, SQUARE)
+        first = await geofences.load_catalog(conn)
+        await geofences.update_fence(conn, changed.fence.id, SQUARE)
+        second = await geofences.load_catalog(conn, first)
+    assert second.fences[kept.fence.id] is first.fences[kept.fence.id]
+    assert second.fences[changed.fence.id].version == 2
+    assert second.fences[changed.fence.id] is not first.fences[changed.fence.id]
+    assert set(second.fences) == set(first.fences)
