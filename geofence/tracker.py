@@ -41,6 +41,19 @@ ZONE_TRANSITIONS: list[dict[str, Any]] = [
 ]  # fmt: skip
 
 
+# (state, decision) pairs the machine maps to the same state with no event but a breach check.
+_STEADY = frozenset(
+    {
+        ("inside", Zone.INSIDE),
+        ("outside", Zone.OUTSIDE),
+        ("inside", Zone.UNCERTAIN),
+        ("exiting", Zone.UNCERTAIN),
+        ("outside", Zone.UNCERTAIN),
+        ("uncertain", Zone.UNCERTAIN),
+    }
+)
+
+
 @dataclass(frozen=True, slots=True)
 class TrackPolicy:
     exit_confirm_fixes: int = 2
@@ -123,6 +136,10 @@ class ZoneTracker:
         scheduled_inside: bool = False,
     ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         """(new state, events) after `decision` on a fix taken at `fix_ts`."""
+        if state and (state.get("zone"), decision.zone) in _STEADY:
+            # A decision that only repeats the state (the common case: an agent at its shop)
+            # is an internal transition; skipping the machine saves ~10 us per fix.
+            return self._steady(dict(state), decision, scheduled_inside)
         cur = self._cursor
         cur.data = dict(state) if state else initial_zone_state()
         cur.state = cur.data["zone"] if cur.data.get("zone") in ZONE_STATES else "unknown"
@@ -149,3 +166,21 @@ class ZoneTracker:
                     }
                 )
         return data, cur.events
+
+    @staticmethod
+    def _steady(
+        data: dict[str, Any], decision: Decision, scheduled_inside: bool
+    ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        events: list[dict[str, Any]] = []
+        if data["zone"] == "inside" and decision.zone is Zone.INSIDE:
+            data.update(fence_id=decision.fence_id, fence_version=decision.fence_version)
+        elif data["zone"] == "outside" and scheduled_inside and not data["breached"]:
+            data["breached"] = True
+            events.append(
+                {
+                    "kind": "breach",
+                    "fence_id": data["fence_id"],
+                    "fence_version": data["fence_version"],
+                }
+            )
+        return data, events

@@ -53,23 +53,27 @@ PRESENCE_TRANSITIONS: list[dict[str, Any]] = [
     {"trigger": "gone", "source": "offline", "dest": None},
 ]
 
-# KEYS: the agents' state keys, then the last-seen sorted set.
-# ARGV: ttl, then per key: expected version, new value, last seen ('' = forget), agent code.
-_CAS = """
+# KEYS: the agents' state keys, then the last-seen sorted set. ARGV[1]: ttl; ARGV[2]: one record
+# per key, separated by \x1e, each "expected version \x1f new value \x1f last seen ('' = forget)
+# \x1f agent code" (JSON escapes control characters, so the separators never occur in a value).
+# One packed argument instead of four per agent: redis-py packs each argument separately.
+_CAS = r"""
 local n = #KEYS - 1
 local ttl = tonumber(ARGV[1])
 local out = {}
-for i = 1, n do
-  local a = 2 + (i - 1) * 4
+local i = 0
+for rec in string.gmatch(ARGV[2], '([^\30]+)') do
+  i = i + 1
+  local want, value, seen, code = string.match(rec, '^(%d+)\31([^\31]*)\31([^\31]*)\31(.*)$')
   local cur = redis.call('GET', KEYS[i])
   local v = 0
   if cur then v = tonumber(string.match(cur, '^(%d+)|')) or 0 end
-  if v == tonumber(ARGV[a]) then
-    redis.call('SET', KEYS[i], ARGV[a + 1], 'EX', ttl)
-    if ARGV[a + 2] == '' then
-      redis.call('ZREM', KEYS[n + 1], ARGV[a + 3])
+  if v == tonumber(want) then
+    redis.call('SET', KEYS[i], value, 'EX', ttl)
+    if seen == '' then
+      redis.call('ZREM', KEYS[n + 1], code)
     else
-      redis.call('ZADD', KEYS[n + 1], ARGV[a + 2], ARGV[a + 3])
+      redis.call('ZADD', KEYS[n + 1], seen, code)
     end
     out[i] = 1
   else
@@ -182,6 +186,9 @@ class DeviceEngine:
     def _presence_step(
         self, state: dict[str, Any], code: str, online: bool, at: float, reason: str
     ) -> list[EventRow]:
+        if online and state["presence"] == "online":  # already online: nothing to trigger
+            state["last_seen"] = max(at, state["last_seen"] or 0.0)
+            return []
         p = self._presence
         p.state, p.emitted = state["presence"], []
         p.trigger("seen" if online else "gone")
@@ -257,7 +264,7 @@ class DeviceEngine:
             if round_no:
                 await asyncio.sleep(random.uniform(0, CAS_BACKOFF_S * round_no))  # noqa: S311
             raws = await self.redis.mget([self.key(c) for c in pending])
-            argv: list[Any] = [STATE_TTL_S]
+            records: list[str] = []
             runs: list[tuple[list[EventRow], EngineResult]] = []
             for code, raw in zip(pending, raws, strict=True):
                 version, state = decode(raw)
@@ -266,9 +273,9 @@ class DeviceEngine:
                 runs.append((events, one))
                 seen = "" if state["presence"] == "offline" else repr(state["last_seen"])
                 body = json.dumps(state, separators=(",", ":"))
-                argv += [version, f"{version + 1}|{body}", seen, code]
+                records.append(f"{version}\x1f{version + 1}|{body}\x1f{seen}\x1f{code}")
             keys = [self.key(c) for c in pending] + [self.seen_key]
-            won = await self._cas(keys=keys, args=argv)
+            won = await self._cas(keys=keys, args=[STATE_TTL_S, "\x1e".join(records)])
             retry = []
             for code, ok, (events, one) in zip(pending, won, runs, strict=True):
                 if ok:

@@ -32,8 +32,6 @@ from urllib.parse import unquote, urlsplit
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 log = logging.getLogger("gateway.mqtt")
@@ -43,9 +41,9 @@ RECONNECT_MIN_S = 1
 RECONNECT_MAX_S = 30
 KEEPALIVE_S = 30
 MAX_BATCH = 500
+COALESCE_S = 0.002
 MAX_INFLIGHT = 5000
 MAX_QUEUED_OUT = 10_000
-SESSION_EXPIRY_S = 300
 INBOX_WAIT_S = 0.5
 
 
@@ -152,7 +150,7 @@ class MqttService:
             CallbackAPIVersion.VERSION2,
             client_id=self.client_id,
             protocol=MQTTProtocolVersion.MQTTv5 if self.mqtt5 else MQTTProtocolVersion.MQTTv311,
-            clean_session=None if self.mqtt5 else False,
+            clean_session=None if self.mqtt5 else True,
             reconnect_on_failure=True,
         )
         if self.address.username is not None:
@@ -165,16 +163,11 @@ class MqttService:
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
         client.on_subscribe = self._on_subscribe
-        properties = None
-        if self.mqtt5:
-            properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-            properties.SessionExpiryInterval = SESSION_EXPIRY_S
+        # Clean sessions: a client id is new on every start, so a session the broker kept for
+        # it would only be a ghost in the share group, hoarding its turn of every agent's
+        # messages. The other instances of the group take the traffic while one reconnects.
         client.connect_async(
-            self.address.host,
-            self.address.port,
-            keepalive=KEEPALIVE_S,
-            clean_start=False if self.mqtt5 else paho.MQTT_CLEAN_START_FIRST_ONLY,
-            properties=properties,
+            self.address.host, self.address.port, keepalive=KEEPALIVE_S, clean_start=True
         )
         self._client = client
         self._drain_task = asyncio.create_task(self._drain(), name="mqtt-drain")
@@ -267,6 +260,9 @@ class MqttService:
     async def _drain(self) -> None:
         while True:
             await self._wake.wait()
+            if len(self._inbox) < MAX_BATCH:
+                # Let a trickle become a batch: one Redis round trip then serves many fixes.
+                await asyncio.sleep(COALESCE_S)
             self._wake.clear()
             while self._inbox:
                 batch = [self._inbox.popleft() for _ in range(min(MAX_BATCH, len(self._inbox)))]

@@ -12,8 +12,10 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
+from core.identity import create_admin, load_principal
+from gateway.keys import CIPHER, SESSIONMAKER, TOKENS
 from gateway.logs import JsonFormatter
-from tests.helpers import assert_error, auth, token_for
+from tests.helpers import PASSWORD, assert_error, auth
 
 SQUARE: dict[str, Any] = {
     "type": "Feature",
@@ -42,6 +44,20 @@ async def eventually(probe: Any, timeout_s: float = 5.0) -> Any:
         if value or time.monotonic() > deadline:
             return value
         await asyncio.sleep(0.05)
+
+
+async def token_for(app_client: TestClient, role: str = "admin") -> str:
+    """A token issued directly, not through the login route: the suite's many logins would
+    trip the per-address login rate limit (the login itself is tested elsewhere)."""
+    app = app_client.server.app
+    assert app is not None
+    async with app[SESSIONMAKER].begin() as db:
+        created = await create_admin(
+            db, app[CIPHER], username=f"adm{secrets.token_hex(5)}", password=PASSWORD,
+            role=role, password_rounds=4,
+        )  # fmt: skip
+        principal = await load_principal(db, created.user_id)
+    return str(app[TOKENS].issue(principal).access_token)
 
 
 @pytest.fixture(scope="module")
