@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import secrets
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ from gateway.broker_auth import (
     gateway_password,
     with_credentials,
 )
-from gateway.embedded import EmbeddedMqtt
+from gateway.embedded import EmbeddedMqtt, free_port
 from geofence.fences import GEOD
 from tests.integration.mqtt_support import (
     MOSQUITTO,
@@ -331,3 +332,32 @@ async def test_broker_restart(
             await mosquitto.stop()
         if embedded is not None:
             await embedded.stop()
+
+
+async def test_app_wires_the_embedded_broker_with_device_auth(
+    settings: Settings, pg_pool: asyncpg.Pool, tmp_path: Path
+) -> None:
+    """No MQTT_URL: the app starts amqtt with the device plugin and logs in to it itself."""
+    from gateway.app import create_app
+    from gateway.keys import AGENTS, ENDPOINTS
+    from tests.conftest import running_app
+
+    bare = replace(settings, mqtt_url=None, data_dir=tmp_path, embedded_mqtt_port=free_port())
+    app = create_app(bare, run_migrations=False, start_channels=True)
+    async with running_app(app):
+        runtime = app[AGENTS]
+        assert runtime.mqtt is not None
+        await runtime.mqtt.wait_subscribed(10)
+        plain = app[ENDPOINTS].mqtt_url
+        assert plain is not None and "gateway:" in plain
+        broker_url = f"mqtt://127.0.0.1:{bare.embedded_mqtt_port}"
+        agent = code()
+        creds = await _issue(pg_pool, agent)
+        anonymous = Device(broker_url)
+        assert (await anonymous.connect()).is_failure
+        anonymous.stop()
+        device = Device(broker_url, username=agent, password=creds[agent].mqtt_password)
+        assert not (await device.connect()).is_failure
+        device.publish(f"agents/{agent}/location", native(10, time.time() - 1))
+        assert await eventually(lambda: runtime.engine.latest_fix(agent))
+        device.stop()
