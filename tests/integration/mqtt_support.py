@@ -124,18 +124,19 @@ class Device:
                 item = await asyncio.wait_for(self.inbox.get(), remaining)
                 self.inbox.put_nowait(item)
 
-    def drop(self) -> None:
+    async def drop(self) -> None:
         """Vanish without DISCONNECT (the broker then publishes the will)."""
-        self.client.loop_stop()
+        # Joining paho's thread off the loop: it may be waiting on a broker living in this loop.
+        await asyncio.to_thread(self.client.loop_stop)
         sock = self.client.socket()
         if sock is not None:
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
             sock.close()
 
-    def stop(self) -> None:
+    async def stop(self) -> None:
         self.client.disconnect()
-        self.client.loop_stop()
+        await asyncio.to_thread(self.client.loop_stop)
 
 
 class MosquittoProcess:

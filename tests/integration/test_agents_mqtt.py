@@ -128,12 +128,12 @@ async def test_fixes_events_commands_end_to_end(
         assert runtime.channel.stats["rejected:FIX_OUT_OF_RANGE"] >= 1
 
         # The will: the device vanishes, the broker says offline, the gateway records it.
-        device.drop()
+        await device.drop()
         observer = Device(mqtt_url)
         await observer.connect()
         await observer.subscribe(f"agents/{agent}/events")
         await observer.expect(kind_is("offline"))
-        observer.stop()
+        await observer.stop()
 
     async with pg_pool.acquire() as conn:
         events = await devices.list_events(conn, agent_code=agent)
@@ -160,7 +160,7 @@ async def test_stale_location_is_refused(
         )  # fmt: skip
         _, reply = await device.expect(reply_to("s1"))
         assert reply["error"]["code"] == "STALE_LOCATION"
-        device.stop()
+        await device.stop()
 
 
 # --- device identity at the broker ----------------------------------------------------------
@@ -175,10 +175,10 @@ async def _acl_checks(url: str, runtime: AgentRuntime, creds: dict[str, devices.
                       a: str, b: str) -> None:  # fmt: skip
     wrong = Device(url, username=a, password="not-the-password")
     assert (await wrong.connect()).is_failure
-    wrong.stop()
+    await wrong.stop()
     anonymous = Device(url)
     assert (await anonymous.connect()).is_failure
-    anonymous.stop()
+    await anonymous.stop()
 
     device = Device(url, username=a, password=creds[a].mqtt_password)
     assert not (await device.connect()).is_failure
@@ -202,7 +202,7 @@ async def _acl_checks(url: str, runtime: AgentRuntime, creds: dict[str, devices.
     device.publish(f"agents/{a}/cmd", b"not json")
     _, reply = await device.expect(reply_to(None))
     assert reply["error"]["code"] == "MALFORMED_COMMAND"
-    device.stop()
+    await device.stop()
 
 
 async def _mosquitto_acl_from_generated_files(
@@ -242,13 +242,13 @@ async def _mosquitto_acl_from_generated_files(
             async def old_refused() -> bool:
                 old = Device(broker.url, username=a, password=creds[a].mqtt_password)
                 refused = bool((await old.connect()).is_failure)
-                old.stop()
+                await old.stop()
                 return refused
 
             assert await eventually(old_refused)
             fresh = Device(broker.url, username=a, password=rotated[a].mqtt_password)
             assert not (await fresh.connect()).is_failure
-            fresh.stop()
+            await fresh.stop()
     finally:
         await broker.stop()
 
@@ -275,10 +275,10 @@ async def test_embedded_broker_enforces_the_same_rules(
             rotated = await _issue(pg_pool, a)
             old = Device(plain_url, username=a, password=creds[a].mqtt_password)
             assert (await old.connect()).is_failure  # checked against the database at once
-            old.stop()
+            await old.stop()
             fresh = Device(plain_url, username=a, password=rotated[a].mqtt_password)
             assert not (await fresh.connect()).is_failure
-            fresh.stop()
+            await fresh.stop()
     finally:
         await broker.stop()
 
@@ -326,7 +326,7 @@ async def test_broker_restart(
                 return fix is not None and fix.ts == now - 1
 
             assert await eventually(moved_on, 20)
-            device.stop()
+            await device.stop()
     finally:
         if mosquitto is not None:
             await mosquitto.stop()
@@ -355,9 +355,9 @@ async def test_app_wires_the_embedded_broker_with_device_auth(
         creds = await _issue(pg_pool, agent)
         anonymous = Device(broker_url)
         assert (await anonymous.connect()).is_failure
-        anonymous.stop()
+        await anonymous.stop()
         device = Device(broker_url, username=agent, password=creds[agent].mqtt_password)
         assert not (await device.connect()).is_failure
         device.publish(f"agents/{agent}/location", native(10, time.time() - 1))
         assert await eventually(lambda: runtime.engine.latest_fix(agent))
-        device.stop()
+        await device.stop()
