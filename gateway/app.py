@@ -118,8 +118,8 @@ async def _security(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _loans(app: web.Application) -> AsyncIterator[None]:
-    """The loan service. The ledger and the customer directory come from the banking core
-    (issue 3); until it is wired here, loans cannot apply, disburse or repay (Unavailable)."""
+    """The loan service on the banking core: money through its ledger functions, customers
+    from its table, notices through its outbox."""
     app[LOANS] = build_loan_service(app[SETTINGS], SystemClock())
     yield
 
