@@ -17,7 +17,7 @@ from core.loans.fraud import FraudLimits
 from gateway.keys import CIPHER, LOANS, PG_POOL, SESSIONMAKER, TOKENS
 from menus.loans.service import LoanPolicy
 from tests.helpers import PASSWORD, assert_error, auth
-from tests.integration.loans.conftest import World, product_terms
+from tests.integration.loans.conftest import World, prepare_currency, product_terms
 
 PRODUCTS = "/api/v1/loans/products"
 APPLICATIONS = "/api/v1/loans/applications"
@@ -49,16 +49,16 @@ async def admin_token(app_client: TestClient) -> str:
 
 @pytest.fixture
 async def api(app_client: TestClient, world: World) -> AsyncIterator[TestClient]:
-    """The app's own loan service, pointed at the test world's clock, ledger and customers
-    (the app has no banking core to give it yet); restored afterwards."""
+    """The app's own loan service (on the banking core, as `serve` builds it), pointed at the
+    test world's clock; restored afterwards."""
     app = app_client.server.app
     assert app is not None
     service = app[LOANS]
-    saved = (service.clock, service.ledger, service.customers, service.policy)
-    service.clock, service.ledger, service.customers = world.clock, world.ledger, world.directory
+    saved = (service.clock, service.policy)
+    service.clock = world.clock
     world.service = service
     yield app_client
-    service.clock, service.ledger, service.customers, service.policy = saved
+    service.clock, service.policy = saved
 
 
 async def test_create_and_list_products(api: TestClient, admin_token: str) -> None:
@@ -308,7 +308,9 @@ async def test_application_pages(api: TestClient, world: World, admin_token: str
 
 async def test_portfolio_shows_arrears_buckets(api: TestClient, world: World) -> None:
     token = await token_for(api, "viewer")
-    product = await world.product(currency="TZS")  # a currency no other test uses
+    world.currency = "TZS"  # a currency no other test uses
+    await prepare_currency(world.pool, "TZS", 300_000)
+    product = await world.product()
     msisdns = [await world.customer() for _ in range(3)]
     for m in msisdns:
         result = await world.service.apply(
