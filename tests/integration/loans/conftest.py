@@ -85,7 +85,7 @@ _INVARIANTS = (
         SELECT l.id FROM loans l
         LEFT JOIN transfers t ON t.id = ledger_reference_id(l.disbursement_ref)
         WHERE t.id IS NULL OR t.type <> 'loan_disbursement' OR t.amount <> l.principal_minor
-           OR t.note <> 'loan:' || l.id OR t.credit_party <> l.msisdn
+           OR t.note <> 'loan:' || l.id
         """,
     ),
     (

@@ -1,6 +1,7 @@
-"""The daily jobs under a controllable clock: a loan going overdue day by day, penalties,
-reminders and arrears buckets; each job acting once per loan per day however often and however
-concurrently it runs; and the sweep collecting once."""
+"""The daily jobs under a controllable clock, with real money on the banking core: a loan going
+overdue day by day, penalties, reminders and arrears buckets; each job acting once per loan per
+day however often and however concurrently it runs; the sweep collecting once a day; and an
+overdue loan collected from money that arrives late."""
 
 from __future__ import annotations
 
@@ -170,6 +171,7 @@ async def test_the_sweep_collects_what_is_due_once_a_day(world: World) -> None:
     assert sum(r.done for r in reports) == 1
     again = await run_daily(world.pool, sweep, world.clock)
     assert again.done == 0
+    assert await world.transfers_for(loan_id, "loan_repayment") == 1  # one ledger transfer
     assert await world.balance(msisdn) == before - 110_000
     repayments = await world.pool.fetch(
         "SELECT amount_minor, channel, idempotency_key FROM loan_repayments WHERE loan_id = $1",
@@ -202,3 +204,52 @@ async def test_repaying_arrears_cures_an_overdue_loan(world: World) -> None:
     )
     assert result.loan.status == "active"
     assert await _state(world, loan_id) == ("active", 0, "current")
+
+
+async def test_an_overdue_loan_is_collected_day_by_day_with_real_money(world: World) -> None:
+    """Money arrives late: the daily sweep takes the arrears with their penalty (to penalty
+    income), the loan is cured, goes late again on a short wallet, and is cleared."""
+    msisdn, loan_id = await _loan(world, **TERMS)
+    await world.spend_all(msisdn)
+    books = await world.income()
+    jobs = [Scoped(j, [msisdn]) for j in loan_jobs(world.service, (-3, 0, 1, 7))]
+    scheduler = JobScheduler(world.pool, jobs, world.clock, interval_s=3600)
+    seen: dict[date, tuple[str, int, str]] = {}
+    money_in = {date(2024, 1, 22): 120_000, date(2024, 1, 25): 150_000}
+    for _ in range(20):
+        await scheduler.run_once()
+        today = world.clock.today()
+        seen[today] = await _state(world, loan_id)
+        if today in money_in:  # after the day's run: the next day's sweep finds it
+            await world.deposit(msisdn, money_in[today])
+        world.clock.advance(days=1)
+    jan = lambda d: date(2024, 1, d)  # noqa: E731
+    assert seen[jan(22)] == ("overdue", 5, "1-30")  # #1 (110,000) due 17 Jan; penalty on 20th
+    assert seen[jan(23)] == ("active", 0, "current")  # 112,100 swept: #1 with its 2,100 penalty
+    assert seen[jan(24)] == ("active", 0, "current")  # #2 due: 7,900 is all the wallet had
+    assert seen[jan(25)] == ("overdue", 1, "1-30")
+    assert seen[jan(26)] == ("repaid", 0, "current")  # the rest, 102,100, swept
+    assert seen[jan(29)] == ("repaid", 0, "current")
+    swept = await world.pool.fetch(
+        "SELECT amount_minor, penalty_minor, interest_minor, principal_minor, idempotency_key"
+        " FROM loan_repayments WHERE loan_id = $1 ORDER BY id",
+        loan_id,
+    )
+    assert [tuple(r) for r in swept] == [
+        (112_100, 2_100, 10_000, 100_000, "sweep:2024-01-23"),
+        (7_900, 0, 7_900, 0, "sweep:2024-01-24"),
+        (102_100, 0, 2_100, 100_000, "sweep:2024-01-26"),
+    ]
+    assert await world.transfers_for(loan_id, "loan_repayment") == 3
+    assert await world.balance(msisdn) == 120_000 + 150_000 - 222_100
+    after = await world.income()
+    assert {k: after[k] - books[k] for k in after} == {
+        "loan_fund": 200_000,
+        "loan_interest_income": 20_000,
+        "loan_fee_income": 0,
+        "loan_penalty_income": 2_100,  # #2's penalty was never charged: repaid on the 26th
+    }
+    max_dpd = await world.pool.fetchval(
+        "SELECT max_days_past_due FROM loans WHERE id = $1", loan_id
+    )
+    assert max_dpd == 5  # 22 January; on the 23rd the sweep ran before the arrears job
