@@ -17,7 +17,7 @@ from core.loans.fraud import FraudLimits
 from gateway.keys import CIPHER, LOANS, PG_POOL, SESSIONMAKER, TOKENS
 from menus.loans.service import LoanPolicy
 from tests.helpers import PASSWORD, assert_error, auth
-from tests.integration.loans.conftest import World, prepare_currency, product_terms
+from tests.integration.loans.conftest import World, new_key, prepare_currency, product_terms
 
 PRODUCTS = "/api/v1/loans/products"
 APPLICATIONS = "/api/v1/loans/applications"
@@ -360,3 +360,38 @@ async def test_openapi_lists_the_loan_routes(api: TestClient) -> None:
     assert doc["paths"][PRODUCTS]["post"]["x-permission"] == "loans:products"
     assert doc["paths"][f"{APPLICATIONS}/{{id}}/approve"]["post"]["x-permission"] == "loans:manage"
     assert "ProductIn" in doc["components"]["schemas"]
+
+
+async def test_funding_the_loan_fund(api: TestClient, world: World, admin_token: str) -> None:
+    fund_url = "/api/v1/loans/fund"
+    before = (await world.income())["loan_fund"]
+    body = {"amount_minor": 123_456, "idempotency_key": new_key(), "currency": world.currency}
+    first = await api.post(fund_url, json=body, headers=auth(admin_token))
+    assert first.status == 201, await first.text()
+    out = await first.json()
+    assert (out["type"], out["amount_minor"], out["credit_party"]) == (
+        "loan_fund_topup",
+        123_456,
+        "LOANS",
+    )
+    again = await api.post(fund_url, json=body, headers=auth(admin_token))
+    assert again.status == 201 and again.headers["Idempotent-Replayed"] == "true"
+    assert (await again.json())["reference"] == out["reference"]
+    await assert_error(
+        await api.post(fund_url, json={**body, "amount_minor": 1}, headers=auth(admin_token)),
+        409,
+        "IDEMPOTENCY_CONFLICT",
+    )
+    officer = await token_for(api, "loan_officer")
+    await assert_error(await api.post(fund_url, json=body, headers=auth(officer)), 403)
+    for bad in (
+        {**body, "amount_minor": 0},
+        {**body, "amount_minor": "100"},
+        {**body, "surprise": 1},
+        {**body, "currency": "xts"},
+        {**body, "currency": "QQQ"},  # no such currency's accounts
+        {"amount_minor": 100},
+    ):
+        resp = await api.post(fund_url, json=bad, headers=auth(admin_token))
+        await assert_error(resp, 422)
+    assert (await world.income())["loan_fund"] == before + 123_456
