@@ -13,8 +13,8 @@ from tests.e2e.test_serve import Server
 
 
 @pytest.mark.timeout(300)
-async def test_serve_answers_ussd(tmp_path: Path) -> None:
-    server = Server(tmp_path)
+async def test_serve_answers_ussd(serve_dir: Path) -> None:
+    server = Server(serve_dir)
     server.start()
     try:
         await server.wait_ready()
