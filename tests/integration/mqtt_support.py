@@ -25,6 +25,7 @@ from redis.asyncio import Redis
 
 from channels.agents.mqtt import BrokerAddress
 from config.settings import Settings
+from core.crypto import FieldCipher
 from gateway.agents import AgentRuntime, build_runtime, connected, running
 from gateway.embedded import free_port, port_open
 
@@ -187,7 +188,8 @@ async def gateway(
     """The agent runtime on `url`, with a share group of its own (parallel runs on one broker
     each get every message) and subscriptions acknowledged before it is handed out."""
     tuned = replace(settings, mqtt_share_group=f"t{uuid.uuid4().hex[:10]}", **overrides)
-    runtime = build_runtime(tuned, redis, pool)
+    assert settings.secret_key is not None
+    runtime = build_runtime(tuned, redis, pool, FieldCipher(settings.secret_key))
     async with running(runtime), connected(runtime, url) as service:
         await service.wait_subscribed(WAIT_S)
         yield runtime
