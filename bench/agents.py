@@ -316,6 +316,13 @@ async def measure(
                  for i, f in enumerate(features)],
             )  # fmt: skip
             step = N_FENCES // N_AGENTS
+            # Assignments name real agents (a foreign key); the bench moves no money, so the
+            # agents need no accounts and their PIN hash is a placeholder.
+            await conn.executemany(
+                "INSERT INTO agents (code, msisdn, name, currency, pin_hash) "
+                "VALUES ($1, $2, 'Bench agent', 'KES', 'x')",
+                [(c, f"+2547{k:08d}") for k, c in enumerate(codes)],
+            )
             await conn.executemany(
                 "INSERT INTO agent_geofences (agent_code, geofence_id) VALUES ($1, $2)",
                 [(c, k * step + 1) for k, c in enumerate(codes)],

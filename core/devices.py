@@ -2,7 +2,8 @@
 location history and geofence events.
 
 Agents are keyed by their code here; the agents table itself belongs to the banking core
-(`core/agents.py`), and the foreign key from these tables to it is added when both land.
+(`core/agents.py`). Device credentials name a real agent (a foreign key, migration
+0420_agent_foreign_keys); location history and events deliberately do not (see there).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import Any
 
 import asyncpg
 
-from core.errors import ValidationFailed
+from core.errors import AgentNotFound, ValidationFailed
 
 # Agent codes appear in MQTT topics and in the broker's password file: no '/', '+', '#', ':'.
 AGENT_CODE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{1,31}")
@@ -88,27 +89,30 @@ class Credentials:
         return f"Credentials({self.mqtt_username!r}, version={self.version})"
 
 
+_UPSERT_CREDENTIALS = """
+INSERT INTO agent_devices (agent_code, mqtt_username, mqtt_password_hash, device_token_hash)
+VALUES ($1, $1, $2, $3)
+ON CONFLICT (agent_code) DO UPDATE
+   SET mqtt_password_hash = EXCLUDED.mqtt_password_hash,
+       device_token_hash = EXCLUDED.device_token_hash,
+       credentials_version = agent_devices.credentials_version + 1,
+       issued_at = now()
+RETURNING credentials_version
+"""
+
+
 async def issue_credentials(conn: asyncpg.Connection, agent_code: str) -> Credentials:
-    """New MQTT password and device token for an agent; the previous ones stop working."""
+    """New MQTT password and device token for an agent; the previous ones stop working.
+    AgentNotFound when the core knows no such agent."""
     check_code(agent_code)
     password = secrets.token_urlsafe(SECRET_BYTES)
     token = secrets.token_urlsafe(SECRET_BYTES)
-    version = await conn.fetchval(
-        """
-        INSERT INTO agent_devices (agent_code, mqtt_username, mqtt_password_hash,
-                                   device_token_hash)
-        VALUES ($1, $1, $2, $3)
-        ON CONFLICT (agent_code) DO UPDATE
-           SET mqtt_password_hash = EXCLUDED.mqtt_password_hash,
-               device_token_hash = EXCLUDED.device_token_hash,
-               credentials_version = agent_devices.credentials_version + 1,
-               issued_at = now()
-        RETURNING credentials_version
-        """,
-        agent_code,
-        mosquitto_hash(password),
-        token_hash(token),
-    )
+    try:
+        version = await conn.fetchval(
+            _UPSERT_CREDENTIALS, agent_code, mosquitto_hash(password), token_hash(token)
+        )
+    except asyncpg.ForeignKeyViolationError:
+        raise AgentNotFound(f"No agent {agent_code!r}", agent_code=agent_code) from None
     return Credentials(agent_code, password, token, int(version))
 
 

@@ -24,7 +24,7 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
 from core import devices, geofences
-from core.devices import check_code
+from core.agents import check_code  # agent codes as the core keeps them (upper case)
 from core.errors import ValidationFailed
 from gateway.api import ApiRoutes, json_response
 from gateway.keys import AGENTS, PG_POOL, PRINCIPAL_KEY

@@ -214,7 +214,7 @@ async def _acl_checks(url: str, runtime: AgentRuntime, creds: dict[str, devices.
 async def _mosquitto_acl_from_generated_files(
     settings: Settings, redis: Redis, pg_pool: asyncpg.Pool, tmp_path: Path
 ) -> None:
-    a, b = code(), code()
+    a, b = await make_agent(pg_pool), await make_agent(pg_pool)
     creds = await _issue(pg_pool, a, b)
     gw_password = secrets.token_urlsafe(16)
 
@@ -268,7 +268,7 @@ if MOSQUITTO is not None:
 async def test_embedded_broker_enforces_the_same_rules(
     settings: Settings, redis: Redis, pg_pool: asyncpg.Pool, database_url: str, tmp_path: Path
 ) -> None:
-    a, b = code(), code()
+    a, b = await make_agent(pg_pool), await make_agent(pg_pool)
     creds = await _issue(pg_pool, a, b)
     secret = "s" * 40
     broker = EmbeddedMqtt(tmp_path, 0)
@@ -357,7 +357,7 @@ async def test_app_wires_the_embedded_broker_with_device_auth(
         plain = app[ENDPOINTS].mqtt_url
         assert plain is not None and "gateway:" in plain
         broker_url = f"mqtt://127.0.0.1:{bare.embedded_mqtt_port}"
-        agent = code()
+        agent = await make_agent(pg_pool)
         creds = await _issue(pg_pool, agent)
         anonymous = Device(broker_url)
         assert (await anonymous.connect()).is_failure
