@@ -22,6 +22,7 @@ from typing import Any
 import asyncpg
 
 from core.errors import AgentNotFound, ValidationFailed
+from core.outbox import enqueue
 
 # Agent codes appear in MQTT topics and in the broker's password file: no '/', '+', '#', ':'.
 AGENT_CODE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{1,31}")
@@ -202,11 +203,61 @@ class EventRow:
     details: dict[str, Any] | None = None
 
 
-async def insert_events(conn: asyncpg.Connection, events: Sequence[EventRow]) -> list[int]:
+@dataclass(frozen=True, slots=True)
+class BreachAlerts:
+    """Who hears of a breach: an outbox channel ("log", "email", "sms", "push") and the
+    recipients on it (admins' addresses or numbers)."""
+
+    channel: str
+    recipients: tuple[str, ...]
+
+
+def breach_text(event: EventRow) -> str:
+    """The alert's text: which agent, since when, where it was and how far from which fence."""
+    when = _dt(event.fix_ts if event.fix_ts is not None else event.at)
+    details = event.details or {}
+    fix, decision = details.get("fix") or {}, details.get("decision") or {}
+    text = (
+        f"Agent {event.agent_code} is outside its permitted zone during its working hours "
+        f"(breach at {when:%Y-%m-%d %H:%M:%S} UTC)"
+    )
+    if fix:
+        accuracy = "unknown" if fix.get("acc") is None else f"{fix['acc']:.0f} m"
+        text += f"; last fix {fix['lat']:.5f},{fix['lon']:.5f} (accuracy {accuracy})"
+    if decision.get("distance_m") is not None and event.fence_id is not None:
+        text += (
+            f", {decision['distance_m']:.0f} m from geofence {event.fence_id} "
+            f"(version {event.fence_version})"
+        )
+    return text + "."
+
+
+async def insert_events(
+    conn: asyncpg.Connection, events: Sequence[EventRow], alerts: BreachAlerts | None = None
+) -> list[int]:
+    """Store events; with `alerts`, queue an outbox message per breach and recipient in the
+    same transaction (the alert exists exactly when its event does)."""
     if not events:
         return []
     for e in events:
         assert e.kind in EVENT_KINDS, e.kind
+    breaches = [e for e in events if e.kind == "breach"] if alerts is not None else []
+    if not breaches:
+        return await _insert_events(conn, events)
+    assert alerts is not None
+    async with conn.transaction():
+        ids = await _insert_events(conn, events)
+        for event in breaches:
+            body = breach_text(event)
+            for recipient in alerts.recipients:
+                await enqueue(
+                    conn, channel=alerts.channel, recipient=recipient, body=body,
+                    kind="agent_breach",
+                )  # fmt: skip
+    return ids
+
+
+async def _insert_events(conn: asyncpg.Connection, events: Sequence[EventRow]) -> list[int]:
     rows = await conn.fetch(
         """
         INSERT INTO agent_events (agent_code, kind, at, fix_ts, fence_id, fence_version, details)

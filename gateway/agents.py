@@ -31,7 +31,7 @@ from config.settings import Settings
 from core import devices, geofences
 from core.agent_transactions import DeviceGate
 from core.crypto import FieldCipher
-from core.devices import EventRow, LocationRow
+from core.devices import BreachAlerts, EventRow, LocationRow
 from core.errors import AuthFailed, FixRejected
 from gateway.api import HttpError, json_response
 from gateway.keys import AGENTS, CIPHER, ENDPOINTS, PG_POOL, REDIS, SETTINGS
@@ -74,16 +74,18 @@ def fix_limits(s: Settings) -> FixLimits:
 
 
 class PgSink:
-    """Events straight to PostgreSQL; location history through a bounded queue and COPY."""
+    """Events straight to PostgreSQL (a breach with its alerts to the admins, through the
+    outbox, in the same transaction); location history through a bounded queue and COPY."""
 
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: asyncpg.Pool, alerts: BreachAlerts | None = None) -> None:
         self.pool = pool
+        self.alerts = alerts
         self.queue: asyncio.Queue[LocationRow] = asyncio.Queue(HISTORY_QUEUE_MAX)
         self.written = 0
 
     async def record_events(self, events: Sequence[EventRow]) -> None:
         async with self.pool.acquire() as conn:
-            await devices.insert_events(conn, events)
+            await devices.insert_events(conn, events, self.alerts)
 
     async def record_locations(self, rows: Sequence[LocationRow]) -> None:
         for row in rows:
@@ -192,7 +194,10 @@ def build_runtime(
         gate = DeviceGate(engine, gate_policy(settings))
         executor = CoreCommandExecutor(pool, cipher, gate, core_config)
     dispatcher = CommandDispatcher(redis, settings.redis_prefix, executor)
-    sink = PgSink(pool)
+    alerts = None
+    if settings.agent_alert_channel is not None:
+        alerts = BreachAlerts(settings.agent_alert_channel, settings.agent_alert_recipients)
+    sink = PgSink(pool, alerts)
     channel = AgentChannel(engine, dispatcher, sink, fix_limits(settings))
     return AgentRuntime(settings, redis, engine, dispatcher, channel, sink, pool)
 
