@@ -367,3 +367,45 @@ async def test_app_wires_the_embedded_broker_with_device_auth(
         device.publish(f"agents/{agent}/location", native(10, time.time() - 1))
         assert await eventually(lambda: runtime.engine.latest_fix(agent))
         await device.stop()
+
+
+async def test_readyz_reports_the_broker(
+    settings: Settings, pg_pool: asyncpg.Pool, tmp_path: Path
+) -> None:
+    """With the channel configured, /readyz names the broker: ok, down while it is gone,
+    ok again once the gateway has reconnected and subscribed."""
+    from gateway.app import create_app
+    from gateway.keys import AGENTS
+    from tests.conftest import running_app
+
+    broker = EmbeddedMqtt(tmp_path, 0)
+    url = await broker.start()
+    port = int(url.rsplit(":", 1)[1])
+    app = create_app(replace(settings, mqtt_url=url), run_migrations=False, start_channels=True)
+    try:
+        async with running_app(app) as client:
+            service = app[AGENTS].mqtt
+            assert service is not None
+            await service.wait_subscribed(10)
+
+            async def ready() -> tuple[int, dict[str, str]]:
+                resp = await client.get("/readyz")
+                return resp.status, (await resp.json())["checks"]
+
+            assert await ready() == (200, {"postgresql": "ok", "redis": "ok", "mqtt": "ok"})
+            await broker.stop()
+
+            async def down() -> bool:
+                status, checks = await ready()
+                return status == 503 and checks["mqtt"].startswith("down")
+
+            assert await eventually(down)
+            broker = EmbeddedMqtt(tmp_path, port)
+            assert await broker.start() == url
+
+            async def up() -> bool:
+                return (await ready())[0] == 200
+
+            assert await eventually(up, 20)
+    finally:
+        await broker.stop()
