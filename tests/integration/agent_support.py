@@ -96,3 +96,13 @@ async def assign_circle(pool: asyncpg.Pool, agent: str, radius_m: float = RADIUS
 async def assert_ledger_ok(pool: asyncpg.Pool) -> None:
     report = await check_ledger(pool)
     assert report.ok, "\n".join(report.lines())
+
+
+async def outbox_rows(pool: asyncpg.Pool, agent: str) -> list[dict[str, Any]]:
+    """The breach alerts queued about `agent`."""
+    rows = await pool.fetch(
+        "SELECT id, channel, recipient, kind, body, status FROM outbox "
+        "WHERE kind = 'agent_breach' AND body LIKE $1 ORDER BY id",
+        f"Agent {agent} %",
+    )
+    return [dict(r) for r in rows]

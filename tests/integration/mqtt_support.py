@@ -27,7 +27,7 @@ from channels.agents.mqtt import BrokerAddress
 from config.settings import Settings
 from core.crypto import FieldCipher
 from gateway.agents import AgentRuntime, build_runtime, connected, running
-from gateway.embedded import free_port, port_open
+from gateway.embedded import EmbeddedMqtt, free_port, port_open
 
 MOSQUITTO = shutil.which("mosquitto") or (
     "/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None
@@ -179,6 +179,26 @@ class MosquittoProcess:
         if self._log is not None:
             self._log.close()
             self._log = None
+
+
+@contextlib.asynccontextmanager
+async def private_broker(folder: Path) -> AsyncIterator[str]:
+    """A broker of this test's own (Mosquitto when installed, else the embedded amqtt): on the
+    machine's shared broker, other runs' gateways would answer this test's commands too."""
+    if MOSQUITTO is not None:
+        mosquitto = MosquittoProcess(folder)
+        await mosquitto.start()
+        try:
+            yield mosquitto.url
+        finally:
+            await mosquitto.stop()
+        return
+    embedded = EmbeddedMqtt(folder, 0)
+    url = await embedded.start()
+    try:
+        yield url
+    finally:
+        await embedded.stop()
 
 
 @contextlib.asynccontextmanager

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import replace
-from typing import Any
 
 import asyncpg
 from redis.asyncio import Redis
@@ -18,7 +17,7 @@ from core.outbox import Dispatcher, OutboundMessage
 from gateway.agents import AgentRuntime, build_runtime
 from geofence.fix import Fix
 from menus.device import FixInput
-from tests.integration.agent_support import assign_circle, at, make_agent
+from tests.integration.agent_support import assign_circle, at, make_agent, outbox_rows
 
 ALWAYS = {
     "timezone": "UTC",
@@ -49,15 +48,6 @@ async def walk_out(runtime: AgentRuntime, agent: str) -> list[EventRow]:
         fix = Fix(lat=lat, lon=lon, ts=now - 40 + n, accuracy_m=10)
         events += (await runtime.channel.ingest([FixInput(agent, fix, now)])).events
     return events
-
-
-async def outbox_rows(pool: asyncpg.Pool, agent: str) -> list[dict[str, Any]]:
-    rows = await pool.fetch(
-        "SELECT id, channel, recipient, kind, body, status FROM outbox "
-        "WHERE kind = 'agent_breach' AND body LIKE $1 ORDER BY id",
-        f"Agent {agent} %",
-    )
-    return [dict(r) for r in rows]
 
 
 async def test_breach_alerts_go_to_each_admin_through_the_outbox(

@@ -35,6 +35,7 @@ from tests.integration.mqtt_support import (
     MosquittoProcess,
     eventually,
     gateway,
+    private_broker,
 )
 
 CENTRE = (36.82, -1.28)
@@ -81,6 +82,13 @@ def reply_to(command_id: str | None) -> Any:
 
 
 async def test_fixes_events_commands_end_to_end(
+    settings: Settings, redis: Redis, pg_pool: asyncpg.Pool, tmp_path: Path
+) -> None:
+    async with private_broker(tmp_path) as url:
+        await _fixes_events_commands(settings, redis, pg_pool, url)
+
+
+async def _fixes_events_commands(
     settings: Settings, redis: Redis, pg_pool: asyncpg.Pool, mqtt_url: str
 ) -> None:
     await prepare_core(pg_pool)
@@ -148,6 +156,13 @@ async def test_fixes_events_commands_end_to_end(
 
 
 async def test_stale_location_is_refused(
+    settings: Settings, redis: Redis, pg_pool: asyncpg.Pool, tmp_path: Path
+) -> None:
+    async with private_broker(tmp_path) as url:
+        await _stale_location(settings, redis, pg_pool, url)
+
+
+async def _stale_location(
     settings: Settings, redis: Redis, pg_pool: asyncpg.Pool, mqtt_url: str
 ) -> None:
     await prepare_core(pg_pool)
