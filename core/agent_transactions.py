@@ -54,12 +54,14 @@ __all__ = [
     "cash_out",
     "float_balance",
     "idempotency_key",
+    "list_decisions",
     "register_customer",
 ]
 
 log = logging.getLogger("core.agent_transactions")
 
 MAX_COMMAND_ID_CHARS = 64
+MAX_DECISIONS_PAGE = 500
 
 
 class Locator(Protocol):
@@ -352,3 +354,18 @@ async def float_balance(db: Db, request: DeviceRequest) -> AgentBalances:
     """The agent's float and commission (not location-gated: it moves nothing)."""
     agent = await verify_agent_pin(db, request.agent_code, request.agent_pin)
     return await agent_balances(db, agent.code)
+
+
+async def list_decisions(
+    db: Db, agent_code: str, *, before_id: int | None = None, limit: int = 100
+) -> list[dict[str, Any]]:
+    """An agent's recorded attempts, newest first; page with `before_id`."""
+    rows = await db.fetch(
+        "SELECT id, at, command_id, op, allowed, reason, outcome, reference, target, evidence "
+        "FROM agent_decisions WHERE agent_code = $1 AND ($2::bigint IS NULL OR id < $2) "
+        "ORDER BY id DESC LIMIT $3",
+        agent_code,
+        before_id,
+        min(max(limit, 1), MAX_DECISIONS_PAGE),
+    )
+    return [{**dict(r), "evidence": json.loads(r["evidence"])} for r in rows]

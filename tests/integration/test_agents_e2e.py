@@ -30,6 +30,7 @@ from gateway.agents import AgentRuntime
 from gateway.app import create_app
 from gateway.keys import AGENTS
 from tests.conftest import TEST_SECRET, running_app
+from tests.helpers import assert_error, auth, token_for
 from tests.integration.agent_support import (
     AGENT_PIN,
     CUSTOMER_PIN,
@@ -225,3 +226,19 @@ async def test_osmand_fixes_feed_the_gate(rig: Rig) -> None:
     assert await transfers.balance(rig.pool, customer) == 50_000
     assert await outbox_rows(rig.pool, agent) == []  # no schedule: an exit, not a breach
     await device.stop()
+
+    # Admins read the gate's decisions, newest first, with their evidence.
+    viewer = auth(await token_for(rig.client, "viewer"))
+    url = f"/api/v1/agents/{agent.lower()}/decisions"
+    page = await (await rig.client.get(f"{url}?limit=1", headers=viewer)).json()
+    [latest] = page["decisions"]
+    assert (latest["command_id"], latest["allowed"], latest["outcome"]) == (
+        "h2", False, "OUTSIDE_GEOFENCE",
+    )  # fmt: skip
+    assert latest["evidence"]["fix"]["src"] == "osmand" and latest["target"] == customer
+    rest = await rig.client.get(f"{url}?before_id={page['next_before_id']}", headers=viewer)
+    [first] = (await rest.json())["decisions"]
+    assert (first["command_id"], first["outcome"]) == ("h1", "ok")
+    assert first["reference"] == ok["result"]["reference"]
+    await assert_error(await rig.client.get(f"{url}?limit=0", headers=viewer), 422)
+    await assert_error(await rig.client.get(url), 401)
