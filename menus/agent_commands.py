@@ -40,6 +40,7 @@ from pydantic import (
     ValidationError,
 )
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from core import agent_transactions as device
 from core.crypto import FieldCipher
@@ -286,20 +287,33 @@ class CommandDispatcher:
         except CommandInvalid as exc:
             return reply_error(exc.command_id, exc.code, exc.message, exc.details)
         key, fingerprint = self.key(agent_code, command.id), command.fingerprint()
-        claimed = await self.redis.set(key, f"pending|{fingerprint}", nx=True, ex=CLAIM_TTL_S)
-        if not claimed:
-            return await self._answered(key, command.id, fingerprint)
+        try:
+            claimed = await self.redis.set(key, f"pending|{fingerprint}", nx=True, ex=CLAIM_TTL_S)
+            if not claimed:
+                return await self._answered(key, command.id, fingerprint)
+        except RedisError:
+            log.warning("agent command: redis unavailable", extra={"agent": agent_code})
+            return reply_error(command.id, Unavailable.code, "Temporarily unavailable; retry it")
         try:
             reply, final = await self._run(agent_code, command, now)
         except Exception:
-            await self.redis.delete(key)  # let a retry run it again (the core is idempotent)
+            await self._forget(key)  # let a retry run it again (the core is idempotent)
             log.exception("agent command failed", extra={"agent": agent_code, "op": command.op})
             return reply_error(command.id, "INTERNAL_ERROR", "The command failed; retry it")
-        if final:
+        if not final:
+            await self._forget(key)
+            return reply
+        try:
             await self.redis.set(key, f"done|{fingerprint}|{json.dumps(reply)}", ex=REPLY_TTL_S)
-        else:
-            await self.redis.delete(key)
+        except RedisError:  # the answer stands; a retry meets the core's idempotency key
+            log.warning("agent command reply not stored", extra={"agent": agent_code})
         return reply
+
+    async def _forget(self, key: str) -> None:
+        try:
+            await self.redis.delete(key)
+        except RedisError:  # the claim expires by itself after CLAIM_TTL_S
+            log.warning("agent command claim not released")
 
     async def _answered(self, key: str, command_id: str, fingerprint: str) -> dict[str, Any] | None:
         raw = await self.redis.get(key)

@@ -214,3 +214,14 @@ async def test_invalid_command_reply_names_no_secret(redis: Redis, redis_prefix:
     assert reply is not None and reply["id"] == "z1"
     assert reply["error"]["code"] == "VALIDATION_ERROR" and "24x8" not in str(reply)
     assert executor.calls == []
+
+
+async def test_redis_down_is_a_temporary_failure(redis_prefix: str) -> None:
+    dead = Redis.from_url("redis://127.0.0.1:1/0", socket_connect_timeout=0.5, socket_timeout=0.5)
+    executor = CountingExecutor()
+    try:
+        reply = await CommandDispatcher(dead, redis_prefix, executor).handle(code(), cash_in("q1"))
+    finally:
+        await dead.aclose()
+    assert reply is not None and reply["error"]["code"] == "SERVICE_UNAVAILABLE"
+    assert executor.calls == []  # nothing runs without the claim
