@@ -44,6 +44,7 @@ import shapely
 
 from channels.agents.mqtt import Message, MqttService
 from config.settings import load_settings
+from core.crypto import FieldCipher
 from gateway import db as dbmod
 from gateway.agents import build_runtime, connected, running
 from gateway.app import make_redis
@@ -315,11 +316,18 @@ async def measure(
                  for i, f in enumerate(features)],
             )  # fmt: skip
             step = N_FENCES // N_AGENTS
+            # Assignments name real agents (a foreign key); the bench moves no money, so the
+            # agents need no accounts and their PIN hash is a placeholder.
+            await conn.executemany(
+                "INSERT INTO agents (code, msisdn, name, currency, pin_hash) "
+                "VALUES ($1, $2, 'Bench agent', 'KES', 'x')",
+                [(c, f"+2547{k:08d}") for k, c in enumerate(codes)],
+            )
             await conn.executemany(
                 "INSERT INTO agent_geofences (agent_code, geofence_id) VALUES ($1, $2)",
                 [(c, k * step + 1) for k, c in enumerate(codes)],
             )
-        runtime = build_runtime(settings, redis, pool)
+        runtime = build_runtime(settings, redis, pool, FieldCipher("bench-" + "x" * 40))
         async with running(runtime):
             print(f"fences stored and catalog loaded in {time.perf_counter() - t:.2f} s "
                   f"({len(runtime.engine.catalog.fences):,} fences)")  # fmt: skip

@@ -135,6 +135,9 @@ class Settings:
     agent_future_skew_s: int = 60
     agent_max_backlog_s: int = 86_400
     agent_heartbeat_timeout_s: int = 600
+    # Breach alerts to admins through the core's outbox (None: off).
+    agent_alert_channel: str | None = "log"
+    agent_alert_recipients: tuple[str, ...] = ("admins",)
 
     @property
     def embedded(self) -> tuple[str, ...]:
@@ -403,7 +406,32 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         agent_future_skew_s=_int(env, "AGENT_FUTURE_SKEW_S", 60, 0, 3600),
         agent_max_backlog_s=_int(env, "AGENT_MAX_BACKLOG_S", 86_400, 60, 30 * 86_400),
         agent_heartbeat_timeout_s=_int(env, "AGENT_HEARTBEAT_TIMEOUT_S", 600, 10, 86_400),
+        agent_alert_channel=_alert_channel(env),
+        agent_alert_recipients=_alert_recipients(env),
     )
+
+
+ALERT_CHANNELS = ("log", "email", "sms", "push")  # the outbox's channels
+MAX_ALERT_RECIPIENTS = 10
+
+
+def _alert_channel(env: Mapping[str, str]) -> str | None:
+    raw = env.get("AGENT_ALERT_CHANNEL", "log").strip().lower() or "log"
+    if raw == "off":
+        return None
+    if raw not in ALERT_CHANNELS:
+        raise SettingsError(f"AGENT_ALERT_CHANNEL: one of {', '.join(ALERT_CHANNELS)} or off")
+    return raw
+
+
+def _alert_recipients(env: Mapping[str, str]) -> tuple[str, ...]:
+    raw = env.get("AGENT_ALERT_RECIPIENTS", "admins")
+    names = tuple(dict.fromkeys(r.strip() for r in raw.split(",") if r.strip()))
+    if not 1 <= len(names) <= MAX_ALERT_RECIPIENTS or any(len(n) > 256 for n in names):
+        raise SettingsError(
+            f"AGENT_ALERT_RECIPIENTS: 1 to {MAX_ALERT_RECIPIENTS} comma-separated recipients"
+        )
+    return names
 
 
 def _share_group(env: Mapping[str, str]) -> str:

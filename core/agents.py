@@ -20,6 +20,10 @@ from core.pins import hash_pin, pin_matches, register_failure
 
 AGENT_SHARDS = 32
 NAME_MAX = 100
+# The channel of transactions an agent's own device originates (MQTT commands). Only
+# core.agent_transactions posts on it, after the geofence gate; the public money and
+# registration functions refuse it, so a device transaction cannot skip the gate.
+DEVICE_CHANNEL = "agent_device"
 _CODE_RE = re.compile(r"^[A-Z0-9]{3,16}$")
 
 

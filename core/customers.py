@@ -16,6 +16,7 @@ from typing import Any
 import asyncpg
 
 from core import errors as E
+from core.agents import DEVICE_CHANNEL
 from core.audit import actor_of, record
 from core.crypto import FieldCipher
 from core.limits import normalise_tier
@@ -115,6 +116,44 @@ async def register_customer(
 ) -> Customer:
     """Create the customer and its wallet (tier Basic) in one statement. AlreadyExists when
     the number or the national id is taken; WeakPin for a guessable PIN."""
+    if channel == DEVICE_CHANNEL:  # an agent's device registers through the geofence gate
+        raise E.ValidationFailed(
+            "Agent device registrations go through core.agent_transactions", field="channel"
+        )
+    return await _register_customer(
+        db,
+        cipher,
+        msisdn=msisdn,
+        first_name=first_name,
+        last_name=last_name,
+        national_id=national_id,
+        pin=pin,
+        language=language,
+        channel=channel,
+        pin_rounds=pin_rounds,
+        currency=currency,
+        country_code=country_code,
+        actor=actor,
+    )
+
+
+async def _register_customer(
+    db: Db,
+    cipher: FieldCipher,
+    *,
+    msisdn: str,
+    first_name: str,
+    last_name: str,
+    national_id: str,
+    pin: str,
+    language: str = "en",
+    channel: str,
+    pin_rounds: int,
+    currency: str = "KES",
+    country_code: str = "254",
+    actor: str | None = None,
+) -> Customer:
+    """The registration itself; core.agent_transactions calls it for a device after the gate."""
     number = normalise_msisdn(msisdn, country_code)
     first = check_name(first_name, "first_name")
     last = check_name(last_name, "last_name")

@@ -2,7 +2,8 @@
 location history and geofence events.
 
 Agents are keyed by their code here; the agents table itself belongs to the banking core
-(`core/agents.py`), and the foreign key from these tables to it is added when both land.
+(`core/agents.py`). Device credentials name a real agent (a foreign key, migration
+0420_agent_foreign_keys); location history and events deliberately do not (see there).
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from typing import Any
 
 import asyncpg
 
-from core.errors import ValidationFailed
+from core.errors import AgentNotFound, ValidationFailed
+from core.outbox import enqueue
 
 # Agent codes appear in MQTT topics and in the broker's password file: no '/', '+', '#', ':'.
 AGENT_CODE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{1,31}")
@@ -88,27 +90,30 @@ class Credentials:
         return f"Credentials({self.mqtt_username!r}, version={self.version})"
 
 
+_UPSERT_CREDENTIALS = """
+INSERT INTO agent_devices (agent_code, mqtt_username, mqtt_password_hash, device_token_hash)
+VALUES ($1, $1, $2, $3)
+ON CONFLICT (agent_code) DO UPDATE
+   SET mqtt_password_hash = EXCLUDED.mqtt_password_hash,
+       device_token_hash = EXCLUDED.device_token_hash,
+       credentials_version = agent_devices.credentials_version + 1,
+       issued_at = now()
+RETURNING credentials_version
+"""
+
+
 async def issue_credentials(conn: asyncpg.Connection, agent_code: str) -> Credentials:
-    """New MQTT password and device token for an agent; the previous ones stop working."""
+    """New MQTT password and device token for an agent; the previous ones stop working.
+    AgentNotFound when the core knows no such agent."""
     check_code(agent_code)
     password = secrets.token_urlsafe(SECRET_BYTES)
     token = secrets.token_urlsafe(SECRET_BYTES)
-    version = await conn.fetchval(
-        """
-        INSERT INTO agent_devices (agent_code, mqtt_username, mqtt_password_hash,
-                                   device_token_hash)
-        VALUES ($1, $1, $2, $3)
-        ON CONFLICT (agent_code) DO UPDATE
-           SET mqtt_password_hash = EXCLUDED.mqtt_password_hash,
-               device_token_hash = EXCLUDED.device_token_hash,
-               credentials_version = agent_devices.credentials_version + 1,
-               issued_at = now()
-        RETURNING credentials_version
-        """,
-        agent_code,
-        mosquitto_hash(password),
-        token_hash(token),
-    )
+    try:
+        version = await conn.fetchval(
+            _UPSERT_CREDENTIALS, agent_code, mosquitto_hash(password), token_hash(token)
+        )
+    except asyncpg.ForeignKeyViolationError:
+        raise AgentNotFound(f"No agent {agent_code!r}", agent_code=agent_code) from None
     return Credentials(agent_code, password, token, int(version))
 
 
@@ -198,11 +203,61 @@ class EventRow:
     details: dict[str, Any] | None = None
 
 
-async def insert_events(conn: asyncpg.Connection, events: Sequence[EventRow]) -> list[int]:
+@dataclass(frozen=True, slots=True)
+class BreachAlerts:
+    """Who hears of a breach: an outbox channel ("log", "email", "sms", "push") and the
+    recipients on it (admins' addresses or numbers)."""
+
+    channel: str
+    recipients: tuple[str, ...]
+
+
+def breach_text(event: EventRow) -> str:
+    """The alert's text: which agent, since when, where it was and how far from which fence."""
+    when = _dt(event.fix_ts if event.fix_ts is not None else event.at)
+    details = event.details or {}
+    fix, decision = details.get("fix") or {}, details.get("decision") or {}
+    text = (
+        f"Agent {event.agent_code} is outside its permitted zone during its working hours "
+        f"(breach at {when:%Y-%m-%d %H:%M:%S} UTC)"
+    )
+    if fix:
+        accuracy = "unknown" if fix.get("acc") is None else f"{fix['acc']:.0f} m"
+        text += f"; last fix {fix['lat']:.5f},{fix['lon']:.5f} (accuracy {accuracy})"
+    if decision.get("distance_m") is not None and event.fence_id is not None:
+        text += (
+            f", {decision['distance_m']:.0f} m from geofence {event.fence_id} "
+            f"(version {event.fence_version})"
+        )
+    return text + "."
+
+
+async def insert_events(
+    conn: asyncpg.Connection, events: Sequence[EventRow], alerts: BreachAlerts | None = None
+) -> list[int]:
+    """Store events; with `alerts`, queue an outbox message per breach and recipient in the
+    same transaction (the alert exists exactly when its event does)."""
     if not events:
         return []
     for e in events:
         assert e.kind in EVENT_KINDS, e.kind
+    breaches = [e for e in events if e.kind == "breach"] if alerts is not None else []
+    if not breaches:
+        return await _insert_events(conn, events)
+    assert alerts is not None
+    async with conn.transaction():
+        ids = await _insert_events(conn, events)
+        for event in breaches:
+            body = breach_text(event)
+            for recipient in alerts.recipients:
+                await enqueue(
+                    conn, channel=alerts.channel, recipient=recipient, body=body,
+                    kind="agent_breach",
+                )  # fmt: skip
+    return ids
+
+
+async def _insert_events(conn: asyncpg.Connection, events: Sequence[EventRow]) -> list[int]:
     rows = await conn.fetch(
         """
         INSERT INTO agent_events (agent_code, kind, at, fix_ts, fence_id, fence_version, details)

@@ -18,7 +18,7 @@ from typing import Any
 import asyncpg
 
 from core.devices import check_code
-from core.errors import NotFound, ValidationFailed
+from core.errors import AgentNotFound, NotFound, ValidationFailed
 from geofence.fences import CircleFence, Fence, FenceError, fence_feature, fence_from_geojson
 from geofence.index import FenceCatalog
 from geofence.schedule import Schedule, ScheduleError, parse_schedule
@@ -155,6 +155,12 @@ async def assign_fences(
         missing = [i for i in ids if i not in found]
         if missing:
             raise NotFound("Unknown geofence ids", code="GEOFENCE_NOT_FOUND", missing=missing)
+        # The agent row, locked against a concurrent change: an unknown code is a clear
+        # AgentNotFound (the foreign keys are the last line), even with no fences to insert.
+        if not await conn.fetchval(
+            "SELECT 1 FROM agents WHERE code = $1 FOR KEY SHARE", agent_code
+        ):
+            raise AgentNotFound(f"No agent {agent_code!r}", agent_code=agent_code)
         await conn.execute("DELETE FROM agent_geofences WHERE agent_code = $1", agent_code)
         await conn.executemany(
             "INSERT INTO agent_geofences (agent_code, geofence_id) VALUES ($1, $2)",

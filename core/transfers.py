@@ -24,6 +24,7 @@ from datetime import datetime
 from typing import Any
 
 from core import errors as E
+from core.agents import DEVICE_CHANNEL
 from core.fees import Quote, quote
 from core.money import check_amount, check_currency
 from core.msisdn import normalise_msisdn
@@ -41,6 +42,7 @@ __all__ = [
     "disburse_loan",
     "float_topup",
     "fund_loans",
+    "posted_under",
     "quote",
     "repay_loan",
     "reverse",
@@ -129,6 +131,15 @@ def _channel(channel: str) -> str:
     if not isinstance(channel, str) or not 1 <= len(channel) <= MAX_CHANNEL_CHARS:
         raise E.ValidationFailed("A channel name is 1 to 32 characters", field="channel")
     return channel
+
+
+def refuse_device_channel(channel: str) -> None:
+    """The device channel belongs to core.agent_transactions, which gates by location first."""
+    if channel == DEVICE_CHANNEL:
+        raise E.ValidationFailed(
+            "Agent device transactions go through core.agent_transactions (geofence gate)",
+            field="channel",
+        )
 
 
 def _agent_code(code: str) -> str:
@@ -281,6 +292,33 @@ async def cash_in(
     """The customer hands cash to the agent: agent float -> customer wallet; the agent earns
     the `cash_in` commission from fee income. `evidence` (e.g. the geofence decision) is kept
     as JSON in the transfer's note; it is not part of the request identity."""
+    refuse_device_channel(channel)
+    return await _cash_in(
+        db,
+        agent_code=agent_code,
+        msisdn=msisdn,
+        amount_minor=amount_minor,
+        idempotency_key=idempotency_key,
+        channel=channel,
+        evidence=evidence,
+        currency=currency,
+        country_code=country_code,
+    )
+
+
+async def _cash_in(
+    db: Db,
+    *,
+    agent_code: str,
+    msisdn: str,
+    amount_minor: int,
+    idempotency_key: str,
+    channel: str,
+    evidence: dict[str, Any] | None = None,
+    currency: str = "KES",
+    country_code: str = "254",
+) -> TransferResult:
+    """The posting itself; core.agent_transactions calls it for a device after the gate."""
     code = _agent_code(agent_code)
     dst = normalise_msisdn(msisdn, country_code)
     amount = check_amount(amount_minor)
@@ -318,6 +356,33 @@ async def cash_out(
     """The agent hands cash to the customer: customer wallet -> agent float, plus the
     `cash_out` fee, of which the agent's commission goes to its commission account.
     `evidence` as for cash_in."""
+    refuse_device_channel(channel)
+    return await _cash_out(
+        db,
+        agent_code=agent_code,
+        msisdn=msisdn,
+        amount_minor=amount_minor,
+        idempotency_key=idempotency_key,
+        channel=channel,
+        evidence=evidence,
+        currency=currency,
+        country_code=country_code,
+    )
+
+
+async def _cash_out(
+    db: Db,
+    *,
+    agent_code: str,
+    msisdn: str,
+    amount_minor: int,
+    idempotency_key: str,
+    channel: str,
+    evidence: dict[str, Any] | None = None,
+    currency: str = "KES",
+    country_code: str = "254",
+) -> TransferResult:
+    """The posting itself; core.agent_transactions calls it for a device after the gate."""
     code = _agent_code(agent_code)
     src = normalise_msisdn(msisdn, country_code)
     amount = check_amount(amount_minor)
@@ -338,6 +403,17 @@ async def cash_out(
         _evidence(evidence),
     )
     return _result(row)
+
+
+async def posted_under(db: Db, idempotency_key: str) -> TransferResult | None:
+    """The transfer already posted under this key (as a replay), or None."""
+    row = await call(
+        db,
+        "SELECT r.* FROM transfers t, LATERAL ledger_result(t.id, true) r "
+        "WHERE t.key_hash = hashtextextended($1, 0) AND t.idempotency_key = $1",
+        _key(idempotency_key),
+    )
+    return None if row is None else _result(row)
 
 
 async def reverse(

@@ -29,13 +29,20 @@ from channels.agents.osmand import parse_osmand
 from channels.agents.service import AgentChannel
 from config.settings import Settings
 from core import devices, geofences
-from core.devices import EventRow, LocationRow
+from core.agent_transactions import DeviceGate
+from core.crypto import FieldCipher
+from core.devices import BreachAlerts, EventRow, LocationRow
 from core.errors import AuthFailed, FixRejected
 from gateway.api import HttpError, json_response
-from gateway.keys import AGENTS, ENDPOINTS, PG_POOL, REDIS, SETTINGS
+from gateway.keys import AGENTS, CIPHER, ENDPOINTS, PG_POOL, REDIS, SETTINGS
 from geofence.gating import GatePolicy
 from geofence.tracker import TrackPolicy
-from menus.agent_commands import CommandDispatcher, CommandExecutor, PendingCoreExecutor
+from menus.agent_commands import (
+    CommandDispatcher,
+    CommandExecutor,
+    CoreCommandExecutor,
+    CoreConfig,
+)
 from menus.device import DeviceEngine, EngineConfig, FixInput
 
 log = logging.getLogger("gateway.agents")
@@ -67,16 +74,18 @@ def fix_limits(s: Settings) -> FixLimits:
 
 
 class PgSink:
-    """Events straight to PostgreSQL; location history through a bounded queue and COPY."""
+    """Events straight to PostgreSQL (a breach with its alerts to the admins, through the
+    outbox, in the same transaction); location history through a bounded queue and COPY."""
 
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: asyncpg.Pool, alerts: BreachAlerts | None = None) -> None:
         self.pool = pool
+        self.alerts = alerts
         self.queue: asyncio.Queue[LocationRow] = asyncio.Queue(HISTORY_QUEUE_MAX)
         self.written = 0
 
     async def record_events(self, events: Sequence[EventRow]) -> None:
         async with self.pool.acquire() as conn:
-            await devices.insert_events(conn, events)
+            await devices.insert_events(conn, events, self.alerts)
 
     async def record_locations(self, rows: Sequence[LocationRow]) -> None:
         for row in rows:
@@ -164,8 +173,11 @@ def build_runtime(
     settings: Settings,
     redis: Redis,
     pool: asyncpg.Pool,
+    cipher: FieldCipher,
     executor: CommandExecutor | None = None,
 ) -> AgentRuntime:
+    """The agent runtime; commands run through the banking core (core.agent_transactions,
+    gated by this engine's device state) unless another `executor` is given."""
     config = EngineConfig(
         settings.redis_prefix,
         track_policy(settings),
@@ -175,14 +187,17 @@ def build_runtime(
     from geofence.index import FenceCatalog
 
     engine = DeviceEngine(redis, config, FenceCatalog.build([], {}))
-    dispatcher = CommandDispatcher(
-        redis,
-        settings.redis_prefix,
-        engine,
-        executor or PendingCoreExecutor(),
-        gate_policy(settings),
-    )
-    sink = PgSink(pool)
+    if executor is None:
+        core_config = CoreConfig(
+            settings.currency, settings.default_country_code, settings.pin_bcrypt_rounds
+        )
+        gate = DeviceGate(engine, gate_policy(settings))
+        executor = CoreCommandExecutor(pool, cipher, gate, core_config)
+    dispatcher = CommandDispatcher(redis, settings.redis_prefix, executor)
+    alerts = None
+    if settings.agent_alert_channel is not None:
+        alerts = BreachAlerts(settings.agent_alert_channel, settings.agent_alert_recipients)
+    sink = PgSink(pool, alerts)
     channel = AgentChannel(engine, dispatcher, sink, fix_limits(settings))
     return AgentRuntime(settings, redis, engine, dispatcher, channel, sink, pool)
 
@@ -231,7 +246,7 @@ async def connected(runtime: AgentRuntime, url: str) -> AsyncIterator[MqttServic
 
 
 async def agents_ctx(app: web.Application) -> AsyncIterator[None]:
-    runtime = build_runtime(app[SETTINGS], app[REDIS], app[PG_POOL])
+    runtime = build_runtime(app[SETTINGS], app[REDIS], app[PG_POOL], app[CIPHER])
     app[AGENTS] = runtime
     async with running(runtime):
         yield

@@ -1,4 +1,4 @@
-"""Agent commands: idempotent by command id, gated by location, executed behind an interface.
+"""Agent commands: idempotent by command id, executed by the banking core behind an interface.
 
     device -> agents/{code}/cmd -> channels.agents.commands.decode_command() -> dict
            -> CommandDispatcher.handle() -> reply dict -> agents/{code}/reply
@@ -6,17 +6,18 @@
 The command models here are channel-neutral (every op with its fields, unknown fields refused;
 PINs are `SecretStr`, so a command's repr or a validation error never shows them, and the
 fingerprint that tells a retried command from a different one under the same id leaves them
-out: a hash of a 4-digit PIN is no secret). The dispatcher validates, claims
-the command id in Redis (`SET NX`), runs the geofence gate for cash-in, cash-out and
-registration on the agent's latest accepted fix, and hands the command and the gate's decision
-to a `CommandExecutor`. The reply is stored under the id, so a repeated id gets the same reply
-again without running anything; the same id with a different request is refused with
-IDEMPOTENCY_CONFLICT. A duplicate that arrives while the first is still running gets no reply of
-its own (the first one answers).
+out: a hash of a 4-digit PIN is no secret). The dispatcher validates, claims the command id in
+Redis (`SET NX`) and hands the command to a `CommandExecutor`. The reply is stored under the id,
+so a repeated id gets the same reply again without running anything; the same id with a
+different request is refused with IDEMPOTENCY_CONFLICT. A duplicate that arrives while the first
+is still running gets no reply of its own (the first one answers). A temporary failure (the
+database or Redis unavailable) is answered but not stored: a retry of the same id runs again,
+and the core's idempotency key keeps it from moving money twice.
 
-The banking core supplies the real executor (it verifies the agent's PIN, moves the money with
-the command id as idempotency key and stores the gate's evidence with the transaction). Until
-then `PendingCoreExecutor` enforces the gate and answers NOT_AVAILABLE.
+`CoreCommandExecutor` is the real executor: core.agent_transactions verifies the agent's PIN,
+runs the geofence gate on the agent's latest fix (this engine's state, read through core's
+`Locator`), checks the customer's PIN for a cash-out, and moves the money with the command id
+as the idempotency key and the gate's evidence stored with the transfer.
 """
 
 from __future__ import annotations
@@ -39,10 +40,12 @@ from pydantic import (
     ValidationError,
 )
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
-from core.errors import CoreError, LocationRefused, Unavailable
-from geofence.gating import GateDecision, GatePolicy, gate
-from menus.device import DeviceEngine
+from core import agent_transactions as device
+from core.crypto import FieldCipher
+from core.errors import CoreError, Unavailable
+from core.pg import Db
 
 log = logging.getLogger("gateway.agents.commands")
 
@@ -50,7 +53,7 @@ REPLY_TTL_S = 7 * 24 * 3600
 CLAIM_TTL_S = 60
 MAX_AMOUNT_MINOR = 10**12
 COMMAND_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
-GATED_OPS = frozenset({"cash_in", "cash_out", "register_customer"})
+GATED_OPS = frozenset({"cash_in", "cash_out", "register_customer"})  # core gates these
 
 Msisdn = Annotated[str, Field(pattern=r"^\+?\d{9,15}$")]
 _PIN_RE = re.compile(r"^\d{4,6}$")
@@ -170,7 +173,6 @@ def reply_error(
 class CommandContext:
     agent_code: str
     received_at: float
-    gate: GateDecision | None  # None for ops that are not location-gated (balance)
 
 
 class CommandExecutor(Protocol):
@@ -180,36 +182,97 @@ class CommandExecutor(Protocol):
     async def execute(self, command: Command, context: CommandContext) -> dict[str, Any]: ...
 
 
-def refuse_unless_allowed(context: CommandContext) -> None:
-    """What every executor does first: a refused gate is the answer."""
-    decision = context.gate
-    if decision is not None and not decision.allowed:
-        assert decision.reason is not None
-        raise LocationRefused(decision.message, code=decision.reason.value)
+@dataclass(frozen=True, slots=True)
+class CoreConfig:
+    currency: str = "KES"
+    country_code: str = "254"
+    pin_rounds: int = 10
 
 
-class PendingCoreExecutor:
-    """Until the banking core's executor lands: the gate is enforced, nothing moves."""
+def _transfer_result(result: Any, msisdn: str) -> dict[str, Any]:
+    """What the agent's device is told about a transfer (never the customer's balance)."""
+    return {
+        "reference": result.reference,
+        "type": result.kind,
+        "msisdn": msisdn,
+        "currency": result.currency,
+        "amount_minor": result.amount_minor,
+        "fee_minor": result.fee_minor,
+        "commission_minor": result.commission_minor,
+        "created_at": result.created_at.isoformat(),
+    }
+
+
+class CoreCommandExecutor:
+    """Each op through core.agent_transactions, where the gate stands in the core's path."""
+
+    def __init__(
+        self, db: Db, cipher: FieldCipher, gate: device.DeviceGate, config: CoreConfig
+    ) -> None:
+        self.db = db
+        self.cipher = cipher
+        self.gate = gate
+        self.config = config
 
     async def execute(self, command: Command, context: CommandContext) -> dict[str, Any]:
-        refuse_unless_allowed(context)
-        raise Unavailable(f"{command.op} is not available yet", code="NOT_AVAILABLE")
+        request = device.DeviceRequest(
+            context.agent_code, command.pin.get_secret_value(), command.id, context.received_at
+        )
+        cfg = self.config
+        money = {"currency": cfg.currency, "country_code": cfg.country_code}
+        if isinstance(command, CashIn):
+            result = await device.cash_in(
+                self.db, self.gate, request, msisdn=command.msisdn,
+                amount_minor=command.amount_minor, **money,
+            )  # fmt: skip
+            return _transfer_result(result, result.credit_party)
+        if isinstance(command, CashOut):
+            result = await device.cash_out(
+                self.db, self.gate, request, msisdn=command.msisdn,
+                amount_minor=command.amount_minor,
+                customer_pin=command.customer_pin.get_secret_value(), **money,
+            )  # fmt: skip
+            return _transfer_result(result, result.debit_party)
+        if isinstance(command, RegisterCustomer):
+            return await self._register(command, request)
+        balances = await device.float_balance(self.db, request)
+        return {
+            "currency": balances.currency,
+            "float_minor": balances.float_minor,
+            "commission_minor": balances.commission_minor,
+        }
+
+    async def _register(
+        self, command: RegisterCustomer, request: device.DeviceRequest
+    ) -> dict[str, Any]:
+        customer = await device.register_customer(
+            self.db,
+            self.cipher,
+            self.gate,
+            request,
+            msisdn=command.msisdn,
+            first_name=command.first_name,
+            last_name=command.last_name,
+            national_id=command.national_id,
+            customer_pin=command.customer_pin.get_secret_value(),
+            pin_rounds=self.config.pin_rounds,
+            currency=self.config.currency,
+            country_code=self.config.country_code,
+        )
+        return {
+            "msisdn": customer.msisdn,
+            "first_name": customer.first_name,
+            "last_name": customer.last_name,
+            "tier": customer.tier,
+            "status": customer.status,
+        }
 
 
 class CommandDispatcher:
-    def __init__(
-        self,
-        redis: Redis,
-        prefix: str,
-        engine: DeviceEngine,
-        executor: CommandExecutor,
-        policy: GatePolicy,
-    ) -> None:
+    def __init__(self, redis: Redis, prefix: str, executor: CommandExecutor) -> None:
         self.redis = redis
         self.prefix = prefix
-        self.engine = engine
         self.executor = executor
-        self.policy = policy
 
     def key(self, agent_code: str, command_id: str) -> str:
         return f"{self.prefix}agentcmd:{agent_code}:{command_id}"
@@ -224,17 +287,33 @@ class CommandDispatcher:
         except CommandInvalid as exc:
             return reply_error(exc.command_id, exc.code, exc.message, exc.details)
         key, fingerprint = self.key(agent_code, command.id), command.fingerprint()
-        claimed = await self.redis.set(key, f"pending|{fingerprint}", nx=True, ex=CLAIM_TTL_S)
-        if not claimed:
-            return await self._answered(key, command.id, fingerprint)
         try:
-            reply = await self._run(agent_code, command, now)
+            claimed = await self.redis.set(key, f"pending|{fingerprint}", nx=True, ex=CLAIM_TTL_S)
+            if not claimed:
+                return await self._answered(key, command.id, fingerprint)
+        except RedisError:
+            log.warning("agent command: redis unavailable", extra={"agent": agent_code})
+            return reply_error(command.id, Unavailable.code, "Temporarily unavailable; retry it")
+        try:
+            reply, final = await self._run(agent_code, command, now)
         except Exception:
-            await self.redis.delete(key)  # let a retry run it again (the core is idempotent)
+            await self._forget(key)  # let a retry run it again (the core is idempotent)
             log.exception("agent command failed", extra={"agent": agent_code, "op": command.op})
             return reply_error(command.id, "INTERNAL_ERROR", "The command failed; retry it")
-        await self.redis.set(key, f"done|{fingerprint}|{json.dumps(reply)}", ex=REPLY_TTL_S)
+        if not final:
+            await self._forget(key)
+            return reply
+        try:
+            await self.redis.set(key, f"done|{fingerprint}|{json.dumps(reply)}", ex=REPLY_TTL_S)
+        except RedisError:  # the answer stands; a retry meets the core's idempotency key
+            log.warning("agent command reply not stored", extra={"agent": agent_code})
         return reply
+
+    async def _forget(self, key: str) -> None:
+        try:
+            await self.redis.delete(key)
+        except RedisError:  # the claim expires by itself after CLAIM_TTL_S
+            log.warning("agent command claim not released")
 
     async def _answered(self, key: str, command_id: str, fingerprint: str) -> dict[str, Any] | None:
         raw = await self.redis.get(key)
@@ -254,19 +333,18 @@ class CommandDispatcher:
         reply: dict[str, Any] = json.loads(body)
         return reply
 
-    async def _run(self, agent_code: str, command: Command, now: float) -> dict[str, Any]:
-        decision = None
-        if command.gated:
-            fix = await self.engine.latest_fix(agent_code)
-            decision = gate(fix, self.engine.catalog.fences_for(agent_code), now, self.policy)
-        context = CommandContext(agent_code, now, decision)
+    async def _run(
+        self, agent_code: str, command: Command, now: float
+    ) -> tuple[dict[str, Any], bool]:
+        """The reply, and whether it is final (a temporary failure is not: retry the id)."""
         try:
-            result = await self.executor.execute(command, context)
+            result = await self.executor.execute(command, CommandContext(agent_code, now))
         except CoreError as exc:
             log.info(
                 "agent command refused",
                 extra={"agent": agent_code, "op": command.op, "code": exc.error_code},
             )
             details = {k: v for k, v in exc.details.items() if k != "evidence"}
-            return reply_error(command.id, exc.error_code, exc.message, details or None)
-        return reply_ok(command.id, result)
+            reply = reply_error(command.id, exc.error_code, exc.message, details or None)
+            return reply, not isinstance(exc, Unavailable)
+        return reply_ok(command.id, result), True

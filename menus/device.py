@@ -35,6 +35,7 @@ from transitions import Machine
 
 from core.devices import EventRow, LocationRow
 from geofence.decision import decide
+from geofence.fences import Fence
 from geofence.fix import Fix
 from geofence.index import FenceCatalog
 from geofence.tracker import TrackPolicy, ZoneTracker, initial_zone_state
@@ -180,6 +181,10 @@ class DeviceEngine:
     async def latest_fix(self, agent_code: str) -> Fix | None:
         fix = (await self.state(agent_code)).get("fix")
         return None if fix is None else Fix.from_json(fix)
+
+    def fences_for(self, agent_code: str) -> list[Fence]:
+        """The agent's fences in the current catalog (with `latest_fix`: core's Locator)."""
+        return self.catalog.fences_for(agent_code)
 
     # --- pure steps on one agent's state ------------------------------------------------------
 

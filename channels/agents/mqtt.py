@@ -188,6 +188,11 @@ class MqttService:
     def connected(self) -> bool:
         return self._connected.is_set()
 
+    @property
+    def subscribed(self) -> bool:
+        """The broker acknowledged this connection's subscriptions (cleared on a drop)."""
+        return self._subscribed.is_set()
+
     async def stop(self) -> None:
         self._stopping.set()
         client = self._client

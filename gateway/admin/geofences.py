@@ -8,6 +8,8 @@
     POST /api/v1/agents/{code}/credentials     new MQTT password and device token (old ones die)
     GET  /api/v1/agents/{code}/position        live state: presence, latest fix, zone
     GET  /api/v1/agents/{code}/events, /api/v1/agent-events   newest first, paged by before_id
+    GET  /api/v1/agents/{code}/decisions       the gate's decisions on the agent's device
+                                               transactions (evidence, outcome), newest first
     GET  /api/v1/agent-positions               each agent's latest fix from the history
     GET  /api/v1/map                           FeatureCollection of fences and agents for a map
 
@@ -23,8 +25,8 @@ from typing import Any, Literal
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
-from core import devices, geofences
-from core.devices import check_code
+from core import agent_transactions, devices, geofences
+from core.agents import check_code  # agent codes as the core keeps them (upper case)
 from core.errors import ValidationFailed
 from gateway.api import ApiRoutes, json_response
 from gateway.keys import AGENTS, PG_POOL, PRINCIPAL_KEY
@@ -85,6 +87,24 @@ class EventOut(BaseModel):
 
 class EventsOut(BaseModel):
     events: list[EventOut]
+    next_before_id: int | None
+
+
+class DecisionOut(BaseModel):
+    id: int
+    at: str
+    command_id: str
+    op: str
+    allowed: bool
+    reason: str | None
+    outcome: str
+    reference: str | None
+    target: str | None
+    evidence: dict[str, Any]
+
+
+class DecisionsOut(BaseModel):
+    decisions: list[DecisionOut]
     next_before_id: int | None
 
 
@@ -308,6 +328,25 @@ async def agent_events(request: web.Request) -> web.StreamResponse:
 )
 async def all_events(request: web.Request) -> web.StreamResponse:
     return await _events(request, None)
+
+
+@routes.get(
+    "/api/v1/agents/{code}/decisions",
+    response=DecisionsOut,
+    permission="agents:read",
+    query=(("before_id", "page: ids below this one"), ("limit", "at most 500")),
+    summary="The geofence gate's decisions on an agent's device transactions, newest first",
+)
+async def agent_decisions(request: web.Request) -> web.StreamResponse:
+    code = check_code(request.match_info["code"])
+    before = _int_query(request, "before_id", None, 1, 2**62)
+    limit = _int_query(request, "limit", 100, 1, MAX_LIMIT) or 100
+    rows = await agent_transactions.list_decisions(
+        request.app[PG_POOL], code, before_id=before, limit=limit
+    )
+    decisions = [{**r, "at": r["at"].isoformat()} for r in rows]
+    next_before = decisions[-1]["id"] if len(decisions) == limit else None
+    return json_response({"decisions": decisions, "next_before_id": next_before})
 
 
 def _position_json(row: dict[str, Any]) -> dict[str, Any]:

@@ -8,7 +8,7 @@ from typing import Any
 from aiohttp import web
 
 from gateway.api import ApiRoutes, json_response, openapi_document
-from gateway.keys import METRICS, PG_POOL, REDIS, ROUTE_SPECS
+from gateway.keys import AGENTS, METRICS, PG_POOL, REDIS, ROUTE_SPECS
 from gateway.metrics import CONTENT_TYPE_LATEST
 
 routes = ApiRoutes(tag="system")
@@ -28,12 +28,26 @@ async def _check(name: str, probe: Any) -> tuple[str, str]:
     return name, "ok"
 
 
+def _mqtt_check(app: web.Application) -> str | None:
+    """The agents' MQTT channel, when this process runs it: connected and subscribed."""
+    runtime = app.get(AGENTS)
+    service = None if runtime is None else runtime.mqtt
+    if service is None:
+        return None
+    if not service.connected:
+        return "down: not connected"
+    return "ok" if service.subscribed else "down: not subscribed"
+
+
 async def readyz(request: web.Request) -> web.StreamResponse:
     results = await asyncio.gather(
         _check("postgresql", request.app[PG_POOL].fetchval("SELECT 1")),
         _check("redis", request.app[REDIS].ping()),
     )
     checks = dict(results)
+    mqtt = _mqtt_check(request.app)
+    if mqtt is not None:
+        checks["mqtt"] = mqtt
     ok = all(v == "ok" for v in checks.values())
     return json_response(
         {"status": "ok" if ok else "unavailable", "checks": checks}, status=200 if ok else 503

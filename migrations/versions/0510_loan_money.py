@@ -23,7 +23,7 @@ money has moved through the new account kinds or transfer type, because removing
 break the books.
 
 Revision ID: 0510_loan_money
-Revises: 0400_agents_geofences
+Revises: 0420_agent_foreign_keys
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from __future__ import annotations
 from alembic import op
 
 revision = "0510_loan_money"
-down_revision = "0400_agents_geofences"
+down_revision = "0420_agent_foreign_keys"
 branch_labels = None
 depends_on = None
 

@@ -25,8 +25,9 @@ from redis.asyncio import Redis
 
 from channels.agents.mqtt import BrokerAddress
 from config.settings import Settings
+from core.crypto import FieldCipher
 from gateway.agents import AgentRuntime, build_runtime, connected, running
-from gateway.embedded import free_port, port_open
+from gateway.embedded import EmbeddedMqtt, free_port, port_open
 
 MOSQUITTO = shutil.which("mosquitto") or (
     "/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None
@@ -181,13 +182,34 @@ class MosquittoProcess:
 
 
 @contextlib.asynccontextmanager
+async def private_broker(folder: Path) -> AsyncIterator[str]:
+    """A broker of this test's own (Mosquitto when installed, else the embedded amqtt): on the
+    machine's shared broker, other runs' gateways would answer this test's commands too."""
+    if MOSQUITTO is not None:
+        mosquitto = MosquittoProcess(folder)
+        await mosquitto.start()
+        try:
+            yield mosquitto.url
+        finally:
+            await mosquitto.stop()
+        return
+    embedded = EmbeddedMqtt(folder, 0)
+    url = await embedded.start()
+    try:
+        yield url
+    finally:
+        await embedded.stop()
+
+
+@contextlib.asynccontextmanager
 async def gateway(
     settings: Settings, redis: Redis, pool: asyncpg.Pool, url: str, **overrides: Any
 ) -> AsyncIterator[AgentRuntime]:
     """The agent runtime on `url`, with a share group of its own (parallel runs on one broker
     each get every message) and subscriptions acknowledged before it is handed out."""
     tuned = replace(settings, mqtt_share_group=f"t{uuid.uuid4().hex[:10]}", **overrides)
-    runtime = build_runtime(tuned, redis, pool)
+    assert settings.secret_key is not None
+    runtime = build_runtime(tuned, redis, pool, FieldCipher(settings.secret_key))
     async with running(runtime), connected(runtime, url) as service:
         await service.wait_subscribed(WAIT_S)
         yield runtime

@@ -1,5 +1,5 @@
 """Device state in real Redis: presence and zone events exactly once, out-of-order fixes
-dropped, heartbeat expiry, concurrent instances; the command dispatcher's idempotency and gate."""
+dropped, heartbeat expiry, concurrent instances; the command dispatcher's idempotency."""
 
 from __future__ import annotations
 
@@ -10,19 +10,13 @@ from typing import Any
 
 from redis.asyncio import Redis
 
+from core.errors import LocationRefused, Unavailable
 from geofence.fences import GEOD, fence_from_geojson
 from geofence.fix import Fix
-from geofence.gating import GatePolicy
 from geofence.index import FenceCatalog
 from geofence.schedule import parse_schedule
 from geofence.tracker import TrackPolicy
-from menus.agent_commands import (
-    Command,
-    CommandContext,
-    CommandDispatcher,
-    PendingCoreExecutor,
-    refuse_unless_allowed,
-)
+from menus.agent_commands import Command, CommandContext, CommandDispatcher
 from menus.device import DeviceEngine, EngineConfig, FixInput, PresenceInput
 
 CENTRE = (36.8, -1.29)
@@ -137,22 +131,19 @@ async def test_two_instances_emit_each_event_once(redis: Redis, redis_prefix: st
     assert state["fix"]["ts"] == max(f.ts for f in fixes)  # the newest always wins
 
 
-# --- commands ---------------------------------------------------------------------------------
-
-POLICY = GatePolicy(max_fix_age_s=120, max_accuracy_m=50, unknown_accuracy_m=30)
+# --- the command dispatcher (the core-backed executor: test_agent_transactions.py) ------------
 
 
 class CountingExecutor:
     def __init__(self) -> None:
         self.calls: list[tuple[str, CommandContext]] = []
-        self.fail_next = False
+        self.fail_next: Exception | None = None
 
     async def execute(self, command: Command, context: CommandContext) -> dict[str, Any]:
         self.calls.append((command.id, context))
-        if self.fail_next:
-            self.fail_next = False
-            raise RuntimeError("database went away")
-        refuse_unless_allowed(context)
+        if self.fail_next is not None:
+            failure, self.fail_next = self.fail_next, None
+            raise failure
         return {"reference": f"T{len(self.calls)}"}
 
 
@@ -161,60 +152,54 @@ def cash_in(command_id: str, amount: int = 5000, pin: str = "2468") -> dict[str,
             "amount_minor": amount, "pin": pin}  # fmt: skip
 
 
-async def test_gate_refusals_reach_the_reply(redis: Redis, redis_prefix: str) -> None:
-    agent = code()
-    engine = make_engine(redis, redis_prefix, [agent])
-    dispatcher = CommandDispatcher(redis, redis_prefix, engine, PendingCoreExecutor(), POLICY)
-    now = time.time()
-    reply = await dispatcher.handle(agent, cash_in("c1"), now)
-    assert reply is not None and reply["error"]["code"] == "NO_LOCATION"
-    await engine.apply([FixInput(agent, at(20, now - 5), now)])
-    reply = await dispatcher.handle(agent, cash_in("c2"), now)
-    assert reply is not None and reply["error"]["code"] == "NOT_AVAILABLE"
-    reply = await dispatcher.handle(agent, cash_in("c3"), now + 200)
-    assert reply is not None and reply["error"]["code"] == "STALE_LOCATION"
-    await engine.apply([FixInput(agent, at(900, now), now)])
-    reply = await dispatcher.handle(agent, cash_in("c4"), now + 1)
-    assert reply == {
-        "id": "c4",
-        "ok": False,
-        "error": {"code": "OUTSIDE_GEOFENCE", "message": "The agent is outside its permitted zone"},
-    }
-    balance = await dispatcher.handle(agent, {"id": "b1", "op": "balance", "pin": "2468"}, now)
-    assert balance is not None and balance["error"]["code"] == "NOT_AVAILABLE"
-
-
 async def test_repeated_id_same_reply_one_execution(redis: Redis, redis_prefix: str) -> None:
     agent = code()
-    engine = make_engine(redis, redis_prefix, [agent])
     executor = CountingExecutor()
-    dispatcher = CommandDispatcher(redis, redis_prefix, engine, executor, POLICY)
+    dispatcher = CommandDispatcher(redis, redis_prefix, executor)
     now = time.time()
-    await engine.apply([FixInput(agent, at(20, now - 5), now)])
     first = await dispatcher.handle(agent, cash_in("x1"), now)
     assert first == {"id": "x1", "ok": True, "result": {"reference": "T1"}}
     again = await dispatcher.handle(agent, cash_in("x1", pin="1357"), now + 1)
     assert again == first and len(executor.calls) == 1
-    gate = executor.calls[0][1].gate
-    assert gate is not None and gate.allowed and gate.evidence["decision"]["fence_id"] == 501
+    assert executor.calls[0][1] == CommandContext(agent, now)
     conflict = await dispatcher.handle(agent, cash_in("x1", amount=5001), now + 2)
     assert conflict is not None and conflict["error"]["code"] == "IDEMPOTENCY_CONFLICT"
     assert len(executor.calls) == 1
     # The same id from another agent is another command.
-    other = code()
-    assert (await dispatcher.handle(other, cash_in("x1"), now))["error"]["code"] == "NO_LOCATION"  # type: ignore[index]
+    other = await dispatcher.handle(code(), cash_in("x1"), now)
+    assert other is not None and other["result"] == {"reference": "T2"}
     stored = await redis.get(dispatcher.key(agent, "x1"))
     assert stored is not None and b"2468" not in stored
 
 
+async def test_refusals_are_final_but_temporary_failures_are_not(
+    redis: Redis, redis_prefix: str
+) -> None:
+    agent = code()
+    executor = CountingExecutor()
+    dispatcher = CommandDispatcher(redis, redis_prefix, executor)
+    executor.fail_next = LocationRefused("outside", code="OUTSIDE_GEOFENCE", evidence={"x": 1})
+    refused = await dispatcher.handle(agent, cash_in("r1"))
+    assert refused == {
+        "id": "r1",
+        "ok": False,
+        "error": {"code": "OUTSIDE_GEOFENCE", "message": "outside"},  # evidence stays inside
+    }
+    assert await dispatcher.handle(agent, cash_in("r1")) == refused
+    assert len(executor.calls) == 1
+    executor.fail_next = Unavailable("database down")
+    down = await dispatcher.handle(agent, cash_in("r2"))
+    assert down is not None and down["error"]["code"] == "SERVICE_UNAVAILABLE"
+    retried = await dispatcher.handle(agent, cash_in("r2"))
+    assert retried is not None and retried["ok"] is True and len(executor.calls) == 3
+
+
 async def test_unexpected_failure_lets_a_retry_run(redis: Redis, redis_prefix: str) -> None:
     agent = code()
-    engine = make_engine(redis, redis_prefix, [agent])
     executor = CountingExecutor()
-    dispatcher = CommandDispatcher(redis, redis_prefix, engine, executor, POLICY)
+    dispatcher = CommandDispatcher(redis, redis_prefix, executor)
     now = time.time()
-    await engine.apply([FixInput(agent, at(20, now - 5), now)])
-    executor.fail_next = True
+    executor.fail_next = RuntimeError("database went away")
     failed = await dispatcher.handle(agent, cash_in("y1"), now)
     assert failed is not None and failed["error"]["code"] == "INTERNAL_ERROR"
     retried = await dispatcher.handle(agent, cash_in("y1"), now)
@@ -223,9 +208,20 @@ async def test_unexpected_failure_lets_a_retry_run(redis: Redis, redis_prefix: s
 
 async def test_invalid_command_reply_names_no_secret(redis: Redis, redis_prefix: str) -> None:
     agent = code()
-    dispatcher = CommandDispatcher(
-        redis, redis_prefix, make_engine(redis, redis_prefix, [agent]), CountingExecutor(), POLICY
-    )
+    executor = CountingExecutor()
+    dispatcher = CommandDispatcher(redis, redis_prefix, executor)
     reply = await dispatcher.handle(agent, {**cash_in("z1"), "pin": "24x8"})
     assert reply is not None and reply["id"] == "z1"
     assert reply["error"]["code"] == "VALIDATION_ERROR" and "24x8" not in str(reply)
+    assert executor.calls == []
+
+
+async def test_redis_down_is_a_temporary_failure(redis_prefix: str) -> None:
+    dead = Redis.from_url("redis://127.0.0.1:1/0", socket_connect_timeout=0.5, socket_timeout=0.5)
+    executor = CountingExecutor()
+    try:
+        reply = await CommandDispatcher(dead, redis_prefix, executor).handle(code(), cash_in("q1"))
+    finally:
+        await dead.aclose()
+    assert reply is not None and reply["error"]["code"] == "SERVICE_UNAVAILABLE"
+    assert executor.calls == []  # nothing runs without the claim

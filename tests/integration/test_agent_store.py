@@ -10,12 +10,14 @@ import asyncpg
 import pytest
 
 from core import devices, geofences
-from core.errors import NotFound, ValidationFailed
+from core.errors import AgentNotFound, NotFound, ValidationFailed
 from geofence.decision import Zone, decide
+from tests.integration.agent_support import make_agent
 
 
 def code() -> str:
-    return f"AG{secrets.token_hex(4)}"
+    """An agent code that is no agent: fine for the history tables, which keep no foreign key."""
+    return f"AG{secrets.token_hex(4).upper()}"
 
 
 SQUARE = {
@@ -46,7 +48,7 @@ async def test_fence_create_update_and_catalog(pg_pool: asyncpg.Pool) -> None:
         moved: dict[str, Any] = {**CIRCLE, "properties": {"radius_m": 300}}
         updated = await geofences.update_fence(conn, circle.fence.id, moved)
         assert updated.fence.version == 2
-        agent = code()
+        agent = await make_agent(pg_pool)
         ids, schedule = await geofences.assign_fences(
             conn, agent, [square.fence.id, updated.fence.id, square.fence.id], None
         )
@@ -59,7 +61,7 @@ async def test_fence_create_update_and_catalog(pg_pool: asyncpg.Pool) -> None:
 
 
 async def test_assignment_refuses_unknown_fences_and_bad_input(pg_pool: asyncpg.Pool) -> None:
-    agent = code()
+    agent = await make_agent(pg_pool)
     async with pg_pool.acquire() as conn:
         fence = await geofences.create_fence(conn, CIRCLE)
         await geofences.assign_fences(conn, agent, [fence.fence.id], None)
@@ -82,7 +84,7 @@ async def test_assignment_refuses_unknown_fences_and_bad_input(pg_pool: asyncpg.
 
 
 async def test_schedule_is_stored_with_the_assignment(pg_pool: asyncpg.Pool) -> None:
-    agent = code()
+    agent = await make_agent(pg_pool)
     raw = {"timezone": "UTC", "windows": [{"days": ["mon"], "start": "08:00", "end": "17:00"}]}
     async with pg_pool.acquire() as conn:
         fence = await geofences.create_fence(conn, CIRCLE)
@@ -95,7 +97,7 @@ async def test_schedule_is_stored_with_the_assignment(pg_pool: asyncpg.Pool) -> 
 
 
 async def test_credentials_rotate_and_store_only_hashes(pg_pool: asyncpg.Pool) -> None:
-    agent = code()
+    agent = await make_agent(pg_pool)
     async with pg_pool.acquire() as conn:
         first = await devices.issue_credentials(conn, agent)
         assert first.mqtt_username == agent and first.version == 1
@@ -116,6 +118,34 @@ async def test_credentials_rotate_and_store_only_hashes(pg_pool: asyncpg.Pool) -
         assert devices.mosquitto_verify(second.mqtt_password, stored)
         assert not await devices.verify_device_token(conn, agent, "")
         assert not await devices.verify_device_token(conn, "nobody-here", second.device_token)
+
+
+async def test_device_tables_name_real_agents(pg_pool: asyncpg.Pool) -> None:
+    """Assignments, schedules and credentials need the core's agent (migration 0420)."""
+    ghost = code()
+    async with pg_pool.acquire() as conn:
+        fence = await geofences.create_fence(conn, CIRCLE)
+        with pytest.raises(AgentNotFound):
+            await geofences.assign_fences(conn, ghost, [fence.fence.id], None)
+        with pytest.raises(AgentNotFound):
+            await geofences.assign_fences(conn, ghost, [], None)
+        with pytest.raises(AgentNotFound):
+            await devices.issue_credentials(conn, ghost)
+        for sql in (
+            "INSERT INTO agent_geofences (agent_code, geofence_id) VALUES ($1, $2)",
+            "INSERT INTO agent_schedules (agent_code, schedule) VALUES ($1, '{}'::jsonb)",
+            "INSERT INTO agent_devices (agent_code, mqtt_username, mqtt_password_hash, "
+            "device_token_hash) VALUES ($1, $1, 'x', $1)",
+        ):
+            args = (ghost, fence.fence.id) if "geofence_id" in sql else (ghost,)
+            with pytest.raises(asyncpg.ForeignKeyViolationError):
+                await conn.execute(sql, *args)
+        assert await geofences.agent_fence_ids(conn, ghost) == []
+        # History keeps no foreign key (see the migration): fixes and events of any code.
+        now = time.time()
+        row = devices.LocationRow(ghost, now, now, -1.2, 36.9, None, False, "native", None, None)
+        assert await devices.insert_locations(conn, [row]) == 1
+        assert await devices.insert_events(conn, [devices.EventRow(ghost, "online", now)])
 
 
 def test_mosquitto_hash_format() -> None:

@@ -13,9 +13,10 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from core.identity import create_admin, load_principal
-from gateway.keys import CIPHER, SESSIONMAKER, TOKENS
+from gateway.keys import CIPHER, PG_POOL, SESSIONMAKER, TOKENS
 from gateway.logs import JsonFormatter
 from tests.helpers import PASSWORD, assert_error, auth
+from tests.integration.agent_support import make_agent
 
 SQUARE: dict[str, Any] = {
     "type": "Feature",
@@ -33,8 +34,11 @@ CIRCLE: dict[str, Any] = {
 }
 
 
-def code() -> str:
-    return f"AG{secrets.token_hex(4)}"
+async def agent(app_client: TestClient) -> str:
+    """A registered agent (the device tables name real agents)."""
+    app = app_client.server.app
+    assert app is not None
+    return await make_agent(app[PG_POOL])
 
 
 async def eventually(probe: Any, timeout_s: float = 5.0) -> Any:
@@ -125,16 +129,16 @@ async def test_geofence_errors_and_permissions(
 
 
 async def test_assignment(app_client: TestClient, admin: dict[str, str]) -> None:
-    agent = code()
+    code = await agent(app_client)
     fence = await (await app_client.post("/api/v1/geofences", json=CIRCLE, headers=admin)).json()
-    url = f"/api/v1/agents/{agent}/geofences"
+    url = f"/api/v1/agents/{code.lower()}/geofences"  # codes are case-insensitive
     window = {"days": ["mon", "tue"], "start": "08:00", "end": "17:00"}
     schedule = {"timezone": "Africa/Nairobi", "windows": [window]}
     resp = await app_client.put(
         url, json={"geofence_ids": [fence["id"]], "schedule": schedule}, headers=admin
     )
     assert await resp.json() == {
-        "agent_code": agent,
+        "agent_code": code,
         "geofence_ids": [fence["id"]],
         "schedule": schedule,
     }
@@ -149,34 +153,41 @@ async def test_assignment(app_client: TestClient, admin: dict[str, str]) -> None
     await assert_error(bad, 422)
     typo = await app_client.put(url, json={"geofences": [1]}, headers=admin)
     await assert_error(typo, 422, "VALIDATION_ERROR")
+    # No such agent in the core: 404, for zones and for credentials alike.
+    unknown = await app_client.put(
+        "/api/v1/agents/NOSUCH9/geofences", json={"geofence_ids": [fence["id"]]}, headers=admin
+    )
+    await assert_error(unknown, 404, "AGENT_NOT_FOUND")
+    creds = await app_client.post("/api/v1/agents/NOSUCH9/credentials", headers=admin)
+    await assert_error(creds, 404, "AGENT_NOT_FOUND")
 
 
 async def test_credentials_and_osmand(
     app_client: TestClient, admin: dict[str, str], caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG)
-    agent = code()
+    code = await agent(app_client)
     fence = await (await app_client.post("/api/v1/geofences", json=CIRCLE, headers=admin)).json()
     await app_client.put(
-        f"/api/v1/agents/{agent}/geofences", json={"geofence_ids": [fence["id"]]}, headers=admin
+        f"/api/v1/agents/{code}/geofences", json={"geofence_ids": [fence["id"]]}, headers=admin
     )
     viewer = auth(await token_for(app_client, "viewer"))
     await assert_error(
-        await app_client.post(f"/api/v1/agents/{agent}/credentials", headers=viewer), 403
+        await app_client.post(f"/api/v1/agents/{code}/credentials", headers=viewer), 403
     )
     first = await (
-        await app_client.post(f"/api/v1/agents/{agent}/credentials", headers=admin)
+        await app_client.post(f"/api/v1/agents/{code}/credentials", headers=admin)
     ).json()
     assert set(first) == {"mqtt_username", "mqtt_password", "device_token"}
-    assert first["mqtt_username"] == agent
+    assert first["mqtt_username"] == code
     second = await (
-        await app_client.post(f"/api/v1/agents/{agent}/credentials", headers=admin)
+        await app_client.post(f"/api/v1/agents/{code}/credentials", headers=admin)
     ).json()
     token = second["device_token"]
     assert token != first["device_token"]
 
     now = int(time.time())
-    fix = {"id": agent, "lat": "-1.2", "lon": "36.9", "timestamp": str(now - 2), "accuracy": "8"}
+    fix = {"id": code, "lat": "-1.2", "lon": "36.9", "timestamp": str(now - 2), "accuracy": "8"}
     ok = await app_client.get("/agents/osmand", params={**fix, "token": token})
     assert ok.status == 200 and (await ok.json()) == {"accepted": True}
     old = await app_client.get("/agents/osmand", params={**fix, "token": first["device_token"]})
@@ -197,24 +208,22 @@ async def test_credentials_and_osmand(
     json_body = await app_client.post("/agents/osmand", json=fix)
     await assert_error(json_body, 400, "INVALID_CONTENT_TYPE")
 
-    position = await (
-        await app_client.get(f"/api/v1/agents/{agent}/position", headers=admin)
-    ).json()
+    position = await (await app_client.get(f"/api/v1/agents/{code}/position", headers=admin)).json()
     assert position["presence"] == "online" and position["zone"] == "inside"
     assert position["fix"]["ts"] == now - 1 and position["fix"]["src"] == "osmand"
-    events = await (await app_client.get(f"/api/v1/agents/{agent}/events", headers=admin)).json()
+    events = await (await app_client.get(f"/api/v1/agents/{code}/events", headers=admin)).json()
     assert [e["kind"] for e in events["events"]] == ["enter", "online"]
     assert events["events"][0]["fence_id"] == fence["id"]
 
     async def latest() -> list[Any]:
-        resp = await app_client.get(f"/api/v1/agent-positions?codes={agent}", headers=admin)
+        resp = await app_client.get(f"/api/v1/agent-positions?codes={code}", headers=admin)
         return list((await resp.json())["positions"])
 
     rows = await eventually(latest)
     assert rows and rows[0]["fix"]["lat"] == -1.2
     collection = await (await app_client.get("/api/v1/map", headers=admin)).json()
     kinds = {f["id"]: f["properties"]["kind"] for f in collection["features"]}
-    assert kinds[f"agent-{agent}"] == "agent" and kinds[f"geofence-{fence['id']}"] == "geofence"
+    assert kinds[f"agent-{code}"] == "agent" and kinds[f"geofence-{fence['id']}"] == "geofence"
 
     formatter = JsonFormatter()
     logged = "\n".join(formatter.format(r) for r in caplog.records)

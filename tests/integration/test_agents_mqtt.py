@@ -17,6 +17,7 @@ from redis.asyncio import Redis
 from channels.agents.broker_files import acl_file, password_file
 from config.settings import Settings
 from core import devices, geofences
+from core.crypto import FieldCipher
 from gateway.agents import AgentRuntime
 from gateway.broker_auth import (
     GATEWAY_USER,
@@ -26,12 +27,15 @@ from gateway.broker_auth import (
 )
 from gateway.embedded import EmbeddedMqtt, free_port
 from geofence.fences import GEOD
+from tests.conftest import TEST_SECRET
+from tests.integration.agent_support import AGENT_PIN, make_agent, make_customer, prepare_core
 from tests.integration.mqtt_support import (
     MOSQUITTO,
     Device,
     MosquittoProcess,
     eventually,
     gateway,
+    private_broker,
 )
 
 CENTRE = (36.82, -1.28)
@@ -78,9 +82,18 @@ def reply_to(command_id: str | None) -> Any:
 
 
 async def test_fixes_events_commands_end_to_end(
+    settings: Settings, redis: Redis, pg_pool: asyncpg.Pool, tmp_path: Path
+) -> None:
+    async with private_broker(tmp_path) as url:
+        await _fixes_events_commands(settings, redis, pg_pool, url)
+
+
+async def _fixes_events_commands(
     settings: Settings, redis: Redis, pg_pool: asyncpg.Pool, mqtt_url: str
 ) -> None:
-    agent = code()
+    await prepare_core(pg_pool)
+    agent = await make_agent(pg_pool, 100_000)
+    customer = await make_customer(pg_pool, FieldCipher(TEST_SECRET))
     async with gateway(settings, redis, pg_pool, mqtt_url, agent_max_fix_age_s=30) as runtime:
         fence_id = await assign_circle(runtime, pg_pool, agent)
         device = Device(mqtt_url, will=(f"agents/{agent}/status", b"offline"))
@@ -101,11 +114,11 @@ async def test_fixes_events_commands_end_to_end(
         device.publish(f"agents/{agent}/location", b"[1, 2")
         device.publish(f"agents/{agent}/location", {"lat": 95, "lon": 0, "ts": now})
 
-        cmd = {"id": "k1", "op": "cash_in", "msisdn": "+254700000001", "amount_minor": 100,
-               "pin": "8642"}  # fmt: skip
+        cmd = {"id": "k1", "op": "cash_in", "msisdn": customer, "amount_minor": 10_000,
+               "pin": AGENT_PIN}  # fmt: skip
         device.publish(f"agents/{agent}/cmd", cmd)
         _, inside_reply = await device.expect(reply_to("k1"))
-        assert inside_reply["error"]["code"] == "NOT_AVAILABLE"  # the gate let it through
+        assert inside_reply["ok"] is True, inside_reply  # the gate let it through
 
         # Out of the zone: one outside fix is not an exit, the second confirms it.
         device.publish(f"agents/{agent}/location", native(900, now - 10))
@@ -143,9 +156,17 @@ async def test_fixes_events_commands_end_to_end(
 
 
 async def test_stale_location_is_refused(
+    settings: Settings, redis: Redis, pg_pool: asyncpg.Pool, tmp_path: Path
+) -> None:
+    async with private_broker(tmp_path) as url:
+        await _stale_location(settings, redis, pg_pool, url)
+
+
+async def _stale_location(
     settings: Settings, redis: Redis, pg_pool: asyncpg.Pool, mqtt_url: str
 ) -> None:
-    agent = code()
+    await prepare_core(pg_pool)
+    agent = await make_agent(pg_pool)
     async with gateway(settings, redis, pg_pool, mqtt_url, agent_max_fix_age_s=30) as runtime:
         await assign_circle(runtime, pg_pool, agent)
         device = Device(mqtt_url)
@@ -156,7 +177,7 @@ async def test_stale_location_is_refused(
         device.publish(
             f"agents/{agent}/cmd",
             {"id": "s1", "op": "cash_out", "msisdn": "254700000002", "amount_minor": 5,
-             "pin": "1111", "customer_pin": "2222"},
+             "pin": AGENT_PIN, "customer_pin": "2222"},
         )  # fmt: skip
         _, reply = await device.expect(reply_to("s1"))
         assert reply["error"]["code"] == "STALE_LOCATION"
@@ -208,7 +229,7 @@ async def _acl_checks(url: str, runtime: AgentRuntime, creds: dict[str, devices.
 async def _mosquitto_acl_from_generated_files(
     settings: Settings, redis: Redis, pg_pool: asyncpg.Pool, tmp_path: Path
 ) -> None:
-    a, b = code(), code()
+    a, b = await make_agent(pg_pool), await make_agent(pg_pool)
     creds = await _issue(pg_pool, a, b)
     gw_password = secrets.token_urlsafe(16)
 
@@ -262,7 +283,7 @@ if MOSQUITTO is not None:
 async def test_embedded_broker_enforces_the_same_rules(
     settings: Settings, redis: Redis, pg_pool: asyncpg.Pool, database_url: str, tmp_path: Path
 ) -> None:
-    a, b = code(), code()
+    a, b = await make_agent(pg_pool), await make_agent(pg_pool)
     creds = await _issue(pg_pool, a, b)
     secret = "s" * 40
     broker = EmbeddedMqtt(tmp_path, 0)
@@ -351,7 +372,7 @@ async def test_app_wires_the_embedded_broker_with_device_auth(
         plain = app[ENDPOINTS].mqtt_url
         assert plain is not None and "gateway:" in plain
         broker_url = f"mqtt://127.0.0.1:{bare.embedded_mqtt_port}"
-        agent = code()
+        agent = await make_agent(pg_pool)
         creds = await _issue(pg_pool, agent)
         anonymous = Device(broker_url)
         assert (await anonymous.connect()).is_failure
@@ -361,3 +382,45 @@ async def test_app_wires_the_embedded_broker_with_device_auth(
         device.publish(f"agents/{agent}/location", native(10, time.time() - 1))
         assert await eventually(lambda: runtime.engine.latest_fix(agent))
         await device.stop()
+
+
+async def test_readyz_reports_the_broker(
+    settings: Settings, pg_pool: asyncpg.Pool, tmp_path: Path
+) -> None:
+    """With the channel configured, /readyz names the broker: ok, down while it is gone,
+    ok again once the gateway has reconnected and subscribed."""
+    from gateway.app import create_app
+    from gateway.keys import AGENTS
+    from tests.conftest import running_app
+
+    broker = EmbeddedMqtt(tmp_path, 0)
+    url = await broker.start()
+    port = int(url.rsplit(":", 1)[1])
+    app = create_app(replace(settings, mqtt_url=url), run_migrations=False, start_channels=True)
+    try:
+        async with running_app(app) as client:
+            service = app[AGENTS].mqtt
+            assert service is not None
+            await service.wait_subscribed(10)
+
+            async def ready() -> tuple[int, dict[str, str]]:
+                resp = await client.get("/readyz")
+                return resp.status, (await resp.json())["checks"]
+
+            assert await ready() == (200, {"postgresql": "ok", "redis": "ok", "mqtt": "ok"})
+            await broker.stop()
+
+            async def down() -> bool:
+                status, checks = await ready()
+                return status == 503 and checks["mqtt"].startswith("down")
+
+            assert await eventually(down)
+            broker = EmbeddedMqtt(tmp_path, port)
+            assert await broker.start() == url
+
+            async def up() -> bool:
+                return (await ready())[0] == 200
+
+            assert await eventually(up, 20)
+    finally:
+        await broker.stop()

@@ -15,6 +15,7 @@ import pytest
 
 from config.settings import Settings
 from core import devices
+from core.agents import register_agent
 from core.errors import CoreError
 from gateway import db as dbmod
 from gateway.cli import build_parser
@@ -22,9 +23,15 @@ from gateway.cli_agents import cmd_broker_config
 
 
 def _issue(database_url: str, code: str) -> devices.Credentials:
+    """Register the agent in the core, then issue its device credentials."""
+
     async def run() -> devices.Credentials:
         conn = await asyncpg.connect(dbmod.asyncpg_url(database_url))
         try:
+            await register_agent(
+                conn, code=code, msisdn="+254711000000", name="CLI agent", pin="4826",
+                pin_rounds=4, actor="test",
+            )  # fmt: skip
             return await devices.issue_credentials(conn, code)
         finally:
             await conn.close()
@@ -35,7 +42,7 @@ def _issue(database_url: str, code: str) -> devices.Credentials:
 def test_broker_config_writes_password_file_and_acl(
     settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    agent = f"AG{secrets.token_hex(4)}"
+    agent = f"AG{secrets.token_hex(4).upper()}"
     creds = _issue(settings.database_url or "", agent)
     args = build_parser().parse_args(
         ["agents", "broker-config", "--password-file", str(tmp_path / "pw"),

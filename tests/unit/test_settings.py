@@ -63,6 +63,12 @@ def test_urls_and_smpp_binds() -> None:
         ({"GATEWAY_DEMO": "maybe"}, "GATEWAY_DEMO"),
         ({"LOG_LEVEL": "LOUD"}, "LOG_LEVEL"),
         ({"ACCESS_TOKEN_TTL_S": "5"}, "ACCESS_TOKEN_TTL_S"),
+        ({"AGENT_ALERT_CHANNEL": "pigeon"}, "AGENT_ALERT_CHANNEL"),
+        ({"AGENT_ALERT_RECIPIENTS": " , "}, "AGENT_ALERT_RECIPIENTS"),
+        (
+            {"AGENT_ALERT_RECIPIENTS": ",".join(f"a{n}" for n in range(11))},
+            "AGENT_ALERT_RECIPIENTS",
+        ),
     ],
 )
 def test_bad_values_name_the_variable(env: dict[str, str], variable: str) -> None:
@@ -85,3 +91,13 @@ def test_cli_stops_with_one_line_on_a_bad_setting() -> None:
     assert proc.returncode == 2
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert lines == ["gateway: GATEWAY_PORT: expected an integer, got 'not-a-port'"]
+
+
+def test_breach_alert_settings() -> None:
+    default = load_settings({})
+    assert (default.agent_alert_channel, default.agent_alert_recipients) == ("log", ("admins",))
+    s = load_settings(
+        {"AGENT_ALERT_CHANNEL": "Email", "AGENT_ALERT_RECIPIENTS": "ops@x.co, risk@x.co,ops@x.co"}
+    )
+    assert (s.agent_alert_channel, s.agent_alert_recipients) == ("email", ("ops@x.co", "risk@x.co"))
+    assert load_settings({"AGENT_ALERT_CHANNEL": "off"}).agent_alert_channel is None

@@ -1,0 +1,119 @@
+"""Breach alerts reach the admins through the core's outbox: queued with the breach event (one
+message per recipient), delivered by the outbox dispatcher, and not at all when turned off."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+
+import asyncpg
+from redis.asyncio import Redis
+
+from config.settings import Settings
+from core import geofences
+from core.crypto import FieldCipher
+from core.devices import BreachAlerts, EventRow, breach_text, insert_events
+from core.outbox import Dispatcher, OutboundMessage
+from gateway.agents import AgentRuntime, build_runtime
+from geofence.fix import Fix
+from menus.device import FixInput
+from tests.integration.agent_support import assign_circle, at, make_agent, outbox_rows
+
+ALWAYS = {
+    "timezone": "UTC",
+    "windows": [
+        {"days": ["mon", "tue", "wed", "thu", "fri", "sat", "sun"], "start": "00:00",
+         "end": "12:00"},
+        {"days": ["mon", "tue", "wed", "thu", "fri", "sat", "sun"], "start": "12:00",
+         "end": "00:00"},
+    ],
+}  # fmt: skip
+
+
+class Capture:
+    def __init__(self) -> None:
+        self.sent: list[OutboundMessage] = []
+
+    async def send(self, message: OutboundMessage) -> str | None:
+        self.sent.append(message)
+        return f"cap-{message.id}"
+
+
+async def walk_out(runtime: AgentRuntime, agent: str) -> list[EventRow]:
+    """Inside, then outside long enough for an exit and a breach; the events recorded."""
+    now = time.time()
+    events: list[EventRow] = []
+    for n, metres in enumerate([20, 800, 850, 900]):
+        lon, lat = at(metres)
+        fix = Fix(lat=lat, lon=lon, ts=now - 40 + n, accuracy_m=10)
+        events += (await runtime.channel.ingest([FixInput(agent, fix, now)])).events
+    return events
+
+
+async def test_breach_alerts_go_to_each_admin_through_the_outbox(
+    settings: Settings, redis: Redis, pg_pool: asyncpg.Pool
+) -> None:
+    tuned = replace(
+        settings, agent_alert_channel="email", agent_alert_recipients=("ops@bank.test", "risk")
+    )
+    assert settings.secret_key is not None
+    runtime = build_runtime(tuned, redis, pg_pool, FieldCipher(settings.secret_key))
+    agent = await make_agent(pg_pool)
+    fence_id = await assign_circle(pg_pool, agent)
+    async with pg_pool.acquire() as conn:
+        await geofences.assign_fences(conn, agent, [fence_id], ALWAYS)
+    await runtime.reload_catalog()
+    events = await walk_out(runtime, agent)
+    assert [e.kind for e in events] == ["online", "enter", "exit", "breach"]
+    rows = await outbox_rows(pg_pool, agent)
+    assert [(r["channel"], r["recipient"], r["status"]) for r in rows] == [
+        ("email", "ops@bank.test", "pending"), ("email", "risk", "pending"),
+    ]  # fmt: skip
+    body = rows[0]["body"]
+    assert f"geofence {fence_id} (version 1)" in body and "outside its permitted zone" in body
+    stored = await pg_pool.fetchval(
+        "SELECT count(*) FROM agent_events WHERE agent_code = $1 AND kind = 'breach'", agent
+    )
+    assert stored == 1
+
+    # The dispatcher delivers them like any other outbox message.
+    capture = Capture()
+    dispatcher = Dispatcher(pg_pool, {"email": capture})
+    deadline = time.monotonic() + 10
+    while len([m for m in capture.sent if m.kind == "agent_breach" and agent in m.body]) < 2:
+        assert time.monotonic() < deadline, capture.sent
+        await dispatcher.dispatch_once()
+    assert {r["status"] for r in await outbox_rows(pg_pool, agent)} == {"sent"}
+
+
+async def test_no_alerts_when_turned_off(
+    settings: Settings, redis: Redis, pg_pool: asyncpg.Pool
+) -> None:
+    assert settings.secret_key is not None
+    quiet = replace(settings, agent_alert_channel=None)
+    runtime = build_runtime(quiet, redis, pg_pool, FieldCipher(settings.secret_key))
+    agent = await make_agent(pg_pool)
+    fence_id = await assign_circle(pg_pool, agent)
+    async with pg_pool.acquire() as conn:
+        await geofences.assign_fences(conn, agent, [fence_id], ALWAYS)
+    await runtime.reload_catalog()
+    assert [e.kind for e in await walk_out(runtime, agent)][-1] == "breach"
+    assert await outbox_rows(pg_pool, agent) == []
+
+
+async def test_only_breaches_alert_and_the_text_reads_well(pg_pool: asyncpg.Pool) -> None:
+    agent = await make_agent(pg_pool)
+    now = time.time()
+    quiet = [EventRow(agent, "online", now), EventRow(agent, "exit", now, now, None, None)]
+    async with pg_pool.acquire() as conn:
+        assert len(await insert_events(conn, quiet, BreachAlerts("log", ("admins",)))) == 2
+    assert await outbox_rows(pg_pool, agent) == []
+    breach = EventRow(
+        agent, "breach", now, 1_767_225_600.0, 7, 3,
+        {"fix": {"lat": -1.28, "lon": 36.82, "acc": None}, "decision": {"distance_m": 412.4}},
+    )  # fmt: skip
+    assert breach_text(breach) == (
+        f"Agent {agent} is outside its permitted zone during its working hours (breach at "
+        "2026-01-01 00:00:00 UTC); last fix -1.28000,36.82000 (accuracy unknown), 412 m from "
+        "geofence 7 (version 3)."
+    )
