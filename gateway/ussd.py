@@ -67,7 +67,14 @@ def add_ussd(app: web.Application) -> None:
 async def _ussd(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     bindings = app[MENU_BINDINGS]
-    core_bindings.bind(bindings, pool=app[PG_POOL], cipher=app[CIPHER], settings=settings)
+    core_bindings.bind(
+        bindings,
+        pool=app[PG_POOL],
+        cipher=app[CIPHER],
+        currency=settings.currency,
+        country_code=settings.default_country_code,
+        pin_rounds=settings.pin_bcrypt_rounds,
+    )
     engine = Engine(
         bindings,
         app[CIPHER],

@@ -24,7 +24,7 @@ from types import MappingProxyType
 from typing import Any
 
 from core.crypto import FieldCipher
-from core.errors import CoreError
+from core.errors import CoreError, Unavailable
 from menus import validators
 from menus.actions import ActionContext, ActionResult, MenuBindings
 from menus.compiled import CompiledMenu, Node
@@ -151,7 +151,6 @@ class Engine:
         self.cipher = cipher
         self.currency = currency
         self.country_code = country_code
-        self.exponent = validators.currency_exponent(currency)
         self._late: set[asyncio.Task[None]] = set()
 
     def attach(self, menu: CompiledMenu) -> CompiledMenu:
@@ -245,7 +244,7 @@ class Engine:
         assert node.rule is not None and node.save is not None
         try:
             saved = validators.check(
-                node.rule, value, country_code=self.country_code, exponent=self.exponent
+                node.rule, value, country_code=self.country_code, currency=self.currency
             )
         except validators.Refused as refused:
             own = node.error.get(step.session.language) if node.error else None
@@ -315,6 +314,9 @@ class Engine:
             step.session.vars.update(outcome.details)
             step.session.vars["error_code"] = outcome.code
             step.failure = outcome.code
+            if outcome.code == Unavailable.code and outcome.code not in node.on_error:
+                step.fault = "unavailable"  # a dependency is down: the system's own answer
+                return
             if outcome.code in node.on_error:
                 await self._fire(step, f"fail_{outcome.code}")
             elif "default" in node.on_error:

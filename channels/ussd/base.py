@@ -20,13 +20,14 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl
 
-from core.errors import BadRequest
+from core.errors import BadRequest, ValidationFailed
+from core.msisdn import normalise_msisdn
 from menus.engine import Reply, UssdRequest
 
 MAX_FIELD_CHARS = 200
 MAX_TEXT_CHARS = 1000  # Africa's Talking's cumulative text grows with every hop
 _SESSION_ID = re.compile(r"[A-Za-z0-9._:@+=\-]{1,128}")
-_MSISDN = re.compile(r"\+?(\d{10,15})")
+_INTERNATIONAL = re.compile(r"\+?([1-9]\d*)")  # providers send the country code, never a 0
 _DIAL = re.compile(r"\*?\d{1,8}(\*\d{0,20})*#?")
 _LANGUAGE = re.compile(r"[a-z]{2,3}")
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
@@ -152,14 +153,18 @@ def session_id(data: Mapping[str, Any], name: str) -> str:
 
 
 def msisdn(data: Mapping[str, Any], name: str, *, required: bool = True) -> str:
-    """Provider MSISDNs arrive as digits with or without a leading `+`; stored as E.164."""
+    """Provider MSISDNs arrive as international digits with or without a leading `+` (a local
+    form is malformed here); E.164 by the core's rules."""
     value = text(data, name, required=required, numbers=True)
     if value is None:
         return ""
-    m = _MSISDN.fullmatch(value.strip())
-    if m is None or m.group(1).startswith("0"):
-        raise bad(f"{name} is not an international phone number", field=name)
-    return "+" + m.group(1)
+    m = _INTERNATIONAL.fullmatch(value.strip())
+    try:
+        if m is None:
+            raise ValidationFailed()
+        return normalise_msisdn("+" + m.group(1))
+    except ValidationFailed:
+        raise bad(f"{name} is not an international phone number", field=name) from None
 
 
 def dial_code(value: str | None, name: str) -> str:

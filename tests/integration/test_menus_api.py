@@ -187,7 +187,7 @@ async def test_simulate_walks_the_draft_without_moving_money(ussd: UssdEnv, toke
         "send_pin",
         "send_done",
     ]
-    assert screens[-1]["end"] is True and screens[-1]["text"].startswith("Sent KES 1,000,000.00")
+    assert screens[-1]["end"] is True and screens[-1]["text"].startswith("KES 1,000,000.00 sent to")
     assert screens[0]["input"] is None and screens[-1]["input"] == "1234"
     assert sum(ussd.bank.calls.values()) == calls  # the real actions never ran
 

@@ -231,7 +231,7 @@ TABLE: list[Row] = [
             0,
             "1234",
             "send_done",
-            "Sent KES 500.00 to Neema. Fee KES 5.00. Ref TX1.",
+            "KES 500.00 sent to Neema. Fee KES 5.00. Ref TX1.",
             True,
         ),
         (
