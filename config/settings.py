@@ -125,6 +125,16 @@ class Settings:
     # (an SMSC redelivery); parts of a concatenated MO wait this long for their siblings.
     sms_dedupe_window_s: int = 600
     sms_concat_timeout_s: int = 300
+    # Agent devices and geofences (issue 6).
+    mqtt_share_group: str = "gateway"
+    agent_exit_confirm_fixes: int = 2
+    agent_exit_confirm_s: int = 60
+    agent_unknown_accuracy_m: int = 30
+    agent_max_fix_age_s: int = 120
+    agent_max_accuracy_m: int = 50
+    agent_future_skew_s: int = 60
+    agent_max_backlog_s: int = 86_400
+    agent_heartbeat_timeout_s: int = 600
 
     @property
     def embedded(self) -> tuple[str, ...]:
@@ -172,6 +182,10 @@ def _url(env: Mapping[str, str], name: str, schemes: tuple[str, ...]) -> str | N
     if parts.scheme not in schemes:
         allowed = ", ".join(f"{s}://" for s in schemes)
         raise SettingsError(f"{name}: expected a URL starting with {allowed}")
+    if parts.scheme == "unix":
+        if not parts.path:
+            raise SettingsError(f"{name}: a unix:// URL needs the socket's path")
+        return raw.strip()
     if not parts.hostname and "host=" not in parts.query:
         raise SettingsError(f"{name}: the URL names no host")
     try:
@@ -380,4 +394,20 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         ussd_deadline_s=float(_int(env, "USSD_DEADLINE_MS", 10_000, 500, 14_000)) / 1000,
         sms_dedupe_window_s=_int(env, "SMS_DEDUPE_WINDOW_S", 600, 0, 86_400),
         sms_concat_timeout_s=_int(env, "SMS_CONCAT_TIMEOUT_S", 300, 5, 86_400),
+        mqtt_share_group=_share_group(env),
+        agent_exit_confirm_fixes=_int(env, "AGENT_EXIT_CONFIRM_FIXES", 2, 1, 100),
+        agent_exit_confirm_s=_int(env, "AGENT_EXIT_CONFIRM_S", 60, 0, 86_400),
+        agent_unknown_accuracy_m=_int(env, "AGENT_UNKNOWN_ACCURACY_M", 30, 1, 10_000),
+        agent_max_fix_age_s=_int(env, "AGENT_MAX_FIX_AGE_S", 120, 1, 86_400),
+        agent_max_accuracy_m=_int(env, "AGENT_MAX_ACCURACY_M", 50, 1, 10_000),
+        agent_future_skew_s=_int(env, "AGENT_FUTURE_SKEW_S", 60, 0, 3600),
+        agent_max_backlog_s=_int(env, "AGENT_MAX_BACKLOG_S", 86_400, 60, 30 * 86_400),
+        agent_heartbeat_timeout_s=_int(env, "AGENT_HEARTBEAT_TIMEOUT_S", 600, 10, 86_400),
     )
+
+
+def _share_group(env: Mapping[str, str]) -> str:
+    group = env.get("MQTT_SHARE_GROUP", "gateway").strip()
+    if not re.fullmatch(r"[A-Za-z0-9_-]{1,32}", group):
+        raise SettingsError("MQTT_SHARE_GROUP: 1-32 letters, digits, _ or -")
+    return group

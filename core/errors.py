@@ -13,7 +13,9 @@ SMS hint, an MQTT error reply). Bugs are assertions, never CoreErrors.
     │   ├── CurrencyMismatch          no wallet/account in the transfer's currency
     │   ├── WeakPin                   a PIN that is not 4 digits, a sequence or one digit repeated
     │   ├── Overpayment               a loan repayment larger than everything the loan owes
-    │   └── MenuInvalid               a menu document fails validation; `details.problems`
+    │   ├── MenuInvalid               a menu document fails validation; `details.problems`
+    │   └── FixRejected               a device's location fix: MALFORMED_FIX, FIX_OUT_OF_RANGE,
+    │                                 STALE_FIX or FUTURE_FIX (the code says which)
     ├── Conflict                      the request clashes with current state
     │   ├── AlreadyExists
     │   ├── IdempotencyConflict       same idempotency key, different request
@@ -29,7 +31,9 @@ SMS hint, an MQTT error reply). Bugs are assertions, never CoreErrors.
     │   ├── AccountLocked             too many failures; `details.retry_after_s` when it ends
     │   ├── WalletLocked              3 wrong PINs in a row; an admin must unlock it
     │   ├── AccountClosed             the customer's account is closed
-    │   └── AgentUnavailable          the agent is locked or closed
+    │   ├── AgentUnavailable          the agent is locked or closed
+    │   └── LocationRefused           the geofence gate said no: OUTSIDE_GEOFENCE,
+    │                                 STALE_LOCATION, ... (the code is the gate's reason)
     ├── RateLimited                   too many attempts in a window
     ├── Unavailable                   a dependency is down; try again later (same key is safe)
     ├── BadRequest                    malformed input: not the wire format at all (HTTP 400)
@@ -229,3 +233,19 @@ class SendFailed(CoreError):
     def __init__(self, message: str | None = None, *, temporary: bool = True, **details: Any):
         super().__init__(message, temporary=temporary, **details)
         self.temporary = temporary
+
+
+class FixRejected(ValidationFailed):
+    """A location fix that cannot be used; `code` is MALFORMED_FIX, FIX_OUT_OF_RANGE, STALE_FIX
+    or FUTURE_FIX."""
+
+    code = "MALFORMED_FIX"
+    default_message = "The location fix is malformed"
+
+
+class LocationRefused(Forbidden):
+    """An agent transaction refused by the geofence gate; `code` is the gate's reason
+    (OUTSIDE_GEOFENCE, STALE_LOCATION, ...) and `details.evidence` what it rests on."""
+
+    code = "LOCATION_REFUSED"
+    default_message = "The agent's location does not allow this transaction"

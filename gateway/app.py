@@ -25,8 +25,15 @@ from core.outbox import Dispatcher, LogSender, Sender
 from gateway import db as dbmod
 from gateway.admin import ROUTE_GROUPS
 from gateway.admin.system import add_system_routes
+from gateway.agents import add_agent_routes, agents_ctx, agents_mqtt_ctx
 from gateway.api import add_routes
 from gateway.auth import TokenService
+from gateway.broker_auth import (
+    GATEWAY_USER,
+    embedded_broker_config,
+    gateway_password,
+    with_credentials,
+)
 from gateway.keys import (
     BACKGROUND,
     CIPHER,
@@ -177,8 +184,14 @@ async def _core(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _mqtt(app: web.Application) -> AsyncIterator[None]:
-    async with mqtt_endpoint(app[SETTINGS]) as url:
-        app[ENDPOINTS].mqtt_url = url
+    settings = app[SETTINGS]
+    # The embedded broker checks device logins and topics (issue 6); the gateway logs in to it.
+    secret = resolve_secret(settings)
+    auth = embedded_broker_config(secret, app[ENDPOINTS].database_url)
+    async with mqtt_endpoint(settings, auth) as url:
+        embedded = settings.mqtt_url is None
+        password = gateway_password(secret)
+        app[ENDPOINTS].mqtt_url = with_credentials(url, GATEWAY_USER, password) if embedded else url
         yield
 
 
@@ -198,12 +211,15 @@ def create_app(
     app.cleanup_ctx.extend([_engines, _database(run_migrations), _redis, _security])
     app.cleanup_ctx.append(_core)
     app.cleanup_ctx.append(_loans)
+    app.cleanup_ctx.append(agents_ctx)
     add_ussd(app)  # USSD is always on, like the admin API
     if start_channels:
         app.cleanup_ctx.append(_mqtt)
+        app.cleanup_ctx.append(agents_mqtt_ctx)
         app.cleanup_ctx.append(_loan_jobs)
     if start_channels and settings.smpp_binds:
         app.cleanup_ctx.append(sms_channel)
     add_system_routes(app)
+    add_agent_routes(app)
     app[ROUTE_SPECS] = add_routes(app, ROUTE_GROUPS)
     return app

@@ -196,3 +196,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     return result
+
+
+def _register_area_commands() -> None:
+    from gateway import cli_agents
+
+    EXTRA_COMMANDS.append(cli_agents.register)
+
+
+_register_area_commands()

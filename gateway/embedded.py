@@ -168,11 +168,13 @@ class EmbeddedMqtt:
         port = self.preferred_port
         if port == 0 or port_open("127.0.0.1", port):
             port = free_port()
+        # amqtt's `plugins` style: its older `auth` / `topic-check` / `sys_interval` keys load
+        # plugins from entry points and warn that they are deprecated.
         config: dict[str, Any] = {
             "listeners": {"default": {"type": "tcp", "bind": f"127.0.0.1:{port}"}},
-            "sys_interval": 0,
-            "auth": {"allow-anonymous": True, "plugins": ["auth_anonymous"]},
-            "topic-check": {"enabled": False},
+            "plugins": {
+                "amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}
+            },
         }
         if broker_config:
             config.update(broker_config)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
 from aiohttp import web
@@ -49,3 +49,8 @@ DISPATCHER = web.AppKey("dispatcher", Dispatcher)
 # Request-scoped values (request[...]).
 PRINCIPAL_KEY = web.RequestKey("principal", Principal)
 REQUEST_ID_KEY = web.RequestKey("request_id", str)
+
+# Agent devices (issue 6); gateway.agents imports this module, so its type is named lazily.
+if TYPE_CHECKING:
+    from gateway.agents import AgentRuntime
+AGENTS: web.AppKey[AgentRuntime] = web.AppKey("agents")

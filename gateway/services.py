@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from typing import Any
 
 from config.settings import Settings
 from gateway.embedded import EmbeddedMqtt, EmbeddedPostgres, EmbeddedRedis
@@ -39,13 +40,16 @@ async def storage_endpoints(settings: Settings) -> AsyncIterator[Endpoints]:
 
 
 @contextlib.asynccontextmanager
-async def mqtt_endpoint(settings: Settings) -> AsyncIterator[str]:
-    """The broker URL: MQTT_URL, or an embedded amqtt broker living as long as the context."""
+async def mqtt_endpoint(
+    settings: Settings, broker_config: dict[str, Any] | None = None
+) -> AsyncIterator[str]:
+    """The broker URL: MQTT_URL, or an embedded amqtt broker living as long as the context
+    (`broker_config` is merged into its amqtt config: plugins, auth)."""
     if settings.mqtt_url is not None:
         yield settings.mqtt_url
         return
     broker = EmbeddedMqtt(settings.data_dir, settings.embedded_mqtt_port)
     try:
-        yield await broker.start()
+        yield await broker.start(broker_config)
     finally:
         await broker.stop()

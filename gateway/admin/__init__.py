@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from gateway.admin import agents, auth, customers, menus, money, sms, system
+from gateway.admin import agents, auth, customers, geofences, menus, money, sms, system
 from gateway.admin import loans as loans_admin
 from gateway.api import ApiRoutes
 
@@ -12,6 +12,7 @@ ROUTE_GROUPS: list[ApiRoutes] = [
     customers.routes,
     money.routes,
     agents.routes,
+    geofences.routes,
     loans_admin.routes,
     menus.routes,
     sms.routes,

@@ -73,9 +73,13 @@ class Server:
         raise AssertionError(f"not ready in {READY_DEADLINE_S}s:\n{self.log.read_text()}")
 
     def stop(self) -> int:
+        """SIGTERM and wait; a non-zero exit prints the server's log tail to explain itself."""
         assert self.proc is not None
         self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(timeout=60)
+        code = self.proc.wait(timeout=60)
+        if code != 0:
+            print(f"server exited {code}; log tail:\n{self.log.read_text()[-4000:]}")
+        return code
 
     def cli(self, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
         return subprocess.run(

@@ -22,6 +22,10 @@ def test_defaults() -> None:
     assert s.smpp_binds == ()
 
 
+def test_unix_socket_urls() -> None:
+    assert load_settings({"REDIS_URL": "unix:///tmp/r.sock"}).redis_url == "unix:///tmp/r.sock"
+
+
 def test_urls_and_smpp_binds() -> None:
     s = load_settings(
         {
@@ -47,6 +51,7 @@ def test_urls_and_smpp_binds() -> None:
         ({"DATABASE_URL": "mysql://x@y/z"}, "DATABASE_URL"),
         ({"DATABASE_URL": "postgresql://h:notaport/x"}, "DATABASE_URL"),
         ({"REDIS_URL": "http://r"}, "REDIS_URL"),
+        ({"REDIS_URL": "unix://"}, "REDIS_URL"),
         ({"MQTT_URL": "tcp://m:1883"}, "MQTT_URL"),
         ({"SMPP_URL": "smpp://sys@h?bind=xx"}, "SMPP_URL"),
         ({"SMPP_URL": "smpp://h:2775"}, "SMPP_URL"),

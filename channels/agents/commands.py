@@ -1,0 +1,39 @@
+"""Commands on `agents/{code}/cmd` and replies on `agents/{code}/reply`: the wire side.
+
+    {"id": "c-17", "op": "cash_in", "msisdn": "+254712345678", "amount_minor": 50000,
+     "pin": "1234"}
+    -> {"id": "c-17", "ok": true, "result": {...}}
+    -> {"id": "c-17", "ok": false, "error": {"code": "OUTSIDE_GEOFENCE", "message": "..."}}
+
+This module only turns payload bytes into a JSON object (bounded size, NaN refused) and a reply
+into bytes; the ops, their fields and their validation are `menus.agent_commands`. A payload that
+is not JSON is answered with `"id": null`.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from channels.agents.fixes import MAX_PAYLOAD_BYTES
+from menus.agent_commands import CommandInvalid
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(name)
+
+
+def decode_command(payload: bytes) -> dict[str, Any]:
+    if len(payload) > MAX_PAYLOAD_BYTES:
+        raise CommandInvalid(None, "MALFORMED_COMMAND", "The command is too large")
+    try:
+        data = json.loads(payload, parse_constant=_reject_constant)
+    except (ValueError, UnicodeDecodeError):
+        raise CommandInvalid(None, "MALFORMED_COMMAND", "The command is not valid JSON") from None
+    if not isinstance(data, dict):
+        raise CommandInvalid(None, "MALFORMED_COMMAND", "The command must be a JSON object")
+    return data
+
+
+def encode_reply(reply: dict[str, Any]) -> bytes:
+    return json.dumps(reply, separators=(",", ":"), default=str).encode()

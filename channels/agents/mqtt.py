@@ -1,0 +1,285 @@
+"""One MQTT client for the gateway: paho-mqtt 2.x (CallbackAPIVersion.VERSION2) on its own network
+thread, handing messages to asyncio without ever blocking the event loop.
+
+Why a thread: paho's blocking `connect()` on the loop thread would wait for a CONNACK that an
+in-process broker (the embedded amqtt) can only send from that same loop. `connect_async` +
+`loop_start` keeps all socket work on paho's thread; messages cross to the loop through a bounded
+inbox (`max_inflight`): when the gateway falls behind, paho's thread waits for room, stops
+reading its socket and TCP pushes back on the broker, instead of a queue growing without end.
+A drain task hands the inbox to the handler in batches (`MAX_BATCH`), which is what lets the
+handler use one Redis round trip for many fixes.
+
+On start the broker is probed with a raw MQTT 5 CONNECT: one that answers in MQTT 5 gets a v5
+client and shared subscriptions (`$share/{group}/...`, so several gateway instances split the
+traffic); one that only speaks 3.1.1 (amqtt) gets plain subscriptions. paho reconnects with
+exponential backoff (1 s to `RECONNECT_MAX_S`); every (re)connection subscribes again, since a
+restarted broker has forgotten its subscriptions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import ssl
+import threading
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+from paho.mqtt.subscribeoptions import SubscribeOptions
+
+log = logging.getLogger("gateway.mqtt")
+
+PROBE_TIMEOUT_S = 3.0
+RECONNECT_MIN_S = 1
+RECONNECT_MAX_S = 30
+KEEPALIVE_S = 30
+MAX_BATCH = 500
+COALESCE_S = 0.002
+MAX_INFLIGHT = 5000
+MAX_QUEUED_OUT = 10_000
+INBOX_WAIT_S = 0.5
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    topic: str
+    payload: bytes
+    retain: bool = False
+
+
+Handler = Callable[[list[Message]], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerAddress:
+    host: str
+    port: int
+    username: str | None
+    password: str | None
+    tls: bool
+
+    @classmethod
+    def parse(cls, url: str) -> BrokerAddress:
+        parts = urlsplit(url)
+        tls = parts.scheme == "mqtts"
+        return cls(
+            host=parts.hostname or "127.0.0.1",
+            port=parts.port or (8883 if tls else 1883),
+            username=unquote(parts.username) if parts.username else None,
+            password=unquote(parts.password) if parts.password else None,
+            tls=tls,
+        )
+
+
+def _v5_connect_packet(client_id: str) -> bytes:
+    ident = client_id.encode()
+    variable = b"\x00\x04MQTT\x05\x02" + (10).to_bytes(2, "big") + b"\x00"
+    body = variable + len(ident).to_bytes(2, "big") + ident
+    assert len(body) < 128
+    return bytes([0x10, len(body)]) + body
+
+
+async def speaks_mqtt5(address: BrokerAddress, timeout_s: float = PROBE_TIMEOUT_S) -> bool:
+    """True when the broker answers an MQTT 5 CONNECT in MQTT 5. A 3.1.1-only broker answers
+    with a two-byte CONNACK "unacceptable protocol version" (or hangs up)."""
+    ctx = ssl.create_default_context() if address.tls else None
+    try:
+        reader, writer = await asyncio.wait_for(
+            asyncio.open_connection(address.host, address.port, ssl=ctx), timeout_s
+        )
+    except (OSError, TimeoutError):
+        return False
+    try:
+        writer.write(_v5_connect_packet(f"probe-{uuid.uuid4().hex[:12]}"))
+        await asyncio.wait_for(writer.drain(), timeout_s)
+        head = await asyncio.wait_for(reader.read(4), timeout_s)
+    except (OSError, TimeoutError):
+        return False
+    finally:
+        writer.close()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(writer.wait_closed(), timeout_s)
+    if len(head) < 2 or head[0] != 0x20:
+        return False
+    return not (head[1] == 2 and len(head) >= 4 and head[3] == 0x01)
+
+
+class MqttService:
+    """Connects, (re)subscribes, receives in batches and publishes; see the module docstring."""
+
+    def __init__(
+        self,
+        url: str,
+        handler: Handler,
+        *,
+        subscriptions: Callable[[bool], Sequence[str]],
+        client_id_prefix: str = "gateway",
+        max_inflight: int = MAX_INFLIGHT,
+    ) -> None:
+        self.address = BrokerAddress.parse(url)
+        self.handler = handler
+        self._subscriptions = subscriptions
+        self.client_id = f"{client_id_prefix}-{uuid.uuid4().hex[:12]}"
+        self.mqtt5 = False
+        self._client: paho.Client | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._inbox: collections.deque[Message] = collections.deque()
+        self._slots = threading.BoundedSemaphore(max_inflight)
+        self._kick_pending = False
+        self._wake = asyncio.Event()
+        self._connected = asyncio.Event()
+        self._subscribed = asyncio.Event()
+        self._stopping = threading.Event()
+        self._drain_task: asyncio.Task[None] | None = None
+        self.connections = 0  # successful CONNACKs so far (reconnects show as > 1)
+        self.received = 0
+
+    # --- lifecycle ------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self.mqtt5 = await speaks_mqtt5(self.address)
+        client = paho.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=self.client_id,
+            protocol=MQTTProtocolVersion.MQTTv5 if self.mqtt5 else MQTTProtocolVersion.MQTTv311,
+            clean_session=None if self.mqtt5 else True,
+            reconnect_on_failure=True,
+        )
+        if self.address.username is not None:
+            client.username_pw_set(self.address.username, self.address.password)
+        if self.address.tls:
+            client.tls_set_context(ssl.create_default_context())
+        client.reconnect_delay_set(RECONNECT_MIN_S, RECONNECT_MAX_S)
+        client.max_queued_messages_set(MAX_QUEUED_OUT)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
+        client.on_subscribe = self._on_subscribe
+        # Clean sessions: a client id is new on every start, so a session the broker kept for
+        # it would only be a ghost in the share group, hoarding its turn of every agent's
+        # messages. The other instances of the group take the traffic while one reconnects.
+        client.connect_async(
+            self.address.host, self.address.port, keepalive=KEEPALIVE_S, clean_start=True
+        )
+        self._client = client
+        self._drain_task = asyncio.create_task(self._drain(), name="mqtt-drain")
+        client.loop_start()
+        log.info(
+            "mqtt client started",
+            extra={"broker": f"{self.address.host}:{self.address.port}", "mqtt5": self.mqtt5},
+        )
+
+    async def wait_connected(self, timeout_s: float) -> None:
+        await asyncio.wait_for(self._connected.wait(), timeout_s)
+
+    async def wait_subscribed(self, timeout_s: float) -> None:
+        """Until the broker has acknowledged this connection's subscriptions."""
+        await asyncio.wait_for(self._subscribed.wait(), timeout_s)
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    async def stop(self) -> None:
+        self._stopping.set()
+        client = self._client
+        if client is not None:
+            client.disconnect()
+            await asyncio.to_thread(client.loop_stop)
+            self._client = None
+        if self._drain_task is not None:
+            self._drain_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._drain_task
+        self._connected.clear()
+
+    # --- paho's thread ----------------------------------------------------------------------
+
+    def _call_in_loop(self, fn: Callable[..., Any], *args: Any) -> None:
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            with contextlib.suppress(RuntimeError):  # the loop is shutting down
+                loop.call_soon_threadsafe(fn, *args)
+
+    def _on_connect(
+        self, client: paho.Client, userdata: Any, flags: Any, reason: Any, properties: Any
+    ) -> None:
+        if reason.is_failure:
+            log.warning("mqtt connection refused", extra={"reason": str(reason)})
+            return
+        options = SubscribeOptions(qos=1) if self.mqtt5 else None
+        topics = list(self._subscriptions(self.mqtt5))
+        if options is not None:
+            client.subscribe([(t, options) for t in topics])
+        else:
+            client.subscribe([(t, 1) for t in topics])
+        self.connections += 1
+        self._call_in_loop(self._connected.set)
+        log.info("mqtt connected", extra={"subscriptions": topics, "connections": self.connections})
+
+    def _on_subscribe(
+        self, client: paho.Client, userdata: Any, mid: int, reasons: Any, properties: Any
+    ) -> None:
+        failed = [str(r) for r in reasons if r.is_failure]
+        if failed:
+            log.error("mqtt subscriptions refused", extra={"reasons": failed})
+            return
+        self._call_in_loop(self._subscribed.set)
+
+    def _on_disconnect(
+        self, client: paho.Client, userdata: Any, flags: Any, reason: Any, properties: Any
+    ) -> None:
+        self._call_in_loop(self._connected.clear)
+        self._call_in_loop(self._subscribed.clear)
+        if not self._stopping.is_set():
+            log.warning("mqtt disconnected; reconnecting", extra={"reason": str(reason)})
+
+    def _on_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
+        while not self._slots.acquire(timeout=INBOX_WAIT_S):
+            if self._stopping.is_set():
+                return
+        self._inbox.append(Message(msg.topic, bytes(msg.payload), bool(msg.retain)))
+        if not self._kick_pending:
+            self._kick_pending = True
+            self._call_in_loop(self._kick)
+
+    # --- the event loop -------------------------------------------------------------------
+
+    def _kick(self) -> None:
+        self._kick_pending = False
+        self._wake.set()
+
+    async def _drain(self) -> None:
+        while True:
+            await self._wake.wait()
+            if len(self._inbox) < MAX_BATCH:
+                # Let a trickle become a batch: one Redis round trip then serves many fixes.
+                await asyncio.sleep(COALESCE_S)
+            self._wake.clear()
+            while self._inbox:
+                batch = [self._inbox.popleft() for _ in range(min(MAX_BATCH, len(self._inbox)))]
+                try:
+                    await self.handler(batch)
+                except Exception:
+                    log.exception("mqtt batch handler failed", extra={"messages": len(batch)})
+                finally:
+                    self.received += len(batch)
+                    for _ in batch:
+                        self._slots.release()
+
+    def publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False) -> None:
+        """Queue a message (paho sends it from its thread, and again after a reconnect)."""
+        client = self._client
+        if client is None:
+            raise RuntimeError("the MQTT client is not running")
+        info = client.publish(topic, payload, qos=qos, retain=retain)
+        if info.rc not in (paho.MQTT_ERR_SUCCESS, paho.MQTT_ERR_NO_CONN):
+            log.warning("mqtt publish not queued", extra={"topic": topic, "rc": int(info.rc)})

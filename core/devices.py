@@ -1,0 +1,262 @@
+"""Agent devices: identity (MQTT credentials and a device token, stored only as hashes),
+location history and geofence events.
+
+Agents are keyed by their code here; the agents table itself belongs to the banking core
+(`core/agents.py`), and the foreign key from these tables to it is added when both land.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import re
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+
+from core.errors import ValidationFailed
+
+# Agent codes appear in MQTT topics and in the broker's password file: no '/', '+', '#', ':'.
+AGENT_CODE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{1,31}")
+
+MOSQUITTO_ITERATIONS = 101  # mosquitto_passwd's own default for $7$ (PBKDF2-SHA512)
+SECRET_BYTES = 24
+MAX_EVENTS_PAGE = 500
+EVENT_KINDS = ("enter", "exit", "breach", "online", "offline")
+LOCATION_COLUMNS = (
+    "agent_code", "fix_ts", "received_at", "lat", "lon", "accuracy_m", "mock", "source", "zone",
+    "fence_id",
+)  # fmt: skip
+
+
+def check_code(code: str) -> str:
+    if not AGENT_CODE_RE.fullmatch(code):
+        raise ValidationFailed("An agent code is 2-32 letters, digits, '_' or '-'")
+    return code
+
+
+# --- secrets ---------------------------------------------------------------------------------
+
+
+def mosquitto_hash(password: str, salt: bytes | None = None) -> str:
+    """A password hash in Mosquitto's `$7$` format (PBKDF2-HMAC-SHA512, 12-byte salt). The
+    passwords are 192-bit random strings, so the format's low iteration count costs nothing."""
+    salt = salt if salt is not None else secrets.token_bytes(12)
+    digest = hashlib.pbkdf2_hmac("sha512", password.encode(), salt, MOSQUITTO_ITERATIONS, 64)
+    return (
+        f"$7${MOSQUITTO_ITERATIONS}${base64.b64encode(salt).decode()}"
+        f"${base64.b64encode(digest).decode()}"
+    )
+
+
+def mosquitto_verify(password: str, hashed: str) -> bool:
+    parts = hashed.split("$")
+    if len(parts) != 5 or parts[1] != "7" or not parts[2].isdigit():
+        return False
+    iterations = int(parts[2])
+    if not 1 <= iterations <= 1_000_000:
+        return False
+    try:
+        salt, expected = base64.b64decode(parts[3]), base64.b64decode(parts[4])
+    except ValueError:
+        return False
+    if len(salt) < 8 or len(expected) < 32:
+        return False
+    digest = hashlib.pbkdf2_hmac("sha512", password.encode(), salt, iterations, len(expected))
+    return hmac.compare_digest(digest, expected)
+
+
+def token_hash(token: str) -> str:
+    """Device tokens are random, so a plain SHA-256 is enough and keeps look-ups indexed."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Credentials:
+    mqtt_username: str
+    mqtt_password: str
+    device_token: str
+    version: int
+
+    def __repr__(self) -> str:  # never print the secrets
+        return f"Credentials({self.mqtt_username!r}, version={self.version})"
+
+
+async def issue_credentials(conn: asyncpg.Connection, agent_code: str) -> Credentials:
+    """New MQTT password and device token for an agent; the previous ones stop working."""
+    check_code(agent_code)
+    password = secrets.token_urlsafe(SECRET_BYTES)
+    token = secrets.token_urlsafe(SECRET_BYTES)
+    version = await conn.fetchval(
+        """
+        INSERT INTO agent_devices (agent_code, mqtt_username, mqtt_password_hash,
+                                   device_token_hash)
+        VALUES ($1, $1, $2, $3)
+        ON CONFLICT (agent_code) DO UPDATE
+           SET mqtt_password_hash = EXCLUDED.mqtt_password_hash,
+               device_token_hash = EXCLUDED.device_token_hash,
+               credentials_version = agent_devices.credentials_version + 1,
+               issued_at = now()
+        RETURNING credentials_version
+        """,
+        agent_code,
+        mosquitto_hash(password),
+        token_hash(token),
+    )
+    return Credentials(agent_code, password, token, int(version))
+
+
+async def verify_device_token(
+    conn: asyncpg.Connection | asyncpg.Pool, code: str, token: str
+) -> bool:
+    if not token or not AGENT_CODE_RE.fullmatch(code):
+        return False
+    stored = await conn.fetchval(
+        "SELECT device_token_hash FROM agent_devices WHERE agent_code = $1", code
+    )
+    return stored is not None and hmac.compare_digest(stored, token_hash(token))
+
+
+async def mqtt_password_hash(conn: asyncpg.Connection | asyncpg.Pool, username: str) -> str | None:
+    value = await conn.fetchval(
+        "SELECT mqtt_password_hash FROM agent_devices WHERE mqtt_username = $1", username
+    )
+    return None if value is None else str(value)
+
+
+async def all_mqtt_users(conn: asyncpg.Connection) -> list[tuple[str, str, str]]:
+    """(agent code, username, password hash) of every device, for the broker's files."""
+    rows = await conn.fetch(
+        "SELECT agent_code, mqtt_username, mqtt_password_hash FROM agent_devices "
+        "ORDER BY agent_code"
+    )
+    return [(r["agent_code"], r["mqtt_username"], r["mqtt_password_hash"]) for r in rows]
+
+
+# --- location history and events ---------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class LocationRow:
+    agent_code: str
+    fix_ts: float
+    received_at: float
+    lat: float
+    lon: float
+    accuracy_m: float | None
+    mock: bool
+    source: str
+    zone: str | None
+    fence_id: int | None
+
+
+def _dt(ts: float) -> datetime:
+    return datetime.fromtimestamp(ts, UTC)
+
+
+async def insert_locations(conn: asyncpg.Connection, rows: Sequence[LocationRow]) -> int:
+    """Append fixes to the history with COPY (one round trip for a whole batch)."""
+    if not rows:
+        return 0
+    records = [
+        (
+            r.agent_code,
+            _dt(r.fix_ts),
+            _dt(r.received_at),
+            r.lat,
+            r.lon,
+            r.accuracy_m,
+            r.mock,
+            r.source,
+            r.zone,
+            r.fence_id,
+        )
+        for r in rows
+    ]
+    await conn.copy_records_to_table(
+        "agent_locations",
+        records=records,
+        columns=LOCATION_COLUMNS,
+    )
+    return len(records)
+
+
+@dataclass(frozen=True, slots=True)
+class EventRow:
+    agent_code: str
+    kind: str
+    at: float
+    fix_ts: float | None = None
+    fence_id: int | None = None
+    fence_version: int | None = None
+    details: dict[str, Any] | None = None
+
+
+async def insert_events(conn: asyncpg.Connection, events: Sequence[EventRow]) -> list[int]:
+    if not events:
+        return []
+    for e in events:
+        assert e.kind in EVENT_KINDS, e.kind
+    rows = await conn.fetch(
+        """
+        INSERT INTO agent_events (agent_code, kind, at, fix_ts, fence_id, fence_version, details)
+        SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::timestamptz[],
+                             $5::bigint[], $6::int[], $7::jsonb[])
+        RETURNING id
+        """,
+        [e.agent_code for e in events],
+        [e.kind for e in events],
+        [_dt(e.at) for e in events],
+        [None if e.fix_ts is None else _dt(e.fix_ts) for e in events],
+        [e.fence_id for e in events],
+        [e.fence_version for e in events],
+        [json.dumps(e.details or {}) for e in events],
+    )
+    return [r["id"] for r in rows]
+
+
+async def list_events(
+    conn: asyncpg.Connection,
+    *,
+    agent_code: str | None = None,
+    before_id: int | None = None,
+    limit: int = 100,
+) -> list[dict[str, Any]]:
+    """Newest first; page with `before_id` (the smallest id of the previous page)."""
+    rows = await conn.fetch(
+        """
+        SELECT id, agent_code, kind, at, fix_ts, fence_id, fence_version, details
+          FROM agent_events
+         WHERE ($1::text IS NULL OR agent_code = $1)
+           AND ($2::bigint IS NULL OR id < $2)
+         ORDER BY id DESC
+         LIMIT $3
+        """,
+        agent_code,
+        before_id,
+        min(max(limit, 1), MAX_EVENTS_PAGE),
+    )
+    return [{**dict(r), "details": json.loads(r["details"])} for r in rows]
+
+
+async def latest_positions(
+    conn: asyncpg.Connection, agent_codes: Sequence[str] | None = None
+) -> list[dict[str, Any]]:
+    """Each agent's newest fix in the history (one row per agent)."""
+    rows = await conn.fetch(
+        """
+        SELECT DISTINCT ON (agent_code) agent_code, fix_ts, received_at, lat, lon, accuracy_m,
+               mock, source, zone, fence_id
+          FROM agent_locations
+         WHERE $1::text[] IS NULL OR agent_code = ANY($1)
+         ORDER BY agent_code, fix_ts DESC
+        """,
+        None if agent_codes is None else list(agent_codes),
+    )
+    return [dict(r) for r in rows]

@@ -1,0 +1,374 @@
+"""Admin API for agent devices and geofences.
+
+    POST /api/v1/geofences                     a GeoJSON Feature (a Point with properties.radius_m
+                                               is a circle) -> the Feature with its id and version
+    GET  /api/v1/geofences, /api/v1/geofences/{id}, PUT /api/v1/geofences/{id} (version + 1)
+    PUT  /api/v1/agents/{code}/geofences       {"geofence_ids": [...], "schedule": {...} | null}
+    GET  /api/v1/agents/{code}/geofences
+    POST /api/v1/agents/{code}/credentials     new MQTT password and device token (old ones die)
+    GET  /api/v1/agents/{code}/position        live state: presence, latest fix, zone
+    GET  /api/v1/agents/{code}/events, /api/v1/agent-events   newest first, paged by before_id
+    GET  /api/v1/agent-positions               each agent's latest fix from the history
+    GET  /api/v1/map                           FeatureCollection of fences and agents for a map
+
+Collections live outside `/api/v1/agents/{code}` so they never collide with the core's
+`GET /api/v1/agents/{code}`.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Literal
+
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field
+
+from core import devices, geofences
+from core.devices import check_code
+from core.errors import ValidationFailed
+from gateway.api import ApiRoutes, json_response
+from gateway.keys import AGENTS, PG_POOL, PRINCIPAL_KEY
+from geofence.fences import fence_feature
+
+routes = ApiRoutes(tag="agents")
+MAX_LIMIT = 500
+
+
+class FeatureIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["Feature"]
+    geometry: dict[str, Any]
+    properties: dict[str, Any] | None = None
+    bbox: list[float] | None = None
+
+
+class FeatureOut(BaseModel):
+    type: Literal["Feature"]
+    id: int | str
+    geometry: dict[str, Any]
+    properties: dict[str, Any]
+
+
+class FeatureCollectionOut(BaseModel):
+    type: Literal["FeatureCollection"]
+    features: list[FeatureOut]
+
+
+class AssignmentIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    geofence_ids: list[int] = Field(max_length=geofences.MAX_FENCES_PER_AGENT)
+    schedule: dict[str, Any] | None = None
+
+
+class AssignmentOut(BaseModel):
+    agent_code: str
+    geofence_ids: list[int]
+    schedule: dict[str, Any] | None
+
+
+class CredentialsOut(BaseModel):
+    mqtt_username: str
+    mqtt_password: str
+    device_token: str
+
+
+class EventOut(BaseModel):
+    id: int
+    agent_code: str
+    kind: str
+    at: str
+    fix_ts: str | None
+    fence_id: int | None
+    fence_version: int | None
+    details: dict[str, Any]
+
+
+class EventsOut(BaseModel):
+    events: list[EventOut]
+    next_before_id: int | None
+
+
+class PositionOut(BaseModel):
+    agent_code: str
+    presence: str | None = None
+    fix: dict[str, Any] | None
+    decision: dict[str, Any] | None = None
+    zone: str | None = None
+
+
+def _int_query(
+    request: web.Request, name: str, default: int | None, lo: int, hi: int
+) -> int | None:
+    raw = request.query.get(name)
+    if raw is None or raw == "":
+        return default
+    if not raw.isdigit() or not lo <= int(raw) <= hi:
+        raise ValidationFailed(
+            f"{name} must be a whole number from {lo} to {hi}",
+            errors=[{"field": name, "problem": f"a whole number from {lo} to {hi}"}],
+        )
+    return int(raw)
+
+
+def _fence_id(request: web.Request) -> int:
+    raw = request.match_info["fence_id"]
+    if not raw.isdigit() or len(raw) > 18:
+        raise ValidationFailed("A geofence id is a number")
+    return int(raw)
+
+
+async def _audit(request: web.Request, action: str, target: str, details: dict[str, Any]) -> None:
+    principal = request[PRINCIPAL_KEY]
+    await request.app[PG_POOL].execute(
+        "INSERT INTO audit_log (actor_type, actor, action, target, details) "
+        "VALUES ('admin', $1, $2, $3, $4::jsonb)",
+        principal.username,
+        action,
+        target,
+        json.dumps(details),
+    )
+
+
+@routes.post(
+    "/api/v1/geofences",
+    body=FeatureIn,
+    response=FeatureOut,
+    status=201,
+    permission="geofences:write",
+    summary="Create a geofence from a GeoJSON Feature (Polygon, MultiPolygon, or a Point with "
+    "properties.radius_m for a circle)",
+)
+async def create_geofence(request: web.Request, body: FeatureIn) -> web.StreamResponse:
+    async with request.app[PG_POOL].acquire() as conn:
+        stored = await geofences.create_fence(conn, body.model_dump(exclude_none=True))
+    await _audit(request, "geofence.create", str(stored.fence.id), {"kind": stored.fence.kind})
+    await request.app[AGENTS].fences_changed()
+    return json_response(stored.feature(), status=201)
+
+
+@routes.get(
+    "/api/v1/geofences",
+    response=FeatureCollectionOut,
+    permission="agents:read",
+    query=(("after_id", "page: ids above this one"), ("limit", "at most 500")),
+    summary="Geofences as a FeatureCollection, by id",
+)
+async def list_geofences(request: web.Request) -> web.StreamResponse:
+    after = _int_query(request, "after_id", 0, 0, 2**62) or 0
+    limit = _int_query(request, "limit", 100, 1, MAX_LIMIT) or 100
+    async with request.app[PG_POOL].acquire() as conn:
+        fences = await geofences.list_fences(conn, after_id=after, limit=limit)
+    return json_response({"type": "FeatureCollection", "features": [f.feature() for f in fences]})
+
+
+@routes.get(
+    "/api/v1/geofences/{fence_id}",
+    response=FeatureOut,
+    permission="agents:read",
+    summary="One geofence as a GeoJSON Feature",
+)
+async def get_geofence(request: web.Request) -> web.StreamResponse:
+    async with request.app[PG_POOL].acquire() as conn:
+        stored = await geofences.get_fence(conn, _fence_id(request))
+    return json_response(stored.feature())
+
+
+@routes.put(
+    "/api/v1/geofences/{fence_id}",
+    body=FeatureIn,
+    response=FeatureOut,
+    permission="geofences:write",
+    summary="Replace a geofence's shape and properties (its version goes up)",
+)
+async def update_geofence(request: web.Request, body: FeatureIn) -> web.StreamResponse:
+    fence_id = _fence_id(request)
+    async with request.app[PG_POOL].acquire() as conn:
+        stored = await geofences.update_fence(conn, fence_id, body.model_dump(exclude_none=True))
+    await _audit(request, "geofence.update", str(fence_id), {"version": stored.fence.version})
+    await request.app[AGENTS].fences_changed()
+    return json_response(stored.feature())
+
+
+@routes.put(
+    "/api/v1/agents/{code}/geofences",
+    body=AssignmentIn,
+    response=AssignmentOut,
+    permission="geofences:write",
+    summary="Set an agent's permitted zones (and optional schedule)",
+)
+async def assign_geofences(request: web.Request, body: AssignmentIn) -> web.StreamResponse:
+    code = check_code(request.match_info["code"])
+    async with request.app[PG_POOL].acquire() as conn:
+        ids, schedule = await geofences.assign_fences(conn, code, body.geofence_ids, body.schedule)
+    await _audit(request, "agent.geofences", code, {"geofence_ids": ids})
+    await request.app[AGENTS].fences_changed()
+    return json_response(
+        {
+            "agent_code": code,
+            "geofence_ids": ids,
+            "schedule": None if schedule is None else schedule.to_json(),
+        }
+    )
+
+
+@routes.get(
+    "/api/v1/agents/{code}/geofences",
+    response=AssignmentOut,
+    permission="agents:read",
+    summary="An agent's permitted zones and schedule",
+)
+async def agent_geofences(request: web.Request) -> web.StreamResponse:
+    code = check_code(request.match_info["code"])
+    async with request.app[PG_POOL].acquire() as conn:
+        ids = await geofences.agent_fence_ids(conn, code)
+    schedule = request.app[AGENTS].engine.catalog.schedule_for(code)
+    return json_response(
+        {
+            "agent_code": code,
+            "geofence_ids": ids,
+            "schedule": None if schedule is None else schedule.to_json(),
+        }
+    )
+
+
+@routes.post(
+    "/api/v1/agents/{code}/credentials",
+    response=CredentialsOut,
+    permission="agents:write",
+    summary="Issue (or rotate) a device's MQTT password and device token; old ones stop working",
+)
+async def issue_credentials(request: web.Request) -> web.StreamResponse:
+    code = check_code(request.match_info["code"])
+    async with request.app[PG_POOL].acquire() as conn:
+        creds = await devices.issue_credentials(conn, code)
+    await _audit(request, "agent.credentials", code, {"version": creds.version})
+    return json_response(
+        {
+            "mqtt_username": creds.mqtt_username,
+            "mqtt_password": creds.mqtt_password,
+            "device_token": creds.device_token,
+        }
+    )
+
+
+@routes.get(
+    "/api/v1/agents/{code}/position",
+    response=PositionOut,
+    permission="agents:read",
+    summary="An agent's live state: presence, latest accepted fix, last decision and zone",
+)
+async def agent_position(request: web.Request) -> web.StreamResponse:
+    code = check_code(request.match_info["code"])
+    state = await request.app[AGENTS].engine.state(code)
+    return json_response(
+        {
+            "agent_code": code,
+            "presence": state["presence"],
+            "fix": state["fix"],
+            "decision": state["decision"],
+            "zone": state["zone"]["zone"],
+        }
+    )
+
+
+async def _events(request: web.Request, code: str | None) -> web.StreamResponse:
+    before = _int_query(request, "before_id", None, 1, 2**62)
+    limit = _int_query(request, "limit", 100, 1, MAX_LIMIT) or 100
+    async with request.app[PG_POOL].acquire() as conn:
+        rows = await devices.list_events(conn, agent_code=code, before_id=before, limit=limit)
+    events = [
+        {
+            **r,
+            "at": r["at"].isoformat(),
+            "fix_ts": None if r["fix_ts"] is None else r["fix_ts"].isoformat(),
+        }
+        for r in rows
+    ]
+    next_before = events[-1]["id"] if len(events) == limit else None
+    return json_response({"events": events, "next_before_id": next_before})
+
+
+@routes.get(
+    "/api/v1/agents/{code}/events",
+    response=EventsOut,
+    permission="agents:read",
+    query=(("before_id", "page: ids below this one"), ("limit", "at most 500")),
+    summary="An agent's events (enter, exit, breach, online, offline), newest first",
+)
+async def agent_events(request: web.Request) -> web.StreamResponse:
+    return await _events(request, check_code(request.match_info["code"]))
+
+
+@routes.get(
+    "/api/v1/agent-events",
+    response=EventsOut,
+    permission="agents:read",
+    query=(("before_id", "page: ids below this one"), ("limit", "at most 500")),
+    summary="Every agent's events, newest first",
+)
+async def all_events(request: web.Request) -> web.StreamResponse:
+    return await _events(request, None)
+
+
+def _position_json(row: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "agent_code": row["agent_code"],
+        "fix": {
+            "lat": row["lat"],
+            "lon": row["lon"],
+            "ts": row["fix_ts"].timestamp(),
+            "acc": row["accuracy_m"],
+            "mock": row["mock"],
+            "src": row["source"],
+        },
+        "zone": row["zone"],
+    }
+
+
+@routes.get(
+    "/api/v1/agent-positions",
+    permission="agents:read",
+    query=(("codes", "comma-separated agent codes (default: all)"),),
+    summary="Each agent's latest recorded fix",
+)
+async def positions(request: web.Request) -> web.StreamResponse:
+    raw = request.query.get("codes")
+    codes = None if not raw else [check_code(c.strip()) for c in raw.split(",")[:MAX_LIMIT]]
+    async with request.app[PG_POOL].acquire() as conn:
+        rows = await devices.latest_positions(conn, codes)
+    return json_response({"positions": [_position_json(r) for r in rows]})
+
+
+@routes.get(
+    "/api/v1/map",
+    response=FeatureCollectionOut,
+    permission="agents:read",
+    summary="Fences and agents' latest positions as one GeoJSON FeatureCollection",
+)
+async def map_collection(request: web.Request) -> web.StreamResponse:
+    catalog = request.app[AGENTS].engine.catalog
+    async with request.app[PG_POOL].acquire() as conn:
+        rows = await devices.latest_positions(conn)
+    features: list[dict[str, Any]] = []
+    for fence in sorted(catalog.fences.values(), key=lambda f: f.id):
+        feature = fence_feature(fence, {"kind": "geofence"})
+        feature["id"] = f"geofence-{fence.id}"
+        feature["properties"]["geofence_id"] = fence.id
+        features.append(feature)
+    for row in rows:
+        features.append(
+            {
+                "type": "Feature",
+                "id": f"agent-{row['agent_code']}",
+                "geometry": {"type": "Point", "coordinates": [row["lon"], row["lat"]]},
+                "properties": {
+                    "kind": "agent",
+                    "agent_code": row["agent_code"],
+                    "fix_ts": row["fix_ts"].isoformat(),
+                    "accuracy_m": row["accuracy_m"],
+                    "zone": row["zone"],
+                    "geofence_ids": list(catalog.assignments.get(row["agent_code"], ())),
+                },
+            }
+        )
+    return json_response({"type": "FeatureCollection", "features": features})

@@ -1,0 +1,284 @@
+"""Agent devices wired into the app: the device engine, the command dispatcher, the PostgreSQL
+sink for events and location history, the MQTT client, the OsmAnd HTTP endpoint, and the
+background tasks (fence catalog refresh, heartbeat sweep, history flush).
+
+Location history is written in batches with COPY from a bounded queue: a slow or absent database
+makes ingestion wait (and MQTT push back on the broker) rather than lose fixes or grow memory.
+Fence and assignment changes bump `{prefix}geofences:gen` in Redis; every instance polls it and
+swaps in a freshly loaded catalog.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+
+import asyncpg
+from aiohttp import web
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from channels.agents import topics
+from channels.agents.fixes import FixLimits
+from channels.agents.mqtt import MqttService
+from channels.agents.osmand import parse_osmand
+from channels.agents.service import AgentChannel
+from config.settings import Settings
+from core import devices, geofences
+from core.devices import EventRow, LocationRow
+from core.errors import AuthFailed, FixRejected
+from gateway.api import HttpError, json_response
+from gateway.keys import AGENTS, ENDPOINTS, PG_POOL, REDIS, SETTINGS
+from geofence.gating import GatePolicy
+from geofence.tracker import TrackPolicy
+from menus.agent_commands import CommandDispatcher, CommandExecutor, PendingCoreExecutor
+from menus.device import DeviceEngine, EngineConfig, FixInput
+
+log = logging.getLogger("gateway.agents")
+
+CATALOG_POLL_S = 1.0
+HISTORY_QUEUE_MAX = 50_000
+HISTORY_FLUSH_ROWS = 2_000
+HISTORY_FLUSH_S = 0.5
+HISTORY_RETRY_MAX_S = 30.0
+SWEEP_MAX_S = 30.0
+MQTT_CONNECT_WAIT_S = 10.0
+OSMAND_MAX_BODY = 8192
+
+
+def track_policy(s: Settings) -> TrackPolicy:
+    return TrackPolicy(s.agent_exit_confirm_fixes, float(s.agent_exit_confirm_s))
+
+
+def gate_policy(s: Settings) -> GatePolicy:
+    return GatePolicy(
+        float(s.agent_max_fix_age_s),
+        float(s.agent_max_accuracy_m),
+        float(s.agent_unknown_accuracy_m),
+    )
+
+
+def fix_limits(s: Settings) -> FixLimits:
+    return FixLimits(float(s.agent_future_skew_s), float(s.agent_max_backlog_s))
+
+
+class PgSink:
+    """Events straight to PostgreSQL; location history through a bounded queue and COPY."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+        self.queue: asyncio.Queue[LocationRow] = asyncio.Queue(HISTORY_QUEUE_MAX)
+        self.written = 0
+
+    async def record_events(self, events: Sequence[EventRow]) -> None:
+        async with self.pool.acquire() as conn:
+            await devices.insert_events(conn, events)
+
+    async def record_locations(self, rows: Sequence[LocationRow]) -> None:
+        for row in rows:
+            await self.queue.put(row)  # waits when the database falls behind
+
+    def _take(self, first: LocationRow | None = None) -> list[LocationRow]:
+        rows = [first] if first is not None else []
+        while len(rows) < HISTORY_FLUSH_ROWS and not self.queue.empty():
+            rows.append(self.queue.get_nowait())
+        return rows
+
+    async def _write(self, rows: list[LocationRow]) -> None:
+        delay = 0.5
+        while True:
+            try:
+                async with self.pool.acquire() as conn:
+                    self.written += await devices.insert_locations(conn, rows)
+                return
+            except (OSError, asyncpg.PostgresError, TimeoutError):
+                log.exception("location history write failed; retrying", extra={"rows": len(rows)})
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, HISTORY_RETRY_MAX_S)
+
+    async def run(self) -> None:
+        while True:
+            first = await self.queue.get()
+            await asyncio.sleep(HISTORY_FLUSH_S)  # gather a batch: one COPY for many fixes
+            await self._write(self._take(first))
+
+    async def flush(self) -> None:
+        while not self.queue.empty():
+            await self._write(self._take())
+
+
+@dataclass
+class AgentRuntime:
+    settings: Settings
+    redis: Redis
+    engine: DeviceEngine
+    dispatcher: CommandDispatcher
+    channel: AgentChannel
+    sink: PgSink
+    pool: asyncpg.Pool
+    mqtt: MqttService | None = None
+    catalog_gen: bytes | str | None = None
+
+    @property
+    def gen_key(self) -> str:
+        return f"{self.settings.redis_prefix}geofences:gen"
+
+    async def reload_catalog(self) -> None:
+        async with self.pool.acquire() as conn:
+            self.engine.catalog = await geofences.load_catalog(conn, self.engine.catalog)
+
+    async def fences_changed(self) -> None:
+        """Tell every instance (this one at once) that fences or assignments changed."""
+        await self.redis.incr(self.gen_key)
+        await self.reload_catalog()
+
+    async def watch_catalog(self) -> None:
+        while True:
+            await asyncio.sleep(CATALOG_POLL_S)
+            try:
+                gen = await self.redis.get(self.gen_key)
+                if gen != self.catalog_gen:
+                    await self.reload_catalog()
+                    self.catalog_gen = gen
+            except Exception:
+                log.exception("geofence catalog refresh failed")
+
+    async def sweep_heartbeats(self) -> None:
+        interval = min(SWEEP_MAX_S, self.settings.agent_heartbeat_timeout_s / 4)
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                result = await self.engine.expire()
+                if result.events:
+                    await self.sink.record_events(result.events)
+                    self.channel.announce(result.events)
+            except Exception:
+                log.exception("heartbeat sweep failed")
+
+
+def build_runtime(
+    settings: Settings,
+    redis: Redis,
+    pool: asyncpg.Pool,
+    executor: CommandExecutor | None = None,
+) -> AgentRuntime:
+    config = EngineConfig(
+        settings.redis_prefix,
+        track_policy(settings),
+        float(settings.agent_unknown_accuracy_m),
+        float(settings.agent_heartbeat_timeout_s),
+    )
+    from geofence.index import FenceCatalog
+
+    engine = DeviceEngine(redis, config, FenceCatalog.build([], {}))
+    dispatcher = CommandDispatcher(
+        redis,
+        settings.redis_prefix,
+        engine,
+        executor or PendingCoreExecutor(),
+        gate_policy(settings),
+    )
+    sink = PgSink(pool)
+    channel = AgentChannel(engine, dispatcher, sink, fix_limits(settings))
+    return AgentRuntime(settings, redis, engine, dispatcher, channel, sink, pool)
+
+
+@contextlib.asynccontextmanager
+async def running(runtime: AgentRuntime) -> AsyncIterator[AgentRuntime]:
+    """The runtime's background tasks, live for the context; history flushed at the end."""
+    try:
+        runtime.catalog_gen = await runtime.redis.get(runtime.gen_key)
+    except RedisError:
+        log.warning("redis unavailable at start; the fence catalog refreshes when it is back")
+    await runtime.reload_catalog()
+    tasks = [
+        asyncio.create_task(runtime.sink.run(), name="agents-history"),
+        asyncio.create_task(runtime.watch_catalog(), name="agents-catalog"),
+        asyncio.create_task(runtime.sweep_heartbeats(), name="agents-heartbeat"),
+    ]
+    try:
+        yield runtime
+    finally:
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await runtime.sink.flush()
+
+
+@contextlib.asynccontextmanager
+async def connected(runtime: AgentRuntime, url: str) -> AsyncIterator[MqttService]:
+    """The MQTT client feeding the channel, live for the context."""
+    group = runtime.settings.mqtt_share_group
+    service = MqttService(
+        url,
+        runtime.channel.handle,
+        subscriptions=lambda mqtt5: topics.subscriptions(group if mqtt5 else None),
+        client_id_prefix=f"gw-{group}",
+    )
+    await service.start()
+    runtime.channel.mqtt = runtime.mqtt = service
+    try:
+        yield service
+    finally:
+        runtime.channel.mqtt = runtime.mqtt = None
+        await service.stop()
+
+
+async def agents_ctx(app: web.Application) -> AsyncIterator[None]:
+    runtime = build_runtime(app[SETTINGS], app[REDIS], app[PG_POOL])
+    app[AGENTS] = runtime
+    async with running(runtime):
+        yield
+
+
+async def agents_mqtt_ctx(app: web.Application) -> AsyncIterator[None]:
+    url = app[ENDPOINTS].mqtt_url
+    if url is None:
+        yield
+        return
+    async with connected(app[AGENTS], url):
+        yield
+
+
+# --- OsmAnd over HTTP ----------------------------------------------------------------------------
+
+
+async def _osmand_params(request: web.Request) -> dict[str, str]:
+    params = {k: v for k, v in request.query.items()}
+    if request.method == "POST" and request.body_exists:
+        if (request.content_length or 0) > OSMAND_MAX_BODY:
+            raise HttpError(413, "PAYLOAD_TOO_LARGE", "The request body is too large")
+        if request.content_type != "application/x-www-form-urlencoded":
+            raise HttpError(400, "INVALID_CONTENT_TYPE", "Send the fields as a form or a query")
+        form = await request.post()
+        params.update({k: v for k, v in form.items() if isinstance(v, str)})
+    return params
+
+
+async def osmand(request: web.Request) -> web.StreamResponse:
+    """`GET` or `POST /agents/osmand`: one fix from Traccar Client (OsmAnd protocol)."""
+    runtime = request.app[AGENTS]
+    now = time.time()
+    try:
+        report = parse_osmand(await _osmand_params(request), now, runtime.channel.limits)
+    except FixRejected as exc:
+        if exc.error_code == "STALE_FIX":
+            # Traccar Client retries anything but 200 forever, oldest first: a fix too old to
+            # use would block every later one. It is acknowledged and not used.
+            return json_response({"accepted": False, "reason": exc.error_code})
+        raise HttpError(400, exc.error_code, exc.message) from None
+    if not await devices.verify_device_token(runtime.pool, report.agent_code, report.token):
+        raise AuthFailed("Unknown device or wrong token", code="INVALID_DEVICE_TOKEN")
+    result = await runtime.channel.ingest([FixInput(report.agent_code, report.fix, now)])
+    return json_response({"accepted": result.accepted == 1})
+
+
+def add_agent_routes(app: web.Application) -> None:
+    app.router.add_route("GET", "/agents/osmand", osmand)
+    app.router.add_route("POST", "/agents/osmand", osmand)

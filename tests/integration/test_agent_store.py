@@ -1,0 +1,169 @@
+"""Geofences, assignments, device credentials, history and events on a real PostgreSQL."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from typing import Any
+
+import asyncpg
+import pytest
+
+from core import devices, geofences
+from core.errors import NotFound, ValidationFailed
+from geofence.decision import Zone, decide
+
+
+def code() -> str:
+    return f"AG{secrets.token_hex(4)}"
+
+
+SQUARE = {
+    "type": "Feature",
+    "geometry": {
+        "type": "Polygon",
+        "coordinates": [[[36.80, -1.30], [36.82, -1.30], [36.82, -1.28], [36.80, -1.28],
+                         [36.80, -1.30]]],
+    },
+    "properties": {"name": "Market", "colour": "red"},
+}  # fmt: skip
+CIRCLE = {
+    "type": "Feature",
+    "geometry": {"type": "Point", "coordinates": [36.9, -1.2]},
+    "properties": {"radius_m": 150},
+}
+
+
+async def test_fence_create_update_and_catalog(pg_pool: asyncpg.Pool) -> None:
+    async with pg_pool.acquire() as conn:
+        square = await geofences.create_fence(conn, SQUARE)
+        circle = await geofences.create_fence(conn, CIRCLE)
+        feature = square.feature()
+        assert feature["id"] == square.fence.id and feature["properties"]["version"] == 1
+        assert feature["properties"]["name"] == "Market"
+        assert feature["properties"]["colour"] == "red"
+        assert circle.feature()["properties"]["radius_m"] == 150
+        moved: dict[str, Any] = {**CIRCLE, "properties": {"radius_m": 300}}
+        updated = await geofences.update_fence(conn, circle.fence.id, moved)
+        assert updated.fence.version == 2
+        agent = code()
+        ids, schedule = await geofences.assign_fences(
+            conn, agent, [square.fence.id, updated.fence.id, square.fence.id], None
+        )
+        assert ids == sorted([square.fence.id, updated.fence.id]) and schedule is None
+        catalog = await geofences.load_catalog(conn)
+    fences = catalog.fences_for(agent)
+    assert [f.version for f in fences] == [1, 2]
+    assert decide(fences, 36.81, -1.29, 10).zone is Zone.INSIDE
+    assert decide(fences, 36.9, -1.2018, 10).zone is Zone.INSIDE  # 200 m: inside the new radius
+
+
+async def test_assignment_refuses_unknown_fences_and_bad_input(pg_pool: asyncpg.Pool) -> None:
+    agent = code()
+    async with pg_pool.acquire() as conn:
+        fence = await geofences.create_fence(conn, CIRCLE)
+        await geofences.assign_fences(conn, agent, [fence.fence.id], None)
+        with pytest.raises(NotFound) as err:
+            await geofences.assign_fences(conn, agent, [fence.fence.id, 999_999_999], None)
+        assert err.value.details["missing"] == [999_999_999]
+        # Nothing changed by the refused call.
+        assert await geofences.agent_fence_ids(conn, agent) == [fence.fence.id]
+        with pytest.raises(ValidationFailed):
+            await geofences.assign_fences(conn, "bad/code", [fence.fence.id], None)
+        with pytest.raises(ValidationFailed, match="time zone"):
+            await geofences.assign_fences(
+                conn, agent, [], {"timezone": "Nowhere/Else", "windows": []}
+            )
+        with pytest.raises(ValidationFailed, match="valid polygon"):
+            bowtie = {"type": "Polygon", "coordinates": [[[0, 0], [1, 1], [1, 0], [0, 1], [0, 0]]]}
+            await geofences.create_fence(conn, {"type": "Feature", "geometry": bowtie})
+        with pytest.raises(NotFound):
+            await geofences.update_fence(conn, 999_999_999, CIRCLE)
+
+
+async def test_schedule_is_stored_with_the_assignment(pg_pool: asyncpg.Pool) -> None:
+    agent = code()
+    raw = {"timezone": "UTC", "windows": [{"days": ["mon"], "start": "08:00", "end": "17:00"}]}
+    async with pg_pool.acquire() as conn:
+        fence = await geofences.create_fence(conn, CIRCLE)
+        await geofences.assign_fences(conn, agent, [fence.fence.id], raw)
+        catalog = await geofences.load_catalog(conn)
+        schedule = catalog.schedule_for(agent)
+        assert schedule is not None and schedule.to_json() == raw
+        await geofences.assign_fences(conn, agent, [fence.fence.id], None)
+        assert (await geofences.load_catalog(conn)).schedule_for(agent) is None
+
+
+async def test_credentials_rotate_and_store_only_hashes(pg_pool: asyncpg.Pool) -> None:
+    agent = code()
+    async with pg_pool.acquire() as conn:
+        first = await devices.issue_credentials(conn, agent)
+        assert first.mqtt_username == agent and first.version == 1
+        assert await devices.verify_device_token(conn, agent, first.device_token)
+        stored = await devices.mqtt_password_hash(conn, agent)
+        assert stored is not None and devices.mosquitto_verify(first.mqtt_password, stored)
+        row = await conn.fetchrow("SELECT * FROM agent_devices WHERE agent_code = $1", agent)
+        assert first.mqtt_password not in str(dict(row))
+        assert first.device_token not in str(dict(row))
+        assert first.mqtt_password not in repr(first)
+        second = await devices.issue_credentials(conn, agent)
+        assert second.version == 2
+        assert not await devices.verify_device_token(conn, agent, first.device_token)
+        assert await devices.verify_device_token(conn, agent, second.device_token)
+        stored = await devices.mqtt_password_hash(conn, agent)
+        assert stored is not None
+        assert not devices.mosquitto_verify(first.mqtt_password, stored)
+        assert devices.mosquitto_verify(second.mqtt_password, stored)
+        assert not await devices.verify_device_token(conn, agent, "")
+        assert not await devices.verify_device_token(conn, "nobody-here", second.device_token)
+
+
+def test_mosquitto_hash_format() -> None:
+    hashed = devices.mosquitto_hash("s3cret", salt=b"\x00" * 12)
+    assert hashed.startswith("$7$101$AAAAAAAAAAAAAAAA$")
+    assert devices.mosquitto_verify("s3cret", hashed)
+    assert not devices.mosquitto_verify("s3cret!", hashed)
+    for broken in ("", "$6$x$y", "$7$abc$AAAA$BBBB", "$7$101$!!$??"):
+        assert not devices.mosquitto_verify("s3cret", broken)
+
+
+async def test_history_events_and_latest(pg_pool: asyncpg.Pool) -> None:
+    agent = code()
+    now = time.time()
+    rows = [
+        devices.LocationRow(agent, now - 20 + i, now, -1.29, 36.8 + i / 1000, 10.0, False,
+                            "native", "inside", None)
+        for i in range(5)
+    ]  # fmt: skip
+    async with pg_pool.acquire() as conn:
+        assert await devices.insert_locations(conn, rows) == 5
+        latest = await devices.latest_positions(conn, [agent])
+        assert len(latest) == 1 and latest[0]["lon"] == pytest.approx(36.804)
+        ids = await devices.insert_events(
+            conn,
+            [devices.EventRow(agent, kind, now + n, details={"n": n})
+             for n, kind in enumerate(["online", "enter", "exit", "breach", "offline"])],
+        )  # fmt: skip
+        assert len(ids) == 5
+        page = await devices.list_events(conn, agent_code=agent, limit=2)
+        assert [e["kind"] for e in page] == ["offline", "breach"]
+        older = await devices.list_events(conn, agent_code=agent, before_id=page[-1]["id"])
+        assert [e["kind"] for e in older] == ["exit", "enter", "online"]
+        assert older[0]["details"] == {"n": 2}
+        with pytest.raises(asyncpg.CheckViolationError):
+            await conn.execute(
+                "INSERT INTO agent_events (agent_code, kind) VALUES ($1, 'teleport')", agent
+            )
+
+
+async def test_catalog_reload_reuses_unchanged_fences(pg_pool: asyncpg.Pool) -> None:
+    async with pg_pool.acquire() as conn:
+        kept = await geofences.create_fence(conn, CIRCLE)
+        changed = await geofences.create_fence(conn, SQUARE)
+        first = await geofences.load_catalog(conn)
+        await geofences.update_fence(conn, changed.fence.id, SQUARE)
+        second = await geofences.load_catalog(conn, first)
+    assert second.fences[kept.fence.id] is first.fences[kept.fence.id]
+    assert second.fences[changed.fence.id].version == 2
+    assert second.fences[changed.fence.id] is not first.fences[changed.fence.id]
+    assert set(second.fences) == set(first.fences)
