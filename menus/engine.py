@@ -28,7 +28,7 @@ from core.errors import CoreError, Unavailable
 from menus import validators
 from menus.actions import ActionContext, ActionResult, MenuBindings
 from menus.compiled import CompiledMenu, Node
-from menus.machine import build_machine
+from menus.machine import apply_plain, build_machine, plain_moves
 from menus.render import full_text, render, visible_options
 from menus.schema import BEGIN
 from menus.session import Session
@@ -156,6 +156,7 @@ class Engine:
     def attach(self, menu: CompiledMenu) -> CompiledMenu:
         """Build the version's one machine (once, when the version is loaded)."""
         menu.machine = build_machine(menu, self._on_action)
+        menu.plain = plain_moves(menu.machine)
         return menu
 
     # --- a step -------------------------------------------------------------------------------
@@ -283,9 +284,13 @@ class Engine:
     # --- the machine ----------------------------------------------------------------------------
 
     async def _fire(self, step: Step, trigger: str, *, required: bool = True) -> bool:
-        machine = self._menu(step).machine
-        event = machine.events.get(trigger)
-        moved = bool(event is not None and await event.trigger(step))
+        menu = self._menu(step)
+        plain = apply_plain(menu.plain, step, trigger)  # nothing to run: the table, applied
+        if plain is None:
+            event = menu.machine.events.get(trigger)
+            moved = bool(event is not None and await event.trigger(step))
+        else:
+            moved = plain
         if not moved and required:
             # The validator guarantees every trigger the engine fires exists: a bug.
             log.error("menu transition missing", extra={"trigger": trigger, "screen": step.state})

@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from dataclasses import replace
 from typing import Any
 
+import aiohttp
 import asyncpg
 import pytest
 from redis.asyncio import Redis
@@ -369,3 +370,35 @@ async def test_unbound_action_is_temporarily_unavailable(settings: Settings) -> 
         s = env.session(new_msisdn())
         body = await s.dial()
         assert body == "END The service is temporarily unavailable. Please try again later."
+
+
+async def test_access_log_keeps_ussd_failures_only(
+    ussd: UssdEnv, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Answered USSD steps are in the analytics, not the access log; refused ones are in both
+    places they matter (the access log and the standard error JSON)."""
+    caplog.set_level(logging.INFO, logger="gateway.access")
+    caplog.set_level(logging.INFO, logger="aiohttp.access")  # aiohttp asks it whether to log
+    msisdn = await ussd.bank.open()
+    # New connections: aiohttp decides per connection whether its requests are logged.
+    async with aiohttp.ClientSession() as http:
+        form = ussd.session(msisdn).form()
+        async with http.post(ussd.client.make_url("/ussd/africastalking"), data=form) as resp:
+            assert resp.status == 200 and (await resp.text()).startswith("CON Hello")
+        async with http.post(ussd.client.make_url("/ussd/hubtel"), data="{") as resp:
+            assert resp.status == 400
+        async with http.get(ussd.client.make_url("/healthz")) as resp:
+            assert resp.status == 200
+
+    def logged() -> set[tuple[object, object]]:
+        return {
+            (r.__dict__.get("path"), r.__dict__.get("status"))
+            for r in caplog.records
+            if r.name == "gateway.access"
+        }
+
+    async def both() -> bool:  # the line is written just after the response is sent
+        return {("/ussd/hubtel", 400), ("/healthz", 200)} <= logged()
+
+    await until(both)
+    assert not any(p == "/ussd/africastalking" for p, _ in logged())

@@ -11,7 +11,7 @@ import pytest
 from redis.asyncio import Redis
 
 from gateway.app import make_redis
-from gateway.keys import REDIS, USSD_SERVICE
+from gateway.keys import USSD_SERVICE
 from menus.session import RedisSessionStore
 from tests.ussd_support import PIN, RedisProcess, UssdEnv, own_redis, ussd
 
@@ -63,7 +63,7 @@ class Counter:
 
 @pytest.fixture
 def counted(ussd: UssdEnv) -> Iterator[Counter]:
-    redis = ussd.app[REDIS]
+    redis = ussd.app[USSD_SERVICE].store.redis  # the session store's own client
     counter = Counter(redis)
     redis.execute_command = counter  # type: ignore[method-assign]
     try:
