@@ -18,7 +18,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import parse_qsl
+from urllib.parse import unquote_plus
 
 from core.errors import BadRequest, ValidationFailed
 from core.msisdn import normalise_msisdn
@@ -93,18 +93,32 @@ def json_body(raw: Raw) -> dict[str, Any]:
     return data
 
 
+def decode_form(text: str) -> dict[str, str]:
+    """`a=1&b=x%2By` -> {"a": "1", "b": "x+y"}: what `urllib.parse.parse_qsl(text,
+    keep_blank_values=True)` gives (first value of each field kept), without its per-pair
+    overhead, which was the biggest single cost of parsing a callback. Only fields with an
+    escape (`%` or `+`) are unquoted; bad escapes become U+FFFD as there."""
+    form: dict[str, str] = {}
+    for pair in text.split("&"):
+        if not pair:
+            continue
+        key, _, value = pair.partition("=")
+        if "%" in key or "+" in key:
+            key = unquote_plus(key)
+        if key in form:
+            continue
+        form[key] = unquote_plus(value) if "%" in value or "+" in value else value
+    return form
+
+
 def form_body(raw: Raw) -> dict[str, str]:
     """The body as an `application/x-www-form-urlencoded` form (first value of each field)."""
     if raw.content_type != "application/x-www-form-urlencoded":
         raise bad("The body must be a form (application/x-www-form-urlencoded)")
     try:
-        pairs = parse_qsl(raw.body.decode("utf-8"), keep_blank_values=True, strict_parsing=False)
-    except (UnicodeDecodeError, ValueError):
+        return decode_form(raw.body.decode("utf-8"))
+    except UnicodeDecodeError:
         raise bad("The form is not valid UTF-8") from None
-    form: dict[str, str] = {}
-    for key, value in pairs:
-        form.setdefault(key, value)
-    return form
 
 
 def _get(data: Mapping[str, Any], name: str, required: bool) -> Any:
