@@ -20,8 +20,8 @@ core.fees        quote(db, kind, amount_minor, currency="KES") -> Quote; set_tar
                  DEMO_TARIFFS
 core.limits      get_limits / set_limits; TierLimits; TIERS; DEFAULT_LIMITS_KES
 core.transfers   send_money, deposit, float_topup, cash_in, cash_out, reverse, disburse_loan,
-                     repay_loan (keyword arguments, each with idempotency_key and channel)
-                     -> TransferResult
+                     repay_loan (interest/fee/penalty parts to income), fund_loans (keyword
+                     arguments, each with idempotency_key and channel) -> TransferResult
                  balance(db, msisdn, currency="KES") -> int
                  statement(db, msisdn, *, limit=10, before=None, currency="KES") -> [StatementLine]
 core.ledger      check_ledger(db) -> LedgerReport; ensure_system_accounts(db, currency)

@@ -22,7 +22,9 @@ SMS hint, an MQTT error reply). Bugs are assertions, never CoreErrors.
     │   ├── InsufficientFunds         the balance does not cover amount + fee
     │   ├── LimitExceeded             a KYC tier limit (`details.limit` says which)
     │   ├── AlreadyReversed           a transfer is reversed at most once
-    │   └── IllegalTransition         a loan lifecycle move the state machine does not allow
+    │   ├── IllegalTransition         a loan lifecycle move the state machine does not allow
+    │   └── LoanRefused               a loan rule says no; `error_code` is the rule's
+    │                                 (LOAN_OUTSTANDING, TIER_NOT_ALLOWED, AMOUNT_OUT_OF_RANGE ...)
     ├── AuthFailed                    credentials, PIN or OTP wrong (one generic message)
     │   ├── OtpInvalid                wrong or already used TOTP code
     │   ├── TokenInvalid              a JWT that is forged, expired or revoked
@@ -130,6 +132,14 @@ class IllegalTransition(Conflict):
 
     code = "ILLEGAL_TRANSITION"
     default_message = "The loan cannot make this change from its current state"
+
+
+class LoanRefused(Conflict):
+    """A loan quote or application refused by a rule; `error_code` is the rule's stable code
+    (see core.loans.fraud and core.loans.decision) and `message` a screen-sized reason."""
+
+    code = "LOAN_REFUSED"
+    default_message = "The loan cannot be granted"
 
 
 class Overpayment(ValidationFailed):

@@ -8,7 +8,8 @@ gives a consistent answer:
 - per currency, debits equal credits;
 - every entry points at a transfer and an account (no foreign keys on the hot tables);
 - each account's chain of entries (for statements) is intact;
-- a sharded account's parent holds nothing (its balance is the sum of its shards).
+- a sharded account's parent holds nothing (its balance is the sum of its shards);
+- no loan fund has lent more than it holds (its shards may dip below zero, the sum may not).
 """
 
 from __future__ import annotations
@@ -19,12 +20,13 @@ from typing import Any
 from core.money import check_currency
 from core.pg import Db, connection
 
-HOT_SHARDS = 256  # settlement, fee income and loan fund rows per currency
+HOT_SHARDS = 256  # settlement, fee income, loan fund and loan income rows per currency
 MAX_BREACHES_SHOWN = 20
 
 
 async def ensure_system_accounts(db: Db, currency: str, shards: int = HOT_SHARDS) -> None:
-    """Settlement, fee income and loan fund for `currency` (idempotent, safe concurrently)."""
+    """Settlement, fee income, the loan fund and the loan interest, fee and penalty income
+    accounts for `currency` (idempotent, safe concurrently)."""
     await db.execute(
         "SELECT ledger_ensure_system_accounts($1, $2)", check_currency(currency), shards
     )
@@ -126,6 +128,11 @@ CHECKS: tuple[tuple[str, str], ...] = (
         "sharded_parents_hold_nothing",
         "SELECT id AS account_id, kind, balance AS balance_minor FROM accounts "
         "WHERE shards > 1 AND balance <> 0",
+    ),
+    (
+        "loan_funds_not_overdrawn",
+        "SELECT currency, sum(balance)::bigint AS balance_minor FROM accounts "
+        "WHERE kind = 'loan_fund' GROUP BY currency HAVING sum(balance) < 0",
     ),
 )
 

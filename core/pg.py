@@ -64,9 +64,15 @@ def _unavailable(exc: BaseException) -> E.Unavailable:
     )
 
 
+def _in_transaction(db: Db) -> bool:
+    probe = getattr(db, "is_in_transaction", None)  # Connections have it, Pools do not
+    return bool(probe()) if callable(probe) else False
+
+
 async def call(db: Db, sql: str, *args: Any, timeout_s: float = CALL_TIMEOUT_S) -> Any:
     """fetchrow(sql, *args) with the error mapping above. Deadlocks and serialisation failures
-    (which sorted locking should make impossible) are retried a few times."""
+    (which sorted locking should make impossible) are retried a few times, except inside the
+    caller's transaction, which they abort: there they are Unavailable (retry the whole)."""
     for attempt in range(DEADLOCK_RETRIES):
         try:
             return await db.fetchrow(sql, *args, timeout=timeout_s)
@@ -78,7 +84,10 @@ async def call(db: Db, sql: str, *args: Any, timeout_s: float = CALL_TIMEOUT_S) 
             if getattr(exc, "constraint_name", "") == "accounts_no_overdraft":
                 raise E.InsufficientFunds() from None
             raise
-        except (asyncpg.DeadlockDetectedError, asyncpg.SerializationError):
+        except (asyncpg.DeadlockDetectedError, asyncpg.SerializationError) as exc:
+            if _in_transaction(db):
+                # The caller's transaction is aborted: only the caller can retry, as a whole.
+                raise _unavailable(exc) from None
             if attempt == DEADLOCK_RETRIES - 1:
                 raise
         except (

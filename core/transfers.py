@@ -1,6 +1,8 @@
-"""Money movement: P2P, deposits, float top-ups, cash-in, cash-out and reversals.
+"""Money movement: P2P, deposits, float top-ups, cash-in, cash-out, reversals, and the loan
+movements (disbursement, repayment split over principal and income, funding the loan fund).
 
-Every movement is ONE database round trip: a PL/pgSQL function (migration 0100_core_banking)
+Every movement is ONE database round trip: a PL/pgSQL function (migrations 0100_core_banking,
+0510_loan_money)
 resolves the parties, claims the idempotency key, locks the accounts in id order, checks balance
 and KYC limits, posts the double-entry legs and queues the receipts, or raises and writes
 nothing. Every function here takes an `idempotency_key`: the same key with the same request
@@ -8,7 +10,9 @@ returns the first result (`replayed=True`); the same key with another request ra
 IdempotencyConflict. Only posted transfers bind a key: a refused request (insufficient funds,
 say) may be retried with the same key.
 
-`db` is an asyncpg Pool or Connection. Channels verify the PIN first (core.pins).
+`db` is an asyncpg Pool or Connection. Channels verify the PIN first (core.pins). Given a
+Connection inside a transaction, a movement is part of that transaction (the loans area relies
+on it); a refusal then aborts the transaction, which the caller rolls back.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ __all__ = [
     "deposit",
     "disburse_loan",
     "float_topup",
+    "fund_loans",
     "quote",
     "repay_loan",
     "reverse",
@@ -379,6 +384,7 @@ async def _loan_movement(
     currency: str,
     country_code: str,
     initiator: str,
+    parts: tuple[int, ...] = (),
 ) -> TransferResult:
     number = normalise_msisdn(msisdn, country_code)
     amount = check_amount(amount_minor)
@@ -386,10 +392,11 @@ async def _loan_movement(
     if len(loan_reference) > MAX_NOTE_CHARS:
         raise E.ValidationFailed("The loan reference is at most 200 characters", field="loan")
     key = _key(idempotency_key)
-    digest = request_hash(kind, number, amount, currency, loan_reference)
+    digest = request_hash(kind, number, amount, currency, loan_reference, *parts)
+    extra = "".join(f", ${9 + i}" for i in range(len(parts)))
     row = await call(
         db,
-        f"SELECT * FROM {function}($1, $2, $3, $4, $5, $6, $7, $8)",  # noqa: S608 (a constant)
+        f"SELECT * FROM {function}($1, $2, $3, $4, $5, $6, $7, $8{extra})",  # noqa: S608 (constants)
         key,
         digest,
         number,
@@ -398,6 +405,7 @@ async def _loan_movement(
         _channel(channel),
         initiator,
         loan_reference,
+        *parts,
     )
     return _result(row)
 
@@ -414,8 +422,9 @@ async def disburse_loan(
     country_code: str = "254",
     initiator: str = "",
 ) -> TransferResult:
-    """Loan fund -> customer wallet (the recipient's maximum balance applies). The loans area
-    owns the loan itself; `loan_reference` (its id) is part of the request."""
+    """Loan fund -> customer wallet (the recipient's maximum balance applies; InsufficientFunds
+    when the fund, the sum of its shards, cannot cover the loan). The loans area owns the loan
+    itself; `loan_reference` (its id) is part of the request."""
     return await _loan_movement(
         db,
         "ledger_loan_disburse",
@@ -431,6 +440,14 @@ async def disburse_loan(
     )
 
 
+def _part(value: int, field: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise E.ValidationFailed(
+            f"{field} is a whole number of minor units, 0 or more", field=field
+        )
+    return value
+
+
 async def repay_loan(
     db: Db,
     *,
@@ -442,9 +459,23 @@ async def repay_loan(
     currency: str = "KES",
     country_code: str = "254",
     initiator: str = "",
+    interest_minor: int = 0,
+    fee_minor: int = 0,
+    penalty_minor: int = 0,
 ) -> TransferResult:
-    """Customer wallet -> loan fund (InsufficientFunds when the wallet cannot pay; not counted
-    towards the daily and monthly debit caps)."""
+    """Customer wallet -> the loan's books, ONE transfer: `amount_minor` leaves the wallet; of
+    it `interest_minor`, `fee_minor` and `penalty_minor` go to the loan interest, fee and
+    penalty income accounts and the rest (the principal) to the loan fund. InsufficientFunds
+    when the wallet cannot pay; not counted towards the daily and monthly debit caps."""
+    parts = (
+        _part(interest_minor, "interest_minor"),
+        _part(fee_minor, "fee_minor"),
+        _part(penalty_minor, "penalty_minor"),
+    )
+    if sum(parts) > check_amount(amount_minor):
+        raise E.ValidationFailed(
+            "Interest, fees and penalties are parts of the amount", field="amount_minor"
+        )
     return await _loan_movement(
         db,
         "ledger_loan_repay",
@@ -457,7 +488,40 @@ async def repay_loan(
         currency=currency,
         country_code=country_code,
         initiator=initiator,
+        parts=parts if any(parts) else (),
     )
+
+
+async def fund_loans(
+    db: Db,
+    *,
+    amount_minor: int,
+    idempotency_key: str,
+    channel: str,
+    currency: str = "KES",
+    initiator: str = "",
+    note: str = "",
+) -> TransferResult:
+    """Money for lending: the bank's settlement account -> the loan fund (the fund lends only
+    what it holds)."""
+    amount = check_amount(amount_minor)
+    check_currency(currency)
+    if len(note) > MAX_NOTE_CHARS:
+        raise E.ValidationFailed("The note is at most 200 characters", field="note")
+    key = _key(idempotency_key)
+    digest = request_hash("loan_fund_topup", amount, currency, note)
+    row = await call(
+        db,
+        "SELECT * FROM ledger_loan_fund_topup($1, $2, $3, $4, $5, $6, $7)",
+        key,
+        digest,
+        amount,
+        currency,
+        _channel(channel),
+        initiator,
+        note,
+    )
+    return _result(row)
 
 
 async def balance(db: Db, msisdn: str, currency: str = "KES", country_code: str = "254") -> int:

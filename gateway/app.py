@@ -20,6 +20,7 @@ from core.clock import SystemClock
 from core.crypto import FieldCipher
 from core.demo import seed_demo
 from core.ledger import ensure_system_accounts
+from core.loans.demo import seed_demo_loans
 from core.loans.jobs import JobScheduler
 from core.outbox import Dispatcher, LogSender, Sender
 from gateway import db as dbmod
@@ -125,9 +126,13 @@ async def _security(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _loans(app: web.Application) -> AsyncIterator[None]:
-    """The loan service. The ledger and the customer directory come from the banking core
-    (issue 3); until it is wired here, loans cannot apply, disburse or repay (Unavailable)."""
-    app[LOANS] = build_loan_service(app[SETTINGS], SystemClock())
+    """The loan service on the banking core: money through its ledger functions, customers
+    from its table, notices through its outbox. With demo data, a demo product and a funded
+    loan fund (after _core has seeded the demo customers)."""
+    settings = app[SETTINGS]
+    app[LOANS] = build_loan_service(settings, SystemClock())
+    if settings.demo_data:
+        await seed_demo_loans(app[PG_POOL], currency=settings.currency)
     yield
 
 

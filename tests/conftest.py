@@ -43,6 +43,14 @@ def open_tmp_dir(prefix: str) -> Path:
     return path
 
 
+@pytest.fixture
+def serve_dir() -> Iterator[Path]:
+    """A data folder for one `gateway serve` process with embedded engines."""
+    path = open_tmp_dir("gw-serve-")
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
 def data_dir() -> Iterator[Path]:
     path = open_tmp_dir("gwdata-")

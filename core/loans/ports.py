@@ -1,12 +1,11 @@
 """What the loan service needs from outside the loan area, as interfaces.
 
-- `LoanLedger`: money. The banking core implements it on its double-entry ledger (issue 3,
-  /work/wt/CORE_API.md); until then nothing moves money and the service refuses disbursement and
-  repayment with `Unavailable`.
-- `CustomerDirectory`: who the applicant is (KYC tier, when the wallet was opened). The core's
-  `core.customers.find_customer` backs it once merged.
-- `Notifier`: notification intents written in the caller's transaction; `NoticeTable` writes
-  them to `loan_notices` until the core's outbox (`core.outbox.enqueue`) takes over.
+- `LoanLedger`: money. `core.loans.core_ledger.CoreLoanLedger` implements it on the banking
+  core's double-entry ledger (one ledger function call per movement).
+- `CustomerDirectory`: who the applicant is (KYC tier, when the wallet was opened, its status);
+  `core.loans.core_ledger.CoreCustomerDirectory` reads the core's customers.
+- `Notifier`: notification intents written in the caller's transaction;
+  `core.loans.core_ledger.OutboxNotifier` queues them in the core's outbox.
 
 Every call takes the caller's asyncpg connection and runs inside the caller's transaction, so
 the loan-side rows and the money commit or roll back together (one database, one transaction).
@@ -89,6 +88,7 @@ class CustomerFacts:
     tier: str
     registered_at: datetime
     active: bool = True
+    status: str = "active"  # the core's customer status: active, locked or closed
 
 
 class CustomerDirectory(Protocol):
@@ -108,27 +108,3 @@ class Notifier(Protocol):
         kind: str,
         loan_id: int | None = None,
     ) -> None: ...
-
-
-class NoticeTable:
-    """Writes notification intents to `loan_notices` (until the core's outbox exists)."""
-
-    async def enqueue(
-        self,
-        conn: Connection,
-        *,
-        channel: str,
-        recipient: str,
-        body: str,
-        kind: str,
-        loan_id: int | None = None,
-    ) -> None:
-        await conn.execute(
-            "INSERT INTO loan_notices (loan_id, channel, recipient, kind, body)"
-            " VALUES ($1, $2, $3, $4, $5)",
-            loan_id,
-            channel,
-            recipient,
-            kind,
-            body,
-        )

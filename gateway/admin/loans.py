@@ -1,10 +1,11 @@
 """`/api/v1/loans`: products, the application queue with approve and reject, the portfolio with
-its arrears buckets, a loan's schedule, and write-off.
+its arrears buckets, a loan's schedule, write-off, and funding the loan fund.
 
 Permissions: `loans:products` creates products; `loans:read` reads everything; `loans:manage`
-approves, rejects and writes off. Pydantic checks each field's type and range; the product
-rules that span fields (max >= min, grace within the term) are core's, in
-`core.loans.products.validate_product`, and come back as the same 422 shape.
+approves, rejects and writes off; funding the loan fund is money in from the bank's settlement
+account, so it needs `deposits:create` like deposits and float top-ups. Pydantic checks each
+field's type and range; the product rules that span fields (max >= min, grace within the term)
+are core's, in `core.loans.products.validate_product`, and come back as the same 422 shape.
 """
 
 from __future__ import annotations
@@ -17,12 +18,15 @@ from typing import Any, Literal
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 
+from core import transfers
 from core.errors import NotFound, ValidationFailed
 from core.loans import book, store
 from core.loans.lifecycle import APPLICATION_STATES
 from core.loans.products import MAX_PRINCIPAL_MINOR, Product
+from core.money import MAX_AMOUNT_MINOR
+from gateway.admin.money import TransferOut, transfer_response
 from gateway.api import ApiRoutes, json_response
-from gateway.keys import LOANS, PG_POOL, PRINCIPAL_KEY
+from gateway.keys import LOANS, PG_POOL, PRINCIPAL_KEY, SETTINGS
 
 routes = ApiRoutes(tag="loans")
 
@@ -109,6 +113,14 @@ class ReviewOut(BaseModel):
 
 class PortfolioOut(BaseModel):
     currencies: list[dict[str, Any]]
+
+
+class FundIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    amount_minor: StrictInt = Field(gt=0, le=MAX_AMOUNT_MINOR)
+    idempotency_key: StrictStr = Field(min_length=1, max_length=128)
+    currency: StrictStr | None = Field(default=None, min_length=3, max_length=3)
+    note: StrictStr = Field(default="", max_length=200)
 
 
 def product_json(product: Product) -> dict[str, Any]:
@@ -312,3 +324,25 @@ async def portfolio(request: web.Request) -> web.StreamResponse:
     async with request.app[PG_POOL].acquire() as conn:
         currencies = await book.portfolio(conn)
     return json_response({"currencies": currencies})
+
+
+@routes.post(
+    "/api/v1/loans/fund",
+    body=FundIn,
+    response=TransferOut,
+    status=201,
+    permission="deposits:create",
+    summary="Money for lending: settlement -> the loan fund (idempotent); the fund lends only "
+    "what it holds",
+)
+async def fund(request: web.Request, body: FundIn) -> web.StreamResponse:
+    result = await transfers.fund_loans(
+        request.app[PG_POOL],
+        amount_minor=body.amount_minor,
+        idempotency_key=body.idempotency_key,
+        channel="admin",
+        currency=body.currency or request.app[SETTINGS].currency,
+        initiator=_actor(request),
+        note=body.note,
+    )
+    return transfer_response(result)

@@ -1,11 +1,15 @@
 """The loan service: what channels (USSD, SMS) and the admin API call.
 
-    apply(pool, msisdn=, product_code=, amount_minor=, channel=, idempotency_key=) -> ApplyResult
-    approve(pool, application_id, actor=, note=) -> ReviewResult
-    reject(pool, application_id, actor=, reason=) -> ReviewResult
-    repay(pool, msisdn=, amount_minor=, idempotency_key=, channel=) -> RepayResult
-    status(pool, msisdn) -> LoanStatus | None
-    write_off(pool, loan_id, actor=) -> Loan
+    products(pool, *, active_only=False) -> list[Product]
+    quote(pool, *, msisdn=, product_code=, amount_minor=) -> LoanQuote
+    apply(pool, *, msisdn=, product_code=, amount_minor=, channel=, idempotency_key=)
+        -> ApplyResult (its `decision`: approve / review / refuse with a code and a message;
+           `refusal_error()` turns a refusal into a LoanRefused to raise)
+    repay(pool, *, msisdn=, amount_minor=, idempotency_key=, channel=) -> RepayResult
+    status(pool, msisdn) -> LoanStatus | None (None: no open loan)
+    approve(pool, application_id, *, actor=, note=) -> ReviewResult
+    reject(pool, application_id, *, actor=, reason=) -> ReviewResult
+    write_off(pool, loan_id, *, actor=) -> Loan
 
 An application is scored outside any transaction (an external scorer may be slow; it is bounded
 by `scorer_timeout_s`, and a failure sends the application to review), then decided and stored
@@ -16,8 +20,9 @@ written, the ledger moves the money, and the loan becomes `active`, all or nothi
 change asks the shared `transitions` machine (menus.loans.lifecycle) for its destination; core
 and the database trigger check the same table again.
 
-Money needs a `LoanLedger` and applications a `CustomerDirectory` (core.loans.ports); until the
-banking core provides them the service answers those calls with `Unavailable`.
+Money needs a `LoanLedger` and applications a `CustomerDirectory` (core.loans.ports; the
+banking core's are in core.loans.core_ledger); without them the service answers those calls
+with `Unavailable`.
 """
 
 from __future__ import annotations
@@ -30,19 +35,31 @@ from datetime import date, datetime, timedelta
 from typing import Any
 
 from core.clock import Clock
-from core.errors import CoreError, IdempotencyConflict, NotFound, Unavailable, ValidationFailed
+from core.errors import (
+    AccountClosed,
+    CoreError,
+    CustomerNotFound,
+    IdempotencyConflict,
+    LoanRefused,
+    NotFound,
+    Unavailable,
+    ValidationFailed,
+    WalletLocked,
+)
 from core.loans import book, notices, store
 from core.loans.allocation import allocate, apply_allocation, due_by, outstanding_minor
 from core.loans.arrears import bucket_for, days_past_due
 from core.loans.book import InstallmentRow, Loan, Repayment
+from core.loans.core_ledger import OutboxNotifier
 from core.loans.decision import Decision, DecisionPolicy, Outcome, decide
 from core.loans.fraud import ApplicationFacts, FraudLimits, first_refusal
 from core.loans.lifecycle import State
-from core.loans.ports import CustomerDirectory, LoanLedger, NoticeTable, Notifier
+from core.loans.ports import CustomerDirectory, CustomerFacts, LoanLedger, Notifier
 from core.loans.products import MAX_PRINCIPAL_MINOR, Product, validate_product
 from core.loans.schedule import build_schedule
 from core.loans.scoring import InternalScorer, Score, Scorer, ScoringFacts
 from core.loans.store import Application
+from core.loans.text import format_minor
 from menus.loans.lifecycle import LIFECYCLE, LoanLifecycle
 
 log = logging.getLogger("menus.loans")
@@ -54,6 +71,7 @@ CHANNEL_RE = re.compile(r"^[a-z][a-z0-9_]{1,15}$")
 SCORING_WINDOW = timedelta(days=90)
 DEFAULT_SCORER_TIMEOUT_S = 3.0
 NOTE_MAX = 500
+PRODUCT_CODE_MAX = 32
 SYSTEM = "system"
 DISBURSEMENT_FAILED = "DISBURSEMENT_FAILED"
 DISBURSEMENT_FAILED_TEXT = "We could not send the money now; please try again later"
@@ -73,6 +91,32 @@ class ApplyResult:
     decision: Decision
     loan: Loan | None = None
     replayed: bool = False
+
+    def refusal_error(self) -> LoanRefused | None:
+        """The refusal as an error a channel can raise (its code is the decision's), or None
+        when the application was approved or waits for review."""
+        if self.decision.outcome is not Outcome.REFUSE:
+            return None
+        details = (
+            {} if self.decision.limit_minor is None else {"limit_minor": self.decision.limit_minor}
+        )
+        return LoanRefused(self.decision.message, code=self.decision.code, **details)
+
+
+@dataclass(frozen=True, slots=True)
+class LoanQuote:
+    """What a loan would cost, for the confirmation screen before the PIN."""
+
+    product: Product
+    currency: str
+    principal_minor: int
+    fee_minor: int  # the facility fee, due with the first installment
+    interest_minor: int  # over the whole term
+    total_minor: int  # principal + interest + fee: everything the customer will repay
+    installments: int
+    first_due_date: date
+    first_due_minor: int
+    maturity_date: date  # the last due date (the first, for a one-installment loan)
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,7 +199,7 @@ class LoanService:
         self.scorer: Scorer = scorer or InternalScorer()
         self.customers = customers
         self.ledger = ledger
-        self.notifier: Notifier = notifier or NoticeTable()
+        self.notifier: Notifier = notifier or OutboxNotifier()
         self.lifecycle = lifecycle
 
     def require_ledger(self) -> LoanLedger:
@@ -210,12 +254,8 @@ class LoanService:
             earlier = await store.find_application(conn, msisdn, idempotency_key)
             if earlier is not None:
                 return await self._replay(pool, earlier, product_code, amount_minor)
-            product = await store.get_product(conn, code=product_code)
-            if not product.active:
-                raise NotFound("This loan product is not offered", code="PRODUCT_NOT_FOUND")
-            customer = await self._directory().customer(conn, msisdn)
-            if customer is None or not customer.active:
-                raise NotFound("No active wallet for this number", code="CUSTOMER_NOT_FOUND")
+            product = await self._offered(conn, product_code)
+            customer = await self._customer(conn, msisdn)
             facts = await self._scoring_facts(conn, msisdn, product, customer.registered_at)
         score = await self._score(facts, product)
         async with pool.acquire() as conn, conn.transaction():
@@ -246,6 +286,68 @@ class LoanService:
                 app = await self._move_app(conn, app, trigger, SYSTEM)
         app, loan = await self._disburse(pool, app, SYSTEM)
         return ApplyResult(app, decision_of(app), loan)
+
+    async def _customer(self, conn: Any, msisdn: str) -> CustomerFacts:
+        customer = await self._directory().customer(conn, msisdn)
+        if customer is None:
+            raise CustomerNotFound(f"No customer with number {msisdn}", msisdn=msisdn)
+        if customer.status == "closed":
+            raise AccountClosed(msisdn=msisdn)
+        if not customer.active:
+            raise WalletLocked(msisdn=msisdn)
+        return customer
+
+    async def quote(
+        self, pool: Pool, *, msisdn: str, product_code: str, amount_minor: int
+    ) -> LoanQuote:
+        """The fee, interest, total and due dates of a loan as it would be disbursed today,
+        after the rules that need no score: LoanRefused (code AMOUNT_OUT_OF_RANGE,
+        TIER_NOT_ALLOWED, ACCOUNT_TOO_NEW, TOO_MANY_APPLICATIONS, APPLICATION_IN_FLIGHT or
+        LOAN_OUTSTANDING) when the application would be refused anyway. The score and its
+        limit are decided by `apply`."""
+        check_msisdn(msisdn)
+        check_amount(amount_minor)
+        async with pool.acquire() as conn:
+            product = await self._offered(conn, product_code)
+            if not product.principal_min_minor <= amount_minor <= product.principal_max_minor:
+                low = format_minor(product.principal_min_minor, product.currency)
+                high = format_minor(product.principal_max_minor, product.currency)
+                raise LoanRefused(
+                    f"Borrow between {low} and {high}",
+                    code="AMOUNT_OUT_OF_RANGE",
+                    min_minor=product.principal_min_minor,
+                    max_minor=product.principal_max_minor,
+                )
+            customer = await self._customer(conn, msisdn)
+            now = self.clock.now()
+            in_flight, recent, open_loans = await store.applicant_counts(conn, msisdn, now)
+        age_days = max(0, (now - customer.registered_at).days)
+        app_facts = ApplicationFacts(msisdn, customer.tier, age_days, in_flight, recent, open_loans)
+        refusal = first_refusal(app_facts, product, self.policy.fraud)
+        if refusal is not None:
+            raise LoanRefused(refusal.message, code=refusal.code)
+        schedule = build_schedule(product, amount_minor, now.date())
+        first = schedule.installments[0]
+        return LoanQuote(
+            product=product,
+            currency=product.currency,
+            principal_minor=amount_minor,
+            fee_minor=schedule.fee_minor,
+            interest_minor=schedule.interest_minor,
+            total_minor=schedule.total_minor,
+            installments=len(schedule.installments),
+            first_due_date=first.due_date,
+            first_due_minor=first.total_minor,
+            maturity_date=schedule.maturity_date,
+        )
+
+    async def _offered(self, conn: Any, product_code: str) -> Product:
+        if not isinstance(product_code, str) or not 1 <= len(product_code) <= PRODUCT_CODE_MAX:
+            raise NotFound("This loan product is not offered", code="PRODUCT_NOT_FOUND")
+        product = await store.get_product(conn, code=product_code)
+        if not product.active:
+            raise NotFound("This loan product is not offered", code="PRODUCT_NOT_FOUND")
+        return product
 
     async def _replay(
         self, pool: Pool, app: Application, product_code: str, amount_minor: int

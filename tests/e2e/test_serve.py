@@ -4,12 +4,10 @@ made by the CLI, a login with TOTP, a logout, and a restart that keeps the data.
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
@@ -17,7 +15,6 @@ import pyotp
 import pytest
 
 from gateway.embedded import free_port
-from tests.conftest import open_tmp_dir
 
 PASSWORD = "E2e-strong-passw0rd"
 READY_DEADLINE_S = 90
@@ -99,13 +96,6 @@ async def _tick() -> None:
     await asyncio.sleep(0.2)  # polling interval while waiting for a condition, not a sync
 
 
-@pytest.fixture
-def data_dir() -> Iterator[Path]:
-    path = open_tmp_dir("gw-e2e-")
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
-
-
 async def _login(http: aiohttp.ClientSession, url: str, user: str, code: str) -> dict[str, str]:
     async with http.post(
         f"{url}/api/v1/auth/login", json={"username": user, "password": PASSWORD, "otp": code}
@@ -116,7 +106,8 @@ async def _login(http: aiohttp.ClientSession, url: str, user: str, code: str) ->
 
 
 @pytest.mark.timeout(300)
-async def test_serve_admin_login_logout_restart(data_dir: Path) -> None:
+async def test_serve_admin_login_logout_restart(serve_dir: Path) -> None:
+    data_dir = serve_dir
     server = Server(data_dir)
     server.start()
     try:

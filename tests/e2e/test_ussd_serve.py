@@ -45,8 +45,8 @@ class AtDialog:
 
 
 @pytest.mark.timeout(300)
-async def test_serve_answers_ussd(tmp_path: Path) -> None:
-    server = Server(tmp_path)
+async def test_serve_answers_ussd(serve_dir: Path) -> None:
+    server = Server(serve_dir)
     server.env["GATEWAY_DEMO"] = "1"
     server.start()
     newcomer = "+2547" + str(secrets.randbelow(10**8)).zfill(8)

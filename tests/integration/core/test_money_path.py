@@ -414,9 +414,11 @@ async def test_wallets_never_negative_in_the_database(
 
 
 async def test_loan_disbursement_and_repayment(core_db: asyncpg.Pool, cipher: FieldCipher) -> None:
-    from core.transfers import disburse_loan, repay_loan
+    from core.transfers import disburse_loan, fund_loans, repay_loan
 
     alice = await make_customer(core_db, cipher)
+    # The fund lends only what it holds: give it this loan's money first.
+    await fund_loans(core_db, amount_minor=1_000_00, idempotency_key=new_key(), channel="test")
     fund_before = await system_balance(core_db, "loan_fund", "KES")
     key = new_key("loan")
     out = await disburse_loan(

@@ -1,240 +1,132 @@
-"""Loan test fixtures: a stand-in ledger and customer directory for the banking core that is
-being built in parallel (issue 3), a manual clock, and product and loan factories.
+"""Loan test fixtures on the real banking core: registered customers with real wallets, money
+through the core's ledger functions (the app's own `CoreLoanLedger`, `CoreCustomerDirectory`
+and `OutboxNotifier`), a manual clock, and product and loan factories.
 
-`SqlTestLedger` keeps real double-entry rows in the *same* database and the *same*
-transaction as the loan rows (test-only tables created here, not in the migrations), so a
-rolled-back loan operation rolls its money back too, idempotency keys behave like the core's,
-and `check_invariants` verifies the books after every test that moves money. Wave 2 replaces it
-with the real core ledger behind the same `core.loans.ports.LoanLedger` interface.
+The loan tests' money is in XTS, ISO 4217's code reserved for testing: no tariff bands exist
+for it, so a test can empty a wallet exactly with a free P2P transfer (in KES the demo tariffs
+that other tests seed would leave a fee-shaped remainder). Its tier limits are copied from the
+KES defaults and its loan fund is funded from settlement once per run.
+
+After every test that builds a `World`: the core's ledger check (`core.ledger.check_ledger`)
+and the loan book against the ledger: every loan's disbursement is a posted transfer of its
+principal, every repayment a posted transfer whose legs carry exactly the allocation's
+principal, interest, fees and penalties, and the installments say what the repayments paid.
 """
 
 from __future__ import annotations
 
 import secrets
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
 import pytest
+from aiohttp import web
 
 from core.clock import ManualClock
-from core.errors import Conflict, IdempotencyConflict
-from core.loans.ports import CustomerFacts, LedgerReceipt, WalletActivity
+from core.crypto import FieldCipher
+from core.customers import register_customer, set_tier
+from core.ledger import check_ledger, ensure_system_accounts
+from core.limits import DEFAULT_LIMITS_KES, set_limits
+from core.loans.core_ledger import CoreCustomerDirectory, CoreLoanLedger, OutboxNotifier
 from core.loans.products import Product
+from core.transfers import balance, deposit, fund_loans, send_money
+from gateway.keys import CIPHER
 from menus.loans.service import LoanPolicy, LoanService
 
-TEST_LEDGER_SCHEMA = """
-CREATE TABLE IF NOT EXISTS loan_test_transfers (
-    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    idempotency_key text NOT NULL UNIQUE,
-    request text NOT NULL,
-    at timestamptz NOT NULL
-);
-CREATE TABLE IF NOT EXISTS loan_test_entries (
-    transfer_id bigint NOT NULL REFERENCES loan_test_transfers (id),
-    account text NOT NULL,
-    amount_minor bigint NOT NULL,
-    at timestamptz NOT NULL
-);
-CREATE INDEX IF NOT EXISTS loan_test_entries_account ON loan_test_entries (account);
-"""
+CURRENCY = "XTS"
 START = datetime(2024, 1, 10, 9, 0, tzinfo=UTC)
-
-
-class InsufficientFunds(Conflict):
-    """What the core raises when an account cannot cover a debit (its name in CORE_API.md)."""
-
-    code = "INSUFFICIENT_FUNDS"
-    default_message = "Not enough money"
-
-
-def wallet(msisdn: str) -> str:
-    return f"wallet:{msisdn}"
-
-
-@dataclass
-class SqlTestLedger:
-    clock: ManualClock
-    fund: str = field(default_factory=lambda: f"loan_fund:{secrets.token_hex(4)}")
-    calls: list[str] = field(default_factory=list)
-
-    async def _balance(self, conn: Any, account: str) -> int:
-        value = await conn.fetchval(
-            "SELECT coalesce(sum(amount_minor), 0) FROM loan_test_entries WHERE account = $1",
-            account,
-        )
-        return int(value)
-
-    async def post(
-        self, conn: Any, key: str, legs: list[tuple[str, int]], *, check: str | None = None
-    ) -> LedgerReceipt:
-        """One transfer: credits positive, debits negative; legs sum to zero."""
-        legs = [(a, m) for a, m in legs if m]
-        assert sum(m for _, m in legs) == 0
-        request = repr(sorted(legs))
-        row = await conn.fetchrow(
-            "SELECT id, request FROM loan_test_transfers WHERE idempotency_key = $1", key
-        )
-        if row is not None:
-            if row["request"] != request:
-                raise IdempotencyConflict()
-            return LedgerReceipt(f"T{row['id']}")
-        # Lock the debited account's rows, as the core does FOR UPDATE on balances.
-        if check is not None:
-            await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", check)
-            debit = -sum(m for a, m in legs if a == check)
-            if await self._balance(conn, check) < debit:
-                raise InsufficientFunds(account=check)
-        now = self.clock.now()
-        transfer_id = await conn.fetchval(
-            "INSERT INTO loan_test_transfers (idempotency_key, request, at)"
-            " VALUES ($1, $2, $3) RETURNING id",
-            key,
-            request,
-            now,
-        )
-        await conn.executemany(
-            "INSERT INTO loan_test_entries (transfer_id, account, amount_minor, at)"
-            " VALUES ($1, $2, $3, $4)",
-            [(transfer_id, a, m, now) for a, m in legs],
-        )
-        return LedgerReceipt(f"T{transfer_id}")
-
-    async def fund_loans(self, pool: asyncpg.Pool, amount_minor: int) -> None:
-        async with pool.acquire() as conn:
-            await self.post(
-                conn,
-                f"fund:{self.fund}:{secrets.token_hex(4)}",
-                [("bank", -amount_minor), (self.fund, amount_minor)],
-            )
-
-    async def deposit(self, pool: asyncpg.Pool, msisdn: str, amount_minor: int) -> None:
-        async with pool.acquire() as conn:
-            await self.post(
-                conn,
-                f"dep:{secrets.token_hex(6)}",
-                [("bank", -amount_minor), (wallet(msisdn), amount_minor)],
-            )
-
-    async def balance(self, pool: asyncpg.Pool, account: str) -> int:
-        async with pool.acquire() as conn:
-            return await self._balance(conn, account)
-
-    # --- LoanLedger --------------------------------------------------------------------------
-
-    async def disburse(
-        self,
-        conn: Any,
-        *,
-        loan_id: int,
-        msisdn: str,
-        amount_minor: int,
-        currency: str,
-        idempotency_key: str,
-    ) -> LedgerReceipt:
-        self.calls.append(f"disburse:{loan_id}")
-        legs = [(self.fund, -amount_minor), (wallet(msisdn), amount_minor)]
-        return await self.post(conn, idempotency_key, legs, check=self.fund)
-
-    async def collect(
-        self,
-        conn: Any,
-        *,
-        loan_id: int,
-        msisdn: str,
-        currency: str,
-        principal_minor: int,
-        interest_minor: int,
-        fee_minor: int,
-        penalty_minor: int,
-        idempotency_key: str,
-    ) -> LedgerReceipt:
-        self.calls.append(f"collect:{loan_id}")
-        total = principal_minor + interest_minor + fee_minor + penalty_minor
-        legs = [
-            (wallet(msisdn), -total),
-            (self.fund, principal_minor),
-            ("loan_interest_income", interest_minor),
-            ("loan_fee_income", fee_minor),
-            ("loan_penalty_income", penalty_minor),
-        ]
-        return await self.post(conn, idempotency_key, legs, check=wallet(msisdn))
-
-    async def available_minor(self, conn: Any, msisdn: str, currency: str) -> int:
-        return await self._balance(conn, wallet(msisdn))
-
-    async def wallet_activity(
-        self, conn: Any, msisdn: str, currency: str, since: datetime
-    ) -> WalletActivity:
-        row = await conn.fetchrow(
-            """
-            SELECT coalesce(sum(amount_minor) FILTER (WHERE amount_minor > 0), 0) AS inflow,
-                   coalesce(-sum(amount_minor) FILTER (WHERE amount_minor < 0), 0) AS outflow,
-                   count(*) AS n
-            FROM loan_test_entries WHERE account = $1 AND at >= $2
-            """,
-            wallet(msisdn),
-            since,
-        )
-        return WalletActivity(int(row["inflow"]), int(row["outflow"]), int(row["n"]))
-
-
-async def check_invariants(pool: asyncpg.Pool) -> None:
-    """The books balance: every transfer sums to zero, no wallet or fund is overdrawn, and
-    each loan's repayments match what its installments say was paid."""
-    async with pool.acquire() as conn:
-        unbalanced = await conn.fetchval(
-            "SELECT count(*) FROM (SELECT transfer_id FROM loan_test_entries"
-            " GROUP BY transfer_id HAVING sum(amount_minor) <> 0) t"
-        )
-        assert unbalanced == 0
-        overdrawn = await conn.fetch(
-            "SELECT account, sum(amount_minor) AS b FROM loan_test_entries"
-            " WHERE account LIKE 'wallet:%' OR account LIKE 'loan_fund:%'"
-            " GROUP BY account HAVING sum(amount_minor) < 0"
-        )
-        assert overdrawn == []
-        mismatched = await conn.fetch(
-            """
-            SELECT l.id FROM loans l
-            LEFT JOIN (SELECT loan_id, sum(amount_minor) AS paid FROM loan_repayments
-                       GROUP BY loan_id) r ON r.loan_id = l.id
-            JOIN (SELECT loan_id, sum(principal_paid_minor + interest_paid_minor
-                                     + fee_paid_minor + penalty_paid_minor) AS paid
-                  FROM loan_installments GROUP BY loan_id) i ON i.loan_id = l.id
-            WHERE coalesce(r.paid, 0) <> i.paid
-            """
-        )
-        assert mismatched == []
-
-
-@dataclass
-class Directory:
-    """Customers as the core's `find_customer` will report them."""
-
-    people: dict[str, CustomerFacts] = field(default_factory=dict)
-
-    async def customer(self, conn: Any, msisdn: str) -> CustomerFacts | None:
-        return self.people.get(msisdn)
-
-    def add(
-        self, msisdn: str, *, tier: str = "standard", age_days: int = 400, now: datetime = START
-    ) -> str:
-        self.people[msisdn] = CustomerFacts(msisdn, tier, now - timedelta(days=age_days))
-        return msisdn
+FUND_MINOR = 10**12  # far more than the run lends
+TEST_SHARDS = 8  # system account shards for the test currencies (256 in production)
+PIN = "2580"
 
 
 def new_msisdn() -> str:
     return "+2547" + str(secrets.randbelow(10**8)).zfill(8)
 
 
+def new_key(prefix: str = "t") -> str:
+    return f"{prefix}-{secrets.token_hex(8)}"
+
+
+async def prepare_currency(pool: asyncpg.Pool, currency: str, fund_minor: int = 0) -> None:
+    """System accounts and tier limits for `currency`, and `fund_minor` for the loan fund."""
+    await ensure_system_accounts(pool, currency, shards=TEST_SHARDS)
+    for limits in DEFAULT_LIMITS_KES.values():
+        await set_limits(pool, replace(limits, currency=currency))
+    if fund_minor:
+        await fund_loans(
+            pool,
+            amount_minor=fund_minor,
+            idempotency_key=new_key("fund"),
+            channel="test",
+            currency=currency,
+        )
+
+
+_INVARIANTS = (
+    (
+        "installments say what the repayments paid",
+        """
+        SELECT l.id FROM loans l
+        LEFT JOIN (SELECT loan_id, sum(amount_minor) AS paid FROM loan_repayments
+                   GROUP BY loan_id) r ON r.loan_id = l.id
+        JOIN (SELECT loan_id, sum(principal_paid_minor + interest_paid_minor
+                                 + fee_paid_minor + penalty_paid_minor) AS paid
+              FROM loan_installments GROUP BY loan_id) i ON i.loan_id = l.id
+        WHERE coalesce(r.paid, 0) <> i.paid
+        """,
+    ),
+    (
+        "each loan's disbursement is a posted transfer of its principal",
+        """
+        SELECT l.id FROM loans l
+        LEFT JOIN transfers t ON t.id = ledger_reference_id(l.disbursement_ref)
+        WHERE t.id IS NULL OR t.type <> 'loan_disbursement' OR t.amount <> l.principal_minor
+           OR t.note <> 'loan:' || l.id
+        """,
+    ),
+    (
+        "each repayment is one transfer whose legs are its allocation",
+        """
+        SELECT r.id FROM loan_repayments r
+        LEFT JOIN transfers t ON t.id = ledger_reference_id(r.ledger_ref)
+        LEFT JOIN LATERAL (
+            SELECT sum(e.amount) FILTER (WHERE a.kind = 'loan_fund') AS principal,
+                   sum(e.amount) FILTER (WHERE a.kind = 'loan_interest_income') AS interest,
+                   sum(e.amount) FILTER (WHERE a.kind = 'loan_fee_income') AS fee,
+                   sum(e.amount) FILTER (WHERE a.kind = 'loan_penalty_income') AS penalty,
+                   sum(e.amount) FILTER (WHERE a.kind = 'wallet') AS wallet
+            FROM entries e JOIN accounts a ON a.id = e.account_id
+            WHERE e.transfer_id = t.id) legs ON true
+        WHERE t.id IS NULL OR t.type <> 'loan_repayment' OR t.amount <> r.amount_minor
+           OR t.note <> 'loan:' || r.loan_id
+           OR coalesce(legs.principal, 0) <> r.principal_minor
+           OR coalesce(legs.interest, 0) <> r.interest_minor
+           OR coalesce(legs.fee, 0) <> r.fee_minor
+           OR coalesce(legs.penalty, 0) <> r.penalty_minor
+           OR coalesce(legs.wallet, 0) <> -r.amount_minor
+        """,
+    ),
+)
+
+
+async def check_invariants(pool: asyncpg.Pool) -> None:
+    """The core's books balance, and the loan book agrees with them."""
+    report = await check_ledger(pool)
+    assert report.ok, "\n".join(report.lines())
+    for name, sql in _INVARIANTS:
+        broken = [r["id"] for r in await pool.fetch(sql)]
+        assert broken == [], f"{name}: {broken}"
+
+
 def product_terms(**overrides: Any) -> dict[str, Any]:
     terms: dict[str, Any] = {
         "code": "P" + secrets.token_hex(4).upper(),
         "name": "Test loan",
-        "currency": "KES",
+        "currency": CURRENCY,
         "principal_min_minor": 10_000,
         "principal_max_minor": 1_000_000,
         "interest_rate_percent": "5",
@@ -254,34 +146,124 @@ def product_terms(**overrides: Any) -> dict[str, Any]:
 class World:
     pool: asyncpg.Pool
     clock: ManualClock
-    ledger: SqlTestLedger
-    directory: Directory
+    cipher: FieldCipher
     service: LoanService
+    currency: str = CURRENCY
 
     async def product(self, **overrides: Any) -> Product:
-        return await self.service.create_product(self.pool, product_terms(**overrides), "test")
+        terms = product_terms(**{"currency": self.currency, **overrides})
+        return await self.service.create_product(self.pool, terms, "test")
 
-    async def customer(self, *, inflow_minor: int = 10_000_000, **kw: Any) -> str:
-        """A customer whose wallet history earns a full score and a limit at the product max."""
-        msisdn = self.directory.add(new_msisdn(), now=self.clock.now(), **kw)
-        if inflow_minor:
-            for _ in range(20):
-                await self.ledger.deposit(self.pool, msisdn, inflow_minor // 20)
-        return msisdn
+    async def customer(
+        self,
+        *,
+        inflow_minor: int = 10_000_000,
+        tier: str = "standard",
+        age_days: int = 400,
+        currency: str | None = None,
+        msisdn: str | None = None,
+    ) -> str:
+        """A registered customer (PIN 2580) with a wallet in `currency`, at `tier`, who
+        registered `age_days` before the clock's now, and whose 20 deposits of
+        `inflow_minor` in all earn a full wallet score and a limit at the product maximum."""
+        number = msisdn or new_msisdn()
+        await register_customer(
+            self.pool,
+            self.cipher,
+            msisdn=number,
+            first_name="Loan",
+            last_name="Tester",
+            national_id="LN" + secrets.token_hex(6).upper(),
+            pin=PIN,
+            channel="test",
+            pin_rounds=4,
+            currency=currency or self.currency,
+        )
+        if tier != "basic":
+            await set_tier(self.pool, number, tier, actor="test")
+        await self.pool.execute(
+            "UPDATE customers SET created_at = $2 WHERE msisdn = $1",
+            number,
+            self.clock.now() - timedelta(days=age_days),
+        )
+        for _ in range(20 if inflow_minor else 0):
+            await self.deposit(number, inflow_minor // 20, currency=currency)
+        return number
+
+    async def deposit(self, msisdn: str, amount_minor: int, *, currency: str | None = None) -> None:
+        await deposit(
+            self.pool,
+            msisdn=msisdn,
+            amount_minor=amount_minor,
+            idempotency_key=new_key("dep"),
+            channel="test",
+            currency=currency or self.currency,
+        )
+
+    async def balance(self, msisdn: str, *, currency: str | None = None) -> int:
+        return await balance(self.pool, msisdn, currency or self.currency)
+
+    async def spend(self, msisdn: str, amount_minor: int) -> None:
+        """The customer pays `amount_minor` to a shop (a free P2P in the test currency)."""
+        shop = await self.customer(inflow_minor=0, tier="business")
+        await send_money(
+            self.pool,
+            sender=msisdn,
+            recipient=shop,
+            amount_minor=amount_minor,
+            idempotency_key=new_key("spend"),
+            channel="test",
+            currency=self.currency,
+        )
+
+    async def spend_all(self, msisdn: str) -> None:
+        await self.spend(msisdn, await self.balance(msisdn))
+
+    async def transfers_for(self, loan_id: int, kind: str) -> int:
+        """How many `kind` transfers the ledger holds for a loan."""
+        value = await self.pool.fetchval(
+            "SELECT count(*) FROM transfers WHERE type = $1 AND note = $2",
+            kind,
+            f"loan:{loan_id}",
+        )
+        return int(value)
+
+    async def income(self) -> dict[str, int]:
+        """The loan fund's and the loan income accounts' balances in the test currency."""
+        rows = await self.pool.fetch(
+            "SELECT kind, sum(balance)::bigint AS b FROM accounts WHERE currency = $1"
+            " AND kind LIKE 'loan%' GROUP BY kind",
+            self.currency,
+        )
+        return {r["kind"]: r["b"] for r in rows}
+
+
+def core_service(clock: ManualClock, **kw: Any) -> LoanService:
+    """A loan service on the real core, as `gateway serve` builds it, with a test clock."""
+    return LoanService(
+        clock=clock,
+        policy=kw.pop("policy", LoanPolicy()),
+        ledger=CoreLoanLedger(),
+        customers=CoreCustomerDirectory(),
+        notifier=OutboxNotifier(),
+        **kw,
+    )
 
 
 @pytest.fixture(scope="session")
-async def loan_tables(pg_pool: asyncpg.Pool) -> None:
-    async with pg_pool.acquire() as conn:
-        await conn.execute(TEST_LEDGER_SCHEMA)
+async def loan_money(pg_pool: asyncpg.Pool) -> None:
+    await prepare_currency(pg_pool, CURRENCY, FUND_MINOR)
+
+
+@pytest.fixture(scope="session")
+def cipher(app: web.Application) -> FieldCipher:
+    return app[CIPHER]
 
 
 @pytest.fixture
-async def world(pg_pool: asyncpg.Pool, loan_tables: None) -> AsyncIterator[World]:
+async def world(
+    pg_pool: asyncpg.Pool, loan_money: None, cipher: FieldCipher
+) -> AsyncIterator[World]:
     clock = ManualClock(START)
-    ledger = SqlTestLedger(clock)
-    directory = Directory()
-    service = LoanService(clock=clock, policy=LoanPolicy(), ledger=ledger, customers=directory)
-    await ledger.fund_loans(pg_pool, 100_000_000)
-    yield World(pg_pool, clock, ledger, directory, service)
+    yield World(pg_pool, clock, cipher, core_service(clock))
     await check_invariants(pg_pool)

@@ -17,7 +17,7 @@ from core.loans.fraud import FraudLimits
 from gateway.keys import CIPHER, LOANS, PG_POOL, SESSIONMAKER, TOKENS
 from menus.loans.service import LoanPolicy
 from tests.helpers import PASSWORD, assert_error, auth
-from tests.integration.loans.conftest import World, product_terms
+from tests.integration.loans.conftest import World, new_key, prepare_currency, product_terms
 
 PRODUCTS = "/api/v1/loans/products"
 APPLICATIONS = "/api/v1/loans/applications"
@@ -49,16 +49,16 @@ async def admin_token(app_client: TestClient) -> str:
 
 @pytest.fixture
 async def api(app_client: TestClient, world: World) -> AsyncIterator[TestClient]:
-    """The app's own loan service, pointed at the test world's clock, ledger and customers
-    (the app has no banking core to give it yet); restored afterwards."""
+    """The app's own loan service (on the banking core, as `serve` builds it), pointed at the
+    test world's clock; restored afterwards."""
     app = app_client.server.app
     assert app is not None
     service = app[LOANS]
-    saved = (service.clock, service.ledger, service.customers, service.policy)
-    service.clock, service.ledger, service.customers = world.clock, world.ledger, world.directory
+    saved = (service.clock, service.policy)
+    service.clock = world.clock
     world.service = service
     yield app_client
-    service.clock, service.ledger, service.customers, service.policy = saved
+    service.clock, service.policy = saved
 
 
 async def test_create_and_list_products(api: TestClient, admin_token: str) -> None:
@@ -308,7 +308,9 @@ async def test_application_pages(api: TestClient, world: World, admin_token: str
 
 async def test_portfolio_shows_arrears_buckets(api: TestClient, world: World) -> None:
     token = await token_for(api, "viewer")
-    product = await world.product(currency="TZS")  # a currency no other test uses
+    world.currency = "TZS"  # a currency no other test uses
+    await prepare_currency(world.pool, "TZS", 300_000)
+    product = await world.product()
     msisdns = [await world.customer() for _ in range(3)]
     for m in msisdns:
         result = await world.service.apply(
@@ -358,3 +360,38 @@ async def test_openapi_lists_the_loan_routes(api: TestClient) -> None:
     assert doc["paths"][PRODUCTS]["post"]["x-permission"] == "loans:products"
     assert doc["paths"][f"{APPLICATIONS}/{{id}}/approve"]["post"]["x-permission"] == "loans:manage"
     assert "ProductIn" in doc["components"]["schemas"]
+
+
+async def test_funding_the_loan_fund(api: TestClient, world: World, admin_token: str) -> None:
+    fund_url = "/api/v1/loans/fund"
+    before = (await world.income())["loan_fund"]
+    body = {"amount_minor": 123_456, "idempotency_key": new_key(), "currency": world.currency}
+    first = await api.post(fund_url, json=body, headers=auth(admin_token))
+    assert first.status == 201, await first.text()
+    out = await first.json()
+    assert (out["type"], out["amount_minor"], out["credit_party"]) == (
+        "loan_fund_topup",
+        123_456,
+        "LOANS",
+    )
+    again = await api.post(fund_url, json=body, headers=auth(admin_token))
+    assert again.status == 201 and again.headers["Idempotent-Replayed"] == "true"
+    assert (await again.json())["reference"] == out["reference"]
+    await assert_error(
+        await api.post(fund_url, json={**body, "amount_minor": 1}, headers=auth(admin_token)),
+        409,
+        "IDEMPOTENCY_CONFLICT",
+    )
+    officer = await token_for(api, "loan_officer")
+    await assert_error(await api.post(fund_url, json=body, headers=auth(officer)), 403)
+    for bad in (
+        {**body, "amount_minor": 0},
+        {**body, "amount_minor": "100"},
+        {**body, "surprise": 1},
+        {**body, "currency": "xts"},
+        {**body, "currency": "QQQ"},  # no such currency's accounts
+        {"amount_minor": 100},
+    ):
+        resp = await api.post(fund_url, json=bad, headers=auth(admin_token))
+        await assert_error(resp, 422)
+    assert (await world.income())["loan_fund"] == before + 123_456

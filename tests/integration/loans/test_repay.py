@@ -7,10 +7,10 @@ from typing import Any
 
 import pytest
 
-from core.errors import IdempotencyConflict, NotFound, Overpayment
+from core.errors import IdempotencyConflict, InsufficientFunds, NotFound, Overpayment
 from core.loans.decision import Outcome
 from menus.loans.service import RepayResult
-from tests.integration.loans.conftest import InsufficientFunds, World, wallet
+from tests.integration.loans.conftest import World
 
 
 async def _loan(world: World, **terms: Any) -> tuple[str, int]:
@@ -70,11 +70,11 @@ async def test_allocation_order_is_recorded(world: World) -> None:
 async def test_overpayment_is_refused_and_changes_nothing(world: World) -> None:
     msisdn, loan_id = await _loan(world)
     owed = 345_000
-    before = await world.ledger.balance(world.pool, wallet(msisdn))
+    before = await world.balance(msisdn)
     with pytest.raises(Overpayment) as info:
         await _repay(world, msisdn, owed + 1, "over")
     assert info.value.details["outstanding_minor"] == owed
-    assert await world.ledger.balance(world.pool, wallet(msisdn)) == before
+    assert await world.balance(msisdn) == before
     assert await _paid(world, loan_id) == [(0, 0, 0, 0)] * 3
     count = await world.pool.fetchval(
         "SELECT count(*) FROM loan_repayments WHERE loan_id = $1", loan_id
@@ -89,7 +89,7 @@ async def test_paying_everything_repays_the_loan_and_retries_replay(world: World
     assert result.loan.closed_at is not None
     again = await _repay(world, msisdn, 345_000, "all")
     assert again.replayed and again.repayment.id == result.repayment.id
-    assert world.ledger.calls.count(f"collect:{loan_id}") == 1
+    assert await world.transfers_for(loan_id, "loan_repayment") == 1
     with pytest.raises(IdempotencyConflict):
         await _repay(world, msisdn, 1_000, "all")
     with pytest.raises(NotFound):
@@ -103,14 +103,8 @@ async def test_paying_everything_repays_the_loan_and_retries_replay(world: World
 
 async def test_a_short_wallet_is_refused_and_nothing_is_recorded(world: World) -> None:
     msisdn, loan_id = await _loan(world)
-    balance = await world.ledger.balance(world.pool, wallet(msisdn))
-    # Move the wallet's money out so it cannot cover the repayment.
-    async with world.pool.acquire() as conn:
-        await world.ledger.post(
-            conn,
-            f"spend:{msisdn}",
-            [(wallet(msisdn), -(balance - 500)), ("merchant", balance - 500)],
-        )
+    balance = await world.balance(msisdn)
+    await world.spend(msisdn, balance - 500)  # the wallet can no longer cover 1,000
     with pytest.raises(InsufficientFunds):
         await _repay(world, msisdn, 1_000, "short")
     assert await _paid(world, loan_id) == [(0, 0, 0, 0)] * 3

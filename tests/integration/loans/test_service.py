@@ -1,5 +1,5 @@
-"""The loan service on a real database: apply, decide, disburse, repay, with the stand-in
-ledger in the same transactions."""
+"""The loan service on the real banking core: quote, apply, decide, disburse (real money from the
+loan fund), with the loan rows and the money in the same transactions."""
 
 from __future__ import annotations
 
@@ -23,8 +23,9 @@ from core.loans.fraud import FraudLimits
 from core.loans.products import Product
 from core.loans.schedule import build_schedule
 from core.loans.scoring import Score, ScoringFacts
-from menus.loans.service import LoanPolicy, LoanService
-from tests.integration.loans.conftest import World, wallet
+from core.transfers import fund_loans
+from menus.loans.service import LoanPolicy
+from tests.integration.loans.conftest import World, core_service, new_key, prepare_currency
 
 
 async def _apply(world: World, msisdn: str, product: Product, amount: int, key: str = "k1") -> Any:
@@ -48,12 +49,12 @@ async def _notices(world: World, msisdn: str) -> list[str]:
 async def test_auto_approved_loan_is_disbursed_with_its_schedule(world: World) -> None:
     product = await world.product(facility_fee_percent="1.5")
     msisdn = await world.customer()
-    before = await world.ledger.balance(world.pool, wallet(msisdn))
+    before = await world.balance(msisdn)
     result = await _apply(world, msisdn, product, 300_000)
     assert result.decision.outcome is Outcome.APPROVE
     assert result.application.status == "disbursed"
     assert result.loan is not None and result.loan.status == "active"
-    assert await world.ledger.balance(world.pool, wallet(msisdn)) == before + 300_000
+    assert await world.balance(msisdn) == before + 300_000
     status = await world.service.status(world.pool, msisdn)
     assert status is not None
     # flat 5 % x 3 weeks = 45,000 interest; the 1.5 % fee (4,500) is due with installment 1.
@@ -83,7 +84,7 @@ async def test_same_key_replays_and_another_request_conflicts(world: World) -> N
     again = await _apply(world, msisdn, product, 200_000, key="same")
     assert again.replayed and again.application.id == first.application.id
     assert again.loan is not None and first.loan is not None and again.loan.id == first.loan.id
-    assert world.ledger.calls.count(f"disburse:{first.loan.id}") == 1
+    assert await world.transfers_for(first.loan.id, "loan_disbursement") == 1
     with pytest.raises(IdempotencyConflict):
         await _apply(world, msisdn, product, 250_000, key="same")
 
@@ -134,10 +135,11 @@ async def test_officer_rejects_with_a_reason(world: World) -> None:
 
 
 async def test_fund_short_rejects_the_approval_and_moves_nothing(world: World) -> None:
+    world.currency = "XTF"  # a test currency whose loan fund holds nothing yet
+    await prepare_currency(world.pool, world.currency)
     product = await world.product()
     msisdn = await world.customer()
-    world.ledger.fund = "loan_fund:empty"  # a fund with no money in it
-    before = await world.ledger.balance(world.pool, wallet(msisdn))
+    before = await world.balance(msisdn)
     result = await _apply(world, msisdn, product, 200_000)
     assert (result.decision.outcome, result.decision.code) == (
         Outcome.REFUSE,
@@ -147,9 +149,20 @@ async def test_fund_short_rejects_the_approval_and_moves_nothing(world: World) -
     assert result.application.status == "rejected"
     assert result.application.note == "DISBURSEMENT_FAILED: INSUFFICIENT_FUNDS"
     assert result.loan is None
-    assert await world.ledger.balance(world.pool, wallet(msisdn)) == before
+    assert await world.balance(msisdn) == before
     loans = await world.pool.fetchval("SELECT count(*) FROM loans WHERE msisdn = $1", msisdn)
     assert loans == 0  # the loan row rolled back with the money
+    refused = result.refusal_error()
+    assert refused is not None and refused.error_code == "DISBURSEMENT_FAILED"
+    # Once the bank funds it, the fund lends.
+    await fund_loans(
+        world.pool, amount_minor=200_000, idempotency_key=new_key(), channel="test",
+        currency=world.currency,
+    )  # fmt: skip
+    again = await _apply(world, msisdn, product, 200_000, key="after-funding")
+    assert again.decision.code == "APPROVED" and again.loan is not None
+    assert await world.balance(msisdn) == before + 200_000
+    assert (await world.income())["loan_fund"] == 0  # it lent all it was given
 
 
 @pytest.mark.parametrize(
@@ -228,12 +241,8 @@ class GenerousScorer:
 
 @pytest.mark.parametrize("scorer", [SlowScorer(), BrokenScorer()])
 async def test_scorer_failure_goes_to_review_never_approval(world: World, scorer: Any) -> None:
-    world.service = LoanService(
-        clock=world.clock,
-        policy=LoanPolicy(scorer_timeout_s=0.2),
-        scorer=scorer,
-        ledger=world.ledger,
-        customers=world.directory,
+    world.service = core_service(
+        world.clock, policy=LoanPolicy(scorer_timeout_s=0.2), scorer=scorer
     )
     product = await world.product()
     msisdn = await world.customer()
@@ -246,9 +255,7 @@ async def test_scorer_failure_goes_to_review_never_approval(world: World, scorer
 
 
 async def test_an_external_scorer_plugs_in(world: World) -> None:
-    world.service = LoanService(
-        clock=world.clock, scorer=GenerousScorer(), ledger=world.ledger, customers=world.directory
-    )
+    world.service = core_service(world.clock, scorer=GenerousScorer())
     product = await world.product()
     msisdn = await world.customer(inflow_minor=0)
     over = await _apply(world, msisdn, product, 300_000, key="x1")
