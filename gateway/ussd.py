@@ -18,6 +18,7 @@ from channels.ussd.http import UssdHttp
 from gateway.keys import (
     CIPHER,
     ENDPOINTS,
+    LOANS,
     MENU_BINDINGS,
     MENU_REGISTRY,
     METRICS,
@@ -90,6 +91,7 @@ async def _ussd(app: web.Application) -> AsyncIterator[None]:
         currency=settings.currency,
         country_code=settings.default_country_code,
         pin_rounds=settings.pin_bcrypt_rounds,
+        loans=app[LOANS],
     )
     engine = Engine(
         bindings,

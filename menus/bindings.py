@@ -18,6 +18,11 @@ authorise with their own PIN; the money moves at once and the agent is told by S
 the outbox in the same transaction as the money), and hands over the cash on seeing it. The
 transfer's note records that the customer initiated and authorised it, so disputes can tell it
 from an agent-initiated cash-out. The agent's PIN is not asked: the agent is not on the call.
+
+Loans go through the loan service (`menus.loans.service.LoanService`, `app[LOANS]`), which
+moves the money on the core's ledger. Its refusals (`LoanRefused`, one code per rule) reach the
+menu as `LOAN_OUTSTANDING` (an open loan) or `NOT_ELIGIBLE` with the rule's screen-sized
+`reason`; the PIN is checked first, as everywhere.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import asyncio
 import functools
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import date
 from typing import Any
 
 import asyncpg
@@ -38,6 +44,7 @@ from core.money import format_amount
 from core.pg import CALL_TIMEOUT_S
 from core.transfers import StatementLine
 from menus.actions import ActionContext, ActionFn, ActionResult, MenuBindings
+from menus.loans.service import LoanService
 
 CHANNEL = "ussd"
 STATEMENT_LINES = 10  # a mini statement: the latest lines, paged on the handset with 98
@@ -114,6 +121,17 @@ def customer_context(customer: customers.Customer) -> dict[str, Any]:
         "status": customer.status,
         "tier": customer.tier,
     }
+
+
+def day(value: date) -> str:
+    return value.strftime("%d/%m/%Y")
+
+
+def _loan_refusal(exc: E.LoanRefused) -> E.CoreError:
+    """A loan rule's refusal as the menu knows it (see the module docstring)."""
+    if exc.error_code == "LOAN_OUTSTANDING":
+        return E.CoreError(exc.message, code="LOAN_OUTSTANDING")
+    return E.CoreError(exc.message, code="NOT_ELIGIBLE", reason=exc.message, rule=exc.error_code)
 
 
 def _guard(fn: ActionFn) -> ActionFn:
@@ -351,6 +369,138 @@ class CoreActions:
         }
 
 
+@dataclass(frozen=True, slots=True)
+class LoanActions:
+    """The loan actions, on the loan service; PINs through `core`'s shared counter."""
+
+    pool: Any  # asyncpg.Pool
+    loans: LoanService
+    core: CoreActions
+
+    def money(self, minor: int) -> str:
+        return self.core.money(minor)
+
+    async def products(self, ctx: ActionContext) -> ActionResult:
+        offered = await self.loans.products(self.pool, active_only=True)
+        mine = [p for p in offered if p.currency == self.core.currency]
+        items = [{"code": p.code, "name": p.name} for p in mine]
+        first = items[0] if items else {"code": None, "name": None}
+        return ActionResult(
+            vars={
+                "loan_products": items,
+                "loan_products_count": len(items),
+                "loan_product": first["code"],
+                "loan_product_name": first["name"],
+            }
+        )
+
+    async def quote(self, ctx: ActionContext) -> ActionResult:
+        try:
+            q = await self.loans.quote(
+                self.pool,
+                msisdn=ctx.msisdn,
+                product_code=_var(ctx, "loan_product"),
+                amount_minor=_amount(ctx),
+            )
+        except E.LoanRefused as exc:
+            raise _loan_refusal(exc) from None
+        return ActionResult(
+            vars={
+                "product_name": q.product.name,
+                "amount": self.money(q.principal_minor),
+                "fee": self.money(q.fee_minor),
+                "interest": self.money(q.interest_minor),
+                "total_due": self.money(q.total_minor),
+                "due_date": day(q.maturity_date),
+            }
+        )
+
+    async def apply(self, ctx: ActionContext) -> ActionResult:
+        await self.core.verify(ctx)
+        amount = _amount(ctx)
+        result = await self.loans.apply(
+            self.pool,
+            msisdn=ctx.msisdn,
+            product_code=_var(ctx, "loan_product"),
+            amount_minor=amount,
+            channel=CHANNEL,
+            idempotency_key=ctx.idempotency_key,
+        )
+        refusal = result.refusal_error()
+        if refusal is not None:
+            raise _loan_refusal(refusal)
+        loan = result.loan
+        if loan is None:  # waiting for a loan officer
+            return ActionResult(
+                vars={
+                    "loan_status": "review",
+                    "reference": f"LN{result.application.id}",
+                    "amount": self.money(amount),
+                }
+            )
+        return ActionResult(
+            vars={
+                "loan_status": "approved",
+                "reference": loan.disbursement_ref or f"LN{result.application.id}",
+                "amount": self.money(loan.principal_minor),
+                "total_due": self.money(
+                    loan.principal_minor + loan.interest_minor + loan.fee_minor
+                ),
+                "due_date": day(loan.maturity_date),
+            }
+        )
+
+    async def status(self, ctx: ActionContext) -> ActionResult:
+        found = await self.loans.status(self.pool, ctx.msisdn)
+        if found is None:
+            return ActionResult(vars={"has_loan": False})
+        due = found.next_due_date or found.loan.maturity_date
+        return ActionResult(
+            vars={
+                "has_loan": True,
+                "amount_due": self.money(found.outstanding_minor),
+                "due_date": day(due),
+            }
+        )
+
+    async def repay(self, ctx: ActionContext) -> ActionResult:
+        await self.core.verify(ctx)
+        try:
+            paid = await self.loans.repay(
+                self.pool,
+                msisdn=ctx.msisdn,
+                amount_minor=_amount(ctx),
+                idempotency_key=ctx.idempotency_key,
+                channel=CHANNEL,
+            )
+        except E.Overpayment as exc:
+            owed = exc.details.get("outstanding_minor")
+            raise E.Overpayment(
+                exc.message, owed=self.money(owed) if isinstance(owed, int) else ""
+            ) from None
+        wallet = await transfers.balance(
+            self.pool, ctx.msisdn, self.core.currency, self.core.country_code
+        )
+        return ActionResult(
+            vars={
+                "reference": paid.repayment.ledger_ref or f"LN{paid.loan.id}",
+                "amount": self.money(paid.repayment.amount_minor),
+                "amount_due": self.money(paid.outstanding_minor),
+                "cleared": paid.outstanding_minor == 0,
+                "balance": self.money(wallet),
+            }
+        )
+
+    def functions(self) -> dict[str, ActionFn]:
+        return {
+            "loans.products": self.products,
+            "loans.quote": self.quote,
+            "loans.apply": self.apply,
+            "loans.status": self.status,
+            "loans.repay": self.repay,
+        }
+
+
 class OutboxNotifier:
     """The late-result SMS: a row in the core's outbox (sent by the dispatcher, at least once).
     The engine queues it once per late action; the outbox has no key column, so the key is
@@ -378,11 +528,15 @@ def bind(
     currency: str,
     country_code: str,
     pin_rounds: int,
+    loans: LoanService | None = None,
 ) -> None:
-    """Bind the core implementations. An action bound already (a test's stand-in, an
-    extension) keeps its implementation; so does a notifier set already."""
+    """Bind the core implementations (and the loan actions when `loans` is given). An action
+    bound already (a test's stand-in, an extension) keeps its implementation; so does a
+    notifier set already."""
     actions = CoreActions(pool, cipher, currency, country_code, pin_rounds)
     functions: Mapping[str, ActionFn] = actions.functions()
+    if loans is not None:
+        functions = {**functions, **LoanActions(pool, loans, actions).functions()}
     for name, fn in functions.items():
         if bindings.function(name) is None:
             bindings.bind(name, _guard(fn))

@@ -186,7 +186,13 @@ _SPECS = (
             "cleared": True,
             "balance": MONEY,
         },
-        errors=(*PIN_ERRORS, "NO_OPEN_LOAN", "INSUFFICIENT_FUNDS", "VALIDATION_ERROR"),
+        errors=(
+            *PIN_ERRORS,
+            "NO_OPEN_LOAN",
+            "INSUFFICIENT_FUNDS",
+            "OVERPAYMENT",
+            "VALIDATION_ERROR",
+        ),
         money=True,
     ),
 )
