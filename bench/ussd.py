@@ -14,10 +14,14 @@ Figures, each as a ratio to the floor:
 - fixed rate at half the floor's closed-loop rate: p50 and p99 (latency measured from the
   scheduled send time, so a stall is not hidden by coordinated omission).
 Navigation steps only (menu choices, back, home); the first step of each session, which calls
-`customer.lookup`, is reported apart. Money-moving steps need the core binding (not in yet).
+`customer.lookup`, is reported apart. For navigation the lookup is a stub bound in this file (it
+says "registered"): those figures measure the channel and the engine, not the core.
 
-The banking actions are stubs bound in this file (a lookup that says "registered"): the
-benchmark measures the channel and the engine, not the core.
+Money-moving steps run on the real banking core: customers registered in the scratch database
+(PINs hashed at `--pin-rounds`, the product's default unless given), each session walks Send
+money -> recipient -> amount (the quote) -> confirm -> PIN, and the PIN step (PIN check and the
+one-round-trip transfer) is the money-moving step reported, with the quote step beside it. The
+ledger check runs on the database after the money runs.
 """
 
 from __future__ import annotations
@@ -48,6 +52,11 @@ TARGET_P99 = 3.0
 SESSION_STEPS = 16  # navigation steps per session before dialling again
 # A walk through the default menu using only navigation (no PIN, no money).
 WALK = ["6", "2", "0", "0", "5", "0", "4", "00", "3", "0", "1", "0", "6", "1", "00", "2"]
+MONEY_PREFIX = "+25479"  # bench customers on the real core; everyone else gets the stub lookup
+MONEY_PIN = "4821"
+MONEY_CUSTOMERS = 512
+MONEY_BALANCE_MINOR = 90_000_00  # under the Basic tier's maximum balance
+MONEY_AMOUNT = "10"  # KES 10: in the free band of the demo tariff, so every sender can go on
 
 
 # --- servers (run as subprocesses of this script) ---------------------------------------------
@@ -83,8 +92,16 @@ def serve_gateway(port: int, redis_url: str, database_url: str) -> None:
     from gateway.ussd import freeze_after_startup
     from menus.actions import ActionContext, ActionResult
 
-    async def lookup(ctx: ActionContext) -> ActionResult:
-        return ActionResult(customer={"registered": True, "first_name": "Bench"})
+    stub = ActionResult(customer={"registered": True, "first_name": "Bench", "tier": "Basic"})
+
+    async def bind_lookup(app: web.Application) -> None:
+        real = app[MENU_BINDINGS].function("customer.lookup")
+        assert real is not None
+
+        async def lookup(ctx: ActionContext) -> ActionResult:
+            return await real(ctx) if ctx.msisdn.startswith(MONEY_PREFIX) else stub
+
+        app[MENU_BINDINGS].functions["customer.lookup"] = lookup
 
     settings = replace(
         load_settings(),
@@ -95,7 +112,7 @@ def serve_gateway(port: int, redis_url: str, database_url: str) -> None:
     )
     configure_logging("INFO")
     app = create_app(settings, start_channels=False)
-    app[MENU_BINDINGS].bind("customer.lookup", lookup)
+    app.on_startup.append(bind_lookup)  # after the core binding (cleanup contexts run first)
     freeze_after_startup(app)  # as `gateway serve` does
     web.run_app(app, host=HOST, port=port, access_log_class=JsonAccessLogger, print=None)
 
@@ -151,6 +168,7 @@ class Result:
     elapsed_s: float = 0.0
     sent: int = 0  # every exchange, warm-up included (for CPU time per step)
     cpu_s: float = 0.0  # the server's CPU time over the whole run
+    by_kind: dict[str, list[float]] = field(default_factory=dict)  # money runs: per step kind
 
     def rate(self) -> float:
         return (len(self.nav) + len(self.starts)) / self.elapsed_s if self.elapsed_s else 0.0
@@ -187,6 +205,36 @@ class User:
         return form(self.session, self.inputs), start
 
 
+class MoneyUser(User):
+    """A bench customer sending KES 10 to another: dial, Send money, recipient, amount (the
+    quote), confirm, PIN (the money-moving step)."""
+
+    def __init__(self, port: int, msisdn: str, recipient: str) -> None:
+        super().__init__(port)
+        self.msisdn, self.walk = msisdn, ["1", recipient, MONEY_AMOUNT, "1", MONEY_PIN]
+        self.kind = "start"
+
+    def next_request(self) -> tuple[bytes, bool]:
+        position = self.step % (len(self.walk) + 1)
+        if position == 0:
+            self.session = f"M{secrets.token_hex(8)}"
+            self.inputs = []
+        else:
+            self.inputs.append(self.walk[position - 1])
+        self.kind = {0: "start", 3: "quote", 5: "money"}.get(position, "nav")
+        self.step += 1
+        body = urlencode(
+            {
+                "sessionId": self.session,
+                "serviceCode": "*384#",
+                "phoneNumber": self.msisdn,
+                "networkCode": "63902",
+                "text": "*".join(self.inputs),
+            }
+        ).encode()
+        return body, position == 0
+
+
 async def _exchange(user: User, result: Result, started: float, recording: bool) -> None:
     body, start = user.next_request()
     result.sent += 1
@@ -200,11 +248,17 @@ async def _exchange(user: User, result: Result, started: float, recording: bool)
         return
     if status != 200 or not reply.startswith((b"CON ", b"END ")):
         result.errors += 1
+    if isinstance(user, MoneyUser):
+        if user.kind == "money" and b" sent to " not in reply:
+            result.errors += 1
+        result.by_kind.setdefault(user.kind, []).append(took)
     (result.starts if start else result.nav).append(took)
 
 
-async def closed_loop(port: int, concurrency: int, seconds: float) -> Result:
-    users = [User(port) for _ in range(concurrency)]
+async def closed_loop(
+    port: int, concurrency: int, seconds: float, users: list[User] | None = None
+) -> Result:
+    users = users or [User(port) for _ in range(concurrency)]
     result = Result()
     stop = time.perf_counter() + WARMUP_S + seconds
     record_from = time.perf_counter() + WARMUP_S
@@ -392,7 +446,7 @@ def describe(name: str, r: Result, floor: Result | None, nav: bool = True) -> st
     return line
 
 
-def run(seconds: float, concurrencies: list[int]) -> int:
+def run(seconds: float, concurrencies: list[int], money_concurrency: int, pin_rounds: int) -> int:
     stack = Stack()
     ok = True
     try:
@@ -417,15 +471,14 @@ def run(seconds: float, concurrencies: list[int]) -> int:
             flush=True,
         )
         servers = (floor_port, floor.pid, gw_port, gateway.pid)
-        for n in concurrencies:
-            ok &= bench_one(n, seconds, servers)
-        print(
-            "money-moving steps (send money, withdraw): not measured yet; they need the core "
-            "binding (menus/bindings.py), which comes when the banking core is merged."
-        )
+        for n in concurrencies:  # 0: no navigation run
+            if n > 0:
+                ok &= bench_one(n, seconds, servers)
+        if money_concurrency:
+            ok &= bench_money(money_concurrency, seconds, servers, database_url, pin_rounds)
     finally:
         stack.stop()
-    print("targets met" if ok else "TARGETS MISSED")
+    print("targets met (and the money runs clean)" if ok else "TARGETS MISSED (or money errors)")
     return 0 if ok else 1
 
 
@@ -475,6 +528,109 @@ def bench_one(n: int, seconds: float, servers: tuple[int, int, int, int]) -> boo
     return met
 
 
+async def open_customers(database_url: str, count: int, pin_rounds: int) -> list[str]:
+    """Bench customers on the real core (registered through core.customers, money deposited
+    through core.transfers), plus the demo tariff bands."""
+    import asyncpg
+
+    from core.crypto import FieldCipher
+    from core.customers import register_customer
+    from core.fees import seed_demo_tariffs
+    from core.transfers import deposit
+    from gateway import db as dbmod
+
+    pool = await asyncpg.create_pool(dbmod.asyncpg_url(database_url), min_size=1, max_size=8)
+    cipher = FieldCipher("bench-secret-" + "b" * 40)
+    numbers = [f"{MONEY_PREFIX}{i:07d}" for i in range(count)]
+    try:
+        await seed_demo_tariffs(pool, "KES")
+
+        async def one(number: str) -> None:
+            await register_customer(
+                pool,
+                cipher,
+                msisdn=number,
+                first_name="Bench",
+                last_name="Customer",
+                national_id=f"B{number[-9:]}",
+                pin=MONEY_PIN,
+                channel="bench",
+                pin_rounds=pin_rounds,
+            )
+            await deposit(
+                pool,
+                msisdn=number,
+                amount_minor=MONEY_BALANCE_MINOR,
+                idempotency_key=f"bench-{number}",
+                channel="bench",
+            )
+
+        await asyncio.gather(*(one(n) for n in numbers))
+    finally:
+        await pool.close()
+    return numbers
+
+
+async def ledger_report(database_url: str) -> tuple[bool, list[str]]:
+    import asyncpg
+
+    from core.ledger import check_ledger
+    from gateway import db as dbmod
+
+    conn = await asyncpg.connect(dbmod.asyncpg_url(database_url))
+    try:
+        report = await check_ledger(conn)
+    finally:
+        await conn.close()
+    return report.ok, report.lines()
+
+
+def bcrypt_cost_ms(rounds: int) -> float:
+    import bcrypt
+
+    hashed = bcrypt.hashpw(MONEY_PIN.encode(), bcrypt.gensalt(rounds=rounds))
+    started = time.process_time()
+    for _ in range(5):
+        bcrypt.checkpw(MONEY_PIN.encode(), hashed)
+    return (time.process_time() - started) / 5 * 1000
+
+
+def bench_money(
+    n: int,
+    seconds: float,
+    servers: tuple[int, int, int, int],
+    database_url: str,
+    pin_rounds: int,
+) -> bool:
+    floor_port, floor_pid, gw_port, gw_pid = servers
+    print(f"\nmoney-moving steps, {n} concurrent sessions (real core, PIN cost {pin_rounds})")
+    print(f"  registering {n} customers ...", flush=True)
+    numbers = asyncio.run(open_customers(database_url, n, pin_rounds))
+    print("  closed loop: floor, then gateway (send money walks) ...", flush=True)
+    floor = measured(floor_pid, lambda: asyncio.run(closed_loop(floor_port, n, seconds)))
+
+    def walks() -> list[User]:
+        return [MoneyUser(gw_port, numbers[i], numbers[(i + 1) % n]) for i in range(n)]
+
+    g = measured(gw_pid, lambda: asyncio.run(closed_loop(gw_port, n, seconds, walks())))
+    print(describe("floor, closed loop", floor, None, nav=False))
+    for kind, label in (("money", "money step (PIN + transfer)"), ("quote", "quote step")):
+        part = Result(nav=g.by_kind.get(kind, []), elapsed_s=g.elapsed_s)
+        print(describe(f"gateway {label}", part, floor))
+    print(describe("gateway, whole send-money mix", g, floor, nav=False))
+    gw_cpu = g.cpu_s / g.sent * 1e6
+    print(
+        f"  server CPU per request of the mix: {gw_cpu:.0f} us; one PIN check alone costs "
+        f"{bcrypt_cost_ms(pin_rounds):.1f} ms of CPU at cost {pin_rounds} (bcrypt)"
+    )
+    ok, lines = asyncio.run(ledger_report(database_url))
+    print(f"  ledger check after the run: {'ok' if ok else 'BREACHED'}")
+    if not ok:
+        print("\n".join(f"    {line}" for line in lines))
+    print(f"  errors {g.errors}")
+    return ok and g.errors == 0
+
+
 def main() -> int:
     if len(sys.argv) > 1 and sys.argv[1] == "floor":
         serve_floor(int(sys.argv[2]), sys.argv[3])
@@ -485,8 +641,15 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[64, 256])
+    parser.add_argument("--money-concurrency", type=int, default=64, help="0: no money run")
+    parser.add_argument(
+        "--pin-rounds", type=int, default=None, help="bcrypt cost of the bench PINs"
+    )
     args = parser.parse_args()
-    return run(args.seconds, args.concurrency)
+    from config.settings import load_settings
+
+    rounds = args.pin_rounds or load_settings().pin_bcrypt_rounds
+    return run(args.seconds, args.concurrency, args.money_concurrency, rounds)
 
 
 if __name__ == "__main__":

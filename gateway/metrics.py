@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -50,13 +51,25 @@ class Metrics:
             registry=self.registry,
         )
 
+        # Labelled children by label values: `labels()` validates and locks on every call, which
+        # cost a few percent of a USSD step. Label values are bounded (routes, statuses,
+        # providers, outcomes), so are these.
+        self._children: dict[tuple[object, ...], Any] = {}
+
+    def _child(self, metric: Any, *values: str) -> Any:
+        key = (metric, *values)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*values)
+        return child
+
     def observe_ussd(self, provider: str, outcome: str, elapsed_s: float) -> None:
-        self.ussd_steps.labels(provider, outcome).inc()
-        self.ussd_latency.labels(provider).observe(elapsed_s)
+        self._child(self.ussd_steps, provider, outcome).inc()
+        self._child(self.ussd_latency, provider).observe(elapsed_s)
 
     def observe(self, method: str, route: str, status: int, elapsed_s: float) -> None:
-        self.requests.labels(method, route, str(status)).inc()
-        self.latency.labels(method, route).observe(elapsed_s)
+        self._child(self.requests, method, route, str(status)).inc()
+        self._child(self.latency, method, route).observe(elapsed_s)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -12,10 +12,13 @@ import gc
 from collections.abc import AsyncIterator
 
 from aiohttp import web
+from redis.asyncio import Redis
 
 from channels.ussd.http import UssdHttp
 from gateway.keys import (
     CIPHER,
+    ENDPOINTS,
+    LOANS,
     MENU_BINDINGS,
     MENU_REGISTRY,
     METRICS,
@@ -36,6 +39,20 @@ from menus.service import UssdService
 from menus.session import RedisSessionStore
 
 GC_GEN0_THRESHOLD = 20_000  # Python's default is 700 allocations
+SESSION_REDIS_CONNECT_TIMEOUT_S = 2.0
+SESSION_REDIS_MAX_CONNECTIONS = 256
+
+
+def session_redis(url: str) -> Redis:
+    """The session store's own client. No `socket_timeout`: the store bounds each call with one
+    `asyncio.timeout` (redis-py would add an `asyncio.wait_for`, a task, to every write)."""
+    return Redis.from_url(
+        url,
+        socket_timeout=None,
+        socket_connect_timeout=SESSION_REDIS_CONNECT_TIMEOUT_S,
+        max_connections=SESSION_REDIS_MAX_CONNECTIONS,
+        health_check_interval=30,
+    )
 
 
 async def _freeze_startup_objects(app: web.Application) -> None:
@@ -67,7 +84,15 @@ def add_ussd(app: web.Application) -> None:
 async def _ussd(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     bindings = app[MENU_BINDINGS]
-    core_bindings.bind(bindings, pool=app[PG_POOL], cipher=app[CIPHER], settings=settings)
+    core_bindings.bind(
+        bindings,
+        pool=app[PG_POOL],
+        cipher=app[CIPHER],
+        currency=settings.currency,
+        country_code=settings.default_country_code,
+        pin_rounds=settings.pin_bcrypt_rounds,
+        loans=app[LOANS],
+    )
     engine = Engine(
         bindings,
         app[CIPHER],
@@ -86,10 +111,11 @@ async def _ussd(app: web.Application) -> AsyncIterator[None]:
     registry.start()
     steps = StepLog(app[PG_POOL])
     steps.start()
+    sessions = session_redis(app[ENDPOINTS].redis_url)
     service = UssdService(
         registry,
         engine,
-        RedisSessionStore(app[REDIS], settings.redis_prefix),
+        RedisSessionStore(sessions, settings.redis_prefix),
         cipher=app[CIPHER],
         deadline_s=settings.ussd_deadline_s,
         steps=steps,
@@ -105,3 +131,4 @@ async def _ussd(app: web.Application) -> AsyncIterator[None]:
         await registry.stop()
         await engine.drain()
         await steps.stop()
+        await sessions.aclose()

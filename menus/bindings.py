@@ -1,23 +1,544 @@
 """Where menu actions meet the banking core: `bind(bindings, ...)` puts one implementation per
 catalogued action (`menus.catalogue`) and the late-result notifier into `MenuBindings`.
 
-Each implementation is a small adapter: read `ctx.vars` / `ctx.secrets`, call the core function
-with `ctx.idempotency_key` for money, return an `ActionResult` whose `vars` carry the outputs the
+Each implementation is a small adapter: read `ctx.vars` / `ctx.secrets`, call the core with
+`ctx.idempotency_key` for money, return an `ActionResult` whose `vars` carry the outputs the
 catalogue lists (display strings such as "KES 1,234.00"), and let the core's typed errors
-propagate (their `error_code` picks the menu's error screen). See `menus.actions`.
+propagate: their `error_code` picks the menu's error screen (`WRONG_PIN` with
+`attempts_left`, `WALLET_LOCKED`, `INSUFFICIENT_FUNDS`, `LIMIT_EXCEEDED` ...). A database that
+does not answer becomes `Unavailable`, which the engine shows as "temporarily unavailable".
 
-Until the core lands nothing is bound: menus still validate and publish (against the catalogue),
-and an action screen answers "temporarily unavailable".
+PINs are checked by `core.pins.verify_pin` before anything else an action does, so the count of
+wrong PINs (and the lock on the third) is the one every channel shares.
+
+Withdrawal at an agent, started by the customer. The core's `cash_out` is the agent's operation
+(customer wallet -> agent float, the fee and the agent's commission). On USSD the customer
+starts it, as with mobile money elsewhere: they type the agent's number and the amount and
+authorise with their own PIN; the money moves at once and the agent is told by SMS (written to
+the outbox in the same transaction as the money), and hands over the cash on seeing it. The
+transfer's note records that the customer initiated and authorised it, so disputes can tell it
+from an agent-initiated cash-out. The agent's PIN is not asked: the agent is not on the call.
+
+Loans go through the loan service (`menus.loans.service.LoanService`, `app[LOANS]`), which
+moves the money on the core's ledger. Its refusals (`LoanRefused`, one code per rule) reach the
+menu as `LOAN_OUTSTANDING` (an open loan) or `NOT_ELIGIBLE` with the rule's screen-sized
+`reason`; the PIN is checked first, as everywhere.
 """
 
 from __future__ import annotations
 
+import asyncio
+import functools
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import date
 from typing import Any
 
-from menus.actions import MenuBindings
+import asyncpg
+
+from core import customers, fees, limits, outbox, pins, transfers
+from core import errors as E
+from core.agents import get_agent
+from core.crypto import FieldCipher
+from core.money import format_amount
+from core.pg import CALL_TIMEOUT_S
+from core.transfers import StatementLine
+from menus.actions import ActionContext, ActionFn, ActionResult, MenuBindings
+from menus.loans.service import LoanService
+
+CHANNEL = "ussd"
+STATEMENT_LINES = 10  # a mini statement: the latest lines, paged on the handset with 98
+OUTBOX_CHANNEL = "sms"
+LATE_RESULT_MAX_CHARS = 4000  # the outbox's body limit
+_DOWN = (
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.TooManyConnectionsError,
+    OSError,
+    TimeoutError,
+)
+
+# One statement line: "05/01 Sent KES 505.00 to +254712345678". Amounts out include the fee.
+_LINES: dict[str, dict[str, str]] = {
+    "en": {
+        "p2p-": "Sent {amount} to {party}",
+        "p2p+": "Received {amount} from {party}",
+        "deposit+": "Deposit {amount}",
+        "cash_in+": "Deposit {amount} at {party}",
+        "cash_out-": "Withdrawn {amount} at {party}",
+        "loan_disbursement+": "Loan {amount}",
+        "loan_repayment-": "Loan repaid {amount}",
+        "reversal": "Reversal {amount}",
+        "other": "{amount}",
+    },
+    "sw": {
+        "p2p-": "Umetuma {amount} kwa {party}",
+        "p2p+": "Umepokea {amount} kutoka {party}",
+        "deposit+": "Amana {amount}",
+        "cash_in+": "Amana {amount} kwa {party}",
+        "cash_out-": "Umetoa {amount} kwa {party}",
+        "loan_disbursement+": "Mkopo {amount}",
+        "loan_repayment-": "Malipo ya mkopo {amount}",
+        "reversal": "Urejeshaji {amount}",
+        "other": "{amount}",
+    },
+    "fr": {
+        "p2p-": "Envoyé {amount} à {party}",
+        "p2p+": "Reçu {amount} de {party}",
+        "deposit+": "Dépôt {amount}",
+        "cash_in+": "Dépôt {amount} chez {party}",
+        "cash_out-": "Retrait {amount} chez {party}",
+        "loan_disbursement+": "Crédit {amount}",
+        "loan_repayment-": "Remboursement {amount}",
+        "reversal": "Annulation {amount}",
+        "other": "{amount}",
+    },
+}
+# What the agent reads before handing over the cash (agents get English: they have no language).
+AGENT_CASH_OUT_TEXT = (
+    "{reference} Confirmed. Give {amount} cash to {customer} {msisdn}. "
+    "Your float is credited with {amount}."
+)
 
 
-def bind(bindings: MenuBindings, **resources: Any) -> None:
-    """Bind the core implementations. `resources` are what they need from the composition root
-    (`pool`, `cipher`, `settings`)."""
-    del bindings, resources  # the core binding is written when the core is merged
+def statement_line(line: StatementLine, language: str, currency: str) -> str:
+    texts = _LINES.get(language, _LINES["en"])
+    sign = "-" if line.amount_minor < 0 else "+"
+    text = texts.get(f"{line.kind}{sign}") or texts.get(line.kind) or texts["other"]
+    amount = format_amount(abs(line.amount_minor), currency)
+    day = line.created_at.strftime("%d/%m")
+    return f"{day} " + text.format(amount=amount, party=line.counterparty)
+
+
+def customer_context(customer: customers.Customer) -> dict[str, Any]:
+    """What the menus know about the caller (routers read it; `first_name` is shown)."""
+    return {
+        "registered": True,
+        "first_name": customer.first_name,
+        "last_name": customer.last_name,
+        "language": customer.language,
+        "status": customer.status,
+        "tier": customer.tier,
+    }
+
+
+def day(value: date) -> str:
+    return value.strftime("%d/%m/%Y")
+
+
+def _loan_refusal(exc: E.LoanRefused) -> E.CoreError:
+    """A loan rule's refusal as the menu knows it (see the module docstring)."""
+    if exc.error_code == "LOAN_OUTSTANDING":
+        return E.CoreError(exc.message, code="LOAN_OUTSTANDING")
+    return E.CoreError(exc.message, code="NOT_ELIGIBLE", reason=exc.message, rule=exc.error_code)
+
+
+def _guard(fn: ActionFn) -> ActionFn:
+    """A database that does not answer is a temporary failure, not a bug."""
+
+    @functools.wraps(fn)
+    async def guarded(ctx: ActionContext) -> ActionResult:
+        try:
+            return await fn(ctx)
+        except _DOWN as exc:
+            raise E.Unavailable(reason=type(exc).__name__) from None
+
+    return guarded
+
+
+def _amount(ctx: ActionContext) -> int:
+    value = ctx.vars.get("amount_minor")
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise E.ValidationFailed("No amount was entered", field="amount_minor")
+    return value
+
+
+def _var(ctx: ActionContext, name: str) -> str:
+    value = ctx.vars.get(name)
+    if not isinstance(value, str) or not value:
+        raise E.ValidationFailed(f"No {name} was entered", field=name)
+    return value
+
+
+def _secret(ctx: ActionContext, name: str = "pin") -> str:
+    value = ctx.secrets.get(name)
+    if value is None:
+        raise E.ValidationFailed(f"No {name} was entered", field=name)
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class CoreActions:
+    """The core-backed actions. `pool` is the asyncpg pool every call runs on."""
+
+    pool: Any  # asyncpg.Pool
+    cipher: FieldCipher
+    currency: str
+    country_code: str
+    pin_rounds: int
+
+    def money(self, minor: int) -> str:
+        return format_amount(minor, self.currency)
+
+    async def lookup(self, ctx: ActionContext) -> ActionResult:
+        found = await customers.find_customer(self.pool, ctx.msisdn, self.country_code)
+        if found is None:
+            return ActionResult(customer={"registered": False})
+        return ActionResult(customer=customer_context(found))
+
+    async def register(self, ctx: ActionContext) -> ActionResult:
+        customer = await customers.register_customer(
+            self.pool,
+            self.cipher,
+            msisdn=ctx.msisdn,
+            first_name=_var(ctx, "first_name"),
+            last_name=_var(ctx, "last_name"),
+            national_id=_secret(ctx, "national_id"),
+            pin=_secret(ctx),
+            language=ctx.language,
+            channel=CHANNEL,
+            pin_rounds=self.pin_rounds,
+            currency=self.currency,
+            country_code=self.country_code,
+        )
+        return ActionResult(
+            vars={"first_name": customer.first_name}, customer=customer_context(customer)
+        )
+
+    async def verify(self, ctx: ActionContext, name: str = "pin") -> None:
+        await pins.verify_pin(self.pool, ctx.msisdn, _secret(ctx, name), self.country_code)
+
+    async def balance(self, ctx: ActionContext) -> ActionResult:
+        await self.verify(ctx)
+        minor = await transfers.balance(self.pool, ctx.msisdn, self.currency, self.country_code)
+        return ActionResult(vars={"balance": self.money(minor)})
+
+    async def quote(self, ctx: ActionContext) -> ActionResult:
+        """Who the recipient is and what it costs, checked before the PIN is asked (the ledger
+        checks everything again, under its locks, when the money moves)."""
+        recipient = _var(ctx, "recipient")
+        amount = _amount(ctx)
+        if recipient == ctx.msisdn:
+            raise E.SameAccount("You cannot send money to yourself", msisdn=recipient)
+        tier = str(ctx.customer.get("tier") or "Basic")
+        # Four independent reads at once: the caller waits one round trip, not four.
+        found, cap, price, have = await asyncio.gather(
+            customers.find_customer(self.pool, recipient, self.country_code),
+            limits.get_limits(self.pool, tier, self.currency),
+            fees.quote(self.pool, "p2p", amount, self.currency),
+            transfers.balance(self.pool, ctx.msisdn, self.currency, self.country_code),
+        )
+        if found is None:
+            raise E.CustomerNotFound(msisdn=recipient)
+        if amount > cap.per_transaction_minor:
+            raise E.LimitExceeded(limit="per_transaction")
+        if have < price.total_minor:
+            raise E.InsufficientFunds()
+        return ActionResult(
+            vars={
+                "amount": self.money(amount),
+                "fee": self.money(price.fee_minor),
+                "total": self.money(price.total_minor),
+                "recipient_name": f"{found.first_name} {found.last_name}",
+            }
+        )
+
+    async def send_money(self, ctx: ActionContext) -> ActionResult:
+        await self.verify(ctx)
+        recipient = _var(ctx, "recipient")
+        result = await transfers.send_money(
+            self.pool,
+            sender=ctx.msisdn,
+            recipient=recipient,
+            amount_minor=_amount(ctx),
+            idempotency_key=ctx.idempotency_key,
+            channel=CHANNEL,
+            currency=self.currency,
+            country_code=self.country_code,
+        )
+        name = ctx.vars.get("recipient_name")
+        if not isinstance(name, str) or not name:
+            found = await customers.find_customer(self.pool, recipient, self.country_code)
+            name = f"{found.first_name} {found.last_name}" if found else recipient
+        return ActionResult(
+            vars={
+                "reference": result.reference,
+                "amount": self.money(result.amount_minor),
+                "fee": self.money(result.fee_minor),
+                "balance": self.money(result.balance_after_minor or 0),
+                "recipient_name": name,
+            }
+        )
+
+    async def statement(self, ctx: ActionContext) -> ActionResult:
+        await self.verify(ctx)
+        lines = await transfers.statement(
+            self.pool,
+            ctx.msisdn,
+            limit=STATEMENT_LINES,
+            currency=self.currency,
+            country_code=self.country_code,
+        )
+        # The newest line's balance is the wallet's balance (the ledger check holds it so); a
+        # wallet with no lines has never held money.
+        balance = lines[0].balance_after_minor if lines else 0
+        return ActionResult(
+            vars={
+                "balance": self.money(balance),
+                "statement": [statement_line(x, ctx.language, self.currency) for x in lines],
+            }
+        )
+
+    async def withdraw(self, ctx: ActionContext) -> ActionResult:
+        """Customer-initiated cash-out at an agent (see the module docstring)."""
+        await self.verify(ctx)
+        agent = await get_agent(self.pool, _var(ctx, "agent"))
+        if agent.status != "active":
+            raise E.AgentUnavailable(agent_code=agent.code)
+        amount = _amount(ctx)
+        async with self.pool.acquire(timeout=CALL_TIMEOUT_S) as conn, conn.transaction():
+            result = await transfers.cash_out(
+                conn,
+                agent_code=agent.code,
+                msisdn=ctx.msisdn,
+                amount_minor=amount,
+                idempotency_key=ctx.idempotency_key,
+                channel=CHANNEL,
+                evidence={"initiated_by": "customer", "authorised_by": "customer_pin"},
+                currency=self.currency,
+                country_code=self.country_code,
+            )
+            if not result.replayed:
+                name = " ".join(
+                    str(ctx.customer.get(k) or "") for k in ("first_name", "last_name")
+                ).strip()
+                await outbox.enqueue(
+                    conn,
+                    channel=OUTBOX_CHANNEL,
+                    recipient=agent.msisdn,
+                    body=AGENT_CASH_OUT_TEXT.format(
+                        reference=result.reference,
+                        amount=self.money(amount),
+                        customer=name or "customer",
+                        msisdn=ctx.msisdn,
+                    ),
+                    kind="agent_cash_out",
+                )
+        return ActionResult(
+            vars={
+                "reference": result.reference,
+                "amount": self.money(result.amount_minor),
+                "fee": self.money(result.fee_minor),
+                "balance": self.money(result.balance_after_minor or 0),
+                "agent_name": agent.name,
+            }
+        )
+
+    async def pin_change(self, ctx: ActionContext) -> ActionResult:
+        await pins.change_pin(
+            self.pool,
+            ctx.msisdn,
+            _secret(ctx),
+            _secret(ctx, "new_pin"),
+            self.pin_rounds,
+            self.country_code,
+        )
+        return ActionResult()
+
+    async def language_set(self, ctx: ActionContext) -> ActionResult:
+        language = str(ctx.params.get("language", ""))
+        await customers.set_language(self.pool, ctx.msisdn, language, self.country_code)
+        return ActionResult(
+            vars={"language": language},
+            customer={**ctx.customer, "language": language},
+            language=language,
+        )
+
+    def functions(self) -> dict[str, ActionFn]:
+        return {
+            "customer.lookup": self.lookup,
+            "register": self.register,
+            "balance": self.balance,
+            "send_money.quote": self.quote,
+            "send_money": self.send_money,
+            "statement": self.statement,
+            "withdraw": self.withdraw,
+            "pin.change": self.pin_change,
+            "language.set": self.language_set,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class LoanActions:
+    """The loan actions, on the loan service; PINs through `core`'s shared counter."""
+
+    pool: Any  # asyncpg.Pool
+    loans: LoanService
+    core: CoreActions
+
+    def money(self, minor: int) -> str:
+        return self.core.money(minor)
+
+    async def products(self, ctx: ActionContext) -> ActionResult:
+        offered = await self.loans.products(self.pool, active_only=True)
+        mine = [p for p in offered if p.currency == self.core.currency]
+        items = [{"code": p.code, "name": p.name} for p in mine]
+        first = items[0] if items else {"code": None, "name": None}
+        return ActionResult(
+            vars={
+                "loan_products": items,
+                "loan_products_count": len(items),
+                "loan_product": first["code"],
+                "loan_product_name": first["name"],
+            }
+        )
+
+    async def quote(self, ctx: ActionContext) -> ActionResult:
+        try:
+            q = await self.loans.quote(
+                self.pool,
+                msisdn=ctx.msisdn,
+                product_code=_var(ctx, "loan_product"),
+                amount_minor=_amount(ctx),
+            )
+        except E.LoanRefused as exc:
+            raise _loan_refusal(exc) from None
+        return ActionResult(
+            vars={
+                "product_name": q.product.name,
+                "amount": self.money(q.principal_minor),
+                "fee": self.money(q.fee_minor),
+                "interest": self.money(q.interest_minor),
+                "total_due": self.money(q.total_minor),
+                "due_date": day(q.maturity_date),
+            }
+        )
+
+    async def apply(self, ctx: ActionContext) -> ActionResult:
+        await self.core.verify(ctx)
+        amount = _amount(ctx)
+        result = await self.loans.apply(
+            self.pool,
+            msisdn=ctx.msisdn,
+            product_code=_var(ctx, "loan_product"),
+            amount_minor=amount,
+            channel=CHANNEL,
+            idempotency_key=ctx.idempotency_key,
+        )
+        refusal = result.refusal_error()
+        if refusal is not None:
+            raise _loan_refusal(refusal)
+        loan = result.loan
+        if loan is None:  # waiting for a loan officer
+            return ActionResult(
+                vars={
+                    "loan_status": "review",
+                    "reference": f"LN{result.application.id}",
+                    "amount": self.money(amount),
+                }
+            )
+        return ActionResult(
+            vars={
+                "loan_status": "approved",
+                "reference": loan.disbursement_ref or f"LN{result.application.id}",
+                "amount": self.money(loan.principal_minor),
+                "total_due": self.money(
+                    loan.principal_minor + loan.interest_minor + loan.fee_minor
+                ),
+                "due_date": day(loan.maturity_date),
+            }
+        )
+
+    async def status(self, ctx: ActionContext) -> ActionResult:
+        found = await self.loans.status(self.pool, ctx.msisdn)
+        if found is None:
+            return ActionResult(vars={"has_loan": False})
+        due = found.next_due_date or found.loan.maturity_date
+        return ActionResult(
+            vars={
+                "has_loan": True,
+                "amount_due": self.money(found.outstanding_minor),
+                "due_date": day(due),
+            }
+        )
+
+    async def repay(self, ctx: ActionContext) -> ActionResult:
+        await self.core.verify(ctx)
+        try:
+            paid = await self.loans.repay(
+                self.pool,
+                msisdn=ctx.msisdn,
+                amount_minor=_amount(ctx),
+                idempotency_key=ctx.idempotency_key,
+                channel=CHANNEL,
+            )
+        except E.Overpayment as exc:
+            owed = exc.details.get("outstanding_minor")
+            raise E.Overpayment(
+                exc.message, owed=self.money(owed) if isinstance(owed, int) else ""
+            ) from None
+        wallet = await transfers.balance(
+            self.pool, ctx.msisdn, self.core.currency, self.core.country_code
+        )
+        return ActionResult(
+            vars={
+                "reference": paid.repayment.ledger_ref or f"LN{paid.loan.id}",
+                "amount": self.money(paid.repayment.amount_minor),
+                "amount_due": self.money(paid.outstanding_minor),
+                "cleared": paid.outstanding_minor == 0,
+                "balance": self.money(wallet),
+            }
+        )
+
+    def functions(self) -> dict[str, ActionFn]:
+        return {
+            "loans.products": self.products,
+            "loans.quote": self.quote,
+            "loans.apply": self.apply,
+            "loans.status": self.status,
+            "loans.repay": self.repay,
+        }
+
+
+class OutboxNotifier:
+    """The late-result SMS: a row in the core's outbox (sent by the dispatcher, at least once).
+    The engine queues it once per late action; the outbox has no key column, so the key is
+    not stored."""
+
+    def __init__(self, pool: Any) -> None:
+        self.pool = pool
+
+    async def notify(self, *, msisdn: str, text: str, kind: str, idempotency_key: str) -> None:
+        del idempotency_key
+        await outbox.enqueue(
+            self.pool,
+            channel=OUTBOX_CHANNEL,
+            recipient=msisdn,
+            body=text[:LATE_RESULT_MAX_CHARS],
+            kind=kind,
+        )
+
+
+def bind(
+    bindings: MenuBindings,
+    *,
+    pool: Any,
+    cipher: FieldCipher,
+    currency: str,
+    country_code: str,
+    pin_rounds: int,
+    loans: LoanService | None = None,
+) -> None:
+    """Bind the core implementations (and the loan actions when `loans` is given). An action
+    bound already (a test's stand-in, an extension) keeps its implementation; so does a
+    notifier set already."""
+    actions = CoreActions(pool, cipher, currency, country_code, pin_rounds)
+    functions: Mapping[str, ActionFn] = actions.functions()
+    if loans is not None:
+        functions = {**functions, **LoanActions(pool, loans, actions).functions()}
+    for name, fn in functions.items():
+        if bindings.function(name) is None:
+            bindings.bind(name, _guard(fn))
+    if bindings.notifier is None:
+        bindings.notifier = OutboxNotifier(pool)

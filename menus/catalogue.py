@@ -41,7 +41,7 @@ _SPECS = (
         secrets=("national_id", "pin"),
         outputs={"first_name": "Wanjiku"},
         customer=_CUSTOMER_SAMPLE,
-        errors=("ALREADY_EXISTS", "VALIDATION_ERROR"),
+        errors=("ALREADY_EXISTS", "VALIDATION_ERROR", "WEAK_PIN"),
     ),
     ActionSpec(
         "balance",
@@ -112,6 +112,7 @@ _SPECS = (
             "INSUFFICIENT_FUNDS",
             "LIMIT_EXCEEDED",
             "AGENT_NOT_FOUND",
+            "AGENT_UNAVAILABLE",
             "VALIDATION_ERROR",
         ),
         money=True,
@@ -120,7 +121,7 @@ _SPECS = (
         "pin.change",
         "Change the PIN: the old one, then the new one",
         secrets=("pin", "new_pin"),
-        errors=(*PIN_ERRORS, "VALIDATION_ERROR"),
+        errors=(*PIN_ERRORS, "VALIDATION_ERROR", "WEAK_PIN"),
     ),
     ActionSpec(
         "language.set",
@@ -185,7 +186,13 @@ _SPECS = (
             "cleared": True,
             "balance": MONEY,
         },
-        errors=(*PIN_ERRORS, "NO_OPEN_LOAN", "INSUFFICIENT_FUNDS", "VALIDATION_ERROR"),
+        errors=(
+            *PIN_ERRORS,
+            "NO_OPEN_LOAN",
+            "INSUFFICIENT_FUNDS",
+            "OVERPAYMENT",
+            "VALIDATION_ERROR",
+        ),
         money=True,
     ),
 )

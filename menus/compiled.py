@@ -95,6 +95,8 @@ class CompiledMenu:
     nodes: Mapping[str, Node]
     messages: Mapping[str, Texts]
     machine: Any = None  # the version's shared AsyncMachine (menus.machine)
+    # the machine's transitions with nothing to run but conditions (menus.machine.plain_moves)
+    plain: dict[tuple[str, str], Any] = field(default_factory=dict)
 
     @property
     def languages(self) -> list[str]:

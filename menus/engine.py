@@ -24,11 +24,11 @@ from types import MappingProxyType
 from typing import Any
 
 from core.crypto import FieldCipher
-from core.errors import CoreError
+from core.errors import CoreError, Unavailable
 from menus import validators
 from menus.actions import ActionContext, ActionResult, MenuBindings
 from menus.compiled import CompiledMenu, Node
-from menus.machine import build_machine
+from menus.machine import apply_plain, build_machine, plain_moves
 from menus.render import full_text, render, visible_options
 from menus.schema import BEGIN
 from menus.session import Session
@@ -151,12 +151,12 @@ class Engine:
         self.cipher = cipher
         self.currency = currency
         self.country_code = country_code
-        self.exponent = validators.currency_exponent(currency)
         self._late: set[asyncio.Task[None]] = set()
 
     def attach(self, menu: CompiledMenu) -> CompiledMenu:
         """Build the version's one machine (once, when the version is loaded)."""
         menu.machine = build_machine(menu, self._on_action)
+        menu.plain = plain_moves(menu.machine)
         return menu
 
     # --- a step -------------------------------------------------------------------------------
@@ -245,7 +245,7 @@ class Engine:
         assert node.rule is not None and node.save is not None
         try:
             saved = validators.check(
-                node.rule, value, country_code=self.country_code, exponent=self.exponent
+                node.rule, value, country_code=self.country_code, currency=self.currency
             )
         except validators.Refused as refused:
             own = node.error.get(step.session.language) if node.error else None
@@ -284,9 +284,13 @@ class Engine:
     # --- the machine ----------------------------------------------------------------------------
 
     async def _fire(self, step: Step, trigger: str, *, required: bool = True) -> bool:
-        machine = self._menu(step).machine
-        event = machine.events.get(trigger)
-        moved = bool(event is not None and await event.trigger(step))
+        menu = self._menu(step)
+        plain = apply_plain(menu.plain, step, trigger)  # nothing to run: the table, applied
+        if plain is None:
+            event = menu.machine.events.get(trigger)
+            moved = bool(event is not None and await event.trigger(step))
+        else:
+            moved = plain
         if not moved and required:
             # The validator guarantees every trigger the engine fires exists: a bug.
             log.error("menu transition missing", extra={"trigger": trigger, "screen": step.state})
@@ -315,6 +319,9 @@ class Engine:
             step.session.vars.update(outcome.details)
             step.session.vars["error_code"] = outcome.code
             step.failure = outcome.code
+            if outcome.code == Unavailable.code and outcome.code not in node.on_error:
+                step.fault = "unavailable"  # a dependency is down: the system's own answer
+                return
             if outcome.code in node.on_error:
                 await self._fire(step, f"fail_{outcome.code}")
             elif "default" in node.on_error:

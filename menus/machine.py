@@ -22,6 +22,13 @@ Triggers (states are screen ids, plus `__begin__` for a session that has shown n
 Entering an action screen runs its action: that `on_enter` callback is the one awaited side
 effect of the transition (callbacks of one transition are gathered concurrently, so there is
 never more than one).
+
+`plain_moves(machine)` reads the machine's own table for the transitions that have nothing to
+run but their conditions (no callback on the transition, on leaving its source or on entering
+its destination): the engine applies those with a look-up and the same conditions, in the same
+order, instead of a trigger, which is all navigation (menu choices, inputs, back, home, routers).
+The machine stays the one definition of the graph; a transition into an action screen (its
+action is the `on_enter` callback) always goes through `trigger`.
 """
 
 from __future__ import annotations
@@ -100,6 +107,70 @@ def displayed_successors(start: str, nodes: dict[str, Node]) -> set[str]:
         else:
             stack.extend(_forward(nodes[sid], nodes))
     return found
+
+
+class _EventView:
+    """What a condition reads of an event: the model (a `Step`)."""
+
+    __slots__ = ("model",)
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+
+
+Guard = tuple[Callable[[Any], Any], bool]  # a condition's function and the result it needs
+PlainMoves = dict[tuple[str, str], tuple[tuple[tuple[Guard, ...], str], ...]]
+
+
+def plain_moves(machine: AsyncMachine) -> PlainMoves:
+    """(trigger, source) -> the machine's candidate transitions, in order, as (guards,
+    destination), for every trigger whose transitions from that source have nothing to run
+    but their conditions."""
+    hooks = (
+        machine.before_state_change,
+        machine.after_state_change,
+        machine.prepare_event,
+        machine.finalize_event,
+        machine.on_exception,
+    )
+    if any(hooks):
+        return {}
+    moves: PlainMoves = {}
+    for trigger, event in machine.events.items():
+        for source, transitions in event.transitions.items():
+            src = machine.states.get(source)
+            candidates: list[tuple[tuple[Guard, ...], str]] = []
+            for t in transitions:
+                dest = machine.states.get(t.dest) if t.dest is not None else None
+                if dest is None or src is None or t.prepare or t.before or t.after:
+                    break
+                if (
+                    dest.on_enter
+                    or src.on_exit
+                    or any(isinstance(c.func, str) for c in t.conditions)
+                ):
+                    break
+                guards = tuple(
+                    (cast("Callable[[Any], Any]", c.func), bool(c.target)) for c in t.conditions
+                )
+                candidates.append((guards, str(t.dest)))
+            else:
+                moves[(trigger, source)] = tuple(candidates)
+    return moves
+
+
+def apply_plain(moves: PlainMoves, model: Any, trigger: str) -> bool | None:
+    """Move `model` as the machine would for a plain trigger: True (moved), False (no
+    transition's conditions held), None (not plain: fire it through the machine)."""
+    candidates = moves.get((trigger, model.state))
+    if candidates is None:
+        return None
+    view = _EventView(model)
+    for guards, dest in candidates:
+        if all(bool(func(view)) is target for func, target in guards):
+            model.state = dest
+            return True
+    return False
 
 
 def build_machine(menu: CompiledMenu, on_action: OnAction) -> LeanAsyncMachine:

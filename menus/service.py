@@ -18,6 +18,7 @@ analytics (screen, latency, outcome; secret inputs masked).
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import time
 from collections.abc import Callable
@@ -121,6 +122,8 @@ class UssdService:
         self.engine = engine
         self.store = store
         self.cipher = cipher
+        # A keyed BLAKE2b (key derived from the gateway key) is a fraction of an HMAC's cost.
+        self._fp_key = bytes.fromhex(cipher.lookup_hash("ussd:input-fingerprint"))
         self.deadline_s = deadline_s
         self.steps = steps
         self.observe = observe
@@ -159,7 +162,8 @@ class UssdService:
         return Reply(menu.message(key, menu.language(language)), True)
 
     def fingerprint(self, text: str | None) -> str:
-        return self.cipher.lookup_hash(text or "")[:16]
+        """A keyed hash of an input (never the input: it may be a PIN)."""
+        return hashlib.blake2b((text or "").encode(), key=self._fp_key, digest_size=8).hexdigest()
 
     async def _handle(self, req: UssdRequest, ttl_s: int, started: float, trace: Trace) -> Reply:
         key = self.store.key(req.namespace, req.session_id)

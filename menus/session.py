@@ -13,6 +13,7 @@ Keys carry a hash tag (`{provider:session}`) so they live in one slot on Redis C
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import time
@@ -27,6 +28,7 @@ from menus.schema import BEGIN
 
 CACHE_ENTRIES = 20_000
 MAX_HISTORY = 20
+IO_TIMEOUT_S = 2.0  # one Redis call of the store (a USSD step has ~10 s in all)
 
 # KEYS[1] = session key; ARGV = expected version ('' = must not exist), new value, ttl in ms.
 # Returns 1 on success, else the stored value (nil when there is none).
@@ -158,11 +160,22 @@ def _decode(value: bytes | str | None) -> Versioned | None:
 
 
 class RedisSessionStore:
-    """Sessions in Redis: one CAS script per write, a bounded local cache of own writes."""
+    """Sessions in Redis: one CAS script per write, a bounded local cache of own writes.
 
-    def __init__(self, redis: Redis, prefix: str, cache_entries: int = CACHE_ENTRIES) -> None:
+    Each call is bounded by one `asyncio.timeout` (`io_timeout_s`). Give it a client without
+    `socket_timeout`: with one, redis-py wraps every write in `asyncio.wait_for`, a task per
+    command, which cost more than the rest of the store's work on a navigation step."""
+
+    def __init__(
+        self,
+        redis: Redis,
+        prefix: str,
+        cache_entries: int = CACHE_ENTRIES,
+        io_timeout_s: float = IO_TIMEOUT_S,
+    ) -> None:
         self.redis = redis
         self.prefix = prefix
+        self.io_timeout_s = io_timeout_s
         self._sha = hashlib.sha1(CAS_SCRIPT.encode()).hexdigest()  # noqa: S324 - Redis's script id
         self._cache: OrderedDict[str, tuple[float, Versioned]] = OrderedDict()
         self._cache_entries = cache_entries
@@ -193,7 +206,8 @@ class RedisSessionStore:
         self._cache.pop(key, None)
 
     async def load(self, key: str) -> Versioned | None:
-        return _decode(await self.redis.get(key))
+        async with asyncio.timeout(self.io_timeout_s):
+            return _decode(await self.redis.get(key))
 
     async def save(
         self, key: str, expected: int | None, raw: str, ttl_s: int
@@ -202,16 +216,8 @@ class RedisSessionStore:
         value = f"{version}|{raw}"
         args = ("" if expected is None else str(expected), value, ttl_s * 1000)
         try:
-            try:
-                # EVALSHA straight away: the script is loaded once per server, so this is the
-                # one round trip; redis-py's Script wrapper costs more client CPU per call.
-                result = await self.redis.execute_command(  # type: ignore[no-untyped-call]
-                    "EVALSHA", self._sha, 1, key, *args
-                )
-            except NoScriptError:
-                result = await self.redis.execute_command(  # type: ignore[no-untyped-call]
-                    "EVAL", CAS_SCRIPT, 1, key, *args
-                )
+            async with asyncio.timeout(self.io_timeout_s):
+                result = await self._cas(key, args)
         except BaseException:
             self.forget(key)
             raise
@@ -222,6 +228,18 @@ class RedisSessionStore:
         # Keep the cache honest: the next step starts from what is really stored.
         self._remember(key, current, ttl_s)
         return False, current
+
+    async def _cas(self, key: str, args: tuple[str, str, int]) -> Any:
+        # EVALSHA straight away: the script is loaded once per server, so this is the one round
+        # trip; redis-py's Script wrapper costs more client CPU per call.
+        try:
+            return await self.redis.execute_command(  # type: ignore[no-untyped-call]
+                "EVALSHA", self._sha, 1, key, *args
+            )
+        except NoScriptError:
+            return await self.redis.execute_command(  # type: ignore[no-untyped-call]
+                "EVAL", CAS_SCRIPT, 1, key, *args
+            )
 
 
 class MemorySessionStore:

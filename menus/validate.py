@@ -25,7 +25,13 @@ CUSTOMER = "customer"
 # Variables the engine itself provides to every screen.
 BUILTIN_VARS = {"msisdn": "+254712345678", "language": "en"}
 # Error details the core attaches to its errors, available on error screens.
-ERROR_DETAIL_SAMPLES = {"attempts_left": 2, "limit": "daily debits", "retry_after_s": 900}
+ERROR_DETAIL_SAMPLES = {
+    "attempts_left": 2,
+    "limit": "daily debits",
+    "retry_after_s": 900,
+    "reason": "Your account is too new; try again in 30 days",  # a loan rule's refusal
+    "owed": "KES 1,000,000.00",  # a loan repayment larger than the loan
+}
 
 
 def validate_data(data: Any, specs: Mapping[str, ActionSpec]) -> list[str]:

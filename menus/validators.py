@@ -3,28 +3,28 @@
 Each turns what the user typed into the value saved in the session (an amount becomes integer
 minor units, a phone number becomes E.164) or refuses it. They are pure functions; the engine
 shows the screen's error text on a refusal and stays on the screen.
+
+Amounts and phone numbers are the banking core's rules (`core.money.parse_amount`,
+`core.msisdn.normalise_msisdn`), so a value the menu accepts is one every channel accepts.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from decimal import Decimal
+
+from core.errors import ValidationFailed
+from core.money import parse_amount
+from core.msisdn import normalise_msisdn as core_msisdn
 
 MAX_INPUT_CHARS = 160
-MAX_AMOUNT_MINOR = 10**13  # far above any tier limit; the core enforces the real ones
 PIN_LENGTH = 4
+MIN_MOBILE_DIGITS = 10  # E.164 allows 8; a mobile wallet number has a longer subscriber part
 KINDS = ("digits", "amount", "msisdn", "pin", "regex", "length", "text")
 
-# Minor-unit exponents that differ from 2 (ISO 4217).
-_ZERO_DECIMAL = frozenset({"BIF", "CLP", "DJF", "GNF", "JPY", "KMF", "KRW", "RWF", "UGX", "XAF"})
-_ZERO_DECIMAL_MORE = frozenset({"XOF", "XPF", "VND", "VUV", "PYG"})
-_AMOUNT = re.compile(r"(\d{1,13})(?:[.,](\d{1,2}))?")
-_MSISDN_DIGITS = re.compile(r"\d{10,15}")  # E.164: at most 15; mobiles need 10+
-
-
-def currency_exponent(currency: str) -> int:
-    return 0 if currency in _ZERO_DECIMAL or currency in _ZERO_DECIMAL_MORE else 2
+# "12,50": a decimal comma (French handsets, some keypads) is read as the decimal point; a
+# thousands separator ("1,000") still fails because it leaves too many decimals.
+_DECIMAL_COMMA = re.compile(r"^(\d+),(\d+)$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,47 +47,39 @@ class Refused(ValueError):
         self.key = key
 
 
-def parse_amount_minor(text: str, exponent: int = 2) -> int:
-    """`"500"`, `"12.50"`, `"12,5"` -> minor units. Refuses zero, negatives, junk and more
-    decimals than the currency has."""
-    m = _AMOUNT.fullmatch(text.strip())
-    if m is None:
-        raise Refused()
-    whole, frac = m.group(1), m.group(2) or ""
-    if len(frac) > exponent:
-        raise Refused()
-    minor = int(Decimal(f"{whole}.{frac or '0'}").scaleb(exponent))
-    if minor <= 0 or minor > MAX_AMOUNT_MINOR:
-        raise Refused()
-    return minor
+def parse_amount_minor(text: str, currency: str = "KES") -> int:
+    """`"500"`, `"12.50"`, `"12,5"` -> minor units of `currency` (the core's parser). Refuses
+    zero, negatives, junk and more decimals than the currency has."""
+    raw = text.strip()
+    comma = _DECIMAL_COMMA.match(raw)
+    if comma is not None:
+        raw = f"{comma.group(1)}.{comma.group(2)}"
+    try:
+        return parse_amount(raw, currency)
+    except ValidationFailed:
+        raise Refused() from None
 
 
 def normalise_msisdn(text: str, country_code: str) -> str:
-    """`+254712345678`, `254712345678` or `0712345678` -> `+254712345678`."""
-    raw = re.sub(r"[\s-]", "", text)
-    if raw.startswith("+"):
-        digits = raw[1:]
-    elif raw.startswith("00"):
-        digits = raw[2:]
-    elif raw.startswith("0"):
-        digits = country_code + raw[1:]
-    elif raw.startswith(country_code):
-        digits = raw
-    else:
+    """`+254712345678`, `254712345678`, `0712345678`, `0712 345 678` -> `+254712345678` (the
+    core's rules), refusing numbers too short to be a mobile wallet."""
+    try:
+        e164 = core_msisdn(text, country_code)
+    except ValidationFailed:
+        raise Refused() from None
+    if len(e164) - 1 < MIN_MOBILE_DIGITS:
         raise Refused()
-    if not _MSISDN_DIGITS.fullmatch(digits) or digits.startswith("0"):
-        raise Refused()
-    return "+" + digits
+    return e164
 
 
-def check(rule: Rule, raw: str, *, country_code: str, exponent: int) -> str | int:
+def check(rule: Rule, raw: str, *, country_code: str, currency: str) -> str | int:
     """The value to save for `raw` under `rule`, or Refused."""
     text = raw.strip()
     if not text or len(text) > MAX_INPUT_CHARS:
         raise Refused()
     lo, hi = rule.min_length, rule.max_length
     if rule.kind == "amount":
-        return parse_amount_minor(text, exponent)
+        return parse_amount_minor(text, currency)
     if rule.kind == "msisdn":
         return normalise_msisdn(text, country_code)
     if rule.kind == "pin":

@@ -157,7 +157,10 @@ async def redis(redis_url: str, redis_prefix: str) -> AsyncIterator[Redis]:
 
 @contextlib.asynccontextmanager
 async def running_app(app: web.Application) -> AsyncIterator[TestClient]:
-    client = TestClient(TestServer(app, access_log_class=JsonAccessLogger))
+    server = TestServer(app)
+    # TestServer's constructor drops runner options: they go to start_server.
+    await server.start_server(access_log_class=JsonAccessLogger)
+    client = TestClient(server)
     await client.start_server()
     try:
         yield client

@@ -1,6 +1,7 @@
-"""Test support for USSD: an in-memory stand-in for the banking core's actions (tests only; the
-product binds the real core in `menus.bindings`), a notifier that records SMS, an Africa's
-Talking session driver, and an app fixture with those bound."""
+"""Test support for USSD: a running gateway with the REAL banking core bound (the product's own
+`menus.bindings`), a helper that opens customers and agents through the core and reads what it
+wrote (balances, outbox rows, the ledger check), an Africa's Talking session driver, and a
+counter of action calls (it wraps the bound core functions; the core still does the work)."""
 
 from __future__ import annotations
 
@@ -10,23 +11,32 @@ import shutil
 import subprocess
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass, field, replace
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient
 
 from config.settings import Settings
-from core.errors import CoreError
+from core.agents import register_agent
+from core.crypto import FieldCipher
+from core.customers import register_customer
+from core.fees import seed_demo_tariffs
+from core.ledger import check_ledger
+from core.transfers import balance, deposit, float_topup
 from gateway.app import create_app
 from gateway.embedded import free_port, port_open
-from gateway.keys import MENU_BINDINGS
-from menus.actions import ActionContext, ActionResult, MenuBindings
+from gateway.keys import CIPHER, MENU_BINDINGS, PG_POOL
+from menus.actions import ActionContext, ActionFn, ActionResult, MenuBindings
 from tests.conftest import running_app
 
-MAX_WRONG_PINS = 3
+PIN = "4821"  # not a sequence, not one digit repeated: the core accepts it
+AGENT_PIN = "7305"
+POLL_S = 0.05  # how often a test re-checks a condition it waits for
+WAIT_S = 10.0
 
 
 def money(minor: int) -> str:
@@ -37,172 +47,126 @@ def new_msisdn() -> str:
     return "+2547" + str(secrets.randbelow(10**8)).zfill(8)
 
 
-@dataclass
-class Account:
-    first_name: str
-    last_name: str
-    pin: str
-    balance_minor: int = 0
-    language: str = "en"
-    wrong_pins: int = 0
-    locked: bool = False
-    loan_due_minor: int = 0
+async def until(predicate: Callable[[], Awaitable[Any]], timeout_s: float = WAIT_S) -> Any:
+    """Poll a condition until it holds (never a bare sleep as synchronisation)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = await predicate()
+        if value:
+            return value
+        await asyncio.sleep(POLL_S)  # polling interval while waiting for the condition
+    raise AssertionError("condition not met in time")
 
 
 @dataclass
-class SentSms:
-    msisdn: str
-    text: str
-    kind: str
-    idempotency_key: str
+class Bank:
+    """The real core, seen from a test: open customers and agents, read balances and outbox."""
 
+    pool: asyncpg.Pool
+    cipher: FieldCipher
 
-class RecordingNotifier:
-    def __init__(self) -> None:
-        self.sent: list[SentSms] = []
-        self.event = asyncio.Event()
-
-    async def notify(self, *, msisdn: str, text: str, kind: str, idempotency_key: str) -> None:
-        self.sent.append(SentSms(msisdn, text, kind, idempotency_key))
-        self.event.set()
-
-
-@dataclass
-class FakeBank:
-    """What the core will do, in a dict: enough to drive every menu flow in tests."""
-
-    accounts: dict[str, Account] = field(default_factory=dict)
-    calls: Counter[str] = field(default_factory=Counter)
-    keys: dict[str, ActionResult] = field(default_factory=dict)
-    seen_contexts: list[ActionContext] = field(default_factory=list)
-    gate: asyncio.Event | None = None  # send_money waits for it when set
-    entered: asyncio.Event = field(default_factory=asyncio.Event)
-    delay_s: float = 0.0  # send_money sleeps this long (deadline tests)
-
-    def open(self, msisdn: str, *, balance_minor: int = 0, pin: str = "1234", **kw: Any) -> None:
-        self.accounts[msisdn] = Account("Amina", "Otieno", pin, balance_minor, **kw)
-
-    def _verify(self, ctx: ActionContext, name: str = "pin") -> Account:
-        account = self.accounts.get(ctx.msisdn)
-        if account is None:
-            raise CoreError("not registered", code="CUSTOMER_NOT_FOUND")
-        if account.locked:
-            raise CoreError("locked", code="WALLET_LOCKED")
-        if ctx.secrets.get(name) != account.pin:
-            account.wrong_pins += 1
-            if account.wrong_pins >= MAX_WRONG_PINS:
-                account.locked = True
-                raise CoreError("locked", code="WALLET_LOCKED")
-            raise CoreError(
-                "wrong", code="WRONG_PIN", attempts_left=MAX_WRONG_PINS - account.wrong_pins
+    async def open(
+        self,
+        msisdn: str | None = None,
+        *,
+        balance_minor: int = 0,
+        pin: str = PIN,
+        language: str = "en",
+        first_name: str = "Amina",
+        last_name: str = "Otieno",
+    ) -> str:
+        number = msisdn or new_msisdn()
+        await register_customer(
+            self.pool,
+            self.cipher,
+            msisdn=number,
+            first_name=first_name,
+            last_name=last_name,
+            national_id="T" + secrets.token_hex(6).upper(),
+            pin=pin,
+            language=language,
+            channel="test",
+            pin_rounds=4,
+        )
+        if balance_minor:
+            await deposit(
+                self.pool,
+                msisdn=number,
+                amount_minor=balance_minor,
+                idempotency_key=f"seed-{secrets.token_hex(8)}",
+                channel="test",
             )
-        account.wrong_pins = 0
-        return account
+        return number
 
-    def bind(self, bindings: MenuBindings) -> None:
-        for name, fn in {
-            "customer.lookup": self.lookup,
-            "register": self.register,
-            "balance": self.balance,
-            "send_money.quote": self.quote,
-            "send_money": self.send_money,
-            "statement": self.statement,
-            "language.set": self.language_set,
-            "pin.change": self.pin_change,
-        }.items():
-            bindings.bind(name, self._counted(name, fn))
+    async def agent(self, float_minor: int = 0, *, name: str = "Duka Letu") -> tuple[str, str]:
+        """A new agent with float; returns (code, its MSISDN)."""
+        code = "AG" + secrets.token_hex(4).upper()
+        msisdn = new_msisdn()
+        await register_agent(
+            self.pool,
+            code=code,
+            msisdn=msisdn,
+            name=name,
+            pin=AGENT_PIN,
+            pin_rounds=4,
+            actor="test",
+        )
+        if float_minor:
+            await float_topup(
+                self.pool,
+                agent_code=code,
+                amount_minor=float_minor,
+                idempotency_key=f"float-{secrets.token_hex(8)}",
+                channel="test",
+            )
+        return code, msisdn
 
-    def _counted(self, name: str, fn: Any) -> Any:
+    async def balance(self, msisdn: str) -> int:
+        return await balance(self.pool, msisdn)
+
+    async def outbox(self, recipient: str, kind: str | None = None) -> list[asyncpg.Record]:
+        return list(
+            await self.pool.fetch(
+                "SELECT kind, template, body, transfer_id, status FROM outbox "
+                "WHERE recipient = $1 AND ($2::text IS NULL OR kind = $2) ORDER BY id",
+                recipient,
+                kind,
+            )
+        )
+
+    async def transfers(self, msisdn: str) -> int:
+        """How many transfers this customer is a party to."""
+        value = await self.pool.fetchval(
+            "SELECT count(*) FROM transfers WHERE debit_party = $1 OR credit_party = $1", msisdn
+        )
+        return int(value)
+
+    async def status(self, msisdn: str) -> str:
+        return str(
+            await self.pool.fetchval("SELECT status FROM customers WHERE msisdn = $1", msisdn)
+        )
+
+    async def check_ledger(self) -> None:
+        report = await check_ledger(self.pool)
+        assert report.ok, "\n".join(report.lines())
+
+
+class CallCounter:
+    """Counts calls of each bound action; the wrapped core function still runs."""
+
+    def __init__(self) -> None:
+        self.calls: Counter[str] = Counter()
+
+    def wrap(self, bindings: MenuBindings) -> None:
+        for name, fn in list(bindings.functions.items()):
+            bindings.functions[name] = self._counted(name, fn)
+
+    def _counted(self, name: str, fn: ActionFn) -> ActionFn:
         async def call(ctx: ActionContext) -> ActionResult:
             self.calls[name] += 1
-            self.seen_contexts.append(ctx)
-            result: ActionResult = await fn(ctx)
-            return result
+            return await fn(ctx)
 
         return call
-
-    async def lookup(self, ctx: ActionContext) -> ActionResult:
-        account = self.accounts.get(ctx.msisdn)
-        if account is None:
-            return ActionResult(customer={"registered": False})
-        return ActionResult(
-            customer={
-                "registered": True,
-                "first_name": account.first_name,
-                "language": account.language,
-                "status": "locked" if account.locked else "active",
-            }
-        )
-
-    async def register(self, ctx: ActionContext) -> ActionResult:
-        if ctx.msisdn in self.accounts:
-            raise CoreError("exists", code="ALREADY_EXISTS")
-        first = str(ctx.vars["first_name"])
-        self.accounts[ctx.msisdn] = Account(first, str(ctx.vars["last_name"]), ctx.secrets["pin"])
-        return ActionResult(
-            vars={"first_name": first}, customer={"registered": True, "first_name": first}
-        )
-
-    async def balance(self, ctx: ActionContext) -> ActionResult:
-        account = self._verify(ctx)
-        return ActionResult(vars={"balance": money(account.balance_minor)})
-
-    async def quote(self, ctx: ActionContext) -> ActionResult:
-        recipient = self.accounts.get(str(ctx.vars["recipient"]))
-        if recipient is None:
-            raise CoreError("unknown", code="CUSTOMER_NOT_FOUND")
-        amount = int(ctx.vars["amount_minor"])
-        return ActionResult(
-            vars={
-                "amount": money(amount),
-                "fee": money(amount // 100),
-                "total": money(amount + amount // 100),
-                "recipient_name": f"{recipient.first_name} {recipient.last_name}",
-            }
-        )
-
-    async def send_money(self, ctx: ActionContext) -> ActionResult:
-        if ctx.idempotency_key in self.keys:
-            return self.keys[ctx.idempotency_key]
-        self.entered.set()
-        if self.gate is not None:
-            await self.gate.wait()
-        if self.delay_s:
-            await asyncio.sleep(self.delay_s)  # a slow core: the deadline is what is tested
-        sender = self._verify(ctx)
-        recipient = self.accounts[str(ctx.vars["recipient"])]
-        amount = int(ctx.vars["amount_minor"])
-        fee = amount // 100
-        if sender.balance_minor < amount + fee:
-            raise CoreError("insufficient", code="INSUFFICIENT_FUNDS")
-        sender.balance_minor -= amount + fee
-        recipient.balance_minor += amount
-        result = ActionResult(
-            vars={
-                "reference": f"TX{len(self.keys) + 1:06d}",
-                "amount": money(amount),
-                "fee": money(fee),
-                "balance": money(sender.balance_minor),
-                "recipient_name": recipient.first_name,
-            }
-        )
-        self.keys[ctx.idempotency_key] = result
-        return result
-
-    async def statement(self, ctx: ActionContext) -> ActionResult:
-        account = self._verify(ctx)
-        lines = [f"0{i}/01 Received {money(i * 100_00)} from +25470000{i:04d}" for i in range(1, 9)]
-        return ActionResult(vars={"balance": money(account.balance_minor), "statement": lines})
-
-    async def language_set(self, ctx: ActionContext) -> ActionResult:
-        language = str(ctx.params["language"])
-        self.accounts[ctx.msisdn].language = language
-        return ActionResult(vars={"language": language}, language=language)
-
-    async def pin_change(self, ctx: ActionContext) -> ActionResult:
-        account = self._verify(ctx)
-        account.pin = ctx.secrets["new_pin"]
-        return ActionResult()
 
 
 class AtSession:
@@ -252,31 +216,37 @@ class AtSession:
 @dataclass
 class UssdEnv:
     client: TestClient
-    bank: FakeBank
-    notifier: RecordingNotifier
+    bank: Bank
+    counter: CallCounter
     settings: Settings
 
     @property
     def app(self) -> Any:
         return self.client.server.app
 
+    @property
+    def calls(self) -> Counter[str]:
+        return self.counter.calls
+
     def session(self, msisdn: str, **kw: Any) -> AtSession:
         return AtSession(self.client, msisdn, **kw)
 
 
 async def start_env(settings: Settings, **overrides: Any) -> AsyncIterator[UssdEnv]:
+    """A running gateway (USSD and admin API, no channel workers) on the run's database."""
     app = create_app(replace(settings, **overrides), run_migrations=False, start_channels=False)
-    bank = FakeBank()
-    notifier = RecordingNotifier()
-    bank.bind(app[MENU_BINDINGS])
-    app[MENU_BINDINGS].notifier = notifier
     async with running_app(app) as client:
-        yield UssdEnv(client, bank, notifier, settings)
+        pool = app[PG_POOL]
+        if not await pool.fetchval("SELECT EXISTS (SELECT 1 FROM tariffs WHERE currency = 'KES')"):
+            await seed_demo_tariffs(pool, "KES")
+        counter = CallCounter()
+        counter.wrap(app[MENU_BINDINGS])
+        yield UssdEnv(client, Bank(pool, app[CIPHER]), counter, settings)
 
 
 @pytest.fixture(scope="module")
 async def ussd(settings: Settings) -> AsyncIterator[UssdEnv]:
-    """A running gateway with the fake bank bound (one per test module)."""
+    """A running gateway with the real core bound (one per test module)."""
     async for env in start_env(settings):
         yield env
 

@@ -13,7 +13,7 @@ import yaml
 
 from gateway.embedded import free_port
 from menus.seed import DEFAULT_MENU_FILE
-from tests.ussd_support import UssdEnv, new_msisdn, ussd
+from tests.ussd_support import PIN, UssdEnv, ussd
 
 __all__ = ["ussd"]
 
@@ -60,8 +60,7 @@ def test_validate_an_unreadable_file(tmp_path: Path) -> None:
 
 
 async def test_simulate_an_interactive_session(ussd: UssdEnv) -> None:
-    msisdn = new_msisdn()
-    ussd.bank.open(msisdn, balance_minor=4_200)
+    msisdn = await ussd.bank.open(balance_minor=4_200)
     url = str(ussd.client.make_url("")).rstrip("/")
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
@@ -78,7 +77,7 @@ async def test_simulate_an_interactive_session(ussd: UssdEnv) -> None:
         stderr=asyncio.subprocess.PIPE,
         env={k: v for k, v in os.environ.items() if not k.startswith("USSD_")},
     )
-    out, err = await asyncio.wait_for(proc.communicate(b"2\n1234\n"), 60)
+    out, err = await asyncio.wait_for(proc.communicate(f"2\n{PIN}\n".encode()), 60)
     assert proc.returncode == 0, err.decode()
     text = out.decode()
     assert "Hello Amina" in text and "2. Balance" in text

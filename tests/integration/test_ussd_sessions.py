@@ -1,6 +1,7 @@
-"""Sessions under stress, over HTTP with real Redis and PostgreSQL: repeated and concurrent
-callbacks, expiry, Redis going away mid-session, a core call that overruns the deadline, and
-what is recorded (screens, outcomes; never a PIN)."""
+"""Sessions under stress, over HTTP with real Redis, PostgreSQL and the real banking core:
+repeated and concurrent callbacks (money moves once), expiry, Redis going away mid-session, a
+core call that overruns the deadline (its result SMS queued in the outbox), and what is
+recorded (screens, outcomes; never a PIN). The ledger check runs after every test."""
 
 from __future__ import annotations
 
@@ -9,56 +10,101 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import replace
+from typing import Any
 
+import aiohttp
 import asyncpg
 import pytest
 from redis.asyncio import Redis
 
 from config.settings import Settings
 from gateway.keys import MENU_BINDINGS, REDIS
-from tests.ussd_support import RedisProcess, UssdEnv, new_msisdn, own_redis, start_env, ussd
+from tests.ussd_support import (
+    PIN,
+    RedisProcess,
+    UssdEnv,
+    new_msisdn,
+    own_redis,
+    start_env,
+    until,
+    ussd,
+)
 
 __all__ = ["own_redis", "ussd"]
 
-DEADLINE_S = 5.0
+
+class WalletHold:
+    """Holds a customer's wallet row locked from another connection, so the next money call on
+    it waits inside the ledger: a slow core, made of the real one."""
+
+    def __init__(self, pool: asyncpg.Pool, msisdn: str) -> None:
+        self.pool, self.msisdn = pool, msisdn
+        self.conn: asyncpg.Connection | None = None
+        self.tx: Any = None
+
+    async def __aenter__(self) -> WalletHold:
+        self.conn = await self.pool.acquire()
+        self.tx = self.conn.transaction()
+        await self.tx.start()
+        await self.conn.execute(
+            "SELECT 1 FROM accounts a JOIN customers c ON a.customer_id = c.id "
+            "WHERE c.msisdn = $1 AND a.kind = 'wallet' FOR UPDATE OF a",
+            self.msisdn,
+        )
+        return self
+
+    async def waiting(self) -> int:
+        """How many other backends wait for a lock while running a ledger function."""
+        # Not on the holding connection: inside a transaction pg_stat_activity is a snapshot.
+        value = await self.pool.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+            "AND wait_event_type = 'Lock' "
+            "AND query LIKE 'SELECT * FROM ledger_%'"
+        )
+        return int(value)
+
+    async def release(self) -> None:
+        if self.tx is not None:
+            await self.tx.rollback()
+            self.tx = None
+        if self.conn is not None:
+            await self.pool.release(self.conn)
+            self.conn = None
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.release()
 
 
-async def _until(predicate, timeout_s: float = DEADLINE_S):  # type: ignore[no-untyped-def]
-    """Poll a condition until it holds (never a bare sleep as synchronisation)."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = await predicate()
-        if value:
-            return value
-        await asyncio.sleep(0.05)  # polling interval while waiting for the condition
-    raise AssertionError("condition not met in time")
+@pytest.fixture(autouse=True)
+async def ledger_ok(ussd: UssdEnv) -> AsyncIterator[None]:
+    yield
+    await ussd.bank.check_ledger()
 
 
-async def test_replayed_callback_returns_the_stored_reply_and_runs_nothing(
-    ussd: UssdEnv,
-) -> None:
-    sender, recipient = new_msisdn(), new_msisdn()
-    ussd.bank.open(sender, balance_minor=100_000)
-    ussd.bank.open(recipient)
+async def test_replayed_callback_moves_money_once(ussd: UssdEnv) -> None:
+    sender = await ussd.bank.open(balance_minor=100_000)
+    recipient = await ussd.bank.open()
     s = ussd.session(sender)
     await s.walk("1", recipient, "100", "1")
-    form = s.form("1234")
-    before = ussd.bank.calls["send_money"]
+    form = s.form(PIN)
+    before = ussd.calls["send_money"]
     first = await s.post(form)
     again = await s.post(form)  # the aggregator retries the same hop
     third = await s.post(form)
-    assert first.startswith("END Sent KES 100.00") and again == first and third == first
-    assert ussd.bank.calls["send_money"] == before + 1
-    assert ussd.bank.accounts[recipient].balance_minor == 10_000
+    assert first.startswith("END KES 100.00 sent") and again == first and third == first
+    assert ussd.calls["send_money"] == before + 1
+    assert await ussd.bank.balance(recipient) == 10_000
+    assert await ussd.bank.balance(sender) == 90_000
+    assert await ussd.bank.transfers(recipient) == 1
     # An older hop arriving late gets the current answer, and runs nothing either.
     stale = s.form()
     stale["text"] = "1"
     assert await s.post(stale) == first
+    assert await ussd.bank.transfers(recipient) == 1
 
 
 async def test_replayed_navigation_hop(ussd: UssdEnv) -> None:
-    msisdn = new_msisdn()
-    ussd.bank.open(msisdn)
+    msisdn = await ussd.bank.open()
     s = ussd.session(msisdn)
     await s.dial()
     form = s.form("6")
@@ -70,37 +116,44 @@ async def test_replayed_navigation_hop(ussd: UssdEnv) -> None:
 
 
 async def test_two_concurrent_callbacks_for_one_session(ussd: UssdEnv) -> None:
-    sender, recipient = new_msisdn(), new_msisdn()
-    ussd.bank.open(sender, balance_minor=100_000)
-    ussd.bank.open(recipient)
+    sender = await ussd.bank.open(balance_minor=100_000)
+    recipient = await ussd.bank.open()
     s = ussd.session(sender)
     await s.walk("1", recipient, "100", "1")
-    ussd.bank.gate = asyncio.Event()
-    ussd.bank.entered.clear()
-    before = ussd.bank.calls["send_money"]
-    try:
-        form = s.form("1234")
+    before = ussd.calls["send_money"]
+    async with WalletHold(ussd.bank.pool, sender) as hold:
+        form = s.form(PIN)
         first = asyncio.create_task(s.post(form))
-        await asyncio.wait_for(ussd.bank.entered.wait(), DEADLINE_S)
+        await until(hold.waiting)  # the transfer is inside the ledger, waiting for the wallet
         # Same hop, same input (a duplicate delivery): it waits for the first and gets its answer.
         duplicate = asyncio.create_task(s.post(form))
         # Same hop, another input (a conflicting request): a clear answer at once.
-        conflict = s.form("9999")
-        busy = await s.post(conflict)
+        busy = await s.post(s.form("9999"))
         assert busy == "END Your previous request is still being processed. Please wait."
-        assert not duplicate.done()
-        ussd.bank.gate.set()
+        assert not duplicate.done() and not first.done()
+        await hold.release()
         one, two = await asyncio.gather(first, duplicate)
-    finally:
-        ussd.bank.gate = None
-    assert one.startswith("END Sent KES 100.00") and two == one
-    assert ussd.bank.calls["send_money"] == before + 1
-    assert ussd.bank.accounts[recipient].balance_minor == 10_000
+    assert one.startswith("END KES 100.00 sent") and two == one
+    assert ussd.calls["send_money"] == before + 1
+    assert await ussd.bank.balance(recipient) == 10_000
+    assert await ussd.bank.transfers(recipient) == 1
+
+
+async def test_two_sessions_racing_for_one_wallet(ussd: UssdEnv) -> None:
+    """Two sessions of one customer each send 600 of a 1,000 balance: exactly one succeeds."""
+    sender = await ussd.bank.open(balance_minor=1_000_00)
+    recipient = await ussd.bank.open()
+    sessions = [ussd.session(sender) for _ in range(2)]
+    for s in sessions:
+        await s.walk("1", recipient, "600", "1")
+    bodies = await asyncio.gather(*(s.send(PIN) for s in sessions))
+    assert sorted("insufficient" in b for b in bodies) == [False, True], bodies
+    assert await ussd.bank.balance(recipient) == 600_00
+    assert await ussd.bank.balance(sender) == 1_000_00 - 600_00 - 13_00
 
 
 async def test_concurrent_navigation_moves_once(ussd: UssdEnv) -> None:
-    msisdn = new_msisdn()
-    ussd.bank.open(msisdn)
+    msisdn = await ussd.bank.open()
     s = ussd.session(msisdn)
     await s.dial()
     form = s.form("6")
@@ -131,12 +184,11 @@ async def _gone(env: UssdEnv, key: str) -> None:
     async def expired() -> bool:
         return not await redis.exists(key)
 
-    await _until(expired)
+    await until(expired)
 
 
 async def test_session_expiry_latest_only_provider(short_ttl: UssdEnv) -> None:
-    msisdn = new_msisdn()
-    short_ttl.bank.open(msisdn)
+    msisdn = await short_ttl.bank.open()
     sid = f"hub{time.time_ns()}"
     base = {"Mobile": msisdn[1:], "SessionId": sid, "ServiceCode": "384", "Operator": "mtn"}
     resp = await short_ttl.client.post(
@@ -161,8 +213,7 @@ async def test_session_expiry_cumulative_provider_restarts_from_the_path(
     short_ttl: UssdEnv,
 ) -> None:
     """Africa's Talking sends every input again: after expiry the menu path is replayed."""
-    msisdn = new_msisdn()
-    short_ttl.bank.open(msisdn)
+    msisdn = await short_ttl.bank.open()
     s = short_ttl.session(msisdn)
     await s.dial()
     await _gone(
@@ -172,8 +223,7 @@ async def test_session_expiry_cumulative_provider_restarts_from_the_path(
 
 
 async def test_end_of_session_notification(ussd: UssdEnv) -> None:
-    msisdn = new_msisdn()
-    ussd.bank.open(msisdn)
+    msisdn = await ussd.bank.open()
     s = ussd.session(msisdn)
     await s.walk("2")
     resp = await ussd.client.post(
@@ -190,9 +240,9 @@ async def test_end_of_session_notification(ussd: UssdEnv) -> None:
     )
     assert resp.status == 200 and await resp.text() == "OK"
     # The session is closed: a late hop gets the last answer, and runs nothing.
-    before = ussd.bank.calls["balance"]
-    assert await s.send("1234") == "CON Enter your PIN:"
-    assert ussd.bank.calls["balance"] == before
+    before = ussd.calls["balance"]
+    assert await s.send(PIN) == "CON Enter your PIN:"
+    assert ussd.calls["balance"] == before
 
 
 # --- Redis stopped mid-session ----------------------------------------------------------------
@@ -200,8 +250,7 @@ async def test_end_of_session_notification(ussd: UssdEnv) -> None:
 
 async def test_redis_stopped_mid_session(settings: Settings, own_redis: RedisProcess) -> None:
     async for env in start_env(settings, redis_url=own_redis.url):
-        msisdn = new_msisdn()
-        env.bank.open(msisdn, balance_minor=100)
+        msisdn = await env.bank.open(balance_minor=100)
         s = env.session(msisdn)
         assert "Hello Amina" in await s.dial()
         own_redis.stop()
@@ -235,28 +284,33 @@ async def slow(settings: Settings) -> AsyncIterator[UssdEnv]:
 
 
 async def test_overrunning_action_answers_by_sms(slow: UssdEnv) -> None:
-    sender, recipient = new_msisdn(), new_msisdn()
-    slow.bank.open(sender, balance_minor=100_000)
-    slow.bank.open(recipient)
-    slow.bank.delay_s = 1.5
-    try:
-        s = slow.session(sender)
-        await s.walk("1", recipient, "100", "1")
+    sender = await slow.bank.open(balance_minor=100_000)
+    recipient = await slow.bank.open(first_name="Neema", last_name="Achieng")
+    s = slow.session(sender)
+    await s.walk("1", recipient, "100", "1")
+    async with WalletHold(slow.bank.pool, sender) as hold:
         started = time.monotonic()
-        body = await s.send("1234")
+        body = await s.send(PIN)
         took = time.monotonic() - started
-        assert body == ("END We are still processing your request. The result will come by SMS.")
+        assert body == "END We are still processing your request. The result will come by SMS."
         assert took < 1.4
-        await asyncio.wait_for(slow.notifier.event.wait(), DEADLINE_S)
-    finally:
-        slow.bank.delay_s = 0.0
-    [sms] = [m for m in slow.notifier.sent if m.msisdn == sender]
-    assert sms.text.startswith("Sent KES 100.00 to Amina. Fee KES 1.00. Ref TX")
-    assert sms.kind == "ussd.late_result"
-    assert slow.bank.accounts[recipient].balance_minor == 10_000
-    # The aggregator retries the hop: the stored answer, no second transfer.
+        assert await hold.waiting() == 1  # the transfer is still running
+        assert await slow.bank.outbox(sender, "ussd.late_result") == []
+        await hold.release()
+
+    async def late() -> list[asyncpg.Record]:
+        return await slow.bank.outbox(sender, "ussd.late_result")
+
+    [sms] = await until(late)
+    assert sms["body"].startswith("KES 100.00 sent to Neema Achieng. Fee KES 0.00. Ref ")
+    assert PIN not in sms["body"]
+    assert await slow.bank.balance(recipient) == 10_000
+    # The aggregator retries the hop: the stored answer, no second transfer, no second SMS.
     assert await s.post(s.form()) == body
-    assert slow.bank.calls["send_money"] == 1
+    assert slow.calls["send_money"] == 1
+    assert await slow.bank.transfers(recipient) == 1
+    assert len(await late()) == 1
+    await slow.bank.check_ledger()
 
 
 # --- what is recorded -------------------------------------------------------------------------
@@ -266,9 +320,8 @@ async def test_steps_are_recorded_and_pins_never_stored_or_logged(
     ussd: UssdEnv, pg_pool: asyncpg.Pool, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG)
-    msisdn = new_msisdn()
     pin = "7391"
-    ussd.bank.open(msisdn, pin=pin, balance_minor=5_00)
+    msisdn = await ussd.bank.open(pin=pin, balance_minor=5_00)
     s = ussd.session(msisdn)
     await s.walk("2", "7390")
     redis: Redis = ussd.app[REDIS]
@@ -284,7 +337,7 @@ async def test_steps_are_recorded_and_pins_never_stored_or_logged(
         )
         return found if len(found) == 4 else []
 
-    recorded = await _until(rows)
+    recorded = await until(rows)
     assert [(r["screen"], r["outcome"]) for r in recorded] == [
         ("main", "ok"),
         ("bal_pin", "ok"),
@@ -302,16 +355,50 @@ async def test_steps_are_recorded_and_pins_never_stored_or_logged(
             f"%{secret}%",
         )
         assert dump == 0
-    contexts = [c for c in ussd.bank.seen_contexts if c.msisdn == msisdn and c.secrets]
-    assert contexts and all(pin not in repr(c) for c in contexts)
+    outbox = await pg_pool.fetchval(
+        "SELECT count(*) FROM outbox WHERE recipient = $1 AND body LIKE $2", msisdn, f"%{pin}%"
+    )
+    assert outbox == 0
     metrics = await (await ussd.client.get("/metrics")).text()
     assert 'gateway_ussd_steps_total{outcome="end",provider="africastalking"}' in metrics
 
 
 async def test_unbound_action_is_temporarily_unavailable(settings: Settings) -> None:
-    """Before the core binding, a menu whose action has no implementation says so, cleanly."""
+    """A menu whose action has no implementation says so, cleanly."""
     async for env in start_env(settings):
         env.app[MENU_BINDINGS].functions.pop("customer.lookup")
         s = env.session(new_msisdn())
         body = await s.dial()
         assert body == "END The service is temporarily unavailable. Please try again later."
+
+
+async def test_access_log_keeps_ussd_failures_only(
+    ussd: UssdEnv, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Answered USSD steps are in the analytics, not the access log; refused ones are in both
+    places they matter (the access log and the standard error JSON)."""
+    caplog.set_level(logging.INFO, logger="gateway.access")
+    caplog.set_level(logging.INFO, logger="aiohttp.access")  # aiohttp asks it whether to log
+    msisdn = await ussd.bank.open()
+    # New connections: aiohttp decides per connection whether its requests are logged.
+    async with aiohttp.ClientSession() as http:
+        form = ussd.session(msisdn).form()
+        async with http.post(ussd.client.make_url("/ussd/africastalking"), data=form) as resp:
+            assert resp.status == 200 and (await resp.text()).startswith("CON Hello")
+        async with http.post(ussd.client.make_url("/ussd/hubtel"), data="{") as resp:
+            assert resp.status == 400
+        async with http.get(ussd.client.make_url("/healthz")) as resp:
+            assert resp.status == 200
+
+    def logged() -> set[tuple[object, object]]:
+        return {
+            (r.__dict__.get("path"), r.__dict__.get("status"))
+            for r in caplog.records
+            if r.name == "gateway.access"
+        }
+
+    async def both() -> bool:  # the line is written just after the response is sent
+        return {("/ussd/hubtel", 400), ("/healthz", 200)} <= logged()
+
+    await until(both)
+    assert not any(p == "/ussd/africastalking" for p, _ in logged())

@@ -11,9 +11,9 @@ import pytest
 from redis.asyncio import Redis
 
 from gateway.app import make_redis
-from gateway.keys import REDIS, USSD_SERVICE
+from gateway.keys import USSD_SERVICE
 from menus.session import RedisSessionStore
-from tests.ussd_support import RedisProcess, UssdEnv, new_msisdn, own_redis, ussd
+from tests.ussd_support import PIN, RedisProcess, UssdEnv, own_redis, ussd
 
 __all__ = ["own_redis", "ussd"]
 
@@ -63,7 +63,7 @@ class Counter:
 
 @pytest.fixture
 def counted(ussd: UssdEnv) -> Iterator[Counter]:
-    redis = ussd.app[REDIS]
+    redis = ussd.app[USSD_SERVICE].store.redis  # the session store's own client
     counter = Counter(redis)
     redis.execute_command = counter  # type: ignore[method-assign]
     try:
@@ -73,8 +73,7 @@ def counted(ussd: UssdEnv) -> Iterator[Counter]:
 
 
 async def test_a_navigation_step_is_one_redis_round_trip(ussd: UssdEnv, counted: Counter) -> None:
-    msisdn = new_msisdn()
-    ussd.bank.open(msisdn, balance_minor=100)
+    msisdn = await ussd.bank.open(balance_minor=100)
     s = ussd.session(msisdn)
     await s.dial()
     counted.commands.clear()
@@ -91,10 +90,9 @@ async def test_a_navigation_step_is_one_redis_round_trip(ussd: UssdEnv, counted:
 
 
 async def test_a_step_with_a_side_effect_claims_first(ussd: UssdEnv, counted: Counter) -> None:
-    msisdn = new_msisdn()
-    ussd.bank.open(msisdn, balance_minor=100)
+    msisdn = await ussd.bank.open(balance_minor=100)
     s = ussd.session(msisdn)
     await s.walk("2")
     counted.commands.clear()
-    assert (await s.send("1234")).startswith("END Your balance")
+    assert (await s.send(PIN)).startswith("END Your balance")
     assert counted.commands == ["EVALSHA", "EVALSHA"]  # the claim, then the result

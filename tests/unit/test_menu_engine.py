@@ -18,6 +18,7 @@ from menus.catalogue import CATALOGUE
 from menus.compiled import CompiledMenu
 from menus.engine import Engine, Step, UssdRequest, idempotency_key
 from menus.loader import load_file
+from menus.machine import apply_plain, plain_moves
 from menus.registry import MenuSet
 from menus.seed import DEFAULT_MENU_FILE
 from menus.service import UssdService
@@ -231,7 +232,7 @@ TABLE: list[Row] = [
             0,
             "1234",
             "send_done",
-            "Sent KES 500.00 to Neema. Fee KES 5.00. Ref TX1.",
+            "KES 500.00 sent to Neema. Fee KES 5.00. Ref TX1.",
             True,
         ),
         (
@@ -444,3 +445,35 @@ async def test_concurrent_steps_on_the_shared_machine_do_not_interfere() -> None
             "My account",
         ][n % 6]
         assert expected in reply
+
+
+def _model(source: str, back_to: str | None, registered: bool) -> Step:
+    session = Session("k", "+254700000009", MENU.name, MENU.version, "en")
+    session.customer = {"registered": registered, "first_name": "Juma"}
+    session.vars = {"loan_products_count": 1, "loan_status": "approved", "cleared": True}
+    model = Step(MENU, session, deadline=0)
+    model.state, model.back_to = source, back_to
+    return model
+
+
+async def test_plain_moves_are_the_machines_own_transitions() -> None:
+    """The engine's fast path lands where the shared machine's trigger lands, for every
+    (trigger, source) it covers, with the guards (back, routers) both ways."""
+    plain = plain_moves(MENU.machine)
+    assert ("option_1", "main") in plain and ("submit", "send_phone") in plain
+    assert ("back", "bal_pin") in plain and ("route", "home") in plain
+    for (trigger, source), candidates in plain.items():
+        assert all(MENU.nodes[d].type != "action" for _, d in candidates if d in MENU.nodes)
+        for back_to in {None, *(d for _, d in candidates)}:
+            for registered in (True, False):
+                fast, slow = (
+                    _model(source, back_to, registered),
+                    _model(source, back_to, registered),
+                )
+                moved = apply_plain(plain, fast, trigger)
+                assert moved == await MENU.machine.events[trigger].trigger(slow), (trigger, source)
+                assert fast.state == slow.state, (trigger, source, back_to)
+    # Entering an action screen runs its action: never a look-up.
+    assert ("option_1", "lang_menu") not in plain and ("confirm", "send_confirm") in plain
+    assert ("submit", "send_pin") not in plain
+    assert apply_plain(plain, _model("send_pin", None, True), "submit") is None
