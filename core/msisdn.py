@@ -9,7 +9,9 @@ from core.errors import ValidationFailed
 
 MAX_INPUT_CHARS = 32
 _SEPARATORS = re.compile(r"[\s\-().]")
-_E164 = re.compile(r"^\+[1-9][0-9]{7,14}$")  # ASCII digits only
+# 10 to 15 digits: E.164 allows 15; no mobile numbering plan we serve is shorter than 10 with
+# its country code, so "12345" typed as a local number is refused instead of becoming +25412345.
+_E164 = re.compile(r"^\+[1-9][0-9]{9,14}$")  # ASCII digits only
 
 
 def normalise_msisdn(raw: str, country_code: str = "254", field: str = "msisdn") -> str:
