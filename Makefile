@@ -33,6 +33,12 @@ typecheck: $(VENV)/.installed-test
 test: lint typecheck
 	$(BIN)/pytest
 
+# Every benchmark with its defaults (each prints its figures as ratios to a floor from the same run);
+# `make bench BENCH=ledger` runs one. Benchmarks are not tests: `make test` never runs them.
+BENCH ?= ledger ussd sms agents
+bench: $(VENV)/.installed-test
+	@for b in $(BENCH); do echo "== bench/$$b.py"; $(BIN)/python bench/$$b.py || exit 1; done
+
 unit: $(VENV)/.installed-test
 	$(BIN)/pytest tests/unit
 
