@@ -139,6 +139,9 @@ class Settings:
     # Breach alerts to admins through the core's outbox (None: off).
     agent_alert_channel: str | None = "log"
     agent_alert_recipients: tuple[str, ...] = ("admins",)
+    # Customer-initiated withdrawals (USSD) at a fenced agent pass the device gate: off, fenced
+    # (only agents with fences), always (agents without fences refused too).
+    agent_withdrawal_gate: str = "fenced"
 
     @property
     def embedded(self) -> tuple[str, ...]:
@@ -421,6 +424,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         agent_heartbeat_timeout_s=_int(env, "AGENT_HEARTBEAT_TIMEOUT_S", 600, 10, 86_400),
         agent_alert_channel=alert_channel,
         agent_alert_recipients=alert_recipients,
+        agent_withdrawal_gate=_choice(
+            env, "AGENT_WITHDRAWAL_GATE", "fenced", ("off", "fenced", "always")
+        ),
     )
 
 
@@ -445,6 +451,13 @@ def _alert_recipients(env: Mapping[str, str]) -> tuple[str, ...]:
             f"AGENT_ALERT_RECIPIENTS: 1 to {MAX_ALERT_RECIPIENTS} comma-separated recipients"
         )
     return names
+
+
+def _choice(env: Mapping[str, str], name: str, default: str, options: tuple[str, ...]) -> str:
+    raw = env.get(name, default).strip().lower() or default
+    if raw not in options:
+        raise SettingsError(f"{name}: one of {', '.join(options)}, got {raw!r}")
+    return raw
 
 
 _EMAIL = re.compile(r"[^@\s<>,;\"]{1,64}@[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?")

@@ -113,8 +113,9 @@ def test_breach_alert_settings() -> None:
          "AGENT_ALERT_RECIPIENTS: email alerts need email addresses, got 'admins'"),
         ({"SMTP_URL": "http://m.x.co"}, "SMTP_URL: expected a URL starting with smtp://, smtps://"),
         ({"SMTP_URL": "smtp://m.x.co:99999"}, "SMTP_URL: the port is not a number"),
-        ({"SMTP_FROM": "not an address"}, "SMTP_FROM: expected an address"),
-        ({"SMTP_FROM": "a@b.co\r\nBcc: x@y.co"}, "SMTP_FROM: expected an address"),
+        ({"SMTP_FROM": "not an address"}, "SMTP_FROM: expected an email address"),
+        ({"AGENT_WITHDRAWAL_GATE": "maybe"}, "AGENT_WITHDRAWAL_GATE: one of off, fenced, always"),
+        ({"SMTP_FROM": "a@b.co\r\nBcc: x@y.co"}, "SMTP_FROM: expected an email address"),
     ],
 )  # fmt: skip
 def test_email_settings_refused(env: dict[str, str], message: str) -> None:
@@ -127,3 +128,5 @@ def test_email_settings() -> None:
     s = load_settings({"SMTP_URL": "smtps://u:p@mail.x.co", "SMTP_FROM": "alerts@bank.example"})
     assert (s.smtp_url, s.smtp_from) == ("smtps://u:p@mail.x.co", "alerts@bank.example")
     assert load_settings({}).smtp_from == "gateway@localhost"
+    assert load_settings({}).agent_withdrawal_gate == "fenced"
+    assert load_settings({"AGENT_WITHDRAWAL_GATE": "Always"}).agent_withdrawal_gate == "always"
