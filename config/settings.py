@@ -84,6 +84,7 @@ class Settings:
     mqtt_url: str | None = None
     smpp_binds: tuple[SmppBind, ...] = ()
     smtp_url: str | None = None
+    smtp_from: str = "gateway@localhost"
     data_dir: Path = Path("var")
     host: str = "127.0.0.1"
     port: int = 8080
@@ -138,6 +139,9 @@ class Settings:
     # Breach alerts to admins through the core's outbox (None: off).
     agent_alert_channel: str | None = "log"
     agent_alert_recipients: tuple[str, ...] = ("admins",)
+    # Customer-initiated withdrawals (USSD) at a fenced agent pass the device gate: off, fenced
+    # (only agents with fences), always (agents without fences refused too).
+    agent_withdrawal_gate: str = "fenced"
 
     @property
     def embedded(self) -> tuple[str, ...]:
@@ -361,12 +365,24 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     if not re.fullmatch(r"[A-Za-z0-9_:.-]{1,40}", prefix):
         raise SettingsError("REDIS_PREFIX: 1-40 characters of letters, digits, _ : . -")
     approve_min, review_min = _score_bands(env)
+    smtp_url = _url(env, "SMTP_URL", ("smtp", "smtps"))
+    alert_channel = _alert_channel(env)
+    alert_recipients = _alert_recipients(env)
+    if alert_channel == "email":
+        if smtp_url is None:
+            raise SettingsError("AGENT_ALERT_CHANNEL: email needs SMTP_URL (the mail server)")
+        bad = [r for r in alert_recipients if not _is_email(r)]
+        if bad:
+            raise SettingsError(
+                f"AGENT_ALERT_RECIPIENTS: email alerts need email addresses, got {bad[0]!r}"
+            )
     return Settings(
         database_url=_url(env, "DATABASE_URL", ("postgresql", "postgres")),
         redis_url=_url(env, "REDIS_URL", ("redis", "rediss", "unix")),
         mqtt_url=_url(env, "MQTT_URL", ("mqtt", "mqtts")),
         smpp_binds=_smpp(env),
-        smtp_url=_url(env, "SMTP_URL", ("smtp", "smtps")),
+        smtp_url=smtp_url,
+        smtp_from=_smtp_from(env),
         data_dir=Path(env.get("GATEWAY_DATA_DIR") or "var"),
         host=env.get("GATEWAY_HOST") or "127.0.0.1",
         port=_int(env, "GATEWAY_PORT", 8080, 0, 65535),
@@ -406,8 +422,11 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         agent_future_skew_s=_int(env, "AGENT_FUTURE_SKEW_S", 60, 0, 3600),
         agent_max_backlog_s=_int(env, "AGENT_MAX_BACKLOG_S", 86_400, 60, 30 * 86_400),
         agent_heartbeat_timeout_s=_int(env, "AGENT_HEARTBEAT_TIMEOUT_S", 600, 10, 86_400),
-        agent_alert_channel=_alert_channel(env),
-        agent_alert_recipients=_alert_recipients(env),
+        agent_alert_channel=alert_channel,
+        agent_alert_recipients=alert_recipients,
+        agent_withdrawal_gate=_choice(
+            env, "AGENT_WITHDRAWAL_GATE", "fenced", ("off", "fenced", "always")
+        ),
     )
 
 
@@ -432,6 +451,27 @@ def _alert_recipients(env: Mapping[str, str]) -> tuple[str, ...]:
             f"AGENT_ALERT_RECIPIENTS: 1 to {MAX_ALERT_RECIPIENTS} comma-separated recipients"
         )
     return names
+
+
+def _choice(env: Mapping[str, str], name: str, default: str, options: tuple[str, ...]) -> str:
+    raw = env.get(name, default).strip().lower() or default
+    if raw not in options:
+        raise SettingsError(f"{name}: one of {', '.join(options)}, got {raw!r}")
+    return raw
+
+
+_EMAIL = re.compile(r"[^@\s<>,;\"]{1,64}@[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?")
+
+
+def _is_email(raw: str) -> bool:
+    return _EMAIL.fullmatch(raw) is not None
+
+
+def _smtp_from(env: Mapping[str, str]) -> str:
+    sender = env.get("SMTP_FROM", "gateway@localhost").strip() or "gateway@localhost"
+    if not _is_email(sender):
+        raise SettingsError(f"SMTP_FROM: expected an email address, got {sender!r}")
+    return sender
 
 
 def _share_group(env: Mapping[str, str]) -> str:

@@ -53,6 +53,7 @@ __all__ = [
     "cash_in",
     "cash_out",
     "float_balance",
+    "gate_customer_withdrawal",
     "idempotency_key",
     "list_decisions",
     "register_customer",
@@ -277,6 +278,40 @@ async def cash_out(
         )
 
     return await _post(db, attempt, number, post)
+
+
+WITHDRAWAL_GATE_MODES = ("off", "fenced", "always")
+
+
+async def gate_customer_withdrawal(
+    gate_: DeviceGate, agent_code: str, now: float, mode: str = "fenced"
+) -> dict[str, Any]:
+    """The geofence gate for a withdrawal the customer starts (USSD "withdraw at agent").
+
+    The agent is not on the call, so its PIN is not asked, but the cash still changes hands at
+    the agent's counter: the same gate as the agent's own cash-out decides on the agent's
+    latest device fix, with the same refusals (LocationRefused with NO_LOCATION,
+    STALE_LOCATION, OUTSIDE_GEOFENCE ...). `mode`: "fenced" gates only agents that have
+    fences (agents without devices or zones keep working); "always" also refuses an agent
+    without fences (NO_GEOFENCE); "off" never gates. Returns the evidence the transfer stores.
+    """
+    if mode not in WITHDRAWAL_GATE_MODES:
+        raise ValueError(f"unknown withdrawal gate mode {mode!r}")
+    if mode == "off":
+        return {}
+    if mode == "fenced" and not gate_.locator.fences_for(agent_code):
+        return {"gate": "not_fenced"}
+    decision = await gate_.decide(agent_code, now)
+    if not decision.allowed:
+        assert decision.reason is not None
+        log.info(
+            "customer withdrawal refused by the gate",
+            extra={"agent_code": agent_code, "reason": decision.reason.value},
+        )
+        raise E.LocationRefused(
+            decision.message, code=decision.reason.value, evidence=decision.evidence
+        )
+    return {"gate": "allowed", **decision.evidence}
 
 
 async def _registered_before(db: Db, attempt: _Attempt, number: str) -> Customer | None:

@@ -22,7 +22,7 @@ from core.demo import seed_demo
 from core.ledger import ensure_system_accounts
 from core.loans.demo import seed_demo_loans
 from core.loans.jobs import JobScheduler
-from core.outbox import Dispatcher, LogSender, Sender
+from core.outbox import Dispatcher
 from gateway import db as dbmod
 from gateway.admin import ROUTE_GROUPS
 from gateway.admin.system import add_system_routes
@@ -54,6 +54,7 @@ from gateway.keys import (
 from gateway.metrics import Metrics
 from gateway.middlewares import MIDDLEWARES
 from gateway.secrets import resolve_secret
+from gateway.senders import build_senders
 from gateway.services import mqtt_endpoint, storage_endpoints
 from gateway.sms import sms_channel
 from gateway.ussd import add_ussd
@@ -172,8 +173,7 @@ async def _core(app: web.Application) -> AsyncIterator[None]:
         await seed_demo(
             pool, app[CIPHER], currency=settings.currency, pin_rounds=settings.pin_bcrypt_rounds
         )
-    log_sender = LogSender()
-    senders: dict[str, Sender] = {"log": log_sender, "sms": log_sender}
+    senders = build_senders(settings)
     app[SENDERS] = senders
     app[DISPATCHER] = Dispatcher(pool, senders)
     stop = asyncio.Event()

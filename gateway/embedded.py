@@ -14,6 +14,7 @@ Everything here blocks; callers run it in a thread.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -28,6 +29,7 @@ log = logging.getLogger("gateway.embedded")
 
 PG_DATABASE = "gateway"
 _CONNECT_TIMEOUT_S = 1.0
+BROKER_SHUTDOWN_S = 5.0
 
 
 def _pid_alive(pid: int) -> bool:
@@ -187,9 +189,52 @@ class EmbeddedMqtt:
         return self.url
 
     async def stop(self) -> None:
-        if self._broker is not None:
-            with contextlib.suppress(Exception):
-                await self._broker.shutdown()
-            self._broker = None
-            with contextlib.suppress(OSError):
-                self.url_file.unlink()
+        """Stop the broker: connections dropped, the port free again, within a deadline.
+
+        amqtt's `shutdown()` cancels each client's reader and waits for it to finish. On Python
+        3.11 `asyncio.wait_for` (which amqtt's reader loop sits in) swallows a cancellation that
+        arrives in the same loop turn as a packet from the client (CPython gh-86296, fixed in
+        3.12); the reader then reads on and `shutdown()` waits forever, with the listening socket
+        still open, so nothing can take the port back. Under load the packet and the cancellation
+        meet often enough to hang a restart (seen in CI). So every client connection is cut
+        first (what a broker crash does to its clients anyway: the readers see end of stream and
+        leave on their own), then `shutdown()` runs under a deadline (not waiting for a cancellation
+        it may swallow too), and if it still hangs the
+        listeners are closed and the stuck readers cancelled here.
+        """
+        broker, self._broker = self._broker, None
+        if broker is None:
+            return
+        handlers = [handler for _, handler in list(broker._sessions.values())]
+        servers = [server.instance for server in broker._servers.values() if server.instance]
+        for handler in handlers:
+            _abort(handler)
+        # Not asyncio.wait_for: on a timeout it waits for the cancelled shutdown to finish,
+        # and a cancellation swallowed inside amqtt would keep it waiting for ever.
+        shutdown = asyncio.ensure_future(broker.shutdown())
+        done, _ = await asyncio.wait({shutdown}, timeout=BROKER_SHUTDOWN_S)
+        error = shutdown.exception() if done else TimeoutError("shutdown deadline passed")
+        if not done:
+            shutdown.cancel()
+        if error is not None:  # a timeout, or amqtt failing half way: free the port anyway
+            log.warning(
+                "embedded mqtt broker shutdown incomplete; closing its sockets",
+                extra={"error": repr(error)},
+            )
+            for server in servers:
+                server.close()
+            for handler in handlers:
+                _abort(handler)
+                reader = getattr(handler, "_reader_task", None)
+                if reader is not None:
+                    reader.cancel()
+        with contextlib.suppress(OSError):
+            self.url_file.unlink()
+
+
+def _abort(handler: Any) -> None:
+    """Cut one amqtt client connection at once (no DISCONNECT; the client sees it drop)."""
+    stream = getattr(getattr(handler, "writer", None), "_writer", None)
+    transport = getattr(stream, "transport", None)
+    if transport is not None:
+        transport.abort()

@@ -9,13 +9,18 @@ outlived their deadline finish, flush the analytics.
 from __future__ import annotations
 
 import gc
+import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 from aiohttp import web
 from redis.asyncio import Redis
 
 from channels.ussd.http import UssdHttp
+from core.agent_transactions import DeviceGate, gate_customer_withdrawal
+from gateway.agents import gate_policy
 from gateway.keys import (
+    AGENTS,
     CIPHER,
     ENDPOINTS,
     LOANS,
@@ -31,6 +36,7 @@ from gateway.keys import (
 from menus import bindings as core_bindings
 from menus.actions import MenuBindings
 from menus.analytics import StepLog
+from menus.bindings import WithdrawalGate
 from menus.catalogue import CATALOGUE
 from menus.engine import Engine
 from menus.registry import MenuRegistry
@@ -81,6 +87,21 @@ def add_ussd(app: web.Application) -> None:
     app.cleanup_ctx.append(_ussd)
 
 
+def _withdrawal_gate(app: web.Application) -> WithdrawalGate | None:
+    """The device gate for customer-initiated withdrawals, on the agent runtime's live state
+    (its latest fixes in Redis, its fence catalog); None when AGENT_WITHDRAWAL_GATE=off."""
+    settings = app[SETTINGS]
+    mode = settings.agent_withdrawal_gate
+    if mode == "off":
+        return None
+    gate = DeviceGate(app[AGENTS].engine, gate_policy(settings))
+
+    async def check(agent_code: str) -> dict[str, Any]:
+        return await gate_customer_withdrawal(gate, agent_code, time.time(), mode)
+
+    return check
+
+
 async def _ussd(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     bindings = app[MENU_BINDINGS]
@@ -92,6 +113,7 @@ async def _ussd(app: web.Application) -> AsyncIterator[None]:
         country_code=settings.default_country_code,
         pin_rounds=settings.pin_bcrypt_rounds,
         loans=app[LOANS],
+        withdrawal_gate=_withdrawal_gate(app),
     )
     engine = Engine(
         bindings,

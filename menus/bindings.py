@@ -18,6 +18,9 @@ authorise with their own PIN; the money moves at once and the agent is told by S
 the outbox in the same transaction as the money), and hands over the cash on seeing it. The
 transfer's note records that the customer initiated and authorised it, so disputes can tell it
 from an agent-initiated cash-out. The agent's PIN is not asked: the agent is not on the call.
+The agent's location still is: an agent with fences must have a fresh device fix inside one
+(`withdrawal_gate`, core.agent_transactions.gate_customer_withdrawal, AGENT_WITHDRAWAL_GATE),
+so a phone at home cannot pay out "at the counter"; the gate's evidence joins the note.
 
 Loans go through the loan service (`menus.loans.service.LoanService`, `app[LOANS]`), which
 moves the money on the core's ledger. Its refusals (`LoanRefused`, one code per rule) reach the
@@ -29,7 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import date
 from typing import Any
@@ -168,6 +171,11 @@ def _secret(ctx: ActionContext, name: str = "pin") -> str:
     return value
 
 
+# Agent code -> the gate's evidence for a customer-initiated withdrawal there (raises a
+# LocationRefused when the agent's location does not allow it).
+WithdrawalGate = Callable[[str], Awaitable[dict[str, Any]]]
+
+
 @dataclass(frozen=True, slots=True)
 class CoreActions:
     """The core-backed actions. `pool` is the asyncpg pool every call runs on."""
@@ -177,6 +185,9 @@ class CoreActions:
     currency: str
     country_code: str
     pin_rounds: int
+    # The agent's geofence gate for customer-initiated withdrawals (gateway.ussd wires it to
+    # core.agent_transactions.gate_customer_withdrawal): the evidence to store, or a refusal.
+    withdrawal_gate: WithdrawalGate | None = None
 
     def money(self, minor: int) -> str:
         return format_amount(minor, self.currency)
@@ -297,6 +308,9 @@ class CoreActions:
         if agent.status != "active":
             raise E.AgentUnavailable(agent_code=agent.code)
         amount = _amount(ctx)
+        evidence: dict[str, Any] = {"initiated_by": "customer", "authorised_by": "customer_pin"}
+        if self.withdrawal_gate is not None:
+            evidence |= await self.withdrawal_gate(agent.code)
         async with self.pool.acquire(timeout=CALL_TIMEOUT_S) as conn, conn.transaction():
             result = await transfers.cash_out(
                 conn,
@@ -305,7 +319,7 @@ class CoreActions:
                 amount_minor=amount,
                 idempotency_key=ctx.idempotency_key,
                 channel=CHANNEL,
-                evidence={"initiated_by": "customer", "authorised_by": "customer_pin"},
+                evidence=evidence,
                 currency=self.currency,
                 country_code=self.country_code,
             )
@@ -529,11 +543,12 @@ def bind(
     country_code: str,
     pin_rounds: int,
     loans: LoanService | None = None,
+    withdrawal_gate: WithdrawalGate | None = None,
 ) -> None:
     """Bind the core implementations (and the loan actions when `loans` is given). An action
     bound already (a test's stand-in, an extension) keeps its implementation; so does a
     notifier set already."""
-    actions = CoreActions(pool, cipher, currency, country_code, pin_rounds)
+    actions = CoreActions(pool, cipher, currency, country_code, pin_rounds, withdrawal_gate)
     functions: Mapping[str, ActionFn] = actions.functions()
     if loans is not None:
         functions = {**functions, **LoanActions(pool, loans, actions).functions()}

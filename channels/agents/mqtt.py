@@ -45,6 +45,7 @@ COALESCE_S = 0.002
 MAX_INFLIGHT = 5000
 MAX_QUEUED_OUT = 10_000
 INBOX_WAIT_S = 0.5
+STOP_TIMEOUT_S = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,9 +202,14 @@ class MqttService:
             await asyncio.to_thread(client.loop_stop)
             self._client = None
         if self._drain_task is not None:
+            # The stop flag and a wake-up end the drain even when its cancellation is lost:
+            # on Python 3.11 a wait_for/timeout inside the handler can swallow it (gh-86296),
+            # and awaiting the task then waited for ever (seen as a hung app teardown).
+            self._wake.set()
             self._drain_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._drain_task
+            done, _ = await asyncio.wait({self._drain_task}, timeout=STOP_TIMEOUT_S)
+            if not done:
+                log.warning("mqtt drain did not stop in time")
         self._connected.clear()
 
     # --- paho's thread ----------------------------------------------------------------------
@@ -263,8 +269,10 @@ class MqttService:
         self._wake.set()
 
     async def _drain(self) -> None:
-        while True:
+        while not self._stopping.is_set():
             await self._wake.wait()
+            if self._stopping.is_set():
+                return
             if len(self._inbox) < MAX_BATCH:
                 # Let a trickle become a batch: one Redis round trip then serves many fixes.
                 await asyncio.sleep(COALESCE_S)

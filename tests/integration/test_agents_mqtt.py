@@ -4,6 +4,7 @@ broker restarted under a running gateway."""
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 import time
 from dataclasses import replace
@@ -334,19 +335,21 @@ async def test_broker_restart(
                 await mosquitto.start()
             else:
                 assert embedded is not None
-                await embedded.stop()
-                embedded = EmbeddedMqtt(tmp_path, port)
-                assert await embedded.start() == url
-            assert await eventually(lambda: runtime.mqtt.connections >= 2, 20)  # type: ignore[union-attr]
-            await runtime.mqtt.wait_subscribed(20)
-            await eventually(device.client.is_connected, 20)
+                async with asyncio.timeout(15):  # stop() has a deadline of its own (5 s)
+                    await embedded.stop()
+                    embedded = EmbeddedMqtt(tmp_path, port)
+                    assert await embedded.start() == url
+            service = runtime.mqtt
+            assert await eventually(lambda: service.connections >= 2, 20), "no reconnect"
+            await service.wait_subscribed(20)  # raises TimeoutError: no SUBACK after it
+            assert await eventually(device.client.is_connected, 20), "the device did not return"
             device.publish(f"agents/{agent}/location", native(10, now - 1))
 
             async def moved_on() -> bool:
                 fix = await runtime.engine.latest_fix(agent)
                 return fix is not None and fix.ts == now - 1
 
-            assert await eventually(moved_on, 20)
+            assert await eventually(moved_on, 20), "the fix after the restart was not handled"
             await device.stop()
     finally:
         if mosquitto is not None:

@@ -97,7 +97,36 @@ def test_breach_alert_settings() -> None:
     default = load_settings({})
     assert (default.agent_alert_channel, default.agent_alert_recipients) == ("log", ("admins",))
     s = load_settings(
-        {"AGENT_ALERT_CHANNEL": "Email", "AGENT_ALERT_RECIPIENTS": "ops@x.co, risk@x.co,ops@x.co"}
-    )
+        {"AGENT_ALERT_CHANNEL": "Email", "AGENT_ALERT_RECIPIENTS": "ops@x.co, risk@x.co,ops@x.co",
+         "SMTP_URL": "smtp://mail.x.co:587"}
+    )  # fmt: skip
     assert (s.agent_alert_channel, s.agent_alert_recipients) == ("email", ("ops@x.co", "risk@x.co"))
     assert load_settings({"AGENT_ALERT_CHANNEL": "off"}).agent_alert_channel is None
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"AGENT_ALERT_CHANNEL": "email", "AGENT_ALERT_RECIPIENTS": "ops@x.co"},
+         "AGENT_ALERT_CHANNEL: email needs SMTP_URL (the mail server)"),
+        ({"AGENT_ALERT_CHANNEL": "email", "SMTP_URL": "smtp://m.x.co"},
+         "AGENT_ALERT_RECIPIENTS: email alerts need email addresses, got 'admins'"),
+        ({"SMTP_URL": "http://m.x.co"}, "SMTP_URL: expected a URL starting with smtp://, smtps://"),
+        ({"SMTP_URL": "smtp://m.x.co:99999"}, "SMTP_URL: the port is not a number"),
+        ({"SMTP_FROM": "not an address"}, "SMTP_FROM: expected an email address"),
+        ({"AGENT_WITHDRAWAL_GATE": "maybe"}, "AGENT_WITHDRAWAL_GATE: one of off, fenced, always"),
+        ({"SMTP_FROM": "a@b.co\r\nBcc: x@y.co"}, "SMTP_FROM: expected an email address"),
+    ],
+)  # fmt: skip
+def test_email_settings_refused(env: dict[str, str], message: str) -> None:
+    with pytest.raises(SettingsError) as caught:
+        load_settings(env)
+    assert str(caught.value).startswith(message)
+
+
+def test_email_settings() -> None:
+    s = load_settings({"SMTP_URL": "smtps://u:p@mail.x.co", "SMTP_FROM": "alerts@bank.example"})
+    assert (s.smtp_url, s.smtp_from) == ("smtps://u:p@mail.x.co", "alerts@bank.example")
+    assert load_settings({}).smtp_from == "gateway@localhost"
+    assert load_settings({}).agent_withdrawal_gate == "fenced"
+    assert load_settings({"AGENT_WITHDRAWAL_GATE": "Always"}).agent_withdrawal_gate == "always"
