@@ -97,6 +97,10 @@ class CompiledMenu:
     machine: Any = None  # the version's shared AsyncMachine (menus.machine)
     # the machine's transitions with nothing to run but conditions (menus.machine.plain_moves)
     plain: dict[tuple[str, str], Any] = field(default_factory=dict)
+    # screens whose pages depend only on the language (no variables, no conditions, no lists):
+    # rendered once per (screen, language, page, notice) into `rendered` (menus.render)
+    static: frozenset[str] = frozenset()
+    rendered: dict[tuple[str, str, int, str | None], Any] = field(default_factory=dict)
 
     @property
     def languages(self) -> list[str]:
@@ -208,6 +212,21 @@ def _node(sid: str, screen: Screen, problems: list[str]) -> Node:
     return Node(**fields)
 
 
+def _static(node: Node) -> bool:
+    """Whether a displayed screen renders the same for every session (per language)."""
+    if node.type not in ("menu", "input", "confirm", "end"):
+        return False
+    if any(t.paths for t in node.text.values()):
+        return False
+    if node.type == "menu":
+        if node.items_source is not None:
+            return False
+        for option in node.options:
+            if option.when is not None or any(t.paths for t in option.label.values()):
+                return False
+    return not (node.type == "end" and node.lines is not None)
+
+
 def compile_menu(doc: Document, version: int = 0) -> tuple[CompiledMenu | None, list[str]]:
     """Compile a structurally valid document. Returns the menu, or None and the problems
     (templates with stray braces, conditions outside the language, bad regexes)."""
@@ -224,4 +243,5 @@ def compile_menu(doc: Document, version: int = 0) -> tuple[CompiledMenu | None, 
     if problems:
         return None, problems
     menu = CompiledMenu(doc.name, version, doc, MappingProxyType(nodes), MappingProxyType(messages))
+    menu.static = frozenset(sid for sid, node in nodes.items() if _static(node))
     return menu, []

@@ -29,7 +29,7 @@ from menus import validators
 from menus.actions import ActionContext, ActionResult, MenuBindings
 from menus.compiled import CompiledMenu, Node
 from menus.machine import apply_plain, build_machine, plain_moves
-from menus.render import full_text, render, visible_options
+from menus.render import EMPTY_SCOPE, full_text, render, visible_options
 from menus.schema import BEGIN
 from menus.session import Session
 
@@ -127,6 +127,10 @@ class Step:
         s = self.session
         return {**s.vars, "customer": s.customer, "msisdn": s.msisdn, "language": s.language}
 
+    def scope_for(self, node: Node) -> Mapping[str, Any]:
+        """The scope a screen renders with; none for a static screen (it reads nothing)."""
+        return EMPTY_SCOPE if node.id in self.menu.static else self.scope()
+
     @property
     def node(self) -> Node:
         return self.menu.nodes[self.state]
@@ -192,7 +196,7 @@ class Engine:
             await self._back(step)
             return
         if value == NEXT_PAGE:
-            pages = render(self._menu(step), node, session.language, step.scope()).pages
+            pages = render(self._menu(step), node, session.language, step.scope_for(node)).pages
             if session.page < pages - 1:
                 session.page += 1
                 return
@@ -227,7 +231,7 @@ class Engine:
 
     async def _choose(self, step: Step, value: str) -> None:
         node = step.node
-        choices = visible_options(node, step.scope())
+        choices = visible_options(node, step.scope_for(node))
         if not (value.isascii() and value.isdigit()) or not 1 <= int(value) <= len(choices):
             step.notice = self._message(step, "invalid_choice")
             return
@@ -486,7 +490,12 @@ class Engine:
             return Reply(menu.message(key, session.language), True)
         node = step.node
         page = render(
-            menu, node, session.language, step.scope(), page=session.page, notice=step.notice
+            menu,
+            node,
+            session.language,
+            step.scope_for(node),
+            page=session.page,
+            notice=step.notice,
         )
         session.page = page.page
         return Reply(page.text, node.type == "end" and page.last)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
 
 from menus.compiled import CompiledMenu, Node
@@ -22,6 +23,8 @@ from menus.template import format_value
 
 MAX_PAGES = 12
 MAX_LIST_ITEMS = 60
+MAX_RENDERED = 4096  # cached pages of static screens per menu version (a bound, never reached)
+EMPTY_SCOPE: Mapping[str, Any] = MappingProxyType({})
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,6 +140,28 @@ def render(
     *,
     page: int = 0,
     notice: str | None = None,
+) -> Rendered:
+    """Page `page` of a screen. A static screen (`CompiledMenu.static`: no variables, no
+    conditions, no lists) is rendered once per language, page and notice, then reused."""
+    if node.id in menu.static:
+        key = (node.id, language, page, notice)
+        cached = menu.rendered.get(key)
+        if cached is None:
+            cached = _render(menu, node, language, EMPTY_SCOPE, page=page, notice=notice)
+            if len(menu.rendered) < MAX_RENDERED:
+                menu.rendered[key] = cached
+        return cached
+    return _render(menu, node, language, scope, page=page, notice=notice)
+
+
+def _render(
+    menu: CompiledMenu,
+    node: Node,
+    language: str,
+    scope: Mapping[str, Any],
+    *,
+    page: int,
+    notice: str | None,
 ) -> Rendered:
     head, items = _units(menu, node, language, scope)
     units = ([notice] if notice else []) + head + items

@@ -270,7 +270,7 @@ class UssdService:
         if reply.end:
             session.close()
         ok, now_stored = await self.store.save(
-            hop.key, claim.expected, session.to_json(), hop.ttl_s
+            hop.key, claim.expected, session.to_json(), hop.ttl_s, session
         )
         if not ok:
             if claim.claimed:
