@@ -41,7 +41,9 @@ MAX_LATE_TASKS = 1000
 BACK, HOME, NEXT_PAGE = "0", "00", "98"
 
 
-@dataclass(frozen=True, slots=True)
+# Read-only by convention, not frozen: a frozen dataclass's __init__ sets each field through
+# object.__setattr__ (4x the cost), and several of these are built on every USSD request.
+@dataclass(slots=True)
 class UssdRequest:
     """One callback, provider-neutral. `namespace` (the provider) only keeps session ids of
     different aggregators apart; the engine never branches on it."""
@@ -58,7 +60,9 @@ class UssdRequest:
     detail: str | None = None  # why a session ended (provider status), for analytics
 
 
-@dataclass(frozen=True, slots=True)
+# Read-only by convention, not frozen: a frozen dataclass's __init__ sets each field through
+# object.__setattr__ (4x the cost), and several of these are built on every USSD request.
+@dataclass(slots=True)
 class Reply:
     text: str
     end: bool

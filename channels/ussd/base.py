@@ -50,7 +50,9 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True, slots=True)
+# Read-only by convention, not frozen: a frozen dataclass's __init__ sets each field through
+# object.__setattr__ (4x the cost), and several of these are built on every USSD request.
+@dataclass(slots=True)
 class Raw:
     """An HTTP request as a provider module sees it. `path` is what follows `/ussd/<provider>`
     (Infobip puts the session id and the event there)."""
@@ -62,14 +64,18 @@ class Raw:
     query: Mapping[str, str] = field(default_factory=dict)
 
 
-@dataclass(frozen=True, slots=True)
+# Read-only by convention, not frozen: a frozen dataclass's __init__ sets each field through
+# object.__setattr__ (4x the cost), and several of these are built on every USSD request.
+@dataclass(slots=True)
 class Wire:
     status: int
     content_type: str
     body: bytes
 
 
-@dataclass(frozen=True, slots=True)
+# Read-only by convention, not frozen: a frozen dataclass's __init__ sets each field through
+# object.__setattr__ (4x the cost), and several of these are built on every USSD request.
+@dataclass(slots=True)
 class Inbound:
     request: UssdRequest
     echo: Mapping[str, Any] = field(default_factory=dict)
