@@ -62,6 +62,7 @@ class Node:
     routes: tuple[tuple[Condition, str | None, str], ...] = ()
     default: str | None = None
     lines: str | None = None
+    more: tuple[Condition, str | None, str] | None = None  # an end screen's (when, next, source)
 
     @property
     def displayed(self) -> bool:
@@ -84,7 +85,13 @@ class Node:
         elif self.type == "router":
             edges += [(f"route {i + 1}", t) for i, (_, t, _) in enumerate(self.routes)]
             edges.append(("default", self.default))
+        elif self.type == "end" and self.more is not None:
+            edges.append(("more", self.more[1]))
         return edges
+
+    def more_open(self, scope: Mapping[str, Any]) -> bool:
+        """Whether `98` on this end screen's last page goes on to `more.next`."""
+        return self.more is not None and bool(self.more[0](scope))
 
 
 @dataclass
@@ -209,6 +216,10 @@ def _node(sid: str, screen: Screen, problems: list[str]) -> Node:
         fields.update(_router_fields(where, screen, problems))
     elif isinstance(screen, EndScreen):
         fields["lines"] = screen.lines
+        if screen.more is not None:
+            cond = _condition(screen.more.when, f"{where}.more.when", problems)
+            if cond is not None:
+                fields["more"] = (cond, screen.more.next, screen.more.when)
     return Node(**fields)
 
 
@@ -224,7 +235,7 @@ def _static(node: Node) -> bool:
         for option in node.options:
             if option.when is not None or any(t.paths for t in option.label.values()):
                 return False
-    return not (node.type == "end" and node.lines is not None)
+    return not (node.type == "end" and (node.lines is not None or node.more is not None))
 
 
 def compile_menu(doc: Document, version: int = 0) -> tuple[CompiledMenu | None, list[str]]:

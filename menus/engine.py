@@ -200,9 +200,14 @@ class Engine:
             await self._back(step)
             return
         if value == NEXT_PAGE:
-            pages = render(self._menu(step), node, session.language, step.scope_for(node)).pages
-            if session.page < pages - 1:
+            shown = render(self._menu(step), node, session.language, step.scope_for(node))
+            if session.page < shown.pages - 1:
                 session.page += 1
+                return
+            if shown.more:  # the last page of an end screen that goes on (older lines)
+                session.page = 0
+                await self._fire(step, "more")
+                await self._settle(step)
                 return
         handler = {
             "menu": self._choose,
@@ -502,7 +507,7 @@ class Engine:
             notice=step.notice,
         )
         session.page = page.page
-        return Reply(page.text, node.type == "end" and page.last)
+        return Reply(page.text, node.type == "end" and page.last and not page.more)
 
     def _menu(self, step: Step) -> CompiledMenu:
         return step.menu

@@ -32,6 +32,7 @@ class Rendered:
     text: str  # the page to send
     page: int
     pages: int
+    more: bool = False  # an end screen whose last page goes on (`98`) to more lines
 
     @property
     def last(self) -> bool:
@@ -102,14 +103,24 @@ def _split(unit: str, budget: list[str]) -> tuple[str, str]:
     return head, rest
 
 
-def paginate(units: Sequence[str], more: str, back: str, *, back_on_last: bool = True) -> list[str]:
+def paginate(
+    units: Sequence[str],
+    more: str,
+    back: str,
+    *,
+    back_on_last: bool = True,
+    more_on_last: bool = False,
+) -> list[str]:
     """Pack units into pages that each fit, with the navigation lines. The last page of a
-    screen that ends the session offers no way back (`back_on_last=False`)."""
+    screen that ends the session offers no way back (`back_on_last=False`); the last page of
+    one that goes on to more (`more_on_last`) offers "98. More" like the others."""
     remaining = [u for u in units if u]
     pages: list[str] = []
     while remaining and len(pages) < MAX_PAGES:
         nav = [back] if pages else []
         last_nav = nav if back_on_last else []
+        if more_on_last:
+            last_nav = [*last_nav, more]
         if fits("\n".join([*remaining, *last_nav])):
             pages.append("\n".join([*remaining, *last_nav]))
             break
@@ -165,14 +176,16 @@ def _render(
 ) -> Rendered:
     head, items = _units(menu, node, language, scope)
     units = ([notice] if notice else []) + head + items
+    goes_on = node.type == "end" and node.more_open(scope)
     pages = paginate(
         units,
         menu.message("more", language),
         menu.message("back", language),
         back_on_last=node.type != "end",
+        more_on_last=goes_on,
     )
     index = min(max(page, 0), len(pages) - 1)
-    return Rendered(pages[index], index, len(pages))
+    return Rendered(pages[index], index, len(pages), more=goes_on)
 
 
 def head_fits(
