@@ -57,6 +57,7 @@ MONEY_PIN = "4821"
 MONEY_CUSTOMERS = 512
 MONEY_BALANCE_MINOR = 90_000_00  # under the Basic tier's maximum balance
 MONEY_AMOUNT = "10"  # KES 10: in the free band of the demo tariff, so every sender can go on
+PROFILE_ENV = "USSD_BENCH_PROFILE"  # the gateway process runs under cProfile, stats to this file
 
 
 # --- servers (run as subprocesses of this script) ---------------------------------------------
@@ -114,7 +115,19 @@ def serve_gateway(port: int, redis_url: str, database_url: str) -> None:
     app = create_app(settings, start_channels=False)
     app.on_startup.append(bind_lookup)  # after the core binding (cleanup contexts run first)
     freeze_after_startup(app)  # as `gateway serve` does
-    web.run_app(app, host=HOST, port=port, access_log_class=JsonAccessLogger, print=None)
+    profile = os.environ.get(PROFILE_ENV)
+    if not profile:
+        web.run_app(app, host=HOST, port=port, access_log_class=JsonAccessLogger, print=None)
+        return
+    import cProfile
+
+    profiler = cProfile.Profile()
+    profiler.enable()
+    try:  # SIGTERM from the bench ends run_app normally
+        web.run_app(app, host=HOST, port=port, access_log_class=JsonAccessLogger, print=None)
+    finally:
+        profiler.disable()
+        profiler.dump_stats(profile)
 
 
 # --- a small HTTP/1.1 keep-alive client (cheaper than a full client library) ---------------
@@ -446,7 +459,13 @@ def describe(name: str, r: Result, floor: Result | None, nav: bool = True) -> st
     return line
 
 
-def run(seconds: float, concurrencies: list[int], money_concurrency: int, pin_rounds: int) -> int:
+def run(
+    seconds: float,
+    concurrencies: list[int],
+    money_concurrency: int,
+    pin_rounds: int,
+    profile: str | None = None,
+) -> int:
     stack = Stack()
     ok = True
     try:
@@ -458,6 +477,8 @@ def run(seconds: float, concurrencies: list[int], money_concurrency: int, pin_ro
         me = [sys.executable, str(Path(__file__).resolve())]
         floor_port, gw_port = free_port(), free_port()
         env = {k: v for k, v in os.environ.items() if not k.startswith("USSD_")}
+        if profile:
+            env[PROFILE_ENV] = str(Path(profile).resolve())
         floor = stack.spawn([*me, "floor", str(floor_port), redis_url], cpu=0)
         wait_port(floor_port, floor, "the floor")
         gateway = stack.spawn(
@@ -478,6 +499,11 @@ def run(seconds: float, concurrencies: list[int], money_concurrency: int, pin_ro
             ok &= bench_money(money_concurrency, seconds, servers, database_url, pin_rounds)
     finally:
         stack.stop()
+    if profile:
+        import pstats
+
+        print(f"\ngateway profile (cProfile, inflates Python-level costs): {profile}")
+        pstats.Stats(profile).sort_stats("tottime").print_stats(25)
     print("targets met (and the money runs clean)" if ok else "TARGETS MISSED (or money errors)")
     return 0 if ok else 1
 
@@ -645,11 +671,17 @@ def main() -> int:
     parser.add_argument(
         "--pin-rounds", type=int, default=None, help="bcrypt cost of the bench PINs"
     )
+    parser.add_argument(
+        "--profile",
+        metavar="FILE",
+        help="run the gateway under cProfile and write its stats to FILE (figures are then "
+        "not comparable with the floor's)",
+    )
     args = parser.parse_args()
     from config.settings import load_settings
 
     rounds = args.pin_rounds or load_settings().pin_bcrypt_rounds
-    return run(args.seconds, args.concurrency, args.money_concurrency, rounds)
+    return run(args.seconds, args.concurrency, args.money_concurrency, rounds, args.profile)
 
 
 if __name__ == "__main__":
