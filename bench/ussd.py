@@ -33,6 +33,7 @@ import os
 import random
 import secrets
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -47,6 +48,7 @@ sys.path.insert(0, str(ROOT))
 
 HOST = "127.0.0.1"
 WARMUP_S = 2.0
+SLICE_S = 1.5  # one slice of the interleaved comparison (--slices)
 TARGET_THROUGHPUT = 0.6
 TARGET_P99 = 3.0
 SESSION_STEPS = 16  # navigation steps per session before dialling again
@@ -269,12 +271,16 @@ async def _exchange(user: User, result: Result, started: float, recording: bool)
 
 
 async def closed_loop(
-    port: int, concurrency: int, seconds: float, users: list[User] | None = None
+    port: int,
+    concurrency: int,
+    seconds: float,
+    users: list[User] | None = None,
+    warmup_s: float = WARMUP_S,
 ) -> Result:
     users = users or [User(port) for _ in range(concurrency)]
     result = Result()
-    stop = time.perf_counter() + WARMUP_S + seconds
-    record_from = time.perf_counter() + WARMUP_S
+    stop = time.perf_counter() + warmup_s + seconds
+    record_from = time.perf_counter() + warmup_s
 
     async def run(user: User) -> None:
         while (now := time.perf_counter()) < stop:
@@ -464,7 +470,9 @@ def run(
     concurrencies: list[int],
     money_concurrency: int,
     pin_rounds: int,
+    *,
     profile: str | None = None,
+    slices: int = 0,
 ) -> int:
     stack = Stack()
     ok = True
@@ -494,7 +502,7 @@ def run(
         servers = (floor_port, floor.pid, gw_port, gateway.pid)
         for n in concurrencies:  # 0: no navigation run
             if n > 0:
-                ok &= bench_one(n, seconds, servers)
+                ok &= bench_one(n, seconds, servers, slices)
         if money_concurrency:
             ok &= bench_money(money_concurrency, seconds, servers, database_url, pin_rounds)
     finally:
@@ -508,7 +516,31 @@ def run(
     return 0 if ok else 1
 
 
-def bench_one(n: int, seconds: float, servers: tuple[int, int, int, int]) -> bool:
+def interleaved(n: int, slices: int, servers: tuple[int, int, int, int]) -> None:
+    """Closed-loop slices of SLICE_S, floor and gateway in turn: on a machine whose load moves
+    from one minute to the next, each pair of slices sees about the same load, so the per-pair
+    ratios (steps/s, and server CPU per request) are steadier than two long runs minutes apart."""
+    floor_port, floor_pid, gw_port, gw_pid = servers
+    rates: list[float] = []
+    cpus: list[float] = []
+    for _ in range(slices):
+        f = measured(
+            floor_pid, lambda: asyncio.run(closed_loop(floor_port, n, SLICE_S, warmup_s=0.3))
+        )
+        g = measured(gw_pid, lambda: asyncio.run(closed_loop(gw_port, n, SLICE_S, warmup_s=0.3)))
+        rates.append(g.rate() / f.rate() if f.rate() else 0.0)
+        cpus.append(
+            (f.cpu_s / f.sent) / (g.cpu_s / g.sent) if g.sent and f.sent and g.cpu_s else 0.0
+        )
+    print(
+        f"  interleaved ({slices} pairs of {SLICE_S:.1f} s slices): gateway/floor steps/s median"
+        f" {statistics.median(rates):.2f} (range {min(rates):.2f}-{max(rates):.2f}); floor/gateway"
+        f" CPU per request median {statistics.median(cpus):.2f}"
+        f" (range {min(cpus):.2f}-{max(cpus):.2f})"
+    )
+
+
+def bench_one(n: int, seconds: float, servers: tuple[int, int, int, int], slices: int = 0) -> bool:
     floor_port, floor_pid, gw_port, gw_pid = servers
     print(f"\n{n} concurrent sessions", flush=True)
     print("  closed loop: floor ...", flush=True)
@@ -542,6 +574,8 @@ def bench_one(n: int, seconds: float, servers: tuple[int, int, int, int]) -> boo
         f"  server CPU per request: floor {floor_cpu:.0f} us, gateway {gw_cpu:.0f} us per step"
         f" -> capacity {floor_cpu / gw_cpu:.2f}x floor (steadier than req/s on a busy machine)"
     )
+    if slices:
+        interleaved(n, slices, servers)
     throughput = g.nav_rate() / floor.rate()
     p99 = pct(gh.nav, 0.99) / pct(fh.nav + fh.starts, 0.99)
     errors = f1.errors + f2.errors + g.errors + fh.errors + gh.errors + fo.errors + go.errors
@@ -672,6 +706,12 @@ def main() -> int:
         "--pin-rounds", type=int, default=None, help="bcrypt cost of the bench PINs"
     )
     parser.add_argument(
+        "--slices",
+        type=int,
+        default=0,
+        help="also compare gateway and floor in N interleaved pairs of short slices",
+    )
+    parser.add_argument(
         "--profile",
         metavar="FILE",
         help="run the gateway under cProfile and write its stats to FILE (figures are then "
@@ -681,7 +721,14 @@ def main() -> int:
     from config.settings import load_settings
 
     rounds = args.pin_rounds or load_settings().pin_bcrypt_rounds
-    return run(args.seconds, args.concurrency, args.money_concurrency, rounds, args.profile)
+    return run(
+        args.seconds,
+        args.concurrency,
+        args.money_concurrency,
+        rounds,
+        profile=args.profile,
+        slices=args.slices,
+    )
 
 
 if __name__ == "__main__":
