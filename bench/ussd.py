@@ -33,6 +33,7 @@ import os
 import random
 import secrets
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -47,6 +48,7 @@ sys.path.insert(0, str(ROOT))
 
 HOST = "127.0.0.1"
 WARMUP_S = 2.0
+SLICE_S = 1.5  # one slice of the interleaved comparison (--slices)
 TARGET_THROUGHPUT = 0.6
 TARGET_P99 = 3.0
 SESSION_STEPS = 16  # navigation steps per session before dialling again
@@ -57,6 +59,7 @@ MONEY_PIN = "4821"
 MONEY_CUSTOMERS = 512
 MONEY_BALANCE_MINOR = 90_000_00  # under the Basic tier's maximum balance
 MONEY_AMOUNT = "10"  # KES 10: in the free band of the demo tariff, so every sender can go on
+PROFILE_ENV = "USSD_BENCH_PROFILE"  # the gateway process runs under cProfile, stats to this file
 
 
 # --- servers (run as subprocesses of this script) ---------------------------------------------
@@ -114,7 +117,19 @@ def serve_gateway(port: int, redis_url: str, database_url: str) -> None:
     app = create_app(settings, start_channels=False)
     app.on_startup.append(bind_lookup)  # after the core binding (cleanup contexts run first)
     freeze_after_startup(app)  # as `gateway serve` does
-    web.run_app(app, host=HOST, port=port, access_log_class=JsonAccessLogger, print=None)
+    profile = os.environ.get(PROFILE_ENV)
+    if not profile:
+        web.run_app(app, host=HOST, port=port, access_log_class=JsonAccessLogger, print=None)
+        return
+    import cProfile
+
+    profiler = cProfile.Profile()
+    profiler.enable()
+    try:  # SIGTERM from the bench ends run_app normally
+        web.run_app(app, host=HOST, port=port, access_log_class=JsonAccessLogger, print=None)
+    finally:
+        profiler.disable()
+        profiler.dump_stats(profile)
 
 
 # --- a small HTTP/1.1 keep-alive client (cheaper than a full client library) ---------------
@@ -256,12 +271,16 @@ async def _exchange(user: User, result: Result, started: float, recording: bool)
 
 
 async def closed_loop(
-    port: int, concurrency: int, seconds: float, users: list[User] | None = None
+    port: int,
+    concurrency: int,
+    seconds: float,
+    users: list[User] | None = None,
+    warmup_s: float = WARMUP_S,
 ) -> Result:
     users = users or [User(port) for _ in range(concurrency)]
     result = Result()
-    stop = time.perf_counter() + WARMUP_S + seconds
-    record_from = time.perf_counter() + WARMUP_S
+    stop = time.perf_counter() + warmup_s + seconds
+    record_from = time.perf_counter() + warmup_s
 
     async def run(user: User) -> None:
         while (now := time.perf_counter()) < stop:
@@ -446,7 +465,15 @@ def describe(name: str, r: Result, floor: Result | None, nav: bool = True) -> st
     return line
 
 
-def run(seconds: float, concurrencies: list[int], money_concurrency: int, pin_rounds: int) -> int:
+def run(
+    seconds: float,
+    concurrencies: list[int],
+    money_concurrency: int,
+    pin_rounds: int,
+    *,
+    profile: str | None = None,
+    slices: int = 0,
+) -> int:
     stack = Stack()
     ok = True
     try:
@@ -458,6 +485,8 @@ def run(seconds: float, concurrencies: list[int], money_concurrency: int, pin_ro
         me = [sys.executable, str(Path(__file__).resolve())]
         floor_port, gw_port = free_port(), free_port()
         env = {k: v for k, v in os.environ.items() if not k.startswith("USSD_")}
+        if profile:
+            env[PROFILE_ENV] = str(Path(profile).resolve())
         floor = stack.spawn([*me, "floor", str(floor_port), redis_url], cpu=0)
         wait_port(floor_port, floor, "the floor")
         gateway = stack.spawn(
@@ -473,16 +502,45 @@ def run(seconds: float, concurrencies: list[int], money_concurrency: int, pin_ro
         servers = (floor_port, floor.pid, gw_port, gateway.pid)
         for n in concurrencies:  # 0: no navigation run
             if n > 0:
-                ok &= bench_one(n, seconds, servers)
+                ok &= bench_one(n, seconds, servers, slices)
         if money_concurrency:
             ok &= bench_money(money_concurrency, seconds, servers, database_url, pin_rounds)
     finally:
         stack.stop()
+    if profile:
+        import pstats
+
+        print(f"\ngateway profile (cProfile, inflates Python-level costs): {profile}")
+        pstats.Stats(profile).sort_stats("tottime").print_stats(25)
     print("targets met (and the money runs clean)" if ok else "TARGETS MISSED (or money errors)")
     return 0 if ok else 1
 
 
-def bench_one(n: int, seconds: float, servers: tuple[int, int, int, int]) -> bool:
+def interleaved(n: int, slices: int, servers: tuple[int, int, int, int]) -> None:
+    """Closed-loop slices of SLICE_S, floor and gateway in turn: on a machine whose load moves
+    from one minute to the next, each pair of slices sees about the same load, so the per-pair
+    ratios (steps/s, and server CPU per request) are steadier than two long runs minutes apart."""
+    floor_port, floor_pid, gw_port, gw_pid = servers
+    rates: list[float] = []
+    cpus: list[float] = []
+    for _ in range(slices):
+        f = measured(
+            floor_pid, lambda: asyncio.run(closed_loop(floor_port, n, SLICE_S, warmup_s=0.3))
+        )
+        g = measured(gw_pid, lambda: asyncio.run(closed_loop(gw_port, n, SLICE_S, warmup_s=0.3)))
+        rates.append(g.rate() / f.rate() if f.rate() else 0.0)
+        cpus.append(
+            (f.cpu_s / f.sent) / (g.cpu_s / g.sent) if g.sent and f.sent and g.cpu_s else 0.0
+        )
+    print(
+        f"  interleaved ({slices} pairs of {SLICE_S:.1f} s slices): gateway/floor steps/s median"
+        f" {statistics.median(rates):.2f} (range {min(rates):.2f}-{max(rates):.2f}); floor/gateway"
+        f" CPU per request median {statistics.median(cpus):.2f}"
+        f" (range {min(cpus):.2f}-{max(cpus):.2f})"
+    )
+
+
+def bench_one(n: int, seconds: float, servers: tuple[int, int, int, int], slices: int = 0) -> bool:
     floor_port, floor_pid, gw_port, gw_pid = servers
     print(f"\n{n} concurrent sessions", flush=True)
     print("  closed loop: floor ...", flush=True)
@@ -516,6 +574,8 @@ def bench_one(n: int, seconds: float, servers: tuple[int, int, int, int]) -> boo
         f"  server CPU per request: floor {floor_cpu:.0f} us, gateway {gw_cpu:.0f} us per step"
         f" -> capacity {floor_cpu / gw_cpu:.2f}x floor (steadier than req/s on a busy machine)"
     )
+    if slices:
+        interleaved(n, slices, servers)
     throughput = g.nav_rate() / floor.rate()
     p99 = pct(gh.nav, 0.99) / pct(fh.nav + fh.starts, 0.99)
     errors = f1.errors + f2.errors + g.errors + fh.errors + gh.errors + fo.errors + go.errors
@@ -645,11 +705,30 @@ def main() -> int:
     parser.add_argument(
         "--pin-rounds", type=int, default=None, help="bcrypt cost of the bench PINs"
     )
+    parser.add_argument(
+        "--slices",
+        type=int,
+        default=0,
+        help="also compare gateway and floor in N interleaved pairs of short slices",
+    )
+    parser.add_argument(
+        "--profile",
+        metavar="FILE",
+        help="run the gateway under cProfile and write its stats to FILE (figures are then "
+        "not comparable with the floor's)",
+    )
     args = parser.parse_args()
     from config.settings import load_settings
 
     rounds = args.pin_rounds or load_settings().pin_bcrypt_rounds
-    return run(args.seconds, args.concurrency, args.money_concurrency, rounds)
+    return run(
+        args.seconds,
+        args.concurrency,
+        args.money_concurrency,
+        rounds,
+        profile=args.profile,
+        slices=args.slices,
+    )
 
 
 if __name__ == "__main__":

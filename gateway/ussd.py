@@ -50,8 +50,9 @@ SESSION_REDIS_MAX_CONNECTIONS = 256
 
 
 def session_redis(url: str) -> Redis:
-    """The session store's own client. No `socket_timeout`: the store bounds each call with one
-    `asyncio.timeout` (redis-py would add an `asyncio.wait_for`, a task, to every write)."""
+    """The session store's connection settings (the store opens its own connections from
+    them). No `socket_timeout`: the store bounds each call with one `asyncio.timeout` (redis-py
+    would add an `asyncio.wait_for`, a task, to every write)."""
     return Redis.from_url(
         url,
         socket_timeout=None,
@@ -134,10 +135,13 @@ async def _ussd(app: web.Application) -> AsyncIterator[None]:
     steps = StepLog(app[PG_POOL])
     steps.start()
     sessions = session_redis(app[ENDPOINTS].redis_url)
+    store = RedisSessionStore(
+        sessions, settings.redis_prefix, max_connections=SESSION_REDIS_MAX_CONNECTIONS
+    )
     service = UssdService(
         registry,
         engine,
-        RedisSessionStore(sessions, settings.redis_prefix),
+        store,
         cipher=app[CIPHER],
         deadline_s=settings.ussd_deadline_s,
         steps=steps,
@@ -153,4 +157,5 @@ async def _ussd(app: web.Application) -> AsyncIterator[None]:
         await registry.stop()
         await engine.drain()
         await steps.stop()
+        await store.aclose()
         await sessions.aclose()

@@ -41,7 +41,9 @@ COLUMNS = (
 )
 
 
-@dataclass(frozen=True, slots=True)
+# Read-only by convention, not frozen: a frozen dataclass's __init__ sets each field through
+# object.__setattr__ (4x the cost), and several of these are built on every USSD request.
+@dataclass(slots=True)
 class StepRecord:
     provider: str
     session_id: str

@@ -50,7 +50,7 @@ from menus.actions import ActionContext, ActionFn, ActionResult, MenuBindings
 from menus.loans.service import LoanService
 
 CHANNEL = "ussd"
-STATEMENT_LINES = 10  # a mini statement: the latest lines, paged on the handset with 98
+STATEMENT_LINES = 10  # lines per statement call; 98 pages through them, then fetches older
 OUTBOX_CHANNEL = "sms"
 LATE_RESULT_MAX_CHARS = 4000  # the outbox's body limit
 _DOWN = (
@@ -283,23 +283,34 @@ class CoreActions:
         )
 
     async def statement(self, ctx: ActionContext) -> ActionResult:
+        """The latest STATEMENT_LINES lines, or with the param `older` the ones before the
+        oldest shown (`statement_before`, from the core's paged statement). One line more is
+        read to know whether older ones exist (`statement_more`). The PIN is verified again
+        for every page, as for every other call that reads the account."""
+        older = bool(ctx.params.get("older"))
+        before = ctx.vars.get("statement_before") if older else None
+        if older and (isinstance(before, bool) or not isinstance(before, int)):
+            raise E.ValidationFailed("No statement page to go on from", field="statement_before")
         await self.verify(ctx)
         lines = await transfers.statement(
             self.pool,
             ctx.msisdn,
-            limit=STATEMENT_LINES,
+            limit=STATEMENT_LINES + 1,
+            before=before,
             currency=self.currency,
             country_code=self.country_code,
         )
-        # The newest line's balance is the wallet's balance (the ledger check holds it so); a
-        # wallet with no lines has never held money.
-        balance = lines[0].balance_after_minor if lines else 0
-        return ActionResult(
-            vars={
-                "balance": self.money(balance),
-                "statement": [statement_line(x, ctx.language, self.currency) for x in lines],
-            }
-        )
+        shown = lines[:STATEMENT_LINES]
+        out: dict[str, Any] = {
+            "statement": [statement_line(x, ctx.language, self.currency) for x in shown],
+            "statement_before": shown[-1].entry_id if shown else None,
+            "statement_more": len(lines) > STATEMENT_LINES,
+        }
+        if not older:
+            # The newest line's balance is the wallet's balance (the ledger check holds it so);
+            # a wallet with no lines has never held money. Older pages keep the one shown.
+            out["balance"] = self.money(lines[0].balance_after_minor if lines else 0)
+        return ActionResult(vars=out)
 
     async def withdraw(self, ctx: ActionContext) -> ActionResult:
         """Customer-initiated cash-out at an agent (see the module docstring)."""

@@ -87,11 +87,14 @@ _SPECS = (
     ),
     ActionSpec(
         "statement",
-        "Verify the PIN and return the latest transactions, one line each",
+        "Verify the PIN and return the latest transactions, one line each (with the param "
+        "`older`: the ones before `statement_before`)",
         secrets=("pin",),
         outputs={
             "statement": [f"12/0{i} Sent {MONEY} to +254712345678" for i in range(1, 8)],
             "balance": MONEY,
+            "statement_before": 1041,
+            "statement_more": True,
         },
         errors=PIN_ERRORS,
     ),

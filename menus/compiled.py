@@ -62,6 +62,7 @@ class Node:
     routes: tuple[tuple[Condition, str | None, str], ...] = ()
     default: str | None = None
     lines: str | None = None
+    more: tuple[Condition, str | None, str] | None = None  # an end screen's (when, next, source)
 
     @property
     def displayed(self) -> bool:
@@ -84,7 +85,13 @@ class Node:
         elif self.type == "router":
             edges += [(f"route {i + 1}", t) for i, (_, t, _) in enumerate(self.routes)]
             edges.append(("default", self.default))
+        elif self.type == "end" and self.more is not None:
+            edges.append(("more", self.more[1]))
         return edges
+
+    def more_open(self, scope: Mapping[str, Any]) -> bool:
+        """Whether `98` on this end screen's last page goes on to `more.next`."""
+        return self.more is not None and bool(self.more[0](scope))
 
 
 @dataclass
@@ -97,6 +104,10 @@ class CompiledMenu:
     machine: Any = None  # the version's shared AsyncMachine (menus.machine)
     # the machine's transitions with nothing to run but conditions (menus.machine.plain_moves)
     plain: dict[tuple[str, str], Any] = field(default_factory=dict)
+    # screens whose pages depend only on the language (no variables, no conditions, no lists):
+    # rendered once per (screen, language, page, notice) into `rendered` (menus.render)
+    static: frozenset[str] = frozenset()
+    rendered: dict[tuple[str, str, int, str | None], Any] = field(default_factory=dict)
 
     @property
     def languages(self) -> list[str]:
@@ -205,7 +216,26 @@ def _node(sid: str, screen: Screen, problems: list[str]) -> Node:
         fields.update(_router_fields(where, screen, problems))
     elif isinstance(screen, EndScreen):
         fields["lines"] = screen.lines
+        if screen.more is not None:
+            cond = _condition(screen.more.when, f"{where}.more.when", problems)
+            if cond is not None:
+                fields["more"] = (cond, screen.more.next, screen.more.when)
     return Node(**fields)
+
+
+def _static(node: Node) -> bool:
+    """Whether a displayed screen renders the same for every session (per language)."""
+    if node.type not in ("menu", "input", "confirm", "end"):
+        return False
+    if any(t.paths for t in node.text.values()):
+        return False
+    if node.type == "menu":
+        if node.items_source is not None:
+            return False
+        for option in node.options:
+            if option.when is not None or any(t.paths for t in option.label.values()):
+                return False
+    return not (node.type == "end" and (node.lines is not None or node.more is not None))
 
 
 def compile_menu(doc: Document, version: int = 0) -> tuple[CompiledMenu | None, list[str]]:
@@ -224,4 +254,5 @@ def compile_menu(doc: Document, version: int = 0) -> tuple[CompiledMenu | None, 
     if problems:
         return None, problems
     menu = CompiledMenu(doc.name, version, doc, MappingProxyType(nodes), MappingProxyType(messages))
+    menu.static = frozenset(sid for sid, node in nodes.items() if _static(node))
     return menu, []

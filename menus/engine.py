@@ -29,7 +29,7 @@ from menus import validators
 from menus.actions import ActionContext, ActionResult, MenuBindings
 from menus.compiled import CompiledMenu, Node
 from menus.machine import apply_plain, build_machine, plain_moves
-from menus.render import full_text, render, visible_options
+from menus.render import EMPTY_SCOPE, full_text, render, visible_options
 from menus.schema import BEGIN
 from menus.session import Session
 
@@ -41,7 +41,9 @@ MAX_LATE_TASKS = 1000
 BACK, HOME, NEXT_PAGE = "0", "00", "98"
 
 
-@dataclass(frozen=True, slots=True)
+# Read-only by convention, not frozen: a frozen dataclass's __init__ sets each field through
+# object.__setattr__ (4x the cost), and several of these are built on every USSD request.
+@dataclass(slots=True)
 class UssdRequest:
     """One callback, provider-neutral. `namespace` (the provider) only keeps session ids of
     different aggregators apart; the engine never branches on it."""
@@ -58,7 +60,9 @@ class UssdRequest:
     detail: str | None = None  # why a session ended (provider status), for analytics
 
 
-@dataclass(frozen=True, slots=True)
+# Read-only by convention, not frozen: a frozen dataclass's __init__ sets each field through
+# object.__setattr__ (4x the cost), and several of these are built on every USSD request.
+@dataclass(slots=True)
 class Reply:
     text: str
     end: bool
@@ -127,6 +131,10 @@ class Step:
         s = self.session
         return {**s.vars, "customer": s.customer, "msisdn": s.msisdn, "language": s.language}
 
+    def scope_for(self, node: Node) -> Mapping[str, Any]:
+        """The scope a screen renders with; none for a static screen (it reads nothing)."""
+        return EMPTY_SCOPE if node.id in self.menu.static else self.scope()
+
     @property
     def node(self) -> Node:
         return self.menu.nodes[self.state]
@@ -192,9 +200,14 @@ class Engine:
             await self._back(step)
             return
         if value == NEXT_PAGE:
-            pages = render(self._menu(step), node, session.language, step.scope()).pages
-            if session.page < pages - 1:
+            shown = render(self._menu(step), node, session.language, step.scope_for(node))
+            if session.page < shown.pages - 1:
                 session.page += 1
+                return
+            if shown.more:  # the last page of an end screen that goes on (older lines)
+                session.page = 0
+                await self._fire(step, "more")
+                await self._settle(step)
                 return
         handler = {
             "menu": self._choose,
@@ -227,7 +240,7 @@ class Engine:
 
     async def _choose(self, step: Step, value: str) -> None:
         node = step.node
-        choices = visible_options(node, step.scope())
+        choices = visible_options(node, step.scope_for(node))
         if not (value.isascii() and value.isdigit()) or not 1 <= int(value) <= len(choices):
             step.notice = self._message(step, "invalid_choice")
             return
@@ -486,10 +499,15 @@ class Engine:
             return Reply(menu.message(key, session.language), True)
         node = step.node
         page = render(
-            menu, node, session.language, step.scope(), page=session.page, notice=step.notice
+            menu,
+            node,
+            session.language,
+            step.scope_for(node),
+            page=session.page,
+            notice=step.notice,
         )
         session.page = page.page
-        return Reply(page.text, node.type == "end" and page.last)
+        return Reply(page.text, node.type == "end" and page.last and not page.more)
 
     def _menu(self, step: Step) -> CompiledMenu:
         return step.menu

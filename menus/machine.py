@@ -13,6 +13,7 @@ Triggers (states are screen ids, plus `__begin__` for a session that has shown n
     pick                menu built from a list -> its `next`
     submit              input -> next (the input already passed its validator)
     confirm / cancel    confirm -> yes / no
+    more                end screen -> its `more.next` (`98` on the last page while `more.when`)
     done                action -> next (the action succeeded)
     fail_<CODE> / fail  action -> on_error[CODE] / on_error.default
     route               router -> the first route whose condition holds, else default
@@ -234,3 +235,6 @@ def _add_node(machine: LeanAsyncMachine, sid: str, node: Node) -> None:
         for cond, route_target, _ in node.routes:
             _link(machine, "route", sid, route_target, [partial(_route_holds, cond)])
         _link(machine, "route", sid, node.default)
+    elif node.type == "end" and node.more is not None:
+        # The engine fires it only while the condition holds (it also decides the page shown).
+        _link(machine, "more", sid, node.more[1])

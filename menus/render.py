@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
 
 from menus.compiled import CompiledMenu, Node
@@ -22,6 +23,8 @@ from menus.template import format_value
 
 MAX_PAGES = 12
 MAX_LIST_ITEMS = 60
+MAX_RENDERED = 4096  # cached pages of static screens per menu version (a bound, never reached)
+EMPTY_SCOPE: Mapping[str, Any] = MappingProxyType({})
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,6 +32,7 @@ class Rendered:
     text: str  # the page to send
     page: int
     pages: int
+    more: bool = False  # an end screen whose last page goes on (`98`) to more lines
 
     @property
     def last(self) -> bool:
@@ -99,14 +103,24 @@ def _split(unit: str, budget: list[str]) -> tuple[str, str]:
     return head, rest
 
 
-def paginate(units: Sequence[str], more: str, back: str, *, back_on_last: bool = True) -> list[str]:
+def paginate(
+    units: Sequence[str],
+    more: str,
+    back: str,
+    *,
+    back_on_last: bool = True,
+    more_on_last: bool = False,
+) -> list[str]:
     """Pack units into pages that each fit, with the navigation lines. The last page of a
-    screen that ends the session offers no way back (`back_on_last=False`)."""
+    screen that ends the session offers no way back (`back_on_last=False`); the last page of
+    one that goes on to more (`more_on_last`) offers "98. More" like the others."""
     remaining = [u for u in units if u]
     pages: list[str] = []
     while remaining and len(pages) < MAX_PAGES:
         nav = [back] if pages else []
         last_nav = nav if back_on_last else []
+        if more_on_last:
+            last_nav = [*last_nav, more]
         if fits("\n".join([*remaining, *last_nav])):
             pages.append("\n".join([*remaining, *last_nav]))
             break
@@ -138,16 +152,40 @@ def render(
     page: int = 0,
     notice: str | None = None,
 ) -> Rendered:
+    """Page `page` of a screen. A static screen (`CompiledMenu.static`: no variables, no
+    conditions, no lists) is rendered once per language, page and notice, then reused."""
+    if node.id in menu.static:
+        key = (node.id, language, page, notice)
+        cached = menu.rendered.get(key)
+        if cached is None:
+            cached = _render(menu, node, language, EMPTY_SCOPE, page=page, notice=notice)
+            if len(menu.rendered) < MAX_RENDERED:
+                menu.rendered[key] = cached
+        return cached
+    return _render(menu, node, language, scope, page=page, notice=notice)
+
+
+def _render(
+    menu: CompiledMenu,
+    node: Node,
+    language: str,
+    scope: Mapping[str, Any],
+    *,
+    page: int,
+    notice: str | None,
+) -> Rendered:
     head, items = _units(menu, node, language, scope)
     units = ([notice] if notice else []) + head + items
+    goes_on = node.type == "end" and node.more_open(scope)
     pages = paginate(
         units,
         menu.message("more", language),
         menu.message("back", language),
         back_on_last=node.type != "end",
+        more_on_last=goes_on,
     )
     index = min(max(page, 0), len(pages) - 1)
-    return Rendered(pages[index], index, len(pages))
+    return Rendered(pages[index], index, len(pages), more=goes_on)
 
 
 def head_fits(

@@ -130,6 +130,9 @@ class EndScreen(_Strict):
     type: Literal["end"]
     text: Texts
     lines: VarName | None = None
+    # `98` on the last page goes on to `more.next` while `more.when` holds (e.g. older lines of a
+    # statement); until then the last page offers "98. More" and the session stays open.
+    more: Route | None = None
 
 
 Screen = MenuScreen | InputScreen | ConfirmScreen | ActionScreen | RouterScreen | EndScreen

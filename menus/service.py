@@ -71,7 +71,9 @@ class _Lost(Exception):
         self.current = current
 
 
-@dataclass(frozen=True, slots=True)
+# Read-only by convention, not frozen: a frozen dataclass's __init__ sets each field through
+# object.__setattr__ (4x the cost), and several of these are built on every USSD request.
+@dataclass(slots=True)
 class _Hop:
     """One request being answered: where its session lives and what identifies it."""
 
@@ -270,7 +272,7 @@ class UssdService:
         if reply.end:
             session.close()
         ok, now_stored = await self.store.save(
-            hop.key, claim.expected, session.to_json(), hop.ttl_s
+            hop.key, claim.expected, session.to_json(), hop.ttl_s, session
         )
         if not ok:
             if claim.claimed:

@@ -19,16 +19,19 @@ import json
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from redis.asyncio import Redis
-from redis.exceptions import NoScriptError
+from redis.asyncio.connection import Connection
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import MaxConnectionsError, NoScriptError
 
 from menus.schema import BEGIN
 
 CACHE_ENTRIES = 20_000
 MAX_HISTORY = 20
 IO_TIMEOUT_S = 2.0  # one Redis call of the store (a USSD step has ~10 s in all)
+MAX_CONNECTIONS = 256  # the store's own connections to Redis (commands in flight at once)
 
 # KEYS[1] = session key; ARGV = expected version ('' = must not exist), new value, ttl in ms.
 # Returns 1 on success, else the stored value (nil when there is none).
@@ -44,6 +47,10 @@ end
 redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
 return 1
 """
+
+
+# One encoder for every record (`json.dumps` with options builds a new one per call).
+_ENCODE = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
 
 @dataclass(slots=True)
@@ -68,7 +75,7 @@ class Session:
     started_at: float = field(default_factory=time.time)
 
     def to_json(self) -> str:
-        return json.dumps(
+        return _ENCODE(
             {
                 "k": self.key,
                 "m": self.msisdn,
@@ -86,9 +93,7 @@ class Session:
                 "f": self.inflight,
                 "e": self.ended,
                 "t": self.started_at,
-            },
-            separators=(",", ":"),
-            ensure_ascii=False,
+            }
         )
 
     @classmethod
@@ -127,13 +132,35 @@ class Session:
         self.history = []
 
 
-@dataclass(frozen=True, slots=True)
 class Versioned:
-    version: int
-    raw: str  # the JSON, parsed on demand (a replay needs only `last`)
+    """A stored record: its version and JSON (parsed on demand: a replay needs only `last`).
+
+    A record this instance wrote itself may also carry the `Session` it was encoded from, so
+    the next step on it skips parsing the JSON. `session()` hands that object out once (the
+    step that gets it mutates it); any other caller, e.g. a concurrent request for the same
+    session, parses its own copy from `raw`."""
+
+    __slots__ = ("_parsed", "raw", "version")
+
+    def __init__(self, version: int, raw: str, parsed: Session | None = None) -> None:
+        self.version = version
+        self.raw = raw
+        self._parsed = parsed
 
     def session(self) -> Session:
-        return Session.from_json(self.raw)
+        parsed, self._parsed = self._parsed, None
+        return parsed if parsed is not None else Session.from_json(self.raw)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Versioned):
+            return NotImplemented
+        return (self.version, self.raw) == (other.version, other.raw)
+
+    def __hash__(self) -> int:
+        return hash((self.version, self.raw))
+
+    def __repr__(self) -> str:
+        return f"Versioned({self.version}, {self.raw!r})"
 
 
 class SessionStore(Protocol):
@@ -144,11 +171,28 @@ class SessionStore(Protocol):
     async def load(self, key: str) -> Versioned | None: ...
 
     async def save(
-        self, key: str, expected: int | None, raw: str, ttl_s: int
+        self,
+        key: str,
+        expected: int | None,
+        raw: str,
+        ttl_s: int,
+        parsed: Session | None = None,
     ) -> tuple[bool, Versioned | None]:
         """Write `raw` as version expected+1 (1 when new) if the stored version is `expected`
-        (None: nothing stored). Returns (True, None), or (False, what is stored)."""
+        (None: nothing stored). Returns (True, None), or (False, what is stored). `parsed`:
+        the session `raw` was encoded from, which the caller no longer touches (a store may
+        keep it for the next step)."""
         ...
+
+
+def pack(args: tuple[str | int, ...]) -> bytes:
+    """One command in RESP, as redis-py's `pack_command` writes it for str and int arguments
+    (at half its cost: it also handles memoryviews, floats and large-value chunking)."""
+    out = [b"*%d\r\n" % len(args)]
+    for arg in args:
+        data = str(arg).encode()
+        out.append(b"$%d\r\n%s\r\n" % (len(data), data))
+    return b"".join(out)
 
 
 def _decode(value: bytes | str | None) -> Versioned | None:
@@ -162,9 +206,15 @@ def _decode(value: bytes | str | None) -> Versioned | None:
 class RedisSessionStore:
     """Sessions in Redis: one CAS script per write, a bounded local cache of own writes.
 
-    Each call is bounded by one `asyncio.timeout` (`io_timeout_s`). Give it a client without
-    `socket_timeout`: with one, redis-py wraps every write in `asyncio.wait_for`, a task per
-    command, which cost more than the rest of the store's work on a navigation step."""
+    Commands go over the store's own connections (made from `redis`'s connection settings,
+    at most `max_connections`), one command and its answer at a time on each, not through
+    redis-py's `execute_command`: its pool takes a lock, checks the socket for stray data and
+    records observability counters around every command, which cost more client CPU per
+    navigation step than the store's own work. A connection that fails or is cancelled
+    mid-command closes itself (redis-py's `Connection` does) and reconnects on its next use; a
+    command on a reused connection that finds it dead (Redis restarted) is sent once more on a
+    new one. Each call is bounded by one `asyncio.timeout` (`io_timeout_s`); give it a client
+    without `socket_timeout` (with one, redis-py wraps every write in `asyncio.wait_for`)."""
 
     def __init__(
         self,
@@ -172,6 +222,7 @@ class RedisSessionStore:
         prefix: str,
         cache_entries: int = CACHE_ENTRIES,
         io_timeout_s: float = IO_TIMEOUT_S,
+        max_connections: int = MAX_CONNECTIONS,
     ) -> None:
         self.redis = redis
         self.prefix = prefix
@@ -179,6 +230,9 @@ class RedisSessionStore:
         self._sha = hashlib.sha1(CAS_SCRIPT.encode()).hexdigest()  # noqa: S324 - Redis's script id
         self._cache: OrderedDict[str, tuple[float, Versioned]] = OrderedDict()
         self._cache_entries = cache_entries
+        self._idle: list[Connection] = []
+        self._connections: list[Connection] = []
+        self._max_connections = max_connections
 
     def key(self, namespace: str, session_id: str) -> str:
         return f"{self.prefix}ussd:{{{namespace}:{session_id}}}"
@@ -207,10 +261,15 @@ class RedisSessionStore:
 
     async def load(self, key: str) -> Versioned | None:
         async with asyncio.timeout(self.io_timeout_s):
-            return _decode(await self.redis.get(key))
+            return _decode(await self._command("GET", key))
 
     async def save(
-        self, key: str, expected: int | None, raw: str, ttl_s: int
+        self,
+        key: str,
+        expected: int | None,
+        raw: str,
+        ttl_s: int,
+        parsed: Session | None = None,
     ) -> tuple[bool, Versioned | None]:
         version = 1 if expected is None else expected + 1
         value = f"{version}|{raw}"
@@ -222,7 +281,7 @@ class RedisSessionStore:
             self.forget(key)
             raise
         if result == 1:
-            self._remember(key, Versioned(version, raw), ttl_s)
+            self._remember(key, Versioned(version, raw, parsed), ttl_s)
             return True, None
         current = _decode(result)
         # Keep the cache honest: the next step starts from what is really stored.
@@ -233,13 +292,43 @@ class RedisSessionStore:
         # EVALSHA straight away: the script is loaded once per server, so this is the one round
         # trip; redis-py's Script wrapper costs more client CPU per call.
         try:
-            return await self.redis.execute_command(  # type: ignore[no-untyped-call]
-                "EVALSHA", self._sha, 1, key, *args
-            )
+            return await self._command("EVALSHA", self._sha, 1, key, *args)
         except NoScriptError:
-            return await self.redis.execute_command(  # type: ignore[no-untyped-call]
-                "EVAL", CAS_SCRIPT, 1, key, *args
-            )
+            return await self._command("EVAL", CAS_SCRIPT, 1, key, *args)
+
+    async def _command(self, *args: str | int) -> Any:
+        """Send one command and read its answer (errors from Redis raise, as in redis-py)."""
+        conn = self._idle.pop() if self._idle else self._new_connection()
+        try:
+            reused = conn.is_connected
+            try:
+                return await self._exchange(conn, args)
+            except (RedisConnectionError, OSError):
+                if not reused:
+                    raise
+                # The connection closed itself; Redis may have restarted: once more, anew.
+                return await self._exchange(conn, args)
+        finally:
+            self._idle.append(conn)
+
+    @staticmethod
+    async def _exchange(conn: Connection, args: tuple[str | int, ...]) -> Any:
+        await conn.send_packed_command(pack(args))
+        return await conn.read_response()
+
+    def _new_connection(self) -> Connection:
+        if len(self._connections) >= self._max_connections:
+            raise MaxConnectionsError("Too many session store connections")
+        pool = self.redis.connection_pool
+        conn = cast(Connection, pool.connection_class(**pool.connection_kwargs))
+        self._connections.append(conn)
+        return conn
+
+    async def aclose(self) -> None:
+        """Close the store's connections (the client passed in is the caller's to close)."""
+        connections, self._connections, self._idle = self._connections, [], []
+        for conn in connections:
+            await conn.disconnect()
 
 
 class MemorySessionStore:
@@ -258,7 +347,12 @@ class MemorySessionStore:
         return self.data.get(key)
 
     async def save(
-        self, key: str, expected: int | None, raw: str, ttl_s: int
+        self,
+        key: str,
+        expected: int | None,
+        raw: str,
+        ttl_s: int,
+        parsed: Session | None = None,
     ) -> tuple[bool, Versioned | None]:
         current = self.data.get(key)
         if (current.version if current is not None else None) != expected:

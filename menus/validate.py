@@ -225,6 +225,8 @@ def _used_paths(node: Node) -> list[tuple[str, str]]:
         used.append((f"screens.{node.id}.items.source", node.items_source))
     if node.lines:
         used.append((f"screens.{node.id}.lines", node.lines))
+    if node.more is not None:
+        used += [(f"screens.{node.id}.more.when", p) for p in condition_paths(node.more[2])]
     return used
 
 

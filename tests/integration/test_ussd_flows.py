@@ -262,6 +262,46 @@ async def test_statement_pages_with_98(ussd: UssdEnv) -> None:
     assert "Wrong PIN" in await t.walk("4", "0000")
 
 
+async def test_statement_98_fetches_older_lines_from_the_core(ussd: UssdEnv) -> None:
+    """23 lines: the latest 10 paged on the handset, then 98 on the last page asks the core for
+    the 10 before them (PIN verified again), then the last 3, and the session ends."""
+    msisdn = await ussd.bank.open(balance_minor=50_000)
+    friend = await ussd.bank.open(balance_minor=50_000, first_name="Neema", last_name="Achieng")
+    for i in range(1, 23):
+        await send_money(
+            ussd.bank.pool,
+            sender=msisdn if i % 2 else friend,
+            recipient=friend if i % 2 else msisdn,
+            amount_minor=i * 10_00,
+            idempotency_key=f"old-{msisdn}-{i}",
+            channel="test",
+        )
+    balance = money(await ussd.bank.balance(msisdn))
+    calls = ussd.calls["statement"]
+    s = ussd.session(msisdn)
+    pages = [await s.walk("4", PIN)]
+    while pages[-1].startswith("CON "):
+        assert pages[-1].endswith("98. More")
+        pages.append(await s.send("98"))
+        assert len(pages) < 30
+    assert pages[-1].startswith("END ") and "98. More" not in pages[-1]
+    headers = [p for p in pages if p[4:].startswith(f"Statement. Balance {balance}")]
+    assert len(headers) == 3  # one per call to the core, each with today's balance
+    lines = [x for p in pages for x in p[4:].split("\n") if x[:2].isdigit() and x[2] == "/"]
+    assert len(lines) == 23 and lines[-1].endswith("Deposit KES 500.00")
+    received = [x for x in lines if " Received KES " in x and x.endswith(f"from {friend}")]
+    got = [int(x.split("KES ")[1].split(".")[0]) for x in received]
+    assert got == [10 * i for i in range(22, 0, -2)]  # every one, once, newest first
+    sent = [int(x.split("KES ")[1].split(".")[0]) for x in lines if x.endswith(f"to {friend}")]
+    assert len(sent) == 11
+    assert all(
+        10 * i <= amount < 10 * i + 10 for amount, i in zip(sent, range(21, 0, -2), strict=True)
+    )
+    assert ussd.calls["statement"] - calls == 3
+    for page in pages:
+        assert len(page) - 4 <= 182
+
+
 async def test_withdraw_at_an_agent(ussd: UssdEnv) -> None:
     msisdn = await ussd.bank.open(balance_minor=100_000, first_name="Baraka")
     code, agent_msisdn = await ussd.bank.agent(float_minor=10_000_00, name="Duka Letu")

@@ -3,12 +3,14 @@ round trips a step costs (one for navigation when this instance wrote the sessio
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from redis.asyncio import Redis
+from redis.exceptions import MaxConnectionsError
 
 from gateway.app import make_redis
 from gateway.keys import USSD_SERVICE
@@ -21,6 +23,13 @@ __all__ = ["own_redis", "ussd"]
 async def test_compare_and_set(redis: Redis, redis_prefix: str) -> None:
     store = RedisSessionStore(redis, redis_prefix)
     key = store.key("unit", secrets.token_hex(4))
+    try:
+        await _compare_and_set(store, key, redis)
+    finally:
+        await store.aclose()
+
+
+async def _compare_and_set(store: RedisSessionStore, key: str, redis: Redis) -> None:
     assert key.endswith("}") and "{unit:" in key  # one hash slot on Redis Cluster
     assert await store.save(key, None, '{"a":1}', 60) == (True, None)
     ok, current = await store.save(key, None, '{"a":2}', 60)
@@ -46,30 +55,33 @@ async def test_the_script_loads_itself_on_a_fresh_server(own_redis: RedisProcess
         assert await store.save(key, None, "{}", 60) == (True, None)
         assert await client.script_exists(store._sha) == [True]
         assert await store.save(key, 1, "{}", 60) == (True, None)
+        await store.aclose()
     finally:
         await client.aclose()
 
 
 class Counter:
-    def __init__(self, redis: Redis) -> None:
-        self.redis = redis
-        self.commands: list[str] = []
-        self.original = redis.execute_command
+    """Every command the store sends (each is one round trip on one of its connections)."""
 
-    async def __call__(self, *args: Any, **kwargs: Any) -> Any:
+    def __init__(self, store: RedisSessionStore) -> None:
+        self.commands: list[str] = []
+        self.original = store._exchange
+
+    async def __call__(self, conn: Any, args: tuple[Any, ...]) -> Any:
         self.commands.append(str(args[0]))
-        return await self.original(*args, **kwargs)
+        return await self.original(conn, args)
 
 
 @pytest.fixture
 def counted(ussd: UssdEnv) -> Iterator[Counter]:
-    redis = ussd.app[USSD_SERVICE].store.redis  # the session store's own client
-    counter = Counter(redis)
-    redis.execute_command = counter  # type: ignore[method-assign]
+    store = ussd.app[USSD_SERVICE].store
+    assert isinstance(store, RedisSessionStore)
+    counter = Counter(store)
+    store._exchange = counter  # type: ignore[method-assign]
     try:
         yield counter
     finally:
-        del redis.execute_command
+        del store._exchange
 
 
 async def test_a_navigation_step_is_one_redis_round_trip(ussd: UssdEnv, counted: Counter) -> None:
@@ -96,3 +108,61 @@ async def test_a_step_with_a_side_effect_claims_first(ussd: UssdEnv, counted: Co
     counted.commands.clear()
     assert (await s.send(PIN)).startswith("END Your balance")
     assert counted.commands == ["EVALSHA", "EVALSHA"]  # the claim, then the result
+
+
+async def test_a_command_cut_off_by_its_timeout_leaves_no_answer_behind(
+    own_redis: RedisProcess,
+) -> None:
+    """A command cancelled while Redis has not answered must not leave its late answer on a
+    connection that the next command reads (it would get the wrong record)."""
+    client = make_redis(own_redis.url)
+    store = RedisSessionStore(client, "t:", io_timeout_s=0.3, max_connections=1)
+    try:
+        first, second = store.key("unit", "a"), store.key("unit", "b")
+        assert await store.save(first, None, '{"who":"a"}', 60) == (True, None)
+        assert await store.save(second, None, '{"who":"b"}', 60) == (True, None)
+        await client.execute_command("CLIENT", "PAUSE", "1000", "ALL")
+        with pytest.raises(TimeoutError):
+            await store.load(first)  # sent, never answered in time
+        await client.execute_command("CLIENT", "UNPAUSE")
+        loaded = await store.load(second)  # the same (only) connection, reconnected
+        assert loaded is not None and loaded.raw == '{"who":"b"}'
+    finally:
+        await store.aclose()
+        await client.aclose()
+
+
+async def test_a_restarted_redis_is_reached_without_an_error(own_redis: RedisProcess) -> None:
+    """The connection a step reuses died with the server: the command goes once more, anew."""
+    client = make_redis(own_redis.url)
+    store = RedisSessionStore(client, "t:")
+    try:
+        key = store.key("unit", "r")
+        assert await store.save(key, None, "{}", 60) == (True, None)
+        own_redis.stop()
+        own_redis.start()  # same port, empty: no record, no script
+        assert await store.load(key) is None
+        assert await store.save(key, None, '{"n":2}', 60) == (True, None)
+        loaded = await store.load(key)
+        assert loaded is not None and (loaded.version, loaded.raw) == (1, '{"n":2}')
+    finally:
+        await store.aclose()
+        await client.aclose()
+
+
+async def test_the_store_opens_at_most_its_connections(own_redis: RedisProcess) -> None:
+    client = make_redis(own_redis.url)
+    store = RedisSessionStore(client, "t:", max_connections=2)
+    try:
+        await client.execute_command("CLIENT", "PAUSE", "300", "WRITE")
+        keys = [store.key("unit", f"m{i}") for i in range(3)]
+        results = await asyncio.gather(
+            *(store.save(k, None, "{}", 60) for k in keys), return_exceptions=True
+        )
+        refused = [r for r in results if isinstance(r, MaxConnectionsError)]
+        assert len(refused) == 1 and results.count((True, None)) == 2
+        assert len(store._connections) == 2
+        assert await store.save(keys[2], None, "{}", 60) == (True, None)  # a free one again
+    finally:
+        await store.aclose()
+        await client.aclose()

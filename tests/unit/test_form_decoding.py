@@ -18,10 +18,15 @@ def reference(text: str) -> dict[str, str]:
     return out
 
 
-PIECES = st.sampled_from(["a", "=", "&", "%", "+", "%2B", "%2A", "%zz", "%e9", "*", "1", " ", "é"])
+PIECES = st.sampled_from(
+    [
+        *("a", "=", "&", "%", "+", "%2B", "%2A", "%zz", "%e9", "*", "1", " ", "é", "€"),
+        *("%C3", "%A9", "%e2", "%82", "%AC", "%F0", "%9F", "%98", "%80", "%Ff", "%2", "%%41"),
+    ]
+)
 
 
-@settings(max_examples=400)
+@settings(max_examples=1500)
 @given(st.lists(PIECES, max_size=30).map("".join))
 def test_raw_texts(text: str) -> None:
     assert decode_form(text) == reference(text)

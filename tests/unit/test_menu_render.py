@@ -114,3 +114,20 @@ def test_every_screen_of_the_default_menu_fits_in_every_language(
                     assert m.fits, (node.id, lang, page, m, text)
                     checked += 1
     assert checked > 300
+
+
+def test_a_last_page_that_goes_on_offers_more() -> None:
+    """An end screen with older lines to fetch (`more`) keeps "98. More" on its last page."""
+    assert paginate(["Statement"], "98. More", "0. Back", back_on_last=False) == ["Statement"]
+    assert paginate(
+        ["Statement"], "98. More", "0. Back", back_on_last=False, more_on_last=True
+    ) == ["Statement\n98. More"]
+    pages = paginate(
+        ["x" * 100, "y" * 100, "z" * 100],
+        "98. More",
+        "0. Back",
+        back_on_last=False,
+        more_on_last=True,
+    )
+    assert len(pages) == 3 and all(p.endswith("\n98. More") and len(p) <= 182 for p in pages)
+    assert "0. Back" in pages[1] and "0. Back" not in pages[2]

@@ -87,6 +87,21 @@ REJECTIONS: list[tuple[str, Callable[[Doc], None], str]] = [
         lambda d: d["screens"]["pin"].update(next="nowhere"),
         "screens.pin.next: no screen 'nowhere'",
     ),
+    (
+        "dangling more target",
+        lambda d: d["screens"]["done"].update(more={"when": "balance", "next": "older"}),
+        "screens.done.more: no screen 'older'",
+    ),
+    (
+        "more without a source",
+        lambda d: d["screens"]["done"].update(more={"when": "older_lines", "next": "bal"}),
+        "screens.done.more.when",
+    ),
+    (
+        "more that does not parse",
+        lambda d: d["screens"]["done"].update(more={"when": "__import__('os')", "next": "bal"}),
+        "screens.done.more.when: condition",
+    ),
     ("dangling start", lambda d: d.update(start="nope"), "start: no screen 'nope'"),
     (
         "unreachable screen",
