@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from core.errors import SendFailed, ValidationFailed
+from core.errors import IdempotencyConflict, SendFailed, ValidationFailed
 from core.pg import Db
 from core.receipts import render
 
@@ -29,6 +29,7 @@ log = logging.getLogger("core.outbox")
 CHANNELS = ("sms", "email", "push", "log")
 MAX_BODY_CHARS = 4000
 MAX_RECIPIENT_CHARS = 256
+MAX_DEDUPE_KEY_CHARS = 200
 RUN_BACKOFF_MAX_S = 30.0
 
 
@@ -77,24 +78,57 @@ async def enqueue(
     body: str,
     kind: str,
     language: str = "en",
+    dedupe_key: str | None = None,
 ) -> int:
-    """Queue one message; pass the caller's connection to make it part of its transaction."""
+    """Queue one message; pass the caller's connection to make it part of its transaction.
+
+    With `dedupe_key` (1 to 200 characters, unique per channel), a retried enqueue queues the
+    message once and returns the first row's id; the same key with another recipient or body
+    raises IdempotencyConflict. Two concurrent enqueues with one key queue one row (the second
+    waits for the first to commit or roll back)."""
     if channel not in CHANNELS:
         raise ValidationFailed(f"channel is one of {', '.join(CHANNELS)}", field="channel")
     if not body or len(body) > MAX_BODY_CHARS:
         raise ValidationFailed("A message body is 1 to 4000 characters", field="body")
     if not recipient or len(recipient) > MAX_RECIPIENT_CHARS:
         raise ValidationFailed("A recipient is 1 to 256 characters", field="recipient")
-    value = await db.fetchval(
-        "INSERT INTO outbox (channel, recipient, kind, body, language) "
-        "VALUES ($1, $2, $3, $4, $5) RETURNING id",
-        channel,
-        recipient,
-        kind[:64],
-        body,
-        language,
-    )
-    return int(value)
+    if dedupe_key is not None and (
+        not isinstance(dedupe_key, str) or not 1 <= len(dedupe_key) <= MAX_DEDUPE_KEY_CHARS
+    ):
+        raise ValidationFailed("A dedupe key is 1 to 200 characters", field="dedupe_key")
+    row = await db.fetchrow(_ENQUEUE_SQL, channel, recipient, kind[:64], body, language, dedupe_key)
+    if row is None:  # a concurrent enqueue committed it after this statement's snapshot
+        row = await db.fetchrow(_QUEUED_SQL, channel, dedupe_key)
+    if row["inserted"]:
+        return int(row["id"])
+    if (row["recipient"], row["body"]) != (recipient, body):
+        raise IdempotencyConflict(
+            "This dedupe key was already used for another message",
+            channel=channel,
+            dedupe_key=dedupe_key,
+        )
+    return int(row["id"])
+
+
+# Insert, or (same channel and key) return the row already queued. The CTE's insert is not
+# visible to the second part of the statement, which reads the row an earlier enqueue committed
+# (one committed after this statement began is read by _QUEUED_SQL).
+_ENQUEUE_SQL = """
+WITH ins AS (
+    INSERT INTO outbox (channel, recipient, kind, body, language, dedupe_key)
+    VALUES ($1, $2, $3, $4, $5, $6)
+    ON CONFLICT (channel, dedupe_key) WHERE dedupe_key IS NOT NULL DO NOTHING
+    RETURNING id, recipient, body
+)
+SELECT id, recipient, body, true AS inserted FROM ins
+UNION ALL
+SELECT id, recipient, body, false FROM outbox
+WHERE channel = $1 AND dedupe_key = $6 AND NOT EXISTS (SELECT 1 FROM ins)
+LIMIT 1
+"""
+_QUEUED_SQL = """
+SELECT id, recipient, body, false AS inserted FROM outbox WHERE channel = $1 AND dedupe_key = $2
+"""
 
 
 _CLAIM_SQL = """
