@@ -18,6 +18,7 @@ SMS hint, an MQTT error reply). Bugs are assertions, never CoreErrors.
     │                                 STALE_FIX or FUTURE_FIX (the code says which)
     ├── Conflict                      the request clashes with current state
     │   ├── AlreadyExists
+    │   ├── BalanceNotZero            closing an account that still holds money
     │   ├── IdempotencyConflict       same idempotency key, different request
     │   ├── InsufficientFunds         the balance does not cover amount + fee
     │   ├── LimitExceeded             a KYC tier limit (`details.limit` says which)
@@ -85,6 +86,11 @@ class Conflict(CoreError):
 class AlreadyExists(Conflict):
     code = "ALREADY_EXISTS"
     default_message = "It already exists"
+
+
+class BalanceNotZero(Conflict):
+    code = "BALANCE_NOT_ZERO"
+    default_message = "The account still holds money"
 
 
 class IdempotencyConflict(Conflict):
