@@ -10,7 +10,9 @@ Cells: 1, 8 and 32 workers; "uniform" (random sender and recipient among --accou
 and "hot" (every transfer credits one destination: the floor's account 1, and for the product
 one agent's float via cash-out, the hot-account case the sharding is for). Floor and product
 alternate within each cell (--rounds times; the median round of each is reported). The
-ledger check must pass at the end.
+ledger check must pass at the end. With the server on this machine, each cell also prints the
+CPU per transfer of the PostgreSQL backends (from /proc) and of this process: steadier than
+transfers/s when other work shares the machine.
 
 Uses DATABASE_URL's server when set (a fresh database on it, dropped afterwards), else an
 embedded PostgreSQL under ./var/bench.
@@ -63,6 +65,19 @@ class Cell:
     p50_ms: float
     p99_ms: float
     errors: int
+    server_us: float | None = None  # PostgreSQL backends' CPU per transfer (local server only)
+    client_us: float = 0.0  # this process's CPU per transfer
+
+
+def backend_cpu_s(pid: int) -> float | None:
+    """A local backend's CPU time so far (ns resolution, /proc/PID/schedstat), or None when the
+    server is elsewhere or not readable. CPU per transfer is steadier than transfers/s on a
+    machine shared with other work, whose load moves throughput by tens of percent."""
+    try:
+        with open(f"/proc/{pid}/schedstat", encoding="ascii") as f:
+            return int(f.read().split()[0]) / 1e9
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def msisdn(i: int) -> str:
@@ -170,10 +185,15 @@ async def run_cell(
     latencies: list[float] = []
     errors = 0
     stop_at = time.perf_counter() + seconds
+    pids: list[int] = []
 
     async def worker() -> None:
         nonlocal errors
         async with pool.acquire() as conn:
+            pids.append(await conn.fetchval("SELECT pg_backend_pid()"))
+            if len(pids) == workers:
+                all_connected.set()
+            await started_all.wait()
             while time.perf_counter() < stop_at:
                 src, dst = pick(accounts, hot)
                 started = time.perf_counter()
@@ -186,17 +206,32 @@ async def run_cell(
                     continue
                 latencies.append(time.perf_counter() - started)
 
+    all_connected, started_all = asyncio.Event(), asyncio.Event()
+    tasks = [asyncio.create_task(worker()) for _ in range(workers)]
+    await all_connected.wait()  # CPU is counted from here, connection set-up excluded
+    cpu_before = [backend_cpu_s(p) for p in pids]
+    client_before = time.process_time()
     began = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(workers)))
+    stop_at = began + seconds
+    started_all.set()
+    await asyncio.gather(*tasks)
     elapsed = time.perf_counter() - began
+    client = time.process_time() - client_before
+    cpu_after = [backend_cpu_s(p) for p in pids]
     latencies.sort()
     if not latencies:
         return Cell(0.0, 0.0, 0.0, errors)
+    n = len(latencies)
+    server = None
+    if None not in cpu_before and None not in cpu_after:
+        server = sum(a - b for a, b in zip(cpu_after, cpu_before, strict=True)) / n * 1e6  # type: ignore[operator]
     return Cell(
-        len(latencies) / elapsed,
+        n / elapsed,
         statistics.median(latencies) * 1000,
-        latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1000,
+        latencies[min(n - 1, int(n * 0.99))] * 1000,
         errors,
+        server,
+        client / n * 1e6,
     )
 
 
@@ -226,6 +261,10 @@ async def measure(
     return median(floors), median(cores)
 
 
+def _us(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.0f}"
+
+
 async def bench(url: str, seconds: float, accounts: int, rounds: int) -> int:
     pool = await dbmod.make_pool(url, min_size=2, max_size=max(WORKER_COUNTS))
     try:
@@ -250,6 +289,11 @@ async def bench(url: str, seconds: float, accounts: int, rounds: int) -> int:
                     f"(p50 {floor.p50_ms:5.2f} p99 {floor.p99_ms:6.2f} ms)  core "
                     f"{core.tps:7.0f}/s (p50 {core.p50_ms:5.2f} p99 {core.p99_ms:6.2f} ms)  "
                     f"ratio {ratio:4.2f}x  errors {floor.errors}/{core.errors}",
+                    flush=True,
+                )
+                print(
+                    f"{'':21}CPU per transfer, server/client: floor {_us(floor.server_us)}/"
+                    f"{floor.client_us:.0f} us, core {_us(core.server_us)}/{core.client_us:.0f} us",
                     flush=True,
                 )
         hot = {w: c.tps for d, w, _, c, _ in rows if d == "hot"}

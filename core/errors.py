@@ -18,10 +18,12 @@ SMS hint, an MQTT error reply). Bugs are assertions, never CoreErrors.
     │                                 STALE_FIX or FUTURE_FIX (the code says which)
     ├── Conflict                      the request clashes with current state
     │   ├── AlreadyExists
+    │   ├── BalanceNotZero            closing an account that still holds money
     │   ├── IdempotencyConflict       same idempotency key, different request
     │   ├── InsufficientFunds         the balance does not cover amount + fee
     │   ├── LimitExceeded             a KYC tier limit (`details.limit` says which)
     │   ├── AlreadyReversed           a transfer is reversed at most once
+    │   ├── NotReversible             a loan disbursement or repayment (the loan book owns it)
     │   ├── IllegalTransition         a loan lifecycle move the state machine does not allow
     │   └── LoanRefused               a loan rule says no; `error_code` is the rule's
     │                                 (LOAN_OUTSTANDING, TIER_NOT_ALLOWED, AMOUNT_OUT_OF_RANGE ...)
@@ -85,6 +87,16 @@ class Conflict(CoreError):
 class AlreadyExists(Conflict):
     code = "ALREADY_EXISTS"
     default_message = "It already exists"
+
+
+class BalanceNotZero(Conflict):
+    code = "BALANCE_NOT_ZERO"
+    default_message = "The account still holds money"
+
+
+class NotReversible(Conflict):
+    code = "NOT_REVERSIBLE"
+    default_message = "This transfer cannot be reversed"
 
 
 class IdempotencyConflict(Conflict):

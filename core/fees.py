@@ -13,7 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from core import errors as E
-from core.money import check_amount, check_currency
+from core.audit import record
+from core.money import MAX_AMOUNT_MINOR, check_amount, check_currency
 from core.pg import Db, call, connection
 
 TXN_TYPES = ("p2p", "deposit", "float_topup", "cash_in", "cash_out")
@@ -142,3 +143,42 @@ DEMO_TARIFFS: dict[str, list[Band]] = {
 async def seed_demo_tariffs(db: Db, currency: str = "KES") -> None:
     for kind, bands in DEMO_TARIFFS.items():
         await set_tariff(db, kind, currency, bands)
+
+
+async def change_tariff(
+    db: Db, kind: str, currency: str, bands: list[Band], *, actor: str
+) -> list[Band]:
+    """An admin replaces the bands of one (kind, currency): validated like set_tariff,
+    amounts up to the largest amount, audited with the bands before and after."""
+    for band in bands:
+        for value in (band.min_minor, band.max_minor, band.fee_minor, band.commission_minor):
+            if isinstance(value, bool) or not isinstance(value, int) or value > MAX_AMOUNT_MINOR:
+                raise E.ValidationFailed(
+                    f"Band amounts are whole minor units up to {MAX_AMOUNT_MINOR}", field="bands"
+                )
+    async with connection(db) as conn, conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock(hashtext('tariffs'))")
+        before = await tariff(conn, kind, currency)
+        await set_tariff(conn, kind, currency, bands)
+        after = await tariff(conn, kind, currency)
+        await record(
+            conn,
+            actor_type="admin",
+            actor=actor,
+            action="tariff.changed",
+            target=f"{kind}/{currency}",
+            details={
+                "before": [_band_json(b) for b in before],
+                "after": [_band_json(b) for b in after],
+            },
+        )
+    return after
+
+
+def _band_json(band: Band) -> dict[str, int]:
+    return {
+        "min_minor": band.min_minor,
+        "max_minor": band.max_minor,
+        "fee_minor": band.fee_minor,
+        "commission_minor": band.commission_minor,
+    }

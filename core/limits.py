@@ -9,8 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from core import errors as E
-from core.money import check_currency
-from core.pg import Db
+from core.audit import record
+from core.money import MAX_AMOUNT_MINOR, check_currency
+from core.pg import Db, connection
 
 TIERS = ("Basic", "Standard", "Premium", "Business")
 
@@ -79,3 +80,90 @@ async def set_limits(db: Db, limits: TierLimits) -> None:
         check_currency(limits.currency),
         *values,
     )
+
+
+async def all_limits(db: Db) -> list[TierLimits]:
+    """Every tier's limits in every currency, by currency then tier order."""
+    rows = await db.fetch(
+        "SELECT * FROM tier_limits ORDER BY currency, array_position($1::text[], tier)",
+        list(TIERS),
+    )
+    return [
+        TierLimits(
+            r["tier"],
+            r["currency"],
+            r["max_balance_minor"],
+            r["per_transaction_minor"],
+            r["daily_debit_minor"],
+            r["monthly_debit_minor"],
+        )
+        for r in rows
+    ]
+
+
+def check_limits(limits: TierLimits) -> TierLimits:
+    """Positive whole minor units up to the largest amount, and consistent: one transaction
+    fits the daily cap, the daily cap the monthly one, and one transaction the maximum
+    balance. Raises ValidationFailed naming the field."""
+    for field in ("max_balance_minor", "per_transaction_minor", "daily_debit_minor",
+                  "monthly_debit_minor"):  # fmt: skip
+        value = getattr(limits, field)
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int)
+            or not 0 < value <= MAX_AMOUNT_MINOR
+        ):
+            raise E.ValidationFailed(
+                f"{field} is a whole number of minor units, 1 to {MAX_AMOUNT_MINOR}", field=field
+            )
+    if limits.per_transaction_minor > limits.daily_debit_minor:
+        raise E.ValidationFailed(
+            "The per-transaction limit cannot exceed the daily cap", field="per_transaction_minor"
+        )
+    if limits.daily_debit_minor > limits.monthly_debit_minor:
+        raise E.ValidationFailed(
+            "The daily cap cannot exceed the monthly cap", field="daily_debit_minor"
+        )
+    if limits.per_transaction_minor > limits.max_balance_minor:
+        raise E.ValidationFailed(
+            "The per-transaction limit cannot exceed the maximum balance",
+            field="per_transaction_minor",
+        )
+    return TierLimits(
+        normalise_tier(limits.tier),
+        check_currency(limits.currency),
+        limits.max_balance_minor,
+        limits.per_transaction_minor,
+        limits.daily_debit_minor,
+        limits.monthly_debit_minor,
+    )
+
+
+async def change_limits(db: Db, limits: TierLimits, *, actor: str) -> TierLimits:
+    """An admin sets one tier's limits in one currency (validated, audited with the values
+    before and after). Takes effect for the next movement: the ledger functions read the
+    table in the movement's own transaction."""
+    new = check_limits(limits)
+    async with connection(db) as conn, conn.transaction():
+        old = await conn.fetchrow(
+            "SELECT * FROM tier_limits WHERE tier = $1 AND currency = $2 FOR UPDATE",
+            new.tier,
+            new.currency,
+        )
+        await set_limits(conn, new)
+        await record(
+            conn,
+            actor_type="admin",
+            actor=actor,
+            action="limits.changed",
+            target=f"{new.tier}/{new.currency}",
+            details={
+                "before": None if old is None else {k: old[k] for k in _LIMIT_FIELDS},
+                "after": {k: getattr(new, k) for k in _LIMIT_FIELDS},
+            },
+        )
+    return new
+
+
+_LIMIT_FIELDS = ("max_balance_minor", "per_transaction_minor", "daily_debit_minor",
+                 "monthly_debit_minor")  # fmt: skip

@@ -20,8 +20,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from core.errors import SendFailed, ValidationFailed
-from core.pg import Db
+from core.audit import record
+from core.errors import Conflict, IdempotencyConflict, NotFound, SendFailed, ValidationFailed
+from core.pg import Db, connection
 from core.receipts import render
 
 log = logging.getLogger("core.outbox")
@@ -29,6 +30,7 @@ log = logging.getLogger("core.outbox")
 CHANNELS = ("sms", "email", "push", "log")
 MAX_BODY_CHARS = 4000
 MAX_RECIPIENT_CHARS = 256
+MAX_DEDUPE_KEY_CHARS = 200
 RUN_BACKOFF_MAX_S = 30.0
 
 
@@ -77,24 +79,57 @@ async def enqueue(
     body: str,
     kind: str,
     language: str = "en",
+    dedupe_key: str | None = None,
 ) -> int:
-    """Queue one message; pass the caller's connection to make it part of its transaction."""
+    """Queue one message; pass the caller's connection to make it part of its transaction.
+
+    With `dedupe_key` (1 to 200 characters, unique per channel), a retried enqueue queues the
+    message once and returns the first row's id; the same key with another recipient or body
+    raises IdempotencyConflict. Two concurrent enqueues with one key queue one row (the second
+    waits for the first to commit or roll back)."""
     if channel not in CHANNELS:
         raise ValidationFailed(f"channel is one of {', '.join(CHANNELS)}", field="channel")
     if not body or len(body) > MAX_BODY_CHARS:
         raise ValidationFailed("A message body is 1 to 4000 characters", field="body")
     if not recipient or len(recipient) > MAX_RECIPIENT_CHARS:
         raise ValidationFailed("A recipient is 1 to 256 characters", field="recipient")
-    value = await db.fetchval(
-        "INSERT INTO outbox (channel, recipient, kind, body, language) "
-        "VALUES ($1, $2, $3, $4, $5) RETURNING id",
-        channel,
-        recipient,
-        kind[:64],
-        body,
-        language,
-    )
-    return int(value)
+    if dedupe_key is not None and (
+        not isinstance(dedupe_key, str) or not 1 <= len(dedupe_key) <= MAX_DEDUPE_KEY_CHARS
+    ):
+        raise ValidationFailed("A dedupe key is 1 to 200 characters", field="dedupe_key")
+    row = await db.fetchrow(_ENQUEUE_SQL, channel, recipient, kind[:64], body, language, dedupe_key)
+    if row is None:  # a concurrent enqueue committed it after this statement's snapshot
+        row = await db.fetchrow(_QUEUED_SQL, channel, dedupe_key)
+    if row["inserted"]:
+        return int(row["id"])
+    if (row["recipient"], row["body"]) != (recipient, body):
+        raise IdempotencyConflict(
+            "This dedupe key was already used for another message",
+            channel=channel,
+            dedupe_key=dedupe_key,
+        )
+    return int(row["id"])
+
+
+# Insert, or (same channel and key) return the row already queued. The CTE's insert is not
+# visible to the second part of the statement, which reads the row an earlier enqueue committed
+# (one committed after this statement began is read by _QUEUED_SQL).
+_ENQUEUE_SQL = """
+WITH ins AS (
+    INSERT INTO outbox (channel, recipient, kind, body, language, dedupe_key)
+    VALUES ($1, $2, $3, $4, $5, $6)
+    ON CONFLICT (channel, dedupe_key) WHERE dedupe_key IS NOT NULL DO NOTHING
+    RETURNING id, recipient, body
+)
+SELECT id, recipient, body, true AS inserted FROM ins
+UNION ALL
+SELECT id, recipient, body, false FROM outbox
+WHERE channel = $1 AND dedupe_key = $6 AND NOT EXISTS (SELECT 1 FROM ins)
+LIMIT 1
+"""
+_QUEUED_SQL = """
+SELECT id, recipient, body, false AS inserted FROM outbox WHERE channel = $1 AND dedupe_key = $2
+"""
 
 
 _CLAIM_SQL = """
@@ -266,3 +301,128 @@ class Dispatcher:
             )
             for waiter in pending:
                 waiter.cancel()
+
+
+# --- Dead letters (admin) ------------------------------------------------------------------
+
+MAX_DEAD_LETTER_PAGE = 100
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    id: int
+    channel: str
+    recipient: str
+    kind: str
+    template: str | None
+    body: str | None
+    attempts: int
+    last_error: str | None
+    transfer_reference: str | None
+    status: str
+    created_at: Any
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "channel": self.channel,
+            "recipient": self.recipient,
+            "kind": self.kind,
+            "template": self.template,
+            "body": self.body,
+            "attempts": self.attempts,
+            "last_error": self.last_error,
+            "transfer_reference": self.transfer_reference,
+            "status": self.status,
+            "created_at": self.created_at.isoformat(),
+        }
+
+
+_DEAD_COLUMNS = """id, channel, recipient, kind, template, body, attempts, last_error, status,
+    created_at, CASE WHEN transfer_id IS NOT NULL THEN ledger_reference(transfer_id) END AS ref"""
+
+
+def _dead(row: Any) -> DeadLetter:
+    return DeadLetter(
+        row["id"],
+        row["channel"],
+        row["recipient"],
+        row["kind"],
+        row["template"],
+        row["body"],
+        row["attempts"],
+        row["last_error"],
+        row["ref"],
+        row["status"],
+        row["created_at"],
+    )
+
+
+def _channel_filter(channel: str | None) -> str | None:
+    if channel is not None and channel not in CHANNELS:
+        raise ValidationFailed(f"channel is one of {', '.join(CHANNELS)}", field="channel")
+    return channel
+
+
+async def dead_letters(
+    db: Db, *, limit: int = 50, before: int | None = None, channel: str | None = None
+) -> list[DeadLetter]:
+    """Dead-lettered messages, newest first; `before` (an id) pages, `channel` filters."""
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 100:
+        raise ValidationFailed("limit is 1 to 100", field="limit")
+    rows = await db.fetch(
+        f"SELECT {_DEAD_COLUMNS} FROM outbox WHERE status = 'dead' "  # noqa: S608 (constant)
+        "AND ($1::bigint IS NULL OR id < $1) AND ($2::text IS NULL OR channel = $2) "
+        "ORDER BY id DESC LIMIT $3",
+        before,
+        _channel_filter(channel),
+        limit,
+    )
+    return [_dead(r) for r in rows]
+
+
+# Back to pending, due now, with a fresh attempt count (the dispatcher's max_attempts applies
+# again); the last error stays until the next attempt replaces it.
+_REPLAY = "UPDATE outbox SET status = 'pending', attempts = 0, next_attempt_at = now() "
+_REPLAY_ONE_SQL = _REPLAY + "WHERE status = 'dead' AND id = $1 RETURNING " + _DEAD_COLUMNS
+_REPLAY_ALL_SQL = (
+    _REPLAY + "WHERE status = 'dead' AND ($1::text IS NULL OR channel = $1) RETURNING "
+) + _DEAD_COLUMNS
+
+
+async def replay_dead_letter(db: Db, message_id: int, *, actor: str) -> DeadLetter:
+    """One dead letter back to pending (audited). NotFound for an unknown id, Conflict when
+    the message is not dead (pending or sent: nothing to replay)."""
+    async with connection(db) as conn, conn.transaction():
+        row = await conn.fetchrow(_REPLAY_ONE_SQL, message_id)
+        if row is None:
+            status = await conn.fetchval("SELECT status FROM outbox WHERE id = $1", message_id)
+            if status is None:
+                raise NotFound(f"No outbox message {message_id}", id=message_id)
+            raise Conflict(
+                f"Message {message_id} is {status}, not dead", id=message_id, status=status
+            )
+        await record(
+            conn,
+            actor_type="admin",
+            actor=actor,
+            action="outbox.replayed",
+            target=str(message_id),
+            details={"channel": row["channel"], "kind": row["kind"]},
+        )
+    return _dead(row)
+
+
+async def replay_dead_letters(db: Db, *, actor: str, channel: str | None = None) -> int:
+    """Every dead letter (of `channel`, when given) back to pending; how many (audited)."""
+    async with connection(db) as conn, conn.transaction():
+        rows = await conn.fetch(_REPLAY_ALL_SQL, _channel_filter(channel))
+        await record(
+            conn,
+            actor_type="admin",
+            actor=actor,
+            action="outbox.replayed_all",
+            target=channel or "*",
+            details={"count": len(rows)},
+        )
+    return len(rows)

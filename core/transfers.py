@@ -55,6 +55,8 @@ MAX_CHANNEL_CHARS = 32
 MAX_NOTE_CHARS = 200
 MAX_EVIDENCE_CHARS = 2000
 MAX_STATEMENT_LINES = 100
+# Transfers the loan book owns: reversing one in the ledger alone would leave the loan wrong.
+LOAN_BOOK_TYPES = ("loan_disbursement", "loan_repayment")
 
 
 @dataclass(frozen=True, slots=True)
@@ -426,13 +428,23 @@ async def reverse(
     reason: str = "",
 ) -> TransferResult:
     """A new transfer undoing every leg of `reference` (fee and commission included). Refused
-    when the money has been spent (InsufficientFunds) or was already reversed."""
+    when the money has been spent (InsufficientFunds) or was already reversed, and for a loan
+    disbursement or repayment (NotReversible): the loan book would not know, so those are
+    corrected through the loans area."""
     ref = reference.strip().upper() if isinstance(reference, str) else ""
     if not 1 <= len(ref) <= 32:
         raise E.TransferNotFound(f"No transfer {str(reference)[:32]!r}")
     if len(reason) > MAX_NOTE_CHARS:
         raise E.ValidationFailed("The reason is at most 200 characters", field="reason")
     key = _key(idempotency_key)
+    original = await call(db, "SELECT type FROM transfers WHERE id = ledger_reference_id($1)", ref)
+    if original is not None and original["type"] in LOAN_BOOK_TYPES:
+        raise E.NotReversible(
+            "A loan disbursement or repayment cannot be reversed here: the loan book would not "
+            "know. Correct it through the loans area.",
+            reference=ref,
+            type=original["type"],
+        )
     digest = request_hash("reversal", ref)
     row = await call(
         db,

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import hashlib
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import date
@@ -528,20 +529,23 @@ class LoanActions:
 
 class OutboxNotifier:
     """The late-result SMS: a row in the core's outbox (sent by the dispatcher, at least once).
-    The engine queues it once per late action; the outbox has no key column, so the key is
-    not stored."""
+    The step's idempotency key is the row's dedupe key, so a retried notify (after a crash
+    between the action and the enqueue, say) queues the SMS once."""
 
     def __init__(self, pool: Any) -> None:
         self.pool = pool
 
     async def notify(self, *, msisdn: str, text: str, kind: str, idempotency_key: str) -> None:
-        del idempotency_key
+        key = idempotency_key
+        if len(key) > outbox.MAX_DEDUPE_KEY_CHARS:
+            key = "sha256:" + hashlib.sha256(key.encode()).hexdigest()
         await outbox.enqueue(
             self.pool,
             channel=OUTBOX_CHANNEL,
             recipient=msisdn,
             body=text[:LATE_RESULT_MAX_CHARS],
             kind=kind,
+            dedupe_key=key,
         )
 
 

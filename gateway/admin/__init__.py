@@ -2,7 +2,18 @@
 
 from __future__ import annotations
 
-from gateway.admin import agents, auth, customers, geofences, menus, money, sms, system
+from gateway.admin import (
+    agents,
+    auth,
+    customers,
+    geofences,
+    menus,
+    money,
+    outbox,
+    pricing,
+    sms,
+    system,
+)
 from gateway.admin import loans as loans_admin
 from gateway.api import ApiRoutes
 
@@ -16,4 +27,6 @@ ROUTE_GROUPS: list[ApiRoutes] = [
     loans_admin.routes,
     menus.routes,
     sms.routes,
+    outbox.routes,
+    pricing.routes,
 ]

@@ -194,3 +194,20 @@ async def put_tier(request: web.Request, body: TierIn) -> web.StreamResponse:
         actor=request[PRINCIPAL_KEY].username,
     )
     return json_response(await customer_json(request, customer))
+
+
+@routes.post(
+    "/api/v1/customers/{msisdn}/close",
+    response=CustomerOut,
+    permission="customers:write",
+    summary="Close a customer's account: only with every wallet empty and no loan open "
+    "(409 BALANCE_NOT_ZERO / LOAN_OUTSTANDING); a closed wallet refuses money in and out",
+)
+async def close_customer(request: web.Request) -> web.StreamResponse:
+    customer = await C.close_customer(
+        request.app[PG_POOL],
+        path_msisdn(request),
+        actor=request[PRINCIPAL_KEY].username,
+        country_code=request.app[SETTINGS].default_country_code,
+    )
+    return json_response(await customer_json(request, customer))

@@ -18,7 +18,7 @@ from core.crypto import FieldCipher
 from core.customers import open_wallet
 from core.ledger import ensure_system_accounts, system_balance
 from core.limits import DEFAULT_LIMITS_KES, set_limits
-from core.transfers import balance, deposit, disburse_loan, fund_loans, repay_loan
+from core.transfers import balance, deposit, disburse_loan, fund_loans, repay_loan, reverse
 from tests.integration.core.conftest import make_customer, new_key
 
 INCOME = ("loan_interest_income", "loan_fee_income", "loan_penalty_income")
@@ -274,3 +274,44 @@ async def test_a_funding_retry_replays(core_db: asyncpg.Pool) -> None:
         )
     assert await system_balance(core_db, "loan_fund", cur) == 10_00
     assert await system_balance(core_db, "settlement", cur) == -10_00
+
+
+async def test_loan_movements_cannot_be_reversed_by_the_core(
+    core_db: asyncpg.Pool, cipher: FieldCipher
+) -> None:
+    """The loan book owns disbursements and repayments: the core's reverse refuses them with
+    a typed error and writes nothing; other transfers of the same customer still reverse."""
+    cur = await fresh_currency(core_db)
+    await fund_loans(
+        core_db, amount_minor=500_00, idempotency_key=new_key(), channel="admin", currency=cur
+    )
+    alice = await borrower(core_db, cipher, cur)
+    lent = await disburse_loan(
+        core_db, msisdn=alice, amount_minor=200_00, idempotency_key=new_key(), channel="test",
+        currency=cur, loan_reference="loan:9",
+    )  # fmt: skip
+    paid = await repay_loan(
+        core_db, msisdn=alice, amount_minor=50_00, interest_minor=5_00, idempotency_key=new_key(),
+        channel="test", currency=cur, loan_reference="loan:9",
+    )  # fmt: skip
+    before = await core_db.fetchval("SELECT count(*) FROM transfers")
+    for movement in (lent, paid):
+        with pytest.raises(E.NotReversible) as info:
+            await reverse(
+                core_db, reference=movement.reference.lower(), idempotency_key=new_key(),
+                channel="admin", reason="customer asked",
+            )  # fmt: skip
+        assert info.value.details["type"] == movement.kind
+        assert "loan" in info.value.message.lower()
+    assert await core_db.fetchval("SELECT count(*) FROM transfers") == before
+    assert await balance(core_db, alice, cur) == 150_00
+
+    topped = await deposit(
+        core_db, msisdn=alice, amount_minor=10_00, idempotency_key=new_key(), channel="test",
+        currency=cur,
+    )  # fmt: skip
+    undone = await reverse(
+        core_db, reference=topped.reference, idempotency_key=new_key(), channel="admin"
+    )
+    assert undone.kind == "reversal"
+    assert await balance(core_db, alice, cur) == 150_00

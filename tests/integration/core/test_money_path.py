@@ -413,6 +413,52 @@ async def test_wallets_never_negative_in_the_database(
         await core_db.execute("DELETE FROM entries WHERE amount = 100")
 
 
+@pytest.mark.parametrize(
+    ("sql", "constraint"),
+    [
+        ("INSERT INTO accounts (kind, currency) VALUES ('bogus', 'KES')", "accounts_kind_check"),
+        (
+            "INSERT INTO accounts (kind, currency) VALUES ('suspense', 'kes')",
+            "accounts_currency_check",
+        ),
+        (
+            "INSERT INTO accounts (kind, currency, shards) VALUES ('suspense', 'KES', 0)",
+            "accounts_shards_check",
+        ),
+        (
+            "INSERT INTO accounts (kind, currency) VALUES ('wallet', 'KES')",
+            "accounts_wallet_has_customer",
+        ),
+        (
+            "UPDATE accounts SET allow_negative = true WHERE id = (SELECT w.id FROM accounts w "
+            "JOIN customers c ON c.id = w.customer_id WHERE c.msisdn = $1)",
+            "accounts_liabilities_never_negative",
+        ),
+        (
+            "UPDATE accounts SET shards = 2 WHERE id = (SELECT w.id FROM accounts w "
+            "JOIN customers c ON c.id = w.customer_id WHERE c.msisdn = $1)",
+            "accounts_wallets_unsharded",
+        ),
+        (
+            "UPDATE accounts SET customer_id = NULL WHERE id = (SELECT w.id FROM accounts w "
+            "JOIN customers c ON c.id = w.customer_id WHERE c.msisdn = $1)",
+            "accounts_wallet_has_customer",
+        ),
+    ],
+)
+async def test_account_rules_hold_off_the_money_path(
+    core_db: asyncpg.Pool, cipher: FieldCipher, sql: str, constraint: str
+) -> None:
+    """The rules on columns fixed at opening are a trigger since 0600 (not evaluated on every
+    balance UPDATE) and refuse like the CHECK constraints they replaced, by the same name."""
+    alice = await make_customer(core_db, cipher, 100)
+    args = (alice,) if "$1" in sql else ()
+    with pytest.raises(asyncpg.CheckViolationError) as info:
+        await core_db.execute(sql, *args)
+    assert info.value.constraint_name == constraint
+    assert await balance(core_db, alice) == 100
+
+
 async def test_loan_disbursement_and_repayment(core_db: asyncpg.Pool, cipher: FieldCipher) -> None:
     from core.transfers import disburse_loan, fund_loans, repay_loan
 

@@ -13,7 +13,7 @@ import pytest
 from aiohttp import web
 
 from core.crypto import FieldCipher
-from core.errors import SendFailed
+from core.errors import IdempotencyConflict, SendFailed, ValidationFailed
 from core.outbox import Dispatcher, DispatchPolicy, OutboundMessage, enqueue
 from core.receipts import TEMPLATES, render
 from core.transfers import send_money
@@ -171,6 +171,87 @@ async def test_enqueue_refuses_bad_input(core_db: asyncpg.Pool) -> None:
         await enqueue(core_db, channel="sms", recipient="x", body="", kind="k")
 
 
+async def test_enqueue_with_a_dedupe_key_queues_once(core_db: asyncpg.Pool) -> None:
+    key = new_key("late-sms")
+    recipient = "+254700000998"
+    first = await enqueue(
+        core_db, channel="push", recipient=recipient, body="Sent KES 5.00", kind="k", dedupe_key=key
+    )
+    again = await enqueue(
+        core_db, channel="push", recipient=recipient, body="Sent KES 5.00", kind="k", dedupe_key=key
+    )
+    assert again == first
+    # The key is per channel; no key means no deduplication.
+    other = await enqueue(
+        core_db, channel="log", recipient=recipient, body="Sent KES 5.00", kind="k", dedupe_key=key
+    )
+    plain = [
+        await enqueue(core_db, channel="push", recipient=recipient, body="x", kind="k")
+        for _ in range(2)
+    ]
+    assert len({first, other, *plain}) == 4
+    assert await core_db.fetchval("SELECT count(*) FROM outbox WHERE dedupe_key = $1", key) == 2
+
+
+async def test_dedupe_key_inside_a_rolled_back_transaction_leaves_it_free(
+    core_db: asyncpg.Pool,
+) -> None:
+    key = new_key("late-sms")
+    async with core_db.acquire() as conn:
+        tx = conn.transaction()
+        await tx.start()
+        await enqueue(
+            conn, channel="push", recipient="+254700000998", body="b", kind="k", dedupe_key=key
+        )
+        await tx.rollback()
+    queued = await enqueue(
+        core_db, channel="push", recipient="+254700000998", body="b", kind="k", dedupe_key=key
+    )
+    assert await core_db.fetchval("SELECT id FROM outbox WHERE dedupe_key = $1", key) == queued
+
+
+async def test_concurrent_enqueues_with_one_key_queue_one_row(core_db: asyncpg.Pool) -> None:
+    key = new_key("late-sms")
+    ids = await asyncio.gather(
+        *(
+            enqueue(
+                core_db,
+                channel="push",
+                recipient="+254700000998",
+                body="b",
+                kind="k",
+                dedupe_key=key,
+            )
+            for _ in range(20)
+        )
+    )
+    assert len(set(ids)) == 1
+    assert await core_db.fetchval("SELECT count(*) FROM outbox WHERE dedupe_key = $1", key) == 1
+
+
+async def test_dedupe_key_reused_for_another_message_is_refused(core_db: asyncpg.Pool) -> None:
+    key = new_key("late-sms")
+    await enqueue(
+        core_db, channel="push", recipient="+254700000998", body="one", kind="k", dedupe_key=key
+    )
+    before = await core_db.fetchval("SELECT count(*) FROM outbox")
+    with pytest.raises(IdempotencyConflict):
+        await enqueue(
+            core_db, channel="push", recipient="+254700000998", body="two", kind="k", dedupe_key=key
+        )
+    with pytest.raises(IdempotencyConflict):
+        await enqueue(
+            core_db, channel="push", recipient="+254700000997", body="one", kind="k", dedupe_key=key
+        )
+    for bad in ("", "k" * 201):
+        with pytest.raises(ValidationFailed) as info:
+            await enqueue(
+                core_db, channel="push", recipient="+2547", body="b", kind="k", dedupe_key=bad
+            )
+        assert info.value.details["field"] == "dedupe_key"
+    assert await core_db.fetchval("SELECT count(*) FROM outbox") == before
+
+
 async def test_app_dispatcher_sends_receipts_in_the_customers_language(
     app: web.Application, core_db: asyncpg.Pool, cipher: FieldCipher
 ) -> None:
@@ -222,3 +303,29 @@ async def test_dispatcher_backs_off_while_the_database_is_down(database_url: str
     await asyncio.wait_for(dispatcher.run(stop), timeout=10)
     # 0.01 s polls would make ~60 tries; doubling pauses (0.02, 0.04 ... s) make about 6.
     assert 2 <= Counting.calls <= 8
+
+
+async def test_ussd_late_result_sms_retried_is_queued_once(core_db: asyncpg.Pool) -> None:
+    from menus.bindings import OutboxNotifier
+
+    notifier = OutboxNotifier(core_db)
+    recipient = "+254700000996"
+    step_key = new_key("ussd:step")
+    for _ in range(2):  # the engine retries the notify after a crash, with the step's key
+        await notifier.notify(
+            msisdn=recipient,
+            text="Sent KES 5.00",
+            kind="ussd.late_result",
+            idempotency_key=step_key,
+        )
+    long_key = "ussd:" + "x" * 300  # over the column's length: stored as a digest, still once
+    for _ in range(2):
+        await notifier.notify(
+            msisdn=recipient, text="Paid", kind="ussd.late_result", idempotency_key=long_key
+        )
+    rows = await core_db.fetch(
+        "SELECT body FROM outbox WHERE recipient = $1 AND kind = 'ussd.late_result' ORDER BY id",
+        recipient,
+    )
+    assert [r["body"] for r in rows][-2:] == ["Sent KES 5.00", "Paid"]
+    assert sum(1 for r in rows if r["body"] == "Sent KES 5.00") == 1

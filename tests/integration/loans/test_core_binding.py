@@ -243,3 +243,22 @@ async def test_quote_bad_input(world: World) -> None:
             world.pool, msisdn=msisdn, product_code=product.code, amount_minor=100_000
         )
     assert info.value.error_code == "PRODUCT_NOT_FOUND"
+
+
+async def test_an_account_with_an_open_loan_cannot_close(world: World) -> None:
+    """The core's close refuses while the loan book has the customer's loan open, even with
+    the wallet empty; the account stays active."""
+    from core.customers import close_customer
+    from core.errors import Conflict
+
+    product = await world.product()
+    msisdn = await world.customer()
+    result = await _apply(world, msisdn, product.code, 100_000, key="close-" + msisdn)
+    assert result.loan is not None
+    await world.spend_all(msisdn)
+    assert await world.balance(msisdn) == 0
+    with pytest.raises(Conflict) as info:
+        await close_customer(world.pool, msisdn, actor="test")
+    assert info.value.error_code == "LOAN_OUTSTANDING"
+    status = await world.pool.fetchval("SELECT status FROM customers WHERE msisdn = $1", msisdn)
+    assert status == "active"
