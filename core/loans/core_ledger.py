@@ -15,9 +15,12 @@ first result for the same request and refuses another request under the same key
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime
+from typing import Any
 
 from core import transfers
+from core.loans import messages
 from core.loans.ports import (
     Connection,
     CustomerFacts,
@@ -61,7 +64,7 @@ class CoreLoanLedger:
             currency=currency,
             initiator="loans",
         )
-        return LedgerReceipt(result.reference)
+        return LedgerReceipt(result.reference, result.balance_after_minor)
 
     async def collect(
         self,
@@ -89,7 +92,7 @@ class CoreLoanLedger:
             currency=currency,
             initiator="loans",
         )
-        return LedgerReceipt(result.reference)
+        return LedgerReceipt(result.reference, result.balance_after_minor)
 
     async def available_minor(self, conn: Connection, msisdn: str, currency: str) -> int:
         """The wallet's balance when the ledger would let it pay: a locked or closed wallet
@@ -168,7 +171,16 @@ class CoreCustomerDirectory:
 class OutboxNotifier:
     """`Notifier` on the core outbox (delivered by the dispatcher through the channel's
     sender), with a row in `loan_notices` naming the loan and the outbox message: the loan's
-    notice history for officers and tests."""
+    notice history for officers and tests.
+
+    The text is rendered here, in the customer's language (their `customers.language`), from
+    core.loans.messages. A notice about a ledger transfer (disbursement, repayment) takes over
+    the core's receipt for that transfer, written a moment earlier in the same transaction by
+    the ledger function: the receipt row gets the loan's text (which carries the receipt's
+    reference and new balance too) and the loan's kind, so the customer gets ONE message per
+    movement, in the language the core chose for the receipt. Found through the partial index
+    `outbox_loan_receipts` (migration 0641). If there is no such receipt (another channel, or
+    a core that writes none), the notice is queued as a message of its own."""
 
     async def enqueue(
         self,
@@ -176,11 +188,32 @@ class OutboxNotifier:
         *,
         channel: str,
         recipient: str,
-        body: str,
         kind: str,
+        params: Mapping[str, Any],
+        template: str | None = None,
         loan_id: int | None = None,
+        transfer_reference: str | None = None,
     ) -> None:
-        outbox_id = await enqueue(conn, channel=channel, recipient=recipient, body=body, kind=kind)
+        receipt = None
+        if transfer_reference is not None:
+            receipt = await conn.fetchrow(_RECEIPT_SQL, transfer_reference, recipient, channel)
+        if receipt is not None:
+            language = receipt["language"]
+        else:
+            language = await conn.fetchval(_LANGUAGE_SQL, recipient)
+        body = messages.notice(template or kind, messages.language_of(language), params)
+        if receipt is not None:
+            outbox_id = receipt["id"]
+            await conn.execute(_FOLD_SQL, outbox_id, kind, body)
+        else:
+            outbox_id = await enqueue(
+                conn,
+                channel=channel,
+                recipient=recipient,
+                body=body,
+                kind=kind,
+                language=messages.language_of(language),
+            )
         await conn.execute(
             "INSERT INTO loan_notices (loan_id, channel, recipient, kind, body, outbox_id)"
             " VALUES ($1, $2, $3, $4, $5, $6)",
@@ -191,3 +224,15 @@ class OutboxNotifier:
             body,
             outbox_id,
         )
+
+
+# The core's receipt for a loan transfer (ledger_notify in ledger_loan_disburse / _repay), not
+# yet sent: it is in the caller's uncommitted transaction. The template list matches the
+# partial index's predicate, so the index serves it.
+_RECEIPT_SQL = """
+SELECT id, language FROM outbox
+WHERE transfer_id = ledger_reference_id($1) AND recipient = $2 AND channel = $3
+  AND template IN ('loan_disbursed', 'loan_repaid') AND status = 'pending' AND body IS NULL
+"""
+_FOLD_SQL = "UPDATE outbox SET kind = $2, body = $3 WHERE id = $1"
+_LANGUAGE_SQL = "SELECT language FROM customers WHERE msisdn = $1"
