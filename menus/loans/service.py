@@ -30,7 +30,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta
 from typing import Any
 
@@ -301,7 +301,10 @@ class LoanService:
                 trigger = "approve" if decision.outcome is Outcome.APPROVE else "reject"
                 app = await self._move_app(conn, app, trigger, SYSTEM)
         app, loan = await self._disburse(pool, app, SYSTEM)
-        return ApplyResult(app, decision_of(app), loan)
+        shown = decision_of(app)
+        if shown.code == decision.code:  # the figures behind it are known now, not stored
+            shown = replace(shown, details={**shown.details, **decision.details})
+        return ApplyResult(app, shown, loan)
 
     async def _customer(self, conn: Any, msisdn: str) -> CustomerFacts:
         customer = await self._directory().customer(conn, msisdn)

@@ -1,7 +1,8 @@
 """Loan notices on the real core: ONE message per customer per money movement (the core's
 receipt row takes the loan's text: reference, amount, what is still owed, the due date, the new
 balance), and every notice in the customer's language (en, sw, fr), reminders and penalties
-included. The world's invariants (ledger check, loan book = ledger) run after each test."""
+included; refusal reasons in every language with their figures. The world's invariants
+(ledger check, loan book = ledger) run after each test."""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ from typing import Any
 
 import pytest
 
+from core.errors import LoanRefused, NotFound, Overpayment
 from core.loans.jobs import JobScheduler
+from core.loans.messages import refusal_text
 from menus.loans.jobs import loan_jobs
 from tests.integration.loans.conftest import World, new_key
 from tests.integration.loans.test_jobs import Scoped
@@ -184,3 +187,68 @@ async def test_reminders_and_penalties_in_the_customers_language(
         ("loan_reminder", language, late),  # 18 January
         ("loan_penalty", language, penalty),  # 20 January
     ]
+
+
+async def test_refusals_from_apply_carry_their_figures_for_every_language(world: World) -> None:
+    """What the SMS executor does with a refused application: `refusal_error()` and
+    `refusal_text` in the customer's language, the figures included; a replayed refusal (its
+    figures are not stored) reads without them."""
+    product = await world.product(principal_min_minor=50_000, principal_max_minor=400_000)
+    msisdn = await world.customer()
+    key = new_key()
+    refused = await world.service.apply(
+        world.pool,
+        msisdn=msisdn,
+        product_code=product.code,
+        amount_minor=500_000,
+        channel="sms",
+        idempotency_key=key,
+    )
+    error = refused.refusal_error()
+    assert error is not None and error.error_code == "AMOUNT_OUT_OF_RANGE"
+    assert refusal_text(error, "en") == "Borrow between XTS 500.00 and XTS 4,000.00"
+    assert refusal_text(error, "sw") == "Kopa kati ya XTS 500.00 na XTS 4,000.00"
+    assert refusal_text(error, "fr") == "Empruntez entre XTS 500.00 et XTS 4,000.00"
+    replay = await world.service.apply(
+        world.pool,
+        msisdn=msisdn,
+        product_code=product.code,
+        amount_minor=500_000,
+        channel="sms",
+        idempotency_key=key,
+    )
+    again = replay.refusal_error()
+    assert replay.replayed and again is not None
+    assert refusal_text(again, "fr") == "Ce montant n'est pas proposé pour ce crédit"
+    with pytest.raises(LoanRefused) as info:
+        await world.service.quote(
+            world.pool, msisdn=msisdn, product_code=product.code, amount_minor=10_000
+        )
+    assert refusal_text(info.value, "sw") == "Kopa kati ya XTS 500.00 na XTS 4,000.00"
+    with pytest.raises(Overpayment) as over:
+        other = await world.product()
+        await world.service.apply(
+            world.pool,
+            msisdn=msisdn,
+            product_code=other.code,
+            amount_minor=100_000,
+            channel="sms",
+            idempotency_key=new_key(),
+        )
+        await world.service.repay(
+            world.pool,
+            msisdn=msisdn,
+            amount_minor=200_000,
+            idempotency_key=new_key(),
+            channel="sms",
+        )
+    assert refusal_text(over.value, "fr") == "Vous devez XTS 1,150.00; ne payez pas plus"
+    with pytest.raises(NotFound) as none:
+        await world.service.repay(
+            world.pool,
+            msisdn=await world.customer(inflow_minor=0),
+            amount_minor=100,
+            idempotency_key=new_key(),
+            channel="sms",
+        )
+    assert refusal_text(none.value, "sw") == "Huna mkopo wa kulipa"
