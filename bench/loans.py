@@ -89,7 +89,7 @@ async def setup(pool: asyncpg.Pool, customers: int, service: LoanService) -> Non
         "FROM customers"
     )
     await fund_loans(
-        pool, amount_minor=10**15, idempotency_key="bench-fund", channel="bench", currency="KES"
+        pool, amount_minor=10**13, idempotency_key="bench-fund", channel="bench", currency="KES"
     )
     await service.create_product(
         pool,

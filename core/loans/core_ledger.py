@@ -194,26 +194,21 @@ class OutboxNotifier:
         loan_id: int | None = None,
         transfer_reference: str | None = None,
     ) -> None:
-        receipt = None
+        name = template or kind
         if transfer_reference is not None:
-            receipt = await conn.fetchrow(_RECEIPT_SQL, transfer_reference, recipient, channel)
-        if receipt is not None:
-            language = receipt["language"]
-        else:
-            language = await conn.fetchval(_LANGUAGE_SQL, recipient)
-        body = messages.notice(template or kind, messages.language_of(language), params)
-        if receipt is not None:
-            outbox_id = receipt["id"]
-            await conn.execute(_FOLD_SQL, outbox_id, kind, body)
-        else:
-            outbox_id = await enqueue(
-                conn,
-                channel=channel,
-                recipient=recipient,
-                body=body,
-                kind=kind,
-                language=messages.language_of(language),
+            # One round trip (a disbursement holds its fund's lock until the commit): the text
+            # in each language, the receipt's language picks one.
+            texts = [messages.notice(name, lang, params) for lang in messages.LANGUAGES]
+            folded = await conn.fetchval(
+                _FOLD_SQL, transfer_reference, recipient, channel, kind, loan_id, texts
             )
+            if folded is not None:
+                return
+        language = messages.language_of(await conn.fetchval(_LANGUAGE_SQL, recipient))
+        body = messages.notice(name, language, params)
+        outbox_id = await enqueue(
+            conn, channel=channel, recipient=recipient, body=body, kind=kind, language=language
+        )
         await conn.execute(
             "INSERT INTO loan_notices (loan_id, channel, recipient, kind, body, outbox_id)"
             " VALUES ($1, $2, $3, $4, $5, $6)",
@@ -227,12 +222,21 @@ class OutboxNotifier:
 
 
 # The core's receipt for a loan transfer (ledger_notify in ledger_loan_disburse / _repay), not
-# yet sent: it is in the caller's uncommitted transaction. The template list matches the
-# partial index's predicate, so the index serves it.
-_RECEIPT_SQL = """
-SELECT id, language FROM outbox
-WHERE transfer_id = ledger_reference_id($1) AND recipient = $2 AND channel = $3
-  AND template IN ('loan_disbursed', 'loan_repaid') AND status = 'pending' AND body IS NULL
-"""
-_FOLD_SQL = "UPDATE outbox SET kind = $2, body = $3 WHERE id = $1"
+# yet sent: it is in the caller's uncommitted transaction. It takes the loan's text in its own
+# language ($6 holds one text per messages.LANGUAGES, in that order; English for any other),
+# and the notice history points at it. The template list matches the partial index's
+# predicate, so the index serves the look-up.
+_FOLD_SQL = f"""
+WITH receipt AS (
+    UPDATE outbox SET kind = $4,
+        body = ($6::text[])[coalesce(array_position(
+            ARRAY[{", ".join(f"'{lang}'" for lang in messages.LANGUAGES)}]::text[], language), 1)]
+    WHERE transfer_id = ledger_reference_id($1) AND recipient = $2 AND channel = $3
+      AND template IN ('loan_disbursed', 'loan_repaid') AND status = 'pending' AND body IS NULL
+    RETURNING id, body
+)
+INSERT INTO loan_notices (loan_id, channel, recipient, kind, body, outbox_id)
+SELECT $5, $3, $2, $4, body, id FROM receipt
+RETURNING outbox_id
+"""  # noqa: S608 (the language codes are constants)
 _LANGUAGE_SQL = "SELECT language FROM customers WHERE msisdn = $1"

@@ -491,6 +491,10 @@ class LoanService:
             disbursement_ref=None,
             now=now,
         )
+        # Active before the money moves: all of it commits together or not at all, and the
+        # ledger call takes the fund's lock until the commit, so as little as possible follows
+        # it (the reference, the notice, the commit).
+        loan = await self.move_loan(conn, loan, "activate", actor)
         receipt = await ledger.disburse(
             conn,
             loan_id=loan.id,
@@ -500,7 +504,7 @@ class LoanService:
             idempotency_key=key,
         )
         await book.set_disbursement_ref(conn, loan.id, receipt.reference)
-        loan = await self.move_loan(conn, loan, "activate", actor)
+        loan = replace(loan, disbursement_ref=receipt.reference)
         params = {
             "reference": receipt.reference,
             "amount_minor": app.principal_minor,
