@@ -6,6 +6,7 @@ included; refusal reasons in every language with their figures. The world's inva
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -252,3 +253,36 @@ async def test_refusals_from_apply_carry_their_figures_for_every_language(world:
             channel="sms",
         )
     assert refusal_text(none.value, "sw") == "Huna mkopo wa kulipa"
+
+
+async def test_a_notice_on_another_channel_is_a_message_of_its_own(world: World) -> None:
+    """The receipt is folded only into a notice for the same channel (the core writes receipts
+    for `sms`); a loan service notifying on another channel queues its notice apart, in the
+    customer's language, and the core's receipt stays as it was."""
+    world.service.policy = replace(world.service.policy, notify_channel="log")
+    product = await world.product()
+    msisdn = await _customer(world, "sw")
+    mark = await _mark(world)
+    applied = await world.service.apply(
+        world.pool,
+        msisdn=msisdn,
+        product_code=product.code,
+        amount_minor=100_000,
+        channel="ussd",
+        idempotency_key=new_key(),
+    )
+    assert applied.loan is not None
+    rows = await world.pool.fetch(
+        "SELECT o.channel, o.kind, o.template, o.language, o.body, n.loan_id FROM outbox o"
+        " LEFT JOIN loan_notices n ON n.outbox_id = o.id WHERE o.recipient = $1 AND o.id > $2"
+        " ORDER BY o.id",
+        msisdn,
+        mark,
+    )
+    shaped = [(r["channel"], r["kind"], r["template"], r["language"], r["loan_id"]) for r in rows]
+    assert shaped == [
+        ("sms", "receipt", "loan_disbursed", "sw", None),
+        ("log", "loan_disbursed", None, "sw", applied.loan.id),
+    ]
+    assert rows[0]["body"] is None
+    assert rows[1]["body"] == f"{applied.loan.disbursement_ref} {EXPECTED['sw'][0]}"
