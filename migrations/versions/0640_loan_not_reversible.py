@@ -13,6 +13,12 @@ evaluated without calling the function). The refusal is the ledger's typed error
 (`ledger_fail`: SQLSTATE P0001, code NOT_REVERSIBLE -> core.errors.NotReversible, HTTP 409);
 it aborts the reversal's statement, so nothing is written.
 
+The same trigger keeps a reversed loan fund top-up from overdrawing the fund: taking back money
+the fund has already lent would leave it below zero as a whole (the ledger check's
+`loan_funds_not_overdrawn` breach; its shards may go negative, so the core's own checks do not
+stop it). Such a reversal takes the disbursements' advisory lock and is refused with
+INSUFFICIENT_FUNDS when the fund holds less than the top-up; otherwise it proceeds as before.
+
 Revision ID: 0640_loan_not_reversible
 Revises: 0520_loan_customers
 """
@@ -30,6 +36,8 @@ GUARD = """
 CREATE FUNCTION ledger_refuse_loan_reversal() RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE
     v_type text;
+    v_fund bigint;
+    v_available bigint;
 BEGIN
     SELECT type INTO v_type FROM transfers WHERE id = NEW.reversal_of;
     IF v_type IN ('loan_disbursement', 'loan_repayment') THEN
@@ -37,6 +45,21 @@ BEGIN
                             'Loan transfers are corrected through the loan book, not reversed',
                             jsonb_build_object('reference', ledger_reference(NEW.reversal_of),
                                                'type', v_type));
+    ELSIF v_type = 'loan_fund_topup' THEN
+        -- Taking a top-up back must leave the fund what it has lent out: the disbursements'
+        -- own check, under their lock (held to the commit) and on a fresh read.
+        PERFORM pg_advisory_xact_lock(hashtext('ledger_loan_fund'), hashtext(NEW.currency));
+        v_fund := ledger_system_account('loan_fund', NEW.currency);
+        SELECT coalesce(sum(balance), 0) INTO v_available FROM accounts
+        WHERE id = v_fund OR parent_id = v_fund;
+        IF v_available < NEW.amount THEN
+            PERFORM ledger_fail('INSUFFICIENT_FUNDS',
+                                'The loan fund has lent this money out; it cannot be taken back',
+                                jsonb_build_object('account', 'loan_fund',
+                                                   'currency', NEW.currency,
+                                                   'available_minor', v_available,
+                                                   'needed_minor', NEW.amount));
+        END IF;
     END IF;
     RETURN NEW;
 END $$

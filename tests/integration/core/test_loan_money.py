@@ -328,3 +328,31 @@ async def test_loan_transfers_are_not_reversible(
     )
     back = await reverse(core_db, reference=dep.reference, idempotency_key=new_key(), channel="a")
     assert back.kind == "reversal" and await balance(core_db, alice, cur) == wallet
+
+
+async def test_a_top_up_is_reversed_only_while_the_fund_still_holds_it(
+    core_db: asyncpg.Pool, cipher: FieldCipher
+) -> None:
+    cur = await fresh_currency(core_db)
+    alice = await borrower(core_db, cipher, cur)
+    first = await fund_loans(
+        core_db, amount_minor=1_000_00, idempotency_key=new_key(), channel="test", currency=cur
+    )
+    back = await reverse(core_db, reference=first.reference, idempotency_key=new_key(), channel="a")
+    assert back.kind == "reversal" and (await balances(core_db, cur))["loan_fund"] == 0
+    second = await fund_loans(
+        core_db, amount_minor=1_000_00, idempotency_key=new_key(), channel="test", currency=cur
+    )
+    await disburse_loan(
+        core_db,
+        msisdn=alice,
+        amount_minor=800_00,
+        idempotency_key=new_key(),
+        channel="test",
+        loan_reference="loan:78",
+        currency=cur,
+    )
+    with pytest.raises(E.InsufficientFunds) as info:
+        await reverse(core_db, reference=second.reference, idempotency_key=new_key(), channel="a")
+    assert info.value.details["available_minor"] == 200_00
+    assert (await balances(core_db, cur))["loan_fund"] == 200_00
