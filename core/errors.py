@@ -23,7 +23,8 @@ SMS hint, an MQTT error reply). Bugs are assertions, never CoreErrors.
     │   ├── InsufficientFunds         the balance does not cover amount + fee
     │   ├── LimitExceeded             a KYC tier limit (`details.limit` says which)
     │   ├── AlreadyReversed           a transfer is reversed at most once
-    │   ├── NotReversible             a loan disbursement or repayment (the loan book owns it)
+    │   ├── NotReversible             a loan disbursement or repayment: corrected through the
+    │   │                             loan book, never by the core's reversal
     │   ├── IllegalTransition         a loan lifecycle move the state machine does not allow
     │   └── LoanRefused               a loan rule says no; `error_code` is the rule's
     │                                 (LOAN_OUTSTANDING, TIER_NOT_ALLOWED, AMOUNT_OUT_OF_RANGE ...)
@@ -92,11 +93,6 @@ class AlreadyExists(Conflict):
 class BalanceNotZero(Conflict):
     code = "BALANCE_NOT_ZERO"
     default_message = "The account still holds money"
-
-
-class NotReversible(Conflict):
-    code = "NOT_REVERSIBLE"
-    default_message = "This transfer cannot be reversed"
 
 
 class IdempotencyConflict(Conflict):
@@ -223,6 +219,11 @@ class LimitExceeded(Conflict):
 class AlreadyReversed(Conflict):
     code = "ALREADY_REVERSED"
     default_message = "This transfer was already reversed"
+
+
+class NotReversible(Conflict):
+    code = "NOT_REVERSIBLE"
+    default_message = "Loan transfers are corrected through the loan book, not reversed"
 
 
 class WrongPin(AuthFailed):

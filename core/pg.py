@@ -37,6 +37,7 @@ ERRORS_BY_CODE: dict[str, type[E.CoreError]] = {
         E.InsufficientFunds,
         E.LimitExceeded,
         E.AlreadyReversed,
+        E.NotReversible,
         E.IdempotencyConflict,
         E.WalletLocked,
         E.AccountClosed,

@@ -25,7 +25,7 @@ so a phone at home cannot pay out "at the counter"; the gate's evidence joins th
 Loans go through the loan service (`menus.loans.service.LoanService`, `app[LOANS]`), which
 moves the money on the core's ledger. Its refusals (`LoanRefused`, one code per rule) reach the
 menu as `LOAN_OUTSTANDING` (an open loan) or `NOT_ELIGIBLE` with the rule's screen-sized
-`reason`; the PIN is checked first, as everywhere.
+`reason` in the caller's language; the PIN is checked first, as everywhere.
 """
 
 from __future__ import annotations
@@ -44,6 +44,7 @@ from core import customers, fees, limits, outbox, pins, transfers
 from core import errors as E
 from core.agents import get_agent
 from core.crypto import FieldCipher
+from core.loans.messages import refusal_text
 from core.money import format_amount
 from core.pg import CALL_TIMEOUT_S
 from core.transfers import StatementLine
@@ -131,11 +132,13 @@ def day(value: date) -> str:
     return value.strftime("%d/%m/%Y")
 
 
-def _loan_refusal(exc: E.LoanRefused) -> E.CoreError:
-    """A loan rule's refusal as the menu knows it (see the module docstring)."""
+def _loan_refusal(exc: E.LoanRefused, language: str) -> E.CoreError:
+    """A loan rule's refusal as the menu knows it (see the module docstring); the reason in
+    the caller's language (core.loans.messages)."""
     if exc.error_code == "LOAN_OUTSTANDING":
         return E.CoreError(exc.message, code="LOAN_OUTSTANDING")
-    return E.CoreError(exc.message, code="NOT_ELIGIBLE", reason=exc.message, rule=exc.error_code)
+    reason = refusal_text(exc, language)
+    return E.CoreError(exc.message, code="NOT_ELIGIBLE", reason=reason, rule=exc.error_code)
 
 
 def _guard(fn: ActionFn) -> ActionFn:
@@ -429,7 +432,7 @@ class LoanActions:
                 amount_minor=_amount(ctx),
             )
         except E.LoanRefused as exc:
-            raise _loan_refusal(exc) from None
+            raise _loan_refusal(exc, ctx.language) from None
         return ActionResult(
             vars={
                 "product_name": q.product.name,
@@ -454,7 +457,7 @@ class LoanActions:
         )
         refusal = result.refusal_error()
         if refusal is not None:
-            raise _loan_refusal(refusal)
+            raise _loan_refusal(refusal, ctx.language)
         loan = result.loan
         if loan is None:  # waiting for a loan officer
             return ActionResult(

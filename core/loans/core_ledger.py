@@ -15,9 +15,12 @@ first result for the same request and refuses another request under the same key
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime
+from typing import Any
 
 from core import transfers
+from core.loans import messages
 from core.loans.ports import (
     Connection,
     CustomerFacts,
@@ -61,7 +64,7 @@ class CoreLoanLedger:
             currency=currency,
             initiator="loans",
         )
-        return LedgerReceipt(result.reference)
+        return LedgerReceipt(result.reference, result.balance_after_minor)
 
     async def collect(
         self,
@@ -89,7 +92,7 @@ class CoreLoanLedger:
             currency=currency,
             initiator="loans",
         )
-        return LedgerReceipt(result.reference)
+        return LedgerReceipt(result.reference, result.balance_after_minor)
 
     async def available_minor(self, conn: Connection, msisdn: str, currency: str) -> int:
         """The wallet's balance when the ledger would let it pay: a locked or closed wallet
@@ -168,7 +171,16 @@ class CoreCustomerDirectory:
 class OutboxNotifier:
     """`Notifier` on the core outbox (delivered by the dispatcher through the channel's
     sender), with a row in `loan_notices` naming the loan and the outbox message: the loan's
-    notice history for officers and tests."""
+    notice history for officers and tests.
+
+    The text is rendered here, in the customer's language (their `customers.language`), from
+    core.loans.messages. A notice about a ledger transfer (disbursement, repayment) takes over
+    the core's receipt for that transfer, written a moment earlier in the same transaction by
+    the ledger function: the receipt row gets the loan's text (which carries the receipt's
+    reference and new balance too) and the loan's kind, so the customer gets ONE message per
+    movement, in the language the core chose for the receipt. Found through the partial index
+    `outbox_loan_receipts` (migration 0641). If there is no such receipt (another channel, or
+    a core that writes none), the notice is queued as a message of its own."""
 
     async def enqueue(
         self,
@@ -176,11 +188,27 @@ class OutboxNotifier:
         *,
         channel: str,
         recipient: str,
-        body: str,
         kind: str,
+        params: Mapping[str, Any],
+        template: str | None = None,
         loan_id: int | None = None,
+        transfer_reference: str | None = None,
     ) -> None:
-        outbox_id = await enqueue(conn, channel=channel, recipient=recipient, body=body, kind=kind)
+        name = template or kind
+        if transfer_reference is not None:
+            # One round trip (a disbursement holds its fund's lock until the commit): the text
+            # in each language, the receipt's language picks one.
+            texts = [messages.notice(name, lang, params) for lang in messages.LANGUAGES]
+            folded = await conn.fetchval(
+                _FOLD_SQL, transfer_reference, recipient, channel, kind, loan_id, texts
+            )
+            if folded is not None:
+                return
+        language = messages.language_of(await conn.fetchval(_LANGUAGE_SQL, recipient))
+        body = messages.notice(name, language, params)
+        outbox_id = await enqueue(
+            conn, channel=channel, recipient=recipient, body=body, kind=kind, language=language
+        )
         await conn.execute(
             "INSERT INTO loan_notices (loan_id, channel, recipient, kind, body, outbox_id)"
             " VALUES ($1, $2, $3, $4, $5, $6)",
@@ -191,3 +219,24 @@ class OutboxNotifier:
             body,
             outbox_id,
         )
+
+
+# The core's receipt for a loan transfer (ledger_notify in ledger_loan_disburse / _repay), not
+# yet sent: it is in the caller's uncommitted transaction. It takes the loan's text in its own
+# language ($6 holds one text per messages.LANGUAGES, in that order; English for any other),
+# and the notice history points at it. The template list matches the partial index's
+# predicate, so the index serves the look-up.
+_FOLD_SQL = f"""
+WITH receipt AS (
+    UPDATE outbox SET kind = $4,
+        body = ($6::text[])[coalesce(array_position(
+            ARRAY[{", ".join(f"'{lang}'" for lang in messages.LANGUAGES)}]::text[], language), 1)]
+    WHERE transfer_id = ledger_reference_id($1) AND recipient = $2 AND channel = $3
+      AND template IN ('loan_disbursed', 'loan_repaid') AND status = 'pending' AND body IS NULL
+    RETURNING id, body
+)
+INSERT INTO loan_notices (loan_id, channel, recipient, kind, body, outbox_id)
+SELECT $5, $3, $2, $4, body, id FROM receipt
+RETURNING outbox_id
+"""  # noqa: S608 (the language codes are constants)
+_LANGUAGE_SQL = "SELECT language FROM customers WHERE msisdn = $1"

@@ -9,14 +9,17 @@
     amount above the product's auto-approve max -> review REVIEW_AMOUNT
     otherwise                                   -> approve APPROVED
 
-Each outcome carries a stable `code` and an English `message` short enough for a USSD screen;
-channels may reword by code.
+Each outcome carries a stable `code` and an English `message` short enough for a USSD screen,
+and the figures behind it in `details`; `core.loans.messages.reason(code, language, details)`
+words it in the customer's language.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Any
 
 from core.errors import ValidationFailed
 from core.loans.fraud import Refusal
@@ -40,6 +43,8 @@ class Decision:
     code: str
     message: str
     limit_minor: int | None = None
+    # Figures for the translated text (currency, bounds); not stored with the application.
+    details: Mapping[str, Any] = field(default_factory=dict, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,11 +67,21 @@ def decide(  # noqa: PLR0911 (one return per band, in the docstring's order)
     policy: DecisionPolicy,
 ) -> Decision:
     if refusal is not None:
-        return Decision(Outcome.REFUSE, refusal.code, refusal.message)
+        return Decision(Outcome.REFUSE, refusal.code, refusal.message, details=refusal.details)
     if not product.principal_min_minor <= amount_minor <= product.principal_max_minor:
         low = format_minor(product.principal_min_minor, product.currency)
         high = format_minor(product.principal_max_minor, product.currency)
-        return Decision(Outcome.REFUSE, "AMOUNT_OUT_OF_RANGE", f"Borrow between {low} and {high}")
+        bounds = {
+            "min_minor": product.principal_min_minor,
+            "max_minor": product.principal_max_minor,
+            "currency": product.currency,
+        }
+        return Decision(
+            Outcome.REFUSE,
+            "AMOUNT_OUT_OF_RANGE",
+            f"Borrow between {low} and {high}",
+            details=bounds,
+        )
     if score is None:
         return Decision(
             Outcome.REVIEW, "SCORER_UNAVAILABLE", "Your application will be reviewed shortly"
@@ -76,7 +91,11 @@ def decide(  # noqa: PLR0911 (one return per band, in the docstring's order)
     if amount_minor > score.limit_minor:
         limit = format_minor(score.limit_minor, product.currency)
         return Decision(
-            Outcome.REFUSE, "OVER_LIMIT", f"Your loan limit is {limit}", score.limit_minor
+            Outcome.REFUSE,
+            "OVER_LIMIT",
+            f"Your loan limit is {limit}",
+            score.limit_minor,
+            {"currency": product.currency},
         )
     if score.value < policy.approve_min_score:
         return Decision(

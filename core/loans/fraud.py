@@ -5,13 +5,15 @@ service gathers the facts in the application's transaction (under a per-MSISDN l
 applications at once cannot both pass the in-flight rule), then `first_refusal` runs the rules
 in the gate order the notes give (section 4): who may borrow at all, then velocity, then open
 credit. A refusal's `code` is stable so every channel can word it in its own language; its
-`message` is the English default.
+`message` is the English default; `core.loans.messages.reason` gives the text in the customer's
+language from the code and `details`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
 from core.loans.products import Product
 
@@ -34,6 +36,8 @@ class ApplicationFacts:
 class Refusal:
     code: str
     message: str
+    # The figures a translated text needs (core.loans.messages.reason), e.g. `wait_days`.
+    details: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,7 +58,9 @@ def account_too_new(facts: ApplicationFacts, product: Product, _: FraudLimits) -
     if facts.account_age_days >= product.min_account_age_days:
         return None
     wait = product.min_account_age_days - facts.account_age_days
-    return Refusal("ACCOUNT_TOO_NEW", f"Your account is too new; try again in {wait} days")
+    return Refusal(
+        "ACCOUNT_TOO_NEW", f"Your account is too new; try again in {wait} days", {"wait_days": wait}
+    )
 
 
 def too_many_applications(

@@ -15,6 +15,7 @@ first receipt, and with a different request raise `IdempotencyConflict`.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
@@ -25,6 +26,7 @@ Connection = Any  # asyncpg.Connection (or a pool connection proxy); untyped ups
 @dataclass(frozen=True, slots=True)
 class LedgerReceipt:
     reference: str  # the ledger's transfer reference, stored with the loan-side row
+    balance_after_minor: int | None = None  # the customer's wallet after the transfer
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,7 +98,12 @@ class CustomerDirectory(Protocol):
 
 
 class Notifier(Protocol):
-    """Same fields as core.outbox.enqueue, plus the loan the message is about."""
+    """A loan notice to a customer, written in the caller's transaction and worded in the
+    customer's language from the catalogue (core.loans.messages): `template` names the text
+    (`kind` when None), `params` its figures (`*_minor` amounts with `currency`, dates).
+    `transfer_reference` names the ledger transfer the notice is about: the notice then is the
+    one message the customer gets for it (the core's receipt for that transfer is not sent
+    on its own)."""
 
     async def enqueue(
         self,
@@ -104,7 +111,9 @@ class Notifier(Protocol):
         *,
         channel: str,
         recipient: str,
-        body: str,
         kind: str,
+        params: Mapping[str, Any],
+        template: str | None = None,
         loan_id: int | None = None,
+        transfer_reference: str | None = None,
     ) -> None: ...

@@ -22,8 +22,8 @@ from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
 
-from core.loans import book, notices
-from core.loans.allocation import due_by
+from core.loans import book
+from core.loans.allocation import due_by, outstanding_minor
 from core.loans.arrears import bucket_for, days_past_due
 from core.loans.jobs import DONE, UNPAID, DailyJob
 from core.loans.lifecycle import State
@@ -136,8 +136,9 @@ class PenaltyJob:
             ):
                 charged += amount
         if charged:
-            body = notices.penalty(charged, loan.currency)
-            await self.service.notify(conn, loan.msisdn, body, "loan_penalty", loan_id)
+            owed = outstanding_minor([r.due() for r in await book.installments(conn, loan_id)])
+            params = {"amount_minor": charged, "outstanding_minor": owed, "currency": loan.currency}
+            await self.service.notify(conn, loan.msisdn, "loan_penalty", params, loan_id)
             return "charged"
         return "nothing"
 
@@ -166,8 +167,17 @@ class ReminderJob:
         target = hits[0]
         # Late: everything that has fallen due; ahead of time: the installment itself.
         amount = due_by(dues, day) if target.due_date <= day else target.total_minor
-        body = notices.reminder(amount, target.due_date, day, loan.currency)
-        await self.service.notify(conn, loan.msisdn, body, "loan_reminder", loan_id)
+        late_days = (day - target.due_date).days
+        when = "before" if late_days < 0 else "today" if late_days == 0 else "late"
+        params = {
+            "amount_minor": amount,
+            "due_date": target.due_date,
+            "days": late_days,
+            "currency": loan.currency,
+        }
+        await self.service.notify(
+            conn, loan.msisdn, "loan_reminder", params, loan_id, template=f"loan_reminder_{when}"
+        )
         return "reminded"
 
 

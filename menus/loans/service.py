@@ -30,7 +30,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta
 from typing import Any
 
@@ -42,11 +42,12 @@ from core.errors import (
     IdempotencyConflict,
     LoanRefused,
     NotFound,
+    Overpayment,
     Unavailable,
     ValidationFailed,
     WalletLocked,
 )
-from core.loans import book, notices, store
+from core.loans import book, store
 from core.loans.allocation import allocate, apply_allocation, due_by, outstanding_minor
 from core.loans.arrears import bucket_for, days_past_due
 from core.loans.book import InstallmentRow, Loan, Repayment
@@ -75,6 +76,7 @@ PRODUCT_CODE_MAX = 32
 SYSTEM = "system"
 DISBURSEMENT_FAILED = "DISBURSEMENT_FAILED"
 DISBURSEMENT_FAILED_TEXT = "We could not send the money now; please try again later"
+REJECT_REASON_SMS_CHARS = 100  # an officer's reason, cut so the rejection notice is one SMS
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,9 +99,9 @@ class ApplyResult:
         when the application was approved or waits for review."""
         if self.decision.outcome is not Outcome.REFUSE:
             return None
-        details = (
-            {} if self.decision.limit_minor is None else {"limit_minor": self.decision.limit_minor}
-        )
+        details = dict(self.decision.details)
+        if self.decision.limit_minor is not None:
+            details["limit_minor"] = self.decision.limit_minor
         return LoanRefused(self.decision.message, code=self.decision.code, **details)
 
 
@@ -168,18 +170,20 @@ def decision_of(app: Application) -> Decision:
     reads as review, an approved or disbursed one as approved, a rejected one as refused (an
     approval that could not be disbursed says so)."""
     limit = app.score_limit_minor
-    own = Decision(Outcome(app.decision), app.decision_code, app.decision_message, limit)
+    known = {"currency": app.currency}  # the rest of a refusal's figures is not stored
+    own = Decision(Outcome(app.decision), app.decision_code, app.decision_message, limit, known)
     if app.status == State.APPLIED:
         return own
     if app.status in (State.APPROVED, State.DISBURSED):
         if own.outcome is Outcome.APPROVE:
             return own
-        return Decision(Outcome.APPROVE, "APPROVED", "Your loan is approved", limit)
+        return Decision(Outcome.APPROVE, "APPROVED", "Your loan is approved", limit, known)
     if own.outcome is Outcome.REFUSE:
         return own
     if (app.note or "").startswith(DISBURSEMENT_FAILED):
-        return Decision(Outcome.REFUSE, DISBURSEMENT_FAILED, DISBURSEMENT_FAILED_TEXT, limit)
-    return Decision(Outcome.REFUSE, "REJECTED", "Your application was not approved", limit)
+        failed = DISBURSEMENT_FAILED_TEXT
+        return Decision(Outcome.REFUSE, DISBURSEMENT_FAILED, failed, limit, known)
+    return Decision(Outcome.REFUSE, "REJECTED", "Your application was not approved", limit, known)
 
 
 class LoanService:
@@ -213,15 +217,27 @@ class LoanService:
         return self.customers
 
     async def notify(
-        self, conn: Any, msisdn: str, body: str, kind: str, loan_id: int | None
+        self,
+        conn: Any,
+        msisdn: str,
+        kind: str,
+        params: dict[str, Any],
+        loan_id: int | None,
+        *,
+        template: str | None = None,
+        transfer_reference: str | None = None,
     ) -> None:
+        """Queue a notice (core.loans.messages `template`, default `kind`) in the customer's
+        language; one about a ledger transfer replaces that transfer's receipt."""
         await self.notifier.enqueue(
             conn,
             channel=self.policy.notify_channel,
             recipient=msisdn,
-            body=body,
             kind=kind,
+            params=params,
+            template=template,
             loan_id=loan_id,
+            transfer_reference=transfer_reference,
         )
 
     # --- products ------------------------------------------------------------------------------
@@ -285,7 +301,10 @@ class LoanService:
                 trigger = "approve" if decision.outcome is Outcome.APPROVE else "reject"
                 app = await self._move_app(conn, app, trigger, SYSTEM)
         app, loan = await self._disburse(pool, app, SYSTEM)
-        return ApplyResult(app, decision_of(app), loan)
+        shown = decision_of(app)
+        if shown.code == decision.code:  # the figures behind it are known now, not stored
+            shown = replace(shown, details={**shown.details, **decision.details})
+        return ApplyResult(app, shown, loan)
 
     async def _customer(self, conn: Any, msisdn: str) -> CustomerFacts:
         customer = await self._directory().customer(conn, msisdn)
@@ -317,6 +336,7 @@ class LoanService:
                     code="AMOUNT_OUT_OF_RANGE",
                     min_minor=product.principal_min_minor,
                     max_minor=product.principal_max_minor,
+                    currency=product.currency,
                 )
             customer = await self._customer(conn, msisdn)
             now = self.clock.now()
@@ -325,7 +345,7 @@ class LoanService:
         app_facts = ApplicationFacts(msisdn, customer.tier, age_days, in_flight, recent, open_loans)
         refusal = first_refusal(app_facts, product, self.policy.fraud)
         if refusal is not None:
-            raise LoanRefused(refusal.message, code=refusal.code)
+            raise LoanRefused(refusal.message, code=refusal.code, **refusal.details)
         schedule = build_schedule(product, amount_minor, now.date())
         first = schedule.installments[0]
         return LoanQuote(
@@ -424,8 +444,8 @@ class LoanService:
         async with pool.acquire() as conn, conn.transaction():
             app = await store.get_application(conn, application_id, for_update=True)
             app = await self._move_app(conn, app, "reject", actor, _note(reason))
-            body = notices.decided(False, "not approved. " + _note(reason))
-            await self.notify(conn, app.msisdn, body, "loan_rejected", None)
+            reason_text = _note(reason)[:REJECT_REASON_SMS_CHARS]
+            await self.notify(conn, app.msisdn, "loan_rejected", {"reason": reason_text}, None)
         return ReviewResult(app)
 
     async def _disburse(
@@ -471,6 +491,10 @@ class LoanService:
             disbursement_ref=None,
             now=now,
         )
+        # Active before the money moves: all of it commits together or not at all, and the
+        # ledger call takes the fund's lock until the commit, so as little as possible follows
+        # it (the reference, the notice, the commit).
+        loan = await self.move_loan(conn, loan, "activate", actor)
         receipt = await ledger.disburse(
             conn,
             loan_id=loan.id,
@@ -480,11 +504,24 @@ class LoanService:
             idempotency_key=key,
         )
         await book.set_disbursement_ref(conn, loan.id, receipt.reference)
-        loan = await self.move_loan(conn, loan, "activate", actor)
-        body = notices.disbursed(
-            app.principal_minor, schedule.total_minor, schedule.first_due_date, product.currency
+        loan = replace(loan, disbursement_ref=receipt.reference)
+        params = {
+            "reference": receipt.reference,
+            "amount_minor": app.principal_minor,
+            "first_minor": schedule.installments[0].total_minor,
+            "due_date": schedule.first_due_date,
+            "total_minor": schedule.total_minor,
+            "balance_minor": receipt.balance_after_minor,
+            "currency": product.currency,
+        }
+        await self.notify(
+            conn,
+            app.msisdn,
+            "loan_disbursed",
+            params,
+            loan.id,
+            transfer_reference=receipt.reference,
         )
-        await self.notify(conn, app.msisdn, body, "loan_disbursed", loan.id)
         return loan
 
     # --- repayment -------------------------------------------------------------------------------
@@ -527,7 +564,10 @@ class LoanService:
         move the money, record, and move the loan to repaid or back to active."""
         rows = await book.installments(conn, loan.id)
         dues = [r.due() for r in rows]
-        allocation = allocate(amount_minor, dues)
+        try:
+            allocation = allocate(amount_minor, dues)
+        except Overpayment as exc:  # the figure is worded in the loan's currency
+            raise Overpayment(exc.message, **exc.details, currency=loan.currency) from None
         receipt = await self.require_ledger().collect(
             conn,
             loan_id=loan.id,
@@ -559,8 +599,24 @@ class LoanService:
         if dpd != loan.days_past_due or owed == 0:
             await book.set_arrears(conn, loan.id, dpd, bucket_for(dpd), now)
             loan = await book.get_loan(conn, loan.id)
-        body = notices.received(amount_minor, owed, loan.currency)
-        await self.notify(conn, loan.msisdn, body, "loan_repayment", loan.id)
+        upcoming = [d.due_date for d in after if d.total_minor > 0]
+        params = {
+            "reference": receipt.reference,
+            "amount_minor": amount_minor,
+            "outstanding_minor": owed,
+            "due_date": upcoming[0] if upcoming else None,
+            "balance_minor": receipt.balance_after_minor,
+            "currency": loan.currency,
+        }
+        await self.notify(
+            conn,
+            loan.msisdn,
+            "loan_repayment",
+            params,
+            loan.id,
+            template="loan_repaid" if owed == 0 else "loan_repayment",
+            transfer_reference=receipt.reference,
+        )
         return RepayResult(loan, repayment, owed)
 
     # --- status and write-off --------------------------------------------------------------------

@@ -165,3 +165,49 @@ async def test_refusals_and_wrong_pin(ussd: UssdEnv, product: dict[str, str]) ->
     assert await u.post(u.form()) == body
     assert await ussd.bank.balance(msisdn) == before + 1_000_00
     assert money(before + 1_000_00) in await ussd.session(msisdn).walk("2", PIN)
+
+
+async def _choose_any_language(s: AtSession, name: str) -> str:
+    """choose_product for any menu language: the product lines read the same in each."""
+    body = await s.walk("5", "1")
+    for _ in range(12):
+        for line in body[4:].split("\n"):
+            number, _, label = line.partition(". ")
+            if label == name:
+                return await s.send(number)
+        if "98. " not in body:
+            break
+        body = await s.send("98")
+    raise AssertionError(f"{name} is not offered: {body}")
+
+
+@pytest.mark.parametrize(
+    ("language", "too_new", "too_much"),
+    [
+        (
+            "sw",
+            "END Ombi lako la mkopo limekataliwa: Akaunti yako ni mpya mno; jaribu tena baada "
+            "ya siku 27",
+            "END Ombi lako la mkopo limekataliwa: Kopa kati ya KES 100.00 na KES 2,000.00",
+        ),
+        (
+            "fr",
+            "END Votre demande de crédit est refusée: Votre compte est trop récent; réessayez "
+            "dans 27 jours",
+            "END Votre demande de crédit est refusée: Empruntez entre KES 100.00 et KES 2,000.00",
+        ),
+    ],
+)
+async def test_refusal_reasons_in_the_callers_language(
+    ussd: UssdEnv, product: dict[str, str], language: str, too_new: str, too_much: str
+) -> None:
+    newcomer = await borrower(ussd, age_days=3)
+    await ussd.bank.pool.execute(
+        "UPDATE customers SET language = $2 WHERE msisdn = $1", newcomer, language
+    )
+    s = ussd.session(newcomer)
+    await _choose_any_language(s, product["name"])
+    assert await s.send("1000") == too_new
+    t = ussd.session(newcomer)
+    await _choose_any_language(t, product["name"])
+    assert await t.send("5000") == too_much

@@ -315,3 +315,83 @@ async def test_loan_movements_cannot_be_reversed_by_the_core(
     )
     assert undone.kind == "reversal"
     assert await balance(core_db, alice, cur) == 150_00
+async def test_loan_transfers_are_not_reversible(
+    core_db: asyncpg.Pool, cipher: FieldCipher
+) -> None:
+    """The core's reversal refuses a loan disbursement or repayment (the loan book would not
+    know); nothing is written. Other transfers stay reversible."""
+    cur = await fresh_currency(core_db)
+    await fund_loans(
+        core_db, amount_minor=1_000_00, idempotency_key=new_key(), channel="test", currency=cur
+    )
+    alice = await borrower(core_db, cipher, cur, 100_00)
+    lent = await disburse_loan(
+        core_db,
+        msisdn=alice,
+        amount_minor=500_00,
+        idempotency_key=new_key(),
+        channel="test",
+        loan_reference="loan:77",
+        currency=cur,
+    )
+    paid = await repay_loan(
+        core_db,
+        msisdn=alice,
+        amount_minor=200_00,
+        interest_minor=20_00,
+        idempotency_key=new_key(),
+        channel="test",
+        loan_reference="loan:77",
+        currency=cur,
+    )
+    before = await balances(core_db, cur)
+    wallet = await balance(core_db, alice, cur)
+    count = await core_db.fetchval("SELECT count(*) FROM transfers WHERE type = 'reversal'")
+    for ref, kind in ((lent.reference, "loan_disbursement"), (paid.reference, "loan_repayment")):
+        with pytest.raises(E.NotReversible) as info:
+            await reverse(core_db, reference=ref, idempotency_key=new_key(), channel="admin")
+        assert info.value.error_code == "NOT_REVERSIBLE"
+        assert "loan book" in info.value.message
+        assert info.value.details == {"reference": ref, "type": kind}
+    assert await balances(core_db, cur) == before
+    assert await balance(core_db, alice, cur) == wallet
+    assert await core_db.fetchval("SELECT count(*) FROM transfers WHERE type = 'reversal'") == count
+    # A deposit into the same wallet is still reversed as before.
+    dep = await deposit(
+        core_db,
+        msisdn=alice,
+        amount_minor=10_00,
+        idempotency_key=new_key(),
+        channel="test",
+        currency=cur,
+    )
+    back = await reverse(core_db, reference=dep.reference, idempotency_key=new_key(), channel="a")
+    assert back.kind == "reversal" and await balance(core_db, alice, cur) == wallet
+
+
+async def test_a_top_up_is_reversed_only_while_the_fund_still_holds_it(
+    core_db: asyncpg.Pool, cipher: FieldCipher
+) -> None:
+    cur = await fresh_currency(core_db)
+    alice = await borrower(core_db, cipher, cur)
+    first = await fund_loans(
+        core_db, amount_minor=1_000_00, idempotency_key=new_key(), channel="test", currency=cur
+    )
+    back = await reverse(core_db, reference=first.reference, idempotency_key=new_key(), channel="a")
+    assert back.kind == "reversal" and (await balances(core_db, cur))["loan_fund"] == 0
+    second = await fund_loans(
+        core_db, amount_minor=1_000_00, idempotency_key=new_key(), channel="test", currency=cur
+    )
+    await disburse_loan(
+        core_db,
+        msisdn=alice,
+        amount_minor=800_00,
+        idempotency_key=new_key(),
+        channel="test",
+        loan_reference="loan:78",
+        currency=cur,
+    )
+    with pytest.raises(E.InsufficientFunds) as info:
+        await reverse(core_db, reference=second.reference, idempotency_key=new_key(), channel="a")
+    assert info.value.details["available_minor"] == 200_00
+    assert (await balances(core_db, cur))["loan_fund"] == 200_00

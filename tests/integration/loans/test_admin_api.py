@@ -395,3 +395,38 @@ async def test_funding_the_loan_fund(api: TestClient, world: World, admin_token:
         resp = await api.post(fund_url, json=bad, headers=auth(admin_token))
         await assert_error(resp, 422)
     assert (await world.income())["loan_fund"] == before + 123_456
+
+
+async def test_loan_transfers_refused_by_the_reversal_route(
+    api: TestClient, world: World, admin_token: str
+) -> None:
+    """POST /api/v1/transfers/{reference}/reversal on a loan's disbursement or repayment: 409
+    NOT_REVERSIBLE, nothing moves, the loan book and the ledger still agree (the world's
+    invariants run after the test)."""
+    product = await world.product()
+    msisdn = await world.customer()
+    applied = await world.service.apply(
+        world.pool,
+        msisdn=msisdn,
+        product_code=product.code,
+        amount_minor=100_000,
+        channel="ussd",
+        idempotency_key=new_key(),
+    )
+    assert applied.loan is not None and applied.loan.disbursement_ref is not None
+    paid = await world.service.repay(
+        world.pool, msisdn=msisdn, amount_minor=10_000, idempotency_key=new_key(), channel="sms"
+    )
+    assert paid.repayment.ledger_ref is not None
+    wallet, income = await world.balance(msisdn), await world.income()
+    for ref in (applied.loan.disbursement_ref, paid.repayment.ledger_ref):
+        resp = await api.post(
+            f"/api/v1/transfers/{ref}/reversal",
+            json={"idempotency_key": new_key(), "reason": "customer asked"},
+            headers=auth(admin_token),
+        )
+        error = await assert_error(resp, 409, "NOT_REVERSIBLE")
+        assert "loan book" in error["message"] and error["details"]["reference"] == ref
+    assert await world.balance(msisdn) == wallet and await world.income() == income
+    status = await world.service.status(world.pool, msisdn)
+    assert status is not None and status.outstanding_minor == paid.outstanding_minor

@@ -124,19 +124,23 @@ async def test_notices_go_to_the_core_outbox(world: World) -> None:
     loan = result.loan
     assert loan is not None
     rows = await world.pool.fetch(
-        "SELECT o.kind, o.template, o.body, o.channel, n.loan_id FROM outbox o"
+        "SELECT o.kind, o.template, o.body, o.channel, o.transfer_id, n.loan_id FROM outbox o"
         " LEFT JOIN loan_notices n ON n.outbox_id = o.id WHERE o.recipient = $1"
         " AND (o.kind <> 'receipt' OR o.template = 'loan_disbursed') ORDER BY o.id",
         msisdn,
     )
     shaped = [(r["kind"], r["template"], r["channel"], r["loan_id"]) for r in rows]
-    # The core's receipt (reference, new balance, in the customer's language) and the loan's
-    # notice (total to repay, first due date), both in the disbursement's transaction.
-    assert shaped == [
-        ("receipt", "loan_disbursed", "sms", None),
-        ("loan_disbursed", None, "sms", loan.id),
-    ]
-    assert "first payment due 2024-01-17" in rows[1]["body"]
+    # ONE message: the core's receipt row for the disbursement, carrying the loan's text
+    # (reference, new balance, total to repay, first due date), in the same transaction.
+    assert shaped == [("loan_disbursed", "loan_disbursed", "sms", loan.id)]
+    ref = loan.disbursement_ref
+    transfer = await world.pool.fetchval("SELECT ledger_reference_id($1)", ref)
+    assert rows[0]["transfer_id"] == transfer
+    assert rows[0]["body"].startswith(f"{ref} Confirmed. Loan of XTS 1,000.00 is in your wallet.")
+    # Three weekly installments of 383.33, 383.33 and 383.34 (the last absorbs the rounding).
+    assert rows[0]["body"].endswith(
+        "Pay XTS 383.33 by 17/01/2024, XTS 1,150.00 in all. New balance XTS 101,000.00."
+    )
 
 
 async def test_loan_rows_need_a_core_customer(world: World) -> None:

@@ -117,10 +117,15 @@ async def test_a_loan_goes_overdue_day_by_day(world: World) -> None:
     # 14 Jan (3 days before #1), 17 (due), 18 (1 late), 21 (3 before #2), 24 (#1 7 late),
     # 25 (#2 1 late), 31 (#2 7 late): one notice a day at most.
     assert len(reminders) == 7
-    assert reminders[0] == "Reminder: your loan payment of XTS 1,100.00 is due on 2024-01-17."
+    assert reminders[0] == "Reminder: your loan payment of XTS 1,100.00 is due on 17/01/2024."
     assert reminders[1] == "Reminder: your loan payment of XTS 1,100.00 is due today."
-    assert reminders[2].startswith("Your loan payment of XTS 1,100.00 was due on 2024-01-17")
-    assert len(await _notices(world, loan_id, "loan_penalty")) == 2
+    assert reminders[2].startswith("Your loan payment of XTS 1,100.00 was due on 17/01/2024")
+    assert "(1 days ago)" in reminders[2]
+    # 2,200.00 owed + 21.00 penalty, then the second installment's 21.00 as well.
+    assert await _notices(world, loan_id, "loan_penalty") == [
+        "A late payment penalty of XTS 21.00 was added to your loan. You now owe XTS 2,221.00.",
+        "A late payment penalty of XTS 21.00 was added to your loan. You now owe XTS 2,242.00.",
+    ]
     runs = await world.pool.fetch(
         "SELECT job, count(*) AS n FROM loan_job_runs WHERE loan_id = $1 GROUP BY job", loan_id
     )
