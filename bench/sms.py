@@ -1,6 +1,8 @@
 """SMS channel benchmark: MO-to-MT round trips through the whole channel against the test SMSC.
 
     .venv/bin/python bench/sms.py            (DATABASE_URL if set, else an embedded PostgreSQL)
+    .venv/bin/python bench/sms.py --quick --repeats 1 --profile /tmp/sms.prof
+        (unthrottled only; cProfile of the gateway process over the product runs)
 
 The SMSC is the smpp34 test peer (tests/smsc_peer.py) in its own process. Each round trip is
 the real path: deliver_sm -> MO stored (de-duplicated, masked, encrypted) -> deliver_sm_resp ->
@@ -21,7 +23,9 @@ Figures:
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import cProfile
 import os
 import platform
 import statistics
@@ -302,7 +306,7 @@ def setup_line() -> str:
     )
 
 
-async def main() -> None:
+async def main(args: argparse.Namespace) -> None:
     log(f"setup: {setup_line()}")
     with tempfile.TemporaryDirectory() as tmpdir:
         tmp = Path(tmpdir)
@@ -314,7 +318,7 @@ async def main() -> None:
         peer = SmscPeer(tmp)
         await peer.start()
         try:
-            await run(peer, store)
+            await run(peer, store, args)
         finally:
             await peer.close()
             await pool.close()
@@ -323,12 +327,12 @@ async def main() -> None:
                 await asyncio.to_thread(embedded.stop)
 
 
-async def run(peer: SmscPeer, store: SmsMessageStore) -> None:
+async def run(peer: SmscPeer, store: SmsMessageStore, args: argparse.Namespace) -> None:
     log("warm-up: 300 round trips")
     await round_trips(peer, store, tps=10_000, count=300, offer=0)
 
     results = {}
-    for tps in (30, 100):
+    for tps in () if args.quick else (30, 100):
         count = int(tps * THROTTLED_SECONDS)
         await peer.configure(max_tps=tps)
         log(f"throttled: TPS {tps}, {count} MOs offered at {OFFER_FACTOR}x ...")
@@ -338,15 +342,24 @@ async def run(peer: SmscPeer, store: SmsMessageStore) -> None:
     await peer.configure(max_tps=0)
 
     floors, rt_floors, products = [], [], []
-    for repeat in range(1, REPEATS + 1):
-        log(f"[{repeat}/{REPEATS}] floor: bare asyncio client, {FLOOR_SUBMITS} submit_sm ...")
+    profiler = cProfile.Profile() if args.profile else None
+    repeats = args.repeats
+    for repeat in range(1, repeats + 1):
+        log(f"[{repeat}/{repeats}] floor: bare asyncio client, {FLOOR_SUBMITS} submit_sm ...")
         floors.append(await floor(peer.port, FLOOR_SUBMITS, WINDOW))
-        log(f"[{repeat}/{REPEATS}] round-trip floor: bare asyncio ESME, MO -> MT ...")
+        log(f"[{repeat}/{repeats}] round-trip floor: bare asyncio ESME, MO -> MT ...")
         rt_floors.append(await round_trip_floor(peer, UNTHROTTLED_ROUND_TRIPS, WINDOW))
-        log(f"[{repeat}/{REPEATS}] unthrottled: the SMS channel, MO -> MT ...")
+        log(f"[{repeat}/{repeats}] unthrottled: the SMS channel, MO -> MT ...")
+        if profiler is not None:
+            profiler.enable()
         products.append(
             await round_trips(peer, store, tps=10_000, count=UNTHROTTLED_ROUND_TRIPS, offer=0)
         )
+        if profiler is not None:
+            profiler.disable()
+    if profiler is not None:
+        profiler.dump_stats(args.profile)
+        log(f"profile of the product runs written to {args.profile}")
 
     log("")
     log("results")
@@ -383,4 +396,8 @@ async def run(peer: SmscPeer, store: SmsMessageStore) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="skip the throttled runs")
+    parser.add_argument("--repeats", type=int, default=REPEATS, help="unthrottled repeats")
+    parser.add_argument("--profile", help="write a cProfile of the gateway's product runs here")
+    asyncio.run(main(parser.parse_args()))

@@ -118,6 +118,12 @@ class MtRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class _Outcome:
+    records: tuple[MtRecord, ...]
+    processed: int | None  # an MO marked processed with these records
+
+
+@dataclass(frozen=True, slots=True)
 class SentMt:
     """What the store knows of an MT sent before under the same reference."""
 
@@ -157,7 +163,8 @@ RETURNING 1
 """
 
 # A batch of MT records in one statement: the messages (upserted by ref), then their parts
-# (upserted by SMSC message id). A part row that already carries a receipt (one that overtook
+# (upserted by SMSC message id), and the MOs those MTs answered marked processed in the same
+# commit (an MO is never processed without its replies on record, nor the other way round). A part row that already carries a receipt (one that overtook
 # this record, or an earlier attempt of the same message) keeps it; its message is returned
 # for a status recompute. An id on record for another, older message starts clean (SMSCs
 # reuse ids).
@@ -191,6 +198,10 @@ WITH m_in AS (
                          now() - make_interval(secs => $16)) THEN p.error END,
             updated_at = now()
     RETURNING p.mt_id, p.status
+), done AS (
+    UPDATE sms_messages SET status = 'processed', body_enc = NULL, lease_until = NULL,
+        error = NULL, updated_at = now()
+    WHERE id = ANY($17::bigint[]) AND direction = 'mo'
 )
 SELECT DISTINCT mt_id FROM parts WHERE status <> 'submitted'
 """
@@ -273,8 +284,8 @@ class SmsMessageStore:
         # The MO -> MT path writes three times per message; under load each write joins the
         # others waiting for the same round trip and commit.
         self._mo_batch: Batcher[InboundRecord, StoredMo | None] = Batcher(self._insert_mos)
-        self._processed_batch: Batcher[int, None] = Batcher(self._mark_processed)
-        self._mt_batch: Batcher[MtRecord, None] = Batcher(self._record_mts)
+        # MT records and "MO processed" share one batcher and one statement.
+        self._write_batch: Batcher[_Outcome, None] = Batcher(self._write_outcomes)
 
     # --- MO ----------------------------------------------------------------------------------
 
@@ -406,16 +417,16 @@ class SmsMessageStore:
         rows = await self._pool.fetch(_CLAIM_MO, limit, self.lease_s, max_attempts)
         return [self._mo(r) for r in rows]
 
-    async def mo_processed(self, mo_id: int) -> None:
-        await self._processed_batch.submit(mo_id)
+    async def mo_processed(self, mo_id: int, replies: Sequence[MtRecord] = ()) -> None:
+        """Mark an MO processed, recording the MTs sent in reply in the same commit."""
+        await self._write_batch.submit(_Outcome(tuple(replies), mo_id))
 
-    async def _mark_processed(self, ids: Sequence[int]) -> list[None]:
-        await self._pool.execute(
-            """UPDATE sms_messages SET status = 'processed', body_enc = NULL, lease_until = NULL,
-                   error = NULL, updated_at = now() WHERE id = ANY($1::bigint[])""",
-            list(ids),
+    async def _write_outcomes(self, items: Sequence[_Outcome]) -> list[None]:
+        await self._record_mts(
+            [rec for item in items for rec in item.records],
+            [item.processed for item in items if item.processed is not None],
         )
-        return [None] * len(ids)
+        return [None] * len(items)
 
     async def mo_retry(self, mo_id: int, error: str, delay_s: float) -> None:
         await self._pool.execute(
@@ -481,14 +492,15 @@ class SmsMessageStore:
         return SentMt(rows[0]["id"], rows[0]["status"], rows[0]["concat_ref"], parts)
 
     async def record_mt(self, rec: MtRecord) -> None:
-        await self._mt_batch.submit(rec)
+        await self._write_batch.submit(_Outcome((rec,), None))
 
-    async def _record_mts(self, recs: Sequence[MtRecord]) -> list[None]:
+    async def _record_mts(self, recs: Sequence[MtRecord], processed: Sequence[int] = ()) -> None:
         # Every row needs a ref to tie its parts to it within the statement; one ref twice in
         # a statement is not allowed by ON CONFLICT, so a repeat waits for the next statement.
+        # The processed MOs go with the last statement, after all their replies.
         refs = [rec.ref or f"auto:{uuid.uuid4().hex}" for rec in recs]
         pending = list(zip(refs, recs, strict=True))
-        while pending:
+        while True:
             batch: dict[str, MtRecord] = {}
             rest = []
             for ref, rec in pending:
@@ -496,11 +508,12 @@ class SmsMessageStore:
                     rest.append((ref, rec))
                 else:
                     batch[ref] = rec
-            await self._record_mt_batch(batch)
+            await self._record_mt_batch(batch, () if rest else processed)
+            if not rest:
+                return
             pending = rest
-        return [None] * len(recs)
 
-    async def _record_mt_batch(self, batch: dict[str, MtRecord]) -> None:
+    async def _record_mt_batch(self, batch: dict[str, MtRecord], processed: Sequence[int]) -> None:
         recs = list(batch.values())
         parts = [(ref, p) for ref, rec in batch.items() for p in rec.submitted]
         async with self._pool.acquire() as conn:
@@ -522,6 +535,7 @@ class SmsMessageStore:
                 [p.message_id for _, p in parts],
                 [p.part_no for _, p in parts],
                 float(EARLY_RECEIPT_S),
+                list(processed),
             )
             for row in early:  # a receipt is already there: the message's status follows it
                 await self._recompute(conn, row["mt_id"])

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import hashlib
 import hmac
 import logging
@@ -118,6 +119,21 @@ def split_mo(pdu: DeliverSm) -> tuple[bytes, Concat | None]:
     if concat is not None and (concat.total == 1 or not valid_concat(concat)):
         concat = None
     return data, concat
+
+
+@dataclass
+class _Replies:
+    """MT records made while a worker processes one MO. They are written with the MO's
+    outcome (one statement, one commit, for "replied" and "processed"). Once the outcome is
+    written the collector closes, and a send that outlives the handler records on its own."""
+
+    records: list[MtRecord] = field(default_factory=list)
+    open: bool = True
+
+
+_REPLIES: contextvars.ContextVar[_Replies | None] = contextvars.ContextVar(
+    "sms_replies", default=None
+)
 
 
 @dataclass
@@ -314,21 +330,53 @@ class SmsChannel:
             complete=mo.complete,
             attempt=mo.attempts,
         )
+        replies = _Replies()
+        token = _REPLIES.set(replies)
         try:
             async with asyncio.timeout(self.tuning.handler_timeout_s):
                 await handler.handle(sms)
         except (RetryLater, TimeoutError) as exc:
+            await self._flush_replies(replies)
             await self._retry_or_fail(mo, f"temporary: {type(exc).__name__}: {exc}")
         except SendFailed as exc:
+            await self._flush_replies(replies)
             if exc.temporary:
                 await self._retry_or_fail(mo, f"reply not sent: {exc.reason}")
             else:
                 await self.store.mo_failed(mo.id, f"reply refused: {exc.reason}")
         except Exception as exc:
+            await self._flush_replies(replies)
             log.exception("sms: MO %d handler failed", mo.id)
             await self.store.mo_failed(mo.id, f"{type(exc).__name__}: {exc}")
+        except asyncio.CancelledError:
+            # Stopping: what was sent must be on record, or a later attempt sends it again.
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self._flush_replies(replies))
+            raise
         else:
+            await self._processed(mo, replies)
+        finally:
+            _REPLIES.reset(token)
+            replies.open = False
+
+    async def _processed(self, mo: StoredMo, replies: _Replies) -> None:
+        records, replies.open = replies.records, False
+        try:
+            await self.store.mo_processed(mo.id, records)
+        except Exception:
+            if not records:
+                raise
+            # Keep the replies on record whatever the combined write tripped on: without them
+            # a retry of this MO would send them again.
+            log.exception("sms: could not record MO %d with its replies; one by one", mo.id)
+            for record in records:
+                await self._record(record)
             await self.store.mo_processed(mo.id)
+
+    async def _flush_replies(self, replies: _Replies) -> None:
+        records, replies.open = replies.records, False
+        for record in records:
+            await self._record(record)
 
     async def _retry_or_fail(self, mo: StoredMo, reason: str) -> None:
         if mo.attempts >= self.tuning.max_attempts:
@@ -455,6 +503,10 @@ class SmsChannel:
         )
 
     async def _record(self, record: MtRecord) -> None:
+        replies = _REPLIES.get()
+        if replies is not None and replies.open:
+            replies.records.append(record)  # written with the MO's outcome
+            return
         try:
             await self.store.record_mt(record)
         except Exception:
