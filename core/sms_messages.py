@@ -164,10 +164,10 @@ RETURNING 1
 
 # A batch of MT records in one statement: the messages (upserted by ref), then their parts
 # (upserted by SMSC message id), and the MOs those MTs answered marked processed in the same
-# commit (an MO is never processed without its replies on record, nor the other way round). A part row that already carries a receipt (one that overtook
-# this record, or an earlier attempt of the same message) keeps it; its message is returned
-# for a status recompute. An id on record for another, older message starts clean (SMSCs
-# reuse ids).
+# commit (an MO is never processed without its replies on record). A part row that already
+# carries a receipt (one that overtook this record, or an earlier attempt of the same
+# message) keeps it; its message is returned for a status recompute. An id on record for
+# another, older message starts clean (SMSCs reuse ids).
 _RECORD_MTS = """
 WITH m_in AS (
     SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
@@ -283,9 +283,11 @@ class SmsMessageStore:
         self.lease_s = lease_s
         # The MO -> MT path writes three times per message; under load each write joins the
         # others waiting for the same round trip and commit.
-        self._mo_batch: Batcher[InboundRecord, StoredMo | None] = Batcher(self._insert_mos)
+        self._mo_batch: Batcher[InboundRecord, StoredMo | None] = Batcher(
+            self._insert_mos, concurrency=1
+        )
         # MT records and "MO processed" share one batcher and one statement.
-        self._write_batch: Batcher[_Outcome, None] = Batcher(self._write_outcomes)
+        self._write_batch: Batcher[_Outcome, None] = Batcher(self._write_outcomes, concurrency=1)
 
     # --- MO ----------------------------------------------------------------------------------
 

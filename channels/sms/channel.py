@@ -295,9 +295,12 @@ class SmsChannel:
             self.counters["mo"] += 1
             # A full queue holds the deliver_sm_resp back a little: the SMSC's window then
             # slows the MOs down, instead of parking them until their lease runs out.
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.tuning.enqueue_wait_s):
-                    await self._queue.put(stored)
+            if self._queue.full():
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self.tuning.enqueue_wait_s):
+                        await self._queue.put(stored)
+            else:
+                self._queue.put_nowait(stored)
         return ESME_ROK
 
     def _enqueue(self, mo: StoredMo) -> None:
