@@ -25,7 +25,8 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -126,6 +127,9 @@ class SessionTuning:
     max_timeouts_in_row: int = 3
     inbound_concurrency: int = 32
     deliver_timeout_s: float = 20.0
+    # A deliver_sm_resp written less than this long before the link dropped may never have
+    # reached the SMSC: the channel is told (`on_unsure_ack`), as for one answered late.
+    ack_grace_s: float = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,6 +160,10 @@ class BindStatus:
 
 DeliverHandler = Callable[["SmppSession", DeliverSm], Awaitable[int]]
 StateListener = Callable[["SmppSession", "BindState"], None]
+# deliver_sms whose acknowledgement the SMSC may not have got (not written, an error status,
+# answered later than ack_grace_s, or written just before the link dropped): it may deliver
+# them again, later than usual.
+UnsureAckListener = Callable[["SmppSession", Sequence[DeliverSm]], None]
 
 
 def describe(exc: BaseException) -> str:
@@ -171,12 +179,15 @@ class SmppSession:
         name: str,
         on_deliver: DeliverHandler | None = None,
         on_state: StateListener | None = None,
+        on_unsure_ack: UnsureAckListener | None = None,
         tuning: SessionTuning | None = None,
     ) -> None:
         self.bind = bind
         self.name = name
         self.on_deliver = on_deliver
         self.on_state = on_state
+        self.on_unsure_ack = on_unsure_ack
+        self._acks: deque[tuple[float, DeliverSm]] = deque()  # recent, for a link drop
         self.tuning = tuning or SessionTuning()
         self.pacer = Pacer(bind.tps)
         self._state = BindState.IDLE
@@ -437,6 +448,7 @@ class SmppSession:
             await asyncio.gather(*tasks, return_exceptions=True)
             self._fail_pending("the link dropped")
             self._flush_out()  # an unbind_resp or a last ack still goes
+            self._acks_unsure()
             self._writer = None
             writer.close()
             with contextlib.suppress(Exception):
@@ -535,11 +547,13 @@ class SmppSession:
             return
         self.counters["received"] += 1
         await self._inbound.acquire()  # a slow store pushes back on the SMSC
-        task = asyncio.create_task(self._answer_deliver(pdu, self._writer))
+        task = asyncio.create_task(self._answer_deliver(pdu, self._writer, self._last_read))
         self._inbound_tasks.add(task)
         task.add_done_callback(self._inbound_tasks.discard)
 
-    async def _answer_deliver(self, pdu: DeliverSm, writer: asyncio.StreamWriter | None) -> None:
+    async def _answer_deliver(
+        self, pdu: DeliverSm, writer: asyncio.StreamWriter | None, received_at: float
+    ) -> None:
         status = ESME_RX_T_APPN
         try:
             if self.on_deliver is not None:
@@ -549,8 +563,25 @@ class SmppSession:
             log.exception("smpp bind %s: deliver_sm handler failed", self.name)
         finally:
             self._inbound.release()
+        now = asyncio.get_running_loop().time()
         if writer is not None and writer is self._writer and not writer.is_closing():
             self._cork(writer, codec.deliver_sm_resp(pdu.sequence, status))
+            if status == ESME_ROK and now - received_at < self.tuning.ack_grace_s:
+                acks = self._acks
+                acks.append((now, pdu))
+                while acks[0][0] < now - self.tuning.ack_grace_s:
+                    acks.popleft()
+                return
+        if self.on_unsure_ack is not None:
+            self.on_unsure_ack(self, [pdu])
+
+    def _acks_unsure(self) -> None:
+        """The link dropped: acknowledgements written within the grace may be lost."""
+        acks, self._acks = self._acks, deque()
+        since = asyncio.get_running_loop().time() - self.tuning.ack_grace_s
+        recent = [pdu for at, pdu in acks if at >= since]
+        if recent and self.on_unsure_ack is not None:
+            self.on_unsure_ack(self, recent)
 
     async def _drain_inbound(self) -> None:
         if self._inbound_tasks:
