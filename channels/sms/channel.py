@@ -237,7 +237,9 @@ class SmsChannel:
         if not matched:
             self.counters["receipts_unmatched"] += 1
 
-    def _dedupe_key(self, bind: SmppBind, pdu: DeliverSm) -> tuple[str, bool]:
+    def _dedupe_key(
+        self, bind: SmppBind, pdu: DeliverSm, *, concatenated: bool = False
+    ) -> tuple[str, bool]:
         """(keyed hash, identified) of an MO. A redelivery is the same deliver_sm again: same
         source, destination, content and concatenation (UDH inside short_message, or SAR),
         and the same identifying fields where the SMSC sends them: the handset's message
@@ -276,8 +278,7 @@ class SmsChannel:
             or pdu.schedule_delivery_time
             or pdu.validity_period
             or pdu.receipted_message_id
-            or pdu.sar_msg_ref_num is not None
-            or pdu.esm_class & ESM_UDHI
+            or concatenated
         )
         return hmac.new(self._secret, material, hashlib.sha256).hexdigest(), identified
 
@@ -303,7 +304,7 @@ class SmsChannel:
         received = time.monotonic()
         smsc = smsc_key(session.bind)
         msisdn = address.to_e164(pdu.source_addr, pdu.source_addr_ton, self._country)
-        key, identified = self._dedupe_key(session.bind, pdu)
+        key, identified = self._dedupe_key(session.bind, pdu, concatenated=concat is not None)
         stored: StoredMo | None
         if concat is None:
             text, encoding = decode_payload(data, pdu.data_coding)

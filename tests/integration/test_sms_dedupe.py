@@ -19,7 +19,7 @@ import pytest
 from aiohttp import web
 
 from channels.sms.channel import ChannelTuning, SmsChannel, assemble_mo
-from channels.sms.handler import InboundSms
+from channels.sms.handler import InboundSms, RetryLater
 from core.clock import ManualClock
 from core.sms_messages import InboundRecord, SmsMessageStore
 from gateway.keys import CIPHER
@@ -234,3 +234,66 @@ async def test_store_windows_extension_and_slow_acknowledgements(
         [plain, known, extended, slow, fresh],
     )
     assert [r["dedupe_key"] for r in left] == [fresh]
+
+
+# --- replies are recorded with the MO's outcome ----------------------------------------------
+
+
+class ReplyThenFail:
+    """Replies, then fails after the reply went out (the core timed out, say): the retry must
+    find the reply on record and not send it again."""
+
+    def __init__(self, channel: SmsChannel, failures: int) -> None:
+        self.channel = channel
+        self.failures = failures
+        self.attempts: list[int] = []
+
+    async def handle(self, sms: InboundSms) -> None:
+        self.attempts.append(sms.attempt)
+        await self.channel.send_text(
+            sms.msisdn, "Your balance is 5.00", ref=f"mo:{sms.id}", first_attempt=sms.attempt == 1
+        )
+        if self.failures:
+            self.failures -= 1
+            raise RetryLater("the core did not answer")
+
+
+async def test_reply_is_on_record_with_the_outcome_and_not_sent_again_on_retry(
+    make_channel: Factory, peer: SmscPeer, pg_pool: asyncpg.Pool
+) -> None:
+    channel = await make_channel(None)
+    handler = ReplyThenFail(channel, failures=1)
+    channel.handler = handler
+    msisdn = new_msisdn()
+    assert await peer.mo(source=msisdn, text="BAL 1234") == [0]
+    await all_processed(pg_pool, msisdn, 1)
+    assert handler.attempts == [1, 2]
+    (mo,) = await mos(pg_pool, msisdn)
+    mt = await pg_pool.fetchrow(
+        "SELECT status, parts FROM sms_messages WHERE direction = 'mt' AND ref = $1",
+        f"mo:{mo['id']}",
+    )
+    assert mt is not None and (mt["status"], mt["parts"]) == ("submitted", 1)
+    sent = [s for s in await peer.submits() if s["dest"] == msisdn and s["status"] == 0]
+    assert len(sent) == 1  # the retry found the reply on record
+
+
+async def test_a_successful_mo_and_its_reply_commit_together(
+    make_channel: Factory, peer: SmscPeer, pg_pool: asyncpg.Pool
+) -> None:
+    channel = await make_channel(None)
+    channel.handler = ReplyThenFail(channel, failures=0)
+    msisdns = [new_msisdn() for _ in range(5)]
+    for msisdn in msisdns:
+        assert await peer.mo(source=msisdn, text="BAL 1234") == [0]
+    for msisdn in msisdns:
+        await all_processed(pg_pool, msisdn, 1)
+    # Every processed MO has its reply on record (written in the same statement).
+    missing = await pg_pool.fetchval(
+        """SELECT count(*) FROM sms_messages mo
+           WHERE mo.direction = 'mo' AND mo.status = 'processed' AND mo.msisdn = ANY($1)
+             AND NOT EXISTS (SELECT 1 FROM sms_messages mt
+                             WHERE mt.direction = 'mt' AND mt.ref = 'mo:' || mo.id)""",
+        ["+" + m for m in msisdns],
+    )
+    assert missing == 0
