@@ -307,10 +307,15 @@ class SmsMessageStore:
         self.ack_grace_s = ack_grace_s
         self.lease_s = lease_s
         self.clock: Clock = clock or SystemClock()
-        # The MO -> MT path writes three times per message; under load each write joins the
-        # others waiting for the same round trip and commit.
+        # The MO -> MT path writes twice per message (the MO before its ack; its replies with
+        # its processed mark); under load each write joins the others waiting for the same
+        # round trip and commit. An MO insert holds the SMSC's window (its deliver_sm_resp
+        # waits for the commit), so two may be in flight: latency beats fewer commits there.
+        # The outcome writes are off that path (the MT window slot is free once the
+        # submit_sm_resp is in), so one flush at a time lets them pile up into bigger batches
+        # (fewer commits, less PostgreSQL CPU).
         self._mo_batch: Batcher[InboundRecord, StoredMo | None] = Batcher(
-            self._insert_mos, concurrency=1
+            self._insert_mos, concurrency=2
         )
         # MT records and "MO processed" share one batcher and one statement.
         self._write_batch: Batcher[_Outcome, None] = Batcher(self._write_outcomes, concurrency=1)
