@@ -45,6 +45,9 @@ class SmppBind:
     enquire_link_s: float = 30.0
     response_timeout_s: float = 10.0
     registered_delivery: bool = True
+    # The TLV tag (e.g. 0x1501) in which this SMSC sends its own id of an MO, if it does: MOs
+    # carrying it are de-duplicated by that id for the long window (SMS_DEDUPE_WINDOW_S).
+    mo_id_tlv: int | None = None
 
 
 USSD_PROVIDER_NAMES = (
@@ -122,9 +125,14 @@ class Settings:
                 return provider
         return UssdProviderSettings(name)
 
-    # SMS channel (issue 5): identical MOs from one number within the window are one message
-    # (an SMSC redelivery); parts of a concatenated MO wait this long for their siblings.
+    # SMS channel (issue 5): an MO identical to one received within the window is an SMSC
+    # redelivery. The long window holds for MOs the SMSC identified (a message reference,
+    # its timestamps, a concatenation reference, its MO id TLV) and for MOs whose
+    # acknowledgement may not have reached the SMSC; a plain MO is remembered for the short
+    # window only, so a customer who repeats a command a minute later is answered again.
+    # Parts of a concatenated MO wait `sms_concat_timeout_s` for their siblings.
     sms_dedupe_window_s: int = 600
+    sms_dedupe_short_window_s: int = 45
     sms_concat_timeout_s: int = 300
     # Agent devices and geofences (issue 6).
     mqtt_share_group: str = "gateway"
@@ -259,7 +267,19 @@ def _smpp_sms_options(name: str, query: dict[str, str], base: int) -> dict[str, 
     dlr = query.get("dlr", "1").lower()
     if dlr not in {"0", "1", "true", "false", "yes", "no"}:
         raise SettingsError(f"{name}: dlr= must be 1 or 0, got {dlr!r}")
+    mo_id_tlv = None
+    if query.get("mo_id_tlv"):
+        try:
+            mo_id_tlv = int(query["mo_id_tlv"], 0)
+        except ValueError:
+            mo_id_tlv = -1
+        if not 0x1400 <= mo_id_tlv <= 0x3FFF:
+            raise SettingsError(
+                f"{name}: mo_id_tlv= must be a vendor TLV tag 0x1400-0x3FFF, "
+                f"got {query['mo_id_tlv']!r}"
+            )
     return {
+        "mo_id_tlv": mo_id_tlv,
         "dlr_id_base": dlr_base,
         "enquire_link_s": enquire,
         "response_timeout_s": timeout,
@@ -412,6 +432,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         ussd_providers=tuple(_ussd_provider(env, n) for n in USSD_PROVIDER_NAMES),
         ussd_deadline_s=float(_int(env, "USSD_DEADLINE_MS", 10_000, 500, 14_000)) / 1000,
         sms_dedupe_window_s=_int(env, "SMS_DEDUPE_WINDOW_S", 600, 0, 86_400),
+        sms_dedupe_short_window_s=_int(env, "SMS_DEDUPE_SHORT_WINDOW_S", 45, 0, 3_600),
         sms_concat_timeout_s=_int(env, "SMS_CONCAT_TIMEOUT_S", 300, 5, 86_400),
         mqtt_share_group=_share_group(env),
         agent_exit_confirm_fixes=_int(env, "AGENT_EXIT_CONFIRM_FIXES", 2, 1, 100),

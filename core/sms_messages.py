@@ -6,8 +6,14 @@ builds over the asyncpg pool. What it guarantees:
 - An MO is stored (durably) before the SMSC gets its deliver_sm_resp, so an acknowledged MO is
   never lost; its raw text is kept encrypted (`body_enc`) only until it has been processed, and
   the readable `body` is always the masked text.
-- An MO the SMSC delivers again within the de-duplication window (same keyed hash) is not
-  stored or processed twice (`sms_mo_seen`, one statement with the insert).
+- An MO the SMSC delivers again within its de-duplication window (same keyed hash) is not
+  stored or processed twice (`sms_mo_seen`, one statement with the insert). Each key carries
+  its own expiry: the long window (`dedupe_window_s`) for an MO the SMSC identified (the
+  channel says which) and for one whose acknowledgement may have been lost (`extend_dedupe`,
+  and automatically when storing took longer than `ack_grace_s`, since the SMSC may have
+  given up on the acknowledgement); the short window (`short_dedupe_window_s`) otherwise, so
+  a customer who sends the same text again a minute later is answered again. Expiry times
+  come from the store's clock.
 - Processing is at least once: a stored MO holds a lease; a worker that finishes marks it
   processed, one that fails marks it for a retry, and MOs whose lease ran out (the process
   died) are claimed again with `FOR UPDATE SKIP LOCKED`, so any instance can finish them.
@@ -25,6 +31,7 @@ the parts' payloads into (raw text, masked text, encoding name).
 from __future__ import annotations
 
 import base64
+import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -34,6 +41,7 @@ from typing import Any
 import asyncpg
 
 from core.batching import Batcher
+from core.clock import Clock, SystemClock
 from core.crypto import FieldCipher
 
 Assembler = Callable[[Sequence[bytes], int], tuple[str, str, str]]
@@ -59,6 +67,8 @@ class InboundRecord:
     masked: str
     encoding: str
     dedupe_key: str
+    identified: bool = False  # the SMSC gave the MO an identity: remembered for the long window
+    received: float = 0.0  # time.monotonic() when it arrived (0: unknown)
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +128,12 @@ class MtRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class _Outcome:
+    records: tuple[MtRecord, ...]
+    processed: int | None  # an MO marked processed with these records
+
+
+@dataclass(frozen=True, slots=True)
 class SentMt:
     """What the store knows of an MT sent before under the same reference."""
 
@@ -132,12 +148,13 @@ class SentMt:
 _INSERT_MOS = """
 WITH input AS (
     SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
-                         $6::text[], $7::text[])
-        AS u(dedupe_key, smsc, msisdn, short_code, body, encoding, body_enc)
+                         $6::text[], $7::text[], $10::float8[])
+        AS u(dedupe_key, smsc, msisdn, short_code, body, encoding, body_enc, window_s)
 ), seen AS (
-    INSERT INTO sms_mo_seen (dedupe_key) SELECT dedupe_key FROM input
-    ON CONFLICT (dedupe_key) DO UPDATE SET seen_at = now()
-        WHERE sms_mo_seen.seen_at < now() - make_interval(secs => $8)
+    INSERT INTO sms_mo_seen (dedupe_key, expires_at)
+    SELECT dedupe_key, $8::timestamptz + make_interval(secs => window_s) FROM input
+    ON CONFLICT (dedupe_key) DO UPDATE SET expires_at = EXCLUDED.expires_at
+        WHERE sms_mo_seen.expires_at <= $8::timestamptz
     RETURNING dedupe_key
 )
 INSERT INTO sms_messages (direction, smsc, msisdn, short_code, body, encoding, parts, complete,
@@ -150,17 +167,27 @@ RETURNING id, smsc, msisdn, short_code, body_enc, parts, complete, attempts, cre
 """
 
 _SEEN = """
-INSERT INTO sms_mo_seen (dedupe_key) VALUES ($1)
-ON CONFLICT (dedupe_key) DO UPDATE SET seen_at = now()
-    WHERE sms_mo_seen.seen_at < now() - make_interval(secs => $2)
+INSERT INTO sms_mo_seen (dedupe_key, expires_at)
+VALUES ($1, $2::timestamptz + make_interval(secs => $3))
+ON CONFLICT (dedupe_key) DO UPDATE SET expires_at = EXCLUDED.expires_at
+    WHERE sms_mo_seen.expires_at <= $2::timestamptz
 RETURNING 1
 """
 
+# Never inserts: a key that is not on record belongs to an MO that was not stored, which the
+# SMSC must deliver again and which must then be taken.
+_EXTEND_SEEN = """
+UPDATE sms_mo_seen
+SET expires_at = greatest(expires_at, $2::timestamptz + make_interval(secs => $3))
+WHERE dedupe_key = ANY($1::text[])
+"""
+
 # A batch of MT records in one statement: the messages (upserted by ref), then their parts
-# (upserted by SMSC message id). A part row that already carries a receipt (one that overtook
-# this record, or an earlier attempt of the same message) keeps it; its message is returned
-# for a status recompute. An id on record for another, older message starts clean (SMSCs
-# reuse ids).
+# (upserted by SMSC message id), and the MOs those MTs answered marked processed in the same
+# commit (an MO is never processed without its replies on record). A part row that already
+# carries a receipt (one that overtook this record, or an earlier attempt of the same
+# message) keeps it; its message is returned for a status recompute. An id on record for
+# another, older message starts clean (SMSCs reuse ids).
 _RECORD_MTS = """
 WITH m_in AS (
     SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
@@ -191,6 +218,10 @@ WITH m_in AS (
                          now() - make_interval(secs => $16)) THEN p.error END,
             updated_at = now()
     RETURNING p.mt_id, p.status
+), done AS (
+    UPDATE sms_messages SET status = 'processed', body_enc = NULL, lease_until = NULL,
+        error = NULL, updated_at = now()
+    WHERE id = ANY($17::bigint[]) AND direction = 'mo'
 )
 SELECT DISTINCT mt_id FROM parts WHERE status <> 'submitted'
 """
@@ -263,18 +294,31 @@ class SmsMessageStore:
         *,
         assemble: Assembler,
         dedupe_window_s: int = 600,
+        short_dedupe_window_s: int = 45,
+        ack_grace_s: float = 5.0,
         lease_s: float = 60.0,
+        clock: Clock | None = None,
     ) -> None:
         self._pool = pool
         self._cipher = cipher
         self._assemble = assemble
         self.dedupe_window_s = dedupe_window_s
+        self.short_dedupe_window_s = min(short_dedupe_window_s, dedupe_window_s)
+        self.ack_grace_s = ack_grace_s
         self.lease_s = lease_s
-        # The MO -> MT path writes three times per message; under load each write joins the
-        # others waiting for the same round trip and commit.
-        self._mo_batch: Batcher[InboundRecord, StoredMo | None] = Batcher(self._insert_mos)
-        self._processed_batch: Batcher[int, None] = Batcher(self._mark_processed)
-        self._mt_batch: Batcher[MtRecord, None] = Batcher(self._record_mts)
+        self.clock: Clock = clock or SystemClock()
+        # The MO -> MT path writes twice per message (the MO before its ack; its replies with
+        # its processed mark); under load each write joins the others waiting for the same
+        # round trip and commit. An MO insert holds the SMSC's window (its deliver_sm_resp
+        # waits for the commit), so two may be in flight: latency beats fewer commits there.
+        # The outcome writes are off that path (the MT window slot is free once the
+        # submit_sm_resp is in), so one flush at a time lets them pile up into bigger batches
+        # (fewer commits, less PostgreSQL CPU).
+        self._mo_batch: Batcher[InboundRecord, StoredMo | None] = Batcher(
+            self._insert_mos, concurrency=2
+        )
+        # MT records and "MO processed" share one batcher and one statement.
+        self._write_batch: Batcher[_Outcome, None] = Batcher(self._write_outcomes, concurrency=1)
 
     # --- MO ----------------------------------------------------------------------------------
 
@@ -302,6 +346,7 @@ class SmsMessageStore:
         for rec in recs:
             first.setdefault(rec.dedupe_key, rec)  # a copy inside one batch is a redelivery too
         unique = list(first.values())
+        long_s, short_s = float(self.dedupe_window_s), float(self.short_dedupe_window_s)
         rows = await self._pool.fetch(
             _INSERT_MOS,
             [r.dedupe_key for r in unique],
@@ -311,9 +356,16 @@ class SmsMessageStore:
             [r.masked for r in unique],
             [r.encoding for r in unique],
             [self._cipher.encrypt(r.text) for r in unique],
-            float(self.dedupe_window_s),
+            self.clock.now(),
             self.lease_s,
+            [long_s if r.identified else short_s for r in unique],
         )
+        # Stored so late that the SMSC may have stopped waiting for the acknowledgement (or
+        # it got an error status): it will deliver again, maybe after the short window.
+        late = time.monotonic() - self.ack_grace_s
+        slow = [r.dedupe_key for r in unique if 0 < r.received < late and not r.identified]
+        if slow:
+            await self.extend_dedupe(slow)
         stored = {row["dedupe_key"]: row for row in rows}
         out: list[StoredMo | None] = []
         for rec in recs:
@@ -326,7 +378,11 @@ class SmsMessageStore:
         redelivered part, None while parts are still missing."""
         payload = self._cipher.encrypt(base64.b64encode(part.payload).decode())
         async with self._pool.acquire() as conn, conn.transaction():
-            if await conn.fetchval(_SEEN, part.dedupe_key, float(self.dedupe_window_s)) is None:
+            # A part carries its concatenation reference: remembered for the long window.
+            seen = await conn.fetchval(
+                _SEEN, part.dedupe_key, self.clock.now(), float(self.dedupe_window_s)
+            )
+            if seen is None:
                 return False
             await conn.execute(
                 "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", part.group_key
@@ -401,21 +457,28 @@ class SmsMessageStore:
                 out.append(mo)
         return out
 
+    async def extend_dedupe(self, keys: Sequence[str]) -> None:
+        """Remember these MOs for the long window: their acknowledgement may not have reached
+        the SMSC, which then delivers them again, possibly much later."""
+        await self._pool.execute(
+            _EXTEND_SEEN, list(keys), self.clock.now(), float(self.dedupe_window_s)
+        )
+
     async def claim_mo(self, limit: int, max_attempts: int) -> list[StoredMo]:
         """MOs whose lease ran out (a retry is due, or the process handling them died)."""
         rows = await self._pool.fetch(_CLAIM_MO, limit, self.lease_s, max_attempts)
         return [self._mo(r) for r in rows]
 
-    async def mo_processed(self, mo_id: int) -> None:
-        await self._processed_batch.submit(mo_id)
+    async def mo_processed(self, mo_id: int, replies: Sequence[MtRecord] = ()) -> None:
+        """Mark an MO processed, recording the MTs sent in reply in the same commit."""
+        await self._write_batch.submit(_Outcome(tuple(replies), mo_id))
 
-    async def _mark_processed(self, ids: Sequence[int]) -> list[None]:
-        await self._pool.execute(
-            """UPDATE sms_messages SET status = 'processed', body_enc = NULL, lease_until = NULL,
-                   error = NULL, updated_at = now() WHERE id = ANY($1::bigint[])""",
-            list(ids),
+    async def _write_outcomes(self, items: Sequence[_Outcome]) -> list[None]:
+        await self._record_mts(
+            [rec for item in items for rec in item.records],
+            [item.processed for item in items if item.processed is not None],
         )
-        return [None] * len(ids)
+        return [None] * len(items)
 
     async def mo_retry(self, mo_id: int, error: str, delay_s: float) -> None:
         await self._pool.execute(
@@ -450,9 +513,8 @@ class SmsMessageStore:
         """Forget de-duplication keys past the window and receipts nobody claimed."""
         await self._pool.execute(
             """DELETE FROM sms_mo_seen WHERE ctid IN (
-                   SELECT ctid FROM sms_mo_seen
-                   WHERE seen_at < now() - make_interval(secs => $1) LIMIT $2)""",
-            float(self.dedupe_window_s),
+                   SELECT ctid FROM sms_mo_seen WHERE expires_at <= $1 LIMIT $2)""",
+            self.clock.now(),
             PURGE_BATCH,
         )
         await self._pool.execute(
@@ -481,14 +543,15 @@ class SmsMessageStore:
         return SentMt(rows[0]["id"], rows[0]["status"], rows[0]["concat_ref"], parts)
 
     async def record_mt(self, rec: MtRecord) -> None:
-        await self._mt_batch.submit(rec)
+        await self._write_batch.submit(_Outcome((rec,), None))
 
-    async def _record_mts(self, recs: Sequence[MtRecord]) -> list[None]:
+    async def _record_mts(self, recs: Sequence[MtRecord], processed: Sequence[int] = ()) -> None:
         # Every row needs a ref to tie its parts to it within the statement; one ref twice in
         # a statement is not allowed by ON CONFLICT, so a repeat waits for the next statement.
+        # The processed MOs go with the last statement, after all their replies.
         refs = [rec.ref or f"auto:{uuid.uuid4().hex}" for rec in recs]
         pending = list(zip(refs, recs, strict=True))
-        while pending:
+        while True:
             batch: dict[str, MtRecord] = {}
             rest = []
             for ref, rec in pending:
@@ -496,11 +559,12 @@ class SmsMessageStore:
                     rest.append((ref, rec))
                 else:
                     batch[ref] = rec
-            await self._record_mt_batch(batch)
+            await self._record_mt_batch(batch, () if rest else processed)
+            if not rest:
+                return
             pending = rest
-        return [None] * len(recs)
 
-    async def _record_mt_batch(self, batch: dict[str, MtRecord]) -> None:
+    async def _record_mt_batch(self, batch: dict[str, MtRecord], processed: Sequence[int]) -> None:
         recs = list(batch.values())
         parts = [(ref, p) for ref, rec in batch.items() for p in rec.submitted]
         async with self._pool.acquire() as conn:
@@ -522,6 +586,7 @@ class SmsMessageStore:
                 [p.message_id for _, p in parts],
                 [p.part_no for _, p in parts],
                 float(EARLY_RECEIPT_S),
+                list(processed),
             )
             for row in early:  # a receipt is already there: the message's status follows it
                 await self._recompute(conn, row["mt_id"])

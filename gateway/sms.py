@@ -36,6 +36,7 @@ async def sms_channel(app: web.Application) -> AsyncIterator[None]:
         app[CIPHER],
         assemble=assemble_mo,
         dedupe_window_s=settings.sms_dedupe_window_s,
+        short_dedupe_window_s=settings.sms_dedupe_short_window_s,
     )
     channel = SmsChannel(
         settings.smpp_binds,

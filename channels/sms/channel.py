@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import hashlib
 import hmac
 import logging
@@ -121,6 +122,21 @@ def split_mo(pdu: DeliverSm) -> tuple[bytes, Concat | None]:
 
 
 @dataclass
+class _Replies:
+    """MT records made while a worker processes one MO. They are written with the MO's
+    outcome (one statement, one commit, for "replied" and "processed"). Once the outcome is
+    written the collector closes, and a send that outlives the handler records on its own."""
+
+    records: list[MtRecord] = field(default_factory=list)
+    open: bool = True
+
+
+_REPLIES: contextvars.ContextVar[_Replies | None] = contextvars.ContextVar(
+    "sms_replies", default=None
+)
+
+
+@dataclass
 class _Progress:
     split: SplitMessage
     concat_ref: int
@@ -150,12 +166,14 @@ class SmsChannel:
                 name=f"{i}:{bind.system_id}@{bind.host}:{bind.port}/{bind.bind}",
                 on_deliver=self._on_deliver,
                 on_state=self._on_state,
+                on_unsure_ack=self._on_unsure_ack,
                 tuning=session_tuning,
             )
             for i, bind in enumerate(binds, start=1)
         ]
         self._queue: asyncio.Queue[StoredMo] = asyncio.Queue(self.tuning.queue_size)
         self._tasks: list[asyncio.Task[None]] = []
+        self._extending: set[asyncio.Task[None]] = set()
         self._bind_up = asyncio.Event()
         self._concat_ref = random.randrange(256)  # noqa: S311 - a message reference, not a secret
         self.counters = dict.fromkeys(
@@ -176,6 +194,8 @@ class SmsChannel:
     async def stop(self) -> None:
         """Unbind every session; MOs still queued keep their lease and are picked up again."""
         await asyncio.gather(*(s.stop() for s in self.sessions))
+        # The last acknowledgements' fate is unknown: their keys must outlive the short window.
+        await asyncio.gather(*self._extending, return_exceptions=True)
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -217,26 +237,63 @@ class SmsChannel:
         if not matched:
             self.counters["receipts_unmatched"] += 1
 
-    def _dedupe_key(self, smsc: str, pdu: DeliverSm) -> str:
+    def _dedupe_key(
+        self, bind: SmppBind, pdu: DeliverSm, *, concatenated: bool = False
+    ) -> tuple[str, bool]:
+        """(keyed hash, identified) of an MO. A redelivery is the same deliver_sm again: same
+        source, destination, content and concatenation (UDH inside short_message, or SAR),
+        and the same identifying fields where the SMSC sends them: the handset's message
+        reference (user_message_reference), the SMSC's timestamps in schedule_delivery_time
+        / validity_period, an id in receipted_message_id, or its MO id TLV (`mo_id_tlv`). An
+        MO with any of those (or a concatenation reference) is `identified`: a customer's
+        new message would differ in them, so its key can be kept for the long window. A
+        plain MO has no identity beyond its text, so its key is kept for the short window."""
+        mo_id = b""
+        if bind.mo_id_tlv is not None:
+            mo_id = next((v for tag, v in pdu.vendor_tlvs if tag == bind.mo_id_tlv), b"")
+        fields = (
+            pdu.sar_msg_ref_num,
+            pdu.sar_total_segments,
+            pdu.sar_segment_seqnum,
+            pdu.user_message_reference,
+            pdu.schedule_delivery_time,
+            pdu.validity_period,
+            pdu.receipted_message_id,
+        )
         material = b"\x1f".join(
             [
-                smsc.encode(),
+                smsc_key(bind).encode(),
                 pdu.source_addr.encode(),
                 pdu.destination_addr.encode(),
                 bytes([pdu.esm_class, pdu.data_coding]),
                 pdu.short_message,
                 pdu.message_payload or b"",
-                repr(
-                    (
-                        pdu.sar_msg_ref_num,
-                        pdu.sar_total_segments,
-                        pdu.sar_segment_seqnum,
-                        pdu.user_message_reference,
-                    )
-                ).encode(),
+                repr(fields).encode(),
+                mo_id,
             ]
         )
-        return hmac.new(self._secret, material, hashlib.sha256).hexdigest()
+        identified = bool(
+            mo_id
+            or pdu.user_message_reference is not None
+            or pdu.schedule_delivery_time
+            or pdu.validity_period
+            or pdu.receipted_message_id
+            or concatenated
+        )
+        return hmac.new(self._secret, material, hashlib.sha256).hexdigest(), identified
+
+    def _on_unsure_ack(self, session: SmppSession, pdus: Sequence[DeliverSm]) -> None:
+        keys = [self._dedupe_key(session.bind, p)[0] for p in pdus if not is_receipt(p.esm_class)]
+        if keys:
+            task = asyncio.create_task(self._extend(keys))
+            self._extending.add(task)
+            task.add_done_callback(self._extending.discard)
+
+    async def _extend(self, keys: list[str]) -> None:
+        try:
+            await self.store.extend_dedupe(keys)
+        except Exception:
+            log.exception("sms: could not extend the de-duplication of %d MOs", len(keys))
 
     async def _on_mo(self, session: SmppSession, pdu: DeliverSm) -> int:
         try:
@@ -244,14 +301,23 @@ class SmsChannel:
         except ValueError as exc:
             log.warning("sms: unreadable MO from %s: %s", session.name, exc)
             return ESME_RX_P_APPN
+        received = time.monotonic()
         smsc = smsc_key(session.bind)
         msisdn = address.to_e164(pdu.source_addr, pdu.source_addr_ton, self._country)
-        key = self._dedupe_key(smsc, pdu)
+        key, identified = self._dedupe_key(session.bind, pdu, concatenated=concat is not None)
         stored: StoredMo | None
         if concat is None:
             text, encoding = decode_payload(data, pdu.data_coding)
             record = InboundRecord(
-                smsc, msisdn, pdu.destination_addr, text, commands.mask_secrets(text), encoding, key
+                smsc,
+                msisdn,
+                pdu.destination_addr,
+                text,
+                commands.mask_secrets(text),
+                encoding,
+                key,
+                identified,
+                received,
             )
             stored = await self.store.record_mo(record)
             duplicate = stored is None
@@ -279,9 +345,12 @@ class SmsChannel:
             self.counters["mo"] += 1
             # A full queue holds the deliver_sm_resp back a little: the SMSC's window then
             # slows the MOs down, instead of parking them until their lease runs out.
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.tuning.enqueue_wait_s):
-                    await self._queue.put(stored)
+            if self._queue.full():
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self.tuning.enqueue_wait_s):
+                        await self._queue.put(stored)
+            else:
+                self._queue.put_nowait(stored)
         return ESME_ROK
 
     def _enqueue(self, mo: StoredMo) -> None:
@@ -314,21 +383,53 @@ class SmsChannel:
             complete=mo.complete,
             attempt=mo.attempts,
         )
+        replies = _Replies()
+        token = _REPLIES.set(replies)
         try:
             async with asyncio.timeout(self.tuning.handler_timeout_s):
                 await handler.handle(sms)
         except (RetryLater, TimeoutError) as exc:
+            await self._flush_replies(replies)
             await self._retry_or_fail(mo, f"temporary: {type(exc).__name__}: {exc}")
         except SendFailed as exc:
+            await self._flush_replies(replies)
             if exc.temporary:
                 await self._retry_or_fail(mo, f"reply not sent: {exc.reason}")
             else:
                 await self.store.mo_failed(mo.id, f"reply refused: {exc.reason}")
         except Exception as exc:
+            await self._flush_replies(replies)
             log.exception("sms: MO %d handler failed", mo.id)
             await self.store.mo_failed(mo.id, f"{type(exc).__name__}: {exc}")
+        except asyncio.CancelledError:
+            # Stopping: what was sent must be on record, or a later attempt sends it again.
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self._flush_replies(replies))
+            raise
         else:
+            await self._processed(mo, replies)
+        finally:
+            _REPLIES.reset(token)
+            replies.open = False
+
+    async def _processed(self, mo: StoredMo, replies: _Replies) -> None:
+        records, replies.open = replies.records, False
+        try:
+            await self.store.mo_processed(mo.id, records)
+        except Exception:
+            if not records:
+                raise
+            # Keep the replies on record whatever the combined write tripped on: without them
+            # a retry of this MO would send them again.
+            log.exception("sms: could not record MO %d with its replies; one by one", mo.id)
+            for record in records:
+                await self._record(record)
             await self.store.mo_processed(mo.id)
+
+    async def _flush_replies(self, replies: _Replies) -> None:
+        records, replies.open = replies.records, False
+        for record in records:
+            await self._record(record)
 
     async def _retry_or_fail(self, mo: StoredMo, reason: str) -> None:
         if mo.attempts >= self.tuning.max_attempts:
@@ -455,6 +556,10 @@ class SmsChannel:
         )
 
     async def _record(self, record: MtRecord) -> None:
+        replies = _REPLIES.get()
+        if replies is not None and replies.open:
+            replies.records.append(record)  # written with the MO's outcome
+            return
         try:
             await self.store.record_mt(record)
         except Exception:

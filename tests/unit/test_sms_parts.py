@@ -172,3 +172,17 @@ def test_bind_repr_hides_the_password() -> None:
     bind = parse_smpp_url("SMPP_URL", "smpp://acct:topsecret@smsc:2775")
     assert "topsecret" not in repr(bind) and bind.password == "topsecret"
     assert "topsecret" not in repr(load_settings({"SMPP_URL": "smpp://acct:topsecret@smsc"}))
+
+
+def test_mo_id_tlv_and_the_short_dedupe_window() -> None:
+    bind = parse_smpp_url("SMPP_URL", "smpp://id:pw@smsc?mo_id_tlv=0x1501")
+    assert bind.mo_id_tlv == 0x1501
+    assert parse_smpp_url("SMPP_URL", "smpp://id:pw@smsc").mo_id_tlv is None
+    for bad in ("0x0204", "abc", "0x4000", "-1"):
+        with pytest.raises(SettingsError, match="mo_id_tlv"):
+            parse_smpp_url("SMPP_URL", f"smpp://id:pw@smsc?mo_id_tlv={bad}")
+    assert load_settings({}).sms_dedupe_short_window_s == 45
+    settings = load_settings({"SMS_DEDUPE_SHORT_WINDOW_S": "30"})
+    assert settings.sms_dedupe_short_window_s == 30
+    with pytest.raises(SettingsError, match="SMS_DEDUPE_SHORT_WINDOW_S"):
+        load_settings({"SMS_DEDUPE_SHORT_WINDOW_S": "soon"})

@@ -169,6 +169,12 @@ class DeliverSm:
     sar_total_segments: int | None
     sar_segment_seqnum: int | None
     user_message_reference: int | None
+    # An SMSC that fills these in on a deliver_sm (they should be empty) gives each MO its
+    # own values: the MO's identity, the same on a redelivery.
+    schedule_delivery_time: str = ""
+    validity_period: str = ""
+    # Vendor-specific TLVs (tags 0x1400-0x3FFF), which smpplib skips: (tag, value) in order.
+    vendor_tlvs: tuple[tuple[int, bytes], ...] = ()
 
 
 # Mandatory part of submit_sm/deliver_sm: (kind, max C-string length incl. NUL or int size).
@@ -195,6 +201,11 @@ _SM_LAYOUT = (
 def check_sm_body(body: bytes) -> str | None:
     """What is structurally wrong with a submit_sm/deliver_sm body, or None. smpplib would
     parse these into shifted fields instead of failing."""
+    return _walk_sm_body(body)[0]
+
+
+def _walk_sm_body(body: bytes) -> tuple[str | None, int]:
+    """(problem or None, where the TLVs start)."""
     pos = 0
     for kind, size in _SM_LAYOUT:
         if kind == "i":
@@ -202,14 +213,24 @@ def check_sm_body(body: bytes) -> str | None:
             continue
         end = body.find(b"\x00", pos, pos + size)
         if end < 0:
-            return "a C-string field is missing its terminator or is too long"
+            return "a C-string field is missing its terminator or is too long", pos
         pos = end + 1
     if pos >= len(body):
-        return "the body ends before short_message"
+        return "the body ends before short_message", pos
     pos += 1 + body[pos]  # sm_length, then the message
     if pos > len(body):
-        return "short_message is shorter than sm_length"
-    return _check_tlvs(body, pos)
+        return "short_message is shorter than sm_length", pos
+    return _check_tlvs(body, pos), pos
+
+
+def _vendor_tlvs(body: bytes, pos: int) -> tuple[tuple[int, bytes], ...]:
+    found = []
+    while pos + 4 <= len(body):
+        tag, length = struct.unpack_from(">HH", body, pos)
+        if 0x1400 <= tag <= 0x3FFF:
+            found.append((tag, body[pos + 4 : pos + 4 + length]))
+        pos += 4 + length
+    return tuple(found)
 
 
 def _check_tlvs(body: bytes, pos: int) -> str | None:
@@ -228,7 +249,8 @@ def _opt_int(value: Any) -> int | None:
 
 
 def decode_deliver_sm(frame: bytes) -> DeliverSm:
-    problem = check_sm_body(frame[HEADER_BYTES:])
+    body = frame[HEADER_BYTES:]
+    problem, tlv_start = _walk_sm_body(body)
     if problem:
         raise CodecError(problem)
     pdu = _decode(frame)
@@ -250,6 +272,9 @@ def decode_deliver_sm(frame: bytes) -> DeliverSm:
         sar_total_segments=_opt_int(pdu.sar_total_segments),
         sar_segment_seqnum=_opt_int(pdu.sar_segment_seqnum),
         user_message_reference=_opt_int(pdu.user_message_reference),
+        schedule_delivery_time=_text(pdu.schedule_delivery_time),
+        validity_period=_text(pdu.validity_period),
+        vendor_tlvs=_vendor_tlvs(body, tlv_start) if tlv_start < len(body) else (),
     )
 
 

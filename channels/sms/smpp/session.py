@@ -25,7 +25,8 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -126,6 +127,9 @@ class SessionTuning:
     max_timeouts_in_row: int = 3
     inbound_concurrency: int = 32
     deliver_timeout_s: float = 20.0
+    # A deliver_sm_resp written less than this long before the link dropped may never have
+    # reached the SMSC: the channel is told (`on_unsure_ack`), as for one answered late.
+    ack_grace_s: float = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,6 +160,10 @@ class BindStatus:
 
 DeliverHandler = Callable[["SmppSession", DeliverSm], Awaitable[int]]
 StateListener = Callable[["SmppSession", "BindState"], None]
+# deliver_sms whose acknowledgement the SMSC may not have got (not written, an error status,
+# answered later than ack_grace_s, or written just before the link dropped): it may deliver
+# them again, later than usual.
+UnsureAckListener = Callable[["SmppSession", Sequence[DeliverSm]], None]
 
 
 def describe(exc: BaseException) -> str:
@@ -171,12 +179,15 @@ class SmppSession:
         name: str,
         on_deliver: DeliverHandler | None = None,
         on_state: StateListener | None = None,
+        on_unsure_ack: UnsureAckListener | None = None,
         tuning: SessionTuning | None = None,
     ) -> None:
         self.bind = bind
         self.name = name
         self.on_deliver = on_deliver
         self.on_state = on_state
+        self.on_unsure_ack = on_unsure_ack
+        self._acks: deque[tuple[float, DeliverSm]] = deque()  # recent, for a link drop
         self.tuning = tuning or SessionTuning()
         self.pacer = Pacer(bind.tps)
         self._state = BindState.IDLE
@@ -187,6 +198,11 @@ class SmppSession:
         self._inbound_tasks: set[asyncio.Task[None]] = set()
         self._seq = 0
         self._writer: asyncio.StreamWriter | None = None
+        # PDUs written in one turn of the event loop leave in one send (fewer syscalls, and
+        # fewer wake-ups of the SMSC), flushed at the end of the turn.
+        self._out: list[bytes] = []
+        self._out_writer: asyncio.StreamWriter | None = None
+        self._last_read = 0.0
         self._bound = asyncio.Event()
         self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -405,8 +421,10 @@ class SmppSession:
         self.counters["connects"] += 1
         self._set_state(BindState.BOUND)
         self._bound.set()
+        self._last_read = asyncio.get_running_loop().time()
         tasks = {
             asyncio.create_task(self._read_loop(reader)),
+            asyncio.create_task(self._watchdog()),
             asyncio.create_task(self._keepalive()),
             asyncio.create_task(self._stop.wait()),
         }
@@ -429,6 +447,8 @@ class SmppSession:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             self._fail_pending("the link dropped")
+            self._flush_out()  # an unbind_resp or a last ack still goes
+            self._acks_unsure()
             self._writer = None
             writer.close()
             with contextlib.suppress(Exception):
@@ -458,14 +478,24 @@ class SmppSession:
             return header
         return header + await reader.readexactly(length - HEADER_BYTES)
 
-    async def _read_loop(self, reader: asyncio.StreamReader) -> None:
+    async def _watchdog(self) -> None:
         # Nothing at all for this long means the SMSC is gone: we send enquire_link every
-        # enquire_link_s and it must answer within response_timeout_s.
+        # enquire_link_s and it must answer within response_timeout_s. (One timer for the
+        # link, not one per frame read.)
         idle_s = self.bind.enquire_link_s * 2 + self.bind.response_timeout_s
+        loop = asyncio.get_running_loop()
+        while True:
+            remaining = self._last_read + idle_s - loop.time()
+            if remaining <= 0:
+                raise TimeoutError(f"nothing read for {idle_s:g}s")
+            await asyncio.sleep(remaining)
+
+    async def _read_loop(self, reader: asyncio.StreamReader) -> None:
+        loop = asyncio.get_running_loop()
         try:
             while True:
-                async with asyncio.timeout(idle_s):
-                    frame = await self._read_frame(reader)
+                frame = await self._read_frame(reader)
+                self._last_read = loop.time()
                 self._dispatch(frame)
                 if HEADER.unpack_from(frame)[1] == DELIVER_SM:
                     await self._on_deliver_frame(frame)
@@ -517,11 +547,13 @@ class SmppSession:
             return
         self.counters["received"] += 1
         await self._inbound.acquire()  # a slow store pushes back on the SMSC
-        task = asyncio.create_task(self._answer_deliver(pdu, self._writer))
+        task = asyncio.create_task(self._answer_deliver(pdu, self._writer, self._last_read))
         self._inbound_tasks.add(task)
         task.add_done_callback(self._inbound_tasks.discard)
 
-    async def _answer_deliver(self, pdu: DeliverSm, writer: asyncio.StreamWriter | None) -> None:
+    async def _answer_deliver(
+        self, pdu: DeliverSm, writer: asyncio.StreamWriter | None, received_at: float
+    ) -> None:
         status = ESME_RX_T_APPN
         try:
             if self.on_deliver is not None:
@@ -531,8 +563,25 @@ class SmppSession:
             log.exception("smpp bind %s: deliver_sm handler failed", self.name)
         finally:
             self._inbound.release()
+        now = asyncio.get_running_loop().time()
         if writer is not None and writer is self._writer and not writer.is_closing():
-            writer.write(codec.deliver_sm_resp(pdu.sequence, status))
+            self._cork(writer, codec.deliver_sm_resp(pdu.sequence, status))
+            if status == ESME_ROK and now - received_at < self.tuning.ack_grace_s:
+                acks = self._acks
+                acks.append((now, pdu))
+                while acks[0][0] < now - self.tuning.ack_grace_s:
+                    acks.popleft()
+                return
+        if self.on_unsure_ack is not None:
+            self.on_unsure_ack(self, [pdu])
+
+    def _acks_unsure(self) -> None:
+        """The link dropped: acknowledgements written within the grace may be lost."""
+        acks, self._acks = self._acks, deque()
+        since = asyncio.get_running_loop().time() - self.tuning.ack_grace_s
+        recent = [pdu for at, pdu in acks if at >= since]
+        if recent and self.on_unsure_ack is not None:
+            self.on_unsure_ack(self, recent)
 
     async def _drain_inbound(self) -> None:
         if self._inbound_tasks:
@@ -544,7 +593,21 @@ class SmppSession:
         writer = self._writer
         if writer is None or writer.is_closing():
             raise LinkDown("not connected")
-        writer.write(data)
+        self._cork(writer, data)
+
+    def _cork(self, writer: asyncio.StreamWriter, data: bytes) -> None:
+        if self._out and self._out_writer is not writer:
+            self._flush_out()
+        if not self._out:
+            self._out_writer = writer
+            asyncio.get_running_loop().call_soon(self._flush_out)
+        self._out.append(data)
+
+    def _flush_out(self) -> None:
+        out, writer = self._out, self._out_writer
+        self._out, self._out_writer = [], None
+        if out and writer is not None and not writer.is_closing():
+            writer.write(out[0] if len(out) == 1 else b"".join(out))
 
     def _next_seq(self) -> int:
         self._seq = self._seq % codec.MAX_SEQUENCE + 1
@@ -568,11 +631,14 @@ class SmppSession:
         if windowed:
             if self._writer is None:
                 raise LinkDown("not bound")
-            try:
-                async with asyncio.timeout(self.tuning.window_wait_s):
-                    await self._window.acquire()
-            except TimeoutError:
-                raise LinkDown("the window stayed full") from None
+            if self._window.locked():
+                try:
+                    async with asyncio.timeout(self.tuning.window_wait_s):
+                        await self._window.acquire()
+                except TimeoutError:
+                    raise LinkDown("the window stayed full") from None
+            else:
+                await self._window.acquire()  # a free slot: no timer needed
         try:
             return await self._exchange(
                 command_id, frame, timeout_s or self.bind.response_timeout_s
@@ -591,7 +657,7 @@ class SmppSession:
         fut: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
         self._pending[seq] = (command_id, fut)
         try:
-            writer.write(frame[:12] + seq.to_bytes(4, "big") + frame[HEADER_BYTES:])
+            self._cork(writer, frame[:12] + seq.to_bytes(4, "big") + frame[HEADER_BYTES:])
             async with asyncio.timeout(timeout_s):
                 await writer.drain()
                 return await fut
