@@ -9,7 +9,7 @@ table, which holds only keys inside their window, instead of keeping a second in
 per MO).
 
 Revision ID: 0700_sms_mo_dedupe_expiry
-Revises: 0520_loan_customers
+Revises: 0641_loan_receipt_index
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from __future__ import annotations
 from alembic import op
 
 revision = "0700_sms_mo_dedupe_expiry"
-down_revision = "0520_loan_customers"
+down_revision = "0641_loan_receipt_index"
 branch_labels = None
 depends_on = None
 
