@@ -3,8 +3,11 @@
 The channel gets the message store over the app's asyncpg pool and cipher, a de-duplication
 key derived from the gateway secret, and its MO handler. Until the command executor exists
 (wave 2) the handler is `GrammarReplyHandler`; the executor replaces it by setting
-`app[SMS_CHANNEL].handler`. `app[SMS_SENDER]` is the sender the core outbox dispatcher
-registers for channel "sms".
+`app[SMS_CHANNEL].handler`. `app[SMS_SENDER]` is registered in the core outbox dispatcher's
+senders (`app[SENDERS]`) under "sms", the channel the core's receipts and notices use, so those
+rows reach phones over SMPP; the SMPP sender sends with `ref=outbox:{id}`, so a retried outbox
+row is never sent twice. On shutdown the previous "sms" sender (the log sender) comes back
+before the channel stops, so the dispatcher never hands a row to a stopped channel.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from channels.sms.handler import GrammarReplyHandler
 from core.crypto import derive_key
 from core.sms_messages import SmsMessageStore
 from gateway import db as dbmod
-from gateway.keys import CIPHER, ENDPOINTS, SETTINGS, SMS_CHANNEL, SMS_SENDER
+from gateway.keys import CIPHER, ENDPOINTS, SENDERS, SETTINGS, SMS_CHANNEL, SMS_SENDER
 from gateway.secrets import resolve_secret
 
 SMS_POOL_MAX = 10
@@ -46,10 +49,17 @@ async def sms_channel(app: web.Application) -> AsyncIterator[None]:
     )
     channel.handler = GrammarReplyHandler(channel)
     app[SMS_CHANNEL] = channel
-    app[SMS_SENDER] = SmppSender(channel)
+    app[SMS_SENDER] = sender = SmppSender(channel)
     await channel.start()
+    senders = app[SENDERS]
+    previous = senders.get(SmppSender.channel)
+    senders[SmppSender.channel] = sender
     try:
         yield
     finally:
+        if previous is not None:
+            senders[SmppSender.channel] = previous
+        else:
+            senders.pop(SmppSender.channel, None)
         await channel.stop()
         await pool.close()
