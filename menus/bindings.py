@@ -177,6 +177,7 @@ class CoreActions:
     currency: str
     country_code: str
     pin_rounds: int
+    channel: str = CHANNEL  # what transfers and audit rows record ("sms" for SMS banking)
 
     def money(self, minor: int) -> str:
         return format_amount(minor, self.currency)
@@ -197,7 +198,7 @@ class CoreActions:
             national_id=_secret(ctx, "national_id"),
             pin=_secret(ctx),
             language=ctx.language,
-            channel=CHANNEL,
+            channel=self.channel,
             pin_rounds=self.pin_rounds,
             currency=self.currency,
             country_code=self.country_code,
@@ -253,7 +254,7 @@ class CoreActions:
             recipient=recipient,
             amount_minor=_amount(ctx),
             idempotency_key=ctx.idempotency_key,
-            channel=CHANNEL,
+            channel=self.channel,
             currency=self.currency,
             country_code=self.country_code,
         )
@@ -304,7 +305,7 @@ class CoreActions:
                 msisdn=ctx.msisdn,
                 amount_minor=amount,
                 idempotency_key=ctx.idempotency_key,
-                channel=CHANNEL,
+                channel=self.channel,
                 evidence={"initiated_by": "customer", "authorised_by": "customer_pin"},
                 currency=self.currency,
                 country_code=self.country_code,
@@ -423,7 +424,7 @@ class LoanActions:
             msisdn=ctx.msisdn,
             product_code=_var(ctx, "loan_product"),
             amount_minor=amount,
-            channel=CHANNEL,
+            channel=self.core.channel,
             idempotency_key=ctx.idempotency_key,
         )
         refusal = result.refusal_error()
@@ -471,7 +472,7 @@ class LoanActions:
                 msisdn=ctx.msisdn,
                 amount_minor=_amount(ctx),
                 idempotency_key=ctx.idempotency_key,
-                channel=CHANNEL,
+                channel=self.core.channel,
             )
         except E.Overpayment as exc:
             owed = exc.details.get("outstanding_minor")

@@ -67,10 +67,29 @@ class SmsEnv(UssdEnv):
         await self.peer.mo(source=digits(msisdn), text=text)
 
     async def ask(self, msisdn: str, text: str, timeout_s: float = 15.0) -> str:
-        """Send one MO and return the next text the number receives."""
-        before = len(await self.texts(msisdn))
+        """Send one MO and return the reply to it (the MT sent with ref "mo:{MO id}"), once the
+        SMSC has it. Receipts from the outbox may come in between; they are not the reply."""
+        pool = self.bank.pool
+        last = await pool.fetchval(
+            "SELECT coalesce(max(id), 0) FROM sms_messages WHERE direction = 'mo' AND msisdn = $1",
+            msisdn,
+        )
         await self.mo(msisdn, text)
-        return (await self.wait_texts(msisdn, before + 1, timeout_s))[before]
+
+        async def reply() -> Any:
+            return await pool.fetchrow(
+                "SELECT t.body, t.status FROM sms_messages m JOIN sms_messages t "
+                "ON t.direction = 'mt' AND t.ref = 'mo:' || m.id "
+                "WHERE m.direction = 'mo' AND m.msisdn = $1 AND m.id > $2 ORDER BY m.id LIMIT 1",
+                msisdn,
+                last,
+            )
+
+        row = await eventually(reply, lambda r: r is not None, timeout_s)
+        assert row["status"] != "failed", row
+        body = str(row["body"])
+        await eventually(lambda: self.texts(msisdn), lambda texts: body in texts, timeout_s)
+        return body
 
 
 async def start_sms_env(
