@@ -7,18 +7,24 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import AsyncIterator
+from dataclasses import replace
+from datetime import UTC, datetime
 
+import asyncpg
 import pytest
 from redis.asyncio import Redis
 
-from channels.sms.executor import SmsBanking
-from channels.sms.handler import InboundSms
+from channels.sms.executor import RateLimiter, SmsBanking
+from channels.sms.handler import InboundSms, RetryLater
 from config.settings import Settings
+from gateway.app import make_redis
 from gateway.keys import DISPATCHER, REDIS, SMS_CHANNEL
 from tests.sms_banking_support import SmsEnv, digits, peer, start_sms_env  # noqa: F401
 from tests.sms_helpers import eventually
 from tests.smsc_peer import SmscPeer
-from tests.ussd_support import PIN, new_msisdn
+from tests.ussd_support import PIN, RedisProcess, new_msisdn, own_redis
+
+__all__ = ["own_redis"]
 
 WRONG = "9137"
 
@@ -368,3 +374,105 @@ async def test_wrong_pin_in_a_confirmed_send_asks_nothing(
 
 def test_digits() -> None:
     assert digits("+254700000001") == "254700000001"
+
+
+# --- temporary failures -----------------------------------------------------------------------
+
+
+class Replies:
+    """A ReplySender that keeps what it was asked to send (the SMPP path is tested above)."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, str, str | None]] = []
+
+    async def send_text(
+        self,
+        recipient: str,
+        text: str,
+        *,
+        ref: str | None = None,
+        sensitive: bool = False,
+        first_attempt: bool = False,
+    ) -> str:
+        self.sent.append((recipient, text, ref))
+        return f"id{len(self.sent)}"
+
+
+def inbound(msisdn: str, text: str, mo_id: int, attempt: int = 1) -> InboundSms:
+    return InboundSms(
+        id=mo_id,
+        msisdn=msisdn,
+        short_code="12345",
+        text=text,
+        smsc="test",
+        received_at=datetime.now(UTC),
+        parts=1,
+        complete=True,
+        attempt=attempt,
+    )
+
+
+async def test_database_down_is_temporary_and_the_retry_answers(
+    env: SmsEnv, settings: Settings
+) -> None:
+    live = banking(env)
+    me = await env.bank.open(balance_minor=30_000)
+    recipient = await env.bank.open()
+    dead_pool = await asyncpg.create_pool(settings.database_url, min_size=0, max_size=1)
+    await dead_pool.close()
+    replies = Replies()
+    down = SmsBanking(
+        replies,
+        core=replace(live.core, pool=dead_pool),
+        loans=live.loans,
+        limiter=live.limiter,
+        confirmations=live.confirmations,
+    )
+    mo_id = 10**12 + secrets.randbelow(10**9)  # an id no stored MO has
+    text = f"SEND {local(recipient)} 40 {PIN}"
+    with pytest.raises(RetryLater):
+        await down.handle(inbound(me, text, mo_id))
+    assert replies.sent == [
+        (
+            me,
+            "The service is temporarily unavailable. We will answer your message when it is back.",
+            f"mo:{mo_id}:unavailable",
+        )
+    ]
+    assert await env.bank.balance(recipient) == 0
+    # The channel retries the MO later; with the database back it runs once and answers.
+    up = SmsBanking(
+        replies,
+        core=live.core,
+        loans=live.loans,
+        limiter=live.limiter,
+        confirmations=live.confirmations,
+    )
+    await up.handle(inbound(me, text, mo_id, attempt=2))
+    await up.handle(inbound(me, text, mo_id, attempt=3))  # and again: the money moves once
+    assert await env.bank.balance(recipient) == 4_000
+    assert await env.bank.transfers(recipient) == 1
+    assert "KES 40.00 sent" in replies.sent[1][1] and replies.sent[1][2] == f"mo:{mo_id}"
+
+
+async def test_redis_down_is_temporary(env: SmsEnv, own_redis: RedisProcess) -> None:
+    live = banking(env)
+    me = await env.bank.open()
+    client = make_redis(own_redis.url)
+    own_redis.stop()
+    replies = Replies()
+    down = SmsBanking(
+        replies,
+        core=live.core,
+        loans=live.loans,
+        limiter=RateLimiter(client, "x:", 10),
+        confirmations=live.confirmations,
+    )
+    try:
+        with pytest.raises(RetryLater):
+            await down.handle(inbound(me, f"BAL {PIN}", 10**12 + secrets.randbelow(10**9)))
+    finally:
+        await client.aclose()
+    assert [text for _, text, _ in replies.sent] == [
+        "The service is temporarily unavailable. We will answer your message when it is back."
+    ]
