@@ -11,12 +11,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp import web
 
 from channels.sms.encoding import decode_payload, parse_udh
 from config.settings import Settings
 from core.fees import seed_demo_tariffs
 from gateway.app import create_app
-from gateway.keys import CIPHER, MENU_BINDINGS, PG_POOL, SMS_CHANNEL
+from gateway.keys import CIPHER, MENU_BINDINGS, PG_POOL, SENDERS, SMS_CHANNEL
 from gateway.sms import sms_channel
 from tests.conftest import running_app
 from tests.sms_helpers import bind_for, eventually
@@ -93,8 +94,26 @@ class SmsEnv(UssdEnv):
 
 
 async def start_sms_env(
-    settings: Settings, peer: SmscPeer, **overrides: Any
+    settings: Settings,
+    peer: SmscPeer,
+    *,
+    others: tuple[web.Application, ...] = (),
+    **overrides: Any,
 ) -> AsyncIterator[SmsEnv]:
+    """The gateway with SMS banking on `peer`. `others`: apps of the same run (the session's
+    admin app) whose outbox dispatchers would race this one for "sms" rows and send them to the
+    log; their "sms" sender is set aside while this env runs."""
+    set_aside = [(other, other[SENDERS].pop("sms", None)) for other in others]
+    try:
+        async for env in _sms_env(settings, peer, **overrides):
+            yield env
+    finally:
+        for other, sender in set_aside:
+            if sender is not None:
+                other[SENDERS]["sms"] = sender
+
+
+async def _sms_env(settings: Settings, peer: SmscPeer, **overrides: Any) -> AsyncIterator[SmsEnv]:
     overrides.setdefault("login_rate_per_minute", 100_000)
     configured = replace(settings, smpp_binds=(bind_for(peer, tps=200),), **overrides)
     app = create_app(configured, run_migrations=False, start_channels=False)

@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 
 import asyncpg
 import pytest
+from aiohttp import web
 from redis.asyncio import Redis
 
 from channels.sms.executor import RateLimiter, SmsBanking
@@ -30,8 +31,12 @@ WRONG = "9137"
 
 
 @pytest.fixture(scope="module")
-async def env(settings: Settings, peer: SmscPeer) -> AsyncIterator[SmsEnv]:  # noqa: F811
-    async for e in start_sms_env(settings, peer):
+async def env(
+    settings: Settings,
+    peer: SmscPeer,  # noqa: F811
+    app: web.Application,
+) -> AsyncIterator[SmsEnv]:
+    async for e in start_sms_env(settings, peer, others=(app,)):
         yield e
 
 

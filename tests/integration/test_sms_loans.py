@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from aiohttp import web
 
 from config.settings import Settings
 from core.transfers import fund_loans
@@ -20,8 +21,12 @@ from tests.ussd_support import PIN
 
 
 @pytest.fixture(scope="module")
-async def env(settings: Settings, peer: SmscPeer) -> AsyncIterator[SmsEnv]:  # noqa: F811
-    async for e in start_sms_env(settings, peer):
+async def env(
+    settings: Settings,
+    peer: SmscPeer,  # noqa: F811
+    app: web.Application,
+) -> AsyncIterator[SmsEnv]:
+    async for e in start_sms_env(settings, peer, others=(app,)):
         yield e
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 import pytest
+from aiohttp import web
 
 from channels.base import SendFailed as ChannelSendFailed
 from channels.sms.channel import SmppSender
@@ -21,8 +22,12 @@ from tests.ussd_support import PIN
 
 
 @pytest.fixture(scope="module")
-async def env(settings: Settings, peer: SmscPeer) -> AsyncIterator[SmsEnv]:  # noqa: F811
-    async for e in start_sms_env(settings, peer):
+async def env(
+    settings: Settings,
+    peer: SmscPeer,  # noqa: F811
+    app: web.Application,
+) -> AsyncIterator[SmsEnv]:
+    async for e in start_sms_env(settings, peer, others=(app,)):
         yield e
 
 
@@ -72,6 +77,14 @@ async def test_a_retried_outbox_row_is_sent_once(env: SmsEnv) -> None:
     async def status() -> str:
         return str(await env.bank.pool.fetchval("SELECT status FROM outbox WHERE id=$1", row_id))
 
+    async def recorded() -> str | None:
+        return await env.bank.pool.fetchval(  # type: ignore[no-any-return]
+            "SELECT status FROM sms_messages WHERE direction = 'mt' AND ref = $1",
+            f"outbox:{row_id}",
+        )
+
+    assert await eventually(status, lambda s: s == "sent") == "sent"
+    assert await eventually(recorded, lambda s: s is not None) == "submitted"
     # The row went out; a second delivery of the same row (a lease that expired while the
     # SMSC was slow, another instance) is recognised by its ref and not sent again.
     message = OutboundMessage(
@@ -82,7 +95,6 @@ async def test_a_retried_outbox_row_is_sent_once(env: SmsEnv) -> None:
         kind="notice",
         attempts=2,
     )
-    await env.app[SMS_SENDER].send(message)
-    assert await env.texts(recipient) == ["Your loan is due"]
-    assert await eventually(status, lambda s: s == "sent") == "sent"
+    first_id = await env.bank.pool.fetchval("SELECT provider_id FROM outbox WHERE id=$1", row_id)
+    assert await env.app[SMS_SENDER].send(message) == first_id
     assert await env.texts(recipient) == ["Your loan is due"]
