@@ -2,14 +2,18 @@
 it raises.
 
 The core's outbox dispatcher calls a channel's sender with an `OutboundMessage` and expects the
-provider's message id back, or a `SendFailed` saying whether a retry can help. Until the core
-defines `core.errors.SendFailed`, this module carries one with the same shape
-(`SendFailed(reason, temporary=...)`); the lead unifies the two at merge.
+provider's message id back, or a `SendFailed(reason, temporary=...)` saying whether a retry can
+help. `SendFailed` is `core.errors.SendFailed`, re-exported here: the dispatcher catches exactly
+what channels raise (temporary -> retried with backoff, permanent -> dead letter).
 """
 
 from __future__ import annotations
 
 from typing import Protocol
+
+from core.errors import SendFailed
+
+__all__ = ["OutboundLike", "SendFailed"]
 
 
 class OutboundLike(Protocol):
@@ -23,21 +27,3 @@ class OutboundLike(Protocol):
 
     @property
     def body(self) -> str: ...
-
-
-class SendFailed(Exception):
-    """A message could not be handed to the provider.
-
-    `temporary=True`: the provider or the link is busy or down; the same message may be sent
-    again later (the outbox retries with backoff). `temporary=False`: the provider refused the
-    message for good (bad number, message too long ...); retrying cannot help, `reason` says why.
-    """
-
-    def __init__(self, reason: str, *, temporary: bool) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.temporary = temporary
-
-    def __repr__(self) -> str:
-        kind = "temporary" if self.temporary else "permanent"
-        return f"SendFailed({kind}: {self.reason})"

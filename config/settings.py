@@ -134,6 +134,12 @@ class Settings:
     sms_dedupe_window_s: int = 600
     sms_dedupe_short_window_s: int = 45
     sms_concat_timeout_s: int = 300
+    # SMS banking (issue 5): commands per number per minute (over it: one notice, then
+    # silence); SEND answered with a quote and "reply YES <code>" when confirmation is on;
+    # how long a pending confirmation (an SMS dialog) waits.
+    sms_rate_per_minute: int = 10
+    sms_send_confirm: bool = False
+    sms_dialog_ttl_s: int = 300
     # Agent devices and geofences (issue 6).
     mqtt_share_group: str = "gateway"
     agent_exit_confirm_fixes: int = 2
@@ -434,6 +440,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         sms_dedupe_window_s=_int(env, "SMS_DEDUPE_WINDOW_S", 600, 0, 86_400),
         sms_dedupe_short_window_s=_int(env, "SMS_DEDUPE_SHORT_WINDOW_S", 45, 0, 3_600),
         sms_concat_timeout_s=_int(env, "SMS_CONCAT_TIMEOUT_S", 300, 5, 86_400),
+        sms_rate_per_minute=_int(env, "SMS_RATE_PER_MINUTE", 10, 1, 10_000),
+        sms_send_confirm=_bool(env, "SMS_SEND_CONFIRM", False),
+        sms_dialog_ttl_s=_int(env, "SMS_DIALOG_TTL_S", 300, 30, 3600),
         mqtt_share_group=_share_group(env),
         agent_exit_confirm_fixes=_int(env, "AGENT_EXIT_CONFIRM_FIXES", 2, 1, 100),
         agent_exit_confirm_s=_int(env, "AGENT_EXIT_CONFIRM_S", 60, 0, 86_400),

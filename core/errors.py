@@ -247,8 +247,14 @@ class AgentUnavailable(Forbidden):
 
 
 class SendFailed(CoreError):
-    """An outbox sender failed: `temporary` ones are retried with backoff, the rest go to the
-    dead-letter state with the reason."""
+    """A message could not be handed to its provider; the one send failure of every channel
+    (`channels.base` re-exports it) and of the core's outbox dispatcher.
+
+    `temporary=True`: the provider or the link is busy or down; the same message may be sent
+    again later (the dispatcher retries with backoff until `max_attempts`). `temporary=False`:
+    the provider refused the message for good (bad number, too long ...); the dispatcher moves
+    the row to the dead-letter state with `reason`.
+    """
 
     code = "SEND_FAILED"
     default_message = "The message could not be sent"
@@ -256,6 +262,14 @@ class SendFailed(CoreError):
     def __init__(self, message: str | None = None, *, temporary: bool = True, **details: Any):
         super().__init__(message, temporary=temporary, **details)
         self.temporary = temporary
+
+    @property
+    def reason(self) -> str:
+        return self.message
+
+    def __repr__(self) -> str:
+        kind = "temporary" if self.temporary else "permanent"
+        return f"SendFailed({kind}: {self.message})"
 
 
 class FixRejected(ValidationFailed):

@@ -1,10 +1,15 @@
 """The SMS channel's place in the app: built in a cleanup_ctx entry when SMPP_URL names binds.
 
 The channel gets the message store over the app's asyncpg pool and cipher, a de-duplication
-key derived from the gateway secret, and its MO handler. Until the command executor exists
-(wave 2) the handler is `GrammarReplyHandler`; the executor replaces it by setting
-`app[SMS_CHANNEL].handler`. `app[SMS_SENDER]` is the sender the core outbox dispatcher
-registers for channel "sms".
+key derived from the gateway secret, and its MO handler: `channels.sms.executor.SmsBanking`,
+commands on the banking core through the same core-backed actions as the USSD menus (channel
+"sms"), the loan service in `app[LOANS]`, the rate limit and SEND confirmations in Redis.
+
+`app[SMS_SENDER]` is registered in the core outbox dispatcher's senders (`app[SENDERS]`) under
+"sms", the channel the core's receipts and notices use, so those rows reach phones over SMPP.
+It sends with `ref=outbox:{id}`, so a retried outbox row is never sent twice. On shutdown the
+previous "sms" sender (the log sender) comes back before the channel stops, so the dispatcher
+never hands a row to a stopped channel.
 """
 
 from __future__ import annotations
@@ -14,12 +19,25 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from channels.sms.channel import ChannelTuning, SmppSender, SmsChannel, assemble_mo
-from channels.sms.handler import GrammarReplyHandler
+from channels.sms.dialogs import SendConfirmations
+from channels.sms.executor import RateLimiter, SmsBanking
 from core.crypto import derive_key
 from core.sms_messages import SmsMessageStore
 from gateway import db as dbmod
-from gateway.keys import CIPHER, ENDPOINTS, SETTINGS, SMS_CHANNEL, SMS_SENDER
+from gateway.keys import (
+    CIPHER,
+    ENDPOINTS,
+    LOANS,
+    PG_POOL,
+    REDIS,
+    SENDERS,
+    SETTINGS,
+    SMS_CHANNEL,
+    SMS_SENDER,
+)
 from gateway.secrets import resolve_secret
+from menus.bindings import CoreActions, LoanActions
+from menus.session import RedisSessionStore
 
 SMS_POOL_MAX = 10
 
@@ -45,12 +63,43 @@ async def sms_channel(app: web.Application) -> AsyncIterator[None]:
         country_code=settings.default_country_code,
         tuning=ChannelTuning(concat_timeout_s=float(settings.sms_concat_timeout_s)),
     )
-    channel.handler = GrammarReplyHandler(channel)
+    channel.handler = banking(app, channel)
     app[SMS_CHANNEL] = channel
-    app[SMS_SENDER] = SmppSender(channel)
+    app[SMS_SENDER] = sender = SmppSender(channel)
     await channel.start()
+    senders = app[SENDERS]
+    previous = senders.get(SmppSender.channel)
+    senders[SmppSender.channel] = sender
     try:
         yield
     finally:
+        if previous is not None:
+            senders[SmppSender.channel] = previous
+        else:
+            senders.pop(SmppSender.channel, None)
         await channel.stop()
         await pool.close()
+
+
+def banking(app: web.Application, channel: SmsChannel) -> SmsBanking:
+    """The SMS banking handler on the app's core pool, Redis and loan service."""
+    settings = app[SETTINGS]
+    core = CoreActions(
+        app[PG_POOL],
+        app[CIPHER],
+        settings.currency,
+        settings.default_country_code,
+        settings.pin_bcrypt_rounds,
+        channel="sms",
+    )
+    loans = LoanActions(app[PG_POOL], app[LOANS], core) if LOANS in app else None
+    return SmsBanking(
+        channel,
+        core=core,
+        loans=loans,
+        limiter=RateLimiter(app[REDIS], settings.redis_prefix, settings.sms_rate_per_minute),
+        confirmations=SendConfirmations(
+            RedisSessionStore(app[REDIS], settings.redis_prefix), settings.sms_dialog_ttl_s
+        ),
+        confirm_send=settings.sms_send_confirm,
+    )

@@ -192,6 +192,7 @@ class CoreActions:
     # The agent's geofence gate for customer-initiated withdrawals (gateway.ussd wires it to
     # core.agent_transactions.gate_customer_withdrawal): the evidence to store, or a refusal.
     withdrawal_gate: WithdrawalGate | None = None
+    channel: str = CHANNEL  # what transfers and audit rows record ("sms" for SMS banking)
 
     def money(self, minor: int) -> str:
         return format_amount(minor, self.currency)
@@ -212,7 +213,7 @@ class CoreActions:
             national_id=_secret(ctx, "national_id"),
             pin=_secret(ctx),
             language=ctx.language,
-            channel=CHANNEL,
+            channel=self.channel,
             pin_rounds=self.pin_rounds,
             currency=self.currency,
             country_code=self.country_code,
@@ -268,7 +269,7 @@ class CoreActions:
             recipient=recipient,
             amount_minor=_amount(ctx),
             idempotency_key=ctx.idempotency_key,
-            channel=CHANNEL,
+            channel=self.channel,
             currency=self.currency,
             country_code=self.country_code,
         )
@@ -333,7 +334,7 @@ class CoreActions:
                 msisdn=ctx.msisdn,
                 amount_minor=amount,
                 idempotency_key=ctx.idempotency_key,
-                channel=CHANNEL,
+                channel=self.channel,
                 evidence=evidence,
                 currency=self.currency,
                 country_code=self.country_code,
@@ -452,7 +453,7 @@ class LoanActions:
             msisdn=ctx.msisdn,
             product_code=_var(ctx, "loan_product"),
             amount_minor=amount,
-            channel=CHANNEL,
+            channel=self.core.channel,
             idempotency_key=ctx.idempotency_key,
         )
         refusal = result.refusal_error()
@@ -500,7 +501,7 @@ class LoanActions:
                 msisdn=ctx.msisdn,
                 amount_minor=_amount(ctx),
                 idempotency_key=ctx.idempotency_key,
-                channel=CHANNEL,
+                channel=self.core.channel,
             )
         except E.Overpayment as exc:
             owed = exc.details.get("outstanding_minor")

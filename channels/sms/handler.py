@@ -6,9 +6,9 @@ another instance). Handlers therefore make their side effects idempotent, keyed 
 money moves with `idempotency_key=f"sms:{sms.id}"`, and replies go through
 `SmsChannel.send_text(..., ref=f"mo:{sms.id}")`, which sends a reference only once.
 
-`GrammarReplyHandler` is what runs until the command executor exists (wave 2): it answers HELP
-with the command list, malformed or unknown text with the grammar's one-line hint, and a
-well-formed banking command with a "not available yet" line.
+The app runs `channels.sms.executor.SmsBanking`. `GrammarReplyHandler` needs no core: it answers
+HELP with the command list, malformed or unknown text with the grammar's one-line hint, and a
+well-formed banking command with a "not available" line (channel tests use it).
 """
 
 from __future__ import annotations

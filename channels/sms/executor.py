@@ -1,0 +1,401 @@
+"""SMS banking: the MO handler that executes the grammar's commands on the banking core.
+
+Each command runs through the same core-backed actions as the USSD menus
+(`menus.bindings.CoreActions` / `LoanActions`, here with channel "sms"), so the rules are the
+same everywhere: the PIN is checked by `core.pins.verify_pin` first (the wrong-PIN count and the
+lock on the third are shared with USSD and agents), fees and limits come from the core, loans go
+through the loan service with its refusal codes.
+
+Once per stored MO, at least once (see `channels.sms.handler`):
+
+- a number over `SMS_RATE_PER_MINUTE` (a fixed one-minute window in Redis) gets one notice, then
+  silence, and nothing runs; a retried MO is not counted again;
+- an unregistered sender gets a one-line hint to register (HELP and REG still work);
+- money moves with `idempotency_key = "sms:{MO id}"` (a SEND confirmed by YES uses the SEND's MO
+  id), so a re-processed or redelivered MO moves money once and answers the same;
+- the reply goes out with `ref = "mo:{MO id}"`, sent once; the recipient of a transfer gets the
+  core's receipt through the outbox (so does the sender, in addition to the reply);
+- replies are in the customer's language (`channels.sms.texts`);
+- a temporary failure (the database or Redis not answering) sends "temporarily unavailable"
+  once and raises `RetryLater`: the channel tries the MO again later and then answers it.
+
+Nothing here logs the text; `commands.mask_secrets` is the loggable form.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from channels.sms import commands as C
+from channels.sms.dialogs import SendConfirmations
+from channels.sms.handler import InboundSms, ReplySender, RetryLater
+from channels.sms.texts import error_text, text
+from core import customers, transfers
+from core import errors as E
+from core.money import parse_amount
+from core.msisdn import normalise_msisdn
+from menus.actions import ActionContext, ActionResult
+from menus.bindings import CoreActions, LoanActions
+
+log = logging.getLogger("channels.sms.executor")
+
+CHANNEL = "sms"
+RATE_WINDOW_S = 60
+MINI_LINES = 5  # a mini statement by SMS: the latest lines that fit in about two parts
+_DOWN = (
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.TooManyConnectionsError,
+    OSError,
+    TimeoutError,
+    RedisError,
+    E.Unavailable,
+)
+
+
+class RateLimiter:
+    """At most `per_minute` commands per number in a window that starts with the number's first
+    message and lasts a minute: one MULTI of `SET NX EX` (start the window) and `INCR`."""
+
+    def __init__(self, redis: Redis, prefix: str, per_minute: int) -> None:
+        self.redis = redis
+        self.prefix = prefix
+        self.per_minute = per_minute
+
+    def key(self, msisdn: str) -> str:
+        return f"{self.prefix}sms:rate:{{{msisdn}}}"
+
+    async def check(self, msisdn: str) -> str:
+        """ "ok", "notice" (the first message over the limit) or "silent"."""
+        key = self.key(msisdn)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.set(key, 0, ex=RATE_WINDOW_S, nx=True)
+            pipe.incr(key)
+            _, count = await pipe.execute()
+        if count <= self.per_minute:
+            return "ok"
+        return "notice" if count == self.per_minute + 1 else "silent"
+
+
+@dataclass
+class Reply:
+    key: str
+    values: Mapping[str, Any]
+    language: str | None = None  # when the command changed the language
+
+
+class SmsBanking:
+    """The MO handler of SMS banking (replaces the wave-1 `GrammarReplyHandler`)."""
+
+    def __init__(
+        self,
+        sender: ReplySender,
+        *,
+        core: CoreActions,
+        loans: LoanActions | None,
+        limiter: RateLimiter,
+        confirmations: SendConfirmations,
+        confirm_send: bool = False,
+    ) -> None:
+        self.sender = sender
+        self.core = core
+        self.loans = loans
+        self.limiter = limiter
+        self.confirmations = confirmations
+        self.confirm_send = confirm_send
+
+    # --- the handler -------------------------------------------------------------------------
+
+    async def handle(self, sms: InboundSms) -> None:
+        language = "en"
+        try:
+            if sms.attempt == 1:  # a retried MO was counted when it first came
+                verdict = await self.limiter.check(sms.msisdn)
+                if verdict != "ok":
+                    log.info("sms: rate limited", extra={"mo": sms.id, "verdict": verdict})
+                    if verdict == "notice":
+                        await self._reply(sms, text("rate_limited", language))
+                    return
+            customer = await customers.find_customer(
+                self.core.pool, sms.msisdn, self.core.country_code
+            )
+            if customer is not None:
+                language = customer.language
+            reply = await self._reply_for(sms, customer)
+        except _DOWN as exc:
+            log.warning(
+                "sms: temporarily unavailable", extra={"mo": sms.id, "error": type(exc).__name__}
+            )
+            try:
+                await self.sender.send_text(
+                    sms.msisdn, text("unavailable", language), ref=f"mo:{sms.id}:unavailable"
+                )
+            except Exception:  # the retry matters, not this notice
+                log.warning("sms: could not send the unavailable notice", extra={"mo": sms.id})
+            raise RetryLater(type(exc).__name__) from None
+        await self._reply(sms, reply)
+
+    async def _reply(self, sms: InboundSms, body: str) -> None:
+        # On the first attempt nothing can have been sent for this MO yet: skip the look-up.
+        await self.sender.send_text(
+            sms.msisdn, body, ref=f"mo:{sms.id}", first_attempt=sms.attempt == 1
+        )
+
+    async def _reply_for(self, sms: InboundSms, customer: customers.Customer | None) -> str:
+        language = customer.language if customer else "en"
+        command = C.parse(sms.text) if sms.complete else None
+        if isinstance(command, C.Malformed | C.Unknown):
+            return C.hint(command)
+        key = self._without_core(command, customer)
+        if key:
+            return text(key, language)
+        run = self._register if isinstance(command, C.Register) else self._dispatch
+        return await self._run(run, sms, command, customer, language)
+
+    @staticmethod
+    def _without_core(command: Any, customer: customers.Customer | None) -> str:
+        """The reply key of a message that needs no core call; "" when it does."""
+        if command is None:
+            return "incomplete"
+        if isinstance(command, C.Help):
+            return "help"
+        if isinstance(command, C.Register):
+            return "already_registered" if customer is not None else ""
+        return "not_registered" if customer is None else ""
+
+    async def _run(self, fn: Any, sms: InboundSms, command: Any, customer: Any, lang: str) -> str:
+        try:
+            reply: Reply = await fn(sms, command, customer)
+        except E.Unavailable:
+            raise
+        except E.CoreError as exc:
+            return self._refusal(exc, command, lang)
+        return text(reply.key, reply.language or lang, **reply.values)
+
+    def _refusal(self, exc: E.CoreError, command: Any, language: str) -> str:
+        values: dict[str, Any] = {"message": exc.message, "code": exc.error_code}
+        values.update(exc.details)
+        if isinstance(command, C.Send):
+            values.setdefault("recipient", command.phone)
+        return error_text(exc.error_code, language, **values)
+
+    # --- commands ----------------------------------------------------------------------------
+
+    def _ctx(
+        self,
+        sms: InboundSms,
+        action: str,
+        customer: customers.Customer | None,
+        *,
+        key: int | None = None,
+        vars: Mapping[str, Any] | None = None,
+        secrets: Mapping[str, str] | None = None,
+        params: Mapping[str, Any] | None = None,
+    ) -> ActionContext:
+        return ActionContext(
+            action=action,
+            msisdn=sms.msisdn,
+            language=customer.language if customer else "en",
+            vars=dict(vars or {}),
+            secrets=dict(secrets or {}),
+            customer={"tier": customer.tier, "language": customer.language} if customer else {},
+            params=dict(params or {}),
+            idempotency_key=f"sms:{sms.id if key is None else key}",
+            channel=CHANNEL,
+            session_id=f"sms:{sms.id}",
+            currency=self.core.currency,
+        )
+
+    async def _register(self, sms: InboundSms, cmd: C.Register, _customer: Any) -> Reply:
+        result = await self.core.register(
+            self._ctx(
+                sms,
+                "register",
+                None,
+                vars={"first_name": cmd.first_name, "last_name": cmd.last_name},
+                secrets={"pin": cmd.pin, "national_id": cmd.national_id},
+            )
+        )
+        return Reply("registered", result.vars)
+
+    async def _dispatch(
+        self, sms: InboundSms, cmd: C.Command, customer: customers.Customer
+    ) -> Reply:
+        run = {
+            C.Balance: self._balance,
+            C.Send: self._send,
+            C.Confirm: self._confirm,
+            C.Mini: self._mini,
+            C.ChangePin: self._pin_change,
+            C.Language: self._language,
+            C.Loan: self._loan,
+            C.Repay: self._repay,
+            C.LoanStatus: self._loan_status,
+        }[type(cmd)]
+        reply: Reply = await run(sms, cmd, customer)  # type: ignore[operator]
+        return reply
+
+    async def _balance(self, sms: InboundSms, cmd: C.Balance, customer: Any) -> Reply:
+        result = await self.core.balance(
+            self._ctx(sms, "balance", customer, secrets={"pin": cmd.pin})
+        )
+        return Reply("balance", result.vars)
+
+    async def _mini(self, sms: InboundSms, cmd: C.Mini, customer: Any) -> Reply:
+        result = await self.core.statement(
+            self._ctx(sms, "statement", customer, secrets={"pin": cmd.pin})
+        )
+        lines = list(result.vars.get("statement") or [])
+        if not lines:
+            return Reply("mini_empty", result.vars)
+        return Reply("mini", {**result.vars, "lines": "; ".join(lines[:MINI_LINES])})
+
+    async def _pin_change(self, sms: InboundSms, cmd: C.ChangePin, customer: Any) -> Reply:
+        secrets = {"pin": cmd.old_pin, "new_pin": cmd.new_pin}
+        await self.core.pin_change(self._ctx(sms, "pin.change", customer, secrets=secrets))
+        return Reply("pin_changed", {})
+
+    async def _language(self, sms: InboundSms, cmd: C.Language, customer: Any) -> Reply:
+        result = await self.core.language_set(
+            self._ctx(sms, "language.set", customer, params={"language": cmd.code})
+        )
+        return Reply("language_set", {}, language=result.language)
+
+    async def _repay(self, sms: InboundSms, cmd: C.Repay, customer: Any) -> Reply:
+        ctx = self._ctx(
+            sms,
+            "loans.repay",
+            customer,
+            vars={"amount_minor": self._amount(cmd.amount)},
+            secrets={"pin": cmd.pin},
+        )
+        result = await self._loans().repay(ctx)
+        return Reply("repaid_cleared" if result.vars["cleared"] else "repaid", result.vars)
+
+    async def _loan_status(self, sms: InboundSms, cmd: C.LoanStatus, customer: Any) -> Reply:
+        loans = self._loans()
+        await self.core.verify(self._ctx(sms, "loans.status", customer, secrets={"pin": cmd.pin}))
+        result = await loans.status(self._ctx(sms, "loans.status", customer))
+        return Reply("loan_status" if result.vars["has_loan"] else "no_loan", result.vars)
+
+    def _amount(self, amount: str) -> int:
+        return parse_amount(amount, self.core.currency)
+
+    def _loans(self) -> LoanActions:
+        if self.loans is None:
+            raise E.Unavailable("loans are not configured")
+        return self.loans
+
+    async def _loan(self, sms: InboundSms, cmd: C.Loan, customer: customers.Customer) -> Reply:
+        loans = self._loans()
+        amount_minor = self._amount(cmd.amount)
+        offered: ActionResult = await loans.products(self._ctx(sms, "loans.products", customer))
+        product = offered.vars.get("loan_product")
+        if not product:
+            return Reply("no_loan_product", {})
+        result = await loans.apply(
+            self._ctx(
+                sms,
+                "loans.apply",
+                customer,
+                vars={"amount_minor": amount_minor, "loan_product": product},
+                secrets={"pin": cmd.pin},
+            )
+        )
+        if result.vars.get("loan_status") == "review":
+            return Reply("loan_review", result.vars)
+        return Reply("loan_approved", result.vars)
+
+    async def _send(self, sms: InboundSms, cmd: C.Send, customer: customers.Customer) -> Reply:
+        recipient = normalise_msisdn(cmd.phone, self.core.country_code, field="phone")
+        amount_minor = self._amount(cmd.amount)
+        if not self.confirm_send:
+            return await self._transfer(
+                sms, customer, recipient, amount_minor, key=sms.id, pin=cmd.pin
+            )
+        # Confirmation on: the PIN now (a wrong one counts), the quote, then "reply YES <code>".
+        await self.core.verify(self._ctx(sms, "send_money", customer, secrets={"pin": cmd.pin}))
+        quote = await self.core.quote(
+            self._ctx(
+                sms,
+                "send_money.quote",
+                customer,
+                vars={"recipient": recipient, "amount_minor": amount_minor},
+            )
+        )
+        code = await self.confirmations.ask(
+            sms.msisdn, recipient=recipient, amount_minor=amount_minor, send_mo=sms.id
+        )
+        minutes = max(1, self.confirmations.ttl_s // 60)
+        return Reply(
+            "confirm_send", {**quote.vars, "recipient": recipient, "code": code, "minutes": minutes}
+        )
+
+    async def _confirm(
+        self, sms: InboundSms, cmd: C.Confirm, customer: customers.Customer
+    ) -> Reply:
+        outcome = await self.confirmations.confirm(sms.msisdn, cmd.code, sms.id)
+        if not outcome.execute or outcome.dialog is None:
+            return Reply(outcome.reply_key, {})
+        dialog = outcome.dialog
+        return await self._transfer(
+            sms, customer, dialog.recipient, dialog.amount_minor, key=dialog.send_mo, pin=None
+        )
+
+    async def _transfer(
+        self,
+        sms: InboundSms,
+        customer: customers.Customer,
+        recipient: str,
+        amount_minor: int,
+        *,
+        key: int,
+        pin: str | None,
+    ) -> Reply:
+        ctx = self._ctx(
+            sms,
+            "send_money",
+            customer,
+            key=key,
+            vars={"recipient": recipient, "amount_minor": amount_minor},
+            secrets={"pin": pin} if pin is not None else {},
+        )
+        if pin is None:  # confirmed by YES: the PIN was checked when the SEND came
+            result = await self._send_unverified(ctx)
+        else:
+            result = await self.core.send_money(ctx)
+        return Reply("sent", {**result.vars, "recipient": recipient})
+
+    async def _send_unverified(self, ctx: ActionContext) -> ActionResult:
+        """`CoreActions.send_money` without its PIN check (done when the SEND came)."""
+        found = await customers.find_customer(
+            self.core.pool, ctx.vars["recipient"], self.core.country_code
+        )
+        result = await transfers.send_money(
+            self.core.pool,
+            sender=ctx.msisdn,
+            recipient=ctx.vars["recipient"],
+            amount_minor=ctx.vars["amount_minor"],
+            idempotency_key=ctx.idempotency_key,
+            channel=CHANNEL,
+            currency=self.core.currency,
+            country_code=self.core.country_code,
+        )
+        money = self.core.money
+        return ActionResult(
+            vars={
+                "reference": result.reference,
+                "amount": money(result.amount_minor),
+                "fee": money(result.fee_minor),
+                "balance": money(result.balance_after_minor or 0),
+                "recipient_name": f"{found.first_name} {found.last_name}" if found else "",
+            }
+        )

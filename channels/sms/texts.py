@@ -1,0 +1,265 @@
+"""Every reply of SMS banking, in English, Kiswahili and French: the one catalogue.
+
+`text(key, language, **values)` picks the customer's language (English when the language is not
+in the catalogue) and fills `{placeholders}`. Error replies are keyed by the core's `error_code`
+(`error_WRONG_PIN` ...), so a new core refusal falls back to `error_default` until it gets its
+own line. The grammar's one-line hints for malformed text (`channels.sms.commands`) name the
+English keywords the parser reads and stay English.
+"""
+
+from __future__ import annotations
+
+from types import MappingProxyType
+from typing import Any
+
+LANGUAGES = ("en", "sw", "fr")
+
+_TEXTS: dict[str, dict[str, str]] = {
+    "help": {
+        "en": "BAL pin; SEND phone amount pin; MINI pin; PIN old new; LANG en/sw/fr; "
+        "LOAN amount pin; LOAN STATUS pin; REPAY amount pin; REG first last id pin",
+        "sw": "Salio: BAL pin; Tuma: SEND simu kiasi pin; MINI pin; PIN ya_zamani mpya; "
+        "LANG en/sw/fr; LOAN kiasi pin; LOAN STATUS pin; REPAY kiasi pin",
+        "fr": "Solde: BAL pin; Envoi: SEND tel montant pin; MINI pin; PIN ancien nouveau; "
+        "LANG en/sw/fr; LOAN montant pin; LOAN STATUS pin; REPAY montant pin",
+    },
+    "not_registered": {
+        "en": "You are not registered. Send REG <first name> <last name> <ID number> <PIN> "
+        "to open a wallet.",
+        "sw": "Hujasajiliwa. Tuma REG <jina la kwanza> <jina la mwisho> <nambari ya kitambulisho> "
+        "<PIN> kufungua pochi.",
+        "fr": "Vous n'êtes pas inscrit. Envoyez REG <prénom> <nom> <numéro d'identité> <PIN> "
+        "pour ouvrir un portefeuille.",
+    },
+    "registered": {
+        "en": "Welcome {first_name}! Your wallet is open. Send BAL <PIN> for your balance.",
+        "sw": "Karibu {first_name}! Pochi yako imefunguliwa. Tuma BAL <PIN> kuona salio.",
+        "fr": "Bienvenue {first_name} ! Votre portefeuille est ouvert. Envoyez BAL <PIN> "
+        "pour votre solde.",
+    },
+    "already_registered": {
+        "en": "This number is already registered. Send HELP for the commands.",
+        "sw": "Nambari hii imeshasajiliwa. Tuma HELP kuona amri.",
+        "fr": "Ce numéro est déjà inscrit. Envoyez HELP pour les commandes.",
+    },
+    "balance": {
+        "en": "Your balance is {balance}.",
+        "sw": "Salio lako ni {balance}.",
+        "fr": "Votre solde est de {balance}.",
+    },
+    "sent": {
+        "en": "{reference} Confirmed. {amount} sent to {recipient_name} {recipient}. "
+        "Fee {fee}. New balance {balance}.",
+        "sw": "{reference} Imethibitishwa. {amount} imetumwa kwa {recipient_name} {recipient}. "
+        "Ada {fee}. Salio jipya {balance}.",
+        "fr": "{reference} Confirmé. {amount} envoyé à {recipient_name} {recipient}. "
+        "Frais {fee}. Nouveau solde {balance}.",
+    },
+    "confirm_send": {
+        "en": "Send {amount} to {recipient_name} {recipient}? Fee {fee}, total {total}. "
+        "Reply YES {code} within {minutes} minutes.",
+        "sw": "Tuma {amount} kwa {recipient_name} {recipient}? Ada {fee}, jumla {total}. "
+        "Jibu YES {code} ndani ya dakika {minutes}.",
+        "fr": "Envoyer {amount} à {recipient_name} {recipient} ? Frais {fee}, total {total}. "
+        "Répondez YES {code} dans les {minutes} minutes.",
+    },
+    "no_pending": {
+        "en": "No transfer is waiting for confirmation, or it has expired. "
+        "Send SEND <phone> <amount> <PIN> again.",
+        "sw": "Hakuna muamala unaosubiri uthibitisho, au muda wake umeisha. "
+        "Tuma SEND <simu> <kiasi> <PIN> tena.",
+        "fr": "Aucun transfert n'attend de confirmation, ou il a expiré. "
+        "Envoyez de nouveau SEND <tel> <montant> <PIN>.",
+    },
+    "wrong_code": {
+        "en": "That code is not right. Reply YES with the code from our last SMS.",
+        "sw": "Nambari hiyo si sahihi. Jibu YES na nambari kutoka SMS yetu ya mwisho.",
+        "fr": "Ce code n'est pas le bon. Répondez YES avec le code de notre dernier SMS.",
+    },
+    "code_cancelled": {
+        "en": "Too many wrong codes: the transfer is cancelled. Nothing was sent.",
+        "sw": "Nambari zisizo sahihi mara nyingi: muamala umeghairiwa. Hakuna kilichotumwa.",
+        "fr": "Trop de codes erronés : le transfert est annulé. Rien n'a été envoyé.",
+    },
+    "mini": {
+        "en": "Balance {balance}. {lines}",
+        "sw": "Salio {balance}. {lines}",
+        "fr": "Solde {balance}. {lines}",
+    },
+    "mini_empty": {
+        "en": "Balance {balance}. No transactions yet.",
+        "sw": "Salio {balance}. Hakuna miamala bado.",
+        "fr": "Solde {balance}. Aucune opération pour l'instant.",
+    },
+    "pin_changed": {
+        "en": "Your PIN has been changed.",
+        "sw": "PIN yako imebadilishwa.",
+        "fr": "Votre PIN a été changé.",
+    },
+    "language_set": {
+        "en": "You will now get messages in English.",
+        "sw": "Sasa utapokea ujumbe kwa Kiswahili.",
+        "fr": "Vous recevrez désormais les messages en français.",
+    },
+    "loan_approved": {
+        "en": "{reference} Loan of {amount} approved and sent to your wallet. "
+        "Repay {total_due} by {due_date}.",
+        "sw": "{reference} Mkopo wa {amount} umeidhinishwa na kutumwa kwenye pochi yako. "
+        "Lipa {total_due} kabla ya {due_date}.",
+        "fr": "{reference} Crédit de {amount} accordé et versé sur votre portefeuille. "
+        "Remboursez {total_due} avant le {due_date}.",
+    },
+    "loan_review": {
+        "en": "Your loan request {reference} for {amount} is being reviewed. "
+        "The answer will come by SMS.",
+        "sw": "Ombi lako la mkopo {reference} la {amount} linakaguliwa. Jibu litakuja kwa SMS.",
+        "fr": "Votre demande de crédit {reference} de {amount} est en cours d'examen. "
+        "La réponse arrivera par SMS.",
+    },
+    "no_loan_product": {
+        "en": "No loan is offered at the moment.",
+        "sw": "Hakuna mkopo unaotolewa kwa sasa.",
+        "fr": "Aucun crédit n'est proposé pour le moment.",
+    },
+    "repaid": {
+        "en": "{reference} {amount} paid to your loan. Still due {amount_due}. Balance {balance}.",
+        "sw": "{reference} {amount} imelipwa kwa mkopo wako. Deni lililobaki {amount_due}. "
+        "Salio {balance}.",
+        "fr": "{reference} {amount} versé sur votre crédit. Reste dû {amount_due}. "
+        "Solde {balance}.",
+    },
+    "repaid_cleared": {
+        "en": "{reference} {amount} paid. Your loan is fully repaid. Balance {balance}.",
+        "sw": "{reference} {amount} imelipwa. Mkopo wako umelipwa wote. Salio {balance}.",
+        "fr": "{reference} {amount} versé. Votre crédit est entièrement remboursé. "
+        "Solde {balance}.",
+    },
+    "loan_status": {
+        "en": "Your loan: {amount_due} due by {due_date}.",
+        "sw": "Mkopo wako: {amount_due} kulipwa kabla ya {due_date}.",
+        "fr": "Votre crédit : {amount_due} à rembourser avant le {due_date}.",
+    },
+    "no_loan": {
+        "en": "You have no loan to repay.",
+        "sw": "Huna mkopo wa kulipa.",
+        "fr": "Vous n'avez aucun crédit à rembourser.",
+    },
+    "incomplete": {
+        "en": "Part of your message did not arrive. Please send it again.",
+        "sw": "Sehemu ya ujumbe wako haikufika. Tafadhali utume tena.",
+        "fr": "Une partie de votre message n'est pas arrivée. Veuillez le renvoyer.",
+    },
+    "rate_limited": {
+        "en": "Too many messages. Please wait a minute before sending another.",
+        "sw": "Ujumbe mwingi mno. Tafadhali subiri dakika moja kabla ya kutuma mwingine.",
+        "fr": "Trop de messages. Attendez une minute avant d'en envoyer un autre.",
+    },
+    "unavailable": {
+        "en": "The service is temporarily unavailable. We will answer your message when "
+        "it is back.",
+        "sw": "Huduma haipatikani kwa sasa. Tutajibu ujumbe wako itakaporudi.",
+        "fr": "Le service est temporairement indisponible. Nous répondrons à votre message "
+        "dès son retour.",
+    },
+    # The core's refusals, by error_code.
+    "error_WRONG_PIN": {
+        "en": "Wrong PIN. {attempts_left} attempts left before your wallet is locked.",
+        "sw": "PIN si sahihi. Majaribio {attempts_left} yamebaki kabla pochi kufungwa.",
+        "fr": "PIN incorrect. Encore {attempts_left} essais avant le blocage du portefeuille.",
+    },
+    "error_WALLET_LOCKED": {
+        "en": "Your wallet is locked after too many wrong PINs. Please call customer care.",
+        "sw": "Pochi yako imefungwa baada ya PIN zisizo sahihi mara nyingi. Piga huduma kwa "
+        "wateja.",
+        "fr": "Votre portefeuille est bloqué après trop de PIN erronés. Appelez le service client.",
+    },
+    "error_ACCOUNT_CLOSED": {
+        "en": "Your account is closed.",
+        "sw": "Akaunti yako imefungwa.",
+        "fr": "Votre compte est fermé.",
+    },
+    "error_INSUFFICIENT_FUNDS": {
+        "en": "Not enough money in your wallet.",
+        "sw": "Huna pesa za kutosha kwenye pochi.",
+        "fr": "Solde insuffisant.",
+    },
+    "error_LIMIT_EXCEEDED": {
+        "en": "This is above your transaction limit.",
+        "sw": "Kiasi hiki kinazidi kikomo chako cha muamala.",
+        "fr": "Ce montant dépasse votre plafond.",
+    },
+    "error_CUSTOMER_NOT_FOUND": {
+        "en": "{recipient} is not registered for mobile money.",
+        "sw": "{recipient} hajasajiliwa kwa pesa za simu.",
+        "fr": "{recipient} n'est pas inscrit au mobile money.",
+    },
+    "error_SAME_ACCOUNT": {
+        "en": "You cannot send money to yourself.",
+        "sw": "Huwezi kujitumia pesa.",
+        "fr": "Vous ne pouvez pas vous envoyer de l'argent.",
+    },
+    "error_WEAK_PIN": {
+        "en": "Choose a PIN of 4 digits, not a sequence like 1234 and not one digit repeated.",
+        "sw": "Chagua PIN ya tarakimu 4, si mfuatano kama 1234 wala tarakimu moja inayojirudia.",
+        "fr": "Choisissez un PIN de 4 chiffres, ni une suite comme 1234 ni un chiffre répété.",
+    },
+    "error_LOAN_OUTSTANDING": {
+        "en": "You already have a loan. Send LOAN STATUS <PIN> to see what is due.",
+        "sw": "Tayari una mkopo. Tuma LOAN STATUS <PIN> kuona deni.",
+        "fr": "Vous avez déjà un crédit. Envoyez LOAN STATUS <PIN> pour voir le montant dû.",
+    },
+    "error_NOT_ELIGIBLE": {
+        "en": "Loan not possible: {reason}",
+        "sw": "Mkopo haiwezekani: {reason}",
+        "fr": "Crédit impossible : {reason}",
+    },
+    "error_OVERPAYMENT": {
+        "en": "That is more than your loan. You owe {owed}.",
+        "sw": "Kiasi hicho kinazidi mkopo wako. Unadaiwa {owed}.",
+        "fr": "C'est plus que votre crédit. Vous devez {owed}.",
+    },
+    "error_NO_OPEN_LOAN": {
+        "en": "You have no loan to repay.",
+        "sw": "Huna mkopo wa kulipa.",
+        "fr": "Vous n'avez aucun crédit à rembourser.",
+    },
+    "error_ALREADY_EXISTS": {
+        "en": "This number or ID is already registered.",
+        "sw": "Nambari hii au kitambulisho hiki kimeshasajiliwa.",
+        "fr": "Ce numéro ou cette pièce d'identité est déjà inscrit.",
+    },
+    "error_VALIDATION_ERROR": {
+        "en": "Not accepted: {message}",
+        "sw": "Haikubaliwi: {message}",
+        "fr": "Refusé : {message}",
+    },
+    "error_default": {
+        "en": "Sorry, that could not be done ({code}).",
+        "sw": "Samahani, hilo halikuwezekana ({code}).",
+        "fr": "Désolé, l'opération n'a pas abouti ({code}).",
+    },
+}
+
+TEXTS: MappingProxyType[str, MappingProxyType[str, str]] = MappingProxyType(
+    {key: MappingProxyType(by_language) for key, by_language in _TEXTS.items()}
+)
+
+
+class _Blank(dict[str, Any]):
+    def __missing__(self, key: str) -> str:
+        return ""
+
+
+def text(key: str, language: str, **values: Any) -> str:
+    """The reply `key` in `language` (English when missing), placeholders filled."""
+    by_language = TEXTS[key]
+    template = by_language.get(language) or by_language["en"]
+    return template.format_map(_Blank(values)).strip()
+
+
+def error_text(error_code: str, language: str, **values: Any) -> str:
+    """The refusal `error_code` in `language`; `values` fill its placeholders."""
+    key = f"error_{error_code}"
+    if key not in TEXTS:
+        key = "error_default"
+    return text(key, language, **{**values, "code": error_code})

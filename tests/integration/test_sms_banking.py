@@ -1,0 +1,483 @@
+"""SMS banking end to end: MOs from the test SMSC, executed on the real core, answered over
+SMPP. Case tables for the grammar through the executor, money that moves once (a redelivered or
+re-processed MO, two YES messages), both parties told, the shared wrong-PIN count, languages,
+the rate limit, and the YES confirmation dialog; the ledger check after every test."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from datetime import UTC, datetime
+
+import asyncpg
+import pytest
+from aiohttp import web
+from redis.asyncio import Redis
+
+from channels.sms.executor import RateLimiter, SmsBanking
+from channels.sms.handler import InboundSms, RetryLater
+from config.settings import Settings
+from gateway.app import make_redis
+from gateway.keys import DISPATCHER, REDIS, SMS_CHANNEL
+from tests.sms_banking_support import SmsEnv, digits, peer, start_sms_env  # noqa: F401
+from tests.sms_helpers import eventually
+from tests.smsc_peer import SmscPeer
+from tests.ussd_support import PIN, RedisProcess, new_msisdn, own_redis
+
+__all__ = ["own_redis"]
+
+WRONG = "9137"
+
+
+@pytest.fixture(scope="module")
+async def env(
+    settings: Settings,
+    peer: SmscPeer,  # noqa: F811
+    app: web.Application,
+) -> AsyncIterator[SmsEnv]:
+    async for e in start_sms_env(settings, peer, others=(app,)):
+        yield e
+
+
+@pytest.fixture(autouse=True)
+async def ledger_ok(env: SmsEnv) -> AsyncIterator[None]:
+    yield
+    await env.bank.check_ledger()
+
+
+def banking(env: SmsEnv) -> SmsBanking:
+    handler = env.app[SMS_CHANNEL].handler
+    assert isinstance(handler, SmsBanking)
+    return handler
+
+
+@pytest.fixture
+def confirm_on(env: SmsEnv) -> AsyncIterator[SmsBanking]:
+    handler = banking(env)
+    handler.confirm_send = True
+    try:
+        yield handler
+    finally:
+        handler.confirm_send = False
+
+
+def local(msisdn: str) -> str:
+    return "0" + msisdn[4:]
+
+
+async def mo_rows(env: SmsEnv, msisdn: str) -> list[dict[str, object]]:
+    rows = await env.bank.pool.fetch(
+        "SELECT id, body, status, attempts FROM sms_messages "
+        "WHERE direction = 'mo' AND msisdn = $1 ORDER BY id",
+        msisdn,
+    )
+    return [dict(r) for r in rows]
+
+
+async def all_processed(env: SmsEnv, msisdn: str, count: int) -> list[dict[str, object]]:
+    return await eventually(
+        lambda: mo_rows(env, msisdn),
+        lambda rows: len(rows) == count and all(r["status"] == "processed" for r in rows),
+    )
+
+
+# --- the grammar through the executor ---------------------------------------------------------
+
+CASES = [
+    ("BAL {pin}", "Your balance is KES 1,000.00."),
+    ("  bal    {pin}  ", "Your balance is KES 1,000.00."),
+    ("Bal {pin}", "Your balance is KES 1,000.00."),
+    ("BAL 12", "The PIN must be 4 digits. Use: BAL <PIN>. Send HELP for all commands."),
+    ("BAL", "Wrong number of words. Use: BAL <PIN>. Send HELP for all commands."),
+    ("BAL {pin} extra", "Wrong number of words."),
+    ("SEND 0712 100 {pin}", "The phone number is not valid."),
+    ("SEND {peer} 10.505 {pin}", "The amount must be a number like 500 or 12.50."),
+    ("send {peer} abc {pin}", "The amount must be a number"),
+    ("SEND {peer} 0 {pin}", "Not accepted: The amount must be more than zero"),
+    ("SEND {peer} 100", "Wrong number of words. Use: SEND <phone> <amount> <PIN>."),
+    ("SEND {self} 100 {pin}", "You cannot send money to yourself."),
+    ("SEND {stranger} 100 {pin}", "is not registered for mobile money."),
+    ("SEND {peer} 5000 {pin}", "Not enough money in your wallet."),
+    ("hello there", "Sorry, we did not understand that. Send HELP for the list of commands."),
+    ("LANG de", "The language must be EN, SW or FR."),
+    ("PIN {pin} {pin}", "The new PIN must differ from the old one."),
+    ("YES ABCDE", "No transfer is waiting for confirmation"),
+    ("LOAN STATUS {pin}", "You have no loan to repay."),
+    ("REPAY 100 {pin}", "You have no loan to repay."),
+    ("REG Amina Otieno A1234567 {pin}", "This number is already registered."),
+    ("MINI {pin}", "Balance KES 1,000.00. "),
+    ("help", "BAL pin; SEND phone amount pin;"),
+]
+
+
+@pytest.mark.parametrize(("template", "expected"), CASES)
+async def test_grammar_cases(env: SmsEnv, template: str, expected: str) -> None:
+    me = await env.bank.open(balance_minor=100_000)
+    other = await env.bank.open()
+    text = template.format(pin=PIN, peer=local(other), self=local(me), stranger=new_msisdn())
+    reply = await env.ask(me, text)
+    assert expected in reply, reply
+    assert PIN not in reply
+    assert await env.bank.balance(me) == 100_000  # none of these moves money
+    (row,) = await all_processed(env, me, 1)
+    assert PIN not in str(row["body"])
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("BAL 4821", "You are not registered. Send REG"),
+        ("SEND 0712345678 100 4821", "You are not registered."),
+        ("LOAN STATUS 4821", "You are not registered."),
+        ("HELP", "BAL pin; SEND phone amount pin;"),
+        ("BAL", "Wrong number of words."),
+    ],
+)
+async def test_unknown_sender(env: SmsEnv, text: str, expected: str) -> None:
+    stranger = new_msisdn()
+    reply = await env.ask(stranger, text)
+    assert expected in reply, reply
+    assert (
+        await env.bank.pool.fetchval("SELECT count(*) FROM customers WHERE msisdn=$1", stranger)
+        == 0
+    )
+
+
+async def test_register_then_balance(env: SmsEnv) -> None:
+    me = new_msisdn()
+    national_id = "ID" + secrets.token_hex(4).upper()
+    reply = await env.ask(me, f"reg  wanjiru  kamau {national_id} {PIN}")
+    assert reply == "Welcome wanjiru! Your wallet is open. Send BAL <PIN> for your balance."
+    assert await env.bank.status(me) == "active"
+    assert await env.ask(me, f"BAL {PIN}") == "Your balance is KES 0.00."
+    rows = await mo_rows(env, me)
+    assert national_id not in str(rows) and PIN not in str(rows)
+    # A weak PIN is refused, nothing registered.
+    other = new_msisdn()
+    reply = await env.ask(other, f"REG Ali Hassan X{national_id} 1234")
+    assert "not a sequence" in reply
+    assert (
+        await env.bank.pool.fetchval("SELECT count(*) FROM customers WHERE msisdn=$1", other) == 0
+    )
+
+
+# --- PINs -------------------------------------------------------------------------------------
+
+
+async def test_wrong_pin_count_is_shared_with_ussd(env: SmsEnv) -> None:
+    me = await env.bank.open(balance_minor=50_000)
+    assert await env.ask(me, f"BAL {WRONG}") == (
+        "Wrong PIN. 2 attempts left before your wallet is locked."
+    )
+    assert "1 attempts left" in await env.ask(me, f"MINI {WRONG}")
+    # The third wrong PIN, on USSD, locks the wallet.
+    await env.session(me).walk("2", WRONG)
+    assert await env.bank.status(me) == "locked"
+    reply = await env.ask(me, f"BAL {PIN}")
+    assert reply.startswith("Your wallet is locked")
+    assert "locked" in await env.ask(me, f"SEND {local(new_msisdn())} 10 {PIN}")
+    assert await env.bank.balance(me) == 50_000
+
+
+async def test_right_pin_resets_the_count_and_pin_change(env: SmsEnv) -> None:
+    me = await env.bank.open(balance_minor=50_000)
+    # Identical texts from one number within SMS_DEDUPE_WINDOW_S are taken for an SMSC
+    # redelivery and answered once, so repeated commands differ in case here.
+    assert "2 attempts left" in await env.ask(me, f"BAL {WRONG}")
+    assert "Your balance" in await env.ask(me, f"BAL {PIN}")
+    assert "2 attempts left" in await env.ask(me, f"bal {WRONG}")  # reset by the right one
+    assert await env.ask(me, f"PIN {PIN} 5830") == "Your PIN has been changed."
+    assert "attempts left" in await env.ask(me, f"Bal {PIN}")
+    assert await env.ask(me, "BAL 5830") == "Your balance is KES 500.00."
+
+
+# --- money ------------------------------------------------------------------------------------
+
+
+async def test_send_moves_money_once_and_both_parties_get_an_sms(env: SmsEnv) -> None:
+    sender = await env.bank.open(balance_minor=100_000)
+    recipient = await env.bank.open(first_name="Baraka", last_name="Mwangi", language="sw")
+    receipts_before = len(await env.texts(recipient))
+    reply = await env.ask(sender, f"SEND {local(recipient)} 150 {PIN}")
+    assert "Confirmed. KES 150.00 sent to Baraka Mwangi " + recipient in reply, reply
+    assert PIN not in reply
+    fee = 100_000 - 15_000 - await env.bank.balance(sender)
+    assert fee >= 0 and f"New balance KES {(85_000 - fee) // 100:,}" in reply
+    assert await env.bank.balance(recipient) == 15_000
+    env.app[DISPATCHER].wake()
+    texts = await env.wait_texts(recipient, receipts_before + 1)
+    assert "150.00" in texts[-1]
+    assert await env.bank.transfers(recipient) == 1
+    channel = await env.bank.pool.fetchval(
+        "SELECT channel FROM transfers WHERE credit_party = $1", recipient
+    )
+    assert channel == "sms"
+
+    # The same MO processed again (a crash after the money, a lease taken over): the money does
+    # not move again and the reply is not sent twice.
+    (row,) = await all_processed(env, sender, 1)
+    mo = await env.bank.pool.fetchrow("SELECT * FROM sms_messages WHERE id = $1", row["id"])
+    submits_before = len(await env.peer.submits())
+    await banking(env).handle(
+        InboundSms(
+            id=int(mo["id"]),
+            msisdn=sender,
+            short_code=mo["short_code"],
+            text=f"SEND {local(recipient)} 150 {PIN}",
+            smsc=mo["smsc"],
+            received_at=mo["created_at"],
+            parts=1,
+            complete=True,
+            attempt=2,
+        )
+    )
+    assert await env.bank.transfers(recipient) == 1
+    assert await env.bank.balance(recipient) == 15_000
+    replies = await env.bank.pool.fetchval(
+        "SELECT count(*) FROM sms_messages WHERE direction = 'mt' AND ref = $1", f"mo:{mo['id']}"
+    )
+    assert replies == 1
+    assert [
+        s for s in (await env.peer.submits())[submits_before:] if s["dest"] == digits(sender)
+    ] == []
+
+
+async def test_redelivered_mo_moves_money_once(env: SmsEnv) -> None:
+    sender = await env.bank.open(balance_minor=100_000)
+    recipient = await env.bank.open()
+    text = f"SEND {local(recipient)} 70 {PIN}"
+    await env.mo(sender, text)
+    await env.mo(sender, text)  # the SMSC delivers the same MO again (no resp seen)
+    await eventually(lambda: env.bank.balance(recipient), lambda b: b == 7_000)
+    await eventually(
+        lambda: mo_rows(env, sender),
+        lambda rows: rows and all(r["status"] in ("processed", "failed") for r in rows),
+    )
+    assert await env.bank.transfers(recipient) == 1
+    assert await env.bank.balance(recipient) == 7_000
+
+
+# --- languages --------------------------------------------------------------------------------
+
+
+async def test_lang_then_replies_in_the_new_language(env: SmsEnv) -> None:
+    me = await env.bank.open(balance_minor=20_000)
+    assert await env.ask(me, "lang SW") == "Sasa utapokea ujumbe kwa Kiswahili."
+    assert await env.ask(me, f"BAL {PIN}") == "Salio lako ni KES 200.00."
+    assert "Majaribio 2" in await env.ask(me, f"BAL {WRONG}")
+    assert await env.ask(me, "LANG fr") == "Vous recevrez désormais les messages en français."
+    assert await env.ask(me, f"bal {PIN}") == "Votre solde est de KES 200.00."
+    assert await env.ask(me, "LANG en") == "You will now get messages in English."
+    assert (
+        await env.bank.pool.fetchval("SELECT language FROM customers WHERE msisdn=$1", me) == "en"
+    )
+
+
+# --- the rate limit ---------------------------------------------------------------------------
+
+
+async def test_rate_limit_notice_once_then_silence(env: SmsEnv) -> None:
+    me = await env.bank.open()  # no deposit: no receipt among the texts counted here
+    limit = env.settings.sms_rate_per_minute
+    assert limit == 10
+    # Distinct texts: identical ones within SMS_DEDUPE_WINDOW_S count as one redelivered MO.
+    variants = [
+        "".join(c.upper() if i >> n & 1 else c for n, c in enumerate("help")) for i in range(16)
+    ]
+    for variant in variants[:limit]:
+        await env.mo(me, variant)
+    await env.wait_texts(me, limit)
+    await env.mo(me, f"BAL {WRONG}")  # over the limit: not executed, so no PIN failure
+    await env.mo(me, f"bal {WRONG}")
+    await env.mo(me, variants[limit])
+    await all_processed(env, me, limit + 3)
+    texts = await env.texts(me)
+    assert len(texts) == limit + 1
+    assert texts[-1] == "Too many messages. Please wait a minute before sending another."
+    failures = await env.bank.pool.fetchval(
+        "SELECT pin_failures FROM customers WHERE msisdn = $1", me
+    )
+    assert failures == 0
+    # A new window starts when the old one ends.
+    redis: Redis = env.app[REDIS]
+    await redis.delete(banking(env).limiter.key(me))
+    assert await env.ask(me, f"BAL {PIN}") == "Your balance is KES 0.00."
+
+
+# --- the YES confirmation dialog --------------------------------------------------------------
+
+
+async def test_send_with_confirmation(env: SmsEnv, confirm_on: SmsBanking) -> None:
+    sender = await env.bank.open(balance_minor=100_000)
+    recipient = await env.bank.open(first_name="Neema", last_name="Ali")
+    prompt = await env.ask(sender, f"SEND {local(recipient)} 200 {PIN}")
+    assert prompt.startswith(f"Send KES 200.00 to Neema Ali {recipient}? Fee "), prompt
+    assert "Reply YES " in prompt and "within 5 minutes" in prompt
+    code = prompt.split("Reply YES ")[1].split()[0]
+    assert len(code) == 5
+    assert await env.bank.transfers(recipient) == 0
+
+    assert "not right" in await env.ask(sender, "YES ZZZZZ")
+    assert await env.bank.transfers(recipient) == 0
+    reply = await env.ask(sender, f"yes {code.lower()}")
+    assert "Confirmed. KES 200.00 sent to Neema Ali" in reply, reply
+    assert await env.bank.balance(recipient) == 20_000
+    # The code is spent: a second YES moves nothing.
+    assert "No transfer is waiting" in await env.ask(sender, f"YES {code.upper()}")
+    assert await env.bank.transfers(recipient) == 1
+    rows = await mo_rows(env, sender)
+    assert all(code not in str(r["body"]) and PIN not in str(r["body"]) for r in rows)
+
+
+async def test_a_new_send_replaces_the_pending_one(env: SmsEnv, confirm_on: SmsBanking) -> None:
+    sender = await env.bank.open(balance_minor=100_000)
+    first, second = await env.bank.open(), await env.bank.open()
+    code1 = (await env.ask(sender, f"SEND {local(first)} 100 {PIN}")).split("Reply YES ")[1][:5]
+    code2 = (await env.ask(sender, f"SEND {local(second)} 300 {PIN}")).split("Reply YES ")[1][:5]
+    if code1 != code2:
+        assert "not right" in await env.ask(sender, f"YES {code1}")
+    assert "KES 300.00 sent" in await env.ask(sender, f"YES {code2}")
+    assert await env.bank.balance(first) == 0 and await env.bank.balance(second) == 30_000
+
+
+async def test_three_wrong_codes_cancel(env: SmsEnv, confirm_on: SmsBanking) -> None:
+    sender = await env.bank.open(balance_minor=100_000)
+    recipient = await env.bank.open()
+    code = (await env.ask(sender, f"SEND {local(recipient)} 100 {PIN}")).split("Reply YES ")[1][:5]
+    wrong = "22222" if code != "22222" else "33333"
+    assert "not right" in await env.ask(sender, f"YES {wrong}")
+    assert "not right" in await env.ask(sender, f"yes {wrong}")
+    assert "cancelled" in await env.ask(sender, f"Yes {wrong}")
+    assert "No transfer is waiting" in await env.ask(sender, f"YES {code}")
+    assert await env.bank.balance(recipient) == 0
+
+
+async def test_expired_confirmation_moves_nothing(env: SmsEnv, confirm_on: SmsBanking) -> None:
+    sender = await env.bank.open(balance_minor=100_000)
+    recipient = await env.bank.open()
+    code = (await env.ask(sender, f"SEND {local(recipient)} 100 {PIN}")).split("Reply YES ")[1][:5]
+    redis: Redis = env.app[REDIS]
+    key = confirm_on.confirmations.store.key("sms-send", sender)
+    assert await redis.pttl(key) > 0  # the dialog has a TTL ...
+    await redis.pexpire(key, 1)  # ... and here it runs out
+    await eventually(lambda: redis.exists(key), lambda n: n == 0)
+    confirm_on.confirmations.store.forget(key)
+    assert "No transfer is waiting" in await env.ask(sender, f"YES {code}")
+    assert await env.bank.balance(recipient) == 0
+
+
+async def test_wrong_pin_in_a_confirmed_send_asks_nothing(
+    env: SmsEnv, confirm_on: SmsBanking
+) -> None:
+    sender = await env.bank.open(balance_minor=100_000)
+    recipient = await env.bank.open()
+    reply = await env.ask(sender, f"SEND {local(recipient)} 100 {WRONG}")
+    assert "2 attempts left" in reply and "YES" not in reply
+    assert "No transfer is waiting" in await env.ask(sender, "YES ABCDE")
+
+
+def test_digits() -> None:
+    assert digits("+254700000001") == "254700000001"
+
+
+# --- temporary failures -----------------------------------------------------------------------
+
+
+class Replies:
+    """A ReplySender that keeps what it was asked to send (the SMPP path is tested above)."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, str, str | None]] = []
+
+    async def send_text(
+        self,
+        recipient: str,
+        text: str,
+        *,
+        ref: str | None = None,
+        sensitive: bool = False,
+        first_attempt: bool = False,
+    ) -> str:
+        self.sent.append((recipient, text, ref))
+        return f"id{len(self.sent)}"
+
+
+def inbound(msisdn: str, text: str, mo_id: int, attempt: int = 1) -> InboundSms:
+    return InboundSms(
+        id=mo_id,
+        msisdn=msisdn,
+        short_code="12345",
+        text=text,
+        smsc="test",
+        received_at=datetime.now(UTC),
+        parts=1,
+        complete=True,
+        attempt=attempt,
+    )
+
+
+async def test_database_down_is_temporary_and_the_retry_answers(
+    env: SmsEnv, settings: Settings
+) -> None:
+    live = banking(env)
+    me = await env.bank.open(balance_minor=30_000)
+    recipient = await env.bank.open()
+    dead_pool = await asyncpg.create_pool(settings.database_url, min_size=0, max_size=1)
+    await dead_pool.close()
+    replies = Replies()
+    down = SmsBanking(
+        replies,
+        core=replace(live.core, pool=dead_pool),
+        loans=live.loans,
+        limiter=live.limiter,
+        confirmations=live.confirmations,
+    )
+    mo_id = 10**12 + secrets.randbelow(10**9)  # an id no stored MO has
+    text = f"SEND {local(recipient)} 40 {PIN}"
+    with pytest.raises(RetryLater):
+        await down.handle(inbound(me, text, mo_id))
+    assert replies.sent == [
+        (
+            me,
+            "The service is temporarily unavailable. We will answer your message when it is back.",
+            f"mo:{mo_id}:unavailable",
+        )
+    ]
+    assert await env.bank.balance(recipient) == 0
+    # The channel retries the MO later; with the database back it runs once and answers.
+    up = SmsBanking(
+        replies,
+        core=live.core,
+        loans=live.loans,
+        limiter=live.limiter,
+        confirmations=live.confirmations,
+    )
+    await up.handle(inbound(me, text, mo_id, attempt=2))
+    await up.handle(inbound(me, text, mo_id, attempt=3))  # and again: the money moves once
+    assert await env.bank.balance(recipient) == 4_000
+    assert await env.bank.transfers(recipient) == 1
+    assert "KES 40.00 sent" in replies.sent[1][1] and replies.sent[1][2] == f"mo:{mo_id}"
+
+
+async def test_redis_down_is_temporary(env: SmsEnv, own_redis: RedisProcess) -> None:
+    live = banking(env)
+    me = await env.bank.open()
+    client = make_redis(own_redis.url)
+    own_redis.stop()
+    replies = Replies()
+    down = SmsBanking(
+        replies,
+        core=live.core,
+        loans=live.loans,
+        limiter=RateLimiter(client, "x:", 10),
+        confirmations=live.confirmations,
+    )
+    try:
+        with pytest.raises(RetryLater):
+            await down.handle(inbound(me, f"BAL {PIN}", 10**12 + secrets.randbelow(10**9)))
+    finally:
+        await client.aclose()
+    assert [text for _, text, _ in replies.sent] == [
+        "The service is temporarily unavailable. We will answer your message when it is back."
+    ]

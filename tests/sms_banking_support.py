@@ -1,0 +1,142 @@
+"""Test support for SMS banking: a running gateway with the real banking core, the USSD menus and
+the SMS channel bound to a test SMSC (tests/smsc_peer.py), and helpers that send MOs as a phone
+would and read back the texts the SMSC received for a number (multi-part texts joined)."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from channels.sms.encoding import decode_payload, parse_udh
+from config.settings import Settings
+from core.fees import seed_demo_tariffs
+from gateway.app import create_app
+from gateway.keys import CIPHER, MENU_BINDINGS, PG_POOL, SENDERS, SMS_CHANNEL
+from gateway.sms import sms_channel
+from tests.conftest import running_app
+from tests.sms_helpers import bind_for, eventually
+from tests.smsc_peer import SmscPeer
+from tests.ussd_support import Bank, CallCounter, UssdEnv
+
+
+def digits(msisdn: str) -> str:
+    return msisdn.lstrip("+")
+
+
+def texts_from(submits: list[dict[str, Any]]) -> list[str]:
+    """The accepted texts in arrival order, concatenated parts joined by their UDH reference."""
+    out: list[str] = []
+    pending: dict[int, dict[int, str]] = {}
+    for record in submits:
+        if record["status"] != 0:
+            continue
+        payload, concat = bytes.fromhex(record["hex"]), None
+        if record["esm_class"] & 0x40:
+            payload, concat = parse_udh(payload)
+        text, _ = decode_payload(payload, record["data_coding"])
+        if concat is None:
+            out.append(text)
+            continue
+        parts = pending.setdefault(concat.ref, {})
+        parts[concat.seq] = text
+        if len(parts) == concat.total:
+            out.append("".join(parts[i] for i in sorted(parts)))
+            del pending[concat.ref]
+    return out
+
+
+@dataclass
+class SmsEnv(UssdEnv):
+    peer: SmscPeer = None  # type: ignore[assignment]
+
+    async def texts(self, msisdn: str) -> list[str]:
+        return texts_from([s for s in await self.peer.submits() if s["dest"] == digits(msisdn)])
+
+    async def wait_texts(self, msisdn: str, count: int, timeout_s: float = 15.0) -> list[str]:
+        async def probe() -> list[str]:
+            return await self.texts(msisdn)
+
+        return await eventually(probe, lambda t: len(t) >= count, timeout_s)
+
+    async def mo(self, msisdn: str, text: str) -> None:
+        await self.peer.mo(source=digits(msisdn), text=text)
+
+    async def ask(self, msisdn: str, text: str, timeout_s: float = 15.0) -> str:
+        """Send one MO and return the reply to it (the MT sent with ref "mo:{MO id}"), once the
+        SMSC has it. Receipts from the outbox may come in between; they are not the reply."""
+        pool = self.bank.pool
+        last = await pool.fetchval(
+            "SELECT coalesce(max(id), 0) FROM sms_messages WHERE direction = 'mo' AND msisdn = $1",
+            msisdn,
+        )
+        await self.mo(msisdn, text)
+
+        async def reply() -> Any:
+            return await pool.fetchrow(
+                "SELECT t.body, t.status FROM sms_messages m JOIN sms_messages t "
+                "ON t.direction = 'mt' AND t.ref = 'mo:' || m.id "
+                "WHERE m.direction = 'mo' AND m.msisdn = $1 AND m.id > $2 ORDER BY m.id LIMIT 1",
+                msisdn,
+                last,
+            )
+
+        row = await eventually(reply, lambda r: r is not None, timeout_s)
+        assert row["status"] != "failed", row
+        body = str(row["body"])
+        await eventually(lambda: self.texts(msisdn), lambda texts: body in texts, timeout_s)
+        return body
+
+
+async def start_sms_env(
+    settings: Settings,
+    peer: SmscPeer,
+    *,
+    others: tuple[web.Application, ...] = (),
+    **overrides: Any,
+) -> AsyncIterator[SmsEnv]:
+    """The gateway with SMS banking on `peer`. `others`: apps of the same run (the session's
+    admin app) whose outbox dispatchers would race this one for "sms" rows and send them to the
+    log; their "sms" sender is set aside while this env runs."""
+    set_aside = [(other, other[SENDERS].pop("sms", None)) for other in others]
+    try:
+        async for env in _sms_env(settings, peer, **overrides):
+            yield env
+    finally:
+        for other, sender in set_aside:
+            if sender is not None:
+                other[SENDERS]["sms"] = sender
+
+
+async def _sms_env(settings: Settings, peer: SmscPeer, **overrides: Any) -> AsyncIterator[SmsEnv]:
+    overrides.setdefault("login_rate_per_minute", 100_000)
+    configured = replace(settings, smpp_binds=(bind_for(peer, tps=200),), **overrides)
+    app = create_app(configured, run_migrations=False, start_channels=False)
+    app.cleanup_ctx.append(sms_channel)
+    async with running_app(app) as client:
+        assert await app[SMS_CHANNEL].sessions[0].wait_bound(10)
+        pool = app[PG_POOL]
+        if not await pool.fetchval("SELECT EXISTS (SELECT 1 FROM tariffs WHERE currency = 'KES')"):
+            await seed_demo_tariffs(pool, "KES")
+        counter = CallCounter()
+        counter.wrap(app[MENU_BINDINGS])
+        yield SmsEnv(client, Bank(pool, app[CIPHER]), counter, configured, peer)
+
+
+@pytest.fixture(scope="module")
+async def peer(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[SmscPeer]:
+    smsc = SmscPeer(Path(tmp_path_factory.mktemp("smsc")))
+    await smsc.start()
+    try:
+        yield smsc
+    finally:
+        await smsc.close()
+
+
+def code() -> str:
+    return secrets.token_hex(3)
