@@ -315,6 +315,8 @@ async def test_loan_movements_cannot_be_reversed_by_the_core(
     )
     assert undone.kind == "reversal"
     assert await balance(core_db, alice, cur) == 150_00
+
+
 async def test_loan_transfers_are_not_reversible(
     core_db: asyncpg.Pool, cipher: FieldCipher
 ) -> None:
