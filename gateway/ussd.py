@@ -46,20 +46,12 @@ from menus.session import RedisSessionStore
 
 GC_GEN0_THRESHOLD = 20_000  # Python's default is 700 allocations
 SESSION_REDIS_CONNECT_TIMEOUT_S = 2.0
-SESSION_REDIS_MAX_CONNECTIONS = 256
 
 
 def session_redis(url: str) -> Redis:
-    """The session store's connection settings (the store opens its own connections from
-    them). No `socket_timeout`: the store bounds each call with one `asyncio.timeout` (redis-py
-    would add an `asyncio.wait_for`, a task, to every write)."""
-    return Redis.from_url(
-        url,
-        socket_timeout=None,
-        socket_connect_timeout=SESSION_REDIS_CONNECT_TIMEOUT_S,
-        max_connections=SESSION_REDIS_MAX_CONNECTIONS,
-        health_check_interval=30,
-    )
+    """The session store's connection settings: the store opens its own pipelined connection
+    from them (`menus.redis_link`) and bounds each call itself."""
+    return Redis.from_url(url, socket_connect_timeout=SESSION_REDIS_CONNECT_TIMEOUT_S)
 
 
 async def _freeze_startup_objects(app: web.Application) -> None:
@@ -135,9 +127,7 @@ async def _ussd(app: web.Application) -> AsyncIterator[None]:
     steps = StepLog(app[PG_POOL])
     steps.start()
     sessions = session_redis(app[ENDPOINTS].redis_url)
-    store = RedisSessionStore(
-        sessions, settings.redis_prefix, max_connections=SESSION_REDIS_MAX_CONNECTIONS
-    )
+    store = RedisSessionStore(sessions, settings.redis_prefix)
     service = UssdService(
         registry,
         engine,

@@ -5,7 +5,8 @@ it succeeds only if the stored version is the one the writer read (or, for a new
 there is none), and otherwise hands back what is stored, so a conflict costs no extra read.
 Because each instance keeps the records it last wrote in a small bounded cache, a navigation
 step usually costs exactly one Redis round trip (the CAS) and a cache miss costs two (GET, CAS).
-A stale cache entry is harmless: its CAS fails and returns the current record.
+A stale cache entry is harmless: its CAS fails and returns the current record. The commands go
+over one pipelined connection (`menus.redis_link`): every concurrent step shares it.
 
 The cache is an optimisation, never a source of truth: the version check in Redis decides.
 Keys carry a hash tag (`{provider:session}`) so they live in one slot on Redis Cluster.
@@ -19,19 +20,19 @@ import json
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any, Protocol, cast
+from typing import Any, Protocol
 
 from redis.asyncio import Redis
-from redis.asyncio.connection import Connection
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import MaxConnectionsError, NoScriptError
+from redis.exceptions import NoScriptError
 
+from menus.redis_link import RedisLink, pack
 from menus.schema import BEGIN
+
+__all__ = ["pack"]  # re-exported: the store's RESP encoder (tests compare it with redis-py's)
 
 CACHE_ENTRIES = 20_000
 MAX_HISTORY = 20
 IO_TIMEOUT_S = 2.0  # one Redis call of the store (a USSD step has ~10 s in all)
-MAX_CONNECTIONS = 256  # the store's own connections to Redis (commands in flight at once)
 
 # KEYS[1] = session key; ARGV = expected version ('' = must not exist), new value, ttl in ms.
 # Returns 1 on success, else the stored value (nil when there is none).
@@ -185,16 +186,6 @@ class SessionStore(Protocol):
         ...
 
 
-def pack(args: tuple[str | int, ...]) -> bytes:
-    """One command in RESP, as redis-py's `pack_command` writes it for str and int arguments
-    (at half its cost: it also handles memoryviews, floats and large-value chunking)."""
-    out = [b"*%d\r\n" % len(args)]
-    for arg in args:
-        data = str(arg).encode()
-        out.append(b"$%d\r\n%s\r\n" % (len(data), data))
-    return b"".join(out)
-
-
 def _decode(value: bytes | str | None) -> Versioned | None:
     if value is None:
         return None
@@ -206,15 +197,12 @@ def _decode(value: bytes | str | None) -> Versioned | None:
 class RedisSessionStore:
     """Sessions in Redis: one CAS script per write, a bounded local cache of own writes.
 
-    Commands go over the store's own connections (made from `redis`'s connection settings,
-    at most `max_connections`), one command and its answer at a time on each, not through
-    redis-py's `execute_command`: its pool takes a lock, checks the socket for stray data and
-    records observability counters around every command, which cost more client CPU per
-    navigation step than the store's own work. A connection that fails or is cancelled
-    mid-command closes itself (redis-py's `Connection` does) and reconnects on its next use; a
-    command on a reused connection that finds it dead (Redis restarted) is sent once more on a
-    new one. Each call is bounded by one `asyncio.timeout` (`io_timeout_s`); give it a client
-    without `socket_timeout` (with one, redis-py wraps every write in `asyncio.wait_for`)."""
+    Commands go over the store's own pipelined connection (`RedisLink`, made from `redis`'s
+    connection settings), not through redis-py's `execute_command`: its pool, its lock and its
+    StreamReader-based reads cost more client CPU per navigation step than the store's own
+    work. Each call is bounded by one `asyncio.timeout` (`io_timeout_s`); a call that times out
+    leaves the connection usable (its late answer is dropped), a lost connection fails the
+    calls in flight and the next call connects again."""
 
     def __init__(
         self,
@@ -222,7 +210,6 @@ class RedisSessionStore:
         prefix: str,
         cache_entries: int = CACHE_ENTRIES,
         io_timeout_s: float = IO_TIMEOUT_S,
-        max_connections: int = MAX_CONNECTIONS,
     ) -> None:
         self.redis = redis
         self.prefix = prefix
@@ -230,9 +217,7 @@ class RedisSessionStore:
         self._sha = hashlib.sha1(CAS_SCRIPT.encode()).hexdigest()  # noqa: S324 - Redis's script id
         self._cache: OrderedDict[str, tuple[float, Versioned]] = OrderedDict()
         self._cache_entries = cache_entries
-        self._idle: list[Connection] = []
-        self._connections: list[Connection] = []
-        self._max_connections = max_connections
+        self.link = RedisLink(redis, connect_timeout_s=io_timeout_s)
 
     def key(self, namespace: str, session_id: str) -> str:
         return f"{self.prefix}ussd:{{{namespace}:{session_id}}}"
@@ -298,37 +283,11 @@ class RedisSessionStore:
 
     async def _command(self, *args: str | int) -> Any:
         """Send one command and read its answer (errors from Redis raise, as in redis-py)."""
-        conn = self._idle.pop() if self._idle else self._new_connection()
-        try:
-            reused = conn.is_connected
-            try:
-                return await self._exchange(conn, args)
-            except (RedisConnectionError, OSError):
-                if not reused:
-                    raise
-                # The connection closed itself; Redis may have restarted: once more, anew.
-                return await self._exchange(conn, args)
-        finally:
-            self._idle.append(conn)
-
-    @staticmethod
-    async def _exchange(conn: Connection, args: tuple[str | int, ...]) -> Any:
-        await conn.send_packed_command(pack(args))
-        return await conn.read_response()
-
-    def _new_connection(self) -> Connection:
-        if len(self._connections) >= self._max_connections:
-            raise MaxConnectionsError("Too many session store connections")
-        pool = self.redis.connection_pool
-        conn = cast(Connection, pool.connection_class(**pool.connection_kwargs))
-        self._connections.append(conn)
-        return conn
+        return await self.link.command(*args)
 
     async def aclose(self) -> None:
-        """Close the store's connections (the client passed in is the caller's to close)."""
-        connections, self._connections, self._idle = self._connections, [], []
-        for conn in connections:
-            await conn.disconnect()
+        """Close the store's connection (the client passed in is the caller's to close)."""
+        await self.link.aclose()
 
 
 class MemorySessionStore:

@@ -10,11 +10,12 @@ from typing import Any
 
 import pytest
 from redis.asyncio import Redis
-from redis.exceptions import MaxConnectionsError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
 
 from gateway.app import make_redis
 from gateway.keys import USSD_SERVICE
-from menus.session import RedisSessionStore
+from menus.session import RedisSessionStore, Versioned
 from tests.ussd_support import PIN, RedisProcess, UssdEnv, own_redis, ussd
 
 __all__ = ["own_redis", "ussd"]
@@ -61,15 +62,15 @@ async def test_the_script_loads_itself_on_a_fresh_server(own_redis: RedisProcess
 
 
 class Counter:
-    """Every command the store sends (each is one round trip on one of its connections)."""
+    """Every command the store sends (each is one round trip on its connection)."""
 
     def __init__(self, store: RedisSessionStore) -> None:
         self.commands: list[str] = []
-        self.original = store._exchange
+        self.original = store._command
 
-    async def __call__(self, conn: Any, args: tuple[Any, ...]) -> Any:
+    async def __call__(self, *args: Any) -> Any:
         self.commands.append(str(args[0]))
-        return await self.original(conn, args)
+        return await self.original(*args)
 
 
 @pytest.fixture
@@ -77,11 +78,11 @@ def counted(ussd: UssdEnv) -> Iterator[Counter]:
     store = ussd.app[USSD_SERVICE].store
     assert isinstance(store, RedisSessionStore)
     counter = Counter(store)
-    store._exchange = counter  # type: ignore[method-assign]
+    store._command = counter  # type: ignore[method-assign]
     try:
         yield counter
     finally:
-        del store._exchange
+        del store._command
 
 
 async def test_a_navigation_step_is_one_redis_round_trip(ussd: UssdEnv, counted: Counter) -> None:
@@ -116,7 +117,7 @@ async def test_a_command_cut_off_by_its_timeout_leaves_no_answer_behind(
     """A command cancelled while Redis has not answered must not leave its late answer on a
     connection that the next command reads (it would get the wrong record)."""
     client = make_redis(own_redis.url)
-    store = RedisSessionStore(client, "t:", io_timeout_s=0.3, max_connections=1)
+    store = RedisSessionStore(client, "t:", io_timeout_s=0.3)
     try:
         first, second = store.key("unit", "a"), store.key("unit", "b")
         assert await store.save(first, None, '{"who":"a"}', 60) == (True, None)
@@ -150,19 +151,69 @@ async def test_a_restarted_redis_is_reached_without_an_error(own_redis: RedisPro
         await client.aclose()
 
 
-async def test_the_store_opens_at_most_its_connections(own_redis: RedisProcess) -> None:
+async def test_concurrent_steps_share_one_pipelined_connection(own_redis: RedisProcess) -> None:
+    """Commands from many concurrent steps go over one connection, each caller gets its own
+    answer (Redis answers in order), and Redis sees one client for the store."""
     client = make_redis(own_redis.url)
-    store = RedisSessionStore(client, "t:", max_connections=2)
+    store = RedisSessionStore(client, "t:")
     try:
-        await client.execute_command("CLIENT", "PAUSE", "300", "WRITE")
-        keys = [store.key("unit", f"m{i}") for i in range(3)]
+        keys = [store.key("unit", f"m{i}") for i in range(200)]
         results = await asyncio.gather(
-            *(store.save(k, None, "{}", 60) for k in keys), return_exceptions=True
+            *(store.save(k, None, f'{{"i":{i}}}', 60) for i, k in enumerate(keys))
         )
-        refused = [r for r in results if isinstance(r, MaxConnectionsError)]
-        assert len(refused) == 1 and results.count((True, None)) == 2
-        assert len(store._connections) == 2
-        assert await store.save(keys[2], None, "{}", 60) == (True, None)  # a free one again
+        assert results == [(True, None)] * 200
+        store._cache.clear()
+        loaded = await asyncio.gather(*(store.load(k) for k in keys))
+        assert [v.raw if v else None for v in loaded] == [f'{{"i":{i}}}' for i in range(200)]
+        assert store.link.connects == 1
+        clients = await client.execute_command("CLIENT", "LIST")
+        text = clients.decode() if isinstance(clients, bytes) else str(clients)
+        assert len(text.strip().splitlines()) == 2  # the store's link and this test's client
+    finally:
+        await store.aclose()
+        await client.aclose()
+
+
+async def test_an_error_reply_raises_and_leaves_the_connection_in_step(
+    own_redis: RedisProcess,
+) -> None:
+    """A command Redis refuses raises redis-py's ResponseError for its caller only; the
+    commands around it still get their own answers."""
+    client = make_redis(own_redis.url)
+    store = RedisSessionStore(client, "t:")
+    try:
+        await client.set("t:plain", "x")
+        key = store.key("unit", "e")
+        assert await store.save(key, None, "{}", 60) == (True, None)  # loads the script
+        outcomes = await asyncio.gather(
+            store.save(key, 1, '{"n":2}', 60),
+            store._command("HGET", "t:plain", "field"),  # WRONGTYPE
+            store.load(key),  # sent after the CAS on the same connection: sees its write
+            return_exceptions=True,
+        )
+        assert outcomes[0] == (True, None)
+        assert isinstance(outcomes[1], ResponseError) and "WRONGTYPE" in str(outcomes[1])
+        assert isinstance(outcomes[2], Versioned)
+        assert (outcomes[2].version, outcomes[2].raw) == (2, '{"n":2}')
+        assert store.link.connects == 1
+    finally:
+        await store.aclose()
+        await client.aclose()
+
+
+async def test_redis_down_is_a_connection_error_not_a_hang(own_redis: RedisProcess) -> None:
+    client = make_redis(own_redis.url)
+    store = RedisSessionStore(client, "t:", io_timeout_s=1.0)
+    try:
+        key = store.key("unit", "d")
+        assert await store.save(key, None, "{}", 60) == (True, None)
+        own_redis.stop()
+        with pytest.raises(RedisConnectionError):
+            await store.load(key)
+        with pytest.raises(RedisConnectionError):  # and again: no stale state left behind
+            await store.save(key, 1, "{}", 60)
+        own_redis.start()
+        assert await store.save(key, None, '{"back":1}', 60) == (True, None)
     finally:
         await store.aclose()
         await client.aclose()
