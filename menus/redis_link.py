@@ -10,8 +10,11 @@ event-loop turn leave in one `send()`, and replies are parsed in `data_received`
 C reader (the parser redis-py itself uses when hiredis is installed) and handed to the waiting
 futures first-in first-out.
 
-A caller that gives up (its timeout, a cancelled step) leaves its future in the queue: the late
-reply is read and dropped there, so the next command never gets another's answer. A lost
+Each command has a deadline (`timeout_s`): rather than a timer per command, one sweep a quarter
+of a second apart, while commands are in flight, fails those past it with TimeoutError (so a
+command gives up between `timeout_s` and `timeout_s` + 0.25 s). A caller that gives up (its
+deadline, a cancelled step) leaves its future in the queue: the late reply is read and dropped
+there, so the next command never gets another's answer. A lost
 connection fails every command in flight with redis-py's ConnectionError; the next command
 connects again. Connection settings (host and port or unix socket, TLS, username, password,
 database) are the ones of the redis-py client the store is given.
@@ -31,6 +34,7 @@ from redis.exceptions import AuthenticationError, NoScriptError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 MAX_IN_FLIGHT = 10_000  # commands waiting on one connection; more means Redis is stuck
+SWEEP_S = 0.25  # how often commands in flight are checked against their deadline
 
 
 def pack(args: tuple[str | int, ...]) -> bytes:
@@ -57,12 +61,15 @@ def _raise_for(error: _ReplyError) -> None:
 
 
 class _Protocol(asyncio.Protocol):
-    def __init__(self) -> None:
+    def __init__(self, timeout_s: float) -> None:
+        self.timeout_s = timeout_s
         self.transport: asyncio.Transport | None = None
         self.reader = hiredis.Reader(replyError=_ReplyError)
-        self.waiting: collections.deque[asyncio.Future[Any]] = collections.deque()
+        # (future, deadline) in the order the commands were written
+        self.waiting: collections.deque[tuple[asyncio.Future[Any], float]] = collections.deque()
         self.out: list[bytes] = []
         self.lost: Exception | None = None
+        self._sweeping: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -85,7 +92,7 @@ class _Protocol(asyncio.Protocol):
                 if self.transport is not None:
                     self.transport.abort()
                 return
-            future = waiting.popleft()
+            future, _ = waiting.popleft()
             if not future.done():  # a caller that gave up: its late answer is dropped here
                 future.set_result(reply)
 
@@ -95,9 +102,25 @@ class _Protocol(asyncio.Protocol):
     def _fail(self, error: Exception) -> None:
         self.lost = error
         waiting, self.waiting = self.waiting, collections.deque()
-        for future in waiting:
+        for future, _ in waiting:
             if not future.done():
                 future.set_exception(error)
+        if self._sweeping is not None:
+            self._sweeping.cancel()
+            self._sweeping = None
+
+    def _sweep(self) -> None:
+        self._sweeping = None
+        if not self.waiting:
+            return
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        for future, deadline in self.waiting:  # deadlines grow along the queue
+            if deadline > now:
+                break
+            if not future.done():
+                future.set_exception(TimeoutError("Redis did not answer in time"))
+        self._sweeping = loop.call_later(SWEEP_S, self._sweep)
 
     def flush(self) -> None:
         out, self.out = self.out, []
@@ -111,7 +134,9 @@ class _Protocol(asyncio.Protocol):
             raise RedisConnectionError("Too many Redis commands in flight on one connection")
         loop = asyncio.get_running_loop()
         future = loop.create_future()
-        self.waiting.append(future)
+        self.waiting.append((future, loop.time() + self.timeout_s))
+        if self._sweeping is None:
+            self._sweeping = loop.call_later(SWEEP_S, self._sweep)
         if not self.out:  # the first command of this loop turn: flush at the turn's end
             loop.call_soon(self.flush)
         self.out.append(data)
@@ -132,17 +157,18 @@ def _ssl_context(kwargs: dict[str, Any]) -> ssl.SSLContext:
 class RedisLink:
     """A lazily (re)connected, pipelined connection made from a redis-py client's settings."""
 
-    def __init__(self, redis: Redis, connect_timeout_s: float = 2.0) -> None:
+    def __init__(self, redis: Redis, timeout_s: float = 2.0) -> None:
         pool = redis.connection_pool
         self._class = pool.connection_class
         self._kwargs = dict(pool.connection_kwargs)
-        self._connect_timeout_s = connect_timeout_s
+        self._timeout_s = timeout_s  # per command, and for connecting
         self._protocol: _Protocol | None = None
         self._connecting: asyncio.Future[_Protocol] | None = None
         self.connects = 0  # how many connections were opened (tests, diagnostics)
 
     async def command(self, *args: str | int) -> Any:
-        """Send one command and return its reply; an error reply raises redis-py's exception.
+        """Send one command and return its reply; an error reply raises redis-py's exception,
+        no reply within the timeout raises TimeoutError.
         A command sent on a connection made before this call that finds it closed (Redis
         restarted) is sent once more on a new connection."""
         protocol = self._protocol
@@ -178,23 +204,32 @@ class RedisLink:
     async def _open(self) -> _Protocol:
         loop = asyncio.get_running_loop()
         kwargs = self._kwargs
+
+        def make() -> _Protocol:
+            return _Protocol(self._timeout_s)
+
+        protocol: _Protocol | None = None
         try:
-            async with asyncio.timeout(self._connect_timeout_s):
+            async with asyncio.timeout(self._timeout_s):
                 if issubclass(self._class, UnixDomainSocketConnection):
-                    _, protocol = await loop.create_unix_connection(_Protocol, kwargs["path"])
+                    _, protocol = await loop.create_unix_connection(make, kwargs["path"])
                 else:
                     context = (
                         _ssl_context(kwargs) if issubclass(self._class, SSLConnection) else None
                     )
                     _, protocol = await loop.create_connection(
-                        _Protocol,
+                        make,
                         kwargs.get("host", "localhost"),
                         kwargs.get("port", 6379),
                         ssl=context,
                     )
                 await self._handshake(protocol)
-        except (OSError, TimeoutError) as exc:
-            raise RedisConnectionError(f"Cannot connect to Redis: {exc}") from exc
+        except BaseException as exc:
+            if protocol is not None and protocol.transport is not None:
+                protocol.transport.close()  # a refused AUTH, a handshake cut off by the timeout
+            if isinstance(exc, OSError | TimeoutError):
+                raise RedisConnectionError(f"Cannot connect to Redis: {exc}") from exc
+            raise
         self._protocol = protocol
         self.connects += 1
         return protocol
@@ -212,8 +247,6 @@ class RedisLink:
         for command in commands:
             reply = await protocol.send(pack(command))
             if isinstance(reply, _ReplyError):
-                if protocol.transport is not None:
-                    protocol.transport.close()
                 _raise_for(reply)
 
     async def aclose(self) -> None:

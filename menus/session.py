@@ -14,7 +14,6 @@ Keys carry a hash tag (`{provider:session}`) so they live in one slot on Redis C
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 import time
@@ -200,9 +199,9 @@ class RedisSessionStore:
     Commands go over the store's own pipelined connection (`RedisLink`, made from `redis`'s
     connection settings), not through redis-py's `execute_command`: its pool, its lock and its
     StreamReader-based reads cost more client CPU per navigation step than the store's own
-    work. Each call is bounded by one `asyncio.timeout` (`io_timeout_s`); a call that times out
-    leaves the connection usable (its late answer is dropped), a lost connection fails the
-    calls in flight and the next call connects again."""
+    work. Each call is bounded by `io_timeout_s` (TimeoutError; the link's deadline sweep, not
+    a timer per call); a call that times out leaves the connection usable (its late answer is
+    dropped), a lost connection fails the calls in flight and the next call connects again."""
 
     def __init__(
         self,
@@ -217,7 +216,7 @@ class RedisSessionStore:
         self._sha = hashlib.sha1(CAS_SCRIPT.encode()).hexdigest()  # noqa: S324 - Redis's script id
         self._cache: OrderedDict[str, tuple[float, Versioned]] = OrderedDict()
         self._cache_entries = cache_entries
-        self.link = RedisLink(redis, connect_timeout_s=io_timeout_s)
+        self.link = RedisLink(redis, timeout_s=io_timeout_s)
 
     def key(self, namespace: str, session_id: str) -> str:
         return f"{self.prefix}ussd:{{{namespace}:{session_id}}}"
@@ -245,8 +244,7 @@ class RedisSessionStore:
         self._cache.pop(key, None)
 
     async def load(self, key: str) -> Versioned | None:
-        async with asyncio.timeout(self.io_timeout_s):
-            return _decode(await self._command("GET", key))
+        return _decode(await self._command("GET", key))
 
     async def save(
         self,
@@ -260,8 +258,7 @@ class RedisSessionStore:
         value = f"{version}|{raw}"
         args = ("" if expected is None else str(expected), value, ttl_s * 1000)
         try:
-            async with asyncio.timeout(self.io_timeout_s):
-                result = await self._cas(key, args)
+            result = await self._cas(key, args)
         except BaseException:
             self.forget(key)
             raise

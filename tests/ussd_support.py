@@ -255,9 +255,10 @@ START_DEADLINE_S = 10.0
 
 
 class RedisProcess:
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, extra_args: tuple[str, ...] = ()) -> None:
         self.port = free_port()
         self.folder = folder
+        self.extra_args = extra_args
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -283,6 +284,7 @@ class RedisProcess:
                 "no",
                 "--dir",
                 str(self.folder),
+                *self.extra_args,
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,

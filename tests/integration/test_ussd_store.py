@@ -6,12 +6,13 @@ from __future__ import annotations
 import asyncio
 import secrets
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 from redis.asyncio import Redis
+from redis.exceptions import AuthenticationError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
 
 from gateway.app import make_redis
 from gateway.keys import USSD_SERVICE
@@ -217,3 +218,26 @@ async def test_redis_down_is_a_connection_error_not_a_hang(own_redis: RedisProce
     finally:
         await store.aclose()
         await client.aclose()
+
+
+async def test_a_unix_socket_a_password_and_a_database_number(tmp_path: Path) -> None:
+    """The link connects as the redis-py client it is given would: unix socket, AUTH, SELECT."""
+    socket = tmp_path / "r.sock"
+    server = RedisProcess(tmp_path, ("--unixsocket", str(socket), "--requirepass", "s3cret pass"))
+    server.start()
+    client = Redis.from_url(f"unix://:s3cret%20pass@{socket}?db=3")
+    store = RedisSessionStore(client, "t:")
+    wrong = RedisSessionStore(Redis.from_url(f"unix://:nope@{socket}?db=3"), "t:")
+    try:
+        key = store.key("unit", "u")
+        assert await store.save(key, None, '{"db":3}', 60) == (True, None)
+        assert await client.get(key) == b'1|{"db":3}'  # database 3, where the client points
+        await client.select(0)
+        assert await client.execute_command("GET", key) is None
+        with pytest.raises(AuthenticationError):
+            await wrong.load(key)
+    finally:
+        await store.aclose()
+        await wrong.aclose()
+        await client.aclose()
+        server.stop()
