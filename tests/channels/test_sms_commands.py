@@ -133,7 +133,7 @@ MASKING = [
     ("confirm code", "YES AB12", "YES ****"),
     ("malformed send", "SEND 0712345678 1234", "SEND 0712345678 ****"),
     ("short wrong pin", "BAL 123", "BAL ****"),
-    ("glued", "BAL1234", "BAL****"),
+    ("glued: one word with digits, masked whole", "BAL1234", MASK),
     ("unknown with pin", "my pin is 4321 ok", "my pin is **** ok"),
     ("malformed keeps the phone", "SEND 0712345678 500 97", "SEND 0712345678 **** ****"),
     ("short fragment", "BAL 12", "BAL ****"),
