@@ -21,6 +21,7 @@ from aiohttp import web
 from channels.sms.channel import ChannelTuning, SmppSender, SmsChannel, assemble_mo
 from channels.sms.dialogs import SendConfirmations
 from channels.sms.executor import RateLimiter, SmsBanking
+from channels.sms.registration import Registrations
 from core.crypto import derive_key
 from core.sms_messages import SmsMessageStore
 from gateway import db as dbmod
@@ -93,13 +94,13 @@ def banking(app: web.Application, channel: SmsChannel) -> SmsBanking:
         channel="sms",
     )
     loans = LoanActions(app[PG_POOL], app[LOANS], core) if LOANS in app else None
+    dialogs = RedisSessionStore(app[REDIS], settings.redis_prefix)
     return SmsBanking(
         channel,
         core=core,
         loans=loans,
         limiter=RateLimiter(app[REDIS], settings.redis_prefix, settings.sms_rate_per_minute),
-        confirmations=SendConfirmations(
-            RedisSessionStore(app[REDIS], settings.redis_prefix), settings.sms_dialog_ttl_s
-        ),
+        confirmations=SendConfirmations(dialogs, settings.sms_dialog_ttl_s),
+        registrations=Registrations(dialogs, app[CIPHER], settings.sms_dialog_ttl_s),
         confirm_send=settings.sms_send_confirm,
     )

@@ -232,26 +232,30 @@ class Registrations:
                 return result
         raise RuntimeError("the registration dialog kept changing under us")
 
-    async def start(self, msisdn: str, mo: int, language: str = "en") -> Step:
-        """A new dialog (replacing any other); the REG processed again keeps its dialog."""
+    async def start(self, msisdn: str, mo: int) -> tuple[Step, RegDialog]:
+        """A new dialog (replacing any other, in its language); the REG processed again keeps
+        its dialog."""
 
-        def change(dialog: RegDialog) -> tuple[Step, RegDialog | None]:
+        def change(dialog: RegDialog) -> tuple[tuple[Step, RegDialog], RegDialog | None]:
             if dialog.start_mo == mo and dialog.active:
-                return question(dialog), None
-            fresh = RegDialog(language=language, start_mo=mo, last_mo=mo)
+                return (question(dialog), dialog), None
+            fresh = RegDialog(language=dialog.language, start_mo=mo, last_mo=mo)
             fire("start", fresh)
-            return question(fresh), fresh
+            return (question(fresh), fresh), fresh
 
         return await self._change(msisdn, change)
 
-    async def answer(self, msisdn: str, text: str, mo: int) -> tuple[Step, RegDialog] | None:
-        """Apply an answer; None when no question is waiting (or `mo` is not the one that
-        confirmed a dialog now registering)."""
+    async def answer(
+        self, msisdn: str, text: str, mo: int, *, pin_only: bool = False
+    ) -> tuple[Step, RegDialog] | None:
+        """Apply an answer; None when no question is waiting for it (`pin_only`: `text` is an
+        answer only to a PIN question), or `mo` is not the one that confirmed a dialog now
+        registering."""
 
         def change(dialog: RegDialog) -> tuple[tuple[Step, RegDialog] | None, RegDialog | None]:
             if dialog.state == "registering" and dialog.final_mo == mo:
                 return (Step(register=True), dialog), None  # processed again: register again
-            if not dialog.active:
+            if not dialog.active or (pin_only and dialog.state not in PIN_STEPS):
                 return None, None
             if mo <= dialog.last_mo:
                 return (question(dialog), dialog), None  # an older MO, late: nothing changes
