@@ -28,7 +28,7 @@ from __future__ import annotations
 import hmac
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, TypeGuard, TypeVar
 
 from transitions import Machine
 
@@ -147,10 +147,14 @@ def pin_word(text: str) -> str | None:
     return words[0] if len(words) == 1 else None
 
 
+def is_pin(word: str | None) -> TypeGuard[str]:
+    """Four ASCII digits (the grammar's `\\d` alone would take other scripts' digits too)."""
+    return word is not None and word.isascii() and bool(_PIN.fullmatch(word))
+
+
 def is_pin_answer(text: str) -> bool:
     """A message shaped like an answer to a PIN question (any command word aside)."""
-    pin = pin_word(text)
-    return pin is not None and bool(_PIN.fullmatch(pin))
+    return is_pin(pin_word(text))
 
 
 def answer(dialog: RegDialog, text: str, cipher: FieldCipher) -> Step:
@@ -166,7 +170,7 @@ def answer(dialog: RegDialog, text: str, cipher: FieldCipher) -> Step:
         dialog.national_id = cipher.encrypt(words[0].upper())
     elif dialog.state == "pin":
         pin = pin_word(text)
-        if pin is None or not _PIN.fullmatch(pin):
+        if not is_pin(pin):
             return _wrong(dialog, "reg_bad_pin")
         try:
             check_pin_format(pin)
@@ -182,7 +186,7 @@ def answer(dialog: RegDialog, text: str, cipher: FieldCipher) -> Step:
 
 
 def _confirm(dialog: RegDialog, pin: str | None, cipher: FieldCipher) -> Step:
-    if pin is None or not _PIN.fullmatch(pin):
+    if not is_pin(pin):
         return _wrong(dialog, "reg_bad_confirm")
     if not hmac.compare_digest(cipher.decrypt(dialog.pin), pin):
         dialog.pin = ""
