@@ -6,7 +6,7 @@ answer), driven by one shared, model-less `transitions` machine:
 
     * --start--> name --next--> national_id --next--> pin --next--> pin_confirm
     pin_confirm --mismatch--> pin                      the two PINs differ
-    pin_confirm --confirm--> registering --finish--> registered
+    pin_confirm / pin --confirm--> registering --finish--> registered
     name / national_id / pin / pin_confirm / registering --end--> ended
                                                        STOP, a third wrong answer, a refusal
 
@@ -15,6 +15,13 @@ grammar's own checks (`commands.REGISTER_SPEC`, and `core.pins.check_pin_format`
 moves the dialog on or counts a wrong answer, and names the reply. It does no I/O, so the case
 table in tests/unit/test_sms_registration.py drives it directly. `Registrations` wraps it in
 the store's compare-and-set loop.
+
+After a mismatch the PIN the customer sent to confirm is kept as a candidate: a new PIN equal to
+it has been sent twice and registers at once. Without that, a customer whose first PIN had the
+typo would have to repeat the confirmation word for word ("YES 5930" twice), and the channel
+takes an identical text within `SMS_DEDUPE_SHORT_WINDOW_S` for the SMSC's redelivery and drops
+it. For the same reason the confirmation is asked as `YES <PIN>`, not the bare PIN again (a bare
+PIN is accepted too, when it gets through).
 
 The ID number and the PIN wait in the stored JSON encrypted with the gateway's field cipher (as
 USSD session secrets do) and are dropped when the dialog ends. Only the MO that confirmed the
@@ -64,6 +71,7 @@ class RegDialog(JsonDialog):
     last_name: str = ""
     national_id: str = ""  # encrypted
     pin: str = ""  # encrypted
+    candidate: str = ""  # encrypted: the PIN of a confirmation that did not match
     wrong: int = 0
     start_mo: int = 0  # the REG that started it: the registration's idempotency anchor
     last_mo: int = 0  # the newest MO applied
@@ -74,7 +82,7 @@ class RegDialog(JsonDialog):
         return self.state in STEPS
 
     def forget_secrets(self) -> None:
-        self.national_id = self.pin = ""
+        self.national_id = self.pin = self.candidate = ""
 
     def count_wrong(self) -> None:
         self.wrong += 1
@@ -92,7 +100,7 @@ REG_MACHINE = Machine(
         {"trigger": "next", "source": "national_id", "dest": "pin"},
         {"trigger": "next", "source": "pin", "dest": "pin_confirm"},
         {"trigger": "mismatch", "source": "pin_confirm", "dest": "pin", "before": "count_wrong"},
-        {"trigger": "confirm", "source": "pin_confirm", "dest": "registering"},
+        {"trigger": "confirm", "source": list(PIN_STEPS), "dest": "registering"},
         {
             "trigger": "finish",
             "source": "registering",
@@ -169,14 +177,7 @@ def answer(dialog: RegDialog, text: str, cipher: FieldCipher) -> Step:
             return _wrong(dialog, "reg_bad_id")
         dialog.national_id = cipher.encrypt(words[0].upper())
     elif dialog.state == "pin":
-        pin = pin_word(text)
-        if not is_pin(pin):
-            return _wrong(dialog, "reg_bad_pin")
-        try:
-            check_pin_format(pin)
-        except E.WeakPin:
-            return _wrong(dialog, "reg_weak_pin")
-        dialog.pin = cipher.encrypt(pin)
+        return _choose(dialog, pin_word(text), cipher)
     elif dialog.state == "pin_confirm":
         return _confirm(dialog, pin_word(text), cipher)
     else:
@@ -185,11 +186,27 @@ def answer(dialog: RegDialog, text: str, cipher: FieldCipher) -> Step:
     return question(dialog)
 
 
+def _choose(dialog: RegDialog, pin: str | None, cipher: FieldCipher) -> Step:
+    if not is_pin(pin):
+        return _wrong(dialog, "reg_bad_pin")
+    try:
+        check_pin_format(pin)
+    except E.WeakPin:
+        return _wrong(dialog, "reg_weak_pin")
+    dialog.pin = cipher.encrypt(pin)
+    candidate, dialog.candidate = dialog.candidate, ""
+    if candidate and hmac.compare_digest(cipher.decrypt(candidate), pin):
+        fire("confirm", dialog)  # sent twice already: as the confirmation and now
+        return Step(register=True)
+    fire("next", dialog)
+    return question(dialog)
+
+
 def _confirm(dialog: RegDialog, pin: str | None, cipher: FieldCipher) -> Step:
     if not is_pin(pin):
         return _wrong(dialog, "reg_bad_confirm")
     if not hmac.compare_digest(cipher.decrypt(dialog.pin), pin):
-        dialog.pin = ""
+        dialog.pin, dialog.candidate = "", cipher.encrypt(pin)
         fire("mismatch", dialog)
         if dialog.wrong >= MAX_WRONG_ANSWERS:
             fire("end", dialog)

@@ -116,7 +116,29 @@ def test_a_mismatch_forgets_the_first_pin() -> None:
     answer(dialog, "YES 4812", CIPHER)
     assert dialog.state == "pin" and dialog.pin == ""
     assert answer(dialog, "PIN 5930", CIPHER).key == "reg_ask_confirm"
-    assert answer(dialog, "YES 5930", CIPHER).register
+    assert dialog.candidate == ""  # one chance only
+    assert answer(dialog, "YES 4812", CIPHER).key == "reg_mismatch"
+    assert answer(dialog, "PIN 7305", CIPHER).key == "reg_ask_confirm"
+    assert answer(dialog, "YES 7305", CIPHER).register
+    assert dialog.state == "registering" and CIPHER.decrypt(dialog.pin) == "7305"
+
+
+def test_a_new_pin_equal_to_the_mismatched_confirmation_registers() -> None:
+    """The first PIN had the typo: the confirmation's PIN sent again is the second entry (the
+    confirmation repeated word for word would be dropped as an SMSC redelivery)."""
+    dialog = at("pin_confirm")  # the first PIN was 4821
+    assert answer(dialog, "YES 5930", CIPHER).key == "reg_mismatch"
+    assert "5930" not in dialog.to_json()
+    step = answer(dialog, "PIN 5930", CIPHER)
+    assert step.register and dialog.state == "registering"
+    assert CIPHER.decrypt(dialog.pin) == "5930" and dialog.candidate == ""
+
+
+def test_a_weak_pin_is_refused_even_as_the_candidate() -> None:
+    dialog = at("pin_confirm")
+    answer(dialog, "YES 1234", CIPHER)
+    assert answer(dialog, "PIN 1234", CIPHER).key == "reg_weak_pin"
+    assert dialog.state == "pin" and dialog.wrong == 2
 
 
 @pytest.mark.parametrize("state", ["name", "national_id", "pin", "pin_confirm"])
@@ -150,7 +172,7 @@ MACHINE = [
     ("pin", "next", "pin_confirm"),
     ("pin_confirm", "next", "pin_confirm"),
     ("name", "confirm", "name"),
-    ("pin", "confirm", "pin"),
+    ("pin", "confirm", "registering"),  # a PIN sent twice across a mismatch
     ("pin_confirm", "confirm", "registering"),
     ("pin_confirm", "mismatch", "pin"),
     ("name", "mismatch", "name"),
