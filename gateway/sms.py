@@ -64,7 +64,9 @@ async def sms_channel(app: web.Application) -> AsyncIterator[None]:
         country_code=settings.default_country_code,
         tuning=ChannelTuning(concat_timeout_s=float(settings.sms_concat_timeout_s)),
     )
-    channel.handler = banking(app, channel)
+    # The SMS dialogs' own Redis connections (the session store's), closed with the channel.
+    dialogs = RedisSessionStore(app[REDIS], settings.redis_prefix)
+    channel.handler = banking(app, channel, dialogs)
     app[SMS_CHANNEL] = channel
     app[SMS_SENDER] = sender = SmppSender(channel)
     await channel.start()
@@ -79,11 +81,13 @@ async def sms_channel(app: web.Application) -> AsyncIterator[None]:
         else:
             senders.pop(SmppSender.channel, None)
         await channel.stop()
+        await dialogs.aclose()
         await pool.close()
 
 
-def banking(app: web.Application, channel: SmsChannel) -> SmsBanking:
-    """The SMS banking handler on the app's core pool, Redis and loan service."""
+def banking(app: web.Application, channel: SmsChannel, dialogs: RedisSessionStore) -> SmsBanking:
+    """The SMS banking handler on the app's core pool, Redis and loan service; its dialogs (the
+    SEND confirmation, registration) in `dialogs`."""
     settings = app[SETTINGS]
     core = CoreActions(
         app[PG_POOL],
@@ -94,7 +98,6 @@ def banking(app: web.Application, channel: SmsChannel) -> SmsBanking:
         channel="sms",
     )
     loans = LoanActions(app[PG_POOL], app[LOANS], core) if LOANS in app else None
-    dialogs = RedisSessionStore(app[REDIS], settings.redis_prefix)
     return SmsBanking(
         channel,
         core=core,
