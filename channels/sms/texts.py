@@ -25,11 +25,11 @@ _TEXTS: dict[str, dict[str, str]] = {
     },
     "not_registered": {
         "en": "You are not registered. Send REG <first name> <last name> <ID number> <PIN> "
-        "to open a wallet.",
+        "to open a wallet, or just REG to be asked step by step.",
         "sw": "Hujasajiliwa. Tuma REG <jina la kwanza> <jina la mwisho> <nambari ya kitambulisho> "
-        "<PIN> kufungua pochi.",
-        "fr": "Vous n'êtes pas inscrit. Envoyez REG <prénom> <nom> <numéro d'identité> <PIN> "
-        "pour ouvrir un portefeuille.",
+        "<PIN> kufungua pochi, au REG pekee uulizwe hatua kwa hatua.",
+        "fr": "Ce numéro n'est pas inscrit. Envoyez REG <prénom> <nom> <numéro d'identité> "
+        "<PIN> pour ouvrir un portefeuille, ou REG seul et nous vous guiderons.",
     },
     "registered": {
         "en": "Welcome {first_name}! Your wallet is open. Send BAL <PIN> for your balance.",

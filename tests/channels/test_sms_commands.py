@@ -21,9 +21,11 @@ from channels.sms.commands import (
     Register,
     Repay,
     Send,
+    Stop,
     Unknown,
     mask_secrets,
     parse,
+    starts_registration,
 )
 from channels.sms.encoding import split_text
 
@@ -53,6 +55,8 @@ GOOD = [
         Register("Zoë", "O'Neil", "AB12CD", "4321"),
     ),
     ("confirm", "YES ab12", Confirm("ab12")),
+    ("stop", "STOP", Stop()),
+    ("cancel lower, words after it", "cancel my registration", Stop()),
 ]
 
 
@@ -139,6 +143,13 @@ MASKING = [
     ("short fragment", "BAL 12", "BAL ****"),
     ("help untouched", "HELP", "HELP"),
     ("lang untouched", "LANG sw", "LANG sw"),
+    ("a PIN alone", "4821", MASK),
+    ("an ID number alone", "A1234567", MASK),
+    ("a long ID number alone", "AB123456789012", MASK),
+    ("an ID number alone, spaced", " 123456789 ", MASK),
+    ("names alone untouched", "Amina Otieno", "Amina Otieno"),
+    ("a word alone untouched", "Otieno", "Otieno"),
+    ("stop untouched", "STOP", "STOP"),
 ]
 
 
@@ -146,6 +157,26 @@ MASKING = [
 def test_mask_secrets(label: str, text: str, masked: str) -> None:
     assert mask_secrets(text) == masked
     assert MASK in masked or not any(ch.isdigit() for ch in text) or label.startswith("lang")
+
+
+REG_STARTS = [
+    ("REG", True),
+    ("  reg  ", True),
+    ("REG Amina", True),
+    ("REG Amina Otieno A1234567", True),  # three words: the dialog, from its first question
+    ("REG Amina Otieno A1234567 4821", False),  # the one-shot form
+    ("REG Amina Otieno A1234567 4821 extra", False),  # malformed one-shot: a hint
+    ("REGISTER", False),
+    ("BAL", False),
+    ("", False),
+]
+
+
+@pytest.mark.parametrize(("text", "starts"), REG_STARTS)
+def test_starts_registration(text: str, starts: bool) -> None:
+    assert starts_registration(text) is starts
+    if not starts and text.upper().startswith("REG "):
+        assert not isinstance(parse(text), Register) or len(text.split()) == 5
 
 
 def test_masked_text_never_contains_a_pin_from_the_good_table() -> None:
