@@ -303,11 +303,20 @@ def mask_secrets(text: str) -> str:
     """`text` with PINs (and ID numbers, confirmation codes) replaced by `****`."""
     result = parse(text)
     positions = _SECRET_POSITIONS.get(type(result))
+    tokens = list(_TOKEN.finditer(text))
+    if isinstance(result, Malformed) and result.keyword == "REG":
+        # A REG that does not fit still has the ID number and PIN at their places (an ID of 9
+        # digits or more would escape the digit runs); the names keep their digit runs masked.
+        positions = tuple(range(_SECRET_POSITIONS[Register][0], len(tokens)))
+        return _DIGIT_RUN.sub(MASK, _mask_positions(text, tokens, positions))
     if positions is None:
         if _ALONE_SECRET.fullmatch(text):
             return MASK
         return _DIGIT_RUN.sub(MASK, text)
-    tokens = list(_TOKEN.finditer(text))
+    return _mask_positions(text, tokens, positions)
+
+
+def _mask_positions(text: str, tokens: list[re.Match[str]], positions: tuple[int, ...]) -> str:
     out, last = [], 0
     for index in positions:
         match = tokens[index]

@@ -203,7 +203,7 @@ class SmsBanking:
             await regs.end(sms.msisdn)
             return None
         if C.starts_registration(sms.text):
-            started, dialog = await regs.start(sms.msisdn, sms.id)
+            started, dialog = await regs.start(sms.msisdn, sms.id, sms.text.split()[1:])
             return text(started.key, dialog.language, **started.values)
         if isinstance(command, C.Stop):
             ended = await regs.end(sms.msisdn)

@@ -186,6 +186,19 @@ def answer(dialog: RegDialog, text: str, cipher: FieldCipher) -> Step:
     return question(dialog)
 
 
+def prefill(dialog: RegDialog, given: list[str], cipher: FieldCipher) -> None:
+    """`REG <first> <last> [<ID number>]`: the answers given with REG skip their questions, as
+    far as they are good (a bad one is not a wrong answer: its question is simply asked)."""
+    assert dialog.state == "name", dialog.state
+    if len(given) < 2 or not (_FIRST.fullmatch(given[0]) and _LAST.fullmatch(given[1])):
+        return
+    dialog.first_name, dialog.last_name = given[0], given[1]
+    fire("next", dialog)
+    if len(given) == 3 and _NATIONAL_ID.fullmatch(given[2]):
+        dialog.national_id = cipher.encrypt(given[2].upper())
+        fire("next", dialog)
+
+
 def _choose(dialog: RegDialog, pin: str | None, cipher: FieldCipher) -> Step:
     if not is_pin(pin):
         return _wrong(dialog, "reg_bad_pin")
@@ -253,15 +266,16 @@ class Registrations:
                 return result
         raise RuntimeError("the registration dialog kept changing under us")
 
-    async def start(self, msisdn: str, mo: int) -> tuple[Step, RegDialog]:
-        """A new dialog (replacing any other, in its language); the REG processed again keeps
-        its dialog."""
+    async def start(self, msisdn: str, mo: int, given: list[str]) -> tuple[Step, RegDialog]:
+        """A new dialog (replacing any other, in its language), `given` (the words after REG)
+        filled in; the REG processed again keeps its dialog."""
 
         def change(dialog: RegDialog) -> tuple[tuple[Step, RegDialog], RegDialog | None]:
             if dialog.start_mo == mo and dialog.active:
                 return (question(dialog), dialog), None
             fresh = RegDialog(language=dialog.language, start_mo=mo, last_mo=mo)
             fire("start", fresh)
+            prefill(fresh, given, self.cipher)
             return (question(fresh), fresh), fresh
 
         return await self._change(msisdn, change)

@@ -150,6 +150,15 @@ MASKING = [
     ("names alone untouched", "Amina Otieno", "Amina Otieno"),
     ("a word alone untouched", "Otieno", "Otieno"),
     ("stop untouched", "STOP", "STOP"),
+    ("reg short: a long ID number", "REG Amina Otieno AB123456789", "REG Amina Otieno ****"),
+    ("reg malformed: bad ID", "REG Jane Doe 12 1234", "REG Jane Doe **** ****"),
+    (
+        "reg malformed: digits in a name",
+        "REG 1Jane Doe 12345678 1234",
+        "REG ****Jane Doe **** ****",
+    ),
+    ("reg too many words", "reg Mary Anne Kamau ID12345678 4821", "reg Mary Anne **** **** ****"),
+    ("reg alone untouched", "REG", "REG"),
 ]
 
 

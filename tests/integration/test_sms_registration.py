@@ -411,14 +411,23 @@ async def test_a_one_shot_reg_replaces_the_dialog(env: SmsEnv) -> None:
     assert dialog is not None and dialog.state == "ended"
 
 
-async def test_reg_with_too_few_words_starts_the_dialog(env: SmsEnv) -> None:
-    me = new_msisdn()
-    assert (await env.ask(me, "REG Amina Otieno 12345678")).startswith("Welcome! To open")
+async def test_reg_with_too_few_words_starts_the_dialog_with_them(env: SmsEnv) -> None:
+    me, id_number = new_msisdn(), new_id_number()
+    reply = await env.ask(me, f"REG Amina Otieno {id_number}")
+    assert reply.startswith("Now choose a 4-digit PIN")  # names and ID given: the PIN next
     # Four words that do not fit are the one-shot form, answered as before.
     assert (await env.ask(me, "REG Amina Otieno 12 4821")).startswith(
         "The ID number must be 4 to 20 letters or digits. Use: REG"
     )
-    assert (await env.ask(me, "Amina Otieno")).startswith("Thank you Amina.")  # still waiting
+    replies = await walk(env, me, PIN, f"YES {PIN}")  # the dialog waited
+    assert replies[1].startswith("Welcome Amina!")
+    await assert_no_secret_stored(env, me, PIN, id_number)
+    # A bad word given with REG is not a wrong answer: its question is asked.
+    other = new_msisdn()
+    assert (await env.ask(other, "reg Amina 0tieno")).startswith("Welcome! To open a wallet")
+    assert (await env.ask(other, "reg Amina Otieno 12")).startswith("Thank you Amina. Now send")
+    dialog = await regs(env).load(other)
+    assert dialog is not None and dialog.wrong == 0
 
 
 async def test_a_registration_that_the_core_refuses_ends_the_dialog(env: SmsEnv) -> None:

@@ -19,6 +19,7 @@ from channels.sms.registration import (
     fire,
     is_pin_answer,
     pin_word,
+    prefill,
     question,
 )
 from channels.sms.texts import LANGUAGES, TEXTS, text
@@ -191,6 +192,27 @@ def test_machine(state: str, event: str, next_state: str) -> None:
     dialog = at(state) if state in QUESTIONS else RegDialog(state=state)
     assert fire(event, dialog) == (next_state != state or event == "start")
     assert dialog.state == next_state
+
+
+# REG with fewer than four words: (words after REG) -> (state, first name, ID number)
+PREFILL = [
+    ([], "name", "", ""),
+    (["Amina"], "name", "", ""),
+    (["Amina", "Otieno"], "national_id", "Amina", ""),
+    (["Amina", "0tieno"], "name", "", ""),
+    (["Amina", "Otieno", "a1234567"], "pin", "Amina", "A1234567"),
+    (["Amina", "Otieno", "12"], "national_id", "Amina", ""),
+    (["1", "2", "3"], "name", "", ""),
+]
+
+
+@pytest.mark.parametrize(("given", "state", "first_name", "national_id"), PREFILL)
+def test_prefill(given: list[str], state: str, first_name: str, national_id: str) -> None:
+    dialog = RegDialog()
+    fire("start", dialog)
+    prefill(dialog, given, CIPHER)
+    assert (dialog.state, dialog.first_name, dialog.wrong) == (state, first_name, 0)
+    assert (CIPHER.decrypt(dialog.national_id) if dialog.national_id else "") == national_id
 
 
 def test_start_forgets_the_old_secrets() -> None:
