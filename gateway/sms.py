@@ -21,6 +21,7 @@ from aiohttp import web
 from channels.sms.channel import ChannelTuning, SmppSender, SmsChannel, assemble_mo
 from channels.sms.dialogs import SendConfirmations
 from channels.sms.executor import RateLimiter, SmsBanking
+from channels.sms.registration import Registrations
 from core.crypto import derive_key
 from core.sms_messages import SmsMessageStore
 from gateway import db as dbmod
@@ -63,7 +64,9 @@ async def sms_channel(app: web.Application) -> AsyncIterator[None]:
         country_code=settings.default_country_code,
         tuning=ChannelTuning(concat_timeout_s=float(settings.sms_concat_timeout_s)),
     )
-    channel.handler = banking(app, channel)
+    # The SMS dialogs' own Redis connections (the session store's), closed with the channel.
+    dialogs = RedisSessionStore(app[REDIS], settings.redis_prefix)
+    channel.handler = banking(app, channel, dialogs)
     app[SMS_CHANNEL] = channel
     app[SMS_SENDER] = sender = SmppSender(channel)
     await channel.start()
@@ -78,11 +81,13 @@ async def sms_channel(app: web.Application) -> AsyncIterator[None]:
         else:
             senders.pop(SmppSender.channel, None)
         await channel.stop()
+        await dialogs.aclose()
         await pool.close()
 
 
-def banking(app: web.Application, channel: SmsChannel) -> SmsBanking:
-    """The SMS banking handler on the app's core pool, Redis and loan service."""
+def banking(app: web.Application, channel: SmsChannel, dialogs: RedisSessionStore) -> SmsBanking:
+    """The SMS banking handler on the app's core pool, Redis and loan service; its dialogs (the
+    SEND confirmation, registration) in `dialogs`."""
     settings = app[SETTINGS]
     core = CoreActions(
         app[PG_POOL],
@@ -98,8 +103,7 @@ def banking(app: web.Application, channel: SmsChannel) -> SmsBanking:
         core=core,
         loans=loans,
         limiter=RateLimiter(app[REDIS], settings.redis_prefix, settings.sms_rate_per_minute),
-        confirmations=SendConfirmations(
-            RedisSessionStore(app[REDIS], settings.redis_prefix), settings.sms_dialog_ttl_s
-        ),
+        confirmations=SendConfirmations(dialogs, settings.sms_dialog_ttl_s),
+        registrations=Registrations(dialogs, app[CIPHER], settings.sms_dialog_ttl_s),
         confirm_send=settings.sms_send_confirm,
     )

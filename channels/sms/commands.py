@@ -9,6 +9,10 @@
     LANG <en|sw|fr>
     LOAN <amount> <PIN> | REPAY <amount> <PIN> | LOAN STATUS <PIN>
     YES <code>                             confirms a pending SEND (when confirmation is on)
+    STOP | CANCEL                          ends a dialog (words after it are ignored)
+
+`REG` with fewer than four words starts the registration dialog (`channels.sms.registration`),
+which asks for the same fields one SMS at a time and checks each with `REGISTER_SPEC`.
 
 Keywords are case-insensitive and any run of whitespace separates words. `parse` returns one
 command object, or `Malformed` (a known keyword with wrong arguments) or `Unknown`; both carry
@@ -18,7 +22,10 @@ that (wave 2). Amounts stay text: the core's `parse_amount` owns the currency ru
 `mask_secrets` is what gets stored and logged instead of the text: the PIN positions of a
 well-formed command (and the national id and confirmation code) become `****`; in anything else
 every run of up to 8 digits is masked (a phone number, 9 digits or more, stays), because a
-mistyped command still carries a PIN, or part of one.
+mistyped command still carries a PIN, or part of one. A message that is one word of 4 to 20
+letters and digits with a digit in it (the shape of an ID number or a PIN sent alone, as the
+registration dialog asks for them) is masked whole. The rule needs no context: the message
+store masks an MO when it arrives, before anyone knows whether a dialog is waiting for it.
 """
 
 from __future__ import annotations
@@ -40,6 +47,7 @@ _NATIONAL_ID = re.compile(r"[A-Za-z0-9]{4,20}")
 _CODE = re.compile(r"[A-Za-z0-9]{4,8}")
 _TOKEN = re.compile(r"\S+")
 _DIGIT_RUN = re.compile(r"(?<!\d)\d{1,8}(?!\d)")
+_ALONE_SECRET = re.compile(r"\s*(?=[A-Za-z]*\d)[A-Za-z0-9]{4,20}\s*")
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +114,11 @@ class Confirm:
 
 
 @dataclass(frozen=True, slots=True)
+class Stop:
+    """STOP or CANCEL: end the dialog waiting for this number's next message."""
+
+
+@dataclass(frozen=True, slots=True)
 class Malformed:
     """A known keyword with wrong arguments; `problem` is a stable code, `hint` one line."""
 
@@ -131,6 +144,7 @@ Command = (
     | Repay
     | LoanStatus
     | Confirm
+    | Stop
 )
 ParseResult = Command | Malformed | Unknown
 
@@ -183,6 +197,9 @@ def _check(
 
 _PIN_ARG = (_PIN, "pin")
 _AMOUNT_ARG = (_AMOUNT, "amount")
+_NAME_ARG = (_NAME, "name")
+# REG's words after the keyword; the registration dialog checks its answers against these too.
+REGISTER_SPEC = (_NAME_ARG, _NAME_ARG, (_NATIONAL_ID, "national_id"), _PIN_ARG)
 
 
 def _parse_loan(args: list[str]) -> ParseResult:
@@ -201,8 +218,15 @@ def _parse_pin_change(args: list[str]) -> ParseResult:
 
 
 def _parse_register(args: list[str]) -> ParseResult:
-    spec = ((_NAME, "name"), (_NAME, "name"), (_NATIONAL_ID, "national_id"), _PIN_ARG)
-    return _check("REG", args, spec) or Register(args[0], args[1], args[2].upper(), args[3])
+    return _check("REG", args, REGISTER_SPEC) or Register(
+        args[0], args[1], args[2].upper(), args[3]
+    )
+
+
+def starts_registration(text: str) -> bool:
+    """`REG` with fewer words than the one-shot form: the start of the registration dialog."""
+    words = text.split()
+    return bool(words) and words[0].upper() == "REG" and len(words) <= len(REGISTER_SPEC)
 
 
 def _parse_language(args: list[str]) -> ParseResult:
@@ -241,6 +265,8 @@ _PARSERS: dict[str, Parser] = {
     "REPAY": _parse_repay,
     "REG": _parse_register,
     "YES": _parse_confirm,
+    "STOP": lambda _args: Stop(),
+    "CANCEL": lambda _args: Stop(),
 }
 
 
@@ -277,9 +303,20 @@ def mask_secrets(text: str) -> str:
     """`text` with PINs (and ID numbers, confirmation codes) replaced by `****`."""
     result = parse(text)
     positions = _SECRET_POSITIONS.get(type(result))
-    if positions is None:
-        return _DIGIT_RUN.sub(MASK, text)
     tokens = list(_TOKEN.finditer(text))
+    if isinstance(result, Malformed) and result.keyword == "REG":
+        # A REG that does not fit still has the ID number and PIN at their places (an ID of 9
+        # digits or more would escape the digit runs); the names keep their digit runs masked.
+        positions = tuple(range(_SECRET_POSITIONS[Register][0], len(tokens)))
+        return _DIGIT_RUN.sub(MASK, _mask_positions(text, tokens, positions))
+    if positions is None:
+        if _ALONE_SECRET.fullmatch(text):
+            return MASK
+        return _DIGIT_RUN.sub(MASK, text)
+    return _mask_positions(text, tokens, positions)
+
+
+def _mask_positions(text: str, tokens: list[re.Match[str]], positions: tuple[int, ...]) -> str:
     out, last = [], 0
     for index in positions:
         match = tokens[index]

@@ -9,11 +9,13 @@ The SEND confirmation (`SMS_SEND_CONFIRM`):
 
     idle / awaiting / confirmed / cancelled --ask--> awaiting     a new SEND replaces the old one
     awaiting --confirm [code matches]--> confirmed                 the money then moves once
-    awaiting --cancel--> cancelled                                 third wrong code
+    awaiting --cancel--> cancelled                                 third wrong code, or STOP
 
 The transfer's idempotency key is the SEND MO's (`sms:{send_mo}`), so two YES messages, or one
 YES processed twice, move the money once. `confirmed_by` remembers which YES confirmed, so a
 re-processed YES gets the transfer's answer again while any other YES gets "nothing pending".
+
+The registration dialog (`channels.sms.registration`) runs on the same engine.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import hmac
 import json
 import secrets
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Self
 
 from transitions import Machine
 
@@ -38,8 +40,23 @@ def new_code() -> str:
     return "".join(secrets.choice(CODE_ALPHABET) for _ in range(CODE_LENGTH))
 
 
+class JsonDialog:
+    """A dialog model stored as JSON, field for field (mixed into slotted dataclasses)."""
+
+    __slots__ = ()
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), separators=(",", ":"))  # type: ignore[call-overload]
+
+    @classmethod
+    def from_json(cls, raw: str) -> Self:
+        data: dict[str, Any] = json.loads(raw)
+        fields = cls.__dataclass_fields__  # type: ignore[attr-defined]
+        return cls(**{k: data[k] for k in fields if k in data})
+
+
 @dataclass(slots=True)
-class SendDialog:
+class SendDialog(JsonDialog):
     """The model of the SEND confirmation dialog (the stored JSON, field for field)."""
 
     state: str = "idle"
@@ -52,14 +69,6 @@ class SendDialog:
 
     def code_matches(self, code: str) -> bool:
         return bool(self.code) and hmac.compare_digest(self.code, code.upper())
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), separators=(",", ":"))
-
-    @classmethod
-    def from_json(cls, raw: str) -> SendDialog:
-        data: dict[str, Any] = json.loads(raw)
-        return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
 
 
 SEND_MACHINE = Machine(
@@ -148,4 +157,17 @@ class SendConfirmations:
             saved, _ = await self.store.save(key, version, dialog.to_json(), self.ttl_s)
             if saved:
                 return outcome
+        raise RuntimeError("the SEND dialog kept changing under us")
+
+    async def cancel(self, msisdn: str) -> bool:
+        """STOP: the pending SEND is dropped; False when none was pending."""
+        key = self._key(msisdn)
+        for _ in range(SAVE_TRIES):
+            version, dialog = await self._load(key)
+            if dialog.state != "awaiting" or version is None:
+                return False
+            fire("cancel", dialog)
+            saved, _ = await self.store.save(key, version, dialog.to_json(), self.ttl_s)
+            if saved:
+                return True
         raise RuntimeError("the SEND dialog kept changing under us")

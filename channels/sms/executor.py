@@ -16,6 +16,8 @@ Once per stored MO, at least once (see `channels.sms.handler`):
 - the reply goes out with `ref = "mo:{MO id}"`, sent once; the recipient of a transfer gets the
   core's receipt through the outbox (so does the sender, in addition to the reply);
 - replies are in the customer's language (`channels.sms.texts`);
+- `REG` alone starts the registration dialog (`channels.sms.registration`); see `_dialog_reply`
+  for which messages it takes while it waits;
 - a temporary failure (the database or Redis not answering) sends "temporarily unavailable"
   once and raises `RetryLater`: the channel tries the MO again later and then answers it.
 
@@ -34,6 +36,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from channels.sms import commands as C
+from channels.sms import registration as R
 from channels.sms.dialogs import SendConfirmations
 from channels.sms.handler import InboundSms, ReplySender, RetryLater
 from channels.sms.texts import error_text, text
@@ -103,6 +106,7 @@ class SmsBanking:
         loans: LoanActions | None,
         limiter: RateLimiter,
         confirmations: SendConfirmations,
+        registrations: R.Registrations | None = None,
         confirm_send: bool = False,
     ) -> None:
         self.sender = sender
@@ -110,6 +114,7 @@ class SmsBanking:
         self.loans = loans
         self.limiter = limiter
         self.confirmations = confirmations
+        self.registrations = registrations  # None: no registration dialog (REG alone: a hint)
         self.confirm_send = confirm_send
 
     # --- the handler -------------------------------------------------------------------------
@@ -152,6 +157,10 @@ class SmsBanking:
     async def _reply_for(self, sms: InboundSms, customer: customers.Customer | None) -> str:
         language = customer.language if customer else "en"
         command = C.parse(sms.text) if sms.complete else None
+        if command is not None and self.registrations is not None:
+            reply = await self._dialog_reply(sms, command, customer, self.registrations)
+            if reply is not None:
+                return reply
         if isinstance(command, C.Malformed | C.Unknown):
             return C.hint(command)
         key = self._without_core(command, customer)
@@ -169,7 +178,90 @@ class SmsBanking:
             return "help"
         if isinstance(command, C.Register):
             return "already_registered" if customer is not None else ""
+        if isinstance(command, C.Stop) and customer is None:
+            return "nothing_to_stop"
         return "not_registered" if customer is None else ""
+
+    # --- the registration dialog -------------------------------------------------------------
+
+    async def _dialog_reply(
+        self,
+        sms: InboundSms,
+        command: C.ParseResult,
+        customer: customers.Customer | None,
+        regs: R.Registrations,
+    ) -> str | None:
+        """The reply when the registration dialog takes the message; None when it does not and
+        the message is answered as usual. It takes `REG` with too few words (a new dialog),
+        and while it waits: STOP/CANCEL, LANG (the dialog's language), any text that is not a
+        command (the answer), and at a PIN question `<PIN>`, `PIN <PIN>` or `YES <PIN>`. Other
+        commands are answered as usual and the dialog keeps waiting; a full one-shot REG
+        replaces it."""
+        if customer is not None:
+            return await self._registered_reply(sms, customer, regs)
+        if isinstance(command, C.Register):
+            await regs.end(sms.msisdn)
+            return None
+        if C.starts_registration(sms.text):
+            started, dialog = await regs.start(sms.msisdn, sms.id, sms.text.split()[1:])
+            return text(started.key, dialog.language, **started.values)
+        if isinstance(command, C.Stop):
+            ended = await regs.end(sms.msisdn)
+            return None if ended is None else text("reg_stopped", ended.language)
+        if isinstance(command, C.Language):
+            asked = await regs.set_language(sms.msisdn, command.code)
+            return None if asked is None else text(asked.key, command.code, **asked.values)
+        return await self._dialog_answer(sms, command, regs)
+
+    async def _dialog_answer(
+        self, sms: InboundSms, command: C.ParseResult, regs: R.Registrations
+    ) -> str | None:
+        pin_only = not isinstance(command, C.Unknown)
+        if pin_only and not R.is_pin_answer(sms.text):
+            return None
+        found = await regs.answer(sms.msisdn, sms.text, sms.id, pin_only=pin_only)
+        if found is None:
+            return None
+        step, dialog = found
+        if step.register:
+            return await self._register_dialog(sms, dialog, regs)
+        return text(step.key, dialog.language, **step.values)
+
+    @staticmethod
+    async def _registered_reply(
+        sms: InboundSms, customer: customers.Customer, regs: R.Registrations
+    ) -> str | None:
+        """A registered number: REG alone is "already registered"; the dialog's final answer
+        processed again (its registration done) gets the welcome again, another copy of it
+        "already registered". Only a PIN-shaped message costs a look-up."""
+        if C.starts_registration(sms.text):
+            return text("already_registered", customer.language)
+        if not R.is_pin_answer(sms.text):
+            return None
+        dialog = await regs.load(sms.msisdn)
+        if dialog is None or dialog.state not in ("registering", "registered"):
+            return None
+        if dialog.final_mo == sms.id:
+            return text("registered", dialog.language, first_name=dialog.first_name)
+        return text("already_registered", customer.language)
+
+    async def _register_dialog(
+        self, sms: InboundSms, dialog: R.RegDialog, regs: R.Registrations
+    ) -> str:
+        """The dialog's answers registered by the one-shot REG's core call."""
+        national_id, pin = regs.secrets(dialog)
+        cmd = C.Register(dialog.first_name, dialog.last_name, national_id, pin)
+        try:
+            reply = await self._register(
+                sms, cmd, None, language=dialog.language, key=dialog.idempotency_key()
+            )
+        except E.Unavailable:
+            raise  # the MO is tried again later; the dialog waits in "registering" for it
+        except E.CoreError as exc:
+            await regs.end(sms.msisdn)
+            return self._refusal(exc, cmd, dialog.language)
+        await regs.finished(sms.msisdn, sms.id)
+        return text(reply.key, dialog.language, **reply.values)
 
     async def _run(self, fn: Any, sms: InboundSms, command: Any, customer: Any, lang: str) -> str:
         try:
@@ -195,7 +287,8 @@ class SmsBanking:
         action: str,
         customer: customers.Customer | None,
         *,
-        key: int | None = None,
+        key: int | str | None = None,
+        language: str | None = None,
         vars: Mapping[str, Any] | None = None,
         secrets: Mapping[str, str] | None = None,
         params: Mapping[str, Any] | None = None,
@@ -203,7 +296,7 @@ class SmsBanking:
         return ActionContext(
             action=action,
             msisdn=sms.msisdn,
-            language=customer.language if customer else "en",
+            language=language or (customer.language if customer else "en"),
             vars=dict(vars or {}),
             secrets=dict(secrets or {}),
             customer={"tier": customer.tier, "language": customer.language} if customer else {},
@@ -214,12 +307,23 @@ class SmsBanking:
             currency=self.core.currency,
         )
 
-    async def _register(self, sms: InboundSms, cmd: C.Register, _customer: Any) -> Reply:
+    async def _register(
+        self,
+        sms: InboundSms,
+        cmd: C.Register,
+        _customer: Any,
+        *,
+        language: str = "en",
+        key: int | str | None = None,
+    ) -> Reply:
+        """One-shot REG, and the registration dialog's last step (with its language and key)."""
         result = await self.core.register(
             self._ctx(
                 sms,
                 "register",
                 None,
+                key=key,
+                language=language,
                 vars={"first_name": cmd.first_name, "last_name": cmd.last_name},
                 secrets={"pin": cmd.pin, "national_id": cmd.national_id},
             )
@@ -239,9 +343,14 @@ class SmsBanking:
             C.Loan: self._loan,
             C.Repay: self._repay,
             C.LoanStatus: self._loan_status,
+            C.Stop: self._stop,
         }[type(cmd)]
         reply: Reply = await run(sms, cmd, customer)  # type: ignore[operator]
         return reply
+
+    async def _stop(self, sms: InboundSms, cmd: C.Stop, customer: Any) -> Reply:
+        cancelled = await self.confirmations.cancel(sms.msisdn)
+        return Reply("send_stopped" if cancelled else "nothing_to_stop", {})
 
     async def _balance(self, sms: InboundSms, cmd: C.Balance, customer: Any) -> Reply:
         result = await self.core.balance(

@@ -25,11 +25,11 @@ _TEXTS: dict[str, dict[str, str]] = {
     },
     "not_registered": {
         "en": "You are not registered. Send REG <first name> <last name> <ID number> <PIN> "
-        "to open a wallet.",
+        "to open a wallet, or just REG to be asked step by step.",
         "sw": "Hujasajiliwa. Tuma REG <jina la kwanza> <jina la mwisho> <nambari ya kitambulisho> "
-        "<PIN> kufungua pochi.",
-        "fr": "Vous n'êtes pas inscrit. Envoyez REG <prénom> <nom> <numéro d'identité> <PIN> "
-        "pour ouvrir un portefeuille.",
+        "<PIN> kufungua pochi, au REG pekee uulizwe hatua kwa hatua.",
+        "fr": "Ce numéro n'est pas inscrit. Envoyez REG <prénom> <nom> <numéro d'identité> "
+        "<PIN> pour ouvrir un portefeuille, ou REG seul et nous vous guiderons.",
     },
     "registered": {
         "en": "Welcome {first_name}! Your wallet is open. Send BAL <PIN> for your balance.",
@@ -160,6 +160,91 @@ _TEXTS: dict[str, dict[str, str]] = {
         "sw": "Huduma haipatikani kwa sasa. Tutajibu ujumbe wako itakaporudi.",
         "fr": "Le service est temporairement indisponible. Nous répondrons à votre message "
         "dès son retour.",
+    },
+    # The registration dialog (channels.sms.registration): one question per SMS.
+    "reg_ask_name": {
+        "en": "Welcome! To open a wallet, send your first and last name, e.g. Amina Otieno. "
+        "Send STOP to cancel. Kiswahili: LANG SW. FRANÇAIS: LANG FR",
+        "sw": "Karibu! Kufungua pochi, tuma jina lako la kwanza na la mwisho, mfano Amina Otieno. "
+        "Tuma STOP kusitisha.",
+        "fr": "Bienvenue ! Pour ouvrir un portefeuille, envoyez votre prénom et votre nom, "
+        "par ex. Amina Otieno. Envoyez STOP pour annuler.",
+    },
+    "reg_ask_id": {
+        "en": "Thank you {first_name}. Now send your national ID number.",
+        "sw": "Asante {first_name}. Sasa tuma nambari ya kitambulisho chako.",
+        "fr": "Merci {first_name}. Envoyez maintenant votre numéro de pièce d'identité.",
+    },
+    "reg_ask_pin": {
+        "en": "Now choose a 4-digit PIN and send it. Not a sequence like 1234, not one digit "
+        "repeated. Delete your messages with the PIN afterwards.",
+        "sw": "Sasa chagua PIN ya tarakimu 4 na uitume. Si mfuatano kama 1234, wala tarakimu "
+        "moja inayojirudia. Futa ujumbe wenye PIN baadaye.",
+        "fr": "Choisissez un PIN de 4 chiffres et envoyez-le. Ni une suite comme 1234, ni un "
+        "chiffre répété. Effacez ensuite vos messages contenant le PIN.",
+    },
+    "reg_ask_confirm": {
+        "en": "To confirm your PIN, send YES and the same PIN, like this: YES <PIN>",
+        "sw": "Kuthibitisha PIN yako, tuma YES na PIN ileile, hivi: YES <PIN>",
+        "fr": "Pour confirmer votre PIN, renvoyez-le précédé de YES, ainsi : YES <PIN>",
+    },
+    "reg_bad_name": {
+        "en": "Please send two names, letters only, e.g. Amina Otieno. Send STOP to cancel.",
+        "sw": "Tafadhali tuma majina mawili, herufi tu, mfano Amina Otieno. Tuma STOP kusitisha.",
+        "fr": "Envoyez deux noms, en lettres seulement, par ex. Amina Otieno. "
+        "Envoyez STOP pour annuler.",
+    },
+    "reg_bad_id": {
+        "en": "The ID number must be 4 to 20 letters or digits, without spaces. "
+        "Please send it again.",
+        "sw": "Nambari ya kitambulisho iwe herufi au tarakimu 4 hadi 20, bila nafasi. "
+        "Tafadhali itume tena.",
+        "fr": "Le numéro d'identité doit avoir 4 à 20 lettres ou chiffres, sans espace. "
+        "Renvoyez-le.",
+    },
+    "reg_bad_pin": {
+        "en": "The PIN must be exactly 4 digits. Please choose a PIN and send it.",
+        "sw": "PIN iwe tarakimu 4 hasa. Tafadhali chagua PIN na uitume.",
+        "fr": "Le PIN doit avoir exactement 4 chiffres. Choisissez un PIN et envoyez-le.",
+    },
+    "reg_weak_pin": {
+        "en": "That PIN is too easy to guess: not a sequence like 1234, not one digit repeated. "
+        "Choose another PIN.",
+        "sw": "PIN hiyo ni rahisi kukisia: si mfuatano kama 1234, wala tarakimu moja "
+        "inayojirudia. Chagua PIN nyingine.",
+        "fr": "Ce PIN est trop facile à deviner : ni une suite comme 1234, ni un chiffre "
+        "répété. Choisissez un autre PIN.",
+    },
+    "reg_bad_confirm": {
+        "en": "Please send YES followed by the same 4-digit PIN to confirm it: YES <PIN>",
+        "sw": "Tafadhali tuma YES ikifuatwa na PIN ileile ya tarakimu 4 kuithibitisha: YES <PIN>",
+        "fr": "Envoyez YES suivi du PIN de 4 chiffres choisi pour le confirmer : YES <PIN>",
+    },
+    "reg_mismatch": {
+        "en": "The two PINs were different. Choose a PIN again and send it like this: PIN <PIN>",
+        "sw": "PIN mbili hazikulingana. Chagua PIN tena na uitume hivi: PIN <PIN>",
+        "fr": "Les deux PIN sont différents. Choisissez de nouveau un PIN et envoyez-le "
+        "ainsi : PIN <PIN>",
+    },
+    "reg_too_many": {
+        "en": "Too many wrong answers: registration cancelled. Send REG to start again.",
+        "sw": "Majibu yasiyo sahihi mara nyingi: usajili umesitishwa. Tuma REG kuanza upya.",
+        "fr": "Trop de réponses erronées : inscription annulée. Envoyez REG pour recommencer.",
+    },
+    "reg_stopped": {
+        "en": "Registration cancelled. Nothing was saved. Send REG to start again.",
+        "sw": "Usajili umesitishwa. Hakuna kilichohifadhiwa. Tuma REG kuanza upya.",
+        "fr": "Inscription annulée. Rien n'a été enregistré. Envoyez REG pour recommencer.",
+    },
+    "send_stopped": {
+        "en": "The transfer is cancelled. Nothing was sent.",
+        "sw": "Muamala umesitishwa. Hakuna kilichotumwa.",
+        "fr": "Le transfert est annulé. Rien n'a été envoyé.",
+    },
+    "nothing_to_stop": {
+        "en": "There is nothing to cancel. Send HELP for the commands.",
+        "sw": "Hakuna cha kusitisha. Tuma HELP kuona amri.",
+        "fr": "Il n'y a rien à annuler. Envoyez HELP pour les commandes.",
     },
     # The core's refusals, by error_code.
     "error_WRONG_PIN": {

@@ -21,9 +21,11 @@ from channels.sms.commands import (
     Register,
     Repay,
     Send,
+    Stop,
     Unknown,
     mask_secrets,
     parse,
+    starts_registration,
 )
 from channels.sms.encoding import split_text
 
@@ -53,6 +55,8 @@ GOOD = [
         Register("Zoë", "O'Neil", "AB12CD", "4321"),
     ),
     ("confirm", "YES ab12", Confirm("ab12")),
+    ("stop", "STOP", Stop()),
+    ("cancel lower, words after it", "cancel my registration", Stop()),
 ]
 
 
@@ -133,12 +137,28 @@ MASKING = [
     ("confirm code", "YES AB12", "YES ****"),
     ("malformed send", "SEND 0712345678 1234", "SEND 0712345678 ****"),
     ("short wrong pin", "BAL 123", "BAL ****"),
-    ("glued", "BAL1234", "BAL****"),
+    ("glued: one word with digits, masked whole", "BAL1234", MASK),
     ("unknown with pin", "my pin is 4321 ok", "my pin is **** ok"),
     ("malformed keeps the phone", "SEND 0712345678 500 97", "SEND 0712345678 **** ****"),
     ("short fragment", "BAL 12", "BAL ****"),
     ("help untouched", "HELP", "HELP"),
     ("lang untouched", "LANG sw", "LANG sw"),
+    ("a PIN alone", "4821", MASK),
+    ("an ID number alone", "A1234567", MASK),
+    ("a long ID number alone", "AB123456789012", MASK),
+    ("an ID number alone, spaced", " 123456789 ", MASK),
+    ("names alone untouched", "Amina Otieno", "Amina Otieno"),
+    ("a word alone untouched", "Otieno", "Otieno"),
+    ("stop untouched", "STOP", "STOP"),
+    ("reg short: a long ID number", "REG Amina Otieno AB123456789", "REG Amina Otieno ****"),
+    ("reg malformed: bad ID", "REG Jane Doe 12 1234", "REG Jane Doe **** ****"),
+    (
+        "reg malformed: digits in a name",
+        "REG 1Jane Doe 12345678 1234",
+        "REG ****Jane Doe **** ****",
+    ),
+    ("reg too many words", "reg Mary Anne Kamau ID12345678 4821", "reg Mary Anne **** **** ****"),
+    ("reg alone untouched", "REG", "REG"),
 ]
 
 
@@ -146,6 +166,26 @@ MASKING = [
 def test_mask_secrets(label: str, text: str, masked: str) -> None:
     assert mask_secrets(text) == masked
     assert MASK in masked or not any(ch.isdigit() for ch in text) or label.startswith("lang")
+
+
+REG_STARTS = [
+    ("REG", True),
+    ("  reg  ", True),
+    ("REG Amina", True),
+    ("REG Amina Otieno A1234567", True),  # three words: the dialog, from its first question
+    ("REG Amina Otieno A1234567 4821", False),  # the one-shot form
+    ("REG Amina Otieno A1234567 4821 extra", False),  # malformed one-shot: a hint
+    ("REGISTER", False),
+    ("BAL", False),
+    ("", False),
+]
+
+
+@pytest.mark.parametrize(("text", "starts"), REG_STARTS)
+def test_starts_registration(text: str, starts: bool) -> None:
+    assert starts_registration(text) is starts
+    if not starts and text.upper().startswith("REG "):
+        assert not isinstance(parse(text), Register) or len(text.split()) == 5
 
 
 def test_masked_text_never_contains_a_pin_from_the_good_table() -> None:

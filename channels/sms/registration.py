@@ -1,0 +1,341 @@
+"""The registration dialog: `REG` alone, then one question per SMS, on the SEND dialog's engine.
+
+Like the SEND confirmation (`channels.sms.dialogs`), a registration is per MSISDN, plain JSON in
+`menus.session.RedisSessionStore` (versioned, compare-and-set, `SMS_DIALOG_TTL_S` after the last
+answer), driven by one shared, model-less `transitions` machine:
+
+    * --start--> name --next--> national_id --next--> pin --next--> pin_confirm
+    pin_confirm --mismatch--> pin                      the two PINs differ
+    pin_confirm / pin --confirm--> registering --finish--> registered
+    name / national_id / pin / pin_confirm / registering --end--> ended
+                                                       STOP, a third wrong answer, a refusal
+
+`answer` is the pure step: it checks the answer to the current question with the one-shot
+grammar's own checks (`commands.REGISTER_SPEC`, and `core.pins.check_pin_format` for a weak PIN),
+moves the dialog on or counts a wrong answer, and names the reply. It does no I/O, so the case
+table in tests/unit/test_sms_registration.py drives it directly. `Registrations` wraps it in
+the store's compare-and-set loop.
+
+After a mismatch the PIN the customer sent to confirm is kept as a candidate: a new PIN equal to
+it has been sent twice and registers at once. Without that, a customer whose first PIN had the
+typo would have to repeat the confirmation word for word ("YES 5930" twice), and the channel
+takes an identical text within `SMS_DEDUPE_SHORT_WINDOW_S` for the SMSC's redelivery and drops
+it. For the same reason the confirmation is asked as `YES <PIN>`, not the bare PIN again (a bare
+PIN is accepted too, when it gets through).
+
+The ID number and the PIN wait in the stored JSON encrypted with the gateway's field cipher (as
+USSD session secrets do) and are dropped when the dialog ends. Only the MO that confirmed the
+PIN (`final_mo`) registers: processed again, it registers again only if the core has not (the
+number is unique there), and otherwise gets the same welcome. An older MO processed late
+(`id <= last_mo`) changes nothing and gets the current question again.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeGuard, TypeVar
+
+from transitions import Machine
+
+from channels.sms.commands import REGISTER_SPEC
+from channels.sms.dialogs import SAVE_TRIES, JsonDialog
+from core import errors as E
+from core.crypto import FieldCipher
+from core.pins import check_pin_format
+from menus.session import RedisSessionStore
+
+MAX_WRONG_ANSWERS = 3  # in one dialog; the third ends it
+STEPS = ("name", "national_id", "pin", "pin_confirm")
+PIN_STEPS = ("pin", "pin_confirm")
+# At a PIN question the PIN may come alone or after one of these words ("YES 4821").
+PIN_PREFIXES = ("PIN", "YES")
+QUESTIONS = {
+    "name": "reg_ask_name",
+    "national_id": "reg_ask_id",
+    "pin": "reg_ask_pin",
+    "pin_confirm": "reg_ask_confirm",
+}
+
+_FIRST, _LAST, _NATIONAL_ID, _PIN = (pattern for pattern, _problem in REGISTER_SPEC)
+
+
+@dataclass(slots=True)
+class RegDialog(JsonDialog):
+    """The model of the registration dialog (the stored JSON, field for field)."""
+
+    state: str = "idle"
+    language: str = "en"
+    first_name: str = ""
+    last_name: str = ""
+    national_id: str = ""  # encrypted
+    pin: str = ""  # encrypted
+    candidate: str = ""  # encrypted: the PIN of a confirmation that did not match
+    wrong: int = 0
+    start_mo: int = 0  # the REG that started it: the registration's idempotency anchor
+    last_mo: int = 0  # the newest MO applied
+    final_mo: int = 0  # the MO that confirmed the PIN
+
+    @property
+    def active(self) -> bool:
+        return self.state in STEPS
+
+    def forget_secrets(self) -> None:
+        self.national_id = self.pin = self.candidate = ""
+
+    def count_wrong(self) -> None:
+        self.wrong += 1
+
+    def idempotency_key(self) -> str:
+        return f"reg:{self.start_mo}"
+
+
+REG_MACHINE = Machine(
+    model=None,
+    states=["idle", *STEPS, "registering", "registered", "ended"],
+    transitions=[
+        {"trigger": "start", "source": "*", "dest": "name", "before": "forget_secrets"},
+        {"trigger": "next", "source": "name", "dest": "national_id"},
+        {"trigger": "next", "source": "national_id", "dest": "pin"},
+        {"trigger": "next", "source": "pin", "dest": "pin_confirm"},
+        {"trigger": "mismatch", "source": "pin_confirm", "dest": "pin", "before": "count_wrong"},
+        {"trigger": "confirm", "source": list(PIN_STEPS), "dest": "registering"},
+        {
+            "trigger": "finish",
+            "source": "registering",
+            "dest": "registered",
+            "after": "forget_secrets",
+        },
+        {
+            "trigger": "end",
+            "source": [*STEPS, "registering"],
+            "dest": "ended",
+            "after": "forget_secrets",
+        },
+    ],
+    initial="idle",
+    auto_transitions=False,
+    ignore_invalid_triggers=True,
+)
+
+
+def fire(event: str, dialog: RegDialog) -> bool:
+    return bool(REG_MACHINE.events[event].trigger(dialog))
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """What one message did: the reply `key` (with `values`), or `register` (the caller runs
+    the registration and answers with its result)."""
+
+    key: str = ""
+    values: dict[str, Any] = field(default_factory=dict)
+    register: bool = False
+
+
+def question(dialog: RegDialog) -> Step:
+    """The current question again."""
+    return Step(QUESTIONS.get(dialog.state, "reg_ask_name"), {"first_name": dialog.first_name})
+
+
+def _wrong(dialog: RegDialog, key: str) -> Step:
+    dialog.count_wrong()
+    if dialog.wrong >= MAX_WRONG_ANSWERS:
+        fire("end", dialog)
+        return Step("reg_too_many")
+    return Step(key, {"first_name": dialog.first_name})
+
+
+def pin_word(text: str) -> str | None:
+    """The PIN in an answer to a PIN question: `4821`, `PIN 4821` or `YES 4821`."""
+    words = text.split()
+    if len(words) == 2 and words[0].upper() in PIN_PREFIXES:
+        return words[1]
+    return words[0] if len(words) == 1 else None
+
+
+def is_pin(word: str | None) -> TypeGuard[str]:
+    """Four ASCII digits (the grammar's `\\d` alone would take other scripts' digits too)."""
+    return word is not None and word.isascii() and bool(_PIN.fullmatch(word))
+
+
+def is_pin_answer(text: str) -> bool:
+    """A message shaped like an answer to a PIN question (any command word aside)."""
+    return is_pin(pin_word(text))
+
+
+def answer(dialog: RegDialog, text: str, cipher: FieldCipher) -> Step:
+    """Apply `text` as the answer to the dialog's current question (`dialog` changes)."""
+    words = text.split()
+    if dialog.state == "name":
+        if len(words) != 2 or not (_FIRST.fullmatch(words[0]) and _LAST.fullmatch(words[1])):
+            return _wrong(dialog, "reg_bad_name")
+        dialog.first_name, dialog.last_name = words
+    elif dialog.state == "national_id":
+        if len(words) != 1 or not _NATIONAL_ID.fullmatch(words[0]):
+            return _wrong(dialog, "reg_bad_id")
+        dialog.national_id = cipher.encrypt(words[0].upper())
+    elif dialog.state == "pin":
+        return _choose(dialog, pin_word(text), cipher)
+    elif dialog.state == "pin_confirm":
+        return _confirm(dialog, pin_word(text), cipher)
+    else:
+        raise AssertionError(f"no question is asked in state {dialog.state}")
+    fire("next", dialog)
+    return question(dialog)
+
+
+def prefill(dialog: RegDialog, given: list[str], cipher: FieldCipher) -> None:
+    """`REG <first> <last> [<ID number>]`: the answers given with REG skip their questions, as
+    far as they are good (a bad one is not a wrong answer: its question is simply asked)."""
+    assert dialog.state == "name", dialog.state
+    if len(given) < 2 or not (_FIRST.fullmatch(given[0]) and _LAST.fullmatch(given[1])):
+        return
+    dialog.first_name, dialog.last_name = given[0], given[1]
+    fire("next", dialog)
+    if len(given) == 3 and _NATIONAL_ID.fullmatch(given[2]):
+        dialog.national_id = cipher.encrypt(given[2].upper())
+        fire("next", dialog)
+
+
+def _choose(dialog: RegDialog, pin: str | None, cipher: FieldCipher) -> Step:
+    if not is_pin(pin):
+        return _wrong(dialog, "reg_bad_pin")
+    try:
+        check_pin_format(pin)
+    except E.WeakPin:
+        return _wrong(dialog, "reg_weak_pin")
+    dialog.pin = cipher.encrypt(pin)
+    candidate, dialog.candidate = dialog.candidate, ""
+    if candidate and hmac.compare_digest(cipher.decrypt(candidate), pin):
+        fire("confirm", dialog)  # sent twice already: as the confirmation and now
+        return Step(register=True)
+    fire("next", dialog)
+    return question(dialog)
+
+
+def _confirm(dialog: RegDialog, pin: str | None, cipher: FieldCipher) -> Step:
+    if not is_pin(pin):
+        return _wrong(dialog, "reg_bad_confirm")
+    if not hmac.compare_digest(cipher.decrypt(dialog.pin), pin):
+        dialog.pin, dialog.candidate = "", cipher.encrypt(pin)
+        fire("mismatch", dialog)
+        if dialog.wrong >= MAX_WRONG_ANSWERS:
+            fire("end", dialog)
+            return Step("reg_too_many")
+        return Step("reg_mismatch")
+    fire("confirm", dialog)
+    return Step(register=True)
+
+
+T = TypeVar("T")
+
+
+class Registrations:
+    """The registration dialogs of all numbers, in Redis with `ttl_s` after the last change."""
+
+    def __init__(self, store: RedisSessionStore, cipher: FieldCipher, ttl_s: int) -> None:
+        self.store = store
+        self.cipher = cipher
+        self.ttl_s = ttl_s
+
+    def key(self, msisdn: str) -> str:
+        return self.store.key("sms-reg", msisdn)
+
+    async def load(self, msisdn: str) -> RegDialog | None:
+        found = await self.store.load(self.key(msisdn))
+        return None if found is None else RegDialog.from_json(found.raw)
+
+    async def _change(
+        self, msisdn: str, change: Callable[[RegDialog], tuple[T, RegDialog | None]]
+    ) -> T:
+        """Run `change` on the stored dialog (a fresh one when none is stored) and save the
+        dialog it hands back, if any, by compare-and-set: on a conflict, again on what is
+        stored now."""
+        key = self.key(msisdn)
+        for _ in range(SAVE_TRIES):
+            found = await self.store.load(key)
+            dialog = RegDialog() if found is None else RegDialog.from_json(found.raw)
+            result, changed = change(dialog)
+            if changed is None:
+                return result
+            version = None if found is None else found.version
+            saved, _ = await self.store.save(key, version, changed.to_json(), self.ttl_s)
+            if saved:
+                return result
+        raise RuntimeError("the registration dialog kept changing under us")
+
+    async def start(self, msisdn: str, mo: int, given: list[str]) -> tuple[Step, RegDialog]:
+        """A new dialog (replacing any other, in its language), `given` (the words after REG)
+        filled in; the REG processed again keeps its dialog."""
+
+        def change(dialog: RegDialog) -> tuple[tuple[Step, RegDialog], RegDialog | None]:
+            if dialog.start_mo == mo and dialog.active:
+                return (question(dialog), dialog), None
+            fresh = RegDialog(language=dialog.language, start_mo=mo, last_mo=mo)
+            fire("start", fresh)
+            prefill(fresh, given, self.cipher)
+            return (question(fresh), fresh), fresh
+
+        return await self._change(msisdn, change)
+
+    async def answer(
+        self, msisdn: str, text: str, mo: int, *, pin_only: bool = False
+    ) -> tuple[Step, RegDialog] | None:
+        """Apply an answer; None when no question is waiting for it (`pin_only`: `text` is an
+        answer only to a PIN question), or `mo` is not the one that confirmed a dialog now
+        registering."""
+
+        def change(dialog: RegDialog) -> tuple[tuple[Step, RegDialog] | None, RegDialog | None]:
+            if dialog.state == "registering" and dialog.final_mo == mo:
+                return (Step(register=True), dialog), None  # processed again: register again
+            if not dialog.active or (pin_only and dialog.state not in PIN_STEPS):
+                return None, None
+            if mo <= dialog.last_mo:
+                return (question(dialog), dialog), None  # an older MO, late: nothing changes
+            step = answer(dialog, text, self.cipher)
+            dialog.last_mo = mo
+            if step.register:
+                dialog.final_mo = mo
+            return (step, dialog), dialog
+
+        return await self._change(msisdn, change)
+
+    async def set_language(self, msisdn: str, language: str) -> Step | None:
+        """The dialog's language (its questions and the new wallet's); None without a dialog."""
+
+        def change(dialog: RegDialog) -> tuple[Step | None, RegDialog | None]:
+            if not dialog.active:
+                return None, None
+            dialog.language = language
+            return question(dialog), dialog
+
+        return await self._change(msisdn, change)
+
+    async def end(self, msisdn: str) -> RegDialog | None:
+        """End the dialog waiting for an answer (STOP, a one-shot REG, a refusal); returns it,
+        or None when none was waiting."""
+
+        def change(dialog: RegDialog) -> tuple[RegDialog | None, RegDialog | None]:
+            if not (dialog.active or dialog.state == "registering"):
+                return None, None
+            fire("end", dialog)
+            return dialog, dialog
+
+        return await self._change(msisdn, change)
+
+    async def finished(self, msisdn: str, mo: int) -> None:
+        """The core registered the customer for `mo`: keep only what answers it again."""
+
+        def change(dialog: RegDialog) -> tuple[None, RegDialog | None]:
+            if dialog.state != "registering" or dialog.final_mo != mo:
+                return None, None
+            fire("finish", dialog)
+            return None, dialog
+
+        await self._change(msisdn, change)
+
+    def secrets(self, dialog: RegDialog) -> tuple[str, str]:
+        """(national id, PIN) of a dialog that is registering."""
+        return self.cipher.decrypt(dialog.national_id), self.cipher.decrypt(dialog.pin)

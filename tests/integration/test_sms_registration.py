@@ -1,0 +1,465 @@
+"""The SMS registration dialog end to end: MOs from the test SMSC, one question per SMS, the
+customer registered on the real core. A full dialog registers once (re-processed, redelivered
+or raced final messages too); bad answers are asked again with the reason; a PIN mismatch;
+STOP; expiry; other commands while it waits; a one-shot REG replacing it; languages; and the
+PIN and ID number never stored or logged in clear (the message store, the dialog in Redis, the
+log records)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime
+
+import pytest
+from aiohttp import web
+from redis.asyncio import Redis
+
+from channels.sms.executor import SmsBanking
+from channels.sms.handler import InboundSms
+from channels.sms.registration import Registrations
+from config.settings import Settings
+from gateway.keys import REDIS, SMS_CHANNEL
+from tests.sms_banking_support import SmsEnv, peer, start_sms_env  # noqa: F401
+from tests.sms_helpers import eventually
+from tests.smsc_peer import SmscPeer
+from tests.ussd_support import PIN, new_msisdn
+
+OTHER_PIN = "5930"
+HINT = "Sorry, we did not understand that."
+
+
+@pytest.fixture(scope="module")
+async def env(
+    settings: Settings,
+    peer: SmscPeer,  # noqa: F811
+    app: web.Application,
+) -> AsyncIterator[SmsEnv]:
+    async for e in start_sms_env(settings, peer, others=(app,)):
+        yield e
+
+
+@pytest.fixture(autouse=True)
+async def ledger_ok(env: SmsEnv) -> AsyncIterator[None]:
+    yield
+    await env.bank.check_ledger()
+
+
+def banking(env: SmsEnv) -> SmsBanking:
+    handler = env.app[SMS_CHANNEL].handler
+    assert isinstance(handler, SmsBanking)
+    return handler
+
+
+def regs(env: SmsEnv) -> Registrations:
+    found = banking(env).registrations
+    assert found is not None
+    return found
+
+
+def new_id_number() -> str:
+    return "ID" + secrets.token_hex(5).upper()
+
+
+async def customers(env: SmsEnv, msisdn: str) -> int:
+    return int(
+        await env.bank.pool.fetchval("SELECT count(*) FROM customers WHERE msisdn = $1", msisdn)
+    )
+
+
+async def stored_bodies(env: SmsEnv, msisdn: str) -> list[str]:
+    """Every stored message to and from the number, as the store keeps it."""
+    rows = await env.bank.pool.fetch(
+        "SELECT body FROM sms_messages WHERE msisdn = $1 ORDER BY id", msisdn
+    )
+    return [str(r["body"]) for r in rows]
+
+
+async def assert_no_secret_stored(env: SmsEnv, msisdn: str, *secrets_: str) -> None:
+    bodies = await stored_bodies(env, msisdn)
+    assert bodies
+    for secret in secrets_:
+        assert all(secret not in body for body in bodies), (secret, bodies)
+    raw = await env.app[REDIS].get(regs(env).key(msisdn))
+    for secret in secrets_:
+        assert raw is None or secret.encode() not in raw
+
+
+async def walk(env: SmsEnv, msisdn: str, *answers: str) -> list[str]:
+    return [await env.ask(msisdn, answer) for answer in answers]
+
+
+def inbound(msisdn: str, text: str, mo_id: int, attempt: int = 1) -> InboundSms:
+    return InboundSms(
+        id=mo_id,
+        msisdn=msisdn,
+        short_code="12345",
+        text=text,
+        smsc="test",
+        received_at=datetime.now(UTC),
+        parts=1,
+        complete=True,
+        attempt=attempt,
+    )
+
+
+class Replies:
+    """A ReplySender that keeps what it was asked to send (the SMPP path is tested above)."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, str, str | None]] = []
+
+    async def send_text(
+        self,
+        recipient: str,
+        text: str,
+        *,
+        ref: str | None = None,
+        sensitive: bool = False,
+        first_attempt: bool = False,
+    ) -> str:
+        self.sent.append((recipient, text, ref))
+        return f"id{len(self.sent)}"
+
+
+def collecting(env: SmsEnv, replies: Replies) -> SmsBanking:
+    """The live handler's parts (core, Redis dialogs) answering into `replies`."""
+    live = banking(env)
+    return SmsBanking(
+        replies,
+        core=live.core,
+        loans=live.loans,
+        limiter=live.limiter,
+        confirmations=live.confirmations,
+        registrations=live.registrations,
+    )
+
+
+def fresh_mo_id() -> int:
+    return 10**12 + secrets.randbelow(10**9)  # an id no stored MO has
+
+
+@pytest.fixture
+def log_records(caplog: pytest.LogCaptureFixture) -> Iterator[pytest.LogCaptureFixture]:
+    caplog.set_level(logging.DEBUG)
+    yield caplog
+
+
+# --- the whole dialog -------------------------------------------------------------------------
+
+
+async def test_full_dialog_registers_once(
+    env: SmsEnv, log_records: pytest.LogCaptureFixture
+) -> None:
+    me, id_number = new_msisdn(), new_id_number()
+    replies = await walk(env, me, "REG", "Amina Otieno", id_number.lower(), PIN, f"YES {PIN}")
+    assert replies[0].startswith("Welcome! To open a wallet, send your first and last name")
+    assert replies[1] == "Thank you Amina. Now send your national ID number."
+    assert replies[2].startswith("Now choose a 4-digit PIN and send it.")
+    assert replies[3] == "To confirm your PIN, send YES and the same PIN, like this: YES <PIN>"
+    assert replies[4] == "Welcome Amina! Your wallet is open. Send BAL <PIN> for your balance."
+    row = await env.bank.pool.fetchrow(
+        "SELECT first_name, last_name, language, status FROM customers WHERE msisdn = $1", me
+    )
+    assert dict(row) == {
+        "first_name": "Amina",
+        "last_name": "Otieno",
+        "language": "en",
+        "status": "active",
+    }
+    assert await env.ask(me, f"BAL {PIN}") == "Your balance is KES 0.00."  # the PIN chosen
+    assert await customers(env, me) == 1
+    await assert_no_secret_stored(env, me, PIN, id_number, id_number.lower())
+    masked = await env.bank.pool.fetch(
+        "SELECT body FROM sms_messages WHERE msisdn = $1 AND direction = 'mo' ORDER BY id", me
+    )
+    assert [r["body"] for r in masked] == [
+        "REG",
+        "Amina Otieno",
+        "****",
+        "****",
+        "YES ****",
+        "BAL ****",
+    ]
+    logged = "\n".join(r.getMessage() + repr(r.__dict__) for r in log_records.records)
+    assert PIN not in logged and id_number not in logged and id_number.lower() not in logged
+    # The dialog lives on for its TTL only to answer the final message again.
+    redis: Redis = env.app[REDIS]
+    ttl_ms = await redis.pttl(regs(env).key(me))
+    assert 0 < ttl_ms <= env.settings.sms_dialog_ttl_s * 1000
+
+
+async def test_reprocessed_and_redelivered_final_message_registers_once(env: SmsEnv) -> None:
+    me = new_msisdn()
+    await walk(env, me, "REG", "Baraka Mwangi", new_id_number(), PIN)
+    # The SMSC delivers the confirmation twice (its acknowledgement was lost).
+    await env.mo(me, f"YES {PIN}")
+    await env.mo(me, f"YES {PIN}")
+    texts = await env.wait_texts(me, 5)
+    assert texts[-1].startswith("Welcome Baraka!")
+    final = await env.bank.pool.fetchrow(
+        "SELECT id FROM sms_messages WHERE msisdn = $1 AND direction = 'mo' AND body = 'YES ****'",
+        me,
+    )
+    # The same MO processed again (a crash after the core call): the same welcome, once sent.
+    replies = Replies()
+    await collecting(env, replies).handle(inbound(me, f"YES {PIN}", final["id"], attempt=2))
+    assert replies.sent == [
+        (
+            me,
+            "Welcome Baraka! Your wallet is open. Send BAL <PIN> for your balance.",
+            f"mo:{final['id']}",
+        )
+    ]
+    # A copy that came after the de-duplication window (a new MO id): already registered.
+    await collecting(env, replies).handle(inbound(me, f"YES {PIN}", fresh_mo_id()))
+    assert replies.sent[-1][1] == "This number is already registered. Send HELP for the commands."
+    assert await customers(env, me) == 1
+    sent = await env.bank.pool.fetchval(
+        "SELECT count(*) FROM sms_messages WHERE direction = 'mt' AND ref = $1",
+        f"mo:{final['id']}",
+    )
+    assert sent == 1
+
+
+async def test_a_crash_between_the_confirmation_and_the_core_registers_on_the_retry(
+    env: SmsEnv,
+) -> None:
+    me = new_msisdn()
+    await walk(env, me, "REG", "Neema Ali", new_id_number(), PIN)
+    final = fresh_mo_id()
+    # The confirmation was applied to the dialog, then the process died before the core call.
+    applied = await regs(env).answer(me, f"YES {PIN}", final)
+    assert applied is not None and applied[0].register
+    assert await customers(env, me) == 0
+    replies = Replies()
+    handler = collecting(env, replies)
+    await handler.handle(inbound(me, f"YES {PIN}", final, attempt=2))
+    await handler.handle(inbound(me, f"YES {PIN}", final, attempt=3))
+    assert [text for _, text, _ in replies.sent] == [
+        "Welcome Neema! Your wallet is open. Send BAL <PIN> for your balance."
+    ] * 2
+    assert await customers(env, me) == 1
+    dialog = await regs(env).load(me)
+    assert dialog is not None and dialog.state == "registered" and dialog.pin == ""
+
+
+async def test_two_confirmations_at_once_register_once(env: SmsEnv) -> None:
+    me = new_msisdn()
+    await walk(env, me, "REG", "Zawadi Njeri", new_id_number(), PIN)
+    replies = Replies()
+    handler = collecting(env, replies)
+    first, second = fresh_mo_id(), fresh_mo_id()
+    await asyncio.gather(
+        handler.handle(inbound(me, f"YES {PIN}", first)),
+        handler.handle(inbound(me, PIN, second)),
+    )
+    assert await customers(env, me) == 1
+    welcomes = [text for _, text, _ in replies.sent if text.startswith("Welcome Zawadi!")]
+    assert len(welcomes) == 1, replies.sent
+
+
+# --- wrong answers ----------------------------------------------------------------------------
+
+
+async def test_bad_answers_are_asked_again_then_the_third_ends_it(env: SmsEnv) -> None:
+    me = new_msisdn()
+    replies = await walk(env, me, "reg", "Amina", "Amina Otieno", "12", new_id_number(), "1234")
+    assert replies[1] == (
+        "Please send two names, letters only, e.g. Amina Otieno. Send STOP to cancel."
+    )
+    assert replies[2].startswith("Thank you Amina.")
+    assert replies[3].startswith("The ID number must be 4 to 20 letters or digits")
+    assert replies[4].startswith("Now choose a 4-digit PIN")
+    assert replies[5] == (
+        "Too many wrong answers: registration cancelled. Send REG to start again."
+    )
+    # Over: a PIN now is just a text nobody asked for.
+    assert (await env.ask(me, PIN)).startswith(HINT)
+    assert await customers(env, me) == 0
+
+
+async def test_hostile_answers(env: SmsEnv) -> None:
+    me = new_msisdn()
+    replies = await walk(env, me, "REG", "Robert'); DROP TABLE customers;--", "x" * 160)
+    assert replies[1].startswith("Please send two names")
+    assert replies[2].startswith("Please send two names")
+    assert await env.bank.pool.fetchval("SELECT count(*) FROM customers") > 0
+    replies = await walk(env, me, "Amina Otieno", "A1234567' OR '1'='1")
+    assert replies[1].startswith("Too many wrong answers")  # the third wrong answer
+    assert await customers(env, me) == 0
+    bodies = await stored_bodies(env, me)
+    assert "A1234567' OR '1'='1" not in bodies and "A****' OR '****'='****" in bodies
+
+
+async def test_weak_pin_then_pin_mismatch(env: SmsEnv) -> None:
+    me = new_msisdn()
+    replies = await walk(
+        env, me, "REG", "Amina Otieno", new_id_number(), "1111", PIN, f"YES {OTHER_PIN}"
+    )
+    assert replies[3].startswith("That PIN is too easy to guess")
+    assert replies[4].startswith("To confirm your PIN")
+    assert replies[5] == (
+        "The two PINs were different. Choose a PIN again and send it like this: PIN <PIN>"
+    )
+    assert await customers(env, me) == 0
+    # The first PIN was the right one: chosen again, then confirmed.
+    replies = await walk(env, me, f"PIN {PIN}", f"yes {PIN}")
+    assert replies[0].startswith("To confirm your PIN")
+    assert replies[1].startswith("Welcome Amina!")
+    assert await env.ask(me, f"BAL {PIN}") == "Your balance is KES 0.00."
+    await assert_no_secret_stored(env, me, PIN, OTHER_PIN)
+
+
+async def test_mismatch_when_the_first_pin_had_the_typo(env: SmsEnv) -> None:
+    """The confirmation's PIN, sent again after the mismatch, registers: the customer never
+    has to repeat a text word for word (the channel would take it for a redelivery)."""
+    me = new_msisdn()
+    replies = await walk(
+        env, me, "REG", "Amina Otieno", new_id_number(), PIN, f"YES {OTHER_PIN}", OTHER_PIN
+    )
+    assert replies[4].startswith("The two PINs were different.")
+    assert replies[5].startswith("Welcome Amina!")
+    assert await env.ask(me, f"BAL {OTHER_PIN}") == "Your balance is KES 0.00."
+
+
+# --- ending it --------------------------------------------------------------------------------
+
+
+async def test_stop_and_cancel(env: SmsEnv) -> None:
+    me, id_number = new_msisdn(), new_id_number()
+    replies = await walk(env, me, "REG", "Amina Otieno", "STOP", id_number)
+    assert replies[2] == "Registration cancelled. Nothing was saved. Send REG to start again."
+    assert replies[3].startswith(HINT)
+    assert await env.ask(me, "stop") == "There is nothing to cancel. Send HELP for the commands."
+    replies = await walk(env, me, "Reg", "Amina Wanjiru", "cancel please")
+    assert replies[1].startswith("Thank you Amina.")
+    assert replies[2].startswith("Registration cancelled.")
+    assert await customers(env, me) == 0
+    dialog = await regs(env).load(me)
+    assert dialog is not None and dialog.state == "ended"
+
+
+@pytest.fixture
+def short_ttl(env: SmsEnv) -> Iterator[Registrations]:
+    dialogs = regs(env)
+    ttl_s, dialogs.ttl_s = dialogs.ttl_s, 1
+    try:
+        yield dialogs
+    finally:
+        dialogs.ttl_s = ttl_s
+
+
+async def test_the_dialog_expires(env: SmsEnv, short_ttl: Registrations) -> None:
+    me = new_msisdn()
+    assert (await env.ask(me, "REG")).startswith("Welcome! To open a wallet")
+    redis: Redis = env.app[REDIS]
+    key = short_ttl.key(me)
+    assert 0 < await redis.pttl(key) <= 1000
+    await eventually(lambda: redis.exists(key), lambda n: n == 0)
+    assert (await env.ask(me, "Amina Otieno")).startswith(HINT)
+    assert await customers(env, me) == 0
+
+
+# --- other messages while it waits ------------------------------------------------------------
+
+
+async def test_other_commands_are_answered_and_the_dialog_waits(env: SmsEnv) -> None:
+    me = new_msisdn()
+    replies = await walk(env, me, "REG", "HELP", f"BAL {PIN}", "what?", "YES ABCDE")
+    assert replies[1].startswith("BAL pin; SEND phone amount pin;")
+    assert replies[2].startswith("You are not registered.")
+    assert (
+        replies[3] == "Please send two names, letters only, e.g. Amina Otieno. Send STOP to cancel."
+    )
+    assert replies[4].startswith("You are not registered.")  # YES is for a PIN question only
+    assert (await env.ask(me, "Amina Otieno")).startswith("Thank you Amina.")
+    dialog = await regs(env).load(me)
+    assert dialog is not None and dialog.state == "national_id" and dialog.wrong == 1
+
+
+async def test_language_during_the_dialog(env: SmsEnv) -> None:
+    me = new_msisdn()
+    replies = await walk(env, me, "REG", "LANG sw", "Juma Hamisi", "lang fr", new_id_number())
+    assert replies[1].startswith("Karibu! Kufungua pochi")
+    assert replies[2] == "Asante Juma. Sasa tuma nambari ya kitambulisho chako."
+    assert replies[3] == "Merci Juma. Envoyez maintenant votre numéro de pièce d'identité."
+    assert replies[4].startswith("Choisissez un PIN de 4 chiffres")
+    replies = await walk(env, me, "lang SW", PIN, f"YES {PIN}")
+    assert replies[0].startswith("Sasa chagua PIN")
+    assert replies[2].startswith("Karibu Juma! Pochi yako imefunguliwa.")
+    language = await env.bank.pool.fetchval("SELECT language FROM customers WHERE msisdn=$1", me)
+    assert language == "sw"
+    assert await env.ask(me, f"BAL {PIN}") == "Salio lako ni KES 0.00."
+    # Started again later, a dialog keeps the language it had.
+    other = new_msisdn()
+    await walk(env, other, "REG", "LANG fr", "STOP")
+    assert (await env.ask(other, "reg")).startswith("Bienvenue ! Pour ouvrir")
+
+
+async def test_a_one_shot_reg_replaces_the_dialog(env: SmsEnv) -> None:
+    me, id_number = new_msisdn(), new_id_number()
+    await walk(env, me, "REG", "Amina Otieno")
+    reply = await env.ask(me, f"REG Baraka Mwangi {id_number} {PIN}")
+    assert reply == "Welcome Baraka! Your wallet is open. Send BAL <PIN> for your balance."
+    assert (await env.ask(me, new_id_number())).startswith(HINT)  # nobody asked for it
+    name = await env.bank.pool.fetchval("SELECT first_name FROM customers WHERE msisdn=$1", me)
+    assert name == "Baraka"
+    dialog = await regs(env).load(me)
+    assert dialog is not None and dialog.state == "ended"
+
+
+async def test_reg_with_too_few_words_starts_the_dialog_with_them(env: SmsEnv) -> None:
+    me, id_number = new_msisdn(), new_id_number()
+    reply = await env.ask(me, f"REG Amina Otieno {id_number}")
+    assert reply.startswith("Now choose a 4-digit PIN")  # names and ID given: the PIN next
+    # Four words that do not fit are the one-shot form, answered as before.
+    assert (await env.ask(me, "REG Amina Otieno 12 4821")).startswith(
+        "The ID number must be 4 to 20 letters or digits. Use: REG"
+    )
+    replies = await walk(env, me, PIN, f"YES {PIN}")  # the dialog waited
+    assert replies[1].startswith("Welcome Amina!")
+    await assert_no_secret_stored(env, me, PIN, id_number)
+    # A bad word given with REG is not a wrong answer: its question is asked.
+    other = new_msisdn()
+    assert (await env.ask(other, "reg Amina 0tieno")).startswith("Welcome! To open a wallet")
+    assert (await env.ask(other, "reg Amina Otieno 12")).startswith("Thank you Amina. Now send")
+    dialog = await regs(env).load(other)
+    assert dialog is not None and dialog.wrong == 0
+
+
+async def test_a_registration_that_the_core_refuses_ends_the_dialog(env: SmsEnv) -> None:
+    taken = new_id_number()
+    await env.ask(new_msisdn(), f"REG Asha Juma {taken} {PIN}")
+    me = new_msisdn()
+    replies = await walk(env, me, "REG", "Amina Otieno", taken, PIN, f"YES {PIN}")
+    assert replies[-1] == "This number or ID is already registered."
+    assert await customers(env, me) == 0
+    dialog = await regs(env).load(me)
+    assert dialog is not None and dialog.state == "ended" and dialog.pin == ""
+
+
+# --- a registered number ----------------------------------------------------------------------
+
+
+async def test_a_registered_number(env: SmsEnv) -> None:
+    me = await env.bank.open(balance_minor=100_000)
+    recipient = await env.bank.open()
+    assert (
+        await env.ask(me, "REG") == "This number is already registered. Send HELP for the commands."
+    )
+    assert (await env.ask(me, "reg Amina")).startswith("This number is already registered.")
+    assert await env.ask(me, "STOP") == "There is nothing to cancel. Send HELP for the commands."
+    assert (await env.ask(me, PIN)).startswith(HINT)
+    handler = banking(env)
+    handler.confirm_send = True
+    try:
+        prompt = await env.ask(me, f"SEND 0{recipient[4:]} 100 {PIN}")
+        code = prompt.split("Reply YES ")[1][:5]
+        assert await env.ask(me, "Cancel") == "The transfer is cancelled. Nothing was sent."
+        assert "No transfer is waiting" in await env.ask(me, f"YES {code}")
+    finally:
+        handler.confirm_send = False
+    assert await env.bank.balance(recipient) == 0
