@@ -90,9 +90,9 @@ _LINES: dict[str, dict[str, str]] = {
     },
     "fr": {
         "p2p-": "Envoyé {amount} à {party}",
-        "p2p+": "Reçu {amount} de {party}",
-        "deposit+": "Dépôt {amount}",
-        "cash_in+": "Dépôt {amount} chez {party}",
+        "p2p+": "Virement {amount} de {party}",
+        "deposit+": "Versement {amount}",
+        "cash_in+": "Versement {amount} chez {party}",
         "cash_out-": "Retrait {amount} chez {party}",
         "loan_disbursement+": "Crédit {amount}",
         "loan_repayment-": "Remboursement {amount}",
