@@ -1,21 +1,80 @@
-"""Prometheus metrics with a registry per app (tests build many apps in one process)."""
+"""Prometheus metrics with a registry per app (tests build many apps in one process).
+
+Every HTTP request and every USSD step is counted and timed, so observing must be cheap.
+prometheus_client's own Counter and Histogram take a lock per increment (a histogram: one for
+its sum and one for its bucket) and cost ~10 us of CPU per request and per step, a few percent
+of a USSD step (bench/ussd.py, measured with callgrind). The gateway observes from its one
+event-loop thread, so the hot families are plain counts here (a dict of label values -> count,
+a bisect into the bucket bounds) and reach prometheus_client as a custom collector: the
+exposition format, names and labels are prometheus_client's, built when `/metrics` is read.
+"""
 
 from __future__ import annotations
 
+from bisect import bisect_left
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
 
-from prometheus_client import (
-    CONTENT_TYPE_LATEST,
-    CollectorRegistry,
-    Counter,
-    Histogram,
-    generate_latest,
-)
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 __all__ = ["CONTENT_TYPE_LATEST", "Metrics"]
 
 LATENCY_BUCKETS_S = (0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+_BOUNDS_TEXT = [*(repr(float(b)) for b in LATENCY_BUCKETS_S), "+Inf"]
+
+
+class _Histogram:
+    """Counts per bucket (not cumulative; the last is +Inf) and the sum, for one label set."""
+
+    __slots__ = ("counts", "total")
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(LATENCY_BUCKETS_S) + 1)
+        self.total = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect_left(LATENCY_BUCKETS_S, value)] += 1  # le: first bound >= value
+        self.total += value
+
+    def buckets(self) -> list[tuple[str, float]]:
+        out, running = [], 0
+        for bound, count in zip(_BOUNDS_TEXT, self.counts, strict=True):
+            running += count
+            out.append((bound, float(running)))
+        return out
+
+
+@dataclass(frozen=True)
+class _Family:
+    name: str
+    doc: str
+    labels: tuple[str, ...]
+    histogram: bool
+    values: dict[tuple[str, ...], object] = field(default_factory=dict)
+
+    def metric(self) -> Metric:
+        if self.histogram:
+            family = HistogramMetricFamily(self.name, self.doc, labels=self.labels)
+            for key, hist in list(self.values.items()):
+                assert isinstance(hist, _Histogram)
+                family.add_metric(list(key), hist.buckets(), hist.total)
+            return family
+        counter = CounterMetricFamily(self.name, self.doc, labels=self.labels)
+        for key, count in list(self.values.items()):
+            assert isinstance(count, int)
+            counter.add_metric(list(key), float(count))
+        return counter
+
+
+class _Families(Collector):
+    def __init__(self, families: list[_Family]) -> None:
+        self.families = families
+
+    def collect(self) -> Iterator[Metric]:
+        for family in self.families:
+            yield family.metric()
 
 
 @dataclass
@@ -23,53 +82,52 @@ class Metrics:
     registry: CollectorRegistry = field(default_factory=CollectorRegistry)
 
     def __post_init__(self) -> None:
-        self.requests = Counter(
+        self._requests = _Family(
             "gateway_http_requests_total",
             "HTTP requests by route and status",
-            ["method", "route", "status"],
-            registry=self.registry,
+            ("method", "route", "status"),
+            histogram=False,
         )
-        self.latency = Histogram(
+        self._latency = _Family(
             "gateway_http_request_duration_seconds",
             "HTTP request latency by route",
-            ["method", "route"],
-            buckets=LATENCY_BUCKETS_S,
-            registry=self.registry,
+            ("method", "route"),
+            histogram=True,
         )
-
-        self.ussd_steps = Counter(
+        self._ussd_steps = _Family(
             "gateway_ussd_steps_total",
             "USSD steps by provider and outcome (ok, end, invalid, replay, busy, error ...)",
-            ["provider", "outcome"],
-            registry=self.registry,
+            ("provider", "outcome"),
+            histogram=False,
         )
-        self.ussd_latency = Histogram(
+        self._ussd_latency = _Family(
             "gateway_ussd_step_duration_seconds",
             "USSD step latency by provider",
-            ["provider"],
-            buckets=LATENCY_BUCKETS_S,
-            registry=self.registry,
+            ("provider",),
+            histogram=True,
         )
+        families = [self._requests, self._latency, self._ussd_steps, self._ussd_latency]
+        self.registry.register(_Families(families))
 
-        # Labelled children by label values: `labels()` validates and locks on every call, which
-        # cost a few percent of a USSD step. Label values are bounded (routes, statuses,
-        # providers, outcomes), so are these.
-        self._children: dict[tuple[object, ...], Any] = {}
+    @staticmethod
+    def _count(family: _Family, key: tuple[str, ...]) -> None:
+        values = family.values
+        values[key] = values.get(key, 0) + 1  # type: ignore[operator]
 
-    def _child(self, metric: Any, *values: str) -> Any:
-        key = (metric, *values)
-        child = self._children.get(key)
-        if child is None:
-            child = self._children[key] = metric.labels(*values)
-        return child
+    @staticmethod
+    def _time(family: _Family, key: tuple[str, ...], elapsed_s: float) -> None:
+        hist = family.values.get(key)
+        if hist is None:
+            hist = family.values[key] = _Histogram()
+        hist.observe(elapsed_s)  # type: ignore[attr-defined]
 
     def observe_ussd(self, provider: str, outcome: str, elapsed_s: float) -> None:
-        self._child(self.ussd_steps, provider, outcome).inc()
-        self._child(self.ussd_latency, provider).observe(elapsed_s)
+        self._count(self._ussd_steps, (provider, outcome))
+        self._time(self._ussd_latency, (provider,), elapsed_s)
 
     def observe(self, method: str, route: str, status: int, elapsed_s: float) -> None:
-        self._child(self.requests, method, route, str(status)).inc()
-        self._child(self.latency, method, route).observe(elapsed_s)
+        self._count(self._requests, (method, route, str(status)))
+        self._time(self._latency, (method, route), elapsed_s)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
