@@ -20,8 +20,8 @@ from channels.sms.handler import InboundSms, RetryLater
 from config.settings import Settings
 from gateway.app import make_redis
 from gateway.keys import DISPATCHER, REDIS, SMS_CHANNEL
+from tests.helpers import eventually
 from tests.sms_banking_support import SmsEnv, digits, peer, start_sms_env  # noqa: F401
-from tests.sms_helpers import eventually
 from tests.smsc_peer import SmscPeer
 from tests.ussd_support import PIN, RedisProcess, new_msisdn, own_redis
 
