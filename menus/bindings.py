@@ -193,6 +193,9 @@ class CoreActions:
     # core.agent_transactions.gate_customer_withdrawal): the evidence to store, or a refusal.
     withdrawal_gate: WithdrawalGate | None = None
     channel: str = CHANNEL  # what transfers and audit rows record ("sms" for SMS banking)
+    # Whether the core queues the sender's receipt SMS of a transfer. SMS banking says no: its
+    # reply to SEND is the sender's receipt. On USSD the screen is not one, so the SMS follows.
+    sender_receipt: bool = True
 
     def money(self, minor: int) -> str:
         return format_amount(minor, self.currency)
@@ -272,6 +275,7 @@ class CoreActions:
             channel=self.channel,
             currency=self.currency,
             country_code=self.country_code,
+            sender_receipt=self.sender_receipt,
         )
         name = ctx.vars.get("recipient_name")
         if not isinstance(name, str) or not name:

@@ -14,7 +14,9 @@ Once per stored MO, at least once (see `channels.sms.handler`):
 - money moves with `idempotency_key = "sms:{MO id}"` (a SEND confirmed by YES uses the SEND's MO
   id), so a re-processed or redelivered MO moves money once and answers the same;
 - the reply goes out with `ref = "mo:{MO id}"`, sent once; the recipient of a transfer gets the
-  core's receipt through the outbox (so does the sender, in addition to the reply);
+  core's receipt through the outbox; the sender's receipt is the reply itself (reference,
+  amount, fee, new balance), so the core queues none for them (`CoreActions.sender_receipt`
+  is False for SMS banking) and the sender gets one SMS;
 - replies are in the customer's language (`channels.sms.texts`);
 - `REG` alone starts the registration dialog (`channels.sms.registration`); see `_dialog_reply`
   for which messages it takes while it waits;
@@ -497,6 +499,7 @@ class SmsBanking:
             channel=CHANNEL,
             currency=self.core.currency,
             country_code=self.core.country_code,
+            sender_receipt=self.core.sender_receipt,
         )
         money = self.core.money
         return ActionResult(

@@ -243,6 +243,51 @@ async def test_send_moves_money_once_and_both_parties_get_an_sms(env: SmsEnv) ->
     ] == []
 
 
+async def pending_outbox(env: SmsEnv, *msisdns: str) -> int:
+    count = await env.bank.pool.fetchval(
+        "SELECT count(*) FROM outbox WHERE recipient = ANY($1::text[]) AND status = 'pending'",
+        list(msisdns),
+    )
+    return int(count)
+
+
+async def test_send_tells_the_sender_once_and_the_recipient_once(env: SmsEnv) -> None:
+    """The reply to SEND is the sender's receipt: the core queues no second one for them."""
+    sender = await env.bank.open(balance_minor=100_000)
+    recipient = await env.bank.open(first_name="Zawadi", last_name="Kamau")
+    env.app[DISPATCHER].wake()  # the deposit's receipt goes out before we count
+    await eventually(lambda: pending_outbox(env, sender, recipient), lambda n: n == 0)
+    sender_before = len(await env.texts(sender))
+    recipient_before = len(await env.texts(recipient))
+
+    reply = await env.ask(sender, f"SEND {local(recipient)} 250 {PIN}")
+    assert "Confirmed. KES 250.00 sent to Zawadi Kamau" in reply, reply
+    reference = reply.split()[0]
+    env.app[DISPATCHER].wake()
+    await eventually(lambda: pending_outbox(env, sender, recipient), lambda n: n == 0)
+    received = await env.wait_texts(recipient, recipient_before + 1)
+    assert len(received) == recipient_before + 1 and reference in received[-1]
+    assert (await env.texts(sender))[sender_before:] == [reply]  # the reply, nothing more
+    rows = await env.bank.pool.fetch(
+        "SELECT recipient, template FROM outbox WHERE transfer_id = ledger_reference_id($1)",
+        reference,
+    )
+    assert [(r["recipient"], r["template"]) for r in rows] == [(recipient, "p2p_received")]
+
+
+async def test_confirmed_send_tells_the_sender_once(env: SmsEnv, confirm_on: SmsBanking) -> None:
+    sender = await env.bank.open(balance_minor=100_000)
+    recipient = await env.bank.open()
+    prompt = await env.ask(sender, f"SEND {local(recipient)} 120 {PIN}")
+    code = prompt.split("Reply YES ")[1].split()[0]
+    reply = await env.ask(sender, f"YES {code}")
+    reference = reply.split()[0]
+    rows = await env.bank.pool.fetch(
+        "SELECT recipient FROM outbox WHERE transfer_id = ledger_reference_id($1)", reference
+    )
+    assert [r["recipient"] for r in rows] == [recipient]
+
+
 async def test_redelivered_mo_moves_money_once(env: SmsEnv) -> None:
     sender = await env.bank.open(balance_minor=100_000)
     recipient = await env.bank.open()
