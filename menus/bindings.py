@@ -377,6 +377,8 @@ class CoreActions:
             _secret(ctx, "new_pin"),
             self.pin_rounds,
             self.country_code,
+            # The same request processed again answers the same, counting no wrong PIN.
+            idempotency_key=ctx.idempotency_key,
         )
         return ActionResult()
 

@@ -192,6 +192,59 @@ async def test_right_pin_resets_the_count_and_pin_change(env: SmsEnv) -> None:
     assert await env.ask(me, "BAL 5830") == "Your balance is KES 500.00."
 
 
+async def reprocess(env: SmsEnv, msisdn: str, text: str) -> int:
+    """The latest MO of `msisdn` handled again (a crash before its reply was recorded, a lease
+    taken over); the count of its replies."""
+    mo = await env.bank.pool.fetchrow(
+        "SELECT * FROM sms_messages WHERE direction = 'mo' AND msisdn = $1 ORDER BY id DESC "
+        "LIMIT 1",
+        msisdn,
+    )
+    await banking(env).handle(
+        InboundSms(
+            id=int(mo["id"]),
+            msisdn=msisdn,
+            short_code=mo["short_code"],
+            text=text,
+            smsc=mo["smsc"],
+            received_at=mo["created_at"],
+            parts=1,
+            complete=True,
+            attempt=2,
+        )
+    )
+    return int(
+        await env.bank.pool.fetchval(
+            "SELECT count(*) FROM sms_messages WHERE direction = 'mt' AND ref = $1",
+            f"mo:{mo['id']}",
+        )
+    )
+
+
+async def test_pin_change_processed_again_counts_no_wrong_pin(env: SmsEnv) -> None:
+    me = await env.bank.open(balance_minor=50_000)
+    assert await env.ask(me, f"PIN {PIN} 5830") == "Your PIN has been changed."
+    await all_processed(env, me, 1)
+    # The reply's record lost (the crash came before it): the same MO runs again.
+    await env.bank.pool.execute(
+        "DELETE FROM sms_messages WHERE direction = 'mt' AND msisdn = $1", me
+    )
+    assert await reprocess(env, me, f"PIN {PIN} 5830") == 1
+    last = await env.bank.pool.fetchval(
+        "SELECT body FROM sms_messages WHERE direction = 'mt' AND msisdn = $1 ORDER BY id DESC "
+        "LIMIT 1",
+        me,
+    )
+    assert last == "Your PIN has been changed."
+    failures = await env.bank.pool.fetchval(
+        "SELECT pin_failures FROM customers WHERE msisdn = $1", me
+    )
+    assert failures == 0
+    # A new message with the old PIN is a wrong PIN, as it always was.
+    assert "2 attempts left" in await env.ask(me, f"pin {PIN} 5830")
+    assert await env.ask(me, "BAL 5830") == "Your balance is KES 500.00."
+
+
 # --- money ------------------------------------------------------------------------------------
 
 
