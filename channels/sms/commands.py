@@ -11,6 +11,9 @@
     YES <code>                             confirms a pending SEND (when confirmation is on)
     STOP | CANCEL                          ends a dialog (words after it are ignored)
 
+Malformed and unknown text gets a one-line hint in the customer's language (`hint`; the texts
+are in `channels.sms.texts`); the keywords are the same in every language.
+
 `REG` with fewer than four words starts the registration dialog (`channels.sms.registration`),
 which asks for the same fields one SMS at a time and checks each with `REGISTER_SPEC`.
 
@@ -33,6 +36,8 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+
+from channels.sms.texts import hint_text
 
 PIN_DIGITS = 4
 MASK = "****"
@@ -120,7 +125,8 @@ class Stop:
 
 @dataclass(frozen=True, slots=True)
 class Malformed:
-    """A known keyword with wrong arguments; `problem` is a stable code, `hint` one line."""
+    """A known keyword with wrong arguments; `problem` is a stable code, `hint` one line in
+    English (`hint(result, language)` gives it in the customer's language)."""
 
     keyword: str
     problem: str
@@ -129,7 +135,10 @@ class Malformed:
 
 @dataclass(frozen=True, slots=True)
 class Unknown:
+    """Not a command: `problem` is "unknown" or "too_long"; `hint` as for Malformed."""
+
     hint: str
+    problem: str = "unknown"
 
 
 Command = (
@@ -148,40 +157,14 @@ Command = (
 )
 ParseResult = Command | Malformed | Unknown
 
-USAGE = {
-    "HELP": "HELP",
-    "REG": "REG <first name> <last name> <ID number> <PIN>",
-    "BAL": "BAL <PIN>",
-    "SEND": "SEND <phone> <amount> <PIN>",
-    "MINI": "MINI <PIN>",
-    "PIN": "PIN <old PIN> <new PIN>",
-    "LANG": "LANG <EN or SW or FR>",
-    "LOAN": "LOAN <amount> <PIN> or LOAN STATUS <PIN>",
-    "REPAY": "REPAY <amount> <PIN>",
-    "YES": "YES <code>",
-}
 HELP_TEXT = (
     "BAL pin; SEND phone amount pin; MINI pin; PIN old new; LANG en/sw/fr; "
     "LOAN amount pin; LOAN STATUS pin; REPAY amount pin; REG first last id pin"
 )
-UNKNOWN_HINT = "Sorry, we did not understand that. Send HELP for the list of commands."
-_PROBLEMS = {
-    "arguments": "Wrong number of words.",
-    "pin": f"The PIN must be {PIN_DIGITS} digits.",
-    "phone": "The phone number is not valid.",
-    "amount": "The amount must be a number like 500 or 12.50.",
-    "name": "Names must be letters.",
-    "national_id": "The ID number must be 4 to 20 letters or digits.",
-    "language": "The language must be EN, SW or FR.",
-    "code": "The code must be 4 to 8 letters or digits.",
-    "same_pin": "The new PIN must differ from the old one.",
-    "too_long": "The message is too long.",
-}
 
 
 def _bad(keyword: str, problem: str) -> Malformed:
-    hint = f"{_PROBLEMS[problem]} Use: {USAGE[keyword]}. Send HELP for all commands."
-    return Malformed(keyword, problem, hint)
+    return Malformed(keyword, problem, hint_text(keyword, problem, "en"))
 
 
 def _check(
@@ -273,16 +256,18 @@ _PARSERS: dict[str, Parser] = {
 def parse(text: str) -> ParseResult:
     """One SMS text to a command, or a Malformed/Unknown with a one-line hint."""
     if len(text) > MAX_TEXT_CHARS:
-        return Unknown(_PROBLEMS["too_long"] + " Send HELP for the list of commands.")
+        return Unknown(hint_text(None, "too_long", "en"), "too_long")
     words = text.split()
     parser = _PARSERS.get(words[0].upper()) if words else None
     if parser is None:
-        return Unknown(UNKNOWN_HINT)
+        return Unknown(hint_text(None, "unknown", "en"))
     return parser(words[1:])
 
 
-def hint(result: Malformed | Unknown) -> str:
-    return result.hint
+def hint(result: Malformed | Unknown, language: str = "en") -> str:
+    """The one-line hint in `language` (en, sw, fr; English otherwise)."""
+    keyword = result.keyword if isinstance(result, Malformed) else None
+    return hint_text(keyword, result.problem, language)
 
 
 # Word positions (0 = keyword) holding a secret, per well-formed command.

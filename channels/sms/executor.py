@@ -17,7 +17,8 @@ Once per stored MO, at least once (see `channels.sms.handler`):
   core's receipt through the outbox; the sender's receipt is the reply itself (reference,
   amount, fee, new balance), so the core queues none for them (`CoreActions.sender_receipt`
   is False for SMS banking) and the sender gets one SMS;
-- replies are in the customer's language (`channels.sms.texts`);
+- replies are in the customer's language (`channels.sms.texts`), the hints for malformed or
+  unknown text included; an unregistered sender gets English;
 - `REG` alone starts the registration dialog (`channels.sms.registration`); see `_dialog_reply`
   for which messages it takes while it waits;
 - a temporary failure (the database or Redis not answering) sends "temporarily unavailable"
@@ -164,7 +165,7 @@ class SmsBanking:
             if reply is not None:
                 return reply
         if isinstance(command, C.Malformed | C.Unknown):
-            return C.hint(command)
+            return C.hint(command, language)
         key = self._without_core(command, customer)
         if key:
             return text(key, language)

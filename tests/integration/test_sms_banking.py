@@ -372,6 +372,39 @@ async def test_lang_then_replies_in_the_new_language(env: SmsEnv) -> None:
     )
 
 
+HINTS_BY_LANGUAGE = [
+    ("sw", "BAL 12", "PIN iwe tarakimu 4. Tumia: BAL <PIN>. Tuma HELP kuona amri zote."),
+    ("sw", "hujambo", "Samahani, hatukuelewa ujumbe huo. Tuma HELP kuona orodha ya amri."),
+    (
+        "fr",
+        "SEND 0712 100 {pin}",
+        "Le numéro de téléphone n'est pas valide. Utilisez : SEND <téléphone> <montant> <PIN>. "
+        "Envoyez HELP pour toutes les commandes.",
+    ),
+    (
+        "fr",
+        "bonjour",
+        "Désolé, nous n'avons pas compris. Envoyez HELP pour la liste des commandes.",
+    ),
+    ("en", "LANG de", "The language must be EN, SW or FR. Use: LANG <EN or SW or FR>."),
+]
+
+
+@pytest.mark.parametrize(("language", "template", "expected"), HINTS_BY_LANGUAGE)
+async def test_hints_in_the_customers_language(
+    env: SmsEnv, language: str, template: str, expected: str
+) -> None:
+    me = await env.bank.open(language=language)
+    reply = await env.ask(me, template.format(pin=PIN))
+    assert reply.startswith(expected), reply
+    assert PIN not in reply
+
+
+async def test_an_unknown_sender_gets_english_hints(env: SmsEnv) -> None:
+    reply = await env.ask(new_msisdn(), "habari")
+    assert reply == "Sorry, we did not understand that. Send HELP for the list of commands."
+
+
 # --- the rate limit ---------------------------------------------------------------------------
 
 
