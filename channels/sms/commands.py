@@ -8,6 +8,7 @@
     PIN <old PIN> <new PIN>
     LANG <en|sw|fr>
     LOAN <amount> <PIN> | REPAY <amount> <PIN> | LOAN STATUS <PIN>
+    LOAN <product code> <amount> <PIN>     a compatible extension: that product, not the choice
     YES <code>                             confirms a pending SEND (when confirmation is on)
     STOP | CANCEL                          ends a dialog (words after it are ignored)
 
@@ -50,6 +51,10 @@ _AMOUNT = re.compile(r"\d{1,9}(\.\d{1,2})?")
 _NAME = re.compile(r"[^\W\d_][\w'.-]{0,39}")
 _NATIONAL_ID = re.compile(r"[A-Za-z0-9]{4,20}")
 _CODE = re.compile(r"[A-Za-z0-9]{4,8}")
+# A loan product's code (core.loans.products.CODE_RE, any case). `LOAN` with three words names
+# a product only when the first has a letter: `LOAN 500 1234 5678` (a slip) is malformed
+# ("wrong number of words"), not a product "500".
+_PRODUCT = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{1,31}")
 _TOKEN = re.compile(r"\S+")
 _DIGIT_RUN = re.compile(r"(?<!\d)\d{1,8}(?!\d)")
 _ALONE_SECRET = re.compile(r"\s*(?=[A-Za-z]*\d)[A-Za-z0-9]{4,20}\s*")
@@ -100,6 +105,7 @@ class Language:
 class Loan:
     amount: str
     pin: str
+    product: str | None = None  # `LOAN <product code> <amount> <PIN>`; upper case
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,6 +187,7 @@ def _check(
 _PIN_ARG = (_PIN, "pin")
 _AMOUNT_ARG = (_AMOUNT, "amount")
 _NAME_ARG = (_NAME, "name")
+_LOAN_WITH_PRODUCT = ((_PRODUCT, "product"), _AMOUNT_ARG, _PIN_ARG)
 # REG's words after the keyword; the registration dialog checks its answers against these too.
 REGISTER_SPEC = (_NAME_ARG, _NAME_ARG, (_NATIONAL_ID, "national_id"), _PIN_ARG)
 
@@ -188,6 +195,9 @@ REGISTER_SPEC = (_NAME_ARG, _NAME_ARG, (_NATIONAL_ID, "national_id"), _PIN_ARG)
 def _parse_loan(args: list[str]) -> ParseResult:
     if args and args[0].upper() == "STATUS":
         return _check("LOAN", args[1:], (_PIN_ARG,)) or LoanStatus(args[1])
+    if len(args) == len(_LOAN_WITH_PRODUCT) and re.search("[A-Za-z]", args[0]):
+        bad = _check("LOAN", args, _LOAN_WITH_PRODUCT)
+        return bad or Loan(args[1], args[2], product=args[0].upper())
     return _check("LOAN", args, (_AMOUNT_ARG, _PIN_ARG)) or Loan(args[0], args[1])
 
 
@@ -288,6 +298,8 @@ def mask_secrets(text: str) -> str:
     """`text` with PINs (and ID numbers, confirmation codes) replaced by `****`."""
     result = parse(text)
     positions = _SECRET_POSITIONS.get(type(result))
+    if isinstance(result, Loan) and result.product is not None:
+        positions = (3,)
     tokens = list(_TOKEN.finditer(text))
     if isinstance(result, Malformed) and result.keyword == "REG":
         # A REG that does not fit still has the ID number and PIN at their places (an ID of 9

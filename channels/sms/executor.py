@@ -54,6 +54,7 @@ log = logging.getLogger("channels.sms.executor")
 
 CHANNEL = "sms"
 RATE_WINDOW_S = 60
+MAX_CODES_SHOWN = 5  # loan product codes named when LOAN gives an unknown one
 MINI_LINES = 5  # a mini statement by SMS: the latest lines that fit in about two parts
 _DOWN = (
     asyncpg.PostgresConnectionError,
@@ -407,24 +408,52 @@ class SmsBanking:
         return self.loans
 
     async def _loan(self, sms: InboundSms, cmd: C.Loan, customer: customers.Customer) -> Reply:
+        """`LOAN <amount> <PIN>` applies for the product `LoanActions.choose` picks (the one
+        in reach whose range holds the amount, the cheapest of several), or says what amounts
+        may be borrowed; `LOAN <code> <amount> <PIN>` for that product (its own rules refuse
+        an amount out of its range)."""
         loans = self._loans()
         amount_minor = self._amount(cmd.amount)
-        offered: ActionResult = await loans.products(self._ctx(sms, "loans.products", customer))
-        product = offered.vars.get("loan_product")
-        if not product:
+        offered = await loans.offered()
+        if not offered:
             return Reply("no_loan_product", {})
+        if cmd.product is not None:
+            codes = [p.code for p in offered]
+            if cmd.product not in codes:
+                shown = ", ".join(codes[:MAX_CODES_SHOWN])
+                return Reply("loan_product_unknown", {"code": cmd.product, "codes": shown})
+            code = cmd.product
+        else:
+            choice = loans.choose(
+                offered,
+                amount_minor=amount_minor,
+                tier=customer.tier,
+                registered_at=customer.created_at,
+            )
+            if choice.product is None:
+                ranges = self._ranges(choice.ranges, customer.language)
+                return Reply("loan_range", {"ranges": ranges})
+            code = choice.product.code
         result = await loans.apply(
             self._ctx(
                 sms,
                 "loans.apply",
                 customer,
-                vars={"amount_minor": amount_minor, "loan_product": product},
+                vars={"amount_minor": amount_minor, "loan_product": code},
                 secrets={"pin": cmd.pin},
             )
         )
         if result.vars.get("loan_status") == "review":
             return Reply("loan_review", result.vars)
         return Reply("loan_approved", result.vars)
+
+    def _ranges(self, ranges: tuple[tuple[int, int], ...], language: str) -> str:
+        """`KES 100.00 to KES 900.00 or KES 1,000.00 to KES 2,000.00`, in `language`."""
+        money = self.core.money
+        spans = [
+            text("loan_range_span", language, low=money(lo), high=money(hi)) for lo, hi in ranges
+        ]
+        return f" {text('loan_range_or', language)} ".join(spans)
 
     async def _send(self, sms: InboundSms, cmd: C.Send, customer: customers.Customer) -> Reply:
         recipient = normalise_msisdn(cmd.phone, self.core.country_code, field="phone")

@@ -126,6 +126,23 @@ _TEXTS: dict[str, dict[str, str]] = {
         "sw": "Hakuna mkopo unaotolewa kwa sasa.",
         "fr": "Aucun crédit n'est proposé pour le moment.",
     },
+    "loan_range": {
+        "en": "No loan for that amount. You can borrow {ranges}. Send LOAN <amount> <PIN>.",
+        "sw": "Hakuna mkopo wa kiasi hicho. Unaweza kukopa {ranges}. Tuma LOAN <kiasi> <PIN>.",
+        "fr": "Pas de crédit pour ce montant. Vous pouvez emprunter {ranges}. "
+        "Envoyez LOAN <montant> <PIN>.",
+    },
+    "loan_range_span": {
+        "en": "{low} to {high}",
+        "sw": "kuanzia {low} hadi {high}",
+        "fr": "de {low} à {high}",
+    },
+    "loan_range_or": {"en": "or", "sw": "au", "fr": "ou"},
+    "loan_product_unknown": {
+        "en": "There is no loan product {code}. Products: {codes}. Or send LOAN <amount> <PIN>.",
+        "sw": "Hakuna mkopo wenye msimbo {code}. Iliyopo: {codes}. Au tuma LOAN <kiasi> <PIN>.",
+        "fr": "Aucun crédit n'a le code {code}. Codes : {codes}. Ou envoyez LOAN <montant> <PIN>.",
+    },
     "repaid": {
         "en": "{reference} {amount} paid to your loan. Still due {amount_due}. Balance {balance}.",
         "sw": "{reference} {amount} imelipwa kwa mkopo wako. Deni lililobaki {amount_due}. "
