@@ -111,20 +111,34 @@ async def test_loan_by_sms_is_refused_while_one_is_open(
 
 
 @pytest.fixture(scope="module")
-async def two_ranges(env: SmsEnv, product: dict[str, str]) -> dict[str, str]:
-    """Two products only Business customers may borrow from (no other test's product is open
-    to them, so the choice is among these two): KES 100-900 and KES 1,000-2,000."""
+async def two_ranges(env: SmsEnv, product: dict[str, str]) -> AsyncIterator[dict[str, str]]:
+    """Two products for Business customers, KES 100-900 and KES 1,000-2,000, and the only ones
+    open to them while this module runs: other products open to Business (the demo's QUICK30,
+    when another test seeded it) are retired meanwhile and offered again afterwards."""
     suffix = secrets.token_hex(3).upper()
     small, big = f"SMALL{suffix}", f"BIG{suffix}"
-    for code, low, high in ((small, 100_00, 900_00), (big, 1_000_00, 2_000_00)):
-        offered = {
-            **terms(code, f"Loan {code}"),
-            "principal_min_minor": low,
-            "principal_max_minor": high,
-            "tiers": ["business"],
-        }
-        await env.app[LOANS].create_product(env.bank.pool, offered, "test")
-    return {"small": small, "big": big}
+    pool = env.bank.pool
+    retired = await pool.fetch(
+        "UPDATE loan_products SET active = false WHERE active AND 'business' = ANY(tiers) "
+        "RETURNING id"
+    )
+    try:
+        for code, low, high in ((small, 100_00, 900_00), (big, 1_000_00, 2_000_00)):
+            offered = {
+                **terms(code, f"Loan {code}"),
+                "principal_min_minor": low,
+                "principal_max_minor": high,
+                "tiers": ["business"],
+            }
+            await env.app[LOANS].create_product(pool, offered, "test")
+        yield {"small": small, "big": big}
+    finally:
+        await pool.execute(
+            "UPDATE loan_products SET active = (id = ANY($1::bigint[])) "
+            "WHERE id = ANY($1::bigint[]) OR code = ANY($2::text[])",
+            [r["id"] for r in retired],
+            [small, big],
+        )
 
 
 async def applied_for(env: SmsEnv, msisdn: str) -> list[str]:
