@@ -27,6 +27,7 @@ decision recorded with it, and the device must hear so.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from collections.abc import Awaitable, Callable, Sequence
@@ -284,7 +285,14 @@ WITHDRAWAL_GATE_MODES = ("off", "fenced", "always")
 
 
 async def gate_customer_withdrawal(
-    gate_: DeviceGate, agent_code: str, now: float, mode: str = "fenced"
+    gate_: DeviceGate,
+    agent_code: str,
+    now: float,
+    mode: str = "fenced",
+    *,
+    db: Db | None = None,
+    command_id: str | None = None,
+    customer: str | None = None,
 ) -> dict[str, Any]:
     """The geofence gate for a withdrawal the customer starts (USSD "withdraw at agent").
 
@@ -294,6 +302,9 @@ async def gate_customer_withdrawal(
     STALE_LOCATION, OUTSIDE_GEOFENCE ...). `mode`: "fenced" gates only agents that have
     fences (agents without devices or zones keep working); "always" also refuses an agent
     without fences (NO_GEOFENCE); "off" never gates. Returns the evidence the transfer stores.
+    With `db`, a refusal is recorded in `agent_decisions` like a refused device command (op
+    cash_out, outcome `refused`, the customer as target, `command_id` the channel's
+    idempotency key), so the agent's decision history shows it.
     """
     if mode not in WITHDRAWAL_GATE_MODES:
         raise ValueError(f"unknown withdrawal gate mode {mode!r}")
@@ -308,10 +319,39 @@ async def gate_customer_withdrawal(
             "customer withdrawal refused by the gate",
             extra={"agent_code": agent_code, "reason": decision.reason.value},
         )
+        if db is not None:
+            await _record_customer_refusal(db, agent_code, decision, command_id, customer)
         raise E.LocationRefused(
             decision.message, code=decision.reason.value, evidence=decision.evidence
         )
     return {"gate": "allowed", **decision.evidence}
+
+
+async def _record_customer_refusal(
+    db: Db, agent_code: str, decision: GateDecision, command_id: str | None, customer: str | None
+) -> None:
+    """Best effort: the refusal stands whether or not it could be written down."""
+    assert decision.reason is not None
+    key = command_id or "customer"
+    if len(key) > 64:  # the column's limit; a digest keeps it stable per attempt
+        key = "c:" + hashlib.sha256(key.encode()).hexdigest()[:62]
+    try:
+        await db.execute(
+            _RECORD_SQL,
+            agent_code,
+            key,
+            "cash_out",
+            False,
+            decision.reason.value,
+            "refused",
+            None,
+            customer,
+            json.dumps({"initiated_by": "customer", **decision.evidence}, default=str),
+        )
+    except Exception:
+        log.warning(
+            "customer withdrawal refusal not recorded", extra={"agent": agent_code}, exc_info=True
+        )
 
 
 async def _registered_before(db: Db, attempt: _Attempt, number: str) -> Customer | None:

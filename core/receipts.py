@@ -22,7 +22,7 @@ TEMPLATES: dict[str, dict[str, str]] = {
         "New balance {balance}.",
         "sw": "{reference} Imethibitishwa. Umepokea {amount} kutoka kwa {sender_name} {sender}. "
         "Salio jipya {balance}.",
-        "fr": "{reference} Confirmé. Vous avez reçu {amount} de {sender_name} {sender}. "
+        "fr": "{reference} Confirmé. {amount} de {sender_name} {sender} crédité sur votre compte. "
         "Nouveau solde {balance}.",
     },
     "deposit_received": {
@@ -58,14 +58,15 @@ TEMPLATES: dict[str, dict[str, str]] = {
         "New balance {balance}.",
         "sw": "{reference} Imethibitishwa. Mkopo wa {amount} umewekwa kwenye pochi yako. "
         "Salio jipya {balance}.",
-        "fr": "{reference} Confirmé. Prêt de {amount} crédité sur votre portefeuille. "
+        "fr": "{reference} Confirmé. Crédit de {amount} versé sur votre portefeuille. "
         "Nouveau solde {balance}.",
     },
     "loan_repaid": {
         "en": "{reference} Confirmed. Loan repayment of {amount} received. New balance {balance}.",
         "sw": "{reference} Imethibitishwa. Malipo ya mkopo ya {amount} yamepokelewa. "
         "Salio jipya {balance}.",
-        "fr": "{reference} Confirmé. Remboursement de {amount} reçu. Nouveau solde {balance}.",
+        "fr": "{reference} Confirmé. Remboursement de {amount} enregistré. "
+        "Nouveau solde {balance}.",
     },
     "reversal": {
         "en": "{reference} Confirmed. Transaction {original} of {amount} was reversed. "

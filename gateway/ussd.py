@@ -89,8 +89,12 @@ def _withdrawal_gate(app: web.Application) -> WithdrawalGate | None:
         return None
     gate = DeviceGate(app[AGENTS].engine, gate_policy(settings))
 
-    async def check(agent_code: str) -> dict[str, Any]:
-        return await gate_customer_withdrawal(gate, agent_code, time.time(), mode)
+    pool = app[PG_POOL]
+
+    async def check(agent_code: str, customer: str, key: str) -> dict[str, Any]:
+        return await gate_customer_withdrawal(
+            gate, agent_code, time.time(), mode, db=pool, command_id=key, customer=customer
+        )
 
     return check
 

@@ -92,9 +92,9 @@ _LINES: dict[str, dict[str, str]] = {
     },
     "fr": {
         "p2p-": "Envoyé {amount} à {party}",
-        "p2p+": "Reçu {amount} de {party}",
-        "deposit+": "Dépôt {amount}",
-        "cash_in+": "Dépôt {amount} chez {party}",
+        "p2p+": "Virement {amount} de {party}",
+        "deposit+": "Versement {amount}",
+        "cash_in+": "Versement {amount} chez {party}",
         "cash_out-": "Retrait {amount} chez {party}",
         "loan_disbursement+": "Crédit {amount}",
         "loan_repayment-": "Remboursement {amount}",
@@ -177,9 +177,10 @@ def _secret(ctx: ActionContext, name: str = "pin") -> str:
     return value
 
 
-# Agent code -> the gate's evidence for a customer-initiated withdrawal there (raises a
-# LocationRefused when the agent's location does not allow it).
-WithdrawalGate = Callable[[str], Awaitable[dict[str, Any]]]
+# (agent code, customer MSISDN, the step's idempotency key) -> the gate's evidence for a
+# customer-initiated withdrawal there (raises a LocationRefused when the agent's location does
+# not allow it; the refusal is recorded against the agent).
+WithdrawalGate = Callable[[str, str, str], Awaitable[dict[str, Any]]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -332,7 +333,7 @@ class CoreActions:
         amount = _amount(ctx)
         evidence: dict[str, Any] = {"initiated_by": "customer", "authorised_by": "customer_pin"}
         if self.withdrawal_gate is not None:
-            evidence |= await self.withdrawal_gate(agent.code)
+            evidence |= await self.withdrawal_gate(agent.code, ctx.msisdn, ctx.idempotency_key)
         async with self.pool.acquire(timeout=CALL_TIMEOUT_S) as conn, conn.transaction():
             result = await transfers.cash_out(
                 conn,

@@ -104,7 +104,7 @@ _TEXTS: dict[str, dict[str, str]] = {
     "language_set": {
         "en": "You will now get messages in English.",
         "sw": "Sasa utapokea ujumbe kwa Kiswahili.",
-        "fr": "Vous recevrez désormais les messages en français.",
+        "fr": "Vous recevrez désormais les messages en francais.",
     },
     "loan_approved": {
         "en": "{reference} Loan of {amount} approved and sent to your wallet. "
@@ -147,7 +147,7 @@ _TEXTS: dict[str, dict[str, str]] = {
         "en": "{reference} {amount} paid to your loan. Still due {amount_due}. Balance {balance}.",
         "sw": "{reference} {amount} imelipwa kwa mkopo wako. Deni lililobaki {amount_due}. "
         "Salio {balance}.",
-        "fr": "{reference} {amount} versé sur votre crédit. Reste dû {amount_due}. "
+        "fr": "{reference} {amount} versé sur votre crédit. Reste à payer {amount_due}. "
         "Solde {balance}.",
     },
     "repaid_cleared": {
@@ -313,7 +313,7 @@ _TEXTS: dict[str, dict[str, str]] = {
     "error_LOAN_OUTSTANDING": {
         "en": "You already have a loan. Send LOAN STATUS <PIN> to see what is due.",
         "sw": "Tayari una mkopo. Tuma LOAN STATUS <PIN> kuona deni.",
-        "fr": "Vous avez déjà un crédit. Envoyez LOAN STATUS <PIN> pour voir le montant dû.",
+        "fr": "Vous avez déjà un crédit. Envoyez LOAN STATUS <PIN> pour voir le montant à payer.",
     },
     "error_NOT_ELIGIBLE": {
         "en": "Loan not possible: {reason}",

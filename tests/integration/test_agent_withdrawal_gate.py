@@ -63,7 +63,8 @@ async def test_fenced_agent_must_be_inside(ussd: UssdEnv) -> None:  # noqa: F811
     await fix_at(ussd, code, 20, age_s=ussd.settings.agent_max_fix_age_s + 60)
     refusals.append(await withdraw(ussd, msisdn, code))  # stale
     for body in refusals:
-        assert body.startswith("END ") and "Withdrawn" not in body, body
+        assert body.startswith(f"END Agent {code}'s location could not be confirmed"), body
+        assert "Nothing was withdrawn" in body
     assert await ussd.bank.balance(msisdn) == 100_000
     assert await ussd.bank.outbox(agent_msisdn, "agent_cash_out") == []
 
@@ -80,9 +81,23 @@ async def test_fenced_agent_must_be_inside(ussd: UssdEnv) -> None:  # noqa: F811
     await fix_at(ussd, code, 900, age_s=3)
     await fix_at(ussd, code, 950, age_s=1)
     body = await withdraw(ussd, msisdn, code, "60")
-    assert "Withdrawn" not in body
+    assert body.startswith(f"END Agent {code} is outside their service area"), body
     assert await ussd.bank.balance(msisdn) == paid
     assert len(await cash_out_notes(ussd, msisdn)) == 1
+
+    # Every refusal is in the agent's decision history, like a refused device command.
+    rows = await ussd.bank.pool.fetch(
+        "SELECT op, allowed, reason, outcome, target, command_id, evidence FROM agent_decisions "
+        "WHERE agent_code = $1 ORDER BY id",
+        code,
+    )
+    assert [(r["op"], r["allowed"], r["reason"], r["outcome"], r["target"]) for r in rows] == [
+        ("cash_out", False, "NO_LOCATION", "refused", msisdn),
+        ("cash_out", False, "STALE_LOCATION", "refused", msisdn),
+        ("cash_out", False, "OUTSIDE_GEOFENCE", "refused", msisdn),
+    ]
+    assert all(r["command_id"].startswith("ussd:") for r in rows)
+    assert all(json.loads(r["evidence"])["initiated_by"] == "customer" for r in rows)
 
 
 async def test_gate_answers_with_the_device_reasons(ussd: UssdEnv) -> None:  # noqa: F811

@@ -364,7 +364,7 @@ async def test_lang_then_replies_in_the_new_language(env: SmsEnv) -> None:
     assert await env.ask(me, "lang SW") == "Sasa utapokea ujumbe kwa Kiswahili."
     assert await env.ask(me, f"BAL {PIN}") == "Salio lako ni KES 200.00."
     assert "Majaribio 2" in await env.ask(me, f"BAL {WRONG}")
-    assert await env.ask(me, "LANG fr") == "Vous recevrez désormais les messages en français."
+    assert await env.ask(me, "LANG fr") == "Vous recevrez désormais les messages en francais."
     assert await env.ask(me, f"bal {PIN}") == "Votre solde est de KES 200.00."
     assert await env.ask(me, "LANG en") == "You will now get messages in English."
     assert (

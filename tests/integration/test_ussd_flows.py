@@ -363,7 +363,7 @@ async def test_language_switch_to_kiswahili_and_french(ussd: UssdEnv) -> None:
     msisdn = await ussd.bank.open(balance_minor=100_000)
     s = ussd.session(msisdn)
     body = await s.walk("6", "2")
-    assert "1. English\n2. Kiswahili\n3. Français" in body
+    assert "1. English\n2. Kiswahili\n3. Francais" in body
     body = await s.send("2")
     assert body == "END Lugha yako sasa ni Kiswahili."
     customer = await find_customer(ussd.bank.pool, msisdn)
@@ -373,7 +373,7 @@ async def test_language_switch_to_kiswahili_and_french(ussd: UssdEnv) -> None:
     assert body.startswith("CON Habari Amina") and "Tuma pesa" in body
     assert await t.walk("2", PIN) == "END Salio lako ni KES 1,000.00."
     body = await ussd.session(msisdn).walk("6", "2", "3")
-    assert body == "END Votre langue est maintenant le français."
+    assert body == "END Votre langue est maintenant le francais."
     u = ussd.session(msisdn)
     assert (await u.dial()).startswith("CON Bonjour Amina")
     assert await u.walk("2", PIN) == "END Votre solde est de KES 1,000.00."

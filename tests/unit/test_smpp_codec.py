@@ -3,7 +3,12 @@ smpplib would misparse are refused."""
 
 from __future__ import annotations
 
+import struct
+from typing import Any
+
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from smpplib import smpp
 
 from channels.sms.smpp.codec import (
@@ -81,3 +86,103 @@ def test_deliver_sm_roundtrip_with_tlvs() -> None:
 def test_encoding_garbage_is_a_codec_error() -> None:
     with pytest.raises(CodecError):
         encode("submit_sm", 1, source_addr=object())
+
+
+# --- the lean submit_sm / deliver_sm classes against smpplib's own -----------------------------
+
+ADDRESS = st.text(alphabet="0123456789+", max_size=20)
+OCTET = st.integers(min_value=0, max_value=255)
+SUBMIT_FIELDS = st.fixed_dictionaries(
+    {
+        "source_addr": ADDRESS,
+        "source_addr_ton": OCTET,
+        "source_addr_npi": OCTET,
+        "destination_addr": ADDRESS,
+        "dest_addr_ton": OCTET,
+        "dest_addr_npi": OCTET,
+        "esm_class": OCTET,
+        "data_coding": OCTET,
+        "registered_delivery": OCTET,
+        "short_message": st.binary(max_size=254),
+    }
+)
+
+
+@settings(max_examples=300)
+@given(SUBMIT_FIELDS, st.integers(min_value=0, max_value=0x7FFFFFFF))
+def test_submit_sm_is_byte_for_byte_smpplibs(fields: dict[str, Any], sequence: int) -> None:
+    full = smpp.make_pdu("submit_sm", client=_Holder(), **fields)
+    full.sequence = sequence
+    assert encode("submit_sm", sequence, **fields) == full.generate()
+
+
+def test_a_submit_sm_with_a_tlv_goes_through_smpplibs_own_class() -> None:
+    frame = encode("submit_sm", 5, destination_addr="2", message_payload=b"x" * 300)
+    pdu = smpp.parse_pdu(frame, client=_Holder())
+    assert pdu.message_payload == b"x" * 300
+
+
+TLV = st.sampled_from(
+    [
+        (0x0204, b"\x00\x07"),  # user_message_reference
+        (0x020C, b"\x01\x02"),  # sar_msg_ref_num
+        (0x020E, b"\x03"),  # sar_total_segments
+        (0x020F, b"\x01"),  # sar_segment_seqnum
+        (0x001E, b"0A1B\x00"),  # receipted_message_id
+        (0x0427, b"\x02"),  # message_state
+        (0x0423, b"\x03\x00\x01"),  # network_error_code
+        (0x0424, b"payload bytes"),  # message_payload
+        (0x1501, b"vendor"),  # a vendor TLV (skipped by smpplib)
+    ]
+)
+
+
+@settings(max_examples=300)
+@given(SUBMIT_FIELDS, st.lists(TLV, max_size=4, unique_by=lambda t: t[0]))
+def test_deliver_sm_decodes_as_smpplibs_own_class(
+    fields: dict[str, Any], tlvs: list[tuple[int, bytes]]
+) -> None:
+    base = smpp.make_pdu("deliver_sm", client=_Holder(), **fields)
+    base.sequence = 9
+    frame = base.generate()
+    extra = b"".join(struct.pack(">HH", tag, len(v)) + v for tag, v in tlvs)
+    frame = struct.pack(">L", len(frame) + len(extra)) + frame[4:] + extra
+    ours = decode_deliver_sm(frame)
+    theirs = smpp.parse_pdu(frame, client=_Holder(), allow_unknown_opt_params=True)
+    assert ours.source_addr == theirs.source_addr.decode("latin-1")
+    assert ours.destination_addr == theirs.destination_addr.decode("latin-1")
+    assert ours.short_message == bytes(theirs.short_message or b"")
+    assert (ours.esm_class, ours.data_coding) == (theirs.esm_class or 0, theirs.data_coding or 0)
+    for name in (
+        "sar_msg_ref_num",
+        "sar_total_segments",
+        "sar_segment_seqnum",
+        "user_message_reference",
+        "message_state",
+    ):
+        assert getattr(ours, name) == getattr(theirs, name), name
+    assert ours.message_payload == (
+        bytes(theirs.message_payload) if theirs.message_payload else None
+    )
+    theirs_receipt = theirs.receipted_message_id
+    assert ours.receipted_message_id == (
+        theirs_receipt.decode("latin-1").strip("\x00") if theirs_receipt else None
+    )
+    assert ours.network_error_code == (
+        bytes(theirs.network_error_code) if theirs.network_error_code else None
+    )
+    assert ours.vendor_tlvs == tuple((t, v) for t, v in tlvs if 0x1400 <= t <= 0x3FFF)
+
+
+def test_a_decoded_deliver_sm_leaves_nothing_on_the_class() -> None:
+    """Optional parameters default to None on the lean class; parsing one PDU must not leak
+    its values into the next."""
+    with_tlv = smpp.make_pdu("deliver_sm", client=_Holder(), short_message=b"a")
+    with_tlv.sequence = 1
+    frame = with_tlv.generate()
+    tlv = struct.pack(">HH", 0x0204, 2) + b"\x00\x07"
+    frame = struct.pack(">L", len(frame) + len(tlv)) + frame[4:] + tlv
+    assert decode_deliver_sm(frame).user_message_reference == 7
+    plain = smpp.make_pdu("deliver_sm", client=_Holder(), short_message=b"b")
+    plain.sequence = 2
+    assert decode_deliver_sm(plain.generate()).user_message_reference is None

@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
+from smpplib import command as smpplib_command
 from smpplib import consts
 from smpplib import smpp as smpplib_smpp
 
@@ -97,10 +98,50 @@ def header_only(command_id: int, sequence: int, status: int = ESME_ROK) -> bytes
     return HEADER.pack(HEADER_BYTES, command_id, status, sequence)
 
 
+_SM_MANDATORY = smpplib_command.SubmitSM.params_order[
+    : smpplib_command.SubmitSM.params_order.index("short_message") + 1
+]
+
+
+class _SubmitSm(smpplib_command.SubmitSM):  # type: ignore[misc]
+    """smpplib's submit_sm, encoding only the mandatory fields: the gateway sends no TLVs
+    (concatenation travels as a UDH in short_message). smpplib's own class walks all 42
+    parameters twice per PDU (setting each optional one to None, then asking each whether it
+    is set), which was most of the codec's share of an MO -> MT round trip. Same encoder,
+    same bytes: a property test compares them with `make_pdu("submit_sm")`."""
+
+    params: ClassVar[dict[str, Any]] = {
+        name: smpplib_command.SubmitSM.params[name] for name in _SM_MANDATORY
+    }
+    params_order = _SM_MANDATORY
+
+
+class _DeliverSm(smpplib_command.DeliverSM):  # type: ignore[misc]
+    """smpplib's deliver_sm decoder, without setting every optional parameter to None on each
+    instance first: they default to None on the class instead. smpplib's `parse` fills in
+    what the PDU carries, as it does for its own class (compared in a property test)."""
+
+    def __init__(self, command: str, **kwargs: Any) -> None:
+        smpplib_command.Command.__init__(self, command, **kwargs)
+
+
+for _name in smpplib_command.DeliverSM.params:
+    if not hasattr(_DeliverSm, _name):
+        setattr(_DeliverSm, _name, None)
+
+_LEAN_ENCODERS: dict[str, tuple[type[Any], frozenset[str]]] = {
+    "submit_sm": (_SubmitSm, frozenset(_SM_MANDATORY)),
+}
+
+
 def encode(command: str, sequence: int, status: int = ESME_ROK, **fields: Any) -> bytes:
     """Encode one PDU by smpplib name (`submit_sm`, `bind_transceiver`, ...)."""
     try:
-        pdu = smpplib_smpp.make_pdu(command, client=_HOLDER, **fields)
+        lean = _LEAN_ENCODERS.get(command)
+        if lean is not None and fields.keys() <= lean[1]:
+            pdu = lean[0](command, client=_HOLDER, **fields)
+        else:
+            pdu = smpplib_smpp.make_pdu(command, client=_HOLDER, **fields)
         pdu.sequence = sequence
         pdu.status = status
         data: bytes = pdu.generate()
@@ -253,7 +294,11 @@ def decode_deliver_sm(frame: bytes) -> DeliverSm:
     problem, tlv_start = _walk_sm_body(body)
     if problem:
         raise CodecError(problem)
-    pdu = _decode(frame)
+    try:
+        pdu = _DeliverSm("deliver_sm", client=_HOLDER, allow_unknown_opt_params=True)
+        pdu.parse(frame)
+    except Exception as exc:
+        raise CodecError(f"cannot decode PDU: {exc}") from exc
     payload = pdu.message_payload
     receipted = pdu.receipted_message_id
     return DeliverSm(

@@ -82,7 +82,7 @@ def test_every_receipt_renders_in_every_language() -> None:
             text = render(template, language, params)
             assert "KES 1,234.00" in text and "{" not in text, (template, language)
     assert "Umepokea KES 1,234.00" in render("p2p_received", "sw", params)
-    assert "Vous avez reçu KES 1,234.00" in render("p2p_received", "fr", params)
+    assert "KES 1,234.00 de A B +2547 crédité" in render("p2p_received", "fr", params)
 
 
 async def test_delivery_retry_and_dead_letter(core_db: asyncpg.Pool) -> None:

@@ -1,0 +1,59 @@
+"""Every text the gateway sends a phone, in every language, uses only GSM-7 letters.
+
+One letter outside GSM-7 (ê, ç, û, ô ...) turns a whole SMS into UCS-2 (70 characters instead of
+160, so a receipt becomes two or three billed parts) and a USSD page into 80 characters instead
+of 182. French wording therefore avoids those letters (é, è, à, ù are GSM-7 and stay)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from channels.sms.texts import TEXTS as SMS_TEXTS
+from core.loans.messages import NOTICES, REASONS, REASONS_WITHOUT_FIGURES
+from core.receipts import TEMPLATES as RECEIPTS
+from menus.bindings import _LINES as STATEMENT_LINES
+from menus.gsm import is_gsm7
+from menus.messages import DEFAULTS as SYSTEM_TEXTS
+
+MENU = Path(__file__).resolve().parents[2] / "config" / "menus" / "default.yaml"
+
+
+def _strings(node: object, path: str) -> Iterator[tuple[str, str]]:
+    if isinstance(node, dict):
+        for key, value in node.items():
+            yield from _strings(value, f"{path}/{key}")
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            yield from _strings(value, f"{path}[{i}]")
+    elif isinstance(node, str):
+        yield path, node
+
+
+def _catalogue(name: str, table: object) -> Iterator[tuple[str, str]]:
+    yield from _strings(table, name)
+
+
+CASES = [
+    *_strings(yaml.safe_load(MENU.read_text()), "menu"),
+    *_catalogue("sms", {k: dict(v) for k, v in SMS_TEXTS.items()}),
+    *_catalogue("receipts", RECEIPTS),
+    *_catalogue("loan_notices", NOTICES),
+    *_catalogue("loan_reasons", REASONS),
+    *_catalogue("loan_reasons_plain", REASONS_WITHOUT_FIGURES),
+    *_catalogue("statement", STATEMENT_LINES),
+    *_catalogue("system", {k: dict(v) for k, v in SYSTEM_TEXTS.items()}),
+]
+
+
+@pytest.mark.parametrize(("where", "text"), CASES, ids=[c[0] for c in CASES])
+def test_gsm7_only(where: str, text: str) -> None:
+    outside = sorted({ch for ch in text if not is_gsm7(ch)})
+    assert not outside, f"{where}: {outside} would send {text!r} as UCS-2"
+
+
+def test_the_check_would_catch_a_french_letter_outside_gsm7() -> None:
+    assert not is_gsm7("Prêt") and not is_gsm7("Français") and is_gsm7("Réf à payer")
