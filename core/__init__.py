@@ -11,8 +11,10 @@ core.customers   register_customer(db, cipher, *, msisdn, first_name, last_name,
                  wallets(db, customer_id) -> [Wallet]; open_wallet(db, msisdn, currency)
                  set_language(db, msisdn, language); set_tier(db, msisdn, tier, *, actor)
                  find_by_national_id(db, cipher, national_id); national_id_of(db, cipher, msisdn)
-core.pins        verify_pin(db, msisdn, pin); change_pin(db, msisdn, old, new, rounds);
-                 unlock(db, msisdn, actor); check_pin_format(pin); MAX_PIN_FAILURES = 3
+core.pins        verify_pin(db, msisdn, pin); change_pin(db, msisdn, old, new, rounds, *,
+                     idempotency_key=None) (the same key again: the same success, nothing
+                     counted); unlock(db, msisdn, actor); check_pin_format(pin);
+                     MAX_PIN_FAILURES = 3
 core.agents      register_agent(db, *, code, msisdn, name, pin, pin_rounds, actor, currency)
                  find_agent / get_agent(db, code) -> Agent; agent_balances(db, code)
                  verify_agent_pin(db, code, pin) -> Agent; unlock_agent(db, code, actor)
@@ -21,9 +23,12 @@ core.fees        quote(db, kind, amount_minor, currency="KES") -> Quote; set_tar
 core.limits      get_limits / set_limits; TierLimits; TIERS; DEFAULT_LIMITS_KES
 core.transfers   send_money, deposit, float_topup, cash_in, cash_out, reverse, disburse_loan,
                      repay_loan (interest/fee/penalty parts to income), fund_loans (keyword
-                     arguments, each with idempotency_key and channel) -> TransferResult
+                     arguments, each with idempotency_key and channel) -> TransferResult;
+                     send_money(..., sender_receipt=False) queues the recipient's receipt only
                  balance(db, msisdn, currency="KES") -> int
                  statement(db, msisdn, *, limit=10, before=None, currency="KES") -> [StatementLine]
+core.loans       products, schedules, rules; choice.choose_product(offered, *, currency,
+                     amount_minor, tier, account_age_days, today) -> Choice
 core.ledger      check_ledger(db) -> LedgerReport; ensure_system_accounts(db, currency)
 core.outbox      enqueue(db, *, channel, recipient, body, kind); Sender protocol; LogSender;
                  Dispatcher(db, senders, policy); OutboundMessage; (errors.SendFailed)

@@ -17,6 +17,7 @@ from core.pg import Db
 
 PIN_LENGTH = 4
 MAX_PIN_FAILURES = 3
+MAX_CHANGE_KEY_CHARS = 200
 _DUMMY_HASH = bcrypt.hashpw(b"0000", bcrypt.gensalt(rounds=4))
 
 
@@ -76,9 +77,16 @@ async def register_failure(db: Db, table: str, entity_id: int) -> E.CoreError:
 async def verify_pin(db: Db, msisdn: str, pin: str, country_code: str = "254") -> None:
     """Return when `pin` is right; raise WrongPin (details.attempts_left), WalletLocked,
     AccountClosed or CustomerNotFound otherwise."""
-    number = normalise_msisdn(msisdn, country_code)
+    await _verify(db, normalise_msisdn(msisdn, country_code), pin)
+
+
+async def _verify(db: Db, number: str, pin: str, change_key: str | None = None) -> bool:
+    """`verify_pin`; True, with nothing checked or counted, when the PIN change `change_key`
+    already set this customer's PIN (the same request processed again)."""
     row = await db.fetchrow(
-        "SELECT id, pin_hash, pin_failures, status FROM customers WHERE msisdn = $1", number
+        "SELECT id, pin_hash, pin_failures, status, pin_changed_by FROM customers "
+        "WHERE msisdn = $1",
+        number,
     )
     if row is None:
         await pin_matches(pin, None)
@@ -87,30 +95,58 @@ async def verify_pin(db: Db, msisdn: str, pin: str, country_code: str = "254") -
         raise E.AccountClosed()
     if row["status"] == "locked":
         raise E.WalletLocked()
+    if change_key is not None and row["pin_changed_by"] == change_key:
+        return True
     if not await pin_matches(pin, row["pin_hash"]):
         raise await register_failure(db, "customers", row["id"])
     if row["pin_failures"]:
         await db.execute(
             "UPDATE customers SET pin_failures = 0 WHERE id = $1 AND status = 'active'", row["id"]
         )
+    return False
+
+
+def _change_key(key: str | None) -> str | None:
+    if key is not None and (not isinstance(key, str) or not 1 <= len(key) <= MAX_CHANGE_KEY_CHARS):
+        raise E.ValidationFailed(
+            f"An idempotency key is 1 to {MAX_CHANGE_KEY_CHARS} characters",
+            field="idempotency_key",
+        )
+    return key
 
 
 async def change_pin(  # noqa: PLR0917 (the planned API passes rounds positionally)
-    db: Db, msisdn: str, old_pin: str, new_pin: str, rounds: int, country_code: str = "254"
+    db: Db,
+    msisdn: str,
+    old_pin: str,
+    new_pin: str,
+    rounds: int,
+    country_code: str = "254",
+    *,
+    idempotency_key: str | None = None,
 ) -> None:
-    """Verify the old PIN (a wrong one counts towards the lock), then store the new one."""
+    """Verify the old PIN (a wrong one counts towards the lock), then store the new one.
+
+    With `idempotency_key` (the channel's key for this request: "sms:{MO id}", a USSD step's
+    key) the change remembers it: the same request processed again (a crash between the change
+    and the reply) returns as the first did, without checking the old PIN against the new hash,
+    which would count a wrong PIN. Only the key of the latest change is remembered, so any
+    other request, an older one included, is checked and counted as usual."""
     number = normalise_msisdn(msisdn, country_code)
+    key = _change_key(idempotency_key)
     check_pin_format(new_pin)
-    await verify_pin(db, number, old_pin)
+    if await _verify(db, number, old_pin, key):
+        return
     if new_pin == old_pin:
         raise E.WeakPin("The new PIN must differ from the old one", field="new_pin")
     hashed = await hash_pin(new_pin, rounds)
     await db.execute(
-        "WITH u AS (UPDATE customers SET pin_hash = $2, updated_at = now() WHERE msisdn = $1 "
-        "RETURNING msisdn) INSERT INTO audit_log (actor_type, actor, action, target) "
-        "SELECT 'customer', msisdn, 'customer.pin_changed', msisdn FROM u",
+        "WITH u AS (UPDATE customers SET pin_hash = $2, pin_changed_by = $3, updated_at = now() "
+        "WHERE msisdn = $1 RETURNING msisdn) INSERT INTO audit_log (actor_type, actor, action, "
+        "target) SELECT 'customer', msisdn, 'customer.pin_changed', msisdn FROM u",
         number,
         hashed,
+        key,
     )
 
 

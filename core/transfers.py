@@ -188,8 +188,11 @@ async def send_money(
     currency: str = "KES",
     country_code: str = "254",
     initiator: str | None = None,
+    sender_receipt: bool = True,
 ) -> TransferResult:
-    """P2P: sender wallet -> recipient wallet; the fee (tariff `p2p`) goes to fee income."""
+    """P2P: sender wallet -> recipient wallet; the fee (tariff `p2p`) goes to fee income. Both
+    parties get a receipt through the outbox, the sender only with `sender_receipt` (a channel
+    whose reply to the sender is the receipt, SMS banking, passes False: one SMS, not two)."""
     src = normalise_msisdn(sender, country_code, field="sender")
     dst = normalise_msisdn(recipient, country_code, field="recipient")
     amount = check_amount(amount_minor)
@@ -200,7 +203,7 @@ async def send_money(
     digest = request_hash("p2p", src, dst, amount, currency)
     row = await call(
         db,
-        "SELECT * FROM ledger_p2p($1, $2, $3, $4, $5, $6, $7, $8)",
+        "SELECT * FROM ledger_p2p($1, $2, $3, $4, $5, $6, $7, $8, $9)",
         key,
         digest,
         src,
@@ -209,6 +212,7 @@ async def send_money(
         currency,
         _channel(channel),
         initiator if initiator is not None else src,
+        sender_receipt,
     )
     return _result(row)
 

@@ -96,6 +96,7 @@ def banking(app: web.Application, channel: SmsChannel, dialogs: RedisSessionStor
         settings.default_country_code,
         settings.pin_bcrypt_rounds,
         channel="sms",
+        sender_receipt=False,  # the reply to SEND is the sender's receipt
     )
     loans = LoanActions(app[PG_POOL], app[LOANS], core) if LOANS in app else None
     return SmsBanking(

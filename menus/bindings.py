@@ -35,7 +35,7 @@ import functools
 import hashlib
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, datetime
 from typing import Any
 
 import asyncpg
@@ -44,7 +44,9 @@ from core import customers, fees, limits, outbox, pins, transfers
 from core import errors as E
 from core.agents import get_agent
 from core.crypto import FieldCipher
+from core.loans.choice import Choice, choose_product
 from core.loans.messages import refusal_text
+from core.loans.products import Product
 from core.money import format_amount
 from core.pg import CALL_TIMEOUT_S
 from core.transfers import StatementLine
@@ -194,6 +196,9 @@ class CoreActions:
     # core.agent_transactions.gate_customer_withdrawal): the evidence to store, or a refusal.
     withdrawal_gate: WithdrawalGate | None = None
     channel: str = CHANNEL  # what transfers and audit rows record ("sms" for SMS banking)
+    # Whether the core queues the sender's receipt SMS of a transfer. SMS banking says no: its
+    # reply to SEND is the sender's receipt. On USSD the screen is not one, so the SMS follows.
+    sender_receipt: bool = True
 
     def money(self, minor: int) -> str:
         return format_amount(minor, self.currency)
@@ -273,6 +278,7 @@ class CoreActions:
             channel=self.channel,
             currency=self.currency,
             country_code=self.country_code,
+            sender_receipt=self.sender_receipt,
         )
         name = ctx.vars.get("recipient_name")
         if not isinstance(name, str) or not name:
@@ -374,6 +380,8 @@ class CoreActions:
             _secret(ctx, "new_pin"),
             self.pin_rounds,
             self.country_code,
+            # The same request processed again answers the same, counting no wrong PIN.
+            idempotency_key=ctx.idempotency_key,
         )
         return ActionResult()
 
@@ -423,6 +431,26 @@ class LoanActions:
                 "loan_product": first["code"],
                 "loan_product_name": first["name"],
             }
+        )
+
+    async def offered(self) -> list[Product]:
+        """The active products in the gateway's currency, by code."""
+        found = await self.loans.products(self.pool, active_only=True)
+        return [p for p in found if p.currency == self.core.currency]
+
+    def choose(
+        self, offered: list[Product], *, amount_minor: int, tier: str, registered_at: datetime
+    ) -> Choice:
+        """The product an amount alone applies for (core.loans.choice), as of the loan
+        service's clock."""
+        now = self.loans.clock.now()
+        return choose_product(
+            offered,
+            currency=self.core.currency,
+            amount_minor=amount_minor,
+            tier=tier,
+            account_age_days=max(0, (now - registered_at).days),
+            today=now.date(),
         )
 
     async def quote(self, ctx: ActionContext) -> ActionResult:

@@ -1,11 +1,15 @@
-"""Test helpers: admins with TOTP, logins, and assertions on the error format."""
+"""Test helpers: polling with a deadline, admins with TOTP, logins, and assertions on the
+error format."""
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import secrets
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import pyotp
 from aiohttp import ClientResponse
@@ -16,6 +20,29 @@ from core.identity import create_admin
 from gateway.keys import CIPHER, SESSIONMAKER
 
 PASSWORD = "Corr3ct-horse-battery"
+T = TypeVar("T")
+POLL_INTERVAL_S = 0.02
+
+
+async def eventually(
+    probe: Callable[[], Awaitable[T] | T],
+    until: Callable[[T], object] = bool,
+    timeout_s: float = 10.0,
+) -> T:
+    """Poll `probe()` (a coroutine function or a plain one) until `until(value)` holds (by
+    default: the value is truthy) and return that value; AssertionError with the last value at
+    the deadline. The one way tests wait for something (never a bare sleep)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = probe()
+        if inspect.isawaitable(value):
+            value = await value
+        result = cast(T, value)
+        if until(result):
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met in {timeout_s}s; last value: {result!r}")
+        await asyncio.sleep(POLL_INTERVAL_S)
 
 
 @dataclass

@@ -20,7 +20,8 @@ from gateway.app import create_app
 from gateway.keys import CIPHER, MENU_BINDINGS, PG_POOL, SENDERS, SMS_CHANNEL
 from gateway.sms import sms_channel
 from tests.conftest import running_app
-from tests.sms_helpers import bind_for, eventually
+from tests.helpers import eventually
+from tests.sms_helpers import bind_for
 from tests.smsc_peer import SmscPeer
 from tests.ussd_support import Bank, CallCounter, UssdEnv
 

@@ -1,17 +1,10 @@
-"""Shared helpers for the SMS tests: polling with a deadline, binds for a test SMSC."""
+"""Shared helpers for the SMS tests: binds for a test SMSC (polling: `tests.helpers.eventually`)."""
 
 from __future__ import annotations
-
-import asyncio
-import time
-from collections.abc import Awaitable, Callable
-from typing import TypeVar
 
 from channels.sms.smpp import SessionTuning
 from config.settings import SmppBind
 from tests.smsc_peer import SmscPeer
-
-T = TypeVar("T")
 
 FAST = SessionTuning(
     connect_timeout_s=2.0,
@@ -41,17 +34,3 @@ def bind_for(smsc: int | SmscPeer, **overrides: object) -> SmppBind:
     }
     fields.update(overrides)
     return SmppBind(**fields)  # type: ignore[arg-type]
-
-
-async def eventually(
-    probe: Callable[[], Awaitable[T]], until: Callable[[T], bool], timeout_s: float = 10.0
-) -> T:
-    """Poll `probe()` until `until(value)` holds; fail with the last value at the deadline."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = await probe()
-        if until(value):
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met in {timeout_s}s; last value: {value!r}")
-        await asyncio.sleep(0.02)

@@ -8,8 +8,12 @@
     PIN <old PIN> <new PIN>
     LANG <en|sw|fr>
     LOAN <amount> <PIN> | REPAY <amount> <PIN> | LOAN STATUS <PIN>
+    LOAN <product code> <amount> <PIN>     a compatible extension: that product, not the choice
     YES <code>                             confirms a pending SEND (when confirmation is on)
     STOP | CANCEL                          ends a dialog (words after it are ignored)
+
+Malformed and unknown text gets a one-line hint in the customer's language (`hint`; the texts
+are in `channels.sms.texts`); the keywords are the same in every language.
 
 `REG` with fewer than four words starts the registration dialog (`channels.sms.registration`),
 which asks for the same fields one SMS at a time and checks each with `REGISTER_SPEC`.
@@ -34,6 +38,8 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from channels.sms.texts import hint_text
+
 PIN_DIGITS = 4
 MASK = "****"
 MAX_TEXT_CHARS = 480  # three concatenated SMS; longer is not a command
@@ -45,6 +51,10 @@ _AMOUNT = re.compile(r"\d{1,9}(\.\d{1,2})?")
 _NAME = re.compile(r"[^\W\d_][\w'.-]{0,39}")
 _NATIONAL_ID = re.compile(r"[A-Za-z0-9]{4,20}")
 _CODE = re.compile(r"[A-Za-z0-9]{4,8}")
+# A loan product's code (core.loans.products.CODE_RE, any case). `LOAN` with three words names
+# a product only when the first has a letter: `LOAN 500 1234 5678` (a slip) is malformed
+# ("wrong number of words"), not a product "500".
+_PRODUCT = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{1,31}")
 _TOKEN = re.compile(r"\S+")
 _DIGIT_RUN = re.compile(r"(?<!\d)\d{1,8}(?!\d)")
 _ALONE_SECRET = re.compile(r"\s*(?=[A-Za-z]*\d)[A-Za-z0-9]{4,20}\s*")
@@ -95,6 +105,7 @@ class Language:
 class Loan:
     amount: str
     pin: str
+    product: str | None = None  # `LOAN <product code> <amount> <PIN>`; upper case
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,7 +131,8 @@ class Stop:
 
 @dataclass(frozen=True, slots=True)
 class Malformed:
-    """A known keyword with wrong arguments; `problem` is a stable code, `hint` one line."""
+    """A known keyword with wrong arguments; `problem` is a stable code, `hint` one line in
+    English (`hint(result, language)` gives it in the customer's language)."""
 
     keyword: str
     problem: str
@@ -129,7 +141,10 @@ class Malformed:
 
 @dataclass(frozen=True, slots=True)
 class Unknown:
+    """Not a command: `problem` is "unknown" or "too_long"; `hint` as for Malformed."""
+
     hint: str
+    problem: str = "unknown"
 
 
 Command = (
@@ -148,40 +163,14 @@ Command = (
 )
 ParseResult = Command | Malformed | Unknown
 
-USAGE = {
-    "HELP": "HELP",
-    "REG": "REG <first name> <last name> <ID number> <PIN>",
-    "BAL": "BAL <PIN>",
-    "SEND": "SEND <phone> <amount> <PIN>",
-    "MINI": "MINI <PIN>",
-    "PIN": "PIN <old PIN> <new PIN>",
-    "LANG": "LANG <EN or SW or FR>",
-    "LOAN": "LOAN <amount> <PIN> or LOAN STATUS <PIN>",
-    "REPAY": "REPAY <amount> <PIN>",
-    "YES": "YES <code>",
-}
 HELP_TEXT = (
     "BAL pin; SEND phone amount pin; MINI pin; PIN old new; LANG en/sw/fr; "
     "LOAN amount pin; LOAN STATUS pin; REPAY amount pin; REG first last id pin"
 )
-UNKNOWN_HINT = "Sorry, we did not understand that. Send HELP for the list of commands."
-_PROBLEMS = {
-    "arguments": "Wrong number of words.",
-    "pin": f"The PIN must be {PIN_DIGITS} digits.",
-    "phone": "The phone number is not valid.",
-    "amount": "The amount must be a number like 500 or 12.50.",
-    "name": "Names must be letters.",
-    "national_id": "The ID number must be 4 to 20 letters or digits.",
-    "language": "The language must be EN, SW or FR.",
-    "code": "The code must be 4 to 8 letters or digits.",
-    "same_pin": "The new PIN must differ from the old one.",
-    "too_long": "The message is too long.",
-}
 
 
 def _bad(keyword: str, problem: str) -> Malformed:
-    hint = f"{_PROBLEMS[problem]} Use: {USAGE[keyword]}. Send HELP for all commands."
-    return Malformed(keyword, problem, hint)
+    return Malformed(keyword, problem, hint_text(keyword, problem, "en"))
 
 
 def _check(
@@ -198,6 +187,7 @@ def _check(
 _PIN_ARG = (_PIN, "pin")
 _AMOUNT_ARG = (_AMOUNT, "amount")
 _NAME_ARG = (_NAME, "name")
+_LOAN_WITH_PRODUCT = ((_PRODUCT, "product"), _AMOUNT_ARG, _PIN_ARG)
 # REG's words after the keyword; the registration dialog checks its answers against these too.
 REGISTER_SPEC = (_NAME_ARG, _NAME_ARG, (_NATIONAL_ID, "national_id"), _PIN_ARG)
 
@@ -205,6 +195,9 @@ REGISTER_SPEC = (_NAME_ARG, _NAME_ARG, (_NATIONAL_ID, "national_id"), _PIN_ARG)
 def _parse_loan(args: list[str]) -> ParseResult:
     if args and args[0].upper() == "STATUS":
         return _check("LOAN", args[1:], (_PIN_ARG,)) or LoanStatus(args[1])
+    if len(args) == len(_LOAN_WITH_PRODUCT) and re.search("[A-Za-z]", args[0]):
+        bad = _check("LOAN", args, _LOAN_WITH_PRODUCT)
+        return bad or Loan(args[1], args[2], product=args[0].upper())
     return _check("LOAN", args, (_AMOUNT_ARG, _PIN_ARG)) or Loan(args[0], args[1])
 
 
@@ -273,16 +266,18 @@ _PARSERS: dict[str, Parser] = {
 def parse(text: str) -> ParseResult:
     """One SMS text to a command, or a Malformed/Unknown with a one-line hint."""
     if len(text) > MAX_TEXT_CHARS:
-        return Unknown(_PROBLEMS["too_long"] + " Send HELP for the list of commands.")
+        return Unknown(hint_text(None, "too_long", "en"), "too_long")
     words = text.split()
     parser = _PARSERS.get(words[0].upper()) if words else None
     if parser is None:
-        return Unknown(UNKNOWN_HINT)
+        return Unknown(hint_text(None, "unknown", "en"))
     return parser(words[1:])
 
 
-def hint(result: Malformed | Unknown) -> str:
-    return result.hint
+def hint(result: Malformed | Unknown, language: str = "en") -> str:
+    """The one-line hint in `language` (en, sw, fr; English otherwise)."""
+    keyword = result.keyword if isinstance(result, Malformed) else None
+    return hint_text(keyword, result.problem, language)
 
 
 # Word positions (0 = keyword) holding a secret, per well-formed command.
@@ -303,6 +298,8 @@ def mask_secrets(text: str) -> str:
     """`text` with PINs (and ID numbers, confirmation codes) replaced by `****`."""
     result = parse(text)
     positions = _SECRET_POSITIONS.get(type(result))
+    if isinstance(result, Loan) and result.product is not None:
+        positions = (3,)
     tokens = list(_TOKEN.finditer(text))
     if isinstance(result, Malformed) and result.keyword == "REG":
         # A REG that does not fit still has the ID number and PIN at their places (an ID of 9

@@ -14,8 +14,11 @@ Once per stored MO, at least once (see `channels.sms.handler`):
 - money moves with `idempotency_key = "sms:{MO id}"` (a SEND confirmed by YES uses the SEND's MO
   id), so a re-processed or redelivered MO moves money once and answers the same;
 - the reply goes out with `ref = "mo:{MO id}"`, sent once; the recipient of a transfer gets the
-  core's receipt through the outbox (so does the sender, in addition to the reply);
-- replies are in the customer's language (`channels.sms.texts`);
+  core's receipt through the outbox; the sender's receipt is the reply itself (reference,
+  amount, fee, new balance), so the core queues none for them (`CoreActions.sender_receipt`
+  is False for SMS banking) and the sender gets one SMS;
+- replies are in the customer's language (`channels.sms.texts`), the hints for malformed or
+  unknown text included; an unregistered sender gets English;
 - `REG` alone starts the registration dialog (`channels.sms.registration`); see `_dialog_reply`
   for which messages it takes while it waits;
 - a temporary failure (the database or Redis not answering) sends "temporarily unavailable"
@@ -51,6 +54,7 @@ log = logging.getLogger("channels.sms.executor")
 
 CHANNEL = "sms"
 RATE_WINDOW_S = 60
+MAX_CODES_SHOWN = 5  # loan product codes named when LOAN gives an unknown one
 MINI_LINES = 5  # a mini statement by SMS: the latest lines that fit in about two parts
 _DOWN = (
     asyncpg.PostgresConnectionError,
@@ -162,7 +166,7 @@ class SmsBanking:
             if reply is not None:
                 return reply
         if isinstance(command, C.Malformed | C.Unknown):
-            return C.hint(command)
+            return C.hint(command, language)
         key = self._without_core(command, customer)
         if key:
             return text(key, language)
@@ -404,24 +408,52 @@ class SmsBanking:
         return self.loans
 
     async def _loan(self, sms: InboundSms, cmd: C.Loan, customer: customers.Customer) -> Reply:
+        """`LOAN <amount> <PIN>` applies for the product `LoanActions.choose` picks (the one
+        in reach whose range holds the amount, the cheapest of several), or says what amounts
+        may be borrowed; `LOAN <code> <amount> <PIN>` for that product (its own rules refuse
+        an amount out of its range)."""
         loans = self._loans()
         amount_minor = self._amount(cmd.amount)
-        offered: ActionResult = await loans.products(self._ctx(sms, "loans.products", customer))
-        product = offered.vars.get("loan_product")
-        if not product:
+        offered = await loans.offered()
+        if not offered:
             return Reply("no_loan_product", {})
+        if cmd.product is not None:
+            codes = [p.code for p in offered]
+            if cmd.product not in codes:
+                shown = ", ".join(codes[:MAX_CODES_SHOWN])
+                return Reply("loan_product_unknown", {"code": cmd.product, "codes": shown})
+            code = cmd.product
+        else:
+            choice = loans.choose(
+                offered,
+                amount_minor=amount_minor,
+                tier=customer.tier,
+                registered_at=customer.created_at,
+            )
+            if choice.product is None:
+                ranges = self._ranges(choice.ranges, customer.language)
+                return Reply("loan_range", {"ranges": ranges})
+            code = choice.product.code
         result = await loans.apply(
             self._ctx(
                 sms,
                 "loans.apply",
                 customer,
-                vars={"amount_minor": amount_minor, "loan_product": product},
+                vars={"amount_minor": amount_minor, "loan_product": code},
                 secrets={"pin": cmd.pin},
             )
         )
         if result.vars.get("loan_status") == "review":
             return Reply("loan_review", result.vars)
         return Reply("loan_approved", result.vars)
+
+    def _ranges(self, ranges: tuple[tuple[int, int], ...], language: str) -> str:
+        """`KES 100.00 to KES 900.00 or KES 1,000.00 to KES 2,000.00`, in `language`."""
+        money = self.core.money
+        spans = [
+            text("loan_range_span", language, low=money(lo), high=money(hi)) for lo, hi in ranges
+        ]
+        return f" {text('loan_range_or', language)} ".join(spans)
 
     async def _send(self, sms: InboundSms, cmd: C.Send, customer: customers.Customer) -> Reply:
         recipient = normalise_msisdn(cmd.phone, self.core.country_code, field="phone")
@@ -497,6 +529,7 @@ class SmsBanking:
             channel=CHANNEL,
             currency=self.core.currency,
             country_code=self.core.country_code,
+            sender_receipt=self.core.sender_receipt,
         )
         money = self.core.money
         return ActionResult(

@@ -3,8 +3,13 @@
 `text(key, language, **values)` picks the customer's language (English when the language is not
 in the catalogue) and fills `{placeholders}`. Error replies are keyed by the core's `error_code`
 (`error_WRONG_PIN` ...), so a new core refusal falls back to `error_default` until it gets its
-own line. The grammar's one-line hints for malformed text (`channels.sms.commands`) name the
-English keywords the parser reads and stay English.
+own line.
+
+The grammar's one-line hints for malformed or unknown text (`hint_text`, used by
+`channels.sms.commands`) are here too, in every language: what is wrong, then how the command
+is written. The keywords stay as the parser reads them (BAL, SEND, ... are the same words in
+every language); only the words between `<>` and the sentences around them are translated.
+Every hint fits one GSM-7 SMS (tests/channels/test_sms_texts.py checks each).
 """
 
 from __future__ import annotations
@@ -120,6 +125,23 @@ _TEXTS: dict[str, dict[str, str]] = {
         "en": "No loan is offered at the moment.",
         "sw": "Hakuna mkopo unaotolewa kwa sasa.",
         "fr": "Aucun crédit n'est proposé pour le moment.",
+    },
+    "loan_range": {
+        "en": "No loan for that amount. You can borrow {ranges}. Send LOAN <amount> <PIN>.",
+        "sw": "Hakuna mkopo wa kiasi hicho. Unaweza kukopa {ranges}. Tuma LOAN <kiasi> <PIN>.",
+        "fr": "Pas de crédit pour ce montant. Vous pouvez emprunter {ranges}. "
+        "Envoyez LOAN <montant> <PIN>.",
+    },
+    "loan_range_span": {
+        "en": "{low} to {high}",
+        "sw": "kuanzia {low} hadi {high}",
+        "fr": "de {low} à {high}",
+    },
+    "loan_range_or": {"en": "or", "sw": "au", "fr": "ou"},
+    "loan_product_unknown": {
+        "en": "There is no loan product {code}. Products: {codes}. Or send LOAN <amount> <PIN>.",
+        "sw": "Hakuna mkopo wenye msimbo {code}. Iliyopo: {codes}. Au tuma LOAN <kiasi> <PIN>.",
+        "fr": "Aucun crédit n'a le code {code}. Codes : {codes}. Ou envoyez LOAN <montant> <PIN>.",
     },
     "repaid": {
         "en": "{reference} {amount} paid to your loan. Still due {amount_due}. Balance {balance}.",
@@ -325,6 +347,122 @@ _TEXTS: dict[str, dict[str, str]] = {
     },
 }
 
+# The grammar's hints: the problem (`commands.Malformed.problem`), then the command's form.
+_TEXTS.update(
+    {
+        "hint_malformed": {
+            "en": "{problem} Use: {usage}. Send HELP for all commands.",
+            "sw": "{problem} Tumia: {usage}. Tuma HELP kuona amri zote.",
+            "fr": "{problem} Utilisez : {usage}. Envoyez HELP pour toutes les commandes.",
+        },
+        "hint_unknown": {
+            "en": "Sorry, we did not understand that. Send HELP for the list of commands.",
+            "sw": "Samahani, hatukuelewa ujumbe huo. Tuma HELP kuona orodha ya amri.",
+            "fr": "Désolé, nous n'avons pas compris. Envoyez HELP pour la liste des commandes.",
+        },
+        "hint_too_long": {
+            "en": "{problem} Send HELP for the list of commands.",
+            "sw": "{problem} Tuma HELP kuona orodha ya amri.",
+            "fr": "{problem} Envoyez HELP pour la liste des commandes.",
+        },
+    }
+)
+HINT_PROBLEMS: dict[str, dict[str, str]] = {
+    "arguments": {
+        "en": "Wrong number of words.",
+        "sw": "Idadi ya maneno si sahihi.",
+        "fr": "Nombre de mots incorrect.",
+    },
+    "pin": {
+        "en": "The PIN must be 4 digits.",
+        "sw": "PIN iwe tarakimu 4.",
+        "fr": "Le PIN doit avoir 4 chiffres.",
+    },
+    "phone": {
+        "en": "The phone number is not valid.",
+        "sw": "Nambari ya simu si sahihi.",
+        "fr": "Le numéro de téléphone n'est pas valide.",
+    },
+    "amount": {
+        "en": "The amount must be a number like 500 or 12.50.",
+        "sw": "Kiasi kiwe nambari kama 500 au 12.50.",
+        "fr": "Le montant est un nombre comme 500 ou 12.50.",
+    },
+    "name": {
+        "en": "Names must be letters.",
+        "sw": "Majina yawe herufi tu.",
+        "fr": "Les noms sont en lettres seulement.",
+    },
+    "national_id": {
+        "en": "The ID number must be 4 to 20 letters or digits.",
+        "sw": "Kitambulisho kiwe herufi au tarakimu 4 hadi 20.",
+        "fr": "Le numéro d'identité a 4 à 20 lettres ou chiffres.",
+    },
+    "language": {
+        "en": "The language must be EN, SW or FR.",
+        "sw": "Lugha iwe EN, SW au FR.",
+        "fr": "La langue est EN, SW ou FR.",
+    },
+    "code": {
+        "en": "The code must be 4 to 8 letters or digits.",
+        "sw": "Msimbo uwe herufi au tarakimu 4 hadi 8.",
+        "fr": "Le code a 4 à 8 lettres ou chiffres.",
+    },
+    "product": {
+        "en": "The product code must be 2 to 32 letters or digits.",
+        "sw": "Msimbo wa mkopo uwe herufi au tarakimu 2 hadi 32.",
+        "fr": "Le code du produit a 2 à 32 lettres ou chiffres.",
+    },
+    "same_pin": {
+        "en": "The new PIN must differ from the old one.",
+        "sw": "PIN mpya isiwe sawa na ya zamani.",
+        "fr": "Le nouveau PIN doit différer de l'ancien.",
+    },
+    "too_long": {
+        "en": "The message is too long.",
+        "sw": "Ujumbe ni mrefu mno.",
+        "fr": "Le message est trop long.",
+    },
+}
+# How each command is written: the keywords as the parser reads them, the rest translated.
+HINT_USAGE: dict[str, dict[str, str]] = {
+    "HELP": {"en": "HELP"},
+    "REG": {
+        "en": "REG <first name> <last name> <ID number> <PIN>",
+        "sw": "REG <jina> <jina la ukoo> <kitambulisho> <PIN>",
+        "fr": "REG <prénom> <nom> <numéro d'identité> <PIN>",
+    },
+    "BAL": {"en": "BAL <PIN>"},
+    "SEND": {
+        "en": "SEND <phone> <amount> <PIN>",
+        "sw": "SEND <simu> <kiasi> <PIN>",
+        "fr": "SEND <téléphone> <montant> <PIN>",
+    },
+    "MINI": {"en": "MINI <PIN>"},
+    "PIN": {
+        "en": "PIN <old PIN> <new PIN>",
+        "sw": "PIN <PIN ya zamani> <PIN mpya>",
+        "fr": "PIN <ancien PIN> <nouveau PIN>",
+    },
+    "LANG": {
+        "en": "LANG <EN or SW or FR>",
+        "sw": "LANG <EN au SW au FR>",
+        "fr": "LANG <EN ou SW ou FR>",
+    },
+    "LOAN": {
+        "en": "LOAN <amount> <PIN> or LOAN STATUS <PIN>",
+        "sw": "LOAN <kiasi> <PIN> au LOAN STATUS <PIN>",
+        "fr": "LOAN <montant> <PIN> ou LOAN STATUS <PIN>",
+    },
+    "REPAY": {
+        "en": "REPAY <amount> <PIN>",
+        "sw": "REPAY <kiasi> <PIN>",
+        "fr": "REPAY <montant> <PIN>",
+    },
+    "YES": {"en": "YES <code>", "sw": "YES <msimbo>", "fr": "YES <code>"},
+}
+
+
 TEXTS: MappingProxyType[str, MappingProxyType[str, str]] = MappingProxyType(
     {key: MappingProxyType(by_language) for key, by_language in _TEXTS.items()}
 )
@@ -348,3 +486,23 @@ def error_text(error_code: str, language: str, **values: Any) -> str:
     if key not in TEXTS:
         key = "error_default"
     return text(key, language, **{**values, "code": error_code})
+
+
+def _in(by_language: dict[str, str], language: str) -> str:
+    return by_language.get(language) or by_language["en"]
+
+
+def hint_text(keyword: str | None, problem: str, language: str) -> str:
+    """The one-line hint for text the grammar refused: `keyword` and `problem` of a
+    `commands.Malformed`, or keyword None for a `commands.Unknown` (problem "unknown" or
+    "too_long")."""
+    if keyword is None:
+        if problem == "unknown":
+            return text("hint_unknown", language)
+        return text("hint_too_long", language, problem=_in(HINT_PROBLEMS[problem], language))
+    return text(
+        "hint_malformed",
+        language,
+        problem=_in(HINT_PROBLEMS[problem], language),
+        usage=_in(HINT_USAGE[keyword], language),
+    )

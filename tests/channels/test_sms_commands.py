@@ -1,5 +1,5 @@
 """Case tables for the SMS command grammar: good, malformed, extra spaces, lower case, bad PINs,
-unknown words, and the masking of secrets for storage."""
+unknown words, the hints in every language, and the masking of secrets for storage."""
 
 from __future__ import annotations
 
@@ -23,11 +23,13 @@ from channels.sms.commands import (
     Send,
     Stop,
     Unknown,
+    hint,
     mask_secrets,
     parse,
     starts_registration,
 )
-from channels.sms.encoding import split_text
+from channels.sms.encoding import gsm7_units, split_text
+from channels.sms.texts import HINT_PROBLEMS, HINT_USAGE, LANGUAGES, hint_text
 
 GOOD = [
     ("help", "HELP", Help()),
@@ -46,6 +48,8 @@ GOOD = [
     ("lang fr lower", "lang fr", Language("fr")),
     ("loan", "LOAN 1000 1234", Loan("1000", "1234")),
     ("loan status", "LOAN STATUS 1234", LoanStatus("1234")),
+    ("loan with product", "LOAN quick 1000 1234", Loan("1000", "1234", product="QUICK")),
+    ("loan with product code", "loan BIZ_2-X 12.50 1234", Loan("12.50", "1234", "BIZ_2-X")),
     ("loan status lower", "loan status 1234", LoanStatus("1234")),
     ("repay", "REPAY 250.5 1234", Repay("250.5", "1234")),
     ("register", "REG Jane Doe 12345678 1234", Register("Jane", "Doe", "12345678", "1234")),
@@ -87,6 +91,12 @@ MALFORMED = [
     ("loan no pin", "LOAN 1000", "LOAN", "arguments"),
     ("loan status no pin", "LOAN STATUS", "LOAN", "arguments"),
     ("loan bad amount", "LOAN lots 1234", "LOAN", "amount"),
+    ("loan three numbers", "LOAN 500 1234 5678", "LOAN", "arguments"),
+    ("loan product one letter", "LOAN q 500 1234", "LOAN", "product"),
+    ("loan product bad char", "LOAN quick! 500 1234", "LOAN", "product"),
+    ("loan product bad amount", "LOAN QUICK lots 1234", "LOAN", "amount"),
+    ("loan product bad pin", "LOAN QUICK 500 12", "LOAN", "pin"),
+    ("loan status extra word", "LOAN STATUS 500 1234", "LOAN", "arguments"),
     ("repay bad pin", "REPAY 100 1", "REPAY", "pin"),
     ("reg missing id", "REG Jane Doe 1234", "REG", "arguments"),
     ("reg digit name", "REG 1Jane Doe 12345678 1234", "REG", "name"),
@@ -134,6 +144,8 @@ MASKING = [
     ("reg masks id and pin", "REG Jane Doe 12345678 1234", "REG Jane Doe **** ****"),
     ("loan status", "LOAN STATUS 9876", "LOAN STATUS ****"),
     ("loan", "LOAN 1000 9876", "LOAN 1000 ****"),
+    ("loan with product", "LOAN QUICK 1000 9876", "LOAN QUICK 1000 ****"),
+    ("loan three numbers", "LOAN 500 9876 5678", "LOAN **** **** ****"),
     ("confirm code", "YES AB12", "YES ****"),
     ("malformed send", "SEND 0712345678 1234", "SEND 0712345678 ****"),
     ("short wrong pin", "BAL 123", "BAL ****"),
@@ -205,3 +217,72 @@ def test_help_and_hints_fit_one_sms() -> None:
     texts = [HELP_TEXT] + [r.hint for r in map(parse, [c[1] for c in MALFORMED + UNKNOWN])]
     for text in texts:
         assert len(split_text(text, ref=0).parts) == 1, text
+
+
+# --- hints in the customer's language ---------------------------------------------------------
+
+HINTS = [
+    ("sw", "BAL 12", "PIN iwe tarakimu 4. Tumia: BAL <PIN>. Tuma HELP kuona amri zote."),
+    (
+        "fr",
+        "SEND 07123 500 1234",
+        "Le numéro de téléphone n'est pas valide. Utilisez : SEND <téléphone> <montant> <PIN>. "
+        "Envoyez HELP pour toutes les commandes.",
+    ),
+    (
+        "sw",
+        "LOAN lots 1234",
+        "Kiasi kiwe nambari kama 500 au 12.50. Tumia: LOAN <kiasi> <PIN> au LOAN STATUS <PIN>. "
+        "Tuma HELP kuona amri zote.",
+    ),
+    (
+        "fr",
+        "PIN 1234 1234",
+        "Le nouveau PIN doit différer de l'ancien. Utilisez : PIN <ancien PIN> <nouveau PIN>. "
+        "Envoyez HELP pour toutes les commandes.",
+    ),
+    ("sw", "hello", "Samahani, hatukuelewa ujumbe huo. Tuma HELP kuona orodha ya amri."),
+    ("fr", "hello", "Désolé, nous n'avons pas compris. Envoyez HELP pour la liste des commandes."),
+    (
+        "fr",
+        "BAL " + "x" * 600,
+        "Le message est trop long. Envoyez HELP pour la liste des commandes.",
+    ),
+    ("en", "BAL 12", "The PIN must be 4 digits. Use: BAL <PIN>. Send HELP for all commands."),
+    ("de", "BAL 12", "The PIN must be 4 digits. Use: BAL <PIN>. Send HELP for all commands."),
+]
+
+
+@pytest.mark.parametrize(("language", "text", "expected"), HINTS, ids=[c[1][:20] for c in HINTS])
+def test_hint_in_the_language(language: str, text: str, expected: str) -> None:
+    result = parse(text)
+    assert isinstance(result, Malformed | Unknown)
+    assert hint(result, language) == expected
+
+
+@pytest.mark.parametrize("language", LANGUAGES)
+def test_every_hint_fits_one_gsm7_sms_and_keeps_the_keywords(language: str) -> None:
+    """Every problem with every command's form, in every language: one GSM-7 SMS that names the
+    keyword as the parser reads it, and HELP."""
+    hints = [hint_text(None, "unknown", language), hint_text(None, "too_long", language)]
+    for keyword in HINT_USAGE:
+        for problem in HINT_PROBLEMS:
+            written = hint_text(keyword, problem, language)
+            assert f" {keyword}" in written and "\n" not in written, written
+            hints.append(written)
+    for written in hints:
+        assert "HELP" in written
+        assert gsm7_units(written) is not None, written
+        assert len(split_text(written, ref=0).parts) == 1, written
+        assert "{" not in written and "}" not in written, written
+
+
+def test_every_problem_and_form_is_translated() -> None:
+    for problem, by_language in HINT_PROBLEMS.items():
+        assert set(by_language) == set(LANGUAGES), problem
+    for keyword, by_language in HINT_USAGE.items():
+        assert "en" in by_language, keyword
+        for written in by_language.values():
+            assert written.split()[0] == keyword, written  # the keyword is never translated
+    every_malformed = {parse(c[1]).problem for c in MALFORMED}  # type: ignore[union-attr]
+    assert every_malformed <= set(HINT_PROBLEMS)

@@ -28,23 +28,12 @@ from config.settings import Settings
 from core.crypto import FieldCipher
 from gateway.agents import AgentRuntime, build_runtime, connected, running
 from gateway.embedded import EmbeddedMqtt, free_port, port_open
+from tests.helpers import eventually
 
 MOSQUITTO = shutil.which("mosquitto") or (
     "/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None
 )
 WAIT_S = 10.0
-
-
-async def eventually(probe: Callable[[], Any], timeout_s: float = WAIT_S) -> Any:
-    """Poll an (async) condition until it is truthy or the deadline passes."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = probe()
-        if asyncio.iscoroutine(value):
-            value = await value
-        if value or time.monotonic() > deadline:
-            return value
-        await asyncio.sleep(0.05)
 
 
 class Device:
@@ -164,8 +153,10 @@ class MosquittoProcess:
         self.proc = subprocess.Popen(  # noqa: ASYNC220 short-lived spawn
             [MOSQUITTO, "-c", str(self.conf)], stdout=subprocess.DEVNULL, stderr=self._log
         )
-        ready = await eventually(lambda: port_open("127.0.0.1", self.port))
-        assert ready, (self.folder / "mosquitto.log").read_text()
+        try:
+            await eventually(lambda: port_open("127.0.0.1", self.port), timeout_s=WAIT_S)
+        except AssertionError:
+            raise AssertionError((self.folder / "mosquitto.log").read_text()) from None
 
     def reload(self) -> None:
         assert self.proc is not None

@@ -3,7 +3,6 @@ endpoint with device tokens (never logged)."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import secrets
 import time
@@ -15,7 +14,7 @@ from aiohttp.test_utils import TestClient
 from core.identity import create_admin, load_principal
 from gateway.keys import CIPHER, PG_POOL, SESSIONMAKER, TOKENS
 from gateway.logs import JsonFormatter
-from tests.helpers import PASSWORD, assert_error, auth
+from tests.helpers import PASSWORD, assert_error, auth, eventually
 from tests.integration.agent_support import make_agent
 
 SQUARE: dict[str, Any] = {
@@ -39,15 +38,6 @@ async def agent(app_client: TestClient) -> str:
     app = app_client.server.app
     assert app is not None
     return await make_agent(app[PG_POOL])
-
-
-async def eventually(probe: Any, timeout_s: float = 5.0) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = await probe()
-        if value or time.monotonic() > deadline:
-            return value
-        await asyncio.sleep(0.05)
 
 
 async def token_for(app_client: TestClient, role: str = "admin") -> str:

@@ -30,7 +30,7 @@ from gateway.agents import AgentRuntime
 from gateway.app import create_app
 from gateway.keys import AGENTS
 from tests.conftest import TEST_SECRET, running_app
-from tests.helpers import assert_error, auth, token_for
+from tests.helpers import assert_error, auth, eventually, token_for
 from tests.integration.agent_support import (
     AGENT_PIN,
     CUSTOMER_PIN,
@@ -45,7 +45,7 @@ from tests.integration.agent_support import (
     outbox_rows,
     prepare_core,
 )
-from tests.integration.mqtt_support import Device, eventually, private_broker
+from tests.integration.mqtt_support import Device, private_broker
 
 CIPHER = FieldCipher(TEST_SECRET)
 

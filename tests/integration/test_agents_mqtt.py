@@ -29,12 +29,12 @@ from gateway.broker_auth import (
 from gateway.embedded import EmbeddedMqtt, free_port
 from geofence.fences import GEOD
 from tests.conftest import TEST_SECRET
+from tests.helpers import eventually
 from tests.integration.agent_support import AGENT_PIN, make_agent, make_customer, prepare_core
 from tests.integration.mqtt_support import (
     MOSQUITTO,
     Device,
     MosquittoProcess,
-    eventually,
     gateway,
     private_broker,
 )
@@ -340,16 +340,20 @@ async def test_broker_restart(
                     embedded = EmbeddedMqtt(tmp_path, port)
                     assert await embedded.start() == url
             service = runtime.mqtt
-            assert await eventually(lambda: service.connections >= 2, 20), "no reconnect"
+            await eventually(lambda: service.connections >= 2, timeout_s=20)  # a reconnect
             await service.wait_subscribed(20)  # raises TimeoutError: no SUBACK after it
-            assert await eventually(device.client.is_connected, 20), "the device did not return"
+            assert await eventually(device.client.is_connected, timeout_s=20), (
+                "the device did not return"
+            )
             device.publish(f"agents/{agent}/location", native(10, now - 1))
 
             async def moved_on() -> bool:
                 fix = await runtime.engine.latest_fix(agent)
                 return fix is not None and fix.ts == now - 1
 
-            assert await eventually(moved_on, 20), "the fix after the restart was not handled"
+            assert await eventually(moved_on, timeout_s=20), (
+                "the fix after the restart was not handled"
+            )
             await device.stop()
     finally:
         if mosquitto is not None:
@@ -424,6 +428,6 @@ async def test_readyz_reports_the_broker(
             async def up() -> bool:
                 return (await ready())[0] == 200
 
-            assert await eventually(up, 20)
+            assert await eventually(up, timeout_s=20)
     finally:
         await broker.stop()

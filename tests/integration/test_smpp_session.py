@@ -20,8 +20,9 @@ from channels.sms.smpp import (
     Throttled,
 )
 from channels.sms.smpp.codec import DeliverSm
+from tests.helpers import eventually
 from tests.raw_smsc import pdu, raw_smsc
-from tests.sms_helpers import FAST, bind_for, eventually
+from tests.sms_helpers import FAST, bind_for
 from tests.smsc_peer import SmscPeer
 
 SUBMIT = {"source_addr": "12345", "destination_addr": "254700000001", "short_message": b"hi"}

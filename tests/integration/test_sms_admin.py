@@ -16,8 +16,8 @@ from gateway.app import create_app
 from gateway.keys import SMS_CHANNEL, SMS_SENDER
 from gateway.sms import sms_channel
 from tests.conftest import running_app
-from tests.helpers import assert_error, auth, token_for
-from tests.sms_helpers import bind_for, eventually
+from tests.helpers import assert_error, auth, eventually, token_for
+from tests.sms_helpers import bind_for
 from tests.smsc_peer import SmscPeer
 
 

@@ -20,8 +20,8 @@ from channels.sms.handler import InboundSms, RetryLater
 from config.settings import Settings
 from gateway.app import make_redis
 from gateway.keys import DISPATCHER, REDIS, SMS_CHANNEL
+from tests.helpers import eventually
 from tests.sms_banking_support import SmsEnv, digits, peer, start_sms_env  # noqa: F401
-from tests.sms_helpers import eventually
 from tests.smsc_peer import SmscPeer
 from tests.ussd_support import PIN, RedisProcess, new_msisdn, own_redis
 
@@ -192,6 +192,59 @@ async def test_right_pin_resets_the_count_and_pin_change(env: SmsEnv) -> None:
     assert await env.ask(me, "BAL 5830") == "Your balance is KES 500.00."
 
 
+async def reprocess(env: SmsEnv, msisdn: str, text: str) -> int:
+    """The latest MO of `msisdn` handled again (a crash before its reply was recorded, a lease
+    taken over); the count of its replies."""
+    mo = await env.bank.pool.fetchrow(
+        "SELECT * FROM sms_messages WHERE direction = 'mo' AND msisdn = $1 ORDER BY id DESC "
+        "LIMIT 1",
+        msisdn,
+    )
+    await banking(env).handle(
+        InboundSms(
+            id=int(mo["id"]),
+            msisdn=msisdn,
+            short_code=mo["short_code"],
+            text=text,
+            smsc=mo["smsc"],
+            received_at=mo["created_at"],
+            parts=1,
+            complete=True,
+            attempt=2,
+        )
+    )
+    return int(
+        await env.bank.pool.fetchval(
+            "SELECT count(*) FROM sms_messages WHERE direction = 'mt' AND ref = $1",
+            f"mo:{mo['id']}",
+        )
+    )
+
+
+async def test_pin_change_processed_again_counts_no_wrong_pin(env: SmsEnv) -> None:
+    me = await env.bank.open(balance_minor=50_000)
+    assert await env.ask(me, f"PIN {PIN} 5830") == "Your PIN has been changed."
+    await all_processed(env, me, 1)
+    # The reply's record lost (the crash came before it): the same MO runs again.
+    await env.bank.pool.execute(
+        "DELETE FROM sms_messages WHERE direction = 'mt' AND msisdn = $1", me
+    )
+    assert await reprocess(env, me, f"PIN {PIN} 5830") == 1
+    last = await env.bank.pool.fetchval(
+        "SELECT body FROM sms_messages WHERE direction = 'mt' AND msisdn = $1 ORDER BY id DESC "
+        "LIMIT 1",
+        me,
+    )
+    assert last == "Your PIN has been changed."
+    failures = await env.bank.pool.fetchval(
+        "SELECT pin_failures FROM customers WHERE msisdn = $1", me
+    )
+    assert failures == 0
+    # A new message with the old PIN is a wrong PIN, as it always was.
+    assert "2 attempts left" in await env.ask(me, f"pin {PIN} 5830")
+    assert await env.ask(me, "BAL 5830") == "Your balance is KES 500.00."
+
+
 # --- money ------------------------------------------------------------------------------------
 
 
@@ -243,6 +296,51 @@ async def test_send_moves_money_once_and_both_parties_get_an_sms(env: SmsEnv) ->
     ] == []
 
 
+async def pending_outbox(env: SmsEnv, *msisdns: str) -> int:
+    count = await env.bank.pool.fetchval(
+        "SELECT count(*) FROM outbox WHERE recipient = ANY($1::text[]) AND status = 'pending'",
+        list(msisdns),
+    )
+    return int(count)
+
+
+async def test_send_tells_the_sender_once_and_the_recipient_once(env: SmsEnv) -> None:
+    """The reply to SEND is the sender's receipt: the core queues no second one for them."""
+    sender = await env.bank.open(balance_minor=100_000)
+    recipient = await env.bank.open(first_name="Zawadi", last_name="Kamau")
+    env.app[DISPATCHER].wake()  # the deposit's receipt goes out before we count
+    await eventually(lambda: pending_outbox(env, sender, recipient), lambda n: n == 0)
+    sender_before = len(await env.texts(sender))
+    recipient_before = len(await env.texts(recipient))
+
+    reply = await env.ask(sender, f"SEND {local(recipient)} 250 {PIN}")
+    assert "Confirmed. KES 250.00 sent to Zawadi Kamau" in reply, reply
+    reference = reply.split()[0]
+    env.app[DISPATCHER].wake()
+    await eventually(lambda: pending_outbox(env, sender, recipient), lambda n: n == 0)
+    received = await env.wait_texts(recipient, recipient_before + 1)
+    assert len(received) == recipient_before + 1 and reference in received[-1]
+    assert (await env.texts(sender))[sender_before:] == [reply]  # the reply, nothing more
+    rows = await env.bank.pool.fetch(
+        "SELECT recipient, template FROM outbox WHERE transfer_id = ledger_reference_id($1)",
+        reference,
+    )
+    assert [(r["recipient"], r["template"]) for r in rows] == [(recipient, "p2p_received")]
+
+
+async def test_confirmed_send_tells_the_sender_once(env: SmsEnv, confirm_on: SmsBanking) -> None:
+    sender = await env.bank.open(balance_minor=100_000)
+    recipient = await env.bank.open()
+    prompt = await env.ask(sender, f"SEND {local(recipient)} 120 {PIN}")
+    code = prompt.split("Reply YES ")[1].split()[0]
+    reply = await env.ask(sender, f"YES {code}")
+    reference = reply.split()[0]
+    rows = await env.bank.pool.fetch(
+        "SELECT recipient FROM outbox WHERE transfer_id = ledger_reference_id($1)", reference
+    )
+    assert [r["recipient"] for r in rows] == [recipient]
+
+
 async def test_redelivered_mo_moves_money_once(env: SmsEnv) -> None:
     sender = await env.bank.open(balance_minor=100_000)
     recipient = await env.bank.open()
@@ -272,6 +370,39 @@ async def test_lang_then_replies_in_the_new_language(env: SmsEnv) -> None:
     assert (
         await env.bank.pool.fetchval("SELECT language FROM customers WHERE msisdn=$1", me) == "en"
     )
+
+
+HINTS_BY_LANGUAGE = [
+    ("sw", "BAL 12", "PIN iwe tarakimu 4. Tumia: BAL <PIN>. Tuma HELP kuona amri zote."),
+    ("sw", "hujambo", "Samahani, hatukuelewa ujumbe huo. Tuma HELP kuona orodha ya amri."),
+    (
+        "fr",
+        "SEND 0712 100 {pin}",
+        "Le numéro de téléphone n'est pas valide. Utilisez : SEND <téléphone> <montant> <PIN>. "
+        "Envoyez HELP pour toutes les commandes.",
+    ),
+    (
+        "fr",
+        "bonjour",
+        "Désolé, nous n'avons pas compris. Envoyez HELP pour la liste des commandes.",
+    ),
+    ("en", "LANG de", "The language must be EN, SW or FR. Use: LANG <EN or SW or FR>."),
+]
+
+
+@pytest.mark.parametrize(("language", "template", "expected"), HINTS_BY_LANGUAGE)
+async def test_hints_in_the_customers_language(
+    env: SmsEnv, language: str, template: str, expected: str
+) -> None:
+    me = await env.bank.open(language=language)
+    reply = await env.ask(me, template.format(pin=PIN))
+    assert reply.startswith(expected), reply
+    assert PIN not in reply
+
+
+async def test_an_unknown_sender_gets_english_hints(env: SmsEnv) -> None:
+    reply = await env.ask(new_msisdn(), "habari")
+    assert reply == "Sorry, we did not understand that. Send HELP for the list of commands."
 
 
 # --- the rate limit ---------------------------------------------------------------------------

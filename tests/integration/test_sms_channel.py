@@ -21,7 +21,8 @@ from channels.sms.encoding import udh_concat
 from channels.sms.handler import GrammarReplyHandler, InboundSms, RetryLater
 from core.sms_messages import MtRecord, SmsMessageStore, SubmittedPart, get_message
 from gateway.keys import CIPHER
-from tests.sms_helpers import FAST, bind_for, eventually
+from tests.helpers import eventually
+from tests.sms_helpers import FAST, bind_for
 from tests.smsc_peer import SmscPeer
 
 TUNING = ChannelTuning(

@@ -23,7 +23,8 @@ from channels.sms.handler import InboundSms, RetryLater
 from core.clock import ManualClock
 from core.sms_messages import InboundRecord, SmsMessageStore
 from gateway.keys import CIPHER
-from tests.sms_helpers import FAST, bind_for, eventually
+from tests.helpers import eventually
+from tests.sms_helpers import FAST, bind_for
 from tests.smsc_peer import SmscPeer
 
 SHORT_S, LONG_S = 45, 600

@@ -15,8 +15,8 @@ from config.settings import Settings
 from core.errors import SendFailed
 from core.outbox import OutboundMessage, enqueue
 from gateway.keys import DISPATCHER, SENDERS, SMS_SENDER
+from tests.helpers import eventually
 from tests.sms_banking_support import SmsEnv, peer, start_sms_env  # noqa: F401 (fixture)
-from tests.sms_helpers import eventually
 from tests.smsc_peer import SmscPeer
 from tests.ussd_support import PIN
 

@@ -22,8 +22,8 @@ from channels.sms.handler import InboundSms
 from channels.sms.registration import Registrations
 from config.settings import Settings
 from gateway.keys import REDIS, SMS_CHANNEL
+from tests.helpers import eventually
 from tests.sms_banking_support import SmsEnv, peer, start_sms_env  # noqa: F401
-from tests.sms_helpers import eventually
 from tests.smsc_peer import SmscPeer
 from tests.ussd_support import PIN, new_msisdn
 

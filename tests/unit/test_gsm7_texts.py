@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from channels.sms.texts import HINT_PROBLEMS, HINT_USAGE
 from channels.sms.texts import TEXTS as SMS_TEXTS
 from core.loans.messages import NOTICES, REASONS, REASONS_WITHOUT_FIGURES
 from core.receipts import TEMPLATES as RECEIPTS
@@ -40,6 +41,8 @@ def _catalogue(name: str, table: object) -> Iterator[tuple[str, str]]:
 CASES = [
     *_strings(yaml.safe_load(MENU.read_text()), "menu"),
     *_catalogue("sms", {k: dict(v) for k, v in SMS_TEXTS.items()}),
+    *_catalogue("sms_hint_problems", HINT_PROBLEMS),
+    *_catalogue("sms_hint_usage", HINT_USAGE),
     *_catalogue("receipts", RECEIPTS),
     *_catalogue("loan_notices", NOTICES),
     *_catalogue("loan_reasons", REASONS),

@@ -208,6 +208,45 @@ async def test_change_pin(core_db: asyncpg.Pool, cipher: FieldCipher) -> None:
         await verify_pin(core_db, alice, PIN)
 
 
+async def failures(db: asyncpg.Pool, msisdn: str) -> int:
+    return int(await db.fetchval("SELECT pin_failures FROM customers WHERE msisdn = $1", msisdn))
+
+
+async def test_change_pin_processed_again_counts_nothing(
+    core_db: asyncpg.Pool, cipher: FieldCipher
+) -> None:
+    """The same request (its key) again, after its change: the same success, no wrong PIN; the
+    counter stays as strict as before for every other request."""
+    alice = await make_customer(core_db, cipher)
+    await change_pin(core_db, alice, PIN, "7391", 4, idempotency_key="sms:41")
+    await change_pin(core_db, alice, PIN, "7391", 4, idempotency_key="sms:41")
+    await change_pin(core_db, alice, PIN, "7391", 4, idempotency_key="sms:41")
+    assert await failures(core_db, alice) == 0
+    await verify_pin(core_db, alice, "7391")
+    # Another request with the old PIN is wrong and counts, key or no key.
+    with pytest.raises(E.WrongPin):
+        await change_pin(core_db, alice, PIN, "7391", 4, idempotency_key="sms:42")
+    with pytest.raises(E.WrongPin):
+        await change_pin(core_db, alice, PIN, "5930", 4)
+    assert await failures(core_db, alice) == 2
+    # A later change remembers its own key only: the first request is now checked again.
+    await change_pin(core_db, alice, "7391", "5930", 4, idempotency_key="sms:43")
+    with pytest.raises(E.WrongPin):
+        await change_pin(core_db, alice, PIN, "7391", 4, idempotency_key="sms:41")
+    await change_pin(core_db, alice, "7391", "5930", 4, idempotency_key="sms:43")
+    # A locked wallet says locked, even to the request that changed the PIN.
+    with pytest.raises(E.WrongPin):
+        await verify_pin(core_db, alice, "1357")
+    with pytest.raises(E.WalletLocked):
+        await verify_pin(core_db, alice, "1357")
+    with pytest.raises(E.WalletLocked):
+        await change_pin(core_db, alice, "7391", "5930", 4, idempotency_key="sms:43")
+    with pytest.raises(E.ValidationFailed):
+        await change_pin(core_db, alice, "5930", "2468", 4, idempotency_key="")
+    with pytest.raises(E.ValidationFailed):
+        await change_pin(core_db, alice, "5930", "2468", 4, idempotency_key="k" * 201)
+
+
 async def test_unknown_customer_and_language(core_db: asyncpg.Pool, cipher: FieldCipher) -> None:
     with pytest.raises(E.CustomerNotFound):
         await verify_pin(core_db, new_msisdn(), PIN)

@@ -74,6 +74,47 @@ async def test_p2p_moves_amount_and_fee(core_db: asyncpg.Pool, cipher: FieldCiph
     ]
 
 
+async def test_p2p_without_the_sender_receipt(core_db: asyncpg.Pool, cipher: FieldCipher) -> None:
+    """A channel whose reply is the sender's receipt (SMS) asks for the recipient's only; the
+    money, the fee and a replay are the same as with both receipts."""
+    alice = await make_customer(core_db, cipher, 2_000_00)
+    bob = await make_customer(core_db, cipher)
+    key = new_key()
+    before = await counts(core_db)
+    result = await send_money(
+        core_db,
+        sender=alice,
+        recipient=bob,
+        amount_minor=500_00,
+        idempotency_key=key,
+        channel="sms",
+        sender_receipt=False,
+    )
+    assert result.balance_after_minor == 2_000_00 - 500_00 - result.fee_minor
+    assert await balance(core_db, bob) == 500_00
+    receipts = await core_db.fetch(
+        "SELECT recipient, template, balance_minor FROM outbox "
+        "WHERE transfer_id = ledger_reference_id($1)",
+        result.reference,
+    )
+    assert [(r["recipient"], r["template"], r["balance_minor"]) for r in receipts] == [
+        (bob, "p2p_received", 500_00)
+    ]
+    transfers_, entries, outbox = await counts(core_db)
+    assert (transfers_ - before[0], outbox - before[2]) == (1, 1)
+    again = await send_money(
+        core_db,
+        sender=alice,
+        recipient=bob,
+        amount_minor=500_00,
+        idempotency_key=key,
+        channel="sms",
+        sender_receipt=False,
+    )
+    assert again.replayed and again.reference == result.reference
+    assert await counts(core_db) == (transfers_, entries, outbox)
+
+
 async def test_same_key_replays_and_other_request_conflicts(
     core_db: asyncpg.Pool, cipher: FieldCipher
 ) -> None:
