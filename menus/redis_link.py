@@ -14,10 +14,11 @@ Each command has a deadline (`timeout_s`): rather than a timer per command, one 
 of a second apart, while commands are in flight, fails those past it with TimeoutError (so a
 command gives up between `timeout_s` and `timeout_s` + 0.25 s). A caller that gives up (its
 deadline, a cancelled step) leaves its future in the queue: the late reply is read and dropped
-there, so the next command never gets another's answer. A lost
-connection fails every command in flight with redis-py's ConnectionError; the next command
-connects again. Connection settings (host and port or unix socket, TLS, username, password,
-database) are the ones of the redis-py client the store is given.
+there, so the next command never gets another's answer. A lost connection fails every command
+in flight with redis-py's ConnectionError; the next command connects again. A connection on
+which the oldest command has waited two timeouts (a hung server, a half-open connection) is
+dropped the same way. Connection settings (host and port or unix socket, TLS, username,
+password, database) are the ones of the redis-py client the store is given.
 """
 
 from __future__ import annotations
@@ -115,6 +116,12 @@ class _Protocol(asyncio.Protocol):
             return
         loop = asyncio.get_running_loop()
         now = loop.time()
+        if now > self.waiting[0][1] + self.timeout_s and self.transport is not None:
+            # Nothing answered for two timeouts: a hung server or a half-open connection
+            # (no RST ever comes). Drop it; the next command connects again.
+            self._fail(RedisConnectionError("Redis stopped answering; connection dropped"))
+            self.transport.abort()
+            return
         for future, deadline in self.waiting:  # deadlines grow along the queue
             if deadline > now:
                 break

@@ -17,6 +17,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from gateway.app import make_redis
 from gateway.keys import USSD_SERVICE
 from menus.session import RedisSessionStore, Versioned
+from tests.helpers import eventually
 from tests.ussd_support import PIN, RedisProcess, UssdEnv, own_redis, ussd
 
 __all__ = ["own_redis", "ussd"]
@@ -241,3 +242,29 @@ async def test_a_unix_socket_a_password_and_a_database_number(tmp_path: Path) ->
         await wrong.aclose()
         await client.aclose()
         server.stop()
+
+
+async def test_a_connection_that_stops_answering_is_dropped_and_replaced(
+    own_redis: RedisProcess,
+) -> None:
+    """Redis paused for longer than two timeouts (as a hung server or a half-open connection
+    looks): the commands time out, the connection is dropped, and the first command after
+    the pause connects anew and gets its own answer."""
+    client = make_redis(own_redis.url)
+    store = RedisSessionStore(client, "t:", io_timeout_s=0.2)
+    try:
+        key = store.key("unit", "h")
+        assert await store.save(key, None, '{"n":1}', 60) == (True, None)
+        await client.execute_command("CLIENT", "PAUSE", "1500", "ALL")
+        with pytest.raises(TimeoutError):
+            await store.load(key)
+        protocol = store.link._protocol
+        assert protocol is not None
+        await eventually(lambda: protocol.lost is not None, timeout_s=1.0)
+        await client.execute_command("CLIENT", "UNPAUSE")
+        loaded = await store.load(key)
+        assert loaded is not None and loaded.raw == '{"n":1}'
+        assert store.link.connects == 2
+    finally:
+        await store.aclose()
+        await client.aclose()
