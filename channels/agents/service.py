@@ -27,6 +27,7 @@ from channels.agents.fixes import FixLimits
 from channels.agents.mqtt import Message, MqttService
 from channels.agents.native import parse_native_location
 from channels.agents.owntracks import OwnTracksLocation, OwnTracksLwt, parse_owntracks
+from channels.agents.owntracks_devices import OwnTracksDevices
 from core.devices import EventRow, LocationRow
 from core.errors import FixRejected
 from menus.agent_commands import CommandDispatcher, CommandInvalid, reply_error
@@ -65,8 +66,11 @@ class AgentChannel:
         sink: EventSink,
         limits: FixLimits,
         clock: Callable[[], float] = time.time,
+        *,
+        owntracks: OwnTracksDevices | None = None,
     ) -> None:
         self.engine = engine
+        self.owntracks = owntracks
         self.dispatcher = dispatcher
         self.sink = sink
         self.limits = limits
@@ -82,6 +86,7 @@ class AgentChannel:
         now = self.clock()
         items: list[DeviceInput] = []
         commands: list[tuple[str, bytes]] = []
+        seen: set[tuple[str, str]] = set()
         for message in batch:
             inbound = topics.classify(message.topic)
             if inbound is None:
@@ -93,8 +98,15 @@ class AgentChannel:
             item = self._to_input(inbound, message, now)
             if item is not None:
                 items.append(item)
+                if inbound.device is not None:
+                    seen.add((inbound.agent_code, inbound.device))
         if items:
             await self.ingest(items)
+        if seen and self.owntracks is not None:
+            try:
+                await self.owntracks.seen(seen, now)
+            except Exception:  # the registry only aims waypoint pushes; ingest went on
+                log.exception("recording owntracks devices failed")
         if commands:
             await asyncio.gather(*(self._command(c, p, now) for c, p in commands))
 
