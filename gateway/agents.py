@@ -34,7 +34,7 @@ from core import devices, geofences
 from core.agent_transactions import DeviceGate
 from core.crypto import FieldCipher
 from core.devices import BreachAlerts, EventRow, LocationRow
-from core.errors import AuthFailed, Conflict, FixRejected, Unavailable
+from core.errors import AuthFailed, Conflict, FixRejected, NotFound, Unavailable
 from gateway.api import HttpError, json_response
 from gateway.keys import AGENTS, CIPHER, ENDPOINTS, PG_POOL, REDIS, SETTINGS
 from geofence.gating import GatePolicy
@@ -156,7 +156,9 @@ class AgentRuntime:
         await self.redis.incr(self.gen_key)
         await self.reload_catalog()
 
-    async def push_waypoints(self, agent_code: str) -> WaypointPush:
+    async def push_waypoints(
+        self, agent_code: str, only: Sequence[str] | None = None
+    ) -> WaypointPush:
         """Send the agent's zones as an OwnTracks `setWaypoints` command to each OwnTracks
         device the gateway has seen for it, on `owntracks/{code}/{device}/cmd`, QoS 1, not
         retained. AgentNotFound; Conflict NO_GEOFENCE (no zones) or NO_OWNTRACKS_DEVICE;
@@ -173,6 +175,8 @@ class AgentRuntime:
         if not stored:
             raise Conflict(f"Agent {code} has no geofence", code="NO_GEOFENCE", agent_code=code)
         devices_ = await self.owntracks.devices(code)
+        if only is not None:
+            devices_ = [d for d in devices_ if d in only]
         if not devices_:
             raise Conflict(
                 f"No OwnTracks device has reported for agent {code}",
@@ -197,11 +201,20 @@ class AgentRuntime:
             try:
                 await self.push_waypoints(code)
                 pushed += 1
-            except (Conflict, Unavailable):
+            except (Conflict, NotFound, Unavailable):
                 continue
             except Exception:
                 log.exception("waypoint push failed", extra={"agent": code})
         return pushed
+
+    async def greet_device(self, agent_code: str, device: str) -> None:
+        """A device the gateway had not seen gets the agent's zones at once (if any)."""
+        try:
+            await self.push_waypoints(agent_code, only=[device])
+        except (Conflict, NotFound, Unavailable):
+            return
+        except Exception:
+            log.exception("waypoint push to a new device failed", extra={"agent": agent_code})
 
     async def watch_catalog(self) -> None:
         while True:
@@ -258,7 +271,9 @@ def build_runtime(
     sink = PgSink(pool, alerts)
     owntracks = OwnTracksDevices(redis, settings.redis_prefix)
     channel = AgentChannel(engine, dispatcher, sink, fix_limits(settings), owntracks=owntracks)
-    return AgentRuntime(settings, redis, engine, dispatcher, channel, sink, pool, owntracks)
+    runtime = AgentRuntime(settings, redis, engine, dispatcher, channel, sink, pool, owntracks)
+    channel.on_new_owntracks = runtime.greet_device
+    return runtime
 
 
 @contextlib.asynccontextmanager
@@ -282,6 +297,7 @@ async def running(runtime: AgentRuntime) -> AsyncIterator[AgentRuntime]:
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        await runtime.channel.stop_background()
         await runtime.sink.flush()
 
 

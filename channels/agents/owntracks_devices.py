@@ -37,14 +37,19 @@ class OwnTracksDevices:
     def key(self, agent_code: str) -> str:
         return f"{self.prefix}agent:{agent_code}:owntracks"
 
-    async def seen(self, pairs: Iterable[tuple[str, str]], now: float | None = None) -> None:
-        """Record (agent code, device) pairs seen now (skipping those written recently)."""
+    async def seen(
+        self, pairs: Iterable[tuple[str, str]], now: float | None = None
+    ) -> list[tuple[str, str]]:
+        """Record (agent code, device) pairs seen now (skipping those written recently); the
+        pairs that were not in the registry before (new devices, or back after expiry)."""
         at = time.time() if now is None else now
-        due = {
-            p for p in pairs if valid_device(p[1]) and at - self._written.get(p, -1e18) >= REFRESH_S
-        }
+        due = [
+            p
+            for p in dict.fromkeys(pairs)
+            if valid_device(p[1]) and at - self._written.get(p, -1e18) >= REFRESH_S
+        ]
         if not due:
-            return
+            return []
         if len(self._written) > MEMO_MAX:
             self._written.clear()
         async with self.redis.pipeline(transaction=False) as pipe:
@@ -58,6 +63,7 @@ class OwnTracksDevices:
                 await self._trim(code)
         for pair in due:
             self._written[pair] = at
+        return [p for p, added in zip(due, results[0::3], strict=True) if int(added) == 1]
 
     async def _trim(self, agent_code: str) -> None:
         known = await self.devices(agent_code, limit=None)

@@ -220,3 +220,17 @@ async def test_the_device_registry_is_bounded_and_written_once_per_refresh(
     # Junk in the hash (written by hand) is skipped, not fatal.
     await redis.hset(registry.key(agent), "weird", "not-a-time")
     assert "weird" not in await registry.devices(agent)
+
+
+async def test_a_new_phone_gets_the_zones_it_missed(rig: Rig) -> None:
+    agent = await make_agent(rig.runtime.pool)
+    circle = await fence(rig, CIRCLE)
+    resp = await rig.client.put(
+        f"/api/v1/agents/{agent}/geofences", json={"geofence_ids": [circle]}, headers=rig.admin
+    )
+    assert resp.status == 200  # no phone known yet: nothing sent
+    client = await phone(rig, agent, "newphone")
+    topic, body = await client.expect(is_set_waypoints)
+    assert topic == f"owntracks/{agent}/newphone/cmd"
+    assert [w["rid"] for w in body["waypoints"]["waypoints"]] == [f"fence-{circle}"]
+    await client.stop()
