@@ -166,9 +166,9 @@ class AgentRuntime:
 
         Not retained: a command is an instruction, not state (a retained one would be re-run by
         every later subscriber, long after the zones changed again). An app with a persistent
-        session (OwnTracks' default `cleanSession` false) gets the QoS 1 command from the broker
-        when it reconnects; a phone that was never subscribed gets its zones from the next
-        change or from POST /api/v1/agents/{code}/waypoints/push."""
+        session (OwnTracks `cleanSession` false) gets the QoS 1 command from the broker when it
+        reconnects; any other phone gets its zones when first seen (`greet_device`), at the next
+        change, or from POST /api/v1/agents/{code}/waypoints/push."""
         async with self.pool.acquire() as conn:
             stored = await geofences.agent_fences(conn, agent_code)  # AgentNotFound
         code = agent_code  # as core.agents.check_code keeps it (upper case)
