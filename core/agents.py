@@ -20,6 +20,7 @@ from core.pins import hash_pin, pin_matches, register_failure
 
 AGENT_SHARDS = 32
 NAME_MAX = 100
+LANGUAGES = ("en", "sw", "fr")  # the languages of an agent's texts (core.agent_messages)
 # The channel of transactions an agent's own device originates (MQTT commands). Only
 # core.agent_transactions posts on it, after the geofence gate; the public money and
 # registration functions refuse it, so a device transaction cannot skip the gate.
@@ -36,6 +37,7 @@ class Agent:
     currency: str
     status: str
     created_at: datetime
+    language: str = "en"
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +54,12 @@ def check_code(raw: str) -> str:
     return code
 
 
+def check_language(language: object) -> str:
+    if language not in LANGUAGES:
+        raise E.ValidationFailed("A language is one of en, sw, fr", field="language")
+    return str(language)
+
+
 def _agent(row: Any) -> Agent:
     return Agent(
         row["id"],
@@ -61,12 +69,14 @@ def _agent(row: Any) -> Agent:
         row["currency"],
         row["status"],
         row["created_at"],
+        row["language"],
     )
 
 
 _REGISTER_SQL = """
 WITH g AS (
-    INSERT INTO agents (code, msisdn, name, currency, pin_hash) VALUES ($1, $2, $3, $4, $5)
+    INSERT INTO agents (code, msisdn, name, currency, pin_hash, language)
+    VALUES ($1, $2, $3, $4, $5, $8)
     RETURNING *
 ), f AS (
     SELECT ledger_open_account('agent_float', g.currency, NULL, g.id, $6, false),
@@ -91,9 +101,11 @@ async def register_agent(
     actor: str,
     currency: str = "KES",
     country_code: str = "254",
+    language: str = "en",
 ) -> Agent:
     """Create the agent with its float and commission accounts (AlreadyExists on the code)."""
     agent_code = check_code(code)
+    check_language(language)
     number = normalise_msisdn(msisdn, country_code)
     clean = " ".join(name.split()) if isinstance(name, str) else ""
     if not 1 <= len(clean) <= NAME_MAX:
@@ -109,6 +121,7 @@ async def register_agent(
             pin_hash,
             AGENT_SHARDS,
             actor,
+            language,
         )
     except asyncpg.UniqueViolationError:
         raise E.AlreadyExists(f"Agent {agent_code} exists", field="code") from None
@@ -172,3 +185,21 @@ async def unlock_agent(db: Db, code: str, actor: str) -> None:
         "UPDATE agents SET status = 'active', pin_failures = 0 WHERE id = $1", agent.id
     )
     await record(db, actor_type="admin", actor=actor, action="agent.unlocked", target=agent.code)
+
+
+async def set_agent_language(db: Db, code: str, language: str, actor: str) -> Agent:
+    """Change the language of the agent's texts (audited)."""
+    agent = await get_agent(db, code)
+    check_language(language)
+    row = await db.fetchrow(
+        "UPDATE agents SET language = $2 WHERE id = $1 RETURNING *", agent.id, language
+    )
+    await record(
+        db,
+        actor_type="admin",
+        actor=actor,
+        action="agent.language",
+        target=agent.code,
+        details={"from": agent.language, "to": language},
+    )
+    return _agent(row)

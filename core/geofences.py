@@ -208,3 +208,25 @@ async def load_catalog(
         for r in await conn.fetch("SELECT agent_code, schedule FROM agent_schedules")
     }
     return FenceCatalog.build(fences, assignments, schedules)
+
+
+async def agent_fences(conn: asyncpg.Connection, agent_code: str) -> list[StoredFence]:
+    """The agent's fences with their names, by id (AgentNotFound for an unknown agent)."""
+    code = check_code(agent_code)
+    if not await conn.fetchval("SELECT 1 FROM agents WHERE code = $1", code):
+        raise AgentNotFound(f"No agent {code!r}", agent_code=code)
+    rows = await conn.fetch(
+        f"SELECT {_COLUMNS} FROM geofences WHERE id IN "  # noqa: S608
+        "(SELECT geofence_id FROM agent_geofences WHERE agent_code = $1) ORDER BY id",
+        code,
+    )
+    return [_stored(r) for r in rows]
+
+
+async def fence_agents(conn: asyncpg.Connection, fence_id: int) -> list[str]:
+    """The codes of the agents a fence is assigned to."""
+    rows = await conn.fetch(
+        "SELECT agent_code FROM agent_geofences WHERE geofence_id = $1 ORDER BY agent_code",
+        fence_id,
+    )
+    return [r["agent_code"] for r in rows]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -26,17 +27,19 @@ from channels.agents import topics
 from channels.agents.fixes import FixLimits
 from channels.agents.mqtt import MqttService
 from channels.agents.osmand import parse_osmand
+from channels.agents.owntracks_devices import OwnTracksDevices
 from channels.agents.service import AgentChannel
 from config.settings import Settings
 from core import devices, geofences
 from core.agent_transactions import DeviceGate
 from core.crypto import FieldCipher
 from core.devices import BreachAlerts, EventRow, LocationRow
-from core.errors import AuthFailed, FixRejected
+from core.errors import AuthFailed, Conflict, FixRejected, NotFound, Unavailable
 from gateway.api import HttpError, json_response
 from gateway.keys import AGENTS, CIPHER, ENDPOINTS, PG_POOL, REDIS, SETTINGS
 from geofence.gating import GatePolicy
 from geofence.tracker import TrackPolicy
+from geofence.waypoints import set_waypoints
 from menus.agent_commands import (
     CommandDispatcher,
     CommandExecutor,
@@ -120,6 +123,13 @@ class PgSink:
             await self._write(self._take())
 
 
+@dataclass(frozen=True, slots=True)
+class WaypointPush:
+    agent_code: str
+    devices: list[str]
+    waypoints: list[dict[str, object]]
+
+
 @dataclass
 class AgentRuntime:
     settings: Settings
@@ -129,6 +139,7 @@ class AgentRuntime:
     channel: AgentChannel
     sink: PgSink
     pool: asyncpg.Pool
+    owntracks: OwnTracksDevices
     mqtt: MqttService | None = None
     catalog_gen: bytes | str | None = None
 
@@ -144,6 +155,66 @@ class AgentRuntime:
         """Tell every instance (this one at once) that fences or assignments changed."""
         await self.redis.incr(self.gen_key)
         await self.reload_catalog()
+
+    async def push_waypoints(
+        self, agent_code: str, only: Sequence[str] | None = None
+    ) -> WaypointPush:
+        """Send the agent's zones as an OwnTracks `setWaypoints` command to each OwnTracks
+        device the gateway has seen for it, on `owntracks/{code}/{device}/cmd`, QoS 1, not
+        retained. AgentNotFound; Conflict NO_GEOFENCE (no zones) or NO_OWNTRACKS_DEVICE;
+        Unavailable MQTT_UNAVAILABLE when the MQTT client is not running.
+
+        Not retained: a command is an instruction, not state (a retained one would be re-run by
+        every later subscriber, long after the zones changed again). An app with a persistent
+        session (OwnTracks `cleanSession` false) gets the QoS 1 command from the broker when it
+        reconnects; any other phone gets its zones when first seen (`greet_device`), at the next
+        change, or from POST /api/v1/agents/{code}/waypoints/push."""
+        async with self.pool.acquire() as conn:
+            stored = await geofences.agent_fences(conn, agent_code)  # AgentNotFound
+        code = agent_code  # as core.agents.check_code keeps it (upper case)
+        if not stored:
+            raise Conflict(f"Agent {code} has no geofence", code="NO_GEOFENCE", agent_code=code)
+        devices_ = await self.owntracks.devices(code)
+        if only is not None:
+            devices_ = [d for d in devices_ if d in only]
+        if not devices_:
+            raise Conflict(
+                f"No OwnTracks device has reported for agent {code}",
+                code="NO_OWNTRACKS_DEVICE",
+                agent_code=code,
+            )
+        mqtt = self.mqtt
+        if mqtt is None:
+            raise Unavailable("The MQTT client is not running", code="MQTT_UNAVAILABLE")
+        command = set_waypoints([(s.fence, s.name) for s in stored])
+        payload = json.dumps(command, separators=(",", ":")).encode()
+        for device in devices_:
+            mqtt.publish(topics.owntracks_cmd_topic(code, device), payload, qos=1, retain=False)
+        log.info("waypoints pushed", extra={"agent": code, "devices": len(devices_)})
+        return WaypointPush(code, devices_, command["waypoints"]["waypoints"])
+
+    async def push_waypoints_quietly(self, agent_codes: Sequence[str]) -> int:
+        """After a change of zones: push to each agent that has zones and a device, skipping
+        the others; never fails the admin request that changed the zones. How many pushed."""
+        pushed = 0
+        for code in agent_codes:
+            try:
+                await self.push_waypoints(code)
+                pushed += 1
+            except (Conflict, NotFound, Unavailable):
+                continue
+            except Exception:
+                log.exception("waypoint push failed", extra={"agent": code})
+        return pushed
+
+    async def greet_device(self, agent_code: str, device: str) -> None:
+        """A device the gateway had not seen gets the agent's zones at once (if any)."""
+        try:
+            await self.push_waypoints(agent_code, only=[device])
+        except (Conflict, NotFound, Unavailable):
+            return
+        except Exception:
+            log.exception("waypoint push to a new device failed", extra={"agent": agent_code})
 
     async def watch_catalog(self) -> None:
         while True:
@@ -198,8 +269,11 @@ def build_runtime(
     if settings.agent_alert_channel is not None:
         alerts = BreachAlerts(settings.agent_alert_channel, settings.agent_alert_recipients)
     sink = PgSink(pool, alerts)
-    channel = AgentChannel(engine, dispatcher, sink, fix_limits(settings))
-    return AgentRuntime(settings, redis, engine, dispatcher, channel, sink, pool)
+    owntracks = OwnTracksDevices(redis, settings.redis_prefix)
+    channel = AgentChannel(engine, dispatcher, sink, fix_limits(settings), owntracks=owntracks)
+    runtime = AgentRuntime(settings, redis, engine, dispatcher, channel, sink, pool, owntracks)
+    channel.on_new_owntracks = runtime.greet_device
+    return runtime
 
 
 @contextlib.asynccontextmanager
@@ -223,6 +297,7 @@ async def running(runtime: AgentRuntime) -> AsyncIterator[AgentRuntime]:
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        await runtime.channel.stop_background()
         await runtime.sink.flush()
 
 

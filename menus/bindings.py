@@ -40,7 +40,7 @@ from typing import Any
 
 import asyncpg
 
-from core import customers, fees, limits, outbox, pins, transfers
+from core import agent_messages, customers, fees, limits, outbox, pins, transfers
 from core import errors as E
 from core.agents import get_agent
 from core.crypto import FieldCipher
@@ -102,11 +102,6 @@ _LINES: dict[str, dict[str, str]] = {
         "other": "{amount}",
     },
 }
-# What the agent reads before handing over the cash (agents get English: they have no language).
-AGENT_CASH_OUT_TEXT = (
-    "{reference} Confirmed. Give {amount} cash to {customer} {msisdn}. "
-    "Your float is credited with {amount}."
-)
 
 
 def statement_line(line: StatementLine, language: str, currency: str) -> str:
@@ -354,10 +349,12 @@ class CoreActions:
                     conn,
                     channel=OUTBOX_CHANNEL,
                     recipient=agent.msisdn,
-                    body=AGENT_CASH_OUT_TEXT.format(
+                    body=agent_messages.render(
+                        "cash_out_give",
+                        agent.language,
                         reference=result.reference,
                         amount=self.money(amount),
-                        customer=name or "customer",
+                        customer=name or agent_messages.customer_word(agent.language),
                         msisdn=ctx.msisdn,
                     ),
                     kind="agent_cash_out",

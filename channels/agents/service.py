@@ -18,7 +18,7 @@ import collections
 import json
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, Protocol
 
 from channels.agents import topics
@@ -27,6 +27,7 @@ from channels.agents.fixes import FixLimits
 from channels.agents.mqtt import Message, MqttService
 from channels.agents.native import parse_native_location
 from channels.agents.owntracks import OwnTracksLocation, OwnTracksLwt, parse_owntracks
+from channels.agents.owntracks_devices import OwnTracksDevices
 from core.devices import EventRow, LocationRow
 from core.errors import FixRejected
 from menus.agent_commands import CommandDispatcher, CommandInvalid, reply_error
@@ -65,8 +66,15 @@ class AgentChannel:
         sink: EventSink,
         limits: FixLimits,
         clock: Callable[[], float] = time.time,
+        *,
+        owntracks: OwnTracksDevices | None = None,
     ) -> None:
         self.engine = engine
+        self.owntracks = owntracks
+        # Called (in its own task) for an OwnTracks device the registry had not seen: the
+        # gateway sends it the agent's zones.
+        self.on_new_owntracks: Callable[[str, str], Coroutine[Any, Any, None]] | None = None
+        self._background: set[asyncio.Task[None]] = set()
         self.dispatcher = dispatcher
         self.sink = sink
         self.limits = limits
@@ -82,6 +90,7 @@ class AgentChannel:
         now = self.clock()
         items: list[DeviceInput] = []
         commands: list[tuple[str, bytes]] = []
+        seen: set[tuple[str, str]] = set()
         for message in batch:
             inbound = topics.classify(message.topic)
             if inbound is None:
@@ -93,10 +102,36 @@ class AgentChannel:
             item = self._to_input(inbound, message, now)
             if item is not None:
                 items.append(item)
+                if inbound.device is not None:
+                    seen.add((inbound.agent_code, inbound.device))
         if items:
             await self.ingest(items)
+        if seen and self.owntracks is not None:
+            await self._record_devices(seen, now)
         if commands:
             await asyncio.gather(*(self._command(c, p, now) for c, p in commands))
+
+    async def _record_devices(self, seen: set[tuple[str, str]], now: float) -> None:
+        assert self.owntracks is not None
+        try:
+            new = await self.owntracks.seen(sorted(seen), now)
+        except Exception:  # the registry only aims waypoint pushes; ingest went on
+            log.exception("recording owntracks devices failed")
+            return
+        hook = self.on_new_owntracks
+        if hook is None:
+            return
+        for code, device in new:
+            task = asyncio.create_task(hook(code, device), name="owntracks-new-device")
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+
+    async def stop_background(self) -> None:
+        """Cancel the greetings still running (at shutdown)."""
+        tasks = list(self._background)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     def _to_input(
         self, inbound: topics.Inbound, message: Message, now: float

@@ -32,6 +32,7 @@ class Kind(StrEnum):
 class Inbound:
     kind: Kind
     agent_code: str
+    device: str | None = None  # OwnTracks: the topic's device level
 
 
 def subscriptions(share_group: str | None) -> list[str]:
@@ -50,7 +51,7 @@ def classify(topic: str) -> Inbound | None:
     if not AGENT_CODE_RE.fullmatch(code):
         return None
     if root == "owntracks" and leaf:
-        return Inbound(Kind.OWNTRACKS, code)
+        return Inbound(Kind.OWNTRACKS, code, leaf)
     if root == "agents" and leaf in ("location", "cmd", "status"):
         return Inbound(Kind(leaf), code)
     return None
@@ -58,6 +59,11 @@ def classify(topic: str) -> Inbound | None:
 
 def reply_topic(code: str) -> str:
     return f"agents/{code}/reply"
+
+
+def owntracks_cmd_topic(code: str, device: str) -> str:
+    """Where an OwnTracks app with remote commands enabled listens (the agent may read it)."""
+    return f"owntracks/{code}/{device}/cmd"
 
 
 def events_topic(code: str) -> str:

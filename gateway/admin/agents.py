@@ -4,6 +4,8 @@ finance and admin hold it), like a deposit."""
 
 from __future__ import annotations
 
+from typing import Literal
+
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
@@ -23,6 +25,12 @@ class AgentIn(BaseModel):
     msisdn: str = Field(min_length=1, max_length=32)
     name: str = Field(min_length=1, max_length=100)
     pin: str = Field(min_length=4, max_length=4)
+    language: Literal["en", "sw", "fr"] = "en"
+
+
+class AgentLanguageIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    language: Literal["en", "sw", "fr"]
 
 
 class FloatIn(BaseModel):
@@ -37,6 +45,7 @@ class AgentOut(BaseModel):
     name: str
     status: str
     currency: str
+    language: str
     float_minor: int
     commission_minor: int
 
@@ -51,6 +60,7 @@ async def agent_json(request: web.Request, code: str) -> dict[str, object]:
         name=agent.name,
         status=agent.status,
         currency=agent.currency,
+        language=agent.language,
         float_minor=balances.float_minor,
         commission_minor=balances.commission_minor,
     ).model_dump()
@@ -76,6 +86,7 @@ async def create_agent(request: web.Request, body: AgentIn) -> web.StreamRespons
         actor=request[PRINCIPAL_KEY].username,
         currency=settings.currency,
         country_code=settings.default_country_code,
+        language=body.language,
     )
     return json_response(await agent_json(request, agent.code), status=201)
 
@@ -88,6 +99,21 @@ async def create_agent(request: web.Request, body: AgentIn) -> web.StreamRespons
 )
 async def get_agent(request: web.Request) -> web.StreamResponse:
     return json_response(await agent_json(request, request.match_info["code"]))
+
+
+@routes.put(
+    "/api/v1/agents/{code}/language",
+    body=AgentLanguageIn,
+    response=AgentOut,
+    permission="agents:write",
+    summary="Set the language of the texts an agent is sent (en, sw, fr)",
+)
+async def set_agent_language(request: web.Request, body: AgentLanguageIn) -> web.StreamResponse:
+    code = request.match_info["code"]
+    await A.set_agent_language(
+        request.app[PG_POOL], code, body.language, actor=request[PRINCIPAL_KEY].username
+    )
+    return json_response(await agent_json(request, code))
 
 
 @routes.post(

@@ -5,6 +5,9 @@
     GET  /api/v1/geofences, /api/v1/geofences/{id}, PUT /api/v1/geofences/{id} (version + 1)
     PUT  /api/v1/agents/{code}/geofences       {"geofence_ids": [...], "schedule": {...} | null}
     GET  /api/v1/agents/{code}/geofences
+    POST /api/v1/agents/{code}/waypoints/push  the agent's zones to its OwnTracks phones now
+                                               (setWaypoints on owntracks/{code}/{device}/cmd);
+                                               also done after an assignment or a fence edit
     POST /api/v1/agents/{code}/credentials     new MQTT password and device token (old ones die)
     GET  /api/v1/agents/{code}/position        live state: presence, latest fix, zone
     GET  /api/v1/agents/{code}/events, /api/v1/agent-events   newest first, paged by before_id
@@ -205,7 +208,11 @@ async def update_geofence(request: web.Request, body: FeatureIn) -> web.StreamRe
     async with request.app[PG_POOL].acquire() as conn:
         stored = await geofences.update_fence(conn, fence_id, body.model_dump(exclude_none=True))
     await _audit(request, "geofence.update", str(fence_id), {"version": stored.fence.version})
-    await request.app[AGENTS].fences_changed()
+    runtime = request.app[AGENTS]
+    await runtime.fences_changed()
+    async with request.app[PG_POOL].acquire() as conn:
+        holders = await geofences.fence_agents(conn, fence_id)
+    await runtime.push_waypoints_quietly(holders)
     return json_response(stored.feature())
 
 
@@ -222,6 +229,7 @@ async def assign_geofences(request: web.Request, body: AssignmentIn) -> web.Stre
         ids, schedule = await geofences.assign_fences(conn, code, body.geofence_ids, body.schedule)
     await _audit(request, "agent.geofences", code, {"geofence_ids": ids})
     await request.app[AGENTS].fences_changed()
+    await request.app[AGENTS].push_waypoints_quietly([code])
     return json_response(
         {
             "agent_code": code,
@@ -247,6 +255,46 @@ async def agent_geofences(request: web.Request) -> web.StreamResponse:
             "agent_code": code,
             "geofence_ids": ids,
             "schedule": None if schedule is None else schedule.to_json(),
+        }
+    )
+
+
+class WaypointOut(BaseModel):
+    desc: str
+    lat: float
+    lon: float
+    rad: int
+    tst: int
+    rid: str
+
+
+class WaypointPushOut(BaseModel):
+    agent_code: str
+    devices: list[str]
+    topics: list[str]
+    waypoints: list[WaypointOut]
+
+
+@routes.post(
+    "/api/v1/agents/{code}/waypoints/push",
+    response=WaypointPushOut,
+    permission="geofences:write",
+    summary="Send the agent's zones to its OwnTracks phones as a setWaypoints command "
+    "(polygons as their smallest enclosing circle); 409 NO_GEOFENCE or NO_OWNTRACKS_DEVICE",
+)
+async def push_waypoints(request: web.Request) -> web.StreamResponse:
+    code = check_code(request.match_info["code"])
+    pushed = await request.app[AGENTS].push_waypoints(code)
+    await _audit(
+        request, "agent.waypoints", code, {"devices": len(pushed.devices),
+                                          "waypoints": len(pushed.waypoints)},
+    )  # fmt: skip
+    return json_response(
+        {
+            "agent_code": pushed.agent_code,
+            "devices": pushed.devices,
+            "topics": [f"owntracks/{code}/{d}/cmd" for d in pushed.devices],
+            "waypoints": [{k: v for k, v in w.items() if k != "_type"} for w in pushed.waypoints],
         }
     )
 

@@ -101,7 +101,7 @@ def test_reply_shapes() -> None:
 
 
 TOPICS = [
-    ("owntracks/AG001/phone", topics.Inbound(topics.Kind.OWNTRACKS, "AG001")),
+    ("owntracks/AG001/phone", topics.Inbound(topics.Kind.OWNTRACKS, "AG001", "phone")),
     ("agents/AG001/location", topics.Inbound(topics.Kind.LOCATION, "AG001")),
     ("agents/AG001/cmd", topics.Inbound(topics.Kind.CMD, "AG001")),
     ("agents/AG001/status", topics.Inbound(topics.Kind.STATUS, "AG001")),

@@ -225,3 +225,44 @@ async def test_openapi_lists_agent_routes(app_client: TestClient) -> None:
     doc = await (await app_client.get("/api/v1/openapi.json")).json()
     assert doc["paths"]["/api/v1/geofences"]["post"]["x-permission"] == "geofences:write"
     assert "/api/v1/agents/{code}/credentials" in doc["paths"]
+
+
+async def test_agent_language(app_client: TestClient, admin: dict[str, str]) -> None:
+    code = await agent(app_client)
+    got = await (await app_client.get(f"/api/v1/agents/{code}", headers=admin)).json()
+    assert got["language"] == "en"  # agents made before the column keep English
+    url = f"/api/v1/agents/{code.lower()}/language"
+    resp = await app_client.put(url, json={"language": "sw"}, headers=admin)
+    assert resp.status == 200 and (await resp.json())["language"] == "sw"
+    got = await (await app_client.get(f"/api/v1/agents/{code}", headers=admin)).json()
+    assert got["language"] == "sw"
+    for bad in ({"language": "de"}, {"language": None}, {}, {"language": "sw", "x": 1}):
+        await assert_error(await app_client.put(url, json=bad, headers=admin), 422)
+    await assert_error(
+        await app_client.put(url, data=b"{", headers={**admin, "Content-Type": "application/json"}),
+        400,
+        "INVALID_JSON",
+    )
+    viewer = auth(await token_for(app_client, "viewer"))
+    await assert_error(await app_client.put(url, json={"language": "fr"}, headers=viewer), 403)
+    unknown = await app_client.put(
+        "/api/v1/agents/NOSUCH9/language", json={"language": "fr"}, headers=admin
+    )
+    await assert_error(unknown, 404, "AGENT_NOT_FOUND")
+    app = app_client.server.app
+    assert app is not None
+    audit = await app[PG_POOL].fetchval(
+        "SELECT details FROM audit_log WHERE action = 'agent.language' AND target = $1", code
+    )
+    assert '"to": "sw"' in audit
+
+
+async def test_register_an_agent_with_a_language(
+    app_client: TestClient, admin: dict[str, str]
+) -> None:
+    code = f"L{secrets.token_hex(4).upper()}"
+    body = {"code": code, "msisdn": "+254711000999", "name": "Duka", "pin": "4821"}
+    resp = await app_client.post("/api/v1/agents", json={**body, "language": "fr"}, headers=admin)
+    assert resp.status == 201 and (await resp.json())["language"] == "fr"
+    bad = {**body, "code": f"M{secrets.token_hex(4).upper()}", "language": "xx"}
+    await assert_error(await app_client.post("/api/v1/agents", json=bad, headers=admin), 422)

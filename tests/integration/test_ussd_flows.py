@@ -10,10 +10,11 @@ from collections.abc import AsyncIterator
 import pytest
 
 from core import errors as E
-from core.agents import agent_balances
+from core.agents import agent_balances, set_agent_language
 from core.customers import find_customer
 from core.pins import verify_pin
 from core.transfers import send_money
+from menus.gsm import is_gsm7
 from tests.ussd_support import PIN, UssdEnv, money, new_msisdn, ussd
 
 __all__ = ["ussd"]
@@ -404,3 +405,24 @@ async def test_africas_talking_extended_dial_arrives_as_text(ussd: UssdEnv) -> N
     body = await s.post(s.form())
     assert body == "CON Enter your PIN:"
     assert await s.send(PIN) == "END Your balance is KES 7.00."
+
+
+@pytest.mark.parametrize(
+    ("language", "expected"),
+    [
+        ("sw", "Imethibitishwa. Mpe Baraka Otieno {msisdn} pesa taslimu KES 500.00."),
+        ("fr", "Confirmé. Remettez KES 500.00 en espèces à Baraka Otieno {msisdn}."),
+        ("en", "Confirmed. Give KES 500.00 cash to Baraka Otieno {msisdn}."),
+    ],
+)
+async def test_the_agent_is_told_in_its_own_language(
+    ussd: UssdEnv, language: str, expected: str
+) -> None:
+    msisdn = await ussd.bank.open(balance_minor=100_000, first_name="Baraka")
+    code, agent_msisdn = await ussd.bank.agent(float_minor=10_000_00)
+    await set_agent_language(ussd.bank.pool, code, language, actor="test")
+    body = await ussd.session(msisdn).walk("3", code, "500", PIN)
+    assert body.startswith("END Withdrawn KES 500.00")  # the customer's own language: English
+    [told] = await ussd.bank.outbox(agent_msisdn, "agent_cash_out")
+    assert expected.format(msisdn=msisdn) in told["body"]
+    assert is_gsm7(told["body"])

@@ -14,6 +14,8 @@ import yaml
 
 from channels.sms.texts import HINT_PROBLEMS, HINT_USAGE
 from channels.sms.texts import TEXTS as SMS_TEXTS
+from core.agent_messages import CUSTOMER_WORD
+from core.agent_messages import TEXTS as AGENT_TEXTS
 from core.loans.messages import NOTICES, REASONS, REASONS_WITHOUT_FIGURES
 from core.receipts import TEMPLATES as RECEIPTS
 from menus.bindings import _LINES as STATEMENT_LINES
@@ -44,6 +46,8 @@ CASES = [
     *_catalogue("sms_hint_problems", HINT_PROBLEMS),
     *_catalogue("sms_hint_usage", HINT_USAGE),
     *_catalogue("receipts", RECEIPTS),
+    *_catalogue("agent_texts", AGENT_TEXTS),
+    *_catalogue("agent_customer_word", CUSTOMER_WORD),
     *_catalogue("loan_notices", NOTICES),
     *_catalogue("loan_reasons", REASONS),
     *_catalogue("loan_reasons_plain", REASONS_WITHOUT_FIGURES),
@@ -60,3 +64,23 @@ def test_gsm7_only(where: str, text: str) -> None:
 
 def test_the_check_would_catch_a_french_letter_outside_gsm7() -> None:
     assert not is_gsm7("Prêt") and not is_gsm7("Français") and is_gsm7("Réf à payer")
+
+
+@pytest.mark.parametrize("language", ["en", "sw", "fr"])
+def test_agent_texts_render_in_each_language_within_one_sms(language: str) -> None:
+    from core.agent_messages import customer_word, render
+
+    text = render(
+        "cash_out_give",
+        language,
+        reference="RCX7K2M9QP",
+        amount="KES 70,000.00",
+        customer="Wanjiku Kamau-Otieno",
+        msisdn="+254712345678",
+    )
+    assert "{" not in text and text.count("KES 70,000.00") == 2
+    assert len(text) <= 160 and is_gsm7(text)
+    assert render("cash_out_give", "de", reference="R") == render(
+        "cash_out_give", "en", reference="R"
+    )
+    assert customer_word(language) != customer_word("xx") or language == "en"

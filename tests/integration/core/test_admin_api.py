@@ -194,6 +194,7 @@ async def test_agents_float_and_unlock(
         "name": "Mama Mboga",
         "status": "active",
         "currency": "KES",
+        "language": "en",
         "float_minor": 0,
         "commission_minor": 0,
     }

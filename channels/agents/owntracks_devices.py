@@ -1,0 +1,85 @@
+"""Which OwnTracks devices each agent has: learnt from the topics they report on
+(`owntracks/{code}/{device}`), so the gateway knows where `owntracks/{code}/{device}/cmd` goes.
+
+Redis hash `{prefix}agent:{code}:owntracks`, device -> last seen (epoch seconds), kept
+`TTL_S` after the last write. An instance writes a device at most once per `REFRESH_S` (a local
+memo), so the hot path costs one Redis round trip per device per ten minutes, not per fix. The
+hash holds at most `MAX_DEVICES` devices (the least recently seen go): an agent's credentials may
+publish under any device name, and that must not grow Redis without bound.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Iterable
+
+from redis.asyncio import Redis
+
+REFRESH_S = 600.0
+TTL_S = 90 * 86400
+MAX_DEVICES = 16
+MEMO_MAX = 100_000
+# A topic level the gateway will publish under: no control characters, no wildcards.
+DEVICE_RE = re.compile(r"^[^\x00-\x1f\x7f+#/]{1,64}$")
+
+
+def valid_device(name: str) -> bool:
+    return DEVICE_RE.fullmatch(name) is not None
+
+
+class OwnTracksDevices:
+    def __init__(self, redis: Redis, prefix: str) -> None:
+        self.redis = redis
+        self.prefix = prefix
+        self._written: dict[tuple[str, str], float] = {}
+
+    def key(self, agent_code: str) -> str:
+        return f"{self.prefix}agent:{agent_code}:owntracks"
+
+    async def seen(
+        self, pairs: Iterable[tuple[str, str]], now: float | None = None
+    ) -> list[tuple[str, str]]:
+        """Record (agent code, device) pairs seen now (skipping those written recently); the
+        pairs that were not in the registry before (new devices, or back after expiry)."""
+        at = time.time() if now is None else now
+        due = [
+            p
+            for p in dict.fromkeys(pairs)
+            if valid_device(p[1]) and at - self._written.get(p, -1e18) >= REFRESH_S
+        ]
+        if not due:
+            return []
+        if len(self._written) > MEMO_MAX:
+            self._written.clear()
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for code, device in due:
+                pipe.hset(self.key(code), device, str(int(at)))
+                pipe.expire(self.key(code), TTL_S)
+                pipe.hlen(self.key(code))
+            results = await pipe.execute()
+        for (code, _), size in zip(due, results[2::3], strict=True):
+            if int(size) > MAX_DEVICES:
+                await self._trim(code)
+        for pair in due:
+            self._written[pair] = at
+        return [p for p, added in zip(due, results[0::3], strict=True) if int(added) == 1]
+
+    async def _trim(self, agent_code: str) -> None:
+        known = await self.devices(agent_code, limit=None)
+        stale = known[MAX_DEVICES:]
+        if stale:
+            await self.redis.hdel(self.key(agent_code), *stale)
+
+    async def devices(self, agent_code: str, limit: int | None = MAX_DEVICES) -> list[str]:
+        """The agent's devices, most recently seen first."""
+        raw = await self.redis.hgetall(self.key(agent_code))
+        pairs: list[tuple[float, str]] = []
+        for name, when in raw.items():
+            device = name.decode() if isinstance(name, bytes) else str(name)
+            try:
+                pairs.append((float(when), device))
+            except (TypeError, ValueError):
+                continue
+        ordered = [d for _, d in sorted(pairs, key=lambda p: (-p[0], p[1]))]
+        return ordered if limit is None else ordered[:limit]
