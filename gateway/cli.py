@@ -38,7 +38,7 @@ async def open_storage(settings: Settings, migrate: bool = True) -> AsyncIterato
     async with storage_endpoints(settings) as ep:
         if migrate:
             await dbmod.migrate(ep.database_url)
-        engine = dbmod.make_engine(ep.database_url)
+        engine = dbmod.make_engine(ep.database_url, limits_tz=settings.limits_timezone)
         try:
             yield Storage(ep.database_url, ep.redis_url, dbmod.make_sessionmaker(engine))
         finally:
