@@ -190,6 +190,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         result: int = args.func(args, settings)
+    except SettingsError as exc:  # found only when connecting (LIMITS_TIMEZONE unknown to PG)
+        print(f"gateway: {exc}", file=sys.stderr)
+        return 2
     except CoreError as exc:
         print(f"gateway: {exc.message}", file=sys.stderr)
         return 1
