@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 
 class SettingsError(ValueError):
@@ -95,6 +96,10 @@ class Settings:
     ussd_service_code: str = "*384#"
     currency: str = "KES"
     default_country_code: str = "254"
+    # The IANA time zone whose local days and months the daily and monthly debit caps count
+    # (reset at local midnight). Reaches the ledger functions as the `gateway.limits_tz`
+    # setting of every pool connection (gateway.db.make_pool).
+    limits_timezone: str = "Africa/Nairobi"
     access_token_ttl_s: int = 60 * 60
     refresh_token_ttl_s: int = 7 * 24 * 60 * 60
     login_max_failures: int = 5
@@ -381,6 +386,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     country = env.get("DEFAULT_COUNTRY_CODE", "254").strip().lstrip("+")
     if not country.isdigit() or not 1 <= len(country) <= 3:
         raise SettingsError(f"DEFAULT_COUNTRY_CODE: expected 1-3 digits, got {country!r}")
+    limits_timezone = _timezone(env, "LIMITS_TIMEZONE", "Africa/Nairobi")
     secret = env.get("GATEWAY_SECRET_KEY") or None
     if secret is not None and len(secret) < 32:
         raise SettingsError("GATEWAY_SECRET_KEY: must be at least 32 characters")
@@ -416,6 +422,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         ussd_service_code=code,
         currency=currency,
         default_country_code=country,
+        limits_timezone=limits_timezone,
         access_token_ttl_s=_int(env, "ACCESS_TOKEN_TTL_S", 3600, 60, 86_400),
         refresh_token_ttl_s=_int(env, "REFRESH_TOKEN_TTL_S", 604_800, 300, 90 * 86_400),
         login_max_failures=_int(env, "LOGIN_MAX_FAILURES", 5, 1, 100),
@@ -458,6 +465,24 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             env, "AGENT_WITHDRAWAL_GATE", "fenced", ("off", "fenced", "always")
         ),
     )
+
+
+_TIMEZONE = re.compile(r"^[A-Za-z][A-Za-z0-9_+-]*(/[A-Za-z0-9_+-]+)*$")
+
+
+def _timezone(env: Mapping[str, str], name: str, default: str) -> str:
+    """An IANA zone name (`Africa/Nairobi`, `UTC`) known to this machine's zone database.
+    PostgreSQL's own database is asked when the pools connect (gateway.db.make_pool)."""
+    raw = env.get(name, default).strip()
+    if not _TIMEZONE.match(raw) or len(raw) > 64:
+        raise SettingsError(f"{name}: expected an IANA time zone like Africa/Nairobi, got {raw!r}")
+    try:
+        ZoneInfo(raw)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise SettingsError(
+            f"{name}: unknown time zone {raw!r} (an IANA name like Africa/Nairobi or UTC)"
+        ) from None
+    return raw
 
 
 ALERT_CHANNELS = ("log", "email", "sms", "push")  # the outbox's channels

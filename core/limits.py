@@ -2,7 +2,9 @@
 monthly debit caps. The values live in the `tier_limits` table (seeded by the migration with the
 KES defaults from CONTRACTS.md) because regulators change them; the ledger functions read them
 in the same transaction as the debit. Daily and monthly caps count the principal a customer
-sends or withdraws (fees excluded), per UTC day and month."""
+sends or withdraws (fees excluded), per local day and month of LIMITS_TIMEZONE (the SQL
+functions `ledger_day` / `ledger_month`, reading the connection's `gateway.limits_tz`; UTC when
+a connection does not set it)."""
 
 from __future__ import annotations
 

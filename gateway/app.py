@@ -89,8 +89,9 @@ def _database(run_migrations: bool) -> Callable[[web.Application], AsyncIterator
         url = app[ENDPOINTS].database_url
         if run_migrations:
             await dbmod.migrate(url)
-        engine = dbmod.make_engine(url)
-        pool = await dbmod.make_pool(url)
+        limits_tz = app[SETTINGS].limits_timezone
+        engine = dbmod.make_engine(url, limits_tz=limits_tz)
+        pool = await dbmod.make_pool(url, limits_tz=limits_tz)
         app[ENGINE] = engine
         app[SESSIONMAKER] = dbmod.make_sessionmaker(engine)
         app[PG_POOL] = pool

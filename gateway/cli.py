@@ -38,7 +38,7 @@ async def open_storage(settings: Settings, migrate: bool = True) -> AsyncIterato
     async with storage_endpoints(settings) as ep:
         if migrate:
             await dbmod.migrate(ep.database_url)
-        engine = dbmod.make_engine(ep.database_url)
+        engine = dbmod.make_engine(ep.database_url, limits_tz=settings.limits_timezone)
         try:
             yield Storage(ep.database_url, ep.redis_url, dbmod.make_sessionmaker(engine))
         finally:
@@ -190,6 +190,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         result: int = args.func(args, settings)
+    except SettingsError as exc:  # found only when connecting (LIMITS_TIMEZONE unknown to PG)
+        print(f"gateway: {exc}", file=sys.stderr)
+        return 2
     except CoreError as exc:
         print(f"gateway: {exc.message}", file=sys.stderr)
         return 1

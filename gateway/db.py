@@ -18,11 +18,23 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 
+from config.settings import SettingsError
+
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 POOL_MIN = 2
 POOL_MAX = 20
 STATEMENT_TIMEOUT_MS = 10_000
 COMMAND_TIMEOUT_S = 15.0
+# The custom setting the ledger functions read (ledger_local): the time zone whose days and
+# months the daily and monthly debit caps count. Unset or empty there means UTC.
+LIMITS_TZ_SETTING = "gateway.limits_tz"
+
+
+def _server_settings(limits_tz: str | None) -> dict[str, str]:
+    settings = {"statement_timeout": str(STATEMENT_TIMEOUT_MS)}
+    if limits_tz is not None:
+        settings[LIMITS_TZ_SETTING] = limits_tz
+    return settings
 
 
 def sqlalchemy_url(url: str) -> str:
@@ -43,7 +55,7 @@ def with_database(url: str, database: str) -> str:
     return urlunsplit((parts.scheme, parts.netloc, f"/{database}", parts.query, ""))
 
 
-def make_engine(url: str) -> AsyncEngine:
+def make_engine(url: str, *, limits_tz: str | None = None) -> AsyncEngine:
     return create_async_engine(
         sqlalchemy_url(url),
         pool_size=5,
@@ -52,7 +64,7 @@ def make_engine(url: str) -> AsyncEngine:
         connect_args={
             "timeout": 10,
             "command_timeout": COMMAND_TIMEOUT_S,
-            "server_settings": {"statement_timeout": str(STATEMENT_TIMEOUT_MS)},
+            "server_settings": _server_settings(limits_tz),
         },
     )
 
@@ -73,18 +85,37 @@ async def make_pool(
     max_size: int = POOL_MAX,
     *,
     reset: Callable[[asyncpg.Connection], Awaitable[None]] | None = None,
+    limits_tz: str | None = None,
 ) -> asyncpg.Pool:
+    """The money path's pool. `limits_tz` (Settings.limits_timezone) is sent once per connection,
+    at connect, as `gateway.limits_tz`: the ledger functions count the debit caps' days and months
+    in it without a look-up per transfer (without it: UTC). asyncpg's reset (RESET ALL) returns
+    to the connect-time value. A zone PostgreSQL does not know fails here, naming the setting."""
     pool = await asyncpg.create_pool(
         asyncpg_url(url),
         min_size=min_size,
         max_size=max_size,
         timeout=10,
         command_timeout=COMMAND_TIMEOUT_S,
-        server_settings={"statement_timeout": str(STATEMENT_TIMEOUT_MS)},
+        server_settings=_server_settings(limits_tz),
         reset=reset,
     )
     assert pool is not None
+    if limits_tz is not None:
+        await check_limits_tz(pool, limits_tz)
     return pool
+
+
+async def check_limits_tz(pool: asyncpg.Pool, limits_tz: str) -> None:
+    """PostgreSQL has its own zone database: a name Python knows may still be missing there,
+    and then every capped transfer would fail. Stop at start instead."""
+    try:
+        await pool.fetchval("SELECT now() AT TIME ZONE $1", limits_tz)
+    except asyncpg.InvalidParameterValueError:
+        await pool.close()
+        raise SettingsError(
+            f"LIMITS_TIMEZONE: PostgreSQL does not know the time zone {limits_tz!r}"
+        ) from None
 
 
 def alembic_config(url: str) -> Config:

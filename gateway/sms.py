@@ -48,7 +48,11 @@ async def sms_channel(app: web.Application) -> AsyncIterator[None]:
     # Its own small pool: the store leaves no session state, so releases skip asyncpg's reset
     # query (half of the round trips on the MO -> MT path otherwise).
     pool = await dbmod.make_pool(
-        app[ENDPOINTS].database_url, min_size=2, max_size=SMS_POOL_MAX, reset=dbmod.keep_session
+        app[ENDPOINTS].database_url,
+        min_size=2,
+        max_size=SMS_POOL_MAX,
+        reset=dbmod.keep_session,
+        limits_tz=settings.limits_timezone,
     )
     store = SmsMessageStore(
         pool,

@@ -15,6 +15,7 @@ def test_defaults() -> None:
     assert s.port == 8080
     assert s.ussd_service_code == "*384#"
     assert s.currency == "KES"
+    assert s.limits_timezone == "Africa/Nairobi"
     assert s.default_country_code == "254"
     assert s.access_token_ttl_s == 3600
     assert s.refresh_token_ttl_s == 7 * 86400
@@ -59,6 +60,11 @@ def test_urls_and_smpp_binds() -> None:
         ({"USSD_SERVICE_CODE": "384"}, "USSD_SERVICE_CODE"),
         ({"CURRENCY": "shilling"}, "CURRENCY"),
         ({"DEFAULT_COUNTRY_CODE": "+25a"}, "DEFAULT_COUNTRY_CODE"),
+        ({"LIMITS_TIMEZONE": "Africa/Nairob"}, "LIMITS_TIMEZONE"),
+        ({"LIMITS_TIMEZONE": "EAT+3"}, "LIMITS_TIMEZONE"),
+        ({"LIMITS_TIMEZONE": ""}, "LIMITS_TIMEZONE"),
+        ({"LIMITS_TIMEZONE": "../../etc/passwd"}, "LIMITS_TIMEZONE"),
+        ({"LIMITS_TIMEZONE": "x" * 200}, "LIMITS_TIMEZONE"),
         ({"GATEWAY_SECRET_KEY": "short"}, "GATEWAY_SECRET_KEY"),
         ({"GATEWAY_DEMO": "maybe"}, "GATEWAY_DEMO"),
         ({"LOG_LEVEL": "LOUD"}, "LOG_LEVEL"),
@@ -77,6 +83,11 @@ def test_bad_values_name_the_variable(env: dict[str, str], variable: str) -> Non
     message = str(info.value)
     assert message.startswith(f"{variable}: ")
     assert "\n" not in message
+
+
+@pytest.mark.parametrize("zone", ["UTC", "Africa/Kampala", "America/Argentina/Buenos_Aires"])
+def test_limits_timezone(zone: str) -> None:
+    assert load_settings({"LIMITS_TIMEZONE": f" {zone} "}).limits_timezone == zone
 
 
 def test_cli_stops_with_one_line_on_a_bad_setting() -> None:
