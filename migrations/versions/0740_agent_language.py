@@ -3,7 +3,7 @@ customer's. Default 'en', so existing agents keep the English they had; a consta
 the column without rewriting the table.
 
 Revision ID: 0740_agent_language
-Revises: 0721_pin_change_key
+Revises: 0730_limits_timezone
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 from alembic import op
 
 revision = "0740_agent_language"
-down_revision = "0721_pin_change_key"
+down_revision = "0730_limits_timezone"
 branch_labels = None
 depends_on = None
 
