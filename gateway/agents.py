@@ -35,6 +35,7 @@ from core.agent_transactions import DeviceGate
 from core.crypto import FieldCipher
 from core.devices import BreachAlerts, EventRow, LocationRow
 from core.errors import AuthFailed, Conflict, FixRejected, NotFound, Unavailable
+from core.tasks import stop_tasks
 from gateway.api import HttpError, json_response
 from gateway.keys import AGENTS, CIPHER, ENDPOINTS, PG_POOL, REDIS, SETTINGS
 from geofence.gating import GatePolicy
@@ -292,11 +293,7 @@ async def running(runtime: AgentRuntime) -> AsyncIterator[AgentRuntime]:
     try:
         yield runtime
     finally:
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await stop_tasks(tasks, "agent runtime tasks")
         await runtime.channel.stop_background()
         await runtime.sink.flush()
 

@@ -8,7 +8,6 @@ keys and tokens -> MQTT broker and channels. Nothing is created at import time.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
 
@@ -23,6 +22,7 @@ from core.ledger import ensure_system_accounts
 from core.loans.demo import seed_demo_loans
 from core.loans.jobs import JobScheduler
 from core.outbox import Dispatcher
+from core.tasks import finish_task, stop_tasks
 from gateway import db as dbmod
 from gateway.admin import ROUTE_GROUPS
 from gateway.admin.system import add_system_routes
@@ -156,9 +156,7 @@ async def _loan_jobs(app: web.Application) -> AsyncIterator[None]:
     try:
         yield
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        await stop_tasks([task], "loan jobs")
 
 
 DISPATCHER_STOP_TIMEOUT_S = 10.0
@@ -183,10 +181,8 @@ async def _core(app: web.Application) -> AsyncIterator[None]:
         yield
     finally:
         stop.set()
-        try:
-            await asyncio.wait_for(task, DISPATCHER_STOP_TIMEOUT_S)
-        except TimeoutError:
-            log.warning("outbox dispatcher did not stop in time")
+        # Not wait_for: on its timeout it awaits the cancelled task without a deadline.
+        await finish_task(task, "outbox dispatcher", DISPATCHER_STOP_TIMEOUT_S)
 
 
 async def _mqtt(app: web.Application) -> AsyncIterator[None]:

@@ -9,12 +9,13 @@ table must never slow a USSD answer. Inputs typed on secret screens are stored a
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import asyncpg
+
+from core.tasks import stop_tasks
 
 log = logging.getLogger("menus.analytics")
 
@@ -104,9 +105,7 @@ class StepLog:
 
     async def stop(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await stop_tasks([self._task], "ussd analytics writer")
         await self.flush()
 
     async def _run(self) -> None:

@@ -30,6 +30,7 @@ from channels.agents.owntracks import OwnTracksLocation, OwnTracksLwt, parse_own
 from channels.agents.owntracks_devices import OwnTracksDevices
 from core.devices import EventRow, LocationRow
 from core.errors import FixRejected
+from core.tasks import stop_tasks
 from menus.agent_commands import CommandDispatcher, CommandInvalid, reply_error
 from menus.device import MAX_BATCH, DeviceEngine, DeviceInput, EngineResult, FixInput, PresenceInput
 
@@ -128,10 +129,7 @@ class AgentChannel:
 
     async def stop_background(self) -> None:
         """Cancel the greetings still running (at shutdown)."""
-        tasks = list(self._background)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await stop_tasks(list(self._background), "owntracks device greetings")
 
     def _to_input(
         self, inbound: topics.Inbound, message: Message, now: float

@@ -42,6 +42,7 @@ from core.sms_messages import (
     StoredMo,
     SubmittedPart,
 )
+from core.tasks import STOP_TIMEOUT_S, stop_tasks
 
 from . import address, commands
 from .encoding import (
@@ -195,10 +196,9 @@ class SmsChannel:
         """Unbind every session; MOs still queued keep their lease and are picked up again."""
         await asyncio.gather(*(s.stop() for s in self.sessions))
         # The last acknowledgements' fate is unknown: their keys must outlive the short window.
-        await asyncio.gather(*self._extending, return_exceptions=True)
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._extending:
+            await asyncio.wait(set(self._extending), timeout=STOP_TIMEOUT_S)
+        await stop_tasks(self._tasks, "sms workers")
         self._tasks = []
 
     def bind_statuses(self) -> list[BindStatus]:

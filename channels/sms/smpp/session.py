@@ -32,6 +32,7 @@ from enum import StrEnum
 from typing import Any
 
 from config.settings import SmppBind
+from core.tasks import stop_tasks
 
 from . import codec
 from .codec import (
@@ -443,9 +444,7 @@ class SmppSession:
                 await self._unbind()
         finally:
             self._bound.clear()
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await stop_tasks(tasks, f"smpp link tasks of {self.name}")
             self._fail_pending("the link dropped")
             self._flush_out()  # an unbind_resp or a last ack still goes
             self._acks_unsure()
