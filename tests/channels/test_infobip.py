@@ -122,7 +122,9 @@ RENDER = [
     ),
 ]
 
-HTTP = [
+# One session's life, in order: each step depends on the one before, so they run as one test
+# (a parametrized case each would fail alone, e.g. under `-k status`).
+SESSION_LIFE = [
     HttpCase(
         "start",
         {**START, "msisdn": "385955300996"},
@@ -149,6 +151,9 @@ HTTP = [
         method="GET",
         path="/session/ib-http-1/status",
     ),
+]
+
+HTTP = [
     HttpCase(
         "malformed", {"text": "1"}, 400, error_code="BAD_REQUEST", path="/session/ib-http-2/start"
     ),
@@ -186,3 +191,8 @@ def test_render_status() -> None:
 @pytest.mark.parametrize("case", HTTP, ids=ids(HTTP))
 async def test_http(ussd: UssdEnv, case: HttpCase) -> None:
     await run_http(ussd.client, "infobip", case)
+
+
+async def test_a_session_start_status_end_status(ussd: UssdEnv) -> None:
+    for case in SESSION_LIFE:
+        await run_http(ussd.client, "infobip", case)
