@@ -14,6 +14,7 @@ import pytest
 from aiohttp import web
 
 from channels.sms.encoding import decode_payload, parse_udh
+from channels.sms.executor import SmsBanking
 from config.settings import Settings
 from core.fees import seed_demo_tariffs
 from gateway.app import create_app
@@ -141,3 +142,30 @@ async def peer(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[SmscPe
 
 def code() -> str:
     return secrets.token_hex(3)
+
+
+def sms_env_fixtures() -> tuple[Any, Any]:
+    """A test module's `env` (module scope: SMS banking on the module's `peer`, beside the
+    session's admin `app`) and its autouse `ledger_ok` (the ledger check after every test).
+    Bind them at module level: `env, ledger_ok = sms_env_fixtures()`."""
+
+    @pytest.fixture(scope="module")
+    async def env(
+        settings: Settings, peer: SmscPeer, app: web.Application
+    ) -> AsyncIterator[SmsEnv]:
+        async for e in start_sms_env(settings, peer, others=(app,)):
+            yield e
+
+    @pytest.fixture(autouse=True)
+    async def ledger_ok(env: SmsEnv) -> AsyncIterator[None]:
+        yield
+        await env.bank.check_ledger()
+
+    return env, ledger_ok
+
+
+def banking(env: SmsEnv) -> SmsBanking:
+    """The app's MO handler: the SMS banking executor."""
+    handler = env.app[SMS_CHANNEL].handler
+    assert isinstance(handler, SmsBanking)
+    return handler

@@ -12,17 +12,15 @@ from datetime import UTC, datetime
 
 import asyncpg
 import pytest
-from aiohttp import web
 from redis.asyncio import Redis
 
 from channels.sms.executor import RateLimiter, SmsBanking
 from channels.sms.handler import InboundSms, RetryLater
 from config.settings import Settings
 from gateway.app import make_redis
-from gateway.keys import DISPATCHER, REDIS, SMS_CHANNEL
+from gateway.keys import DISPATCHER, REDIS
 from tests.helpers import eventually
-from tests.sms_banking_support import SmsEnv, digits, peer, start_sms_env  # noqa: F401
-from tests.smsc_peer import SmscPeer
+from tests.sms_banking_support import SmsEnv, banking, digits, peer, sms_env_fixtures, start_sms_env  # noqa: F401
 from tests.ussd_support import PIN, RedisProcess, new_msisdn, own_redis
 
 __all__ = ["own_redis"]
@@ -30,26 +28,7 @@ __all__ = ["own_redis"]
 WRONG = "9137"
 
 
-@pytest.fixture(scope="module")
-async def env(
-    settings: Settings,
-    peer: SmscPeer,  # noqa: F811
-    app: web.Application,
-) -> AsyncIterator[SmsEnv]:
-    async for e in start_sms_env(settings, peer, others=(app,)):
-        yield e
-
-
-@pytest.fixture(autouse=True)
-async def ledger_ok(env: SmsEnv) -> AsyncIterator[None]:
-    yield
-    await env.bank.check_ledger()
-
-
-def banking(env: SmsEnv) -> SmsBanking:
-    handler = env.app[SMS_CHANNEL].handler
-    assert isinstance(handler, SmsBanking)
-    return handler
+env, ledger_ok = sms_env_fixtures()
 
 
 @pytest.fixture

@@ -11,31 +11,14 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from aiohttp import web
 
-from config.settings import Settings
 from core.transfers import fund_loans
 from gateway.keys import LOANS
 from tests.integration.test_ussd_loans import FUND_MINOR, borrower, choose_product, terms
-from tests.sms_banking_support import SmsEnv, peer, start_sms_env  # noqa: F401
-from tests.smsc_peer import SmscPeer
+from tests.sms_banking_support import SmsEnv, peer, sms_env_fixtures, start_sms_env  # noqa: F401
 from tests.ussd_support import PIN
 
-
-@pytest.fixture(scope="module")
-async def env(
-    settings: Settings,
-    peer: SmscPeer,  # noqa: F811
-    app: web.Application,
-) -> AsyncIterator[SmsEnv]:
-    async for e in start_sms_env(settings, peer, others=(app,)):
-        yield e
-
-
-@pytest.fixture(autouse=True)
-async def ledger_ok(env: SmsEnv) -> AsyncIterator[None]:
-    yield
-    await env.bank.check_ledger()
+env, ledger_ok = sms_env_fixtures()
 
 
 @pytest.fixture(scope="module")

@@ -4,37 +4,16 @@ outbox row is sent once."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
-import pytest
-from aiohttp import web
-
 from channels.base import SendFailed as ChannelSendFailed
 from channels.sms.channel import SmppSender
-from config.settings import Settings
 from core.errors import SendFailed
 from core.outbox import OutboundMessage, enqueue
 from gateway.keys import DISPATCHER, SENDERS, SMS_SENDER
 from tests.helpers import eventually
-from tests.sms_banking_support import SmsEnv, peer, start_sms_env  # noqa: F401 (fixture)
-from tests.smsc_peer import SmscPeer
+from tests.sms_banking_support import SmsEnv, peer, sms_env_fixtures, start_sms_env  # noqa: F401 (fixture)
 from tests.ussd_support import PIN
 
-
-@pytest.fixture(scope="module")
-async def env(
-    settings: Settings,
-    peer: SmscPeer,  # noqa: F811
-    app: web.Application,
-) -> AsyncIterator[SmsEnv]:
-    async for e in start_sms_env(settings, peer, others=(app,)):
-        yield e
-
-
-@pytest.fixture(autouse=True)
-async def ledger_ok(env: SmsEnv) -> AsyncIterator[None]:
-    yield
-    await env.bank.check_ledger()
+env, ledger_ok = sms_env_fixtures()
 
 
 def test_one_send_failure_type() -> None:

@@ -10,47 +10,25 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime
 
 import pytest
-from aiohttp import web
 from redis.asyncio import Redis
 
 from channels.sms.executor import SmsBanking
 from channels.sms.handler import InboundSms
 from channels.sms.registration import Registrations
-from config.settings import Settings
-from gateway.keys import REDIS, SMS_CHANNEL
+from gateway.keys import REDIS
 from tests.helpers import eventually
-from tests.sms_banking_support import SmsEnv, peer, start_sms_env  # noqa: F401
-from tests.smsc_peer import SmscPeer
+from tests.sms_banking_support import SmsEnv, banking, peer, sms_env_fixtures, start_sms_env  # noqa: F401
 from tests.ussd_support import PIN, new_msisdn
 
 OTHER_PIN = "5930"
 HINT = "Sorry, we did not understand that."
 
 
-@pytest.fixture(scope="module")
-async def env(
-    settings: Settings,
-    peer: SmscPeer,  # noqa: F811
-    app: web.Application,
-) -> AsyncIterator[SmsEnv]:
-    async for e in start_sms_env(settings, peer, others=(app,)):
-        yield e
-
-
-@pytest.fixture(autouse=True)
-async def ledger_ok(env: SmsEnv) -> AsyncIterator[None]:
-    yield
-    await env.bank.check_ledger()
-
-
-def banking(env: SmsEnv) -> SmsBanking:
-    handler = env.app[SMS_CHANNEL].handler
-    assert isinstance(handler, SmsBanking)
-    return handler
+env, ledger_ok = sms_env_fixtures()
 
 
 def regs(env: SmsEnv) -> Registrations:
