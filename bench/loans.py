@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import itertools
-import os
 import sys
 import time
 import uuid
@@ -39,6 +38,7 @@ import asyncpg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.scratch import scratch_database
 from core.clock import SystemClock
 from core.ledger import check_ledger, ensure_system_accounts
 from core.loans.core_ledger import CoreCustomerDirectory, CoreLoanLedger, OutboxNotifier
@@ -241,27 +241,8 @@ async def main() -> int:
     parser.add_argument("--customers", type=int, default=20_000)
     parser.add_argument("--keep", action="store_true", help="keep the benchmark database")
     args = parser.parse_args()
-    server = os.environ.get("DATABASE_URL")
-    embedded = None
-    if not server:
-        from gateway.embedded import EmbeddedPostgres
-
-        embedded = EmbeddedPostgres(Path("var/bench"))
-        server = await asyncio.to_thread(embedded.start)
-    name = f"bench_loans_{uuid.uuid4().hex[:8]}"
-    admin = await asyncpg.connect(dbmod.asyncpg_url(server))
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    url = dbmod.with_database(server, name)
-    print(f"database {name}; migrating", flush=True)
-    try:
-        await dbmod.migrate(url)
+    async with scratch_database("bench_loans", keep=args.keep) as url:
         return await bench(url, args.seconds, args.customers, args.rounds)
-    finally:
-        if not args.keep:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
-        if embedded is not None:
-            await asyncio.to_thread(embedded.stop)
 
 
 if __name__ == "__main__":
