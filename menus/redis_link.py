@@ -135,8 +135,8 @@ class _Protocol(asyncio.Protocol):
             self.transport.write(b"".join(out))
 
     def send(self, data: bytes) -> asyncio.Future[Any]:
-        if self.lost is not None:
-            raise self.lost
+        if self.lost is not None:  # a fresh error each time: re-raising one grows its traceback
+            raise RedisConnectionError(str(self.lost))
         if len(self.waiting) >= MAX_IN_FLIGHT:
             raise RedisConnectionError("Too many Redis commands in flight on one connection")
         loop = asyncio.get_running_loop()

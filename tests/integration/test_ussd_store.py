@@ -268,3 +268,41 @@ async def test_a_connection_that_stops_answering_is_dropped_and_replaced(
     finally:
         await store.aclose()
         await client.aclose()
+
+
+async def test_a_server_that_speaks_garbage_is_a_connection_error() -> None:
+    """Something that is not Redis on the other end (a wrong port, a proxy's error page): the
+    reply that is not RESP fails the command as a connection error and drops the connection; an
+    answer nobody asked for does the same."""
+    replies = [b"HTTP/1.1 400 Bad Request\r\n\r\n", b"$-1\r\n+OK\r\n"]
+    connections = 0
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        reply = replies[min(connections, len(replies) - 1)]
+        connections += 1
+        await reader.read(1024)
+        writer.write(reply)
+        await writer.drain()
+        await reader.read()  # until the client drops it
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    client = Redis.from_url(f"redis://127.0.0.1:{port}/0")
+    store = RedisSessionStore(client, "t:", io_timeout_s=2.0)
+    try:
+        with pytest.raises(RedisConnectionError, match="protocol error"):
+            await store.load(store.key("unit", "g"))
+        # A new connection: the GET gets its nil, then an answer to nothing follows.
+        assert await store.load(store.key("unit", "g")) is None
+        protocol = store.link._protocol
+        assert protocol is not None
+        await eventually(lambda: protocol.lost is not None, timeout_s=2.0)
+        assert "unexpected reply" in str(protocol.lost)
+        assert store.link.connects == 2
+    finally:
+        await store.aclose()
+        await client.aclose()
+        server.close()
+        await server.wait_closed()
