@@ -114,6 +114,14 @@ class _FramingError(Exception):
     pass
 
 
+LINK_ENDS = (_PeerUnbound, _FramingError, asyncio.IncompleteReadError, OSError, TimeoutError)
+
+
+def _link_ended(task: asyncio.Task[Any]) -> bool:
+    """The task finished because the link ended (not because of a fault in our code)."""
+    return task.done() and not task.cancelled() and isinstance(task.exception(), LINK_ENDS)
+
+
 @dataclass(frozen=True, slots=True)
 class SessionTuning:
     """Process-wide timers; the per-bind ones (window, TPS, enquire_link, response timeout)
@@ -444,7 +452,11 @@ class SmppSession:
                 await self._unbind()
         finally:
             self._bound.clear()
-            await stop_tasks(tasks, f"smpp link tasks of {self.name}")
+            # A link that ended (EOF after our unbind, a reset, the SMSC's unbind, a silent
+            # link) is recorded above as the bind's last error; only other errors are faults.
+            await stop_tasks(
+                [t for t in tasks if not _link_ended(t)], f"smpp link tasks of {self.name}"
+            )
             self._fail_pending("the link dropped")
             self._flush_out()  # an unbind_resp or a last ack still goes
             self._acks_unsure()
