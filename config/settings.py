@@ -108,6 +108,10 @@ class Settings:
     pin_bcrypt_rounds: int = 10
     password_bcrypt_rounds: int = 12
     max_body_bytes: int = 1024 * 1024
+    # Raising a customer's tier needs accepted KYC documents (core.kyc.TIER_REQUIREMENTS);
+    # false for a deployment whose KYC happens elsewhere. A document is at most this big.
+    kyc_documents_required: bool = True
+    kyc_max_document_bytes: int = 5 * 1024 * 1024
     log_level: str = "INFO"
     demo_data: bool = False
     redis_prefix: str = "gw:"
@@ -431,6 +435,10 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         pin_bcrypt_rounds=_int(env, "PIN_BCRYPT_ROUNDS", 10, 4, 16),
         password_bcrypt_rounds=_int(env, "PASSWORD_BCRYPT_ROUNDS", 12, 4, 16),
         max_body_bytes=_int(env, "MAX_BODY_BYTES", 1024 * 1024, 1024, 64 * 1024 * 1024),
+        kyc_documents_required=_bool(env, "KYC_DOCUMENTS_REQUIRED", True),
+        kyc_max_document_bytes=_int(
+            env, "KYC_MAX_DOCUMENT_BYTES", 5 * 1024 * 1024, 1024, 32 * 1024 * 1024
+        ),
         log_level=level,
         demo_data=_bool(env, "GATEWAY_DEMO", False),
         redis_prefix=prefix,

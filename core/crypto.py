@@ -42,6 +42,16 @@ class FieldCipher:
         except InvalidToken:
             raise ValueError("ciphertext was not made by any configured key") from None
 
+    def encrypt_bytes(self, plaintext: bytes) -> bytes:
+        """For files (a KYC document): the Fernet token as bytes."""
+        return self._fernet.encrypt(plaintext)
+
+    def decrypt_bytes(self, token: bytes) -> bytes:
+        try:
+            return self._fernet.decrypt(token)
+        except InvalidToken:
+            raise ValueError("ciphertext was not made by any configured key") from None
+
     def rotate(self, token: str) -> str:
         """Re-encrypt under the primary key (for a background re-keying job)."""
         return self._fernet.rotate(token.encode()).decode()

@@ -50,6 +50,7 @@ class RouteSpec:
     response: type[BaseModel] | None
     status: int
     query: tuple[tuple[str, str], ...] = ()
+    files: tuple[str, ...] = ()  # the body is a file of one of these types (not JSON)
 
 
 @dataclass
@@ -71,6 +72,7 @@ class ApiRoutes:
         response: type[BaseModel] | None = None,
         status: int = 200,
         query: tuple[tuple[str, str], ...] = (),
+        files: tuple[str, ...] = (),
     ) -> Callable[[Handler], Handler]:
         # Not public and no permission: any authenticated admin (e.g. logout, who-am-I).
         def register(handler: Handler) -> Handler:
@@ -87,6 +89,7 @@ class ApiRoutes:
                     response,
                     status,
                     query,
+                    files,
                 )
             )
             return handler
@@ -245,6 +248,13 @@ def openapi_document(specs: list[RouteSpec], version: str) -> dict[str, Any]:
                     "application/json": {
                         "schema": {"$ref": f"#/components/schemas/{spec.body.__name__}"}
                     }
+                },
+            }
+        if spec.files:
+            op["requestBody"] = {
+                "required": True,
+                "content": {
+                    t: {"schema": {"type": "string", "format": "binary"}} for t in spec.files
                 },
             }
         if not spec.public:

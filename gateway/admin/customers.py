@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from core import customers as C
 from core import errors as E
-from core import pins, transfers
+from core import kyc, pins, transfers
 from core.customers import Customer
 from core.msisdn import normalise_msisdn
 from gateway.api import ApiRoutes, json_response
@@ -184,14 +184,18 @@ async def unlock_customer(request: web.Request) -> web.StreamResponse:
     body=TierIn,
     response=CustomerOut,
     permission="customers:write",
-    summary="Move a customer to another KYC tier",
+    summary="Move a customer to another KYC tier; raising it needs the new tier's accepted "
+    "documents (409 KYC_DOCUMENTS_MISSING with details.missing)",
 )
 async def put_tier(request: web.Request, body: TierIn) -> web.StreamResponse:
-    customer = await C.set_tier(
+    settings = request.app[SETTINGS]
+    customer = await kyc.change_tier(
         request.app[PG_POOL],
         path_msisdn(request),
         body.tier,
         actor=request[PRINCIPAL_KEY].username,
+        require_documents=settings.kyc_documents_required,
+        country_code=settings.default_country_code,
     )
     return json_response(await customer_json(request, customer))
 

@@ -34,3 +34,12 @@ async def test_protected_routes_declare_security(app_client: TestClient) -> None
     me = doc["paths"]["/api/v1/auth/me"]["get"]
     assert me["security"] == [{"bearer": []}]
     assert "Error" in doc["components"]["schemas"]
+
+
+async def test_a_file_upload_documents_its_types(app_client: TestClient) -> None:
+    doc = await (await app_client.get("/api/v1/openapi.json")).json()
+    upload = doc["paths"]["/api/v1/customers/{msisdn}/kyc-documents"]["post"]
+    content = upload["requestBody"]["content"]
+    assert sorted(content) == ["application/pdf", "image/jpeg", "image/png"]
+    assert content["image/png"]["schema"] == {"type": "string", "format": "binary"}
+    assert upload["x-permission"] == "customers:write"
