@@ -17,6 +17,8 @@ the USSD menus show them.
   service's NO_OPEN_LOAN, OVERPAYMENT, PRODUCT_NOT_FOUND, DISBURSEMENT_FAILED, REJECTED).
   `details` are the error's details (`min_minor`, `limit_minor`, `wait_days` ... and
   `currency`); a template whose figures are missing falls back to a wording without them.
+- `OFFICER_REASONS`: the reasons an officer picks when rejecting an application, which the
+  rejection notice gives in the customer's language (`reason_code` in its params).
 - `refusal_text(error, language)`: the same for a raised CoreError (a `LoanRefused`, or the
   service's NO_OPEN_LOAN / OVERPAYMENT errors): what a channel shows; an error with an unknown
   code keeps its own message.
@@ -179,6 +181,40 @@ REASONS: dict[str, dict[str, str]] = {
         "fr": "Ce crédit n'est pas proposé",
     },
 }
+# The reasons an officer picks when rejecting an application (`reason_code`), told to the
+# customer in their language; an officer's free text cannot be translated.
+OFFICER_REASONS: dict[str, dict[str, str]] = {
+    "INCOMPLETE_DOCUMENTS": {
+        "en": "Some documents we need are missing.",
+        "sw": "Baadhi ya nyaraka tunazohitaji hazipo.",
+        "fr": "Il manque des documents dont nous avons besoin.",
+    },
+    "INCOME_NOT_VERIFIED": {
+        "en": "We could not confirm your income.",
+        "sw": "Hatukuweza kuthibitisha mapato yako.",
+        "fr": "Nous n'avons pas pu confirmer vos revenus.",
+    },
+    "TOO_MUCH_DEBT": {
+        "en": "Your current debts are too high for this loan.",
+        "sw": "Madeni yako ya sasa ni makubwa mno kwa mkopo huu.",
+        "fr": "Vos dettes actuelles sont trop élevées pour ce crédit.",
+    },
+    "REPAYMENT_HISTORY": {
+        "en": "Your repayment history does not allow this loan yet.",
+        "sw": "Historia yako ya kulipa bado hairuhusu mkopo huu.",
+        "fr": "Votre historique de remboursement ne permet pas encore ce crédit.",
+    },
+    "AMOUNT_TOO_HIGH": {
+        "en": "Please apply for a smaller amount.",
+        "sw": "Tafadhali omba kiasi kidogo zaidi.",
+        "fr": "Merci de demander un montant plus petit.",
+    },
+    "POLICY": {
+        "en": "It does not meet our lending policy.",
+        "sw": "Haukidhi sera yetu ya mikopo.",
+        "fr": "Elle ne respecte pas notre politique de crédit.",
+    },
+}
 # The wording when a reason's figures are not known (a replayed decision keeps its code only).
 REASONS_WITHOUT_FIGURES: dict[str, dict[str, str]] = {
     "ACCOUNT_TOO_NEW": {
@@ -234,7 +270,11 @@ def notice(template: str, language: str, params: Mapping[str, Any]) -> str:
     notice the service builds with all its figures)."""
     texts = NOTICES[template]
     text = texts.get(language, texts[DEFAULT_LANGUAGE])
-    return " ".join(text.format_map(_Blank(_values(params))).split())
+    values = _values(params)
+    officer = OFFICER_REASONS.get(str(params.get("reason_code")))
+    if officer is not None:  # an officer's reason, in the customer's language
+        values["reason"] = officer.get(language, officer[DEFAULT_LANGUAGE])
+    return " ".join(text.format_map(_Blank(values)).split())
 
 
 def reason(code: str, language: str, details: Mapping[str, Any] | None = None) -> str | None:

@@ -16,7 +16,7 @@ from decimal import Decimal
 from typing import Any, Literal
 
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, model_validator
 
 from core import transfers
 from core.errors import NotFound, ValidationFailed
@@ -96,9 +96,29 @@ class ProductList(BaseModel):
     items: list[ProductOut]
 
 
+OfficerReason = Literal[
+    "INCOMPLETE_DOCUMENTS",
+    "INCOME_NOT_VERIFIED",
+    "TOO_MUCH_DEBT",
+    "REPAYMENT_HISTORY",
+    "AMOUNT_TOO_HIGH",
+    "POLICY",
+]
+
+
 class RejectIn(BaseModel):
+    """`reason_code` is told to the customer in their language (then `reason` is the officer's
+    note, not sent); `reason` alone is sent as written. At least one."""
+
     model_config = ConfigDict(extra="forbid")
-    reason: StrictStr = Field(min_length=1, max_length=500)
+    reason: StrictStr | None = Field(default=None, min_length=1, max_length=500)
+    reason_code: OfficerReason | None = None
+
+    @model_validator(mode="after")
+    def _some_reason(self) -> RejectIn:
+        if self.reason is None and self.reason_code is None:
+            raise ValueError("a rejection needs a reason or a reason_code")
+        return self
 
 
 class ApplicationPage(BaseModel):
@@ -291,14 +311,24 @@ async def approve(request: web.Request) -> web.StreamResponse:
     body=RejectIn,
     permission="loans:manage",
     response=ReviewOut,
-    summary="Reject an application, with the reason the customer is told",
+    summary="Reject an application: reason_code (told to the customer in their language; "
+    "reason is then the officer's note) or reason (free text, sent as written)",
 )
 async def reject(request: web.Request, body: RejectIn) -> web.StreamResponse:
     app_id = _path_id(request, "id", "application")
     result = await request.app[LOANS].reject(
-        request.app[PG_POOL], app_id, actor=_actor(request), reason=body.reason
+        request.app[PG_POOL],
+        app_id,
+        actor=_actor(request),
+        reason=body.reason,
+        reason_code=body.reason_code,
     )
-    await _audit(request, "loan_application.reject", str(app_id), {"reason": body.reason})
+    await _audit(
+        request,
+        "loan_application.reject",
+        str(app_id),
+        {"reason": body.reason, "reason_code": body.reason_code},
+    )
     return json_response({"application": result.application.as_json(), "loan": None})
 
 

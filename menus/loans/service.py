@@ -47,7 +47,7 @@ from core.errors import (
     ValidationFailed,
     WalletLocked,
 )
-from core.loans import book, store
+from core.loans import book, messages, store
 from core.loans.allocation import allocate, apply_allocation, due_by, outstanding_minor
 from core.loans.arrears import bucket_for, days_past_due
 from core.loans.book import InstallmentRow, Loan, Repayment
@@ -439,13 +439,37 @@ class LoanService:
         return ReviewResult(app, loan)
 
     async def reject(
-        self, pool: Pool, application_id: int, *, actor: str, reason: str
+        self,
+        pool: Pool,
+        application_id: int,
+        *,
+        actor: str,
+        reason: str | None = None,
+        reason_code: str | None = None,
     ) -> ReviewResult:
+        """Reject with a reason the customer is told: `reason_code` (one of
+        messages.OFFICER_REASONS, sent in the customer's language; `reason` is then the
+        officer's note, kept on the application and not sent) or `reason` alone (free text,
+        sent as written)."""
+        note = _note(reason)
+        if reason_code is not None and reason_code not in messages.OFFICER_REASONS:
+            raise ValidationFailed(
+                f"reason_code is one of {', '.join(messages.OFFICER_REASONS)}",
+                field="reason_code",
+            )
+        if reason_code is None and not note:
+            raise ValidationFailed("A rejection needs a reason or a reason_code", field="reason")
+        params = (
+            {"reason_code": reason_code}
+            if reason_code
+            else {"reason": note[:REJECT_REASON_SMS_CHARS]}
+        )
+        history = f"{reason_code}: {note}" if reason_code and note else (reason_code or note)
+        history = history[:NOTE_MAX]
         async with pool.acquire() as conn, conn.transaction():
             app = await store.get_application(conn, application_id, for_update=True)
-            app = await self._move_app(conn, app, "reject", actor, _note(reason))
-            reason_text = _note(reason)[:REJECT_REASON_SMS_CHARS]
-            await self.notify(conn, app.msisdn, "loan_rejected", {"reason": reason_text}, None)
+            app = await self._move_app(conn, app, "reject", actor, history)
+            await self.notify(conn, app.msisdn, "loan_rejected", params, None)
         return ReviewResult(app)
 
     async def _disburse(

@@ -220,9 +220,12 @@ async def test_review_queue_approve_and_reject(api: TestClient, world: World) ->
     error = await assert_error(twice, 409, "ILLEGAL_TRANSITION")
     assert error["details"]["state"] == "disbursed"
     rejected = await api.post(
-        f"{APPLICATIONS}/{a2}/reject", json={"reason": "No payslip"}, headers=auth(officer)
+        f"{APPLICATIONS}/{a2}/reject",
+        json={"reason_code": "INCOMPLETE_DOCUMENTS", "reason": "No payslip"},
+        headers=auth(officer),
     )
     assert (await rejected.json())["application"]["status"] == "rejected"
+    assert (await rejected.json())["application"]["note"] == "INCOMPLETE_DOCUMENTS: No payslip"
     detail = await (await api.get(f"{APPLICATIONS}/{a1}", headers=auth(officer))).json()
     assert len(detail["installments"]) == 3 and detail["loan"]["msisdn"] == m1
     mine = await api.get(APPLICATIONS, params={"msisdn": m2.lstrip("+")}, headers=auth(officer))
@@ -246,6 +249,9 @@ async def test_review_queue_approve_and_reject(api: TestClient, world: World) ->
         (f"{APPLICATIONS}/1/reject", {"reason": ""}, 422, "VALIDATION_ERROR"),
         (f"{APPLICATIONS}/1/reject", {"reason": "x" * 501}, 422, "VALIDATION_ERROR"),
         (f"{APPLICATIONS}/1/reject", {"reason": "x", "more": 1}, 422, "VALIDATION_ERROR"),
+        (f"{APPLICATIONS}/1/reject", {"reason_code": "NOPE"}, 422, "VALIDATION_ERROR"),
+        (f"{APPLICATIONS}/1/reject", {"reason": None}, 422, "VALIDATION_ERROR"),
+        (f"{APPLICATIONS}/1/reject", {"reason_code": 3}, 422, "VALIDATION_ERROR"),
         ("/api/v1/loans/987654321/write-off", None, 404, "LOAN_NOT_FOUND"),
     ],
 )

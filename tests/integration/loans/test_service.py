@@ -134,6 +134,36 @@ async def test_officer_rejects_with_a_reason(world: World) -> None:
         await world.service.approve(world.pool, result.application.id, actor="officer2")
 
 
+async def test_officer_reason_code_reaches_the_customer_in_their_language(world: World) -> None:
+    product = await world.product(auto_approve_max_minor=0)
+    msisdn = await world.customer()
+    await world.pool.execute("UPDATE customers SET language = 'sw' WHERE msisdn = $1", msisdn)
+    first = await _apply(world, msisdn, product, 20_000)
+    app_id = first.application.id
+    for reason, code in ((None, None), ("  ", None), ("x", "NOT_A_REASON")):
+        with pytest.raises(ValidationFailed):
+            await world.service.reject(
+                world.pool, app_id, actor="officer3", reason=reason, reason_code=code
+            )
+    assert await _notices(world, msisdn) == []  # nothing was sent for the refused calls
+    rejected = await world.service.reject(
+        world.pool,
+        app_id,
+        actor="officer3",
+        reason=" payslip  unreadable ",
+        reason_code="INCOME_NOT_VERIFIED",
+    )
+    assert rejected.application.note == "INCOME_NOT_VERIFIED: payslip unreadable"
+    body = await world.pool.fetchval(
+        "SELECT o.body FROM loan_notices n JOIN outbox o ON o.id = n.outbox_id "
+        "WHERE n.recipient = $1 AND n.kind = 'loan_rejected'",
+        msisdn,
+    )
+    assert body == (
+        "Ombi lako la mkopo halikukubaliwa. Hatukuweza kuthibitisha mapato yako."
+    )  # the officer's note stays with the application
+
+
 async def test_fund_short_rejects_the_approval_and_moves_nothing(world: World) -> None:
     world.currency = "XTF"  # a test currency whose loan fund holds nothing yet
     await prepare_currency(world.pool, world.currency)

@@ -4,6 +4,7 @@ language, one SMS each, GSM-7 only, figures formatted, fallbacks when figures ar
 from __future__ import annotations
 
 import string
+import typing
 from datetime import date
 
 import pytest
@@ -140,3 +141,21 @@ def test_refusal_text_for_raised_errors() -> None:
     assert messages.reason("NO_SUCH_CODE", "sw") is None
     odd = CoreError("Something else", code="NO_SUCH_CODE")
     assert messages.refusal_text(odd, "sw") == "Something else"
+
+
+def test_officer_reasons_are_the_admin_api_choices_and_fit_the_rejection_notice() -> None:
+    from gateway.admin.loans import OfficerReason
+
+    assert set(typing.get_args(OfficerReason)) == set(messages.OFFICER_REASONS)
+    for code, texts in messages.OFFICER_REASONS.items():
+        assert set(texts) == set(messages.LANGUAGES), code
+        bodies = set()
+        for language in messages.LANGUAGES:
+            text = messages.notice("loan_rejected", language, {"reason_code": code})
+            assert texts[language] in text and is_gsm7(text), text
+            assert measure(text).length <= messages.SMS_CHARS, text
+            bodies.add(text)
+        assert len(bodies) == 3, code
+    # Free text is sent as written; an unknown code is not a reason.
+    assert messages.notice("loan_rejected", "sw", {"reason": "Hakuna"}).endswith(". Hakuna")
+    assert messages.notice("loan_rejected", "en", {"reason_code": "NOPE"}).endswith("approved.")
