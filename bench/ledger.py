@@ -35,10 +35,11 @@ import asyncpg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.scratch import scratch_database
+from bench.scratch import audit_ledger, scratch_database
+from config.settings import Settings
 from core.agents import register_agent
 from core.fees import seed_demo_tariffs
-from core.ledger import check_ledger, ensure_system_accounts
+from core.ledger import ensure_system_accounts
 from core.transfers import cash_out, deposit, float_topup, send_money
 from gateway import db as dbmod
 
@@ -266,7 +267,10 @@ def _us(value: float | None) -> str:
 
 
 async def bench(url: str, seconds: float, accounts: int, rounds: int) -> int:
-    pool = await dbmod.make_pool(url, min_size=2, max_size=max(WORKER_COUNTS))
+    # The gateway's own pool setting: the caps count local days, as in production.
+    pool = await dbmod.make_pool(
+        url, min_size=2, max_size=max(WORKER_COUNTS), limits_tz=Settings().limits_timezone
+    )
     try:
         await setup(pool, accounts)
         rows = []
@@ -303,7 +307,7 @@ async def bench(url: str, seconds: float, accounts: int, rounds: int) -> int:
             f"hot destination: core 32 workers / 8 workers = {hot[32] / hot[8]:.2f}x "
             "(target >= 1.0x)"
         )
-        report = await check_ledger(pool)
+        report = await audit_ledger(pool)
         print("ledger check:", "ok" if report.ok else "BREACH")
         for line in report.lines():
             print("  " + line)

@@ -38,9 +38,10 @@ import asyncpg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.scratch import scratch_database
+from bench.scratch import audit_ledger, scratch_database
+from config.settings import Settings
 from core.clock import SystemClock
-from core.ledger import check_ledger, ensure_system_accounts
+from core.ledger import ensure_system_accounts
 from core.loans.core_ledger import CoreCustomerDirectory, CoreLoanLedger, OutboxNotifier
 from core.loans.products import Product
 from core.loans.scoring import Score, ScoringFacts
@@ -190,7 +191,10 @@ def median(cells: list[Cell]) -> Cell:
 
 
 async def bench(url: str, seconds: float, customers: int, rounds: int) -> int:
-    pool = await dbmod.make_pool(url, min_size=2, max_size=max(WORKER_COUNTS) + 2)
+    # The gateway's own pool setting: the caps count local days, as in production.
+    pool = await dbmod.make_pool(
+        url, min_size=2, max_size=max(WORKER_COUNTS) + 2, limits_tz=Settings().limits_timezone
+    )
     service = LoanService(
         clock=SystemClock(),
         scorer=ApproveAll(),
@@ -225,7 +229,7 @@ async def bench(url: str, seconds: float, customers: int, rounds: int) -> int:
         used = next(fresh) - 1
         if used > customers:
             print(f"note: the service cells needed {used} customers; raise --customers")
-        report = await check_ledger(pool)
+        report = await audit_ledger(pool)
         print("ledger check:", "ok" if report.ok else "BREACH")
         for line in report.lines():
             print("  " + line)

@@ -1,5 +1,6 @@
 """A migrated scratch database for a benchmark: on DATABASE_URL's server when set, else on an
-embedded PostgreSQL under ./var/bench; dropped afterwards unless `keep`."""
+embedded PostgreSQL under ./var/bench; dropped afterwards unless `keep`. And the ledger audit
+that closes a benchmark that moved money."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import asyncpg
 
+from core.ledger import LedgerReport, check_ledger
 from gateway import db as dbmod
 
 
@@ -38,3 +40,15 @@ async def scratch_database(prefix: str, *, keep: bool = False) -> AsyncIterator[
         await admin.close()
         if embedded is not None:
             await asyncio.to_thread(embedded.stop)
+
+
+async def audit_ledger(pool: asyncpg.Pool) -> LedgerReport:
+    """The ledger check over everything the run wrote, on one of the pool's connections without
+    the pool's per-statement timeout: a full audit of a big run can take longer than a request
+    may (`gateway ledger check` runs the same way)."""
+    async with pool.acquire() as conn:
+        await conn.execute("SET statement_timeout = 0")
+        try:
+            return await check_ledger(conn)
+        finally:
+            await conn.execute("RESET statement_timeout")
