@@ -58,11 +58,15 @@ def waypoint(fence: Fence, name: str) -> dict[str, Any]:
 
 def set_waypoints(fences: Sequence[tuple[Fence, str]]) -> dict[str, Any]:
     """The `cmd` that makes an OwnTracks app import these (fence, name) pairs as its regions."""
+    return waypoints_command(
+        [waypoint(f, name) for f, name in sorted(fences, key=lambda p: p[0].id)]
+    )
+
+
+def waypoints_command(waypoints: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """`setWaypoints` around waypoints already built (`waypoint`), in the order given."""
     return {
         "_type": "cmd",
         "action": "setWaypoints",
-        "waypoints": {
-            "_type": "waypoints",
-            "waypoints": [waypoint(f, name) for f, name in sorted(fences, key=lambda p: p[0].id)],
-        },
+        "waypoints": {"_type": "waypoints", "waypoints": list(waypoints)},
     }
