@@ -40,7 +40,7 @@ from gateway.api import HttpError, json_response
 from gateway.keys import AGENTS, CIPHER, ENDPOINTS, PG_POOL, REDIS, SETTINGS
 from geofence.gating import GatePolicy
 from geofence.tracker import TrackPolicy
-from geofence.waypoints import set_waypoints, waypoint, waypoints_command
+from geofence.waypoints import device_commands, fence_id_of, waypoint
 from menus.agent_commands import (
     CommandDispatcher,
     CommandExecutor,
@@ -136,6 +136,36 @@ class WaypointPush:
     devices: list[str]
     waypoints: list[dict[str, object]]
     failed: list[tuple[str, str]] = field(default_factory=list)
+    removed: list[int] = field(default_factory=list)  # fence ids taken off some device
+
+
+@dataclass(frozen=True, slots=True)
+class DevicePlan:
+    """The commands for one device, in order, and the fence ids it holds once they went
+    through."""
+
+    commands: list[bytes]
+    holds: frozenset[int]
+    removed: list[int]
+
+
+def plan_devices(
+    waypoints: Sequence[dict[str, object]],
+    devices_: Sequence[str],
+    sent: dict[str, frozenset[int]],
+) -> dict[str, DevicePlan]:
+    """Each device's commands: the zones, after a clear and with tombstones when the device
+    may still hold zones it lost (geofence.waypoints.device_commands)."""
+    holds = frozenset(fence_id_of(w) for w in waypoints)
+    plans: dict[str, DevicePlan] = {}
+    encoded: dict[tuple[int, ...], list[bytes]] = {}
+    for device in devices_:
+        commands, removed = device_commands(waypoints, sent.get(device))
+        key = tuple(removed)
+        if key not in encoded:  # devices in the same state share the encoded bytes
+            encoded[key] = [_encode(c) for c in commands]
+        plans[device] = DevicePlan(encoded[key], holds, removed)
+    return plans
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,14 +220,27 @@ class AgentRuntime:
                 return exc.reason
         return None
 
+    async def _deliver(self, code: str, device: str, plan: DevicePlan) -> str | None:
+        """One device's commands in order, each after the previous one's acknowledgement;
+        None, or why the broker did not take one."""
+        for payload in plan.commands:
+            reason = await self._publish_one(code, device, payload)
+            if reason is not None:
+                return reason
+        return None
+
     async def _send(
-        self, code: str, devices_: Sequence[str], payload: bytes
+        self, code: str, plans: dict[str, DevicePlan]
     ) -> tuple[list[str], list[tuple[str, str]]]:
-        """The command to each device at once; the failed ones are forgotten by the registry,
-        so each one's next report is a first sighting, which pushes again."""
-        reasons = await asyncio.gather(*(self._publish_one(code, d, payload) for d in devices_))
+        """Each device's commands, all devices at once. What the taken ones now hold is
+        recorded; the failed ones are forgotten by the registry, so each one's next report is
+        a first sighting, which pushes again."""
+        devices_ = list(plans)
+        reasons = await asyncio.gather(*(self._deliver(code, d, plans[d]) for d in devices_))
         done = [d for d, r in zip(devices_, reasons, strict=True) if r is None]
         failed = [(d, r) for d, r in zip(devices_, reasons, strict=True) if r is not None]
+        if done:
+            await self.owntracks.record_sent(code, {d: plans[d].holds for d in done})
         if failed:
             log.warning(
                 "waypoint push not taken; retried on the device's next report",
@@ -211,10 +254,12 @@ class AgentRuntime:
     ) -> WaypointPush:
         """Send the agent's zones as an OwnTracks `setWaypoints` command to each OwnTracks
         device the gateway has seen for it, on `owntracks/{code}/{device}/cmd`, QoS 1, not
-        retained, all devices at once, each waiting for the broker's acknowledgement.
-        AgentNotFound; Conflict NO_GEOFENCE (no zones) or NO_OWNTRACKS_DEVICE; Unavailable
-        MQTT_UNAVAILABLE when the MQTT client is not running. A device whose publish failed is
-        in `failed` and gets the zones at its next report.
+        retained, all devices at once, each waiting for the broker's acknowledgement; a device
+        that may still hold zones it lost gets `clearWaypoints` first and tombstones for them
+        (geofence.waypoints). AgentNotFound; Conflict NO_GEOFENCE (no zones, none to remove)
+        or NO_OWNTRACKS_DEVICE; Unavailable MQTT_UNAVAILABLE when the MQTT client is not
+        running. A device whose publish failed is in `failed` and gets the zones at its next
+        report.
 
         Not retained: a command is an instruction, not state (a retained one would be re-run by
         every later subscriber, long after the zones changed again). An app with a persistent
@@ -224,11 +269,12 @@ class AgentRuntime:
         async with self.pool.acquire() as conn:
             stored = await geofences.agent_fences(conn, agent_code)  # AgentNotFound
         code = agent_code  # as core.agents.check_code keeps it (upper case)
-        if not stored:
-            raise Conflict(f"Agent {code} has no geofence", code="NO_GEOFENCE", agent_code=code)
         devices_ = await self.owntracks.devices(code)
         if only is not None:
             devices_ = [d for d in devices_ if d in only]
+        sent = (await self.owntracks.sent_of([code]))[code]
+        if not stored and not any(sent.get(d) for d in devices_):
+            raise Conflict(f"Agent {code} has no geofence", code="NO_GEOFENCE", agent_code=code)
         if not devices_:
             raise Conflict(
                 f"No OwnTracks device has reported for agent {code}",
@@ -237,10 +283,12 @@ class AgentRuntime:
             )
         if self.mqtt is None:
             raise Unavailable("The MQTT client is not running", code="MQTT_UNAVAILABLE")
-        command = set_waypoints([(s.fence, s.name) for s in stored])
-        done, failed = await self._send(code, devices_, _encode(command))
+        waypoints = [waypoint(s.fence, s.name) for s in sorted(stored, key=lambda s: s.fence.id)]
+        plans = plan_devices(waypoints, devices_, sent)
+        done, failed = await self._send(code, plans)
+        removed = sorted({i for p in plans.values() for i in p.removed})
         log.info("waypoints pushed", extra={"agent": code, "devices": len(done)})
-        return WaypointPush(code, done, command["waypoints"]["waypoints"], failed)
+        return WaypointPush(code, done, waypoints, failed, removed)
 
     async def queue_waypoint_pushes(self, agent_codes: Sequence[str]) -> QueuedPushes:
         """After a change of zones: push to each of these agents' known devices in the
@@ -259,23 +307,25 @@ class AgentRuntime:
 
     async def _fan_out(self, targets: dict[str, list[str]], pending: dict[str, list[str]]) -> None:
         """Every target device's push, at most PUSH_PUBLISHES_IN_FLIGHT awaiting their
-        acknowledgement at once; the fences come in one read, each waypoint is built once.
-        A failure stays with its device; devices not reached when the task is stopped (or the
-        fences could not be read) are forgotten, so their next report brings the zones.
-        `pending` loses each agent once it is done."""
+        acknowledgement at once; the fences come in one read and what the devices were sent
+        in one Redis round trip, each waypoint is built once. An agent left with no zones
+        still has them removed from its devices. A failure stays with its device; devices not
+        reached when the task is stopped (or the fences could not be read) are forgotten, so
+        their next report brings the zones. `pending` loses each agent once it is done."""
         try:
             async with self.pool.acquire() as conn:
                 held = await geofences.fences_of_agents(conn, list(targets))
+            sent = await self.owntracks.sent_of(list(targets))
             built: dict[int, dict[str, object]] = {}
             for stored in {s.fence.id: s for fences in held.values() for s in fences}.values():
                 built[stored.fence.id] = waypoint(stored.fence, stored.name)
 
             async def one(code: str) -> None:
-                fences = held.get(code)
                 try:
-                    if fences:
-                        command = waypoints_command([built[s.fence.id] for s in fences])
-                        await self._send(code, targets[code], _encode(command))
+                    waypoints = [built[s.fence.id] for s in held.get(code, [])]
+                    plans = plan_devices(waypoints, targets[code], sent.get(code, {}))
+                    if waypoints or any(p.removed for p in plans.values()):
+                        await self._send(code, plans)
                     pending.pop(code, None)
                 except Exception:  # this agent's devices stay pending; the others go on
                     log.exception("waypoint push failed", extra={"agent": code})

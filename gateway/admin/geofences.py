@@ -296,6 +296,7 @@ class WaypointPushOut(BaseModel):
     topics: list[str]
     waypoints: list[WaypointOut]
     failed: list[PushFailureOut]
+    removed: list[str]
 
 
 @routes.post(
@@ -304,8 +305,9 @@ class WaypointPushOut(BaseModel):
     permission="geofences:write",
     summary="Send the agent's zones to its OwnTracks phones as a setWaypoints command "
     "(polygons as their smallest enclosing circle); devices lists the phones whose broker took "
-    "it, failed the others (retried at their next report); 409 NO_GEOFENCE or "
-    "NO_OWNTRACKS_DEVICE",
+    "it, failed the others (retried at their next report); a phone that still holds zones the "
+    "agent lost gets clearWaypoints first and tombstones for them (removed lists their rids); "
+    "409 NO_GEOFENCE or NO_OWNTRACKS_DEVICE",
 )
 async def push_waypoints(request: web.Request) -> web.StreamResponse:
     code = check_code(request.match_info["code"])
@@ -322,6 +324,7 @@ async def push_waypoints(request: web.Request) -> web.StreamResponse:
             "topics": [f"owntracks/{code}/{d}/cmd" for d in pushed.devices],
             "waypoints": [{k: v for k, v in w.items() if k != "_type"} for w in pushed.waypoints],
             "failed": [{"device": d, "reason": r} for d, r in pushed.failed],
+            "removed": [f"fence-{i}" for i in pushed.removed],
         }
     )
 

@@ -222,6 +222,15 @@ async def test_the_device_registry_is_bounded_and_written_once_per_refresh(
     # Junk in the hash (written by hand) is skipped, not fatal.
     await redis.hset(registry.key(agent), "weird", "not-a-time")
     assert "weird" not in await registry.devices(agent)
+    # What each device was sent: recorded, read back, junk skipped, trimmed with its device.
+    await registry.record_sent(agent, {"d20": frozenset({3, 1}), "d19": frozenset()})
+    await redis.hset(registry.sent_key(agent), "odd", "1,x")
+    assert (await registry.sent_of([agent]))[agent] == {
+        "d20": frozenset({1, 3}), "d19": frozenset(),
+    }  # fmt: skip
+    assert 0 < await redis.ttl(registry.sent_key(agent)) <= TTL_S
+    await registry.seen([(agent, f"e{n}") for n in range(MAX_DEVICES)], now + 5 * REFRESH_S)
+    assert (await registry.sent_of([agent]))[agent] == {}
 
 
 async def test_a_new_phone_gets_the_zones_it_missed(rig: Rig) -> None:
@@ -432,3 +441,87 @@ if MOSQUITTO is not None:
     test_pushes_cut_short_by_a_stop_are_retried_at_the_next_report = (
         _pushes_cut_short_by_a_stop_are_retried_at_the_next_report
     )
+
+
+async def next_command(device: Device) -> dict[str, Any]:
+    """The device's next command, in arrival order."""
+    _, body = await device.expect(lambda t, b: isinstance(b, dict) and b.get("_type") == "cmd")
+    assert isinstance(body, dict)
+    return body
+
+
+async def assign(rig: Rig, agent: str, fence_ids: list[int]) -> None:
+    """Assign through the admin API and wait for the queued push to finish (its record of
+    what the phone holds written)."""
+    resp = await rig.client.put(
+        f"/api/v1/agents/{agent}/geofences", json={"geofence_ids": fence_ids}, headers=rig.admin
+    )
+    assert resp.status == 200, await resp.text()
+    await eventually(lambda: not rig.runtime.push_tasks)
+
+
+def rids(command: dict[str, Any]) -> list[tuple[str, bool]]:
+    """(rid, still a zone) for each waypoint of a setWaypoints command."""
+    return [(w["rid"], -90 <= w["lat"] <= 90) for w in command["waypoints"]["waypoints"]]
+
+
+async def test_a_phone_loses_the_zones_its_agent_lost(rig: Rig) -> None:
+    agent = await make_agent(rig.runtime.pool)
+    client = await phone(rig, agent)
+    a, b = await fence(rig, CIRCLE), await fence(rig, SQUARE)
+
+    await assign(rig, agent, [a, b])
+    first = await next_command(client)
+    assert first["action"] == "setWaypoints"  # nothing known to remove: no clear
+    assert rids(first) == [(f"fence-{a}", True), (f"fence-{b}", True)]
+
+    # Zone a taken away: a clear, then the full set with a tombstone for a, in that order.
+    await assign(rig, agent, [b])
+    clear, full = await next_command(client), await next_command(client)
+    assert clear == {"_type": "cmd", "action": "clearWaypoints"}
+    assert full["action"] == "setWaypoints"
+    assert rids(full) == [(f"fence-{b}", True), (f"fence-{a}", False)]
+    [tomb] = [w for w in full["waypoints"]["waypoints"] if w["rid"] == f"fence-{a}"]
+    assert tomb["tst"] == TST_BASE + a and tomb["lat"] == tomb["lon"] == -1_000_000
+
+    # Pushed again with nothing lost since: the set alone.
+    resp = await rig.client.post(f"/api/v1/agents/{agent}/waypoints/push", headers=rig.admin)
+    got = await resp.json()
+    assert resp.status == 200 and got["removed"] == [] and got["devices"] == ["phone"], got
+    again = await next_command(client)
+    assert again["action"] == "setWaypoints" and rids(again) == [(f"fence-{b}", True)]
+
+    # Every zone gone: the phone is still told, with tombstones only.
+    await assign(rig, agent, [])
+    clear, full = await next_command(client), await next_command(client)
+    assert clear["action"] == "clearWaypoints"
+    assert rids(full) == [(f"fence-{b}", False)]
+    # Nothing held and nothing left to remove: the on-demand push refuses.
+    resp = await rig.client.post(f"/api/v1/agents/{agent}/waypoints/push", headers=rig.admin)
+    await assert_error(resp, 409, "NO_GEOFENCE")
+    assert [b for _, b in client.unclaimed if isinstance(b, dict) and b.get("_type") == "cmd"] == []
+    await client.stop()
+
+
+async def test_the_on_demand_push_names_what_it_removed(rig: Rig) -> None:
+    agent = await make_agent(rig.runtime.pool)
+    a, b = await fence(rig, CIRCLE), await fence(rig, SQUARE)
+    await assign(rig, agent, [a, b])
+    client = await phone(rig, agent)  # greeted with both
+    assert rids(await next_command(client)) == [(f"fence-{a}", True), (f"fence-{b}", True)]
+
+    async def recorded() -> dict[str, frozenset[int]]:  # once the greeting's PUBACK is in
+        return (await rig.runtime.owntracks.sent_of([agent]))[agent]
+
+    assert await eventually(recorded) == {"phone": frozenset({a, b})}
+    async with rig.runtime.pool.acquire() as conn:  # changed without the admin API: no push
+        await geofences.assign_fences(conn, agent, [a], None)
+    resp = await rig.client.post(f"/api/v1/agents/{agent}/waypoints/push", headers=rig.admin)
+    got = await resp.json()
+    assert resp.status == 200, got
+    assert got["removed"] == [f"fence-{b}"] and [w["rid"] for w in got["waypoints"]] == [
+        f"fence-{a}"
+    ]
+    assert (await next_command(client))["action"] == "clearWaypoints"
+    assert rids(await next_command(client)) == [(f"fence-{a}", True), (f"fence-{b}", False)]
+    await client.stop()
