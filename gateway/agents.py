@@ -417,7 +417,11 @@ def build_runtime(
     dispatcher = CommandDispatcher(redis, settings.redis_prefix, executor)
     alerts = None
     if settings.agent_alert_channel is not None:
-        alerts = BreachAlerts(settings.agent_alert_channel, settings.agent_alert_recipients)
+        alerts = BreachAlerts(
+            settings.agent_alert_channel,
+            settings.agent_alert_recipients,
+            settings.agent_alert_language,
+        )
     sink = PgSink(pool, alerts)
     owntracks = OwnTracksDevices(redis, settings.redis_prefix)
     channel = AgentChannel(engine, dispatcher, sink, fix_limits(settings), owntracks=owntracks)
