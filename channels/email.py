@@ -19,16 +19,19 @@ from urllib.parse import unquote, urlsplit
 import aiosmtplib
 
 from channels.base import OutboundLike, SendFailed
+from core import agent_messages
 
 SMTP_TIMEOUT_S = 10.0
+# Outbox kind -> the core.agent_messages text of its subject (in the message's language).
 SUBJECTS = {
-    "agent_breach": "Agent outside its zone",
+    "agent_breach": "breach_subject",
 }
 DEFAULT_SUBJECT = "Notification"
 
 
-def _subject(kind: str) -> str:
-    return SUBJECTS.get(kind, DEFAULT_SUBJECT)
+def _subject(kind: str, language: str = "en") -> str:
+    name = SUBJECTS.get(kind)
+    return DEFAULT_SUBJECT if name is None else agent_messages.render(name, language)
 
 
 class EmailSender:
@@ -53,7 +56,7 @@ class EmailSender:
         mail = EmailMessage()
         mail["From"] = self.sender
         mail["To"] = address
-        mail["Subject"] = _subject(kind)
+        mail["Subject"] = _subject(kind, getattr(message, "language", "en"))
         mail["Date"] = email.utils.formatdate(localtime=False)
         # Stable per outbox row: a retry after a lost reply carries the same id, so the
         # receiving side can tell a duplicate.

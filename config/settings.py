@@ -162,6 +162,9 @@ class Settings:
     # Breach alerts to admins through the core's outbox (None: off).
     agent_alert_channel: str | None = "log"
     agent_alert_recipients: tuple[str, ...] = ("admins",)
+    # The language of those alerts (en, sw, fr): the recipients are addresses and numbers, not
+    # admin users, so the language is the deployment's.
+    agent_alert_language: str = "en"
     # Customer-initiated withdrawals (USSD) at a fenced agent pass the device gate: off, fenced
     # (only agents with fences), always (agents without fences refused too).
     agent_withdrawal_gate: str = "fenced"
@@ -469,6 +472,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         agent_heartbeat_timeout_s=_int(env, "AGENT_HEARTBEAT_TIMEOUT_S", 600, 10, 86_400),
         agent_alert_channel=alert_channel,
         agent_alert_recipients=alert_recipients,
+        agent_alert_language=_choice(env, "AGENT_ALERT_LANGUAGE", "en", ALERT_LANGUAGES),
         agent_withdrawal_gate=_choice(
             env, "AGENT_WITHDRAWAL_GATE", "fenced", ("off", "fenced", "always")
         ),
@@ -495,6 +499,7 @@ def _timezone(env: Mapping[str, str], name: str, default: str) -> str:
 
 ALERT_CHANNELS = ("log", "email", "sms", "push")  # the outbox's channels
 MAX_ALERT_RECIPIENTS = 10
+ALERT_LANGUAGES = ("en", "sw", "fr")  # those of core.agent_messages
 
 
 def _alert_channel(env: Mapping[str, str]) -> str | None:

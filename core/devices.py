@@ -21,6 +21,7 @@ from typing import Any
 
 import asyncpg
 
+from core import agent_messages
 from core.errors import AgentNotFound, ValidationFailed
 from core.outbox import enqueue
 
@@ -205,30 +206,40 @@ class EventRow:
 
 @dataclass(frozen=True, slots=True)
 class BreachAlerts:
-    """Who hears of a breach: an outbox channel ("log", "email", "sms", "push") and the
-    recipients on it (admins' addresses or numbers)."""
+    """Who hears of a breach: an outbox channel ("log", "email", "sms", "push"), the
+    recipients on it (admins' addresses or numbers) and the language they read
+    (core.agent_messages)."""
 
     channel: str
     recipients: tuple[str, ...]
+    language: str = "en"
 
 
-def breach_text(event: EventRow) -> str:
-    """The alert's text: which agent, since when, where it was and how far from which fence."""
+def breach_text(event: EventRow, language: str = "en") -> str:
+    """The alert's text in `language`: which agent, since when, where it was and how far from
+    which fence."""
     when = _dt(event.fix_ts if event.fix_ts is not None else event.at)
     details = event.details or {}
     fix, decision = details.get("fix") or {}, details.get("decision") or {}
-    text = (
-        f"Agent {event.agent_code} is outside its permitted zone during its working hours "
-        f"(breach at {when:%Y-%m-%d %H:%M:%S} UTC)"
+    text = agent_messages.render(
+        "breach", language, agent=event.agent_code, when=f"{when:%Y-%m-%d %H:%M:%S}"
     )
     if fix:
-        accuracy = "unknown" if fix.get("acc") is None else f"{fix['acc']:.0f} m"
-        text += f"; last fix {fix['lat']:.5f},{fix['lon']:.5f} (accuracy {accuracy})"
-    if decision.get("distance_m") is not None and event.fence_id is not None:
-        text += (
-            f", {decision['distance_m']:.0f} m from geofence {event.fence_id} "
-            f"(version {event.fence_version})"
+        accuracy = (
+            agent_messages.render("accuracy_unknown", language)
+            if fix.get("acc") is None
+            else f"{fix['acc']:.0f} m"
         )
+        text += agent_messages.render(
+            "breach_fix", language,
+            lat=f"{fix['lat']:.5f}", lon=f"{fix['lon']:.5f}", accuracy=accuracy,
+        )  # fmt: skip
+    if decision.get("distance_m") is not None and event.fence_id is not None:
+        text += agent_messages.render(
+            "breach_distance", language,
+            distance=f"{decision['distance_m']:.0f}", fence=event.fence_id,
+            version=event.fence_version,
+        )  # fmt: skip
     return text + "."
 
 
@@ -248,11 +259,11 @@ async def insert_events(
     async with conn.transaction():
         ids = await _insert_events(conn, events)
         for event in breaches:
-            body = breach_text(event)
+            body = breach_text(event, alerts.language)
             for recipient in alerts.recipients:
                 await enqueue(
                     conn, channel=alerts.channel, recipient=recipient, body=body,
-                    kind="agent_breach",
+                    kind="agent_breach", language=alerts.language,
                 )  # fmt: skip
     return ids
 

@@ -230,3 +230,25 @@ async def fence_agents(conn: asyncpg.Connection, fence_id: int) -> list[str]:
         fence_id,
     )
     return [r["agent_code"] for r in rows]
+
+
+async def fences_of_agents(
+    conn: asyncpg.Connection, agent_codes: Sequence[str]
+) -> dict[str, list[StoredFence]]:
+    """Many agents' fences with their names, by id, in two queries on one snapshot; each
+    fence is built once however many agents hold it. Agents with none are left out."""
+    async with conn.transaction(isolation="repeatable_read", readonly=True):
+        pairs = await conn.fetch(
+            "SELECT agent_code, geofence_id FROM agent_geofences "
+            "WHERE agent_code = ANY($1::text[]) ORDER BY agent_code, geofence_id",
+            list(agent_codes),
+        )
+        rows = await conn.fetch(
+            f"SELECT {_COLUMNS} FROM geofences WHERE id = ANY($1::bigint[])",  # noqa: S608
+            sorted({r["geofence_id"] for r in pairs}),
+        )
+    stored = {r["id"]: _stored(r) for r in rows}
+    found: dict[str, list[StoredFence]] = {}
+    for row in pairs:
+        found.setdefault(row["agent_code"], []).append(stored[row["geofence_id"]])
+    return found

@@ -16,7 +16,7 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import asyncpg
 from aiohttp import web
@@ -25,7 +25,7 @@ from redis.exceptions import RedisError
 
 from channels.agents import topics
 from channels.agents.fixes import FixLimits
-from channels.agents.mqtt import MqttService
+from channels.agents.mqtt import MqttService, PublishFailed
 from channels.agents.osmand import parse_osmand
 from channels.agents.owntracks_devices import OwnTracksDevices
 from channels.agents.service import AgentChannel
@@ -40,7 +40,7 @@ from gateway.api import HttpError, json_response
 from gateway.keys import AGENTS, CIPHER, ENDPOINTS, PG_POOL, REDIS, SETTINGS
 from geofence.gating import GatePolicy
 from geofence.tracker import TrackPolicy
-from geofence.waypoints import set_waypoints
+from geofence.waypoints import device_commands, fence_id_of, waypoint
 from menus.agent_commands import (
     CommandDispatcher,
     CommandExecutor,
@@ -59,6 +59,9 @@ HISTORY_RETRY_MAX_S = 30.0
 SWEEP_MAX_S = 30.0
 MQTT_CONNECT_WAIT_S = 10.0
 OSMAND_MAX_BODY = 8192
+# Waypoint commands awaiting the broker's PUBACK at once, across all pushes: far below paho's
+# queue (MAX_QUEUED_OUT) and its 16-bit message ids, which collide past ~65k un-acked.
+PUSH_PUBLISHES_IN_FLIGHT = 200
 
 
 def track_policy(s: Settings) -> TrackPolicy:
@@ -126,9 +129,51 @@ class PgSink:
 
 @dataclass(frozen=True, slots=True)
 class WaypointPush:
+    """One agent's push: the devices whose broker took the command, and those it did not
+    (device, reason), which are retried on their next sighting."""
+
     agent_code: str
     devices: list[str]
     waypoints: list[dict[str, object]]
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    removed: list[int] = field(default_factory=list)  # fence ids taken off some device
+
+
+@dataclass(frozen=True, slots=True)
+class DevicePlan:
+    """The commands for one device, in order, and the fence ids it holds once they went
+    through."""
+
+    commands: list[bytes]
+    holds: frozenset[int]
+    removed: list[int]
+
+
+def plan_devices(
+    waypoints: Sequence[dict[str, object]],
+    devices_: Sequence[str],
+    sent: dict[str, frozenset[int]],
+) -> dict[str, DevicePlan]:
+    """Each device's commands: the zones, after a clear and with tombstones when the device
+    may still hold zones it lost (geofence.waypoints.device_commands)."""
+    holds = frozenset(fence_id_of(w) for w in waypoints)
+    plans: dict[str, DevicePlan] = {}
+    encoded: dict[tuple[int, ...], list[bytes]] = {}
+    for device in devices_:
+        commands, removed = device_commands(waypoints, sent.get(device))
+        key = tuple(removed)
+        if key not in encoded:  # devices in the same state share the encoded bytes
+            encoded[key] = [_encode(c) for c in commands]
+        plans[device] = DevicePlan(encoded[key], holds, removed)
+    return plans
+
+
+@dataclass(frozen=True, slots=True)
+class QueuedPushes:
+    """Pushes handed to the background after a change of zones."""
+
+    agents: int
+    devices: int
 
 
 @dataclass
@@ -143,6 +188,11 @@ class AgentRuntime:
     owntracks: OwnTracksDevices
     mqtt: MqttService | None = None
     catalog_gen: bytes | str | None = None
+    push_slots: asyncio.Semaphore = field(
+        default_factory=lambda: asyncio.Semaphore(PUSH_PUBLISHES_IN_FLIGHT)
+    )
+    # Each queued fan-out and the devices it has not reached yet.
+    push_tasks: dict[asyncio.Task[None], dict[str, list[str]]] = field(default_factory=dict)
 
     @property
     def gen_key(self) -> str:
@@ -157,13 +207,59 @@ class AgentRuntime:
         await self.redis.incr(self.gen_key)
         await self.reload_catalog()
 
+    async def _publish_one(self, code: str, device: str, payload: bytes) -> str | None:
+        """Publish to one device under the shared bound; None, or why the broker did not
+        take it."""
+        async with self.push_slots:
+            mqtt = self.mqtt
+            if mqtt is None:
+                return "client not running"
+            try:
+                await mqtt.publish_acked(topics.owntracks_cmd_topic(code, device), payload)
+            except PublishFailed as exc:
+                return exc.reason
+        return None
+
+    async def _deliver(self, code: str, device: str, plan: DevicePlan) -> str | None:
+        """One device's commands in order, each after the previous one's acknowledgement;
+        None, or why the broker did not take one."""
+        for payload in plan.commands:
+            reason = await self._publish_one(code, device, payload)
+            if reason is not None:
+                return reason
+        return None
+
+    async def _send(
+        self, code: str, plans: dict[str, DevicePlan]
+    ) -> tuple[list[str], list[tuple[str, str]]]:
+        """Each device's commands, all devices at once. What the taken ones now hold is
+        recorded; the failed ones are forgotten by the registry, so each one's next report is
+        a first sighting, which pushes again."""
+        devices_ = list(plans)
+        reasons = await asyncio.gather(*(self._deliver(code, d, plans[d]) for d in devices_))
+        done = [d for d, r in zip(devices_, reasons, strict=True) if r is None]
+        failed = [(d, r) for d, r in zip(devices_, reasons, strict=True) if r is not None]
+        if done:
+            await self.owntracks.record_sent(code, {d: plans[d].holds for d in done})
+        if failed:
+            log.warning(
+                "waypoint push not taken; retried on the device's next report",
+                extra={"agent": code, "failed": dict(failed)},
+            )
+            await self.owntracks.forget(code, [d for d, _ in failed])
+        return done, failed
+
     async def push_waypoints(
         self, agent_code: str, only: Sequence[str] | None = None
     ) -> WaypointPush:
         """Send the agent's zones as an OwnTracks `setWaypoints` command to each OwnTracks
         device the gateway has seen for it, on `owntracks/{code}/{device}/cmd`, QoS 1, not
-        retained. AgentNotFound; Conflict NO_GEOFENCE (no zones) or NO_OWNTRACKS_DEVICE;
-        Unavailable MQTT_UNAVAILABLE when the MQTT client is not running.
+        retained, all devices at once, each waiting for the broker's acknowledgement; a device
+        that may still hold zones it lost gets `clearWaypoints` first and tombstones for them
+        (geofence.waypoints). AgentNotFound; Conflict NO_GEOFENCE (no zones, none to remove)
+        or NO_OWNTRACKS_DEVICE; Unavailable MQTT_UNAVAILABLE when the MQTT client is not
+        running. A device whose publish failed is in `failed` and gets the zones at its next
+        report.
 
         Not retained: a command is an instruction, not state (a retained one would be re-run by
         every later subscriber, long after the zones changed again). An app with a persistent
@@ -173,40 +269,89 @@ class AgentRuntime:
         async with self.pool.acquire() as conn:
             stored = await geofences.agent_fences(conn, agent_code)  # AgentNotFound
         code = agent_code  # as core.agents.check_code keeps it (upper case)
-        if not stored:
-            raise Conflict(f"Agent {code} has no geofence", code="NO_GEOFENCE", agent_code=code)
         devices_ = await self.owntracks.devices(code)
         if only is not None:
             devices_ = [d for d in devices_ if d in only]
+        sent = (await self.owntracks.sent_of([code]))[code]
+        if not stored and not any(sent.get(d) for d in devices_):
+            raise Conflict(f"Agent {code} has no geofence", code="NO_GEOFENCE", agent_code=code)
         if not devices_:
             raise Conflict(
                 f"No OwnTracks device has reported for agent {code}",
                 code="NO_OWNTRACKS_DEVICE",
                 agent_code=code,
             )
-        mqtt = self.mqtt
-        if mqtt is None:
+        if self.mqtt is None:
             raise Unavailable("The MQTT client is not running", code="MQTT_UNAVAILABLE")
-        command = set_waypoints([(s.fence, s.name) for s in stored])
-        payload = json.dumps(command, separators=(",", ":")).encode()
-        for device in devices_:
-            mqtt.publish(topics.owntracks_cmd_topic(code, device), payload, qos=1, retain=False)
-        log.info("waypoints pushed", extra={"agent": code, "devices": len(devices_)})
-        return WaypointPush(code, devices_, command["waypoints"]["waypoints"])
+        waypoints = [waypoint(s.fence, s.name) for s in sorted(stored, key=lambda s: s.fence.id)]
+        plans = plan_devices(waypoints, devices_, sent)
+        done, failed = await self._send(code, plans)
+        removed = sorted({i for p in plans.values() for i in p.removed})
+        log.info("waypoints pushed", extra={"agent": code, "devices": len(done)})
+        return WaypointPush(code, done, waypoints, failed, removed)
 
-    async def push_waypoints_quietly(self, agent_codes: Sequence[str]) -> int:
-        """After a change of zones: push to each agent that has zones and a device, skipping
-        the others; never fails the admin request that changed the zones. How many pushed."""
-        pushed = 0
-        for code in agent_codes:
-            try:
-                await self.push_waypoints(code)
-                pushed += 1
-            except (Conflict, NotFound, Unavailable):
-                continue
-            except Exception:
-                log.exception("waypoint push failed", extra={"agent": code})
-        return pushed
+    async def queue_waypoint_pushes(self, agent_codes: Sequence[str]) -> QueuedPushes:
+        """After a change of zones: push to each of these agents' known devices in the
+        background, so the admin request that changed the zones answers in the same time for
+        one agent or ten thousand. Costs the request one Redis round trip (the devices);
+        what is queued is counted. Agents with no device are skipped (a phone reporting later
+        is greeted with the zones of that moment)."""
+        targets = await self.owntracks.devices_of(agent_codes)
+        if not targets:
+            return QueuedPushes(0, 0)
+        pending = dict(targets)
+        task = asyncio.create_task(self._fan_out(targets, pending), name="waypoint-pushes")
+        self.push_tasks[task] = pending
+        task.add_done_callback(lambda t: self.push_tasks.pop(t, None))
+        return QueuedPushes(len(targets), sum(len(d) for d in targets.values()))
+
+    async def _fan_out(self, targets: dict[str, list[str]], pending: dict[str, list[str]]) -> None:
+        """Every target device's push, at most PUSH_PUBLISHES_IN_FLIGHT awaiting their
+        acknowledgement at once; the fences come in one read and what the devices were sent
+        in one Redis round trip, each waypoint is built once. An agent left with no zones
+        still has them removed from its devices. A failure stays with its device; devices not
+        reached when the task is stopped (or the fences could not be read) are forgotten, so
+        their next report brings the zones. `pending` loses each agent once it is done."""
+        try:
+            async with self.pool.acquire() as conn:
+                held = await geofences.fences_of_agents(conn, list(targets))
+            sent = await self.owntracks.sent_of(list(targets))
+            built: dict[int, dict[str, object]] = {}
+            for stored in {s.fence.id: s for fences in held.values() for s in fences}.values():
+                built[stored.fence.id] = waypoint(stored.fence, stored.name)
+
+            async def one(code: str) -> None:
+                try:
+                    waypoints = [built[s.fence.id] for s in held.get(code, [])]
+                    plans = plan_devices(waypoints, targets[code], sent.get(code, {}))
+                    if waypoints or any(p.removed for p in plans.values()):
+                        await self._send(code, plans)
+                    pending.pop(code, None)
+                except Exception:  # this agent's devices stay pending; the others go on
+                    log.exception("waypoint push failed", extra={"agent": code})
+
+            await asyncio.gather(*(one(code) for code in targets))
+            log.info("waypoint pushes done", extra={"agents": len(targets)})
+        except Exception:
+            log.exception("waypoint pushes failed", extra={"agents": len(pending)})
+        finally:
+            await self._forget_unreached(pending)
+
+    async def _forget_unreached(self, pending: dict[str, list[str]]) -> None:
+        try:
+            while pending:
+                code, devices_ = pending.popitem()
+                await self.owntracks.forget(code, devices_)
+        except Exception:
+            log.exception("forgetting unreached devices failed", extra={"agents": len(pending)})
+
+    async def stop_pushes(self) -> None:
+        """Stop the queued pushes (at shutdown); their unreached devices are forgotten, also
+        those of a fan-out cancelled before it began."""
+        queued = dict(self.push_tasks)
+        await stop_tasks(list(queued), "waypoint pushes")
+        for pending in queued.values():
+            await self._forget_unreached(pending)
 
     async def greet_device(self, agent_code: str, device: str) -> None:
         """A device the gateway had not seen gets the agent's zones at once (if any)."""
@@ -241,6 +386,10 @@ class AgentRuntime:
                 log.exception("heartbeat sweep failed")
 
 
+def _encode(command: dict[str, object]) -> bytes:
+    return json.dumps(command, separators=(",", ":")).encode()
+
+
 def build_runtime(
     settings: Settings,
     redis: Redis,
@@ -268,7 +417,11 @@ def build_runtime(
     dispatcher = CommandDispatcher(redis, settings.redis_prefix, executor)
     alerts = None
     if settings.agent_alert_channel is not None:
-        alerts = BreachAlerts(settings.agent_alert_channel, settings.agent_alert_recipients)
+        alerts = BreachAlerts(
+            settings.agent_alert_channel,
+            settings.agent_alert_recipients,
+            settings.agent_alert_language,
+        )
     sink = PgSink(pool, alerts)
     owntracks = OwnTracksDevices(redis, settings.redis_prefix)
     channel = AgentChannel(engine, dispatcher, sink, fix_limits(settings), owntracks=owntracks)
@@ -294,6 +447,7 @@ async def running(runtime: AgentRuntime) -> AsyncIterator[AgentRuntime]:
         yield runtime
     finally:
         await stop_tasks(tasks, "agent runtime tasks")
+        await runtime.stop_pushes()
         await runtime.channel.stop_background()
         await runtime.sink.flush()
 
@@ -313,6 +467,8 @@ async def connected(runtime: AgentRuntime, url: str) -> AsyncIterator[MqttServic
     try:
         yield service
     finally:
+        await runtime.stop_pushes()  # before the client goes: unreached devices are forgotten
+        await runtime.channel.stop_background()
         runtime.channel.mqtt = runtime.mqtt = None
         await service.stop()
 

@@ -14,6 +14,13 @@ client and shared subscriptions (`$share/{group}/...`, so several gateway instan
 traffic); one that only speaks 3.1.1 (amqtt) gets plain subscriptions. paho reconnects with
 exponential backoff (1 s to `RECONNECT_MAX_S`); every (re)connection subscribes again, since a
 restarted broker has forgotten its subscriptions.
+
+`publish` queues and returns; `publish_acked` waits for the broker's PUBACK, so a caller that
+must know (a waypoint push, retried on the device's next sighting when it failed) learns that
+the message was not queued, was refused (an MQTT 5 reason code, e.g. an ACL's "not
+authorized") or was not acknowledged in time. PUBACKs cross from paho's thread to the loop
+like messages do; the future for a message id is registered before the loop can run the
+acknowledgement, so no lock is shared with paho's (which holds its own while calling back).
 """
 
 from __future__ import annotations
@@ -46,6 +53,7 @@ MAX_INFLIGHT = 5000
 MAX_QUEUED_OUT = 10_000
 INBOX_WAIT_S = 0.5
 STOP_TIMEOUT_S = 5.0
+ACK_TIMEOUT_S = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +64,15 @@ class Message:
 
 
 Handler = Callable[[list[Message]], Awaitable[None]]
+
+
+class PublishFailed(Exception):
+    """The broker did not take a message (see `MqttService.publish_acked`)."""
+
+    def __init__(self, topic: str, reason: str) -> None:
+        super().__init__(f"{reason}: {topic}")
+        self.topic = topic
+        self.reason = reason
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,6 +156,7 @@ class MqttService:
         self._subscribed = asyncio.Event()
         self._stopping = threading.Event()
         self._drain_task: asyncio.Task[None] | None = None
+        self._acks: dict[int, asyncio.Future[int]] = {}
         self.connections = 0  # successful CONNACKs so far (reconnects show as > 1)
         self.received = 0
 
@@ -164,6 +182,7 @@ class MqttService:
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
         client.on_subscribe = self._on_subscribe
+        client.on_publish = self._on_publish
         # Clean sessions: a client id is new on every start, so a session the broker kept for
         # it would only be a ghost in the share group, hoarding its turn of every agent's
         # messages. The other instances of the group take the traffic while one reconnects.
@@ -211,6 +230,10 @@ class MqttService:
             if not done:
                 log.warning("mqtt drain did not stop in time")
         self._connected.clear()
+        for mid, waiter in list(self._acks.items()):
+            if not waiter.done():
+                waiter.set_exception(PublishFailed(f"message {mid}", "client stopped"))
+        self._acks.clear()
 
     # --- paho's thread ----------------------------------------------------------------------
 
@@ -244,6 +267,11 @@ class MqttService:
             log.error("mqtt subscriptions refused", extra={"reasons": failed})
             return
         self._call_in_loop(self._subscribed.set)
+
+    def _on_publish(
+        self, client: paho.Client, userdata: Any, mid: int, reason: Any, properties: Any
+    ) -> None:
+        self._call_in_loop(self._acked, mid, int(getattr(reason, "value", 0)))
 
     def _on_disconnect(
         self, client: paho.Client, userdata: Any, flags: Any, reason: Any, properties: Any
@@ -287,6 +315,42 @@ class MqttService:
                     self.received += len(batch)
                     for _ in batch:
                         self._slots.release()
+
+    def _acked(self, mid: int, code: int) -> None:
+        waiter = self._acks.pop(mid, None)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(code)
+
+    async def publish_acked(
+        self,
+        topic: str,
+        payload: bytes,
+        *,
+        retain: bool = False,
+        timeout_s: float = ACK_TIMEOUT_S,
+    ) -> None:
+        """Publish at QoS 1 and wait for the broker's acknowledgement. PublishFailed when the
+        client is not running, paho would not queue it, the broker refused it (MQTT 5 reason
+        code 0x80 or above) or no PUBACK came within `timeout_s` (paho sends it again after a
+        reconnect in the meantime). A 3.1.1 broker that drops a message its ACL denies still
+        acknowledges it: only MQTT 5 reports the refusal."""
+        client = self._client
+        if client is None or self._loop is None:
+            raise PublishFailed(topic, "client not running")
+        info = client.publish(topic, payload, qos=1, retain=retain)
+        if info.rc not in (paho.MQTT_ERR_SUCCESS, paho.MQTT_ERR_NO_CONN):
+            raise PublishFailed(topic, f"not queued ({paho.error_string(info.rc)})")
+        waiter: asyncio.Future[int] = self._loop.create_future()
+        self._acks[info.mid] = waiter  # before the loop can run the PUBACK's _acked
+        try:
+            code = await asyncio.wait_for(waiter, timeout_s)
+        except TimeoutError:
+            raise PublishFailed(topic, "no acknowledgement") from None
+        finally:
+            if self._acks.get(info.mid) is waiter:
+                del self._acks[info.mid]
+        if code >= 0x80:
+            raise PublishFailed(topic, f"refused by the broker (reason code {code:#04x})")
 
     def publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False) -> None:
         """Queue a message (paho sends it from its thread, and again after a reconnect)."""

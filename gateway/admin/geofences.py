@@ -2,7 +2,9 @@
 
     POST /api/v1/geofences                     a GeoJSON Feature (a Point with properties.radius_m
                                                is a circle) -> the Feature with its id and version
-    GET  /api/v1/geofences, /api/v1/geofences/{id}, PUT /api/v1/geofences/{id} (version + 1)
+    GET  /api/v1/geofences, /api/v1/geofences/{id}, PUT /api/v1/geofences/{id} (version + 1;
+                                               the answer's "waypoint_push" counts the pushes
+                                               queued to its agents' phones)
     PUT  /api/v1/agents/{code}/geofences       {"geofence_ids": [...], "schedule": {...} | null}
     GET  /api/v1/agents/{code}/geofences
     POST /api/v1/agents/{code}/waypoints/push  the agent's zones to its OwnTracks phones now
@@ -31,6 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from core import agent_transactions, devices, geofences
 from core.agents import check_code  # agent codes as the core keeps them (upper case)
 from core.errors import ValidationFailed
+from gateway.agents import QueuedPushes
 from gateway.api import ApiRoutes, json_response
 from gateway.keys import AGENTS, PG_POOL, PRINCIPAL_KEY
 from geofence.fences import fence_feature
@@ -47,11 +50,17 @@ class FeatureIn(BaseModel):
     bbox: list[float] | None = None
 
 
+class WaypointQueueOut(BaseModel):
+    agents: int
+    devices: int
+
+
 class FeatureOut(BaseModel):
     type: Literal["Feature"]
     id: int | str
     geometry: dict[str, Any]
     properties: dict[str, Any]
+    waypoint_push: WaypointQueueOut | None = None
 
 
 class FeatureCollectionOut(BaseModel):
@@ -69,6 +78,7 @@ class AssignmentOut(BaseModel):
     agent_code: str
     geofence_ids: list[int]
     schedule: dict[str, Any] | None
+    waypoint_push: WaypointQueueOut | None = None
 
 
 class CredentialsOut(BaseModel):
@@ -201,7 +211,8 @@ async def get_geofence(request: web.Request) -> web.StreamResponse:
     body=FeatureIn,
     response=FeatureOut,
     permission="geofences:write",
-    summary="Replace a geofence's shape and properties (its version goes up)",
+    summary="Replace a geofence's shape and properties (its version goes up); the new zones go "
+    "to its agents' OwnTracks phones in the background, counted in waypoint_push",
 )
 async def update_geofence(request: web.Request, body: FeatureIn) -> web.StreamResponse:
     fence_id = _fence_id(request)
@@ -212,8 +223,13 @@ async def update_geofence(request: web.Request, body: FeatureIn) -> web.StreamRe
     await runtime.fences_changed()
     async with request.app[PG_POOL].acquire() as conn:
         holders = await geofences.fence_agents(conn, fence_id)
-    await runtime.push_waypoints_quietly(holders)
-    return json_response(stored.feature())
+    queued = await runtime.queue_waypoint_pushes(holders)
+    # A foreign member (RFC 7946, 6.1): the body stays a GeoJSON Feature.
+    return json_response({**stored.feature(), "waypoint_push": _queued(queued)})
+
+
+def _queued(queued: QueuedPushes) -> dict[str, int]:
+    return {"agents": queued.agents, "devices": queued.devices}
 
 
 @routes.put(
@@ -229,12 +245,13 @@ async def assign_geofences(request: web.Request, body: AssignmentIn) -> web.Stre
         ids, schedule = await geofences.assign_fences(conn, code, body.geofence_ids, body.schedule)
     await _audit(request, "agent.geofences", code, {"geofence_ids": ids})
     await request.app[AGENTS].fences_changed()
-    await request.app[AGENTS].push_waypoints_quietly([code])
+    queued = await request.app[AGENTS].queue_waypoint_pushes([code])
     return json_response(
         {
             "agent_code": code,
             "geofence_ids": ids,
             "schedule": None if schedule is None else schedule.to_json(),
+            "waypoint_push": _queued(queued),
         }
     )
 
@@ -268,11 +285,18 @@ class WaypointOut(BaseModel):
     rid: str
 
 
+class PushFailureOut(BaseModel):
+    device: str
+    reason: str
+
+
 class WaypointPushOut(BaseModel):
     agent_code: str
     devices: list[str]
     topics: list[str]
     waypoints: list[WaypointOut]
+    failed: list[PushFailureOut]
+    removed: list[str]
 
 
 @routes.post(
@@ -280,13 +304,17 @@ class WaypointPushOut(BaseModel):
     response=WaypointPushOut,
     permission="geofences:write",
     summary="Send the agent's zones to its OwnTracks phones as a setWaypoints command "
-    "(polygons as their smallest enclosing circle); 409 NO_GEOFENCE or NO_OWNTRACKS_DEVICE",
+    "(polygons as their smallest enclosing circle); devices lists the phones whose broker took "
+    "it, failed the others (retried at their next report); a phone that still holds zones the "
+    "agent lost gets clearWaypoints first and tombstones for them (removed lists their rids); "
+    "409 NO_GEOFENCE or NO_OWNTRACKS_DEVICE",
 )
 async def push_waypoints(request: web.Request) -> web.StreamResponse:
     code = check_code(request.match_info["code"])
     pushed = await request.app[AGENTS].push_waypoints(code)
     await _audit(
         request, "agent.waypoints", code, {"devices": len(pushed.devices),
+                                          "failed": len(pushed.failed),
                                           "waypoints": len(pushed.waypoints)},
     )  # fmt: skip
     return json_response(
@@ -295,6 +323,8 @@ async def push_waypoints(request: web.Request) -> web.StreamResponse:
             "devices": pushed.devices,
             "topics": [f"owntracks/{code}/{d}/cmd" for d in pushed.devices],
             "waypoints": [{k: v for k, v in w.items() if k != "_type"} for w in pushed.waypoints],
+            "failed": [{"device": d, "reason": r} for d, r in pushed.failed],
+            "removed": [f"fence-{i}" for i in pushed.removed],
         }
     )
 

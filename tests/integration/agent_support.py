@@ -99,10 +99,10 @@ async def assert_ledger_ok(pool: asyncpg.Pool) -> None:
 
 
 async def outbox_rows(pool: asyncpg.Pool, agent: str) -> list[dict[str, Any]]:
-    """The breach alerts queued about `agent`."""
+    """The breach alerts queued about `agent` (in any language: the code is in each)."""
     rows = await pool.fetch(
-        "SELECT id, channel, recipient, kind, body, status FROM outbox "
+        "SELECT id, channel, recipient, kind, body, status, language FROM outbox "
         "WHERE kind = 'agent_breach' AND body LIKE $1 ORDER BY id",
-        f"Agent {agent} %",
+        f"% {agent} %",
     )
     return [dict(r) for r in rows]

@@ -7,6 +7,7 @@ import time
 from dataclasses import replace
 
 import asyncpg
+import pytest
 from redis.asyncio import Redis
 
 from config.settings import Settings
@@ -17,6 +18,7 @@ from core.outbox import Dispatcher, OutboundMessage
 from gateway.agents import AgentRuntime, build_runtime
 from geofence.fix import Fix
 from menus.device import FixInput
+from menus.gsm import is_gsm7
 from tests.integration.agent_support import assign_circle, at, make_agent, outbox_rows
 
 ALWAYS = {
@@ -117,3 +119,35 @@ async def test_only_breaches_alert_and_the_text_reads_well(pg_pool: asyncpg.Pool
         "2026-01-01 00:00:00 UTC); last fix -1.28000,36.82000 (accuracy unknown), 412 m from "
         "geofence 7 (version 3)."
     )
+
+
+WORDING = {
+    "sw": ("Wakala", "kutoka eneo {} (toleo 1)"),
+    "fr": ("L'agent", "de la zone {} (version 1)"),
+}
+
+
+@pytest.mark.parametrize("language", sorted(WORDING))
+async def test_breach_alerts_in_the_deployment_language(
+    settings: Settings, redis: Redis, pg_pool: asyncpg.Pool, language: str
+) -> None:
+    opening, fence_words = WORDING[language]
+    tuned = replace(
+        settings,
+        agent_alert_channel="sms",
+        agent_alert_recipients=("+254700000009",),
+        agent_alert_language=language,
+    )
+    assert settings.secret_key is not None
+    runtime = build_runtime(tuned, redis, pg_pool, FieldCipher(settings.secret_key))
+    agent = await make_agent(pg_pool)
+    fence_id = await assign_circle(pg_pool, agent)
+    async with pg_pool.acquire() as conn:
+        await geofences.assign_fences(conn, agent, [fence_id], ALWAYS)
+    await runtime.reload_catalog()
+    assert [e.kind for e in await walk_out(runtime, agent)][-1] == "breach"
+    [row] = await outbox_rows(pg_pool, agent)
+    assert (row["channel"], row["language"]) == ("sms", language)
+    assert row["body"].startswith(f"{opening} {agent} ")
+    assert fence_words.format(fence_id) in row["body"]
+    assert is_gsm7(row["body"])  # one SMS alphabet, no UCS-2

@@ -131,6 +131,7 @@ async def test_assignment(app_client: TestClient, admin: dict[str, str]) -> None
         "agent_code": code,
         "geofence_ids": [fence["id"]],
         "schedule": schedule,
+        "waypoint_push": {"agents": 0, "devices": 0},  # no phone has reported
     }
     assert (await (await app_client.get(url, headers=admin)).json())["geofence_ids"] == [
         fence["id"]

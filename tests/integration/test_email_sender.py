@@ -16,10 +16,11 @@ import pytest
 from aiosmtpd.controller import Controller
 from redis.asyncio import Redis
 
+from channels.email import EmailSender
 from config.settings import Settings
 from core import geofences
 from core.crypto import FieldCipher
-from core.outbox import Dispatcher, DispatchPolicy, enqueue
+from core.outbox import Dispatcher, DispatchPolicy, OutboundMessage, enqueue
 from gateway.agents import build_runtime
 from gateway.embedded import free_port
 from gateway.senders import build_senders
@@ -171,3 +172,17 @@ async def test_bad_recipient_is_dead_lettered_and_a_down_server_retried(
     assert (await status(pg_pool, injected))[0] == "dead"
     state, attempts, error = await status(pg_pool, refused)
     assert (state, attempts) == ("pending", 1) and error is not None and "Connect" in error
+
+
+@pytest.mark.parametrize(
+    ("kind", "language", "subject"),
+    [("agent_breach", "en", "Agent outside its zone"),
+     ("agent_breach", "sw", "Wakala nje ya eneo lake"),
+     ("agent_breach", "fr", "Agent hors de sa zone"),
+     ("agent_breach", "xx", "Agent outside its zone"),
+     ("test", "fr", "Notification")],
+)  # fmt: skip
+def test_the_subject_is_in_the_message_language(kind: str, language: str, subject: str) -> None:
+    message = OutboundMessage(7, "email", "ops@bank.test", "body", kind, 0, language)
+    mail = EmailSender("smtp://127.0.0.1:2525", SENDER).build(message, kind)
+    assert mail["Subject"] == subject

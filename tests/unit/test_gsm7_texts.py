@@ -84,3 +84,39 @@ def test_agent_texts_render_in_each_language_within_one_sms(language: str) -> No
         "cash_out_give", "en", reference="R"
     )
     assert customer_word(language) != customer_word("xx") or language == "en"
+
+
+BREACH = {
+    "agent_code": "AG7Q2", "kind": "breach", "at": 1_800_000_000.0, "fix_ts": 1_799_999_990.0,
+    "fence_id": 41, "fence_version": 3,
+    "details": {"fix": {"lat": -1.2801234, "lon": 36.8212345, "acc": 12.4},
+                "decision": {"distance_m": 812.6}},
+}  # fmt: skip
+
+
+def test_the_english_breach_alert_reads_as_before() -> None:
+    from core.devices import EventRow, breach_text
+
+    assert breach_text(EventRow(**BREACH)) == (  # type: ignore[arg-type]
+        "Agent AG7Q2 is outside its permitted zone during its working hours (breach at "
+        "2027-01-15 07:59:50 UTC); last fix -1.28012,36.82123 (accuracy 12 m), 813 m from "
+        "geofence 41 (version 3)."
+    )
+
+
+@pytest.mark.parametrize(
+    ("language", "words"),
+    [("sw", ("Wakala AG7Q2", "usahihi 12 m", "mita 813 kutoka eneo 41 (toleo 3)")),
+     ("fr", ("L'agent AG7Q2", "précision 12 m", "à 813 m de la zone 41 (version 3)"))],
+)  # fmt: skip
+def test_breach_alerts_in_each_staff_language(language: str, words: tuple[str, ...]) -> None:
+    from core.devices import EventRow, breach_text
+
+    text = breach_text(EventRow(**BREACH), language)  # type: ignore[arg-type]
+    assert all(w in text for w in words), text
+    assert "2027-01-15 07:59:50 UTC" in text and "-1.28012,36.82123" in text
+    assert "{" not in text and is_gsm7(text) and text.endswith(".")
+    bare = EventRow(**{**BREACH, "details": {"fix": {"lat": 0.5, "lon": 1.5, "acc": None}}})
+    unknown = {"sw": "(usahihi haijulikani)", "fr": "(précision inconnue)"}[language]
+    assert unknown in breach_text(bare, language)
+    assert breach_text(EventRow(**BREACH), "xx") == breach_text(EventRow(**BREACH))  # type: ignore[arg-type]

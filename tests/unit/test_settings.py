@@ -113,6 +113,8 @@ def test_breach_alert_settings() -> None:
     )  # fmt: skip
     assert (s.agent_alert_channel, s.agent_alert_recipients) == ("email", ("ops@x.co", "risk@x.co"))
     assert load_settings({"AGENT_ALERT_CHANNEL": "off"}).agent_alert_channel is None
+    assert default.agent_alert_language == "en"
+    assert load_settings({"AGENT_ALERT_LANGUAGE": " SW "}).agent_alert_language == "sw"
 
 
 @pytest.mark.parametrize(
@@ -126,6 +128,7 @@ def test_breach_alert_settings() -> None:
         ({"SMTP_URL": "smtp://m.x.co:99999"}, "SMTP_URL: the port is not a number"),
         ({"SMTP_FROM": "not an address"}, "SMTP_FROM: expected an email address"),
         ({"AGENT_WITHDRAWAL_GATE": "maybe"}, "AGENT_WITHDRAWAL_GATE: one of off, fenced, always"),
+        ({"AGENT_ALERT_LANGUAGE": "de"}, "AGENT_ALERT_LANGUAGE: one of en, sw, fr, got 'de'"),
         ({"SMTP_FROM": "a@b.co\r\nBcc: x@y.co"}, "SMTP_FROM: expected an email address"),
     ],
 )  # fmt: skip

@@ -8,7 +8,15 @@ import pytest
 
 from channels.agents.owntracks_devices import valid_device
 from geofence.fences import GEOD, fence_from_geojson
-from geofence.waypoints import TST_BASE, set_waypoints, waypoint
+from geofence.waypoints import (
+    CLEAR_WAYPOINTS,
+    TST_BASE,
+    device_commands,
+    fence_id_of,
+    set_waypoints,
+    tombstone,
+    waypoint,
+)
 
 
 def circle(fence_id: int, radius_m: float = 250.5) -> object:
@@ -53,3 +61,42 @@ def test_the_command_lists_every_fence_once_by_id() -> None:
 )  # fmt: skip
 def test_device_names_the_gateway_publishes_under(name: str, ok: bool) -> None:
     assert valid_device(name) is ok
+
+
+def zone(fence_id: int) -> dict[str, object]:
+    return waypoint(circle(fence_id), f"z{fence_id}")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("held", "sent_before", "removed"),
+    [
+        ([1, 2], None, []),  # never pushed: nothing known to remove, no clear
+        ([1, 2], frozenset(), []),
+        ([1, 2], frozenset({1, 2}), []),
+        ([1, 2], frozenset({1}), []),  # only additions: one setWaypoints
+        ([2], frozenset({1, 2, 3}), [1, 3]),
+        ([], frozenset({4}), [4]),  # every zone gone
+    ],
+)  # fmt: skip
+def test_a_device_that_lost_zones_gets_a_clear_then_the_set_with_tombstones(
+    held: list[int], sent_before: frozenset[int] | None, removed: list[int]
+) -> None:
+    commands, gone = device_commands([zone(i) for i in held], sent_before)
+    assert gone == removed
+    if not removed:
+        assert len(commands) == 1 and commands[0]["action"] == "setWaypoints"
+        assert [fence_id_of(w) for w in commands[0]["waypoints"]["waypoints"]] == held
+        return
+    clear, full = commands
+    assert clear == CLEAR_WAYPOINTS == {"_type": "cmd", "action": "clearWaypoints"}
+    listed = full["waypoints"]["waypoints"]
+    assert [fence_id_of(w) for w in listed] == held + removed
+    assert listed[len(held) :] == [tombstone(i) for i in removed]
+
+
+def test_a_tombstone_names_the_zone_and_is_out_of_range() -> None:
+    t = tombstone(7)
+    assert (t["rid"], t["tst"], fence_id_of(t)) == ("fence-7", TST_BASE + 7, 7)
+    # Out of range for iOS' CLLocationCoordinate2DIsValid and Android's import filter.
+    assert not -90 <= t["lat"] <= 90 and not -180 <= t["lon"] <= 180
+    assert t["_type"] == "waypoint" and t["desc"]
