@@ -22,11 +22,11 @@ LANGUAGES = ("en", "sw", "fr")
 _TEXTS: dict[str, dict[str, str]] = {
     "help": {
         "en": "BAL pin; SEND phone amount pin; MINI pin; PIN old new; LANG en/sw/fr; "
-        "LOAN amount pin; LOAN STATUS pin; REPAY amount pin; REG first last id pin",
+        "LOAN [product] amount pin; LOAN STATUS pin; REPAY amount pin; REG first last id pin",
         "sw": "Salio: BAL pin; Tuma: SEND simu kiasi pin; MINI pin; PIN ya_zamani mpya; "
-        "LANG en/sw/fr; LOAN kiasi pin; LOAN STATUS pin; REPAY kiasi pin",
+        "LANG en/sw/fr; LOAN [msimbo] kiasi pin; LOAN STATUS pin; REPAY kiasi pin",
         "fr": "Solde: BAL pin; Envoi: SEND tel montant pin; MINI pin; PIN ancien nouveau; "
-        "LANG en/sw/fr; LOAN montant pin; LOAN STATUS pin; REPAY montant pin",
+        "LANG en/sw/fr; LOAN [produit] montant pin; LOAN STATUS pin; REPAY montant pin",
     },
     "not_registered": {
         "en": "You are not registered. Send REG <first name> <last name> <ID number> <PIN> "
@@ -450,9 +450,9 @@ HINT_USAGE: dict[str, dict[str, str]] = {
         "fr": "LANG <EN ou SW ou FR>",
     },
     "LOAN": {
-        "en": "LOAN <amount> <PIN> or LOAN STATUS <PIN>",
-        "sw": "LOAN <kiasi> <PIN> au LOAN STATUS <PIN>",
-        "fr": "LOAN <montant> <PIN> ou LOAN STATUS <PIN>",
+        "en": "LOAN [<product>] <amount> <PIN> or LOAN STATUS <PIN>",
+        "sw": "LOAN [<msimbo>] <kiasi> <PIN> au LOAN STATUS <PIN>",
+        "fr": "LOAN [<produit>] <montant> <PIN> ou LOAN STATUS <PIN>",
     },
     "REPAY": {
         "en": "REPAY <amount> <PIN>",
