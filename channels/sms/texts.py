@@ -253,6 +253,14 @@ _TEXTS: dict[str, dict[str, str]] = {
         "sw": "Majibu yasiyo sahihi mara nyingi: usajili umesitishwa. Tuma REG kuanza upya.",
         "fr": "Trop de réponses erronées : inscription annulée. Envoyez REG pour recommencer.",
     },
+    "reg_pending": {
+        "en": "Your wallet is still being opened. If no welcome SMS comes, send PIN <PIN> "
+        "to finish, REG to start over or STOP to cancel.",
+        "sw": "Pochi yako bado inafunguliwa. Usipopata SMS ya karibu, tuma PIN <PIN> "
+        "kumaliza, REG kuanza upya au STOP kusitisha.",
+        "fr": "Votre portefeuille est en cours d'ouverture. Sans SMS de bienvenue, envoyez "
+        "PIN <PIN> pour terminer, REG pour recommencer ou STOP pour annuler.",
+    },
     "reg_stopped": {
         "en": "Registration cancelled. Nothing was saved. Send REG to start again.",
         "sw": "Usajili umesitishwa. Hakuna kilichohifadhiwa. Tuma REG kuanza upya.",
