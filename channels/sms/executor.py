@@ -270,7 +270,9 @@ class SmsBanking:
     async def _register_dialog(
         self, sms: InboundSms, dialog: R.RegDialog, regs: R.Registrations
     ) -> str:
-        """The dialog's answers registered by the one-shot REG's core call."""
+        """The dialog's answers registered by the one-shot REG's core call. The number taken
+        meanwhile (another final message of this dialog won the race: a retry and the late
+        original, or another channel) ends the dialog as "already registered"."""
         national_id, pin = regs.secrets(dialog)
         cmd = C.Register(dialog.first_name, dialog.last_name, national_id, pin)
         try:
@@ -281,6 +283,8 @@ class SmsBanking:
             raise  # the MO is tried again later; the dialog waits in "registering" for it
         except E.CoreError as exc:
             await regs.end(sms.msisdn)
+            if isinstance(exc, E.AlreadyExists) and exc.details.get("field") == "msisdn":
+                return text("already_registered", dialog.language)
             return self._refusal(exc, cmd, dialog.language)
         await regs.finished(sms.msisdn, sms.id)
         return text(reply.key, dialog.language, **reply.values)

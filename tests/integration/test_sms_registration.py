@@ -543,6 +543,46 @@ async def test_a_registration_that_went_through_is_not_made_twice(env: SmsEnv) -
     assert await customers(env, me) == 1
 
 
+async def test_the_late_final_message_and_the_retry_at_once_register_once(env: SmsEnv) -> None:
+    """The original final message, retried at last while the customer's `PIN <PIN>` comes: the
+    number registers once and one welcome is sent, whichever runs first."""
+    me = new_msisdn()
+    await walk(env, me, "REG", "Zawadi Njeri", new_id_number(), PIN)
+    late = fresh_mo_id()
+    applied, _ = await regs(env).answer(me, f"YES {PIN}", late)  # its earlier attempts
+    assert applied is not None and applied.register
+    replies = Replies()
+    handler = collecting(env, replies)
+    await asyncio.gather(
+        handler.handle(inbound(me, f"YES {PIN}", late, attempt=5)),
+        handler.handle(inbound(me, f"PIN {PIN}", late + 1)),
+    )
+    assert await customers(env, me) == 1
+    welcomes = [text for _, text, _ in replies.sent if text.startswith("Welcome Zawadi!")]
+    assert len(welcomes) == 1, replies.sent
+    assert not any("or ID" in text for _, text, _ in replies.sent), replies.sent
+    dialog = await regs(env).load(me)
+    assert dialog is not None and dialog.pin == "" and dialog.state in ("registered", "ended")
+
+
+async def test_a_number_registered_meanwhile_ends_the_dialog(env: SmsEnv) -> None:
+    """The dialog's core call finds the number taken (registered between the customer look-up
+    and the call: by the other final message of a race, USSD, an agent): "already
+    registered", not the refusal that names the ID, and the dialog's secrets are gone."""
+    me = new_msisdn()
+    await walk(env, me, "REG", "Amina Otieno", new_id_number(), PIN)
+    final = fresh_mo_id()
+    applied, dialog = await regs(env).answer(me, f"YES {PIN}", final)
+    assert applied is not None and applied.register and dialog is not None
+    await env.bank.open(me)
+    handler = collecting(env, Replies())
+    reply = await handler._register_dialog(inbound(me, f"YES {PIN}", final), dialog, regs(env))
+    assert reply == "This number is already registered. Send HELP for the commands."
+    ended = await regs(env).load(me)
+    assert ended is not None and ended.state == "ended" and ended.pin == ended.national_id == ""
+    assert await customers(env, me) == 1
+
+
 async def test_stop_and_reg_while_registering(env: SmsEnv) -> None:
     me = new_msisdn()
     await walk(env, me, "REG", "Amina Otieno", new_id_number(), PIN)
