@@ -1,7 +1,8 @@
 """The SMS registration dialog's engine as case tables: (state, answer) -> (next state, reply),
-the shared machine's refusals of events out of order, the wrong-answer limit, what the stored
-JSON holds (never a plain ID number or PIN), the masking of the answers as stored, and every
-reply of the dialog in one GSM-7 SMS in each language."""
+the retry while registering (the chosen PIN again registers, anything else is told how to
+finish), the shared machine's refusals of events out of order, the wrong-answer limit, what
+the stored JSON holds (never a plain ID number or PIN), the masking of the answers as stored,
+and every reply of the dialog in one GSM-7 SMS in each language."""
 
 from __future__ import annotations
 
