@@ -9,7 +9,8 @@ The grammar's one-line hints for malformed or unknown text (`hint_text`, used by
 `channels.sms.commands`) are here too, in every language: what is wrong, then how the command
 is written. The keywords stay as the parser reads them (BAL, SEND, ... are the same words in
 every language); only the words between `<>` and the sentences around them are translated.
-Every hint fits one GSM-7 SMS (tests/channels/test_sms_texts.py checks each).
+Every hint, and HELP, fits one GSM-7 SMS in every language (tests/channels/test_sms_commands.py
+checks each).
 """
 
 from __future__ import annotations
