@@ -9,6 +9,7 @@
     LANG <en|sw|fr>
     LOAN <amount> <PIN> | REPAY <amount> <PIN> | LOAN STATUS <PIN>
     LOAN <product code> <amount> <PIN>     a compatible extension: that product, not the choice
+                                           (HELP writes both LOAN forms as LOAN [product] ...)
     YES <code>                             confirms a pending SEND (when confirmation is on)
     STOP | CANCEL                          ends a dialog (words after it are ignored)
 
@@ -38,7 +39,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from channels.sms.texts import hint_text
+from channels.sms.texts import hint_text, text
 
 PIN_DIGITS = 4
 MASK = "****"
@@ -163,10 +164,7 @@ Command = (
 )
 ParseResult = Command | Malformed | Unknown
 
-HELP_TEXT = (
-    "BAL pin; SEND phone amount pin; MINI pin; PIN old new; LANG en/sw/fr; "
-    "LOAN amount pin; LOAN STATUS pin; REPAY amount pin; REG first last id pin"
-)
+HELP_TEXT = text("help", "en")  # the catalogue's, so the two never drift apart
 
 
 def _bad(keyword: str, problem: str) -> Malformed:

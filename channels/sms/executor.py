@@ -18,7 +18,8 @@ Once per stored MO, at least once (see `channels.sms.handler`):
   amount, fee, new balance), so the core queues none for them (`CoreActions.sender_receipt`
   is False for SMS banking) and the sender gets one SMS;
 - replies are in the customer's language (`channels.sms.texts`), the hints for malformed or
-  unknown text included; an unregistered sender gets English;
+  unknown text included; an unregistered sender gets the language of its waiting registration
+  dialog (`LANG sw` inside it), English otherwise;
 - `REG` alone starts the registration dialog (`channels.sms.registration`); see `_dialog_reply`
   for which messages it takes while it waits;
 - a temporary failure (the database or Redis not answering) sends "temporarily unavailable"
@@ -29,6 +30,7 @@ Nothing here logs the text; `commands.mask_secrets` is the loggable form.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -159,10 +161,13 @@ class SmsBanking:
         )
 
     async def _reply_for(self, sms: InboundSms, customer: customers.Customer | None) -> str:
-        language = customer.language if customer else "en"
         command = C.parse(sms.text) if sms.complete else None
-        if command is not None and self.registrations is not None:
-            reply = await self._dialog_reply(sms, command, customer, self.registrations)
+        language = customer.language if customer else "en"
+        if self.registrations is not None:
+            if customer is not None:
+                reply = await self._registered_reply(sms, command, customer, self.registrations)
+            else:
+                reply, language = await self._dialog_reply(sms, command, self.registrations)
             if reply is not None:
                 return reply
         if isinstance(command, C.Malformed | C.Unknown):
@@ -170,8 +175,15 @@ class SmsBanking:
         key = self._without_core(command, customer)
         if key:
             return text(key, language)
-        run = self._register if isinstance(command, C.Register) else self._dispatch
-        return await self._run(run, sms, command, customer, language)
+        if isinstance(command, C.Register):
+            return await self._run(
+                functools.partial(self._register, language=language),
+                sms,
+                command,
+                customer,
+                language,
+            )
+        return await self._run(self._dispatch, sms, command, customer, language)
 
     @staticmethod
     def _without_core(command: Any, customer: customers.Customer | None) -> str:
@@ -189,55 +201,61 @@ class SmsBanking:
     # --- the registration dialog -------------------------------------------------------------
 
     async def _dialog_reply(
-        self,
-        sms: InboundSms,
-        command: C.ParseResult,
-        customer: customers.Customer | None,
-        regs: R.Registrations,
-    ) -> str | None:
-        """The reply when the registration dialog takes the message; None when it does not and
-        the message is answered as usual. It takes `REG` with too few words (a new dialog),
-        and while it waits: STOP/CANCEL, LANG (the dialog's language), any text that is not a
-        command (the answer), and at a PIN question `<PIN>`, `PIN <PIN>` or `YES <PIN>`. Other
-        commands are answered as usual and the dialog keeps waiting; a full one-shot REG
-        replaces it."""
-        if customer is not None:
-            return await self._registered_reply(sms, customer, regs)
+        self, sms: InboundSms, command: C.ParseResult | None, regs: R.Registrations
+    ) -> tuple[str | None, str]:
+        """An unregistered number: (the reply when the registration dialog takes the message,
+        else None; the language of the usual answer, the waiting dialog's or English).
+
+        It takes `REG` with too few words (a new dialog), and while it waits: STOP/CANCEL, LANG
+        (the dialog's language), any text that is not a command (the answer), and at a PIN
+        question `<PIN>`, `PIN <PIN>` or `YES <PIN>`; while registering, every message but
+        HELP, REG, STOP and LANG (the retry, or how to finish). Other commands are answered as
+        usual in the dialog's language and the dialog keeps waiting; a full one-shot REG
+        replaces it (and registers in its language). Each costs one read of the dialog, and
+        unregistered numbers only: the hot path (a registered number's BAL, SEND) reads none."""
+        if command is None or isinstance(command, C.Help):
+            waiting = await regs.waiting(sms.msisdn)
+            return None, waiting.language if waiting else "en"
         if isinstance(command, C.Register):
-            await regs.end(sms.msisdn)
-            return None
+            ended = await regs.end(sms.msisdn)
+            return None, ended.language if ended else "en"
         if C.starts_registration(sms.text):
             started, dialog = await regs.start(sms.msisdn, sms.id, sms.text.split()[1:])
-            return text(started.key, dialog.language, **started.values)
+            return text(started.key, dialog.language, **started.values), dialog.language
         if isinstance(command, C.Stop):
             ended = await regs.end(sms.msisdn)
-            return None if ended is None else text("reg_stopped", ended.language)
+            stopped = None if ended is None else text("reg_stopped", ended.language)
+            return stopped, ended.language if ended else "en"
         if isinstance(command, C.Language):
             asked = await regs.set_language(sms.msisdn, command.code)
-            return None if asked is None else text(asked.key, command.code, **asked.values)
+            language = command.code if asked else "en"
+            return None if asked is None else text(asked.key, language, **asked.values), language
         return await self._dialog_answer(sms, command, regs)
 
     async def _dialog_answer(
         self, sms: InboundSms, command: C.ParseResult, regs: R.Registrations
-    ) -> str | None:
+    ) -> tuple[str | None, str]:
         pin_only = not isinstance(command, C.Unknown)
-        if pin_only and not R.is_pin_answer(sms.text):
-            return None
-        found = await regs.answer(sms.msisdn, sms.text, sms.id, pin_only=pin_only)
-        if found is None:
-            return None
-        step, dialog = found
+        step, dialog = await regs.answer(sms.msisdn, sms.text, sms.id, pin_only=pin_only)
+        language = dialog.language if dialog else "en"
+        if step is None or dialog is None:
+            return None, language
         if step.register:
-            return await self._register_dialog(sms, dialog, regs)
-        return text(step.key, dialog.language, **step.values)
+            return await self._register_dialog(sms, dialog, regs), language
+        return text(step.key, language, **step.values), language
 
     @staticmethod
     async def _registered_reply(
-        sms: InboundSms, customer: customers.Customer, regs: R.Registrations
+        sms: InboundSms,
+        command: C.ParseResult | None,
+        customer: customers.Customer,
+        regs: R.Registrations,
     ) -> str | None:
         """A registered number: REG alone is "already registered"; the dialog's final answer
         processed again (its registration done) gets the welcome again, another copy of it
         "already registered". Only a PIN-shaped message costs a look-up."""
+        if command is None:
+            return None
         if C.starts_registration(sms.text):
             return text("already_registered", customer.language)
         if not R.is_pin_answer(sms.text):
@@ -252,7 +270,9 @@ class SmsBanking:
     async def _register_dialog(
         self, sms: InboundSms, dialog: R.RegDialog, regs: R.Registrations
     ) -> str:
-        """The dialog's answers registered by the one-shot REG's core call."""
+        """The dialog's answers registered by the one-shot REG's core call. The number taken
+        meanwhile (another final message of this dialog won the race: a retry and the late
+        original, or another channel) ends the dialog as "already registered"."""
         national_id, pin = regs.secrets(dialog)
         cmd = C.Register(dialog.first_name, dialog.last_name, national_id, pin)
         try:
@@ -263,6 +283,8 @@ class SmsBanking:
             raise  # the MO is tried again later; the dialog waits in "registering" for it
         except E.CoreError as exc:
             await regs.end(sms.msisdn)
+            if isinstance(exc, E.AlreadyExists) and exc.details.get("field") == "msisdn":
+                return text("already_registered", dialog.language)
             return self._refusal(exc, cmd, dialog.language)
         await regs.finished(sms.msisdn, sms.id)
         return text(reply.key, dialog.language, **reply.values)

@@ -7,6 +7,7 @@ answer), driven by one shared, model-less `transitions` machine:
     * --start--> name --next--> national_id --next--> pin --next--> pin_confirm
     pin_confirm --mismatch--> pin                      the two PINs differ
     pin_confirm / pin --confirm--> registering --finish--> registered
+    registering --retry--> registering                 the chosen PIN again: the new final MO
     name / national_id / pin / pin_confirm / registering --end--> ended
                                                        STOP, a third wrong answer, a refusal
 
@@ -27,7 +28,19 @@ The ID number and the PIN wait in the stored JSON encrypted with the gateway's f
 USSD session secrets do) and are dropped when the dialog ends. Only the MO that confirmed the
 PIN (`final_mo`) registers: processed again, it registers again only if the core has not (the
 number is unique there), and otherwise gets the same welcome. An older MO processed late
-(`id <= last_mo`) changes nothing and gets the current question again.
+(`id <= last_mo`) changes nothing and gets the current question again (while registering, the
+"still being opened" reply).
+
+While `registering`, the final MO may have failed for good (the core unavailable for every
+attempt, so the channel gave up on it) or may still be on its way: either way the customer
+must not be stuck until the TTL. The chosen PIN sent again (`YES <PIN>`, `PIN <PIN>` or alone)
+is the `retry`: that MO becomes `final_mo` and registers with the dialog's idempotency key
+(`reg:{start_mo}`); the number being unique in the core, a registration that did go through
+is not made twice (the number then answers as registered). Any other text gets `reg_pending`,
+which says how to finish, start over (`REG`) or stop (`STOP`), and changes nothing. It asks
+for `PIN <PIN>`, not the `YES <PIN>` the confirmation asked for: the same text again within
+`SMS_DEDUPE_SHORT_WINDOW_S` would be dropped as a redelivery. A wrong PIN is not a wrong
+answer here: the wallet does not exist yet, so there is nothing to guess.
 """
 
 from __future__ import annotations
@@ -51,6 +64,7 @@ STEPS = ("name", "national_id", "pin", "pin_confirm")
 PIN_STEPS = ("pin", "pin_confirm")
 # At a PIN question the PIN may come alone or after one of these words ("YES 4821").
 PIN_PREFIXES = ("PIN", "YES")
+PENDING = "reg_pending"  # the reply to anything but the PIN while registering
 QUESTIONS = {
     "name": "reg_ask_name",
     "national_id": "reg_ask_id",
@@ -79,7 +93,13 @@ class RegDialog(JsonDialog):
 
     @property
     def active(self) -> bool:
+        """A question is waiting for its answer."""
         return self.state in STEPS
+
+    @property
+    def waiting(self) -> bool:
+        """The number's next message may be for this dialog (a question, or the retry)."""
+        return self.active or self.state == "registering"
 
     def forget_secrets(self) -> None:
         self.national_id = self.pin = self.candidate = ""
@@ -101,6 +121,7 @@ REG_MACHINE = Machine(
         {"trigger": "next", "source": "pin", "dest": "pin_confirm"},
         {"trigger": "mismatch", "source": "pin_confirm", "dest": "pin", "before": "count_wrong"},
         {"trigger": "confirm", "source": list(PIN_STEPS), "dest": "registering"},
+        {"trigger": "retry", "source": "registering", "dest": "registering"},
         {
             "trigger": "finish",
             "source": "registering",
@@ -135,7 +156,9 @@ class Step:
 
 
 def question(dialog: RegDialog) -> Step:
-    """The current question again."""
+    """The current question again (while registering: how to finish)."""
+    if dialog.state == "registering":
+        return Step(PENDING)
     return Step(QUESTIONS.get(dialog.state, "reg_ask_name"), {"first_name": dialog.first_name})
 
 
@@ -166,7 +189,8 @@ def is_pin_answer(text: str) -> bool:
 
 
 def answer(dialog: RegDialog, text: str, cipher: FieldCipher) -> Step:
-    """Apply `text` as the answer to the dialog's current question (`dialog` changes)."""
+    """Apply `text` as the answer to the dialog's current question, or while registering as
+    the retry (`dialog` changes)."""
     words = text.split()
     if dialog.state == "name":
         if len(words) != 2 or not (_FIRST.fullmatch(words[0]) and _LAST.fullmatch(words[1])):
@@ -180,6 +204,8 @@ def answer(dialog: RegDialog, text: str, cipher: FieldCipher) -> Step:
         return _choose(dialog, pin_word(text), cipher)
     elif dialog.state == "pin_confirm":
         return _confirm(dialog, pin_word(text), cipher)
+    elif dialog.state == "registering":
+        return _retry(dialog, pin_word(text), cipher)
     else:
         raise AssertionError(f"no question is asked in state {dialog.state}")
     fire("next", dialog)
@@ -227,6 +253,13 @@ def _confirm(dialog: RegDialog, pin: str | None, cipher: FieldCipher) -> Step:
         return Step("reg_mismatch")
     fire("confirm", dialog)
     return Step(register=True)
+
+
+def _retry(dialog: RegDialog, pin: str | None, cipher: FieldCipher) -> Step:
+    if is_pin(pin) and hmac.compare_digest(cipher.decrypt(dialog.pin), pin):
+        fire("retry", dialog)
+        return Step(register=True)
+    return Step(PENDING)
 
 
 T = TypeVar("T")
@@ -282,19 +315,27 @@ class Registrations:
 
     async def answer(
         self, msisdn: str, text: str, mo: int, *, pin_only: bool = False
-    ) -> tuple[Step, RegDialog] | None:
-        """Apply an answer; None when no question is waiting for it (`pin_only`: `text` is an
-        answer only to a PIN question), or `mo` is not the one that confirmed a dialog now
-        registering."""
+    ) -> tuple[Step | None, RegDialog | None]:
+        """Apply a message to the waiting dialog: (the step, the dialog), or (None, the waiting
+        dialog or None) when the message is not for it and is answered as usual. A question
+        takes any text, or with `pin_only` (`text` is a command) a PIN-shaped one at a PIN
+        question; a dialog registering takes every message (`answer`'s retry)."""
 
-        def change(dialog: RegDialog) -> tuple[tuple[Step, RegDialog] | None, RegDialog | None]:
+        def change(
+            dialog: RegDialog,
+        ) -> tuple[tuple[Step | None, RegDialog | None], RegDialog | None]:
             if dialog.state == "registering" and dialog.final_mo == mo:
                 return (Step(register=True), dialog), None  # processed again: register again
-            if not dialog.active or (pin_only and dialog.state not in PIN_STEPS):
-                return None, None
+            if not dialog.waiting:
+                return (None, None), None
+            at_pin = dialog.state in PIN_STEPS and is_pin_answer(text)
+            if dialog.active and pin_only and not at_pin:
+                return (None, dialog), None
             if mo <= dialog.last_mo:
                 return (question(dialog), dialog), None  # an older MO, late: nothing changes
             step = answer(dialog, text, self.cipher)
+            if dialog.state == "registering" and not step.register:
+                return (step, dialog), None  # told how to finish; nothing changes
             dialog.last_mo = mo
             if step.register:
                 dialog.final_mo = mo
@@ -302,11 +343,17 @@ class Registrations:
 
         return await self._change(msisdn, change)
 
+    async def waiting(self, msisdn: str) -> RegDialog | None:
+        """The dialog the number's next message may be for, if any (one read)."""
+        dialog = await self.load(msisdn)
+        return dialog if dialog is not None and dialog.waiting else None
+
     async def set_language(self, msisdn: str, language: str) -> Step | None:
-        """The dialog's language (its questions and the new wallet's); None without a dialog."""
+        """The dialog's language (its questions and the new wallet's); None without a dialog.
+        Answers with the current question, or while registering how to finish."""
 
         def change(dialog: RegDialog) -> tuple[Step | None, RegDialog | None]:
-            if not dialog.active:
+            if not dialog.waiting:
                 return None, None
             dialog.language = language
             return question(dialog), dialog
@@ -318,7 +365,7 @@ class Registrations:
         or None when none was waiting."""
 
         def change(dialog: RegDialog) -> tuple[RegDialog | None, RegDialog | None]:
-            if not (dialog.active or dialog.state == "registering"):
+            if not dialog.waiting:
                 return None, None
             fire("end", dialog)
             return dialog, dialog

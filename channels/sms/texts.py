@@ -9,7 +9,8 @@ The grammar's one-line hints for malformed or unknown text (`hint_text`, used by
 `channels.sms.commands`) are here too, in every language: what is wrong, then how the command
 is written. The keywords stay as the parser reads them (BAL, SEND, ... are the same words in
 every language); only the words between `<>` and the sentences around them are translated.
-Every hint fits one GSM-7 SMS (tests/channels/test_sms_texts.py checks each).
+Every hint, and HELP, fits one GSM-7 SMS in every language (tests/channels/test_sms_commands.py
+checks each).
 """
 
 from __future__ import annotations
@@ -22,11 +23,11 @@ LANGUAGES = ("en", "sw", "fr")
 _TEXTS: dict[str, dict[str, str]] = {
     "help": {
         "en": "BAL pin; SEND phone amount pin; MINI pin; PIN old new; LANG en/sw/fr; "
-        "LOAN amount pin; LOAN STATUS pin; REPAY amount pin; REG first last id pin",
+        "LOAN [product] amount pin; LOAN STATUS pin; REPAY amount pin; REG first last id pin",
         "sw": "Salio: BAL pin; Tuma: SEND simu kiasi pin; MINI pin; PIN ya_zamani mpya; "
-        "LANG en/sw/fr; LOAN kiasi pin; LOAN STATUS pin; REPAY kiasi pin",
+        "LANG en/sw/fr; LOAN [msimbo] kiasi pin; LOAN STATUS pin; REPAY kiasi pin",
         "fr": "Solde: BAL pin; Envoi: SEND tel montant pin; MINI pin; PIN ancien nouveau; "
-        "LANG en/sw/fr; LOAN montant pin; LOAN STATUS pin; REPAY montant pin",
+        "LANG en/sw/fr; LOAN [produit] montant pin; LOAN STATUS pin; REPAY montant pin",
     },
     "not_registered": {
         "en": "You are not registered. Send REG <first name> <last name> <ID number> <PIN> "
@@ -253,6 +254,14 @@ _TEXTS: dict[str, dict[str, str]] = {
         "sw": "Majibu yasiyo sahihi mara nyingi: usajili umesitishwa. Tuma REG kuanza upya.",
         "fr": "Trop de réponses erronées : inscription annulée. Envoyez REG pour recommencer.",
     },
+    "reg_pending": {
+        "en": "Your wallet is still being opened. If no welcome SMS comes, send PIN <PIN> "
+        "to finish, REG to start over or STOP to cancel.",
+        "sw": "Pochi yako bado inafunguliwa. Usipopata SMS ya karibu, tuma PIN <PIN> "
+        "kumaliza, REG kuanza upya au STOP kusitisha.",
+        "fr": "Votre portefeuille est en cours d'ouverture. Sans SMS de bienvenue, envoyez "
+        "PIN <PIN> pour terminer, REG pour recommencer ou STOP pour annuler.",
+    },
     "reg_stopped": {
         "en": "Registration cancelled. Nothing was saved. Send REG to start again.",
         "sw": "Usajili umesitishwa. Hakuna kilichohifadhiwa. Tuma REG kuanza upya.",
@@ -450,9 +459,9 @@ HINT_USAGE: dict[str, dict[str, str]] = {
         "fr": "LANG <EN ou SW ou FR>",
     },
     "LOAN": {
-        "en": "LOAN <amount> <PIN> or LOAN STATUS <PIN>",
-        "sw": "LOAN <kiasi> <PIN> au LOAN STATUS <PIN>",
-        "fr": "LOAN <montant> <PIN> ou LOAN STATUS <PIN>",
+        "en": "LOAN [<product>] <amount> <PIN> or LOAN STATUS <PIN>",
+        "sw": "LOAN [<msimbo>] <kiasi> <PIN> au LOAN STATUS <PIN>",
+        "fr": "LOAN [<produit>] <montant> <PIN> ou LOAN STATUS <PIN>",
     },
     "REPAY": {
         "en": "REPAY <amount> <PIN>",

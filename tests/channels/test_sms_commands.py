@@ -3,6 +3,8 @@ unknown words, the hints in every language, and the masking of secrets for stora
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from channels.sms.commands import (
@@ -30,6 +32,7 @@ from channels.sms.commands import (
 )
 from channels.sms.encoding import gsm7_units, split_text
 from channels.sms.texts import HINT_PROBLEMS, HINT_USAGE, LANGUAGES, hint_text
+from channels.sms.texts import text as catalogue_text
 
 GOOD = [
     ("help", "HELP", Help()),
@@ -213,6 +216,20 @@ def test_help_text_lists_every_keyword() -> None:
         assert word in HELP_TEXT
 
 
+@pytest.mark.parametrize("language", LANGUAGES)
+def test_help_in_every_language_names_the_loan_product_form_in_one_gsm7_sms(
+    language: str,
+) -> None:
+    """`LOAN <product code> <amount> <PIN>` (and the plain form) as `LOAN [product] amount pin`,
+    the keywords as the parser reads them, in one GSM-7 SMS."""
+    written = catalogue_text("help", language)
+    assert re.search(r"LOAN \[\w+\] \w+ pin;", written), written
+    for word in ("BAL", "SEND", "MINI", "PIN", "LANG", "LOAN STATUS", "REPAY"):
+        assert word in written, (word, written)
+    message = split_text(written, ref=0)
+    assert (message.encoding, len(message.parts)) == ("gsm7", 1), written
+
+
 def test_help_and_hints_fit_one_sms() -> None:
     texts = [HELP_TEXT] + [r.hint for r in map(parse, [c[1] for c in MALFORMED + UNKNOWN])]
     for text in texts:
@@ -232,8 +249,8 @@ HINTS = [
     (
         "sw",
         "LOAN lots 1234",
-        "Kiasi kiwe nambari kama 500 au 12.50. Tumia: LOAN <kiasi> <PIN> au LOAN STATUS <PIN>. "
-        "Tuma HELP kuona amri zote.",
+        "Kiasi kiwe nambari kama 500 au 12.50. Tumia: LOAN [<msimbo>] <kiasi> <PIN> "
+        "au LOAN STATUS <PIN>. Tuma HELP kuona amri zote.",
     ),
     (
         "fr",

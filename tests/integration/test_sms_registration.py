@@ -11,7 +11,9 @@ import asyncio
 import logging
 import secrets
 from collections.abc import Iterator
+from dataclasses import fields
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 from redis.asyncio import Redis
@@ -19,13 +21,21 @@ from redis.asyncio import Redis
 from channels.sms.executor import SmsBanking
 from channels.sms.handler import InboundSms
 from channels.sms.registration import Registrations
-from gateway.keys import REDIS
+from core import errors as E
+from gateway.keys import REDIS, SMS_CHANNEL
+from menus.actions import ActionContext, ActionResult
+from menus.bindings import CoreActions
 from tests.helpers import eventually
 from tests.sms_banking_support import SmsEnv, banking, peer, sms_env_fixtures, start_sms_env  # noqa: F401
 from tests.ussd_support import PIN, new_msisdn
 
 OTHER_PIN = "5930"
 HINT = "Sorry, we did not understand that."
+PENDING = (
+    "Your wallet is still being opened. If no welcome SMS comes, send PIN <PIN> to finish, "
+    "REG to start over or STOP to cancel."
+)
+UNAVAILABLE = "The service is temporarily unavailable. We will answer your message when it is back."
 
 
 env, ledger_ok = sms_env_fixtures()
@@ -119,6 +129,12 @@ def fresh_mo_id() -> int:
     return 10**12 + secrets.randbelow(10**9)  # an id no stored MO has
 
 
+def logged_fields(record: logging.LogRecord) -> dict[str, object]:
+    """A record's fields that could carry text: its timings and ids are numbers, and one of
+    them holding the PIN's four digits by chance (`relativeCreated` 2924.4821...) is no leak."""
+    return {k: v for k, v in record.__dict__.items() if not isinstance(v, int | float)}
+
+
 @pytest.fixture
 def log_records(caplog: pytest.LogCaptureFixture) -> Iterator[pytest.LogCaptureFixture]:
     caplog.set_level(logging.DEBUG)
@@ -161,7 +177,7 @@ async def test_full_dialog_registers_once(
         "YES ****",
         "BAL ****",
     ]
-    logged = "\n".join(r.getMessage() + repr(r.__dict__) for r in log_records.records)
+    logged = "\n".join(r.getMessage() + repr(logged_fields(r)) for r in log_records.records)
     assert PIN not in logged and id_number not in logged and id_number.lower() not in logged
     # The dialog lives on for its TTL only to answer the final message again.
     redis: Redis = env.app[REDIS]
@@ -417,6 +433,198 @@ async def test_a_registration_that_the_core_refuses_ends_the_dialog(env: SmsEnv)
     assert await customers(env, me) == 0
     dialog = await regs(env).load(me)
     assert dialog is not None and dialog.state == "ended" and dialog.pin == ""
+
+
+# --- a final message that failed for good ----------------------------------------------------
+
+
+class RegistrationDown(CoreActions):
+    """The core with its registration not answering (the rest of it up): what every attempt of
+    a final message found until the channel gave up on it."""
+
+    __slots__ = ()
+
+    async def register(self, ctx: ActionContext) -> ActionResult:
+        raise E.Unavailable("the database is not answering")
+
+
+async def final_message_fails_for_good(env: SmsEnv, msisdn: str, text: str) -> int:
+    """`text` (the PIN's confirmation) from the phone while the core cannot register: answered
+    "temporarily unavailable" and put back for a retry, then given up by the channel's store as
+    after the last attempt. The MO's id."""
+    live, pool = banking(env), env.bank.pool
+    last = await pool.fetchval(
+        "SELECT coalesce(max(id), 0) FROM sms_messages WHERE direction = 'mo' AND msisdn = $1",
+        msisdn,
+    )
+    core = live.core
+    live.core = RegistrationDown(**{f.name: getattr(core, f.name) for f in fields(core)})
+    try:
+        await env.mo(msisdn, text)
+
+        async def retried() -> Any:
+            return await pool.fetchrow(
+                "SELECT id, status, error FROM sms_messages "
+                "WHERE direction = 'mo' AND msisdn = $1 AND id > $2",
+                msisdn,
+                last,
+            )
+
+        row = await eventually(retried, lambda r: r is not None and r["status"] == "received")
+    finally:
+        live.core = core
+    assert row["error"].startswith("temporary: RetryLater"), row
+    await env.app[SMS_CHANNEL].store.mo_failed(row["id"], f"{row['error']} (after 5 attempts)")
+    assert (await env.wait_texts(msisdn, 1))[-1] == UNAVAILABLE
+    return int(row["id"])
+
+
+async def test_the_pin_again_finishes_a_registration_whose_final_message_failed(
+    env: SmsEnv,
+) -> None:
+    me = new_msisdn()
+    await walk(env, me, "REG", "Amina Otieno", new_id_number(), PIN)
+    failed = await final_message_fails_for_good(env, me, f"YES {PIN}")
+    stuck = await regs(env).load(me)
+    assert stuck is not None and stuck.state == "registering" and stuck.final_mo == failed
+    # Anything but the chosen PIN says how to finish, and changes nothing (a wrong PIN is not a
+    # wrong answer: there is no wallet yet to guess at).
+    assert await walk(env, me, "hello", f"YES {OTHER_PIN}", f"BAL {PIN}") == [PENDING] * 3
+    assert await regs(env).load(me) == stuck and await customers(env, me) == 0
+    # An older MO processed late changes nothing either, the PIN in it included.
+    first = await env.bank.pool.fetchval(
+        "SELECT min(id) FROM sms_messages WHERE direction = 'mo' AND msisdn = $1", me
+    )
+    replies = Replies()
+    await collecting(env, replies).handle(inbound(me, f"PIN {PIN}", first, attempt=2))
+    assert replies.sent == [(me, PENDING, f"mo:{first}")]
+    assert await regs(env).load(me) == stuck and await customers(env, me) == 0
+    # The PIN again (as the reply asks): this message is the final one now, and registers.
+    welcome = "Welcome Amina! Your wallet is open. Send BAL <PIN> for your balance."
+    assert await env.ask(me, f"PIN {PIN}") == welcome
+    done = await regs(env).load(me)
+    assert done is not None and done.state == "registered" and done.pin == ""
+    assert done.final_mo > failed and done.start_mo == stuck.start_mo
+    # (A text repeated within the short de-duplication window would be taken for a redelivery.)
+    assert await env.ask(me, f"bal {PIN}") == "Your balance is KES 0.00."
+    # The given-up message processed after all (an operator's replay): registered once.
+    await collecting(env, replies).handle(inbound(me, f"YES {PIN}", failed, attempt=6))
+    assert replies.sent[-1][1] == "This number is already registered. Send HELP for the commands."
+    assert await customers(env, me) == 1
+    await assert_no_secret_stored(env, me, PIN)
+
+
+async def test_the_retry_in_the_dialogs_language(env: SmsEnv) -> None:
+    me = new_msisdn()
+    await walk(env, me, "REG", "LANG sw", "Juma Hamisi", new_id_number(), PIN)
+    await final_message_fails_for_good(env, me, f"PIN {PIN}")
+    replies = await walk(env, me, "habari", "HELP", "lang FR")
+    assert replies[0] == (
+        "Pochi yako bado inafunguliwa. Usipopata SMS ya karibu, tuma PIN <PIN> kumaliza, "
+        "REG kuanza upya au STOP kusitisha."
+    )
+    assert replies[1].startswith("Salio: BAL pin; Tuma: SEND simu kiasi pin;")  # HELP is HELP
+    assert replies[2].startswith("Votre portefeuille est en cours d'ouverture.")
+    # `YES <PIN>` works as well (the failed confirmation was `PIN <PIN>`).
+    assert (await env.ask(me, f"yes {PIN}")).startswith("Bienvenue Juma ! Votre portefeuille")
+    language = await env.bank.pool.fetchval("SELECT language FROM customers WHERE msisdn=$1", me)
+    assert language == "fr" and await customers(env, me) == 1
+
+
+async def test_a_registration_that_went_through_is_not_made_twice(env: SmsEnv) -> None:
+    """The core registered the number but the answer never came back (the final message given
+    up all the same): the PIN again answers as registered and registers nothing."""
+    me = new_msisdn()
+    await walk(env, me, "REG", "Amina Otieno", new_id_number(), PIN)
+    await final_message_fails_for_good(env, me, f"YES {PIN}")
+    await env.bank.open(me)
+    reply = await env.ask(me, f"PIN {PIN}")
+    assert reply == "This number is already registered. Send HELP for the commands."
+    assert await customers(env, me) == 1
+
+
+async def test_the_late_final_message_and_the_retry_at_once_register_once(env: SmsEnv) -> None:
+    """The original final message, retried at last while the customer's `PIN <PIN>` comes: the
+    number registers once and one welcome is sent, whichever runs first."""
+    me = new_msisdn()
+    await walk(env, me, "REG", "Zawadi Njeri", new_id_number(), PIN)
+    late = fresh_mo_id()
+    applied, _ = await regs(env).answer(me, f"YES {PIN}", late)  # its earlier attempts
+    assert applied is not None and applied.register
+    replies = Replies()
+    handler = collecting(env, replies)
+    await asyncio.gather(
+        handler.handle(inbound(me, f"YES {PIN}", late, attempt=5)),
+        handler.handle(inbound(me, f"PIN {PIN}", late + 1)),
+    )
+    assert await customers(env, me) == 1
+    welcomes = [text for _, text, _ in replies.sent if text.startswith("Welcome Zawadi!")]
+    assert len(welcomes) == 1, replies.sent
+    assert not any("or ID" in text for _, text, _ in replies.sent), replies.sent
+    dialog = await regs(env).load(me)
+    assert dialog is not None and dialog.pin == "" and dialog.state in ("registered", "ended")
+
+
+async def test_a_number_registered_meanwhile_ends_the_dialog(env: SmsEnv) -> None:
+    """The dialog's core call finds the number taken (registered between the customer look-up
+    and the call: by the other final message of a race, USSD, an agent): "already
+    registered", not the refusal that names the ID, and the dialog's secrets are gone."""
+    me = new_msisdn()
+    await walk(env, me, "REG", "Amina Otieno", new_id_number(), PIN)
+    final = fresh_mo_id()
+    applied, dialog = await regs(env).answer(me, f"YES {PIN}", final)
+    assert applied is not None and applied.register and dialog is not None
+    await env.bank.open(me)
+    handler = collecting(env, Replies())
+    reply = await handler._register_dialog(inbound(me, f"YES {PIN}", final), dialog, regs(env))
+    assert reply == "This number is already registered. Send HELP for the commands."
+    ended = await regs(env).load(me)
+    assert ended is not None and ended.state == "ended" and ended.pin == ended.national_id == ""
+    assert await customers(env, me) == 1
+
+
+async def test_stop_and_reg_while_registering(env: SmsEnv) -> None:
+    me = new_msisdn()
+    await walk(env, me, "REG", "Amina Otieno", new_id_number(), PIN)
+    await final_message_fails_for_good(env, me, f"YES {PIN}")
+    assert (await env.ask(me, "Reg")).startswith("Welcome! To open a wallet")  # over again
+    fresh = await regs(env).load(me)
+    assert fresh is not None and fresh.state == "name" and fresh.pin == ""
+    other = new_msisdn()
+    await walk(env, other, "REG", "Amina Otieno", new_id_number(), PIN)
+    await final_message_fails_for_good(env, other, f"YES {PIN}")
+    assert await env.ask(other, "STOP") == (
+        "Registration cancelled. Nothing was saved. Send REG to start again."
+    )
+    assert (await env.ask(other, f"PIN {PIN}")).startswith("Wrong number of words.")
+    assert await customers(env, me) == await customers(env, other) == 0
+
+
+# --- an unregistered number's other messages, in the dialog's language -----------------------
+
+
+async def test_hints_follow_the_dialogs_language(env: SmsEnv) -> None:
+    me = new_msisdn()
+    replies = await walk(env, me, "REG", "LANG sw", "BAL 12", f"BAL {PIN}", "HELP", "SEND x")
+    assert replies[2] == "PIN iwe tarakimu 4. Tumia: BAL <PIN>. Tuma HELP kuona amri zote."
+    assert replies[3].startswith("Hujasajiliwa. Tuma REG")
+    assert replies[4].startswith("Salio: BAL pin;")
+    assert replies[5].startswith("Idadi ya maneno si sahihi. Tumia: SEND <simu>")
+    dialog = await regs(env).load(me)
+    assert dialog is not None and dialog.state == "name" and dialog.wrong == 0
+    # No dialog waiting: English again.
+    replies = await walk(env, me, "STOP", "bal 12")
+    assert replies[0].startswith("Usajili umesitishwa.")
+    assert replies[1] == "The PIN must be 4 digits. Use: BAL <PIN>. Send HELP for all commands."
+
+
+async def test_a_one_shot_reg_registers_in_the_dialogs_language(env: SmsEnv) -> None:
+    me = new_msisdn()
+    await walk(env, me, "REG", "LANG fr")
+    reply = await env.ask(me, f"REG Awa Diop {new_id_number()} {PIN}")
+    assert reply.startswith("Bienvenue Awa ! Votre portefeuille est ouvert.")
+    language = await env.bank.pool.fetchval("SELECT language FROM customers WHERE msisdn=$1", me)
+    assert language == "fr"
 
 
 # --- a registered number ----------------------------------------------------------------------

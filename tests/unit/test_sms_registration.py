@@ -1,7 +1,8 @@
 """The SMS registration dialog's engine as case tables: (state, answer) -> (next state, reply),
-the shared machine's refusals of events out of order, the wrong-answer limit, what the stored
-JSON holds (never a plain ID number or PIN), the masking of the answers as stored, and every
-reply of the dialog in one GSM-7 SMS in each language."""
+the retry while registering (the chosen PIN again registers, anything else is told how to
+finish), the shared machine's refusals of events out of order, the wrong-answer limit, what
+the stored JSON holds (never a plain ID number or PIN), the masking of the answers as stored,
+and every reply of the dialog in one GSM-7 SMS in each language."""
 
 from __future__ import annotations
 
@@ -34,10 +35,12 @@ def at(state: str, wrong: int = 0) -> RegDialog:
     dialog = RegDialog(state=state, wrong=wrong, start_mo=7, last_mo=7)
     if state != "name":
         dialog.first_name, dialog.last_name = "Amina", "Otieno"
-    if state in ("pin", "pin_confirm"):
+    if state in ("pin", "pin_confirm", "registering"):
         dialog.national_id = CIPHER.encrypt("A1234567")
-    if state == "pin_confirm":
+    if state in ("pin_confirm", "registering"):
         dialog.pin = CIPHER.encrypt(PIN)
+    if state == "registering":
+        dialog.last_mo = dialog.final_mo = 9
     return dialog
 
 
@@ -112,6 +115,47 @@ def test_the_answers_are_kept_and_secrets_encrypted() -> None:
     assert RegDialog.from_json(json.dumps({**json.loads(raw), "later": 1})) == dialog
 
 
+# While registering (the final message failed for good, or is still on its way): (answer) ->
+# registers again with this message, or the reply says how to finish. Nothing counts as wrong.
+RETRY = [
+    ("YES and the PIN", f"YES {PIN}", True),
+    ("PIN and the PIN", f"PIN {PIN}", True),
+    ("the PIN alone", f" {PIN} ", True),
+    ("lower case", f"yes {PIN}", True),
+    ("another PIN", "YES 4812", False),
+    ("another bare PIN", "5930", False),
+    ("3 digits", "YES 482", False),
+    ("other digits", "YES ٤٨٢١", False),
+    ("the PIN twice", f"{PIN} {PIN}", False),
+    ("a command with the PIN", f"BAL {PIN}", False),
+    ("a SEND code", "YES ABCDE", False),
+    ("text", "hello", False),
+    ("empty", "", False),
+    ("names again", "Amina Otieno", False),
+]
+
+
+@pytest.mark.parametrize(("label", "text_in", "registers"), RETRY, ids=[c[0] for c in RETRY])
+def test_retry_while_registering(label: str, text_in: str, registers: bool) -> None:
+    dialog = at("registering")
+    before = dialog.to_json()
+    step = answer(dialog, text_in, CIPHER)
+    assert step.register is registers
+    assert dialog.to_json() == before  # the caller moves final_mo; the pure step changes nothing
+    if not registers:
+        assert step == question(dialog)
+        reply = text(step.key, "en")
+        assert "still being opened" in reply and "PIN <PIN>" in reply and PIN not in reply
+
+
+def test_registering_answers_how_to_finish_in_each_language() -> None:
+    replies = {language: text(question(at("registering")).key, language) for language in LANGUAGES}
+    assert len(set(replies.values())) == len(LANGUAGES)
+    for reply in replies.values():
+        for word in ("PIN <PIN>", "REG", "STOP"):
+            assert word in reply, reply
+
+
 def test_a_mismatch_forgets_the_first_pin() -> None:
     dialog = at("pin_confirm")
     answer(dialog, "YES 4812", CIPHER)
@@ -178,6 +222,9 @@ MACHINE = [
     ("pin_confirm", "mismatch", "pin"),
     ("name", "mismatch", "name"),
     ("registering", "finish", "registered"),
+    ("registering", "retry", "registering"),  # the PIN again: a new final message
+    ("pin_confirm", "retry", "pin_confirm"),
+    ("registered", "retry", "registered"),
     ("pin_confirm", "finish", "pin_confirm"),
     ("registering", "end", "ended"),
     ("name", "end", "ended"),
@@ -190,7 +237,8 @@ MACHINE = [
 @pytest.mark.parametrize(("state", "event", "next_state"), MACHINE)
 def test_machine(state: str, event: str, next_state: str) -> None:
     dialog = at(state) if state in QUESTIONS else RegDialog(state=state)
-    assert fire(event, dialog) == (next_state != state or event == "start")
+    reflexive = event == "start" or (state, event) == ("registering", "retry")
+    assert fire(event, dialog) == (next_state != state or reflexive)
     assert dialog.state == next_state
 
 
@@ -222,8 +270,9 @@ def test_start_forgets_the_old_secrets() -> None:
 
 
 def test_an_answer_to_no_question_is_a_bug() -> None:
-    with pytest.raises(AssertionError):
-        answer(RegDialog(state="registered"), PIN, CIPHER)
+    for state in ("idle", "registered", "ended"):
+        with pytest.raises(AssertionError):
+            answer(RegDialog(state=state), PIN, CIPHER)
 
 
 @pytest.mark.parametrize(
@@ -280,3 +329,15 @@ def test_every_dialog_text_fits_one_gsm7_sms() -> None:
 def test_question_names_the_current_step() -> None:
     assert question(at("national_id")).values == {"first_name": "Amina"}
     assert [question(at(s)).key for s in QUESTIONS] == list(QUESTIONS.values())
+    assert question(at("registering")).key == "reg_pending"
+
+
+@pytest.mark.parametrize(
+    ("state", "waiting"),
+    [(s, True) for s in (*QUESTIONS, "registering")]
+    + [(s, False) for s in ("idle", "registered", "ended")],
+)
+def test_which_dialogs_wait(state: str, waiting: bool) -> None:
+    dialog = at(state) if state in QUESTIONS or state == "registering" else RegDialog(state=state)
+    assert dialog.waiting is waiting
+    assert dialog.active is (waiting and state != "registering")
