@@ -51,6 +51,8 @@ class ActionContext:
     channel: str  # "ussd"
     session_id: str  # the provider-namespaced session id
     currency: str
+    # The same request handled again (a retried SMS): its money may have moved already.
+    again: bool = False
 
     def __repr__(self) -> str:
         # Secrets never reach a log line, even through a careless repr.

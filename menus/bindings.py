@@ -226,6 +226,18 @@ class CoreActions:
     async def verify(self, ctx: ActionContext, name: str = "pin") -> None:
         await pins.verify_pin(self.pool, ctx.msisdn, _secret(ctx, name), self.country_code)
 
+    async def verify_to_move(self, ctx: ActionContext) -> None:
+        """The PIN before money moves, unless this request, handled again (`ctx.again`),
+        already moved this customer's money under its key: then the ledger replays it (and
+        checks it is the same request) with no second PIN check. A PIN changed, or an
+        account locked, since the first attempt must not turn a transfer that went through
+        into "wrong PIN", count a failure, and leave the customer without its receipt."""
+        if ctx.again:
+            earlier = await transfers.posted_under(self.pool, ctx.idempotency_key)
+            if earlier is not None and earlier.debit_party == ctx.msisdn:
+                return
+        await self.verify(ctx)
+
     async def balance(self, ctx: ActionContext) -> ActionResult:
         await self.verify(ctx)
         minor = await transfers.balance(self.pool, ctx.msisdn, self.currency, self.country_code)
@@ -262,7 +274,7 @@ class CoreActions:
         )
 
     async def send_money(self, ctx: ActionContext) -> ActionResult:
-        await self.verify(ctx)
+        await self.verify_to_move(ctx)
         recipient = _var(ctx, "recipient")
         result = await transfers.send_money(
             self.pool,
@@ -321,7 +333,7 @@ class CoreActions:
 
     async def withdraw(self, ctx: ActionContext) -> ActionResult:
         """Customer-initiated cash-out at an agent (see the module docstring)."""
-        await self.verify(ctx)
+        await self.verify_to_move(ctx)
         agent = await get_agent(self.pool, _var(ctx, "agent"))
         if agent.status != "active":
             raise E.AgentUnavailable(agent_code=agent.code)
@@ -520,7 +532,7 @@ class LoanActions:
         )
 
     async def repay(self, ctx: ActionContext) -> ActionResult:
-        await self.core.verify(ctx)
+        await self.core.verify_to_move(ctx)
         try:
             paid = await self.loans.repay(
                 self.pool,

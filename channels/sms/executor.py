@@ -331,6 +331,7 @@ class SmsBanking:
             channel=CHANNEL,
             session_id=f"sms:{sms.id}",
             currency=self.core.currency,
+            again=sms.attempt > 1,
         )
 
     async def _register(

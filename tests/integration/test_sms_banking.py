@@ -224,6 +224,45 @@ async def test_pin_change_processed_again_counts_no_wrong_pin(env: SmsEnv) -> No
     assert await env.ask(me, "BAL 5830") == "Your balance is KES 500.00."
 
 
+async def test_send_processed_again_after_a_pin_change_replays_its_receipt(
+    env: SmsEnv,
+) -> None:
+    """The money moved, the reply's record was lost, and the customer changed the PIN before
+    the MO ran again: the retry answers with the transfer, not "wrong PIN" (and counts none)."""
+    me = await env.bank.open(balance_minor=100_000)
+    recipient = await env.bank.open()
+    text = f"SEND {local(recipient)} 150 {PIN}"
+    first = await env.ask(me, text)
+    assert "KES 150.00 sent" in first, first
+    await all_processed(env, me, 1)
+    send_mo = await env.bank.pool.fetchval(
+        "SELECT max(id) FROM sms_messages WHERE direction = 'mo' AND msisdn = $1", me
+    )
+    assert await env.ask(me, f"PIN {PIN} 5830") == "Your PIN has been changed."
+    await env.bank.pool.execute(
+        "DELETE FROM sms_messages WHERE direction = 'mt' AND ref = $1", f"mo:{send_mo}"
+    )
+    # The SEND is the MO handled again below (`reprocess` takes the number's latest MO).
+    await env.bank.pool.execute(
+        "DELETE FROM sms_messages WHERE direction = 'mo' AND msisdn = $1 AND id > $2",
+        me,
+        send_mo,
+    )
+    assert await reprocess(env, me, text) == 1
+    again = await env.bank.pool.fetchval(
+        "SELECT body FROM sms_messages WHERE direction = 'mt' AND ref = $1", f"mo:{send_mo}"
+    )
+    assert again == first
+    assert await env.bank.balance(recipient) == 15_000
+    assert await env.bank.transfers(recipient) == 1
+    failures = await env.bank.pool.fetchval(
+        "SELECT pin_failures FROM customers WHERE msisdn = $1", me
+    )
+    assert failures == 0
+    # A new SEND with the old PIN is refused, as it always was.
+    assert "2 attempts left" in await env.ask(me, f"SEND {local(recipient)} 10 {PIN}")
+
+
 # --- money ------------------------------------------------------------------------------------
 
 
