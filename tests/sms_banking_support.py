@@ -7,7 +7,7 @@ from __future__ import annotations
 import secrets
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
-from pathlib import Path
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -15,6 +15,7 @@ from aiohttp import web
 
 from channels.sms.encoding import decode_payload, parse_udh
 from channels.sms.executor import SmsBanking
+from channels.sms.handler import InboundSms
 from config.settings import Settings
 from core.fees import seed_demo_tariffs
 from gateway.app import create_app
@@ -130,16 +131,6 @@ async def _sms_env(settings: Settings, peer: SmscPeer, **overrides: Any) -> Asyn
         yield SmsEnv(client, Bank(pool, app[CIPHER]), counter, configured, peer)
 
 
-@pytest.fixture(scope="module")
-async def peer(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[SmscPeer]:
-    smsc = SmscPeer(Path(tmp_path_factory.mktemp("smsc")))
-    await smsc.start()
-    try:
-        yield smsc
-    finally:
-        await smsc.close()
-
-
 def code() -> str:
     return secrets.token_hex(3)
 
@@ -169,3 +160,42 @@ def banking(env: SmsEnv) -> SmsBanking:
     handler = env.app[SMS_CHANNEL].handler
     assert isinstance(handler, SmsBanking)
     return handler
+
+
+class Replies:
+    """A ReplySender that keeps what it was asked to send, for tests that call the SMS banking
+    handler directly (the SMPP path has its own tests)."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, str, str | None]] = []
+
+    async def send_text(
+        self,
+        recipient: str,
+        text: str,
+        *,
+        ref: str | None = None,
+        sensitive: bool = False,
+        first_attempt: bool = False,
+    ) -> str:
+        self.sent.append((recipient, text, ref))
+        return f"id{len(self.sent)}"
+
+
+def inbound(msisdn: str, text: str, mo_id: int, attempt: int = 1) -> InboundSms:
+    """One complete single-part MO as the channel hands it to the handler."""
+    return InboundSms(
+        id=mo_id,
+        msisdn=msisdn,
+        short_code="12345",
+        text=text,
+        smsc="test",
+        received_at=datetime.now(UTC),
+        parts=1,
+        complete=True,
+        attempt=attempt,
+    )
+
+
+def fresh_mo_id() -> int:
+    return 10**12 + secrets.randbelow(10**9)  # an id no stored MO has

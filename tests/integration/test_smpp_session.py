@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 
@@ -22,20 +20,10 @@ from channels.sms.smpp import (
 from channels.sms.smpp.codec import DeliverSm
 from tests.helpers import eventually
 from tests.raw_smsc import pdu, raw_smsc
-from tests.sms_helpers import FAST, bind_for
+from tests.sms_helpers import FAST, bind_for, peer_per_test  # noqa: F401 (the `peer` fixture)
 from tests.smsc_peer import SmscPeer
 
 SUBMIT = {"source_addr": "12345", "destination_addr": "254700000001", "short_message": b"hi"}
-
-
-@pytest.fixture
-async def peer(tmp_path: Path) -> AsyncIterator[SmscPeer]:
-    smsc = SmscPeer(tmp_path)
-    await smsc.start()
-    try:
-        yield smsc
-    finally:
-        await smsc.close()
 
 
 async def started(session: SmppSession) -> SmppSession:
@@ -68,7 +56,7 @@ async def test_window_limits_outstanding_requests(peer: SmscPeer) -> None:
     session = await started(SmppSession(bind_for(peer.port, window=3), name="w", tuning=FAST))
     try:
         sends = [asyncio.create_task(session.submit(**SUBMIT)) for _ in range(7)]
-        await eventually(lambda: _value(session.in_flight), lambda n: n == 3)
+        await eventually(lambda: session.in_flight, lambda n: n == 3)
         assert session.status().window_in_use == 3
         await peer.release()
         ids = await asyncio.gather(*sends)
@@ -123,14 +111,14 @@ async def test_in_flight_requests_fail_when_the_smsc_dies(peer: SmscPeer) -> Non
     session = await started(SmppSession(bind, name="k", tuning=FAST))
     try:
         sends = [asyncio.create_task(session.submit(**SUBMIT)) for _ in range(3)]
-        await eventually(lambda: _value(session.in_flight), lambda n: n == 3)
+        await eventually(lambda: session.in_flight, lambda n: n == 3)
         start = time.monotonic()
         peer.kill()
         results = await asyncio.gather(*sends, return_exceptions=True)
         assert all(isinstance(r, LinkDown) for r in results), results
         assert time.monotonic() - start < 5  # failed at once, not after the 30 s timeout
-        await eventually(lambda: _value(session.state), lambda s: s is not BindState.BOUND)
-        await eventually(lambda: _value(session.status().last_error), lambda e: e is not None)
+        await eventually(lambda: session.state, lambda s: s is not BindState.BOUND)
+        await eventually(lambda: session.status().last_error, lambda e: e is not None)
         await peer.start()
         assert await session.wait_bound(10)
         assert session.status().connects == 2
@@ -147,7 +135,7 @@ async def test_response_timeouts_drop_the_link(peer: SmscPeer) -> None:
         for _ in range(FAST.max_timeouts_in_row):
             with pytest.raises(ResponseTimeout):
                 await session.submit(**SUBMIT)
-        await eventually(lambda: _value(session.status().connects), lambda n: n >= 2)
+        await eventually(lambda: session.status().connects, lambda n: n >= 2)
         assert "timed out" in (session.status().last_error or "")
     finally:
         await session.stop()
@@ -192,7 +180,7 @@ async def test_smsc_unbind_is_answered_and_the_bind_returns(
     try:
         await eventually(peer.bound, lambda n: n == 1)
         await peer.unbind_all()
-        await eventually(lambda: _value(session.status().connects), lambda n: n >= 2)
+        await eventually(lambda: session.status().connects, lambda n: n >= 2)
         assert session.state is BindState.BOUND
         assert session.status().last_error == "the SMSC unbound"
     finally:
@@ -205,7 +193,7 @@ async def test_bind_refused_backs_off_with_growing_delays() -> None:
         session = SmppSession(bind_for(smsc.port), name="r", tuning=FAST)
         session.start()
         try:
-            await eventually(lambda: _value(smsc.binds), lambda n: n >= 3)
+            await eventually(lambda: smsc.binds, lambda n: n >= 3)
             status = session.status()
             assert status.state in ("backing_off", "connecting")
             assert "Invalid Password" in (status.last_error or "")
@@ -286,7 +274,7 @@ async def test_impossible_length_nacks_and_reconnects(length: int) -> None:
                 + (91).to_bytes(4, "big")
             )
             assert (await smsc.wait_for(0x80000000, seq=91)).status == 0x02
-            await eventually(lambda: _value(smsc.binds), lambda n: n == 2)
+            await eventually(lambda: smsc.binds, lambda n: n == 2)
             assert "out of range" in (session.status().last_error or "")
         finally:
             await session.stop()
@@ -299,7 +287,7 @@ async def test_enquire_link_both_ways() -> None:
         try:
             smsc.send(pdu(0x00000015, 4242))
             assert (await smsc.wait_for(0x80000015, seq=4242)).status == 0
-            await eventually(lambda: _value(smsc.count(0x15)), lambda n: n >= 3)
+            await eventually(lambda: smsc.count(0x15), lambda n: n >= 3)
             assert session.status().connects == 1
         finally:
             await session.stop()
@@ -311,7 +299,7 @@ async def test_silent_smsc_is_detected_by_enquire_link() -> None:
         bind = bind_for(smsc.port, enquire_link_s=0.1, response_timeout_s=0.2)
         session = await started(SmppSession(bind, name="s", tuning=FAST))
         try:
-            await eventually(lambda: _value(smsc.binds), lambda n: n >= 2)
+            await eventually(lambda: smsc.binds, lambda n: n >= 2)
             assert session.status().last_error
         finally:
             await session.stop()
@@ -339,14 +327,10 @@ async def test_generic_nack_to_a_request_fails_it() -> None:
 async def test_stop_while_connecting_is_prompt() -> None:
     session = SmppSession(bind_for(1), name="x", tuning=FAST)  # nothing listens on port 1
     session.start()
-    await eventually(lambda: _value(session.status().last_error), lambda e: e is not None)
+    await eventually(lambda: session.status().last_error, lambda e: e is not None)
     start = time.monotonic()
     await session.stop()
     assert time.monotonic() - start < 2
     assert session.state is BindState.STOPPED
     with pytest.raises(LinkDown):
         await session.submit(**SUBMIT)
-
-
-async def _value(value: object) -> object:
-    return value

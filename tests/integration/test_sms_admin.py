@@ -6,7 +6,6 @@ from __future__ import annotations
 import secrets
 from collections.abc import AsyncIterator
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
 from aiohttp.test_utils import TestClient
@@ -17,18 +16,8 @@ from gateway.keys import SMS_CHANNEL, SMS_SENDER
 from gateway.sms import sms_channel
 from tests.conftest import running_app
 from tests.helpers import assert_error, auth, eventually, token_for
-from tests.sms_helpers import bind_for
+from tests.sms_helpers import bind_for, peer_per_module  # noqa: F401 (the `peer` fixture)
 from tests.smsc_peer import SmscPeer
-
-
-@pytest.fixture(scope="module")
-async def peer(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[SmscPeer]:
-    smsc = SmscPeer(Path(tmp_path_factory.mktemp("smsc")))
-    await smsc.start()
-    try:
-        yield smsc
-    finally:
-        await smsc.close()
 
 
 def with_binds(settings: Settings, port: int | SmscPeer) -> Settings:

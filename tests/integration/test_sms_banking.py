@@ -8,7 +8,6 @@ from __future__ import annotations
 import secrets
 from collections.abc import AsyncIterator
 from dataclasses import replace
-from datetime import UTC, datetime
 
 import asyncpg
 import pytest
@@ -20,7 +19,16 @@ from config.settings import Settings
 from gateway.app import make_redis
 from gateway.keys import DISPATCHER, REDIS
 from tests.helpers import eventually
-from tests.sms_banking_support import SmsEnv, banking, digits, peer, sms_env_fixtures, start_sms_env  # noqa: F401
+from tests.sms_banking_support import (
+    Replies,
+    SmsEnv,
+    banking,
+    digits,
+    fresh_mo_id,
+    inbound,
+    sms_env_fixtures,
+)
+from tests.sms_helpers import peer_per_module  # noqa: F401 (the `peer` fixture)
 from tests.ussd_support import PIN, RedisProcess, new_msisdn, own_redis
 
 __all__ = ["own_redis"]
@@ -533,39 +541,6 @@ def test_digits() -> None:
 # --- temporary failures -----------------------------------------------------------------------
 
 
-class Replies:
-    """A ReplySender that keeps what it was asked to send (the SMPP path is tested above)."""
-
-    def __init__(self) -> None:
-        self.sent: list[tuple[str, str, str | None]] = []
-
-    async def send_text(
-        self,
-        recipient: str,
-        text: str,
-        *,
-        ref: str | None = None,
-        sensitive: bool = False,
-        first_attempt: bool = False,
-    ) -> str:
-        self.sent.append((recipient, text, ref))
-        return f"id{len(self.sent)}"
-
-
-def inbound(msisdn: str, text: str, mo_id: int, attempt: int = 1) -> InboundSms:
-    return InboundSms(
-        id=mo_id,
-        msisdn=msisdn,
-        short_code="12345",
-        text=text,
-        smsc="test",
-        received_at=datetime.now(UTC),
-        parts=1,
-        complete=True,
-        attempt=attempt,
-    )
-
-
 async def test_database_down_is_temporary_and_the_retry_answers(
     env: SmsEnv, settings: Settings
 ) -> None:
@@ -582,7 +557,7 @@ async def test_database_down_is_temporary_and_the_retry_answers(
         limiter=live.limiter,
         confirmations=live.confirmations,
     )
-    mo_id = 10**12 + secrets.randbelow(10**9)  # an id no stored MO has
+    mo_id = fresh_mo_id()
     text = f"SEND {local(recipient)} 40 {PIN}"
     with pytest.raises(RetryLater):
         await down.handle(inbound(me, text, mo_id))
@@ -624,7 +599,7 @@ async def test_redis_down_is_temporary(env: SmsEnv, own_redis: RedisProcess) -> 
     )
     try:
         with pytest.raises(RetryLater):
-            await down.handle(inbound(me, f"BAL {PIN}", 10**12 + secrets.randbelow(10**9)))
+            await down.handle(inbound(me, f"BAL {PIN}", fresh_mo_id()))
     finally:
         await client.aclose()
     assert [text for _, text, _ in replies.sent] == [

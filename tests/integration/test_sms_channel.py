@@ -6,9 +6,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -16,13 +15,22 @@ import pytest
 from aiohttp import web
 
 from channels.base import SendFailed
-from channels.sms.channel import ChannelTuning, SmppSender, SmsChannel, assemble_mo
+from channels.sms.channel import ChannelTuning, SmppSender, assemble_mo
 from channels.sms.encoding import udh_concat
 from channels.sms.handler import GrammarReplyHandler, InboundSms, RetryLater
 from core.sms_messages import MtRecord, SmsMessageStore, SubmittedPart, get_message
 from gateway.keys import CIPHER
 from tests.helpers import eventually
-from tests.sms_helpers import FAST, bind_for
+from tests.sms_helpers import (
+    ChannelFactory,
+    Recorder,
+    bind_for,
+    channel_factory,
+    mo_rows,
+    new_channel,
+    new_msisdn,
+    peer_per_test,  # noqa: F401 (the `peer` fixture)
+)
 from tests.smsc_peer import SmscPeer
 
 TUNING = ChannelTuning(
@@ -36,63 +44,15 @@ TUNING = ChannelTuning(
 TLV_SAR_REF, TLV_SAR_TOTAL, TLV_SAR_SEQ = 0x020C, 0x020E, 0x020F
 
 
-def new_msisdn() -> str:
-    return "2547" + "".join(secrets.choice("0123456789") for _ in range(8))
-
-
-class Recorder:
-    """An MO handler that records what it got and can fail on demand."""
-
-    def __init__(self) -> None:
-        self.seen: list[InboundSms] = []
-        self.fail_with: list[BaseException] = []
-
-    async def handle(self, sms: InboundSms) -> None:
-        self.seen.append(sms)
-        if self.fail_with:
-            raise self.fail_with.pop(0)
-
-
-@pytest.fixture
-async def peer(tmp_path: Path) -> AsyncIterator[SmscPeer]:
-    smsc = SmscPeer(tmp_path)
-    await smsc.start()
-    try:
-        yield smsc
-    finally:
-        await smsc.close()
-
-
 @pytest.fixture
 def store(app: web.Application, pg_pool: asyncpg.Pool) -> SmsMessageStore:
     return SmsMessageStore(pg_pool, app[CIPHER], assemble=assemble_mo, dedupe_window_s=600)
 
 
-Factory = Callable[..., Awaitable[SmsChannel]]
-
-
 @pytest.fixture
-async def make_channel(peer: SmscPeer, store: SmsMessageStore) -> AsyncIterator[Factory]:
-    channels: list[SmsChannel] = []
-
-    async def make(handler: Any = None, tuning: ChannelTuning = TUNING, **bind: Any) -> SmsChannel:
-        channel = SmsChannel(
-            [bind_for(peer, **bind)],
-            store,
-            dedupe_secret=b"k" * 32,
-            handler=handler,
-            session_tuning=FAST,
-            tuning=tuning,
-        )
-        await channel.start()
-        channels.append(channel)
-        assert await channel.sessions[0].wait_bound(10)
-        await eventually(peer.bound, lambda n: n >= 1)
-        return channel
-
-    yield make
-    for channel in channels:
-        await channel.stop()
+async def make_channel(peer: SmscPeer, store: SmsMessageStore) -> AsyncIterator[ChannelFactory]:
+    async with channel_factory(peer, store, TUNING) as make:
+        yield make
 
 
 async def submits_to(peer: SmscPeer, dest: str) -> list[dict[str, Any]]:
@@ -114,7 +74,7 @@ async def row(pool: asyncpg.Pool, **where: Any) -> asyncpg.Record | None:
 
 
 async def test_400_character_reply_arrives_as_numbered_parts(
-    make_channel: Factory, peer: SmscPeer, pg_pool: asyncpg.Pool
+    make_channel: ChannelFactory, peer: SmscPeer, pg_pool: asyncpg.Pool
 ) -> None:
     channel = await make_channel()
     msisdn = new_msisdn()
@@ -138,7 +98,7 @@ async def test_400_character_reply_arrives_as_numbered_parts(
 
 
 async def test_cyrillic_and_emoji_arrive_as_ucs2_parts(
-    make_channel: Factory, peer: SmscPeer
+    make_channel: ChannelFactory, peer: SmscPeer
 ) -> None:
     channel = await make_channel()
     msisdn = new_msisdn()
@@ -152,7 +112,7 @@ async def test_cyrillic_and_emoji_arrive_as_ucs2_parts(
     assert b"".join(p[6:] for p in payloads).decode("utf-16-be") == text
 
 
-async def test_curly_apostrophe_stays_gsm7(make_channel: Factory, peer: SmscPeer) -> None:
+async def test_curly_apostrophe_stays_gsm7(make_channel: ChannelFactory, peer: SmscPeer) -> None:
     channel = await make_channel()
     msisdn = new_msisdn()
     await channel.send_text(msisdn, "It’s done – thanks")
@@ -162,7 +122,7 @@ async def test_curly_apostrophe_stays_gsm7(make_channel: Factory, peer: SmscPeer
 
 
 async def test_permanent_refusal_marks_the_message_failed(
-    make_channel: Factory, peer: SmscPeer, pg_pool: asyncpg.Pool
+    make_channel: ChannelFactory, peer: SmscPeer, pg_pool: asyncpg.Pool
 ) -> None:
     channel = await make_channel()
     msisdn = new_msisdn()
@@ -177,7 +137,7 @@ async def test_permanent_refusal_marks_the_message_failed(
 
 @pytest.mark.parametrize("recipient", ["", "hello", "+12", "0712 34x", "1" * 20])
 async def test_bad_recipient_is_a_permanent_failure(
-    make_channel: Factory, peer: SmscPeer, recipient: str
+    make_channel: ChannelFactory, peer: SmscPeer, recipient: str
 ) -> None:
     channel = await make_channel()
     with pytest.raises(SendFailed) as info:
@@ -186,7 +146,9 @@ async def test_bad_recipient_is_a_permanent_failure(
     assert await peer.submits() == []
 
 
-async def test_too_long_text_is_a_permanent_failure(make_channel: Factory, peer: SmscPeer) -> None:
+async def test_too_long_text_is_a_permanent_failure(
+    make_channel: ChannelFactory, peer: SmscPeer
+) -> None:
     channel = await make_channel()
     with pytest.raises(SendFailed) as info:
         await channel.send_text(new_msisdn(), "x" * 5000)
@@ -195,7 +157,7 @@ async def test_too_long_text_is_a_permanent_failure(make_channel: Factory, peer:
 
 
 async def test_throttling_every_fifth_submit_delivers_each_once(
-    make_channel: Factory, peer: SmscPeer
+    make_channel: ChannelFactory, peer: SmscPeer
 ) -> None:
     await peer.configure(throttle_every=5)
     channel = await make_channel(tps=200)
@@ -223,14 +185,12 @@ async def test_throttling_every_fifth_submit_delivers_each_once(
 
 
 async def test_smsc_killed_and_restarted_sends_what_was_queued(
-    make_channel: Factory, peer: SmscPeer, pg_pool: asyncpg.Pool
+    make_channel: ChannelFactory, peer: SmscPeer, pg_pool: asyncpg.Pool
 ) -> None:
     channel = await make_channel()
     msisdn = new_msisdn()
     peer.kill()
-    await eventually(
-        lambda: _value(channel.bind_statuses()[0].state), lambda s: s != "bound", timeout_s=10
-    )
+    await eventually(lambda: channel.bind_statuses()[0].state, lambda s: s != "bound", timeout_s=10)
     sends = [
         asyncio.create_task(channel.send_text(msisdn, f"queued {i}", ref=f"kill:{msisdn}:{i}"))
         for i in range(5)
@@ -249,13 +209,11 @@ async def test_smsc_killed_and_restarted_sends_what_was_queued(
 
 
 async def test_no_bind_is_a_temporary_failure(
-    make_channel: Factory, peer: SmscPeer, pg_pool: asyncpg.Pool
+    make_channel: ChannelFactory, peer: SmscPeer, pg_pool: asyncpg.Pool
 ) -> None:
     channel = await make_channel(tuning=replace(TUNING, bind_wait_s=0.3))
     peer.kill()
-    await eventually(
-        lambda: _value(channel.bind_statuses()[0].state), lambda s: s != "bound", timeout_s=10
-    )
+    await eventually(lambda: channel.bind_statuses()[0].state, lambda s: s != "bound", timeout_s=10)
     msisdn = new_msisdn()
     with pytest.raises(SendFailed) as info:
         await channel.send_text(msisdn, "later", ref=f"nobind:{msisdn}")
@@ -265,7 +223,7 @@ async def test_no_bind_is_a_temporary_failure(
 
 
 async def test_retry_after_partial_send_skips_accepted_parts(
-    make_channel: Factory, peer: SmscPeer, store: SmsMessageStore
+    make_channel: ChannelFactory, peer: SmscPeer, store: SmsMessageStore
 ) -> None:
     strict = replace(TUNING, max_throttle_retries=0)
     channel = await make_channel(tuning=strict)
@@ -278,19 +236,9 @@ async def test_retry_after_partial_send_skips_accepted_parts(
     assert info.value.temporary
     await peer.configure(throttle_every=0)
     # A different process (a restart) picks the message up from the store's record.
-    other = SmsChannel(
-        [channel.sessions[0].bind],
-        store,
-        dedupe_secret=b"k" * 32,
-        session_tuning=FAST,
-        tuning=TUNING,
-    )
-    await other.start()
-    try:
-        assert await other.sessions[0].wait_bound(10)
-        await other.send_text(msisdn, text, ref=ref)
-    finally:
-        await other.stop()
+    other = await make_channel()
+    await other.send_text(msisdn, text, ref=ref)
+    await other.stop()
     accepted = [bytes.fromhex(s["hex"]) for s in await accepted_to(peer, msisdn)]
     assert [(p[5], p[6:7]) for p in accepted] == [(1, b"p"), (2, b"q"), (3, b"r")]
     assert len({p[3] for p in accepted}) == 1  # one concatenation reference throughout
@@ -302,7 +250,7 @@ async def test_retry_after_partial_send_skips_accepted_parts(
 
 
 async def test_sender_implements_the_outbox_protocol(
-    make_channel: Factory, peer: SmscPeer, pg_pool: asyncpg.Pool
+    make_channel: ChannelFactory, peer: SmscPeer, pg_pool: asyncpg.Pool
 ) -> None:
     @dataclass
     class Outbound:
@@ -327,13 +275,11 @@ async def test_transmitter_and_receiver_pair(
 ) -> None:
     await peer.configure(dlr="tlv")
     recorder = Recorder()
-    channel = SmsChannel(
+    channel = new_channel(
         [bind_for(peer, bind="tx"), bind_for(peer, bind="rx")],
         store,
-        dedupe_secret=b"k" * 32,
-        handler=recorder,
-        session_tuning=FAST,
         tuning=TUNING,
+        handler=recorder,
     )
     await channel.start()
     try:
@@ -347,7 +293,7 @@ async def test_transmitter_and_receiver_pair(
         # The receipt comes back over the receiver and still matches (one SMSC account).
         await eventually(lambda: row(pg_pool, ref=ref), lambda r: r and r["status"] == "delivered")
         await peer.mo(source=msisdn, text="HELP", nowait=True)  # see nowait in smsc_peer
-        await eventually(lambda: _value(len(recorder.seen)), lambda n: n == 1)
+        await eventually(lambda: len(recorder.seen), lambda n: n == 1)
         assert recorder.seen[0].text == "HELP"
         assert rx.status().received == 2 and tx.status().received == 0
         assert [b.bind_type for b in channel.bind_statuses()] == ["tx", "rx"]
@@ -369,7 +315,7 @@ RECEIPT_CASES = [
 
 @pytest.mark.parametrize("case", RECEIPT_CASES, ids=[f"{c[0]}-{c[1]}" for c in RECEIPT_CASES])
 async def test_receipts_update_status(
-    make_channel: Factory, peer: SmscPeer, pg_pool: asyncpg.Pool, case: tuple[Any, ...]
+    make_channel: ChannelFactory, peer: SmscPeer, pg_pool: asyncpg.Pool, case: tuple[Any, ...]
 ) -> None:
     mode, stat, bind, expected = case
     await peer.configure(dlr=mode, dlr_stat=stat)
@@ -467,15 +413,6 @@ async def test_one_reference_twice_in_a_batch(store: SmsMessageStore) -> None:
 # --- MO ---------------------------------------------------------------------------------------
 
 
-async def processed(pool: asyncpg.Pool, msisdn: str) -> list[asyncpg.Record]:
-    return list(
-        await pool.fetch(
-            "SELECT * FROM sms_messages WHERE direction = 'mo' AND msisdn = $1 ORDER BY id",
-            "+" + msisdn,
-        )
-    )
-
-
 CODING_CASES = [
     ("gsm7", b"BAL \x00 \x1b\x65", 0, "BAL @ €"),
     ("latin1", "Café".encode("latin-1"), 3, "Café"),
@@ -485,14 +422,14 @@ CODING_CASES = [
 
 @pytest.mark.parametrize("case", CODING_CASES, ids=[c[0] for c in CODING_CASES])
 async def test_mo_data_codings(
-    make_channel: Factory, peer: SmscPeer, case: tuple[str, bytes, int, str]
+    make_channel: ChannelFactory, peer: SmscPeer, case: tuple[str, bytes, int, str]
 ) -> None:
     _, data, coding, text = case
     recorder = Recorder()
     await make_channel(recorder)
     msisdn = new_msisdn()
     assert await peer.mo(source=msisdn, hex=data.hex(), data_coding=coding) == [0]
-    await eventually(lambda: _value(len(recorder.seen)), lambda n: n == 1)
+    await eventually(lambda: len(recorder.seen), lambda n: n == 1)
     sms = recorder.seen[0]
     assert (sms.text, sms.msisdn, sms.short_code, sms.complete) == (
         text,
@@ -508,7 +445,7 @@ def _udh16(ref: int, total: int, seq: int) -> bytes:
 
 @pytest.mark.parametrize("kind", ["udh8", "udh16", "sar"])
 async def test_concatenated_mo_is_reassembled(
-    make_channel: Factory, peer: SmscPeer, pg_pool: asyncpg.Pool, kind: str
+    make_channel: ChannelFactory, peer: SmscPeer, pg_pool: asyncpg.Pool, kind: str
 ) -> None:
     recorder = Recorder()
     await make_channel(recorder)
@@ -527,12 +464,11 @@ async def test_concatenated_mo_is_reassembled(
                 tlvs=[[TLV_SAR_REF, "0099"], [TLV_SAR_TOTAL, "03"], [TLV_SAR_SEQ, f"{i + 1:02x}"]],
             )
         assert await peer.mo(**fields) == [0]
-    await eventually(lambda: _value(len(recorder.seen)), lambda n: n == 1)
+    await eventually(lambda: len(recorder.seen), lambda n: n == 1)
     sms = recorder.seen[0]
     assert (sms.text, sms.parts, sms.complete) == ("SEND 0712345678 500 4321", 3, True)
-    rows = await processed(pg_pool, msisdn)
-    await eventually(lambda: processed(pg_pool, msisdn), lambda r: r[0]["status"] == "processed")
-    rows = await processed(pg_pool, msisdn)
+    await eventually(lambda: mo_rows(pg_pool, msisdn), lambda r: r[0]["status"] == "processed")
+    rows = await mo_rows(pg_pool, msisdn)
     assert len(rows) == 1
     assert rows[0]["body"] == "SEND 0712345678 500 ****"
     leftovers = await pg_pool.fetchval(
@@ -541,27 +477,29 @@ async def test_concatenated_mo_is_reassembled(
     assert leftovers == 0
 
 
-async def test_incomplete_concatenated_mo_times_out(make_channel: Factory, peer: SmscPeer) -> None:
+async def test_incomplete_concatenated_mo_times_out(
+    make_channel: ChannelFactory, peer: SmscPeer
+) -> None:
     recorder = Recorder()
     await make_channel(recorder, tuning=replace(TUNING, concat_timeout_s=0.5))
     msisdn = new_msisdn()
     for seq in (1, 3):
         payload = udh_concat(9, 3, seq) + b"part%d " % seq
         assert await peer.mo(source=msisdn, hex=payload.hex(), esm_class=0x40) == [0]
-    await eventually(lambda: _value(len(recorder.seen)), lambda n: n == 1)
+    await eventually(lambda: len(recorder.seen), lambda n: n == 1)
     sms = recorder.seen[0]
     assert (sms.text, sms.complete, sms.parts) == ("part1 part3 ", False, 3)
 
 
 async def test_redelivered_mo_is_processed_once(
-    make_channel: Factory, peer: SmscPeer, store: SmsMessageStore, pg_pool: asyncpg.Pool
+    make_channel: ChannelFactory, peer: SmscPeer, store: SmsMessageStore, pg_pool: asyncpg.Pool
 ) -> None:
     recorder = Recorder()
     channel = await make_channel(recorder)
     msisdn = new_msisdn()
     assert await peer.mo(source=msisdn, text="BAL 1234", repeat=3) == [0, 0, 0]
     await eventually(
-        lambda: processed(pg_pool, msisdn), lambda r: r and r[0]["status"] == "processed"
+        lambda: mo_rows(pg_pool, msisdn), lambda r: r and r[0]["status"] == "processed"
     )
     # The de-duplication is durable: a new channel (a restart) still drops the copy.
     await channel.stop()
@@ -573,25 +511,25 @@ async def test_redelivered_mo_is_processed_once(
     assert await peer.mo(
         source=msisdn, hex=(udh_concat(3, 2, 2) + b"1234").hex(), esm_class=0x40
     ) == [0]
-    await eventually(lambda: _value(len(again.seen)), lambda n: n == 1)
+    await eventually(lambda: len(again.seen), lambda n: n == 1)
     assert [s.text for s in recorder.seen] == ["BAL 1234"]
     assert [s.text for s in again.seen] == ["BAL 1234"]  # the concatenated one, once
-    assert len(await processed(pg_pool, msisdn)) == 2
+    assert len(await mo_rows(pg_pool, msisdn)) == 2
 
 
 async def test_malformed_udh_is_refused_for_good(
-    make_channel: Factory, peer: SmscPeer, pg_pool: asyncpg.Pool
+    make_channel: ChannelFactory, peer: SmscPeer, pg_pool: asyncpg.Pool
 ) -> None:
     recorder = Recorder()
     await make_channel(recorder)
     msisdn = new_msisdn()
     assert await peer.mo(source=msisdn, hex="0900030102", esm_class=0x40) == [0x65]
-    assert await processed(pg_pool, msisdn) == []
+    assert await mo_rows(pg_pool, msisdn) == []
     assert recorder.seen == []
 
 
 async def test_handler_retry_then_success(
-    make_channel: Factory, peer: SmscPeer, pg_pool: asyncpg.Pool
+    make_channel: ChannelFactory, peer: SmscPeer, pg_pool: asyncpg.Pool
 ) -> None:
     recorder = Recorder()
     recorder.fail_with = [RetryLater("core down"), SendFailed("link", temporary=True)]
@@ -599,23 +537,23 @@ async def test_handler_retry_then_success(
     msisdn = new_msisdn()
     await peer.mo(source=msisdn, text="MINI 1234")
     await eventually(
-        lambda: processed(pg_pool, msisdn), lambda r: r and r[0]["status"] == "processed"
+        lambda: mo_rows(pg_pool, msisdn), lambda r: r and r[0]["status"] == "processed"
     )
     assert [s.attempt for s in recorder.seen] == [1, 2, 3]
-    (record,) = await processed(pg_pool, msisdn)
+    (record,) = await mo_rows(pg_pool, msisdn)
     assert record["body_enc"] is None and record["attempts"] == 3
 
 
 async def test_handler_bug_marks_the_mo_failed(
-    make_channel: Factory, peer: SmscPeer, pg_pool: asyncpg.Pool
+    make_channel: ChannelFactory, peer: SmscPeer, pg_pool: asyncpg.Pool
 ) -> None:
     recorder = Recorder()
     recorder.fail_with = [ZeroDivisionError("boom")]
     await make_channel(recorder)
     msisdn = new_msisdn()
     await peer.mo(source=msisdn, text="BAL 1234")
-    await eventually(lambda: processed(pg_pool, msisdn), lambda r: r and r[0]["status"] == "failed")
-    (record,) = await processed(pg_pool, msisdn)
+    await eventually(lambda: mo_rows(pg_pool, msisdn), lambda r: r and r[0]["status"] == "failed")
+    (record,) = await mo_rows(pg_pool, msisdn)
     assert "ZeroDivisionError" in record["error"] and record["body_enc"] is None
     assert len(recorder.seen) == 1
 
@@ -631,44 +569,23 @@ async def test_mo_left_by_a_dead_instance_is_processed(
             await asyncio.Event().wait()
 
     short_lease = SmsMessageStore(store._pool, store._cipher, assemble=assemble_mo, lease_s=0.2)
-    first = SmsChannel(
-        [bind_for(peer)],
-        short_lease,
-        dedupe_secret=b"k" * 32,
-        handler=Hang(),
-        session_tuning=FAST,
-        tuning=replace(TUNING, recovery_interval_s=3600),  # it must not re-claim its own MO
-    )
-    await first.start()
-    assert await first.sessions[0].wait_bound(10)
-    await eventually(peer.bound, lambda n: n >= 1)
-    msisdn = new_msisdn()
-    await peer.mo(source=msisdn, text="BAL 1234")
-    async with asyncio.timeout(10):
-        await blocked.wait()
-    await first.stop()  # the "crash": the handler never finished
-    recorder = Recorder()
-    second = SmsChannel(
-        [bind_for(peer)],
-        short_lease,
-        dedupe_secret=b"k" * 32,
-        handler=recorder,
-        session_tuning=FAST,
-        tuning=TUNING,
-    )
-    await second.start()
-    try:
-        await eventually(lambda: _value(len(recorder.seen)), lambda n: n == 1)
+    async with channel_factory(peer, short_lease, TUNING) as make:
+        # The first must not re-claim its own MO.
+        first = await make(Hang(), tuning=replace(TUNING, recovery_interval_s=3600))
+        msisdn = new_msisdn()
+        await peer.mo(source=msisdn, text="BAL 1234")
+        async with asyncio.timeout(10):
+            await blocked.wait()
+        await first.stop()  # the "crash": the handler never finished
+        recorder = Recorder()
+        await make(recorder)
+        await eventually(lambda: len(recorder.seen), lambda n: n == 1)
         assert recorder.seen[0].text == "BAL 1234" and recorder.seen[0].attempt == 2
-        await eventually(
-            lambda: processed(pg_pool, msisdn), lambda r: r[0]["status"] == "processed"
-        )
-    finally:
-        await second.stop()
+        await eventually(lambda: mo_rows(pg_pool, msisdn), lambda r: r[0]["status"] == "processed")
 
 
 async def test_grammar_replies_and_no_pin_is_stored_or_logged(
-    make_channel: Factory,
+    make_channel: ChannelFactory,
     peer: SmscPeer,
     pg_pool: asyncpg.Pool,
     caplog: pytest.LogCaptureFixture,
@@ -681,7 +598,7 @@ async def test_grammar_replies_and_no_pin_is_stored_or_logged(
         await peer.mo(source=msisdn, text=text)
         await eventually(lambda: accepted_to(peer, msisdn), lambda s, n=i + 1: len(s) == n)
     await eventually(
-        lambda: processed(pg_pool, msisdn),
+        lambda: mo_rows(pg_pool, msisdn),
         lambda r: len(r) == 4 and all(x["status"] == "processed" for x in r),
     )
     replies = [bytes.fromhex(s["hex"]) for s in await accepted_to(peer, msisdn)]
@@ -690,14 +607,10 @@ async def test_grammar_replies_and_no_pin_is_stored_or_logged(
     assert b"not available yet" in replies[1]
     assert replies[2].startswith(b"The PIN must be 4 digits")
     assert replies[3].startswith(b"Sorry, we did not understand")
-    bodies = [r["body"] for r in await processed(pg_pool, msisdn)]
+    bodies = [r["body"] for r in await mo_rows(pg_pool, msisdn)]
     assert bodies == ["help", "BAL ****", "SEND 0712345678 **** ****", "hello ****"]
     stored = await pg_pool.fetch(
         "SELECT body, body_enc FROM sms_messages WHERE msisdn = $1", "+" + msisdn
     )
     assert all("9731" not in (r["body"] or "") and r["body_enc"] is None for r in stored)
     assert "9731" not in caplog.text
-
-
-async def _value(value: object) -> object:
-    return value

@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -24,25 +23,20 @@ from core.clock import ManualClock
 from core.sms_messages import InboundRecord, SmsMessageStore
 from gateway.keys import CIPHER
 from tests.helpers import eventually
-from tests.sms_helpers import FAST, bind_for
+from tests.sms_helpers import (
+    ChannelFactory,
+    Recorder,
+    channel_factory,
+    mo_rows,
+    new_msisdn,
+    peer_per_test,  # noqa: F401 (the `peer` fixture)
+)
 from tests.smsc_peer import SmscPeer
 
 SHORT_S, LONG_S = 45, 600
 TLV_USER_MESSAGE_REFERENCE = 0x0204
 VENDOR_MO_ID = 0x1501
 TUNING = ChannelTuning(workers=2, recovery_interval_s=0.1, retry_delay_s=0.05)
-
-
-def new_msisdn() -> str:
-    return "2547" + "".join(secrets.choice("0123456789") for _ in range(8))
-
-
-class Recorder:
-    def __init__(self) -> None:
-        self.seen: list[InboundSms] = []
-
-    async def handle(self, sms: InboundSms) -> None:
-        self.seen.append(sms)
 
 
 @pytest.fixture
@@ -63,67 +57,23 @@ def store(app: web.Application, pg_pool: asyncpg.Pool, clock: ManualClock) -> Sm
 
 
 @pytest.fixture
-async def peer(tmp_path: Path) -> AsyncIterator[SmscPeer]:
-    smsc = SmscPeer(tmp_path)
-    await smsc.start()
-    try:
-        yield smsc
-    finally:
-        await smsc.close()
-
-
-Factory = Callable[..., Awaitable[SmsChannel]]
-
-
-@pytest.fixture
-async def make_channel(peer: SmscPeer, store: SmsMessageStore) -> AsyncIterator[Factory]:
-    channels: list[SmsChannel] = []
-
-    async def make(handler: Any, **bind: Any) -> SmsChannel:
-        channel = SmsChannel(
-            [bind_for(peer, **bind)],
-            store,
-            dedupe_secret=b"d" * 32,
-            handler=handler,
-            session_tuning=FAST,
-            tuning=TUNING,
-        )
-        await channel.start()
-        channels.append(channel)
-        assert await channel.sessions[0].wait_bound(10)
-        await eventually(peer.bound, lambda n: n >= 1)
-        return channel
-
-    yield make
-    for channel in channels:
-        await channel.stop()
-
-
-async def mos(pool: asyncpg.Pool, msisdn: str) -> list[asyncpg.Record]:
-    return list(
-        await pool.fetch(
-            "SELECT * FROM sms_messages WHERE direction = 'mo' AND msisdn = $1 ORDER BY id",
-            "+" + msisdn,
-        )
-    )
+async def make_channel(peer: SmscPeer, store: SmsMessageStore) -> AsyncIterator[ChannelFactory]:
+    async with channel_factory(peer, store, TUNING) as make:
+        yield make
 
 
 async def all_processed(pool: asyncpg.Pool, msisdn: str, count: int) -> None:
     await eventually(
-        lambda: mos(pool, msisdn),
+        lambda: mo_rows(pool, msisdn),
         lambda rows: len(rows) == count and all(r["status"] == "processed" for r in rows),
     )
-
-
-async def _value(value: object) -> object:
-    return value
 
 
 # --- the channel, end to end ---------------------------------------------------------------
 
 
 async def test_redelivery_once_and_a_repeat_after_the_short_window_answered(
-    make_channel: Factory, peer: SmscPeer, pg_pool: asyncpg.Pool, clock: ManualClock
+    make_channel: ChannelFactory, peer: SmscPeer, pg_pool: asyncpg.Pool, clock: ManualClock
 ) -> None:
     recorder = Recorder()
     await make_channel(recorder)
@@ -137,13 +87,13 @@ async def test_redelivery_once_and_a_repeat_after_the_short_window_answered(
     clock.advance(seconds=61 - (SHORT_S - 1))
     assert await peer.mo(source=msisdn, text="BAL 1234") == [0]
     await all_processed(pg_pool, msisdn, 2)
-    await eventually(lambda: _value(len(recorder.seen)), lambda n: n == 2)
+    await eventually(lambda: len(recorder.seen), lambda n: n == 2)
     assert [s.text for s in recorder.seen] == ["BAL 1234", "BAL 1234"]
     assert recorder.seen[0].id != recorder.seen[1].id  # two MOs, two idempotency anchors
 
 
 async def test_identified_mo_is_one_message_for_the_long_window_and_two_when_ids_differ(
-    make_channel: Factory, peer: SmscPeer, pg_pool: asyncpg.Pool, clock: ManualClock
+    make_channel: ChannelFactory, peer: SmscPeer, pg_pool: asyncpg.Pool, clock: ManualClock
 ) -> None:
     recorder = Recorder()
     await make_channel(recorder, mo_id_tlv=VENDOR_MO_ID)
@@ -164,20 +114,20 @@ async def test_identified_mo_is_one_message_for_the_long_window_and_two_when_ids
     assert await peer.mo(source=other, text="BAL 1234", tlvs=smsc_id, repeat=2) == [0, 0]
     assert await peer.mo(source=other, text="BAL 1234", tlvs=[[VENDOR_MO_ID, b"MO-43".hex()]])
     await all_processed(pg_pool, other, 2)
-    await eventually(lambda: _value(len(recorder.seen)), lambda n: n == 4)
+    await eventually(lambda: len(recorder.seen), lambda n: n == 4)
     texts = [s.text for s in recorder.seen]
     assert texts == ["MINI 1234", "MINI 1234", "BAL 1234", "BAL 1234"]
 
 
 async def test_acks_just_before_a_link_drop_are_remembered_for_the_long_window(
-    make_channel: Factory, peer: SmscPeer, pg_pool: asyncpg.Pool, clock: ManualClock
+    make_channel: ChannelFactory, peer: SmscPeer, pg_pool: asyncpg.Pool, clock: ManualClock
 ) -> None:
     recorder = Recorder()
     await make_channel(recorder)
     msisdn = new_msisdn()
     assert await peer.mo(source=msisdn, text="BAL 1234") == [0]
     await all_processed(pg_pool, msisdn, 1)
-    (row,) = await mos(pg_pool, msisdn)
+    (row,) = await mo_rows(pg_pool, msisdn)
     expiry = "SELECT expires_at FROM sms_mo_seen WHERE dedupe_key = $1"
     short = await pg_pool.fetchval(expiry, row["dedupe_key"])
     assert (short - clock.now()).total_seconds() == pytest.approx(SHORT_S, abs=1)
@@ -260,7 +210,7 @@ class ReplyThenFail:
 
 
 async def test_reply_is_on_record_with_the_outcome_and_not_sent_again_on_retry(
-    make_channel: Factory, peer: SmscPeer, pg_pool: asyncpg.Pool
+    make_channel: ChannelFactory, peer: SmscPeer, pg_pool: asyncpg.Pool
 ) -> None:
     channel = await make_channel(None)
     handler = ReplyThenFail(channel, failures=1)
@@ -269,7 +219,7 @@ async def test_reply_is_on_record_with_the_outcome_and_not_sent_again_on_retry(
     assert await peer.mo(source=msisdn, text="BAL 1234") == [0]
     await all_processed(pg_pool, msisdn, 1)
     assert handler.attempts == [1, 2]
-    (mo,) = await mos(pg_pool, msisdn)
+    (mo,) = await mo_rows(pg_pool, msisdn)
     mt = await pg_pool.fetchrow(
         "SELECT status, parts FROM sms_messages WHERE direction = 'mt' AND ref = $1",
         f"mo:{mo['id']}",
@@ -280,7 +230,7 @@ async def test_reply_is_on_record_with_the_outcome_and_not_sent_again_on_retry(
 
 
 async def test_a_successful_mo_and_its_reply_commit_together(
-    make_channel: Factory, peer: SmscPeer, pg_pool: asyncpg.Pool
+    make_channel: ChannelFactory, peer: SmscPeer, pg_pool: asyncpg.Pool
 ) -> None:
     channel = await make_channel(None)
     channel.handler = ReplyThenFail(channel, failures=0)

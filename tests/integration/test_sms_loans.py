@@ -15,7 +15,8 @@ import pytest
 from core.transfers import fund_loans
 from gateway.keys import LOANS
 from tests.integration.test_ussd_loans import FUND_MINOR, borrower, choose_product, terms
-from tests.sms_banking_support import SmsEnv, peer, sms_env_fixtures, start_sms_env  # noqa: F401
+from tests.sms_banking_support import SmsEnv, sms_env_fixtures
+from tests.sms_helpers import peer_per_module  # noqa: F401 (the `peer` fixture)
 from tests.ussd_support import PIN
 
 env, ledger_ok = sms_env_fixtures()

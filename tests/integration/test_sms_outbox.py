@@ -10,7 +10,8 @@ from core.errors import SendFailed
 from core.outbox import OutboundMessage, enqueue
 from gateway.keys import DISPATCHER, SENDERS, SMS_SENDER
 from tests.helpers import eventually
-from tests.sms_banking_support import SmsEnv, peer, sms_env_fixtures, start_sms_env  # noqa: F401 (fixture)
+from tests.sms_banking_support import SmsEnv, sms_env_fixtures
+from tests.sms_helpers import peer_per_module  # noqa: F401 (the `peer` fixture)
 from tests.ussd_support import PIN
 
 env, ledger_ok = sms_env_fixtures()

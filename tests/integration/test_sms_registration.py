@@ -12,21 +12,27 @@ import logging
 import secrets
 from collections.abc import Iterator
 from dataclasses import fields
-from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 from redis.asyncio import Redis
 
 from channels.sms.executor import SmsBanking
-from channels.sms.handler import InboundSms
 from channels.sms.registration import Registrations
 from core import errors as E
 from gateway.keys import REDIS, SMS_CHANNEL
 from menus.actions import ActionContext, ActionResult
 from menus.bindings import CoreActions
 from tests.helpers import eventually
-from tests.sms_banking_support import SmsEnv, banking, peer, sms_env_fixtures, start_sms_env  # noqa: F401
+from tests.sms_banking_support import (
+    Replies,
+    SmsEnv,
+    banking,
+    fresh_mo_id,
+    inbound,
+    sms_env_fixtures,
+)
+from tests.sms_helpers import peer_per_module  # noqa: F401 (the `peer` fixture)
 from tests.ussd_support import PIN, new_msisdn
 
 OTHER_PIN = "5930"
@@ -79,39 +85,6 @@ async def walk(env: SmsEnv, msisdn: str, *answers: str) -> list[str]:
     return [await env.ask(msisdn, answer) for answer in answers]
 
 
-def inbound(msisdn: str, text: str, mo_id: int, attempt: int = 1) -> InboundSms:
-    return InboundSms(
-        id=mo_id,
-        msisdn=msisdn,
-        short_code="12345",
-        text=text,
-        smsc="test",
-        received_at=datetime.now(UTC),
-        parts=1,
-        complete=True,
-        attempt=attempt,
-    )
-
-
-class Replies:
-    """A ReplySender that keeps what it was asked to send (the SMPP path is tested above)."""
-
-    def __init__(self) -> None:
-        self.sent: list[tuple[str, str, str | None]] = []
-
-    async def send_text(
-        self,
-        recipient: str,
-        text: str,
-        *,
-        ref: str | None = None,
-        sensitive: bool = False,
-        first_attempt: bool = False,
-    ) -> str:
-        self.sent.append((recipient, text, ref))
-        return f"id{len(self.sent)}"
-
-
 def collecting(env: SmsEnv, replies: Replies) -> SmsBanking:
     """The live handler's parts (core, Redis dialogs) answering into `replies`."""
     live = banking(env)
@@ -123,10 +96,6 @@ def collecting(env: SmsEnv, replies: Replies) -> SmsBanking:
         confirmations=live.confirmations,
         registrations=live.registrations,
     )
-
-
-def fresh_mo_id() -> int:
-    return 10**12 + secrets.randbelow(10**9)  # an id no stored MO has
 
 
 def logged_fields(record: logging.LogRecord) -> dict[str, object]:
