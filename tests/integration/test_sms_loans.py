@@ -12,9 +12,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from core.transfers import fund_loans
 from gateway.keys import LOANS
-from tests.integration.test_ussd_loans import FUND_MINOR, borrower, choose_product, terms
+from tests.loans_support import borrower, choose_product, offer_products, terms
 from tests.sms_banking_support import SmsEnv, sms_env_fixtures
 from tests.sms_helpers import peer_per_module  # noqa: F401 (the `peer` fixture)
 from tests.ussd_support import PIN
@@ -24,17 +23,7 @@ env, ledger_ok = sms_env_fixtures()
 
 @pytest.fixture(scope="module")
 async def product(env: SmsEnv) -> dict[str, str]:
-    await fund_loans(
-        env.bank.pool,
-        amount_minor=FUND_MINOR,
-        idempotency_key=f"sms-loans-{secrets.token_hex(6)}",
-        channel="test",
-    )
-    code = "S" + secrets.token_hex(4).upper()
-    name = f"Quick {code[-4:]}"
-    for offered, label in ((f"{code}X", f"Other {code[-4:]}"), (code, name)):  # two: pick one
-        await env.app[LOANS].create_product(env.bank.pool, terms(offered, label), "test")
-    return {"code": code, "name": name}
+    return await offer_products(env, "S")
 
 
 async def apply_by_ussd(env: SmsEnv, msisdn: str, name: str) -> str:

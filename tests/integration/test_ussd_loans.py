@@ -5,22 +5,15 @@ rule, and the ledger check after every test."""
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from core.customers import set_tier
-from core.transfers import deposit, fund_loans
-from gateway.keys import LOANS
-from tests.ussd_support import PIN, AtSession, UssdEnv, money, ussd
+from tests.loans_support import borrower, choose_product, offer_products
+from tests.ussd_support import PIN, UssdEnv, money, ussd
 
 __all__ = ["ussd"]
-
-FUND_MINOR = 10_000_000_00
-DEPOSITS = 20
-INFLOW_MINOR = 50_000_00  # 20 deposits of KES 2,500: a wallet score well within the limits
 
 
 @pytest.fixture(autouse=True)
@@ -31,73 +24,7 @@ async def ledger_ok(ussd: UssdEnv) -> AsyncIterator[None]:
 
 @pytest.fixture(scope="module")
 async def product(ussd: UssdEnv) -> dict[str, str]:
-    """A KES product (30 days, 5 % flat, one repayment) and a funded loan fund."""
-    await fund_loans(
-        ussd.bank.pool,
-        amount_minor=FUND_MINOR,
-        idempotency_key=f"ussd-loans-{secrets.token_hex(6)}",
-        channel="test",
-    )
-    code = "U" + secrets.token_hex(4).upper()
-    name = f"Quick {code[-4:]}"
-    for offered, label in ((f"{code}X", f"Other {code[-4:]}"), (code, name)):  # two: pick one
-        await ussd.app[LOANS].create_product(ussd.bank.pool, terms(offered, label), "test")
-    return {"code": code, "name": name}
-
-
-def terms(code: str, name: str) -> dict[str, object]:
-    return {
-        "code": code,
-        "name": name,
-        "currency": "KES",
-        "principal_min_minor": 100_00,
-        "principal_max_minor": 2_000_00,
-        "interest_rate_percent": "5",
-        "interest_method": "flat",
-        "amortization": "equal_installments",
-        "repayments": 1,
-        "frequency": "days",
-        "repayment_every": 30,
-        "min_account_age_days": 30,
-        "auto_approve_max_minor": 2_000_00,
-        "tiers": ["basic", "standard"],
-    }
-
-
-async def borrower(ussd: UssdEnv, *, age_days: int = 400, tier: str = "Basic") -> str:
-    """A customer with tenure and a history of money coming in (what the scorer wants)."""
-    msisdn = await ussd.bank.open()
-    if tier != "Basic":
-        await set_tier(ussd.bank.pool, msisdn, tier, actor="test")
-    await ussd.bank.pool.execute(
-        "UPDATE customers SET created_at = $2 WHERE msisdn = $1",
-        msisdn,
-        datetime.now(UTC) - timedelta(days=age_days),
-    )
-    for i in range(DEPOSITS):
-        await deposit(
-            ussd.bank.pool,
-            msisdn=msisdn,
-            amount_minor=INFLOW_MINOR // DEPOSITS,
-            idempotency_key=f"loan-dep-{msisdn}-{i}",
-            channel="test",
-        )
-    return msisdn
-
-
-async def choose_product(s: AtSession, name: str) -> str:
-    """Loans -> Apply, then the product by its name (several are offered)."""
-    body = await s.walk("5", "1")
-    assert "Choose a loan" in body, body
-    for _ in range(12):
-        for line in body[4:].split("\n"):
-            number, _, label = line.partition(". ")
-            if label == name:
-                return await s.send(number)
-        if "98. More" not in body:
-            break
-        body = await s.send("98")
-    raise AssertionError(f"{name} is not offered: {body}")
+    return await offer_products(ussd, "U")
 
 
 async def test_apply_status_outstanding_and_repay(ussd: UssdEnv, product: dict[str, str]) -> None:
@@ -167,20 +94,6 @@ async def test_refusals_and_wrong_pin(ussd: UssdEnv, product: dict[str, str]) ->
     assert money(before + 1_000_00) in await ussd.session(msisdn).walk("2", PIN)
 
 
-async def _choose_any_language(s: AtSession, name: str) -> str:
-    """choose_product for any menu language: the product lines read the same in each."""
-    body = await s.walk("5", "1")
-    for _ in range(12):
-        for line in body[4:].split("\n"):
-            number, _, label = line.partition(". ")
-            if label == name:
-                return await s.send(number)
-        if "98. " not in body:
-            break
-        body = await s.send("98")
-    raise AssertionError(f"{name} is not offered: {body}")
-
-
 @pytest.mark.parametrize(
     ("language", "too_new", "too_much"),
     [
@@ -206,8 +119,8 @@ async def test_refusal_reasons_in_the_callers_language(
         "UPDATE customers SET language = $2 WHERE msisdn = $1", newcomer, language
     )
     s = ussd.session(newcomer)
-    await _choose_any_language(s, product["name"])
+    await choose_product(s, product["name"], english=False)
     assert await s.send("1000") == too_new
     t = ussd.session(newcomer)
-    await _choose_any_language(t, product["name"])
+    await choose_product(t, product["name"], english=False)
     assert await t.send("5000") == too_much

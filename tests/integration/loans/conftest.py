@@ -19,7 +19,7 @@ import secrets
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 import asyncpg
 import pytest
@@ -31,10 +31,11 @@ from core.customers import register_customer, set_tier
 from core.ledger import check_ledger, ensure_system_accounts
 from core.limits import DEFAULT_LIMITS_KES, set_limits
 from core.loans.core_ledger import CoreCustomerDirectory, CoreLoanLedger, OutboxNotifier
+from core.loans.decision import Outcome
 from core.loans.products import Product
 from core.transfers import balance, deposit, fund_loans, send_money
 from gateway.keys import CIPHER
-from menus.loans.service import LoanPolicy, LoanService
+from menus.loans.service import ApplyResult, LoanPolicy, LoanService, RepayResult
 
 CURRENCY = "XTS"
 START = datetime(2024, 1, 10, 9, 0, tzinfo=UTC)
@@ -142,6 +143,14 @@ def product_terms(**overrides: Any) -> dict[str, Any]:
     return terms
 
 
+class Borrowed(NamedTuple):
+    """A loan `World.new_loan` made: its customer, the loan and the application behind it."""
+
+    msisdn: str
+    loan_id: int
+    application_id: int
+
+
 @dataclass
 class World:
     pool: asyncpg.Pool
@@ -189,6 +198,47 @@ class World:
         for _ in range(20 if inflow_minor else 0):
             await self.deposit(number, inflow_minor // 20, currency=currency)
         return number
+
+    async def apply(
+        self,
+        msisdn: str,
+        product_code: str,
+        amount_minor: int,
+        *,
+        key: str | None = None,
+        channel: str = "ussd",
+    ) -> ApplyResult:
+        """The customer applies on `channel`; `key` is the idempotency key (a fresh one when
+        not given)."""
+        return await self.service.apply(
+            self.pool,
+            msisdn=msisdn,
+            product_code=product_code,
+            amount_minor=amount_minor,
+            channel=channel,
+            idempotency_key=key or new_key(),
+        )
+
+    async def repay(
+        self, msisdn: str, amount_minor: int, *, key: str | None = None, channel: str = "sms"
+    ) -> RepayResult:
+        """The customer repays from the wallet on `channel` (a fresh key when not given)."""
+        return await self.service.repay(
+            self.pool,
+            msisdn=msisdn,
+            amount_minor=amount_minor,
+            idempotency_key=key or new_key(),
+            channel=channel,
+        )
+
+    async def new_loan(self, amount_minor: int = 100_000, **terms: Any) -> Borrowed:
+        """A new product on `terms`, a new customer, and that customer's loan of
+        `amount_minor`: approved on the spot and disbursed."""
+        product = await self.product(**terms)
+        msisdn = await self.customer()
+        result = await self.apply(msisdn, product.code, amount_minor)
+        assert result.decision.outcome is Outcome.APPROVE and result.loan is not None
+        return Borrowed(msisdn, result.loan.id, result.application.id)
 
     async def deposit(self, msisdn: str, amount_minor: int, *, currency: str | None = None) -> None:
         await deposit(

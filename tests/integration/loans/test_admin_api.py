@@ -190,14 +190,7 @@ async def test_permissions(api: TestClient) -> None:
 async def _review_application(world: World) -> tuple[str, int]:
     product = await world.product(auto_approve_max_minor=0)
     msisdn = await world.customer()
-    result = await world.service.apply(
-        world.pool,
-        msisdn=msisdn,
-        product_code=product.code,
-        amount_minor=100_000,
-        channel="sms",
-        idempotency_key="k",
-    )
+    result = await world.apply(msisdn, product.code, 100_000, key="k", channel="sms")
     assert result.decision.outcome is Outcome.REVIEW
     return msisdn, result.application.id
 
@@ -292,14 +285,7 @@ async def test_application_pages(api: TestClient, world: World, admin_token: str
     product = await world.product(tiers=["premium"])  # every application refused: no limit hit
     world.service.policy = LoanPolicy(fraud=FraudLimits(max_applications_24h=100))
     for i in range(5):
-        await world.service.apply(
-            world.pool,
-            msisdn=msisdn,
-            product_code=product.code,
-            amount_minor=100_000,
-            channel="sms",
-            idempotency_key=f"p{i}",
-        )
+        await world.apply(msisdn, product.code, 100_000, key=f"p{i}", channel="sms")
     seen: list[int] = []
     before = None
     for _ in range(3):
@@ -319,14 +305,7 @@ async def test_portfolio_shows_arrears_buckets(api: TestClient, world: World) ->
     product = await world.product()
     msisdns = [await world.customer() for _ in range(3)]
     for m in msisdns:
-        result = await world.service.apply(
-            world.pool,
-            msisdn=m,
-            product_code=product.code,
-            amount_minor=100_000,
-            channel="ussd",
-            idempotency_key="k",
-        )
+        result = await world.apply(m, product.code, 100_000, key="k")
         assert result.loan is not None
     # One loan 45 days late, one 95 days late, one current (as the arrears job would record).
     loan_ids = [
@@ -411,18 +390,9 @@ async def test_loan_transfers_refused_by_the_reversal_route(
     invariants run after the test)."""
     product = await world.product()
     msisdn = await world.customer()
-    applied = await world.service.apply(
-        world.pool,
-        msisdn=msisdn,
-        product_code=product.code,
-        amount_minor=100_000,
-        channel="ussd",
-        idempotency_key=new_key(),
-    )
+    applied = await world.apply(msisdn, product.code, 100_000)
     assert applied.loan is not None and applied.loan.disbursement_ref is not None
-    paid = await world.service.repay(
-        world.pool, msisdn=msisdn, amount_minor=10_000, idempotency_key=new_key(), channel="sms"
-    )
+    paid = await world.repay(msisdn, 10_000)
     assert paid.repayment.ledger_ref is not None
     wallet, income = await world.balance(msisdn), await world.income()
     for ref in (applied.loan.disbursement_ref, paid.repayment.ledger_ref):

@@ -22,21 +22,9 @@ from core.errors import (
 from core.loans.core_ledger import CoreCustomerDirectory, CoreLoanLedger
 from core.loans.decision import Outcome
 from core.pins import verify_pin
-from menus.loans.service import ApplyResult
 from tests.integration.loans.conftest import PIN, World, new_msisdn
 
 ledger = CoreLoanLedger()
-
-
-async def _apply(world: World, msisdn: str, code: str, amount: int, key: str = "k") -> ApplyResult:
-    return await world.service.apply(
-        world.pool,
-        msisdn=msisdn,
-        product_code=code,
-        amount_minor=amount,
-        channel="ussd",
-        idempotency_key=key,
-    )
 
 
 async def test_port_calls_run_in_the_callers_transaction(world: World) -> None:
@@ -64,7 +52,7 @@ async def test_wallet_activity_leaves_loan_money_out(world: World) -> None:
     product = await world.product()
     msisdn = await world.customer(inflow_minor=2_000_000)  # 20 deposits of 100,000
     await world.spend(msisdn, 30_000)
-    result = await _apply(world, msisdn, product.code, 100_000)
+    result = await world.apply(msisdn, product.code, 100_000)
     assert result.loan is not None
     async with world.pool.acquire() as conn:
         since = await conn.fetchval("SELECT now() - interval '1 hour'")
@@ -98,7 +86,7 @@ async def test_a_locked_or_closed_wallet_cannot_borrow_and_is_not_swept(world: W
     locked = await world.customer()
     await _lock(world, locked)
     with pytest.raises(WalletLocked):
-        await _apply(world, locked, product.code, 100_000)
+        await world.apply(locked, product.code, 100_000)
     with pytest.raises(WalletLocked):
         await world.service.quote(
             world.pool, msisdn=locked, product_code=product.code, amount_minor=100_000
@@ -108,9 +96,9 @@ async def test_a_locked_or_closed_wallet_cannot_borrow_and_is_not_swept(world: W
     closed = await world.customer()
     await world.pool.execute("UPDATE customers SET status = 'closed' WHERE msisdn = $1", closed)
     with pytest.raises(AccountClosed):
-        await _apply(world, closed, product.code, 100_000)
+        await world.apply(closed, product.code, 100_000)
     with pytest.raises(CustomerNotFound):
-        await _apply(world, new_msisdn(), product.code, 100_000)
+        await world.apply(new_msisdn(), product.code, 100_000)
     count = await world.pool.fetchval(
         "SELECT count(*) FROM loan_applications WHERE msisdn = ANY($1::text[])", [locked, closed]
     )
@@ -120,7 +108,7 @@ async def test_a_locked_or_closed_wallet_cannot_borrow_and_is_not_swept(world: W
 async def test_notices_go_to_the_core_outbox(world: World) -> None:
     product = await world.product()
     msisdn = await world.customer()
-    result = await _apply(world, msisdn, product.code, 100_000)
+    result = await world.apply(msisdn, product.code, 100_000)
     loan = result.loan
     assert loan is not None
     rows = await world.pool.fetch(
@@ -155,7 +143,7 @@ async def test_loan_rows_need_a_core_customer(world: World) -> None:
             product.id,
         )
     msisdn = await world.customer()
-    result = await _apply(world, msisdn, product.code, 100_000)
+    result = await world.apply(msisdn, product.code, 100_000)
     assert result.loan is not None
     # A changed number carries the customer's loans with it.
     moved = new_msisdn()
@@ -185,7 +173,7 @@ async def test_quote_gives_the_confirmation_screen_its_figures(world: World) -> 
     assert quote.first_due_date == quote.maturity_date == world.clock.today() + timedelta(30)
     assert (quote.installments, quote.currency) == (1, world.currency)
     # The loan the customer then takes has exactly these figures.
-    result = await _apply(world, msisdn, product.code, 100_000)
+    result = await world.apply(msisdn, product.code, 100_000)
     status = await world.service.status(world.pool, msisdn)
     assert result.decision.outcome is Outcome.APPROVE
     assert status is not None and status.outstanding_minor == quote.total_minor
@@ -257,7 +245,7 @@ async def test_an_account_with_an_open_loan_cannot_close(world: World) -> None:
 
     product = await world.product()
     msisdn = await world.customer()
-    result = await _apply(world, msisdn, product.code, 100_000, key="close-" + msisdn)
+    result = await world.apply(msisdn, product.code, 100_000, key="close-" + msisdn)
     assert result.loan is not None
     await world.spend_all(msisdn)
     assert await world.balance(msisdn) == 0

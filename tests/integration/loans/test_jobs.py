@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from datetime import date, timedelta
 from typing import Any
 
-from core.loans.decision import Outcome
 from core.loans.jobs import DailyJob, JobScheduler, run_daily
 from menus.loans.jobs import ArrearsJob, OverdueJob, PenaltyJob, ReminderJob, SweepJob, loan_jobs
 from tests.integration.loans.conftest import World
@@ -38,21 +37,6 @@ class Scoped:
 
     async def run(self, conn: Any, loan_id: int, day: date, now: Any) -> str:
         return await self.job.run(conn, loan_id, day, now)
-
-
-async def _loan(world: World, amount: int = 200_000, **terms: Any) -> tuple[str, int]:
-    product = await world.product(**terms)
-    msisdn = await world.customer()
-    result = await world.service.apply(
-        world.pool,
-        msisdn=msisdn,
-        product_code=product.code,
-        amount_minor=amount,
-        channel="ussd",
-        idempotency_key="apply",
-    )
-    assert result.decision.outcome is Outcome.APPROVE and result.loan is not None
-    return msisdn, result.loan.id
 
 
 async def _state(world: World, loan_id: int) -> tuple[str, int, str]:
@@ -83,7 +67,7 @@ TERMS = {
 
 async def test_a_loan_goes_overdue_day_by_day(world: World) -> None:
     # 200,000 flat 5 % a week, 2 weekly installments of 110,000 due 17 and 24 January.
-    msisdn, loan_id = await _loan(world, **TERMS)
+    msisdn, loan_id, _ = await world.new_loan(200_000, **TERMS)
     await world.spend_all(msisdn)  # nothing to sweep: the loan must go late
     jobs = [Scoped(j, [msisdn]) for j in loan_jobs(world.service, (-3, 0, 1, 7))]
     assert [j.name for j in jobs] == ["sweep", "overdue", "arrears", "penalties", "reminders"]
@@ -143,7 +127,7 @@ async def test_a_loan_goes_overdue_day_by_day(world: World) -> None:
 
 
 async def test_each_job_acts_once_a_day_however_often_it_runs(world: World) -> None:
-    msisdn, loan_id = await _loan(world, **TERMS)
+    msisdn, loan_id, _ = await world.new_loan(200_000, **TERMS)
     await world.spend_all(msisdn)
     world.clock.advance(days=10)  # #1 is 3 days late: overdue, penalty due
     for job in (OverdueJob(world.service), ArrearsJob(), PenaltyJob(world.service)):
@@ -167,7 +151,7 @@ async def test_each_job_acts_once_a_day_however_often_it_runs(world: World) -> N
 
 
 async def test_the_sweep_collects_what_is_due_once_a_day(world: World) -> None:
-    msisdn, loan_id = await _loan(world, **TERMS)
+    msisdn, loan_id, _ = await world.new_loan(200_000, **TERMS)
     sweep = Scoped(SweepJob(world.service), [msisdn])
     assert (await run_daily(world.pool, sweep, world.clock)).done == 0  # nothing due yet
     world.clock.advance(days=7)  # installment 1 (110,000) is due today
@@ -197,16 +181,14 @@ async def test_the_sweep_collects_what_is_due_once_a_day(world: World) -> None:
 
 
 async def test_repaying_arrears_cures_an_overdue_loan(world: World) -> None:
-    msisdn, loan_id = await _loan(world, **TERMS)
+    msisdn, loan_id, _ = await world.new_loan(200_000, **TERMS)
     await world.spend_all(msisdn)
     world.clock.advance(days=8)
     overdue = Scoped(OverdueJob(world.service), [msisdn])
     await run_daily(world.pool, overdue, world.clock)
     assert (await _state(world, loan_id))[0] == "overdue"
     await world.deposit(msisdn, 110_000)
-    result = await world.service.repay(
-        world.pool, msisdn=msisdn, amount_minor=110_000, idempotency_key="cure", channel="sms"
-    )
+    result = await world.repay(msisdn, 110_000, key="cure")
     assert result.loan.status == "active"
     assert await _state(world, loan_id) == ("active", 0, "current")
 
@@ -214,7 +196,7 @@ async def test_repaying_arrears_cures_an_overdue_loan(world: World) -> None:
 async def test_an_overdue_loan_is_collected_day_by_day_with_real_money(world: World) -> None:
     """Money arrives late: the daily sweep takes the arrears with their penalty (to penalty
     income), the loan is cured, goes late again on a short wallet, and is cleared."""
-    msisdn, loan_id = await _loan(world, **TERMS)
+    msisdn, loan_id, _ = await world.new_loan(200_000, **TERMS)
     await world.spend_all(msisdn)
     books = await world.income()
     jobs = [Scoped(j, [msisdn]) for j in loan_jobs(world.service, (-3, 0, 1, 7))]

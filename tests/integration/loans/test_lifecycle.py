@@ -11,7 +11,6 @@ import pytest
 
 from core.errors import IllegalTransition
 from core.loans import book, store
-from core.loans.decision import Outcome
 from core.loans.lifecycle import (
     APPLICATION_STATES,
     LOAN_STATES,
@@ -50,21 +49,6 @@ async def test_database_table_equals_core_table(world: World) -> None:
     assert {(r["trigger"], r["source"], r["dest"]) for r in rows} == LEGAL
 
 
-async def _loan(world: World) -> tuple[int, int]:
-    product = await world.product()
-    msisdn = await world.customer()
-    result = await world.service.apply(
-        world.pool,
-        msisdn=msisdn,
-        product_code=product.code,
-        amount_minor=100_000,
-        channel="ussd",
-        idempotency_key="k",
-    )
-    assert result.decision.outcome is Outcome.APPROVE and result.loan is not None
-    return result.application.id, result.loan.id
-
-
 async def _try(world: World, table: str, row_id: int, source: str, dest: str) -> str | None:
     """Force the row to `source` past the trigger, then ask the trigger for `dest`."""
     async with world.pool.acquire() as conn:
@@ -86,7 +70,7 @@ async def _try(world: World, table: str, row_id: int, source: str, dest: str) ->
 
 
 async def test_trigger_refuses_every_illegal_status_change(world: World) -> None:
-    app_id, loan_id = await _loan(world)
+    _, loan_id, app_id = await world.new_loan()
     checked = 0
     for table, row_id, states in (
         ("loan_applications", app_id, APPLICATION_STATES),
@@ -103,7 +87,7 @@ async def test_trigger_refuses_every_illegal_status_change(world: World) -> None
 
 
 async def test_rows_start_where_the_lifecycle_starts(world: World) -> None:
-    app_id, _ = await _loan(world)
+    *_, app_id = await world.new_loan()
     product_id = await world.pool.fetchval(
         "SELECT product_id FROM loan_applications WHERE id = $1", app_id
     )
@@ -119,7 +103,7 @@ async def test_rows_start_where_the_lifecycle_starts(world: World) -> None:
 
 
 async def test_store_maps_stale_and_illegal_moves_to_the_typed_error(world: World) -> None:
-    app_id, loan_id = await _loan(world)
+    _, loan_id, app_id = await world.new_loan()
     async with world.pool.acquire() as conn:
         app = await store.get_application(conn, app_id)
         with pytest.raises(IllegalTransition):

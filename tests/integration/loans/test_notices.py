@@ -90,14 +90,7 @@ async def test_one_message_per_movement_in_the_customers_language(
     lent_text, part_text, cleared_text = EXPECTED[language]
 
     mark = await _mark(world)
-    applied = await world.service.apply(
-        world.pool,
-        msisdn=msisdn,
-        product_code=product.code,
-        amount_minor=100_000,
-        channel="ussd",
-        idempotency_key=new_key(),
-    )
+    applied = await world.apply(msisdn, product.code, 100_000)
     loan = applied.loan
     assert loan is not None and loan.disbursement_ref is not None
     row = await _one(world, msisdn, mark, loan.disbursement_ref)
@@ -106,23 +99,17 @@ async def test_one_message_per_movement_in_the_customers_language(
 
     mark = await _mark(world)
     key = new_key()
-    part = await world.service.repay(
-        world.pool, msisdn=msisdn, amount_minor=50_000, idempotency_key=key, channel="sms"
-    )
+    part = await world.repay(msisdn, 50_000, key=key)
     ref = part.repayment.ledger_ref
     assert ref is not None
     row = await _one(world, msisdn, mark, ref)
     assert (row["kind"], row["language"], row["loan_id"]) == ("loan_repayment", language, loan.id)
     assert row["body"] == f"{ref} {part_text}"
-    again = await world.service.repay(
-        world.pool, msisdn=msisdn, amount_minor=50_000, idempotency_key=key, channel="sms"
-    )
+    again = await world.repay(msisdn, 50_000, key=key)
     assert again.replayed and len(await _queued(world, msisdn, row["id"])) == 0
 
     mark = await _mark(world)
-    last = await world.service.repay(
-        world.pool, msisdn=msisdn, amount_minor=65_000, idempotency_key=new_key(), channel="sms"
-    )
+    last = await world.repay(msisdn, 65_000)
     assert last.outstanding_minor == 0 and last.repayment.ledger_ref is not None
     row = await _one(world, msisdn, mark, last.repayment.ledger_ref)
     assert row["body"] == f"{last.repayment.ledger_ref} {cleared_text}"
@@ -163,14 +150,7 @@ async def test_reminders_and_penalties_in_the_customers_language(
         default_after_days=60,
     )
     msisdn = await _customer(world, language)
-    applied = await world.service.apply(
-        world.pool,
-        msisdn=msisdn,
-        product_code=product.code,
-        amount_minor=200_000,
-        channel="ussd",
-        idempotency_key=new_key(),
-    )
+    applied = await world.apply(msisdn, product.code, 200_000)
     assert applied.loan is not None
     await world.spend_all(msisdn)  # nothing to sweep: the loan goes late
     jobs = [Scoped(j, [msisdn]) for j in loan_jobs(world.service, (-3, 0, 1))]
@@ -197,27 +177,13 @@ async def test_refusals_from_apply_carry_their_figures_for_every_language(world:
     product = await world.product(principal_min_minor=50_000, principal_max_minor=400_000)
     msisdn = await world.customer()
     key = new_key()
-    refused = await world.service.apply(
-        world.pool,
-        msisdn=msisdn,
-        product_code=product.code,
-        amount_minor=500_000,
-        channel="sms",
-        idempotency_key=key,
-    )
+    refused = await world.apply(msisdn, product.code, 500_000, key=key, channel="sms")
     error = refused.refusal_error()
     assert error is not None and error.error_code == "AMOUNT_OUT_OF_RANGE"
     assert refusal_text(error, "en") == "Borrow between XTS 500.00 and XTS 4,000.00"
     assert refusal_text(error, "sw") == "Kopa kati ya XTS 500.00 na XTS 4,000.00"
     assert refusal_text(error, "fr") == "Empruntez entre XTS 500.00 et XTS 4,000.00"
-    replay = await world.service.apply(
-        world.pool,
-        msisdn=msisdn,
-        product_code=product.code,
-        amount_minor=500_000,
-        channel="sms",
-        idempotency_key=key,
-    )
+    replay = await world.apply(msisdn, product.code, 500_000, key=key, channel="sms")
     again = replay.refusal_error()
     assert replay.replayed and again is not None
     assert refusal_text(again, "fr") == "Ce montant n'est pas proposé pour ce crédit"
@@ -228,30 +194,11 @@ async def test_refusals_from_apply_carry_their_figures_for_every_language(world:
     assert refusal_text(info.value, "sw") == "Kopa kati ya XTS 500.00 na XTS 4,000.00"
     with pytest.raises(Overpayment) as over:
         other = await world.product()
-        await world.service.apply(
-            world.pool,
-            msisdn=msisdn,
-            product_code=other.code,
-            amount_minor=100_000,
-            channel="sms",
-            idempotency_key=new_key(),
-        )
-        await world.service.repay(
-            world.pool,
-            msisdn=msisdn,
-            amount_minor=200_000,
-            idempotency_key=new_key(),
-            channel="sms",
-        )
+        await world.apply(msisdn, other.code, 100_000, channel="sms")
+        await world.repay(msisdn, 200_000)
     assert refusal_text(over.value, "fr") == "Vous devez XTS 1,150.00; ne payez pas plus"
     with pytest.raises(NotFound) as none:
-        await world.service.repay(
-            world.pool,
-            msisdn=await world.customer(inflow_minor=0),
-            amount_minor=100,
-            idempotency_key=new_key(),
-            channel="sms",
-        )
+        await world.repay(await world.customer(inflow_minor=0), 100)
     assert refusal_text(none.value, "sw") == "Huna mkopo wa kulipa"
 
 
@@ -263,14 +210,7 @@ async def test_a_notice_on_another_channel_is_a_message_of_its_own(world: World)
     product = await world.product()
     msisdn = await _customer(world, "sw")
     mark = await _mark(world)
-    applied = await world.service.apply(
-        world.pool,
-        msisdn=msisdn,
-        product_code=product.code,
-        amount_minor=100_000,
-        channel="ussd",
-        idempotency_key=new_key(),
-    )
+    applied = await world.apply(msisdn, product.code, 100_000)
     assert applied.loan is not None
     rows = await world.pool.fetch(
         "SELECT o.channel, o.kind, o.template, o.language, o.body, n.loan_id FROM outbox o"

@@ -3,35 +3,10 @@ changed, idempotent retries, a short wallet refused, and the loan moving to repa
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 
 from core.errors import IdempotencyConflict, InsufficientFunds, NotFound, Overpayment
-from core.loans.decision import Outcome
-from menus.loans.service import RepayResult
 from tests.integration.loans.conftest import World
-
-
-async def _loan(world: World, **terms: Any) -> tuple[str, int]:
-    product = await world.product(**terms)
-    msisdn = await world.customer()
-    result = await world.service.apply(
-        world.pool,
-        msisdn=msisdn,
-        product_code=product.code,
-        amount_minor=300_000,
-        channel="ussd",
-        idempotency_key="apply",
-    )
-    assert result.decision.outcome is Outcome.APPROVE and result.loan is not None
-    return msisdn, result.loan.id
-
-
-async def _repay(world: World, msisdn: str, amount: int, key: str) -> RepayResult:
-    return await world.service.repay(
-        world.pool, msisdn=msisdn, amount_minor=amount, idempotency_key=key, channel="sms"
-    )
 
 
 async def _paid(world: World, loan_id: int) -> list[tuple[int, int, int, int]]:
@@ -45,15 +20,15 @@ async def _paid(world: World, loan_id: int) -> list[tuple[int, int, int, int]]:
 
 async def test_allocation_order_is_recorded(world: World) -> None:
     # 300,000 flat 5 % x 3: installments of 100,000 + 15,000 interest; a 3,000 fee on the first.
-    msisdn, loan_id = await _loan(world, facility_fee_flat_minor=3_000)
+    msisdn, loan_id, _ = await world.new_loan(300_000, facility_fee_flat_minor=3_000)
     await world.pool.execute(  # a late penalty on installment 1, as the penalty job would add
         "UPDATE loan_installments SET penalty_minor = 2000 WHERE loan_id = $1 AND number = 1",
         loan_id,
     )
-    first = await _repay(world, msisdn, 10_000, "r1")  # penalty 2,000, fee 3,000, interest 5,000
+    first = await world.repay(msisdn, 10_000, key="r1")  # penalty 2,000, fee 3,000, interest 5,000
     assert (first.repayment.penalty_minor, first.repayment.fee_minor) == (2_000, 3_000)
     assert (first.repayment.interest_minor, first.repayment.principal_minor) == (5_000, 0)
-    second = await _repay(world, msisdn, 120_000, "r2")  # rest of #1 (110,000), #2's interest
+    second = await world.repay(msisdn, 120_000, key="r2")  # rest of #1 (110,000), #2's interest
     assert await _paid(world, loan_id) == [
         (2_000, 3_000, 15_000, 100_000),
         (0, 0, 10_000, 0),
@@ -68,11 +43,11 @@ async def test_allocation_order_is_recorded(world: World) -> None:
 
 
 async def test_overpayment_is_refused_and_changes_nothing(world: World) -> None:
-    msisdn, loan_id = await _loan(world)
+    msisdn, loan_id, _ = await world.new_loan(300_000)
     owed = 345_000
     before = await world.balance(msisdn)
     with pytest.raises(Overpayment) as info:
-        await _repay(world, msisdn, owed + 1, "over")
+        await world.repay(msisdn, owed + 1, key="over")
     assert info.value.details["outstanding_minor"] == owed
     assert await world.balance(msisdn) == before
     assert await _paid(world, loan_id) == [(0, 0, 0, 0)] * 3
@@ -83,17 +58,17 @@ async def test_overpayment_is_refused_and_changes_nothing(world: World) -> None:
 
 
 async def test_paying_everything_repays_the_loan_and_retries_replay(world: World) -> None:
-    msisdn, loan_id = await _loan(world)
-    result = await _repay(world, msisdn, 345_000, "all")
+    msisdn, loan_id, _ = await world.new_loan(300_000)
+    result = await world.repay(msisdn, 345_000, key="all")
     assert result.outstanding_minor == 0 and result.loan.status == "repaid"
     assert result.loan.closed_at is not None
-    again = await _repay(world, msisdn, 345_000, "all")
+    again = await world.repay(msisdn, 345_000, key="all")
     assert again.replayed and again.repayment.id == result.repayment.id
     assert await world.transfers_for(loan_id, "loan_repayment") == 1
     with pytest.raises(IdempotencyConflict):
-        await _repay(world, msisdn, 1_000, "all")
+        await world.repay(msisdn, 1_000, key="all")
     with pytest.raises(NotFound):
-        await _repay(world, msisdn, 1_000, "after")
+        await world.repay(msisdn, 1_000, key="after")
     assert await world.service.status(world.pool, msisdn) is None
     kinds = await world.pool.fetch(
         "SELECT body FROM loan_notices WHERE loan_id = $1 AND kind = 'loan_repayment'", loan_id
@@ -102,20 +77,20 @@ async def test_paying_everything_repays_the_loan_and_retries_replay(world: World
 
 
 async def test_a_short_wallet_is_refused_and_nothing_is_recorded(world: World) -> None:
-    msisdn, loan_id = await _loan(world)
+    msisdn, loan_id, _ = await world.new_loan(300_000)
     balance = await world.balance(msisdn)
     await world.spend(msisdn, balance - 500)  # the wallet can no longer cover 1,000
     with pytest.raises(InsufficientFunds):
-        await _repay(world, msisdn, 1_000, "short")
+        await world.repay(msisdn, 1_000, key="short")
     assert await _paid(world, loan_id) == [(0, 0, 0, 0)] * 3
     status = await world.service.status(world.pool, msisdn)
     assert status is not None and status.outstanding_minor == 345_000
 
 
 async def test_no_ledger_means_no_money_moves(world: World) -> None:
-    msisdn, _ = await _loan(world)
+    msisdn, *_ = await world.new_loan(300_000)
     world.service.ledger = None
     from core.errors import Unavailable
 
     with pytest.raises(Unavailable):
-        await _repay(world, msisdn, 1_000, "x")
+        await world.repay(msisdn, 1_000, key="x")

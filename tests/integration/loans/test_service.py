@@ -28,17 +28,6 @@ from menus.loans.service import LoanPolicy
 from tests.integration.loans.conftest import World, core_service, new_key, prepare_currency
 
 
-async def _apply(world: World, msisdn: str, product: Product, amount: int, key: str = "k1") -> Any:
-    return await world.service.apply(
-        world.pool,
-        msisdn=msisdn,
-        product_code=product.code,
-        amount_minor=amount,
-        channel="ussd",
-        idempotency_key=key,
-    )
-
-
 async def _notices(world: World, msisdn: str) -> list[str]:
     rows = await world.pool.fetch(
         "SELECT kind FROM loan_notices WHERE recipient = $1 ORDER BY id", msisdn
@@ -50,7 +39,7 @@ async def test_auto_approved_loan_is_disbursed_with_its_schedule(world: World) -
     product = await world.product(facility_fee_percent="1.5")
     msisdn = await world.customer()
     before = await world.balance(msisdn)
-    result = await _apply(world, msisdn, product, 300_000)
+    result = await world.apply(msisdn, product.code, 300_000)
     assert result.decision.outcome is Outcome.APPROVE
     assert result.application.status == "disbursed"
     assert result.loan is not None and result.loan.status == "active"
@@ -80,20 +69,20 @@ async def test_auto_approved_loan_is_disbursed_with_its_schedule(world: World) -
 async def test_same_key_replays_and_another_request_conflicts(world: World) -> None:
     product = await world.product()
     msisdn = await world.customer()
-    first = await _apply(world, msisdn, product, 200_000, key="same")
-    again = await _apply(world, msisdn, product, 200_000, key="same")
+    first = await world.apply(msisdn, product.code, 200_000, key="same")
+    again = await world.apply(msisdn, product.code, 200_000, key="same")
     assert again.replayed and again.application.id == first.application.id
     assert again.loan is not None and first.loan is not None and again.loan.id == first.loan.id
     assert await world.transfers_for(first.loan.id, "loan_disbursement") == 1
     with pytest.raises(IdempotencyConflict):
-        await _apply(world, msisdn, product, 250_000, key="same")
+        await world.apply(msisdn, product.code, 250_000, key="same")
 
 
 async def test_an_open_loan_is_refused_as_outstanding(world: World) -> None:
     product = await world.product()
     msisdn = await world.customer()
-    await _apply(world, msisdn, product, 200_000, key="a")
-    second = await _apply(world, msisdn, product, 100_000, key="b")
+    await world.apply(msisdn, product.code, 200_000, key="a")
+    second = await world.apply(msisdn, product.code, 100_000, key="b")
     assert second.decision.outcome is Outcome.REFUSE
     assert second.decision.code == "LOAN_OUTSTANDING"
     assert "outstanding" in second.decision.message
@@ -103,11 +92,11 @@ async def test_an_open_loan_is_refused_as_outstanding(world: World) -> None:
 async def test_review_band_then_officer_approves_and_it_is_disbursed(world: World) -> None:
     product = await world.product(auto_approve_max_minor=100_000)
     msisdn = await world.customer()
-    result = await _apply(world, msisdn, product, 150_000)
+    result = await world.apply(msisdn, product.code, 150_000)
     assert (result.decision.outcome, result.decision.code) == (Outcome.REVIEW, "REVIEW_AMOUNT")
     assert result.application.status == "applied" and result.loan is None
     # While it waits, a second application is refused as in flight.
-    again = await _apply(world, msisdn, product, 50_000, key="k2")
+    again = await world.apply(msisdn, product.code, 50_000, key="k2")
     assert again.decision.code == "APPLICATION_IN_FLIGHT"
     reviewed = await world.service.approve(world.pool, result.application.id, actor="officer1")
     assert reviewed.application.status == "disbursed"
@@ -121,7 +110,7 @@ async def test_review_band_then_officer_approves_and_it_is_disbursed(world: Worl
 async def test_officer_rejects_with_a_reason(world: World) -> None:
     product = await world.product(auto_approve_max_minor=0)
     msisdn = await world.customer()
-    result = await _apply(world, msisdn, product, 20_000)
+    result = await world.apply(msisdn, product.code, 20_000)
     assert result.decision.outcome is Outcome.REVIEW
     rejected = await world.service.reject(
         world.pool, result.application.id, actor="officer2", reason="  income  unclear "
@@ -138,7 +127,7 @@ async def test_officer_reason_code_reaches_the_customer_in_their_language(world:
     product = await world.product(auto_approve_max_minor=0)
     msisdn = await world.customer()
     await world.pool.execute("UPDATE customers SET language = 'sw' WHERE msisdn = $1", msisdn)
-    first = await _apply(world, msisdn, product, 20_000)
+    first = await world.apply(msisdn, product.code, 20_000)
     app_id = first.application.id
     for reason, code in ((None, None), ("  ", None), ("x", "NOT_A_REASON")):
         with pytest.raises(ValidationFailed):
@@ -170,7 +159,7 @@ async def test_fund_short_rejects_the_approval_and_moves_nothing(world: World) -
     product = await world.product()
     msisdn = await world.customer()
     before = await world.balance(msisdn)
-    result = await _apply(world, msisdn, product, 200_000)
+    result = await world.apply(msisdn, product.code, 200_000)
     assert (result.decision.outcome, result.decision.code) == (
         Outcome.REFUSE,
         "DISBURSEMENT_FAILED",
@@ -189,7 +178,7 @@ async def test_fund_short_rejects_the_approval_and_moves_nothing(world: World) -
         world.pool, amount_minor=200_000, idempotency_key=new_key(), channel="test",
         currency=world.currency,
     )  # fmt: skip
-    again = await _apply(world, msisdn, product, 200_000, key="after-funding")
+    again = await world.apply(msisdn, product.code, 200_000, key="after-funding")
     assert again.decision.code == "APPROVED" and again.loan is not None
     assert await world.balance(msisdn) == before + 200_000
     assert (await world.income())["loan_fund"] == 0  # it lent all it was given
@@ -208,7 +197,7 @@ async def test_customer_facts_reach_the_rules(
 ) -> None:
     product = await world.product()
     msisdn = await world.customer(**customer)
-    result = await _apply(world, msisdn, product, 100_000)
+    result = await world.apply(msisdn, product.code, 100_000)
     assert result.decision.code == (code or "APPROVED")
 
 
@@ -217,14 +206,14 @@ async def test_velocity_counts_applications_in_24_hours(world: World) -> None:
     closed = await world.product(tiers=["premium"])  # refuses this standard-tier customer
     offered = await world.product()
     msisdn = await world.customer()
-    first = await _apply(world, msisdn, closed, 100_000, key="v1")
-    second = await _apply(world, msisdn, closed, 100_000, key="v2")
+    first = await world.apply(msisdn, closed.code, 100_000, key="v1")
+    second = await world.apply(msisdn, closed.code, 100_000, key="v2")
     assert [first.decision.code, second.decision.code] == ["TIER_NOT_ALLOWED"] * 2
     # Refused applications count too: a third within 24 hours is more than 2.
-    third = await _apply(world, msisdn, offered, 100_000, key="v3")
+    third = await world.apply(msisdn, offered.code, 100_000, key="v3")
     assert third.decision.code == "TOO_MANY_APPLICATIONS"
     world.clock.advance(days=1)  # exactly 24 hours later the first ones fall out of the window
-    fourth = await _apply(world, msisdn, offered, 100_000, key="v4")
+    fourth = await world.apply(msisdn, offered.code, 100_000, key="v4")
     assert fourth.decision.code == "APPROVED"
 
 
@@ -232,7 +221,7 @@ async def test_concurrent_applications_from_one_number_give_one_loan(world: Worl
     product = await world.product()
     msisdn = await world.customer()
     results = await asyncio.gather(
-        *[_apply(world, msisdn, product, 100_000, key=f"c{i}") for i in range(4)]
+        *[world.apply(msisdn, product.code, 100_000, key=f"c{i}") for i in range(4)]
     )
     approved = [r for r in results if r.decision.outcome is Outcome.APPROVE]
     assert len(approved) == 1
@@ -276,7 +265,7 @@ async def test_scorer_failure_goes_to_review_never_approval(world: World, scorer
     )
     product = await world.product()
     msisdn = await world.customer()
-    result = await _apply(world, msisdn, product, 100_000)
+    result = await world.apply(msisdn, product.code, 100_000)
     assert (result.decision.outcome, result.decision.code) == (
         Outcome.REVIEW,
         "SCORER_UNAVAILABLE",
@@ -288,9 +277,9 @@ async def test_an_external_scorer_plugs_in(world: World) -> None:
     world.service = core_service(world.clock, scorer=GenerousScorer())
     product = await world.product()
     msisdn = await world.customer(inflow_minor=0)
-    over = await _apply(world, msisdn, product, 300_000, key="x1")
+    over = await world.apply(msisdn, product.code, 300_000, key="x1")
     assert (over.decision.code, over.decision.limit_minor) == ("OVER_LIMIT", 250_000)
-    ok = await _apply(world, msisdn, product, 250_000, key="x2")
+    ok = await world.apply(msisdn, product.code, 250_000, key="x2")
     assert ok.decision.code == "APPROVED" and ok.application.score == 900
 
 
@@ -330,29 +319,15 @@ async def test_unknown_product_and_customer(world: World) -> None:
     product = await world.product()
     msisdn = await world.customer()
     with pytest.raises(NotFound):
-        await world.service.apply(
-            world.pool,
-            msisdn=msisdn,
-            product_code="NOPE",
-            amount_minor=100_000,
-            channel="sms",
-            idempotency_key="k",
-        )
+        await world.apply(msisdn, "NOPE", 100_000, key="k", channel="sms")
     with pytest.raises(NotFound):
-        await world.service.apply(
-            world.pool,
-            msisdn="+254799999999",
-            product_code=product.code,
-            amount_minor=100_000,
-            channel="sms",
-            idempotency_key="k",
-        )
+        await world.apply("+254799999999", product.code, 100_000, key="k", channel="sms")
 
 
 async def test_the_database_backs_the_one_open_loan_rule(world: World) -> None:
     product = await world.product()
     msisdn = await world.customer()
-    first = await _apply(world, msisdn, product, 100_000, key="one")
+    first = await world.apply(msisdn, product.code, 100_000, key="one")
     assert first.loan is not None
     # Bypass the service's rules: a second application pushed straight to disbursement.
     async with world.pool.acquire() as conn, conn.transaction():
@@ -389,9 +364,9 @@ async def test_the_database_backs_the_one_open_loan_rule(world: World) -> None:
 async def test_a_replay_after_review_reads_as_the_final_decision(world: World) -> None:
     product = await world.product(auto_approve_max_minor=0)
     msisdn = await world.customer()
-    waiting = await _apply(world, msisdn, product, 100_000, key="r")
+    waiting = await world.apply(msisdn, product.code, 100_000, key="r")
     assert waiting.decision.outcome is Outcome.REVIEW
     await world.service.approve(world.pool, waiting.application.id, actor="officer")
-    replay = await _apply(world, msisdn, product, 100_000, key="r")
+    replay = await world.apply(msisdn, product.code, 100_000, key="r")
     assert replay.replayed and replay.decision.outcome is Outcome.APPROVE
     assert replay.loan is not None and replay.loan.status == "active"
