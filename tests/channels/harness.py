@@ -3,12 +3,14 @@
 A ParseCase is a request in the shape the provider's documentation gives, with either the
 canonical fields it must produce or the 400 it must cause. A RenderCase is a request plus the
 engine's reply, with the exact bytes (or JSON) the provider must get back. An HttpCase sends a
-request to the running gateway and checks status and body shape.
+request to the running gateway and checks status and body shape. `case_tests` makes a
+provider's three parametrized tests over its tables.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
@@ -19,6 +21,7 @@ from aiohttp.test_utils import TestClient
 from channels.ussd.base import Raw
 from core.errors import BadRequest
 from menus.engine import Reply
+from tests.ussd_support import UssdEnv
 
 FORM = "application/x-www-form-urlencoded"
 JSON = "application/json"
@@ -72,6 +75,11 @@ def ids(cases: list[Any]) -> list[str]:
     return [c.label for c in cases]
 
 
+def without(data: dict[str, object], key: str) -> dict[str, object]:
+    """A provider's request with one field left out (the malformed cases)."""
+    return {k: v for k, v in data.items() if k != key}
+
+
 def run_parse(module: ModuleType, case: ParseCase) -> None:
     if case.error is not None:
         with pytest.raises(BadRequest) as caught:
@@ -110,3 +118,30 @@ async def run_http(client: TestClient, provider: str, case: HttpCase) -> None:
         body = json.loads(text)
         assert set(body) == {"status_code", "error_code", "message", "details"}, body
         assert body["error_code"] == case.error_code and body["status_code"] == case.status
+
+
+def case_tests(
+    module: ModuleType,
+    provider: str,
+    parse: list[ParseCase],
+    render: list[RenderCase],
+    http: list[HttpCase],
+) -> tuple[Callable[..., Any], ...]:
+    """A provider's three case-table tests: `parse` and `render` on `module`, `http` against the
+    running gateway's /ussd/`provider` (the test module provides the `ussd` fixture). Bind them
+    at module level so pytest collects them by these names:
+    `test_parse, test_render, test_http = case_tests(module, "name", PARSE, RENDER, HTTP)`."""
+
+    @pytest.mark.parametrize("case", parse, ids=ids(parse))
+    def test_parse(case: ParseCase) -> None:
+        run_parse(module, case)
+
+    @pytest.mark.parametrize("case", render, ids=ids(render))
+    def test_render(case: RenderCase) -> None:
+        run_render(module, case)
+
+    @pytest.mark.parametrize("case", http, ids=ids(http))
+    async def test_http(ussd: UssdEnv, case: HttpCase) -> None:
+        await run_http(ussd.client, provider, case)
+
+    return test_parse, test_render, test_http

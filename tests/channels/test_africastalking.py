@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
-
 from channels.ussd import africastalking as at
 from menus.engine import Reply
 from tests.channels.harness import (
@@ -12,12 +10,9 @@ from tests.channels.harness import (
     HttpCase,
     ParseCase,
     RenderCase,
-    ids,
-    run_http,
-    run_parse,
-    run_render,
+    case_tests,
 )
-from tests.ussd_support import UssdEnv, ussd
+from tests.ussd_support import ussd
 
 __all__ = ["ussd"]
 
@@ -223,16 +218,4 @@ HTTP = [
 ]
 
 
-@pytest.mark.parametrize("case", PARSE, ids=ids(PARSE))
-def test_parse(case: ParseCase) -> None:
-    run_parse(at, case)
-
-
-@pytest.mark.parametrize("case", RENDER, ids=ids(RENDER))
-def test_render(case: RenderCase) -> None:
-    run_render(at, case)
-
-
-@pytest.mark.parametrize("case", HTTP, ids=ids(HTTP))
-async def test_http(ussd: UssdEnv, case: HttpCase) -> None:
-    await run_http(ussd.client, "africastalking", case)
+test_parse, test_render, test_http = case_tests(at, "africastalking", PARSE, RENDER, HTTP)

@@ -2,20 +2,16 @@
 
 from __future__ import annotations
 
-import pytest
-
 from channels.ussd import beem
 from menus.engine import Reply
 from tests.channels.harness import (
     HttpCase,
     ParseCase,
     RenderCase,
-    ids,
-    run_http,
-    run_parse,
-    run_render,
+    case_tests,
+    without,
 )
-from tests.ussd_support import UssdEnv, ussd
+from tests.ussd_support import ussd
 
 __all__ = ["ussd"]
 
@@ -27,10 +23,6 @@ INITIATE = {
     "payload": {"request_id": "1", "response": "*150*00#"},
 }
 CONTINUE = {**INITIATE, "command": "continue", "payload": {"request_id": "2", "response": "3"}}
-
-
-def without(data: dict[str, object], key: str) -> dict[str, object]:
-    return {k: v for k, v in data.items() if k != key}
 
 
 PARSE = [
@@ -115,16 +107,4 @@ HTTP = [
 ]
 
 
-@pytest.mark.parametrize("case", PARSE, ids=ids(PARSE))
-def test_parse(case: ParseCase) -> None:
-    run_parse(beem, case)
-
-
-@pytest.mark.parametrize("case", RENDER, ids=ids(RENDER))
-def test_render(case: RenderCase) -> None:
-    run_render(beem, case)
-
-
-@pytest.mark.parametrize("case", HTTP, ids=ids(HTTP))
-async def test_http(ussd: UssdEnv, case: HttpCase) -> None:
-    await run_http(ussd.client, "beem", case)
+test_parse, test_render, test_http = case_tests(beem, "beem", PARSE, RENDER, HTTP)

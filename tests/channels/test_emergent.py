@@ -2,20 +2,16 @@
 
 from __future__ import annotations
 
-import pytest
-
 from channels.ussd import emergent
 from menus.engine import Reply
 from tests.channels.harness import (
     HttpCase,
     ParseCase,
     RenderCase,
-    ids,
-    run_http,
-    run_parse,
-    run_render,
+    case_tests,
+    without,
 )
-from tests.ussd_support import UssdEnv, ussd
+from tests.ussd_support import ussd
 
 __all__ = ["ussd"]
 
@@ -28,10 +24,6 @@ INITIATION = {
     "Message": "*384#",
 }
 RESPONSE = {**INITIATION, "Type": "Response", "Message": "1"}
-
-
-def without(data: dict[str, object], key: str) -> dict[str, object]:
-    return {k: v for k, v in data.items() if k != key}
 
 
 PARSE = [
@@ -89,16 +81,4 @@ HTTP = [
 ]
 
 
-@pytest.mark.parametrize("case", PARSE, ids=ids(PARSE))
-def test_parse(case: ParseCase) -> None:
-    run_parse(emergent, case)
-
-
-@pytest.mark.parametrize("case", RENDER, ids=ids(RENDER))
-def test_render(case: RenderCase) -> None:
-    run_render(emergent, case)
-
-
-@pytest.mark.parametrize("case", HTTP, ids=ids(HTTP))
-async def test_http(ussd: UssdEnv, case: HttpCase) -> None:
-    await run_http(ussd.client, "emergent", case)
+test_parse, test_render, test_http = case_tests(emergent, "emergent", PARSE, RENDER, HTTP)

@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-import pytest
-
 from channels.ussd import infobip
 from menus.engine import Reply
 from tests.channels.harness import (
     HttpCase,
     ParseCase,
     RenderCase,
-    ids,
+    case_tests,
     run_http,
-    run_parse,
-    run_render,
 )
 from tests.ussd_support import UssdEnv, ussd
 
@@ -167,14 +163,7 @@ HTTP = [
 ]
 
 
-@pytest.mark.parametrize("case", PARSE, ids=ids(PARSE))
-def test_parse(case: ParseCase) -> None:
-    run_parse(infobip, case)
-
-
-@pytest.mark.parametrize("case", RENDER, ids=ids(RENDER))
-def test_render(case: RenderCase) -> None:
-    run_render(infobip, case)
+test_parse, test_render, test_http = case_tests(infobip, "infobip", PARSE, RENDER, HTTP)
 
 
 def test_render_status() -> None:
@@ -186,11 +175,6 @@ def test_render_status() -> None:
         "responseExitCode": 200,
         "responseMessage": "",
     }
-
-
-@pytest.mark.parametrize("case", HTTP, ids=ids(HTTP))
-async def test_http(ussd: UssdEnv, case: HttpCase) -> None:
-    await run_http(ussd.client, "infobip", case)
 
 
 async def test_a_session_start_status_end_status(ussd: UssdEnv) -> None:

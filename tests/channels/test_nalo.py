@@ -2,20 +2,16 @@
 
 from __future__ import annotations
 
-import pytest
-
 from channels.ussd import nalo
 from menus.engine import Reply
 from tests.channels.harness import (
     HttpCase,
     ParseCase,
     RenderCase,
-    ids,
-    run_http,
-    run_parse,
-    run_render,
+    case_tests,
+    without,
 )
-from tests.ussd_support import UssdEnv, ussd
+from tests.ussd_support import ussd
 
 __all__ = ["ussd"]
 
@@ -28,10 +24,6 @@ FIRST = {
     "SESSIONID": "16590115252429751",
 }
 NEXT = {**FIRST, "USERDATA": "1", "MSGTYPE": False}
-
-
-def without(data: dict[str, object], key: str) -> dict[str, object]:
-    return {k: v for k, v in data.items() if k != key}
 
 
 PARSE = [
@@ -91,16 +83,4 @@ HTTP = [
 ]
 
 
-@pytest.mark.parametrize("case", PARSE, ids=ids(PARSE))
-def test_parse(case: ParseCase) -> None:
-    run_parse(nalo, case)
-
-
-@pytest.mark.parametrize("case", RENDER, ids=ids(RENDER))
-def test_render(case: RenderCase) -> None:
-    run_render(nalo, case)
-
-
-@pytest.mark.parametrize("case", HTTP, ids=ids(HTTP))
-async def test_http(ussd: UssdEnv, case: HttpCase) -> None:
-    await run_http(ussd.client, "nalo", case)
+test_parse, test_render, test_http = case_tests(nalo, "nalo", PARSE, RENDER, HTTP)
