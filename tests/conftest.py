@@ -72,25 +72,39 @@ def server_database_url(data_dir: Path) -> Iterator[str]:
         pg.stop()
 
 
-@pytest.fixture(scope="session")
-async def database_url(server_database_url: str) -> AsyncIterator[str]:
-    """A fresh database for this run on that server, migrated to head."""
-    name = f"gw_test_{RUN_ID}"
-    admin = await asyncpg.connect(dbmod.asyncpg_url(server_database_url))
+@contextlib.asynccontextmanager
+async def scratch_database(server_url: str, name: str) -> AsyncIterator[str]:
+    """A new, empty database `name` on the server (its URL), dropped on the way out whatever
+    connections are still open to it."""
+    admin = await asyncpg.connect(dbmod.asyncpg_url(server_url))
     try:
         await admin.execute(f'CREATE DATABASE "{name}"')
     finally:
         await admin.close()
-    url = dbmod.with_database(server_database_url, name)
-    await dbmod.migrate(url)
     try:
-        yield url
+        yield dbmod.with_database(server_url, name)
     finally:
-        admin = await asyncpg.connect(dbmod.asyncpg_url(server_database_url))
+        admin = await asyncpg.connect(dbmod.asyncpg_url(server_url))
         try:
             await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         finally:
             await admin.close()
+
+
+@pytest.fixture(scope="session")
+async def database_url(server_database_url: str) -> AsyncIterator[str]:
+    """A fresh database for this run on that server, migrated to head."""
+    async with scratch_database(server_database_url, f"gw_test_{RUN_ID}") as url:
+        await dbmod.migrate(url)
+        yield url
+
+
+@pytest.fixture
+async def empty_database(server_database_url: str) -> AsyncIterator[str]:
+    """A database of the test's own, not migrated (for tests that migrate up and down or
+    start the app on a blank schema); dropped after the test."""
+    async with scratch_database(server_database_url, f"gw_scratch_{uuid.uuid4().hex[:8]}") as url:
+        yield url
 
 
 @pytest.fixture(scope="session")

@@ -1,27 +1,45 @@
 """Test support for agents against the real banking core: agents and customers in PostgreSQL,
-a circular zone assigned to an agent, fixes at a distance from its centre, and the ledger
-invariants checked after tests that move money."""
+a circular zone assigned to an agent (or permitted at all hours, on an agent runtime), fixes at a
+distance from its centre, and the ledger invariants checked after tests that move money."""
 
 from __future__ import annotations
 
 import secrets
+import time
+from dataclasses import replace
 from typing import Any
 
 import asyncpg
+from redis.asyncio import Redis
 
+from config.settings import Settings
 from core import geofences
 from core.agents import register_agent
 from core.crypto import FieldCipher
 from core.customers import register_customer
+from core.devices import EventRow
 from core.fees import seed_demo_tariffs
 from core.ledger import check_ledger, ensure_system_accounts
 from core.transfers import deposit, float_topup
+from gateway.agents import AgentRuntime, build_runtime
 from geofence.fences import GEOD
+from geofence.fix import Fix
+from menus.device import FixInput
 
 CENTRE = (36.82, -1.28)  # lon, lat: central Nairobi
 RADIUS_M = 300
 AGENT_PIN = "4826"
 CUSTOMER_PIN = "2580"
+
+ALWAYS = {
+    "timezone": "UTC",
+    "windows": [
+        {"days": ["mon", "tue", "wed", "thu", "fri", "sat", "sun"], "start": "00:00",
+         "end": "12:00"},
+        {"days": ["mon", "tue", "wed", "thu", "fri", "sat", "sun"], "start": "12:00",
+         "end": "00:00"},
+    ],
+}  # fmt: skip
 
 
 def new_code() -> str:
@@ -106,3 +124,32 @@ async def outbox_rows(pool: asyncpg.Pool, agent: str) -> list[dict[str, Any]]:
         f"% {agent} %",
     )
     return [dict(r) for r in rows]
+
+
+async def zoned_agent(
+    settings: Settings, redis: Redis, pool: asyncpg.Pool, **overrides: Any
+) -> tuple[AgentRuntime, str, int]:
+    """An agent runtime on `settings` with `overrides` (not connected to a broker: fixes go in
+    through its channel) and a new agent whose circle around CENTRE is its zone at all hours;
+    the runtime's catalogue already knows the fence. Returns the runtime, agent and fence id."""
+    assert settings.secret_key is not None
+    runtime = build_runtime(
+        replace(settings, **overrides), redis, pool, FieldCipher(settings.secret_key)
+    )
+    agent = await make_agent(pool)
+    fence_id = await assign_circle(pool, agent)
+    async with pool.acquire() as conn:
+        await geofences.assign_fences(conn, agent, [fence_id], ALWAYS)
+    await runtime.reload_catalog()
+    return runtime, agent, fence_id
+
+
+async def walk_out(runtime: AgentRuntime, agent: str) -> list[EventRow]:
+    """Inside, then outside long enough for an exit and a breach; the events recorded."""
+    now = time.time()
+    events: list[EventRow] = []
+    for n, metres in enumerate([20, 800, 850, 900]):
+        lon, lat = at(metres)
+        fix = Fix(lat=lat, lon=lon, ts=now - 40 + n, accuracy_m=10)
+        events += (await runtime.channel.ingest([FixInput(agent, fix, now)])).events
+    return events

@@ -1,6 +1,6 @@
 """Test support for MQTT: a device client (paho on its own thread, like a phone app), a
 Mosquitto broker run as a subprocess with a config of our own, and the gateway's agent runtime
-on a broker URL."""
+(alone, or inside the whole app) on a broker URL."""
 
 from __future__ import annotations
 
@@ -20,6 +20,8 @@ from typing import Any
 
 import asyncpg
 import paho.mqtt.client as paho
+from aiohttp import web
+from aiohttp.test_utils import TestClient
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from redis.asyncio import Redis
 
@@ -27,8 +29,12 @@ from channels.agents.mqtt import BrokerAddress
 from config.settings import Settings
 from core.crypto import FieldCipher
 from gateway.agents import AgentRuntime, build_runtime, connected, running
+from gateway.app import create_app
 from gateway.embedded import EmbeddedMqtt, free_port, port_open
+from gateway.keys import AGENTS
+from tests.conftest import running_app
 from tests.helpers import eventually
+from tests.integration.agent_support import prepare_core
 
 MOSQUITTO = shutil.which("mosquitto") or (
     "/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None
@@ -204,3 +210,21 @@ async def gateway(
     async with running(runtime), connected(runtime, url) as service:
         await service.wait_subscribed(WAIT_S)
         yield runtime
+
+
+@contextlib.asynccontextmanager
+async def gateway_app(
+    settings: Settings, url: str, **overrides: Any
+) -> AsyncIterator[tuple[web.Application, TestClient]]:
+    """The whole app with its channels on the broker at `url` (a share group of its own), once
+    the agent runtime's subscriptions are acknowledged and KES is ready in the core."""
+    tuned = replace(
+        settings, mqtt_url=url, mqtt_share_group=f"a{uuid.uuid4().hex[:10]}", **overrides
+    )
+    app = create_app(tuned, run_migrations=False, start_channels=True)
+    async with running_app(app) as client:
+        runtime = app[AGENTS]
+        assert runtime.mqtt is not None
+        await runtime.mqtt.wait_subscribed(WAIT_S)
+        await prepare_core(runtime.pool)
+        yield app, client

@@ -4,32 +4,16 @@ message per recipient), delivered by the outbox dispatcher, and not at all when 
 from __future__ import annotations
 
 import time
-from dataclasses import replace
 
 import asyncpg
 import pytest
 from redis.asyncio import Redis
 
 from config.settings import Settings
-from core import geofences
-from core.crypto import FieldCipher
 from core.devices import BreachAlerts, EventRow, breach_text, insert_events
 from core.outbox import Dispatcher, OutboundMessage
-from gateway.agents import AgentRuntime, build_runtime
-from geofence.fix import Fix
-from menus.device import FixInput
 from menus.gsm import is_gsm7
-from tests.integration.agent_support import assign_circle, at, make_agent, outbox_rows
-
-ALWAYS = {
-    "timezone": "UTC",
-    "windows": [
-        {"days": ["mon", "tue", "wed", "thu", "fri", "sat", "sun"], "start": "00:00",
-         "end": "12:00"},
-        {"days": ["mon", "tue", "wed", "thu", "fri", "sat", "sun"], "start": "12:00",
-         "end": "00:00"},
-    ],
-}  # fmt: skip
+from tests.integration.agent_support import make_agent, outbox_rows, walk_out, zoned_agent
 
 
 class Capture:
@@ -41,30 +25,16 @@ class Capture:
         return f"cap-{message.id}"
 
 
-async def walk_out(runtime: AgentRuntime, agent: str) -> list[EventRow]:
-    """Inside, then outside long enough for an exit and a breach; the events recorded."""
-    now = time.time()
-    events: list[EventRow] = []
-    for n, metres in enumerate([20, 800, 850, 900]):
-        lon, lat = at(metres)
-        fix = Fix(lat=lat, lon=lon, ts=now - 40 + n, accuracy_m=10)
-        events += (await runtime.channel.ingest([FixInput(agent, fix, now)])).events
-    return events
-
-
 async def test_breach_alerts_go_to_each_admin_through_the_outbox(
     settings: Settings, redis: Redis, pg_pool: asyncpg.Pool
 ) -> None:
-    tuned = replace(
-        settings, agent_alert_channel="email", agent_alert_recipients=("ops@bank.test", "risk")
+    runtime, agent, fence_id = await zoned_agent(
+        settings,
+        redis,
+        pg_pool,
+        agent_alert_channel="email",
+        agent_alert_recipients=("ops@bank.test", "risk"),
     )
-    assert settings.secret_key is not None
-    runtime = build_runtime(tuned, redis, pg_pool, FieldCipher(settings.secret_key))
-    agent = await make_agent(pg_pool)
-    fence_id = await assign_circle(pg_pool, agent)
-    async with pg_pool.acquire() as conn:
-        await geofences.assign_fences(conn, agent, [fence_id], ALWAYS)
-    await runtime.reload_catalog()
     events = await walk_out(runtime, agent)
     assert [e.kind for e in events] == ["online", "enter", "exit", "breach"]
     rows = await outbox_rows(pg_pool, agent)
@@ -91,14 +61,7 @@ async def test_breach_alerts_go_to_each_admin_through_the_outbox(
 async def test_no_alerts_when_turned_off(
     settings: Settings, redis: Redis, pg_pool: asyncpg.Pool
 ) -> None:
-    assert settings.secret_key is not None
-    quiet = replace(settings, agent_alert_channel=None)
-    runtime = build_runtime(quiet, redis, pg_pool, FieldCipher(settings.secret_key))
-    agent = await make_agent(pg_pool)
-    fence_id = await assign_circle(pg_pool, agent)
-    async with pg_pool.acquire() as conn:
-        await geofences.assign_fences(conn, agent, [fence_id], ALWAYS)
-    await runtime.reload_catalog()
+    runtime, agent, _ = await zoned_agent(settings, redis, pg_pool, agent_alert_channel=None)
     assert [e.kind for e in await walk_out(runtime, agent)][-1] == "breach"
     assert await outbox_rows(pg_pool, agent) == []
 
@@ -132,19 +95,14 @@ async def test_breach_alerts_in_the_deployment_language(
     settings: Settings, redis: Redis, pg_pool: asyncpg.Pool, language: str
 ) -> None:
     opening, fence_words = WORDING[language]
-    tuned = replace(
+    runtime, agent, fence_id = await zoned_agent(
         settings,
+        redis,
+        pg_pool,
         agent_alert_channel="sms",
         agent_alert_recipients=("+254700000009",),
         agent_alert_language=language,
     )
-    assert settings.secret_key is not None
-    runtime = build_runtime(tuned, redis, pg_pool, FieldCipher(settings.secret_key))
-    agent = await make_agent(pg_pool)
-    fence_id = await assign_circle(pg_pool, agent)
-    async with pg_pool.acquire() as conn:
-        await geofences.assign_fences(conn, agent, [fence_id], ALWAYS)
-    await runtime.reload_catalog()
     assert [e.kind for e in await walk_out(runtime, agent)][-1] == "breach"
     [row] = await outbox_rows(pg_pool, agent)
     assert (row["channel"], row["language"]) == ("sms", language)

@@ -11,7 +11,7 @@ import math
 import time
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,14 +24,18 @@ from channels.agents.owntracks_devices import MAX_DEVICES, REFRESH_S, TTL_S, Own
 from config.settings import Settings
 from core import geofences
 from gateway.agents import AgentRuntime
-from gateway.app import create_app
 from gateway.keys import AGENTS
 from geofence.fences import GEOD
 from geofence.waypoints import TST_BASE
-from tests.conftest import running_app
 from tests.helpers import assert_error, auth, direct_token, eventually
-from tests.integration.agent_support import make_agent, prepare_core
-from tests.integration.mqtt_support import MOSQUITTO, Device, MosquittoProcess, private_broker
+from tests.integration.agent_support import make_agent
+from tests.integration.mqtt_support import (
+    MOSQUITTO,
+    Device,
+    MosquittoProcess,
+    gateway_app,
+    private_broker,
+)
 
 CIRCLE = {
     "type": "Feature",
@@ -63,15 +67,8 @@ class Rig:
 
 @pytest.fixture
 async def rig(settings: Settings, tmp_path: Path) -> AsyncIterator[Rig]:
-    async with private_broker(tmp_path) as url:
-        tuned = replace(settings, mqtt_url=url, mqtt_share_group=f"w{uuid.uuid4().hex[:10]}")
-        app = create_app(tuned, run_migrations=False, start_channels=True)
-        async with running_app(app) as client:
-            runtime = app[AGENTS]
-            assert runtime.mqtt is not None
-            await runtime.mqtt.wait_subscribed(10)
-            await prepare_core(runtime.pool)
-            yield Rig(app, client, url, auth(await direct_token(app)))
+    async with private_broker(tmp_path) as url, gateway_app(settings, url) as (app, client):
+        yield Rig(app, client, url, auth(await direct_token(app)))
 
 
 def is_set_waypoints(topic: str, body: Any) -> bool:
@@ -343,14 +340,8 @@ async def acl_rig(settings: Settings, tmp_path: Path) -> AsyncIterator[tuple[Rig
     broker = MosquittoProcess(tmp_path, f"allow_anonymous true\nacl_file {acl}\n")
     await broker.start()
     try:
-        tuned = replace(settings, mqtt_url=broker.url, mqtt_share_group=f"w{uuid.uuid4().hex[:10]}")
-        app = create_app(tuned, run_migrations=False, start_channels=True)
-        async with running_app(app) as client:
-            runtime = app[AGENTS]
-            assert runtime.mqtt is not None
-            await runtime.mqtt.wait_subscribed(10)
-            assert runtime.mqtt.mqtt5
-            await prepare_core(runtime.pool)
+        async with gateway_app(settings, broker.url) as (app, client):
+            assert app[AGENTS].mqtt is not None and app[AGENTS].mqtt.mqtt5
             rig = Rig(app, client, broker.url, auth(await direct_token(app)))
             yield rig, AclBroker(broker, acl)
     finally:

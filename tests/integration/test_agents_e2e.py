@@ -9,9 +9,8 @@ invariants are checked after each test."""
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,9 +26,8 @@ from core.crypto import FieldCipher
 from core.errors import WrongPin
 from core.pins import verify_pin
 from gateway.agents import AgentRuntime
-from gateway.app import create_app
 from gateway.keys import AGENTS
-from tests.conftest import TEST_SECRET, running_app
+from tests.conftest import TEST_SECRET
 from tests.helpers import assert_error, auth, eventually, token_for
 from tests.integration.agent_support import (
     AGENT_PIN,
@@ -43,9 +41,8 @@ from tests.integration.agent_support import (
     new_msisdn,
     new_national_id,
     outbox_rows,
-    prepare_core,
 )
-from tests.integration.mqtt_support import Device, private_broker
+from tests.integration.mqtt_support import Device, gateway_app, private_broker
 
 CIPHER = FieldCipher(TEST_SECRET)
 
@@ -67,19 +64,12 @@ class Rig:
 
 @pytest.fixture
 async def rig(settings: Settings, tmp_path: Path) -> AsyncIterator[Rig]:
-    async with private_broker(tmp_path) as url:
-        tuned = replace(
-            settings, mqtt_url=url, mqtt_share_group=f"e{uuid.uuid4().hex[:10]}",
-            agent_max_fix_age_s=60,
-        )  # fmt: skip
-        app = create_app(tuned, run_migrations=False, start_channels=True)
-        async with running_app(app) as client:
-            runtime = app[AGENTS]
-            assert runtime.mqtt is not None
-            await runtime.mqtt.wait_subscribed(10)
-            await prepare_core(runtime.pool)
-            yield Rig(app, client, url)
-            await assert_ledger_ok(runtime.pool)
+    async with (
+        private_broker(tmp_path) as url,
+        gateway_app(settings, url, agent_max_fix_age_s=60) as (app, client),
+    ):
+        yield Rig(app, client, url)
+        await assert_ledger_ok(app[AGENTS].pool)
 
 
 async def zone(rig: Rig, agent: str) -> int:

@@ -18,14 +18,10 @@ from redis.asyncio import Redis
 
 from channels.email import EmailSender
 from config.settings import Settings
-from core import geofences
-from core.crypto import FieldCipher
 from core.outbox import Dispatcher, DispatchPolicy, OutboundMessage, enqueue
-from gateway.agents import build_runtime
 from gateway.embedded import free_port
 from gateway.senders import build_senders
-from tests.integration.agent_support import assign_circle, make_agent, outbox_rows
-from tests.integration.test_agent_alerts import ALWAYS, walk_out
+from tests.integration.agent_support import outbox_rows, walk_out, zoned_agent
 
 FAST = DispatchPolicy(poll_interval_s=0.01, backoff_base_s=0.0, backoff_max_s=0.0, max_attempts=3)
 SENDER = "alerts@bank.test"
@@ -95,16 +91,13 @@ async def test_breach_alerts_delivered_by_email(
     settings: Settings, redis: Redis, pg_pool: asyncpg.Pool, smtp: tuple[str, Mailbox]
 ) -> None:
     url, mailbox = smtp
-    tuned = replace(
-        settings, agent_alert_channel="email", agent_alert_recipients=("ops@bank.test",)
+    runtime, agent, _ = await zoned_agent(
+        settings,
+        redis,
+        pg_pool,
+        agent_alert_channel="email",
+        agent_alert_recipients=("ops@bank.test",),
     )
-    assert settings.secret_key is not None
-    runtime = build_runtime(tuned, redis, pg_pool, FieldCipher(settings.secret_key))
-    agent = await make_agent(pg_pool)
-    fence_id = await assign_circle(pg_pool, agent)
-    async with pg_pool.acquire() as conn:
-        await geofences.assign_fences(conn, agent, [fence_id], ALWAYS)
-    await runtime.reload_catalog()
     assert [e.kind for e in await walk_out(runtime, agent)][-1] == "breach"
     [alert] = await outbox_rows(pg_pool, agent)
 

@@ -18,26 +18,19 @@ async def _tables(conn: asyncpg.Connection) -> set[str]:
     return {r["tablename"] for r in rows}
 
 
-async def test_upgrade_downgrade_upgrade(server_database_url: str) -> None:
-    name = f"gw_menus_{uuid.uuid4().hex[:8]}"
-    admin = await asyncpg.connect(dbmod.asyncpg_url(server_database_url))
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    url = dbmod.with_database(server_database_url, name)
+async def test_upgrade_downgrade_upgrade(empty_database: str) -> None:
+    url = empty_database
+    await dbmod.migrate(url)
+    conn = await asyncpg.connect(dbmod.asyncpg_url(url))
     try:
+        assert await _tables(conn) >= MINE
+        await dbmod.downgrade(url, "0001")
+        assert not MINE & await _tables(conn)
+        assert "admin_users" in await _tables(conn)
         await dbmod.migrate(url)
-        conn = await asyncpg.connect(dbmod.asyncpg_url(url))
-        try:
-            assert await _tables(conn) >= MINE
-            await dbmod.downgrade(url, "0001")
-            assert not MINE & await _tables(conn)
-            assert "admin_users" in await _tables(conn)
-            await dbmod.migrate(url)
-            assert await _tables(conn) >= MINE
-        finally:
-            await conn.close()
+        assert await _tables(conn) >= MINE
     finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
+        await conn.close()
 
 
 async def test_published_versions_are_immutable(pg_pool: asyncpg.Pool) -> None:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
-
 import asyncpg
 
 from gateway import db as dbmod
@@ -18,22 +16,15 @@ async def _tables(url: str) -> set[str]:
     return {r["tablename"] for r in rows}
 
 
-async def test_upgrade_downgrade_upgrade(server_database_url: str) -> None:
-    name = f"gw_mig_{uuid.uuid4().hex[:8]}"
-    admin = await asyncpg.connect(dbmod.asyncpg_url(server_database_url))
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    url = dbmod.with_database(server_database_url, name)
-    try:
-        await dbmod.migrate(url)
-        up = await _tables(url)
-        assert {"admin_users", "roles", "permissions", "audit_log"} <= up
-        await dbmod.downgrade(url, "base")
-        assert await _tables(url) == {"alembic_version"}
-        await dbmod.migrate(url)
-        assert await _tables(url) == up
-    finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
+async def test_upgrade_downgrade_upgrade(empty_database: str) -> None:
+    url = empty_database
+    await dbmod.migrate(url)
+    up = await _tables(url)
+    assert {"admin_users", "roles", "permissions", "audit_log"} <= up
+    await dbmod.downgrade(url, "base")
+    assert await _tables(url) == {"alembic_version"}
+    await dbmod.migrate(url)
+    assert await _tables(url) == up
 
 
 async def test_audit_log_is_append_only(pg_pool: asyncpg.Pool) -> None:

@@ -1,14 +1,17 @@
 """Fixtures for the banking core tests: system accounts and demo tariffs for KES, customers and
-agents with unique numbers and codes, and the ledger check after every test (autouse here)."""
+agents with unique numbers and codes, admin tokens per role (one set per module), and the ledger
+check after every test (autouse here)."""
 
 from __future__ import annotations
 
 import secrets
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 import asyncpg
 import pytest
 from aiohttp import web
+from aiohttp.test_utils import TestClient
 
 from core.agents import register_agent
 from core.crypto import FieldCipher
@@ -17,6 +20,7 @@ from core.fees import seed_demo_tariffs
 from core.ledger import check_ledger, ensure_system_accounts
 from core.transfers import deposit, float_topup
 from gateway.keys import CIPHER
+from tests.helpers import token_for
 
 PIN = "2580"
 AGENT_PIN = "4826"
@@ -41,6 +45,26 @@ async def ledger_ok(core_db: asyncpg.Pool) -> AsyncIterator[None]:
     yield
     report = await check_ledger(core_db)
     assert report.ok, "\n".join(report.lines())
+
+
+@dataclass(frozen=True)
+class Tokens:
+    """Bearer tokens of admins in each role the admin API tests act as."""
+
+    admin: str
+    finance: str
+    support: str
+    viewer: str
+
+
+@pytest.fixture(scope="module")
+async def tokens(app_client: TestClient) -> Tokens:
+    return Tokens(
+        await token_for(app_client, "admin"),
+        await token_for(app_client, "finance"),
+        await token_for(app_client, "support"),
+        await token_for(app_client, "viewer"),
+    )
 
 
 def new_msisdn() -> str:

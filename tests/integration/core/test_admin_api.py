@@ -3,8 +3,6 @@ idempotency, agents and float, unlock, reversal, ledger check, permissions per r
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient
@@ -12,25 +10,9 @@ from aiohttp.test_utils import TestClient
 from core.crypto import FieldCipher
 from core.pins import verify_pin
 from tests.helpers import assert_error, auth, token_for
-from tests.integration.core.conftest import PIN, make_customer, new_key, new_msisdn
+from tests.integration.core.conftest import PIN, Tokens, make_customer, new_key, new_msisdn
 
 CUSTOMER_KEYS = {"msisdn", "first_name", "last_name", "tier", "status", "language", "wallets"}
-
-
-@dataclass(frozen=True)
-class Tokens:
-    admin: str
-    finance: str
-    support: str
-
-
-@pytest.fixture(scope="module")
-async def tokens(app_client: TestClient) -> Tokens:
-    return Tokens(
-        await token_for(app_client, "admin"),
-        await token_for(app_client, "finance"),
-        await token_for(app_client, "support"),
-    )
 
 
 async def test_register_read_deposit_statement(

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import secrets
-from dataclasses import dataclass
 
 import asyncpg
 import pytest
@@ -15,26 +14,8 @@ from aiohttp.test_utils import TestClient
 from core import errors as E
 from core.crypto import FieldCipher
 from core.transfers import balance, deposit, send_money
-from tests.helpers import assert_error, auth, token_for
-from tests.integration.core.conftest import make_customer, new_key
-
-
-@dataclass(frozen=True)
-class Tokens:
-    admin: str
-    finance: str
-    support: str
-    viewer: str
-
-
-@pytest.fixture(scope="module")
-async def tokens(app_client: TestClient) -> Tokens:
-    return Tokens(
-        await token_for(app_client, "admin"),
-        await token_for(app_client, "finance"),
-        await token_for(app_client, "support"),
-        await token_for(app_client, "viewer"),
-    )
+from tests.helpers import assert_error, auth
+from tests.integration.core.conftest import Tokens, make_customer, new_key
 
 
 async def audit_count(db: asyncpg.Pool, action: str, target: str) -> int:

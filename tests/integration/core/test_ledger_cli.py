@@ -7,7 +7,6 @@ import asyncio
 import os
 import subprocess
 import sys
-import uuid
 from pathlib import Path
 
 import asyncpg
@@ -29,39 +28,29 @@ def _check(database_url: str, redis_url: str, data_dir: Path) -> subprocess.Comp
     )
 
 
-async def test_ledger_check_command(
-    server_database_url: str, redis_url: str, tmp_path: Path
-) -> None:
-    name = f"gw_ledger_{uuid.uuid4().hex[:8]}"
-    admin = await asyncpg.connect(dbmod.asyncpg_url(server_database_url))
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    url = dbmod.with_database(server_database_url, name)
+async def test_ledger_check_command(empty_database: str, redis_url: str, tmp_path: Path) -> None:
+    url = empty_database
+    await dbmod.migrate(url)
+    conn = await asyncpg.connect(dbmod.asyncpg_url(url))
     try:
-        await dbmod.migrate(url)
-        conn = await asyncpg.connect(dbmod.asyncpg_url(url))
-        try:
-            await conn.execute("SELECT ledger_ensure_system_accounts('KES', 2)")
-            await conn.execute(
-                "INSERT INTO customers (msisdn, first_name, last_name, national_id_enc, "
-                "national_id_hash, pin_hash) VALUES ('+254700111222', 'A', 'B', 'x', 'h', 'p')"
-            )
-            await conn.execute(
-                "INSERT INTO accounts (kind, currency, customer_id) "
-                "SELECT 'wallet', 'KES', id FROM customers"
-            )
-            await conn.fetchrow(
-                "SELECT * FROM ledger_deposit('k1', 'h', '+254700111222', 500, 'KES', 'test', "
-                "'', '')"
-            )
-            ok = await asyncio.to_thread(_check, url, redis_url, tmp_path)
-            assert (ok.returncode, ok.stdout.strip()) == (0, "ledger ok"), ok.stderr
-            await conn.execute("UPDATE accounts SET balance = balance + 1 WHERE kind = 'wallet'")
-            bad = await asyncio.to_thread(_check, url, redis_url, tmp_path)
-        finally:
-            await conn.close()
-        assert bad.returncode == 1, bad.stderr
-        assert "BREACH balances_equal_entries" in bad.stdout
-        assert "'balance_minor': 501, 'entries_minor': 500" in bad.stdout
+        await conn.execute("SELECT ledger_ensure_system_accounts('KES', 2)")
+        await conn.execute(
+            "INSERT INTO customers (msisdn, first_name, last_name, national_id_enc, "
+            "national_id_hash, pin_hash) VALUES ('+254700111222', 'A', 'B', 'x', 'h', 'p')"
+        )
+        await conn.execute(
+            "INSERT INTO accounts (kind, currency, customer_id) "
+            "SELECT 'wallet', 'KES', id FROM customers"
+        )
+        await conn.fetchrow(
+            "SELECT * FROM ledger_deposit('k1', 'h', '+254700111222', 500, 'KES', 'test', '', '')"
+        )
+        ok = await asyncio.to_thread(_check, url, redis_url, tmp_path)
+        assert (ok.returncode, ok.stdout.strip()) == (0, "ledger ok"), ok.stderr
+        await conn.execute("UPDATE accounts SET balance = balance + 1 WHERE kind = 'wallet'")
+        bad = await asyncio.to_thread(_check, url, redis_url, tmp_path)
     finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
+        await conn.close()
+    assert bad.returncode == 1, bad.stderr
+    assert "BREACH balances_equal_entries" in bad.stdout
+    assert "'balance_minor': 501, 'entries_minor': 500" in bad.stdout

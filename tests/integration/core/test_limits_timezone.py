@@ -7,7 +7,6 @@ functions with two pools whose zones are 26 hours apart (their local dates alway
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import AsyncIterator
 from datetime import date
 from zoneinfo import ZoneInfo
@@ -231,33 +230,26 @@ async def _functions(url: str) -> dict[str, str]:
     return {r["sig"]: r["prosrc"] for r in rows}
 
 
-async def test_downgrade_restores_the_utc_functions(server_database_url: str) -> None:
-    name = f"gw_tz_{uuid.uuid4().hex[:8]}"
-    admin = await asyncpg.connect(dbmod.asyncpg_url(server_database_url))
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    url = dbmod.with_database(server_database_url, name)
-    try:
-        await dbmod.migrate(url, "0721_pin_change_key")
-        before = await _functions(url)
-        await dbmod.migrate(url, "0730_limits_timezone")
-        after = await _functions(url)
-        assert set(after) - set(before) == {
-            "ledger_local(timestamp with time zone)",
-            "ledger_day(timestamp with time zone)",
-            "ledger_month(timestamp with time zone)",
-        }
-        changed = {sig for sig in before if before[sig] != after[sig]}
-        assert {sig.split("(")[0] for sig in changed} == {
-            "ledger_apply",
-            "ledger_post_checked",
-            "ledger_p2p",
-        }
-        # 0720's ledger_p2p (with the sender-receipt flag) was the one rewritten.
-        p2p = next(sig for sig in changed if sig.startswith("ledger_p2p("))
-        assert p2p.endswith(",boolean)")
-        assert "p_sender_receipt" in after[p2p]
-        await dbmod.downgrade(url, "0721_pin_change_key")
-        assert await _functions(url) == before
-    finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
+async def test_downgrade_restores_the_utc_functions(empty_database: str) -> None:
+    url = empty_database
+    await dbmod.migrate(url, "0721_pin_change_key")
+    before = await _functions(url)
+    await dbmod.migrate(url, "0730_limits_timezone")
+    after = await _functions(url)
+    assert set(after) - set(before) == {
+        "ledger_local(timestamp with time zone)",
+        "ledger_day(timestamp with time zone)",
+        "ledger_month(timestamp with time zone)",
+    }
+    changed = {sig for sig in before if before[sig] != after[sig]}
+    assert {sig.split("(")[0] for sig in changed} == {
+        "ledger_apply",
+        "ledger_post_checked",
+        "ledger_p2p",
+    }
+    # 0720's ledger_p2p (with the sender-receipt flag) was the one rewritten.
+    p2p = next(sig for sig in changed if sig.startswith("ledger_p2p("))
+    assert p2p.endswith(",boolean)")
+    assert "p_sender_receipt" in after[p2p]
+    await dbmod.downgrade(url, "0721_pin_change_key")
+    assert await _functions(url) == before

@@ -4,13 +4,8 @@ KES 1,050.00 in 30 days. The ledger check passes afterwards."""
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import AsyncIterator
 from dataclasses import replace
 from datetime import timedelta
-
-import asyncpg
-import pytest
 
 from config.settings import Settings
 from core.demo import DEMO_CUSTOMERS
@@ -19,26 +14,13 @@ from core.loans.decision import Outcome
 from core.loans.demo import DEMO_FUND_MINOR, DEMO_PRODUCT
 from core.money import format_amount
 from core.transfers import balance
-from gateway import db as dbmod
 from gateway.app import create_app
 from gateway.keys import LOANS, PG_POOL
 from tests.conftest import running_app
 
 
-@pytest.fixture
-async def fresh_database(server_database_url: str) -> AsyncIterator[str]:
-    name = f"gw_demo_{uuid.uuid4().hex[:8]}"
-    admin = await asyncpg.connect(dbmod.asyncpg_url(server_database_url))
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield dbmod.with_database(server_database_url, name)
-    finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
-
-
-async def test_make_run_can_lend(settings: Settings, fresh_database: str) -> None:
-    demo = replace(settings, database_url=fresh_database, demo_data=True)
+async def test_make_run_can_lend(settings: Settings, empty_database: str) -> None:
+    demo = replace(settings, database_url=empty_database, demo_data=True)
     async with (
         running_app(create_app(demo, start_channels=False)) as one,
         running_app(create_app(demo, run_migrations=False, start_channels=False)) as two,
