@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
+from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ from redis.asyncio import Redis
 
 from channels.agents.broker_files import acl_file, password_file
 from config.settings import Settings
-from core import devices, geofences
+from core import devices
 from core.crypto import FieldCipher
 from gateway.agents import AgentRuntime
 from gateway.broker_auth import (
@@ -27,10 +28,17 @@ from gateway.broker_auth import (
     with_credentials,
 )
 from gateway.embedded import EmbeddedMqtt, free_port
-from geofence.fences import GEOD
 from tests.conftest import TEST_SECRET
 from tests.helpers import eventually
-from tests.integration.agent_support import AGENT_PIN, make_agent, make_customer, prepare_core
+from tests.integration.agent_support import (
+    AGENT_PIN,
+    assign_circle,
+    at,
+    make_agent,
+    make_customer,
+    native,
+    prepare_core,
+)
 from tests.integration.mqtt_support import (
     MOSQUITTO,
     Device,
@@ -39,7 +47,6 @@ from tests.integration.mqtt_support import (
     private_broker,
 )
 
-CENTRE = (36.82, -1.28)
 BROKERS = ["amqtt"] + (["mosquitto"] if MOSQUITTO else [])
 
 
@@ -47,31 +54,22 @@ def code() -> str:
     return f"AG{secrets.token_hex(4)}"
 
 
-def at(metres: float) -> tuple[float, float]:
-    lon, lat, _ = GEOD.fwd(CENTRE[0], CENTRE[1], 45, metres)
-    return lon, lat
-
-
-def native(metres: float, ts: float, acc: float = 8) -> dict[str, Any]:
-    lon, lat = at(metres)
-    return {"lat": lat, "lon": lon, "ts": ts, "acc": acc}
-
-
 def owntracks(metres: float, ts: float) -> dict[str, Any]:
     lon, lat = at(metres)
     return {"_type": "location", "lat": lat, "lon": lon, "tst": int(ts), "acc": 10, "batt": 90}
 
 
-async def assign_circle(runtime: AgentRuntime, pool: asyncpg.Pool, agent: str) -> int:
-    async with pool.acquire() as conn:
-        stored = await geofences.create_fence(
-            conn,
-            {"type": "Feature", "geometry": {"type": "Point", "coordinates": list(CENTRE)},
-             "properties": {"radius_m": 300}},
-        )  # fmt: skip
-        await geofences.assign_fences(conn, agent, [stored.fence.id], None)
+async def zone(runtime: AgentRuntime, pool: asyncpg.Pool, agent: str) -> int:
+    """A circle around CENTRE as `agent`'s zone, known to the running runtime; its fence id."""
+    fence_id = await assign_circle(pool, agent)
     await runtime.reload_catalog()
-    return stored.fence.id
+    return fence_id
+
+
+@pytest.fixture
+async def broker_url(tmp_path: Path) -> AsyncIterator[str]:
+    async with private_broker(tmp_path) as url:
+        yield url
 
 
 def kind_is(kind: str) -> Any:
@@ -83,21 +81,14 @@ def reply_to(command_id: str | None) -> Any:
 
 
 async def test_fixes_events_commands_end_to_end(
-    settings: Settings, redis: Redis, pg_pool: asyncpg.Pool, tmp_path: Path
-) -> None:
-    async with private_broker(tmp_path) as url:
-        await _fixes_events_commands(settings, redis, pg_pool, url)
-
-
-async def _fixes_events_commands(
-    settings: Settings, redis: Redis, pg_pool: asyncpg.Pool, mqtt_url: str
+    settings: Settings, redis: Redis, pg_pool: asyncpg.Pool, broker_url: str
 ) -> None:
     await prepare_core(pg_pool)
     agent = await make_agent(pg_pool, 100_000)
     customer = await make_customer(pg_pool, FieldCipher(TEST_SECRET))
-    async with gateway(settings, redis, pg_pool, mqtt_url, agent_max_fix_age_s=30) as runtime:
-        fence_id = await assign_circle(runtime, pg_pool, agent)
-        device = Device(mqtt_url, will=(f"agents/{agent}/status", b"offline"))
+    async with gateway(settings, redis, pg_pool, broker_url, agent_max_fix_age_s=30) as runtime:
+        fence_id = await zone(runtime, pg_pool, agent)
+        device = Device(broker_url, will=(f"agents/{agent}/status", b"offline"))
         assert not (await device.connect()).is_failure
         for topic in ("reply", "events", "status"):
             await device.subscribe(f"agents/{agent}/{topic}")
@@ -143,7 +134,7 @@ async def _fixes_events_commands(
 
         # The will: the device vanishes, the broker says offline, the gateway records it.
         await device.drop()
-        observer = Device(mqtt_url)
+        observer = Device(broker_url)
         await observer.connect()
         await observer.subscribe(f"agents/{agent}/events")
         await observer.expect(kind_is("offline"))
@@ -157,20 +148,13 @@ async def _fixes_events_commands(
 
 
 async def test_stale_location_is_refused(
-    settings: Settings, redis: Redis, pg_pool: asyncpg.Pool, tmp_path: Path
-) -> None:
-    async with private_broker(tmp_path) as url:
-        await _stale_location(settings, redis, pg_pool, url)
-
-
-async def _stale_location(
-    settings: Settings, redis: Redis, pg_pool: asyncpg.Pool, mqtt_url: str
+    settings: Settings, redis: Redis, pg_pool: asyncpg.Pool, broker_url: str
 ) -> None:
     await prepare_core(pg_pool)
     agent = await make_agent(pg_pool)
-    async with gateway(settings, redis, pg_pool, mqtt_url, agent_max_fix_age_s=30) as runtime:
-        await assign_circle(runtime, pg_pool, agent)
-        device = Device(mqtt_url)
+    async with gateway(settings, redis, pg_pool, broker_url, agent_max_fix_age_s=30) as runtime:
+        await zone(runtime, pg_pool, agent)
+        device = Device(broker_url)
         await device.connect()
         await device.subscribe(f"agents/{agent}/reply")
         device.publish(f"agents/{agent}/location", native(20, time.time() - 45))

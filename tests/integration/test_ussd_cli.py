@@ -28,6 +28,20 @@ def gateway(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+async def simulate(msisdn: str, url: str, typed: str) -> tuple[int | None, str, str]:
+    """`gateway simulate ussd` with `typed` as its input (and no USSD_* settings from this
+    environment): its exit code, output and errors."""
+    proc = await asyncio.create_subprocess_exec(
+        *(sys.executable, "-m", "gateway", "simulate", "ussd", "--msisdn", msisdn, "--url", url),
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={k: v for k, v in os.environ.items() if not k.startswith("USSD_")},
+    )
+    out, err = await asyncio.wait_for(proc.communicate(typed.encode()), 60)
+    return proc.returncode, out.decode(), err.decode()
+
+
 def test_validate_the_shipped_menu() -> None:
     result = gateway("menus", "validate", str(DEFAULT_MENU_FILE))
     assert result.returncode == 0, result.stdout + result.stderr
@@ -62,44 +76,14 @@ def test_validate_an_unreadable_file(tmp_path: Path) -> None:
 async def test_simulate_an_interactive_session(ussd: UssdEnv) -> None:
     msisdn = await ussd.bank.open(balance_minor=4_200)
     url = str(ussd.client.make_url("")).rstrip("/")
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "gateway",
-        "simulate",
-        "ussd",
-        "--msisdn",
-        msisdn,
-        "--url",
-        url,
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env={k: v for k, v in os.environ.items() if not k.startswith("USSD_")},
-    )
-    out, err = await asyncio.wait_for(proc.communicate(f"2\n{PIN}\n".encode()), 60)
-    assert proc.returncode == 0, err.decode()
-    text = out.decode()
+    code, text, err = await simulate(msisdn, url, f"2\n{PIN}\n")
+    assert code == 0, err
     assert "Hello Amina" in text and "2. Balance" in text
     assert "> 2\nEnter your PIN:" in text
     assert text.rstrip().endswith("Your balance is KES 42.00.")
 
 
 async def test_simulate_against_nothing() -> None:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "gateway",
-        "simulate",
-        "ussd",
-        "--msisdn",
-        "+254700000001",
-        "--url",
-        f"http://127.0.0.1:{free_port()}",
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    _, err = await asyncio.wait_for(proc.communicate(b""), 60)
-    assert proc.returncode == 1
-    assert err.decode().startswith("gateway: cannot reach")
+    code, _, err = await simulate("+254700000001", f"http://127.0.0.1:{free_port()}", "")
+    assert code == 1
+    assert err.startswith("gateway: cannot reach")

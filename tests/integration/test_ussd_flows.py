@@ -227,18 +227,25 @@ async def test_wrong_pins_count_across_channels(ussd: UssdEnv) -> None:
     assert await ussd.bank.status(other) == "active"
 
 
-async def test_statement_pages_with_98(ussd: UssdEnv) -> None:
+async def with_history(ussd: UssdEnv, transfers: int) -> tuple[str, str]:
+    """A customer and a friend (Neema Achieng), KES 500.00 deposited each, then `transfers`
+    transfers between them, the customer sending the odd ones: transfer i is KES i * 10.00."""
     msisdn = await ussd.bank.open(balance_minor=50_000)
     friend = await ussd.bank.open(balance_minor=50_000, first_name="Neema", last_name="Achieng")
-    for i in range(1, 8):
+    for i in range(1, transfers + 1):
         await send_money(
             ussd.bank.pool,
             sender=msisdn if i % 2 else friend,
             recipient=friend if i % 2 else msisdn,
             amount_minor=i * 10_00,
-            idempotency_key=f"st-{msisdn}-{i}",
+            idempotency_key=f"hist-{msisdn}-{i}",
             channel="test",
         )
+    return msisdn, friend
+
+
+async def test_statement_pages_with_98(ussd: UssdEnv) -> None:
+    msisdn, friend = await with_history(ussd, 7)
     s = ussd.session(msisdn)
     first = await s.walk("4", PIN)
     expected_balance = await ussd.bank.balance(msisdn)
@@ -266,17 +273,7 @@ async def test_statement_pages_with_98(ussd: UssdEnv) -> None:
 async def test_statement_98_fetches_older_lines_from_the_core(ussd: UssdEnv) -> None:
     """23 lines: the latest 10 paged on the handset, then 98 on the last page asks the core for
     the 10 before them (PIN verified again), then the last 3, and the session ends."""
-    msisdn = await ussd.bank.open(balance_minor=50_000)
-    friend = await ussd.bank.open(balance_minor=50_000, first_name="Neema", last_name="Achieng")
-    for i in range(1, 23):
-        await send_money(
-            ussd.bank.pool,
-            sender=msisdn if i % 2 else friend,
-            recipient=friend if i % 2 else msisdn,
-            amount_minor=i * 10_00,
-            idempotency_key=f"old-{msisdn}-{i}",
-            channel="test",
-        )
+    msisdn, friend = await with_history(ussd, 22)
     balance = money(await ussd.bank.balance(msisdn))
     calls = ussd.calls["statement"]
     s = ussd.session(msisdn)

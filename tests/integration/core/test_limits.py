@@ -23,12 +23,7 @@ async def _yesterday(db: asyncpg.Pool, msisdn: str) -> None:
     )
 
 
-async def _debit(db: asyncpg.Pool, msisdn: str, agent: str, amount: int) -> None:
-    """Top the wallet up by amount + fee, then cash the amount out at the agent."""
-    fee = (await quote(db, "cash_out", amount)).fee_minor
-    await deposit(
-        db, msisdn=msisdn, amount_minor=amount + fee, idempotency_key=new_key(), channel="t"
-    )
+async def _cash_out(db: asyncpg.Pool, agent: str, msisdn: str, amount: int) -> None:
     await cash_out(
         db,
         agent_code=agent,
@@ -37,6 +32,26 @@ async def _debit(db: asyncpg.Pool, msisdn: str, agent: str, amount: int) -> None
         idempotency_key=new_key(),
         channel="t",
     )
+
+
+async def _send(db: asyncpg.Pool, sender: str, recipient: str, amount: int) -> None:
+    await send_money(
+        db,
+        sender=sender,
+        recipient=recipient,
+        amount_minor=amount,
+        idempotency_key=new_key(),
+        channel="t",
+    )
+
+
+async def _debit(db: asyncpg.Pool, msisdn: str, agent: str, amount: int) -> None:
+    """Top the wallet up by amount + fee, then cash the amount out at the agent."""
+    fee = (await quote(db, "cash_out", amount)).fee_minor
+    await deposit(
+        db, msisdn=msisdn, amount_minor=amount + fee, idempotency_key=new_key(), channel="t"
+    )
+    await _cash_out(db, agent, msisdn, amount)
 
 
 async def _debit_total(db: asyncpg.Pool, msisdn: str, agent: str, total: int, chunk: int) -> None:
@@ -65,14 +80,7 @@ async def test_max_balance(core_db: asyncpg.Pool, cipher: FieldCipher, tier: str
     # The recipient's maximum counts in a P2P transfer too.
     sender = await make_customer(core_db, cipher, 1_000_00)
     with pytest.raises(E.LimitExceeded) as p2p:
-        await send_money(
-            core_db,
-            sender=sender,
-            recipient=msisdn,
-            amount_minor=1,
-            idempotency_key=new_key(),
-            channel="t",
-        )
+        await _send(core_db, sender, msisdn, 1)
     assert p2p.value.details == {
         "limit": "max_balance",
         "limit_minor": limit,
@@ -91,23 +99,9 @@ async def test_per_transaction(core_db: asyncpg.Pool, cipher: FieldCipher, tier:
     sender = await make_customer(core_db, cipher, limit + fee, tier=tier)
     sink = await make_customer(core_db, cipher, tier="Business")
     with pytest.raises(E.LimitExceeded) as info:
-        await send_money(
-            core_db,
-            sender=sender,
-            recipient=sink,
-            amount_minor=limit + 1,
-            idempotency_key=new_key(),
-            channel="t",
-        )
+        await _send(core_db, sender, sink, limit + 1)
     assert info.value.details["limit"] == "per_transaction"
-    await send_money(
-        core_db,
-        sender=sender,
-        recipient=sink,
-        amount_minor=limit,
-        idempotency_key=new_key(),
-        channel="t",
-    )
+    await _send(core_db, sender, sink, limit)
     assert await balance(core_db, sender) == 0
 
 
@@ -124,25 +118,11 @@ async def test_daily(core_db: asyncpg.Pool, cipher: FieldCipher, tier: str) -> N
         core_db, msisdn=sender, amount_minor=10_00, idempotency_key=new_key(), channel="t"
     )
     with pytest.raises(E.LimitExceeded) as info:
-        await cash_out(
-            core_db,
-            agent_code=agent,
-            msisdn=sender,
-            amount_minor=1,
-            idempotency_key=new_key(),
-            channel="t",
-        )
+        await _cash_out(core_db, agent, sender, 1)
     assert info.value.details["limit"] == "daily"
     assert info.value.details["used_minor"] == limits.daily_debit_minor
     await _yesterday(core_db, sender)
-    await cash_out(
-        core_db,
-        agent_code=agent,
-        msisdn=sender,
-        amount_minor=1,
-        idempotency_key=new_key(),
-        channel="t",
-    )
+    await _cash_out(core_db, agent, sender, 1)
 
 
 @pytest.mark.parametrize("tier", TIERS)
@@ -160,13 +140,6 @@ async def test_monthly(core_db: asyncpg.Pool, cipher: FieldCipher, tier: str) ->
         core_db, msisdn=sender, amount_minor=10_00, idempotency_key=new_key(), channel="t"
     )
     with pytest.raises(E.LimitExceeded) as info:
-        await cash_out(
-            core_db,
-            agent_code=agent,
-            msisdn=sender,
-            amount_minor=1,
-            idempotency_key=new_key(),
-            channel="t",
-        )
+        await _cash_out(core_db, agent, sender, 1)
     assert info.value.details["limit"] == "monthly"
     assert info.value.details["used_minor"] == limits.monthly_debit_minor
