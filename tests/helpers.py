@@ -1,5 +1,5 @@
-"""Test helpers: polling with a deadline, admins with TOTP, logins, and assertions on the
-error format."""
+"""Test helpers: polling with a deadline, fresh phone numbers, admins with TOTP, logins, and
+assertions on the error format."""
 
 from __future__ import annotations
 
@@ -43,6 +43,12 @@ async def eventually(
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met in {timeout_s}s; last value: {result!r}")
         await asyncio.sleep(POLL_INTERVAL_S)
+
+
+def new_msisdn() -> str:
+    """A random Kenyan mobile number in E.164 ("+2547" and 8 digits): tests share the database,
+    so each makes customers of its own."""
+    return "+2547" + "".join(secrets.choice("0123456789") for _ in range(8))
 
 
 @dataclass

@@ -5,13 +5,12 @@ counter of action calls (it wraps the bound core functions; the core still does 
 
 from __future__ import annotations
 
-import asyncio
 import secrets
 import shutil
 import subprocess
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -32,30 +31,14 @@ from gateway.embedded import free_port, port_open
 from gateway.keys import CIPHER, MENU_BINDINGS, PG_POOL
 from menus.actions import ActionContext, ActionFn, ActionResult, MenuBindings
 from tests.conftest import running_app
+from tests.helpers import new_msisdn
 
 PIN = "4821"  # not a sequence, not one digit repeated: the core accepts it
 AGENT_PIN = "7305"
-POLL_S = 0.05  # how often a test re-checks a condition it waits for
-WAIT_S = 10.0
 
 
 def money(minor: int) -> str:
     return f"KES {minor // 100:,}.{minor % 100:02d}"
-
-
-def new_msisdn() -> str:
-    return "+2547" + str(secrets.randbelow(10**8)).zfill(8)
-
-
-async def until(predicate: Callable[[], Awaitable[Any]], timeout_s: float = WAIT_S) -> Any:
-    """Poll a condition until it holds (never a bare sleep as synchronisation)."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = await predicate()
-        if value:
-            return value
-        await asyncio.sleep(POLL_S)  # polling interval while waiting for the condition
-    raise AssertionError("condition not met in time")
 
 
 @dataclass

@@ -25,6 +25,7 @@ from gateway.agents import AgentRuntime, build_runtime
 from geofence.fences import GEOD
 from geofence.fix import Fix
 from menus.device import FixInput
+from tests.helpers import new_msisdn
 
 CENTRE = (36.82, -1.28)  # lon, lat: central Nairobi
 RADIUS_M = 300
@@ -44,10 +45,6 @@ ALWAYS = {
 
 def new_code() -> str:
     return "AG" + secrets.token_hex(4).upper()
-
-
-def new_msisdn() -> str:
-    return "+2547" + "".join(secrets.choice("0123456789") for _ in range(8))
 
 
 def new_national_id() -> str:

@@ -27,6 +27,7 @@ from gateway.agents import AgentRuntime, build_runtime
 from geofence.fix import Fix
 from menus.device import FixInput
 from tests.conftest import TEST_SECRET
+from tests.helpers import new_msisdn
 from tests.integration.agent_support import (
     AGENT_PIN,
     CUSTOMER_PIN,
@@ -36,7 +37,6 @@ from tests.integration.agent_support import (
     at,
     make_agent,
     make_customer,
-    new_msisdn,
     new_national_id,
     prepare_core,
 )

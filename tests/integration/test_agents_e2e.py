@@ -28,7 +28,7 @@ from core.pins import verify_pin
 from gateway.agents import AgentRuntime
 from gateway.keys import AGENTS
 from tests.conftest import TEST_SECRET
-from tests.helpers import assert_error, auth, eventually, token_for
+from tests.helpers import assert_error, auth, eventually, new_msisdn, token_for
 from tests.integration.agent_support import (
     AGENT_PIN,
     CUSTOMER_PIN,
@@ -38,7 +38,6 @@ from tests.integration.agent_support import (
     make_agent,
     make_customer,
     native,
-    new_msisdn,
     new_national_id,
     outbox_rows,
 )

@@ -16,8 +16,8 @@ import pytest
 
 from config.settings import Settings
 from gateway.keys import MENU_REGISTRY
-from tests.helpers import assert_error, auth, token_for
-from tests.ussd_support import UssdEnv, new_msisdn, start_env, ussd
+from tests.helpers import assert_error, auth, new_msisdn, token_for
+from tests.ussd_support import UssdEnv, start_env, ussd
 
 __all__ = ["ussd"]
 

@@ -18,7 +18,7 @@ from channels.sms.handler import InboundSms, RetryLater
 from config.settings import Settings
 from gateway.app import make_redis
 from gateway.keys import DISPATCHER, REDIS
-from tests.helpers import eventually
+from tests.helpers import eventually, new_msisdn
 from tests.sms_banking_support import (
     Replies,
     SmsEnv,
@@ -29,7 +29,7 @@ from tests.sms_banking_support import (
     sms_env_fixtures,
 )
 from tests.sms_helpers import peer_per_module  # noqa: F401 (the `peer` fixture)
-from tests.ussd_support import PIN, RedisProcess, new_msisdn, own_redis
+from tests.ussd_support import PIN, RedisProcess, own_redis
 
 __all__ = ["own_redis"]
 

@@ -23,7 +23,7 @@ from core import errors as E
 from gateway.keys import REDIS, SMS_CHANNEL
 from menus.actions import ActionContext, ActionResult
 from menus.bindings import CoreActions
-from tests.helpers import eventually
+from tests.helpers import eventually, new_msisdn
 from tests.sms_banking_support import (
     Replies,
     SmsEnv,
@@ -33,7 +33,7 @@ from tests.sms_banking_support import (
     sms_env_fixtures,
 )
 from tests.sms_helpers import peer_per_module  # noqa: F401 (the `peer` fixture)
-from tests.ussd_support import PIN, new_msisdn
+from tests.ussd_support import PIN
 
 OTHER_PIN = "5930"
 HINT = "Sorry, we did not understand that."

@@ -15,7 +15,8 @@ from core.customers import find_customer
 from core.pins import verify_pin
 from core.transfers import send_money
 from menus.gsm import is_gsm7
-from tests.ussd_support import PIN, UssdEnv, money, new_msisdn, ussd
+from tests.helpers import new_msisdn
+from tests.ussd_support import PIN, UssdEnv, money, ussd
 
 __all__ = ["ussd"]
 

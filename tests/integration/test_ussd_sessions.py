@@ -19,14 +19,13 @@ from redis.asyncio import Redis
 
 from config.settings import Settings
 from gateway.keys import MENU_BINDINGS, REDIS
+from tests.helpers import eventually, new_msisdn
 from tests.ussd_support import (
     PIN,
     RedisProcess,
     UssdEnv,
-    new_msisdn,
     own_redis,
     start_env,
-    until,
     ussd,
 )
 
@@ -124,7 +123,7 @@ async def test_two_concurrent_callbacks_for_one_session(ussd: UssdEnv) -> None:
     async with WalletHold(ussd.bank.pool, sender) as hold:
         form = s.form(PIN)
         first = asyncio.create_task(s.post(form))
-        await until(hold.waiting)  # the transfer is inside the ledger, waiting for the wallet
+        await eventually(hold.waiting)  # the transfer is inside the ledger, waiting for the wallet
         # Same hop, same input (a duplicate delivery): it waits for the first and gets its answer.
         duplicate = asyncio.create_task(s.post(form))
         # Same hop, another input (a conflicting request): a clear answer at once.
@@ -184,7 +183,7 @@ async def _gone(env: UssdEnv, key: str) -> None:
     async def expired() -> bool:
         return not await redis.exists(key)
 
-    await until(expired)
+    await eventually(expired)
 
 
 async def test_session_expiry_latest_only_provider(short_ttl: UssdEnv) -> None:
@@ -301,7 +300,7 @@ async def test_overrunning_action_answers_by_sms(slow: UssdEnv) -> None:
     async def late() -> list[asyncpg.Record]:
         return await slow.bank.outbox(sender, "ussd.late_result")
 
-    [sms] = await until(late)
+    [sms] = await eventually(late)
     assert sms["body"].startswith("KES 100.00 sent to Neema Achieng. Fee KES 0.00. Ref ")
     assert PIN not in sms["body"]
     assert await slow.bank.balance(recipient) == 10_000
@@ -337,7 +336,7 @@ async def test_steps_are_recorded_and_pins_never_stored_or_logged(
         )
         return found if len(found) == 4 else []
 
-    recorded = await until(rows)
+    recorded = await eventually(rows)
     assert [(r["screen"], r["outcome"]) for r in recorded] == [
         ("main", "ok"),
         ("bal_pin", "ok"),
@@ -400,5 +399,5 @@ async def test_access_log_keeps_ussd_failures_only(
     async def both() -> bool:  # the line is written just after the response is sent
         return {("/ussd/hubtel", 400), ("/healthz", 200)} <= logged()
 
-    await until(both)
+    await eventually(both)
     assert not any(p == "/ussd/africastalking" for p, _ in logged())

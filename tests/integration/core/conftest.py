@@ -20,7 +20,7 @@ from core.fees import seed_demo_tariffs
 from core.ledger import check_ledger, ensure_system_accounts
 from core.transfers import deposit, float_topup
 from gateway.keys import CIPHER
-from tests.helpers import token_for
+from tests.helpers import new_msisdn, token_for
 
 PIN = "2580"
 AGENT_PIN = "4826"
@@ -65,10 +65,6 @@ async def tokens(app_client: TestClient) -> Tokens:
         await token_for(app_client, "support"),
         await token_for(app_client, "viewer"),
     )
-
-
-def new_msisdn() -> str:
-    return "+2547" + "".join(secrets.choice("0123456789") for _ in range(8))
 
 
 def new_key(prefix: str = "k") -> str:

@@ -9,8 +9,8 @@ from aiohttp.test_utils import TestClient
 
 from core.crypto import FieldCipher
 from core.pins import verify_pin
-from tests.helpers import assert_error, auth, token_for
-from tests.integration.core.conftest import PIN, Tokens, make_customer, new_key, new_msisdn
+from tests.helpers import assert_error, auth, new_msisdn, token_for
+from tests.integration.core.conftest import PIN, Tokens, make_customer, new_key
 
 CUSTOMER_KEYS = {"msisdn", "first_name", "last_name", "tier", "status", "language", "wallets"}
 

@@ -21,13 +21,13 @@ from core.customers import (
 )
 from core.pins import change_pin, check_pin_format, unlock, verify_pin
 from core.transfers import send_money
+from tests.helpers import new_msisdn
 from tests.integration.core.conftest import (
     AGENT_PIN,
     PIN,
     make_agent,
     make_customer,
     new_key,
-    new_msisdn,
 )
 
 

@@ -25,7 +25,8 @@ from core.transfers import (
     send_money,
     statement,
 )
-from tests.integration.core.conftest import make_agent, make_customer, new_key, new_msisdn
+from tests.helpers import new_msisdn
+from tests.integration.core.conftest import make_agent, make_customer, new_key
 
 
 async def counts(db: asyncpg.Pool) -> tuple[int, int, int]:

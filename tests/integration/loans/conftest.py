@@ -36,16 +36,13 @@ from core.loans.products import Product
 from core.transfers import balance, deposit, fund_loans, send_money
 from gateway.keys import CIPHER
 from menus.loans.service import ApplyResult, LoanPolicy, LoanService, RepayResult
+from tests.helpers import new_msisdn
 
 CURRENCY = "XTS"
 START = datetime(2024, 1, 10, 9, 0, tzinfo=UTC)
 FUND_MINOR = 10**12  # far more than the run lends
 TEST_SHARDS = 8  # system account shards for the test currencies (256 in production)
 PIN = "2580"
-
-
-def new_msisdn() -> str:
-    return "+2547" + str(secrets.randbelow(10**8)).zfill(8)
 
 
 def new_key(prefix: str = "t") -> str:

@@ -22,7 +22,8 @@ from core.errors import (
 from core.loans.core_ledger import CoreCustomerDirectory, CoreLoanLedger
 from core.loans.decision import Outcome
 from core.pins import verify_pin
-from tests.integration.loans.conftest import PIN, World, new_msisdn
+from tests.helpers import new_msisdn
+from tests.integration.loans.conftest import PIN, World
 
 ledger = CoreLoanLedger()
 
