@@ -12,9 +12,6 @@ from tests.channels.harness import (
     RenderCase,
     case_tests,
 )
-from tests.ussd_support import ussd
-
-__all__ = ["ussd"]
 
 START = (
     "sessionId=ATUid_5e8c1&serviceCode=%2A384%23&phoneNumber=%2B254711000111"

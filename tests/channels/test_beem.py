@@ -11,9 +11,6 @@ from tests.channels.harness import (
     case_tests,
     without,
 )
-from tests.ussd_support import ussd
-
-__all__ = ["ussd"]
 
 INITIATE = {
     "session_id": "0021",

@@ -11,9 +11,7 @@ from tests.channels.harness import (
     case_tests,
     run_http,
 )
-from tests.ussd_support import UssdEnv, ussd
-
-__all__ = ["ussd"]
+from tests.ussd_support import UssdEnv
 
 START = {
     "msisdn": "385955363443",
