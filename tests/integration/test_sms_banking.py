@@ -212,15 +212,17 @@ async def test_pin_change_processed_again_counts_no_wrong_pin(env: SmsEnv) -> No
     me = await env.bank.open(balance_minor=50_000)
     assert await env.ask(me, f"PIN {PIN} 5830") == "Your PIN has been changed."
     await all_processed(env, me, 1)
-    # The reply's record lost (the crash came before it): the same MO runs again.
+    # The reply's record lost (the crash came before it): the same MO runs again. Its reply
+    # is found by its ref: the deposit's receipt may reach the number at any time.
+    change_mo = await env.bank.pool.fetchval(
+        "SELECT max(id) FROM sms_messages WHERE direction = 'mo' AND msisdn = $1", me
+    )
     await env.bank.pool.execute(
-        "DELETE FROM sms_messages WHERE direction = 'mt' AND msisdn = $1", me
+        "DELETE FROM sms_messages WHERE direction = 'mt' AND ref = $1", f"mo:{change_mo}"
     )
     assert await reprocess(env, me, f"PIN {PIN} 5830") == 1
     last = await env.bank.pool.fetchval(
-        "SELECT body FROM sms_messages WHERE direction = 'mt' AND msisdn = $1 ORDER BY id DESC "
-        "LIMIT 1",
-        me,
+        "SELECT body FROM sms_messages WHERE direction = 'mt' AND ref = $1", f"mo:{change_mo}"
     )
     assert last == "Your PIN has been changed."
     failures = await env.bank.pool.fetchval(
