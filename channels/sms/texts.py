@@ -18,6 +18,8 @@ from __future__ import annotations
 from types import MappingProxyType
 from typing import Any
 
+from core import receipts
+
 LANGUAGES = ("en", "sw", "fr")
 
 _TEXTS: dict[str, dict[str, str]] = {
@@ -53,14 +55,9 @@ _TEXTS: dict[str, dict[str, str]] = {
         "sw": "Salio lako ni {balance}.",
         "fr": "Votre solde est de {balance}.",
     },
-    "sent": {
-        "en": "{reference} Confirmed. {amount} sent to {recipient_name} {recipient}. "
-        "Fee {fee}. New balance {balance}.",
-        "sw": "{reference} Imethibitishwa. {amount} imetumwa kwa {recipient_name} {recipient}. "
-        "Ada {fee}. Salio jipya {balance}.",
-        "fr": "{reference} Confirmé. {amount} envoyé à {recipient_name} {recipient}. "
-        "Frais {fee}. Nouveau solde {balance}.",
-    },
+    # The reply to SEND is the sender's receipt (SMS banking queues no other): the same words
+    # as the receipt the other channels' senders get.
+    "sent": receipts.TEMPLATES["p2p_sent"],
     "confirm_send": {
         "en": "Send {amount} to {recipient_name} {recipient}? Fee {fee}, total {total}. "
         "Reply YES {code} within {minutes} minutes.",
