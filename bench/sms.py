@@ -322,7 +322,9 @@ async def main(args: argparse.Namespace) -> None:
         url, embedded = await database(tmp)
         log("database: migrating a fresh database")
         await dbmod.migrate(url)
-        pool = await dbmod.make_pool(url, min_size=2, max_size=10, reset=dbmod.keep_session)
+        pool = await dbmod.make_pool(
+            url, min_size=2, max_size=10, reset=dbmod.keep_session, generic_plans=True
+        )
         store = SmsMessageStore(pool, FieldCipher("bench-secret-" + "x" * 32), assemble=assemble_mo)
         peer = SmscPeer(tmp)
         await peer.start()

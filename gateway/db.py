@@ -30,10 +30,12 @@ COMMAND_TIMEOUT_S = 15.0
 LIMITS_TZ_SETTING = "gateway.limits_tz"
 
 
-def _server_settings(limits_tz: str | None) -> dict[str, str]:
+def _server_settings(limits_tz: str | None, generic_plans: bool = False) -> dict[str, str]:
     settings = {"statement_timeout": str(STATEMENT_TIMEOUT_MS)}
     if limits_tz is not None:
         settings[LIMITS_TZ_SETTING] = limits_tz
+    if generic_plans:
+        settings["plan_cache_mode"] = "force_generic_plan"
     return settings
 
 
@@ -86,18 +88,22 @@ async def make_pool(
     *,
     reset: Callable[[asyncpg.Connection], Awaitable[None]] | None = None,
     limits_tz: str | None = None,
+    generic_plans: bool = False,
 ) -> asyncpg.Pool:
     """The money path's pool. `limits_tz` (Settings.limits_timezone) is sent once per connection,
     at connect, as `gateway.limits_tz`: the ledger functions count the debit caps' days and months
     in it without a look-up per transfer (without it: UTC). asyncpg's reset (RESET ALL) returns
-    to the connect-time value. A zone PostgreSQL does not know fails here, naming the setting."""
+    to the connect-time value. A zone PostgreSQL does not know fails here, naming the setting.
+    `generic_plans`: every prepared statement runs on its generic plan, never planned again
+    (`plan_cache_mode`), for a pool whose statements are few, hot and take arrays, where
+    PostgreSQL would otherwise plan each execution anew (see gateway/sms.py)."""
     pool = await asyncpg.create_pool(
         asyncpg_url(url),
         min_size=min_size,
         max_size=max_size,
         timeout=10,
         command_timeout=COMMAND_TIMEOUT_S,
-        server_settings=_server_settings(limits_tz),
+        server_settings=_server_settings(limits_tz, generic_plans),
         reset=reset,
     )
     assert pool is not None

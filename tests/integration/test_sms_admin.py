@@ -12,7 +12,7 @@ from aiohttp.test_utils import TestClient
 
 from config.settings import Settings
 from gateway.app import create_app
-from gateway.keys import SMS_CHANNEL, SMS_SENDER
+from gateway.keys import PG_POOL, SMS_CHANNEL, SMS_SENDER
 from gateway.sms import sms_channel
 from tests.conftest import running_app
 from tests.helpers import assert_error, auth, eventually, token_for
@@ -62,6 +62,18 @@ async def test_channel_runs_only_when_smpp_is_configured(
     resp = await app_client.get("/api/v1/sms/binds", headers=auth(token))
     assert resp.status == 200
     assert await resp.json() == {"enabled": False, "binds": []}
+
+
+async def test_the_store_pool_runs_generic_plans_and_the_app_pool_does_not(
+    sms_client: TestClient,
+) -> None:
+    """The SMS store's few hot statements are never planned again; the admin's searches
+    (optional filters, on the app's pool) still get a plan for their values."""
+    app = sms_client.server.app
+    assert app is not None
+    store_pool = app[SMS_CHANNEL].store._pool
+    assert await store_pool.fetchval("SHOW plan_cache_mode") == "force_generic_plan"
+    assert await app[PG_POOL].fetchval("SHOW plan_cache_mode") == "auto"
 
 
 async def test_binds_show_their_state(sms_client: TestClient, token: str, peer: SmscPeer) -> None:
