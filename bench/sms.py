@@ -42,15 +42,14 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-import asyncpg  # noqa: E402
 
+from bench.scratch import scratch_database  # noqa: E402
 from channels.sms.channel import ChannelTuning, SmsChannel, assemble_mo  # noqa: E402
 from channels.sms.handler import InboundSms  # noqa: E402
 from config.settings import SmppBind  # noqa: E402
 from core.crypto import FieldCipher  # noqa: E402
 from core.sms_messages import SmsMessageStore  # noqa: E402
 from gateway import db as dbmod  # noqa: E402
-from gateway.embedded import EmbeddedPostgres  # noqa: E402
 from tests.smsc_peer import SmscPeer  # noqa: E402
 
 WINDOW = 10
@@ -280,31 +279,6 @@ async def round_trips(
 # --- setup --------------------------------------------------------------------------------------
 
 
-async def database(tmp: Path) -> tuple[str, EmbeddedPostgres | None]:
-    server = os.environ.get("DATABASE_URL")
-    embedded = None
-    if not server:
-        embedded = EmbeddedPostgres(tmp / "pg")
-        server = await asyncio.to_thread(embedded.start)
-    name = f"bench_sms_{uuid.uuid4().hex[:8]}"
-    admin = await asyncpg.connect(dbmod.asyncpg_url(server))
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    return dbmod.with_database(server, name), embedded
-
-
-async def drop(url: str) -> None:
-    server = dbmod.with_database(url, "postgres")
-    admin = await asyncpg.connect(dbmod.asyncpg_url(server))
-    try:
-        name = url.rsplit("/", 1)[-1]
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await admin.close()
-
-
 def setup_line() -> str:
     versions = ", ".join(
         f"{p} {metadata.version(p)}" for p in ("smpplib", "smpp34", "asyncpg", "aiohttp")
@@ -318,24 +292,20 @@ def setup_line() -> str:
 async def main(args: argparse.Namespace) -> None:
     log(f"setup: {setup_line()}")
     with tempfile.TemporaryDirectory() as tmpdir:
-        tmp = Path(tmpdir)
-        url, embedded = await database(tmp)
-        log("database: migrating a fresh database")
-        await dbmod.migrate(url)
-        pool = await dbmod.make_pool(
-            url, min_size=2, max_size=10, reset=dbmod.keep_session, generic_plans=True
-        )
-        store = SmsMessageStore(pool, FieldCipher("bench-secret-" + "x" * 32), assemble=assemble_mo)
-        peer = SmscPeer(tmp)
-        await peer.start()
-        try:
-            await run(peer, store, args)
-        finally:
-            await peer.close()
-            await pool.close()
-            await drop(url)
-            if embedded is not None:
-                await asyncio.to_thread(embedded.stop)
+        async with scratch_database("bench_sms") as url:
+            # As gateway/sms.py builds the store's pool.
+            pool = await dbmod.make_pool(
+                url, min_size=2, max_size=10, reset=dbmod.keep_session, generic_plans=True
+            )
+            cipher = FieldCipher("bench-secret-" + "x" * 32)
+            store = SmsMessageStore(pool, cipher, assemble=assemble_mo)
+            peer = SmscPeer(Path(tmpdir))
+            await peer.start()
+            try:
+                await run(peer, store, args)
+            finally:
+                await peer.close()
+                await pool.close()
 
 
 async def run(peer: SmscPeer, store: SmsMessageStore, args: argparse.Namespace) -> None:
