@@ -483,8 +483,15 @@ class LoanActions:
             }
         )
 
-    async def apply(self, ctx: ActionContext) -> ActionResult:
+    async def verify_to_move(self, ctx: ActionContext) -> None:
+        """The PIN, unless this request handled again (`ctx.again`) is already on record with
+        the loan service (as CoreActions.verify_to_move for transfers)."""
+        if ctx.again and await self.loans.handled(self.pool, ctx.msisdn, ctx.idempotency_key):
+            return
         await self.core.verify(ctx)
+
+    async def apply(self, ctx: ActionContext) -> ActionResult:
+        await self.verify_to_move(ctx)
         amount = _amount(ctx)
         result = await self.loans.apply(
             self.pool,
@@ -532,7 +539,7 @@ class LoanActions:
         )
 
     async def repay(self, ctx: ActionContext) -> ActionResult:
-        await self.core.verify_to_move(ctx)
+        await self.verify_to_move(ctx)
         try:
             paid = await self.loans.repay(
                 self.pool,

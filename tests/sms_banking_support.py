@@ -162,6 +162,35 @@ def banking(env: SmsEnv) -> SmsBanking:
     return handler
 
 
+async def reprocess(env: SmsEnv, msisdn: str, text: str) -> int:
+    """The latest MO of `msisdn` handled again by the app's handler (a crash before its reply was
+    recorded, a lease taken over), as `text`; the count of its replies (by their ref)."""
+    mo = await env.bank.pool.fetchrow(
+        "SELECT * FROM sms_messages WHERE direction = 'mo' AND msisdn = $1 ORDER BY id DESC "
+        "LIMIT 1",
+        msisdn,
+    )
+    await banking(env).handle(
+        InboundSms(
+            id=int(mo["id"]),
+            msisdn=msisdn,
+            short_code=mo["short_code"],
+            text=text,
+            smsc=mo["smsc"],
+            received_at=mo["created_at"],
+            parts=1,
+            complete=True,
+            attempt=2,
+        )
+    )
+    return int(
+        await env.bank.pool.fetchval(
+            "SELECT count(*) FROM sms_messages WHERE direction = 'mt' AND ref = $1",
+            f"mo:{mo['id']}",
+        )
+    )
+
+
 class Replies:
     """A ReplySender that keeps what it was asked to send, for tests that call the SMS banking
     handler directly (the SMPP path has its own tests)."""

@@ -573,6 +573,15 @@ class LoanService:
                 raise NotFound("You have no loan to repay", code="NO_OPEN_LOAN")
             return await self.collect(conn, loan, amount_minor, idempotency_key, channel)
 
+    async def handled(self, pool: Pool, msisdn: str, idempotency_key: str) -> bool:
+        """Whether this customer's application or repayment under this key is already on
+        record (the same request again replays it): a retried channel message then skips its
+        second PIN check."""
+        async with pool.acquire() as conn:
+            if await store.find_application(conn, msisdn, idempotency_key) is not None:
+                return True
+            return await book.find_repayment_for(conn, msisdn, idempotency_key) is not None
+
     async def _repay_replay(self, conn: Any, prior: Repayment, amount_minor: int) -> RepayResult:
         if prior.amount_minor != amount_minor:
             raise IdempotencyConflict("This idempotency key was already used for another amount")

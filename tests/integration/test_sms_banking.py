@@ -26,6 +26,7 @@ from tests.sms_banking_support import (
     digits,
     fresh_mo_id,
     inbound,
+    reprocess,
     sms_env_fixtures,
 )
 from tests.sms_helpers import peer_per_module  # noqa: F401 (the `peer` fixture)
@@ -177,35 +178,6 @@ async def test_right_pin_resets_the_count_and_pin_change(env: SmsEnv) -> None:
     assert await env.ask(me, f"PIN {PIN} 5830") == "Your PIN has been changed."
     assert "attempts left" in await env.ask(me, f"Bal {PIN}")
     assert await env.ask(me, "BAL 5830") == "Your balance is KES 500.00."
-
-
-async def reprocess(env: SmsEnv, msisdn: str, text: str) -> int:
-    """The latest MO of `msisdn` handled again (a crash before its reply was recorded, a lease
-    taken over); the count of its replies."""
-    mo = await env.bank.pool.fetchrow(
-        "SELECT * FROM sms_messages WHERE direction = 'mo' AND msisdn = $1 ORDER BY id DESC "
-        "LIMIT 1",
-        msisdn,
-    )
-    await banking(env).handle(
-        InboundSms(
-            id=int(mo["id"]),
-            msisdn=msisdn,
-            short_code=mo["short_code"],
-            text=text,
-            smsc=mo["smsc"],
-            received_at=mo["created_at"],
-            parts=1,
-            complete=True,
-            attempt=2,
-        )
-    )
-    return int(
-        await env.bank.pool.fetchval(
-            "SELECT count(*) FROM sms_messages WHERE direction = 'mt' AND ref = $1",
-            f"mo:{mo['id']}",
-        )
-    )
 
 
 async def test_pin_change_processed_again_counts_no_wrong_pin(env: SmsEnv) -> None:

@@ -14,7 +14,7 @@ import pytest
 
 from gateway.keys import LOANS
 from tests.loans_support import borrower, choose_product, offer_products, terms
-from tests.sms_banking_support import SmsEnv, sms_env_fixtures
+from tests.sms_banking_support import SmsEnv, reprocess, sms_env_fixtures
 from tests.sms_helpers import peer_per_module  # noqa: F401 (the `peer` fixture)
 from tests.ussd_support import PIN
 
@@ -121,6 +121,46 @@ async def applied_for(env: SmsEnv, msisdn: str) -> list[str]:
         msisdn,
     )
     return [r["code"] for r in rows]
+
+
+async def test_loan_and_repayment_handled_again_after_a_pin_change_do_not_ask_it_again(
+    env: SmsEnv, two_ranges: dict[str, str]
+) -> None:
+    """Each MO ran, its reply's record was lost, the customer changed the PIN, and the MO runs
+    again: the loan (then the repayment) answers as the first time, nothing moves twice, and no
+    wrong PIN is counted."""
+    msisdn = await borrower(env, tier="Business")
+    before = await env.bank.balance(msisdn)
+    steps = [("LOAN 500 {pin}", "Loan of KES 500.00 approved"), ("REPAY 100 {pin}", "paid")]
+    new_pin = PIN
+    for template, answer in steps:
+        text = template.format(pin=new_pin)
+        first = await env.ask(msisdn, text)
+        assert answer in first, first
+        mo = await env.bank.pool.fetchval(
+            "SELECT max(id) FROM sms_messages WHERE direction = 'mo' AND msisdn = $1", msisdn
+        )
+        old_pin, new_pin = new_pin, "5830" if new_pin == PIN else PIN
+        assert await env.ask(msisdn, f"PIN {old_pin} {new_pin}") == "Your PIN has been changed."
+        await env.bank.pool.execute(
+            "DELETE FROM sms_messages WHERE direction = 'mo' AND msisdn = $1 AND id > $2",
+            msisdn,
+            mo,
+        )
+        await env.bank.pool.execute(
+            "DELETE FROM sms_messages WHERE direction = 'mt' AND ref = $1", f"mo:{mo}"
+        )
+        assert await reprocess(env, msisdn, text) == 1
+        again = await env.bank.pool.fetchval(
+            "SELECT body FROM sms_messages WHERE direction = 'mt' AND ref = $1", f"mo:{mo}"
+        )
+        assert again == first
+    assert await applied_for(env, msisdn) == [two_ranges["small"]]
+    assert await env.bank.balance(msisdn) == before + 400_00
+    failures = await env.bank.pool.fetchval(
+        "SELECT pin_failures FROM customers WHERE msisdn = $1", msisdn
+    )
+    assert failures == 0
 
 
 @pytest.mark.parametrize(("amount", "which"), [("500", "small"), ("1500", "big")])
