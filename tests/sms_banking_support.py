@@ -170,19 +170,7 @@ async def reprocess(env: SmsEnv, msisdn: str, text: str) -> int:
         "LIMIT 1",
         msisdn,
     )
-    await banking(env).handle(
-        InboundSms(
-            id=int(mo["id"]),
-            msisdn=msisdn,
-            short_code=mo["short_code"],
-            text=text,
-            smsc=mo["smsc"],
-            received_at=mo["created_at"],
-            parts=1,
-            complete=True,
-            attempt=2,
-        )
-    )
+    await banking(env).handle(inbound(msisdn, text, int(mo["id"]), attempt=2))
     return int(
         await env.bank.pool.fetchval(
             "SELECT count(*) FROM sms_messages WHERE direction = 'mt' AND ref = $1",
