@@ -15,6 +15,7 @@ the check off (`KYC_DOCUMENTS_REQUIRED=false`); the documents can still be kept 
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from dataclasses import dataclass
 from datetime import datetime
@@ -104,6 +105,10 @@ def _document(row: Any) -> Document:
     return Document(**{k: row[k] for k in Document.__slots__})
 
 
+def _seal(cipher: FieldCipher, data: bytes) -> tuple[str, bytes]:
+    return hashlib.sha256(data).hexdigest(), cipher.encrypt_bytes(data)
+
+
 def sniff(data: bytes) -> str | None:
     """The content type the bytes themselves show (JPEG, PNG or PDF), or None."""
     for magic, content_type in _MAGIC:
@@ -151,7 +156,9 @@ async def upload(
     customer return the first upload (created False) whatever kind they were sent as."""
     check_upload(kind, content_type, data, max_bytes)
     customer = await get_customer(db, msisdn, country_code)
-    digest = hashlib.sha256(data).hexdigest()
+    # Hashing and encrypting a few MB takes tens of ms: off the event loop, which USSD
+    # sessions share.
+    digest, token = await asyncio.to_thread(_seal, cipher, data)
     async with connection(db) as conn, conn.transaction():
         try:
             async with conn.transaction():
@@ -164,7 +171,7 @@ async def upload(
                     content_type,
                     len(data),
                     digest,
-                    cipher.encrypt_bytes(data),
+                    token,
                     actor,
                 )
         except asyncpg.UniqueViolationError:
@@ -224,7 +231,7 @@ async def content(
         target=customer.msisdn,
         details={"document": doc_id},
     )
-    return doc, cipher.decrypt_bytes(bytes(token))
+    return doc, await asyncio.to_thread(cipher.decrypt_bytes, bytes(token))
 
 
 async def review(
