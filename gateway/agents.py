@@ -53,8 +53,11 @@ log = logging.getLogger("gateway.agents")
 
 CATALOG_POLL_S = 1.0
 HISTORY_QUEUE_MAX = 50_000
-HISTORY_FLUSH_ROWS = 2_000
-HISTORY_FLUSH_S = 0.5
+# A COPY's rows are encoded on the event loop in one go, holding every other answer of this
+# process (USSD included): a few hundred rows at a time, not thousands. A trickle waits
+# HISTORY_FLUSH_S to become a batch; a backlog is written without pausing.
+HISTORY_FLUSH_ROWS = 250
+HISTORY_FLUSH_S = 0.1
 HISTORY_RETRY_MAX_S = 30.0
 SWEEP_MAX_S = 30.0
 MQTT_CONNECT_WAIT_S = 10.0
@@ -89,6 +92,7 @@ class PgSink:
         self.alerts = alerts
         self.queue: asyncio.Queue[LocationRow] = asyncio.Queue(HISTORY_QUEUE_MAX)
         self.written = 0
+        self._held: list[LocationRow] = []  # taken off the queue, not yet written
 
     async def record_events(self, events: Sequence[EventRow]) -> None:
         async with self.pool.acquire() as conn:
@@ -117,12 +121,23 @@ class PgSink:
                 delay = min(delay * 2, HISTORY_RETRY_MAX_S)
 
     async def run(self) -> None:
+        """Write the queue in COPYs of at most HISTORY_FLUSH_ROWS. Rows taken off the queue
+        are held until written, so a stop in between leaves them to `flush`."""
         while True:
-            first = await self.queue.get()
-            await asyncio.sleep(HISTORY_FLUSH_S)  # gather a batch: one COPY for many fixes
-            await self._write(self._take(first))
+            self._held = [await self.queue.get()]
+            if self.queue.qsize() < HISTORY_FLUSH_ROWS - 1:
+                await asyncio.sleep(HISTORY_FLUSH_S)  # gather a batch: one COPY for many fixes
+            self._held = self._take(self._held[0])
+            await self._write(self._held)
+            self._held = []
 
     async def flush(self) -> None:
+        """At stop, after `run`: the rows it held and everything queued. Rows whose COPY the
+        stop interrupted are written again (the history may then hold them twice: a copy of
+        a fix, never a lost one)."""
+        held, self._held = self._held, []
+        if held:
+            await self._write(held)
         while not self.queue.empty():
             await self._write(self._take())
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 import time
 from typing import Any
@@ -11,7 +12,10 @@ import pytest
 
 from core import devices, geofences
 from core.errors import AgentNotFound, NotFound, ValidationFailed
+from core.tasks import stop_tasks
+from gateway.agents import PgSink
 from geofence.decision import Zone, decide
+from tests.helpers import eventually
 from tests.integration.agent_support import make_agent
 
 
@@ -197,3 +201,29 @@ async def test_catalog_reload_reuses_unchanged_fences(pg_pool: asyncpg.Pool) -> 
     assert second.fences[changed.fence.id].version == 2
     assert second.fences[changed.fence.id] is not first.fences[changed.fence.id]
     assert set(second.fences) == set(first.fences)
+
+
+@pytest.mark.parametrize("queued", [5, 600])  # a trickle (the writer waits) and a backlog
+async def test_history_rows_the_writer_held_at_a_stop_are_written(
+    pg_pool: asyncpg.Pool, queued: int
+) -> None:
+    """The history writer is stopped between taking rows off its queue and their COPY: the
+    stop path's flush writes them with the rest, none lost."""
+    sink = PgSink(pg_pool)
+    agent, now = code(), time.time()
+    await sink.record_locations(
+        [
+            devices.LocationRow(
+                agent, now - i, now, -1.29, 36.81, 10.0, False, "native", None, None
+            )
+            for i in range(queued)
+        ]
+    )
+    writer = asyncio.create_task(sink.run())
+    await eventually(sink.queue.qsize, lambda n: n < queued)  # the writer holds some
+    await stop_tasks([writer], "history writer")
+    await sink.flush()
+    fixes = await pg_pool.fetchval(
+        "SELECT count(DISTINCT fix_ts) FROM agent_locations WHERE agent_code = $1", agent
+    )
+    assert fixes == queued
