@@ -97,6 +97,7 @@ class StepLog:
         self.dropped = 0
         self.written = 0
         self._task: asyncio.Task[None] | None = None
+        self._held: list[StepRecord] = []  # taken off the queue, not yet written
 
     def record(self, record: StepRecord) -> None:
         try:
@@ -114,20 +115,20 @@ class StepLog:
 
     async def _run(self) -> None:
         while True:
-            first = await self.queue.get()
+            self._held = [await self.queue.get()]
             await asyncio.sleep(FLUSH_INTERVAL_S)  # gather a batch: one COPY for many steps
-            await self.flush(first)
+            await self.flush()
 
-    async def flush(self, first: StepRecord | None = None) -> None:
-        """Write everything queued (in batches)."""
-        batch = [first] if first is not None else []
+    async def flush(self) -> None:
+        """Write everything queued (in batches), starting with what a stopped writer held:
+        a row taken off the queue stays held until its COPY is done."""
         while True:
-            while len(batch) < BATCH_ROWS and not self.queue.empty():
-                batch.append(self.queue.get_nowait())
-            if not batch:
+            while len(self._held) < BATCH_ROWS and not self.queue.empty():
+                self._held.append(self.queue.get_nowait())
+            if not self._held:
                 return
-            await self._write(batch)
-            batch = []
+            await self._write(self._held)
+            self._held = []
 
     async def _write(self, batch: list[StepRecord]) -> None:
         try:

@@ -19,6 +19,8 @@ from redis.asyncio import Redis
 
 from config.settings import Settings
 from gateway.keys import MENU_BINDINGS, REDIS
+from menus.analytics import StepLog, StepRecord
+from menus.analytics import now as analytics_now
 from tests.helpers import eventually, new_msisdn
 from tests.ussd_support import (
     PIN,
@@ -401,3 +403,25 @@ async def test_access_log_keeps_ussd_failures_only(
 
     await eventually(both)
     assert not any(p == "/ussd/africastalking" for p, _ in logged())
+
+
+async def test_analytics_rows_the_writer_held_at_a_stop_are_written(pg_pool: asyncpg.Pool) -> None:
+    """The step log is stopped while its writer holds a row it took off the queue (waiting to
+    gather a batch): the stop writes it with the rest."""
+    log_ = StepLog(pg_pool)
+    session = f"held-{new_msisdn()}"
+    for step in range(3):
+        log_.record(
+            StepRecord(
+                "africastalking", session, "+254700000001", "main", 1, step, "welcome",
+                "continue", 1.5, None, "en", analytics_now(),
+            )
+        )  # fmt: skip
+    log_.start()
+    await eventually(log_.queue.qsize, lambda n: n < 3)  # the writer holds one
+    await log_.stop()
+    steps = await pg_pool.fetch(
+        "SELECT step FROM ussd_steps WHERE session_id = $1 ORDER BY step", session
+    )
+    assert [r["step"] for r in steps] == [0, 1, 2]
+    assert (log_.written, log_.dropped) == (3, 0)
