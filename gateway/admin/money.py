@@ -4,15 +4,21 @@ result again (with `Idempotent-Replayed: true`); another body is 409 IDEMPOTENCY
 
 from __future__ import annotations
 
+import asyncpg
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
 from core import transfers
+from core.errors import Unavailable
 from core.ledger import check_ledger
 from core.money import MAX_AMOUNT_MINOR
 from core.transfers import TransferResult
 from gateway.api import ApiRoutes, json_response
 from gateway.keys import PG_POOL, PRINCIPAL_KEY, SETTINGS
+
+# Each check's statement, in the admin request: longer than the pool's 10 s (a full audit of a
+# big ledger reads every entry), short of a request left hanging for ever.
+LEDGER_CHECK_TIMEOUT_S = 120.0
 
 routes = ApiRoutes(tag="money")
 
@@ -110,8 +116,18 @@ async def reverse_transfer(request: web.Request, body: ReversalIn) -> web.Stream
     "/api/v1/ledger/check",
     response=LedgerCheckOut,
     permission="ledger:read",
-    summary="Verify the ledger invariants on the live database",
+    summary="Verify the ledger invariants on the live database (each check up to 120 s; "
+    "503 LEDGER_CHECK_TIMEOUT past it: run `gateway ledger check`)",
 )
 async def ledger_check(request: web.Request) -> web.StreamResponse:
-    report = await check_ledger(request.app[PG_POOL])
+    try:
+        report = await check_ledger(
+            request.app[PG_POOL], statement_timeout_s=LEDGER_CHECK_TIMEOUT_S
+        )
+    except asyncpg.QueryCanceledError:
+        raise Unavailable(
+            f"The ledger check did not finish within {LEDGER_CHECK_TIMEOUT_S:g} s; "
+            "run `gateway ledger check` for a full audit",
+            code="LEDGER_CHECK_TIMEOUT",
+        ) from None
     return json_response(report.as_json())

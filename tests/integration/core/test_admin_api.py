@@ -9,6 +9,8 @@ from aiohttp.test_utils import TestClient
 
 from core.crypto import FieldCipher
 from core.pins import verify_pin
+from gateway.admin import money as money_admin
+from gateway.keys import PG_POOL
 from tests.helpers import assert_error, auth, new_msisdn, token_for
 from tests.integration.core.conftest import PIN, Tokens, make_customer, new_key
 
@@ -275,3 +277,26 @@ async def test_ledger_check_route(app_client: TestClient, tokens: Tokens) -> Non
     }
     refused = await app_client.get("/api/v1/ledger/check", headers=auth(tokens.support))
     await assert_error(refused, 403, "FORBIDDEN")
+
+
+async def test_a_ledger_check_that_cannot_finish_is_503_and_changes_no_setting(
+    app_client: TestClient, core_db: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A check held up past its time (here: the entries locked by another transaction, and a
+    0.2 s bound instead of 120 s) answers 503 with what to do instead; the bound was the
+    check's own, not left on the pooled connection."""
+    monkeypatch.setattr(money_admin, "LEDGER_CHECK_TIMEOUT_S", 0.2)
+    viewer = await token_for(app_client, "viewer")
+    async with core_db.acquire() as locker, locker.transaction():
+        await locker.execute("LOCK TABLE entries IN ACCESS EXCLUSIVE MODE")
+        resp = await app_client.get("/api/v1/ledger/check", headers=auth(viewer))
+        body = await assert_error(resp, 503, "LEDGER_CHECK_TIMEOUT")
+    assert "gateway ledger check" in body["message"]
+    app = app_client.server.app
+    assert app is not None
+    timeouts = set()
+    for _ in range(3):  # whichever connections the pool hands out
+        timeouts.add(await app[PG_POOL].fetchval("SHOW statement_timeout"))
+    assert timeouts == {"10s"}
+    ok = await app_client.get("/api/v1/ledger/check", headers=auth(viewer))
+    assert ok.status == 200 and (await ok.json())["ok"] is True
