@@ -43,12 +43,7 @@ async def scratch_database(prefix: str, *, keep: bool = False) -> AsyncIterator[
 
 
 async def audit_ledger(pool: asyncpg.Pool) -> LedgerReport:
-    """The ledger check over everything the run wrote, on one of the pool's connections without
-    the pool's per-statement timeout: a full audit of a big run can take longer than a request
-    may (`gateway ledger check` runs the same way)."""
-    async with pool.acquire() as conn:
-        await conn.execute("SET statement_timeout = 0")
-        try:
-            return await check_ledger(conn)
-        finally:
-            await conn.execute("RESET statement_timeout")
+    """The ledger check over everything the run wrote, without the pool's per-statement
+    timeout: a full audit of a big run can take longer than a request may (`gateway ledger
+    check` runs the same way)."""
+    return await check_ledger(pool, statement_timeout_s=0)

@@ -140,17 +140,16 @@ CHECKS: tuple[tuple[str, str], ...] = (
 async def check_ledger(db: Db, *, statement_timeout_s: float | None = None) -> LedgerReport:
     """Every invariant in one snapshot. `statement_timeout_s` bounds each check's statement for
     this transaction only (a pool's own timeout, meant for requests, is too short for a full
-    audit of a big ledger; None keeps the connection's); past it, asyncpg's
+    audit of a big ledger; 0: no limit; None keeps the connection's); past it, asyncpg's
     QueryCanceledError."""
     checks = []
     async with (
         connection(db) as conn,
         conn.transaction(isolation="repeatable_read", readonly=True),
     ):
-        if statement_timeout_s is not None:
-            await conn.execute(
-                f"SET LOCAL statement_timeout = {max(1, int(statement_timeout_s * 1000))}"
-            )
+        if statement_timeout_s is not None:  # 0: no limit
+            ms = max(0, round(statement_timeout_s * 1000))
+            await conn.execute(f"SET LOCAL statement_timeout = {ms}")
         for name, sql in CHECKS:
             rows = await conn.fetch(f"{sql} LIMIT {MAX_BREACHES_SHOWN}")
             checks.append(Check(name, not rows, [dict(r) for r in rows]))
