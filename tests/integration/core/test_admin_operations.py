@@ -26,9 +26,20 @@ async def audit_count(db: asyncpg.Pool, action: str, target: str) -> int:
     )
 
 
-def private_currency() -> str:
-    """A currency no other test uses, so changing its limits and tariffs disturbs nobody."""
-    return "Q" + "".join(secrets.choice("ABCDEFGHIJKLMNOPQRSTUVWXYZ") for _ in range(2))
+async def private_currency(db: asyncpg.Pool) -> str:
+    """A currency no test has used in this database (it outlives a run: tier limits, tariffs
+    and their audit rows stay), so changing its limits and tariffs disturbs nobody and a test
+    may count what it wrote from zero."""
+    while True:
+        code = "Q" + "".join(secrets.choice("ABCDEFGHIJKLMNOPQRSTUVWXYZ") for _ in range(2))
+        used = await db.fetchval(
+            "SELECT EXISTS (SELECT 1 FROM tier_limits WHERE currency = $1) "
+            "OR EXISTS (SELECT 1 FROM tariffs WHERE currency = $1) "
+            "OR EXISTS (SELECT 1 FROM audit_log WHERE target LIKE '%/' || $1)",
+            code,
+        )
+        if not used:
+            return code
 
 
 # --- closing an account ------------------------------------------------------------------------
@@ -250,7 +261,7 @@ async def test_read_and_change_tier_limits(
     basic = next(x for x in body["limits"] if (x["tier"], x["currency"]) == ("Basic", "KES"))
     assert basic["max_balance_minor"] > 0
 
-    currency = private_currency()
+    currency = await private_currency(core_db)
     path = f"/api/v1/limits/standard/{currency}"
     created = await app_client.put(path, json=LIMITS, headers=auth(tokens.finance))
     got = await created.json()
@@ -289,7 +300,7 @@ async def test_tier_limits_refused(
     change: dict[str, object],
     field: str | None,
 ) -> None:
-    currency = private_currency()
+    currency = await private_currency(core_db)
     resp = await app_client.put(
         f"/api/v1/limits/Premium/{currency}", json=LIMITS | change, headers=auth(tokens.finance)
     )
@@ -351,7 +362,7 @@ async def test_read_and_change_a_tariff(
     assert demo.status == 200, body
     assert body["kind"] == "p2p" and body["currency"] == "KES" and body["bands"]
 
-    currency = private_currency()
+    currency = await private_currency(core_db)
     put = await app_client.put(
         "/api/v1/tariffs/cash_out",
         json={"currency": currency, "bands": list(reversed(BANDS))},
@@ -399,7 +410,7 @@ async def test_tariff_refused(
     bands: list[dict[str, int]],
     problem: str | None,
 ) -> None:
-    currency = private_currency()
+    currency = await private_currency(core_db)
     resp = await app_client.put(
         "/api/v1/tariffs/cash_out",
         json={"currency": currency, "bands": bands},
