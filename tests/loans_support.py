@@ -17,13 +17,15 @@ DEPOSITS = 20
 INFLOW_MINOR = 50_000_00  # 20 deposits of KES 2,500: a wallet score well within the limits
 
 
-def terms(code: str, name: str) -> dict[str, object]:
+def terms(code: str, name: str, *, low: int = 100_00, high: int = 2_000_00) -> dict[str, object]:
+    """A KES product for Basic and Standard customers lending `low`-`high`, one repayment after
+    30 days at 5 % flat, approved without review up to `high`."""
     return {
         "code": code,
         "name": name,
         "currency": "KES",
-        "principal_min_minor": 100_00,
-        "principal_max_minor": 2_000_00,
+        "principal_min_minor": low,
+        "principal_max_minor": high,
         "interest_rate_percent": "5",
         "interest_method": "flat",
         "amortization": "equal_installments",
@@ -31,7 +33,7 @@ def terms(code: str, name: str) -> dict[str, object]:
         "frequency": "days",
         "repayment_every": 30,
         "min_account_age_days": 30,
-        "auto_approve_max_minor": 2_000_00,
+        "auto_approve_max_minor": high,
         "tiers": ["basic", "standard"],
     }
 

@@ -28,6 +28,16 @@ from menus.device import FixInput
 from tests.helpers import new_msisdn
 
 CENTRE = (36.82, -1.28)  # lon, lat: central Nairobi
+# A polygon fence as the admin API takes it: a square around Gikomba market.
+SQUARE: dict[str, Any] = {
+    "type": "Feature",
+    "geometry": {
+        "type": "Polygon",
+        "coordinates": [[[36.80, -1.30], [36.82, -1.30], [36.82, -1.28], [36.80, -1.28],
+                         [36.80, -1.30]]],
+    },
+    "properties": {"name": "Gikomba market"},
+}  # fmt: skip
 RADIUS_M = 300
 AGENT_PIN = "4826"
 CUSTOMER_PIN = "2580"

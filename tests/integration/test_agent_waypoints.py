@@ -28,7 +28,7 @@ from gateway.keys import AGENTS
 from geofence.fences import GEOD
 from geofence.waypoints import TST_BASE
 from tests.helpers import assert_error, auth, direct_token, eventually
-from tests.integration.agent_support import make_agent
+from tests.integration.agent_support import SQUARE, make_agent
 from tests.integration.mqtt_support import (
     MOSQUITTO,
     Device,
@@ -42,15 +42,6 @@ CIRCLE = {
     "geometry": {"type": "Point", "coordinates": [36.9, -1.2]},
     "properties": {"radius_m": 250, "name": "Duka  Letu"},
 }
-SQUARE = {
-    "type": "Feature",
-    "geometry": {
-        "type": "Polygon",
-        "coordinates": [[[36.80, -1.30], [36.82, -1.30], [36.82, -1.28], [36.80, -1.28],
-                         [36.80, -1.30]]],
-    },
-    "properties": {"name": "Gikomba market"},
-}  # fmt: skip
 
 
 @dataclass

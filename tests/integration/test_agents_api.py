@@ -15,17 +15,8 @@ from core.identity import create_admin, load_principal
 from gateway.keys import CIPHER, PG_POOL, SESSIONMAKER, TOKENS
 from gateway.logs import JsonFormatter
 from tests.helpers import PASSWORD, assert_error, auth, eventually
-from tests.integration.agent_support import make_agent
+from tests.integration.agent_support import SQUARE, make_agent
 
-SQUARE: dict[str, Any] = {
-    "type": "Feature",
-    "geometry": {
-        "type": "Polygon",
-        "coordinates": [[[36.80, -1.30], [36.82, -1.30], [36.82, -1.28], [36.80, -1.28],
-                         [36.80, -1.30]]],
-    },
-    "properties": {"name": "Gikomba market"},
-}  # fmt: skip
 CIRCLE: dict[str, Any] = {
     "type": "Feature",
     "geometry": {"type": "Point", "coordinates": [36.9, -1.2]},

@@ -9,29 +9,13 @@ import pytest
 
 from core.loans.choice import Choice, choose_product, merged_ranges
 from core.loans.products import Product, validate_product
+from tests.loans_support import terms
 
 TODAY = date(2026, 11, 29)
 
 
 def product(code: str, low: int, high: int, **overrides: Any) -> Product:
-    terms: dict[str, Any] = {
-        "code": code,
-        "name": code.title(),
-        "currency": "KES",
-        "principal_min_minor": low,
-        "principal_max_minor": high,
-        "interest_rate_percent": "5",
-        "interest_method": "flat",
-        "amortization": "equal_installments",
-        "repayments": 1,
-        "frequency": "days",
-        "repayment_every": 30,
-        "min_account_age_days": 30,
-        "auto_approve_max_minor": high,
-        "tiers": ["basic", "standard"],
-    }
-    terms.update(overrides)
-    return validate_product(terms)
+    return validate_product({**terms(code, code.title(), low=low, high=high), **overrides})
 
 
 SMALL = product("SMALL", 100_00, 900_00)
