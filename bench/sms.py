@@ -17,7 +17,9 @@ Figures:
   client (hand-packed PDUs, no codec library) sending submit_sm and awaiting submit_sm_resp
   with the same window (10) against the same SMSC process (target >= 0.5x); and, to show where
   the rest goes, to a round-trip floor: a bare asyncio ESME doing the same MO -> MT exchange
-  with no codec library and no store. Floors and product are interleaved, three times each;
+  with no codec library and no store, and to a ceiling: the same channel with its message
+  store in memory (nothing durable: a diagnostic, not the product; it shows what the
+  PostgreSQL store costs). Floors, ceiling and product are interleaved, three times each;
   each repeat's ratio is taken against its own floor, and every figure is printed as the
   median with its range and the individual runs (the machine is shared: load varies).
 """
@@ -27,6 +29,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import cProfile
+import itertools
 import os
 import platform
 import statistics
@@ -35,6 +38,7 @@ import sys
 import tempfile
 import time
 import uuid
+from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -48,7 +52,7 @@ from channels.sms.channel import ChannelTuning, SmsChannel, assemble_mo  # noqa:
 from channels.sms.handler import InboundSms  # noqa: E402
 from config.settings import SmppBind  # noqa: E402
 from core.crypto import FieldCipher  # noqa: E402
-from core.sms_messages import SmsMessageStore  # noqa: E402
+from core.sms_messages import InboundRecord, MtRecord, SmsMessageStore, StoredMo  # noqa: E402
 from gateway import db as dbmod  # noqa: E402
 from tests.smsc_peer import SmscPeer  # noqa: E402
 
@@ -214,9 +218,11 @@ def new_prefix() -> str:
 
 
 async def wait_bound_at(peer: SmscPeer) -> None:
+    """Until the SMSC holds exactly one bound session: the one about to be measured (the
+    previous run's, just unbound, must be gone, or the flood could pick it)."""
     deadline = time.monotonic() + 10
     while True:
-        if await peer.bound() >= 1 or time.monotonic() > deadline:
+        if await peer.bound() == 1 or time.monotonic() > deadline:
             return
         await asyncio.sleep(0.05)
 
@@ -228,6 +234,56 @@ async def wait_replies(peer: SmscPeer, count: int) -> dict[str, Any]:
         if stats.get("mt", 0) >= count or time.monotonic() > deadline:
             return stats
         await asyncio.sleep(POLL_S)
+
+
+class MemoryStore:
+    """The ceiling's store: what the channel calls on the MO -> MT path, kept in memory (MOs
+    de-duplicated by key, nothing written anywhere). Not durable; measurement only."""
+
+    def __init__(self) -> None:
+        self._ids = itertools.count(1)
+        self._seen: set[str] = set()
+
+    async def record_mo(self, rec: InboundRecord) -> StoredMo | None:
+        await asyncio.sleep(0)  # the real store answers after a round trip: yield like it
+        if rec.dedupe_key in self._seen:
+            return None
+        self._seen.add(rec.dedupe_key)
+        return StoredMo(
+            next(self._ids),
+            rec.smsc,
+            rec.msisdn,
+            rec.short_code,
+            rec.text,
+            1,
+            True,
+            1,
+            datetime.now(UTC),
+        )
+
+    async def mo_processed(self, mo_id: int, replies: Any = ()) -> None:
+        await asyncio.sleep(0)
+
+    async def record_mt(self, rec: MtRecord) -> None:
+        await asyncio.sleep(0)
+
+    async def find_mt(self, ref: str) -> None:
+        return None
+
+    async def extend_dedupe(self, keys: Any) -> None:
+        return None
+
+    async def claim_mo(self, limit: int, max_attempts: int) -> list[StoredMo]:
+        return []
+
+    async def expire_part_groups(self, timeout_s: float) -> list[StoredMo]:
+        return []
+
+    async def give_up_mo(self, max_attempts: int) -> int:
+        return 0
+
+    async def purge(self) -> None:
+        return None
 
 
 # --- product: the SMS channel -------------------------------------------------------------------
@@ -245,10 +301,20 @@ class Echo:
 
 
 async def round_trips(
-    peer: SmscPeer, store: SmsMessageStore, *, tps: float, count: int, offer: float
+    peer: SmscPeer,
+    store: SmsMessageStore | MemoryStore,
+    *,
+    tps: float,
+    count: int,
+    offer: float,
 ) -> dict[str, float]:
     bind = SmppBind("bench", "pw", "127.0.0.1", peer.port, tps=tps, window=WINDOW)
-    channel = SmsChannel([bind], store, dedupe_secret=os.urandom(32), tuning=ChannelTuning())
+    channel = SmsChannel(
+        [bind],
+        store,  # type: ignore[arg-type]  # the ceiling's MemoryStore is duck-typed
+        dedupe_secret=os.urandom(32),
+        tuning=ChannelTuning(),
+    )
     channel.handler = Echo(channel)
     await channel.start()
     try:
@@ -257,11 +323,12 @@ async def round_trips(
         assert peer.proc is not None
         smsc = [peer.proc.pid]
         cpu0, smsc0 = time.process_time(), proc_cpu_s(smsc)
-        pg0 = proc_cpu_s(await backend_pids(store))
+        pg0 = proc_cpu_s(await backend_pids(store)) if isinstance(store, SmsMessageStore) else {}
         await peer.flood(count=count, rate=offer, window=WINDOW, source_prefix=new_prefix())
         stats = await wait_replies(peer, count)
         cpu = time.process_time() - cpu0
-        pg1, smsc1 = proc_cpu_s(await backend_pids(store)), proc_cpu_s(smsc)
+        pg1 = proc_cpu_s(await backend_pids(store)) if isinstance(store, SmsMessageStore) else {}
+        smsc1 = proc_cpu_s(smsc)
     finally:
         await channel.stop()
     if stats["mt"] < count:
@@ -322,7 +389,7 @@ async def run(peer: SmscPeer, store: SmsMessageStore, args: argparse.Namespace) 
         )
     await peer.configure(max_tps=0)
 
-    floors, rt_floors, products = [], [], []
+    floors, rt_floors, ceilings, products = [], [], [], []
     profiler = cProfile.Profile() if args.profile else None
     repeats = args.repeats
     for repeat in range(1, repeats + 1):
@@ -330,6 +397,12 @@ async def run(peer: SmscPeer, store: SmsMessageStore, args: argparse.Namespace) 
         floors.append(await floor(peer.port, FLOOR_SUBMITS, WINDOW))
         log(f"[{repeat}/{repeats}] round-trip floor: bare asyncio ESME, MO -> MT ...")
         rt_floors.append(await round_trip_floor(peer, UNTHROTTLED_ROUND_TRIPS, WINDOW))
+        log(f"[{repeat}/{repeats}] ceiling: the SMS channel with its store in memory ...")
+        ceilings.append(
+            await round_trips(
+                peer, MemoryStore(), tps=10_000, count=UNTHROTTLED_ROUND_TRIPS, offer=0
+            )
+        )
         log(f"[{repeat}/{repeats}] unthrottled: the SMS channel, MO -> MT ...")
         if profiler is not None:
             profiler.enable()
@@ -359,6 +432,8 @@ async def run(peer: SmscPeer, store: SmsMessageStore, args: argparse.Namespace) 
     ratios = [rate / fl for rate, fl in zip(rates, floors, strict=True)]
     rt_rates = [f["round_trips_per_s"] for f in rt_floors]
     rt_ratios = [rate / fl for rate, fl in zip(rates, rt_rates, strict=True)]
+    ceiling_rates = [c["round_trips_per_s"] for c in ceilings]
+    ceiling_ratios = [rate / fl for rate, fl in zip(ceiling_rates, floors, strict=True)]
 
     def spread(values: list[float], fmt: str = ".0f") -> str:
         return (
@@ -376,6 +451,11 @@ async def run(peer: SmscPeer, store: SmsMessageStore, args: argparse.Namespace) 
         f"(target >= 0.5: {'met' if ratio >= 0.5 else 'NOT MET'})"
     )
     log(f"    ratio channel / round-trip floor: {spread(rt_ratios, '.2f')}x")
+    log(
+        f"    ceiling, store in memory (not durable): {spread(ceiling_rates)} round trips/s = "
+        f"{spread(ceiling_ratios, '.2f')}x the floor; gateway CPU s per 1,000: "
+        f"{spread([c['cpu_s_per_1000'] for c in ceilings], '.2f')}"
+    )
     for key, name in (
         ("cpu_s_per_1000", "gateway"),
         ("pg_cpu_s_per_1000", "its PostgreSQL backends"),
