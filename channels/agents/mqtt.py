@@ -15,6 +15,15 @@ traffic); one that only speaks 3.1.1 (amqtt) gets plain subscriptions. paho reco
 exponential backoff (1 s to `RECONNECT_MAX_S`); every (re)connection subscribes again, since a
 restarted broker has forgotten its subscriptions.
 
+A stop loses nothing it took: paho acknowledges a QoS 1 message (PUBACK) when it takes it from
+the socket, so the broker will not send it again, and a message still in the inbox at the stop
+would be gone for good. The stop first unsubscribes (the broker then routes the topics to the
+share group's other instances; with none, what devices publish meanwhile reaches no one, as
+while the gateway is down) and waits for the UNSUBACK, which paho reads after every message the
+broker sent before it; then it disconnects and
+hands the handler everything the inbox holds before the drain ends (bounded by
+`STOP_TIMEOUT_S`; what a hung handler leaves is counted in a warning).
+
 `publish` queues and returns; `publish_acked` waits for the broker's PUBACK, so a caller that
 must know (a waypoint push, retried on the device's next sighting when it failed) learns that
 the message was not queued, was refused (an MQTT 5 reason code, e.g. an ACL's "not
@@ -158,6 +167,10 @@ class MqttService:
         self._connected = asyncio.Event()
         self._subscribed = asyncio.Event()
         self._stopping = threading.Event()
+        self._closing = False  # a stop has begun: a disconnect is expected, not a fault
+        self._unsubscribed = asyncio.Event()
+        self._drained = asyncio.Event()  # the drain ran out of messages
+        self._handling = False
         self._drain_task: asyncio.Task[None] | None = None
         self._acks: dict[int, asyncio.Future[int]] = {}
         self.connections = 0  # successful CONNACKs so far (reconnects show as > 1)
@@ -186,6 +199,7 @@ class MqttService:
         client.on_message = self._on_message
         client.on_subscribe = self._on_subscribe
         client.on_publish = self._on_publish
+        client.on_unsubscribe = self._on_unsubscribe
         # Clean sessions: a client id is new on every start, so a session the broker kept for
         # it would only be a ghost in the share group, hoarding its turn of every agent's
         # messages. The other instances of the group take the traffic while one reconnects.
@@ -212,17 +226,35 @@ class MqttService:
         return self._connected.is_set()
 
     @property
+    def pending(self) -> int:
+        """Messages taken from the broker and not yet handed to the handler."""
+        return len(self._inbox)
+
+    @property
     def subscribed(self) -> bool:
         """The broker acknowledged this connection's subscriptions (cleared on a drop)."""
         return self._subscribed.is_set()
 
     async def stop(self) -> None:
-        self._stopping.set()
+        """Unsubscribe, disconnect, and hand the handler what was already taken (see the module
+        docstring), then end the drain."""
+        self._closing = True
+        deadline = asyncio.get_running_loop().time() + STOP_TIMEOUT_S
         client = self._client
         if client is not None:
+            if self.connected:
+                await self._unsubscribe(client, deadline)
             client.disconnect()
-            await asyncio.to_thread(client.loop_stop)
+            # The drain keeps running meanwhile: paho's thread may be waiting in _on_message
+            # for room in a full inbox, and only the drain makes room.
+            joined = asyncio.ensure_future(asyncio.to_thread(client.loop_stop))
+            stopped, _ = await asyncio.wait({joined}, timeout=self._left(deadline))
+            if not stopped:
+                self._stopping.set()  # a hung handler: _on_message gives up waiting for room
+                await joined
             self._client = None
+        await self._finish_inbox(deadline)
+        self._stopping.set()
         if self._drain_task is not None:
             # The stop flag and a wake-up end the drain even when its cancellation is lost:
             # on Python 3.11 a wait_for/timeout inside the handler can swallow it (gh-86296),
@@ -237,6 +269,33 @@ class MqttService:
             if not waiter.done():
                 waiter.set_exception(PublishFailed(f"message {mid}", "client stopped"))
         self._acks.clear()
+
+    @staticmethod
+    def _left(deadline: float) -> float:
+        return max(0.0, deadline - asyncio.get_running_loop().time())
+
+    async def _unsubscribe(self, client: paho.Client, deadline: float) -> None:
+        self._unsubscribed.clear()
+        rc, _ = client.unsubscribe(list(self._subscriptions(self.mqtt5)))
+        if rc != paho.MQTT_ERR_SUCCESS:
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._unsubscribed.wait(), self._left(deadline))
+
+    async def _finish_inbox(self, deadline: float) -> None:
+        """Until the drain has handed every message in the inbox to the handler."""
+        task = self._drain_task
+        while (self._inbox or self._handling) and task is not None and not task.done():
+            self._drained.clear()
+            self._wake.set()
+            try:
+                await asyncio.wait_for(self._drained.wait(), self._left(deadline))
+            except TimeoutError:
+                log.warning(
+                    "mqtt stop: messages taken from the broker were not handled in time",
+                    extra={"messages": len(self._inbox)},
+                )
+                return
 
     # --- paho's thread ----------------------------------------------------------------------
 
@@ -276,12 +335,17 @@ class MqttService:
     ) -> None:
         self._call_in_loop(self._acked, mid, int(getattr(reason, "value", 0)))
 
+    def _on_unsubscribe(
+        self, client: paho.Client, userdata: Any, mid: int, reasons: Any, properties: Any
+    ) -> None:
+        self._call_in_loop(self._unsubscribed.set)
+
     def _on_disconnect(
         self, client: paho.Client, userdata: Any, flags: Any, reason: Any, properties: Any
     ) -> None:
         self._call_in_loop(self._connected.clear)
         self._call_in_loop(self._subscribed.clear)
-        if not self._stopping.is_set():
+        if not self._closing:
             log.warning("mqtt disconnected; reconnecting", extra={"reason": str(reason)})
 
     def _on_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
@@ -310,14 +374,17 @@ class MqttService:
             self._wake.clear()
             while self._inbox:
                 batch = [self._inbox.popleft() for _ in range(min(MAX_BATCH, len(self._inbox)))]
+                self._handling = True
                 try:
                     await self.handler(batch)
                 except Exception:
                     log.exception("mqtt batch handler failed", extra={"messages": len(batch)})
                 finally:
+                    self._handling = False
                     self.received += len(batch)
                     for _ in batch:
                         self._slots.release()
+            self._drained.set()
 
     def _acked(self, mid: int, code: int) -> None:
         waiter = self._acks.pop(mid, None)
