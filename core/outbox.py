@@ -4,10 +4,14 @@
 Dispatch is safe with many gateway instances: a batch is claimed with FOR UPDATE SKIP LOCKED
 and leased (next_attempt_at pushed `lease_s` ahead) in one statement, so no transaction stays
 open while a message is on the wire and a crashed instance's rows come back after the lease.
-Delivery is at least once. A temporary failure (`SendFailed(temporary=True)`, a timeout, any
-unexpected error) retries with exponential backoff and jitter; a permanent one, or
-`max_attempts`, moves the row to the dead-letter state with the reason. A dispatcher only
-claims rows for channels it has a sender for, so rows wait for their sender to be configured.
+A claimed row whose turn in the batch comes too late to finish its send inside the lease
+(senders slower than usual: a whole batch waits behind `concurrency` sends of up to
+`send_timeout_s` each) is handed back, not sent: once its lease runs out another instance may
+claim it, and two instances would send it. Delivery is at least once. A temporary failure
+(`SendFailed(temporary=True)`, a timeout, any unexpected error) retries with exponential
+backoff and jitter; a permanent one, or `max_attempts`, moves the row to the dead-letter state
+with the reason. A dispatcher only claims rows for channels it has a sender for, so rows wait
+for their sender to be configured.
 """
 
 from __future__ import annotations
@@ -16,7 +20,8 @@ import asyncio
 import json
 import logging
 import random
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -166,6 +171,12 @@ UPDATE outbox SET status = 'sent', sent_at = now(), provider_id = $3, body = $4,
     last_error = NULL
 WHERE id = $1 AND attempts = $2 AND status = 'pending'
 """
+# A claimed row handed back unsent: due again at once, its claim's attempt undone. Only while
+# the row is still this claim's (a later claim by another instance counted another attempt).
+_RELEASE_SQL = """
+UPDATE outbox SET attempts = attempts - 1, next_attempt_at = now()
+WHERE id = $1 AND status = 'pending' AND attempts = $2
+"""
 _RETRY_SQL = """
 UPDATE outbox SET next_attempt_at = now() + make_interval(secs => $3), last_error = $4
 WHERE id = $1 AND attempts = $2 AND status = 'pending'
@@ -197,11 +208,17 @@ class Dispatcher:
     later are picked up) and records each outcome."""
 
     def __init__(
-        self, db: Db, senders: Mapping[str, Sender], policy: DispatchPolicy | None = None
+        self,
+        db: Db,
+        senders: Mapping[str, Sender],
+        policy: DispatchPolicy | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.db = db
         self.senders = senders
         self.policy = policy or DispatchPolicy()
+        self._clock = clock
         self._wake = asyncio.Event()
 
     def wake(self) -> None:
@@ -215,6 +232,8 @@ class Dispatcher:
         rows = await self.db.fetch(
             _CLAIM_SQL, channels, self.policy.batch_size, self.policy.lease_s, timeout=15.0
         )
+        # Measured from after the claim returned: the lease began before, so this errs early.
+        last_start = self._clock() + self.policy.lease_s - self.policy.send_timeout_s
         transfer_ids = sorted({r["transfer_id"] for r in rows if r["transfer_id"] is not None})
         transfers: dict[int, dict[str, Any]] = {}
         if transfer_ids:
@@ -224,6 +243,9 @@ class Dispatcher:
 
         async def one(row: Any) -> None:
             async with gate:
+                if self._clock() > last_start:
+                    await self.db.execute(_RELEASE_SQL, row["id"], row["attempts"])
+                    return
                 await self._deliver(row, transfers.get(row["transfer_id"], {}))
 
         await asyncio.gather(*(one(r) for r in rows))

@@ -164,6 +164,51 @@ async def test_several_dispatchers_send_each_message_once(core_db: asyncpg.Pool)
     assert sum(1 for s in senders if s.sent) >= 2  # the work really was shared
 
 
+async def test_a_row_whose_turn_comes_too_late_for_its_lease_is_handed_back(
+    core_db: asyncpg.Pool,
+) -> None:
+    """A batch's rows wait behind slow sends. One whose send could no longer finish inside its
+    lease is not sent (once the lease runs out another instance may claim it, and both would
+    send it): it is handed back, due at once with its attempt undone, unless another claim
+    has taken it meanwhile."""
+    chan = channel()
+    first, second, third = [await _enqueue(core_db, chan, f"m{i}") for i in range(3)]
+    clock = [1_000.0]
+
+    class Slow:
+        def __init__(self) -> None:
+            self.sent: list[int] = []
+
+        async def send(self, message: OutboundMessage) -> str | None:
+            self.sent.append(message.id)
+            if len(self.sent) == 1:
+                clock[0] += 50.0  # 50 s of the 60 s lease: 10 s left, a send may take 15
+                # Meanwhile another instance claimed the third row (its lease ran out there).
+                await core_db.execute(
+                    "UPDATE outbox SET attempts = attempts + 1 WHERE id = $1", third
+                )
+            return f"prov-{message.id}"
+
+    sender = Slow()
+    policy = DispatchPolicy(batch_size=10, concurrency=1, lease_s=60.0, send_timeout_s=15.0)
+    dispatcher = Dispatcher(core_db, {chan: sender}, policy, clock=lambda: clock[0])
+    assert await dispatcher.dispatch_once() == 3
+    assert sender.sent == [first]
+    handed_back = await row(core_db, second)
+    assert handed_back["status"] == "pending" and handed_back["attempts"] == 0
+    assert await core_db.fetchval(
+        "SELECT next_attempt_at <= now() FROM outbox WHERE id = $1", second
+    )
+    taken = await row(core_db, third)
+    assert taken["attempts"] == 2  # the other claim's row: left alone
+    assert (await row(core_db, first))["status"] == "sent"
+
+    await core_db.execute("UPDATE outbox SET next_attempt_at = now() WHERE id = $1", third)
+    assert await dispatcher.dispatch_once() == 2
+    assert sender.sent == [first, second, third]
+    assert (await row(core_db, second))["attempts"] == 1
+
+
 async def test_enqueue_refuses_bad_input(core_db: asyncpg.Pool) -> None:
     with pytest.raises(Exception, match="channel"):
         await enqueue(core_db, channel="fax", recipient="x", body="b", kind="k")
