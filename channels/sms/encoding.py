@@ -227,7 +227,10 @@ _SINGLE_BYTE = {
 
 
 def decode_payload(data: bytes, data_coding: int) -> tuple[str, str]:
-    """(text, encoding name) for a short_message payload (UDH already removed)."""
+    """(text, encoding name) for a short_message payload (UDH already removed). U+0000 is
+    dropped: it means nothing in a text (handsets pad UCS-2 with it), and PostgreSQL's text
+    refuses it, so one such MO failed its whole batch's store and the SMSC redelivered it for
+    ever. (GSM-7's 0x00 is "@" and stays.)"""
     # 0x10-0x13 and 0xF0-0xF3 are the default alphabet with a message class; 0x18-0x1B UCS-2.
     if data_coding == DC_DEFAULT or (data_coding & 0xFC) in (0x10, 0xF0):
         return gsm7_decode(data), "gsm7"
@@ -235,9 +238,10 @@ def decode_payload(data: bytes, data_coding: int) -> tuple[str, str]:
         if len(data) % 2:
             data = data[:-1]  # half a unit is noise; the rest is still readable
         # surrogatepass keeps a half pair readable; `fix_surrogates` joins pairs after assembly.
-        return fix_surrogates(data.decode("utf-16-be", errors="surrogatepass")), "ucs2"
+        text = fix_surrogates(data.decode("utf-16-be", errors="surrogatepass"))
+        return text.replace("\x00", ""), "ucs2"
     name, codec = _SINGLE_BYTE.get(data_coding, ("binary", "latin-1"))
-    return data.decode(codec, errors="replace"), name
+    return data.decode(codec, errors="replace").replace("\x00", ""), name
 
 
 def fix_surrogates(text: str) -> str:
