@@ -20,9 +20,9 @@ the socket, so the broker will not send it again, and a message still in the inb
 would be gone for good. The stop first unsubscribes (the broker then routes the topics to the
 share group's other instances; with none, what devices publish meanwhile reaches no one, as
 while the gateway is down) and waits for the UNSUBACK, which paho reads after every message the
-broker sent before it; then it disconnects and
-hands the handler everything the inbox holds before the drain ends (bounded by
-`STOP_TIMEOUT_S`; what a hung handler leaves is counted in a warning).
+broker sent before it; then it disconnects and hands the handler everything the inbox holds
+before the drain ends (bounded by `STOP_TIMEOUT_S`; what a hung handler leaves is counted in a
+warning).
 
 `publish` queues and returns; `publish_acked` waits for the broker's PUBACK, so a caller that
 must know (a waypoint push, retried on the device's next sighting when it failed) learns that
