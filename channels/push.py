@@ -44,9 +44,11 @@ from channels.base import OutboundLike, SendFailed
 from core import agent_messages
 
 DEFAULT_ENDPOINT = "https://fcm.googleapis.com"
-# Each HTTP call's limit (the token exchange's too). Below the dispatcher's send timeout (15 s),
-# so a call normally ends, with FCM's answer, before the dispatcher stops waiting for it.
-FCM_TIMEOUT_S = 10.0
+# Each HTTP call's limit (the token exchange's too). A token exchange plus a send stay within
+# the dispatcher's send timeout (15 s), so a call normally ends with FCM's answer before the
+# dispatcher stops waiting (a thread cannot be cancelled: one that outlives it may still send,
+# and the outbox's retry sends again; delivery is at least once).
+FCM_TIMEOUT_S = 7.0
 SEND_THREADS = 4
 MAX_TOKEN_CHARS = 4096
 MAX_TOPIC_CHARS = 900
