@@ -91,14 +91,9 @@ def parse_recipient(recipient: str) -> Target:
                 temporary=False,
             )
         return Target("topic", name)
-    kind, value = (
-        ("fid", recipient.removeprefix("fid:"))
-        if recipient.startswith("fid:")
-        else (
-            "token",
-            recipient,
-        )
-    )
+    kind, value = "token", recipient
+    if recipient.startswith("fid:"):
+        kind, value = "fid", recipient.removeprefix("fid:")
     if not 1 <= len(value) <= MAX_TOKEN_CHARS or not _TOKEN.fullmatch(value):
         raise SendFailed(
             f"not an FCM {'installation id' if kind == 'fid' else 'registration token'} "

@@ -23,8 +23,11 @@ from channels.push import BODY_MAX_BYTES, BODY_MAX_CHARS, SENSITIVE_KINDS, PushS
 from channels.sms.channel import SmppSender
 from config.settings import Settings, load_settings
 from core.outbox import Dispatcher, DispatchPolicy, OutboundMessage, enqueue
+from gateway.app import create_app
 from gateway.embedded import free_port
+from gateway.keys import SENDERS
 from gateway.senders import build_senders, close_senders
+from tests.conftest import running_app
 from tests.fcm_peer import GOOGLE_TOKEN_AUDIENCE, PROJECT, FakeFcm, fake_fcm, new_key
 from tests.integration.agent_support import outbox_rows, walk_out, zoned_agent
 
@@ -234,6 +237,17 @@ async def test_closing_removes_the_firebase_app(fcm: FakeFcm, tmp_path: Path) ->
     assert firebase_admin.get_app(name) is push._app
     await push.send(message(TOKEN))
     await push.aclose()
+    with pytest.raises(ValueError, match="does not exist"):
+        firebase_admin.get_app(name)
+
+
+async def test_the_app_registers_push_and_releases_it_on_shutdown(push_settings: Settings) -> None:
+    app = create_app(push_settings, run_migrations=False, start_channels=False)
+    async with running_app(app):
+        push = app[SENDERS]["push"]
+        assert isinstance(push, PushSender)
+        name = push._app.name
+        assert firebase_admin.get_app(name) is push._app
     with pytest.raises(ValueError, match="does not exist"):
         firebase_admin.get_app(name)
 
