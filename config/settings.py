@@ -8,6 +8,7 @@ prints that line and exits 2, so an operator sees exactly what to fix.
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 import re
 from collections.abc import Mapping
@@ -89,6 +90,12 @@ class Settings:
     smpp_binds: tuple[SmppBind, ...] = ()
     smtp_url: str | None = None
     smtp_from: str = "gateway@localhost"
+    # Push (FCM): the service-account JSON file (checked at start; the key itself is read by
+    # the sender, never kept here), the project sent to (the file's unless overridden) and
+    # the FCM API's base URL (a regional proxy, or a local fake in tests).
+    firebase_credentials: Path | None = None
+    firebase_project_id: str | None = None
+    fcm_endpoint: str = "https://fcm.googleapis.com"
     data_dir: Path = Path("var")
     host: str = "127.0.0.1"
     port: int = 8080
@@ -407,6 +414,18 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     smtp_url = _url(env, "SMTP_URL", ("smtp", "smtps"))
     alert_channel = _alert_channel(env)
     alert_recipients = _alert_recipients(env)
+    firebase_credentials, firebase_project_id = _firebase(env)
+    if alert_channel == "push":
+        if firebase_credentials is None:
+            raise SettingsError(
+                "AGENT_ALERT_CHANNEL: push needs FIREBASE_CREDENTIALS (a service-account JSON file)"
+            )
+        bad = [r for r in alert_recipients if not _is_push_recipient(r)]
+        if bad:
+            raise SettingsError(
+                "AGENT_ALERT_RECIPIENTS: push alerts need topic:<name> or device tokens, "
+                f"got {bad[0]!r}"
+            )
     if alert_channel == "email":
         if smtp_url is None:
             raise SettingsError("AGENT_ALERT_CHANNEL: email needs SMTP_URL (the mail server)")
@@ -422,6 +441,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         smpp_binds=_smpp(env),
         smtp_url=smtp_url,
         smtp_from=_smtp_from(env),
+        firebase_credentials=firebase_credentials,
+        firebase_project_id=firebase_project_id,
+        fcm_endpoint=_https_base_url(env, "FCM_ENDPOINT", "https://fcm.googleapis.com"),
         data_dir=Path(env.get("GATEWAY_DATA_DIR") or "var"),
         host=env.get("GATEWAY_HOST") or "127.0.0.1",
         port=_int(env, "GATEWAY_PORT", 8080, 0, 65535),
@@ -547,3 +569,75 @@ def _share_group(env: Mapping[str, str]) -> str:
     if not re.fullmatch(r"[A-Za-z0-9_-]{1,32}", group):
         raise SettingsError("MQTT_SHARE_GROUP: 1-32 letters, digits, _ or -")
     return group
+
+
+_PROJECT_ID = re.compile(r"[a-z][a-z0-9.:-]{2,99}")
+# FCM's topic name rule, and a registration token's alphabet (base64url and `:`), of which
+# real tokens have well over 100 characters: `admins` and other non-tokens are refused here
+# rather than dead-lettered at every alert. channels.push checks recipients again at send.
+_PUSH_TOPIC = re.compile(r"topic:[A-Za-z0-9\-_.~%]{1,200}")
+_PUSH_TOKEN = re.compile(r"(fid:)?[A-Za-z0-9_:.\-]{20,256}")
+_SERVICE_ACCOUNT_FIELDS = ("project_id", "client_email", "private_key", "token_uri")
+
+
+def _is_push_recipient(raw: str) -> bool:
+    return _PUSH_TOPIC.fullmatch(raw) is not None or _PUSH_TOKEN.fullmatch(raw) is not None
+
+
+def _https_base_url(env: Mapping[str, str], name: str, default: str) -> str:
+    """An https:// base URL without query or credentials (http:// only to this machine: a
+    local proxy or fake), without its trailing slash."""
+    raw = (env.get(name) or default).strip().rstrip("/")
+    parts = urlsplit(raw)
+    local = parts.hostname in {"localhost", "127.0.0.1", "::1"}
+    if parts.scheme != "https" and not (parts.scheme == "http" and local):
+        raise SettingsError(f"{name}: expected an https:// URL (http:// only to localhost)")
+    if not parts.hostname or parts.query or parts.fragment or parts.username:
+        raise SettingsError(f"{name}: expected a base URL like https://fcm.googleapis.com")
+    try:
+        _ = parts.port
+    except ValueError:
+        raise SettingsError(f"{name}: the port is not a number between 0 and 65535") from None
+    return raw
+
+
+def _firebase(env: Mapping[str, str]) -> tuple[Path | None, str | None]:
+    """FIREBASE_CREDENTIALS (a service-account JSON file, checked here so a bad one stops the
+    start, not the first alert) and the project: FIREBASE_PROJECT_ID, else the file's."""
+    override = (env.get("FIREBASE_PROJECT_ID") or "").strip() or None
+    if override is not None and not _PROJECT_ID.fullmatch(override):
+        raise SettingsError(f"FIREBASE_PROJECT_ID: not a project id: {override[:40]!r}")
+    raw = (env.get("FIREBASE_CREDENTIALS") or "").strip()
+    if not raw:
+        return None, override
+    name = "FIREBASE_CREDENTIALS"
+    path = Path(raw)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else "not UTF-8"
+        raise SettingsError(f"{name}: cannot read {raw}: {reason}") from None
+    try:
+        account = json.loads(text)
+    except ValueError:
+        raise SettingsError(f"{name}: {raw} is not JSON") from None
+    if not isinstance(account, dict) or account.get("type") != "service_account":
+        raise SettingsError(
+            f'{name}: {raw} is not a service-account key ("type" is not service_account)'
+        )
+    missing = [
+        f for f in _SERVICE_ACCOUNT_FIELDS if not isinstance(account.get(f), str) or not account[f]
+    ]
+    if missing:
+        raise SettingsError(f"{name}: {raw} has no {', '.join(missing)}")
+    if not account["private_key"].lstrip().startswith("-----BEGIN"):
+        raise SettingsError(f"{name}: the private_key in {raw} is not a PEM key")
+    try:
+        _https_base_url({"token_uri": account["token_uri"]}, "token_uri", "")
+    except SettingsError as exc:
+        problem = str(exc).removeprefix("token_uri: ")
+        raise SettingsError(f"{name}: token_uri in {raw}: {problem}") from None
+    project = override or account["project_id"]
+    if not _PROJECT_ID.fullmatch(project):
+        raise SettingsError(f"{name}: project_id in {raw} is not a project id: {project[:40]!r}")
+    return path, project

@@ -54,7 +54,7 @@ from gateway.keys import (
 from gateway.metrics import Metrics
 from gateway.middlewares import MIDDLEWARES
 from gateway.secrets import resolve_secret
-from gateway.senders import build_senders
+from gateway.senders import build_senders, close_senders
 from gateway.services import mqtt_endpoint, storage_endpoints
 from gateway.sms import sms_channel
 from gateway.ussd import add_ussd
@@ -183,6 +183,7 @@ async def _core(app: web.Application) -> AsyncIterator[None]:
         stop.set()
         # Not wait_for: on its timeout it awaits the cancelled task without a deadline.
         await finish_task(task, "outbox dispatcher", DISPATCHER_STOP_TIMEOUT_S)
+        await close_senders(senders)
 
 
 async def _mqtt(app: web.Application) -> AsyncIterator[None]:

@@ -6,15 +6,32 @@ one failure the core's dispatcher catches, so they plug in as they are.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from channels.email import EmailSender
+from channels.push import PushSender
 from config.settings import Settings
 from core.outbox import LogSender, Sender
 
 
 def build_senders(settings: Settings) -> dict[str, Sender]:
-    """`log` always (and `sms` until the SMS channel takes over); `email` when SMTP_URL is set."""
+    """`log` always (and `sms` until the SMS channel takes over); `email` when SMTP_URL is set;
+    `push` (FCM) when FIREBASE_CREDENTIALS is set."""
     log_sender = LogSender()
     senders: dict[str, Sender] = {"log": log_sender, "sms": log_sender}
     if settings.smtp_url is not None:
         senders["email"] = EmailSender(settings.smtp_url, settings.smtp_from)
+    if settings.firebase_credentials is not None:
+        senders["push"] = PushSender(
+            settings.firebase_credentials,
+            project_id=settings.firebase_project_id,
+            endpoint=settings.fcm_endpoint,
+        )
     return senders
+
+
+async def close_senders(senders: Mapping[str, Sender]) -> None:
+    """Release what senders hold (the push sender's Firebase app and threads), once each."""
+    for sender in {id(s): s for s in senders.values()}.values():
+        if isinstance(sender, PushSender):
+            await sender.aclose()

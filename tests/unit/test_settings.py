@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -144,3 +146,97 @@ def test_email_settings() -> None:
     assert load_settings({}).smtp_from == "gateway@localhost"
     assert load_settings({}).agent_withdrawal_gate == "fenced"
     assert load_settings({"AGENT_WITHDRAWAL_GATE": "Always"}).agent_withdrawal_gate == "always"
+
+
+# --- Push (FCM) -----------------------------------------------------------------------------
+
+PEM = "-----BEGIN PRIVATE KEY-----\nMIIE...\n-----END PRIVATE KEY-----\n"
+ACCOUNT = {
+    "type": "service_account",
+    "project_id": "codeforge-prod",
+    "private_key_id": "abc",
+    "private_key": PEM,
+    "client_email": "push@codeforge-prod.iam.gserviceaccount.com",
+    "token_uri": "https://oauth2.googleapis.com/token",
+}
+TOKEN = "cXk4V2pGQkNSdW1:APA91b" + "F" * 140
+
+
+def key_file(tmp_path: Path, content: object = ACCOUNT) -> str:
+    path = tmp_path / "service-account.json"
+    path.write_text(content if isinstance(content, str) else json.dumps(content))
+    return str(path)
+
+
+def test_push_settings(tmp_path: Path) -> None:
+    default = load_settings({})
+    assert (default.firebase_credentials, default.fcm_endpoint) == (
+        None,
+        "https://fcm.googleapis.com",
+    )
+    path = key_file(tmp_path)
+    s = load_settings({"FIREBASE_CREDENTIALS": path})
+    assert (s.firebase_credentials, s.firebase_project_id) == (Path(path), "codeforge-prod")
+    assert "MIIE" not in repr(s)  # the key stays in its file
+    s = load_settings(
+        {"FIREBASE_CREDENTIALS": path, "FIREBASE_PROJECT_ID": "codeforge-staging",
+         "FCM_ENDPOINT": "https://fcm-proxy.bank.example/eu/", "AGENT_ALERT_CHANNEL": "push",
+         "AGENT_ALERT_RECIPIENTS": f"topic:agent-alerts, {TOKEN}, fid:{TOKEN[:22]}"}
+    )  # fmt: skip
+    assert (s.firebase_project_id, s.fcm_endpoint) == (
+        "codeforge-staging", "https://fcm-proxy.bank.example/eu",
+    )  # fmt: skip
+    assert s.agent_alert_channel == "push"
+    assert s.agent_alert_recipients == ("topic:agent-alerts", TOKEN, f"fid:{TOKEN[:22]}")
+    local = load_settings({"FCM_ENDPOINT": "http://127.0.0.1:8099"})
+    assert local.fcm_endpoint == "http://127.0.0.1:8099"
+
+
+@pytest.mark.parametrize(
+    ("env", "content", "message"),
+    [({"AGENT_ALERT_CHANNEL": "push", "AGENT_ALERT_RECIPIENTS": "topic:agent-alerts"}, None,
+      "AGENT_ALERT_CHANNEL: push needs FIREBASE_CREDENTIALS (a service-account JSON file)"),
+     ({"AGENT_ALERT_CHANNEL": "push"}, ACCOUNT,
+      "AGENT_ALERT_RECIPIENTS: push alerts need topic:<name> or device tokens, got 'admins'"),
+     ({"AGENT_ALERT_CHANNEL": "push", "AGENT_ALERT_RECIPIENTS": "topic:agent alerts"}, ACCOUNT,
+      "AGENT_ALERT_RECIPIENTS: push alerts need topic:<name> or device tokens"),
+     ({"AGENT_ALERT_CHANNEL": "push", "AGENT_ALERT_RECIPIENTS": "+254700000001"}, ACCOUNT,
+      "AGENT_ALERT_RECIPIENTS: push alerts need topic:<name> or device tokens"),
+     ({}, "{not json", "FIREBASE_CREDENTIALS: {path} is not JSON"),
+     ({}, ["service_account"], "FIREBASE_CREDENTIALS: {path} is not a service-account key"),
+     ({}, ACCOUNT | {"type": "authorized_user"},
+      "FIREBASE_CREDENTIALS: {path} is not a service-account key"),
+     ({}, {k: v for k, v in ACCOUNT.items() if k not in {"client_email", "token_uri"}},
+      "FIREBASE_CREDENTIALS: {path} has no client_email, token_uri"),
+     ({}, ACCOUNT | {"private_key": ""}, "FIREBASE_CREDENTIALS: {path} has no private_key"),
+     ({}, ACCOUNT | {"project_id": 7}, "FIREBASE_CREDENTIALS: {path} has no project_id"),
+     ({}, ACCOUNT | {"private_key": "MIIE..."},
+      "FIREBASE_CREDENTIALS: the private_key in {path} is not a PEM key"),
+     ({}, ACCOUNT | {"token_uri": "http://oauth2.example/token"},
+      "FIREBASE_CREDENTIALS: token_uri in {path}: expected an https:// URL"),
+     ({}, ACCOUNT | {"project_id": "../../v1/x"},
+      "FIREBASE_CREDENTIALS: project_id in {path} is not a project id"),
+     ({"FIREBASE_PROJECT_ID": "a/b?c"}, ACCOUNT, "FIREBASE_PROJECT_ID: not a project id"),
+     ({"FCM_ENDPOINT": "http://fcm.example"}, None,
+      "FCM_ENDPOINT: expected an https:// URL (http:// only to localhost)"),
+     ({"FCM_ENDPOINT": "https://fcm.example/?x=1"}, None, "FCM_ENDPOINT: expected a base URL"),
+     ({"FCM_ENDPOINT": "https://u:p@fcm.example"}, None, "FCM_ENDPOINT: expected a base URL"),
+     ({"FCM_ENDPOINT": "https://fcm.example:99999"}, None, "FCM_ENDPOINT: the port is not")],
+)  # fmt: skip
+def test_push_settings_refused(
+    tmp_path: Path, env: dict[str, str], content: object, message: str
+) -> None:
+    path = key_file(tmp_path, content) if content is not None else None
+    if path is not None:
+        env = env | {"FIREBASE_CREDENTIALS": path}
+    with pytest.raises(SettingsError) as caught:
+        load_settings(env)
+    assert str(caught.value).startswith(message.format(path=path))
+    assert "MIIE" not in str(caught.value)
+
+
+def test_an_unreadable_key_file_is_named(tmp_path: Path) -> None:
+    for path, reason in ((tmp_path / "missing.json", "No such file"), (tmp_path, "Is a directory")):
+        with pytest.raises(SettingsError) as caught:
+            load_settings({"FIREBASE_CREDENTIALS": str(path)})
+        assert str(caught.value).startswith(f"FIREBASE_CREDENTIALS: cannot read {path}: {reason}")
