@@ -13,7 +13,11 @@ from typing import Protocol
 
 from core.errors import SendFailed
 
-__all__ = ["OutboundLike", "SendFailed"]
+__all__ = ["SENSITIVE_KINDS", "OutboundLike", "SendFailed"]
+
+# Outbox kinds that carry a secret (one-time codes, PINs): SMS stores their body redacted, push
+# refuses them (a notification shows its text on a locked screen).
+SENSITIVE_KINDS = frozenset({"otp", "pin", "pin_reset", "temporary_pin"})
 
 
 class OutboundLike(Protocol):

@@ -40,7 +40,7 @@ import requests
 from firebase_admin import credentials, exceptions, messaging
 from google.auth import exceptions as auth_exceptions
 
-from channels.base import OutboundLike, SendFailed
+from channels.base import SENSITIVE_KINDS, OutboundLike, SendFailed
 from core import agent_messages
 
 DEFAULT_ENDPOINT = "https://fcm.googleapis.com"
@@ -57,9 +57,6 @@ MAX_TOPIC_CHARS = 900
 BODY_MAX_CHARS = 1000
 BODY_MAX_BYTES = 3000
 ELLIPSIS = "…"
-# The kinds SMS marks sensitive (channels.sms SmppSender.SENSITIVE_KINDS; a test keeps this a
-# superset): never pushed.
-SENSITIVE_KINDS = frozenset({"otp", "pin", "pin_reset", "temporary_pin"})
 # Outbox kind -> the core.agent_messages text of its title (in the message's language).
 TITLES = {
     "agent_breach": "breach_subject",

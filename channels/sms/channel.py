@@ -32,7 +32,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from channels.base import OutboundLike, SendFailed
+from channels.base import SENSITIVE_KINDS, OutboundLike, SendFailed
 from config.settings import SmppBind
 from core.sms_messages import (
     InboundPart,
@@ -638,7 +638,7 @@ class SmppSender:
     message id or raises SendFailed (temporary -> retried, permanent -> dead letter)."""
 
     channel = "sms"
-    SENSITIVE_KINDS = frozenset({"otp", "pin", "pin_reset", "temporary_pin"})
+    SENSITIVE_KINDS = SENSITIVE_KINDS
 
     def __init__(self, channel: SmsChannel) -> None:
         self._channel = channel

@@ -20,7 +20,6 @@ from redis.asyncio import Redis
 
 from channels.base import SendFailed
 from channels.push import BODY_MAX_BYTES, BODY_MAX_CHARS, SENSITIVE_KINDS, PushSender, clip
-from channels.sms.channel import SmppSender
 from config.settings import Settings, load_settings
 from core.outbox import Dispatcher, DispatchPolicy, OutboundMessage, enqueue
 from gateway.app import create_app
@@ -156,10 +155,6 @@ async def test_bad_recipients_are_refused_before_any_request(
     assert failed.value.temporary is False
     assert failed.value.message.startswith("not an FCM ")
     assert (fcm.token_requests, fcm.sends, fcm.refused) == ([], [], [])
-
-
-def test_push_refuses_every_kind_sms_treats_as_sensitive() -> None:
-    assert SmppSender.SENSITIVE_KINDS <= SENSITIVE_KINDS
 
 
 @pytest.mark.parametrize("kind", sorted(SENSITIVE_KINDS))
