@@ -33,6 +33,7 @@ import socket
 import subprocess
 import sys
 import time
+import traceback
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,11 @@ from typing import Any
 import aiohttp
 
 READY_TIMEOUT_S = 20.0
+PORT_ATTEMPTS = 5
+
+
+class PortTaken(AssertionError):
+    """The test SMSC could not bind its port: someone took it after `_free_port` chose it."""
 
 
 def _free_port() -> int:
@@ -53,6 +59,7 @@ class SmscPeer:
     """The test SMSC process: start, control, kill, restart on the same port."""
 
     def __init__(self, log_dir: Path, port: int | None = None) -> None:
+        self._chosen_port = port is None
         self.port = port or _free_port()
         self.control_port = _free_port()
         self.account = f"gw{secrets.token_hex(4)}"  # a system_id no other test SMSC shares
@@ -65,6 +72,22 @@ class SmscPeer:
         return f"http://127.0.0.1:{self.control_port}"
 
     async def start(self) -> None:
+        """Start the process and wait until it answers. A free port found by `_free_port` is
+        only free until someone else binds it (other tests, another test run on the machine):
+        a process that exits at once while a port of our choosing was taken meanwhile is
+        started again on new ports."""
+        for attempt in range(PORT_ATTEMPTS):
+            try:
+                await self._start_once()
+                return
+            except PortTaken:
+                if attempt == PORT_ATTEMPTS - 1:
+                    raise
+                if self._chosen_port:
+                    self.port = _free_port()
+                self.control_port = _free_port()
+
+    async def _start_once(self) -> None:
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(  # noqa: ASYNC220 - a short spawn
             [
@@ -83,7 +106,11 @@ class SmscPeer:
             self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30))
         deadline = time.monotonic() + READY_TIMEOUT_S
         while time.monotonic() < deadline:
-            assert self.proc.poll() is None, self.log_path.read_text()
+            if self.proc.poll() is not None:
+                text = self.log_path.read_text()
+                if "Address already in use" in text.rsplit("READY", 1)[-1]:
+                    raise PortTaken(text)
+                raise AssertionError(text)
             with contextlib.suppress(aiohttp.ClientError):
                 async with self._http.get(f"{self.url}/sessions") as resp:
                     if resp.status == 200:
@@ -427,6 +454,9 @@ def main() -> None:
     args = parser.parse_args()
     try:
         asyncio.run(_serve(args.port, args.control_port))
+    except BaseException:
+        traceback.print_exc()  # into the log: os._exit below would swallow it
+        raise
     finally:
         # smpp34's extension can crash during interpreter teardown; leave without it.
         sys.stdout.flush()
