@@ -14,6 +14,7 @@ A body that is not JSON is 400 `INVALID_JSON`; JSON that fails the model is 422
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -109,15 +110,58 @@ class ApiRoutes:
         return self.route("DELETE", path, **kw)
 
 
+# No admin body nests anywhere near this (a GeoJSON MultiPolygon is 6 levels deep). The json
+# module recurses while it parses: 100 000 `[` was a RecursionError, a 500.
+MAX_JSON_DEPTH = 64
+
+
+def _invalid_json(message: str = "The body is not valid JSON") -> HttpError:
+    return HttpError(400, "INVALID_JSON", message)
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):  # 1e400 is valid JSON, but no double holds it: Python makes it inf
+        raise _invalid_json(f"The number {text[:32]} is out of range")
+    return value
+
+
+def _no_constant(name: str) -> float:
+    # NaN, Infinity and -Infinity are not JSON (RFC 8259), but Python reads them by default:
+    # PostgreSQL's json types then refused them (a 500), and float fields took them as numbers.
+    raise _invalid_json(f"{name} is not a JSON number")
+
+
+def _check_json(data: Any) -> None:
+    """Walk the parsed body once (no recursion) and refuse what no route can use."""
+    stack: list[tuple[Any, int]] = [(data, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, dict):
+            children: Any = value.values()
+        elif isinstance(value, list):
+            children = value
+        else:
+            continue
+        if depth > MAX_JSON_DEPTH:
+            raise _invalid_json(f"The body nests deeper than {MAX_JSON_DEPTH} levels")
+        stack.extend((child, depth + 1) for child in children)
+
+
 async def read_json(request: web.Request) -> Any:
+    """The body as JSON: 400 `INVALID_CONTENT_TYPE` unless it says JSON, 400 `INVALID_JSON`
+    when it is not JSON, nests deeper than MAX_JSON_DEPTH, or holds NaN, Infinity or a number
+    past a double's range."""
     ctype = request.content_type
     if ctype != "application/json" and not ctype.endswith("+json"):
         raise HttpError(400, "INVALID_CONTENT_TYPE", "The body must be JSON (application/json)")
     raw = await request.read()
     try:
-        return json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        raise HttpError(400, "INVALID_JSON", "The body is not valid JSON") from None
+        data = json.loads(raw, parse_float=_finite_float, parse_constant=_no_constant)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        raise _invalid_json() from None
+    _check_json(data)
+    return data
 
 
 def validate(model: type[B], data: Any) -> B:

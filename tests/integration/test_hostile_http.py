@@ -1,0 +1,121 @@
+"""Hostile input at the HTTP entry points: every case answers a 4xx in the standard error JSON
+and changes nothing (never a 500, never a row written).
+
+Each table is labelled cases; the bodies are otherwise well formed for their route, so only the
+hostile part stands between them and the database."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import asyncpg
+import pytest
+from aiohttp.test_utils import TestClient
+
+from gateway.keys import PG_POOL, ROUTE_SPECS
+from tests.helpers import assert_error, auth, direct_token, new_msisdn
+
+JSON = {"Content-Type": "application/json"}
+POINT = {"type": "Point", "coordinates": [36.9, -1.2]}
+
+
+def fence(**properties: Any) -> dict[str, Any]:
+    return {"type": "Feature", "geometry": POINT, "properties": {"radius_m": 250, **properties}}
+
+
+def menu(name: str, **extra: Any) -> dict[str, Any]:
+    return {"document": {"name": name, "start": "home", **extra}}
+
+
+def dumps(data: Any) -> bytes:
+    # json.dumps writes NaN and Infinity as such, and a lone surrogate as its \u escape.
+    return json.dumps(data).encode()
+
+
+@pytest.fixture(scope="module")
+async def admin(app_client: TestClient) -> dict[str, str]:
+    app = app_client.server.app
+    assert app is not None
+    return auth(await direct_token(app, "admin"))
+
+
+async def counts(app_client: TestClient) -> dict[str, int]:
+    """Rows in the tables the hostile bodies aim at: none may be written."""
+    app = app_client.server.app
+    assert app is not None
+    pool: asyncpg.Pool = app[PG_POOL]
+    tables = ("menus", "geofences", "customers", "admin_users", "audit_log")
+    return {t: await pool.fetchval(f"SELECT count(*) FROM {t}") for t in tables}
+
+
+# (label, method, path, raw body, status, error code). Before the central checks in
+# `gateway.api.read_json` each of these was a 500 (a RecursionError in the parser, NaN or
+# Infinity refused by PostgreSQL's json type) or, for a deep but well-formed body, stored.
+HOSTILE_BODIES: list[tuple[str, str, str, bytes, int, str]] = [
+    ("array nested 100 000 deep", "POST", "/api/v1/auth/login", b"[" * 100_000,
+     400, "INVALID_JSON"),
+    ("object nested 50 000 deep", "POST", "/api/v1/deposits", b'{"a":' * 50_000,
+     400, "INVALID_JSON"),
+    ("well-formed but 200 levels deep", "POST", "/api/v1/menus",
+     b'{"document": ' + b'{"a": ' * 200 + b"1" + b"}" * 201, 400, "INVALID_JSON"),
+    ("NaN in a menu document", "POST", "/api/v1/menus",
+     dumps(menu("hostile-nan", x=float("nan"))), 400, "INVALID_JSON"),
+    ("Infinity in a menu document", "POST", "/api/v1/menus",
+     dumps(menu("hostile-inf", x=float("inf"))), 400, "INVALID_JSON"),
+    ("-Infinity in a fence's properties", "POST", "/api/v1/geofences",
+     dumps(fence(name="x", weight=float("-inf"))), 400, "INVALID_JSON"),
+    ("1e400 (past a double) in a menu document", "POST", "/api/v1/menus",
+     b'{"document": {"name": "hostile-big", "x": 1e400}}', 400, "INVALID_JSON"),
+    ("NaN in a fence's properties", "POST", "/api/v1/geofences",
+     b'{"type": "Feature", "geometry": {"type": "Point", "coordinates": [36.9, -1.2]},'
+     b' "properties": {"radius_m": 250, "name": "x", "w": NaN}}', 400, "INVALID_JSON"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("case", HOSTILE_BODIES, ids=[c[0] for c in HOSTILE_BODIES])
+async def test_hostile_json_bodies_are_refused_and_change_nothing(
+    app_client: TestClient, admin: dict[str, str], case: tuple[str, str, str, bytes, int, str]
+) -> None:
+    _, method, path, body, status, code = case
+    before = await counts(app_client)
+    resp = await app_client.request(method, path, data=body, headers={**admin, **JSON})
+    await assert_error(resp, status, code)
+    assert await counts(app_client) == before
+
+
+async def test_every_json_route_refuses_a_depth_bomb_and_nan(
+    app_client: TestClient, admin: dict[str, str]
+) -> None:
+    """The checks are central: every route that reads a JSON body answers the same way."""
+    app = app_client.server.app
+    assert app is not None
+    specs = [s for s in app[ROUTE_SPECS] if s.body is not None]
+    assert len(specs) > 20
+    for spec in specs:
+        path = spec.path.format_map(_PathFiller())
+        for raw in (b"[" * 100_000, b'{"a": NaN}', b'{"a": [Infinity]}', b"[1e999]"):
+            resp = await app_client.request(spec.method, path, data=raw, headers={**admin, **JSON})
+            await assert_error(resp, 400, "INVALID_JSON")
+
+
+class _PathFiller(dict[str, str]):
+    def __missing__(self, key: str) -> str:
+        return "1"
+
+
+async def test_big_numbers_that_fit_still_pass(
+    app_client: TestClient, admin: dict[str, str]
+) -> None:
+    """The checks refuse only what cannot be stored: int8's ends and ordinary floats pass."""
+    resp = await app_client.post(
+        "/api/v1/menus",
+        data=dumps(menu("hostile-fits", big=2**63 - 1, small=-(2**63), f=1.5e308)),
+        headers={**admin, **JSON},
+    )
+    assert resp.status == 201, await resp.text()
+    draft = (await resp.json())["draft"]
+    assert draft["big"] == 2**63 - 1 and draft["small"] == -(2**63)
+    msisdn = new_msisdn()
+    resp = await app_client.get(f"/api/v1/customers/{msisdn}", headers=admin)
+    await assert_error(resp, 404, "CUSTOMER_NOT_FOUND")
