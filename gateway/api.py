@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
@@ -132,26 +133,60 @@ def _no_constant(name: str) -> float:
     raise _invalid_json(f"{name} is not a JSON number")
 
 
+# PostgreSQL's text refuses NUL, and UTF-8 cannot encode a lone surrogate (JSON's "\ud800"
+# escape makes one): either reached the database as a 500. No route stores a number past int8.
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+INT8_MIN, INT8_MAX = -(2**63), 2**63 - 1
+
+
+def _unstorable(value: Any) -> str | None:
+    """Why `value` (a str, a key or a number of the body) cannot be stored, or None."""
+    if isinstance(value, str):
+        found = _UNSTORABLE.search(value)
+        if found is None:
+            return None
+        if found.group() == "\x00":
+            return "contains a NUL character"
+        return "contains an unpaired surrogate (not Unicode)"
+    if isinstance(value, int) and not isinstance(value, bool) and not INT8_MIN <= value <= INT8_MAX:
+        return "is a whole number out of range"
+    return None
+
+
+def _refuse(path: tuple[str, ...], problem: str) -> NoReturn:
+    field = ".".join(path) or "body"
+    raise ValidationFailed(f"{field} {problem}", errors=[{"field": field, "problem": problem}])
+
+
 def _check_json(data: Any) -> None:
-    """Walk the parsed body once (no recursion) and refuse what no route can use."""
-    stack: list[tuple[Any, int]] = [(data, 1)]
+    """Walk the parsed body once (no recursion) and refuse what no route can use: nesting past
+    MAX_JSON_DEPTH (400), and any key or value `_unstorable` names (422, the field's path)."""
+    stack: list[tuple[Any, tuple[str, ...]]] = [(data, ())]
     while stack:
-        value, depth = stack.pop()
+        value, path = stack.pop()
         if isinstance(value, dict):
-            children: Any = value.values()
+            children: list[tuple[Any, Any]] = list(value.items())
         elif isinstance(value, list):
-            children = value
+            children = list(enumerate(value))
         else:
+            problem = _unstorable(value)
+            if problem is not None:
+                _refuse(path, problem)
             continue
-        if depth > MAX_JSON_DEPTH:
+        if len(path) >= MAX_JSON_DEPTH:
             raise _invalid_json(f"The body nests deeper than {MAX_JSON_DEPTH} levels")
-        stack.extend((child, depth + 1) for child in children)
+        for key, child in children:
+            problem = _unstorable(key) if isinstance(key, str) else None
+            if problem is not None:
+                _refuse(path, f"has a key that {problem}")
+            stack.append((child, (*path, str(key))))
 
 
 async def read_json(request: web.Request) -> Any:
     """The body as JSON: 400 `INVALID_CONTENT_TYPE` unless it says JSON, 400 `INVALID_JSON`
     when it is not JSON, nests deeper than MAX_JSON_DEPTH, or holds NaN, Infinity or a number
-    past a double's range."""
+    past a double's range; 422 `VALIDATION_ERROR` naming the field when a string holds NUL or
+    a lone surrogate or a whole number is past int8 (see `_unstorable`)."""
     ctype = request.content_type
     if ctype != "application/json" and not ctype.endswith("+json"):
         raise HttpError(400, "INVALID_CONTENT_TYPE", "The body must be JSON (application/json)")

@@ -50,8 +50,8 @@ async def counts(app_client: TestClient) -> dict[str, int]:
 
 
 # (label, method, path, raw body, status, error code). Before the central checks in
-# `gateway.api.read_json` each of these was a 500 (a RecursionError in the parser, NaN or
-# Infinity refused by PostgreSQL's json type) or, for a deep but well-formed body, stored.
+# `gateway.api.read_json` each of these was a 500 (RecursionError, NaN/Infinity or a NUL or a
+# lone surrogate reaching PostgreSQL, an integer asyncpg cannot encode).
 HOSTILE_BODIES: list[tuple[str, str, str, bytes, int, str]] = [
     ("array nested 100 000 deep", "POST", "/api/v1/auth/login", b"[" * 100_000,
      400, "INVALID_JSON"),
@@ -70,6 +70,23 @@ HOSTILE_BODIES: list[tuple[str, str, str, bytes, int, str]] = [
     ("NaN in a fence's properties", "POST", "/api/v1/geofences",
      b'{"type": "Feature", "geometry": {"type": "Point", "coordinates": [36.9, -1.2]},'
      b' "properties": {"radius_m": 250, "name": "x", "w": NaN}}', 400, "INVALID_JSON"),
+    ("NUL in a login name", "POST", "/api/v1/auth/login",
+     dumps({"username": "adm\x00in", "password": "x", "otp": "123456"}), 422, "VALIDATION_ERROR"),
+    ("NUL in a menu document", "POST", "/api/v1/menus",
+     dumps(menu("hostile-nul", title="a\x00b")), 422, "VALIDATION_ERROR"),
+    ("NUL in a key of a menu document", "POST", "/api/v1/menus",
+     dumps(menu("hostile-nul-key", **{"a\x00b": 1})), 422, "VALIDATION_ERROR"),
+    ("NUL in a fence name", "POST", "/api/v1/geofences",
+     dumps(fence(name="Shop\x00")), 422, "VALIDATION_ERROR"),
+    ("lone surrogate in a menu document", "POST", "/api/v1/menus",
+     dumps(menu("hostile-surrogate", title="\ud800")), 422, "VALIDATION_ERROR"),
+    ("lone surrogate in a fence name", "POST", "/api/v1/geofences",
+     dumps(fence(name="\udfff")), 422, "VALIDATION_ERROR"),
+    ("fence id past int8", "PUT", "/api/v1/agents/NOSUCH9/geofences",
+     b'{"geofence_ids": [99999999999999999999999]}', 422, "VALIDATION_ERROR"),
+    ("amount past int8", "POST", "/api/v1/deposits",
+     b'{"msisdn": "+254700000001", "amount_minor": -99999999999999999999999,'
+     b' "idempotency_key": "k"}', 422, "VALIDATION_ERROR"),
 ]  # fmt: skip
 
 
@@ -82,6 +99,26 @@ async def test_hostile_json_bodies_are_refused_and_change_nothing(
     resp = await app_client.request(method, path, data=body, headers={**admin, **JSON})
     await assert_error(resp, status, code)
     assert await counts(app_client) == before
+
+
+async def test_nul_and_surrogate_errors_name_the_field(
+    app_client: TestClient, admin: dict[str, str]
+) -> None:
+    resp = await app_client.post(
+        "/api/v1/menus", data=dumps(menu("hostile-where", screens={"a": ["x", "y\x00"]})),
+        headers={**admin, **JSON},
+    )  # fmt: skip
+    body = await assert_error(resp, 422, "VALIDATION_ERROR")
+    assert body["details"]["errors"] == [
+        {"field": "document.screens.a.1", "problem": "contains a NUL character"}
+    ]
+    resp = await app_client.post(
+        "/api/v1/geofences", data=dumps(fence(name="\ud83d")), headers={**admin, **JSON}
+    )
+    body = await assert_error(resp, 422, "VALIDATION_ERROR")
+    assert body["details"]["errors"] == [
+        {"field": "properties.name", "problem": "contains an unpaired surrogate (not Unicode)"}
+    ]
 
 
 async def test_every_json_route_refuses_a_depth_bomb_and_nan(
@@ -110,12 +147,12 @@ async def test_big_numbers_that_fit_still_pass(
     """The checks refuse only what cannot be stored: int8's ends and ordinary floats pass."""
     resp = await app_client.post(
         "/api/v1/menus",
-        data=dumps(menu("hostile-fits", big=2**63 - 1, small=-(2**63), f=1.5e308)),
+        data=dumps(menu("hostile-fits", big=2**63 - 1, small=-(2**63), f=1.5e308, t="tab\there")),
         headers={**admin, **JSON},
     )
     assert resp.status == 201, await resp.text()
     draft = (await resp.json())["draft"]
-    assert draft["big"] == 2**63 - 1 and draft["small"] == -(2**63)
+    assert draft["big"] == 2**63 - 1 and draft["small"] == -(2**63) and draft["t"] == "tab\there"
     msisdn = new_msisdn()
     resp = await app_client.get(f"/api/v1/customers/{msisdn}", headers=admin)
     await assert_error(resp, 404, "CUSTOMER_NOT_FOUND")
