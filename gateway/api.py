@@ -120,17 +120,16 @@ def _invalid_json(message: str = "The body is not valid JSON") -> HttpError:
     return HttpError(400, "INVALID_JSON", message)
 
 
-def _finite_float(text: str) -> float:
+class _NotANumber(str):
+    """Stands in for NaN, Infinity or a number past a double while parsing, so that the walk
+    below refuses it with its field's path. NaN and Infinity are not JSON (RFC 8259) but Python
+    reads them by default, and 1e400 becomes inf: PostgreSQL's json types refused them (a 500)
+    and float fields took them as numbers."""
+
+
+def _finite_float(text: str) -> float | _NotANumber:
     value = float(text)
-    if math.isinf(value):  # 1e400 is valid JSON, but no double holds it: Python makes it inf
-        raise _invalid_json(f"The number {text[:32]} is out of range")
-    return value
-
-
-def _no_constant(name: str) -> float:
-    # NaN, Infinity and -Infinity are not JSON (RFC 8259), but Python reads them by default:
-    # PostgreSQL's json types then refused them (a 500), and float fields took them as numbers.
-    raise _invalid_json(f"{name} is not a JSON number")
+    return _NotANumber(text[:32]) if math.isinf(value) else value
 
 
 # PostgreSQL's text refuses NUL, and UTF-8 cannot encode a lone surrogate (JSON's "\ud800"
@@ -141,6 +140,8 @@ INT8_MIN, INT8_MAX = -(2**63), 2**63 - 1
 
 def _unstorable(value: Any) -> str | None:
     """Why `value` (a str, a key or a number of the body) cannot be stored, or None."""
+    if isinstance(value, _NotANumber):
+        return f"is {value}, not a finite number"
     if isinstance(value, str):
         found = _UNSTORABLE.search(value)
         if found is None:
@@ -160,7 +161,7 @@ def _refuse(path: tuple[str, ...], problem: str) -> NoReturn:
 
 def _check_json(data: Any) -> None:
     """Walk the parsed body once (no recursion) and refuse what no route can use: nesting past
-    MAX_JSON_DEPTH (400), and any key or value `_unstorable` names (422, the field's path)."""
+    MAX_JSON_DEPTH (400), and any key or value `_unstorable` names (422, with its path)."""
     stack: list[tuple[Any, tuple[str, ...]]] = [(data, ())]
     while stack:
         value, path = stack.pop()
@@ -184,15 +185,15 @@ def _check_json(data: Any) -> None:
 
 async def read_json(request: web.Request) -> Any:
     """The body as JSON: 400 `INVALID_CONTENT_TYPE` unless it says JSON, 400 `INVALID_JSON`
-    when it is not JSON, nests deeper than MAX_JSON_DEPTH, or holds NaN, Infinity or a number
-    past a double's range; 422 `VALIDATION_ERROR` naming the field when a string holds NUL or
-    a lone surrogate or a whole number is past int8 (see `_unstorable`)."""
+    when it is not JSON or nests deeper than MAX_JSON_DEPTH; 422 `VALIDATION_ERROR` naming the
+    field for NaN, Infinity or a number past a double, a string with NUL or a lone surrogate,
+    or a whole number past int8 (see `_unstorable`)."""
     ctype = request.content_type
     if ctype != "application/json" and not ctype.endswith("+json"):
         raise HttpError(400, "INVALID_CONTENT_TYPE", "The body must be JSON (application/json)")
     raw = await request.read()
     try:
-        data = json.loads(raw, parse_float=_finite_float, parse_constant=_no_constant)
+        data = json.loads(raw, parse_float=_finite_float, parse_constant=_NotANumber)
     except (ValueError, UnicodeDecodeError, RecursionError):
         raise _invalid_json() from None
     _check_json(data)

@@ -51,7 +51,8 @@ async def counts(app_client: TestClient) -> dict[str, int]:
 
 # (label, method, path, raw body, status, error code). Before the central checks in
 # `gateway.api.read_json` each of these was a 500 (RecursionError, NaN/Infinity or a NUL or a
-# lone surrogate reaching PostgreSQL, an integer asyncpg cannot encode).
+# lone surrogate reaching PostgreSQL, an integer asyncpg cannot encode) or, for a deep but
+# well-formed body, stored.
 HOSTILE_BODIES: list[tuple[str, str, str, bytes, int, str]] = [
     ("array nested 100 000 deep", "POST", "/api/v1/auth/login", b"[" * 100_000,
      400, "INVALID_JSON"),
@@ -60,16 +61,16 @@ HOSTILE_BODIES: list[tuple[str, str, str, bytes, int, str]] = [
     ("well-formed but 200 levels deep", "POST", "/api/v1/menus",
      b'{"document": ' + b'{"a": ' * 200 + b"1" + b"}" * 201, 400, "INVALID_JSON"),
     ("NaN in a menu document", "POST", "/api/v1/menus",
-     dumps(menu("hostile-nan", x=float("nan"))), 400, "INVALID_JSON"),
+     dumps(menu("hostile-nan", x=float("nan"))), 422, "VALIDATION_ERROR"),
     ("Infinity in a menu document", "POST", "/api/v1/menus",
-     dumps(menu("hostile-inf", x=float("inf"))), 400, "INVALID_JSON"),
+     dumps(menu("hostile-inf", x=float("inf"))), 422, "VALIDATION_ERROR"),
     ("-Infinity in a fence's properties", "POST", "/api/v1/geofences",
-     dumps(fence(name="x", weight=float("-inf"))), 400, "INVALID_JSON"),
+     dumps(fence(name="x", weight=float("-inf"))), 422, "VALIDATION_ERROR"),
     ("1e400 (past a double) in a menu document", "POST", "/api/v1/menus",
-     b'{"document": {"name": "hostile-big", "x": 1e400}}', 400, "INVALID_JSON"),
+     b'{"document": {"name": "hostile-big", "x": 1e400}}', 422, "VALIDATION_ERROR"),
     ("NaN in a fence's properties", "POST", "/api/v1/geofences",
      b'{"type": "Feature", "geometry": {"type": "Point", "coordinates": [36.9, -1.2]},'
-     b' "properties": {"radius_m": 250, "name": "x", "w": NaN}}', 400, "INVALID_JSON"),
+     b' "properties": {"radius_m": 250, "name": "x", "w": NaN}}', 422, "VALIDATION_ERROR"),
     ("NUL in a login name", "POST", "/api/v1/auth/login",
      dumps({"username": "adm\x00in", "password": "x", "otp": "123456"}), 422, "VALIDATION_ERROR"),
     ("NUL in a menu document", "POST", "/api/v1/menus",
@@ -101,7 +102,7 @@ async def test_hostile_json_bodies_are_refused_and_change_nothing(
     assert await counts(app_client) == before
 
 
-async def test_nul_and_surrogate_errors_name_the_field(
+async def test_unstorable_values_are_refused_naming_the_field(
     app_client: TestClient, admin: dict[str, str]
 ) -> None:
     resp = await app_client.post(
@@ -111,6 +112,14 @@ async def test_nul_and_surrogate_errors_name_the_field(
     body = await assert_error(resp, 422, "VALIDATION_ERROR")
     assert body["details"]["errors"] == [
         {"field": "document.screens.a.1", "problem": "contains a NUL character"}
+    ]
+    resp = await app_client.post(
+        "/api/v1/menus", data=b'{"document": {"name": "x", "n": [1, -Infinity]}}',
+        headers={**admin, **JSON},
+    )  # fmt: skip
+    body = await assert_error(resp, 422, "VALIDATION_ERROR")
+    assert body["details"]["errors"] == [
+        {"field": "document.n.1", "problem": "is -Infinity, not a finite number"}
     ]
     resp = await app_client.post(
         "/api/v1/geofences", data=dumps(fence(name="\ud83d")), headers={**admin, **JSON}
@@ -129,11 +138,17 @@ async def test_every_json_route_refuses_a_depth_bomb_and_nan(
     assert app is not None
     specs = [s for s in app[ROUTE_SPECS] if s.body is not None]
     assert len(specs) > 20
+    cases = [
+        (b"[" * 100_000, 400, "INVALID_JSON"),
+        (b'{"a": NaN}', 422, "VALIDATION_ERROR"),
+        (b'{"a": [-Infinity]}', 422, "VALIDATION_ERROR"),
+        (b"[1e999]", 422, "VALIDATION_ERROR"),
+    ]
     for spec in specs:
         path = spec.path.format_map(_PathFiller())
-        for raw in (b"[" * 100_000, b'{"a": NaN}', b'{"a": [Infinity]}', b"[1e999]"):
+        for raw, status, code in cases:
             resp = await app_client.request(spec.method, path, data=raw, headers={**admin, **JSON})
-            await assert_error(resp, 400, "INVALID_JSON")
+            await assert_error(resp, status, code)
 
 
 class _PathFiller(dict[str, str]):
