@@ -214,6 +214,19 @@ def validate(model: type[B], data: Any) -> B:
         raise ValidationFailed("The request is not valid", errors=errors) from None
 
 
+# An id or a page cursor in a path or a query: at most 18 digits, so any of them fits int8.
+MAX_ID_DIGITS = 18
+
+
+def whole_number(raw: str, max_digits: int = MAX_ID_DIGITS) -> int | None:
+    """`raw` as an int when it is 1 to `max_digits` ASCII digits, else None. `str.isdigit()`
+    alone also says yes to "²" (int() refuses it: a 500), to "١" (int() reads 1) and to a
+    5000-digit string (past int()'s 4300-digit limit)."""
+    if not raw or len(raw) > max_digits or not raw.isascii() or not raw.isdigit():
+        return None
+    return int(raw)
+
+
 def bearer_token(request: web.Request) -> str:
     header = request.headers.get("Authorization", "")
     scheme, _, token = header.partition(" ")

@@ -171,3 +171,46 @@ async def test_big_numbers_that_fit_still_pass(
     msisdn = new_msisdn()
     resp = await app_client.get(f"/api/v1/customers/{msisdn}", headers=admin)
     await assert_error(resp, 404, "CUSTOMER_NOT_FOUND")
+
+
+SUP2 = "%C2%B2"  # superscript two: str.isdigit() says yes, int() refuses it
+ARABIC1 = "%D9%A1"  # Arabic-Indic one: str.isdigit() says yes, int() reads 1
+LONG = "9" * 5000  # past int()'s 4300-digit limit for a string
+MSISDN = "+254700000001"
+
+# (label, method, path, status, error code): ids and page cursors that are not ASCII digits,
+# or too long for int(). Each but the Arabic digit was a 500 (ValueError from int()); the
+# Arabic digit was read as 1.
+HOSTILE_IDS: list[tuple[str, str, str, int, str]] = [
+    ("fence id sup2", "GET", f"/api/v1/geofences/{SUP2}", 422, "VALIDATION_ERROR"),
+    ("fence id arabic1", "GET", f"/api/v1/geofences/{ARABIC1}", 422, "VALIDATION_ERROR"),
+    ("fence page limit long", "GET", f"/api/v1/geofences?limit={LONG}", 422, "VALIDATION_ERROR"),
+    ("agent events before_id sup2", "GET", f"/api/v1/agent-events?before_id={SUP2}",
+     422, "VALIDATION_ERROR"),
+    ("menu id sup2", "GET", f"/api/v1/menus/{SUP2}", 404, "MENU_NOT_FOUND"),
+    ("menu id arabic1", "GET", f"/api/v1/menus/{ARABIC1}", 404, "MENU_NOT_FOUND"),
+    ("menu version sup2", "GET", f"/api/v1/menus/1/versions/{SUP2}", 404, "VERSION_NOT_FOUND"),
+    ("KYC document id sup2", "GET", f"/api/v1/customers/{MSISDN}/kyc-documents/{SUP2}/content",
+     404, "NOT_FOUND"),
+    ("dead letter id sup2", "POST", f"/api/v1/outbox/dead-letters/{SUP2}/replay",
+     404, "NOT_FOUND"),
+    ("dead letters before sup2", "GET", f"/api/v1/outbox/dead-letters?before={SUP2}",
+     422, "VALIDATION_ERROR"),
+    ("statement before sup2", "GET", f"/api/v1/customers/{MSISDN}/statement?before={SUP2}",
+     422, "VALIDATION_ERROR"),
+    ("SMS message id sup2", "GET", f"/api/v1/sms/messages/{SUP2}", 422, "VALIDATION_ERROR"),
+    ("SMS message id long", "GET", f"/api/v1/sms/messages/{LONG}", 422, "VALIDATION_ERROR"),
+    ("loan application id long", "GET", f"/api/v1/loans/applications/{LONG}",
+     404, "APPLICATION_NOT_FOUND"),
+    ("loan applications before long", "GET", f"/api/v1/loans/applications?before={LONG}",
+     422, "VALIDATION_ERROR"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("case", HOSTILE_IDS, ids=[c[0] for c in HOSTILE_IDS])
+async def test_ids_and_cursors_that_are_not_ascii_digits_are_refused(
+    app_client: TestClient, admin: dict[str, str], case: tuple[str, str, str, int, str]
+) -> None:
+    _, method, path, status, code = case
+    resp = await app_client.request(method, path, headers=admin)
+    await assert_error(resp, status, code)
