@@ -214,3 +214,19 @@ async def test_ids_and_cursors_that_are_not_ascii_digits_are_refused(
     _, method, path, status, code = case
     resp = await app_client.request(method, path, headers=admin)
     await assert_error(resp, status, code)
+
+
+@pytest.mark.parametrize("version", [2**31, 9_999_999_999, 2**63 - 1])
+async def test_simulating_a_version_past_int4_is_version_not_found(
+    app_client: TestClient, admin: dict[str, str], version: int
+) -> None:
+    """menu_versions.version is int4: asyncpg refused to encode a bigger one (a 500)."""
+    resp = await app_client.post(
+        "/api/v1/menus", json=menu(f"hostile-v{version % 997}"), headers=admin
+    )
+    assert resp.status == 201, await resp.text()
+    menu_id = (await resp.json())["id"]
+    resp = await app_client.post(
+        f"/api/v1/menus/{menu_id}/simulate", json={"version": version}, headers=admin
+    )
+    await assert_error(resp, 404, "VERSION_NOT_FOUND")
