@@ -230,3 +230,19 @@ async def test_simulating_a_version_past_int4_is_version_not_found(
         f"/api/v1/menus/{menu_id}/simulate", json={"version": version}, headers=admin
     )
     await assert_error(resp, 404, "VERSION_NOT_FOUND")
+
+
+FORM = {"Content-Type": "application/x-www-form-urlencoded"}
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"id=AGT1\xff&lat=1&lon=1&timestamp=1&token=x", b"\xc3\x28=1", b"id=\xed\xa0\x80"],
+    ids=["invalid byte", "broken sequence", "encoded surrogate"],
+)
+async def test_osmand_form_that_is_not_utf8_is_malformed(
+    app_client: TestClient, body: bytes
+) -> None:
+    """aiohttp's request.post() decodes the form strictly: UnicodeDecodeError was a 500."""
+    resp = await app_client.post("/agents/osmand", data=body, headers=FORM)
+    await assert_error(resp, 400, "MALFORMED_FIX")
