@@ -28,6 +28,9 @@ RESPONSE = {**INITIATION, "Type": "Response", "Message": "2", "Sequence": 2}
 
 PARSE = [
     ParseCase(
+        "a lone surrogate in Message", {**RESPONSE, "Message": "\ud800"}, error="not valid Unicode"
+    ),
+    ParseCase(
         "initiation",
         INITIATION,
         {

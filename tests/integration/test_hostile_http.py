@@ -7,6 +7,7 @@ hostile part stands between them and the database."""
 from __future__ import annotations
 
 import json
+import secrets
 from typing import Any
 
 import asyncpg
@@ -246,3 +247,31 @@ async def test_osmand_form_that_is_not_utf8_is_malformed(
     """aiohttp's request.post() decodes the form strictly: UnicodeDecodeError was a 500."""
     resp = await app_client.post("/agents/osmand", data=body, headers=FORM)
     await assert_error(resp, 400, "MALFORMED_FIX")
+
+
+async def test_ussd_callback_with_a_lone_surrogate_is_400_and_moves_nothing(
+    app_client: TestClient,
+) -> None:
+    """A lone surrogate in a field the reply echoes (Beem's operator) used to run the step and
+    then fail to render (503 after the session had moved); in the input it ended the session as
+    "temporarily unavailable". Now the parser refuses it, and the same hop sent properly runs."""
+    start = {
+        "session_id": f"hostile-{secrets.token_hex(4)}",
+        "msisdn": "255712000" + str(secrets.randbelow(900) + 100),
+        "operator": "vodacom",
+        "command": "initiate",
+        "payload": {"request_id": "1", "response": "*384#"},
+    }
+    resp = await app_client.post("/ussd/beem", data=dumps(start), headers=JSON)
+    assert resp.status == 200 and "Register" in (await resp.json())["payload"]["request"]
+    step = {**start, "command": "continue", "payload": {"request_id": "2", "response": "1"}}
+    for hostile in (
+        {**step, "operator": "\ud800"},
+        {**step, "payload": {"request_id": "2", "response": "1\udc00"}},
+    ):
+        resp = await app_client.post("/ussd/beem", data=dumps(hostile), headers=JSON)
+        await assert_error(resp, 400, "BAD_REQUEST")
+    resp = await app_client.post("/ussd/beem", data=dumps(step), headers=JSON)
+    body = await resp.json()
+    assert resp.status == 200 and body["command"] == "continue", body
+    assert "first name" in body["payload"]["request"], body
