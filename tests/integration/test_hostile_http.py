@@ -303,3 +303,33 @@ async def test_an_escaped_percent_before_00_is_not_a_nul(
     resp = await app_client.get("/api/v1/outbox/dead-letters?channel=%2500", headers=admin)
     body = await assert_error(resp, 422, "VALIDATION_ERROR")
     assert body["details"] == {"field": "channel"}
+
+
+# A body that says Content-Encoding: gzip/deflate but is not: aiohttp raises RequestPayloadError
+# from request.read() (not an HTTPException), which the middleware answered as a 500.
+BAD_ENCODINGS = [
+    ("POST", "/api/v1/deposits", "gzip", JSON),
+    ("POST", "/api/v1/menus", "gzip", JSON),
+    ("POST", "/ussd/beem", "gzip", JSON),
+    ("POST", "/agents/osmand", "gzip", FORM),
+    ("POST", f"/api/v1/customers/{MSISDN}/kyc-documents?kind=passport", "gzip",
+     {"Content-Type": "application/pdf"}),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("case", BAD_ENCODINGS, ids=[f"{c[1]} {c[2]}" for c in BAD_ENCODINGS])
+async def test_a_body_that_is_not_its_content_encoding_is_400(
+    app_client: TestClient,
+    admin: dict[str, str],
+    case: tuple[str, str, str, dict[str, str]],
+) -> None:
+    method, path, encoding, headers = case
+    before = await counts(app_client)
+    resp = await app_client.request(
+        method,
+        path,
+        data=b'{"not": "compressed"}',
+        headers={**admin, **headers, "Content-Encoding": encoding},
+    )
+    await assert_error(resp, 400, "BAD_REQUEST")
+    assert await counts(app_client) == before
