@@ -333,3 +333,26 @@ async def test_a_body_that_is_not_its_content_encoding_is_400(
     )
     await assert_error(resp, 400, "BAD_REQUEST")
     assert await counts(app_client) == before
+
+
+@pytest.mark.parametrize("hop", ["\u00b2", "\u0663", "9" * 200])
+async def test_ussd_hop_ids_that_are_not_ascii_numbers_run_the_step(
+    app_client: TestClient, hop: str
+) -> None:
+    """Beem's request_id is the hop. The stale-hop check compared hops with int() whenever
+    str.isdigit() said yes: "²" raised ValueError inside the step, and the caller was told
+    "temporarily unavailable". Such a hop is not a number: it is a new hop, and it runs."""
+    start = {
+        "session_id": f"hostile-hop-{secrets.token_hex(4)}",
+        "msisdn": "255712000" + str(secrets.randbelow(900) + 100),
+        "operator": "vodacom",
+        "command": "initiate",
+        "payload": {"request_id": "7", "response": "*384#"},
+    }
+    resp = await app_client.post("/ussd/beem", data=dumps(start), headers=JSON)
+    assert resp.status == 200
+    step = {**start, "command": "continue", "payload": {"request_id": hop, "response": "1"}}
+    resp = await app_client.post("/ussd/beem", data=dumps(step), headers=JSON)
+    body = await resp.json()
+    assert resp.status == 200 and body["command"] == "continue", body
+    assert "first name" in body["payload"]["request"], body
