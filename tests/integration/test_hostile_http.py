@@ -15,7 +15,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from gateway.keys import PG_POOL, ROUTE_SPECS
-from tests.helpers import assert_error, auth, direct_token, new_msisdn
+from tests.helpers import assert_error, auth, direct_token, make_admin, new_msisdn
 
 JSON = {"Content-Type": "application/json"}
 POINT = {"type": "Point", "coordinates": [36.9, -1.2]}
@@ -356,3 +356,32 @@ async def test_ussd_hop_ids_that_are_not_ascii_numbers_run_the_step(
     body = await resp.json()
     assert resp.status == 200 and body["command"] == "continue", body
     assert "first name" in body["payload"]["request"], body
+
+
+@pytest.mark.parametrize(
+    "password",
+    ["a" * 73, "x1" * 64, "\u00e9" * 40, "\U0001f600" * 19],
+    ids=["73 ASCII", "128 ASCII", "40 two-byte letters", "19 emoji"],
+)
+@pytest.mark.parametrize("known", [True, False], ids=["known admin", "unknown name"])
+async def test_a_password_past_bcrypts_72_bytes_is_a_wrong_password(
+    app_client: TestClient, password: str, known: bool
+) -> None:
+    """bcrypt 5 raises ValueError for more than 72 bytes (earlier versions cut them silently):
+    a login with such a password answered 500. No stored password is that long (creation
+    refuses it), so it is simply wrong: 401, counted like any wrong password."""
+    app = app_client.server.app
+    assert app is not None
+    admin = await make_admin(app)
+    username = admin.username if known else f"nobody-{secrets.token_hex(4)}"
+    resp = await app_client.post(
+        "/api/v1/auth/login",
+        json={"username": username, "password": password, "otp": admin.otp()},
+    )
+    await assert_error(resp, 401, "INVALID_CREDENTIALS")
+    if known:
+        pool: asyncpg.Pool = app[PG_POOL]
+        failures = await pool.fetchval(
+            "SELECT failed_logins FROM admin_users WHERE username = $1", admin.username
+        )
+        assert failures == 1
