@@ -76,6 +76,16 @@ PARSE = [
         {**RESPONSE, "Sequence": "abc"},
         error="Sequence must be a number",
     ),
+    ParseCase(
+        "a Sequence of a superscript digit",
+        {**RESPONSE, "Sequence": "\u00b2"},
+        error="Sequence must be a number",
+    ),
+    ParseCase(
+        "a Sequence of Arabic-Indic digits",
+        {**RESPONSE, "Sequence": "\u0663"},
+        error="Sequence must be a number",
+    ),
     ParseCase("not JSON", "Type=Initiation", error="not valid JSON"),
     ParseCase("a JSON array", [INITIATION], error="must be a JSON object"),
     ParseCase(
