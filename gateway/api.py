@@ -159,9 +159,53 @@ def _refuse(path: tuple[str, ...], problem: str) -> NoReturn:
     raise ValidationFailed(f"{field} {problem}", errors=[{"field": field, "problem": problem}])
 
 
+def _suspect(value: Any) -> bool:
+    """A scalar `_unstorable` must look at: cheap type checks first (this runs per value)."""
+    kind = type(value)
+    if kind is str:
+        return _UNSTORABLE.search(value) is not None
+    if kind is int:
+        return not INT8_MIN <= value <= INT8_MAX
+    return kind is _NotANumber
+
+
 def _check_json(data: Any) -> None:
-    """Walk the parsed body once (no recursion) and refuse what no route can use: nesting past
-    MAX_JSON_DEPTH (400), and any key or value `_unstorable` names (422, with its path)."""
+    """Refuse what no route can use: nesting past MAX_JSON_DEPTH (400), and any key or value
+    `_unstorable` names (422, with its path). One pass without paths (the login route is
+    public, so this must cost about what parsing does: paths for every value cost 20 times
+    that); the paths are worked out only once something is wrong."""
+    container = type(data) is dict or type(data) is list
+    stack: list[tuple[Any, int]] = [(data, 1)] if container else []
+    suspect = not container and _suspect(data)
+    while stack and not suspect:
+        value, depth = stack.pop()
+        if depth > MAX_JSON_DEPTH:
+            raise _invalid_json(f"The body nests deeper than {MAX_JSON_DEPTH} levels")
+        if type(value) is dict:
+            if any(_suspect(key) for key in value):
+                suspect = True
+                break
+            children: Any = value.values()
+        else:
+            children = value
+        for child in children:  # _suspect inlined: this loop runs once per value
+            kind = type(child)
+            if kind is str:
+                suspect = _UNSTORABLE.search(child) is not None
+            elif kind is int:
+                suspect = not INT8_MIN <= child <= INT8_MAX
+            elif kind is dict or kind is list:
+                stack.append((child, depth + 1))
+            else:
+                suspect = kind is _NotANumber
+            if suspect:
+                break
+    if suspect:
+        _refuse_with_path(data)
+
+
+def _refuse_with_path(data: Any) -> None:
+    """The slow walk, keeping each value's path: raises for the first problem it meets."""
     stack: list[tuple[Any, tuple[str, ...]]] = [(data, ())]
     while stack:
         value, path = stack.pop()
@@ -174,8 +218,6 @@ def _check_json(data: Any) -> None:
             if problem is not None:
                 _refuse(path, problem)
             continue
-        if len(path) >= MAX_JSON_DEPTH:
-            raise _invalid_json(f"The body nests deeper than {MAX_JSON_DEPTH} levels")
         for key, child in children:
             problem = _unstorable(key) if isinstance(key, str) else None
             if problem is not None:

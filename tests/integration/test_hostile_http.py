@@ -55,6 +55,10 @@ async def counts(app_client: TestClient) -> dict[str, int]:
 # lone surrogate reaching PostgreSQL, an integer asyncpg cannot encode) or, for a deep but
 # well-formed body, stored.
 HOSTILE_BODIES: list[tuple[str, str, str, bytes, int, str]] = [
+    ("a bare number", "POST", "/api/v1/auth/login", b"5", 422, "VALIDATION_ERROR"),
+    ("a bare string", "POST", "/api/v1/deposits", b'"x"', 422, "VALIDATION_ERROR"),
+    ("a bare NUL string", "POST", "/api/v1/deposits", b'"\\u0000"', 422, "VALIDATION_ERROR"),
+    ("null", "POST", "/api/v1/menus", b"null", 422, "VALIDATION_ERROR"),
     ("array nested 100 000 deep", "POST", "/api/v1/auth/login", b"[" * 100_000,
      400, "INVALID_JSON"),
     ("object nested 50 000 deep", "POST", "/api/v1/deposits", b'{"a":' * 50_000,
