@@ -41,6 +41,7 @@ TOTP_SECRET_CHARS = 32  # base32: 32 characters = 160 bits
 USERNAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{2,63}$")
 PASSWORD_MIN = 10
 PASSWORD_MAX = 128  # bcrypt reads 72 bytes; longer input is refused, not silently cut
+BCRYPT_MAX_BYTES = 72
 # Spent on unknown usernames so the response time does not reveal which usernames exist.
 _DUMMY_HASH = bcrypt.hashpw(b"not-a-real-password", bcrypt.gensalt(rounds=4))
 
@@ -81,7 +82,7 @@ def check_password_policy(password: str) -> None:
         raise ValidationFailed(
             f"A password is {PASSWORD_MIN} to {PASSWORD_MAX} characters", field="password"
         )
-    if len(password.encode()) > 72:
+    if len(password.encode()) > BCRYPT_MAX_BYTES:
         raise ValidationFailed("A password is at most 72 bytes", field="password")
     if not (re.search(r"[A-Za-z]", password) and re.search(r"\d", password)):
         raise ValidationFailed("A password needs letters and digits", field="password")
@@ -94,9 +95,14 @@ async def hash_secret(secret: str, rounds: int) -> str:
 
 
 async def verify_secret(secret: str, hashed: str | None) -> bool:
+    """bcrypt off the event loop. A secret past bcrypt's 72 bytes matches nothing (no stored
+    password is that long: `check_password_policy` refuses it) but still spends one check, so its
+    answer takes as long as any other; bcrypt 5 raises ValueError for it (a 500 at login)."""
+    raw = secret.encode()
+    fits = len(raw) <= BCRYPT_MAX_BYTES
     target = hashed.encode() if hashed else _DUMMY_HASH
-    ok = await asyncio.to_thread(bcrypt.checkpw, secret.encode(), target)
-    return ok and hashed is not None
+    ok = await asyncio.to_thread(bcrypt.checkpw, raw if fits else b"-", target)
+    return ok and fits and hashed is not None
 
 
 async def create_admin(

@@ -514,7 +514,10 @@ async def _osmand_params(request: web.Request) -> dict[str, str]:
             raise HttpError(413, "PAYLOAD_TOO_LARGE", "The request body is too large")
         if request.content_type != "application/x-www-form-urlencoded":
             raise HttpError(400, "INVALID_CONTENT_TYPE", "Send the fields as a form or a query")
-        form = await request.post()
+        try:
+            form = await request.post()
+        except UnicodeDecodeError:  # aiohttp decodes the whole form strictly
+            raise HttpError(400, "MALFORMED_FIX", "The form is not valid UTF-8") from None
         params.update({k: v for k, v in form.items() if isinstance(v, str)})
     return params
 

@@ -108,6 +108,10 @@ class _Claim:
         self.claimed = True
 
 
+def _numeric(hop: str) -> bool:
+    return hop.isascii() and hop.isdigit()
+
+
 class UssdService:
     def __init__(
         self,
@@ -219,7 +223,9 @@ class UssdService:
             return False
         if hop == last_hop:
             return True  # same hop: the same input replays; another input cannot be applied
-        return hop.isdigit() and last_hop.isdigit() and int(hop) < int(last_hop)
+        # Only ASCII digits compare as numbers: str.isdigit() also says yes to "²" (int() then
+        # raised inside the step: "temporarily unavailable") and to "٣" (read as 3).
+        return _numeric(hop) and _numeric(last_hop) and int(hop) < int(last_hop)
 
     async def _busy(self, hop: _Hop, inflight: dict[str, object]) -> Reply:
         req, fp, trace = hop.req, hop.fp, hop.trace

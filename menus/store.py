@@ -84,6 +84,8 @@ def _row(record: asyncpg.Record, versions: tuple[VersionInfo, ...] = ()) -> Menu
     )
 
 
+MAX_VERSION = 2**31 - 1  # menu_versions.version is int4
+
 _COLUMNS = "id, name, draft, draft_updated_at, draft_updated_by, current_version, service_code"
 
 
@@ -172,6 +174,10 @@ async def _point(
 
 
 async def version_document(conn: asyncpg.Connection, name: str, version: int) -> dict[str, Any]:
+    # The column is int4: asyncpg refuses to encode a bigger number (an OverflowError, a 500
+    # for an admin's simulate request), and no such version can exist.
+    if not 1 <= version <= MAX_VERSION:
+        raise NotFound(f"Menu {name!r} has no version {version}", code="VERSION_NOT_FOUND")
     value = await conn.fetchval(
         "SELECT v.document FROM menu_versions v JOIN menus m ON m.id = v.menu_id"
         " WHERE m.name = $1 AND v.version = $2",

@@ -31,7 +31,10 @@ _SESSION_ID = re.compile(r"[A-Za-z0-9._:@+=\-]{1,128}")
 _INTERNATIONAL = re.compile(r"\+?([1-9]\d*)")  # providers send the country code, never a 0
 _DIAL = re.compile(r"\*?\d{1,8}(\*\d{0,20})*#?")
 _LANGUAGE = re.compile(r"[a-z]{2,3}")
-_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+# Control characters, and lone surrogates: JSON's "\ud800" escape decodes to one, which UTF-8
+# cannot encode (in an input it failed the session's save: "temporarily unavailable"; in an
+# echoed field the reply's render: a 503 after the step had run). One search for both.
+_CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff]")
 
 __all__ = [
     "Inbound",
@@ -178,7 +181,10 @@ def text(
         raise bad(f"{name} must be a string", field=name)
     if len(value) > max_chars:
         raise bad(f"{name} is longer than {max_chars} characters", field=name)
-    if _CONTROL.search(value):
+    found = _CONTROL.search(value)
+    if found is not None:
+        if found.group() >= "\ud800":
+            raise bad(f"{name} is not valid Unicode (a lone surrogate)", field=name)
         raise bad(f"{name} contains control characters", field=name)
     return value
 

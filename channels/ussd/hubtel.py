@@ -43,7 +43,10 @@ def parse(raw: Raw) -> Inbound:
     message = text(data, "Message", required=kind != "end") or ""
     sequence = data.get("Sequence")
     if sequence is not None and not (
-        isinstance(sequence, int | str) and str(sequence).isdigit() and len(str(sequence)) < 6
+        isinstance(sequence, int | str)
+        and str(sequence).isascii()  # isdigit() alone takes "²", which int() refuses
+        and str(sequence).isdigit()
+        and len(str(sequence)) < 6
     ):
         raise bad("Sequence must be a number", field="Sequence")
     client_state = text(data, "ClientState", required=False) or ""

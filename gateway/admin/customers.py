@@ -12,7 +12,7 @@ from core import errors as E
 from core import kyc, pins, transfers
 from core.customers import Customer
 from core.msisdn import normalise_msisdn
-from gateway.api import ApiRoutes, json_response
+from gateway.api import ApiRoutes, json_response, whole_number
 from gateway.keys import CIPHER, PG_POOL, PRINCIPAL_KEY, SETTINGS
 
 routes = ApiRoutes(tag="customers")
@@ -128,9 +128,10 @@ def _int_query(request: web.Request, name: str, default: int | None) -> int | No
     raw = request.query.get(name)
     if raw is None or raw == "":
         return default
-    if not raw.isdigit() or len(raw) > 18:
+    value = whole_number(raw)
+    if value is None:
         raise E.ValidationFailed(f"{name} is a positive whole number", field=name)
-    return int(raw)
+    return value
 
 
 @routes.get(

@@ -34,7 +34,7 @@ from core import agent_transactions, devices, geofences
 from core.agents import check_code  # agent codes as the core keeps them (upper case)
 from core.errors import ValidationFailed
 from gateway.agents import QueuedPushes
-from gateway.api import ApiRoutes, json_response
+from gateway.api import ApiRoutes, json_response, whole_number
 from gateway.keys import AGENTS, PG_POOL, PRINCIPAL_KEY
 from geofence.fences import fence_feature
 
@@ -135,19 +135,20 @@ def _int_query(
     raw = request.query.get(name)
     if raw is None or raw == "":
         return default
-    if not raw.isdigit() or not lo <= int(raw) <= hi:
+    value = whole_number(raw)
+    if value is None or not lo <= value <= hi:
         raise ValidationFailed(
             f"{name} must be a whole number from {lo} to {hi}",
             errors=[{"field": name, "problem": f"a whole number from {lo} to {hi}"}],
         )
-    return int(raw)
+    return value
 
 
 def _fence_id(request: web.Request) -> int:
-    raw = request.match_info["fence_id"]
-    if not raw.isdigit() or len(raw) > 18:
+    fence_id = whole_number(request.match_info["fence_id"])
+    if fence_id is None:
         raise ValidationFailed("A geofence id is a number")
-    return int(raw)
+    return fence_id
 
 
 async def _audit(request: web.Request, action: str, target: str, details: dict[str, Any]) -> None:

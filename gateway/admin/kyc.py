@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from core import errors as E
 from core import kyc
 from gateway.admin.customers import path_msisdn
-from gateway.api import ApiRoutes, HttpError, json_response
+from gateway.api import ApiRoutes, HttpError, json_response, whole_number
 from gateway.keys import CIPHER, PG_POOL, PRINCIPAL_KEY, SETTINGS
 
 routes = ApiRoutes(tag="customers")
@@ -51,9 +51,10 @@ class ReviewIn(BaseModel):
 
 def _doc_id(request: web.Request) -> int:
     raw = request.match_info["id"]
-    if not raw.isdigit() or len(raw) > 18:
+    doc_id = whole_number(raw)
+    if doc_id is None:
         raise E.NotFound(f"No KYC document {raw[:32]!r}")
-    return int(raw)
+    return doc_id
 
 
 async def _read_file(request: web.Request, max_bytes: int) -> bytes:

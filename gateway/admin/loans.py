@@ -25,7 +25,7 @@ from core.loans.lifecycle import APPLICATION_STATES
 from core.loans.products import MAX_PRINCIPAL_MINOR, Product
 from core.money import MAX_AMOUNT_MINOR
 from gateway.admin.money import TransferOut, transfer_response
-from gateway.api import ApiRoutes, json_response
+from gateway.api import ApiRoutes, json_response, whole_number
 from gateway.keys import LOANS, PG_POOL, PRINCIPAL_KEY, SETTINGS
 
 routes = ApiRoutes(tag="loans")
@@ -148,10 +148,10 @@ def product_json(product: Product) -> dict[str, Any]:
 
 
 def _path_id(request: web.Request, name: str, what: str) -> int:
-    raw = request.match_info[name]
-    if not raw.isascii() or not raw.isdigit() or not 0 < int(raw) <= MAX_ID:
+    value = whole_number(request.match_info[name])
+    if value is None or not 0 < value <= MAX_ID:
         raise NotFound(f"No such {what}", code=f"{what.upper().replace(' ', '_')}_NOT_FOUND")
-    return int(raw)
+    return value
 
 
 def _actor(request: web.Request) -> str:
@@ -230,10 +230,11 @@ def _page_query(query: Any) -> dict[str, Any]:
         ("limit", 1, PAGE_MAX, PAGE_DEFAULT),
     ):
         raw = query.get(name)
+        value = None if raw is None else whole_number(raw)
         if raw is None:
             out[name] = default
-        elif raw.isascii() and raw.isdigit() and low <= int(raw) <= high:
-            out[name] = int(raw)
+        elif value is not None and low <= value <= high:
+            out[name] = value
         else:
             problems.append({"field": name, "problem": _APPLICATION_QUERY[name]})
     if problems:

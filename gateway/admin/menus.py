@@ -21,7 +21,7 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
 from core.errors import Conflict, MenuInvalid, NotFound, ValidationFailed
-from gateway.api import ApiRoutes, json_response
+from gateway.api import ApiRoutes, json_response, whole_number
 from gateway.keys import CIPHER, MENU_BINDINGS, MENU_REGISTRY, PG_POOL, PRINCIPAL_KEY, SETTINGS
 from menus import store
 from menus.simulate import SIMULATED_MSISDN, Simulator
@@ -137,10 +137,10 @@ def _out(row: store.MenuRow, *, draft: bool = False, problems: list[str] | None 
 
 
 def _menu_id(request: web.Request) -> int:
-    raw = request.match_info["id"]
-    if not raw.isdigit() or len(raw) > 18:
+    menu_id = whole_number(request.match_info["id"])
+    if menu_id is None:
         raise NotFound("No such menu", code="MENU_NOT_FOUND")
-    return int(raw)
+    return menu_id
 
 
 def _actor(request: web.Request) -> str:
@@ -204,17 +204,17 @@ async def get_menu(request: web.Request) -> web.StreamResponse:
     summary="A published version's document",
 )
 async def get_version(request: web.Request) -> web.StreamResponse:
-    raw = request.match_info["version"]
-    if not raw.isdigit() or len(raw) > 9:
+    version = whole_number(request.match_info["version"], max_digits=9)  # int4
+    if version is None:
         raise NotFound("No such version", code="VERSION_NOT_FOUND")
     async with request.app[PG_POOL].acquire(timeout=DB_ACQUIRE_TIMEOUT_S) as conn:
         row = await store.get_menu(conn, _menu_id(request))
-        document = await store.version_document(conn, row.name, int(raw))
+        document = await store.version_document(conn, row.name, version)
     return json_response(
         DocumentOut(
             name=row.name,
-            version=int(raw),
-            current=row.current_version == int(raw),
+            version=version,
+            current=row.current_version == version,
             document=document,
         ).model_dump()
     )

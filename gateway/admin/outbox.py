@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict
 
 from core import outbox
 from core.errors import NotFound, ValidationFailed
-from gateway.api import ApiRoutes, json_response
+from gateway.api import ApiRoutes, json_response, whole_number
 from gateway.keys import DISPATCHER, PG_POOL, PRINCIPAL_KEY
 
 routes = ApiRoutes(tag="outbox")
@@ -52,9 +52,10 @@ def _int_query(request: web.Request, name: str, default: int | None) -> int | No
     raw = request.query.get(name)
     if raw is None or raw == "":
         return default
-    if not raw.isdigit() or len(raw) > 18:
+    value = whole_number(raw)
+    if value is None:
         raise ValidationFailed(f"{name} is a positive whole number", field=name)
-    return int(raw)
+    return value
 
 
 @routes.get(
@@ -94,10 +95,11 @@ async def list_dead_letters(request: web.Request) -> web.StreamResponse:
 )
 async def replay_dead_letter(request: web.Request) -> web.StreamResponse:
     raw = request.match_info["id"]
-    if not raw.isdigit() or len(raw) > 18:
+    message_id = whole_number(raw)
+    if message_id is None:
         raise NotFound(f"No outbox message {raw[:32]!r}")
     message = await outbox.replay_dead_letter(
-        request.app[PG_POOL], int(raw), actor=request[PRINCIPAL_KEY].username
+        request.app[PG_POOL], message_id, actor=request[PRINCIPAL_KEY].username
     )
     _wake(request)
     return json_response(message.as_json())

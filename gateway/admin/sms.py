@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from channels.sms import address
 from core.errors import NotFound, ValidationFailed
 from core.sms_messages import MAX_PAGE, get_message, search_messages
-from gateway.api import ApiRoutes, json_response, validate
+from gateway.api import ApiRoutes, json_response, validate, whole_number
 from gateway.keys import PG_POOL, SETTINGS, SMS_CHANNEL
 
 routes = ApiRoutes(tag="sms")
@@ -166,13 +166,13 @@ async def list_messages(request: web.Request) -> web.StreamResponse:
     summary="One SMS message with the SMSC ids and receipts of its parts",
 )
 async def show_message(request: web.Request) -> web.StreamResponse:
-    raw = request.match_info["message_id"]
-    if not raw.isdigit() or not 1 <= int(raw) <= MAX_ID:
+    message_id = whole_number(request.match_info["message_id"])
+    if message_id is None or message_id < 1:
         raise ValidationFailed(
             "The request is not valid",
             errors=[{"field": "message_id", "problem": "must be a positive integer"}],
         )
-    row = await get_message(request.app[PG_POOL], int(raw))
+    row = await get_message(request.app[PG_POOL], message_id)
     if row is None:
         raise NotFound("No such message")
     return json_response(_message(row))

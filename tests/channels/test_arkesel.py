@@ -25,6 +25,11 @@ NEXT = {**FIRST, "newSession": False, "userData": "2"}
 
 PARSE = [
     ParseCase(
+        "a lone surrogate in userID (echoed back)",
+        {**NEXT, "userID": "\ud800"},
+        error="not valid Unicode",
+    ),
+    ParseCase(
         "first dial",
         FIRST,
         {

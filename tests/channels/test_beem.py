@@ -24,6 +24,16 @@ CONTINUE = {**INITIATE, "command": "continue", "payload": {"request_id": "2", "r
 
 PARSE = [
     ParseCase(
+        "a lone surrogate in operator (echoed back)",
+        {**CONTINUE, "operator": "\ud800"},
+        error="not valid Unicode",
+    ),
+    ParseCase(
+        "a lone surrogate in request_id",
+        {**CONTINUE, "payload": {"request_id": "\udc00", "response": "1"}},
+        error="not valid Unicode",
+    ),
+    ParseCase(
         "initiate",
         INITIATE,
         {

@@ -25,6 +25,9 @@ RESPONSE = {**INITIATION, "Type": "Response", "Message": "1"}
 
 PARSE = [
     ParseCase(
+        "a lone surrogate in Message", {**RESPONSE, "Message": "\ud800"}, error="not valid Unicode"
+    ),
+    ParseCase(
         "initiation",
         INITIATION,
         {"kind": "start", "service_code": "*384#", "msisdn": "+233244000111"},

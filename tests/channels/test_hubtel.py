@@ -28,6 +28,9 @@ RESPONSE = {**INITIATION, "Type": "Response", "Message": "2", "Sequence": 2}
 
 PARSE = [
     ParseCase(
+        "a lone surrogate in Message", {**RESPONSE, "Message": "\ud800"}, error="not valid Unicode"
+    ),
+    ParseCase(
         "initiation",
         INITIATION,
         {
@@ -71,6 +74,16 @@ PARSE = [
     ParseCase(
         "a Sequence that is no number",
         {**RESPONSE, "Sequence": "abc"},
+        error="Sequence must be a number",
+    ),
+    ParseCase(
+        "a Sequence of a superscript digit",
+        {**RESPONSE, "Sequence": "\u00b2"},
+        error="Sequence must be a number",
+    ),
+    ParseCase(
+        "a Sequence of Arabic-Indic digits",
+        {**RESPONSE, "Sequence": "\u0663"},
         error="Sequence must be a number",
     ),
     ParseCase("not JSON", "Type=Initiation", error="not valid JSON"),

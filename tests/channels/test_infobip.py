@@ -28,6 +28,12 @@ END = {"reason": "ok", "exitCode": 0}
 
 PARSE = [
     ParseCase(
+        "a lone surrogate in text",
+        {**RESPONSE, "text": "1\ud800"},
+        error="not valid Unicode",
+        path="/session/123/response",
+    ),
+    ParseCase(
         "start",
         START,
         {

@@ -25,6 +25,12 @@ NEXT = {**FIRST, "USERDATA": "1", "MSGTYPE": False}
 
 PARSE = [
     ParseCase(
+        "a lone surrogate in USERID (echoed back)",
+        {**NEXT, "USERID": "\ud800"},
+        error="not valid Unicode",
+    ),
+    ParseCase("a lone surrogate in USERDATA", {**NEXT, "USERDATA": "\udfff"}, error="Unicode"),
+    ParseCase(
         "first dial",
         FIRST,
         {
