@@ -43,3 +43,19 @@ async def test_audit_log_is_append_only(pg_pool: asyncpg.Pool) -> None:
         pass
     else:
         raise AssertionError("audit_log accepted a DELETE")
+
+
+async def test_queue_tables_are_vacuumed_after_a_fixed_number_of_changes(
+    pg_pool: asyncpg.Pool,
+) -> None:
+    rows = await pg_pool.fetch(
+        "SELECT relname, reloptions FROM pg_class "
+        "WHERE relname = ANY($1::text[]) AND relkind = 'r'",
+        ["sms_messages", "sms_mt_parts", "sms_mo_seen", "outbox"],
+    )
+    options = {r["relname"]: set(r["reloptions"] or ()) for r in rows}
+    assert set(options) == {"sms_messages", "sms_mt_parts", "sms_mo_seen", "outbox"}
+    for table, opts in options.items():
+        assert {"autovacuum_vacuum_scale_factor=0", "autovacuum_analyze_scale_factor=0"} <= opts
+        (threshold,) = [o for o in opts if o.startswith("autovacuum_vacuum_threshold=")]
+        assert 1_000 <= int(threshold.split("=")[1]) <= 10_000, table
