@@ -253,19 +253,24 @@ async def test_osmand_form_that_is_not_utf8_is_malformed(
     await assert_error(resp, 400, "MALFORMED_FIX")
 
 
+def beem_start(request_id: str) -> dict[str, Any]:
+    """A Beem session's first hop (dialling *384#) from a number of its own."""
+    return {
+        "session_id": f"hostile-{secrets.token_hex(4)}",
+        "msisdn": "255712000" + str(secrets.randbelow(900) + 100),
+        "operator": "vodacom",
+        "command": "initiate",
+        "payload": {"request_id": request_id, "response": "*384#"},
+    }
+
+
 async def test_ussd_callback_with_a_lone_surrogate_is_400_and_moves_nothing(
     app_client: TestClient,
 ) -> None:
     """A lone surrogate in a field the reply echoes (Beem's operator) used to run the step and
     then fail to render (503 after the session had moved); in the input it ended the session as
     "temporarily unavailable". Now the parser refuses it, and the same hop sent properly runs."""
-    start = {
-        "session_id": f"hostile-{secrets.token_hex(4)}",
-        "msisdn": "255712000" + str(secrets.randbelow(900) + 100),
-        "operator": "vodacom",
-        "command": "initiate",
-        "payload": {"request_id": "1", "response": "*384#"},
-    }
+    start = beem_start("1")
     resp = await app_client.post("/ussd/beem", data=dumps(start), headers=JSON)
     assert resp.status == 200 and "Register" in (await resp.json())["payload"]["request"]
     step = {**start, "command": "continue", "payload": {"request_id": "2", "response": "1"}}
@@ -346,13 +351,7 @@ async def test_ussd_hop_ids_that_are_not_ascii_numbers_run_the_step(
     """Beem's request_id is the hop. The stale-hop check compared hops with int() whenever
     str.isdigit() said yes: "²" raised ValueError inside the step, and the caller was told
     "temporarily unavailable". Such a hop is not a number: it is a new hop, and it runs."""
-    start = {
-        "session_id": f"hostile-hop-{secrets.token_hex(4)}",
-        "msisdn": "255712000" + str(secrets.randbelow(900) + 100),
-        "operator": "vodacom",
-        "command": "initiate",
-        "payload": {"request_id": "7", "response": "*384#"},
-    }
+    start = beem_start("7")
     resp = await app_client.post("/ussd/beem", data=dumps(start), headers=JSON)
     assert resp.status == 200
     step = {**start, "command": "continue", "payload": {"request_id": hop, "response": "1"}}
