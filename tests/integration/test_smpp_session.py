@@ -93,6 +93,22 @@ async def test_throttled_submit_slows_the_bind(peer: SmscPeer) -> None:
         await session.stop()
 
 
+async def test_message_queue_full_slows_the_bind_like_throttling(peer: SmscPeer) -> None:
+    """ESME_RMSGQFUL (0x14): the SMSC's queue for this bind is full. Like ESME_RTHROTTLED it
+    is temporary and halves the bind's rate, never a failed message."""
+    await peer.configure(reject_dest="254799999914", reject_status=0x14)
+    session = await started(SmppSession(bind_for(peer.port, tps=100), name="qf", tuning=FAST))
+    try:
+        with pytest.raises(Throttled) as info:
+            await session.submit(**{**SUBMIT, "destination_addr": "254799999914"})
+        assert info.value.status == 0x14
+        assert session.pacer.rate == 50
+        assert session.status().throttled == 1
+        await session.submit(**SUBMIT)  # the bind still sends
+    finally:
+        await session.stop()
+
+
 async def test_permanent_rejection_carries_the_status(peer: SmscPeer) -> None:
     await peer.configure(reject_dest="254799999999", reject_status=0x0B)
     session = await started(SmppSession(bind_for(peer.port), name="rj", tuning=FAST))
