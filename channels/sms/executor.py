@@ -191,7 +191,7 @@ class SmsBanking:
         if command is None:
             return "incomplete"
         if isinstance(command, C.Help):
-            return "help"
+            return "help" if customer is not None else "help_unregistered"
         if isinstance(command, C.Register):
             return "already_registered" if customer is not None else ""
         if isinstance(command, C.Stop) and customer is None:

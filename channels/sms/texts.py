@@ -31,6 +31,15 @@ _TEXTS: dict[str, dict[str, str]] = {
         "fr": "Solde: BAL pin; Envoi: SEND tel montant pin; MINI pin; PIN ancien nouveau; "
         "LANG en/sw/fr; LOAN [produit] montant pin; LOAN STATUS pin; REPAY montant pin",
     },
+    # HELP from a number with no wallet: what it can do now (open one, pick a language).
+    "help_unregistered": {
+        "en": "Open a wallet: REG first last id pin, or just REG to be asked step by step. "
+        "LANG en/sw/fr sets your language. Then HELP lists BAL, SEND, LOAN and more.",
+        "sw": "Fungua pochi: REG jina1 jina2 kitambulisho pin, au REG pekee uulizwe hatua kwa "
+        "hatua. LANG en/sw/fr kwa lugha. Kisha HELP itaonyesha BAL, SEND, LOAN na zaidi.",
+        "fr": "Ouvrir un portefeuille: REG prénom nom id pin, ou REG seul, étape par étape. "
+        "LANG en/sw/fr choisit la langue. Ensuite HELP liste BAL, SEND, LOAN, etc.",
+    },
     "not_registered": {
         "en": "You are not registered. Send REG <first name> <last name> <ID number> <PIN> "
         "to open a wallet, or just REG to be asked step by step.",

@@ -230,6 +230,18 @@ def test_help_in_every_language_names_the_loan_product_form_in_one_gsm7_sms(
     assert (message.encoding, len(message.parts)) == ("gsm7", 1), written
 
 
+@pytest.mark.parametrize("language", LANGUAGES)
+def test_help_for_a_number_without_a_wallet_names_reg_in_one_gsm7_sms(language: str) -> None:
+    """HELP from an unregistered number: the two ways to open a wallet and LANG, which is all
+    such a number can use (the full list has no room for REG in Kiswahili and French)."""
+    written = catalogue_text("help_unregistered", language)
+    for word in ("REG ", " pin", "REG ", "LANG en/sw/fr", "HELP"):
+        assert word in written, (word, written)
+    assert written.count("REG") == 2, written  # the one-shot form and the step-by-step one
+    message = split_text(written, ref=0)
+    assert (message.encoding, len(message.parts)) == ("gsm7", 1), written
+
+
 def test_help_and_hints_fit_one_sms() -> None:
     texts = [HELP_TEXT] + [r.hint for r in map(parse, [c[1] for c in MALFORMED + UNKNOWN])]
     for text in texts:

@@ -118,7 +118,7 @@ async def test_grammar_cases(env: SmsEnv, template: str, expected: str) -> None:
         ("BAL 4821", "You are not registered. Send REG"),
         ("SEND 0712345678 100 4821", "You are not registered."),
         ("LOAN STATUS 4821", "You are not registered."),
-        ("HELP", "BAL pin; SEND phone amount pin;"),
+        ("HELP", "Open a wallet: REG first last id pin, or just REG"),
         ("BAL", "Wrong number of words."),
     ],
 )

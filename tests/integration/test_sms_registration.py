@@ -332,7 +332,7 @@ async def test_the_dialog_expires(env: SmsEnv, short_ttl: Registrations) -> None
 async def test_other_commands_are_answered_and_the_dialog_waits(env: SmsEnv) -> None:
     me = new_msisdn()
     replies = await walk(env, me, "REG", "HELP", f"BAL {PIN}", "what?", "YES ABCDE")
-    assert replies[1].startswith("BAL pin; SEND phone amount pin;")
+    assert replies[1].startswith("Open a wallet: REG first last id pin")  # no wallet yet
     assert replies[2].startswith("You are not registered.")
     assert (
         replies[3] == "Please send two names, letters only, e.g. Amina Otieno. Send STOP to cancel."
@@ -492,7 +492,7 @@ async def test_the_retry_in_the_dialogs_language(env: SmsEnv) -> None:
         "Pochi yako bado inafunguliwa. Usipopata SMS ya karibu, tuma PIN <PIN> kumaliza, "
         "REG kuanza upya au STOP kusitisha."
     )
-    assert replies[1].startswith("Salio: BAL pin; Tuma: SEND simu kiasi pin;")  # HELP is HELP
+    assert replies[1].startswith("Fungua pochi: REG jina1")  # HELP is HELP (no wallet yet)
     assert replies[2].startswith("Votre portefeuille est en cours d'ouverture.")
     # `YES <PIN>` works as well (the failed confirmation was `PIN <PIN>`).
     assert (await env.ask(me, f"yes {PIN}")).startswith("Bienvenue Juma ! Votre portefeuille")
@@ -577,7 +577,8 @@ async def test_hints_follow_the_dialogs_language(env: SmsEnv) -> None:
     replies = await walk(env, me, "REG", "LANG sw", "BAL 12", f"BAL {PIN}", "HELP", "SEND x")
     assert replies[2] == "PIN iwe tarakimu 4. Tumia: BAL <PIN>. Tuma HELP kuona amri zote."
     assert replies[3].startswith("Hujasajiliwa. Tuma REG")
-    assert replies[4].startswith("Salio: BAL pin;")
+    # HELP from a number with no wallet: how to open one, in the dialog's language.
+    assert replies[4].startswith("Fungua pochi: REG jina1 jina2 kitambulisho pin")
     assert replies[5].startswith("Idadi ya maneno si sahihi. Tumia: SEND <simu>")
     dialog = await regs(env).load(me)
     assert dialog is not None and dialog.state == "name" and dialog.wrong == 0
