@@ -296,6 +296,9 @@ class MemoryStore:
     async def purge(self) -> None:
         return None
 
+    async def drain(self) -> None:
+        return None
+
 
 # --- product: the SMS channel -------------------------------------------------------------------
 

@@ -5,11 +5,16 @@ item starts a flush at once (no added latency when the load is light); items tha
 every flush slot is busy wait and go together in the next one. Under load, batches grow with
 the number of concurrent callers, so per-item cost (round trips, commits, statement overhead on
 both sides) falls as load rises. A failed flush fails every item in it with the same exception.
+
+`linger_s` trades latency for bigger batches where latency does not matter: a flush then waits
+that long for company before it takes its batch (at once when `max_batch` items are waiting).
+`drain()` waits for what was submitted to be flushed (at a stop, before the pool goes).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic, TypeVar
 
@@ -26,25 +31,46 @@ class Batcher(Generic[T, R]):
         *,
         max_batch: int = MAX_BATCH,
         concurrency: int = 2,
+        linger_s: float = 0.0,
     ) -> None:
         self._flush = flush
         self._max = max_batch
         self._concurrency = concurrency
+        self._linger_s = linger_s
         self._waiting: list[tuple[T, asyncio.Future[R]]] = []
         self._flushing: set[asyncio.Task[None]] = set()
+        self._full = asyncio.Event()  # a lingering flush has a whole batch: go now
 
     async def submit(self, item: T) -> R:
         fut: asyncio.Future[R] = asyncio.get_running_loop().create_future()
         self._waiting.append((item, fut))
         if len(self._flushing) < self._concurrency:
             self._start()
+        elif len(self._waiting) >= self._max:
+            self._full.set()
         return await fut
 
+    async def drain(self) -> None:
+        """Until every item submitted so far has been flushed (or failed)."""
+        while self._flushing:
+            await asyncio.gather(*self._flushing, return_exceptions=True)
+
     def _start(self) -> None:
-        batch, self._waiting = self._waiting[: self._max], self._waiting[self._max :]
-        task = asyncio.create_task(self._run(batch))
+        if self._linger_s > 0:
+            task = asyncio.create_task(self._linger())
+        else:
+            batch, self._waiting = self._waiting[: self._max], self._waiting[self._max :]
+            task = asyncio.create_task(self._run(batch))
         self._flushing.add(task)
         task.add_done_callback(self._done)
+
+    async def _linger(self) -> None:
+        if len(self._waiting) < self._max:
+            self._full.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._full.wait(), self._linger_s)
+        batch, self._waiting = self._waiting[: self._max], self._waiting[self._max :]
+        await self._run(batch)
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self._flushing.discard(task)

@@ -200,6 +200,9 @@ class SmsChannel:
             await asyncio.wait(set(self._extending), timeout=STOP_TIMEOUT_S)
         await stop_tasks(self._tasks, "sms workers")
         self._tasks = []
+        # Outcome writes a stopped worker left in the store's batch (replies on record, MOs
+        # marked processed) go out before the pool can close.
+        await self.store.drain()
 
     def bind_statuses(self) -> list[BindStatus]:
         return [s.status() for s in self.sessions]

@@ -95,6 +95,32 @@ async def test_batcher_cancelled_caller_does_not_break_others() -> None:
         await second
 
 
+async def test_batcher_linger_gathers_company_and_drain_waits_for_it() -> None:
+    """With a linger, a flush waits for company before taking its batch: items submitted
+    during the wait share it, a whole batch goes at once, and drain() returns once what was
+    submitted is flushed."""
+    sizes: list[int] = []
+
+    async def flush(items: list[int]) -> list[int]:
+        sizes.append(len(items))
+        return items
+
+    full = Batcher(flush, concurrency=1, linger_s=60.0, max_batch=3)  # type: ignore[arg-type]
+    async with asyncio.timeout(5):  # a whole batch does not wait out the linger
+        assert await asyncio.gather(*(full.submit(i) for i in range(3))) == [0, 1, 2]
+    assert sizes == [3]
+
+    batcher: Batcher[int, int] = Batcher(flush, concurrency=1, linger_s=0.3)  # type: ignore[arg-type]
+    first = asyncio.create_task(batcher.submit(1))
+    await asyncio.sleep(0)  # its flush is lingering now
+    later = [asyncio.create_task(batcher.submit(i)) for i in range(2, 5)]
+    first.cancel()  # a caller that gives up: the others' flush still goes
+    async with asyncio.timeout(5):
+        await batcher.drain()
+    assert sizes == [3, 4]  # one flush for the four
+    assert [t.result() for t in later] == [2, 3, 4]
+
+
 @pytest.mark.parametrize(
     ("raw", "ton", "expected"),
     [
