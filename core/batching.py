@@ -74,6 +74,8 @@ class Batcher(Generic[T, R]):
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self._flushing.discard(task)
+        if task.cancelled():
+            return  # the loop is going away: start nothing it would leave pending
         if self._waiting and len(self._flushing) < self._concurrency:
             self._start()
 
