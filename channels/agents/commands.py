@@ -30,6 +30,8 @@ def decode_command(payload: bytes) -> dict[str, Any]:
         data = json.loads(payload, parse_constant=_reject_constant)
     except (ValueError, UnicodeDecodeError):
         raise CommandInvalid(None, "MALFORMED_COMMAND", "The command is not valid JSON") from None
+    except RecursionError:  # json recurses once per level of nesting
+        raise CommandInvalid(None, "MALFORMED_COMMAND", "The command nests too deeply") from None
     if not isinstance(data, dict):
         raise CommandInvalid(None, "MALFORMED_COMMAND", "The command must be a JSON object")
     return data

@@ -46,6 +46,8 @@ def load_json_object(payload: bytes | str) -> dict[str, Any]:
         data = json.loads(payload, parse_constant=_reject_constant)
     except (ValueError, UnicodeDecodeError):
         raise malformed("The payload is not valid JSON") from None
+    except RecursionError:  # 4 KB of `[` is enough: json recurses once per level
+        raise malformed("The payload nests too deeply") from None
     if not isinstance(data, dict):
         raise malformed("The payload must be a JSON object")
     return data

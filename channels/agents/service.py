@@ -154,6 +154,12 @@ class AgentChannel:
             self.stats[f"rejected:{exc.error_code}"] += 1
             log.info("fix rejected", extra={"agent": code, "reason": exc.error_code})
             return None
+        except Exception:
+            # A parser bug must cost this message only: raised out of here it dropped the
+            # whole batch, every other agent's fixes with it.
+            self.stats["rejected:UNREADABLE"] += 1
+            log.exception("fix unreadable", extra={"agent": code, "topic": message.topic})
+            return None
         if item is None:
             self.stats["ignored"] += 1
         return item
