@@ -23,6 +23,8 @@ def _parse(path: Path, text: str) -> tuple[Any, list[str]]:
         where = f"line {mark.line + 1}: " if mark is not None else ""
         problem = getattr(exc, "problem", None) or "syntax error"
         return None, [f"not valid YAML ({where}{problem})"]
+    except RecursionError:  # both parsers recurse once per level of nesting
+        return None, ["nested too deeply to be a menu document"]
 
 
 def load_file(path: Path) -> tuple[Any, list[str]]:

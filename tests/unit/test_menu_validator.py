@@ -263,6 +263,9 @@ def test_too_many_pages() -> None:
         ("name: [unclosed", ".yaml", "not valid YAML (line 1"),
         ("{", ".json", "not valid JSON (line 1"),
         (b"\xff\xfe", ".yaml", "not UTF-8 text"),
+        # Both parsers recurse once per level: this was a RecursionError traceback.
+        ("a: " + "[" * 5000 + "]" * 5000, ".yaml", "nested too deeply"),
+        ("[" * 5000 + "]" * 5000, ".json", "nested too deeply"),
     ],
 )
 def test_unreadable_files(tmp_path: Path, content: str | bytes, suffix: str, problem: str) -> None:
