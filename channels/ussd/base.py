@@ -98,6 +98,8 @@ def json_body(raw: Raw) -> dict[str, Any]:
         data = json.loads(raw.body)
     except (ValueError, UnicodeDecodeError):
         raise bad("The body is not valid JSON") from None
+    except RecursionError:  # json recurses once per level of nesting
+        raise bad("The body is not valid JSON (nested too deeply)") from None
     if not isinstance(data, dict):
         raise bad("The body must be a JSON object")
     return data

@@ -87,6 +87,7 @@ PARSE = [
         error="Sequence must be a number",
     ),
     ParseCase("not JSON", "Type=Initiation", error="not valid JSON"),
+    ParseCase("JSON nested 100,000 deep", "[" * 100_000, error="nested too deeply"),
     ParseCase("a JSON array", [INITIATION], error="must be a JSON object"),
     ParseCase(
         "a form content type",

@@ -58,6 +58,7 @@ PARSE = [
         error="USERDATA is not a USSD code",
     ),
     ParseCase("not JSON", "{", error="not valid JSON"),
+    ParseCase("JSON nested 100,000 deep", "[" * 100_000, error="nested too deeply"),
 ]
 
 RENDER = [
