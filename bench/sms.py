@@ -22,6 +22,9 @@ Figures:
   PostgreSQL store costs). Floors, ceiling and product are interleaved, three times each;
   each repeat's ratio is taken against its own floor, and every figure is printed as the
   median with its range and the individual runs (the machine is shared: load varies).
+
+Before each product run the SMS tables are vacuumed, as autovacuum would between bursts (see
+`vacuum`): on a server with autovacuum off every repeat would pay for the runs before it.
 """
 
 from __future__ import annotations
