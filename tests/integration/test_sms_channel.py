@@ -548,6 +548,36 @@ async def test_handler_retry_then_success(
     assert record["body_enc"] is None and record["attempts"] == 3
 
 
+async def test_a_stop_writes_the_outcome_a_worker_left_in_the_store(
+    make_channel: ChannelFactory,
+    peer: SmscPeer,
+    pg_pool: asyncpg.Pool,
+    store: SmsMessageStore,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The outcome write (the MO's `processed` mark) waits in the store's batch; a stop that
+    cancels the worker meanwhile still sees it written before it returns (the pool may close
+    right after)."""
+    writing = asyncio.Event()
+    original = store._write_outcomes
+
+    async def slow_outcomes(items: Any) -> Any:
+        writing.set()
+        await asyncio.sleep(0.3)  # a database taking its time
+        return await original(items)
+
+    monkeypatch.setattr(store._write_batch, "_flush", slow_outcomes)
+    recorder = Recorder()
+    channel = await make_channel(recorder)
+    msisdn = new_msisdn()
+    await peer.mo(source=msisdn, text="BAL 1234")
+    async with asyncio.timeout(10):
+        await writing.wait()
+    await channel.stop()
+    (record,) = await mo_rows(pg_pool, msisdn)
+    assert record["status"] == "processed"
+
+
 async def test_handler_bug_marks_the_mo_failed(
     make_channel: ChannelFactory, peer: SmscPeer, pg_pool: asyncpg.Pool
 ) -> None:
