@@ -94,6 +94,10 @@ async def call(db: Db, sql: str, *args: Any, timeout_s: float = CALL_TIMEOUT_S) 
         except (
             asyncpg.PostgresConnectionError,
             asyncpg.InterfaceError,
+            # The connection died between two protocol steps ("cannot switch to state 12;
+            # another operation is in progress"): as lost as any other (seen when a backend
+            # is terminated mid-call).
+            asyncpg.InternalClientError,
             asyncpg.QueryCanceledError,
             asyncpg.CannotConnectNowError,
             asyncpg.AdminShutdownError,

@@ -60,6 +60,7 @@ LATE_RESULT_MAX_CHARS = 4000  # the outbox's body limit
 _DOWN = (
     asyncpg.PostgresConnectionError,
     asyncpg.InterfaceError,
+    asyncpg.InternalClientError,  # the connection died between two protocol steps
     asyncpg.CannotConnectNowError,
     asyncpg.TooManyConnectionsError,
     OSError,

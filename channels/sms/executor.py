@@ -61,6 +61,7 @@ MINI_LINES = 5  # a mini statement by SMS: the latest lines that fit in about tw
 _DOWN = (
     asyncpg.PostgresConnectionError,
     asyncpg.InterfaceError,
+    asyncpg.InternalClientError,  # the connection died between two protocol steps
     asyncpg.CannotConnectNowError,
     asyncpg.TooManyConnectionsError,
     OSError,
