@@ -13,6 +13,7 @@ import asyncpg
 
 from core import errors as E
 from core.crypto import FieldCipher
+from core.pg import call
 from core.transfers import balance, send_money
 from gateway import db as dbmod
 from tests.integration.core.conftest import make_customer, new_key
@@ -172,8 +173,6 @@ async def test_a_connection_that_dies_between_protocol_steps_is_unavailable() ->
             raise asyncpg.InternalClientError(
                 "cannot switch to state 12; another operation (2) is in progress"
             )
-
-    from core.pg import call
 
     try:
         await call(DiesMidProtocol(), "SELECT 1")
