@@ -140,6 +140,12 @@ class StepLog:
                     timeout=WRITE_TIMEOUT_S,
                 )
             self.written += len(batch)
-        except (OSError, asyncpg.PostgresError, TimeoutError, asyncpg.InterfaceError):
+        except (
+            OSError,
+            asyncpg.PostgresError,
+            TimeoutError,
+            asyncpg.InterfaceError,
+            asyncpg.InternalClientError,
+        ):
             self.dropped += len(batch)
             log.warning("analytics batch dropped", extra={"rows": len(batch)})

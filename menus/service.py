@@ -41,7 +41,14 @@ MAX_ATTEMPTS = 3  # a conflicting write is retried this often before "still proc
 BUSY_POLL_S = 0.1  # how often a duplicate hop checks whether the first one finished
 RENDER_MARGIN_S = 0.3  # kept back from the deadline to store and answer
 STALE_CLAIM_GRACE_S = 30.0  # a claim older than the deadline plus this died with its process
-FAILURES = (RedisError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError)
+FAILURES = (
+    RedisError,
+    OSError,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,  # a connection killed between two protocol steps
+    TimeoutError,
+)
 
 Observer = Callable[[str, str, float], None]
 
