@@ -15,25 +15,14 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from channels.agents.fixes import MAX_PAYLOAD_BYTES
+from channels.agents.fixes import json_object_problem
 from menus.agent_commands import CommandInvalid
 
 
-def _reject_constant(name: str) -> Any:
-    raise ValueError(name)
-
-
 def decode_command(payload: bytes) -> dict[str, Any]:
-    if len(payload) > MAX_PAYLOAD_BYTES:
-        raise CommandInvalid(None, "MALFORMED_COMMAND", "The command is too large")
-    try:
-        data = json.loads(payload, parse_constant=_reject_constant)
-    except (ValueError, UnicodeDecodeError):
-        raise CommandInvalid(None, "MALFORMED_COMMAND", "The command is not valid JSON") from None
-    except RecursionError:  # json recurses once per level of nesting
-        raise CommandInvalid(None, "MALFORMED_COMMAND", "The command nests too deeply") from None
-    if not isinstance(data, dict):
-        raise CommandInvalid(None, "MALFORMED_COMMAND", "The command must be a JSON object")
+    data, problem = json_object_problem(payload, "command")
+    if data is None:
+        raise CommandInvalid(None, "MALFORMED_COMMAND", problem)
     return data
 
 

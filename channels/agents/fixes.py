@@ -38,18 +38,28 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a number JSON allows")
 
 
-def load_json_object(payload: bytes | str) -> dict[str, Any]:
-    """A JSON object from a payload of bounded size (NaN and Infinity refused)."""
+def json_object_problem(payload: bytes | str, what: str) -> tuple[dict[str, Any] | None, str]:
+    """(the JSON object in a device payload of bounded size, "") or (None, what is wrong with
+    it, naming it `what`): NaN and Infinity refused, and nesting deep enough to exhaust json's
+    recursion (4 KB of `[`) a problem, not a RecursionError."""
     if len(payload) > MAX_PAYLOAD_BYTES:
-        raise malformed(f"The payload is larger than {MAX_PAYLOAD_BYTES} bytes")
+        return None, f"The {what} is larger than {MAX_PAYLOAD_BYTES} bytes"
     try:
         data = json.loads(payload, parse_constant=_reject_constant)
     except (ValueError, UnicodeDecodeError):
-        raise malformed("The payload is not valid JSON") from None
-    except RecursionError:  # 4 KB of `[` is enough: json recurses once per level
-        raise malformed("The payload nests too deeply") from None
+        return None, f"The {what} is not valid JSON"
+    except RecursionError:  # json recurses once per level of nesting
+        return None, f"The {what} nests too deeply"
     if not isinstance(data, dict):
-        raise malformed("The payload must be a JSON object")
+        return None, f"The {what} must be a JSON object"
+    return data, ""
+
+
+def load_json_object(payload: bytes | str) -> dict[str, Any]:
+    """A location payload's JSON object; FixRejected (MALFORMED_FIX) saying what is wrong."""
+    data, problem = json_object_problem(payload, "payload")
+    if data is None:
+        raise malformed(problem)
     return data
 
 
