@@ -646,7 +646,6 @@ class SmppSender:
     message id or raises SendFailed (temporary -> retried, permanent -> dead letter)."""
 
     channel = "sms"
-    SENSITIVE_KINDS = SENSITIVE_KINDS
 
     def __init__(self, channel: SmsChannel) -> None:
         self._channel = channel
@@ -657,5 +656,5 @@ class SmppSender:
             message.recipient,
             message.body,
             ref=f"outbox:{message.id}",
-            sensitive=kind in self.SENSITIVE_KINDS,
+            sensitive=kind in SENSITIVE_KINDS,
         )
