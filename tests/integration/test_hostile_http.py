@@ -107,32 +107,39 @@ async def test_hostile_json_bodies_are_refused_and_change_nothing(
     assert await counts(app_client) == before
 
 
+UNSTORABLE = [
+    (
+        "a NUL in a menu document",
+        "/api/v1/menus",
+        dumps(menu("hostile-where", screens={"a": ["x", "y\x00"]})),
+        "document.screens.a.1",
+        "contains a NUL character",
+    ),
+    (
+        "-Infinity in a menu document",
+        "/api/v1/menus",
+        b'{"document": {"name": "x", "n": [1, -Infinity]}}',
+        "document.n.1",
+        "is -Infinity, not a finite number",
+    ),
+    (
+        "a lone surrogate in a fence name",
+        "/api/v1/geofences",
+        dumps(fence(name="\ud83d")),
+        "properties.name",
+        "contains an unpaired surrogate (not Unicode)",
+    ),
+]
+
+
+@pytest.mark.parametrize("case", UNSTORABLE, ids=[c[0] for c in UNSTORABLE])
 async def test_unstorable_values_are_refused_naming_the_field(
-    app_client: TestClient, admin: dict[str, str]
+    app_client: TestClient, admin: dict[str, str], case: tuple[str, str, Any, str, str]
 ) -> None:
-    resp = await app_client.post(
-        "/api/v1/menus", data=dumps(menu("hostile-where", screens={"a": ["x", "y\x00"]})),
-        headers={**admin, **JSON},
-    )  # fmt: skip
+    _, path, body, field, problem = case
+    resp = await app_client.post(path, data=body, headers={**admin, **JSON})
     body = await assert_error(resp, 422, "VALIDATION_ERROR")
-    assert body["details"]["errors"] == [
-        {"field": "document.screens.a.1", "problem": "contains a NUL character"}
-    ]
-    resp = await app_client.post(
-        "/api/v1/menus", data=b'{"document": {"name": "x", "n": [1, -Infinity]}}',
-        headers={**admin, **JSON},
-    )  # fmt: skip
-    body = await assert_error(resp, 422, "VALIDATION_ERROR")
-    assert body["details"]["errors"] == [
-        {"field": "document.n.1", "problem": "is -Infinity, not a finite number"}
-    ]
-    resp = await app_client.post(
-        "/api/v1/geofences", data=dumps(fence(name="\ud83d")), headers={**admin, **JSON}
-    )
-    body = await assert_error(resp, 422, "VALIDATION_ERROR")
-    assert body["details"]["errors"] == [
-        {"field": "properties.name", "problem": "contains an unpaired surrogate (not Unicode)"}
-    ]
+    assert body["details"]["errors"] == [{"field": field, "problem": problem}]
 
 
 async def test_every_json_route_refuses_a_depth_bomb_and_nan(
