@@ -214,12 +214,18 @@ class UssdService:
         ):
             return await self._busy(hop, s.inflight)
         last = s.last
-        if last is not None and (s.ended or req.kind == "start" or self._repeat(last, req)):
-            trace.outcome = "replay"
-            return Reply(str(last["text"]), bool(last["end"]))
         if s.ended:
+            if last is not None and last.get("end"):
+                # Our own END screen, asked for again (a provider retry): the same answer.
+                trace.outcome = "replay"
+                return Reply(str(last["text"]), True)
+            # Closed by the provider's end notice while a menu was showing: that menu can no
+            # longer be answered, so say the session is over rather than show it again.
             trace.outcome = "expired"
             return self._system("expired", s.language)
+        if last is not None and (req.kind == "start" or self._repeat(last, req)):
+            trace.outcome = "replay"
+            return Reply(str(last["text"]), bool(last["end"]))
         return None
 
     @staticmethod

@@ -240,9 +240,12 @@ async def test_end_of_session_notification(ussd: UssdEnv) -> None:
         },
     )
     assert resp.status == 200 and await resp.text() == "OK"
-    # The session is closed: a late hop gets the last answer, and runs nothing.
+    # The session is closed: a late hop is told so (not shown the PIN prompt again, which it
+    # could never answer), and runs nothing; a retry of it gets the same.
     before = ussd.calls["balance"]
-    assert await s.send(PIN) == "CON Enter your PIN:"
+    expired = "END Your session has expired. Please dial again."
+    assert await s.send(PIN) == expired
+    assert await s.post(s.form()) == expired
     assert ussd.calls["balance"] == before
 
 
