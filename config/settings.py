@@ -158,6 +158,10 @@ class Settings:
     sms_dialog_ttl_s: int = 300
     # Agent devices and geofences (issue 6).
     mqtt_share_group: str = "gateway"
+    # This instance's own MQTT client id: set, the broker keeps its session across a crash and
+    # messages are acknowledged after handling (channels/agents/mqtt.py); unset, clean sessions.
+    mqtt_client_id: str | None = None
+    mqtt_session_expiry_s: int = 3600
     agent_exit_confirm_fixes: int = 2
     agent_exit_confirm_s: int = 60
     agent_unknown_accuracy_m: int = 30
@@ -484,6 +488,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         sms_send_confirm=_bool(env, "SMS_SEND_CONFIRM", False),
         sms_dialog_ttl_s=_int(env, "SMS_DIALOG_TTL_S", 300, 30, 3600),
         mqtt_share_group=_share_group(env),
+        mqtt_client_id=_client_id(env),
+        mqtt_session_expiry_s=_int(env, "MQTT_SESSION_EXPIRY_S", 3600, 60, 7 * 86_400),
         agent_exit_confirm_fixes=_int(env, "AGENT_EXIT_CONFIRM_FIXES", 2, 1, 100),
         agent_exit_confirm_s=_int(env, "AGENT_EXIT_CONFIRM_S", 60, 0, 86_400),
         agent_unknown_accuracy_m=_int(env, "AGENT_UNKNOWN_ACCURACY_M", 30, 1, 10_000),
@@ -569,6 +575,15 @@ def _share_group(env: Mapping[str, str]) -> str:
     if not re.fullmatch(r"[A-Za-z0-9_-]{1,32}", group):
         raise SettingsError("MQTT_SHARE_GROUP: 1-32 letters, digits, _ or -")
     return group
+
+
+def _client_id(env: Mapping[str, str]) -> str | None:
+    value = env.get("MQTT_CLIENT_ID", "").strip()
+    if not value:
+        return None
+    if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", value):
+        raise SettingsError("MQTT_CLIENT_ID: 1-64 letters, digits, '.', _ or -")
+    return value
 
 
 _PROJECT_ID = re.compile(r"[a-z][a-z0-9.:-]{2,99}")

@@ -25,7 +25,7 @@ from redis.exceptions import RedisError
 
 from channels.agents import topics
 from channels.agents.fixes import FixLimits
-from channels.agents.mqtt import MqttService, PublishFailed
+from channels.agents.mqtt import MqttService, PublishFailed, Session
 from channels.agents.osmand import parse_osmand
 from channels.agents.owntracks_devices import OwnTracksDevices
 from channels.agents.service import AgentChannel
@@ -470,12 +470,17 @@ async def running(runtime: AgentRuntime) -> AsyncIterator[AgentRuntime]:
 @contextlib.asynccontextmanager
 async def connected(runtime: AgentRuntime, url: str) -> AsyncIterator[MqttService]:
     """The MQTT client feeding the channel, live for the context."""
-    group = runtime.settings.mqtt_share_group
+    settings = runtime.settings
+    group = settings.mqtt_share_group
+    session = None
+    if settings.mqtt_client_id is not None:
+        session = Session(settings.mqtt_client_id, settings.mqtt_session_expiry_s)
     service = MqttService(
         url,
         runtime.channel.handle,
         subscriptions=lambda mqtt5: topics.subscriptions(group if mqtt5 else None),
         client_id_prefix=f"gw-{group}",
+        session=session,
     )
     await service.start()
     runtime.channel.mqtt = runtime.mqtt = service

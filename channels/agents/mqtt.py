@@ -15,14 +15,25 @@ traffic); one that only speaks 3.1.1 (amqtt) gets plain subscriptions. paho reco
 exponential backoff (1 s to `RECONNECT_MAX_S`); every (re)connection subscribes again, since a
 restarted broker has forgotten its subscriptions.
 
-A stop loses nothing it took: paho acknowledges a QoS 1 message (PUBACK) when it takes it from
-the socket, so the broker will not send it again, and a message still in the inbox at the stop
-would be gone for good. The stop first unsubscribes (the broker then routes the topics to the
-share group's other instances; with none, what devices publish meanwhile reaches no one, as
-while the gateway is down) and waits for the UNSUBACK, which paho reads after every message the
-broker sent before it; then it disconnects and hands the handler everything the inbox holds
-before the drain ends (bounded by `STOP_TIMEOUT_S`; what a hung handler leaves is counted in a
-warning).
+A stop loses nothing it took. The stop first unsubscribes (the broker then routes the topics
+to the share group's other instances; with none, what devices publish meanwhile reaches no one,
+as while the gateway is down) and waits for the UNSUBACK, which paho reads after every message
+the broker sent before it; then it hands the handler everything the inbox holds (bounded by
+`STOP_TIMEOUT_S`; what a hung handler leaves is counted in a warning) and disconnects.
+
+A crash loses nothing either when the service has a `Session` (a client id of its own, fixed
+across restarts: `MQTT_CLIENT_ID`). By default paho acknowledges a QoS 1 message (PUBACK) when
+it reads it, and the session is clean, so what the inbox held when the process died is gone
+for good (a cash-in command the broker will never send again). With a `Session` the broker
+keeps the session while the process is away (`expiry_s`, MQTT 5; a 3.1.1 broker keeps it until
+the client comes back), and each message is acknowledged only after the handler has had it, in
+the order it came: a message taken and not yet handled is still the broker's, sent again when
+the client reconnects under the same id (at least once: the handlers are idempotent, a command
+by its id, a fix by its time). The price is the broker's in-flight limit per client
+(Mosquitto's `max_inflight_messages`, 20 by default): at most that many unacknowledged
+messages reach the inbox at once. An acknowledgement belongs to its connection: a message
+taken before a reconnect is not acknowledged on the new one (the broker sends it again with
+the session, and that copy is).
 
 `publish` queues and returns; `publish_acked` waits for the broker's PUBACK, so a caller that
 must know (a waypoint push, retried on the device's next sighting when it failed) learns that
@@ -48,6 +59,8 @@ from urllib.parse import unquote, urlsplit
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 log = logging.getLogger("gateway.mqtt")
@@ -73,6 +86,15 @@ class Message:
     topic: str
     payload: bytes
     retain: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Session:
+    """A broker session that outlives the process (see the module docstring). `client_id`
+    must be this instance's own: two clients with one id take the session from each other."""
+
+    client_id: str
+    expiry_s: int = 3600
 
 
 Handler = Callable[[list[Message]], Awaitable[None]]
@@ -152,15 +174,21 @@ class MqttService:
         subscriptions: Callable[[bool], Sequence[str]],
         client_id_prefix: str = "gateway",
         max_inflight: int = MAX_INFLIGHT,
+        session: Session | None = None,
     ) -> None:
         self.address = BrokerAddress.parse(url)
         self.handler = handler
         self._subscriptions = subscriptions
-        self.client_id = f"{client_id_prefix}-{uuid.uuid4().hex[:12]}"
+        self.session = session
+        self.client_id = (
+            session.client_id if session else f"{client_id_prefix}-{uuid.uuid4().hex[:12]}"
+        )
         self.mqtt5 = False
         self._client: paho.Client | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._inbox: collections.deque[Message] = collections.deque()
+        # (message, packet id to acknowledge after handling or 0, connection it came on)
+        self._inbox: collections.deque[tuple[Message, int, int]] = collections.deque()
+        self._connection = 0  # counts CONNACKs on paho's thread; read on the loop
         self._slots = threading.BoundedSemaphore(max_inflight)
         self._kick_pending = False
         self._wake = asyncio.Event()
@@ -175,18 +203,21 @@ class MqttService:
         self._acks: dict[int, asyncio.Future[int]] = {}
         self.connections = 0  # successful CONNACKs so far (reconnects show as > 1)
         self.received = 0
+        self.acked = 0  # acknowledged after handling (with a Session)
 
     # --- lifecycle ------------------------------------------------------------------------
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         self.mqtt5 = await speaks_mqtt5(self.address)
+        durable = self.session is not None
         client = paho.Client(
             CallbackAPIVersion.VERSION2,
             client_id=self.client_id,
             protocol=MQTTProtocolVersion.MQTTv5 if self.mqtt5 else MQTTProtocolVersion.MQTTv311,
-            clean_session=None if self.mqtt5 else True,
+            clean_session=None if self.mqtt5 else not durable,
             reconnect_on_failure=True,
+            manual_ack=durable,
         )
         if self.address.username is not None:
             client.username_pw_set(self.address.username, self.address.password)
@@ -200,11 +231,20 @@ class MqttService:
         client.on_subscribe = self._on_subscribe
         client.on_publish = self._on_publish
         client.on_unsubscribe = self._on_unsubscribe
-        # Clean sessions: a client id is new on every start, so a session the broker kept for
-        # it would only be a ghost in the share group, hoarding its turn of every agent's
-        # messages. The other instances of the group take the traffic while one reconnects.
+        # Without a Session, clean sessions: the client id is new on every start, so a session
+        # the broker kept for it would only be a ghost in the share group, hoarding its turn of
+        # every agent's messages. The other instances of the group take the traffic while one
+        # reconnects. With one, the same id comes back and takes its session up again.
+        properties = None
+        if self.session is not None and self.mqtt5:
+            properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+            properties.SessionExpiryInterval = self.session.expiry_s
         client.connect_async(
-            self.address.host, self.address.port, keepalive=KEEPALIVE_S, clean_start=True
+            self.address.host,
+            self.address.port,
+            keepalive=KEEPALIVE_S,
+            clean_start=not durable,
+            properties=properties,
         )
         self._client = client
         self._drain_task = asyncio.create_task(self._drain(), name="mqtt-drain")
@@ -244,6 +284,9 @@ class MqttService:
         if client is not None:
             if self.connected:
                 await self._unsubscribe(client, deadline)
+            # Handled while still connected, so that a Session's acknowledgements go out
+            # (queued before the DISCONNECT, they are sent ahead of it).
+            await self._finish_inbox(deadline)
             client.disconnect()
             # The drain keeps running meanwhile: paho's thread may be waiting in _on_message
             # for room in a full inbox, and only the drain makes room.
@@ -253,7 +296,8 @@ class MqttService:
                 self._stopping.set()  # a hung handler: _on_message gives up waiting for room
                 await joined
             self._client = None
-        await self._finish_inbox(deadline)
+        else:
+            await self._finish_inbox(deadline)
         self._stopping.set()
         if self._drain_task is not None:
             # The stop flag and a wake-up end the drain even when its cancellation is lost:
@@ -318,6 +362,7 @@ class MqttService:
         else:
             client.subscribe([(t, 1) for t in topics])
         self.connections += 1
+        self._connection += 1  # before any message of this connection reaches _on_message
         self._call_in_loop(self._connected.set)
         log.info("mqtt connected", extra={"subscriptions": topics, "connections": self.connections})
 
@@ -352,7 +397,10 @@ class MqttService:
         while not self._slots.acquire(timeout=INBOX_WAIT_S):
             if self._stopping.is_set():
                 return
-        self._inbox.append(Message(msg.topic, bytes(msg.payload), bool(msg.retain)))
+        mid = msg.mid if self.session is not None and msg.qos > 0 else 0
+        self._inbox.append(
+            (Message(msg.topic, bytes(msg.payload), bool(msg.retain)), mid, self._connection)
+        )
         if not self._kick_pending:
             self._kick_pending = True
             self._call_in_loop(self._kick)
@@ -373,7 +421,8 @@ class MqttService:
                 await asyncio.sleep(COALESCE_S)
             self._wake.clear()
             while self._inbox:
-                batch = [self._inbox.popleft() for _ in range(min(MAX_BATCH, len(self._inbox)))]
+                taken = [self._inbox.popleft() for _ in range(min(MAX_BATCH, len(self._inbox)))]
+                batch = [message for message, _, _ in taken]
                 self._handling = True
                 try:
                     await self.handler(batch)
@@ -382,9 +431,22 @@ class MqttService:
                 finally:
                     self._handling = False
                     self.received += len(batch)
+                    self._ack(taken)
                     for _ in batch:
                         self._slots.release()
             self._drained.set()
+
+    def _ack(self, taken: list[tuple[Message, int, int]]) -> None:
+        """A Session's acknowledgements, in arrival order, for what came on this connection.
+        A handler that failed is acknowledged too: sending it again would fail again."""
+        client = self._client
+        if client is None or self.session is None:
+            return
+        current = self._connection
+        for _, mid, connection in taken:
+            if mid and connection == current:
+                client.ack(mid, 1)
+                self.acked += 1
 
     def _acked(self, mid: int, code: int) -> None:
         waiter = self._acks.pop(mid, None)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
@@ -292,11 +293,20 @@ async def test_embedded_broker_enforces_the_same_rules(
 # --- the broker restarts under a running gateway --------------------------------------------
 
 
+@pytest.mark.parametrize("durable", [False, True], ids=["clean", "session"])
 @pytest.mark.parametrize("kind", BROKERS)
 async def test_broker_restart(
-    kind: str, settings: Settings, redis: Redis, pg_pool: asyncpg.Pool, tmp_path: Path
+    kind: str,
+    durable: bool,
+    settings: Settings,
+    redis: Redis,
+    pg_pool: asyncpg.Pool,
+    tmp_path: Path,
 ) -> None:
+    """With a session (MQTT_CLIENT_ID) as without: the restarted broker has forgotten it (and
+    the subscriptions), the gateway subscribes again and acknowledges what it handles."""
     agent = code()
+    client_id = f"gw-restart-{uuid.uuid4().hex[:8]}" if durable else None
     mosquitto = MosquittoProcess(tmp_path) if kind == "mosquitto" else None
     embedded = EmbeddedMqtt(tmp_path, 0) if kind == "amqtt" else None
     if mosquitto is not None:
@@ -307,8 +317,9 @@ async def test_broker_restart(
         url = await embedded.start()
     port = int(url.rsplit(":", 1)[1])
     try:
-        async with gateway(settings, redis, pg_pool, url) as runtime:
+        async with gateway(settings, redis, pg_pool, url, mqtt_client_id=client_id) as runtime:
             assert runtime.mqtt is not None
+            assert (runtime.mqtt.client_id == client_id) is durable
             device = Device(url)
             await device.connect()
             now = time.time()
@@ -338,6 +349,9 @@ async def test_broker_restart(
             assert await eventually(moved_on, timeout_s=20), (
                 "the fix after the restart was not handled"
             )
+            # With a session each handled fix was acknowledged after handling (both fixes,
+            # or the second only if the first's acknowledgement met the broker going down).
+            assert runtime.mqtt.acked >= 1 if durable else runtime.mqtt.acked == 0
             await device.stop()
     finally:
         if mosquitto is not None:

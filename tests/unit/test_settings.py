@@ -72,6 +72,10 @@ def test_urls_and_smpp_binds() -> None:
         ({"LOG_LEVEL": "LOUD"}, "LOG_LEVEL"),
         ({"ACCESS_TOKEN_TTL_S": "5"}, "ACCESS_TOKEN_TTL_S"),
         ({"AGENT_ALERT_CHANNEL": "pigeon"}, "AGENT_ALERT_CHANNEL"),
+        ({"MQTT_CLIENT_ID": "gw 1"}, "MQTT_CLIENT_ID"),
+        ({"MQTT_CLIENT_ID": "gw/#"}, "MQTT_CLIENT_ID"),
+        ({"MQTT_CLIENT_ID": "g" * 65}, "MQTT_CLIENT_ID"),
+        ({"MQTT_SESSION_EXPIRY_S": "10"}, "MQTT_SESSION_EXPIRY_S"),
         ({"AGENT_ALERT_RECIPIENTS": " , "}, "AGENT_ALERT_RECIPIENTS"),
         (
             {"AGENT_ALERT_RECIPIENTS": ",".join(f"a{n}" for n in range(11))},
@@ -240,3 +244,12 @@ def test_an_unreadable_key_file_is_named(tmp_path: Path) -> None:
         with pytest.raises(SettingsError) as caught:
             load_settings({"FIREBASE_CREDENTIALS": str(path)})
         assert str(caught.value).startswith(f"FIREBASE_CREDENTIALS: cannot read {path}: {reason}")
+
+
+def test_mqtt_session_settings() -> None:
+    assert (load_settings({}).mqtt_client_id, load_settings({}).mqtt_session_expiry_s) == (
+        None, 3600,
+    )  # fmt: skip
+    s = load_settings({"MQTT_CLIENT_ID": " gw-nairobi-1 ", "MQTT_SESSION_EXPIRY_S": "600"})
+    assert (s.mqtt_client_id, s.mqtt_session_expiry_s) == ("gw-nairobi-1", 600)
+    assert load_settings({"MQTT_CLIENT_ID": " "}).mqtt_client_id is None
