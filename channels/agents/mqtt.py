@@ -28,12 +28,12 @@ for good (a cash-in command the broker will never send again). With a `Session` 
 keeps the session while the process is away (`expiry_s`, MQTT 5; a 3.1.1 broker keeps it until
 the client comes back), and each message is acknowledged only after the handler has had it, in
 the order it came: a message taken and not yet handled is still the broker's, sent again when
-the client reconnects under the same id (at least once: the handlers are idempotent, a command
-by its id, a fix by its time). The price is the broker's in-flight limit per client
-(Mosquitto's `max_inflight_messages`, 20 by default): at most that many unacknowledged
-messages reach the inbox at once. An acknowledgement belongs to its connection: a message
-taken before a reconnect is not acknowledged on the new one (the broker sends it again with
-the session, and that copy is).
+the client reconnects under the same id (at least once: a command is idempotent by its id; a
+fix no newer than the last accepted one is dropped). The price is the broker's in-flight limit
+per client (Mosquitto's `max_inflight_messages`, 20 by default): at most that many
+unacknowledged messages reach the inbox at once. An acknowledgement belongs to its
+connection: a message taken before a reconnect is not acknowledged on the new one (the broker
+sends it again with the session, and that copy is).
 
 `publish` queues and returns; `publish_acked` waits for the broker's PUBACK, so a caller that
 must know (a waypoint push, retried on the device's next sighting when it failed) learns that

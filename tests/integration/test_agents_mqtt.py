@@ -298,6 +298,7 @@ async def test_embedded_broker_enforces_the_same_rules(
 async def test_broker_restart(
     kind: str,
     durable: bool,
+    *,
     settings: Settings,
     redis: Redis,
     pg_pool: asyncpg.Pool,
