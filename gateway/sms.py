@@ -10,18 +10,33 @@ commands on the banking core through the same core-backed actions as the USSD me
 It sends with `ref=outbox:{id}`, so a retried outbox row is never sent twice. On shutdown the
 previous "sms" sender (the log sender) comes back before the channel stops, so the dispatcher
 never hands a row to a stopped channel.
+
+While the channel runs, `/metrics` carries its figures (`SmsCollector`, read when scraped, so
+nothing is counted twice on the hot path): MOs, duplicates, parts, receipts (matched or not)
+and MTs sent; the MOs waiting for a worker; per bind its state, window in use and size, TPS now,
+connects, submits, throttled, rejected, timeouts, PDUs received, nacks sent, and the time its
+deliver_sm waited for the acknowledgement (the MO stored meanwhile: the SMSC's window waits on
+it, so a slow store shows here first).
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 from aiohttp import web
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    Metric,
+    SummaryMetricFamily,
+)
+from prometheus_client.registry import Collector
 
 from channels.sms.channel import ChannelTuning, SmppSender, SmsChannel, assemble_mo
 from channels.sms.dialogs import SendConfirmations
 from channels.sms.executor import RateLimiter, SmsBanking
 from channels.sms.registration import Registrations
+from channels.sms.smpp import BindState
 from core.crypto import derive_key
 from core.sms_messages import SmsMessageStore
 from gateway import db as dbmod
@@ -29,6 +44,7 @@ from gateway.keys import (
     CIPHER,
     ENDPOINTS,
     LOANS,
+    METRICS,
     PG_POOL,
     REDIS,
     SENDERS,
@@ -76,6 +92,8 @@ async def sms_channel(app: web.Application) -> AsyncIterator[None]:
     channel.handler = banking(app, channel, dialogs)
     app[SMS_CHANNEL] = channel
     app[SMS_SENDER] = sender = SmppSender(channel)
+    collector = SmsCollector(channel)
+    app[METRICS].registry.register(collector)
     await channel.start()
     senders = app[SENDERS]
     previous = senders.get(SmppSender.channel)
@@ -88,6 +106,7 @@ async def sms_channel(app: web.Application) -> AsyncIterator[None]:
         else:
             senders.pop(SmppSender.channel, None)
         await channel.stop()
+        app[METRICS].registry.unregister(collector)
         await dialogs.aclose()
         await pool.close()
 
@@ -115,3 +134,85 @@ def banking(app: web.Application, channel: SmsChannel, dialogs: RedisSessionStor
         registrations=Registrations(dialogs, app[CIPHER], settings.sms_dialog_ttl_s),
         confirm_send=settings.sms_send_confirm,
     )
+
+
+# channel.counters key -> (metric name, help)
+_CHANNEL_COUNTERS = {
+    "mo": ("gateway_sms_mo", "MOs stored for processing (single or assembled)"),
+    "mo_duplicates": ("gateway_sms_mo_duplicates", "MOs and parts dropped as redeliveries"),
+    "mo_parts": ("gateway_sms_mo_parts", "parts of concatenated MOs received"),
+    "mt": ("gateway_sms_mt", "MT messages submitted completely"),
+}
+# session.counters key -> (metric name, help)
+_BIND_COUNTERS = {
+    "connects": ("gateway_smpp_connects", "successful binds"),
+    "submitted": ("gateway_smpp_submitted", "submit_sm accepted by the SMSC"),
+    "throttled": ("gateway_smpp_throttled", "submit_sm answered ESME_RTHROTTLED or RMSGQFUL"),
+    "rejected": ("gateway_smpp_rejected", "submit_sm refused for another reason"),
+    "timeouts": ("gateway_smpp_timeouts", "requests the SMSC did not answer in time"),
+    "received": ("gateway_smpp_received", "deliver_sm received (MOs and receipts)"),
+    "nacks": ("gateway_smpp_nacks_sent", "generic_nack sent for unreadable PDUs"),
+}
+
+
+class SmsCollector(Collector):
+    """The SMS channel's counters and binds for Prometheus, read at scrape time."""
+
+    def __init__(self, channel: SmsChannel) -> None:
+        self.channel = channel
+
+    def collect(self) -> Iterator[Metric]:
+        channel = self.channel
+        for key, (name, doc) in _CHANNEL_COUNTERS.items():
+            yield CounterMetricFamily(name, doc, value=channel.counters[key])
+        receipts = CounterMetricFamily(
+            "gateway_sms_receipts", "delivery receipts received", labels=("matched",)
+        )
+        unmatched = channel.counters["receipts_unmatched"]
+        receipts.add_metric(["true"], channel.counters["receipts"] - unmatched)
+        receipts.add_metric(["false"], unmatched)
+        yield receipts
+        yield GaugeMetricFamily(
+            "gateway_sms_mo_waiting", "MOs stored and waiting for a worker", value=channel.waiting
+        )
+        yield from self._binds()
+
+    def _binds(self) -> Iterator[Metric]:
+        sessions = self.channel.sessions
+        state = GaugeMetricFamily(
+            "gateway_smpp_bind_state", "1 for the state each bind is in", labels=("bind", "state")
+        )
+        gauges = {
+            "window_in_use": GaugeMetricFamily(
+                "gateway_smpp_window_in_use", "requests awaiting a response", labels=("bind",)
+            ),
+            "window_size": GaugeMetricFamily(
+                "gateway_smpp_window_size", "the window configured", labels=("bind",)
+            ),
+            "tps_current": GaugeMetricFamily(
+                "gateway_smpp_tps", "the submit rate allowed now (lowered on throttling)",
+                labels=("bind",),
+            ),
+        }  # fmt: skip
+        counters = {
+            key: CounterMetricFamily(name, doc, labels=("bind",))
+            for key, (name, doc) in _BIND_COUNTERS.items()
+        }
+        acks = SummaryMetricFamily(
+            "gateway_smpp_deliver_ack_seconds",
+            "deliver_sm read -> deliver_sm_resp written (the MO stored meanwhile)",
+            labels=("bind",),
+        )
+        for session in sessions:
+            status = session.status()
+            for value in BindState:  # every state, so a series does not vanish on a change
+                state.add_metric([session.name, value.value], float(value.value == status.state))
+            for key, gauge in gauges.items():
+                gauge.add_metric([session.name], float(getattr(status, key)))
+            for key, counter in counters.items():
+                counter.add_metric([session.name], session.counters[key])
+            acks.add_metric([session.name], session.acks, session.ack_seconds)
+        yield state
+        yield from gauges.values()
+        yield from counters.values()
+        yield acks

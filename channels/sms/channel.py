@@ -361,6 +361,11 @@ class SmsChannel:
                 self._queue.put_nowait(stored)
         return ESME_ROK
 
+    @property
+    def waiting(self) -> int:
+        """MOs stored and queued for a worker."""
+        return self._queue.qsize()
+
     def _enqueue(self, mo: StoredMo) -> None:
         with contextlib.suppress(asyncio.QueueFull):  # the recovery loop claims it after its lease
             self._queue.put_nowait(mo)

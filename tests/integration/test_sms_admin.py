@@ -9,6 +9,7 @@ from dataclasses import replace
 
 import pytest
 from aiohttp.test_utils import TestClient
+from prometheus_client.parser import text_string_to_metric_families
 
 from config.settings import Settings
 from gateway.app import create_app
@@ -181,3 +182,55 @@ async def test_permissions(sms_client: TestClient) -> None:
     viewer = await token_for(sms_client, role="viewer")  # no messages:read
     for path in ("/api/v1/sms/messages", "/api/v1/sms/binds"):
         await assert_error(await sms_client.get(path, headers=auth(viewer)), 403, "FORBIDDEN")
+
+
+async def scrape(client: TestClient) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    resp = await client.get("/metrics")
+    assert resp.status == 200
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(await resp.text())
+        for sample in family.samples
+    }
+
+
+async def test_metrics_count_the_channel_and_its_binds(
+    sms_client: TestClient, token: str, peer: SmscPeer
+) -> None:
+    app = sms_client.server.app
+    assert app is not None
+    bind = app[SMS_CHANNEL].sessions[0].name
+    before = await scrape(sms_client)
+    msisdn = "2547" + "".join(secrets.choice("0123456789") for _ in range(8))
+    await peer.mo(source=msisdn, text="help")
+
+    async def replied() -> bool:
+        resp = await sms_client.get(
+            "/api/v1/sms/messages",
+            params={"msisdn": msisdn, "direction": "mt"},
+            headers=auth(token),
+        )
+        return bool((await resp.json())["items"])
+
+    await eventually(replied)
+    after = await scrape(sms_client)
+
+    def grew(name: str, labels: dict[str, str] | None = None) -> float:
+        key = (name, tuple(sorted((labels or {}).items())))
+        return after[key] - before.get(key, 0.0)
+
+    on_bind = {"bind": bind}
+    assert grew("gateway_sms_mo_total") == 1 and grew("gateway_sms_mt_total") == 1
+    assert grew("gateway_smpp_submitted_total", on_bind) == 1
+    assert grew("gateway_smpp_received_total", on_bind) == 1
+    assert grew("gateway_smpp_deliver_ack_seconds_count", on_bind) == 1
+    assert 0 < grew("gateway_smpp_deliver_ack_seconds_sum", on_bind) < 5
+    assert grew("gateway_sms_mo_duplicates_total") == 0
+    states = {
+        labels[1][1]: value
+        for (name, labels), value in after.items()
+        if name == "gateway_smpp_bind_state" and dict(labels)["bind"] == bind
+    }
+    assert states["bound"] == 1 and sum(states.values()) == 1 and "backing_off" in states
+    assert after[("gateway_smpp_window_size", (("bind", bind),))] == 10
+    assert ("gateway_sms_mo_waiting", ()) in after

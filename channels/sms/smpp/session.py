@@ -223,6 +223,10 @@ class SmppSession:
         self.counters = dict.fromkeys(
             ("connects", "submitted", "throttled", "rejected", "timeouts", "received", "nacks"), 0
         )
+        # deliver_sm read -> deliver_sm_resp written (the MO stored meanwhile): the time the
+        # SMSC's window waits on us, summed over the acknowledgements sent (for /metrics).
+        self.ack_seconds = 0.0
+        self.acks = 0
 
     # --- public ---------------------------------------------------------------------------
 
@@ -577,6 +581,8 @@ class SmppSession:
         now = asyncio.get_running_loop().time()
         if writer is not None and writer is self._writer and not writer.is_closing():
             self._cork(writer, codec.deliver_sm_resp(pdu.sequence, status))
+            self.ack_seconds += now - received_at
+            self.acks += 1
             if status == ESME_ROK and now - received_at < self.tuning.ack_grace_s:
                 acks = self._acks
                 acks.append((now, pdu))
