@@ -348,6 +348,8 @@ async def round_trips(
         cpu = time.process_time() - cpu0
         pg1 = proc_cpu_s(await backend_pids(store)) if isinstance(store, SmsMessageStore) else {}
         smsc1 = proc_cpu_s(smsc)
+        session = channel.sessions[0]
+        ack_ms = 1000 * session.ack_seconds / max(session.acks, 1)
     finally:
         await channel.stop()
     if stats["mt"] < count:
@@ -359,6 +361,7 @@ async def round_trips(
         "pg_cpu_s_per_1000": cpu_used(pg0, pg1) / count * 1000,
         "smsc_cpu_s_per_1000": cpu_used(smsc0, smsc1) / count * 1000,
         "throttled": stats["throttled"],
+        "ack_ms": ack_ms,
     }
 
 
@@ -475,6 +478,10 @@ async def run(peer: SmscPeer, store: SmsMessageStore, args: argparse.Namespace) 
         f"{spread(ceiling_ratios, '.2f')}x the floor; gateway CPU s per 1,000: "
         f"{spread([c['cpu_s_per_1000'] for c in ceilings], '.2f')}"
     )
+    # The SMSC's window of 10 MOs waits on these: deliver_sm read -> deliver_sm_resp written.
+    acks = spread([p["ack_ms"] for p in products], ".2f")
+    memory_acks = spread([c["ack_ms"] for c in ceilings], ".2f")
+    log(f"    MO acknowledgement, ms per MO: the channel {acks}; store in memory {memory_acks}")
     for key, name in (
         ("cpu_s_per_1000", "gateway"),
         ("pg_cpu_s_per_1000", "its PostgreSQL backends"),
