@@ -431,9 +431,11 @@ class MqttService:
                 finally:
                     self._handling = False
                     self.received += len(batch)
-                    self._ack(taken)
                     for _ in batch:
                         self._slots.release()
+                # Not reached when the drain is cancelled mid-batch (a stop that gave up on a
+                # hung handler): what it held stays unacknowledged, the broker's to send again.
+                self._ack(taken)
             self._drained.set()
 
     def _ack(self, taken: list[tuple[Message, int, int]]) -> None:

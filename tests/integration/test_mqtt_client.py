@@ -222,3 +222,30 @@ async def test_a_stop_acknowledges_what_it_handled_so_a_restart_gets_nothing_twi
     finally:
         await service.stop()
     assert again.payloads == ["marker"]  # nothing the first run handled came back
+
+
+async def test_what_a_hung_handler_held_at_a_stop_is_not_acknowledged(
+    broker_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(mqtt, "STOP_TIMEOUT_S", 0.5)
+    client_id = f"gw-hung-{uuid.uuid4().hex[:8]}"
+    held: list[str] = []
+
+    async def hung(batch: list[Message]) -> None:
+        held.extend(m.payload.decode() for m in batch)
+        await asyncio.Event().wait()  # never set: the stop gives up and cancels it
+
+    service = await with_session(broker_url, client_id, hung)
+    await publish(broker_url, "c1", "c2", "c3")
+    await eventually(lambda: len(held) + service.pending == 3)
+    await service.stop()
+    assert service.acked == 0
+
+    again = Collector()
+    service = await with_session(broker_url, client_id, again)
+    try:
+        await publish(broker_url, "marker")
+        await eventually(lambda: "marker" in again.payloads)
+    finally:
+        await service.stop()
+    assert again.payloads == ["c1", "c2", "c3", "marker"]  # the broker's again, in order
