@@ -20,6 +20,11 @@ builds over the asyncpg pool. What it guarantees:
 - Concatenated MO parts wait in `sms_mo_parts` (encrypted) until all have arrived or the
   timeout passes; assembly happens under an advisory lock on the group, so two parts arriving
   at once on two connections cannot both miss the completion.
+- An MO's outcome (its replies' records with its "processed" mark) is written again when the
+  connection is lost under it (`OUTCOME_RETRY_PAUSES_S`, ~1.5 s in all; the statement is made
+  of upserts): a reply already sent whose record is lost would be sent again when the MO is
+  processed again after its lease, so a short outage of the database (a restart, a failover, a
+  dropped connection) must not cost the record.
 - An MT is recorded with the SMSC's message id of every part; a delivery receipt updates its
   part and the message's status. A receipt that overtakes the submit's record leaves a part row
   without a message, which the record then claims (both are upserts on one key).
@@ -30,7 +35,9 @@ the parts' payloads into (raw text, masked text, encoding name).
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import logging
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -56,6 +63,22 @@ PURGE_BATCH = 5_000
 # How long an outcome write (MT records, the MO's `processed` mark) waits for others to share
 # its commit; see SmsMessageStore.__init__.
 OUTCOME_LINGER_S = 0.005
+# Pauses between attempts at one outcome write whose connection was lost.
+OUTCOME_RETRY_PAUSES_S: tuple[float, ...] = (0.05, 0.1, 0.2, 0.4, 0.8)
+# The database went away under a statement (or cannot be reached for now): the statement may
+# be tried again on another connection.
+CONNECTION_LOST = (
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.AdminShutdownError,
+    asyncpg.TooManyConnectionsError,
+    OSError,
+    TimeoutError,
+)
+
+log = logging.getLogger("core.sms_messages")
 MAX_PAGE = 200
 
 
@@ -487,10 +510,22 @@ class SmsMessageStore:
         await self._write_batch.submit(_Outcome(tuple(replies), mo_id))
 
     async def _write_outcomes(self, items: Sequence[_Outcome]) -> list[None]:
-        await self._record_mts(
-            [rec for item in items for rec in item.records],
-            [item.processed for item in items if item.processed is not None],
-        )
+        records = [rec for item in items for rec in item.records]
+        processed = [item.processed for item in items if item.processed is not None]
+        for pause in (*OUTCOME_RETRY_PAUSES_S, None):
+            try:
+                await self._record_mts(records, processed)
+                break
+            except CONNECTION_LOST as exc:
+                if pause is None:
+                    raise
+                log.warning(
+                    "sms store: connection lost writing %d outcomes; again in %.2f s (%s)",
+                    len(items),
+                    pause,
+                    type(exc).__name__,
+                )
+                await asyncio.sleep(pause)
         return [None] * len(items)
 
     async def mo_retry(self, mo_id: int, error: str, delay_s: float) -> None:

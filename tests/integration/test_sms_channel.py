@@ -32,6 +32,7 @@ from tests.sms_helpers import (
     peer_per_test,  # noqa: F401 (the `peer` fixture)
 )
 from tests.smsc_peer import SmscPeer
+from tests.tcp_proxy import postgres_proxy
 
 TUNING = ChannelTuning(
     workers=4,
@@ -648,3 +649,136 @@ async def test_grammar_replies_and_no_pin_is_stored_or_logged(
     )
     assert all("9731" not in (r["body"] or "") and r["body_enc"] is None for r in stored)
     assert "9731" not in caplog.text
+
+
+# --- the store's connections die mid-way --------------------------------------------------------
+
+
+class EchoKiller:
+    """Answers each MO with one "PONG" (the reply's ref is the MO's, as SMS banking's is), and
+    before every third reply terminates every connection of the store's pool: the reply's
+    record and the MO's "processed" mark, and the MO inserts racing them, meet dead
+    connections."""
+
+    def __init__(self, pool: asyncpg.Pool, killer: asyncpg.Pool, app_name: str) -> None:
+        self.pool, self.killer, self.app_name = pool, killer, app_name
+        self.channel: Any = None
+        self.calls = 0
+        self.kills = 0
+
+    async def handle(self, sms: InboundSms) -> None:
+        self.calls += 1
+        if self.calls % 3 == 0:
+            self.kills += await self.killer.fetchval(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                "WHERE application_name = $1",
+                self.app_name,
+            )
+        await self.channel.send_text(
+            sms.msisdn, f"PONG {sms.text}", ref=f"mo:{sms.id}", first_attempt=sms.attempt == 1
+        )
+
+
+async def test_store_connections_killed_mid_way_lose_nothing_and_send_nothing_twice(
+    peer: SmscPeer, database_url: str, app: web.Application, pg_pool: asyncpg.Pool
+) -> None:
+    app_name = f"sms-chaos-{secrets.token_hex(4)}"
+    pool = await asyncpg.create_pool(
+        database_url, min_size=2, max_size=4, server_settings={"application_name": app_name}
+    )
+    store = SmsMessageStore(
+        pool, app[CIPHER], assemble=assemble_mo, dedupe_window_s=600, lease_s=2.0
+    )
+    handler = EchoKiller(pool, pg_pool, app_name)
+    senders = [new_msisdn() for _ in range(30)]
+    try:
+        async with channel_factory(peer, store, TUNING) as make:
+            handler.channel = await make(handler)
+
+            async def deliver(msisdn: str) -> None:
+                # The SMSC delivers again until the MO is acknowledged (a store that failed
+                # answers a temporary error).
+                async with asyncio.timeout(30):
+                    while await peer.mo(source=msisdn, text=f"PING {msisdn[-4:]}") != [0]:
+                        pass
+
+            for start in range(0, len(senders), 10):
+                await asyncio.gather(*(deliver(m) for m in senders[start : start + 10]))
+
+            async def all_processed() -> bool:
+                rows = await pg_pool.fetch(
+                    "SELECT status FROM sms_messages WHERE direction = 'mo' "
+                    "AND msisdn = ANY($1::text[])",
+                    ["+" + m for m in senders],
+                )
+                return len(rows) == len(senders) and all(r["status"] == "processed" for r in rows)
+
+            await eventually(all_processed, timeout_s=30)
+    finally:
+        await pool.close()
+    assert handler.kills > 0, "no connection was killed"
+    submits = await peer.submits()
+    for msisdn in senders:
+        accepted = [s for s in submits if s["dest"] == msisdn and s["status"] == 0]
+        assert [bytes.fromhex(s["hex"]).decode() for s in accepted] == [
+            f"PONG PING {msisdn[-4:]}"
+        ], msisdn
+    mts = await pg_pool.fetch(
+        "SELECT msisdn, status FROM sms_messages WHERE direction = 'mt' "
+        "AND msisdn = ANY($1::text[])",
+        ["+" + m for m in senders],
+    )
+    assert sorted(r["msisdn"] for r in mts) == sorted("+" + m for m in senders)
+    assert {r["status"] for r in mts} == {"submitted"}
+
+
+async def test_an_outage_while_the_outcome_is_written_sends_no_reply_twice(
+    peer: SmscPeer, database_url: str, app: web.Application, pg_pool: asyncpg.Pool
+) -> None:
+    """The reply is out; then the store's connection drops and the database refuses two
+    connections in a row. The outcome (the reply's record, the MO's mark) is written when it
+    comes back: without it, the MO would be processed again after its lease and, its reply
+    not on record, the customer would get the reply twice."""
+    proxy, via = postgres_proxy(database_url)
+    pool = await asyncpg.create_pool(via(await proxy.start()), min_size=1, max_size=2)
+    store = SmsMessageStore(
+        pool, app[CIPHER], assemble=assemble_mo, dedupe_window_s=600, lease_s=1.0
+    )
+    victim = new_msisdn()
+
+    class EchoThenCut:
+        channel: Any = None
+
+        async def handle(self, sms: InboundSms) -> None:
+            await self.channel.send_text(
+                sms.msisdn, f"PONG {sms.attempt}", ref=f"mo:{sms.id}",
+                first_attempt=sms.attempt == 1,
+            )  # fmt: skip
+            if sms.msisdn == "+" + victim and sms.attempt == 1:
+                proxy.cut(refuse=2)
+
+    handler = EchoThenCut()
+    try:
+        async with channel_factory(peer, store, TUNING) as make:
+            handler.channel = await make(handler)
+            assert await peer.mo(source=victim, text="PING") == [0]
+
+            async def processed() -> bool:
+                rows = await mo_rows(pg_pool, victim)
+                return bool(rows) and rows[0]["status"] == "processed"
+
+            await eventually(processed, timeout_s=15)
+            # Past the lease: an MO left unprocessed would have been claimed again by now.
+            after_lease = await mo_rows(pg_pool, victim)
+            assert after_lease[0]["attempts"] == 1
+            assert proxy.refused == 2
+            other = new_msisdn()  # and the store works on
+            assert await peer.mo(source=other, text="PING") == [0]
+            await eventually(lambda: accepted_to(peer, other), bool)
+    finally:
+        await pool.close()
+        await proxy.close()
+    replies = [bytes.fromhex(s["hex"]).decode() for s in await accepted_to(peer, victim)]
+    assert replies == ["PONG 1"]
+    mt = await row(pg_pool, msisdn="+" + victim)
+    assert mt is not None and mt["direction"] == "mt" and mt["status"] == "submitted"
