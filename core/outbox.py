@@ -27,7 +27,7 @@ from typing import Any, Protocol
 
 from core.audit import record
 from core.errors import Conflict, IdempotencyConflict, NotFound, SendFailed, ValidationFailed
-from core.pg import Db, connection
+from core.pg import Db, connection, record_retrying
 from core.receipts import render
 
 log = logging.getLogger("core.outbox")
@@ -286,7 +286,12 @@ class Dispatcher:
             log.exception("sender failed", extra={"outbox_id": message.id})
             await self._failed(message, f"{type(exc).__name__}: {exc}", True)
         else:
-            await self.db.execute(_SENT_SQL, message.id, attempts, provider_id, body)
+            # The message is out: a "sent" mark lost to a dropped connection would send it
+            # again after the lease, so it is tried again through a short outage.
+            await record_retrying(
+                self.db, _SENT_SQL, message.id, attempts, provider_id, body,
+                what=f"outbox message {message.id} as sent",
+            )  # fmt: skip
 
     async def _failed(self, message: OutboundMessage, reason: str, temporary: bool) -> None:
         if temporary and message.attempts < self.policy.max_attempts:

@@ -11,8 +11,10 @@ statement with a timeout and turns the database's answers into core.errors:
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -20,10 +22,30 @@ import asyncpg
 
 from core import errors as E
 
+log = logging.getLogger("core.pg")
+
 Db = Any  # asyncpg.Pool | asyncpg.Connection (asyncpg ships no type hints)
 
 CALL_TIMEOUT_S = 10.0
 DEADLOCK_RETRIES = 3
+# The database went away under a statement, or cannot be reached for now: nothing of it or
+# all of it was committed, and it may be tried again on another connection.
+CONNECTION_LOST: tuple[type[BaseException], ...] = (
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    # The connection died between two protocol steps ("cannot switch to state 12; another
+    # operation is in progress"): as lost as any other (seen when a backend is terminated
+    # mid-call).
+    asyncpg.InternalClientError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.AdminShutdownError,
+    asyncpg.TooManyConnectionsError,
+    OSError,
+    TimeoutError,
+)
+# Pauses between tries at recording what already happened outside (a message sent) when the
+# connection was lost: ~1.5 s in all, a restart's or a failover's blip.
+RECORD_RETRY_PAUSES_S: tuple[float, ...] = (0.05, 0.1, 0.2, 0.4, 0.8)
 
 ERRORS_BY_CODE: dict[str, type[E.CoreError]] = {
     cls.code: cls
@@ -91,19 +113,7 @@ async def call(db: Db, sql: str, *args: Any, timeout_s: float = CALL_TIMEOUT_S) 
                 raise _unavailable(exc) from None
             if attempt == DEADLOCK_RETRIES - 1:
                 raise
-        except (
-            asyncpg.PostgresConnectionError,
-            asyncpg.InterfaceError,
-            # The connection died between two protocol steps ("cannot switch to state 12;
-            # another operation is in progress"): as lost as any other (seen when a backend
-            # is terminated mid-call).
-            asyncpg.InternalClientError,
-            asyncpg.QueryCanceledError,
-            asyncpg.CannotConnectNowError,
-            asyncpg.AdminShutdownError,
-            OSError,
-            TimeoutError,
-        ) as exc:
+        except (*CONNECTION_LOST, asyncpg.QueryCanceledError) as exc:
             raise _unavailable(exc) from None
     raise AssertionError("unreachable")
 
@@ -121,3 +131,23 @@ async def connection(db: Db) -> AsyncIterator[Any]:
 def unique_violation(exc: asyncpg.UniqueViolationError) -> str:
     """The name of the violated unique constraint or index."""
     return str(getattr(exc, "constraint_name", "") or "")
+
+
+async def record_retrying(db: Db, sql: str, *args: Any, what: str) -> None:
+    """Execute a statement that records something already done outside the database (a
+    message sent), trying again after RECORD_RETRY_PAUSES_S when the connection is lost: the
+    statement must be idempotent. A record lost there makes the work happen again."""
+    for pause in (*RECORD_RETRY_PAUSES_S, None):
+        try:
+            await db.execute(sql, *args, timeout=CALL_TIMEOUT_S)
+            return
+        except CONNECTION_LOST as exc:
+            if pause is None:
+                raise
+            log.warning(
+                "connection lost recording %s; again in %.2f s (%s)",
+                what,
+                pause,
+                type(exc).__name__,
+            )
+            await asyncio.sleep(pause)

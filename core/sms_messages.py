@@ -21,8 +21,8 @@ builds over the asyncpg pool. What it guarantees:
   timeout passes; assembly happens under an advisory lock on the group, so two parts arriving
   at once on two connections cannot both miss the completion.
 - An MO's outcome (its replies' records with its "processed" mark) is written again when the
-  connection is lost under it (`OUTCOME_RETRY_PAUSES_S`, ~1.5 s in all; the statement is made
-  of upserts): a reply already sent whose record is lost would be sent again when the MO is
+  connection is lost under it (`core.pg.RECORD_RETRY_PAUSES_S`, ~1.5 s in all; the statement
+  is made of upserts): a reply already sent whose record is lost would be sent again when the MO is
   processed again after its lease, so a short outage of the database (a restart, a failover, a
   dropped connection) must not cost the record.
 - An MT is recorded with the SMSC's message id of every part; a delivery receipt updates its
@@ -50,6 +50,7 @@ import asyncpg
 from core.batching import Batcher
 from core.clock import Clock, SystemClock
 from core.crypto import FieldCipher
+from core.pg import CONNECTION_LOST, RECORD_RETRY_PAUSES_S
 
 Assembler = Callable[[Sequence[bytes], int], tuple[str, str, str]]
 
@@ -63,21 +64,6 @@ PURGE_BATCH = 5_000
 # How long an outcome write (MT records, the MO's `processed` mark) waits for others to share
 # its commit; see SmsMessageStore.__init__.
 OUTCOME_LINGER_S = 0.005
-# Pauses between attempts at one outcome write whose connection was lost.
-OUTCOME_RETRY_PAUSES_S: tuple[float, ...] = (0.05, 0.1, 0.2, 0.4, 0.8)
-# The database went away under a statement (or cannot be reached for now): the statement may
-# be tried again on another connection.
-CONNECTION_LOST = (
-    asyncpg.PostgresConnectionError,
-    asyncpg.InterfaceError,
-    asyncpg.InternalClientError,
-    asyncpg.CannotConnectNowError,
-    asyncpg.AdminShutdownError,
-    asyncpg.TooManyConnectionsError,
-    OSError,
-    TimeoutError,
-)
-
 log = logging.getLogger("core.sms_messages")
 MAX_PAGE = 200
 
@@ -512,7 +498,7 @@ class SmsMessageStore:
     async def _write_outcomes(self, items: Sequence[_Outcome]) -> list[None]:
         records = [rec for item in items for rec in item.records]
         processed = [item.processed for item in items if item.processed is not None]
-        for pause in (*OUTCOME_RETRY_PAUSES_S, None):
+        for pause in (*RECORD_RETRY_PAUSES_S, None):
             try:
                 await self._record_mts(records, processed)
                 break

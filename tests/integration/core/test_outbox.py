@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
+from dataclasses import replace
 
 import asyncpg
 import pytest
@@ -19,6 +20,7 @@ from core.receipts import TEMPLATES, render
 from core.transfers import send_money
 from gateway.keys import DISPATCHER, SENDERS
 from tests.integration.core.conftest import make_customer, new_key
+from tests.tcp_proxy import postgres_proxy
 
 FAST = DispatchPolicy(poll_interval_s=0.01, backoff_base_s=0.0, backoff_max_s=0.0, max_attempts=3)
 
@@ -374,3 +376,36 @@ async def test_ussd_late_result_sms_retried_is_queued_once(core_db: asyncpg.Pool
     )
     assert [r["body"] for r in rows][-2:] == ["Sent KES 5.00", "Paid"]
     assert sum(1 for r in rows if r["body"] == "Sent KES 5.00") == 1
+
+
+async def test_a_sent_mark_that_meets_a_dropped_connection_is_written_when_it_returns(
+    database_url: str, core_db: asyncpg.Pool
+) -> None:
+    """The message is out; then the dispatcher's connection drops and the database refuses the
+    next two: the "sent" mark is written when it is back, so nothing is sent again."""
+    proxy, via = postgres_proxy(database_url)
+    # No connection floor: every connection the pool makes is one the dispatcher asked for.
+    pool = await asyncpg.create_pool(via(await proxy.start()), min_size=0, max_size=2)
+
+    class CutAfterSend(Recorder):
+        async def send(self, message: OutboundMessage) -> str | None:
+            provider_id = await super().send(message)
+            proxy.cut(refuse=2)
+            return provider_id
+
+    chan = channel()
+    sender = CutAfterSend()
+    try:
+        dispatcher = Dispatcher(
+            pool, {chan: sender}, replace(FAST, lease_s=1.0, send_timeout_s=0.5)
+        )
+        message_id = await _enqueue(core_db, chan)
+        assert await dispatcher.dispatch_once() == 1
+        assert proxy.refused == 2
+        sent = await row(core_db, message_id)
+        assert (sent["status"], sent["provider_id"]) == ("sent", f"prov-{message_id}")
+        assert await dispatcher.dispatch_once() == 0  # nothing left to claim, now or later
+    finally:
+        await pool.close()
+        await proxy.close()
+    assert [m.id for m in sender.sent] == [message_id]
