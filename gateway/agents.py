@@ -15,11 +15,13 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import asyncpg
 from aiohttp import web
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
@@ -37,7 +39,7 @@ from core.devices import BreachAlerts, EventRow, LocationRow
 from core.errors import AuthFailed, Conflict, FixRejected, NotFound, Unavailable
 from core.tasks import stop_tasks
 from gateway.api import HttpError, json_response
-from gateway.keys import AGENTS, CIPHER, ENDPOINTS, PG_POOL, REDIS, SETTINGS
+from gateway.keys import AGENTS, CIPHER, ENDPOINTS, METRICS, PG_POOL, REDIS, SETTINGS
 from geofence.gating import GatePolicy
 from geofence.tracker import TrackPolicy
 from geofence.waypoints import device_commands, fence_id_of, waypoint
@@ -496,8 +498,72 @@ async def connected(runtime: AgentRuntime, url: str) -> AsyncIterator[MqttServic
 async def agents_ctx(app: web.Application) -> AsyncIterator[None]:
     runtime = build_runtime(app[SETTINGS], app[REDIS], app[PG_POOL], app[CIPHER])
     app[AGENTS] = runtime
-    async with running(runtime):
-        yield
+    collector = AgentCollector(runtime)
+    app[METRICS].registry.register(collector)
+    try:
+        async with running(runtime):
+            yield
+    finally:
+        app[METRICS].registry.unregister(collector)
+
+
+# channel.stats key -> (metric name, help); "rejected:<code>" keys go to one family by code.
+_AGENT_COUNTERS = {
+    "accepted": ("gateway_agent_fixes_accepted", "fixes that moved a device on"),
+    "out_of_order": (
+        "gateway_agent_fixes_out_of_order",
+        "fixes no newer than the device's last accepted one (late, or sent again)",
+    ),
+    "ignored": ("gateway_agent_messages_ignored", "messages on no topic of ours, or snapshots"),
+    "commands": ("gateway_agent_commands", "commands handled (answered on .../reply)"),
+    "unpublished": ("gateway_agent_replies_unpublished", "replies the broker did not take"),
+}
+
+
+class AgentCollector(Collector):
+    """Agent devices and the MQTT client for Prometheus, read at scrape time: what came in and
+    what became of it, and whether the broker link is up and keeping pace."""
+
+    def __init__(self, runtime: AgentRuntime) -> None:
+        self.runtime = runtime
+
+    def collect(self) -> Iterator[Metric]:
+        stats = self.runtime.channel.stats
+        for key, (name, doc) in _AGENT_COUNTERS.items():
+            yield CounterMetricFamily(name, doc, value=stats.get(key, 0))
+        rejected = CounterMetricFamily(
+            "gateway_agent_messages_rejected",
+            "fixes and messages refused, by code",
+            labels=("code",),
+        )
+        for key, count in sorted(stats.items()):
+            if key.startswith("rejected:"):
+                rejected.add_metric([key.removeprefix("rejected:")], count)
+        yield rejected
+        mqtt = self.runtime.mqtt
+        if mqtt is None:
+            return
+        yield GaugeMetricFamily(
+            "gateway_mqtt_connected",
+            "1 while connected and subscribed",
+            value=float(mqtt.subscribed),
+        )
+        yield CounterMetricFamily(
+            "gateway_mqtt_connections", "CONNACKs (a reconnect adds one)", value=mqtt.connections
+        )
+        yield CounterMetricFamily(
+            "gateway_mqtt_messages", "messages handed to the handler", value=mqtt.received
+        )
+        yield CounterMetricFamily(
+            "gateway_mqtt_acknowledged",
+            "messages acknowledged after handling (MQTT_CLIENT_ID set)",
+            value=mqtt.acked,
+        )
+        yield GaugeMetricFamily(
+            "gateway_mqtt_inbox",
+            "messages taken from the broker, not yet handled",
+            value=mqtt.pending,
+        )
 
 
 async def agents_mqtt_ctx(app: web.Application) -> AsyncIterator[None]:

@@ -15,6 +15,7 @@ import pyotp
 from aiohttp import ClientResponse
 from aiohttp.test_utils import TestClient
 from aiohttp.web import Application
+from prometheus_client.parser import text_string_to_metric_families
 
 from core.identity import create_admin
 from gateway.keys import CIPHER, SESSIONMAKER
@@ -127,3 +128,17 @@ async def direct_token(app: Application, role: str = "admin") -> str:
         ).scalar_one()
         principal = await load_principal(db, user_id)
     return app[TOKENS].issue(principal).access_token
+
+
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+async def scrape(client: TestClient) -> Samples:
+    """`/metrics` as {(sample name, sorted labels): value}."""
+    resp = await client.get("/metrics")
+    assert resp.status == 200
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(await resp.text())
+        for sample in family.samples
+    }

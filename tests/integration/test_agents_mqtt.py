@@ -30,7 +30,7 @@ from gateway.broker_auth import (
 )
 from gateway.embedded import EmbeddedMqtt, free_port
 from tests.conftest import TEST_SECRET
-from tests.helpers import eventually
+from tests.helpers import eventually, scrape
 from tests.integration.agent_support import (
     AGENT_PIN,
     assign_circle,
@@ -371,7 +371,7 @@ async def test_app_wires_the_embedded_broker_with_device_auth(
 
     bare = replace(settings, mqtt_url=None, data_dir=tmp_path, embedded_mqtt_port=free_port())
     app = create_app(bare, run_migrations=False, start_channels=True)
-    async with running_app(app):
+    async with running_app(app) as client:
         runtime = app[AGENTS]
         assert runtime.mqtt is not None
         await runtime.mqtt.wait_subscribed(10)
@@ -387,7 +387,16 @@ async def test_app_wires_the_embedded_broker_with_device_auth(
         assert not (await device.connect()).is_failure
         device.publish(f"agents/{agent}/location", native(10, time.time() - 1))
         assert await eventually(lambda: runtime.engine.latest_fix(agent))
+        device.publish(f"agents/{agent}/location", b"[1, 2")
+        await eventually(lambda: runtime.channel.stats["rejected:MALFORMED_FIX"] == 1)
         await device.stop()
+        metrics = await scrape(client)
+        assert metrics[("gateway_agent_fixes_accepted_total", ())] == 1
+        assert metrics[("gateway_agent_messages_rejected_total", (("code", "MALFORMED_FIX"),))] == 1
+        assert metrics[("gateway_mqtt_connected", ())] == 1
+        assert metrics[("gateway_mqtt_connections_total", ())] == 1
+        assert metrics[("gateway_mqtt_messages_total", ())] >= 2
+        assert metrics[("gateway_mqtt_inbox", ())] == 0
 
 
 async def test_readyz_reports_the_broker(

@@ -9,14 +9,13 @@ from dataclasses import replace
 
 import pytest
 from aiohttp.test_utils import TestClient
-from prometheus_client.parser import text_string_to_metric_families
 
 from config.settings import Settings
 from gateway.app import create_app
 from gateway.keys import PG_POOL, SMS_CHANNEL, SMS_SENDER
 from gateway.sms import sms_channel
 from tests.conftest import running_app
-from tests.helpers import assert_error, auth, eventually, token_for
+from tests.helpers import assert_error, auth, eventually, scrape, token_for
 from tests.sms_helpers import bind_for, peer_per_module  # noqa: F401 (the `peer` fixture)
 from tests.smsc_peer import SmscPeer
 
@@ -182,16 +181,6 @@ async def test_permissions(sms_client: TestClient) -> None:
     viewer = await token_for(sms_client, role="viewer")  # no messages:read
     for path in ("/api/v1/sms/messages", "/api/v1/sms/binds"):
         await assert_error(await sms_client.get(path, headers=auth(viewer)), 403, "FORBIDDEN")
-
-
-async def scrape(client: TestClient) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    resp = await client.get("/metrics")
-    assert resp.status == 200
-    return {
-        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
-        for family in text_string_to_metric_families(await resp.text())
-        for sample in family.samples
-    }
 
 
 async def test_metrics_count_the_channel_and_its_binds(
