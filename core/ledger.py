@@ -14,6 +14,8 @@ gives a consistent answer:
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -137,11 +139,17 @@ CHECKS: tuple[tuple[str, str], ...] = (
 )
 
 
-async def check_ledger(db: Db, *, statement_timeout_s: float | None = None) -> LedgerReport:
+async def check_ledger(
+    db: Db,
+    *,
+    statement_timeout_s: float | None = None,
+    progress: Callable[[int, int, Check, float], None] | None = None,
+) -> LedgerReport:
     """Every invariant in one snapshot. `statement_timeout_s` bounds each check's statement for
     this transaction only (a pool's own timeout, meant for requests, is too short for a full
     audit of a big ledger; 0: no limit; None keeps the connection's); past it, asyncpg's
-    QueryCanceledError."""
+    QueryCanceledError. `progress(done, total, check, seconds)` hears of each check as it
+    ends (a big ledger's audit takes minutes)."""
     checks = []
     async with (
         connection(db) as conn,
@@ -151,6 +159,9 @@ async def check_ledger(db: Db, *, statement_timeout_s: float | None = None) -> L
             ms = max(0, round(statement_timeout_s * 1000))
             await conn.execute(f"SET LOCAL statement_timeout = {ms}")
         for name, sql in CHECKS:
+            started = time.monotonic()
             rows = await conn.fetch(f"{sql} LIMIT {MAX_BREACHES_SHOWN}")
             checks.append(Check(name, not rows, [dict(r) for r in rows]))
+            if progress is not None:
+                progress(len(checks), len(CHECKS), checks[-1], time.monotonic() - started)
     return LedgerReport(checks)

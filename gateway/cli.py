@@ -140,14 +140,19 @@ def cmd_ledger_check(args: argparse.Namespace, settings: Settings) -> int:
     """Verify the ledger invariants on the live database; exit 1 with a report on a breach."""
     import asyncpg
 
-    from core.ledger import check_ledger
+    from core.ledger import Check, check_ledger
     from gateway import db as dbmod
+
+    def progress(done: int, total: int, check: Check, seconds: float) -> None:
+        # On stderr, so stdout stays the verdict (and the report) a script reads.
+        verdict = "ok" if check.ok else "BREACH"
+        print(f"[{done}/{total}] {check.name}: {verdict} ({seconds:.1f} s)", file=sys.stderr)
 
     async def run() -> list[str] | None:
         async with open_storage(settings) as storage:
             conn = await asyncpg.connect(dbmod.asyncpg_url(storage.database_url), timeout=10)
             try:
-                report = await check_ledger(conn)
+                report = await check_ledger(conn, progress=progress)
             finally:
                 await conn.close()
         return None if report.ok else report.lines()

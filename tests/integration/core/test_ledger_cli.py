@@ -11,6 +11,7 @@ from pathlib import Path
 
 import asyncpg
 
+from core.ledger import CHECKS
 from gateway import db as dbmod
 
 
@@ -47,10 +48,15 @@ async def test_ledger_check_command(empty_database: str, redis_url: str, tmp_pat
         )
         ok = await asyncio.to_thread(_check, url, redis_url, tmp_path)
         assert (ok.returncode, ok.stdout.strip()) == (0, "ledger ok"), ok.stderr
+        # Progress on stderr, one line per check as it ends.
+        lines = ok.stderr.strip().splitlines()
+        assert len(lines) == len(CHECKS) and lines[0].startswith(f"[1/{len(CHECKS)}] ")
+        assert all(line.split(": ")[1].startswith("ok (") for line in lines), lines
         await conn.execute("UPDATE accounts SET balance = balance + 1 WHERE kind = 'wallet'")
         bad = await asyncio.to_thread(_check, url, redis_url, tmp_path)
     finally:
         await conn.close()
     assert bad.returncode == 1, bad.stderr
+    assert "balances_equal_entries: BREACH (" in bad.stderr
     assert "BREACH balances_equal_entries" in bad.stdout
     assert "'balance_minor': 501, 'entries_minor': 500" in bad.stdout
