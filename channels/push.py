@@ -5,8 +5,9 @@ A recipient is `topic:<name>` (an FCM topic, e.g. the staff app's `agent-alerts`
 `fid:<id>` (a Firebase installation id) or a bare device registration token. Each outbox row
 is one FCM v1 `messages:send` call: a notification whose title follows the message kind (in
 the message's language) and whose body is the message text, plus `data` with `kind` and
-`outbox_id` so an app can route it. The provider id is FCM's message name
-(`projects/<project>/messages/<id>`).
+`outbox_id` so an app can route it, and the kind's `Delivery` for Android and APNs (a breach
+alert high priority and kept an hour, anything else normal priority and kept a day). The
+provider id is FCM's message name (`projects/<project>/messages/<id>`).
 
 firebase-admin's `messaging.send` is blocking (requests; a token refresh through google-auth
 too), so it runs in this sender's own small thread pool, not the event loop's default one
@@ -62,6 +63,23 @@ TITLES = {
     "agent_breach": "breach_subject",
 }
 DEFAULT_TITLE = "Notification"
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """How FCM and APNs treat a message: `priority` high wakes a dozing phone at once (FCM
+    asks that it be kept for what a person must see now); `ttl_s` is how long an undelivered
+    one is kept before it is dropped (FCM's default is four weeks)."""
+
+    priority: str
+    ttl_s: int
+
+
+# A breach alert is urgent and stale within the hour (the admin map shows where the agent is
+# now); anything else can wait for the phone's next wake-up, and is moot after a day.
+URGENT = Delivery("high", 3_600)
+ROUTINE = Delivery("normal", 86_400)
+DELIVERY = {"agent_breach": URGENT}
 
 # FCM's own rule for a topic name (firebase-admin checks the same before sending).
 _TOPIC = re.compile(r"[A-Za-z0-9\-_.~%]+")
@@ -215,10 +233,19 @@ class PushSender:
             title=_title(kind, getattr(message, "language", "en")), body=clip(message.body)
         )
         data = {"kind": kind, "outbox_id": str(message.id)}
+        delivery = DELIVERY.get(kind, ROUTINE)
+        common: dict[str, Any] = {
+            "notification": notification,
+            "data": data,
+            "android": messaging.AndroidConfig(priority=delivery.priority, ttl=delivery.ttl_s),
+            "apns": messaging.APNSConfig(
+                headers={"apns-priority": "10" if delivery.priority == "high" else "5"}
+            ),
+        }
         if target.kind == "topic":
-            return messaging.Message(notification=notification, data=data, topic=target.value)
+            return messaging.Message(**common, topic=target.value)
         if target.kind == "fid":
-            return messaging.Message(notification=notification, data=data, fid=target.value)
+            return messaging.Message(**common, fid=target.value)
         # firebase-admin 7.5+ deprecates `token` in favour of `fid`, but the staff apps of
         # today hold registration tokens (FirebaseMessaging.getToken()), which FCM v1 still
         # sends to. No await in this block: no other coroutine runs under the filter.
@@ -226,7 +253,7 @@ class PushSender:
             warnings.filterwarnings(
                 "ignore", "Message.token is deprecated", category=DeprecationWarning
             )
-            return messaging.Message(notification=notification, data=data, token=target.value)
+            return messaging.Message(**common, token=target.value)
 
     async def send(self, message: OutboundLike) -> str:
         fcm_message = self.build(message)

@@ -95,11 +95,16 @@ async def test_a_token_gets_the_notification_title_body_and_data(
             "token": TOKEN,
             "notification": {"title": "Wakala nje ya eneo lake", "body": "Agent A1 left its zone"},
             "data": {"kind": "agent_breach", "outbox_id": "41"},
+            # An alert wakes the phone and is dropped after an hour undelivered.
+            "android": {"priority": "high", "ttl": "3600s"},
+            "apns": {"headers": {"apns-priority": "10"}},
         },
         {
             "token": OTHER_TOKEN,
             "notification": {"title": "Notification", "body": "second"},
             "data": {"kind": "test", "outbox_id": "42"},
+            "android": {"priority": "normal", "ttl": "86400s"},
+            "apns": {"headers": {"apns-priority": "5"}},
         },
     ]
     # Real sends, never FCM's dry run; one OAuth exchange, its token reused.
