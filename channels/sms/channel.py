@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 
 from channels.base import SENSITIVE_KINDS, OutboundLike, SendFailed
 from config.settings import SmppBind
+from core.pg import CONNECTION_LOST
 from core.sms_messages import (
     InboundPart,
     InboundRecord,
@@ -76,6 +77,8 @@ ESME_RX_P_APPN = 0x65  # permanent application error: the SMSC must not deliver 
 LINK_RETRY_PAUSE_S = 0.05
 REDACTED = "[redacted]"
 SENT_STATUSES = ("submitted", "delivered", "expired")
+# What a handler may raise that says "not now": the MO is tried again after a delay.
+_TRY_AGAIN: tuple[type[BaseException], ...] = (RetryLater, *CONNECTION_LOST)
 
 
 @dataclass(frozen=True, slots=True)
@@ -401,7 +404,9 @@ class SmsChannel:
         try:
             async with asyncio.timeout(self.tuning.handler_timeout_s):
                 await handler.handle(sms)
-        except (RetryLater, TimeoutError) as exc:
+        except _TRY_AGAIN as exc:
+            # A handler that lost its database connection (or timed out) did nothing or all
+            # of what it did under its idempotency key: the MO is tried again, not failed.
             await self._flush_replies(replies)
             await self._retry_or_fail(mo, f"temporary: {type(exc).__name__}: {exc}")
         except SendFailed as exc:
@@ -488,7 +493,15 @@ class SmsChannel:
         """Where sending `ref` stands: a progress record (resuming a message a temporary failure
         interrupted, here or in another instance), or the first part's message id when it was
         sent completely before."""
-        sent = await self.store.find_mt(ref) if ref is not None and not first_attempt else None
+        sent = None
+        if ref is not None and not first_attempt:
+            try:
+                sent = await self.store.find_mt(ref)
+            except CONNECTION_LOST as exc:
+                # Without the record, sending could send twice: not now.
+                raise SendFailed(
+                    f"the message store is unreachable ({type(exc).__name__})", temporary=True
+                ) from None
         if sent is not None and sent.status in SENT_STATUSES and sent.parts:
             return sent.parts[0].message_id
         resume = sent is not None and sent.status == "queued"
