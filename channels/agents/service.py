@@ -106,7 +106,13 @@ class AgentChannel:
                 if inbound.device is not None:
                     seen.add((inbound.agent_code, inbound.device))
         if items:
-            await self.ingest(items)
+            try:
+                await self.ingest(items)
+            except Exception:
+                # Redis or PostgreSQL away: these fixes are lost (the next ones move the device
+                # on), but the batch's commands below must still be answered.
+                self.stats["ingest_failed"] += 1
+                log.exception("fixes not taken in", extra={"fixes": len(items)})
         if seen and self.owntracks is not None:
             await self._record_devices(seen, now)
         if commands:
