@@ -516,6 +516,10 @@ _AGENT_COUNTERS = {
     ),
     "ignored": ("gateway_agent_messages_ignored", "messages on no topic of ours, or snapshots"),
     "commands": ("gateway_agent_commands", "commands handled (answered on .../reply)"),
+    "ingest_failed": (
+        "gateway_agent_ingest_failures",
+        "batches of fixes lost to Redis or PostgreSQL being away",
+    ),
     "unpublished": ("gateway_agent_replies_unpublished", "replies the broker did not take"),
 }
 
