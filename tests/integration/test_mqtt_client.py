@@ -149,13 +149,29 @@ class Collector:
         self.payloads.extend(m.payload.decode() for m in batch)
 
 
-async def with_session(url: str, client_id: str, handler: mqtt.Handler) -> MqttService:
+async def with_session(url: str, client_id: str | None, handler: mqtt.Handler) -> MqttService:
+    """A started client under `client_id` with a session, or (None) the default: a clean
+    session under a new id."""
+    session = Session(client_id) if client_id is not None else None
     service = MqttService(
-        url, handler, subscriptions=lambda _: ["crashtest/+/cmd"], session=Session(client_id)
+        url, handler, subscriptions=lambda _: ["crashtest/+/cmd"], session=session
     )
     await service.start()
     await service.wait_subscribed(10)
     return service
+
+
+async def after_restart(url: str, client_id: str | None) -> list[str]:
+    """What a client started again under `client_id` receives up to a marker published after
+    it subscribed: whatever its session still held comes first."""
+    received = Collector()
+    service = await with_session(url, client_id, received)
+    try:
+        await publish(url, "marker")
+        await eventually(lambda: "marker" in received.payloads)
+    finally:
+        await service.stop()
+    return received.payloads
 
 
 @pytest.mark.parametrize("durable", [True, False], ids=["session", "clean"])
@@ -172,21 +188,10 @@ async def test_a_command_taken_by_a_process_that_dies_is_handled_after_the_resta
     finally:
         proc.kill()
         await proc.wait()
-    restarted = Collector()
-    if durable:
-        service = await with_session(broker_url, client_id, restarted)
-    else:  # the default: a clean session under a new id on every start
-        service = MqttService(broker_url, restarted, subscriptions=lambda _: ["crashtest/+/cmd"])
-        await service.start()
-        await service.wait_subscribed(10)
-    try:
-        await publish(broker_url, "marker")  # sent after whatever the session still held
-        await eventually(lambda: "marker" in restarted.payloads)
-    finally:
-        await service.stop()
     # With a session the command the dead process held comes again, ahead of what followed;
     # with a clean one (paho acknowledged it when it read it) it is gone.
-    assert restarted.payloads == (["cash-in-1", "marker"] if durable else ["marker"])
+    restarted = await after_restart(broker_url, client_id if durable else None)
+    assert restarted == (["cash-in-1", "marker"] if durable else ["marker"])
 
 
 async def test_a_stop_acknowledges_what_it_handled_so_a_restart_gets_nothing_twice(
@@ -213,15 +218,8 @@ async def test_a_stop_acknowledges_what_it_handled_so_a_restart_gets_nothing_twi
     await service.stop()
     assert sorted(handled.payloads) == sorted(f"c{i}" for i in range(15))
     assert service.acked == 15
-
-    again = Collector()
-    service = await with_session(broker_url, client_id, again)
-    try:
-        await publish(broker_url, "marker")
-        await eventually(lambda: "marker" in again.payloads)
-    finally:
-        await service.stop()
-    assert again.payloads == ["marker"]  # nothing the first run handled came back
+    # Nothing the first run handled comes back.
+    assert await after_restart(broker_url, client_id) == ["marker"]
 
 
 async def test_what_a_hung_handler_held_at_a_stop_is_not_acknowledged(
@@ -240,12 +238,5 @@ async def test_what_a_hung_handler_held_at_a_stop_is_not_acknowledged(
     await eventually(lambda: len(held) + service.pending == 3)
     await service.stop()
     assert service.acked == 0
-
-    again = Collector()
-    service = await with_session(broker_url, client_id, again)
-    try:
-        await publish(broker_url, "marker")
-        await eventually(lambda: "marker" in again.payloads)
-    finally:
-        await service.stop()
-    assert again.payloads == ["c1", "c2", "c3", "marker"]  # the broker's again, in order
+    # The broker's again, in order.
+    assert await after_restart(broker_url, client_id) == ["c1", "c2", "c3", "marker"]
