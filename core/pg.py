@@ -15,14 +15,16 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
 
 import asyncpg
 
 from core import errors as E
 
 log = logging.getLogger("core.pg")
+
+T = TypeVar("T")
 
 Db = Any  # asyncpg.Pool | asyncpg.Connection (asyncpg ships no type hints)
 
@@ -133,17 +135,14 @@ def unique_violation(exc: asyncpg.UniqueViolationError) -> str:
     return str(getattr(exc, "constraint_name", "") or "")
 
 
-async def record_retrying(db: Db, sql: str, *args: Any, what: str) -> None:
-    """Execute a statement that records something already done outside the database (a
-    message sent), trying again after RECORD_RETRY_PAUSES_S when the connection is lost: the
-    statement must be idempotent. A record lost there makes the work happen again."""
-    for pause in (*RECORD_RETRY_PAUSES_S, None):
+async def through_outage(op: Callable[[], Awaitable[T]], *, what: str) -> T:
+    """`op()` for work that records something already done outside the database (a message
+    sent), tried again after RECORD_RETRY_PAUSES_S when the connection is lost: `op` must be
+    idempotent. A record lost there makes the work happen again."""
+    for pause in RECORD_RETRY_PAUSES_S:
         try:
-            await db.execute(sql, *args, timeout=CALL_TIMEOUT_S)
-            return
+            return await op()
         except CONNECTION_LOST as exc:
-            if pause is None:
-                raise
             log.warning(
                 "connection lost recording %s; again in %.2f s (%s)",
                 what,
@@ -151,3 +150,9 @@ async def record_retrying(db: Db, sql: str, *args: Any, what: str) -> None:
                 type(exc).__name__,
             )
             await asyncio.sleep(pause)
+    return await op()
+
+
+async def record_retrying(db: Db, sql: str, *args: Any, what: str) -> None:
+    """One idempotent statement through `through_outage`."""
+    await through_outage(lambda: db.execute(sql, *args, timeout=CALL_TIMEOUT_S), what=what)

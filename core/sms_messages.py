@@ -21,10 +21,10 @@ builds over the asyncpg pool. What it guarantees:
   timeout passes; assembly happens under an advisory lock on the group, so two parts arriving
   at once on two connections cannot both miss the completion.
 - An MO's outcome (its replies' records with its "processed" mark) is written again when the
-  connection is lost under it (`core.pg.RECORD_RETRY_PAUSES_S`, ~1.5 s in all; the statement
-  is made of upserts): a reply already sent whose record is lost would be sent again when the MO is
-  processed again after its lease, so a short outage of the database (a restart, a failover, a
-  dropped connection) must not cost the record.
+  connection is lost under it (`core.pg.through_outage`, ~1.5 s in all; the statement is made
+  of upserts): a reply already sent whose record is lost would be sent again when the MO is
+  processed again after its lease, so a short outage of the database (a restart, a
+  failover, a dropped connection) must not cost the record.
 - An MT is recorded with the SMSC's message id of every part; a delivery receipt updates its
   part and the message's status. A receipt that overtakes the submit's record leaves a part row
   without a message, which the record then claims (both are upserts on one key).
@@ -35,9 +35,7 @@ the parts' payloads into (raw text, masked text, encoding name).
 
 from __future__ import annotations
 
-import asyncio
 import base64
-import logging
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -50,7 +48,7 @@ import asyncpg
 from core.batching import Batcher
 from core.clock import Clock, SystemClock
 from core.crypto import FieldCipher
-from core.pg import CONNECTION_LOST, RECORD_RETRY_PAUSES_S
+from core.pg import through_outage
 
 Assembler = Callable[[Sequence[bytes], int], tuple[str, str, str]]
 
@@ -64,7 +62,6 @@ PURGE_BATCH = 5_000
 # How long an outcome write (MT records, the MO's `processed` mark) waits for others to share
 # its commit; see SmsMessageStore.__init__.
 OUTCOME_LINGER_S = 0.005
-log = logging.getLogger("core.sms_messages")
 MAX_PAGE = 200
 
 
@@ -498,20 +495,9 @@ class SmsMessageStore:
     async def _write_outcomes(self, items: Sequence[_Outcome]) -> list[None]:
         records = [rec for item in items for rec in item.records]
         processed = [item.processed for item in items if item.processed is not None]
-        for pause in (*RECORD_RETRY_PAUSES_S, None):
-            try:
-                await self._record_mts(records, processed)
-                break
-            except CONNECTION_LOST as exc:
-                if pause is None:
-                    raise
-                log.warning(
-                    "sms store: connection lost writing %d outcomes; again in %.2f s (%s)",
-                    len(items),
-                    pause,
-                    type(exc).__name__,
-                )
-                await asyncio.sleep(pause)
+        await through_outage(
+            lambda: self._record_mts(records, processed), what=f"{len(items)} SMS outcomes"
+        )
         return [None] * len(items)
 
     async def mo_retry(self, mo_id: int, error: str, delay_s: float) -> None:
