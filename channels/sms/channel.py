@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 
 from channels.base import SENSITIVE_KINDS, OutboundLike, SendFailed
 from config.settings import SmppBind
-from core.pg import CONNECTION_LOST
+from core.pg import CONNECTION_LOST, through_outage
 from core.sms_messages import (
     InboundPart,
     InboundRecord,
@@ -301,8 +301,12 @@ class SmsChannel:
             task.add_done_callback(self._extending.discard)
 
     async def _extend(self, keys: list[str]) -> None:
+        # Through a short outage: lost, these MOs keep the short window only, and one the
+        # SMSC delivers again after it is processed twice.
         try:
-            await self.store.extend_dedupe(keys)
+            await through_outage(
+                lambda: self.store.extend_dedupe(keys), what=f"the dedupe of {len(keys)} MOs"
+            )
         except Exception:
             log.exception("sms: could not extend the de-duplication of %d MOs", len(keys))
 
