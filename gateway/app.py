@@ -11,6 +11,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable
 
+import asyncpg
 from aiohttp import web
 from redis.asyncio import Redis
 
@@ -59,6 +60,7 @@ from gateway.services import mqtt_endpoint, storage_endpoints
 from gateway.sms import sms_channel
 from gateway.ussd import add_ussd
 from menus.loans.jobs import loan_jobs
+from menus.loans.service import LoanService
 from menus.loans.setup import build_loan_service
 
 log = logging.getLogger("gateway.app")
@@ -66,6 +68,8 @@ log = logging.getLogger("gateway.app")
 REDIS_SOCKET_TIMEOUT_S = 5.0
 REDIS_CONNECT_TIMEOUT_S = 2.0
 REDIS_MAX_CONNECTIONS = 256
+# How often every instance looks for approvals whose disbursement never committed.
+RESUME_EVERY_S = 30.0
 
 
 def make_redis(url: str) -> Redis:
@@ -153,10 +157,25 @@ async def _loan_jobs(app: web.Application) -> AsyncIterator[None]:
     )
     task = asyncio.create_task(scheduler.run_forever(), name="loan-jobs")
     app[BACKGROUND]["loan_jobs"] = task
+    resume = asyncio.create_task(
+        _resume_disbursements(service, app[PG_POOL]), name="loan-disbursement-resume"
+    )
+    app[BACKGROUND]["loan_disbursement_resume"] = resume
     try:
         yield
     finally:
-        await stop_tasks([task], "loan jobs")
+        await stop_tasks([task, resume], "loan jobs")
+
+
+async def _resume_disbursements(service: LoanService, pool: asyncpg.Pool) -> None:
+    """Approvals whose disbursement never committed get their loan within about a minute,
+    whether or not the customer asks again (LoanService.resume_disbursements)."""
+    while True:
+        try:
+            await service.resume_disbursements(pool)
+        except Exception:
+            log.exception("resuming loan disbursements failed")
+        await asyncio.sleep(RESUME_EVERY_S)
 
 
 DISPATCHER_STOP_TIMEOUT_S = 10.0

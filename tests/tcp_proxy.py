@@ -34,6 +34,10 @@ class CuttableProxy:
             writer.transport.abort()
         self._writers.clear()
 
+    def restore(self) -> None:
+        """Relay again now, refusing nothing more."""
+        self._refuse = 0
+
     async def close(self) -> None:
         self.cut(refuse=0)
         if self._server is not None:

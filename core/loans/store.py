@@ -219,6 +219,19 @@ async def find_application(conn: Connection, msisdn: str, key: str) -> Applicati
     return None if row is None else _application(row)
 
 
+async def stalled_approvals(conn: Connection, before: datetime, limit: int) -> list[Application]:
+    """Applications approved (so with no loan yet) and unchanged since before `before`: an
+    approval whose disbursement never committed (the process or the database went away in
+    between)."""
+    rows = await conn.fetch(
+        _APPLICATION_SELECT
+        + " WHERE a.status = 'approved' AND a.updated_at < $1 ORDER BY a.id LIMIT $2",
+        before,
+        limit,
+    )
+    return [_application(row) for row in rows]
+
+
 async def get_application(
     conn: Connection, application_id: int, *, for_update: bool = False
 ) -> Application:

@@ -75,6 +75,9 @@ NOTE_MAX = 500
 PRODUCT_CODE_MAX = 32
 SYSTEM = "system"
 DISBURSEMENT_FAILED = "DISBURSEMENT_FAILED"
+# An approved application with no loan this long after its last change is taken to be one
+# whose disbursement never committed (a request still disbursing holds its row lock anyway).
+RESUME_AFTER_S = 30.0
 DISBURSEMENT_FAILED_TEXT = "We could not send the money now; please try again later"
 REJECT_REASON_SMS_CHARS = 100  # an officer's reason, cut so the rejection notice is one SMS
 
@@ -376,6 +379,11 @@ class LoanService:
             raise IdempotencyConflict(
                 "This idempotency key was already used for another application"
             )
+        if app.status == State.APPROVED:
+            # Approved, and its disbursement never committed (the first try met an outage, or
+            # the process died): the customer asking again gets the money now, once.
+            app, loan = await self._disburse(pool, app, SYSTEM)
+            return ApplyResult(app, decision_of(app), loan, replayed=True)
         loan = None
         if app.loan_id is not None:
             async with pool.acquire() as conn:
@@ -425,6 +433,31 @@ class LoanService:
         return await book.move_loan(
             conn, loan, trigger=trigger, dest=dest, actor=actor, now=self.clock.now()
         )
+
+    async def resume_disbursements(
+        self, pool: Pool, *, older_than_s: float = RESUME_AFTER_S, limit: int = 50
+    ) -> int:
+        """Disburse the applications left approved with no loan (the process or the database
+        went away between the approval's commit and the disbursement's) once they are
+        `older_than_s` old; how many got their loan. Each is locked and checked again and the
+        ledger call carries the application's key, so none is disbursed twice; one the ledger
+        now refuses is rejected with the reason, as at the first try."""
+        if self.ledger is None:
+            return 0
+        before = self.clock.now() - timedelta(seconds=older_than_s)
+        async with pool.acquire() as conn:
+            stalled = await store.stalled_approvals(conn, before, limit)
+        done = 0
+        for app in stalled:
+            try:
+                _, loan = await self._disburse(pool, app, SYSTEM)
+            except Exception:  # one application's trouble must not hold up the others
+                log.exception("loan disbursement not resumed", extra={"application_id": app.id})
+                continue
+            if loan is not None:
+                done += 1
+                log.info("loan disbursement resumed", extra={"application_id": app.id})
+        return done
 
     # --- review ----------------------------------------------------------------------------------
 
@@ -482,7 +515,14 @@ class LoanService:
             return app, None
         try:
             async with pool.acquire() as conn, conn.transaction():
-                loan = await self._disburse_in(conn, app, actor)
+                locked = await store.get_application(conn, app.id, for_update=True)
+                if locked.status != State.APPROVED:
+                    # Settled meanwhile (a retry, another instance's resume): not twice.
+                    settled = None
+                    if locked.loan_id is not None:
+                        settled = await book.get_loan(conn, locked.loan_id)
+                    return locked, settled
+                loan = await self._disburse_in(conn, locked, actor)
         except CoreError as exc:
             log.warning(
                 "loan disbursement refused",
@@ -499,8 +539,8 @@ class LoanService:
             return await store.get_application(conn, app.id), loan
 
     async def _disburse_in(self, conn: Any, app: Application, actor: str) -> Loan:
+        """The disbursement of `app`, locked by the caller and still approved."""
         ledger = self.require_ledger()
-        app = await store.get_application(conn, app.id, for_update=True)
         app = await self._move_app(conn, app, "disburse", actor)
         product = await store.get_product(conn, product_id=app.product_id)
         now = self.clock.now()
