@@ -122,12 +122,20 @@ async def call(db: Db, sql: str, *args: Any, timeout_s: float = CALL_TIMEOUT_S) 
 
 @contextlib.asynccontextmanager
 async def connection(db: Db) -> AsyncIterator[Any]:
-    """One connection for a multi-statement transaction: `db` itself, or one from the pool."""
-    if isinstance(db, asyncpg.Pool):
-        async with db.acquire(timeout=CALL_TIMEOUT_S) as conn:
-            yield conn
-    else:
-        yield db
+    """One connection for a multi-statement transaction: `db` itself, or one from the pool.
+
+    A connection lost in the block is Unavailable, as in `call`: in `async with connection(db)
+    as conn, conn.transaction()` the rollback on the dead connection raises asyncpg's
+    InterfaceError in place of the Unavailable a `call` inside raised, and a caller's `except
+    CoreError` (recording a refusal, say) never saw it."""
+    try:
+        if isinstance(db, asyncpg.Pool):
+            async with db.acquire(timeout=CALL_TIMEOUT_S) as conn:
+                yield conn
+        else:
+            yield db
+    except CONNECTION_LOST as exc:
+        raise _unavailable(exc) from None
 
 
 def unique_violation(exc: asyncpg.UniqueViolationError) -> str:

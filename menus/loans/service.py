@@ -523,6 +523,10 @@ class LoanService:
                         settled = await book.get_loan(conn, locked.loan_id)
                     return locked, settled
                 loan = await self._disburse_in(conn, locked, actor)
+        except Unavailable:
+            # Nothing moved, or all of it did: the approval stands, and a retry of the request
+            # or resume_disbursements finishes it (a refusal here would tell the customer no).
+            raise
         except CoreError as exc:
             log.warning(
                 "loan disbursement refused",

@@ -10,13 +10,15 @@ import random
 import time
 
 import asyncpg
+import pytest
 
 from core import errors as E
 from core.crypto import FieldCipher
-from core.pg import call
+from core.pg import call, connection
 from core.transfers import balance, send_money
 from gateway import db as dbmod
 from tests.integration.core.conftest import make_customer, new_key
+from tests.tcp_proxy import postgres_proxy
 
 WAIT_DEADLINE_S = 10.0
 
@@ -180,3 +182,22 @@ async def test_a_connection_that_dies_between_protocol_steps_is_unavailable() ->
         assert exc.details["reason"] == "InternalClientError"
     else:
         raise AssertionError("no Unavailable")
+
+
+async def test_a_transaction_whose_connection_is_cut_is_unavailable(database_url: str) -> None:
+    """In `async with connection(db) as conn, conn.transaction()` the rollback on the dead
+    connection raised asyncpg's InterfaceError in place of the Unavailable the call inside had
+    raised; callers' `except CoreError` (recording a refusal) never saw it."""
+    proxy, via = postgres_proxy(database_url)
+    pool = await asyncpg.create_pool(via(await proxy.start()), min_size=0, max_size=1)
+    try:
+        with pytest.raises(E.Unavailable):
+            async with connection(pool) as conn, conn.transaction():
+                await conn.execute("SELECT 1")
+                proxy.cut(refuse=0)
+                await call(conn, "SELECT 1")
+        # And the pool works on afterwards.
+        assert await pool.fetchval("SELECT 2") == 2
+    finally:
+        await pool.close()
+        await proxy.close()
