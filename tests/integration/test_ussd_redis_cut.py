@@ -197,6 +197,24 @@ async def test_reply_to_the_claim_lost(cut: Cut) -> None:
     await _moved_once(cut, sender, recipient)
 
 
+async def test_claim_stored_then_an_outage(cut: Cut) -> None:
+    """The claim lands, its answer is lost and Redis stays out of reach: the hop answers
+    "unavailable" before any money moves. Once Redis is back, the hop sent again runs (the
+    claim left behind is dead) and moves the money once."""
+    s, sender, recipient = await _ready_to_send(cut)
+    before = cut.env.calls["send_money"]
+    cut.proxy.cut_at_reply(CLAIM, refuse=OUTAGE)
+    assert await cut.timed(s, PIN) == DOWN
+    assert cut.env.calls["send_money"] == before
+    assert await cut.env.bank.transfers(recipient) == 0
+    cut.proxy.restore()
+    receipt = await cut.timed(s, "")
+    assert receipt.startswith("END KES 100.00 sent to Neema Achieng"), receipt
+    assert await cut.timed(s, "") == receipt
+    assert cut.env.calls["send_money"] == before + 1
+    await _moved_once(cut, sender, recipient)
+
+
 async def test_reply_to_the_final_write_lost(cut: Cut) -> None:
     """The step's last write (its receipt) lands, its answer is lost: the link sends it again,
     which finds it stored. The customer gets the receipt, a retry too, money moved once."""
