@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import itertools
 import logging
+import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -93,19 +95,34 @@ class _Hop:
 
 
 class _Claim:
-    """The step's claim hook: once, before the first side effect, mark the hop in flight."""
+    """The step's claim hook: once, before the first side effect, mark the hop in flight.
+    `token` names the claim; it is in `live` while its step runs in this process."""
 
     def __init__(
-        self, store: SessionStore, hop: _Hop, *, expected: int | None, before: str
+        self,
+        store: SessionStore,
+        hop: _Hop,
+        *,
+        expected: int | None,
+        before: str,
+        token: str,
+        live: set[str],
     ) -> None:
         self.store, self.hop, self.expected, self.before = store, hop, expected, before
+        self.token, self.live = token, live
         self.claimed = False
 
     async def __call__(self) -> None:
         if self.claimed:
             return
         record = Session.from_json(self.before)
-        record.inflight = {"hop": self.hop.req.hop, "fp": self.hop.fp, "at": time.time()}
+        record.inflight = {
+            "hop": self.hop.req.hop,
+            "fp": self.hop.fp,
+            "at": time.time(),
+            "by": self.token,
+        }
+        self.live.add(self.token)
         ok, current = await self.store.save(
             self.hop.key, self.expected, record.to_json(), self.hop.ttl_s
         )
@@ -140,6 +157,16 @@ class UssdService:
         self.deadline_s = deadline_s
         self.steps = steps
         self.observe = observe
+        # Claims are named "<instance>:<n>"; `_live` holds those whose steps are running here.
+        self._instance = secrets.token_hex(6)
+        self._claim_numbers = itertools.count()
+        self._live: set[str] = set()
+
+    def _dead(self, inflight: dict[str, object]) -> bool:
+        """A claim this process made whose step has ended without clearing it (its last write
+        failed: Redis out of reach). Nobody will clear it, so it needs no grace period."""
+        by = inflight.get("by")
+        return isinstance(by, str) and by.startswith(self._instance + ":") and by not in self._live
 
     async def handle(self, req: UssdRequest, ttl_s: int) -> Reply:
         started = time.monotonic()
@@ -209,8 +236,10 @@ class UssdService:
         """The answer when this request must not run a step: a repeat, a stale or duplicate
         hop, a closed session."""
         req, trace = hop.req, hop.trace
-        if s.inflight and time.time() - float(s.inflight.get("at", 0)) < (
-            self.deadline_s + STALE_CLAIM_GRACE_S
+        if (
+            s.inflight
+            and time.time() - float(s.inflight.get("at", 0)) < self.deadline_s + STALE_CLAIM_GRACE_S
+            and not self._dead(s.inflight)
         ):
             return await self._busy(hop, s.inflight)
         last = s.last
@@ -279,20 +308,29 @@ class UssdService:
             session = parsed
             menu = await self.registry.version(session.menu, session.version)
             before, expected, text = current.raw, current.version, req.input
-        claim = _Claim(self.store, hop, expected=expected, before=before)
-        deadline = hop.started + self.deadline_s - RENDER_MARGIN_S
-        step = Step(menu, session, deadline=deadline, claim=claim)
-        await self.engine.run(step, text, prefill)
-        reply = self.engine.reply(step)
-        self._trace(hop.trace, step, reply, req.input)
-        session.last = {"hop": req.hop, "fp": hop.fp, "text": reply.text, "end": reply.end}
-        session.seq += 1
-        session.inflight = None
-        if reply.end:
-            session.close()
-        ok, now_stored = await self.store.save(
-            hop.key, claim.expected, session.to_json(), hop.ttl_s, session
+        token = f"{self._instance}:{next(self._claim_numbers)}"
+        claim = _Claim(
+            self.store, hop, expected=expected, before=before, token=token, live=self._live
         )
+        try:
+            deadline = hop.started + self.deadline_s - RENDER_MARGIN_S
+            step = Step(menu, session, deadline=deadline, claim=claim)
+            await self.engine.run(step, text, prefill)
+            reply = self.engine.reply(step)
+            self._trace(hop.trace, step, reply, req.input)
+            session.last = {"hop": req.hop, "fp": hop.fp, "text": reply.text, "end": reply.end}
+            session.seq += 1
+            session.inflight = None
+            if reply.end:
+                session.close()
+            ok, now_stored = await self.store.save(
+                hop.key, claim.expected, session.to_json(), hop.ttl_s, session
+            )
+        finally:
+            # The step is over: a claim it could not clear (Redis out of reach) is dead from
+            # now on. The hop sent again runs again (its action's idempotency key is the same:
+            # nothing moves twice) rather than wait out STALE_CLAIM_GRACE_S on "still processing".
+            self._live.discard(token)
         if not ok:
             if claim.claimed:
                 # Our claim was overtaken (it outlived its grace): the action ran, answer it.

@@ -266,6 +266,12 @@ class RedisSessionStore:
             self._remember(key, Versioned(version, raw, parsed), ttl_s)
             return True, None
         current = _decode(result)
+        if current is not None and current.version == version and current.raw == raw:
+            # Our own write: it landed, the connection dropped before Redis's answer and the
+            # link sent it again, which found it stored. Taken for another writer's, a claim
+            # had its step wait on itself and the hop was lost.
+            self._remember(key, Versioned(version, raw, parsed), ttl_s)
+            return True, None
         # Keep the cache honest: the next step starts from what is really stored.
         self._remember(key, current, ttl_s)
         return False, current

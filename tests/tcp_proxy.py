@@ -12,7 +12,10 @@ from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 class CuttableProxy:
     """Relays every connection to `target`. `cut(refuse=n)` closes every open connection at
     once and refuses the next `n` new ones (accepted, then closed before a byte is relayed),
-    after which it relays again: an outage that ends after the client's n-th try."""
+    after which it relays again: an outage that ends after the client's n-th try. `restore()`
+    ends an outage at once (however many refusals were left): for clients whose reconnects a
+    test cannot count. `cut_at_reply(marker)` cuts at the moment the server answers the
+    client's next request containing `marker`: the server ran it, the client never hears so."""
 
     def __init__(self, host: str, port: int, *, unix_path: str | None = None) -> None:
         self.target = (host, port)
@@ -22,6 +25,9 @@ class CuttableProxy:
         self._refuse = 0
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
+        self._marker: bytes | None = None
+        self._marker_refuse = 0
+        self.replies_dropped = 0
 
     async def start(self) -> int:
         self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
@@ -37,6 +43,11 @@ class CuttableProxy:
     def restore(self) -> None:
         """Relay again now, refusing nothing more."""
         self._refuse = 0
+
+    def cut_at_reply(self, marker: bytes, *, refuse: int = 0) -> None:
+        """Once: relay the client's next chunk containing `marker`, then, instead of relaying
+        the server's next bytes on that connection, `cut(refuse=refuse)`."""
+        self._marker, self._marker_refuse = marker, refuse
 
     async def close(self) -> None:
         self.cut(refuse=0)
@@ -59,17 +70,35 @@ class CuttableProxy:
             writer.transport.abort()
             return
         self._writers |= {writer, up_writer}
+        asked: list[bool] = []  # the marked request went up this connection
         try:
-            await asyncio.gather(self._pump(reader, up_writer), self._pump(up_reader, writer))
+            await asyncio.gather(
+                self._pump(reader, up_writer, asked=asked),
+                self._pump(up_reader, writer, answer_of=asked),
+            )
         finally:
             for w in (writer, up_writer):
                 self._writers.discard(w)
                 w.transport.abort()
 
-    @staticmethod
-    async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _pump(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        *,
+        asked: list[bool] | None = None,
+        answer_of: list[bool] | None = None,
+    ) -> None:
         with contextlib.suppress(OSError, asyncio.IncompleteReadError):
             while data := await reader.read(65536):
+                if answer_of:  # the server answers the marked request: lose the answer
+                    answer_of.clear()
+                    self.replies_dropped += 1
+                    self.cut(refuse=self._marker_refuse)
+                    return
+                if asked is not None and self._marker is not None and self._marker in data:
+                    self._marker = None
+                    asked.append(True)
                 writer.write(data)
                 await writer.drain()
         writer.transport.abort()  # one side ended: so does the other
