@@ -323,9 +323,19 @@ class UssdService:
             session.inflight = None
             if reply.end:
                 session.close()
-            ok, now_stored = await self.store.save(
-                hop.key, claim.expected, session.to_json(), hop.ttl_s, session
-            )
+            try:
+                ok, now_stored = await self.store.save(
+                    hop.key, claim.expected, session.to_json(), hop.ttl_s, session
+                )
+            except (RedisError, OSError, TimeoutError):
+                if not reply.end:
+                    raise  # a menu not on record would take the next input for the old screen
+                # The session ends with this screen and what the step did is done (an END after
+                # money moved is its receipt): told "temporarily unavailable" instead, the
+                # customer would send the money again from a new session. A retry of the hop
+                # runs the step again under the same idempotency key (its claim is dead here).
+                log.warning("ussd: the last screen was not stored", extra={"key": hop.key})
+                return reply
         finally:
             # The step is over: a claim it could not clear (Redis out of reach) is dead from
             # now on. The hop sent again runs again (its action's idempotency key is the same:
