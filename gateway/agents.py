@@ -37,6 +37,7 @@ from core.agent_transactions import DeviceGate
 from core.crypto import FieldCipher
 from core.devices import BreachAlerts, EventRow, LocationRow
 from core.errors import AuthFailed, Conflict, FixRejected, NotFound, Unavailable
+from core.pg import CONNECTION_LOST, RECORD_RETRY_PAUSES_S
 from core.tasks import stop_tasks
 from gateway.api import HttpError, json_response
 from gateway.keys import AGENTS, CIPHER, ENDPOINTS, METRICS, PG_POOL, REDIS, SETTINGS
@@ -97,8 +98,26 @@ class PgSink:
         self._held: list[LocationRow] = []  # taken off the queue, not yet written
 
     async def record_events(self, events: Sequence[EventRow]) -> None:
-        async with self.pool.acquire() as conn:
-            await devices.insert_events(conn, events, self.alerts)
+        """Tried again when the connection is lost (RECORD_RETRY_PAUSES_S, ~1.5 s): the events
+        already happened (the device state in Redis moved on) and a pooled connection that died
+        idle fails its next use while PostgreSQL is up. Past the retries they are lost (the
+        caller counts it); a COMMIT whose answer was lost stores them twice: a copy, not a
+        lost breach."""
+        for pause in (*RECORD_RETRY_PAUSES_S, None):
+            try:
+                async with self.pool.acquire() as conn:
+                    await devices.insert_events(conn, events, self.alerts)
+                return
+            except CONNECTION_LOST as exc:
+                if pause is None:
+                    raise
+                log.warning(
+                    "connection lost recording events; again in %.2f s (%s)",
+                    pause,
+                    type(exc).__name__,
+                    extra={"events": len(events)},
+                )
+                await asyncio.sleep(pause)
 
     async def record_locations(self, rows: Sequence[LocationRow]) -> None:
         for row in rows:
@@ -117,7 +136,10 @@ class PgSink:
                 async with self.pool.acquire() as conn:
                     self.written += await devices.insert_locations(conn, rows)
                 return
-            except (OSError, asyncpg.PostgresError, TimeoutError):
+            except (*CONNECTION_LOST, asyncpg.PostgresError):
+                # All of core.pg.CONNECTION_LOST (asyncpg's InterfaceError and
+                # InternalClientError too): one raised out of here would end `run` for good,
+                # and ingestion would block once the queue is full.
                 log.exception("location history write failed; retrying", extra={"rows": len(rows)})
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, HISTORY_RETRY_MAX_S)

@@ -45,7 +45,7 @@ from redis.exceptions import RedisError
 from core import agent_transactions as device
 from core.crypto import FieldCipher
 from core.errors import CoreError, Unavailable
-from core.pg import Db
+from core.pg import CONNECTION_LOST, Db
 
 log = logging.getLogger("gateway.agents.commands")
 
@@ -215,6 +215,20 @@ class CoreCommandExecutor:
         self.config = config
 
     async def execute(self, command: Command, context: CommandContext) -> dict[str, Any]:
+        try:
+            return await self._execute(command, context)
+        except CONNECTION_LOST as exc:
+            # Not every statement goes through core.pg.call (the agent's PIN check, a COMMIT;
+            # and a ROLLBACK on a dead connection replaces call's Unavailable with asyncpg's
+            # InterfaceError). A lost connection is "send the same id again", never
+            # INTERNAL_ERROR, which a device may take as failed while the money moved (the
+            # COMMIT's answer lost).
+            raise Unavailable(
+                "The database did not answer; send the command again with the same id",
+                reason=type(exc).__name__,
+            ) from None
+
+    async def _execute(self, command: Command, context: CommandContext) -> dict[str, Any]:
         request = device.DeviceRequest(
             context.agent_code, command.pin.get_secret_value(), command.id, context.received_at
         )

@@ -15,7 +15,10 @@ class CuttableProxy:
     after which it relays again: an outage that ends after the client's n-th try. `restore()`
     ends an outage at once (however many refusals were left): for clients whose reconnects a
     test cannot count. `cut_at_reply(marker)` cuts at the moment the server answers the
-    client's next request containing `marker`: the server ran it, the client never hears so."""
+    client's next request containing `marker`: the server ran it, the client never hears so.
+    `cut_on(marker)` cuts as bytes containing `marker` pass, before they are relayed: from the
+    client (the server never gets the step) or from the server (a precise answer lost, such as
+    a COPY's command tag, where the server's next bytes would be an earlier message)."""
 
     def __init__(self, host: str, port: int, *, unix_path: str | None = None) -> None:
         self.target = (host, port)
@@ -28,6 +31,8 @@ class CuttableProxy:
         self._marker: bytes | None = None
         self._marker_refuse = 0
         self.replies_dropped = 0
+        self._trip: tuple[bytes, bool, int] | None = None
+        self.tripped = 0
 
     async def start(self) -> int:
         self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
@@ -48,6 +53,21 @@ class CuttableProxy:
         """Once: relay the client's next chunk containing `marker`, then, instead of relaying
         the server's next bytes on that connection, `cut(refuse=refuse)`."""
         self._marker, self._marker_refuse = marker, refuse
+
+    def cut_on(self, marker: bytes, *, from_server: bool = False, refuse: int = 0) -> None:
+        """Once: `cut(refuse=refuse)` in place of relaying the first chunk holding `marker`
+        that comes from the client (the server never gets it) or, with `from_server`, from
+        the server (the server did it, the client never hears so)."""
+        self._trip = (marker, from_server, refuse)
+
+    def _trips(self, data: bytes, from_server: bool) -> bool:
+        trip = self._trip
+        if trip is None or trip[1] != from_server or trip[0] not in data:
+            return False
+        self._trip = None
+        self.tripped += 1
+        self.cut(refuse=trip[2])
+        return True
 
     async def close(self) -> None:
         self.cut(refuse=0)
@@ -91,6 +111,8 @@ class CuttableProxy:
     ) -> None:
         with contextlib.suppress(OSError, asyncio.IncompleteReadError):
             while data := await reader.read(65536):
+                if self._trips(data, from_server=asked is None):
+                    return
                 if answer_of:  # the server answers the marked request: lose the answer
                     answer_of.clear()
                     self.replies_dropped += 1

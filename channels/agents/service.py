@@ -109,8 +109,9 @@ class AgentChannel:
             try:
                 await self.ingest(items)
             except Exception:
-                # Redis or PostgreSQL away: these fixes are lost (the next ones move the device
-                # on), but the batch's commands below must still be answered.
+                # Redis away: these fixes are lost (the next ones move the device on);
+                # PostgreSQL away past the sink's retries: their events are (their history was
+                # queued first). The batch's commands below must still be answered.
                 self.stats["ingest_failed"] += 1
                 log.exception("fixes not taken in", extra={"fixes": len(items)})
         if seen and self.owntracks is not None:
@@ -175,10 +176,12 @@ class AgentChannel:
         total = EngineResult()
         for start in range(0, len(items), MAX_BATCH):
             result = await self.engine.apply(items[start : start + MAX_BATCH])
-            if result.events:
-                await self.sink.record_events(result.events)
+            # The history first: it is queued and written whenever PostgreSQL is back, so it
+            # must not be lost with events that could not be recorded.
             if result.locations:
                 await self.sink.record_locations(result.locations)
+            if result.events:
+                await self.sink.record_events(result.events)
             self.announce(result.events)
             total.events += result.events
             total.locations += result.locations

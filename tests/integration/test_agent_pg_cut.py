@@ -1,0 +1,371 @@
+"""The agent channel when its PostgreSQL connections are cut while PostgreSQL itself stays up
+(tests/tcp_proxy.py between the runtime's pool and the server; `cut_on` cuts as a given step
+passes, so no test waits for a moment): fixes keep being recorded and their history written
+once the relay is back, every command is answered, money moves at most once and a retry of the
+same command id moves it exactly once. The runtime's pool has no connection floor, so every
+connection the proxy refuses is one the code itself asked for."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import secrets
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+import pytest
+from redis.asyncio import Redis
+
+from channels.agents.mqtt import Message
+from config.settings import Settings
+from core.agents import agent_balances
+from core.crypto import FieldCipher
+from core.pg import CALL_TIMEOUT_S
+from core.tasks import stop_tasks
+from core.transfers import balance, float_topup
+from gateway import db as dbmod
+from gateway.agents import AgentRuntime
+from tests.conftest import TEST_SECRET
+from tests.helpers import eventually, new_msisdn
+from tests.integration.agent_support import (
+    AGENT_PIN,
+    CUSTOMER_PIN,
+    assert_ledger_ok,
+    make_customer,
+    native,
+    new_national_id,
+    outbox_rows,
+    prepare_core,
+    zoned_agent,
+)
+from tests.tcp_proxy import CuttableProxy, postgres_proxy
+
+CIPHER = FieldCipher(TEST_SECRET)  # the app's own key in tests
+UNAVAILABLE = "SERVICE_UNAVAILABLE"
+
+
+@dataclass
+class Replies:
+    """Stands in for the MQTT client (the broker is not under test): what was published."""
+
+    sent: list[tuple[str, bytes]] = field(default_factory=list)
+
+    def publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False) -> None:
+        self.sent.append((topic, payload))
+
+    def to(self, agent: str) -> list[dict[str, Any]]:
+        return [json.loads(p) for t, p in self.sent if t == f"agents/{agent}/reply"]
+
+
+@dataclass
+class Relay:
+    proxy: CuttableProxy
+    pool: asyncpg.Pool
+
+
+@pytest.fixture
+async def relay(database_url: str) -> AsyncIterator[Relay]:
+    """A pool made as the app makes its own, every connection of it through the proxy."""
+    proxy, via = postgres_proxy(database_url)
+    pool = await dbmod.make_pool(via(await proxy.start()), min_size=0, max_size=4)
+    try:
+        yield Relay(proxy, pool)
+    finally:
+        await pool.close()
+        await proxy.close()
+
+
+async def channel_over(
+    relay: Relay, settings: Settings, redis: Redis
+) -> tuple[AgentRuntime, str, Replies]:
+    """A runtime on the relayed pool, an agent zoned around CENTRE, replies recorded."""
+    runtime, agent, _ = await zoned_agent(settings, redis, relay.pool)
+    replies = Replies()
+    runtime.channel.mqtt = replies  # type: ignore[assignment]
+    return runtime, agent, replies
+
+
+@contextlib.asynccontextmanager
+async def history_writer(runtime: AgentRuntime) -> AsyncIterator[asyncio.Task[None]]:
+    """The sink's history task, as `gateway.agents.running` runs it."""
+    task = asyncio.create_task(runtime.sink.run(), name="test-history")
+    try:
+        yield task
+    finally:
+        await stop_tasks([task], "test history")
+        await runtime.sink.flush()
+
+
+async def written(runtime: AgentRuntime, rows: int, timeout_s: float = 10.0) -> None:
+    """Until the sink has written `rows` rows and heard so (a stop before that answer would
+    write them again, see PgSink.flush)."""
+    await eventually(lambda: runtime.sink.written, lambda n: n >= rows, timeout_s)
+
+
+def fixes(agent: str, *stamps: float, metres: float = 20) -> list[Message]:
+    return [
+        Message(f"agents/{agent}/location", json.dumps(native(metres, ts)).encode())
+        for ts in stamps
+    ]
+
+
+def command(agent: str, command_id: str, op: str, **fields: Any) -> Message:
+    body = {"id": command_id, "op": op, "pin": AGENT_PIN, **fields}
+    return Message(f"agents/{agent}/cmd", json.dumps(body).encode())
+
+
+async def history(pg_pool: asyncpg.Pool, agent: str) -> list[float]:
+    rows = await pg_pool.fetch(
+        "SELECT extract(epoch FROM fix_ts)::float8 AS ts FROM agent_locations "
+        "WHERE agent_code = $1 ORDER BY fix_ts",
+        agent,
+    )
+    return [round(r["ts"], 3) for r in rows]
+
+
+async def events(pg_pool: asyncpg.Pool, agent: str) -> list[str]:
+    rows = await pg_pool.fetch(
+        "SELECT kind FROM agent_events WHERE agent_code = $1 ORDER BY id", agent
+    )
+    return [r["kind"] for r in rows]
+
+
+def stamps(*ts: float) -> list[float]:
+    return sorted(round(t, 3) for t in ts)
+
+
+# --- fixes: events and location history ---------------------------------------------------------
+
+
+async def test_a_cut_as_fixes_are_recorded_keeps_their_events_and_history(
+    relay: Relay, settings: Settings, redis: Redis, pg_pool: asyncpg.Pool
+) -> None:
+    """Every pooled connection dies and the next two are refused as a batch of fixes comes in:
+    the device state in Redis has moved on (the events happened), so the events are written
+    once the relay is back, the history too; nothing raises out of `handle`."""
+    runtime, agent, _ = await channel_over(relay, settings, redis)
+    channel = runtime.channel
+    now = time.time()
+    async with history_writer(runtime) as writer:
+        relay.proxy.cut(refuse=2)
+        await channel.handle(fixes(agent, now - 30, now - 29))
+        assert relay.proxy.refused == 2  # the outage is over: the code itself tried again
+        assert channel.stats["ingest_failed"] == 0
+        assert await events(pg_pool, agent) == ["online", "enter"]
+        await channel.handle(fixes(agent, now - 20))  # and later fixes go in as ever
+        await written(runtime, 3)
+        assert not writer.done()
+    assert await history(pg_pool, agent) == stamps(now - 30, now - 29, now - 20)  # once each
+    assert channel.stats["accepted"] == 3
+
+
+async def test_an_outage_longer_than_the_retries_costs_the_events_but_not_the_history(
+    relay: Relay, settings: Settings, redis: Redis, pg_pool: asyncpg.Pool
+) -> None:
+    """The database stays out of reach past the events' retries: that batch's events are given
+    up (counted, and `handle` goes on) but its fixes are already queued for the history, which
+    is written once the relay is back; the events of later fixes are recorded again."""
+    runtime, agent, _ = await channel_over(relay, settings, redis)
+    channel = runtime.channel
+    now = time.time()
+    async with history_writer(runtime) as writer:
+        relay.proxy.cut(refuse=1_000)
+        await channel.handle(fixes(agent, now - 30, now - 29))
+        assert channel.stats["ingest_failed"] == 1
+        relay.proxy.cut(refuse=0)  # the relay is back
+        await channel.handle(fixes(agent, now - 20, metres=2_000))  # outside: an exit begins
+        await channel.handle(fixes(agent, now - 10, metres=2_100))
+        await written(runtime, 4)
+        assert not writer.done()
+    # online and enter were lost in the outage; the breach's alert went with its event
+    assert await events(pg_pool, agent) == ["exit", "breach"]
+    assert len(await outbox_rows(pg_pool, agent)) == 1
+    assert await history(pg_pool, agent) == stamps(now - 30, now - 29, now - 20, now - 10)
+
+
+async def test_a_cut_inside_a_breachs_transaction_records_the_breach_and_its_alert_once(
+    relay: Relay, settings: Settings, redis: Redis, pg_pool: asyncpg.Pool
+) -> None:
+    """A breach is stored with its alert in one transaction; the connection dies as the alert
+    goes out (before the server gets it), so asyncpg's ROLLBACK on the dead connection raises
+    its own InterfaceError: the transaction is tried again, the breach and its alert stored
+    once each."""
+    runtime, agent, _ = await channel_over(relay, settings, redis)
+    channel = runtime.channel
+    now = time.time()
+    await channel.handle(fixes(agent, now - 40))
+    relay.proxy.cut_on(b"INSERT INTO outbox")
+    await channel.handle(fixes(agent, now - 30, now - 20, metres=2_000))
+    assert relay.proxy.tripped == 1
+    assert channel.stats["ingest_failed"] == 0
+    assert await events(pg_pool, agent) == ["online", "enter", "exit", "breach"]
+    assert len(await outbox_rows(pg_pool, agent)) == 1
+
+
+async def test_a_cut_in_the_middle_of_a_history_copy_writes_its_rows_once(
+    relay: Relay, settings: Settings, redis: Redis, pg_pool: asyncpg.Pool
+) -> None:
+    """The connection dies as the history's COPY goes out (the server never gets it) and the
+    next connection is refused: the sink keeps the rows it held and writes them once."""
+    runtime, agent, _ = await channel_over(relay, settings, redis)
+    now = time.time()
+    async with history_writer(runtime) as writer:
+        relay.proxy.cut_on(b"FROM STDIN", refuse=1)
+        await runtime.channel.handle(fixes(agent, now - 30, now - 29))
+        await written(runtime, 2)
+        assert (relay.proxy.tripped, relay.proxy.refused) == (1, 1)
+        assert not writer.done()
+        await runtime.channel.handle(fixes(agent, now - 20))  # the sink goes on
+        await written(runtime, 3)
+    assert await history(pg_pool, agent) == stamps(now - 30, now - 29, now - 20)
+    assert runtime.sink.written == 3
+
+
+async def test_a_history_copy_whose_answer_is_lost_is_written_again(
+    relay: Relay, settings: Settings, redis: Redis, pg_pool: asyncpg.Pool
+) -> None:
+    """The COPY went through but its answer never came back: the sink cannot tell that from a
+    COPY that failed, and writes the rows again. The history then holds them twice (a copy of
+    a fix, never a lost one), as at a stop that interrupts a COPY (PgSink.flush)."""
+    runtime, agent, _ = await channel_over(relay, settings, redis)
+    now = time.time()
+    async with history_writer(runtime) as writer:
+        relay.proxy.cut_on(b"COPY 2\x00", from_server=True)
+        await runtime.channel.handle(fixes(agent, now - 30, now - 29))
+        await written(runtime, 2)
+        assert relay.proxy.tripped == 1
+        assert not writer.done()
+    assert await history(pg_pool, agent) == stamps(now - 30, now - 30, now - 29, now - 29)
+    assert runtime.sink.written == 2  # what the sink knows it wrote
+
+
+# --- commands ------------------------------------------------------------------------------------
+
+
+async def counter(
+    relay: Relay, settings: Settings, redis: Redis, pg_pool: asyncpg.Pool
+) -> tuple[AgentRuntime, str, Replies, str]:
+    """An agent with float, inside its zone (its fix in before any cut), and a customer."""
+    await prepare_core(pg_pool)
+    runtime, agent, replies = await channel_over(relay, settings, redis)
+    await float_topup(
+        pg_pool, agent_code=agent, amount_minor=1_000_000,
+        idempotency_key=f"float-{secrets.token_hex(8)}", channel="test",
+    )  # fmt: skip
+    customer = await make_customer(pg_pool, CIPHER, balance_minor=50_000)
+    await runtime.channel.handle(fixes(agent, time.time() - 5))
+    return runtime, agent, replies, customer
+
+
+def code_of(reply: dict[str, Any]) -> str:
+    return "ok" if reply["ok"] else str(reply["error"]["code"])
+
+
+async def test_a_cut_before_the_money_moves_is_answered_and_a_retry_moves_it_once(
+    relay: Relay, settings: Settings, redis: Redis, pg_pool: asyncpg.Pool
+) -> None:
+    """The connection dies as the ledger call goes out (the server never gets it): the device
+    hears SERVICE_UNAVAILABLE, nothing moved, and the same command id sent again moves it."""
+    runtime, agent, replies, customer = await counter(relay, settings, redis, pg_pool)
+    cash_in = command(agent, "ci-1", "cash_in", msisdn=customer, amount_minor=10_000)
+    relay.proxy.cut_on(b"ledger_cash_in")
+    await runtime.channel.handle([cash_in])
+    assert relay.proxy.tripped == 1
+    [refused] = replies.to(agent)
+    assert (refused["id"], code_of(refused)) == ("ci-1", UNAVAILABLE)
+    assert await balance(pg_pool, customer) == 50_000
+
+    await runtime.channel.handle([cash_in])
+    [_, done] = replies.to(agent)
+    assert (done["id"], code_of(done)) == ("ci-1", "ok")
+    assert await balance(pg_pool, customer) == 60_000
+    assert (await agent_balances(pg_pool, agent)).float_minor == 1_000_000 - 10_000
+    await assert_ledger_ok(pg_pool)
+
+
+async def test_a_cash_in_whose_commit_answer_is_lost_moves_the_money_once(
+    relay: Relay, settings: Settings, redis: Redis, pg_pool: asyncpg.Pool
+) -> None:
+    """The transfer commits but the COMMIT's answer is lost: the device is told to try again
+    (not that it failed for good), and the retry of the same command id finds the transfer
+    already posted: the same money, moved once, and an ok reply with its reference."""
+    runtime, agent, replies, customer = await counter(relay, settings, redis, pg_pool)
+    cash_in = command(agent, "ci-2", "cash_in", msisdn=customer, amount_minor=10_000)
+    relay.proxy.cut_on(b"COMMIT\x00", from_server=True)
+    await runtime.channel.handle([cash_in])
+    assert relay.proxy.tripped == 1
+    [lost] = replies.to(agent)
+    assert (lost["id"], code_of(lost)) == ("ci-2", UNAVAILABLE)
+    assert await balance(pg_pool, customer) == 60_000  # it did move
+
+    await runtime.channel.handle([cash_in])
+    [_, done] = replies.to(agent)
+    assert (done["id"], code_of(done)) == ("ci-2", "ok")
+    assert await balance(pg_pool, customer) == 60_000  # once
+    assert (await agent_balances(pg_pool, agent)).float_minor == 1_000_000 - 10_000
+    posted = await pg_pool.fetch(
+        "SELECT ledger_reference(id) AS ref FROM transfers WHERE idempotency_key = $1",
+        f"agent:{agent}:ci-2",
+    )
+    assert [r["ref"] for r in posted] == [done["result"]["reference"]]
+    await runtime.channel.handle([cash_in])  # and now it is stored: the same reply again
+    assert replies.to(agent)[-1] == done
+    await assert_ledger_ok(pg_pool)
+
+
+async def test_every_command_of_a_batch_is_answered_while_connections_are_refused(
+    relay: Relay, settings: Settings, redis: Redis, pg_pool: asyncpg.Pool
+) -> None:
+    """Every connection is refused while a batch with a fix and one command of each op comes
+    in: each command gets its own SERVICE_UNAVAILABLE well within the core's timeouts, none is
+    left claimed, and once the relay is back each id sent again runs, money moved once."""
+    runtime, agent, replies, customer = await counter(relay, settings, redis, pg_pool)
+    newcomer = new_msisdn()
+    names = {"first_name": "New", "last_name": "Comer", "national_id": new_national_id()}
+    batch = [
+        *fixes(agent, time.time() - 2),
+        command(agent, "b-1", "balance"),
+        command(agent, "ci-3", "cash_in", msisdn=customer, amount_minor=10_000),
+        command(
+            agent,
+            "co-3",
+            "cash_out",
+            msisdn=customer,
+            amount_minor=5_000,
+            customer_pin=CUSTOMER_PIN,
+        ),
+        command(
+            agent, "rc-3", "register_customer", msisdn=newcomer, customer_pin=CUSTOMER_PIN, **names
+        ),
+    ]
+    ids = ["b-1", "ci-3", "co-3", "rc-3"]
+    relay.proxy.cut(refuse=1_000)
+    started = time.monotonic()
+    await runtime.channel.handle(batch)
+    assert time.monotonic() - started < CALL_TIMEOUT_S
+    during = replies.to(agent)
+    assert sorted(r["id"] for r in during) == sorted(ids)
+    assert {code_of(r) for r in during} == {UNAVAILABLE}
+    assert relay.proxy.refused >= len(ids)
+
+    relay.proxy.cut(refuse=0)  # the relay is back
+    replies.sent.clear()
+    await runtime.channel.handle([m for m in batch if m.topic.endswith("/cmd")])
+    after = {r["id"]: code_of(r) for r in replies.to(agent)}
+    assert after == dict.fromkeys(ids, "ok")
+    assert await balance(pg_pool, customer) == 50_000 + 10_000 - 5_000 - after_fee(replies)
+    assert await balance(pg_pool, newcomer) == 0
+    await assert_ledger_ok(pg_pool)
+
+
+def after_fee(replies: Replies) -> int:
+    """The cash-out's fee, as its reply says (the customer pays it)."""
+    for _, payload in replies.sent:
+        reply = json.loads(payload)
+        if reply.get("id") == "co-3":
+            return int(reply["result"]["fee_minor"])
+    raise AssertionError("no cash-out reply")
