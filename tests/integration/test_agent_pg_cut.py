@@ -24,6 +24,7 @@ from channels.agents.mqtt import Message
 from config.settings import Settings
 from core.agents import agent_balances
 from core.crypto import FieldCipher
+from core.customers import get_customer
 from core.pg import CALL_TIMEOUT_S
 from core.tasks import stop_tasks
 from core.transfers import balance, float_topup
@@ -315,6 +316,59 @@ async def test_a_cash_in_whose_commit_answer_is_lost_moves_the_money_once(
     await runtime.channel.handle([cash_in])  # and now it is stored: the same reply again
     assert replies.to(agent)[-1] == done
     await assert_ledger_ok(pg_pool)
+
+
+async def test_a_cash_out_whose_commit_answer_is_lost_moves_the_money_once(
+    relay: Relay, settings: Settings, redis: Redis, pg_pool: asyncpg.Pool
+) -> None:
+    """The same for a cash-out: the retry checks the customer's PIN again and finds the
+    transfer posted; the customer paid the amount and its fee once."""
+    runtime, agent, replies, customer = await counter(relay, settings, redis, pg_pool)
+    cash_out = command(
+        agent, "co-2", "cash_out", msisdn=customer, amount_minor=5_000, customer_pin=CUSTOMER_PIN
+    )
+    relay.proxy.cut_on(b"COMMIT\x00", from_server=True)
+    await runtime.channel.handle([cash_out])
+    assert relay.proxy.tripped == 1
+    [lost] = replies.to(agent)
+    assert (lost["id"], code_of(lost)) == ("co-2", UNAVAILABLE)
+    moved = await balance(pg_pool, customer)
+    assert moved < 50_000
+
+    await runtime.channel.handle([cash_out])
+    [_, done] = replies.to(agent)
+    assert (done["id"], code_of(done)) == ("co-2", "ok")
+    assert await balance(pg_pool, customer) == moved == 45_000 - done["result"]["fee_minor"]
+    assert (await agent_balances(pg_pool, agent)).float_minor == 1_000_000 + 5_000
+    await assert_ledger_ok(pg_pool)
+
+
+async def test_a_registration_whose_commit_answer_is_lost_registers_the_customer_once(
+    relay: Relay, settings: Settings, redis: Redis, pg_pool: asyncpg.Pool
+) -> None:
+    """A registration commits with its decision: the retry finds the customer this command
+    registered and answers ok, with one "ok" decision on record."""
+    runtime, agent, replies, _ = await counter(relay, settings, redis, pg_pool)
+    newcomer = new_msisdn()
+    register = command(
+        agent, "rc-2", "register_customer", msisdn=newcomer, first_name="New",
+        last_name="Comer", national_id=new_national_id(), customer_pin=CUSTOMER_PIN,
+    )  # fmt: skip
+    relay.proxy.cut_on(b"COMMIT\x00", from_server=True)
+    await runtime.channel.handle([register])
+    assert relay.proxy.tripped == 1
+    [lost] = replies.to(agent)
+    assert (lost["id"], code_of(lost)) == ("rc-2", UNAVAILABLE)
+    assert (await get_customer(pg_pool, newcomer)).msisdn == newcomer  # it did register
+
+    await runtime.channel.handle([register])
+    [_, done] = replies.to(agent)
+    assert (done["id"], code_of(done), done["result"]["msisdn"]) == ("rc-2", "ok", newcomer)
+    outcomes = await pg_pool.fetch(
+        "SELECT outcome FROM agent_decisions WHERE agent_code = $1 AND command_id = 'rc-2'",
+        agent,
+    )
+    assert [r["outcome"] for r in outcomes] == ["ok"]
 
 
 async def test_every_command_of_a_batch_is_answered_while_connections_are_refused(
