@@ -104,11 +104,15 @@ class PgSink:
         caller counts it); a COMMIT whose answer was lost stores them twice: a copy, not a
         lost breach."""
         for pause in (*RECORD_RETRY_PAUSES_S, None):
+            stored = False
             try:
                 async with self.pool.acquire() as conn:
                     await devices.insert_events(conn, events, self.alerts)
+                    stored = True
                 return
             except CONNECTION_LOST as exc:
+                if stored:  # only the pool's reset of the connection failed: not ours to redo
+                    return
                 if pause is None:
                     raise
                 log.warning(
@@ -130,16 +134,22 @@ class PgSink:
         return rows
 
     async def _write(self, rows: list[LocationRow]) -> None:
+        """COPY `rows`, again until it goes through. `rows` is emptied as soon as the COPY is
+        answered, before the connection goes back to the pool: the pool's reset may still fail
+        there (asyncpg raises it out of the `async with`), or a stop land there, and the rows
+        must not be written again for either."""
         delay = 0.5
-        while True:
+        while rows:
             try:
                 async with self.pool.acquire() as conn:
                     self.written += await devices.insert_locations(conn, rows)
-                return
+                    rows.clear()
             except (*CONNECTION_LOST, asyncpg.PostgresError):
                 # All of core.pg.CONNECTION_LOST (asyncpg's InterfaceError and
                 # InternalClientError too): one raised out of here would end `run` for good,
                 # and ingestion would block once the queue is full.
+                if not rows:
+                    return
                 log.exception("location history write failed; retrying", extra={"rows": len(rows)})
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, HISTORY_RETRY_MAX_S)

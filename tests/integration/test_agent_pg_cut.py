@@ -207,6 +207,41 @@ async def test_a_cut_inside_a_breachs_transaction_records_the_breach_and_its_ale
     assert len(await outbox_rows(pg_pool, agent)) == 1
 
 
+async def test_events_whose_connection_dies_on_its_way_back_to_the_pool_are_stored_once(
+    relay: Relay, settings: Settings, redis: Redis, pg_pool: asyncpg.Pool
+) -> None:
+    """The events' INSERT was answered; then the connection dies as the pool resets it, and
+    asyncpg raises that out of the `async with`. The events are stored: they are not stored
+    again for a failure that was not theirs."""
+    runtime, agent, _ = await channel_over(relay, settings, redis)
+    relay.proxy.cut_on(b"RESET ALL")
+    await runtime.channel.handle(fixes(agent, time.time() - 30))
+    assert relay.proxy.tripped == 1
+    assert runtime.channel.stats["ingest_failed"] == 0
+    assert await events(pg_pool, agent) == ["online", "enter"]
+
+
+async def test_a_history_copy_whose_connection_dies_on_its_way_back_is_not_written_again(
+    relay: Relay, settings: Settings, redis: Redis, pg_pool: asyncpg.Pool
+) -> None:
+    """The same for the history: its COPY was answered, the pool's reset of the connection
+    fails; the rows are written once, and a stop right after does not write them again."""
+    runtime, agent, _ = await channel_over(relay, settings, redis)
+    pool = relay.pool
+    now = time.time()
+    async with history_writer(runtime) as writer:
+        await runtime.channel.handle(fixes(agent, now - 30))  # online, enter: out of the way
+        await written(runtime, 1)
+        await eventually(lambda: pool.get_idle_size() == pool.get_size())  # all reset
+        relay.proxy.cut_on(b"RESET ALL")
+        await runtime.channel.handle(fixes(agent, now - 20, now - 19))  # no events: a COPY
+        await written(runtime, 3)
+        assert relay.proxy.tripped == 1
+        assert not writer.done()
+    assert await history(pg_pool, agent) == stamps(now - 30, now - 20, now - 19)
+    assert runtime.sink.written == 3
+
+
 async def test_a_cut_in_the_middle_of_a_history_copy_writes_its_rows_once(
     relay: Relay, settings: Settings, redis: Redis, pg_pool: asyncpg.Pool
 ) -> None:
