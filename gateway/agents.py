@@ -37,7 +37,7 @@ from core.agent_transactions import DeviceGate
 from core.crypto import FieldCipher
 from core.devices import BreachAlerts, EventRow, LocationRow
 from core.errors import AuthFailed, Conflict, FixRejected, NotFound, Unavailable
-from core.pg import CONNECTION_LOST, RECORD_RETRY_PAUSES_S
+from core.pg import CONNECTION_LOST, through_outage
 from core.tasks import stop_tasks
 from gateway.api import HttpError, json_response
 from gateway.keys import AGENTS, CIPHER, ENDPOINTS, METRICS, PG_POOL, REDIS, SETTINGS
@@ -98,30 +98,24 @@ class PgSink:
         self._held: list[LocationRow] = []  # taken off the queue, not yet written
 
     async def record_events(self, events: Sequence[EventRow]) -> None:
-        """Tried again when the connection is lost (RECORD_RETRY_PAUSES_S, ~1.5 s): the events
+        """Tried again when the connection is lost (core.pg.through_outage, ~1.5 s): the events
         already happened (the device state in Redis moved on) and a pooled connection that died
         idle fails its next use while PostgreSQL is up. Past the retries they are lost (the
         caller counts it); a COMMIT whose answer was lost stores them twice: a copy, not a
         lost breach."""
-        for pause in (*RECORD_RETRY_PAUSES_S, None):
-            stored = False
-            try:
-                async with self.pool.acquire() as conn:
-                    await devices.insert_events(conn, events, self.alerts)
-                    stored = True
-                return
-            except CONNECTION_LOST as exc:
-                if stored:  # only the pool's reset of the connection failed: not ours to redo
-                    return
-                if pause is None:
-                    raise
-                log.warning(
-                    "connection lost recording events; again in %.2f s (%s)",
-                    pause,
-                    type(exc).__name__,
-                    extra={"events": len(events)},
-                )
-                await asyncio.sleep(pause)
+        await through_outage(lambda: self._insert_events(events), what="agent events")
+
+    async def _insert_events(self, events: Sequence[EventRow]) -> None:
+        stored = False
+        try:
+            async with self.pool.acquire() as conn:
+                await devices.insert_events(conn, events, self.alerts)
+                stored = True
+        except CONNECTION_LOST:
+            # Once stored, only the pool's reset of the connection failed (asyncpg raises it
+            # out of the `async with`): not a reason to store the events again.
+            if not stored:
+                raise
 
     async def record_locations(self, rows: Sequence[LocationRow]) -> None:
         for row in rows:

@@ -218,11 +218,9 @@ class CoreCommandExecutor:
         try:
             return await self._execute(command, context)
         except CONNECTION_LOST as exc:
-            # Not every statement goes through core.pg.call (the agent's PIN check, a COMMIT;
-            # and a ROLLBACK on a dead connection replaces call's Unavailable with asyncpg's
-            # InterfaceError). A lost connection is "send the same id again", never
-            # INTERNAL_ERROR, which a device may take as failed while the money moved (the
-            # COMMIT's answer lost).
+            # Not every statement goes through core.pg.call or core.pg.connection (the agent's
+            # PIN check, the balance read): a lost connection there is still "send the same id
+            # again", never INTERNAL_ERROR, which a device may take as failed for good.
             raise Unavailable(
                 "The database did not answer; send the command again with the same id",
                 reason=type(exc).__name__,
