@@ -95,6 +95,7 @@ class PgSink:
         self.alerts = alerts
         self.queue: asyncio.Queue[LocationRow] = asyncio.Queue(HISTORY_QUEUE_MAX)
         self.written = 0
+        self.refused = 0  # history rows the table refused as data, dropped
         self._held: list[LocationRow] = []  # taken off the queue, not yet written
 
     async def record_events(self, events: Sequence[EventRow]) -> None:
@@ -133,11 +134,24 @@ class PgSink:
         there (asyncpg raises it out of the `async with`), or a stop land there, and the rows
         must not be written again for either."""
         delay = 0.5
+        single = False  # after a refused COPY: one row per COPY, refused rows dropped
         while rows:
+            batch = rows[:1] if single else rows
             try:
                 async with self.pool.acquire() as conn:
-                    self.written += await devices.insert_locations(conn, rows)
-                    rows.clear()
+                    self.written += await devices.insert_locations(conn, batch)
+                    del rows[: len(batch)]
+            except (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError) as exc:
+                # A row the table refuses would fail its COPY for ever and stall every agent's
+                # history behind it: the batch goes in row by row, and a refused row is dropped.
+                if single:
+                    self.refused += 1
+                    log.error(
+                        "location history row refused; dropped",
+                        extra={"agent": rows[0].agent_code, "error": str(exc)[:200]},
+                    )
+                    del rows[0]
+                single = True
             except (*CONNECTION_LOST, asyncpg.PostgresError):
                 # All of core.pg.CONNECTION_LOST (asyncpg's InterfaceError and
                 # InternalClientError too): one raised out of here would end `run` for good,
@@ -570,6 +584,11 @@ class AgentCollector(Collector):
             if key.startswith("rejected:"):
                 rejected.add_metric([key.removeprefix("rejected:")], count)
         yield rejected
+        yield CounterMetricFamily(
+            "gateway_agent_history_refused",
+            "location history rows PostgreSQL refused as data, dropped",
+            value=self.runtime.sink.refused,
+        )
         mqtt = self.runtime.mqtt
         if mqtt is None:
             return

@@ -227,3 +227,34 @@ async def test_history_rows_the_writer_held_at_a_stop_are_written(
         "SELECT count(DISTINCT fix_ts) FROM agent_locations WHERE agent_code = $1", agent
     )
     assert fixes == queued
+
+
+async def test_a_history_row_the_table_refuses_is_dropped_not_retried_for_ever(
+    pg_pool: asyncpg.Pool,
+) -> None:
+    """One row PostgreSQL refuses as data (here a source longer than its column) failed its
+    whole COPY, which the writer retried for ever: every agent's history stalled behind it.
+    The batch now goes in row by row and only the refused row is dropped."""
+    sink = PgSink(pg_pool)
+    agent, now = code(), time.time()
+
+    def row(i: int, source: str = "native") -> devices.LocationRow:
+        return devices.LocationRow(
+            agent, now - i, now, -1.29, 36.81, 10.0, False, source, None, None
+        )
+
+    await sink.record_locations([row(1), row(2, source="x" * 40), row(3)])
+    writer = asyncio.create_task(sink.run())
+    try:
+        await eventually(lambda: sink.written, lambda n: n == 2)
+        await sink.record_locations([row(4)])  # and the writer goes on
+        await eventually(lambda: sink.written, lambda n: n == 3)
+    finally:
+        await stop_tasks([writer], "history writer")
+    assert sink.refused == 1
+    kept = await pg_pool.fetch(
+        "SELECT extract(epoch FROM fix_ts) AS ts FROM agent_locations WHERE agent_code = $1"
+        " ORDER BY fix_ts DESC",
+        agent,
+    )
+    assert [round(float(r["ts"])) for r in kept] == [round(now - i) for i in (1, 3, 4)]
