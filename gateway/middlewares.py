@@ -18,13 +18,25 @@ from typing import Any
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 from aiohttp.web_exceptions import HTTPException
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from core import errors as E
+from core.pg import CONNECTION_LOST
 from gateway.api import HttpError
 from gateway.keys import METRICS, REQUEST_ID_KEY
 from gateway.logs import redact_query
 
 log = logging.getLogger("gateway.http")
+
+# A lost PostgreSQL or Redis connection. Of OSError only the network kinds (ConnectionError:
+# refused, reset, aborted): a file a handler cannot open is a bug, a 500.
+_DEPENDENCY_LOST: tuple[type[BaseException], ...] = (
+    *(cls for cls in CONNECTION_LOST if cls is not OSError),
+    ConnectionError,
+    RedisConnectionError,
+    RedisTimeoutError,
+)
 access_log = logging.getLogger("gateway.access")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -181,6 +193,17 @@ async def gateway_middleware(request: web.Request, handler: Handler) -> web.Stre
         # The body broke while being read: a Content-Encoding it is not in, a broken chunk. The
         # client's fault, and not an HTTPException, so it used to fall through to the 500.
         response = error_response(400, "BAD_REQUEST", "The request body could not be read")
+    except _DEPENDENCY_LOST as exc:
+        # PostgreSQL or Redis went away under a handler's own query (not through core.pg.call,
+        # which says Unavailable itself): "try again", not the 500 of a bug.
+        log.warning(
+            "a dependency was lost under a request",
+            extra={"path": request.path, "error": type(exc).__name__},
+        )
+        unavailable = E.Unavailable()
+        response = error_response(
+            status_for(unavailable), unavailable.error_code, unavailable.message, {}
+        )
     except Exception:
         response = _internal_error(request)
     except BaseException:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import time
 from dataclasses import replace
 
 from aiohttp import web
@@ -12,6 +13,7 @@ from config.settings import Settings
 from gateway.app import create_app
 from tests.conftest import running_app
 from tests.helpers import assert_error, auth, token_for
+from tests.tcp_proxy import postgres_proxy
 
 
 async def test_unknown_route_is_404_with_or_without_token(app_client: TestClient) -> None:
@@ -106,3 +108,27 @@ async def test_readyz_reports_a_dead_redis(settings: Settings) -> None:
         # Token checks need Redis: a clear 503, not a 500.
         me = await c.get("/api/v1/auth/me", headers=auth("x.y.z"))
         assert me.status == 401  # a garbage token fails before any Redis call
+
+
+async def test_a_database_lost_under_a_handlers_own_query_is_a_503(
+    settings: Settings, database_url: str
+) -> None:
+    """A handler's own query (the OsmAnd endpoint's device-token check, not through
+    core.pg.call) whose connection is lost answers 503 SERVICE_UNAVAILABLE, "try again", not
+    the 500 of a bug (Traccar retries either way; an operator's alerts tell them apart)."""
+    proxy, via = postgres_proxy(database_url)
+    port = await proxy.start()
+    app = create_app(
+        replace(settings, database_url=via(port)), run_migrations=False, start_channels=False
+    )
+    fix = {"id": "A1", "lat": "-1.2", "lon": "36.9", "timestamp": str(int(time.time()))}
+    try:
+        async with running_app(app) as client:
+            proxy.cut(refuse=1_000)
+            resp = await client.get("/agents/osmand", params={**fix, "token": "t" * 24})
+            await assert_error(resp, 503, "SERVICE_UNAVAILABLE")
+            proxy.restore()
+            resp = await client.get("/agents/osmand", params={**fix, "token": "t" * 24})
+            assert resp.status in (401, 403), await resp.text()  # back: an unknown device
+    finally:
+        await proxy.close()
