@@ -109,9 +109,8 @@ class AgentChannel:
             try:
                 await self.ingest(items)
             except Exception:
-                # Redis away: these fixes are lost (the next ones move the device on);
-                # PostgreSQL away past the sink's retries: their events are (their history was
-                # queued first). The batch's commands below must still be answered.
+                # Redis away: these fixes are lost (the next ones move the device on). The
+                # batch's commands below must still be answered.
                 self.stats["ingest_failed"] += 1
                 log.exception("fixes not taken in", extra={"fixes": len(items)})
         if seen and self.owntracks is not None:
@@ -180,15 +179,21 @@ class AgentChannel:
             # must not be lost with events that could not be recorded.
             if result.locations:
                 await self.sink.record_locations(result.locations)
-            if result.events:
-                await self.sink.record_events(result.events)
+            # The events happened (the device state in Redis moved on): announced and counted
+            # even when PostgreSQL cannot record them, and the rest of the batch goes on.
             self.announce(result.events)
             total.events += result.events
             total.locations += result.locations
             total.accepted += result.accepted
             total.dropped_out_of_order += result.dropped_out_of_order
-        self.stats["accepted"] += total.accepted
-        self.stats["out_of_order"] += total.dropped_out_of_order
+            self.stats["accepted"] += result.accepted
+            self.stats["out_of_order"] += result.dropped_out_of_order
+            if result.events:
+                try:
+                    await self.sink.record_events(result.events)
+                except Exception:  # past the sink's retries (core.pg.through_outage)
+                    self.stats["ingest_failed"] += 1
+                    log.exception("agent events not recorded", extra={"events": len(result.events)})
         return total
 
     async def _command(self, agent_code: str, payload: bytes, now: float) -> None:

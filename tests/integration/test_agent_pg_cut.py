@@ -170,13 +170,19 @@ async def test_an_outage_longer_than_the_retries_costs_the_events_but_not_the_hi
     """The database stays out of reach past the events' retries: that batch's events are given
     up (counted, and `handle` goes on) but its fixes are already queued for the history, which
     is written once the relay is back; the events of later fixes are recorded again."""
-    runtime, agent, _ = await channel_over(relay, settings, redis)
+    runtime, agent, published = await channel_over(relay, settings, redis)
     channel = runtime.channel
     now = time.time()
     async with history_writer(runtime) as writer:
         relay.proxy.cut(refuse=1_000)
         await channel.handle(fixes(agent, now - 30, now - 29))
         assert channel.stats["ingest_failed"] == 1
+        # Not recorded, but they happened: announced to the device and counted all the same.
+        announced = [
+            json.loads(p)["kind"] for t, p in published.sent if t == f"agents/{agent}/events"
+        ]
+        assert announced == ["online", "enter"]
+        assert channel.stats["accepted"] == 2
         relay.proxy.restore()
         await channel.handle(fixes(agent, now - 20, metres=2_000))  # outside: an exit begins
         await channel.handle(fixes(agent, now - 10, metres=2_100))
