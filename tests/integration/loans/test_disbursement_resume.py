@@ -8,6 +8,7 @@ checks run after each test."""
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
@@ -35,6 +36,15 @@ class CutInTheMiddle(CoreLoanLedger):
         return await super().disburse(conn, **kw)
 
 
+@dataclass(frozen=True)
+class StalledLoan:
+    product_code: str
+    msisdn: str
+    balance_before: int
+    key: str
+    application_id: int
+
+
 class Stalled:
     def __init__(self, world: World, database_url: str) -> None:
         self.world = world
@@ -58,6 +68,17 @@ class Stalled:
         if self.pool is not None:
             await self.pool.close()
         await self.proxy.close()
+
+    async def new(self) -> StalledLoan:
+        """A new product and customer, and the customer's application of 100,000 left
+        approved with no loan."""
+        product = await self.world.product()
+        msisdn = await self.world.customer()
+        before = await self.world.balance(msisdn)
+        key = new_key()
+        application_id = await self.stall(msisdn, product.code, 100_000, key)
+        assert await self.world.balance(msisdn) == before  # nothing moved
+        return StalledLoan(product.code, msisdn, before, key, application_id)
 
     async def stall(self, msisdn: str, product_code: str, amount: int, key: str) -> int:
         """Apply through the cutting relay; the id of the application left approved."""
@@ -97,18 +118,12 @@ async def stalled(world: World, database_url: str) -> Any:
 async def test_the_customer_asking_again_gets_the_stalled_loan_once(
     world: World, stalled: Stalled
 ) -> None:
-    product = await world.product()
-    msisdn = await world.customer()
-    before = await world.balance(msisdn)
-    key = new_key()
-    await stalled.stall(msisdn, product.code, 100_000, key)
-    assert await world.balance(msisdn) == before  # nothing moved
-
-    again = await world.apply(msisdn, product.code, 100_000, key=key)
+    loan = await stalled.new()
+    again = await world.apply(loan.msisdn, loan.product_code, 100_000, key=loan.key)
     assert again.replayed and again.loan is not None
     assert again.application.status == State.DISBURSED
-    assert await world.balance(msisdn) == before + 100_000
-    third = await world.apply(msisdn, product.code, 100_000, key=key)
+    assert await world.balance(loan.msisdn) == loan.balance_before + 100_000
+    third = await world.apply(loan.msisdn, loan.product_code, 100_000, key=loan.key)
     assert third.loan is not None and third.loan.id == again.loan.id
     assert await world.transfers_for(again.loan.id, "loan_disbursement") == 1
 
@@ -116,12 +131,8 @@ async def test_the_customer_asking_again_gets_the_stalled_loan_once(
 async def test_a_stalled_approval_is_resumed_by_any_instance_once(
     world: World, stalled: Stalled
 ) -> None:
-    product = await world.product()
-    msisdn = await world.customer()
-    before = await world.balance(msisdn)
-    key = new_key()
-    application_id = await stalled.stall(msisdn, product.code, 100_000, key)
-
+    loan = await stalled.new()
+    msisdn = loan.msisdn
     # Too fresh: it may still be disbursing somewhere.
     assert await world.service.resume_disbursements(world.pool) == 0
     world.clock.advance(seconds=RESUME_AFTER_S + 1)
@@ -139,9 +150,9 @@ async def test_a_stalled_approval_is_resumed_by_any_instance_once(
     )
     assert sorted(done) == [0, 1]
     assert await world.service.resume_disbursements(world.pool) == 0
-    assert await world.balance(msisdn) == before + 100_000
+    assert await world.balance(msisdn) == loan.balance_before + 100_000
     loan_id = await world.pool.fetchval(
-        "SELECT id FROM loans WHERE application_id = $1", application_id
+        "SELECT id FROM loans WHERE application_id = $1", loan.application_id
     )
     assert await world.transfers_for(loan_id, "loan_disbursement") == 1
     # The customer was told by SMS (the disbursement notice in the outbox).
@@ -151,5 +162,5 @@ async def test_a_stalled_approval_is_resumed_by_any_instance_once(
     )
     assert notices == 1
     # And asking again later shows the same loan.
-    replay = await world.apply(msisdn, product.code, 100_000, key=key)
+    replay = await world.apply(msisdn, loan.product_code, 100_000, key=loan.key)
     assert replay.loan is not None and replay.loan.id == loan_id
