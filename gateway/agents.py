@@ -558,7 +558,7 @@ _AGENT_COUNTERS = {
     "commands": ("gateway_agent_commands", "commands handled (answered on .../reply)"),
     "ingest_failed": (
         "gateway_agent_ingest_failures",
-        "batches of fixes lost to Redis or PostgreSQL being away",
+        "batches whose fixes (Redis away) or events (PostgreSQL away) were lost",
     ),
     "unpublished": ("gateway_agent_replies_unpublished", "replies the broker did not take"),
 }
