@@ -122,10 +122,14 @@ async def test_a_database_lost_under_a_handlers_own_query_is_a_503(
         replace(settings, database_url=via(port)), run_migrations=False, start_channels=False
     )
     fix = {"id": "A1", "lat": "-1.2", "lon": "36.9", "timestamp": str(int(time.time()))}
+    login = {"username": "nobody", "password": "x" * 12, "otp": "123456"}
     try:
         async with running_app(app) as client:
             proxy.cut(refuse=1_000)
             resp = await client.get("/agents/osmand", params={**fix, "token": "t" * 24})
+            await assert_error(resp, 503, "SERVICE_UNAVAILABLE")
+            # The admin API's SQLAlchemy sessions too (its errors wrap asyncpg's).
+            resp = await client.post("/api/v1/auth/login", json=login)
             await assert_error(resp, 503, "SERVICE_UNAVAILABLE")
             proxy.restore()
             resp = await client.get("/agents/osmand", params={**fix, "token": "t" * 24})
