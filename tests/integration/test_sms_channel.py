@@ -565,12 +565,12 @@ async def test_a_stop_writes_the_outcome_a_worker_left_in_the_store(
     """The outcome write (the MO's `processed` mark) waits in the store's batch; a stop that
     cancels the worker meanwhile still sees it written before it returns (the pool may close
     right after)."""
-    writing = asyncio.Event()
+    writing, release = asyncio.Event(), asyncio.Event()
     original = store._write_outcomes
 
     async def slow_outcomes(items: Any) -> Any:
         writing.set()
-        await asyncio.sleep(0.3)  # a database taking its time
+        await release.wait()  # a database taking its time, until the workers are stopped
         return await original(items)
 
     monkeypatch.setattr(store._write_batch, "_flush", slow_outcomes)
@@ -580,7 +580,12 @@ async def test_a_stop_writes_the_outcome_a_worker_left_in_the_store(
     await peer.mo(source=msisdn, text="BAL 1234")
     async with asyncio.timeout(10):
         await writing.wait()
-    await channel.stop()
+    stopping = asyncio.create_task(channel.stop())
+    await eventually(lambda: channel._tasks, lambda tasks: tasks == [])  # workers are gone
+    assert not stopping.done()  # the stop waits for the write
+    release.set()
+    async with asyncio.timeout(10):
+        await stopping
     (record,) = await mo_rows(pg_pool, msisdn)
     assert record["status"] == "processed"
 
