@@ -187,6 +187,16 @@ async def test_a_long_body_is_cut_between_characters(sender: PushSender, fcm: Fa
     assert clip("short") == "short"
 
 
+async def refused(push: PushSender) -> SendFailed:
+    """What a sender of its own answers one message it cannot send (closed afterwards)."""
+    try:
+        with pytest.raises(SendFailed) as failed:
+            await push.send(message(TOKEN))
+    finally:
+        await push.aclose()
+    return failed.value
+
+
 async def test_refused_credentials_are_permanent(
     settings: Settings, fcm: FakeFcm, tmp_path: Path
 ) -> None:
@@ -194,28 +204,18 @@ async def test_refused_credentials_are_permanent(
     invalid_grant, and no message goes out."""
     stranger = fcm.account(tmp_path / "old-key.json")
     fcm.key = new_key()  # the fake now checks signatures against another key
-    push = PushSender(stranger, endpoint=fcm.base_url)
-    try:
-        with pytest.raises(SendFailed) as failed:
-            await push.send(message(TOKEN))
-    finally:
-        await push.aclose()
-    assert failed.value.temporary is False
-    assert failed.value.message.startswith("OAuth token refused: ")
-    assert "invalid_grant" in failed.value.message
+    failed = await refused(PushSender(stranger, endpoint=fcm.base_url))
+    assert failed.temporary is False
+    assert failed.message.startswith("OAuth token refused: ")
+    assert "invalid_grant" in failed.message
     assert fcm.sends == fcm.refused == []
 
 
 async def test_an_endpoint_that_is_down_is_temporary(fcm: FakeFcm, tmp_path: Path) -> None:
     account = fcm.account(tmp_path / "service-account.json")
-    push = PushSender(account, endpoint=f"http://127.0.0.1:{free_port()}")
-    try:
-        with pytest.raises(SendFailed) as failed:
-            await push.send(message(TOKEN))
-    finally:
-        await push.aclose()
-    assert failed.value.temporary is True
-    assert "FCM UNAVAILABLE" in failed.value.message
+    failed = await refused(PushSender(account, endpoint=f"http://127.0.0.1:{free_port()}"))
+    assert failed.temporary is True
+    assert "FCM UNAVAILABLE" in failed.message
     assert len(fcm.token_requests) == 1  # signed in, then found nothing at the endpoint
 
 
