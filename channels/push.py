@@ -28,9 +28,11 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 import re
 import uuid
 import warnings
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -171,6 +173,11 @@ _FCM_CODES: dict[type[Exception], str] = {
 }
 # A retry cannot help: the token is gone, belongs to another sender, the message or recipient
 # is malformed, or the credentials are refused (replay the dead letters once they are fixed).
+# The token itself is dead for this sender: nothing sent to it again can arrive.
+_TOKEN_GONE: tuple[type[Exception], ...] = (
+    messaging.UnregisteredError,
+    messaging.SenderIdMismatchError,
+)
 _PERMANENT: tuple[type[Exception], ...] = (
     messaging.UnregisteredError,
     messaging.SenderIdMismatchError,
@@ -193,8 +200,19 @@ def _failure(exc: exceptions.FirebaseError) -> SendFailed:
     return SendFailed(f"FCM {code}{status}: {exc}", temporary=not isinstance(exc, _PERMANENT))
 
 
+log = logging.getLogger(__name__)
+
+# Told (token, reason) when FCM says a registration token is gone (core.push_devices disables
+# the admin's phone that had it).
+TokenGone = Callable[[str, str], Awaitable[object]]
+
+
 class PushSender:
-    """Sends one outbox message as one FCM notification; returns FCM's message name."""
+    """Sends one outbox message as one FCM notification; returns FCM's message name.
+    `on_token_gone`, when set, hears of every token FCM reports unregistered or bound to
+    another sender (the message is dead-lettered all the same)."""
+
+    on_token_gone: TokenGone | None = None
 
     def __init__(
         self,
@@ -261,7 +279,10 @@ class PushSender:
         try:
             name = await asyncio.get_running_loop().run_in_executor(self._threads, send)
         except exceptions.FirebaseError as exc:
-            raise _failure(exc) from None
+            failure = _failure(exc)
+            if isinstance(exc, _TOKEN_GONE):
+                await self._token_gone(message.recipient, failure.reason)
+            raise failure from None
         except auth_exceptions.RefreshError as exc:
             # The token endpoint refused the service account (invalid_grant: a deleted key, a
             # disabled account) or failed in a way google-auth calls retryable.
@@ -271,6 +292,16 @@ class PushSender:
         except ValueError as exc:  # firebase-admin's own checks of the message
             raise SendFailed(f"FCM message refused: {exc}", temporary=False) from None
         return str(name)
+
+    async def _token_gone(self, recipient: str, reason: str) -> None:
+        target = parse_recipient(recipient)
+        if target.kind != "token" or self.on_token_gone is None:
+            return
+        try:
+            await self.on_token_gone(target.value, reason)
+        except Exception:
+            # The message is dead-lettered either way; the phone is disabled at the next one.
+            log.exception("push: could not disable a token FCM reported gone")
 
     async def aclose(self) -> None:
         """Remove this sender's App (closing its HTTP clients) and stop its threads. In a

@@ -419,25 +419,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     alert_channel = _alert_channel(env)
     alert_recipients = _alert_recipients(env)
     firebase_credentials, firebase_project_id = _firebase(env)
-    if alert_channel == "push":
-        if firebase_credentials is None:
-            raise SettingsError(
-                "AGENT_ALERT_CHANNEL: push needs FIREBASE_CREDENTIALS (a service-account JSON file)"
-            )
-        bad = [r for r in alert_recipients if not _is_push_recipient(r)]
-        if bad:
-            raise SettingsError(
-                "AGENT_ALERT_RECIPIENTS: push alerts need topic:<name> or device tokens, "
-                f"got {bad[0]!r}"
-            )
-    if alert_channel == "email":
-        if smtp_url is None:
-            raise SettingsError("AGENT_ALERT_CHANNEL: email needs SMTP_URL (the mail server)")
-        bad = [r for r in alert_recipients if not _is_email(r)]
-        if bad:
-            raise SettingsError(
-                f"AGENT_ALERT_RECIPIENTS: email alerts need email addresses, got {bad[0]!r}"
-            )
+    _check_alerts(alert_channel, alert_recipients, smtp_url, firebase_credentials)
     return Settings(
         database_url=_url(env, "DATABASE_URL", ("postgresql", "postgres")),
         redis_url=_url(env, "REDIS_URL", ("redis", "rediss", "unix")),
@@ -530,6 +512,39 @@ MAX_ALERT_RECIPIENTS = 10
 ALERT_LANGUAGES = ("en", "sw", "fr")  # those of core.agent_messages
 
 
+def _check_alerts(
+    alert_channel: str | None,
+    alert_recipients: tuple[str, ...],
+    smtp_url: str | None,
+    firebase_credentials: Path | None,
+) -> None:
+    """The alert channel's needs, and recipients it can address."""
+    if alert_channel == "push":
+        if firebase_credentials is None:
+            raise SettingsError(
+                "AGENT_ALERT_CHANNEL: push needs FIREBASE_CREDENTIALS (a service-account JSON file)"
+            )
+        bad = [r for r in alert_recipients if not _is_push_recipient(r)]
+        if bad:
+            raise SettingsError(
+                "AGENT_ALERT_RECIPIENTS: push alerts need topic:<name>, device tokens or "
+                f"{DEVICES_RECIPIENT} (the admins' registered phones), got {bad[0]!r}"
+            )
+    if DEVICES_RECIPIENT in alert_recipients and alert_channel not in ("push", None):
+        raise SettingsError(
+            f"AGENT_ALERT_RECIPIENTS: {DEVICES_RECIPIENT} (the admins' registered phones) "
+            "needs AGENT_ALERT_CHANNEL=push"
+        )
+    if alert_channel == "email":
+        if smtp_url is None:
+            raise SettingsError("AGENT_ALERT_CHANNEL: email needs SMTP_URL (the mail server)")
+        bad = [r for r in alert_recipients if not _is_email(r)]
+        if bad:
+            raise SettingsError(
+                f"AGENT_ALERT_RECIPIENTS: email alerts need email addresses, got {bad[0]!r}"
+            )
+
+
 def _alert_channel(env: Mapping[str, str]) -> str | None:
     raw = env.get("AGENT_ALERT_CHANNEL", "log").strip().lower() or "log"
     if raw == "off":
@@ -590,13 +605,19 @@ _PROJECT_ID = re.compile(r"[a-z][a-z0-9.:-]{2,99}")
 # FCM's topic name rule, and a registration token's alphabet (base64url and `:`), of which
 # real tokens have well over 100 characters: `admins` and other non-tokens are refused here
 # rather than dead-lettered at every alert. channels.push checks recipients again at send.
+# The phones admins registered (core.push_devices), expanded when an alert is queued.
+DEVICES_RECIPIENT = "devices"
 _PUSH_TOPIC = re.compile(r"topic:[A-Za-z0-9\-_.~%]{1,200}")
 _PUSH_TOKEN = re.compile(r"(fid:)?[A-Za-z0-9_:.\-]{20,256}")
 _SERVICE_ACCOUNT_FIELDS = ("project_id", "client_email", "private_key", "token_uri")
 
 
 def _is_push_recipient(raw: str) -> bool:
-    return _PUSH_TOPIC.fullmatch(raw) is not None or _PUSH_TOKEN.fullmatch(raw) is not None
+    return (
+        raw == DEVICES_RECIPIENT
+        or _PUSH_TOPIC.fullmatch(raw) is not None
+        or _PUSH_TOKEN.fullmatch(raw) is not None
+    )
 
 
 def _https_base_url(env: Mapping[str, str], name: str, default: str) -> str:

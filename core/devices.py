@@ -21,7 +21,7 @@ from typing import Any
 
 import asyncpg
 
-from core import agent_messages
+from core import agent_messages, push_devices
 from core.errors import AgentNotFound, ValidationFailed
 from core.outbox import enqueue
 
@@ -208,11 +208,19 @@ class EventRow:
 class BreachAlerts:
     """Who hears of a breach: an outbox channel ("log", "email", "sms", "push"), the
     recipients on it (admins' addresses or numbers) and the language they read
-    (core.agent_messages)."""
+    (core.agent_messages). With `devices` (push only), also the phones the admins who may
+    read agents registered (core.push_devices), as they are when the breach is stored."""
 
     channel: str
     recipients: tuple[str, ...]
     language: str = "en"
+    devices: bool = False
+
+    async def resolve(self, conn: asyncpg.Connection) -> list[str]:
+        """Every recipient of an alert stored now, each once."""
+        if not self.devices:
+            return list(self.recipients)
+        return list(dict.fromkeys([*self.recipients, *await push_devices.alert_tokens(conn)]))
 
 
 def breach_text(event: EventRow, language: str = "en") -> str:
@@ -258,9 +266,10 @@ async def insert_events(
     assert alerts is not None
     async with conn.transaction():
         ids = await _insert_events(conn, events)
+        recipients = await alerts.resolve(conn)
         for event in breaches:
             body = breach_text(event, alerts.language)
-            for recipient in alerts.recipients:
+            for recipient in recipients:
                 await enqueue(
                     conn, channel=alerts.channel, recipient=recipient, body=body,
                     kind="agent_breach", language=alerts.language,

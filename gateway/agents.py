@@ -31,7 +31,7 @@ from channels.agents.mqtt import MqttService, PublishFailed, Session
 from channels.agents.osmand import parse_osmand
 from channels.agents.owntracks_devices import OwnTracksDevices
 from channels.agents.service import AgentChannel
-from config.settings import Settings
+from config.settings import DEVICES_RECIPIENT, Settings
 from core import devices, geofences
 from core.agent_transactions import DeviceGate
 from core.crypto import FieldCipher
@@ -474,10 +474,12 @@ def build_runtime(
     dispatcher = CommandDispatcher(redis, settings.redis_prefix, executor)
     alerts = None
     if settings.agent_alert_channel is not None:
+        recipients = settings.agent_alert_recipients
         alerts = BreachAlerts(
             settings.agent_alert_channel,
-            settings.agent_alert_recipients,
+            tuple(r for r in recipients if r != DEVICES_RECIPIENT),
             settings.agent_alert_language,
+            devices=DEVICES_RECIPIENT in recipients,
         )
     sink = PgSink(pool, alerts)
     owntracks = OwnTracksDevices(redis, settings.redis_prefix)

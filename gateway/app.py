@@ -191,7 +191,7 @@ async def _core(app: web.Application) -> AsyncIterator[None]:
         await seed_demo(
             pool, app[CIPHER], currency=settings.currency, pin_rounds=settings.pin_bcrypt_rounds
         )
-    senders = build_senders(settings)
+    senders = build_senders(settings, pool)
     app[SENDERS] = senders
     app[DISPATCHER] = Dispatcher(pool, senders)
     stop = asyncio.Event()

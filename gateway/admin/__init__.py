@@ -12,6 +12,7 @@ from gateway.admin import (
     money,
     outbox,
     pricing,
+    push_devices,
     sms,
     system,
 )
@@ -31,4 +32,5 @@ ROUTE_GROUPS: list[ApiRoutes] = [
     sms.routes,
     outbox.routes,
     pricing.routes,
+    push_devices.routes,
 ]

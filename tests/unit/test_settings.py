@@ -194,6 +194,13 @@ def test_push_settings(tmp_path: Path) -> None:
     assert s.agent_alert_recipients == ("topic:agent-alerts", TOKEN, f"fid:{TOKEN[:22]}")
     local = load_settings({"FCM_ENDPOINT": "http://127.0.0.1:8099"})
     assert local.fcm_endpoint == "http://127.0.0.1:8099"
+    phones = load_settings(
+        {"FIREBASE_CREDENTIALS": path, "AGENT_ALERT_CHANNEL": "push",
+         "AGENT_ALERT_RECIPIENTS": "devices,topic:agent-alerts"}
+    )  # fmt: skip
+    assert phones.agent_alert_recipients == ("devices", "topic:agent-alerts")
+    off = load_settings({"AGENT_ALERT_CHANNEL": "off", "AGENT_ALERT_RECIPIENTS": "devices"})
+    assert off.agent_alert_channel is None
 
 
 @pytest.mark.parametrize(
@@ -201,11 +208,19 @@ def test_push_settings(tmp_path: Path) -> None:
     [({"AGENT_ALERT_CHANNEL": "push", "AGENT_ALERT_RECIPIENTS": "topic:agent-alerts"}, None,
       "AGENT_ALERT_CHANNEL: push needs FIREBASE_CREDENTIALS (a service-account JSON file)"),
      ({"AGENT_ALERT_CHANNEL": "push"}, ACCOUNT,
-      "AGENT_ALERT_RECIPIENTS: push alerts need topic:<name> or device tokens, got 'admins'"),
+      "AGENT_ALERT_RECIPIENTS: push alerts need topic:<name>, device tokens or devices (the "
+      "admins' registered phones), got 'admins'"),
      ({"AGENT_ALERT_CHANNEL": "push", "AGENT_ALERT_RECIPIENTS": "topic:agent alerts"}, ACCOUNT,
-      "AGENT_ALERT_RECIPIENTS: push alerts need topic:<name> or device tokens"),
+      "AGENT_ALERT_RECIPIENTS: push alerts need topic:<name>, device tokens or devices"),
      ({"AGENT_ALERT_CHANNEL": "push", "AGENT_ALERT_RECIPIENTS": "+254700000001"}, ACCOUNT,
-      "AGENT_ALERT_RECIPIENTS: push alerts need topic:<name> or device tokens"),
+      "AGENT_ALERT_RECIPIENTS: push alerts need topic:<name>, device tokens or devices"),
+     ({"AGENT_ALERT_CHANNEL": "email", "SMTP_URL": "smtp://mail.example",
+       "AGENT_ALERT_RECIPIENTS": "ops@bank.example,devices"}, None,
+      "AGENT_ALERT_RECIPIENTS: devices (the admins' registered phones) needs "
+      "AGENT_ALERT_CHANNEL=push"),
+     ({"AGENT_ALERT_RECIPIENTS": "devices"}, None,
+      "AGENT_ALERT_RECIPIENTS: devices (the admins' registered phones) needs "
+      "AGENT_ALERT_CHANNEL=push"),
      ({}, "{not json", "FIREBASE_CREDENTIALS: {path} is not JSON"),
      ({}, ["service_account"], "FIREBASE_CREDENTIALS: {path} is not a service-account key"),
      ({}, ACCOUNT | {"type": "authorized_user"},
