@@ -156,6 +156,23 @@ async def test_past_the_limit_the_phone_registered_longest_ago_goes(
     assert (await audit_actions(pg_pool, who, app_client)).count("push_device.replaced") == 1
 
 
+async def test_disabled_phones_are_kept_to_the_same_limit(
+    app_client: TestClient, pg_pool: asyncpg.Pool
+) -> None:
+    who = await staff(app_client, "viewer")
+    dead = [new_token() for _ in range(push_devices.MAX_DEVICES + 2)]
+    for token in dead:
+        await register(app_client, who, token)
+        assert await push_devices.disable_token(pg_pool, token, "FCM UNREGISTERED")
+    assert not await push_devices.disable_token(pg_pool, dead[-1], "again")  # already disabled
+    await register(app_client, who, new_token(), label="the new phone")
+    phones = await listed(app_client, who)
+    assert [p["enabled"] for p in phones] == [True] + [False] * push_devices.MAX_DEVICES
+    assert phones[0]["label"] == "the new phone"
+    kept = {p["token_start"] for p in phones[1:]}
+    assert kept == {t[:12] for t in dead[2:]}  # the two disabled longest ago went
+
+
 @pytest.mark.parametrize(
     ("body", "field"),
     [
