@@ -130,6 +130,8 @@ class Settings:
     loan_scorer_timeout_ms: int = 3000
     loan_reminder_days: tuple[int, ...] = (-3, 0, 1, 7)
     loan_jobs_interval_s: int = 900
+    # How long `serve` and `migrate` wait at start for PostgreSQL and Redis (gateway.reach).
+    startup_wait_s: int = 30
     ussd_providers: tuple[UssdProviderSettings, ...] = tuple(
         UssdProviderSettings(n) for n in USSD_PROVIDER_NAMES
     )
@@ -461,6 +463,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         loan_scorer_timeout_ms=_int(env, "LOAN_SCORER_TIMEOUT_MS", 3000, 50, 60_000),
         loan_reminder_days=_days(env, "LOAN_REMINDER_DAYS", (-3, 0, 1, 7)),
         loan_jobs_interval_s=_int(env, "LOAN_JOBS_INTERVAL_S", 900, 0, 86_400),
+        startup_wait_s=_int(env, "GATEWAY_STARTUP_WAIT_S", 30, 0, 600),
         ussd_providers=tuple(_ussd_provider(env, n) for n in USSD_PROVIDER_NAMES),
         ussd_deadline_s=float(_int(env, "USSD_DEADLINE_MS", 10_000, 500, 14_000)) / 1000,
         sms_dedupe_window_s=_int(env, "SMS_DEDUPE_WINDOW_S", 600, 0, 86_400),
