@@ -222,7 +222,10 @@ class PgSink:
                     del events[0]
                 single = True
                 continue
-            except (*CONNECTION_LOST, asyncpg.PostgresError):
+            except Exception:
+                # PostgreSQL away (core.pg.CONNECTION_LOST, a PostgresError) or anything else:
+                # raised out of here it would end `run_events` for good, and every later event
+                # would wait in the backlog until dropped. Logged at each try instead.
                 log.exception("agent events write failed; retrying", extra={"events": len(events)})
             if deadline is not None and time.monotonic() + delay > deadline:
                 return False
