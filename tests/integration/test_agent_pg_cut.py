@@ -450,6 +450,28 @@ async def test_a_cut_before_the_money_moves_is_answered_and_a_retry_moves_it_onc
     await assert_ledger_ok(pg_pool)
 
 
+async def test_a_refusal_after_an_unavailable_attempt_is_the_commands_one_decision(
+    relay: Relay, settings: Settings, redis: Redis, pg_pool: asyncpg.Pool
+) -> None:
+    """A first attempt ends unavailable, the agent walks out of its zone, and the retry is
+    refused by the gate: the refusal is the command's outcome and takes the unavailable row's
+    place; another command's rows are untouched."""
+    runtime, agent, replies, customer = await counter(relay, settings, redis, pg_pool)
+    other = command(agent, "ci-0", "cash_in", msisdn=customer, amount_minor=1_000)
+    relay.proxy.cut_on(b"ledger_cash_in")
+    await runtime.channel.handle([other])
+    cash_in = command(agent, "ci-4", "cash_in", msisdn=customer, amount_minor=10_000)
+    relay.proxy.cut_on(b"ledger_cash_in")
+    await runtime.channel.handle([cash_in])
+    assert code_of(replies.to(agent)[-1]) == UNAVAILABLE
+    await runtime.channel.handle(fixes(agent, time.time() - 1, metres=2_000))  # outside
+    await runtime.channel.handle([cash_in])
+    assert code_of(replies.to(agent)[-1]) == "OUTSIDE_GEOFENCE"
+    assert await outcomes_of(pg_pool, agent, "ci-4") == ["OUTSIDE_GEOFENCE"]
+    assert await outcomes_of(pg_pool, agent, "ci-0") == [UNAVAILABLE]
+    assert await balance(pg_pool, customer) == 50_000
+
+
 async def test_a_cash_in_whose_commit_answer_is_lost_moves_the_money_once(
     relay: Relay, settings: Settings, redis: Redis, pg_pool: asyncpg.Pool
 ) -> None:
