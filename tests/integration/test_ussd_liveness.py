@@ -24,7 +24,7 @@ from redis.asyncio import Redis
 from config.settings import Settings
 from gateway.keys import METRICS, USSD_SERVICE
 from menus.liveness import Liveness, liveness_key
-from menus.service import UssdService
+from menus.service import STALE_CLAIM_GRACE_S, UssdService
 from menus.session import RedisSessionStore, Session
 from tests.helpers import eventually
 from tests.tcp_proxy import CuttableProxy
@@ -347,6 +347,44 @@ async def test_two_takers_of_one_dead_claim_run_the_step_once(
         await late_actions_done(a)
         assert a.calls["send_money"] == 1
         await moved_once(b, sender, recipient)
+
+
+async def test_a_claim_without_its_instance_keeps_the_grace_rule(
+    a: UssdEnv, b: UssdEnv, redis: Redis
+) -> None:
+    """A record from before claims named their instance (no "by"): nobody can be asked, so
+    only its age decides. Once older than the deadline plus the grace period, it is taken
+    over (counted as "stale")."""
+    s, sender, recipient = await ready_to_send(a)
+    form = s.form(PIN)
+    calls, before = b.calls["send_money"], takeovers(b, "stale")
+    store = store_of(b)
+    key = store.key("africastalking", s.session_id)
+
+    async def rewrite_claim(**changes: object) -> None:
+        current = await store.load(key)
+        assert current is not None
+        record = current.session()
+        assert record.inflight is not None
+        record.inflight = {k: v for k, v in record.inflight.items() if k != "by"} | changes
+        assert await store.save(key, current.version, record.to_json(), 600) == (True, None)
+
+    async with stalled(a, CLAIM, after=True) as stall:
+        first = await started(s.post(form), stall)
+        await crash(a, redis)
+        await rewrite_claim()
+        other = on(b, s)
+        assert await other.post(other.form("1234")) == BUSY
+        assert b.calls["send_money"] == calls
+        await rewrite_claim(at=time.time() - DEADLINE_B_S - STALE_CLAIM_GRACE_S - 1)
+        receipt = await timed(lambda: on(b, s).post(form), DEADLINE_B_S)
+        assert receipt.startswith("END KES 100.00 sent to Neema Achieng"), receipt
+        assert b.calls["send_money"] == calls + 1
+        assert takeovers(b, "stale") == before + 1
+        stall.released.set()
+        assert await first == PENDING
+    await late_actions_done(a)
+    await moved_once(b, sender, recipient)
 
 
 # --- the liveness key ------------------------------------------------------------------------
