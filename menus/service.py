@@ -61,8 +61,7 @@ FAILURES = (
 )
 
 Observer = Callable[[str, str, float], None]
-TakeoverObserver = Callable[[str], None]  # why the claim taken over was dead: TAKEOVER_REASONS
-TAKEOVER_REASONS = ("own", "instance", "stale")
+TakeoverObserver = Callable[[str], None]  # why the claim taken over was dead: `_dead`'s reason
 
 
 @dataclass
@@ -229,7 +228,8 @@ class UssdService:
         of an instance whose liveness key is gone (the process died); a claim older than the
         deadline plus STALE_CLAIM_GRACE_S. When the other instance cannot be asked (no
         liveness, Redis not answering, an older record without "by"), only age decides: a
-        step must not run twice on a guess."""
+        step must not run twice on a guess. The reason ("own", "instance", "stale") is kept
+        on the hop for `_took_over`."""
         by = inflight.get("by")
         if by is not None and by == hop.dead:
             return True  # already found dead on this hop (a poll, then the step's attempt)
