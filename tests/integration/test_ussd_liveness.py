@@ -223,6 +223,8 @@ async def test_a_crashed_instance_s_claim_is_taken_over_at_once(
         assert b.calls["send_money"] == calls + 1
         await moved_once(b, sender, recipient)
         assert takeovers(b, "instance") == before + 1
+        exposed = await (await b.client.get("/metrics")).text()
+        assert 'gateway_ussd_claim_takeovers_total{reason="instance"}' in exposed
         stall.released.set()
         # A's step "comes back": its write finds B's and it answers what it did.
         assert (await first).startswith("END KES 100.00 sent to Neema Achieng")
