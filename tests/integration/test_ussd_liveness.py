@@ -22,7 +22,8 @@ import pytest
 from redis.asyncio import Redis
 
 from config.settings import Settings
-from gateway.keys import METRICS, USSD_SERVICE
+from gateway.keys import MENU_BINDINGS, METRICS, USSD_SERVICE
+from menus.actions import ActionContext, ActionResult
 from menus.liveness import Liveness, liveness_key
 from menus.service import STALE_CLAIM_GRACE_S, UssdService
 from menus.session import RedisSessionStore, Session
@@ -68,14 +69,18 @@ class Stall:
 
 
 class Loads:
-    """Counts a store's reads of one session key (B's first read, then one per busy poll)."""
+    """Counts a store's reads of one session key (B's first read, then one per busy poll);
+    while `gate` is set to an event, a read of that key waits for it first."""
 
     def __init__(self, store: RedisSessionStore, key: str) -> None:
         self.store, self.key, self.real, self.count = store, key, store.load, 0
+        self.gate: asyncio.Event | None = None
 
     async def load(self, key: str) -> Any:
         if key == self.key:
             self.count += 1
+            if self.gate is not None:
+                await self.gate.wait()
         return await self.real(key)
 
 
@@ -325,6 +330,55 @@ async def test_a_polling_copy_runs_the_step_when_the_claim_dies(
     assert a.calls["send_money"] == 1
     await moved_once(b, sender, recipient)
     assert await on(b, s).post(form) == receipt
+
+
+async def test_a_polling_copy_takes_over_its_own_instance_s_dead_claim(
+    b: UssdEnv, proxy: CuttableProxy
+) -> None:
+    """One instance: the first copy of the hop moves the money, its last write is cut at the
+    network (the receipt is answered, not stored: the claim stays, dead). The copy polling on
+    the same instance sees its own instance's dead claim and runs the step (reason "own")."""
+    s, sender, recipient = await ready_to_send(b)
+    form = s.form(PIN)
+    calls, before = b.calls["send_money"], takeovers(b, "own")
+    functions = b.app[MENU_BINDINGS].functions
+    real = functions["send_money"]
+    moved, go = asyncio.Event(), asyncio.Event()
+
+    async def hold(ctx: ActionContext) -> ActionResult:
+        result = await real(ctx)
+        moved.set()
+        await go.wait()
+        return result
+
+    store = store_of(b)
+    loads = Loads(store, store.key("africastalking", s.session_id))
+    functions["send_money"] = hold
+    store.load = loads.load  # type: ignore[method-assign]
+    try:
+        first = asyncio.ensure_future(s.post(form))
+        await asyncio.wait_for(moved.wait(), WAIT_S)
+        copy = asyncio.ensure_future(s.post(form))
+        await eventually(lambda: loads.count >= 2, timeout_s=WAIT_S)  # it polls
+        loads.gate = asyncio.Event()  # its next read waits until the first copy has answered
+        armed = loads.count
+        # Waiting at the gate, it has no command in flight for the cut to take down.
+        await eventually(lambda: loads.count > armed, timeout_s=WAIT_S)
+        proxy.cut_on(CLOSING.encode(), refuse=OUTAGE)  # the write is cut, its resend refused
+        go.set()
+        receipt = await asyncio.wait_for(first, WAIT_S)
+        assert receipt.startswith("END KES 100.00 sent to Neema Achieng"), receipt
+        proxy.restore()
+        loads.gate.set()
+        assert await asyncio.wait_for(copy, WAIT_S) == receipt
+    finally:
+        go.set()
+        functions["send_money"] = real
+        del store.load
+    assert b.calls["send_money"] == calls + 2  # the second run: the same idempotency key
+    assert takeovers(b, "own") == before + 1
+    await moved_once(b, sender, recipient)
+    assert await s.post(form) == receipt  # now stored
 
 
 async def test_two_takers_of_one_dead_claim_run_the_step_once(
