@@ -157,11 +157,12 @@ async def _ussd(app: web.Application) -> AsyncIterator[None]:
     finally:
         app[USSD_HTTP].service = None
         await registry.stop()
-        # The key goes only once no claimed step runs here: deleted under a running step, it
-        # would let another instance run that step again. Otherwise it expires by its TTL.
+        # The key goes only once no claimed step (nor late action) runs here: deleted under a
+        # running step, it would let another instance run that step again. Otherwise it
+        # expires by its TTL.
         idle = await service.drain(settings.ussd_deadline_s + STEP_DRAIN_MARGIN_S)
-        await liveness.stop(delete=idle)
         await engine.drain()
+        await liveness.stop(delete=idle)
         await steps.stop()
         await store.aclose()
         await sessions.aclose()

@@ -83,7 +83,7 @@ class Liveness:
         """Set the key now (best effort: Redis may be down at start-up) and keep it fresh."""
         if self._task is not None:
             return
-        await self._refresh()
+        await self.refresh()
         self._task = asyncio.create_task(self._run(), name="ussd-liveness")
 
     async def stop(self, *, delete: bool = True) -> None:
@@ -123,9 +123,10 @@ class Liveness:
     async def _run(self) -> None:
         while True:
             await asyncio.sleep(self.refresh_s)  # the refresh cadence, not a synchronisation
-            await self._refresh()
+            await self.refresh()
 
-    async def _refresh(self) -> None:
+    async def refresh(self) -> None:
+        """Extend the key by the TTL now (what the refresher does; failures are logged)."""
         try:
             await self._extend(self.ttl_s)
         except (RedisError, OSError, TimeoutError):

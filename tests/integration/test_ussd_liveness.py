@@ -140,6 +140,9 @@ async def a(settings: Settings) -> AsyncIterator[UssdEnv]:
 
 @pytest.fixture(autouse=True)
 async def ledger_ok(b: UssdEnv, proxy: CuttableProxy) -> AsyncIterator[None]:
+    # The `redis` fixture deletes every key of the run's prefix after a test, B's liveness key
+    # too: B, alive, must not look dead to the next test before its refresher runs again.
+    await liveness_of(b).refresh()
     yield
     proxy.restore()
     await b.bank.check_ledger()
@@ -491,7 +494,7 @@ async def test_a_cover_outlives_the_ttl_and_a_refresh_never_shortens_it(
         await liveness.cover(until)
         assert liveness.covers(until)
         assert await redis.pttl(liveness.key) > 5_000  # the step's deadline plus the margin
-        await liveness._refresh()  # a refresh with the 1 s TTL
+        await liveness.refresh()  # a refresh with the 1 s TTL
         assert await redis.pttl(liveness.key) > 5_000
         assert liveness_key(redis_prefix, liveness.instance) == liveness.key
     finally:
