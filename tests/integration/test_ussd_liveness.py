@@ -22,6 +22,7 @@ import pytest
 from redis.asyncio import Redis
 
 from config.settings import Settings
+from gateway.app import make_redis
 from gateway.keys import MENU_BINDINGS, METRICS, USSD_SERVICE
 from menus.actions import ActionContext, ActionResult
 from menus.liveness import Liveness, liveness_key
@@ -29,7 +30,9 @@ from menus.service import STALE_CLAIM_GRACE_S, UssdService
 from menus.session import RedisSessionStore, Session
 from tests.helpers import eventually
 from tests.tcp_proxy import CuttableProxy
-from tests.ussd_support import PIN, AtSession, UssdEnv, start_env
+from tests.ussd_support import PIN, AtSession, RedisProcess, UssdEnv, own_redis, start_env
+
+__all__ = ["own_redis"]
 
 DEADLINE_A_S = 1.5  # instance A: its claim covers its key until ~2.5 s after the hop began
 DEADLINE_B_S = 4.0  # instance B: long enough to poll past A's key expiring
@@ -271,13 +274,18 @@ async def test_a_live_but_slow_instance_keeps_its_claim(
 
 
 async def test_liveness_unknown_keeps_the_grace_rule(
-    a: UssdEnv, b: UssdEnv, redis: Redis, proxy: CuttableProxy
+    a: UssdEnv,
+    b: UssdEnv,
+    redis: Redis,
+    proxy: CuttableProxy,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """A died after claiming, but B cannot ask Redis whether A lives: B must not run the step
     on a guess, so the claim blocks as under the grace rule. Once B can ask, it takes over."""
     s, sender, recipient = await ready_to_send(a)
     form = s.form(PIN)
     calls = b.calls["send_money"]
+    caplog.set_level(logging.WARNING, logger="menus.service")
     async with stalled(a, CLAIM, after=True) as stall:
         first = await started(s.post(form), stall)
         await crash(a, redis)
@@ -286,6 +294,9 @@ async def test_liveness_unknown_keeps_the_grace_rule(
         other = on(b, s)
         assert await other.post(other.form("1234")) == BUSY  # another input: no poll
         assert proxy.tripped == tripped + 1  # the check was sent, and cut
+        asked = "ussd: the claim's instance could not be asked; the grace rule applies"
+        key = store_of(b).key("africastalking", s.session_id)
+        assert [getattr(r, "key", None) for r in caplog.records if r.getMessage() == asked] == [key]
         assert b.calls["send_money"] == calls
         proxy.restore()
         receipt = await timed(lambda: on(b, s).post(form), DEADLINE_B_S)
@@ -501,3 +512,27 @@ async def test_a_cover_outlives_the_ttl_and_a_refresh_never_shortens_it(
         await liveness.stop()
         await store.aclose()
     assert await redis.exists(liveness.key) == 0
+
+
+async def test_the_refresher_outlives_a_redis_outage(
+    own_redis: RedisProcess, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Redis down at start-up: the service still starts (the key is best effort), the refresher
+    says so once, and sets the key as soon as Redis is back."""
+    caplog.set_level(logging.WARNING, logger="menus.liveness")
+    client = make_redis(own_redis.url)
+    store = RedisSessionStore(client, "t:", io_timeout_s=0.5)
+    liveness = Liveness(store.link, "t:", ttl_s=1.0)
+    try:
+        own_redis.stop()
+        await liveness.start()
+        assert liveness.running
+        own_redis.start()  # same port, empty
+        await eventually(lambda: liveness.alive(liveness.instance), timeout_s=WAIT_S)
+        messages = [r.getMessage() for r in caplog.records]
+        assert messages.count("ussd liveness: the key could not be refreshed") == 1
+        assert "ussd liveness: the key is refreshed again" in messages
+    finally:
+        await liveness.stop()
+        await store.aclose()
+        await client.aclose()
