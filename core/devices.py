@@ -224,11 +224,14 @@ class BreachAlerts:
     language: str = "en"
     devices: bool = False
 
-    async def resolve(self, conn: asyncpg.Connection) -> list[str]:
-        """Every recipient of an alert stored now, each once."""
-        if not self.devices:
-            return list(self.recipients)
-        return list(dict.fromkeys([*self.recipients, *await push_devices.alert_tokens(conn)]))
+    async def resolve(self, conn: asyncpg.Connection) -> dict[str, str]:
+        """Every recipient of an alert stored now, each once, with the language it reads (a
+        registered phone's own, else the deployment's)."""
+        recipients = dict.fromkeys(self.recipients, self.language)
+        if self.devices:
+            for token, language in await push_devices.alert_tokens(conn):
+                recipients.setdefault(token, language or self.language)
+        return recipients
 
 
 def breach_text(event: EventRow, language: str = "en") -> str:
@@ -276,20 +279,22 @@ async def insert_events(
     async with conn.transaction():
         stored = await _insert_events(conn, events)
         new = [e for e in breaches if e.event_id in stored]  # not copies already stored
-        recipients = await alerts.resolve(conn) if new else []
+        recipients = await alerts.resolve(conn) if new else {}
         for event in new:
             await _queue_alerts(conn, event, alerts, recipients)
     return list(stored.values())
 
 
 async def _queue_alerts(
-    conn: asyncpg.Connection, event: EventRow, alerts: BreachAlerts, recipients: Sequence[str]
+    conn: asyncpg.Connection, event: EventRow, alerts: BreachAlerts, recipients: dict[str, str]
 ) -> None:
-    body = breach_text(event, alerts.language)
-    for recipient in recipients:
+    bodies: dict[str, str] = {}
+    for recipient, language in recipients.items():
+        if language not in bodies:
+            bodies[language] = breach_text(event, language)
         await enqueue(
-            conn, channel=alerts.channel, recipient=recipient, body=body,
-            kind="agent_breach", language=alerts.language,
+            conn, channel=alerts.channel, recipient=recipient, body=bodies[language],
+            kind="agent_breach", language=language,
         )  # fmt: skip
 
 

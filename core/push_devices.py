@@ -30,6 +30,7 @@ MAX_DEVICES = 10
 MAX_TOKEN_CHARS = 4096
 MAX_LABEL_CHARS = 64
 PLATFORMS = ("android", "ios", "web")
+LANGUAGES = ("en", "sw", "fr")  # what core.agent_messages renders
 ALERT_PERMISSION = "agents:read"
 # A registration token: printable ASCII without spaces (as channels.push checks a recipient).
 _TOKEN = re.compile(r"[\x21-\x7e]+")
@@ -42,6 +43,7 @@ class PushDevice:
     token: str
     platform: str
     label: str
+    language: str | None  # None: the deployment's AGENT_ALERT_LANGUAGE
     created_at: datetime
     last_seen_at: datetime
     disabled_at: datetime | None
@@ -54,6 +56,7 @@ class PushDevice:
             "id": self.id,
             "platform": self.platform,
             "label": self.label,
+            "language": self.language,
             "token_start": self.token[:12],
             "enabled": self.disabled_at is None,
             "disabled_reason": self.disabled_reason,
@@ -70,6 +73,7 @@ def _device(row: asyncpg.Record) -> PushDevice:
         token=row["token"],
         platform=row["platform"],
         label=row["label"],
+        language=row["language"],
         created_at=row["created_at"],
         last_seen_at=row["last_seen_at"],
         disabled_at=row["disabled_at"],
@@ -92,13 +96,14 @@ def check_token(token: str) -> str:
 # moves it to them.
 _REGISTER = """
 WITH old AS (SELECT admin_id FROM admin_push_devices WHERE token = $2)
-INSERT INTO admin_push_devices AS d (admin_id, token, platform, label)
-VALUES ($1, $2, $3, $4)
+INSERT INTO admin_push_devices AS d (admin_id, token, platform, label, language)
+VALUES ($1, $2, $3, $4, $5)
 ON CONFLICT (token) DO UPDATE
     SET admin_id = EXCLUDED.admin_id, platform = EXCLUDED.platform, label = EXCLUDED.label,
-        last_seen_at = now(), disabled_at = NULL, disabled_reason = NULL
-RETURNING id, admin_id, token, platform, label, created_at, last_seen_at, disabled_at,
-          disabled_reason, (SELECT admin_id FROM old) AS previous_admin
+        language = EXCLUDED.language, last_seen_at = now(), disabled_at = NULL,
+        disabled_reason = NULL
+RETURNING id, admin_id, token, platform, label, language, created_at, last_seen_at,
+          disabled_at, disabled_reason, (SELECT admin_id FROM old) AS previous_admin
 """
 
 # Beyond MAX_DEVICES enabled phones, the ones registered longest ago go; so do disabled ones
@@ -119,18 +124,28 @@ RETURNING id, disabled_at IS NULL AS enabled
 
 
 async def register(
-    db: Db, *, admin_id: int, actor: str, token: str, platform: str, label: str = ""
+    db: Db,
+    *,
+    admin_id: int,
+    actor: str,
+    token: str,
+    platform: str,
+    label: str = "",
+    language: str | None = None,
 ) -> tuple[PushDevice, bool]:
-    """(the device, whether it is new to this admin)."""
+    """(the device, whether it is new to this admin). `language`: the phone's, for its
+    alerts (None: the deployment's)."""
     check_token(token)
     if platform not in PLATFORMS:
         raise ValidationFailed(f"platform: one of {', '.join(PLATFORMS)}", field="platform")
+    if language is not None and language not in LANGUAGES:
+        raise ValidationFailed(f"language: one of {', '.join(LANGUAGES)}", field="language")
     if len(label) > MAX_LABEL_CHARS:
         raise ValidationFailed(f"label: at most {MAX_LABEL_CHARS} characters", field="label")
     async with connection(db) as conn, conn.transaction():
         # One admin's registrations in turn: two at once could each leave MAX_DEVICES others.
         await conn.execute("SELECT 1 FROM admin_users WHERE id = $1 FOR UPDATE", admin_id)
-        row = await conn.fetchrow(_REGISTER, admin_id, token, platform, label)
+        row = await conn.fetchrow(_REGISTER, admin_id, token, platform, label, language)
         assert row is not None
         previous = row["previous_admin"]
         device = _device(row)
@@ -168,8 +183,8 @@ async def list_devices(db: Db, admin_id: int) -> list[PushDevice]:
     async with connection(db) as conn:
         rows = await conn.fetch(
             """
-            SELECT id, admin_id, token, platform, label, created_at, last_seen_at, disabled_at,
-                   disabled_reason
+            SELECT id, admin_id, token, platform, label, language, created_at, last_seen_at,
+                   disabled_at, disabled_reason
             FROM admin_push_devices WHERE admin_id = $1
             ORDER BY disabled_at IS NOT NULL, last_seen_at DESC, id DESC
             """,
@@ -205,11 +220,14 @@ async def disable_token(db: Db, token: str, reason: str) -> bool:
     return changed is not None
 
 
-async def alert_tokens(conn: asyncpg.Connection, permission: str = ALERT_PERMISSION) -> list[str]:
-    """The enabled phones of the active admins holding `permission` (or a superuser role)."""
+async def alert_tokens(
+    conn: asyncpg.Connection, permission: str = ALERT_PERMISSION
+) -> list[tuple[str, str | None]]:
+    """(token, language or None) of the enabled phones of the active admins holding
+    `permission` (or a superuser role)."""
     rows = await conn.fetch(
         """
-        SELECT d.token FROM admin_push_devices AS d
+        SELECT d.token, d.language FROM admin_push_devices AS d
         JOIN admin_users AS u ON u.id = d.admin_id AND u.is_active
         WHERE d.disabled_at IS NULL AND EXISTS (
             SELECT 1 FROM admin_user_roles AS ur
@@ -221,4 +239,4 @@ async def alert_tokens(conn: asyncpg.Connection, permission: str = ALERT_PERMISS
         """,
         permission,
     )
-    return [r["token"] for r in rows]
+    return [(r["token"], r["language"]) for r in rows]

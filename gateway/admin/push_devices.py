@@ -26,12 +26,15 @@ class DeviceIn(BaseModel):
     token: str = Field(min_length=1, max_length=push_devices.MAX_TOKEN_CHARS)
     platform: Literal["android", "ios", "web"]
     label: str = Field(default="", max_length=push_devices.MAX_LABEL_CHARS)
+    # The phone's language for its alerts; null: the deployment's AGENT_ALERT_LANGUAGE.
+    language: Literal["en", "sw", "fr"] | None = None
 
 
 class DeviceOut(BaseModel):
     id: int
     platform: str
     label: str
+    language: str | None
     token_start: str
     enabled: bool
     disabled_reason: str | None
@@ -63,6 +66,7 @@ async def register_device(request: web.Request, body: DeviceIn) -> web.StreamRes
         token=body.token,
         platform=body.platform,
         label=body.label,
+        language=body.language,
     )
     return json_response(device.as_json(), status=201 if new else 200)
 

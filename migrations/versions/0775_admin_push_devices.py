@@ -1,6 +1,7 @@
 """Admins' phones for push: each admin registers the FCM registration token of the staff app on
 their phone, and breach alerts go to the registered phones of the admins who may see agents
-(`AGENT_ALERT_RECIPIENTS=devices`). A token FCM reports gone (`UNREGISTERED`) or bound to
+(`AGENT_ALERT_RECIPIENTS=devices`), each in its phone's language (NULL: the deployment's
+AGENT_ALERT_LANGUAGE). A token FCM reports gone (`UNREGISTERED`) or bound to
 another sender is disabled, not sent to again.
 
 A token names one app installation, so it is unique across admins: registered by another admin
@@ -29,6 +30,7 @@ def upgrade() -> None:
             token text NOT NULL UNIQUE CHECK (token ~ '^[!-~]+$' AND length(token) <= 4096),
             platform text NOT NULL CHECK (platform IN ('android', 'ios', 'web')),
             label text NOT NULL DEFAULT '' CHECK (length(label) <= 64),
+            language text CHECK (language IN ('en', 'sw', 'fr')),
             created_at timestamptz NOT NULL DEFAULT now(),
             last_seen_at timestamptz NOT NULL DEFAULT now(),
             disabled_at timestamptz,

@@ -48,11 +48,18 @@ async def staff(client: TestClient, role: str = "admin") -> Staff:
 
 
 async def register(
-    client: TestClient, who: Staff, token: str, platform: str = "android", label: str = ""
+    client: TestClient,
+    who: Staff,
+    token: str,
+    platform: str = "android",
+    label: str = "",
+    *,
+    language: str | None = None,
 ) -> tuple[int, dict[str, object]]:
-    resp = await client.post(
-        URL, json={"token": token, "platform": platform, "label": label}, headers=auth(who.token)
-    )
+    body = {"token": token, "platform": platform, "label": label}
+    if language is not None:
+        body["language"] = language
+    resp = await client.post(URL, json=body, headers=auth(who.token))
     return resp.status, await resp.json()
 
 
@@ -90,15 +97,17 @@ async def test_an_admin_registers_lists_and_removes_a_phone(
 ) -> None:
     who = await staff(app_client, "viewer")
     token = new_token()
-    status, device = await register(app_client, who, token, "ios", "my iPhone")
+    status, device = await register(app_client, who, token, "ios", "my iPhone", language="sw")
     assert status == 201, device
     assert device["enabled"] is True and device["platform"] == "ios"
+    assert device["language"] == "sw"
     assert device["label"] == "my iPhone" and device["token_start"] == token[:12]
     assert token not in str(device)  # the admin sees the token's start only
 
-    # The app registers again (every sign-in): the same device, 200, nothing new.
-    status, again = await register(app_client, who, token, "ios", "my iPhone")
-    assert (status, again["id"]) == (200, device["id"])
+    # The app registers again (every sign-in): the same device, 200, nothing new; the phone's
+    # language follows its settings.
+    status, again = await register(app_client, who, token, "ios", "my iPhone", language="fr")
+    assert (status, again["id"], again["language"]) == (200, device["id"], "fr")
     assert [d["id"] for d in await listed(app_client, who)] == [device["id"]]
 
     resp = await app_client.delete(f"{URL}/{device['id']}", headers=auth(who.token))
@@ -183,6 +192,8 @@ async def test_disabled_phones_are_kept_to_the_same_limit(
         ({"token": "abc", "platform": "symbian"}, "platform"),
         ({"token": "abc", "platform": "android", "label": "x" * 65}, "label"),
         ({"token": "abc", "platform": "android", "admin_id": 1}, "admin_id"),
+        ({"token": "abc", "platform": "android", "language": "de"}, "language"),
+        ({"token": "abc", "platform": "android", "language": "EN"}, "language"),
         ({"token": ["abc"], "platform": "android"}, "token"),
     ],
 )
@@ -238,14 +249,21 @@ async def test_breach_alerts_reach_the_phones_of_admins_who_may_read_agents(
     second = new_token()
     for who, name in ((reader, "reader"), (officer, "officer"), (gone, "gone")):
         assert (await register(app_client, who, tokens[name]))[0] == 201
-    assert (await register(app_client, reader, second, "ios"))[0] == 201
+    assert (await register(app_client, reader, second, "ios", language="fr"))[0] == 201
     await pg_pool.execute("UPDATE admin_users SET is_active = false WHERE id = $1", gone.user_id)
 
-    recipients = [r["recipient"] for r in await breach_recipients(push_settings, redis, pg_pool)]
+    alerts = await breach_recipients(push_settings, redis, pg_pool)
+    recipients = [r["recipient"] for r in alerts]
     assert recipients[0] == "topic:agent-alerts"
     assert tokens["reader"] in recipients and second in recipients
     assert tokens["officer"] not in recipients and tokens["gone"] not in recipients
     assert len(recipients) == len(set(recipients))  # each phone once
+    # Each phone reads the alert in its own language; the rest in the deployment's (en).
+    by = {r["recipient"]: r for r in alerts}
+    assert (by[second]["language"], by[tokens["reader"]]["language"]) == ("fr", "en")
+    assert by["topic:agent-alerts"]["language"] == "en"
+    assert by[second]["body"] != by[tokens["reader"]]["body"]
+    assert by[tokens["reader"]]["body"] == by["topic:agent-alerts"]["body"]
 
 
 async def test_a_token_fcm_reports_gone_is_disabled_until_registered_again(
