@@ -203,9 +203,14 @@ class DispatchPolicy:
         return float(ceiling * (0.5 + random.random() / 2))  # noqa: S311 (jitter, not crypto)
 
 
+# What the dispatcher did with a claimed row (the `outcome` label of its counts).
+OUTCOMES = ("sent", "retry", "dead", "released")
+
+
 class Dispatcher:
     """Claims due rows for the channels in `senders` (read at every claim, so senders added
-    later are picked up) and records each outcome."""
+    later are picked up) and records each outcome; `outcomes` counts them by (channel,
+    outcome) in this process, for /metrics."""
 
     def __init__(
         self,
@@ -220,6 +225,11 @@ class Dispatcher:
         self.policy = policy or DispatchPolicy()
         self._clock = clock
         self._wake = asyncio.Event()
+        self.outcomes: dict[tuple[str, str], int] = {}
+
+    def _count(self, channel: str, outcome: str) -> None:
+        key = (channel, outcome)
+        self.outcomes[key] = self.outcomes.get(key, 0) + 1
 
     def wake(self) -> None:
         self._wake.set()
@@ -245,6 +255,7 @@ class Dispatcher:
             async with gate:
                 if self._clock() > last_start:
                     await self.db.execute(_RELEASE_SQL, row["id"], row["attempts"])
+                    self._count(row["channel"], "released")
                     return
                 await self._deliver(row, transfers.get(row["transfer_id"], {}))
 
@@ -260,6 +271,7 @@ class Dispatcher:
             body = row["body"] or render(row["template"], row["language"], params)
         except (KeyError, ValueError) as exc:
             await self.db.execute(_DEAD_SQL, row["id"], attempts, f"cannot render: {exc!r}")
+            self._count(row["channel"], "dead")
             return
         message = OutboundMessage(
             id=row["id"],
@@ -288,6 +300,7 @@ class Dispatcher:
         else:
             # The message is out: a "sent" mark lost to a dropped connection would send it
             # again after the lease, so it is tried again through a short outage.
+            self._count(message.channel, "sent")  # out, whatever becomes of its mark
             await record_retrying(
                 self.db, _SENT_SQL, message.id, attempts, provider_id, body,
                 what=f"outbox message {message.id} as sent",
@@ -297,12 +310,14 @@ class Dispatcher:
         if temporary and message.attempts < self.policy.max_attempts:
             delay = self.policy.backoff_s(message.attempts)
             await self.db.execute(_RETRY_SQL, message.id, message.attempts, delay, reason[:500])
+            self._count(message.channel, "retry")
             return
         log.warning(
             "outbound message dead-lettered",
             extra={"outbox_id": message.id, "channel": message.channel, "reason": reason[:200]},
         )
         await self.db.execute(_DEAD_SQL, message.id, message.attempts, reason[:500])
+        self._count(message.channel, "dead")
 
     async def run(self, stop: asyncio.Event) -> None:
         """Dispatch until `stop` is set. A database outage is logged and retried with backoff
@@ -328,6 +343,33 @@ class Dispatcher:
             )
             for waiter in pending:
                 waiter.cancel()
+
+
+# --- Backlog (metrics) ---------------------------------------------------------------------
+
+# From the partial index on pending rows (outbox_due: channel, next_attempt_at), so its cost
+# follows the backlog, not the table's millions of sent rows. `overdue_s`: how long the most
+# overdue message has waited past its due time (0 when none is due: a retry's backoff and a
+# row being sent, whose lease moved its time on, are not late).
+_BACKLOG_SQL = """
+SELECT channel, count(*) AS pending,
+       greatest(0, extract(epoch FROM now() - min(next_attempt_at)))::float8 AS overdue_s
+FROM outbox WHERE status = 'pending'
+GROUP BY channel ORDER BY channel
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Backlog:
+    channel: str
+    pending: int
+    overdue_s: float
+
+
+async def backlog(db: Db, timeout_s: float = 2.0) -> list[Backlog]:
+    """Messages waiting, per channel, and how late the most overdue one is."""
+    rows = await db.fetch(_BACKLOG_SQL, timeout=timeout_s)
+    return [Backlog(r["channel"], r["pending"], r["overdue_s"]) for r in rows]
 
 
 # --- Dead letters (admin) ------------------------------------------------------------------

@@ -52,7 +52,7 @@ from gateway.keys import (
     SETTINGS,
     TOKENS,
 )
-from gateway.metrics import Metrics
+from gateway.metrics import Metrics, OutboxCollector
 from gateway.middlewares import MIDDLEWARES
 from gateway.secrets import resolve_secret
 from gateway.senders import build_senders, close_senders
@@ -197,11 +197,16 @@ async def _core(app: web.Application) -> AsyncIterator[None]:
     senders = build_senders(settings, pool)
     app[SENDERS] = senders
     app[DISPATCHER] = Dispatcher(pool, senders)
+    collector = OutboxCollector(app[DISPATCHER], pool)
+    app[METRICS].registry.register(collector)
+    app[METRICS].refreshers.append(collector.refresh)
     stop = asyncio.Event()
     task = asyncio.create_task(app[DISPATCHER].run(stop), name="outbox-dispatcher")
     try:
         yield
     finally:
+        app[METRICS].refreshers.remove(collector.refresh)
+        app[METRICS].registry.unregister(collector)
         stop.set()
         # Not wait_for: on its timeout it awaits the cancelled task without a deadline.
         await finish_task(task, "outbox dispatcher", DISPATCHER_STOP_TIMEOUT_S)

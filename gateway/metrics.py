@@ -11,13 +11,24 @@ exposition format, names and labels are prometheus_client's, built when `/metric
 
 from __future__ import annotations
 
+import logging
 from bisect import bisect_left
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
+
+from core import outbox
+from core.pg import Db
+
+log = logging.getLogger("gateway.metrics")
 
 __all__ = ["CONTENT_TYPE_LATEST", "Metrics"]
 
@@ -80,6 +91,8 @@ class _Families(Collector):
 @dataclass
 class Metrics:
     registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+    # Awaited by /metrics before it renders: collectors whose figures need a query.
+    refreshers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self._requests = _Family(
@@ -146,5 +159,62 @@ class Metrics:
         self._count(self._requests, (method, route, str(status)))
         self._time(self._latency, (method, route), elapsed_s)
 
+    async def refresh(self) -> None:
+        for refresh in list(self.refreshers):
+            await refresh()
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class OutboxCollector(Collector):
+    """The outbox for Prometheus: what this process's dispatcher did with each message (sent,
+    retry, dead, released) and, read at each scrape, the messages waiting per channel and how
+    late the most overdue is (the alert to set: receipts stuck). The backlog query reads the
+    partial index on pending rows (core.outbox.backlog); if it fails, its gauges are left out
+    and `gateway_outbox_backlog_readable` is 0."""
+
+    def __init__(self, dispatcher: outbox.Dispatcher, db: Db) -> None:
+        self.dispatcher = dispatcher
+        self.db = db
+        self._backlog: list[outbox.Backlog] | None = None
+
+    async def refresh(self) -> None:
+        try:
+            self._backlog = await outbox.backlog(self.db)
+        except Exception:  # a scrape must still answer (the counters, and that this failed)
+            log.warning("outbox backlog not readable for /metrics", exc_info=True)
+            self._backlog = None
+
+    def collect(self) -> Iterator[Metric]:
+        messages = CounterMetricFamily(
+            "gateway_outbox_messages",
+            "outbox messages this process's dispatcher handled, by channel and outcome (sent; "
+            "retry: a temporary failure, tried again later; dead: dead-lettered; released: "
+            "claimed too late in its lease, handed back)",
+            labels=("channel", "outcome"),
+        )
+        for (channel, outcome), count in sorted(self.dispatcher.outcomes.items()):
+            messages.add_metric([channel, outcome], float(count))
+        yield messages
+        readable = self._backlog is not None
+        yield GaugeMetricFamily(
+            "gateway_outbox_backlog_readable",
+            "1 when the pending messages could be counted at this scrape",
+            value=1.0 if readable else 0.0,
+        )
+        if self._backlog is None:
+            return
+        pending = GaugeMetricFamily(
+            "gateway_outbox_pending", "outbox messages waiting to be sent", labels=("channel",)
+        )
+        overdue = GaugeMetricFamily(
+            "gateway_outbox_overdue_seconds",
+            "how long the most overdue waiting message is past its due time",
+            labels=("channel",),
+        )
+        for row in self._backlog:
+            pending.add_metric([row.channel], float(row.pending))
+            overdue.add_metric([row.channel], row.overdue_s)
+        yield pending
+        yield overdue

@@ -15,7 +15,7 @@ from aiohttp import web
 
 from core.crypto import FieldCipher
 from core.errors import IdempotencyConflict, SendFailed, ValidationFailed
-from core.outbox import Dispatcher, DispatchPolicy, OutboundMessage, enqueue
+from core.outbox import Dispatcher, DispatchPolicy, OutboundMessage, backlog, enqueue
 from core.receipts import TEMPLATES, render
 from core.transfers import send_money
 from gateway.keys import DISPATCHER, SENDERS
@@ -99,6 +99,7 @@ async def test_delivery_retry_and_dead_letter(core_db: asyncpg.Pool) -> None:
     sent = await row(core_db, ok_id)
     assert (sent["status"], sent["provider_id"], sent["attempts"]) == ("sent", f"prov-{ok_id}", 2)
     assert [m.body for m in sender.sent] == ["one"]
+    assert dispatcher.outcomes == {(chan, "retry"): 1, (chan, "sent"): 1}  # for /metrics
 
     dead_id = await _enqueue(core_db, chan, "two")
     permanent = Dispatcher(
@@ -116,6 +117,28 @@ async def test_delivery_retry_and_dead_letter(core_db: asyncpg.Pool) -> None:
     exhausted = await row(core_db, tired_id)
     assert (exhausted["status"], exhausted["attempts"]) == ("dead", 3)
     assert await tired.dispatch_once() == 0
+    assert permanent.outcomes == {(chan, "dead"): 1}
+    assert tired.outcomes == {(chan, "retry"): 2, (chan, "dead"): 1}
+
+
+async def test_the_backlog_per_channel_and_how_late_it_is(core_db: asyncpg.Pool) -> None:
+    chan, idle = channel(), channel()
+    late = await _enqueue(core_db, chan, "late")
+    await _enqueue(core_db, chan, "due now")
+    waiting = await _enqueue(core_db, idle, "in backoff")
+    await core_db.execute(
+        "UPDATE outbox SET next_attempt_at = now() - interval '90 seconds' WHERE id = $1", late
+    )
+    await core_db.execute(
+        "UPDATE outbox SET next_attempt_at = now() + interval '60 seconds' WHERE id = $1", waiting
+    )
+    rows = {b.channel: b for b in await backlog(core_db)}
+    assert rows[chan].pending == 2 and 90 <= rows[chan].overdue_s < 120
+    assert (rows[idle].pending, rows[idle].overdue_s) == (1, 0.0)  # not due yet: not late
+    sent = Dispatcher(core_db, {chan: Recorder()}, FAST)
+    while await sent.dispatch_once():
+        pass
+    assert chan not in {b.channel for b in await backlog(core_db)}
 
 
 async def test_backoff_waits_before_the_next_attempt(core_db: asyncpg.Pool) -> None:
