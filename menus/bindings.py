@@ -42,7 +42,7 @@ import asyncpg
 
 from core import agent_messages, customers, fees, limits, outbox, pins, transfers
 from core import errors as E
-from core.agents import get_agent
+from core.agents import Agent, get_agent
 from core.crypto import FieldCipher
 from core.loans.choice import Choice, choose_product
 from core.loans.messages import refusal_text
@@ -336,12 +336,54 @@ class CoreActions:
         """Customer-initiated cash-out at an agent (see the module docstring)."""
         await self.verify_to_move(ctx)
         agent = await get_agent(self.pool, _var(ctx, "agent"))
+        amount = _amount(ctx)
+        try:
+            evidence = await self._withdrawal_evidence(ctx, agent)
+        except (E.AgentUnavailable, E.LocationRefused):
+            result = await self._withdrawn_before(ctx, agent, amount)
+            if result is None:
+                raise
+        else:
+            result = await self._pay_out(ctx, agent, amount, evidence)
+        return ActionResult(
+            vars={
+                "reference": result.reference,
+                "amount": self.money(result.amount_minor),
+                "fee": self.money(result.fee_minor),
+                "balance": self.money(result.balance_after_minor or 0),
+                "agent_name": agent.name,
+            }
+        )
+
+    async def _withdrawal_evidence(self, ctx: ActionContext, agent: Agent) -> dict[str, Any]:
+        """What the transfer's note records; a refusal when the agent may not pay out now."""
         if agent.status != "active":
             raise E.AgentUnavailable(agent_code=agent.code)
-        amount = _amount(ctx)
         evidence: dict[str, Any] = {"initiated_by": "customer", "authorised_by": "customer_pin"}
         if self.withdrawal_gate is not None:
             evidence |= await self.withdrawal_gate(agent.code, ctx.msisdn, ctx.idempotency_key)
+        return evidence
+
+    async def _withdrawn_before(
+        self, ctx: ActionContext, agent: Agent, amount: int
+    ) -> transfers.TransferResult | None:
+        """This very withdrawal, when the step already paid it out (the step again after its
+        COMMIT's answer was lost): the money moved under the agent's state then, and the
+        customer must hear so, not "nothing was withdrawn" because the agent has since left
+        its zone or been suspended. Asked only on a refusal: no read on the usual path."""
+        earlier = await transfers.posted_under(self.pool, ctx.idempotency_key)
+        if earlier is None or (earlier.kind, earlier.debit_party, earlier.credit_party) != (
+            "cash_out",
+            ctx.msisdn,
+            agent.code,
+        ):
+            return None
+        return earlier if earlier.amount_minor == amount else None
+
+    async def _pay_out(
+        self, ctx: ActionContext, agent: Agent, amount: int, evidence: dict[str, Any]
+    ) -> transfers.TransferResult:
+        """The cash-out and, in its transaction, the agent's SMS to hand over the cash."""
         async with self.pool.acquire(timeout=CALL_TIMEOUT_S) as conn, conn.transaction():
             result = await transfers.cash_out(
                 conn,
@@ -372,15 +414,7 @@ class CoreActions:
                     ),
                     kind="agent_cash_out",
                 )
-        return ActionResult(
-            vars={
-                "reference": result.reference,
-                "amount": self.money(result.amount_minor),
-                "fee": self.money(result.fee_minor),
-                "balance": self.money(result.balance_after_minor or 0),
-                "agent_name": agent.name,
-            }
-        )
+        return result
 
     async def pin_change(self, ctx: ActionContext) -> ActionResult:
         await pins.change_pin(
