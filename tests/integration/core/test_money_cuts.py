@@ -48,8 +48,10 @@ CUTS: dict[str, Callable[[CuttableProxy, str], None]] = {
     "statement_lost": lambda proxy, _kind: proxy.cut_on(b"SELECT * FROM ledger_"),
     # the server ran and committed it; its answer (the transfer's row) never comes back
     "answer_lost": lambda proxy, kind: proxy.cut_on(kind.encode(), from_server=True),
+    # the answer came back; the connection dies as the pool resets it on release
+    "reset_lost": lambda proxy, _kind: proxy.cut_on(b"RESET ALL"),
 }
-COMMITTED = {"refused": False, "statement_lost": False, "answer_lost": True}
+COMMITTED = {"refused": False, "statement_lost": False, "answer_lost": True, "reset_lost": True}
 
 
 @dataclass
@@ -188,8 +190,14 @@ PATHS = {
 }
 
 
-@pytest.mark.parametrize("cut", sorted(CUTS))
-@pytest.mark.parametrize("path_name", sorted(PATHS))
+# A reversal reads its original first: the reset after that read is not after the money.
+CASES = [
+    (p, c) for p in sorted(PATHS) for c in sorted(CUTS) if (p, c) != ("reversal", "reset_lost")
+]
+HTTP_CUTS = sorted(set(CUTS) - {"reset_lost"})  # the app's pools run other statements too
+
+
+@pytest.mark.parametrize(("path_name", "cut"), CASES)
 async def test_a_cut_money_call_is_unavailable_and_its_retry_answers_the_first_result(
     relay: Relay, core_db: asyncpg.Pool, cipher: FieldCipher, path_name: str, cut: str
 ) -> None:
@@ -244,31 +252,56 @@ async def api(relay: Relay, settings: Settings) -> AsyncIterator[Api]:
         yield Api(relay.proxy, client)
 
 
-@pytest.mark.parametrize("cut", sorted(CUTS))
-async def test_an_admin_deposit_cut_is_a_503_and_its_retry_answers_the_deposit(
-    api: Api,
-    tokens: Tokens,
-    core_db: asyncpg.Pool,
-    cipher: FieldCipher,
-    cut: str,
+@dataclass(frozen=True)
+class Route:
+    """An admin money route: its URL and body for a new movement, the transfer type."""
+
+    url: str
+    body: dict[str, Any]
+    kind: str
+
+
+async def admin_route(name: str, core_db: asyncpg.Pool, cipher: FieldCipher) -> Route:
+    key = new_key(name)
+    if name == "deposit":
+        carol = await make_customer(core_db, cipher)
+        body = {"msisdn": carol, "amount_minor": 777_00, "idempotency_key": key}
+        return Route("/api/v1/deposits", body, "deposit")
+    if name == "float":
+        agent = await make_agent(core_db)
+        body = {"amount_minor": 777_00, "idempotency_key": key}
+        return Route(f"/api/v1/agents/{agent}/float", body, "float_topup")
+    body = {"amount_minor": 777_00, "idempotency_key": key, "note": "cut"}
+    return Route("/api/v1/loans/fund", body, "loan_fund_topup")
+
+
+ROUTE_CASES = [(r, c) for r in ("deposit", "float", "loan_fund") for c in HTTP_CUTS]
+
+
+@pytest.mark.parametrize("case", ROUTE_CASES, ids="-".join)
+async def test_an_admin_money_route_cut_is_a_503_and_its_retry_answers_the_movement(
+    api: Api, tokens: Tokens, core_db: asyncpg.Pool, cipher: FieldCipher, case: tuple[str, str]
 ) -> None:
-    carol = await make_customer(core_db, cipher)
-    body = {"msisdn": carol, "amount_minor": 777_00, "idempotency_key": new_key("dep")}
+    """A deposit, a float top-up, a loan fund top-up: the retry is 201 with the movement."""
+    route_name, cut = case
+    route = await admin_route(route_name, core_db, cipher)
     headers = auth(tokens.finance)
-    arm_http(api.proxy, cut, "deposit")
-    lost = await api.client.post("/api/v1/deposits", json=body, headers=headers)
+    arm_http(api.proxy, cut, route.kind)
+    lost = await api.client.post(route.url, json=route.body, headers=headers)
     await assert_error(lost, 503, "SERVICE_UNAVAILABLE")
     api.proxy.restore()
-    retry = await api.client.post("/api/v1/deposits", json=body, headers=headers)
+    retry = await api.client.post(route.url, json=route.body, headers=headers)
     assert retry.status == 201, await retry.text()
     assert (retry.headers.get("Idempotent-Replayed") == "true") is COMMITTED[cut]
-    again = await api.client.post("/api/v1/deposits", json=body, headers=headers)
-    assert again.status == 201 and await again.json() == await retry.json()
-    assert await balance(core_db, carol) == 777_00
-    assert (await footprint(core_db, body["idempotency_key"]))[:2] == (1, 2)
+    first = await retry.json()
+    assert (first["type"], first["amount_minor"]) == (route.kind, 777_00)
+    again = await api.client.post(route.url, json=route.body, headers=headers)
+    assert again.status == 201 and await again.json() == first
+    transfers, entries, _ = await footprint(core_db, route.body["idempotency_key"])
+    assert transfers == 1 and entries >= 2
 
 
-@pytest.mark.parametrize("cut", sorted(CUTS))
+@pytest.mark.parametrize("cut", HTTP_CUTS)
 async def test_a_reversal_cut_is_a_503_and_its_retry_answers_the_reversal(
     api: Api,
     tokens: Tokens,
