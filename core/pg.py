@@ -48,6 +48,8 @@ CONNECTION_LOST: tuple[type[BaseException], ...] = (
 # Pauses between tries at recording what already happened outside (a message sent) when the
 # connection was lost: ~1.5 s in all, a restart's or a failover's blip.
 RECORD_RETRY_PAUSES_S: tuple[float, ...] = (0.05, 0.1, 0.2, 0.4, 0.8)
+# What `settle` asks again after: a lost connection, raw or as core's Unavailable.
+_UNSETTLED: tuple[type[BaseException], ...] = (E.Unavailable, *CONNECTION_LOST)
 
 ERRORS_BY_CODE: dict[str, type[E.CoreError]] = {
     cls.code: cls
@@ -164,3 +166,25 @@ async def through_outage(op: Callable[[], Awaitable[T]], *, what: str) -> T:
 async def record_retrying(db: Db, sql: str, *args: Any, what: str) -> None:
     """One idempotent statement through `through_outage`."""
     await through_outage(lambda: db.execute(sql, *args, timeout=CALL_TIMEOUT_S), what=what)
+
+
+async def settle(op: Callable[[], Awaitable[T]], *, what: str) -> T:
+    """`op()`, a movement under its idempotency key, asked again after RECORD_RETRY_PAUSES_S
+    while its connection is lost (Unavailable, or asyncpg's own error from a transaction's
+    COMMIT or rollback): whether it committed is then unknown, and asking again settles it,
+    the first result replayed or the movement made now. Without it a channel answers "try
+    again later" to money that may have moved, and the customer's new attempt comes under a
+    new key. Only for `op`s whose every statement is idempotent (a PIN check is not: a wrong
+    PIN counted, its answer lost, would count again), so the PIN is checked before."""
+    for pause in RECORD_RETRY_PAUSES_S:
+        try:
+            return await op()
+        except _UNSETTLED as exc:
+            log.warning(
+                "connection lost under %s; asking again in %.2f s (%s)",
+                what,
+                pause,
+                type(exc).__name__,
+            )
+            await asyncio.sleep(pause)
+    return await op()

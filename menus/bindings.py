@@ -48,7 +48,7 @@ from core.loans.choice import Choice, choose_product
 from core.loans.messages import refusal_text
 from core.loans.products import Product
 from core.money import format_amount
-from core.pg import CALL_TIMEOUT_S
+from core.pg import CALL_TIMEOUT_S, settle
 from core.transfers import StatementLine
 from menus.actions import ActionContext, ActionFn, ActionResult, MenuBindings
 from menus.loans.service import LoanService
@@ -277,16 +277,20 @@ class CoreActions:
     async def send_money(self, ctx: ActionContext) -> ActionResult:
         await self.verify_to_move(ctx)
         recipient = _var(ctx, "recipient")
-        result = await transfers.send_money(
-            self.pool,
-            sender=ctx.msisdn,
-            recipient=recipient,
-            amount_minor=_amount(ctx),
-            idempotency_key=ctx.idempotency_key,
-            channel=self.channel,
-            currency=self.currency,
-            country_code=self.country_code,
-            sender_receipt=self.sender_receipt,
+        amount = _amount(ctx)
+        result = await settle(
+            lambda: transfers.send_money(
+                self.pool,
+                sender=ctx.msisdn,
+                recipient=recipient,
+                amount_minor=amount,
+                idempotency_key=ctx.idempotency_key,
+                channel=self.channel,
+                currency=self.currency,
+                country_code=self.country_code,
+                sender_receipt=self.sender_receipt,
+            ),
+            what="send money",
         )
         name = ctx.vars.get("recipient_name")
         if not isinstance(name, str) or not name:
@@ -344,7 +348,9 @@ class CoreActions:
             if result is None:
                 raise
         else:
-            result = await self._pay_out(ctx, agent, amount, evidence)
+            result = await settle(
+                lambda: self._pay_out(ctx, agent, amount, evidence), what="withdrawal"
+            )
         return ActionResult(
             vars={
                 "reference": result.reference,
@@ -575,13 +581,17 @@ class LoanActions:
 
     async def repay(self, ctx: ActionContext) -> ActionResult:
         await self.verify_to_move(ctx)
+        amount = _amount(ctx)
         try:
-            paid = await self.loans.repay(
-                self.pool,
-                msisdn=ctx.msisdn,
-                amount_minor=_amount(ctx),
-                idempotency_key=ctx.idempotency_key,
-                channel=self.core.channel,
+            paid = await settle(
+                lambda: self.loans.repay(
+                    self.pool,
+                    msisdn=ctx.msisdn,
+                    amount_minor=amount,
+                    idempotency_key=ctx.idempotency_key,
+                    channel=self.core.channel,
+                ),
+                what="loan repayment",
             )
         except E.Overpayment as exc:
             owed = exc.details.get("outstanding_minor")

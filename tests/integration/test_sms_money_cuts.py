@@ -1,9 +1,11 @@
 """SMS banking's money commands (SEND, SEND confirmed by YES, REPAY) with the executor's
 PostgreSQL connections cut at the network (tests/tcp_proxy.py; PostgreSQL stays up): before
-the money call reaches the server, as it goes out, and with the COMMIT's answer lost. The MO
-is answered "temporarily unavailable" and retried by the channel (`RetryLater`), and the retry
-answers the money that moved, once: one transfer, the recipient's receipt once, the loan's
-notice once, no wrong PIN counted, the same reply on every later attempt."""
+the MO's first statement, as the money call goes out, and with the COMMIT's answer lost. One
+lost connection under the money call is settled inside the attempt (asked again under the
+key), so the reply is the receipt; an outage that outlasts those tries, or one before the
+money, is answered "temporarily unavailable" and retried by the channel (`RetryLater`), and
+the retry answers the money that moved. Always once: one transfer, the recipient's receipt
+once, the loan's notice once, no wrong PIN counted, the same reply on every later attempt."""
 
 from __future__ import annotations
 
@@ -33,17 +35,24 @@ from tests.ussd_support import PIN
 env, ledger_ok = sms_env_fixtures()
 UNAVAILABLE = "The service is temporarily unavailable. We will answer your message when it is back."
 
+OUTAGE = 1_000_000  # refusals: an outage that lasts until `restore()`
+
 Arm = Callable[[CuttableProxy], None]
 
 
 def cuts(statement: bytes, answer: bytes) -> dict[str, Arm]:
     """The cut moments of one command: `statement` marks its money call going out, `answer`
-    the server's answer that says it committed."""
+    the server's answer that says it committed. The "_outage" ones refuse every connection
+    after the cut, until the test restores the relay."""
     return {
         "refused": lambda proxy: proxy.cut(refuse=1),
         "statement_lost": lambda proxy: proxy.cut_on(statement),
         "answer_lost": lambda proxy: proxy.cut_on(answer, from_server=True),
+        "answer_lost_outage": lambda proxy: proxy.cut_on(answer, from_server=True, refuse=OUTAGE),
     }
+
+
+RETRIED = {"refused", "answer_lost_outage"}  # the MO's first attempt ends in RetryLater
 
 
 SEND_CUTS = cuts(b"ledger_p2p", b"p2p")  # the transfer's row carries its type
@@ -85,15 +94,24 @@ def local(msisdn: str) -> str:
     return "0" + msisdn[4:]
 
 
-async def run_cut(relayed: Relayed, arm: Arm, msisdn: str, text: str, mo_id: int) -> str:
-    """The MO's first attempt under the cut (answered "unavailable", retried later), then the
-    channel's retry; the retry's reply, which a third attempt must repeat."""
+async def run_cut(
+    relayed: Relayed, cut: tuple[str, Arm], msisdn: str, text: str, mo_id: int
+) -> str:
+    """The MO under the cut (its name, how to arm it); when it ends in "unavailable"
+    (`RETRIED`), the channel's retry once the relay is back. The reply (a third attempt must
+    repeat it)."""
+    name, arm = cut
     arm(relayed.proxy)
-    with pytest.raises(RetryLater):
+    if name in RETRIED:
+        with pytest.raises(RetryLater):
+            await relayed.banking.handle(inbound(msisdn, text, mo_id))
+        assert relayed.replies.sent[-1] == (msisdn, UNAVAILABLE, f"mo:{mo_id}:unavailable")
+        relayed.proxy.restore()
+        await relayed.banking.handle(inbound(msisdn, text, mo_id, attempt=2))
+    else:
         await relayed.banking.handle(inbound(msisdn, text, mo_id))
-    assert relayed.proxy.tripped + relayed.proxy.refused == 1
-    assert relayed.replies.sent[-1] == (msisdn, UNAVAILABLE, f"mo:{mo_id}:unavailable")
-    await relayed.banking.handle(inbound(msisdn, text, mo_id, attempt=2))
+        assert all(not ref.endswith(":unavailable") for _, _, ref in relayed.replies.sent)
+    assert relayed.proxy.tripped or relayed.proxy.refused  # the cut did happen
     recipient, reply, ref = relayed.replies.sent[-1]
     assert (recipient, ref) == (msisdn, f"mo:{mo_id}")
     await relayed.banking.handle(inbound(msisdn, text, mo_id, attempt=3))
@@ -122,7 +140,9 @@ async def test_a_cut_send_is_answered_once_its_money_moved_once(
     me = await env.bank.open(balance_minor=100_000)
     friend = await env.bank.open()
     mo_id = fresh_mo_id()
-    reply = await run_cut(relayed, SEND_CUTS[cut], me, f"SEND {local(friend)} 150 {PIN}", mo_id)
+    reply = await run_cut(
+        relayed, (cut, SEND_CUTS[cut]), me, f"SEND {local(friend)} 150 {PIN}", mo_id
+    )
     assert "KES 150.00 sent" in reply, reply
     reference = await env.bank.pool.fetchval(
         "SELECT ledger_reference(id) FROM transfers WHERE idempotency_key = $1", f"sms:{mo_id}"
@@ -145,7 +165,7 @@ async def test_a_cut_yes_moves_the_confirmed_send_once(
     await relayed.banking.handle(inbound(me, f"SEND {local(friend)} 120 {PIN}", send_mo))
     _, question, _ = relayed.replies.sent[-1]
     code = question.split("YES ")[1].split()[0].rstrip(".")
-    reply = await run_cut(relayed, SEND_CUTS[cut], me, f"YES {code}", fresh_mo_id())
+    reply = await run_cut(relayed, (cut, SEND_CUTS[cut]), me, f"YES {code}", fresh_mo_id())
     assert "KES 120.00 sent" in reply, reply
     assert await env.bank.balance(friend) == 12_000
     assert await posted(env.bank.pool, f"sms:{send_mo}") == (1, 1)
@@ -161,7 +181,7 @@ async def test_a_cut_repayment_is_answered_once_and_paid_once(
     assert "approved" in taken.lower(), taken
     before = await env.bank.balance(me)
     mo_id = fresh_mo_id()
-    reply = await run_cut(relayed, REPAY_CUTS[cut], me, f"REPAY 500 {PIN}", mo_id)
+    reply = await run_cut(relayed, (cut, REPAY_CUTS[cut]), me, f"REPAY 500 {PIN}", mo_id)
     assert "KES 500.00 paid to your loan. Still due KES 550.00." in reply, reply
     assert await env.bank.balance(me) == before - 500_00
     rows = await env.bank.pool.fetch(

@@ -1,8 +1,9 @@
 """The channels' money actions (menus.bindings: USSD and SMS banking run the same ones) with
-their PostgreSQL connection cut at the network while PostgreSQL stays up: the caller hears
-Unavailable while the outcome is unknown, and the same step again (same idempotency key, as a
-USSD hop sent again or a retried SMS does) answers the first result, with the money, the
-receipts and the agent's SMS once and no PIN counted twice."""
+their PostgreSQL connection cut at the network while PostgreSQL stays up. A lost connection
+under the money call is settled inside the action (asked again under its idempotency key:
+core.pg.settle), so the customer gets the receipt, not "try again later"; an outage that
+outlasts those tries is Unavailable, and the same step again (a USSD hop sent again, a retried
+SMS) answers the first result. Money, receipts and the agent's SMS once, no PIN counted twice."""
 
 from __future__ import annotations
 
@@ -22,6 +23,8 @@ from menus.bindings import bind
 from menus.catalogue import CATALOGUE
 from tests.integration.core.conftest import PIN, make_agent, make_customer, new_key
 from tests.tcp_proxy import CuttableProxy, postgres_proxy
+
+OUTAGE = 1_000_000  # refusals: an outage that lasts until `restore()`
 
 
 @dataclass
@@ -116,10 +119,11 @@ async def test_a_withdrawal_whose_commit_answer_is_lost_answers_it_though_the_ag
     withdraw = bound(relay.pool, cipher, gate)["withdraw"]
     key = new_key("ussd")
     ctx = step("withdraw", customer, key, again=again, agent=agent, amount_minor=500_00)
-    relay.proxy.cut_on(b"COMMIT\x00", from_server=True)
+    relay.proxy.cut_on(b"COMMIT\x00", from_server=True, refuse=OUTAGE)
     with pytest.raises(E.Unavailable):
         await withdraw(ctx)
     assert relay.proxy.tripped == 1
+    relay.proxy.restore()
     paid = await balance(core_db, customer)
     assert paid < 2_000_00  # it committed
 
@@ -140,26 +144,54 @@ async def test_a_withdrawal_whose_commit_answer_is_lost_answers_it_though_the_ag
     assert await balance(core_db, customer) == paid
 
 
-@pytest.mark.parametrize(
-    "marker", [b"ledger_cash_out", b"INSERT INTO outbox"], ids=["at_the_money", "at_the_sms"]
-)
-async def test_a_withdrawal_cut_inside_its_transaction_moves_nothing_then_once(
-    relay: Relay, core_db: asyncpg.Pool, cipher: FieldCipher, marker: bytes
+# Where the connection is lost inside a money action: the money call never reaching the
+# server, the agent's SMS in the withdrawal's transaction, the COMMIT's answer.
+MOMENTS = {
+    "statement_lost": b"SELECT * FROM ledger_",
+    "sms_lost": b"INSERT INTO outbox",
+    "commit_answer_lost": b"COMMIT\x00",
+}
+
+
+@pytest.mark.parametrize("moment", sorted(MOMENTS))
+async def test_a_withdrawal_cut_once_is_settled_within_the_step(
+    relay: Relay, core_db: asyncpg.Pool, cipher: FieldCipher, moment: str
 ) -> None:
-    """Cut inside the withdrawal's transaction (the money or the agent's SMS never reaching the
-    server): Unavailable, nothing moved and nothing queued; the step again moves it once."""
+    """One lost connection inside the withdrawal: the step itself answers the withdrawal
+    (before: "temporarily unavailable" even when the money had moved), paid once."""
     agent = await make_agent(core_db)
     customer = await make_customer(core_db, cipher, 2_000_00)
     withdraw = bound(relay.pool, cipher, Gate())["withdraw"]
     key = new_key("ussd")
     ctx = step("withdraw", customer, key, agent=agent, amount_minor=500_00)
-    relay.proxy.cut_on(marker)
-    with pytest.raises(E.Unavailable):
-        await withdraw(ctx)
-    assert relay.proxy.tripped == 1
-    assert await balance(core_db, customer) == 2_000_00
-    assert (await agent_sms(core_db, agent), await receipts(core_db, key)) == (0, 0)
+    relay.proxy.cut_on(MOMENTS[moment], from_server=moment == "commit_answer_lost")
     result = await withdraw(ctx)
-    assert await balance(core_db, customer) < 2_000_00
+    assert relay.proxy.tripped == 1
     assert result.vars["amount"] == "KES 500.00"
+    fee = await core_db.fetchval("SELECT fee FROM transfers WHERE idempotency_key = $1", key)
+    assert await balance(core_db, customer) == 2_000_00 - 500_00 - fee
     assert (await agent_sms(core_db, agent), await receipts(core_db, key)) == (1, 1)
+    assert await withdraw(ctx) == result  # the step again: the same answer
+
+
+@pytest.mark.parametrize("moment", ["statement_lost", "commit_answer_lost"])
+async def test_a_transfer_cut_once_is_settled_within_the_step(
+    relay: Relay, core_db: asyncpg.Pool, cipher: FieldCipher, moment: str
+) -> None:
+    sender = await make_customer(core_db, cipher, 2_000_00)
+    recipient = await make_customer(core_db, cipher)
+    send = bound(relay.pool, cipher, Gate())["send_money"]
+    key = new_key("ussd")
+    ctx = step("send_money", sender, key, recipient=recipient, amount_minor=300_00)
+    marker = b"p2p" if moment == "commit_answer_lost" else MOMENTS[moment]
+    relay.proxy.cut_on(marker, from_server=moment == "commit_answer_lost")
+    result = await send(ctx)
+    assert relay.proxy.tripped == 1
+    assert result.vars["amount"] == "KES 300.00"
+    assert await balance(core_db, recipient) == 300_00
+    assert await receipts(core_db, key) == 2  # the sender's and the recipient's, once each
+    pin_failures = await core_db.fetchval(
+        "SELECT pin_failures FROM customers WHERE msisdn = $1", sender
+    )
+    assert pin_failures == 0
+    assert await send(ctx) == result
