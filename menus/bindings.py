@@ -534,13 +534,17 @@ class LoanActions:
     async def apply(self, ctx: ActionContext) -> ActionResult:
         await self.verify_to_move(ctx)
         amount = _amount(ctx)
-        result = await self.loans.apply(
-            self.pool,
-            msisdn=ctx.msisdn,
-            product_code=_var(ctx, "loan_product"),
-            amount_minor=amount,
-            channel=self.core.channel,
-            idempotency_key=ctx.idempotency_key,
+        product = _var(ctx, "loan_product")
+        result = await settle(
+            lambda: self.loans.apply(
+                self.pool,
+                msisdn=ctx.msisdn,
+                product_code=product,
+                amount_minor=amount,
+                channel=self.core.channel,
+                idempotency_key=ctx.idempotency_key,
+            ),
+            what="loan application",
         )
         refusal = result.refusal_error()
         if refusal is not None:

@@ -57,6 +57,8 @@ RETRIED = {"refused", "answer_lost_outage"}  # the MO's first attempt ends in Re
 
 SEND_CUTS = cuts(b"ledger_p2p", b"p2p")  # the transfer's row carries its type
 REPAY_CUTS = cuts(b"ledger_loan_repay", b"COMMIT\x00")  # the loan book's own transaction
+# The application's own COMMIT comes first: its answer lost, the disbursement never started.
+LOAN_CUTS = cuts(b"ledger_loan_disburse", b"COMMIT\x00")
 
 
 @dataclass
@@ -192,6 +194,34 @@ async def test_a_cut_repayment_is_answered_once_and_paid_once(
     assert [r["amount_minor"] for r in rows] == [500_00]
     notices = await env.bank.pool.fetchval(
         "SELECT count(*) FROM outbox WHERE recipient = $1 AND kind = 'loan_repayment'", me
+    )
+    assert notices == 1
+    assert await pin_failures(env.bank.pool, me) == 0
+
+
+@pytest.mark.parametrize("cut", sorted(LOAN_CUTS))
+async def test_a_cut_loan_application_is_answered_once_and_disbursed_once(
+    env: SmsEnv, relayed: Relayed, cut: str
+) -> None:
+    product = await offer_products(env, "D")
+    me = await borrower(env)
+    before = await env.bank.balance(me)
+    mo_id = fresh_mo_id()
+    text = f"LOAN {product['code']} 1000 {PIN}"
+    reply = await run_cut(relayed, (cut, LOAN_CUTS[cut]), me, text, mo_id)
+    assert "approved" in reply.lower(), reply
+    assert await env.bank.balance(me) == before + 1_000_00
+    loans = await env.bank.pool.fetch("SELECT id FROM loans WHERE msisdn = $1", me)
+    assert len(loans) == 1
+    disbursed = await env.bank.pool.fetchval(
+        "SELECT count(*) FROM transfers WHERE type = 'loan_disbursement' AND credit_party = $1",
+        me,
+    )
+    assert disbursed == 1
+    notices = await env.bank.pool.fetchval(  # the receipt, with the loan's notice folded in
+        "SELECT count(*) FROM outbox o JOIN transfers t ON t.id = o.transfer_id "
+        "WHERE t.type = 'loan_disbursement' AND t.credit_party = $1",
+        me,
     )
     assert notices == 1
     assert await pin_failures(env.bank.pool, me) == 0
