@@ -50,6 +50,7 @@ CONNECTION_LOST: tuple[type[BaseException], ...] = (
 RECORD_RETRY_PAUSES_S: tuple[float, ...] = (0.05, 0.1, 0.2, 0.4, 0.8)
 # What `settle` asks again after: a lost connection, raw or as core's Unavailable.
 _UNSETTLED: tuple[type[BaseException], ...] = (E.Unavailable, *CONNECTION_LOST)
+_SLOW_REASONS = ("TimeoutError", "QueryCanceledError")
 
 ERRORS_BY_CODE: dict[str, type[E.CoreError]] = {
     cls.code: cls
@@ -174,12 +175,15 @@ async def settle(op: Callable[[], Awaitable[T]], *, what: str) -> T:
     COMMIT or rollback): whether it committed is then unknown, and asking again settles it,
     the first result replayed or the movement made now. Without it a channel answers "try
     again later" to money that may have moved, and the customer's new attempt comes under a
-    new key. Only for `op`s whose every statement is idempotent (a PIN check is not: a wrong
-    PIN counted, its answer lost, would count again), so the PIN is checked before."""
+    new key. A timeout is not asked again: a database too slow to answer gets no more load.
+    Only for `op`s whose every statement is idempotent (a PIN check is not: a wrong PIN
+    counted, its answer lost, would count again), so the PIN is checked before."""
     for pause in RECORD_RETRY_PAUSES_S:
         try:
             return await op()
         except _UNSETTLED as exc:
+            if _slow(exc):
+                raise
             log.warning(
                 "connection lost under %s; asking again in %.2f s (%s)",
                 what,
@@ -188,3 +192,10 @@ async def settle(op: Callable[[], Awaitable[T]], *, what: str) -> T:
             )
             await asyncio.sleep(pause)
     return await op()
+
+
+def _slow(exc: BaseException) -> bool:
+    """A timeout (or a statement cancelled for one), raw or as Unavailable."""
+    if isinstance(exc, E.Unavailable):
+        return exc.details.get("reason") in _SLOW_REASONS
+    return isinstance(exc, TimeoutError)

@@ -23,6 +23,7 @@ from config.settings import Settings
 from core import errors as E
 from core.crypto import FieldCipher
 from core.fees import quote
+from core.pg import call, settle
 from core.transfers import (
     TransferResult,
     balance,
@@ -330,3 +331,32 @@ async def test_a_reversal_cut_is_a_503_and_its_retry_answers_the_reversal(
     assert await balance(core_db, hugo) == 0
     assert await balance(core_db, gina) == 1_000_00
     assert (await footprint(core_db, body["idempotency_key"]))[0] == 1
+
+
+# --- core.pg.settle: what the channels' money actions ask again after ------------------------
+
+
+async def test_settle_asks_again_after_a_lost_connection_but_not_after_a_timeout(
+    relay: Relay, core_db: asyncpg.Pool, cipher: FieldCipher
+) -> None:
+    path = await p2p_path(core_db, cipher)
+    key = new_key("settle")
+    tries: list[int] = []
+
+    async def move() -> TransferResult:
+        tries.append(1)
+        return await path.move(relay.pool, key)
+
+    relay.proxy.cut_on(b"p2p", from_server=True)  # committed, its answer lost
+    settled = await settle(move, what="test")
+    assert (len(tries), settled.replayed) == (2, True)  # the second try found the first
+
+    tries.clear()
+
+    async def slow() -> None:
+        tries.append(1)
+        await call(relay.pool, "SELECT pg_sleep(5)", timeout_s=0.05)
+
+    with pytest.raises(E.Unavailable):
+        await settle(slow, what="test")
+    assert len(tries) == 1  # a database too slow to answer gets no more load
