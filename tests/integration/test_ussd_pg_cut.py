@@ -49,6 +49,12 @@ async def ledger_ok(cut: Cut) -> AsyncIterator[None]:
     await cut.env.bank.check_ledger()
 
 
+def fresh_connections(proxy: CuttableProxy) -> None:
+    """Close the app's pooled connections: the next ones prepare their statements again, so
+    a statement's text (the marker of a cut) goes over the wire."""
+    proxy.cut(refuse=0)
+
+
 async def ready_to_send(cut: Cut) -> tuple[AtSession, str, str]:
     sender = await cut.env.bank.open(balance_minor=100_000)
     recipient = await cut.env.bank.open(first_name="Neema", last_name="Achieng")
@@ -63,6 +69,7 @@ async def test_a_cut_send_answers_the_hop_and_its_retry_the_transfer(
 ) -> None:
     s, sender, recipient = await ready_to_send(cut)
     tripped = cut.proxy.tripped
+    fresh_connections(cut.proxy)
     CUTS[moment](cut.proxy)
     receipt = await s.send(PIN)
     assert cut.proxy.tripped == tripped + 1
@@ -83,6 +90,7 @@ async def test_an_outage_past_the_hops_tries_is_unavailable_with_nothing_moved(
     cut: Cut, pg_pool: asyncpg.Pool
 ) -> None:
     s, _, recipient = await ready_to_send(cut)
+    fresh_connections(cut.proxy)
     cut.proxy.cut_on(b"ledger_p2p", refuse=OUTAGE)
     assert await s.send(PIN) == DOWN
     assert await s.post(s.form()) == DOWN
@@ -91,3 +99,36 @@ async def test_an_outage_past_the_hops_tries_is_unavailable_with_nothing_moved(
         await pg_pool.fetchval("SELECT count(*) FROM transfers WHERE credit_party = $1", recipient)
         == 0
     )
+
+
+WITHDRAW_CUTS: dict[str, Callable[[CuttableProxy], None]] = {
+    "statement_lost": lambda proxy: proxy.cut_on(b"ledger_cash_out"),
+    "sms_lost": lambda proxy: proxy.cut_on(b"INSERT INTO outbox"),
+    "commit_answer_lost": lambda proxy: proxy.cut_on(b"COMMIT\x00", from_server=True),
+}
+
+
+@pytest.mark.parametrize("moment", sorted(WITHDRAW_CUTS))
+async def test_a_cut_withdrawal_answers_the_hop_with_the_withdrawal(
+    cut: Cut, pg_pool: asyncpg.Pool, moment: str
+) -> None:
+    """Withdraw at an agent: the money and the agent's SMS commit together; cut inside that
+    transaction or at its COMMIT's answer, the hop still answers the withdrawal, paid once, and
+    the agent is told once to hand over the cash."""
+    bank = cut.env.bank
+    customer = await bank.open(balance_minor=100_000)
+    code, agent_msisdn = await bank.agent()
+    s = cut.env.session(customer)
+    await s.walk("3", code, "50")
+    tripped = cut.proxy.tripped
+    fresh_connections(cut.proxy)
+    WITHDRAW_CUTS[moment](cut.proxy)
+    receipt = await s.send(PIN)
+    assert cut.proxy.tripped == tripped + 1
+    assert receipt.startswith("END Withdrawn KES 50.00"), receipt
+    assert await s.post(s.form()) == receipt
+    assert len(await bank.outbox(agent_msisdn, "agent_cash_out")) == 1
+    paid = await pg_pool.fetchval(
+        "SELECT count(*) FROM transfers WHERE type = 'cash_out' AND debit_party = $1", customer
+    )
+    assert paid == 1
