@@ -87,6 +87,16 @@ async def footprint(db: asyncpg.Pool, key: str) -> tuple[int, int, int]:
     return row["t"], row["e"], row["o"]
 
 
+async def day_debits(db: asyncpg.Pool, msisdn: str) -> int:
+    return int(
+        await db.fetchval(
+            "SELECT w.day_debits FROM accounts w JOIN customers c ON c.id = w.customer_id "
+            "WHERE c.msisdn = $1 AND w.kind = 'wallet'",
+            msisdn,
+        )
+    )
+
+
 Move = Callable[[Any, str], Awaitable[TransferResult]]
 
 
@@ -98,6 +108,9 @@ class Path:
     move: Move
     customer: str
     delta_minor: int
+    # The wallet whose daily debit cap the movement counts towards, and by how much.
+    debtor: str | None = None
+    counted_minor: int = 0
 
 
 async def p2p_path(core_db: asyncpg.Pool, cipher: FieldCipher) -> Path:
@@ -110,7 +123,7 @@ async def p2p_path(core_db: asyncpg.Pool, cipher: FieldCipher) -> Path:
             channel="ussd",
         )  # fmt: skip
 
-    return Path("p2p", move, bob, 1_000_00)
+    return Path("p2p", move, bob, 1_000_00, alice, 1_000_00)
 
 
 async def deposit_path(core_db: asyncpg.Pool, cipher: FieldCipher) -> Path:
@@ -149,7 +162,7 @@ async def cash_out_path(core_db: asyncpg.Pool, cipher: FieldCipher) -> Path:
         )  # fmt: skip
 
     fee = (await quote(core_db, "cash_out", 500_00, "KES")).fee_minor
-    return Path("cash_out", move, erin, -(500_00 + fee))
+    return Path("cash_out", move, erin, -(500_00 + fee), erin, 500_00)
 
 
 async def repayment_path(core_db: asyncpg.Pool, cipher: FieldCipher) -> Path:
@@ -161,7 +174,7 @@ async def repayment_path(core_db: asyncpg.Pool, cipher: FieldCipher) -> Path:
             channel="loans", loan_reference="loan:cut",
         )  # fmt: skip
 
-    return Path("loan_repayment", move, frank, -400_00)
+    return Path("loan_repayment", move, frank, -400_00, frank, 0)  # not capped
 
 
 async def reversal_path(core_db: asyncpg.Pool, cipher: FieldCipher) -> Path:
@@ -221,6 +234,8 @@ async def test_a_cut_money_call_is_unavailable_and_its_retry_answers_the_first_r
     assert await balance(core_db, path.customer) == before + path.delta_minor
     after = await footprint(core_db, key)
     assert after[0] == 1 and after[1] >= 2
+    if path.debtor is not None:  # the daily cap counted the movement once
+        assert await day_debits(core_db, path.debtor) == path.counted_minor
     if moved:
         assert after == posted_then  # nothing more was written by the retries
 
