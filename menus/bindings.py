@@ -225,7 +225,14 @@ class CoreActions:
         )
 
     async def verify(self, ctx: ActionContext, name: str = "pin") -> None:
-        await pins.verify_pin(self.pool, ctx.msisdn, _secret(ctx, name), self.country_code)
+        await pins.verify_pin(
+            self.pool,
+            ctx.msisdn,
+            _secret(ctx, name),
+            self.country_code,
+            # A request run again (its answer lost) counts its wrong PIN once.
+            request_key=ctx.idempotency_key,
+        )
 
     async def verify_to_move(self, ctx: ActionContext) -> None:
         """The PIN before money moves, unless this request, handled again (`ctx.again`),

@@ -33,6 +33,7 @@ from tests.tcp_proxy import CuttableProxy, postgres_proxy
 from tests.ussd_support import PIN
 
 env, ledger_ok = sms_env_fixtures()
+WRONG = "9137"
 UNAVAILABLE = "The service is temporarily unavailable. We will answer your message when it is back."
 
 OUTAGE = 1_000_000  # refusals: an outage that lasts until `restore()`
@@ -225,3 +226,36 @@ async def test_a_cut_loan_application_is_answered_once_and_disbursed_once(
     )
     assert notices == 1
     assert await pin_failures(env.bank.pool, me) == 0
+
+
+# The answer to the wrong-PIN count (`core.pins` _FAIL_SQL: pin_failures, status) for a wallet
+# that had no failures: a data row of two columns, the int4 1 and the text "active".
+FIRST_FAILURE_ANSWER = (
+    b"D\x00\x00\x00\x18\x00\x02\x00\x00\x00\x04\x00\x00\x00\x01\x00\x00\x00\x06active"
+)
+
+
+@pytest.mark.parametrize("text", ["BAL {pin}", "SEND {friend} 150 {pin}"])
+async def test_a_wrong_pin_whose_count_answer_is_lost_counts_once(
+    env: SmsEnv, relayed: Relayed, text: str
+) -> None:
+    """The wrong PIN is counted, the answer lost: the MO is retried and finds the same wrong
+    PIN. Before, it was counted again: one wrong PIN typed, "1 attempt left" (two typed, the
+    wallet locked)."""
+    me = await env.bank.open(balance_minor=100_000)
+    friend = await env.bank.open()
+    mo_id = fresh_mo_id()
+    sms = text.format(pin=WRONG, friend=local(friend))
+    relayed.proxy.cut_on(FIRST_FAILURE_ANSWER, from_server=True)
+    with pytest.raises(RetryLater):
+        await relayed.banking.handle(inbound(me, sms, mo_id))
+    assert relayed.proxy.tripped == 1
+    assert await pin_failures(env.bank.pool, me) == 1  # it was counted
+    await relayed.banking.handle(inbound(me, sms, mo_id, attempt=2))
+    _, reply, _ = relayed.replies.sent[-1]
+    assert reply == "Wrong PIN. 2 attempts left before your wallet is locked.", reply
+    assert await pin_failures(env.bank.pool, me) == 1
+    # A new MO with a wrong PIN is a new wrong PIN.
+    await relayed.banking.handle(inbound(me, sms, fresh_mo_id()))
+    assert await pin_failures(env.bank.pool, me) == 2
+    assert await env.bank.balance(friend) == 0
