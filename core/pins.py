@@ -174,7 +174,7 @@ async def change_pin(  # noqa: PLR0917 (the planned API passes rounds positional
     number = normalise_msisdn(msisdn, country_code)
     key = _change_key(idempotency_key)
     check_pin_format(new_pin)
-    if await _verify(db, number, old_pin, key):
+    if await _verify(db, number, old_pin, key, request_key=key):
         return
     if new_pin == old_pin:
         raise E.WeakPin("The new PIN must differ from the old one", field="new_pin")

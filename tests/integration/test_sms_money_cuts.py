@@ -235,7 +235,7 @@ FIRST_FAILURE_ANSWER = (
 )
 
 
-@pytest.mark.parametrize("text", ["BAL {pin}", "SEND {friend} 150 {pin}"])
+@pytest.mark.parametrize("text", ["BAL {pin}", "SEND {friend} 150 {pin}", "PIN {pin} 5830"])
 async def test_a_wrong_pin_whose_count_answer_is_lost_counts_once(
     env: SmsEnv, relayed: Relayed, text: str
 ) -> None:
