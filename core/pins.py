@@ -170,7 +170,8 @@ async def change_pin(  # noqa: PLR0917 (the planned API passes rounds positional
     key) the change remembers it: the same request processed again (a crash between the change
     and the reply) returns as the first did, without checking the old PIN against the new hash,
     which would count a wrong PIN. Only the key of the latest change is remembered, so any
-    other request, an older one included, is checked and counted as usual."""
+    other request, an older one included, is checked and counted as usual. A wrong old PIN is
+    counted once per key, however often the request runs (`register_failure`)."""
     number = normalise_msisdn(msisdn, country_code)
     key = _change_key(idempotency_key)
     check_pin_format(new_pin)
