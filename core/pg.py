@@ -176,13 +176,13 @@ async def settle(op: Callable[[], Awaitable[T]], *, what: str) -> T:
     the first result replayed or the movement made now. Without it a channel answers "try
     again later" to money that may have moved, and the customer's new attempt comes under a
     new key. A timeout is not asked again: a database too slow to answer gets no more load.
-    Only for `op`s whose every statement is idempotent (a PIN check is not: a wrong PIN
-    counted, its answer lost, would count again), so the PIN is checked before."""
+    Only for `op`s whose every statement is idempotent under the key; the channels check the
+    PIN before, once."""
     for pause in RECORD_RETRY_PAUSES_S:
         try:
             return await op()
         except _UNSETTLED as exc:
-            if _slow(exc):
+            if not _lost(exc):
                 raise
             log.warning(
                 "connection lost under %s; asking again in %.2f s (%s)",
@@ -194,8 +194,11 @@ async def settle(op: Callable[[], Awaitable[T]], *, what: str) -> T:
     return await op()
 
 
-def _slow(exc: BaseException) -> bool:
-    """A timeout (or a statement cancelled for one), raw or as Unavailable."""
+def _lost(exc: BaseException) -> bool:
+    """A connection lost, raw or as the Unavailable made of it (its `reason` names the lost
+    connection's error); not a timeout, nor an Unavailable of another kind (a dependency not
+    configured), which asking again would not change."""
     if isinstance(exc, E.Unavailable):
-        return exc.details.get("reason") in _SLOW_REASONS
-    return isinstance(exc, TimeoutError)
+        reason = exc.details.get("reason")
+        return reason is not None and reason not in _SLOW_REASONS
+    return not isinstance(exc, TimeoutError)

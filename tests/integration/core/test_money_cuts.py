@@ -351,7 +351,7 @@ async def test_a_reversal_cut_is_a_503_and_its_retry_answers_the_reversal(
 # --- core.pg.settle: what the channels' money actions ask again after ------------------------
 
 
-async def test_settle_asks_again_after_a_lost_connection_but_not_after_a_timeout(
+async def test_settle_asks_again_after_a_lost_connection_only(
     relay: Relay, core_db: asyncpg.Pool, cipher: FieldCipher
 ) -> None:
     path = await p2p_path(core_db, cipher)
@@ -375,3 +375,13 @@ async def test_settle_asks_again_after_a_lost_connection_but_not_after_a_timeout
     with pytest.raises(E.Unavailable):
         await settle(slow, what="test")
     assert len(tries) == 1  # a database too slow to answer gets no more load
+
+    tries.clear()
+
+    async def not_configured() -> None:
+        tries.append(1)
+        raise E.Unavailable("Loans cannot move money until the banking core is connected")
+
+    with pytest.raises(E.Unavailable):
+        await settle(not_configured, what="test")
+    assert len(tries) == 1  # asking again would not change it
