@@ -130,10 +130,15 @@ class Settings:
     loan_scorer_timeout_ms: int = 3000
     loan_reminder_days: tuple[int, ...] = (-3, 0, 1, 7)
     loan_jobs_interval_s: int = 900
+    # How long `serve` and `migrate` wait at start for PostgreSQL and Redis (gateway.reach).
+    startup_wait_s: int = 30
     ussd_providers: tuple[UssdProviderSettings, ...] = tuple(
         UssdProviderSettings(n) for n in USSD_PROVIDER_NAMES
     )
     ussd_deadline_s: float = 10.0
+    # How long an instance's liveness key outlives its last refresh (menus.liveness): after a
+    # crash, its customers' sessions are blocked ("still processing") at most about this long.
+    ussd_liveness_ttl_s: float = 10.0
 
     def ussd_provider(self, name: str) -> UssdProviderSettings:
         for provider in self.ussd_providers:
@@ -461,8 +466,10 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         loan_scorer_timeout_ms=_int(env, "LOAN_SCORER_TIMEOUT_MS", 3000, 50, 60_000),
         loan_reminder_days=_days(env, "LOAN_REMINDER_DAYS", (-3, 0, 1, 7)),
         loan_jobs_interval_s=_int(env, "LOAN_JOBS_INTERVAL_S", 900, 0, 86_400),
+        startup_wait_s=_int(env, "GATEWAY_STARTUP_WAIT_S", 30, 0, 600),
         ussd_providers=tuple(_ussd_provider(env, n) for n in USSD_PROVIDER_NAMES),
         ussd_deadline_s=float(_int(env, "USSD_DEADLINE_MS", 10_000, 500, 14_000)) / 1000,
+        ussd_liveness_ttl_s=float(_int(env, "USSD_LIVENESS_TTL_MS", 10_000, 1_000, 60_000)) / 1000,
         sms_dedupe_window_s=_int(env, "SMS_DEDUPE_WINDOW_S", 600, 0, 86_400),
         sms_dedupe_short_window_s=_int(env, "SMS_DEDUPE_SHORT_WINDOW_S", 45, 0, 3_600),
         sms_concat_timeout_s=_int(env, "SMS_CONCAT_TIMEOUT_S", 300, 5, 86_400),

@@ -18,7 +18,9 @@ device transaction cannot skip the gate. Each runs, in order:
 
 Every attempt whose agent PIN was right leaves one row in `agent_decisions` (the gate's answer,
 its evidence, the outcome: "ok" or the refusal's code); a completed one binds its command id
-there, in the same transaction as the money or the registration.
+there, in the same transaction as the money or the registration. An attempt that ended in
+SERVICE_UNAVAILABLE (no outcome yet) is the exception: the same command's next attempt replaces
+its row, and a command already done adds none (TRANSIENT_OUTCOME).
 
 A command retried after its answer was lost (the gateway died between the commit and the
 reply) finds its first result even when the gate would now refuse: the money moved under the
@@ -109,12 +111,31 @@ def idempotency_key(agent_code: str, command_id: str) -> str:
 
 # --- one attempt and its record ----------------------------------------------------------------
 
+# An attempt that ended in SERVICE_UNAVAILABLE has no outcome yet: the device is told to send
+# the same id again, and the attempt may even have committed (its COMMIT's answer lost). Its row
+# stands for the command only until the command has an outcome: the next attempt's row
+# replaces it, and none is added once the command is done ("ok"). A retried command thus
+# leaves one row with its final outcome, not the "ok" and a stale "unavailable" after it.
+TRANSIENT_OUTCOME = E.Unavailable.code
+
 _RECORD_SQL = """
+WITH superseded AS (
+    DELETE FROM agent_decisions
+     WHERE agent_code = $1 AND command_id = $2 AND outcome = $10::text
+)
 INSERT INTO agent_decisions (agent_code, command_id, op, allowed, reason, outcome, reference,
                              target, evidence)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9::jsonb)
+SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9::jsonb
+ WHERE $6::text <> $10::text
+    OR NOT EXISTS (SELECT FROM agent_decisions
+                    WHERE agent_code = $1 AND command_id = $2 AND outcome = 'ok')
 ON CONFLICT (agent_code, command_id) WHERE outcome = 'ok' DO NOTHING
 """
+
+
+async def _record_decision(db: Db, *args: Any) -> None:
+    """_RECORD_SQL with its nine values (agent code to evidence)."""
+    await db.execute(_RECORD_SQL, *args, TRANSIENT_OUTCOME)
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,8 +168,8 @@ class _Attempt:
     async def record(
         self, db: Db, outcome: str, *, reference: str | None = None, target: str | None = None
     ) -> None:
-        await db.execute(
-            _RECORD_SQL,
+        await _record_decision(
+            db,
             self.agent.code,
             self.request.command_id,
             self.op,
@@ -338,8 +359,8 @@ async def _record_customer_refusal(
     if len(key) > 64:  # the column's limit; a digest keeps it stable per attempt
         key = "c:" + hashlib.sha256(key.encode()).hexdigest()[:62]
     try:
-        await db.execute(
-            _RECORD_SQL,
+        await _record_decision(
+            db,
             agent_code,
             key,
             "cash_out",

@@ -14,8 +14,9 @@ import hmac
 import json
 import re
 import secrets
+import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -195,6 +196,12 @@ async def insert_locations(conn: asyncpg.Connection, rows: Sequence[LocationRow]
 
 @dataclass(frozen=True, slots=True)
 class EventRow:
+    """One event as it happened. `event_id` is drawn when the event is made, before any
+    write: every attempt to store it carries the same id, and the table's unique index on it
+    (migration 0780_agent_event_ids) keeps a retried write from storing it twice. A random id
+    rather than one derived from (agent, kind, fix time): one fix can enter one fence and leave
+    another, and presence events carry no fix time at all."""
+
     agent_code: str
     kind: str
     at: float
@@ -202,6 +209,7 @@ class EventRow:
     fence_id: int | None = None
     fence_version: int | None = None
     details: dict[str, Any] | None = None
+    event_id: uuid.UUID = field(default_factory=uuid.uuid4)
 
 
 @dataclass(frozen=True, slots=True)
@@ -254,36 +262,49 @@ def breach_text(event: EventRow, language: str = "en") -> str:
 async def insert_events(
     conn: asyncpg.Connection, events: Sequence[EventRow], alerts: BreachAlerts | None = None
 ) -> list[int]:
-    """Store events; with `alerts`, queue an outbox message per breach and recipient in the
-    same transaction (the alert exists exactly when its event does)."""
+    """Store the events not stored yet (by `event_id`) and return their ids; with `alerts`,
+    queue an outbox message per newly stored breach and recipient in the same transaction
+    (the alert exists exactly when its event does, once however often this is tried)."""
     if not events:
         return []
     for e in events:
         assert e.kind in EVENT_KINDS, e.kind
     breaches = [e for e in events if e.kind == "breach"] if alerts is not None else []
     if not breaches:
-        return await _insert_events(conn, events)
+        return list((await _insert_events(conn, events)).values())
     assert alerts is not None
     async with conn.transaction():
-        ids = await _insert_events(conn, events)
-        recipients = await alerts.resolve(conn)
-        for event in breaches:
-            body = breach_text(event, alerts.language)
-            for recipient in recipients:
-                await enqueue(
-                    conn, channel=alerts.channel, recipient=recipient, body=body,
-                    kind="agent_breach", language=alerts.language,
-                )  # fmt: skip
-    return ids
+        stored = await _insert_events(conn, events)
+        new = [e for e in breaches if e.event_id in stored]  # not copies already stored
+        recipients = await alerts.resolve(conn) if new else []
+        for event in new:
+            await _queue_alerts(conn, event, alerts, recipients)
+    return list(stored.values())
 
 
-async def _insert_events(conn: asyncpg.Connection, events: Sequence[EventRow]) -> list[int]:
+async def _queue_alerts(
+    conn: asyncpg.Connection, event: EventRow, alerts: BreachAlerts, recipients: Sequence[str]
+) -> None:
+    body = breach_text(event, alerts.language)
+    for recipient in recipients:
+        await enqueue(
+            conn, channel=alerts.channel, recipient=recipient, body=body,
+            kind="agent_breach", language=alerts.language,
+        )  # fmt: skip
+
+
+async def _insert_events(
+    conn: asyncpg.Connection, events: Sequence[EventRow]
+) -> dict[uuid.UUID, int]:
+    """Insert in the given order; event id -> row id of the events this call stored."""
     rows = await conn.fetch(
         """
-        INSERT INTO agent_events (agent_code, kind, at, fix_ts, fence_id, fence_version, details)
+        INSERT INTO agent_events (agent_code, kind, at, fix_ts, fence_id, fence_version, details,
+                                  event_id)
         SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::timestamptz[],
-                             $5::bigint[], $6::int[], $7::jsonb[])
-        RETURNING id
+                             $5::bigint[], $6::int[], $7::jsonb[], $8::uuid[])
+        ON CONFLICT (event_id) DO NOTHING
+        RETURNING event_id, id
         """,
         [e.agent_code for e in events],
         [e.kind for e in events],
@@ -292,8 +313,9 @@ async def _insert_events(conn: asyncpg.Connection, events: Sequence[EventRow]) -
         [e.fence_id for e in events],
         [e.fence_version for e in events],
         [json.dumps(e.details or {}) for e in events],
+        [e.event_id for e in events],
     )
-    return [r["id"] for r in rows]
+    return {r["event_id"]: r["id"] for r in rows}
 
 
 async def list_events(

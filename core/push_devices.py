@@ -101,16 +101,20 @@ RETURNING id, admin_id, token, platform, label, created_at, last_seen_at, disabl
           disabled_reason, (SELECT admin_id FROM old) AS previous_admin
 """
 
-# Beyond MAX_DEVICES enabled phones, the ones registered longest ago go.
+# Beyond MAX_DEVICES enabled phones, the ones registered longest ago go; so do disabled ones
+# beyond as many (a token FCM reported gone is kept a while to show why, not for ever).
 _TRIM = """
 DELETE FROM admin_push_devices
 WHERE id IN (
-    SELECT id FROM admin_push_devices
-    WHERE admin_id = $1 AND disabled_at IS NULL
-    ORDER BY last_seen_at DESC, id DESC
-    OFFSET $2
+    SELECT id FROM (
+        SELECT id, row_number() OVER (
+            PARTITION BY disabled_at IS NULL ORDER BY last_seen_at DESC, id DESC
+        ) AS n
+        FROM admin_push_devices WHERE admin_id = $1
+    ) AS ranked
+    WHERE n > $2
 )
-RETURNING id
+RETURNING id, disabled_at IS NULL AS enabled
 """
 
 
@@ -151,7 +155,10 @@ async def register(
                 actor=actor,
                 action="push_device.replaced",
                 target=str(gone["id"]),
-                details={"reason": f"more than {MAX_DEVICES} phones"},
+                details={
+                    "reason": f"more than {MAX_DEVICES} {'' if gone['enabled'] else 'disabled '}"
+                    "phones"
+                },
             )
     return device, new
 

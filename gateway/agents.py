@@ -4,6 +4,8 @@ background tasks (fence catalog refresh, heartbeat sweep, history flush).
 
 Location history is written in batches with COPY from a bounded queue: a slow or absent database
 makes ingestion wait (and MQTT push back on the broker) rather than lose fixes or grow memory.
+Events are written at once; past a short retry they wait in a bounded backlog that a background
+writer stores when PostgreSQL is back, so a fix handler never waits out an outage for them.
 Fence and assignment changes bump `{prefix}geofences:gen` in Redis; every instance polls it and
 swaps in a freshly loaded catalog.
 """
@@ -11,6 +13,7 @@ swaps in a freshly loaded catalog.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import json
 import logging
@@ -62,6 +65,13 @@ HISTORY_QUEUE_MAX = 50_000
 HISTORY_FLUSH_ROWS = 250
 HISTORY_FLUSH_S = 0.1
 HISTORY_RETRY_MAX_S = 30.0
+# Events past the immediate retries (PostgreSQL away) wait in memory, at most this many
+# (~1 KB each): hours of breaches and fence crossings of a few thousand agents.
+EVENT_BACKLOG_MAX = 10_000
+EVENT_WRITE_ROWS = 250  # events per transaction when the backlog is written
+EVENT_RETRY_FIRST_S = 0.5
+EVENT_RETRY_MAX_S = 30.0
+EVENT_FLUSH_S = 10.0  # how long a stop tries to write the backlog
 SWEEP_MAX_S = 30.0
 MQTT_CONNECT_WAIT_S = 10.0
 OSMAND_MAX_BODY = 8192
@@ -87,8 +97,9 @@ def fix_limits(s: Settings) -> FixLimits:
 
 
 class PgSink:
-    """Events straight to PostgreSQL (a breach with its alerts to the admins, through the
-    outbox, in the same transaction); location history through a bounded queue and COPY."""
+    """Events to PostgreSQL (a breach with its alerts to the admins, through the outbox, in
+    the same transaction), at once or, while PostgreSQL is away, through a bounded backlog;
+    location history through a bounded queue and COPY."""
 
     def __init__(self, pool: asyncpg.Pool, alerts: BreachAlerts | None = None) -> None:
         self.pool = pool
@@ -97,14 +108,62 @@ class PgSink:
         self.written = 0
         self.refused = 0  # history rows the table refused as data, dropped
         self._held: list[LocationRow] = []  # taken off the queue, not yet written
+        # Events past the immediate retries, oldest first, and the batch being written.
+        self.backlog: collections.deque[EventRow] = collections.deque()
+        self._events_held: list[EventRow] = []
+        self._events_waiting = asyncio.Event()
+        self.events_deferred = 0  # events put in the backlog
+        self.events_dropped = 0  # events the full backlog let go
+        self.events_refused = 0  # events the table refused as data, dropped
+        self.events_written = 0  # events the backlog writer stored (or found stored)
 
-    async def record_events(self, events: Sequence[EventRow]) -> None:
-        """Tried again when the connection is lost (core.pg.through_outage, ~1.5 s): the events
-        already happened (the device state in Redis moved on) and a pooled connection that died
-        idle fails its next use while PostgreSQL is up. Past the retries they are lost (the
-        caller counts it); a COMMIT whose answer was lost stores them twice: a copy, not a
-        lost breach."""
-        await through_outage(lambda: self._insert_events(events), what="agent events")
+    @property
+    def events_pending(self) -> int:
+        """Events not stored yet: the backlog and the batch being written."""
+        return len(self.backlog) + len(self._events_held)
+
+    async def record_events(self, events: Sequence[EventRow]) -> int:
+        """Store `events`, or defer them; returns how many were deferred (0 or all).
+
+        Tried again at once when the connection is lost (core.pg.through_outage, ~1.5 s): the
+        events already happened (the device state in Redis moved on) and a pooled connection
+        that died idle fails its next use while PostgreSQL is up. Past those retries they go to
+        the backlog that `run_events` writes when PostgreSQL is back; while it holds any,
+        later events queue behind them without a try (in order, and without costing the
+        caller, a fix handler, the retries again). Each try is idempotent (EventRow.event_id):
+        an insert whose COMMIT answer was lost stores nothing twice when tried again."""
+        if not events:
+            return 0
+        if not self.events_pending:
+            try:
+                await through_outage(lambda: self._insert_events(events), what="agent events")
+                return 0
+            except (*CONNECTION_LOST, asyncpg.PostgresError) as exc:
+                log.warning(
+                    "agent events deferred: PostgreSQL unreachable (%s)",
+                    type(exc).__name__,
+                    extra={"events": len(events)},
+                )
+        self._defer(events)
+        return len(events)
+
+    def _defer(self, events: Sequence[EventRow]) -> None:
+        """Append to the backlog; past EVENT_BACKLOG_MAX the oldest waiting events go (the
+        batch being written is never dropped). The newest are kept because they say where the
+        agents are now: a breach alert from hours ago that nobody could act on matters less
+        than the one happening."""
+        self.backlog.extend(events)
+        self.events_deferred += len(events)
+        over = len(self.backlog) - EVENT_BACKLOG_MAX
+        if over > 0:
+            for _ in range(over):
+                self.backlog.popleft()
+            self.events_dropped += over
+            log.error(
+                "agent event backlog full; oldest events dropped",
+                extra={"dropped": over, "dropped_total": self.events_dropped},
+            )
+        self._events_waiting.set()
 
     async def _insert_events(self, events: Sequence[EventRow]) -> None:
         stored = False
@@ -117,6 +176,76 @@ class PgSink:
             # out of the `async with`): not a reason to store the events again.
             if not stored:
                 raise
+
+    async def run_events(self) -> None:
+        """Write the backlog, oldest first, in batches of at most EVENT_WRITE_ROWS, each tried
+        until it goes through. A batch stays counted as pending until written, so events that
+        arrive meanwhile queue behind it and the order holds."""
+        while True:
+            await self._events_waiting.wait()
+            while self.backlog:
+                await self._write_events_batch()
+            self._events_waiting.clear()
+
+    async def _write_events_batch(self, deadline: float | None = None) -> bool:
+        """The held batch (after a stop, the one a stop interrupted) or the next one; False
+        when `deadline` (time.monotonic) passed first."""
+        if not self._events_held:
+            count = min(EVENT_WRITE_ROWS, len(self.backlog))
+            self._events_held = [self.backlog.popleft() for _ in range(count)]
+        done = await self._write_events(self._events_held, deadline)
+        if done:
+            self._events_held = []
+        return done
+
+    async def _write_events(self, events: list[EventRow], deadline: float | None) -> bool:
+        """Insert `events`, again with backoff until it goes through (True) or `deadline`
+        passes (False). Every try is idempotent, so a try interrupted anywhere is simply made
+        again. A batch the table refuses as data goes in event by event, a refused one
+        dropped: it would otherwise stall every later event."""
+        delay = EVENT_RETRY_FIRST_S
+        single = False
+        while events:
+            batch = events[:1] if single else events
+            try:
+                await self._insert_events(batch)
+                self.events_written += len(batch)
+                del events[: len(batch)]
+                continue
+            except (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError) as exc:
+                if single:
+                    self.events_refused += 1
+                    log.error(
+                        "agent event refused; dropped",
+                        extra={"agent": events[0].agent_code, "error": str(exc)[:200]},
+                    )
+                    del events[0]
+                single = True
+                continue
+            except Exception:
+                # PostgreSQL away (core.pg.CONNECTION_LOST, a PostgresError) or anything else:
+                # raised out of here it would end `run_events` for good, and every later event
+                # would wait in the backlog until dropped. Logged at each try instead.
+                log.exception("agent events write failed; retrying", extra={"events": len(events)})
+            if deadline is not None and time.monotonic() + delay > deadline:
+                return False
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, EVENT_RETRY_MAX_S)
+        return True
+
+    async def flush_events(self, timeout_s: float = EVENT_FLUSH_S) -> bool:
+        """At stop, after `run_events`: the backlog, for at most `timeout_s` (PostgreSQL may
+        still be away, and a stop must end). True when nothing is left; what is left is
+        logged at error and lost with the process."""
+        deadline = time.monotonic() + timeout_s
+        while self.events_pending:
+            if not await self._write_events_batch(deadline):
+                log.error(
+                    "agent events not written at stop; lost",
+                    extra={"events": self.events_pending},
+                )
+                return False
+        return True
 
     async def record_locations(self, rows: Sequence[LocationRow]) -> None:
         for row in rows:
@@ -174,9 +303,11 @@ class PgSink:
             self._held = []
 
     async def flush(self) -> None:
-        """At stop, after `run`: the rows it held and everything queued. Rows whose COPY the
-        stop interrupted are written again (the history may then hold them twice: a copy of
-        a fix, never a lost one)."""
+        """At stop, after `run` and `run_events`: the event backlog first (bounded in time,
+        `flush_events`), then the history rows `run` held and everything queued. Rows whose
+        COPY the stop interrupted are written again (the history may then hold them twice: a
+        copy of a fix, never a lost one); events never twice (EventRow.event_id)."""
+        await self.flush_events()
         held, self._held = self._held, []
         if held:
             await self._write(held)
@@ -437,8 +568,10 @@ class AgentRuntime:
             try:
                 result = await self.engine.expire()
                 if result.events:
-                    await self.sink.record_events(result.events)
                     self.channel.announce(result.events)
+                    self.channel.stats["events_deferred"] += await self.sink.record_events(
+                        result.events
+                    )
             except Exception:
                 log.exception("heartbeat sweep failed")
 
@@ -491,7 +624,8 @@ def build_runtime(
 
 @contextlib.asynccontextmanager
 async def running(runtime: AgentRuntime) -> AsyncIterator[AgentRuntime]:
-    """The runtime's background tasks, live for the context; history flushed at the end."""
+    """The runtime's background tasks, live for the context; the event backlog and the
+    history flushed at the end."""
     try:
         runtime.catalog_gen = await runtime.redis.get(runtime.gen_key)
     except RedisError:
@@ -499,6 +633,7 @@ async def running(runtime: AgentRuntime) -> AsyncIterator[AgentRuntime]:
     await runtime.reload_catalog()
     tasks = [
         asyncio.create_task(runtime.sink.run(), name="agents-history"),
+        asyncio.create_task(runtime.sink.run_events(), name="agents-events"),
         asyncio.create_task(runtime.watch_catalog(), name="agents-catalog"),
         asyncio.create_task(runtime.sweep_heartbeats(), name="agents-heartbeat"),
     ]
@@ -560,7 +695,12 @@ _AGENT_COUNTERS = {
     "commands": ("gateway_agent_commands", "commands handled (answered on .../reply)"),
     "ingest_failed": (
         "gateway_agent_ingest_failures",
-        "batches whose fixes (Redis away) or events (PostgreSQL away) were lost",
+        "batches whose fixes were lost (Redis away) or whose events could not be stored or "
+        "deferred (an error other than PostgreSQL's absence)",
+    ),
+    "events_deferred": (
+        "gateway_agent_events_deferred",
+        "events put in the backlog past the immediate retries (PostgreSQL away)",
     ),
     "unpublished": ("gateway_agent_replies_unpublished", "replies the broker did not take"),
 }
@@ -586,10 +726,26 @@ class AgentCollector(Collector):
             if key.startswith("rejected:"):
                 rejected.add_metric([key.removeprefix("rejected:")], count)
         yield rejected
+        sink = self.runtime.sink
         yield CounterMetricFamily(
             "gateway_agent_history_refused",
             "location history rows PostgreSQL refused as data, dropped",
-            value=self.runtime.sink.refused,
+            value=sink.refused,
+        )
+        yield GaugeMetricFamily(
+            "gateway_agent_events_backlog",
+            "events waiting for PostgreSQL in memory (lost if the process dies)",
+            value=sink.events_pending,
+        )
+        yield CounterMetricFamily(
+            "gateway_agent_events_dropped",
+            "events dropped from a full backlog (the oldest first)",
+            value=sink.events_dropped,
+        )
+        yield CounterMetricFamily(
+            "gateway_agent_events_refused",
+            "events PostgreSQL refused as data, dropped",
+            value=sink.events_refused,
         )
         mqtt = self.runtime.mqtt
         if mqtt is None:

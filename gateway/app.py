@@ -83,7 +83,10 @@ def make_redis(url: str) -> Redis:
 
 
 async def _engines(app: web.Application) -> AsyncIterator[None]:
-    async with storage_endpoints(app[SETTINGS]) as endpoints:
+    settings = app[SETTINGS]
+    async with storage_endpoints(
+        settings, wait_s=settings.startup_wait_s, say=log.warning
+    ) as endpoints:
         app[ENDPOINTS] = endpoints
         yield
 

@@ -1,7 +1,9 @@
 """The `gateway` command line: serve, migrate, admin, and the per-area commands.
 
 Every command reads the same Settings. A bad setting prints one line naming the variable and
-exits 2; a command's own failure prints one line per problem and exits 1.
+exits 2; a command's own failure prints one line per problem and exits 1; PostgreSQL out of
+reach prints one line saying where it was looked for and why, and exits 3
+(`serve` and `migrate` first wait GATEWAY_STARTUP_WAIT_S for it: gateway.reach).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from config.settings import Settings, SettingsError, load_settings
 from core.errors import CoreError
+from gateway.reach import DependencyDown
 
 Command = Callable[[argparse.Namespace, Settings], int]
 
@@ -30,12 +33,16 @@ class Storage:
 
 
 @asynccontextmanager
-async def open_storage(settings: Settings, migrate: bool = True) -> AsyncIterator[Storage]:
-    """For one-shot commands: the engines (embedded if needed), migrated, with a sessionmaker."""
+async def open_storage(
+    settings: Settings, migrate: bool = True, wait_s: float = 0.0
+) -> AsyncIterator[Storage]:
+    """For one-shot commands: the engines (embedded if needed), migrated, with a sessionmaker.
+    A command an operator runs by hand gives up at once on a server out of reach (`wait_s`
+    0): waiting would only hide a wrong address."""
     from gateway import db as dbmod
     from gateway.services import storage_endpoints
 
-    async with storage_endpoints(settings) as ep:
+    async with storage_endpoints(settings, wait_s) as ep:
         if migrate:
             await dbmod.migrate(ep.database_url)
         engine = dbmod.make_engine(ep.database_url, limits_tz=settings.limits_timezone)
@@ -71,7 +78,8 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
     async def run() -> None:
-        async with open_storage(settings, migrate=True):
+        # Often the first step of a deployment, started beside the database: it waits.
+        async with open_storage(settings, migrate=True, wait_s=settings.startup_wait_s):
             pass
 
     asyncio.run(run())
@@ -201,6 +209,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CoreError as exc:
         print(f"gateway: {exc.message}", file=sys.stderr)
         return 1
+    except DependencyDown as exc:
+        print(f"gateway: {exc}", file=sys.stderr)
+        return 3
     except KeyboardInterrupt:
         return 130
     return result

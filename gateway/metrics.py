@@ -106,7 +106,21 @@ class Metrics:
             ("provider",),
             histogram=True,
         )
-        families = [self._requests, self._latency, self._ussd_steps, self._ussd_latency]
+        self._ussd_takeovers = _Family(
+            "gateway_ussd_claim_takeovers_total",
+            "USSD hops that took over a dead claim, by why it was dead (own: this instance's "
+            "step ended without clearing it; instance: its instance's liveness key is gone; "
+            "stale: older than the deadline plus the grace period)",
+            ("reason",),
+            histogram=False,
+        )
+        families = [
+            self._requests,
+            self._latency,
+            self._ussd_steps,
+            self._ussd_latency,
+            self._ussd_takeovers,
+        ]
         self.registry.register(_Families(families))
 
     @staticmethod
@@ -124,6 +138,9 @@ class Metrics:
     def observe_ussd(self, provider: str, outcome: str, elapsed_s: float) -> None:
         self._count(self._ussd_steps, (provider, outcome))
         self._time(self._ussd_latency, (provider,), elapsed_s)
+
+    def observe_takeover(self, reason: str) -> None:
+        self._count(self._ussd_takeovers, (reason,))
 
     def observe(self, method: str, route: str, status: int, elapsed_s: float) -> None:
         self._count(self._requests, (method, route, str(status)))

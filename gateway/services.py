@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from config.settings import Settings
+from gateway import reach
 from gateway.embedded import EmbeddedMqtt, EmbeddedPostgres, EmbeddedRedis
 
 
@@ -23,14 +24,19 @@ class Endpoints:
 
 
 @contextlib.asynccontextmanager
-async def storage_endpoints(settings: Settings) -> AsyncIterator[Endpoints]:
-    """PostgreSQL and Redis URLs, starting the embedded engines the settings leave unnamed."""
+async def storage_endpoints(
+    settings: Settings, wait_s: float = 0.0, say: Callable[[str], None] = reach.to_stderr
+) -> AsyncIterator[Endpoints]:
+    """PostgreSQL and Redis URLs, starting the embedded engines the settings leave unnamed,
+    once PostgreSQL answers: `gateway.reach.DependencyDown` if it does not within `wait_s`
+    (each wait told to `say`). Redis may be down: /readyz says so until it answers."""
     pg = EmbeddedPostgres(settings.data_dir) if settings.database_url is None else None
     rd = EmbeddedRedis(settings.data_dir) if settings.redis_url is None else None
     try:
         database_url = settings.database_url if pg is None else await asyncio.to_thread(pg.start)
         redis_url = settings.redis_url if rd is None else await asyncio.to_thread(rd.start)
         assert database_url is not None and redis_url is not None
+        await reach.postgres(database_url, wait_s=wait_s, say=say)
         embedded = tuple(n for n, e in (("postgresql", pg), ("redis", rd)) if e is not None)
         yield Endpoints(database_url, redis_url, settings.mqtt_url, embedded)
     finally:

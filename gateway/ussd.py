@@ -2,8 +2,10 @@
 
 USSD is always on (like the admin API). At start-up: bind the actions (`menus.bindings`), publish
 the shipped default menu if there is none yet, load the current menus, listen for publications,
-and hand the service to the callback handler. At shutdown: stop listening, let actions that
-outlived their deadline finish, flush the analytics.
+keep this instance's liveness key fresh (`menus.liveness`: other instances take the claims of
+a crashed one for dead once its key expires), and hand the service to the callback handler. At
+shutdown: stop listening, let claimed steps and actions that outlived their deadline finish,
+delete the liveness key, flush the analytics.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from menus.analytics import StepLog
 from menus.bindings import WithdrawalGate
 from menus.catalogue import CATALOGUE
 from menus.engine import Engine
+from menus.liveness import Liveness
 from menus.registry import MenuRegistry
 from menus.seed import DEFAULT_MENU_FILE, ensure_menu
 from menus.service import UssdService
@@ -46,6 +49,7 @@ from menus.session import RedisSessionStore
 
 GC_GEN0_THRESHOLD = 20_000  # Python's default is 700 allocations
 SESSION_REDIS_CONNECT_TIMEOUT_S = 2.0
+STEP_DRAIN_MARGIN_S = 3.0  # on top of the deadline: a claimed step's final write at a stop
 
 
 def session_redis(url: str) -> Redis:
@@ -132,6 +136,8 @@ async def _ussd(app: web.Application) -> AsyncIterator[None]:
     steps.start()
     sessions = session_redis(app[ENDPOINTS].redis_url)
     store = RedisSessionStore(sessions, settings.redis_prefix)
+    liveness = Liveness(store.link, settings.redis_prefix, ttl_s=settings.ussd_liveness_ttl_s)
+    await liveness.start()
     service = UssdService(
         registry,
         engine,
@@ -140,6 +146,8 @@ async def _ussd(app: web.Application) -> AsyncIterator[None]:
         deadline_s=settings.ussd_deadline_s,
         steps=steps,
         observe=app[METRICS].observe_ussd,
+        liveness=liveness,
+        on_takeover=app[METRICS].observe_takeover,
     )
     app[MENU_REGISTRY] = registry
     app[USSD_SERVICE] = service
@@ -149,7 +157,12 @@ async def _ussd(app: web.Application) -> AsyncIterator[None]:
     finally:
         app[USSD_HTTP].service = None
         await registry.stop()
+        # The key goes only once no claimed step (nor late action) runs here: deleted under a
+        # running step, it would let another instance run that step again. Otherwise it
+        # expires by its TTL.
+        idle = await service.drain(settings.ussd_deadline_s + STEP_DRAIN_MARGIN_S)
         await engine.drain()
+        await liveness.stop(delete=idle)
         await steps.stop()
         await store.aclose()
         await sessions.aclose()

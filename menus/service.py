@@ -6,6 +6,10 @@
           -> the stored reply; nothing runs again
       a hop while another with side effects is in flight
           -> the same hop and input: wait for it and answer its reply; else "still processing"
+          unless that claim is dead: its step ended here without clearing it, its instance's
+          liveness key is gone (`menus.liveness`: one EXISTS, only on this path), or it is
+          older than the deadline plus a grace period; then the hop takes the session over
+          through the same compare-and-set as any step (one taker wins)
       otherwise run the engine; before its first side effect the step claims the session
           (a CAS that records the hop in flight), and it ends with one CAS of the new record
       Redis or PostgreSQL down -> "temporarily unavailable" (an END screen, never an error page)
@@ -25,6 +29,7 @@ import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import asyncpg
 from redis.exceptions import RedisError
@@ -34,6 +39,7 @@ from core.errors import Unavailable
 from menus import messages
 from menus.analytics import StepLog, StepRecord, masked, now
 from menus.engine import Engine, Reply, Step, UssdRequest
+from menus.liveness import Liveness
 from menus.registry import MenuSet
 from menus.session import Session, SessionStore, Versioned
 
@@ -42,7 +48,9 @@ log = logging.getLogger("menus.service")
 MAX_ATTEMPTS = 3  # a conflicting write is retried this often before "still processing"
 BUSY_POLL_S = 0.1  # how often a duplicate hop checks whether the first one finished
 RENDER_MARGIN_S = 0.3  # kept back from the deadline to store and answer
-STALE_CLAIM_GRACE_S = 30.0  # a claim older than the deadline plus this died with its process
+# A claim older than the deadline plus this died with its process: the rule for a claim whose
+# instance cannot be asked (no liveness, Redis not answering, a record without "by").
+STALE_CLAIM_GRACE_S = 30.0
 FAILURES = (
     RedisError,
     OSError,
@@ -53,6 +61,7 @@ FAILURES = (
 )
 
 Observer = Callable[[str, str, float], None]
+TakeoverObserver = Callable[[str], None]  # why the claim taken over was dead: `_dead`'s reason
 
 
 @dataclass
@@ -92,11 +101,40 @@ class _Hop:
     ttl_s: int
     started: float
     trace: Trace
+    dead: object = None  # the `by` of a claim found dead on this hop (asked once per hop)
+    takeover: str | None = None  # why that claim was dead, until this hop's write replaces it
+
+
+class _LiveClaims:
+    """The claims whose steps are running in this process; `idle` is set while there are none
+    (a clean stop waits for it before deleting the instance's liveness key)."""
+
+    __slots__ = ("idle", "tokens")
+
+    def __init__(self) -> None:
+        self.tokens: set[str] = set()
+        self.idle = asyncio.Event()
+        self.idle.set()
+
+    def add(self, token: str) -> None:
+        self.tokens.add(token)
+        self.idle.clear()
+
+    def discard(self, token: str) -> None:
+        self.tokens.discard(token)
+        if not self.tokens:
+            self.idle.set()
+
+    def __contains__(self, token: object) -> bool:
+        return token in self.tokens
 
 
 class _Claim:
     """The step's claim hook: once, before the first side effect, mark the hop in flight.
-    `token` names the claim; it is in `live` while its step runs in this process."""
+    `token` names the claim; it is in `live` while its step runs in this process. With
+    `liveness`, the instance's key is first made to outlive the step (`Liveness.cover`), sent
+    in the same round trip as the claim: another instance may take a claim for dead only once
+    the key is gone, so the key must not go while this step may still run its action."""
 
     def __init__(
         self,
@@ -106,10 +144,13 @@ class _Claim:
         expected: int | None,
         before: str,
         token: str,
-        live: set[str],
+        live: _LiveClaims,
+        liveness: Liveness | None,
+        until: float,
     ) -> None:
         self.store, self.hop, self.expected, self.before = store, hop, expected, before
         self.token, self.live = token, live
+        self.liveness, self.until = liveness, until
         self.claimed = False
 
     async def __call__(self) -> None:
@@ -123,9 +164,13 @@ class _Claim:
             "by": self.token,
         }
         self.live.add(self.token)
-        ok, current = await self.store.save(
-            self.hop.key, self.expected, record.to_json(), self.hop.ttl_s
-        )
+        save = self.store.save(self.hop.key, self.expected, record.to_json(), self.hop.ttl_s)
+        if self.liveness is None or self.liveness.covers(self.until):
+            ok, current = await save
+        else:
+            # The cover goes first on the pipelined link (Redis runs it before the claim); if
+            # it fails, the step stops here (a claim it made is dead: its token leaves `live`).
+            _, (ok, current) = await asyncio.gather(self.liveness.cover(self.until), save)
         if not ok:
             raise _Lost(current)
         self.expected = (self.expected or 0) + 1
@@ -147,6 +192,8 @@ class UssdService:
         deadline_s: float,
         steps: StepLog | None = None,
         observe: Observer | None = None,
+        liveness: Liveness | None = None,
+        on_takeover: TakeoverObserver | None = None,
     ) -> None:
         self.registry = registry
         self.engine = engine
@@ -158,15 +205,74 @@ class UssdService:
         self.steps = steps
         self.observe = observe
         # Claims are named "<instance>:<n>"; `_live` holds those whose steps are running here.
-        self._instance = secrets.token_hex(6)
+        # The instance is the one whose liveness key other instances ask about.
+        self.liveness = liveness
+        self.on_takeover = on_takeover
+        self._instance = liveness.instance if liveness is not None else secrets.token_hex(6)
         self._claim_numbers = itertools.count()
-        self._live: set[str] = set()
+        self._live = _LiveClaims()
 
-    def _dead(self, inflight: dict[str, object]) -> bool:
-        """A claim this process made whose step has ended without clearing it (its last write
-        failed: Redis out of reach). Nobody will clear it, so it needs no grace period."""
+    async def drain(self, timeout_s: float) -> bool:
+        """Wait until no step with a claim runs here (a clean stop); False if some still do."""
+        try:
+            async with asyncio.timeout(timeout_s):
+                await self._live.idle.wait()
+        except TimeoutError:
+            return False
+        return True
+
+    async def _dead(self, hop: _Hop, inflight: dict[str, Any]) -> bool:
+        """Whether a claim found on the session is dead, so that this hop may take the session
+        over (through the compare-and-set: if two hops try, one wins). Dead: a claim this
+        process made whose step has ended without clearing it (its last write failed); a claim
+        of an instance whose liveness key is gone (the process died); a claim older than the
+        deadline plus STALE_CLAIM_GRACE_S. When the other instance cannot be asked (no
+        liveness, Redis not answering, an older record without "by"), only age decides: a
+        step must not run twice on a guess. The reason ("own", "instance", "stale") is kept
+        on the hop for `_took_over`."""
         by = inflight.get("by")
-        return isinstance(by, str) and by.startswith(self._instance + ":") and by not in self._live
+        if by is not None and by == hop.dead:
+            return True  # already found dead on this hop (a poll, then the step's attempt)
+        reason = self._death(by, float(inflight.get("at", 0)))
+        if reason is None and isinstance(by, str) and self.liveness is not None:
+            instance = by.partition(":")[0]
+            if instance != self._instance and not await self._alive(hop, instance):
+                reason = "instance"
+        if reason is None:
+            return False
+        hop.dead, hop.takeover = by, reason
+        return True
+
+    def _death(self, by: object, at: float) -> str | None:
+        """Why a claim is dead without asking Redis: made here and over, or too old."""
+        if isinstance(by, str) and by.startswith(self._instance + ":") and by not in self._live:
+            return "own"
+        if time.time() - at >= self.deadline_s + STALE_CLAIM_GRACE_S:
+            return "stale"
+        return None
+
+    async def _alive(self, hop: _Hop, instance: str) -> bool:
+        assert self.liveness is not None
+        try:
+            return await self.liveness.alive(instance)
+        except FAILURES:
+            log.warning(
+                "ussd: the claim's instance could not be asked; the grace rule applies",
+                extra={"key": hop.key},
+            )
+            return True
+
+    def _took_over(self, hop: _Hop) -> None:
+        """This hop's write replaced a dead claim: count it, say so (the key, never inputs)."""
+        reason, hop.takeover = hop.takeover, None
+        if reason is None:
+            return
+        log.warning(
+            "ussd: a dead claim was taken over",
+            extra={"key": hop.key, "reason": reason, "claim": hop.dead},
+        )
+        if self.on_takeover is not None:
+            self.on_takeover(reason)
 
     async def handle(self, req: UssdRequest, ttl_s: int) -> Reply:
         started = time.monotonic()
@@ -219,15 +325,15 @@ class UssdService:
                 trace.outcome = "expired"
                 return self._system("expired", req.language)
             session = None
-            if current is not None:
-                session = current.session()
-                trace.session(session)
-                early = await self._early(hop, session)
-                if early is not None:
-                    return early
             try:
+                if current is not None:
+                    session = current.session()
+                    trace.session(session)
+                    early = await self._early(hop, session)
+                    if early is not None:
+                        return early
                 return await self._step(hop, current, session)
-            except _Lost as lost:
+            except _Lost as lost:  # another writer, or a claim waited on that died
                 current = lost.current
         trace.outcome = "busy"
         return self._system("busy", trace.language or req.language)
@@ -236,11 +342,7 @@ class UssdService:
         """The answer when this request must not run a step: a repeat, a stale or duplicate
         hop, a closed session."""
         req, trace = hop.req, hop.trace
-        if (
-            s.inflight
-            and time.time() - float(s.inflight.get("at", 0)) < self.deadline_s + STALE_CLAIM_GRACE_S
-            and not self._dead(s.inflight)
-        ):
+        if s.inflight and not await self._dead(hop, s.inflight):
             return await self._busy(hop, s.inflight)
         last = s.last
         if s.ended:
@@ -270,8 +372,10 @@ class UssdService:
         return _numeric(hop) and _numeric(last_hop) and int(hop) < int(last_hop)
 
     async def _busy(self, hop: _Hop, inflight: dict[str, object]) -> Reply:
+        """A live claim blocks this hop. The same hop sent again waits (bounded) for the first
+        copy's answer; if the first copy's claim dies meanwhile, this copy runs the step
+        itself: `_Lost` hands the record just read back to `_handle`, which takes it over."""
         req, fp, trace = hop.req, hop.fp, hop.trace
-        trace.outcome = "busy"
         if inflight.get("hop") == req.hop and inflight.get("fp") == fp:
             # The provider sent this hop again while we work on it: answer what it gets.
             deadline = hop.started + self.deadline_s - RENDER_MARGIN_S
@@ -286,6 +390,9 @@ class UssdService:
                         trace.outcome = "replay"
                         return Reply(str(s.last["text"]), bool(s.last["end"]))
                     break
+                if await self._dead(hop, s.inflight):
+                    raise _Lost(current)
+        trace.outcome = "busy"
         return self._system("busy", trace.language or req.language)
 
     async def _step(self, hop: _Hop, current: Versioned | None, parsed: Session | None) -> Reply:
@@ -310,7 +417,14 @@ class UssdService:
             before, expected, text = current.raw, current.version, req.input
         token = f"{self._instance}:{next(self._claim_numbers)}"
         claim = _Claim(
-            self.store, hop, expected=expected, before=before, token=token, live=self._live
+            self.store,
+            hop,
+            expected=expected,
+            before=before,
+            token=token,
+            live=self._live,
+            liveness=self.liveness,
+            until=hop.started + self.deadline_s,
         )
         try:
             deadline = hop.started + self.deadline_s - RENDER_MARGIN_S
@@ -341,12 +455,15 @@ class UssdService:
             # now on. The hop sent again runs again (its action's idempotency key is the same:
             # nothing moves twice) rather than wait out STALE_CLAIM_GRACE_S on "still processing".
             self._live.discard(token)
+            if claim.claimed:
+                self._took_over(hop)  # the claim replaced a dead one (if this hop found one)
         if not ok:
             if claim.claimed:
-                # Our claim was overtaken (it outlived its grace): the action ran, answer it.
+                # Our claim was overtaken (taken for dead): the action ran, answer it.
                 log.warning("session overwritten during an action", extra={"key": hop.key})
                 return reply
             raise _Lost(now_stored)
+        self._took_over(hop)
         return reply
 
     def _trace(self, trace: Trace, step: Step, reply: Reply, text: str | None) -> None:

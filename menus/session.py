@@ -70,7 +70,7 @@ class Session:
     customer: dict[str, Any] = field(default_factory=dict)
     seq: int = 0  # steps committed
     last: dict[str, Any] | None = None  # {"hop", "fp", "text", "end"}: the stored reply
-    inflight: dict[str, Any] | None = None  # {"hop", "fp", "at"}: a step with side effects
+    inflight: dict[str, Any] | None = None  # {"hop", "fp", "at", "by"}: a step with side effects
     ended: bool = False
     started_at: float = field(default_factory=time.time)
 

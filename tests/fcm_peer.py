@@ -19,15 +19,17 @@ import json
 import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import jwt
+import pytest
 from aiohttp import web
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from config.settings import Settings, load_settings
 from gateway.embedded import free_port
 
 PROJECT = "codeforge-test"
@@ -183,3 +185,27 @@ async def fake_fcm() -> AsyncIterator[FakeFcm]:
         yield fake
     finally:
         await runner.cleanup()
+
+
+# Fixtures `fcm` and `push_settings` for the push tests (import them into a test module).
+
+
+@pytest.fixture(name="fcm")
+async def fcm_fixture() -> AsyncIterator[FakeFcm]:
+    async with fake_fcm() as fake:
+        yield fake
+
+
+@pytest.fixture(name="push_settings")
+async def push_settings_fixture(settings: Settings, fcm: FakeFcm, tmp_path: Path) -> Settings:
+    """The test settings with FIREBASE_CREDENTIALS and FCM_ENDPOINT naming the fake, as
+    load_settings reads them (the file is checked the way it is at start)."""
+    account = fcm.account(tmp_path / "service-account.json")
+    env = {"FIREBASE_CREDENTIALS": str(account), "FCM_ENDPOINT": fcm.base_url}
+    loaded = load_settings(env)
+    return replace(
+        settings,
+        firebase_credentials=loaded.firebase_credentials,
+        firebase_project_id=loaded.firebase_project_id,
+        fcm_endpoint=loaded.fcm_endpoint,
+    )

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import re
 import secrets
 import time
 from collections.abc import Awaitable, Callable
@@ -142,3 +143,15 @@ async def scrape(client: TestClient) -> Samples:
         for family in text_string_to_metric_families(await resp.text())
         for sample in family.samples
     }
+
+
+# A stored digest (a hash, a Redis key) is a run of hex: "...675a2580a55f..." holds 2580 between
+# letters once in a few thousand runs. It is no PIN: `shows_pin` leaves such runs out.
+_DIGEST = re.compile(r"[0-9a-f]{32,}")
+
+
+def shows_pin(pin: str, text: str) -> bool:
+    """Whether `text` shows `pin` as a number of its own: not inside a longer number (an MSISDN,
+    a timestamp, an amount, a reference) and not inside a digest, where four given digits turn
+    up by chance."""
+    return re.search(rf"(?<!\d){re.escape(pin)}(?!\d)", _DIGEST.sub("<digest>", text)) is not None

@@ -43,7 +43,9 @@ _ANNOUNCED_REASONS = frozenset({"fix", "heartbeat"})
 
 
 class EventSink(Protocol):
-    async def record_events(self, events: Sequence[EventRow]) -> None: ...
+    async def record_events(self, events: Sequence[EventRow]) -> int:
+        """Store the events or defer them (PostgreSQL away); how many were deferred."""
+        ...
 
     async def record_locations(self, rows: Sequence[LocationRow]) -> None: ...
 
@@ -180,7 +182,8 @@ class AgentChannel:
             if result.locations:
                 await self.sink.record_locations(result.locations)
             # The events happened (the device state in Redis moved on): announced and counted
-            # even when PostgreSQL cannot record them, and the rest of the batch goes on.
+            # even when PostgreSQL cannot record them now (the sink then defers them to its
+            # backlog without holding this batch up), and the rest of the batch goes on.
             self.announce(result.events)
             total.events += result.events
             total.locations += result.locations
@@ -190,8 +193,8 @@ class AgentChannel:
             self.stats["out_of_order"] += result.dropped_out_of_order
             if result.events:
                 try:
-                    await self.sink.record_events(result.events)
-                except Exception:  # past the sink's retries (core.pg.through_outage)
+                    self.stats["events_deferred"] += await self.sink.record_events(result.events)
+                except Exception:  # neither stored nor deferred: a bug, not an outage
                     self.stats["ingest_failed"] += 1
                     log.exception("agent events not recorded", extra={"events": len(result.events)})
         return total

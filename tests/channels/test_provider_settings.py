@@ -132,6 +132,7 @@ def test_provider_settings_from_the_environment() -> None:
             "USSD_HUBTEL_SESSION_TTL_S": "120",
             "USSD_BEEM_BASIC_AUTH": "beem:pw",
             "USSD_DEADLINE_MS": "8000",
+            "USSD_LIVENESS_TTL_MS": "4000",
         }
     )
     hubtel = settings.ussd_provider("hubtel")
@@ -140,6 +141,8 @@ def test_provider_settings_from_the_environment() -> None:
     assert settings.ussd_provider("beem").basic_auth == "beem:pw"
     assert settings.ussd_provider("nalo").session_ttl_s == 180
     assert settings.ussd_deadline_s == 8.0
+    assert settings.ussd_liveness_ttl_s == 4.0
+    assert load_settings({}).ussd_liveness_ttl_s == 10.0
 
 
 @pytest.mark.parametrize(
@@ -150,6 +153,8 @@ def test_provider_settings_from_the_environment() -> None:
         ({"USSD_BEEM_BASIC_AUTH": "nocolon"}, "USSD_BEEM_BASIC_AUTH: expected user:password"),
         ({"USSD_ARKESEL_SESSION_TTL_S": "0"}, "USSD_ARKESEL_SESSION_TTL_S"),
         ({"USSD_DEADLINE_MS": "20000"}, "USSD_DEADLINE_MS"),
+        ({"USSD_LIVENESS_TTL_MS": "500"}, "USSD_LIVENESS_TTL_MS"),  # shorter than a hiccup
+        ({"USSD_LIVENESS_TTL_MS": "10s"}, "USSD_LIVENESS_TTL_MS: expected an integer"),
     ],
 )
 def test_bad_provider_settings(env: dict[str, str], fragment: str) -> None:

@@ -84,6 +84,28 @@ async def test_only_breaches_alert_and_the_text_reads_well(pg_pool: asyncpg.Pool
     )
 
 
+async def test_events_stored_again_are_stored_once_and_alert_once(pg_pool: asyncpg.Pool) -> None:
+    """A write tried again (its COMMIT's answer lost, or from the sink's backlog) carries the
+    same event ids: nothing is stored twice and the breach's alert is queued once; a new event
+    in the same batch is stored and alerts as ever."""
+    agent = await make_agent(pg_pool)
+    now = time.time()
+    alerts = BreachAlerts("log", ("admins", "ops"))
+    first = [EventRow(agent, "exit", now, now), EventRow(agent, "breach", now, now, 7, 1)]
+    later = EventRow(agent, "breach", now + 60, now + 60, 7, 1)
+    async with pg_pool.acquire() as conn:
+        assert len(await insert_events(conn, first, alerts)) == 2
+        assert await insert_events(conn, first, alerts) == []
+        assert len(await insert_events(conn, [*first, later], alerts)) == 1
+    stored = await pg_pool.fetch(
+        "SELECT kind, event_id FROM agent_events WHERE agent_code = $1 ORDER BY id", agent
+    )
+    assert [(r["kind"], r["event_id"]) for r in stored] == [
+        ("exit", first[0].event_id), ("breach", first[1].event_id), ("breach", later.event_id),
+    ]  # fmt: skip
+    assert len(await outbox_rows(pg_pool, agent)) == 4  # two breaches, two recipients each
+
+
 WORDING = {
     "sw": ("Wakala", "kutoka eneo {} (toleo 1)"),
     "fr": ("L'agent", "de la zone {} (version 1)"),

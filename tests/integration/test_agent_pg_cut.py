@@ -25,11 +25,12 @@ from config.settings import Settings
 from core.agents import agent_balances
 from core.crypto import FieldCipher
 from core.customers import get_customer
-from core.pg import CALL_TIMEOUT_S
+from core.pg import CALL_TIMEOUT_S, RECORD_RETRY_PAUSES_S
 from core.tasks import stop_tasks
 from core.transfers import balance, float_topup
+from gateway import agents as agents_module
 from gateway import db as dbmod
-from gateway.agents import AgentRuntime
+from gateway.agents import AgentCollector, AgentRuntime
 from tests.conftest import TEST_SECRET
 from tests.helpers import eventually, new_msisdn
 from tests.integration.agent_support import (
@@ -92,12 +93,14 @@ async def channel_over(
 
 @contextlib.asynccontextmanager
 async def history_writer(runtime: AgentRuntime) -> AsyncIterator[asyncio.Task[None]]:
-    """The sink's history task, as `gateway.agents.running` runs it."""
+    """The sink's history and event backlog tasks, as `gateway.agents.running` runs them;
+    yields the history's."""
     task = asyncio.create_task(runtime.sink.run(), name="test-history")
+    events_task = asyncio.create_task(runtime.sink.run_events(), name="test-events")
     try:
         yield task
     finally:
-        await stop_tasks([task], "test history")
+        await stop_tasks([task, events_task], "test history")
         await runtime.sink.flush()
 
 
@@ -164,34 +167,138 @@ async def test_a_cut_as_fixes_are_recorded_keeps_their_events_and_history(
     assert channel.stats["accepted"] == 3
 
 
-async def test_an_outage_longer_than_the_retries_costs_the_events_but_not_the_history(
+def announced(published: Replies, agent: str) -> list[str]:
+    return [json.loads(p)["kind"] for t, p in published.sent if t == f"agents/{agent}/events"]
+
+
+async def test_an_outage_longer_than_the_retries_defers_the_events_until_postgres_is_back(
     relay: Relay, settings: Settings, redis: Redis, pg_pool: asyncpg.Pool
 ) -> None:
-    """The database stays out of reach past the events' retries: that batch's events are given
-    up (counted, and `handle` goes on) but its fixes are already queued for the history, which
-    is written once the relay is back; the events of later fixes are recorded again."""
+    """The database stays out of reach past the events' retries: the batch's events go to the
+    sink's backlog (counted as deferred, not lost) and `handle` goes on; the events of later
+    fixes queue behind them at once, without the retries. Once the relay is back the backlog
+    writer stores them all, in order, once each, the breach with its one alert."""
     runtime, agent, published = await channel_over(relay, settings, redis)
-    channel = runtime.channel
+    channel, sink = runtime.channel, runtime.sink
     now = time.time()
     async with history_writer(runtime) as writer:
-        relay.proxy.cut(refuse=1_000)
+        relay.proxy.cut(refuse=1_000_000)
         await channel.handle(fixes(agent, now - 30, now - 29))
-        assert channel.stats["ingest_failed"] == 1
-        # Not recorded, but they happened: announced to the device and counted all the same.
-        announced = [
-            json.loads(p)["kind"] for t, p in published.sent if t == f"agents/{agent}/events"
-        ]
-        assert announced == ["online", "enter"]
-        assert channel.stats["accepted"] == 2
-        relay.proxy.restore()
+        assert (channel.stats["events_deferred"], sink.events_pending) == (2, 2)
+        assert channel.stats["ingest_failed"] == 0
+        assert announced(published, agent) == ["online", "enter"]  # they happened
+        started = time.monotonic()
         await channel.handle(fixes(agent, now - 20, metres=2_000))  # outside: an exit begins
         await channel.handle(fixes(agent, now - 10, metres=2_100))
+        assert time.monotonic() - started < sum(RECORD_RETRY_PAUSES_S)  # no retries waited
+        assert channel.stats["events_deferred"] == 4
+        assert channel.stats["accepted"] == 4
+        assert await events(pg_pool, agent) == []
+        relay.proxy.restore()
+        await eventually(lambda: sink.events_pending, lambda n: n == 0)
         await written(runtime, 4)
         assert not writer.done()
-    # online and enter were lost in the outage; the breach's alert went with its event
-    assert await events(pg_pool, agent) == ["exit", "breach"]
+    assert await events(pg_pool, agent) == ["online", "enter", "exit", "breach"]
     assert len(await outbox_rows(pg_pool, agent)) == 1
     assert await history(pg_pool, agent) == stamps(now - 30, now - 29, now - 20, now - 10)
+    assert (sink.events_dropped, sink.events_refused) == (0, 0)
+
+
+async def test_a_breach_whose_commit_answer_is_lost_is_stored_and_alerted_once(
+    relay: Relay, settings: Settings, redis: Redis, pg_pool: asyncpg.Pool
+) -> None:
+    """The breach's transaction commits but the COMMIT's answer is lost: the sink cannot tell
+    that from a failed one and tries again, and the events' ids make the second try store
+    nothing, so the breach and its alert are there once."""
+    runtime, agent, _ = await channel_over(relay, settings, redis)
+    channel = runtime.channel
+    now = time.time()
+    await channel.handle(fixes(agent, now - 40))
+    relay.proxy.cut_on(b"COMMIT\x00", from_server=True)
+    await channel.handle(fixes(agent, now - 30, now - 20, metres=2_000))
+    assert relay.proxy.tripped == 1
+    assert (channel.stats["events_deferred"], channel.stats["ingest_failed"]) == (0, 0)
+    assert await events(pg_pool, agent) == ["online", "enter", "exit", "breach"]
+    assert len(await outbox_rows(pg_pool, agent)) == 1
+
+
+async def test_events_whose_insert_answer_is_lost_are_stored_once(
+    relay: Relay, settings: Settings, redis: Redis, pg_pool: asyncpg.Pool
+) -> None:
+    """The same without a breach: the events' one INSERT (no transaction of its own) went in
+    and its answer was lost; the second try stores nothing more."""
+    runtime, agent, _ = await channel_over(relay, settings, redis)
+    relay.proxy.cut_on(b"INSERT 0 2\x00", from_server=True)
+    await runtime.channel.handle(fixes(agent, time.time() - 30))
+    assert relay.proxy.tripped == 1
+    assert runtime.channel.stats["events_deferred"] == 0
+    assert await events(pg_pool, agent) == ["online", "enter"]
+
+
+async def test_a_full_backlog_drops_its_oldest_events_counted_and_ingestion_goes_on(
+    relay: Relay,
+    settings: Settings,
+    redis: Redis,
+    pg_pool: asyncpg.Pool,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Past EVENT_BACKLOG_MAX the oldest waiting events are dropped, counted and shown on
+    /metrics; fixes keep going in, and once the relay is back the newest events are stored."""
+    monkeypatch.setattr(agents_module, "EVENT_BACKLOG_MAX", 3)
+    runtime, agent, _ = await channel_over(relay, settings, redis)
+    channel, sink = runtime.channel, runtime.sink
+    now = time.time()
+    relay.proxy.cut(refuse=1_000_000)
+    await channel.handle(fixes(agent, now - 30))  # online, enter
+    await channel.handle(fixes(agent, now - 20, metres=2_000))  # exit begins: no event
+    await channel.handle(fixes(agent, now - 10, metres=2_100))  # exit, breach
+    assert channel.stats["accepted"] == 3  # every fix went in
+    assert channel.stats["events_deferred"] == 4
+    assert (sink.events_pending, sink.events_dropped) == (3, 1)
+    assert [e.kind for e in sink.backlog] == ["enter", "exit", "breach"]  # "online" went
+    metrics = collected(runtime)
+    assert metrics["gateway_agent_events_backlog"] == 3
+    assert metrics["gateway_agent_events_dropped_total"] == 1
+    assert metrics["gateway_agent_events_deferred_total"] == 4
+    relay.proxy.restore()
+    async with history_writer(runtime):
+        await eventually(lambda: sink.events_pending, lambda n: n == 0)
+    assert await events(pg_pool, agent) == ["enter", "exit", "breach"]
+    assert len(await outbox_rows(pg_pool, agent)) == 1
+    assert collected(runtime)["gateway_agent_events_backlog"] == 0
+
+
+async def test_a_stop_with_a_backlog_writes_it_once_postgres_is_back(
+    relay: Relay, settings: Settings, redis: Redis, pg_pool: asyncpg.Pool
+) -> None:
+    """Events deferred and the writer stopped before PostgreSQL came back: the stop's flush
+    gives up at its deadline while the relay is still cut (a stop must end; what is left is
+    logged) and writes the backlog once it is back, each event once."""
+    runtime, agent, _ = await channel_over(relay, settings, redis)
+    sink = runtime.sink
+    now = time.time()
+    relay.proxy.cut(refuse=1_000_000)
+    await runtime.channel.handle(fixes(agent, now - 30))
+    await runtime.channel.handle(fixes(agent, now - 20, now - 10, metres=2_000))
+    assert sink.events_pending == 4
+    assert await sink.flush_events(timeout_s=1.0) is False  # still cut: given up, not hung
+    assert sink.events_pending == 4
+    relay.proxy.restore()
+    await sink.flush()
+    assert sink.events_pending == 0
+    assert await events(pg_pool, agent) == ["online", "enter", "exit", "breach"]
+    assert len(await outbox_rows(pg_pool, agent)) == 1
+    assert await history(pg_pool, agent) == stamps(now - 30, now - 20, now - 10)
+
+
+def collected(runtime: AgentRuntime) -> dict[str, float]:
+    """The agent collector's samples by name, as a scrape reads them."""
+    return {
+        sample.name: sample.value
+        for family in AgentCollector(runtime).collect()
+        for sample in family.samples
+        if not sample.labels
+    }
 
 
 async def test_a_cut_inside_a_breachs_transaction_records_the_breach_and_its_alert_once(
@@ -303,6 +410,15 @@ async def counter(
     return runtime, agent, replies, customer
 
 
+async def outcomes_of(pg_pool: asyncpg.Pool, agent: str, command_id: str) -> list[str]:
+    rows = await pg_pool.fetch(
+        "SELECT outcome FROM agent_decisions WHERE agent_code = $1 AND command_id = $2 ORDER BY id",
+        agent,
+        command_id,
+    )
+    return [r["outcome"] for r in rows]
+
+
 def code_of(reply: dict[str, Any]) -> str:
     return "ok" if reply["ok"] else str(reply["error"]["code"])
 
@@ -310,23 +426,50 @@ def code_of(reply: dict[str, Any]) -> str:
 async def test_a_cut_before_the_money_moves_is_answered_and_a_retry_moves_it_once(
     relay: Relay, settings: Settings, redis: Redis, pg_pool: asyncpg.Pool
 ) -> None:
-    """The connection dies as the ledger call goes out (the server never gets it): the device
-    hears SERVICE_UNAVAILABLE, nothing moved, and the same command id sent again moves it."""
+    """The connection dies as the ledger call goes out (the server never gets it), twice: the
+    device hears SERVICE_UNAVAILABLE each time, nothing moved, and the same command id sent
+    again moves it. The decisions hold one row for the command, its latest outcome: the
+    unavailable one until the command is done, then the "ok" in its place."""
     runtime, agent, replies, customer = await counter(relay, settings, redis, pg_pool)
     cash_in = command(agent, "ci-1", "cash_in", msisdn=customer, amount_minor=10_000)
-    relay.proxy.cut_on(b"ledger_cash_in")
-    await runtime.channel.handle([cash_in])
-    assert relay.proxy.tripped == 1
-    [refused] = replies.to(agent)
-    assert (refused["id"], code_of(refused)) == ("ci-1", UNAVAILABLE)
+    for attempt in (1, 2):
+        relay.proxy.cut_on(b"ledger_cash_in")
+        await runtime.channel.handle([cash_in])
+        assert relay.proxy.tripped == attempt
+        refused = replies.to(agent)[-1]
+        assert (refused["id"], code_of(refused)) == ("ci-1", UNAVAILABLE)
+        assert await outcomes_of(pg_pool, agent, "ci-1") == [UNAVAILABLE]
     assert await balance(pg_pool, customer) == 50_000
 
     await runtime.channel.handle([cash_in])
-    [_, done] = replies.to(agent)
+    [_, _, done] = replies.to(agent)
     assert (done["id"], code_of(done)) == ("ci-1", "ok")
+    assert await outcomes_of(pg_pool, agent, "ci-1") == ["ok"]
     assert await balance(pg_pool, customer) == 60_000
     assert (await agent_balances(pg_pool, agent)).float_minor == 1_000_000 - 10_000
     await assert_ledger_ok(pg_pool)
+
+
+async def test_a_refusal_after_an_unavailable_attempt_is_the_commands_one_decision(
+    relay: Relay, settings: Settings, redis: Redis, pg_pool: asyncpg.Pool
+) -> None:
+    """A first attempt ends unavailable, the agent walks out of its zone, and the retry is
+    refused by the gate: the refusal is the command's outcome and takes the unavailable row's
+    place; another command's rows are untouched."""
+    runtime, agent, replies, customer = await counter(relay, settings, redis, pg_pool)
+    other = command(agent, "ci-0", "cash_in", msisdn=customer, amount_minor=1_000)
+    relay.proxy.cut_on(b"ledger_cash_in")
+    await runtime.channel.handle([other])
+    cash_in = command(agent, "ci-4", "cash_in", msisdn=customer, amount_minor=10_000)
+    relay.proxy.cut_on(b"ledger_cash_in")
+    await runtime.channel.handle([cash_in])
+    assert code_of(replies.to(agent)[-1]) == UNAVAILABLE
+    await runtime.channel.handle(fixes(agent, time.time() - 1, metres=2_000))  # outside
+    await runtime.channel.handle([cash_in])
+    assert code_of(replies.to(agent)[-1]) == "OUTSIDE_GEOFENCE"
+    assert await outcomes_of(pg_pool, agent, "ci-4") == ["OUTSIDE_GEOFENCE"]
+    assert await outcomes_of(pg_pool, agent, "ci-0") == [UNAVAILABLE]
+    assert await balance(pg_pool, customer) == 50_000
 
 
 async def test_a_cash_in_whose_commit_answer_is_lost_moves_the_money_once(
@@ -356,6 +499,7 @@ async def test_a_cash_in_whose_commit_answer_is_lost_moves_the_money_once(
     assert [r["ref"] for r in posted] == [done["result"]["reference"]]
     await runtime.channel.handle([cash_in])  # and now it is stored: the same reply again
     assert replies.to(agent)[-1] == done
+    assert await outcomes_of(pg_pool, agent, "ci-2") == ["ok"]
     await assert_ledger_ok(pg_pool)
 
 
@@ -405,14 +549,9 @@ async def test_a_registration_whose_commit_answer_is_lost_registers_the_customer
     await runtime.channel.handle([register])
     [_, done] = replies.to(agent)
     assert (done["id"], code_of(done), done["result"]["msisdn"]) == ("rc-2", "ok", newcomer)
-    outcomes = await pg_pool.fetch(
-        "SELECT outcome FROM agent_decisions WHERE agent_code = $1 AND command_id = 'rc-2' "
-        "ORDER BY id",
-        agent,
-    )
-    # The first attempt could not tell its COMMIT went through: it is on record too, as
-    # unavailable, after the "ok" it committed.
-    assert [r["outcome"] for r in outcomes] == ["ok", UNAVAILABLE]
+    # The first attempt could not tell its COMMIT went through, but its "unavailable" is not
+    # added next to the "ok" it committed: one row, the command's outcome.
+    assert await outcomes_of(pg_pool, agent, "rc-2") == ["ok"]
 
 
 async def test_every_command_of_a_batch_is_answered_while_connections_are_refused(

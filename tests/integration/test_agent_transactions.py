@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -27,7 +26,7 @@ from gateway.agents import AgentRuntime, build_runtime
 from geofence.fix import Fix
 from menus.device import FixInput
 from tests.conftest import TEST_SECRET
-from tests.helpers import new_msisdn
+from tests.helpers import new_msisdn, shows_pin
 from tests.integration.agent_support import (
     AGENT_PIN,
     CUSTOMER_PIN,
@@ -325,10 +324,6 @@ async def test_the_device_channel_is_closed_to_the_public_functions(
     assert agent_transactions.idempotency_key(agent, "x") == f"agent:{agent}:x"
 
 
-def _whole(pin: str) -> re.Pattern[str]:
-    return re.compile(rf"(?<!\d){pin}(?!\d)")
-
-
 async def test_pins_never_reach_logs_replies_or_storage(
     runtime: AgentRuntime, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -364,4 +359,4 @@ async def test_pins_never_reach_logs_replies_or_storage(
     ]
     for pin in (AGENT_PIN, CUSTOMER_PIN, "9753", "3917", "1397"):
         for text in texts:
-            assert not _whole(pin).search(text), pin
+            assert not shows_pin(pin, text), pin

@@ -7,9 +7,7 @@ alert, and enabled again when the app registers it again."""
 from __future__ import annotations
 
 import secrets
-from collections.abc import AsyncIterator
-from dataclasses import dataclass, replace
-from pathlib import Path
+from dataclasses import dataclass
 
 import asyncpg
 import pytest
@@ -18,11 +16,11 @@ from redis.asyncio import Redis
 
 from channels.base import SendFailed
 from channels.push import PushSender
-from config.settings import Settings, load_settings
+from config.settings import Settings
 from core import push_devices
 from core.outbox import Dispatcher, DispatchPolicy, OutboundMessage
 from gateway.senders import build_senders, close_senders
-from tests.fcm_peer import FakeFcm, fake_fcm
+from tests.fcm_peer import FakeFcm, fcm_fixture, push_settings_fixture  # noqa: F401 (fixtures)
 from tests.helpers import assert_error, auth, login, make_admin
 from tests.integration.agent_support import outbox_rows, walk_out, zoned_agent
 
@@ -156,6 +154,23 @@ async def test_past_the_limit_the_phone_registered_longest_ago_goes(
     assert (await audit_actions(pg_pool, who, app_client)).count("push_device.replaced") == 1
 
 
+async def test_disabled_phones_are_kept_to_the_same_limit(
+    app_client: TestClient, pg_pool: asyncpg.Pool
+) -> None:
+    who = await staff(app_client, "viewer")
+    dead = [new_token() for _ in range(push_devices.MAX_DEVICES + 2)]
+    for token in dead:
+        await register(app_client, who, token)
+        assert await push_devices.disable_token(pg_pool, token, "FCM UNREGISTERED")
+    assert not await push_devices.disable_token(pg_pool, dead[-1], "again")  # already disabled
+    await register(app_client, who, new_token(), label="the new phone")
+    phones = await listed(app_client, who)
+    assert [p["enabled"] for p in phones] == [True] + [False] * push_devices.MAX_DEVICES
+    assert phones[0]["label"] == "the new phone"
+    kept = {p["token_start"] for p in phones[1:]}
+    assert kept == {t[:12] for t in dead[2:]}  # the two disabled longest ago went
+
+
 @pytest.mark.parametrize(
     ("body", "field"),
     [
@@ -195,24 +210,6 @@ async def test_no_sign_in_no_phones(app_client: TestClient) -> None:
 
 
 # --- breach alerts to the registered phones, and tokens FCM reports gone -----------------------
-
-
-@pytest.fixture
-async def fcm() -> AsyncIterator[FakeFcm]:
-    async with fake_fcm() as fake:
-        yield fake
-
-
-@pytest.fixture
-async def push_settings(settings: Settings, fcm: FakeFcm, tmp_path: Path) -> Settings:
-    account = fcm.account(tmp_path / "service-account.json")
-    loaded = load_settings({"FIREBASE_CREDENTIALS": str(account), "FCM_ENDPOINT": fcm.base_url})
-    return replace(
-        settings,
-        firebase_credentials=loaded.firebase_credentials,
-        firebase_project_id=loaded.firebase_project_id,
-        fcm_endpoint=loaded.fcm_endpoint,
-    )
 
 
 async def breach_recipients(

@@ -20,41 +20,28 @@ from redis.asyncio import Redis
 
 from channels.base import SendFailed
 from channels.push import BODY_MAX_BYTES, BODY_MAX_CHARS, SENSITIVE_KINDS, PushSender, clip
-from config.settings import Settings, load_settings
+from config.settings import Settings
 from core.outbox import Dispatcher, DispatchPolicy, OutboundMessage, enqueue
 from gateway.app import create_app
 from gateway.embedded import free_port
 from gateway.keys import SENDERS
 from gateway.senders import build_senders, close_senders
 from tests.conftest import running_app
-from tests.fcm_peer import GOOGLE_TOKEN_AUDIENCE, PROJECT, FakeFcm, fake_fcm, new_key
+from tests.fcm_peer import (  # noqa: F401 (fixtures)
+    GOOGLE_TOKEN_AUDIENCE,
+    PROJECT,
+    FakeFcm,
+    fake_fcm,
+    fcm_fixture,
+    new_key,
+    push_settings_fixture,
+)
 from tests.integration.agent_support import outbox_rows, walk_out, zoned_agent
 
 FAST = DispatchPolicy(poll_interval_s=0.01, backoff_base_s=0.0, backoff_max_s=0.0, max_attempts=3)
 # The shape of a real registration token: an instance id, a colon, a long base64url tail.
 TOKEN = "cXk4V2pGQkNSdW1:APA91b" + "F" * 140
 OTHER_TOKEN = "dGhpcyBpcyBhbm9:APA91b" + "G" * 140
-
-
-@pytest.fixture
-async def fcm() -> AsyncIterator[FakeFcm]:
-    async with fake_fcm() as fake:
-        yield fake
-
-
-@pytest.fixture
-async def push_settings(settings: Settings, fcm: FakeFcm, tmp_path: Path) -> Settings:
-    """The test settings with FIREBASE_CREDENTIALS and FCM_ENDPOINT naming the fake, as
-    load_settings reads them (the file is checked the way it is at start)."""
-    account = fcm.account(tmp_path / "service-account.json")
-    env = {"FIREBASE_CREDENTIALS": str(account), "FCM_ENDPOINT": fcm.base_url}
-    loaded = load_settings(env)
-    return replace(
-        settings,
-        firebase_credentials=loaded.firebase_credentials,
-        firebase_project_id=loaded.firebase_project_id,
-        fcm_endpoint=loaded.fcm_endpoint,
-    )
 
 
 @pytest.fixture

@@ -66,3 +66,14 @@ def test_two_apps_keep_their_own_counts() -> None:
         (("method", "GET"), ("route", "/x"), ("status", "200")),
     ) in _samples(a)
     assert not any(name == "gateway_http_requests_total" for name, _ in _samples(b))
+
+
+def test_claim_takeovers_count_by_reason() -> None:
+    m = Metrics()
+    assert not any(name == "gateway_ussd_claim_takeovers_total" for name, _ in _samples(m))
+    for reason in ("instance", "instance", "own", "stale"):
+        m.observe_takeover(reason)
+    s = _samples(m)
+    assert s[("gateway_ussd_claim_takeovers_total", (("reason", "instance"),))] == 2
+    assert s[("gateway_ussd_claim_takeovers_total", (("reason", "own"),))] == 1
+    assert s[("gateway_ussd_claim_takeovers_total", (("reason", "stale"),))] == 1
