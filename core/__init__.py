@@ -11,13 +11,15 @@ core.customers   register_customer(db, cipher, *, msisdn, first_name, last_name,
                  wallets(db, customer_id) -> [Wallet]; open_wallet(db, msisdn, currency)
                  set_language(db, msisdn, language); set_tier(db, msisdn, tier, *, actor)
                  find_by_national_id(db, cipher, national_id); national_id_of(db, cipher, msisdn)
-core.pins        verify_pin(db, msisdn, pin); change_pin(db, msisdn, old, new, rounds, *,
+core.pins        verify_pin(db, msisdn, pin, *, request_key=None) (a wrong PIN counted once
+                     per request key); change_pin(db, msisdn, old, new, rounds, *,
                      idempotency_key=None) (the same key again: the same success, nothing
                      counted); unlock(db, msisdn, actor); check_pin_format(pin);
                      MAX_PIN_FAILURES = 3
 core.agents      register_agent(db, *, code, msisdn, name, pin, pin_rounds, actor, currency)
                  find_agent / get_agent(db, code) -> Agent; agent_balances(db, code)
-                 verify_agent_pin(db, code, pin) -> Agent; unlock_agent(db, code, actor)
+                 verify_agent_pin(db, code, pin, *, request_key=None) -> Agent;
+                 unlock_agent(db, code, actor)
 core.fees        quote(db, kind, amount_minor, currency="KES") -> Quote; set_tariff; tariff;
                  DEMO_TARIFFS
 core.limits      get_limits / set_limits; TierLimits; TIERS; DEFAULT_LIMITS_KES

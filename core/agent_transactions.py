@@ -195,8 +195,10 @@ class _Attempt:
 
 
 async def _authorise(db: Db, gate_: DeviceGate, request: DeviceRequest, op: str) -> _Attempt:
-    """The agent's PIN, then the gate's decision on its latest fix."""
-    agent = await verify_agent_pin(db, request.agent_code, request.agent_pin)
+    """The agent's PIN, then the gate's decision on its latest fix. A wrong PIN is counted
+    once per command id, however often the device sends the command."""
+    key = idempotency_key(request.agent_code, request.command_id)
+    agent = await verify_agent_pin(db, request.agent_code, request.agent_pin, request_key=key)
     return _Attempt(agent, request, op, await gate_.decide(agent.code, request.now))
 
 
@@ -281,7 +283,7 @@ async def cash_out(
         same = {"kind": "cash_out", "debit_party": number, "amount_minor": amount_minor}
         return await _refused_or_replayed(db, attempt, same)
     try:
-        await verify_pin(db, number, customer_pin, country_code)
+        await verify_pin(db, number, customer_pin, country_code, request_key=attempt.key)
     except E.CoreError as exc:
         await attempt.record_failure(db, exc.error_code, number)
         raise
@@ -448,7 +450,8 @@ async def register_customer(
 
 async def float_balance(db: Db, request: DeviceRequest) -> AgentBalances:
     """The agent's float and commission (not location-gated: it moves nothing)."""
-    agent = await verify_agent_pin(db, request.agent_code, request.agent_pin)
+    key = idempotency_key(request.agent_code, request.command_id)
+    agent = await verify_agent_pin(db, request.agent_code, request.agent_pin, request_key=key)
     return await agent_balances(db, agent.code)
 
 

@@ -156,9 +156,10 @@ async def agent_balances(db: Db, code: str) -> AgentBalances:
     return AgentBalances(agent.currency, int(row["float"]), int(row["commission"]))
 
 
-async def verify_agent_pin(db: Db, code: str, pin: str) -> Agent:
+async def verify_agent_pin(db: Db, code: str, pin: str, *, request_key: str | None = None) -> Agent:
     """The agent when `pin` is right; WrongPin, WalletLocked (3 in a row), AgentUnavailable
-    (closed) or AgentNotFound otherwise."""
+    (closed) or AgentNotFound otherwise. `request_key`: a command sent again after its answer
+    was lost counts its wrong PIN once (core.pins.register_failure)."""
     agent_code = check_code(code) if isinstance(code, str) else ""
     row = await db.fetchrow("SELECT * FROM agents WHERE code = $1", agent_code)
     if row is None:
@@ -169,7 +170,9 @@ async def verify_agent_pin(db: Db, code: str, pin: str) -> Agent:
     if row["status"] == "locked":
         raise E.WalletLocked("The agent is locked; ask support to unlock it")
     if not await pin_matches(pin, row["pin_hash"]):
-        raise await register_failure(db, "agents", row["id"])
+        raise await register_failure(
+            db, "agents", row["id"], target=agent_code, request_key=request_key
+        )
     if row["pin_failures"]:
         await db.execute(
             "UPDATE agents SET pin_failures = 0 WHERE id = $1 AND status = 'active'", row["id"]

@@ -48,6 +48,9 @@ CONNECTION_LOST: tuple[type[BaseException], ...] = (
 # Pauses between tries at recording what already happened outside (a message sent) when the
 # connection was lost: ~1.5 s in all, a restart's or a failover's blip.
 RECORD_RETRY_PAUSES_S: tuple[float, ...] = (0.05, 0.1, 0.2, 0.4, 0.8)
+# What `settle` asks again after: a lost connection, raw or as core's Unavailable.
+_UNSETTLED: tuple[type[BaseException], ...] = (E.Unavailable, *CONNECTION_LOST)
+_SLOW_REASONS = ("TimeoutError", "QueryCanceledError")
 
 ERRORS_BY_CODE: dict[str, type[E.CoreError]] = {
     cls.code: cls
@@ -164,3 +167,38 @@ async def through_outage(op: Callable[[], Awaitable[T]], *, what: str) -> T:
 async def record_retrying(db: Db, sql: str, *args: Any, what: str) -> None:
     """One idempotent statement through `through_outage`."""
     await through_outage(lambda: db.execute(sql, *args, timeout=CALL_TIMEOUT_S), what=what)
+
+
+async def settle(op: Callable[[], Awaitable[T]], *, what: str) -> T:
+    """`op()`, a movement under its idempotency key, asked again after RECORD_RETRY_PAUSES_S
+    while its connection is lost (Unavailable, or asyncpg's own error from a transaction's
+    COMMIT or rollback): whether it committed is then unknown, and asking again settles it,
+    the first result replayed or the movement made now. Without it a channel answers "try
+    again later" to money that may have moved, and the customer's new attempt comes under a
+    new key. A timeout is not asked again: a database too slow to answer gets no more load.
+    Only for `op`s whose every statement is idempotent under the key; the channels check the
+    PIN before, once."""
+    for pause in RECORD_RETRY_PAUSES_S:
+        try:
+            return await op()
+        except _UNSETTLED as exc:
+            if not _lost(exc):
+                raise
+            log.warning(
+                "connection lost under %s; asking again in %.2f s (%s)",
+                what,
+                pause,
+                type(exc).__name__,
+            )
+            await asyncio.sleep(pause)
+    return await op()
+
+
+def _lost(exc: BaseException) -> bool:
+    """A connection lost, raw or as the Unavailable made of it (its `reason` names the lost
+    connection's error); not a timeout, nor an Unavailable of another kind (a dependency not
+    configured), which asking again would not change."""
+    if isinstance(exc, E.Unavailable):
+        reason = exc.details.get("reason")
+        return reason is not None and reason not in _SLOW_REASONS
+    return not isinstance(exc, TimeoutError)

@@ -49,38 +49,75 @@ async def pin_matches(pin: str, hashed: str | None) -> bool:
 
 
 _FAIL_SQL = """
-WITH u AS (
+WITH seen AS (
+    -- This request's wrong PIN, counted already (its answer lost, the request run again).
+    SELECT 1 FROM audit_log
+    WHERE $3::text IS NOT NULL AND at > now() - make_interval(secs => $4)
+      AND action = '{entity}.pin_failed' AND target = $5 AND details->>'request' = $3
+    LIMIT 1
+), u AS (
     UPDATE {table} SET pin_failures = pin_failures + 1,
         status = CASE WHEN pin_failures + 1 >= $2 THEN 'locked' ELSE status END
-    WHERE id = $1 AND status = 'active'
+    WHERE id = $1 AND status = 'active' AND NOT EXISTS (SELECT 1 FROM seen)
     RETURNING pin_failures, status, {name}
 ), a AS (
     INSERT INTO audit_log (actor_type, actor, action, target, details)
     SELECT 'system', 'pins', '{entity}.locked', u.{name}, '{{"reason": "wrong PIN"}}'::jsonb
     FROM u WHERE u.status = 'locked'
+), f AS (
+    INSERT INTO audit_log (actor_type, actor, action, target, details)
+    SELECT 'system', 'pins', '{entity}.pin_failed', u.{name}, jsonb_build_object('request', $3)
+    FROM u WHERE $3::text IS NOT NULL
 )
 SELECT pin_failures, status FROM u
+UNION ALL
+SELECT pin_failures, status FROM {table} WHERE id = $1 AND EXISTS (SELECT 1 FROM seen)
 """
+# How long a request's counted wrong PIN is remembered: longer than a channel takes to run a
+# request again (an SMS is retried within minutes), short enough to read few audit rows.
+FAILURE_MEMORY_S = 3600
 
 
-async def register_failure(db: Db, table: str, entity_id: int) -> E.CoreError:
-    """Count one wrong PIN; the error to raise (WrongPin, or WalletLocked on the last)."""
+async def register_failure(
+    db: Db, table: str, entity_id: int, *, target: str = "", request_key: str | None = None
+) -> E.CoreError:
+    """Count one wrong PIN; the error to raise (WrongPin, or WalletLocked on the last).
+
+    With `request_key` (the channel's idempotency key of the request) the count is recorded
+    with it (an audit row, in the same statement): the same request run again because the
+    answer was lost is not counted twice. `target` is the customer's MSISDN or the agent's
+    code, as the audit rows name it."""
     name, entity = ("msisdn", "customer") if table == "customers" else ("code", "agent")
     row = await db.fetchrow(
-        _FAIL_SQL.format(table=table, name=name, entity=entity), entity_id, MAX_PIN_FAILURES
+        _FAIL_SQL.format(table=table, name=name, entity=entity),
+        entity_id,
+        MAX_PIN_FAILURES,
+        request_key,
+        float(FAILURE_MEMORY_S),
+        target,
     )
     if row is None or row["status"] == "locked":
         return E.WalletLocked("Too many wrong PINs: the wallet is locked", attempts_left=0)
     return E.WrongPin(attempts_left=MAX_PIN_FAILURES - int(row["pin_failures"]))
 
 
-async def verify_pin(db: Db, msisdn: str, pin: str, country_code: str = "254") -> None:
+async def verify_pin(
+    db: Db, msisdn: str, pin: str, country_code: str = "254", *, request_key: str | None = None
+) -> None:
     """Return when `pin` is right; raise WrongPin (details.attempts_left), WalletLocked,
-    AccountClosed or CustomerNotFound otherwise."""
-    await _verify(db, normalise_msisdn(msisdn, country_code), pin)
+    AccountClosed or CustomerNotFound otherwise. `request_key`: see `register_failure` (a
+    request run again after a lost answer counts its wrong PIN once)."""
+    await _verify(db, normalise_msisdn(msisdn, country_code), pin, request_key=request_key)
 
 
-async def _verify(db: Db, number: str, pin: str, change_key: str | None = None) -> bool:
+async def _verify(
+    db: Db,
+    number: str,
+    pin: str,
+    change_key: str | None = None,
+    *,
+    request_key: str | None = None,
+) -> bool:
     """`verify_pin`; True, with nothing checked or counted, when the PIN change `change_key`
     already set this customer's PIN (the same request processed again)."""
     row = await db.fetchrow(
@@ -98,7 +135,9 @@ async def _verify(db: Db, number: str, pin: str, change_key: str | None = None) 
     if change_key is not None and row["pin_changed_by"] == change_key:
         return True
     if not await pin_matches(pin, row["pin_hash"]):
-        raise await register_failure(db, "customers", row["id"])
+        raise await register_failure(
+            db, "customers", row["id"], target=number, request_key=request_key
+        )
     if row["pin_failures"]:
         await db.execute(
             "UPDATE customers SET pin_failures = 0 WHERE id = $1 AND status = 'active'", row["id"]
@@ -131,11 +170,12 @@ async def change_pin(  # noqa: PLR0917 (the planned API passes rounds positional
     key) the change remembers it: the same request processed again (a crash between the change
     and the reply) returns as the first did, without checking the old PIN against the new hash,
     which would count a wrong PIN. Only the key of the latest change is remembered, so any
-    other request, an older one included, is checked and counted as usual."""
+    other request, an older one included, is checked and counted as usual. A wrong old PIN is
+    counted once per key, however often the request runs (`register_failure`)."""
     number = normalise_msisdn(msisdn, country_code)
     key = _change_key(idempotency_key)
     check_pin_format(new_pin)
-    if await _verify(db, number, old_pin, key):
+    if await _verify(db, number, old_pin, key, request_key=key):
         return
     if new_pin == old_pin:
         raise E.WeakPin("The new PIN must differ from the old one", field="new_pin")

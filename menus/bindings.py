@@ -42,13 +42,13 @@ import asyncpg
 
 from core import agent_messages, customers, fees, limits, outbox, pins, transfers
 from core import errors as E
-from core.agents import get_agent
+from core.agents import Agent, get_agent
 from core.crypto import FieldCipher
 from core.loans.choice import Choice, choose_product
 from core.loans.messages import refusal_text
 from core.loans.products import Product
 from core.money import format_amount
-from core.pg import CALL_TIMEOUT_S
+from core.pg import CALL_TIMEOUT_S, settle
 from core.transfers import StatementLine
 from menus.actions import ActionContext, ActionFn, ActionResult, MenuBindings
 from menus.loans.service import LoanService
@@ -225,7 +225,14 @@ class CoreActions:
         )
 
     async def verify(self, ctx: ActionContext, name: str = "pin") -> None:
-        await pins.verify_pin(self.pool, ctx.msisdn, _secret(ctx, name), self.country_code)
+        await pins.verify_pin(
+            self.pool,
+            ctx.msisdn,
+            _secret(ctx, name),
+            self.country_code,
+            # A request run again (its answer lost) counts its wrong PIN once.
+            request_key=ctx.idempotency_key,
+        )
 
     async def verify_to_move(self, ctx: ActionContext) -> None:
         """The PIN before money moves, unless this request, handled again (`ctx.again`),
@@ -277,16 +284,20 @@ class CoreActions:
     async def send_money(self, ctx: ActionContext) -> ActionResult:
         await self.verify_to_move(ctx)
         recipient = _var(ctx, "recipient")
-        result = await transfers.send_money(
-            self.pool,
-            sender=ctx.msisdn,
-            recipient=recipient,
-            amount_minor=_amount(ctx),
-            idempotency_key=ctx.idempotency_key,
-            channel=self.channel,
-            currency=self.currency,
-            country_code=self.country_code,
-            sender_receipt=self.sender_receipt,
+        amount = _amount(ctx)
+        result = await settle(
+            lambda: transfers.send_money(
+                self.pool,
+                sender=ctx.msisdn,
+                recipient=recipient,
+                amount_minor=amount,
+                idempotency_key=ctx.idempotency_key,
+                channel=self.channel,
+                currency=self.currency,
+                country_code=self.country_code,
+                sender_receipt=self.sender_receipt,
+            ),
+            what="send money",
         )
         name = ctx.vars.get("recipient_name")
         if not isinstance(name, str) or not name:
@@ -336,12 +347,56 @@ class CoreActions:
         """Customer-initiated cash-out at an agent (see the module docstring)."""
         await self.verify_to_move(ctx)
         agent = await get_agent(self.pool, _var(ctx, "agent"))
+        amount = _amount(ctx)
+        try:
+            evidence = await self._withdrawal_evidence(ctx, agent)
+        except (E.AgentUnavailable, E.LocationRefused):
+            result = await self._withdrawn_before(ctx, agent, amount)
+            if result is None:
+                raise
+        else:
+            result = await settle(
+                lambda: self._pay_out(ctx, agent, amount, evidence), what="withdrawal"
+            )
+        return ActionResult(
+            vars={
+                "reference": result.reference,
+                "amount": self.money(result.amount_minor),
+                "fee": self.money(result.fee_minor),
+                "balance": self.money(result.balance_after_minor or 0),
+                "agent_name": agent.name,
+            }
+        )
+
+    async def _withdrawal_evidence(self, ctx: ActionContext, agent: Agent) -> dict[str, Any]:
+        """What the transfer's note records; a refusal when the agent may not pay out now."""
         if agent.status != "active":
             raise E.AgentUnavailable(agent_code=agent.code)
-        amount = _amount(ctx)
         evidence: dict[str, Any] = {"initiated_by": "customer", "authorised_by": "customer_pin"}
         if self.withdrawal_gate is not None:
             evidence |= await self.withdrawal_gate(agent.code, ctx.msisdn, ctx.idempotency_key)
+        return evidence
+
+    async def _withdrawn_before(
+        self, ctx: ActionContext, agent: Agent, amount: int
+    ) -> transfers.TransferResult | None:
+        """This very withdrawal, when the step already paid it out (the step again after its
+        COMMIT's answer was lost): the money moved under the agent's state then, and the
+        customer must hear so, not "nothing was withdrawn" because the agent has since left
+        its zone or been suspended. Asked only on a refusal: no read on the usual path."""
+        earlier = await transfers.posted_under(self.pool, ctx.idempotency_key)
+        if earlier is None or (earlier.kind, earlier.debit_party, earlier.credit_party) != (
+            "cash_out",
+            ctx.msisdn,
+            agent.code,
+        ):
+            return None
+        return earlier if earlier.amount_minor == amount else None
+
+    async def _pay_out(
+        self, ctx: ActionContext, agent: Agent, amount: int, evidence: dict[str, Any]
+    ) -> transfers.TransferResult:
+        """The cash-out and, in its transaction, the agent's SMS to hand over the cash."""
         async with self.pool.acquire(timeout=CALL_TIMEOUT_S) as conn, conn.transaction():
             result = await transfers.cash_out(
                 conn,
@@ -372,15 +427,7 @@ class CoreActions:
                     ),
                     kind="agent_cash_out",
                 )
-        return ActionResult(
-            vars={
-                "reference": result.reference,
-                "amount": self.money(result.amount_minor),
-                "fee": self.money(result.fee_minor),
-                "balance": self.money(result.balance_after_minor or 0),
-                "agent_name": agent.name,
-            }
-        )
+        return result
 
     async def pin_change(self, ctx: ActionContext) -> ActionResult:
         await pins.change_pin(
@@ -494,13 +541,17 @@ class LoanActions:
     async def apply(self, ctx: ActionContext) -> ActionResult:
         await self.verify_to_move(ctx)
         amount = _amount(ctx)
-        result = await self.loans.apply(
-            self.pool,
-            msisdn=ctx.msisdn,
-            product_code=_var(ctx, "loan_product"),
-            amount_minor=amount,
-            channel=self.core.channel,
-            idempotency_key=ctx.idempotency_key,
+        product = _var(ctx, "loan_product")
+        result = await settle(
+            lambda: self.loans.apply(
+                self.pool,
+                msisdn=ctx.msisdn,
+                product_code=product,
+                amount_minor=amount,
+                channel=self.core.channel,
+                idempotency_key=ctx.idempotency_key,
+            ),
+            what="loan application",
         )
         refusal = result.refusal_error()
         if refusal is not None:
@@ -541,13 +592,17 @@ class LoanActions:
 
     async def repay(self, ctx: ActionContext) -> ActionResult:
         await self.verify_to_move(ctx)
+        amount = _amount(ctx)
         try:
-            paid = await self.loans.repay(
-                self.pool,
-                msisdn=ctx.msisdn,
-                amount_minor=_amount(ctx),
-                idempotency_key=ctx.idempotency_key,
-                channel=self.core.channel,
+            paid = await settle(
+                lambda: self.loans.repay(
+                    self.pool,
+                    msisdn=ctx.msisdn,
+                    amount_minor=amount,
+                    idempotency_key=ctx.idempotency_key,
+                    channel=self.core.channel,
+                ),
+                what="loan repayment",
             )
         except E.Overpayment as exc:
             owed = exc.details.get("outstanding_minor")

@@ -49,6 +49,7 @@ from core import customers, transfers
 from core import errors as E
 from core.money import parse_amount
 from core.msisdn import normalise_msisdn
+from core.pg import settle
 from menus.actions import ActionContext, ActionResult
 from menus.bindings import CoreActions, LoanActions
 
@@ -544,16 +545,19 @@ class SmsBanking:
         found = await customers.find_customer(
             self.core.pool, ctx.vars["recipient"], self.core.country_code
         )
-        result = await transfers.send_money(
-            self.core.pool,
-            sender=ctx.msisdn,
-            recipient=ctx.vars["recipient"],
-            amount_minor=ctx.vars["amount_minor"],
-            idempotency_key=ctx.idempotency_key,
-            channel=CHANNEL,
-            currency=self.core.currency,
-            country_code=self.core.country_code,
-            sender_receipt=self.core.sender_receipt,
+        result = await settle(
+            lambda: transfers.send_money(
+                self.core.pool,
+                sender=ctx.msisdn,
+                recipient=ctx.vars["recipient"],
+                amount_minor=ctx.vars["amount_minor"],
+                idempotency_key=ctx.idempotency_key,
+                channel=CHANNEL,
+                currency=self.core.currency,
+                country_code=self.core.country_code,
+                sender_receipt=self.core.sender_receipt,
+            ),
+            what="send money",
         )
         money = self.core.money
         return ActionResult(

@@ -606,3 +606,41 @@ def after_fee(replies: Replies) -> int:
         if reply.get("id") == "co-3":
             return int(reply["result"]["fee_minor"])
     raise AssertionError("no cash-out reply")
+
+
+# The answer to a wrong-PIN count (core.pins) for a customer or agent with no failures yet: a
+# data row of two columns, the int4 1 and the text "active".
+FIRST_FAILURE_ANSWER = (
+    b"D\x00\x00\x00\x18\x00\x02\x00\x00\x00\x04\x00\x00\x00\x01\x00\x00\x00\x06active"
+)
+
+
+@pytest.mark.parametrize("whose", ["customer", "agent"])
+async def test_a_wrong_pin_whose_count_answer_is_lost_counts_once_when_sent_again(
+    relay: Relay, settings: Settings, redis: Redis, pg_pool: asyncpg.Pool, whose: str
+) -> None:
+    """A cash-out with a wrong PIN (the customer's, or the agent's own): the PIN is counted,
+    its answer lost; the device hears SERVICE_UNAVAILABLE and sends the same command id again,
+    which finds the same wrong PIN and must not count it a second time."""
+    runtime, agent, replies, customer = await counter(relay, settings, redis, pg_pool)
+    fields = {"msisdn": customer, "amount_minor": 5_000, "customer_pin": "9137"}
+    if whose == "customer":
+        cash_out = command(agent, "co-w", "cash_out", **fields)
+    else:
+        cash_out = command(agent, "co-w", "cash_out", **{**fields, "customer_pin": CUSTOMER_PIN})
+        body = json.loads(cash_out.payload)
+        cash_out = Message(cash_out.topic, json.dumps({**body, "pin": "9137"}).encode())
+    table, key = ("customers", "msisdn") if whose == "customer" else ("agents", "code")
+    counted = f"SELECT pin_failures FROM {table} WHERE {key} = $1"
+    target = customer if whose == "customer" else agent
+    relay.proxy.cut_on(FIRST_FAILURE_ANSWER, from_server=True)
+    await runtime.channel.handle([cash_out])
+    assert relay.proxy.tripped == 1
+    assert code_of(replies.to(agent)[-1]) == UNAVAILABLE
+    assert await pg_pool.fetchval(counted, target) == 1
+    await runtime.channel.handle([cash_out])
+    again = replies.to(agent)[-1]
+    assert code_of(again) == "WRONG_PIN", again
+    assert again["error"]["details"]["attempts_left"] == 2
+    assert await pg_pool.fetchval(counted, target) == 1
+    assert await balance(pg_pool, customer) == 50_000

@@ -1,0 +1,134 @@
+"""USSD send money with the gateway's PostgreSQL connections cut at the network (PostgreSQL
+stays up): the money call lost on its way, or its COMMIT's answer lost. The hop answers the
+transfer (tried again under its key within the hop), and so does the provider's retry of the
+hop; the money moved once, no wrong PIN was counted. An outage that outlasts the hop's tries
+answers "temporarily unavailable" with nothing moved. The ledger check runs after every test."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+
+import asyncpg
+import pytest
+
+from config.settings import Settings
+from tests.tcp_proxy import CuttableProxy, postgres_proxy
+from tests.ussd_support import PIN, AtSession, UssdEnv, start_env
+
+DOWN = "END The service is temporarily unavailable. Please try again later."
+OUTAGE = 1_000_000  # refusals: an outage that lasts until `restore()`
+
+CUTS: dict[str, Callable[[CuttableProxy], None]] = {
+    "statement_lost": lambda proxy: proxy.cut_on(b"ledger_p2p"),
+    "answer_lost": lambda proxy: proxy.cut_on(b"p2p", from_server=True),
+}
+
+
+@dataclass
+class Cut:
+    env: UssdEnv
+    proxy: CuttableProxy
+
+
+@pytest.fixture(scope="module")
+async def cut(settings: Settings, database_url: str) -> AsyncIterator[Cut]:
+    proxy, via = postgres_proxy(database_url)
+    port = await proxy.start()
+    try:
+        async for env in start_env(settings, database_url=via(port)):
+            yield Cut(env, proxy)
+    finally:
+        await proxy.close()
+
+
+@pytest.fixture(autouse=True)
+async def ledger_ok(cut: Cut) -> AsyncIterator[None]:
+    yield
+    cut.proxy.restore()
+    await cut.env.bank.check_ledger()
+
+
+def fresh_connections(proxy: CuttableProxy) -> None:
+    """Close the app's pooled connections: the next ones prepare their statements again, so
+    a statement's text (the marker of a cut) goes over the wire."""
+    proxy.cut(refuse=0)
+
+
+async def ready_to_send(cut: Cut) -> tuple[AtSession, str, str]:
+    sender = await cut.env.bank.open(balance_minor=100_000)
+    recipient = await cut.env.bank.open(first_name="Neema", last_name="Achieng")
+    s = cut.env.session(sender)
+    await s.walk("1", recipient, "100", "1")
+    return s, sender, recipient
+
+
+@pytest.mark.parametrize("moment", sorted(CUTS))
+async def test_a_cut_send_answers_the_hop_and_its_retry_the_transfer(
+    cut: Cut, pg_pool: asyncpg.Pool, moment: str
+) -> None:
+    s, sender, recipient = await ready_to_send(cut)
+    tripped = cut.proxy.tripped
+    fresh_connections(cut.proxy)
+    CUTS[moment](cut.proxy)
+    receipt = await s.send(PIN)
+    assert cut.proxy.tripped == tripped + 1
+    # Before: "temporarily unavailable, please try again later", stored as the session's
+    # END, also for the money that had moved: the customer sent it again from a new session.
+    assert receipt.startswith("END KES 100.00 sent to Neema Achieng"), receipt
+    assert await s.post(s.form()) == receipt  # the provider sends the hop again
+    bank = cut.env.bank
+    assert await bank.balance(recipient) == 10_000
+    assert await bank.transfers(recipient) == 1
+    failures = await pg_pool.fetchval(
+        "SELECT pin_failures FROM customers WHERE msisdn = $1", sender
+    )
+    assert failures == 0
+
+
+async def test_an_outage_past_the_hops_tries_is_unavailable_with_nothing_moved(
+    cut: Cut, pg_pool: asyncpg.Pool
+) -> None:
+    s, _, recipient = await ready_to_send(cut)
+    fresh_connections(cut.proxy)
+    cut.proxy.cut_on(b"ledger_p2p", refuse=OUTAGE)
+    assert await s.send(PIN) == DOWN
+    assert await s.post(s.form()) == DOWN
+    cut.proxy.restore()
+    assert (
+        await pg_pool.fetchval("SELECT count(*) FROM transfers WHERE credit_party = $1", recipient)
+        == 0
+    )
+
+
+WITHDRAW_CUTS: dict[str, Callable[[CuttableProxy], None]] = {
+    "statement_lost": lambda proxy: proxy.cut_on(b"ledger_cash_out"),
+    "sms_lost": lambda proxy: proxy.cut_on(b"INSERT INTO outbox"),
+    "commit_answer_lost": lambda proxy: proxy.cut_on(b"COMMIT\x00", from_server=True),
+}
+
+
+@pytest.mark.parametrize("moment", sorted(WITHDRAW_CUTS))
+async def test_a_cut_withdrawal_answers_the_hop_with_the_withdrawal(
+    cut: Cut, pg_pool: asyncpg.Pool, moment: str
+) -> None:
+    """Withdraw at an agent: the money and the agent's SMS commit together; cut inside that
+    transaction or at its COMMIT's answer, the hop still answers the withdrawal, paid once, and
+    the agent is told once to hand over the cash."""
+    bank = cut.env.bank
+    customer = await bank.open(balance_minor=100_000)
+    code, agent_msisdn = await bank.agent()
+    s = cut.env.session(customer)
+    await s.walk("3", code, "50")
+    tripped = cut.proxy.tripped
+    fresh_connections(cut.proxy)
+    WITHDRAW_CUTS[moment](cut.proxy)
+    receipt = await s.send(PIN)
+    assert cut.proxy.tripped == tripped + 1
+    assert receipt.startswith("END Withdrawn KES 50.00"), receipt
+    assert await s.post(s.form()) == receipt
+    assert len(await bank.outbox(agent_msisdn, "agent_cash_out")) == 1
+    paid = await pg_pool.fetchval(
+        "SELECT count(*) FROM transfers WHERE type = 'cash_out' AND debit_party = $1", customer
+    )
+    assert paid == 1
