@@ -20,7 +20,7 @@ from core.customers import (
     set_language,
     wallets,
 )
-from core.pins import change_pin, check_pin_format, unlock, verify_pin
+from core.pins import _FAIL_SQL, change_pin, check_pin_format, unlock, verify_pin
 from core.transfers import send_money
 from tests.helpers import new_msisdn
 from tests.integration.core.conftest import (
@@ -288,3 +288,17 @@ async def test_agent_pin_locks_too(core_db: asyncpg.Pool) -> None:
         await verify_agent_pin(core_db, agent, "0000")
     with pytest.raises(E.AgentNotFound):
         await verify_agent_pin(core_db, "NOPE999", AGENT_PIN)
+
+
+async def test_a_wrong_pins_request_look_up_reads_the_audit_index(core_db: asyncpg.Pool) -> None:
+    """The once-per-request check of a wrong PIN looks up this request's audit row of the last
+    hour (core.pins._FAIL_SQL): by the index (migration 0790), not by reading the whole log,
+    which every admin action and every wrong PIN grows."""
+    sql = _FAIL_SQL.format(table="customers", name="msisdn", entity="customer")
+    async with core_db.acquire() as conn, conn.transaction():
+        # On a small test table the planner would rightly scan; the question is whether the
+        # index can serve the statement at all.
+        await conn.execute("SET LOCAL enable_seqscan = off")
+        plan = await conn.fetch("EXPLAIN " + sql, 0, 3, "request-key", 3600.0, "+254700000001")
+    lines = "\n".join(r[0] for r in plan)
+    assert "audit_log_action_target on audit_log" in lines, lines
