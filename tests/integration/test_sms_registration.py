@@ -182,11 +182,15 @@ async def test_reprocessed_and_redelivered_final_message_registers_once(env: Sms
     await collecting(env, replies).handle(inbound(me, f"YES {PIN}", fresh_mo_id()))
     assert replies.sent[-1][1] == "This number is already registered. Send HELP for the commands."
     assert await customers(env, me) == 1
-    sent = await env.bank.pool.fetchval(
-        "SELECT count(*) FROM sms_messages WHERE direction = 'mt' AND ref = $1",
-        f"mo:{final['id']}",
+    # The MT's record follows its submit_sm_resp (the outcome writes are batched): wait for
+    # it. It is kept by ref, so a second send of the welcome would show in its attempts.
+    record = await eventually(
+        lambda: env.bank.pool.fetchrow(
+            "SELECT attempts FROM sms_messages WHERE direction = 'mt' AND ref = $1",
+            f"mo:{final['id']}",
+        )
     )
-    assert sent == 1
+    assert record["attempts"] == 1
 
 
 async def test_a_crash_between_the_confirmation_and_the_core_registers_on_the_retry(
