@@ -288,17 +288,19 @@ async def get_application(request: web.Request) -> web.StreamResponse:
     "/api/v1/loans/applications/{id}/approve",
     permission="loans:manage",
     response=ReviewOut,
-    summary="Approve an application waiting for review (it is then disbursed)",
+    summary="Approve an application waiting for review (it is then disbursed); the same officer "
+    "approving again gets that approval (its loan; a stalled disbursement finished now)",
 )
 async def approve(request: web.Request) -> web.StreamResponse:
     app_id = _path_id(request, "id", "application")
     result = await request.app[LOANS].approve(request.app[PG_POOL], app_id, actor=_actor(request))
-    await _audit(
-        request,
-        "loan_application.approve",
-        str(app_id),
-        {"loan_id": result.loan and result.loan.id},
-    )
+    if not result.replayed:  # the same officer's approval again is not a second decision
+        await _audit(
+            request,
+            "loan_application.approve",
+            str(app_id),
+            {"loan_id": result.loan and result.loan.id},
+        )
     return json_response(
         {
             "application": result.application.as_json(),

@@ -128,6 +128,7 @@ class LoanQuote:
 class ReviewResult:
     application: Application
     loan: Loan | None = None
+    replayed: bool = False  # the same officer's earlier approval, answered again
 
 
 @dataclass(frozen=True, slots=True)
@@ -464,12 +465,22 @@ class LoanService:
     async def approve(
         self, pool: Pool, application_id: int, *, actor: str, note: str | None = None
     ) -> ReviewResult:
-        """A loan officer approves an application waiting for review, then it is disbursed."""
+        """A loan officer approves an application waiting for review, then it is disbursed.
+
+        Approving again what this officer approved (a retry after a lost answer, a double
+        click) answers that approval: with its loan when it was disbursed, the disbursement
+        finished now when it stalled. Another officer's decision, the system's or a rejection
+        stays a 409 IllegalTransition naming the state."""
         async with pool.acquire() as conn, conn.transaction():
             app = await store.get_application(conn, application_id, for_update=True)
-            app = await self._move_app(conn, app, "approve", actor, _note(note))
+            replayed = _approved_by(app, actor)
+            if not replayed:
+                app = await self._move_app(conn, app, "approve", actor, _note(note))
         app, loan = await self._disburse(pool, app, actor)
-        return ReviewResult(app, loan)
+        if loan is None and app.loan_id is not None:
+            async with pool.acquire() as conn:
+                loan = await book.get_loan(conn, app.loan_id)
+        return ReviewResult(app, loan, replayed)
 
     async def reject(
         self,
@@ -722,6 +733,11 @@ class LoanService:
         async with pool.acquire() as conn, conn.transaction():
             loan = await book.get_loan(conn, loan_id, for_update=True)
             return await self.move_loan(conn, loan, "write_off", actor)
+
+
+def _approved_by(app: Application, actor: str) -> bool:
+    """`actor` approved `app` already (whether or not its loan was disbursed since)."""
+    return app.status in (State.APPROVED, State.DISBURSED) and app.decided_by == actor
 
 
 def _note(text: str | None) -> str:

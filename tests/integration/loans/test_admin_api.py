@@ -209,9 +209,19 @@ async def test_review_queue_approve_and_reject(api: TestClient, world: World) ->
     assert approved.status == 200, body
     assert body["application"]["state"] == "active" and body["loan"]["status"] == "active"
     assert body["application"]["decided_by"].startswith("adm")
+    # The same officer again (a retry after a lost answer, a double click): the approval.
     twice = await api.post(f"{APPLICATIONS}/{a1}/approve", headers=auth(officer))
-    error = await assert_error(twice, 409, "ILLEGAL_TRANSITION")
+    again = await twice.json()
+    assert twice.status == 200, again
+    assert (again["application"]["id"], again["loan"]["id"]) == (a1, body["loan"]["id"])
+    # Another officer cannot approve what was decided: 409 naming the state.
+    other = await token_for(api, "loan_officer")
+    late = await api.post(f"{APPLICATIONS}/{a1}/approve", headers=auth(other))
+    error = await assert_error(late, 409, "ILLEGAL_TRANSITION")
     assert error["details"]["state"] == "disbursed"
+    assert (
+        await world.pool.fetchval("SELECT count(*) FROM loans WHERE application_id = $1", a1) == 1
+    )
     rejected = await api.post(
         f"{APPLICATIONS}/{a2}/reject",
         json={"reason_code": "INCOMPLETE_DOCUMENTS", "reason": "No payslip"},

@@ -14,6 +14,7 @@ from typing import Any
 import asyncpg
 import pytest
 
+from core.errors import Unavailable
 from core.loans.core_ledger import CoreCustomerDirectory, CoreLoanLedger, OutboxNotifier
 from core.loans.lifecycle import State
 from menus.loans.service import RESUME_AFTER_S, LoanPolicy, LoanService
@@ -164,3 +165,27 @@ async def test_a_stalled_approval_is_resumed_by_any_instance_once(
     # And asking again later shows the same loan.
     replay = await world.apply(msisdn, loan.product_code, 100_000, key=loan.key)
     assert replay.loan is not None and replay.loan.id == loan_id
+
+
+async def test_the_officer_approving_again_disburses_a_stalled_approval_once(
+    world: World, stalled: Stalled
+) -> None:
+    """An officer's approval commits and its disbursement meets the dropped connection: the
+    officer, told the request failed, approves again and the loan is disbursed then, once;
+    a third approval answers the same loan."""
+    assert stalled.service is not None and stalled.pool is not None
+    product = await world.product(auto_approve_max_minor=100_000)
+    msisdn = await world.customer()
+    before = await world.balance(msisdn)
+    applied = await world.apply(msisdn, product.code, 150_000)
+    assert applied.application.status == State.APPLIED  # waiting for review
+    with pytest.raises((asyncpg.InterfaceError, Unavailable)):
+        await stalled.service.approve(stalled.pool, applied.application.id, actor="officer1")
+    stalled.proxy.restore()
+    assert await world.balance(msisdn) == before  # approved, nothing moved
+    again = await world.service.approve(world.pool, applied.application.id, actor="officer1")
+    assert again.application.status == State.DISBURSED and again.loan is not None
+    assert await world.balance(msisdn) == before + 150_000
+    third = await world.service.approve(world.pool, applied.application.id, actor="officer1")
+    assert third.loan is not None and third.loan.id == again.loan.id
+    assert await world.transfers_for(again.loan.id, "loan_disbursement") == 1

@@ -101,8 +101,11 @@ async def test_review_band_then_officer_approves_and_it_is_disbursed(world: Worl
     reviewed = await world.service.approve(world.pool, result.application.id, actor="officer1")
     assert reviewed.application.status == "disbursed"
     assert reviewed.loan is not None and reviewed.loan.status == "active"
+    # The same officer's approval again answers it (the same loan); another's is refused.
+    again = await world.service.approve(world.pool, result.application.id, actor="officer1")
+    assert again.loan is not None and again.loan.id == reviewed.loan.id
     with pytest.raises(IllegalTransition):
-        await world.service.approve(world.pool, result.application.id, actor="officer1")
+        await world.service.approve(world.pool, result.application.id, actor="officer2")
     with pytest.raises(IllegalTransition):
         await world.service.reject(world.pool, result.application.id, actor="o", reason="late")
 
