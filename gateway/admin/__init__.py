@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from gateway.admin import (
     agents,
+    audit,
     auth,
     customers,
     geofences,
@@ -31,6 +32,7 @@ ROUTE_GROUPS: list[ApiRoutes] = [
     menus.routes,
     sms.routes,
     outbox.routes,
+    audit.routes,
     pricing.routes,
     push_devices.routes,
 ]
