@@ -151,6 +151,10 @@ def _unsettled(task: asyncio.Future[ActionResult]) -> bool:
     return not task.cancelled() and isinstance(task.exception(), Unsettled)
 
 
+def _unavailable(task: asyncio.Future[ActionResult]) -> bool:
+    return not task.cancelled() and isinstance(task.exception(), Unavailable)
+
+
 def _k(ctx: ActionContext) -> dict[str, str]:
     """What a log line about an action may name: the action and its key, never an input."""
     return {"action": ctx.action, "key": ctx.idempotency_key}
@@ -483,9 +487,10 @@ class Engine:
     ) -> asyncio.Future[ActionResult] | None:
         """`task` done, or, while it ends `Unsettled`, the action asked again (`ctx.again`:
         under the same key, the PIN not asked again of money already moved) after pauses that
-        double, until one answers. None past `until`, or cancelled by a stop: the action is
-        cancelled, and an outcome still unknown is logged at error (a movement that committed
-        has its receipt queued in its transaction: the ledger tells the customer)."""
+        double, until one answers other than Unavailable. None past `until`, or cancelled by a
+        stop: the action is cancelled, and an outcome still unknown is logged at error (a
+        movement that committed has its receipt queued in its transaction: the ledger tells
+        the customer)."""
         pause = UNSETTLED_FIRST_PAUSE_S
         again = dataclasses.replace(ctx, again=True)
         asked = False  # whether the outcome was ever unknown
@@ -494,7 +499,9 @@ class Engine:
                 await asyncio.wait({task}, timeout=max(until - time.monotonic(), 0.0))
                 if not task.done():
                     break
-                if not _unsettled(task):
+                # Once unknown, a re-ask that meets the outage (its PIN check or its look-up
+                # for the movement, as Unavailable) leaves it unknown: ask again.
+                if not (_unsettled(task) or (asked and _unavailable(task))):
                     return task
                 asked = True
                 if time.monotonic() + pause >= until:

@@ -2,10 +2,12 @@
 stays up): the money call lost on its way, or its COMMIT's answer lost. The hop answers the
 transfer (tried again under its key within the hop), and so does the provider's retry of the
 hop; the money moved once, no wrong PIN was counted. An outage that outlasts the hop's tries
-answers "temporarily unavailable" with nothing moved. The ledger check runs after every test."""
+answers "the result will come by SMS" and settles in the background under the same key once
+PostgreSQL is back. The ledger check runs after every test."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
@@ -13,10 +15,15 @@ import asyncpg
 import pytest
 
 from config.settings import Settings
+from core.transfers import send_money
+from gateway.keys import USSD_SERVICE
+from menus.engine import Engine
+from tests.helpers import eventually
 from tests.tcp_proxy import CuttableProxy, postgres_proxy
 from tests.ussd_support import PIN, AtSession, UssdEnv, start_env
 
-DOWN = "END The service is temporarily unavailable. Please try again later."
+PENDING = "END We are still processing your request. The result will come by SMS."
+WAIT_S = 30.0  # the background settle's pauses double: 0.5, 1, 2 ... s between asks
 OUTAGE = 1_000_000  # refusals: an outage that lasts until `restore()`
 
 CUTS: dict[str, Callable[[CuttableProxy], None]] = {
@@ -86,19 +93,95 @@ async def test_a_cut_send_answers_the_hop_and_its_retry_the_transfer(
     assert failures == 0
 
 
-async def test_an_outage_past_the_hops_tries_is_unavailable_with_nothing_moved(
+PENDING_CUTS: dict[str, Callable[[CuttableProxy], None]] = {
+    "statement_lost": lambda proxy: proxy.cut_on(b"ledger_p2p", refuse=OUTAGE),
+    "answer_lost": lambda proxy: proxy.cut_on(b"p2p", from_server=True, refuse=OUTAGE),
+}
+
+
+def engine(cut: Cut) -> Engine:
+    return cut.env.app[USSD_SERVICE].engine
+
+
+async def settled(cut: Cut) -> None:
+    """Wait for the background settles to be over (the engine's late actions)."""
+    await eventually(lambda: not engine(cut)._late, timeout_s=WAIT_S)
+
+
+async def outbox(pool: asyncpg.Pool, msisdn: str) -> list[tuple[str, str | None]]:
+    """(kind, template) of every message queued to `msisdn` but the opening deposit's receipt,
+    read past the relay."""
+    rows = await pool.fetch(
+        "SELECT kind, template FROM outbox WHERE recipient = $1"
+        " AND template IS DISTINCT FROM 'deposit_received' ORDER BY id",
+        msisdn,
+    )
+    return [(r["kind"], r["template"]) for r in rows]
+
+
+async def moved(pool: asyncpg.Pool, recipient: str) -> int:
+    return int(
+        await pool.fetchval("SELECT count(*) FROM transfers WHERE credit_party = $1", recipient)
+    )
+
+
+@pytest.mark.parametrize("moment", sorted(PENDING_CUTS))
+async def test_an_outage_past_the_hops_tries_answers_by_sms_and_settles_once(
+    cut: Cut, pg_pool: asyncpg.Pool, moment: str
+) -> None:
+    """The COMMIT's answer lost, or the statement, and the outage outlasting settle: the hop
+    answers "result by SMS" (before: "try again later", and a new session moved the money
+    again); once PostgreSQL is reachable the background settle, under the same key, finds the
+    transfer or makes it: one transfer, and the customer told once, by the ledger's receipt
+    (no result SMS repeating it)."""
+    s, sender, recipient = await ready_to_send(cut)
+    fresh_connections(cut.proxy)
+    PENDING_CUTS[moment](cut.proxy)
+    started = time.monotonic()
+    assert await s.send(PIN) == PENDING
+    assert time.monotonic() - started < cut.env.settings.ussd_deadline_s
+    assert await s.post(s.form()) == PENDING  # the provider sends the hop again: stored END
+    assert engine(cut)._late  # still settling while the outage lasts
+    cut.proxy.restore()
+    await settled(cut)
+    assert await moved(pg_pool, recipient) == 1
+    assert await outbox(pg_pool, sender) == [("receipt", "p2p_sent")]
+    assert await outbox(pg_pool, recipient) == [("receipt", "p2p_received")]
+    # Once settled, the same hop again is still the stored END: nothing runs, nothing moves.
+    assert await s.post(s.form()) == PENDING
+    assert not engine(cut)._late
+    assert await moved(pg_pool, recipient) == 1
+    failures = await pg_pool.fetchval(
+        "SELECT pin_failures FROM customers WHERE msisdn = $1", sender
+    )
+    assert failures == 0
+
+
+async def test_a_refusal_on_the_background_ask_is_told_by_sms_with_nothing_moved(
     cut: Cut, pg_pool: asyncpg.Pool
 ) -> None:
-    s, _, recipient = await ready_to_send(cut)
+    """The wallet emptied (from another channel) while the step's outcome was unknown: the
+    background ask is refused, and the customer gets the refusal screen by SMS, once."""
+    s, sender, recipient = await ready_to_send(cut)
+    elsewhere = await cut.env.bank.open()
     fresh_connections(cut.proxy)
-    cut.proxy.cut_on(b"ledger_p2p", refuse=OUTAGE)
-    assert await s.send(PIN) == DOWN
-    assert await s.post(s.form()) == DOWN
-    cut.proxy.restore()
-    assert (
-        await pg_pool.fetchval("SELECT count(*) FROM transfers WHERE credit_party = $1", recipient)
-        == 0
+    PENDING_CUTS["statement_lost"](cut.proxy)
+    assert await s.send(PIN) == PENDING
+    await send_money(
+        pg_pool,
+        sender=sender,
+        recipient=elsewhere,
+        amount_minor=95_000,  # and its fee: KES 37.00 left, short of the KES 100.00
+        idempotency_key=f"empty-{sender}",
+        channel="test",
     )
+    cut.proxy.restore()
+    await settled(cut)
+    assert await moved(pg_pool, recipient) == 0
+    assert await outbox(pg_pool, sender) == [("receipt", "p2p_sent"), ("ussd.late_result", None)]
+    [told] = await cut.env.bank.outbox(sender, "ussd.late_result")
+    assert told["body"] == "You have insufficient funds for this."
+    assert await s.post(s.form()) == PENDING
 
 
 WITHDRAW_CUTS: dict[str, Callable[[CuttableProxy], None]] = {
