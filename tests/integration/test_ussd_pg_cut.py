@@ -7,8 +7,10 @@ PostgreSQL is back. The ledger check runs after every test."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 import asyncpg
@@ -16,8 +18,8 @@ import pytest
 
 from config.settings import Settings
 from core.transfers import send_money
-from gateway.keys import USSD_SERVICE
-from menus.engine import Engine
+from gateway.keys import USSD_HTTP, USSD_SERVICE
+from menus.engine import LATE_ACTION_LIMIT_S, Engine
 from tests.helpers import eventually
 from tests.tcp_proxy import CuttableProxy, postgres_proxy
 from tests.ussd_support import PIN, AtSession, UssdEnv, start_env
@@ -119,6 +121,14 @@ async def outbox(pool: asyncpg.Pool, msisdn: str) -> list[tuple[str, str | None]
     return [(r["kind"], r["template"]) for r in rows]
 
 
+def engine_errors(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == "menus.engine" and r.levelno >= logging.ERROR
+    ]
+
+
 async def moved(pool: asyncpg.Pool, recipient: str) -> int:
     return int(
         await pool.fetchval("SELECT count(*) FROM transfers WHERE credit_party = $1", recipient)
@@ -215,3 +225,126 @@ async def test_a_cut_withdrawal_answers_the_hop_with_the_withdrawal(
         "SELECT count(*) FROM transfers WHERE type = 'cash_out' AND debit_party = $1", customer
     )
     assert paid == 1
+
+
+async def test_an_outage_past_the_late_limit_is_left_to_the_ledger(
+    cut: Cut, pg_pool: asyncpg.Pool, caplog: pytest.LogCaptureFixture
+) -> None:
+    """PostgreSQL away for longer than the late limit: the background settle gives up and says
+    so at error. The COMMIT had landed: its receipt, queued in its transaction, is the one
+    message the customer gets once PostgreSQL is back; the hop again moves nothing."""
+    caplog.set_level(logging.ERROR, logger="menus.engine")
+    s, sender, recipient = await ready_to_send(cut)
+    engine(cut).late_limit_s = 2.0
+    try:
+        fresh_connections(cut.proxy)
+        PENDING_CUTS["answer_lost"](cut.proxy)
+        assert await s.send(PIN) == PENDING
+        await settled(cut)
+    finally:
+        engine(cut).late_limit_s = LATE_ACTION_LIMIT_S
+    assert engine_errors(caplog) == ["money outcome unknown at the late limit; left to the ledger"]
+    cut.proxy.restore()
+    assert await moved(pg_pool, recipient) == 1
+    assert await outbox(pg_pool, sender) == [("receipt", "p2p_sent")]
+    assert await s.post(s.form()) == PENDING
+    assert not engine(cut)._late
+    assert await moved(pg_pool, recipient) == 1
+
+
+async def test_a_withdrawal_answer_lost_past_settle_is_paid_once(
+    cut: Cut, pg_pool: asyncpg.Pool
+) -> None:
+    """Withdraw at an agent, the COMMIT's answer lost and the outage outlasting settle: paid
+    once, the agent told once to hand over the cash, the customer's receipt once (no result
+    SMS beside it)."""
+    bank = cut.env.bank
+    customer = await bank.open(balance_minor=100_000)
+    code, agent_msisdn = await bank.agent()
+    s = cut.env.session(customer)
+    await s.walk("3", code, "50")
+    fresh_connections(cut.proxy)
+    cut.proxy.cut_on(b"COMMIT\x00", from_server=True, refuse=OUTAGE)
+    assert await s.send(PIN) == PENDING
+    assert engine(cut)._late
+    cut.proxy.restore()
+    await settled(cut)
+    assert await outbox(pg_pool, agent_msisdn) == [("agent_cash_out", None)]
+    assert await outbox(pg_pool, customer) == [("receipt", "cash_out_done")]
+    paid = await pg_pool.fetchval(
+        "SELECT count(*) FROM transfers WHERE type = 'cash_out' AND debit_party = $1", customer
+    )
+    assert paid == 1
+    assert await s.post(s.form()) == PENDING
+
+
+# --- the gateway stopped while a settle is pending ---------------------------------------------
+
+
+@dataclass
+class Own:
+    """A gateway of the test's own behind its own relay, to be stopped by the test."""
+
+    env: UssdEnv
+    proxy: CuttableProxy
+    stop: Callable[[], Awaitable[None]]
+
+
+@pytest.fixture
+async def own(settings: Settings, database_url: str) -> AsyncIterator[Own]:
+    proxy, via = postgres_proxy(database_url)
+    port = await proxy.start()
+    running = start_env(settings, database_url=via(port))
+    try:
+        yield Own(await anext(running), proxy, running.aclose)
+    finally:
+        proxy.restore()
+        await running.aclose()
+        await proxy.close()
+
+
+async def test_a_stop_waits_for_a_pending_settle(own: Own, pg_pool: asyncpg.Pool) -> None:
+    """A stop begun while the outcome is unknown waits for the background settle (as for late
+    actions): PostgreSQL back during the stop, the transfer is found, once, with its receipt."""
+    env = own.env
+    s, sender, recipient = await ready_to_send(Cut(env, own.proxy))
+    fresh_connections(own.proxy)
+    PENDING_CUTS["answer_lost"](own.proxy)
+    assert await s.send(PIN) == PENDING
+    engine_ = env.app[USSD_SERVICE].engine
+    stopping = asyncio.ensure_future(own.stop())
+    await eventually(lambda: env.app[USSD_HTTP].service is None, timeout_s=WAIT_S)
+    assert engine_._late and not stopping.done()  # the stop waits on the settle
+    own.proxy.restore()
+    await asyncio.wait_for(stopping, timeout=WAIT_S)
+    assert not engine_._late
+    assert await moved(pg_pool, recipient) == 1
+    assert await outbox(pg_pool, sender) == [("receipt", "p2p_sent")]
+
+
+async def test_a_stop_past_the_drain_hands_the_settle_to_the_ledger(
+    own: Own, pg_pool: asyncpg.Pool, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The outage outlasting the stop's wait for late actions: the settle is cancelled and
+    logged at error; the COMMIT that landed has its receipt (its own transaction's), and no
+    result SMS follows it. The session stays over: the hop again, on another gateway, gets
+    the stored END and moves nothing."""
+    caplog.set_level(logging.ERROR, logger="menus.engine")
+    env = own.env
+    s, sender, recipient = await ready_to_send(Cut(env, own.proxy))
+    fresh_connections(own.proxy)
+    PENDING_CUTS["answer_lost"](own.proxy)
+    assert await s.send(PIN) == PENDING
+    engine_ = env.app[USSD_SERVICE].engine
+    await own.stop()
+    assert not engine_._late
+    assert engine_errors(caplog) == ["stopped with a money outcome unknown; left to the ledger"]
+    own.proxy.restore()
+    assert await moved(pg_pool, recipient) == 1
+    assert await outbox(pg_pool, sender) == [("receipt", "p2p_sent")]
+    async for other in start_env(env.settings):
+        again = other.session(sender, session_id=s.session_id)
+        again.inputs = list(s.inputs)
+        assert await again.post(again.form()) == PENDING
+        assert other.calls["send_money"] == 0
+    assert await moved(pg_pool, recipient) == 1
