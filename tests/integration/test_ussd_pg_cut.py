@@ -21,6 +21,7 @@ from core.transfers import send_money
 from gateway.keys import USSD_HTTP, USSD_SERVICE
 from menus.engine import LATE_ACTION_LIMIT_S, Engine
 from tests.helpers import eventually
+from tests.loans_support import borrower, choose_product, offer_products
 from tests.tcp_proxy import CuttableProxy, postgres_proxy
 from tests.ussd_support import PIN, AtSession, UssdEnv, start_env
 
@@ -348,3 +349,38 @@ async def test_a_stop_past_the_drain_hands_the_settle_to_the_ledger(
         assert await again.post(again.form()) == PENDING
         assert other.calls["send_money"] == 0
     assert await moved(pg_pool, recipient) == 1
+
+
+async def test_a_loan_repayment_answer_lost_past_settle_is_taken_once(
+    cut: Cut, pg_pool: asyncpg.Pool
+) -> None:
+    """Loan repayment, its transaction's COMMIT answer lost and the outage outlasting settle:
+    the repayment is recorded once, and the loan's repayment notice (queued with it) is the
+    one message about it; no result SMS beside it."""
+    product = await offer_products(cut.env, "P")
+    msisdn = await borrower(cut.env)
+    s = cut.env.session(msisdn)
+    await choose_product(s, product["name"])
+    await s.send("1000")
+    await s.send("1")
+    assert (await s.send(PIN)).startswith("END Loan approved")
+    r = cut.env.session(msisdn)
+    await r.walk("5", "2", "50")
+    fresh_connections(cut.proxy)
+    cut.proxy.cut_on(b"COMMIT\x00", from_server=True, refuse=OUTAGE)
+    assert await r.send(PIN) == PENDING
+    assert engine(cut)._late
+    cut.proxy.restore()
+    await settled(cut)
+    repayments = await pg_pool.fetchval(
+        "SELECT count(*) FROM loan_repayments r JOIN loans l ON l.id = r.loan_id"
+        " WHERE l.msisdn = $1",
+        msisdn,
+    )
+    assert repayments == 1
+    # The core's receipt row, taken over by the loan's notice (its template stays the core's).
+    told = [m for m in await outbox(pg_pool, msisdn) if m[1] != "loan_disbursed"]
+    assert told == [("loan_repayment", "loan_repaid")]
+    [notice] = await cut.env.bank.outbox(msisdn, "loan_repayment")
+    assert "Loan repayment of KES 50.00 received. Still to pay KES 1,000.00" in notice["body"]
+    assert await r.post(r.form()) == PENDING
