@@ -514,6 +514,8 @@ class Engine:
             task.cancel()
             if asked:
                 log.error("stopped with a money outcome unknown; left to the ledger", extra=_k(ctx))
+            else:
+                log.warning("stopped before a late action finished; no result SMS", extra=_k(ctx))
             raise
         task.cancel()
         if asked:

@@ -222,3 +222,17 @@ async def test_a_stop_waits_for_an_ask_that_settles() -> None:
     await r.engine.drain(timeout_s=5.0)
     assert not r.engine._late
     assert [s["text"] for s in r.sms.sent] == ["You have insufficient funds for this."]
+
+
+async def test_a_stop_cancels_a_late_action_still_running(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A late action (past the deadline, outcome not known to be lost) still running when the
+    stop's wait ends is cancelled and said so; no result SMS."""
+    r = rig(SENT, gate=asyncio.Event())
+    assert await r.send(within_s=0.05) == (PENDING["en"], True)
+    await r.engine.drain(timeout_s=0.1)
+    assert not r.engine._late and r.sms.sent == [] and len(r.script.asks) == 1
+    assert [x.getMessage() for x in caplog.records if x.name == "menus.engine"] == [
+        "stopped before a late action finished; no result SMS"
+    ]
