@@ -41,6 +41,8 @@ SMS hint, an MQTT error reply). Bugs are assertions, never CoreErrors.
     │                                 STALE_LOCATION, ... (the code is the gate's reason)
     ├── RateLimited                   too many attempts in a window
     ├── Unavailable                   a dependency is down; try again later (same key is safe)
+    │   └── Unsettled                 a movement's connection lost past `core.pg.settle`'s
+    │                                 tries: it may have committed; ask again under its key
     ├── BadRequest                    malformed input: not the wire format at all (HTTP 400)
     └── SendFailed                    an outbox sender could not deliver (`temporary` or not)
 
@@ -133,6 +135,12 @@ class RateLimited(CoreError):
 class Unavailable(CoreError):
     code = "SERVICE_UNAVAILABLE"
     default_message = "The service is temporarily unavailable"
+
+
+class Unsettled(Unavailable):
+    """A money movement whose connection was lost on every try of `core.pg.settle`: whether it
+    committed is unknown. Channels that answer Unavailable answer it alike (same code); USSD
+    ends the session with "the result will come by SMS" and keeps asking under the same key."""
 
 
 class IllegalTransition(Conflict):

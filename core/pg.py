@@ -177,7 +177,8 @@ async def settle(op: Callable[[], Awaitable[T]], *, what: str) -> T:
     again later" to money that may have moved, and the customer's new attempt comes under a
     new key. A timeout is not asked again: a database too slow to answer gets no more load.
     Only for `op`s whose every statement is idempotent under the key; the channels check the
-    PIN before, once."""
+    PIN before, once. Still lost after the last try: `Unsettled` (an Unavailable), so that a
+    channel able to answer later (USSD's "result by SMS") may keep asking."""
     for pause in RECORD_RETRY_PAUSES_S:
         try:
             return await op()
@@ -191,7 +192,13 @@ async def settle(op: Callable[[], Awaitable[T]], *, what: str) -> T:
                 type(exc).__name__,
             )
             await asyncio.sleep(pause)
-    return await op()
+    try:
+        return await op()
+    except _UNSETTLED as exc:
+        if not _lost(exc):
+            raise
+        # The same words as Unavailable's: channels that answer it alike show no difference.
+        raise E.Unsettled(_unavailable(exc).message, reason=type(exc).__name__) from None
 
 
 def _lost(exc: BaseException) -> bool:

@@ -67,6 +67,9 @@ class ActionResult:
     vars: Mapping[str, Any] = field(default_factory=dict)
     customer: Mapping[str, Any] | None = None
     language: str | None = None
+    # The core queued the caller's own receipt of this result (in the movement's transaction):
+    # a result SMS sent after an outcome that was unknown would say it twice.
+    receipted: bool = False
 
 
 ActionFn = Callable[[ActionContext], Awaitable[ActionResult]]

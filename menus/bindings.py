@@ -6,7 +6,10 @@ Each implementation is a small adapter: read `ctx.vars` / `ctx.secrets`, call th
 catalogue lists (display strings such as "KES 1,234.00"), and let the core's typed errors
 propagate: their `error_code` picks the menu's error screen (`WRONG_PIN` with
 `attempts_left`, `WALLET_LOCKED`, `INSUFFICIENT_FUNDS`, `LIMIT_EXCEEDED` ...). A database that
-does not answer becomes `Unavailable`, which the engine shows as "temporarily unavailable".
+does not answer becomes `Unavailable`, which the engine shows as "temporarily unavailable";
+a money movement whose connection stays lost past `core.pg.settle` becomes `Unsettled`, which
+the engine answers "result by SMS" and settles in the background. `ActionResult.receipted`
+says the core queued the caller's own receipt of a movement, so that no result SMS repeats it.
 
 PINs are checked by `core.pins.verify_pin` before anything else an action does, so the count of
 wrong PINs (and the lock on the third) is the one every channel shares.
@@ -310,7 +313,8 @@ class CoreActions:
                 "fee": self.money(result.fee_minor),
                 "balance": self.money(result.balance_after_minor or 0),
                 "recipient_name": name,
-            }
+            },
+            receipted=self.sender_receipt,
         )
 
     async def statement(self, ctx: ActionContext) -> ActionResult:
@@ -365,7 +369,8 @@ class CoreActions:
                 "fee": self.money(result.fee_minor),
                 "balance": self.money(result.balance_after_minor or 0),
                 "agent_name": agent.name,
-            }
+            },
+            receipted=True,  # the ledger's cash_out_done receipt
         )
 
     async def _withdrawal_evidence(self, ctx: ActionContext, agent: Agent) -> dict[str, Any]:
@@ -574,7 +579,8 @@ class LoanActions:
                     loan.principal_minor + loan.interest_minor + loan.fee_minor
                 ),
                 "due_date": day(loan.maturity_date),
-            }
+            },
+            receipted=True,  # the disbursement's notice
         )
 
     async def status(self, ctx: ActionContext) -> ActionResult:
@@ -619,7 +625,8 @@ class LoanActions:
                 "amount_due": self.money(paid.outstanding_minor),
                 "cleared": paid.outstanding_minor == 0,
                 "balance": self.money(wallet),
-            }
+            },
+            receipted=True,  # the repayment's notice
         )
 
     def functions(self) -> dict[str, ActionFn]:

@@ -15,6 +15,7 @@ reply or the analytics.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import logging
 import time
@@ -24,9 +25,9 @@ from types import MappingProxyType
 from typing import Any
 
 from core.crypto import FieldCipher
-from core.errors import CoreError, Unavailable
+from core.errors import CoreError, Unavailable, Unsettled
 from menus import validators
-from menus.actions import ActionContext, ActionResult, MenuBindings
+from menus.actions import ActionContext, ActionFn, ActionResult, MenuBindings
 from menus.compiled import CompiledMenu, Node
 from menus.machine import apply_plain, build_machine, plain_moves
 from menus.render import EMPTY_SCOPE, full_text, render, visible_options
@@ -38,6 +39,11 @@ log = logging.getLogger("menus.engine")
 MAX_AUTO_STEPS = 16  # action and router screens followed in one step
 LATE_ACTION_LIMIT_S = 120.0  # an action that outlives the USSD deadline gets this much longer
 MAX_LATE_TASKS = 1000
+# Pauses before asking a movement again whose outcome is unknown (`Unsettled`: each ask is
+# itself core.pg.settle's ~1.5 s of tries), doubling up to the last, within the late limit.
+UNSETTLED_FIRST_PAUSE_S = 0.5
+UNSETTLED_MAX_PAUSE_S = 10.0
+STOP_GRACE_S = 1.0  # for late actions cancelled at a stop to unwind
 BACK, HOME, NEXT_PAGE = "0", "00", "98"
 
 
@@ -140,6 +146,20 @@ class Step:
         return self.menu.nodes[self.state]
 
 
+def _unsettled(task: asyncio.Future[ActionResult]) -> bool:
+    """A done action that ended with its money's outcome unknown (core.pg.settle gave up)."""
+    return not task.cancelled() and isinstance(task.exception(), Unsettled)
+
+
+def _unavailable(task: asyncio.Future[ActionResult]) -> bool:
+    return not task.cancelled() and isinstance(task.exception(), Unavailable)
+
+
+def _k(ctx: ActionContext) -> dict[str, str]:
+    """What a log line about an action may name: the action and its key, never an input."""
+    return {"action": ctx.action, "key": ctx.idempotency_key}
+
+
 def idempotency_key(session_key: str, seq: int, screen: str) -> str:
     """Stable for one session and step: a retried step moves money at most once."""
     digest = hashlib.sha256(session_key.encode()).hexdigest()[:32]
@@ -154,11 +174,13 @@ class Engine:
         *,
         currency: str,
         country_code: str,
+        late_limit_s: float = LATE_ACTION_LIMIT_S,
     ) -> None:
         self.bindings = bindings
         self.cipher = cipher
         self.currency = currency
         self.country_code = country_code
+        self.late_limit_s = late_limit_s
         self._late: set[asyncio.Task[None]] = set()
 
     def attach(self, menu: CompiledMenu) -> CompiledMenu:
@@ -379,8 +401,10 @@ class Engine:
         task = asyncio.ensure_future(fn(ctx))
         remaining = step.deadline - time.monotonic()
         done, _ = await asyncio.wait({task}, timeout=max(remaining, 0.0))
-        if not done:
-            self._finish_later(step, node, ctx, task)
+        if not done or _unsettled(task):
+            # Past the deadline, or money whose outcome is unknown: "try again later" would
+            # have the customer move it again from a new session, under a new key.
+            self._finish_later(step, node, ctx, task, fn)
             return Outcome("late")
         outcome = self._outcome(node, task)
         if outcome.kind == "ok":
@@ -417,22 +441,32 @@ class Engine:
     # --- actions that outlive the deadline -----------------------------------------------------
 
     def _finish_later(
-        self, step: Step, node: Node, ctx: ActionContext, task: asyncio.Future[ActionResult]
+        self,
+        step: Step,
+        node: Node,
+        ctx: ActionContext,
+        task: asyncio.Future[ActionResult],
+        fn: ActionFn,
     ) -> None:
         """The user already got "the result will come by SMS"; when the action completes, render
-        where it leads and queue that SMS."""
+        where it leads and queue that SMS. A movement whose outcome is unknown is asked again
+        under its key (`_settled`); settled so, its success needs no SMS when the core queued
+        the receipt (`ActionResult.receipted`), and a refusal is told by SMS."""
         snapshot = Session.from_json(step.session.to_json())
         menu = self._menu(step)
 
         async def finish() -> None:
-            await asyncio.wait({task}, timeout=LATE_ACTION_LIMIT_S)
-            if not task.done():
-                task.cancel()
+            done = await self._settled(ctx, task, fn, time.monotonic() + self.late_limit_s)
+            if done is None:
                 return
             late = Step(menu, snapshot, deadline=time.monotonic())
             late.state = node.id
-            late.outcome = self._outcome(node, task)
+            late.outcome = self._outcome(node, done)
             if late.outcome.kind == "ok":
+                result = late.outcome.result
+                if done is not task and result is not None and result.receipted:
+                    log.info("unsettled movement settled; its receipt is the result", extra=_k(ctx))
+                    return
                 self._apply(late, late.outcome)
             await self._settle_late(late)
             await self._notify(late, ctx)
@@ -443,6 +477,50 @@ class Engine:
         job = asyncio.ensure_future(finish())
         self._late.add(job)
         job.add_done_callback(self._late.discard)
+
+    async def _settled(
+        self,
+        ctx: ActionContext,
+        task: asyncio.Future[ActionResult],
+        fn: ActionFn,
+        until: float,
+    ) -> asyncio.Future[ActionResult] | None:
+        """`task` done, or, while it ends `Unsettled`, the action asked again (`ctx.again`:
+        under the same key, the PIN not asked again of money already moved) after pauses that
+        double, until one answers other than Unavailable. None past `until`, or cancelled by a
+        stop: the action is cancelled, and an outcome still unknown is logged at error (a
+        movement that committed has its receipt queued in its transaction: the ledger tells
+        the customer)."""
+        pause = UNSETTLED_FIRST_PAUSE_S
+        again = dataclasses.replace(ctx, again=True)
+        asked = False  # whether the outcome was ever unknown
+        try:
+            while True:
+                await asyncio.wait({task}, timeout=max(until - time.monotonic(), 0.0))
+                if not task.done():
+                    break
+                # Once unknown, a re-ask that meets the outage (its PIN check or its look-up
+                # for the movement, as Unavailable) leaves it unknown: ask again.
+                if not (_unsettled(task) or (asked and _unavailable(task))):
+                    return task
+                asked = True
+                if time.monotonic() + pause >= until:
+                    break
+                log.warning("money outcome unknown; asking again in %.1f s", pause, extra=_k(ctx))
+                await asyncio.sleep(pause)  # the backoff between asks, not a synchronisation
+                pause = min(pause * 2, UNSETTLED_MAX_PAUSE_S)
+                task = asyncio.ensure_future(fn(again))
+        except asyncio.CancelledError:
+            task.cancel()
+            if asked:
+                log.error("stopped with a money outcome unknown; left to the ledger", extra=_k(ctx))
+            else:
+                log.warning("stopped before a late action finished; no result SMS", extra=_k(ctx))
+            raise
+        task.cancel()
+        if asked:
+            log.error("money outcome unknown at the late limit; left to the ledger", extra=_k(ctx))
+        return None
 
     async def _settle_late(self, step: Step) -> None:
         outcome = step.outcome
@@ -483,9 +561,16 @@ class Engine:
             log.exception("queueing the late result failed", extra={"action": ctx.action})
 
     async def drain(self, timeout_s: float = 5.0) -> None:
-        """Let late actions finish (shutdown)."""
-        if self._late:
-            await asyncio.wait(set(self._late), timeout=timeout_s)
+        """Let late actions finish (shutdown); those still running after `timeout_s` are
+        cancelled, each one whose money outcome is still unknown logged at error (left to the
+        ledger's receipt). A later retry of the hop gets the stored END: nothing runs again."""
+        if not self._late:
+            return
+        _, running = await asyncio.wait(set(self._late), timeout=timeout_s)
+        for job in running:
+            job.cancel()
+        if running:
+            await asyncio.wait(running, timeout=STOP_GRACE_S)
 
     # --- the reply ----------------------------------------------------------------------------
 

@@ -2,21 +2,31 @@
 stays up): the money call lost on its way, or its COMMIT's answer lost. The hop answers the
 transfer (tried again under its key within the hop), and so does the provider's retry of the
 hop; the money moved once, no wrong PIN was counted. An outage that outlasts the hop's tries
-answers "temporarily unavailable" with nothing moved. The ledger check runs after every test."""
+answers "the result will come by SMS" and settles in the background under the same key once
+PostgreSQL is back. The ledger check runs after every test."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 import asyncpg
 import pytest
 
 from config.settings import Settings
+from core.transfers import send_money
+from gateway.keys import USSD_HTTP, USSD_SERVICE
+from menus.engine import LATE_ACTION_LIMIT_S, Engine
+from tests.helpers import eventually
+from tests.loans_support import borrower, choose_product, offer_products
 from tests.tcp_proxy import CuttableProxy, postgres_proxy
 from tests.ussd_support import PIN, AtSession, UssdEnv, start_env
 
-DOWN = "END The service is temporarily unavailable. Please try again later."
+PENDING = "END We are still processing your request. The result will come by SMS."
+WAIT_S = 30.0  # the background settle's pauses double: 0.5, 1, 2 ... s between asks
 OUTAGE = 1_000_000  # refusals: an outage that lasts until `restore()`
 
 CUTS: dict[str, Callable[[CuttableProxy], None]] = {
@@ -86,19 +96,103 @@ async def test_a_cut_send_answers_the_hop_and_its_retry_the_transfer(
     assert failures == 0
 
 
-async def test_an_outage_past_the_hops_tries_is_unavailable_with_nothing_moved(
+PENDING_CUTS: dict[str, Callable[[CuttableProxy], None]] = {
+    "statement_lost": lambda proxy: proxy.cut_on(b"ledger_p2p", refuse=OUTAGE),
+    "answer_lost": lambda proxy: proxy.cut_on(b"p2p", from_server=True, refuse=OUTAGE),
+}
+
+
+def engine(cut: Cut) -> Engine:
+    return cut.env.app[USSD_SERVICE].engine
+
+
+async def settled(cut: Cut) -> None:
+    """Wait for the background settles to be over (the engine's late actions)."""
+    await eventually(lambda: not engine(cut)._late, timeout_s=WAIT_S)
+
+
+async def outbox(pool: asyncpg.Pool, msisdn: str) -> list[tuple[str, str | None]]:
+    """(kind, template) of every message queued to `msisdn` but the opening deposit's receipt,
+    read past the relay."""
+    rows = await pool.fetch(
+        "SELECT kind, template FROM outbox WHERE recipient = $1"
+        " AND template IS DISTINCT FROM 'deposit_received' ORDER BY id",
+        msisdn,
+    )
+    return [(r["kind"], r["template"]) for r in rows]
+
+
+def engine_errors(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == "menus.engine" and r.levelno >= logging.ERROR
+    ]
+
+
+async def moved(pool: asyncpg.Pool, recipient: str) -> int:
+    return int(
+        await pool.fetchval("SELECT count(*) FROM transfers WHERE credit_party = $1", recipient)
+    )
+
+
+@pytest.mark.parametrize("moment", sorted(PENDING_CUTS))
+async def test_an_outage_past_the_hops_tries_answers_by_sms_and_settles_once(
+    cut: Cut, pg_pool: asyncpg.Pool, moment: str
+) -> None:
+    """The COMMIT's answer lost, or the statement, and the outage outlasting settle: the hop
+    answers "result by SMS" (before: "try again later", and a new session moved the money
+    again); once PostgreSQL is reachable the background settle, under the same key, finds the
+    transfer or makes it: one transfer, and the customer told once, by the ledger's receipt
+    (no result SMS repeating it)."""
+    s, sender, recipient = await ready_to_send(cut)
+    fresh_connections(cut.proxy)
+    PENDING_CUTS[moment](cut.proxy)
+    started = time.monotonic()
+    assert await s.send(PIN) == PENDING
+    assert time.monotonic() - started < cut.env.settings.ussd_deadline_s
+    assert await s.post(s.form()) == PENDING  # the provider sends the hop again: stored END
+    assert engine(cut)._late  # still settling while the outage lasts
+    cut.proxy.restore()
+    await settled(cut)
+    assert await moved(pg_pool, recipient) == 1
+    assert await outbox(pg_pool, sender) == [("receipt", "p2p_sent")]
+    assert await outbox(pg_pool, recipient) == [("receipt", "p2p_received")]
+    # Once settled, the same hop again is still the stored END: nothing runs, nothing moves.
+    assert await s.post(s.form()) == PENDING
+    assert not engine(cut)._late
+    assert await moved(pg_pool, recipient) == 1
+    failures = await pg_pool.fetchval(
+        "SELECT pin_failures FROM customers WHERE msisdn = $1", sender
+    )
+    assert failures == 0
+
+
+async def test_a_refusal_on_the_background_ask_is_told_by_sms_with_nothing_moved(
     cut: Cut, pg_pool: asyncpg.Pool
 ) -> None:
-    s, _, recipient = await ready_to_send(cut)
+    """The wallet emptied (from another channel) while the step's outcome was unknown: the
+    background ask is refused, and the customer gets the refusal screen by SMS, once."""
+    s, sender, recipient = await ready_to_send(cut)
+    elsewhere = await cut.env.bank.open()
     fresh_connections(cut.proxy)
-    cut.proxy.cut_on(b"ledger_p2p", refuse=OUTAGE)
-    assert await s.send(PIN) == DOWN
-    assert await s.post(s.form()) == DOWN
-    cut.proxy.restore()
-    assert (
-        await pg_pool.fetchval("SELECT count(*) FROM transfers WHERE credit_party = $1", recipient)
-        == 0
+    PENDING_CUTS["statement_lost"](cut.proxy)
+    assert await s.send(PIN) == PENDING
+    await send_money(
+        pg_pool,
+        sender=sender,
+        recipient=elsewhere,
+        amount_minor=95_000,  # and its fee: KES 37.00 left, short of the KES 100.00
+        idempotency_key=f"empty-{sender}",
+        channel="test",
     )
+    cut.proxy.restore()
+    await settled(cut)
+    assert await moved(pg_pool, recipient) == 0
+    assert await outbox(pg_pool, sender) == [("receipt", "p2p_sent"), ("ussd.late_result", None)]
+    [told] = await cut.env.bank.outbox(sender, "ussd.late_result")
+    assert told["body"] == "You have insufficient funds for this."
+    assert await s.post(s.form()) == PENDING
 
 
 WITHDRAW_CUTS: dict[str, Callable[[CuttableProxy], None]] = {
@@ -132,3 +226,161 @@ async def test_a_cut_withdrawal_answers_the_hop_with_the_withdrawal(
         "SELECT count(*) FROM transfers WHERE type = 'cash_out' AND debit_party = $1", customer
     )
     assert paid == 1
+
+
+async def test_an_outage_past_the_late_limit_is_left_to_the_ledger(
+    cut: Cut, pg_pool: asyncpg.Pool, caplog: pytest.LogCaptureFixture
+) -> None:
+    """PostgreSQL away for longer than the late limit: the background settle gives up and says
+    so at error. The COMMIT had landed: its receipt, queued in its transaction, is the one
+    message the customer gets once PostgreSQL is back; the hop again moves nothing."""
+    caplog.set_level(logging.ERROR, logger="menus.engine")
+    s, sender, recipient = await ready_to_send(cut)
+    engine(cut).late_limit_s = 2.0
+    try:
+        fresh_connections(cut.proxy)
+        PENDING_CUTS["answer_lost"](cut.proxy)
+        assert await s.send(PIN) == PENDING
+        await settled(cut)
+    finally:
+        engine(cut).late_limit_s = LATE_ACTION_LIMIT_S
+    assert engine_errors(caplog) == ["money outcome unknown at the late limit; left to the ledger"]
+    cut.proxy.restore()
+    assert await moved(pg_pool, recipient) == 1
+    assert await outbox(pg_pool, sender) == [("receipt", "p2p_sent")]
+    assert await s.post(s.form()) == PENDING
+    assert not engine(cut)._late
+    assert await moved(pg_pool, recipient) == 1
+
+
+async def test_a_withdrawal_answer_lost_past_settle_is_paid_once(
+    cut: Cut, pg_pool: asyncpg.Pool
+) -> None:
+    """Withdraw at an agent, the COMMIT's answer lost and the outage outlasting settle: paid
+    once, the agent told once to hand over the cash, the customer's receipt once (no result
+    SMS beside it)."""
+    bank = cut.env.bank
+    customer = await bank.open(balance_minor=100_000)
+    code, agent_msisdn = await bank.agent()
+    s = cut.env.session(customer)
+    await s.walk("3", code, "50")
+    fresh_connections(cut.proxy)
+    cut.proxy.cut_on(b"COMMIT\x00", from_server=True, refuse=OUTAGE)
+    assert await s.send(PIN) == PENDING
+    assert engine(cut)._late
+    cut.proxy.restore()
+    await settled(cut)
+    assert await outbox(pg_pool, agent_msisdn) == [("agent_cash_out", None)]
+    assert await outbox(pg_pool, customer) == [("receipt", "cash_out_done")]
+    paid = await pg_pool.fetchval(
+        "SELECT count(*) FROM transfers WHERE type = 'cash_out' AND debit_party = $1", customer
+    )
+    assert paid == 1
+    assert await s.post(s.form()) == PENDING
+
+
+# --- the gateway stopped while a settle is pending ---------------------------------------------
+
+
+@dataclass
+class Own:
+    """A gateway of the test's own behind its own relay, to be stopped by the test."""
+
+    env: UssdEnv
+    proxy: CuttableProxy
+    stop: Callable[[], Awaitable[None]]
+
+
+@pytest.fixture
+async def own(settings: Settings, database_url: str) -> AsyncIterator[Own]:
+    proxy, via = postgres_proxy(database_url)
+    port = await proxy.start()
+    running = start_env(settings, database_url=via(port))
+    try:
+        yield Own(await anext(running), proxy, running.aclose)
+    finally:
+        proxy.restore()
+        await running.aclose()
+        await proxy.close()
+
+
+async def test_a_stop_waits_for_a_pending_settle(own: Own, pg_pool: asyncpg.Pool) -> None:
+    """A stop begun while the outcome is unknown waits for the background settle (as for late
+    actions): PostgreSQL back during the stop, the transfer is found, once, with its receipt."""
+    env = own.env
+    s, sender, recipient = await ready_to_send(Cut(env, own.proxy))
+    fresh_connections(own.proxy)
+    PENDING_CUTS["answer_lost"](own.proxy)
+    assert await s.send(PIN) == PENDING
+    engine_ = env.app[USSD_SERVICE].engine
+    stopping = asyncio.ensure_future(own.stop())
+    await eventually(lambda: env.app[USSD_HTTP].service is None, timeout_s=WAIT_S)
+    assert engine_._late and not stopping.done()  # the stop waits on the settle
+    own.proxy.restore()
+    await asyncio.wait_for(stopping, timeout=WAIT_S)
+    assert not engine_._late
+    assert await moved(pg_pool, recipient) == 1
+    assert await outbox(pg_pool, sender) == [("receipt", "p2p_sent")]
+
+
+async def test_a_stop_past_the_drain_hands_the_settle_to_the_ledger(
+    own: Own, pg_pool: asyncpg.Pool, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The outage outlasting the stop's wait for late actions: the settle is cancelled and
+    logged at error; the COMMIT that landed has its receipt (its own transaction's), and no
+    result SMS follows it. The session stays over: the hop again, on another gateway, gets
+    the stored END and moves nothing."""
+    caplog.set_level(logging.ERROR, logger="menus.engine")
+    env = own.env
+    s, sender, recipient = await ready_to_send(Cut(env, own.proxy))
+    fresh_connections(own.proxy)
+    PENDING_CUTS["answer_lost"](own.proxy)
+    assert await s.send(PIN) == PENDING
+    engine_ = env.app[USSD_SERVICE].engine
+    await own.stop()
+    assert not engine_._late
+    assert engine_errors(caplog) == ["stopped with a money outcome unknown; left to the ledger"]
+    own.proxy.restore()
+    assert await moved(pg_pool, recipient) == 1
+    assert await outbox(pg_pool, sender) == [("receipt", "p2p_sent")]
+    async for other in start_env(env.settings):
+        again = other.session(sender, session_id=s.session_id)
+        again.inputs = list(s.inputs)
+        assert await again.post(again.form()) == PENDING
+        assert other.calls["send_money"] == 0
+    assert await moved(pg_pool, recipient) == 1
+
+
+async def test_a_loan_repayment_answer_lost_past_settle_is_taken_once(
+    cut: Cut, pg_pool: asyncpg.Pool
+) -> None:
+    """Loan repayment, its transaction's COMMIT answer lost and the outage outlasting settle:
+    the repayment is recorded once, and the loan's repayment notice (queued with it) is the
+    one message about it; no result SMS beside it."""
+    product = await offer_products(cut.env, "P")
+    msisdn = await borrower(cut.env)
+    s = cut.env.session(msisdn)
+    await choose_product(s, product["name"])
+    await s.send("1000")
+    await s.send("1")
+    assert (await s.send(PIN)).startswith("END Loan approved")
+    r = cut.env.session(msisdn)
+    await r.walk("5", "2", "50")
+    fresh_connections(cut.proxy)
+    cut.proxy.cut_on(b"COMMIT\x00", from_server=True, refuse=OUTAGE)
+    assert await r.send(PIN) == PENDING
+    assert engine(cut)._late
+    cut.proxy.restore()
+    await settled(cut)
+    repayments = await pg_pool.fetchval(
+        "SELECT count(*) FROM loan_repayments r JOIN loans l ON l.id = r.loan_id"
+        " WHERE l.msisdn = $1",
+        msisdn,
+    )
+    assert repayments == 1
+    # The core's receipt row, taken over by the loan's notice (its template stays the core's).
+    told = [m for m in await outbox(pg_pool, msisdn) if m[1] != "loan_disbursed"]
+    assert told == [("loan_repayment", "loan_repaid")]
+    [notice] = await cut.env.bank.outbox(msisdn, "loan_repayment")
+    assert "Loan repayment of KES 50.00 received. Still to pay KES 1,000.00" in notice["body"]
+    assert await r.post(r.form()) == PENDING
