@@ -450,8 +450,9 @@ class Engine:
     ) -> None:
         """The user already got "the result will come by SMS"; when the action completes, render
         where it leads and queue that SMS. A movement whose outcome is unknown is asked again
-        under its key (`_settled`); settled so, its success needs no SMS when the core queued
-        the receipt (`ActionResult.receipted`), and a refusal is told by SMS."""
+        under its key (`_settled`). A success needs no SMS of its own when the core queued the
+        customer's receipt with the movement (`ActionResult.receipted`); a refusal, or an
+        action with no receipt, is told by SMS."""
         snapshot = Session.from_json(step.session.to_json())
         menu = self._menu(step)
 
@@ -464,8 +465,10 @@ class Engine:
             late.outcome = self._outcome(node, done)
             if late.outcome.kind == "ok":
                 result = late.outcome.result
-                if done is not task and result is not None and result.receipted:
-                    log.info("unsettled movement settled; its receipt is the result", extra=_k(ctx))
+                if result is not None and result.receipted:
+                    # The core queued the customer's receipt with the movement: that SMS is the
+                    # result promised (a second one with the same facts would only confuse).
+                    log.info("late movement done; its receipt is the result", extra=_k(ctx))
                     return
                 self._apply(late, late.outcome)
             await self._settle_late(late)
