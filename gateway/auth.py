@@ -5,6 +5,16 @@ token and its refresh token stop working at once. A refresh token is single-use:
 denylists its `jti`; presenting a used refresh token again is treated as theft and revokes the
 whole session. The access token carries the admin's permissions (signed), so a permission check
 costs no database round trip; the denylist check costs one Redis round trip.
+
+Cutting off every session of one admin (deactivated, roles changed) is a per-admin generation:
+a counter in Redis (`{prefix}auth:user:{id}:gen`, absent = 0) that both tokens copy at issue
+(`gen`). `cut_sessions` increments it; a token whose `gen` is below the counter is revoked. It
+is read in the same round trip as the sid denylist (one pipeline), so the check costs nothing
+more. A counter rather than a "not before" time: nothing compares clocks across instances,
+and `iat` (whole seconds) cannot say whether a token of the same second came before or after.
+Race-free when the issuer reads the counter before it reads the admin from the database (or
+while holding the admin's row lock) and `cut_sessions` runs again after the change commits:
+a token issued from the old state then carries an old generation.
 """
 
 from __future__ import annotations
@@ -25,6 +35,19 @@ from core.identity import Principal
 ALGORITHM = "HS256"
 LEEWAY_S = 5
 REQUIRED_CLAIMS = ["exp", "iat", "sub", "typ", "sid", "jti"]
+# The generation key must outlive every token issued before its last increment, or a revoked
+# token would count again once the key (and so the counter) went away.
+GENERATION_SLACK_S = 2 * LEEWAY_S
+
+
+@dataclass(frozen=True, slots=True)
+class RefreshGrant:
+    """A spent refresh token: whose session, and the admin's generation read before the
+    caller reads the admin from the database (see the module docstring)."""
+
+    user_id: int
+    sid: str
+    generation: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,10 +85,21 @@ class TokenService:
     def _deny_key(self, kind: str, value: str) -> str:
         return f"{self._prefix}deny:{kind}:{value}"
 
-    def issue(self, principal: Principal, sid: str | None = None) -> TokenPair:
+    def _generation_key(self, user_id: int) -> str:
+        return f"{self._prefix}auth:user:{user_id}:gen"
+
+    def issue(self, principal: Principal, sid: str | None = None, generation: int = 0) -> TokenPair:
+        """Tokens for `principal`; `generation` is `generation(user_id)` read before the
+        principal was loaded (0 for an admin whose sessions were never cut)."""
         now = datetime.now(UTC)
         sid = sid or uuid.uuid4().hex
-        base = {"sub": str(principal.user_id), "usr": principal.username, "sid": sid, "iat": now}
+        base = {
+            "sub": str(principal.user_id),
+            "usr": principal.username,
+            "sid": sid,
+            "iat": now,
+            "gen": generation,
+        }
         access = {
             **base,
             "typ": "access",
@@ -104,30 +138,43 @@ class TokenService:
             raise TokenInvalid(f"An {expected_type} token is required")
         return claims
 
-    async def _denied(self, *keys: str) -> bool:
+    async def _revoked(self, claims: dict[str, Any]) -> int:
+        """Whether the token's session was ended or its admin's sessions cut (TOKEN_REVOKED),
+        in one Redis round trip; returns the admin's current generation."""
+        sid_key = self._deny_key("sid", str(claims["sid"]))
+        gen_key = self._generation_key(_user_id(claims))
         try:
-            return int(await self._redis.exists(*keys)) > 0
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.exists(sid_key)
+                pipe.get(gen_key)
+                denied, raw_generation = await pipe.execute()
         except (RedisError, OSError) as exc:
             raise Unavailable("Token checks are temporarily unavailable") from exc
+        if int(denied):
+            raise TokenInvalid("The session has ended", code="TOKEN_REVOKED")
+        current = int(raw_generation or 0)
+        if _generation(claims) < current:
+            raise TokenInvalid(
+                "The admin's sessions were ended (deactivated or roles changed); log in again",
+                code="TOKEN_REVOKED",
+            )
+        return current
 
     async def verify_access(self, token: str) -> Principal:
         claims = self.decode(token, "access")
-        if await self._denied(self._deny_key("sid", claims["sid"])):
-            raise TokenInvalid("The session has ended", code="TOKEN_REVOKED")
+        await self._revoked(claims)
         return Principal(
-            user_id=int(claims["sub"]),
+            user_id=_user_id(claims),
             username=str(claims.get("usr", "")),
             roles=tuple(claims.get("roles", ())),
             permissions=frozenset(claims.get("perms", ())),
             superuser=bool(claims.get("su", False)),
         )
 
-    async def consume_refresh(self, token: str) -> dict[str, Any]:
-        """Validate a refresh token and spend it; returns its claims."""
+    async def consume_refresh(self, token: str) -> RefreshGrant:
+        """Validate a refresh token and spend it."""
         claims = self.decode(token, "refresh")
-        sid_key = self._deny_key("sid", claims["sid"])
-        if await self._denied(sid_key):
-            raise TokenInvalid("The session has ended", code="TOKEN_REVOKED")
+        generation = await self._revoked(claims)
         ttl = max(1, int(claims["exp"] - datetime.now(UTC).timestamp()) + LEEWAY_S)
         try:
             first_use = await self._redis.set(
@@ -138,10 +185,45 @@ class TokenService:
         if not first_use:
             await self.revoke_session(claims["sid"])
             raise TokenInvalid("This refresh token was already used", code="TOKEN_REVOKED")
-        return claims
+        return RefreshGrant(_user_id(claims), str(claims["sid"]), generation)
+
+    async def generation(self, user_id: int) -> int:
+        """The admin's current generation, for `issue`: read it before reading the admin (or
+        while holding the admin's row lock)."""
+        try:
+            raw = await self._redis.get(self._generation_key(user_id))
+        except (RedisError, OSError) as exc:
+            raise Unavailable("Token checks are temporarily unavailable") from exc
+        return int(raw or 0)
+
+    async def cut_sessions(self, user_id: int) -> None:
+        """Revoke every access and refresh token issued to the admin so far."""
+        key = self._generation_key(user_id)
+        try:
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.incr(key)
+                pipe.expire(key, self.refresh_ttl_s + GENERATION_SLACK_S)
+                await pipe.execute()
+        except (RedisError, OSError) as exc:
+            raise Unavailable("Ending the admin's sessions is temporarily unavailable") from exc
 
     async def revoke_session(self, sid: str) -> None:
         try:
             await self._redis.set(self._deny_key("sid", sid), "1", ex=self.refresh_ttl_s + LEEWAY_S)
         except (RedisError, OSError) as exc:
             raise Unavailable("Logout is temporarily unavailable") from exc
+
+
+def _user_id(claims: dict[str, Any]) -> int:
+    try:
+        return int(claims["sub"])
+    except (TypeError, ValueError):
+        raise TokenInvalid() from None
+
+
+def _generation(claims: dict[str, Any]) -> int:
+    """The token's generation; a token from before generations existed is generation 0."""
+    value = claims.get("gen", 0)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TokenInvalid()
+    return value
