@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Annotated, Any
 
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
@@ -47,7 +47,9 @@ class AdminIn(BaseModel):
 
 class RolesIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    roles: list[str] = Field(min_length=1, max_length=admins.MAX_ROLES)
+    roles: list[Annotated[str, Field(min_length=1, max_length=64)]] = Field(
+        min_length=1, max_length=admins.MAX_ROLES
+    )
 
 
 class AdminOut(BaseModel):
