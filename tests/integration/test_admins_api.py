@@ -9,6 +9,7 @@ import json
 import logging
 from dataclasses import replace
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pyotp
@@ -31,6 +32,7 @@ from tests.helpers import (
     make_admin,
     token_for,
 )
+from tests.tcp_proxy import CuttableProxy
 
 URL = "/api/v1/admins"
 MANAGERS_LOCK = "hashtext('admins:manage')"
@@ -436,3 +438,46 @@ async def test_the_last_two_managers_cannot_both_go_at_once(
             "JOIN roles r ON r.id = ur.role_id WHERE u.is_active AND r.name = 'admin'"
         )
         assert managers == 1
+
+
+# --- Redis cut while a deactivation ends the sessions --------------------------------------
+
+OUTAGE = 1_000_000  # refusals: an outage that lasts until `restore()`
+
+
+async def test_redis_down_at_the_cut_off_saves_nothing(settings: Settings) -> None:
+    """The sessions cannot be ended: the deactivation is refused (503) and rolled back, rather
+    than saved with the admin's tokens still working for up to an hour."""
+    assert settings.redis_url is not None
+    parts = urlsplit(settings.redis_url)
+    proxy = CuttableProxy(parts.hostname or "127.0.0.1", parts.port or 6379)
+    port = await proxy.start()
+    auth_part = parts.netloc.rpartition("@")[0]
+    via = urlunsplit(
+        parts._replace(netloc=f"{auth_part}@127.0.0.1:{port}" if auth_part else f"127.0.0.1:{port}")
+    )
+    app = create_app(replace(settings, redis_url=via), run_migrations=False, start_channels=False)
+    try:
+        async with running_app(app) as client:
+            pool = app[PG_POOL]
+            _, token = await manager(client)
+            staff = await make_admin(app, "viewer")
+            staff_id = await admin_id(pool, staff.username)
+            staff_token = (await login(client, staff))["access_token"]
+
+            proxy.cut_on(b"INCR", refuse=OUTAGE)
+            resp = await client.post(f"{URL}/{staff_id}/deactivate", headers=auth(token))
+            await assert_error(resp, 503, "SERVICE_UNAVAILABLE")
+            assert proxy.tripped == 1
+            proxy.restore()
+            assert await pool.fetchval("SELECT is_active FROM admin_users WHERE id = $1", staff_id)
+            assert await audit_rows(pool, "admin.deactivated", staff.username) == []
+            me = await client.get("/api/v1/auth/me", headers=auth(staff_token))
+            assert me.status == 200  # still active, as the database says
+
+            again = await ok(await client.post(f"{URL}/{staff_id}/deactivate", headers=auth(token)))
+            assert again["active"] is False
+            gone = await client.get("/api/v1/auth/me", headers=auth(staff_token))
+            await assert_error(gone, 401, "TOKEN_REVOKED")
+    finally:
+        await proxy.close()
