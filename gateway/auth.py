@@ -6,15 +6,18 @@ denylists its `jti`; presenting a used refresh token again is treated as theft a
 whole session. The access token carries the admin's permissions (signed), so a permission check
 costs no database round trip; the denylist check costs one Redis round trip.
 
-Cutting off every session of one admin (deactivated, roles changed) is a per-admin generation:
-a counter in Redis (`{prefix}auth:user:{id}:gen`, absent = 0) that both tokens copy at issue
-(`gen`). `cut_sessions` increments it; a token whose `gen` is below the counter is revoked. It
-is read in the same round trip as the sid denylist (one pipeline), so the check costs nothing
-more. A counter rather than a "not before" time: nothing compares clocks across instances,
-and `iat` (whole seconds) cannot say whether a token of the same second came before or after.
-Race-free when the issuer reads the counter before it reads the admin from the database (or
-while holding the admin's row lock) and `cut_sessions` runs again after the change commits:
-a token issued from the old state then carries an old generation.
+Cutting off every session of one admin (deactivated, roles changed) is a per-admin generation
+in Redis (`{prefix}auth:user:{id}:gen`, absent = 0) that both tokens copy at issue (`gen`); a
+token whose `gen` is below the admin's generation is revoked. It is read in the same round
+trip as the sid denylist (one pipeline), so the check costs no more round trips.
+`cut_sessions` raises the generation to one more than it was, and to at least Redis's own
+clock in milliseconds: it only ever grows, even after the key expired or Redis lost it, so a
+cut always revokes every token issued before it. Why not a "tokens issued before T" time: the
+gateway instances' clocks would be compared with each other, and `iat` (whole seconds) cannot
+say whether a token of the same second came before or after the cut. Race-free when the issuer
+reads the generation before it reads the admin from the database (or while holding the
+admin's row lock) and `cut_sessions` runs again after the change commits: a token issued from
+the old state then carries an old generation.
 """
 
 from __future__ import annotations
@@ -35,9 +38,16 @@ from core.identity import Principal
 ALGORITHM = "HS256"
 LEEWAY_S = 5
 REQUIRED_CLAIMS = ["exp", "iat", "sub", "typ", "sid", "jti"]
-# The generation key must outlive every token issued before its last increment, or a revoked
-# token would count again once the key (and so the counter) went away.
-GENERATION_SLACK_S = 2 * LEEWAY_S
+# Raise the generation (KEYS[1]) to max(generation + 1, Redis's clock in ms) and keep it for
+# ARGV[1] seconds (past every token issued before: after that a token carries 0 or a newer
+# generation). Milliseconds (13 digits) because Lua turns numbers into text with 14 digits.
+_CUT = r"""
+local now = redis.call('TIME')
+local ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+local generation = math.max((tonumber(redis.call('GET', KEYS[1])) or 0) + 1, ms)
+redis.call('SET', KEYS[1], string.format('%d', generation), 'EX', ARGV[1])
+return string.format('%d', generation)
+"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +91,7 @@ class TokenService:
         self._prefix = prefix
         self.access_ttl_s = access_ttl_s
         self.refresh_ttl_s = refresh_ttl_s
+        self._cut = redis.register_script(_CUT)
 
     def _deny_key(self, kind: str, value: str) -> str:
         return f"{self._prefix}deny:{kind}:{value}"
@@ -198,12 +209,9 @@ class TokenService:
 
     async def cut_sessions(self, user_id: int) -> None:
         """Revoke every access and refresh token issued to the admin so far."""
-        key = self._generation_key(user_id)
+        keep_s = self.refresh_ttl_s + 2 * LEEWAY_S
         try:
-            async with self._redis.pipeline(transaction=True) as pipe:
-                pipe.incr(key)
-                pipe.expire(key, self.refresh_ttl_s + GENERATION_SLACK_S)
-                await pipe.execute()
+            await self._cut(keys=[self._generation_key(user_id)], args=[keep_s])
         except (RedisError, OSError) as exc:
             raise Unavailable("Ending the admin's sessions is temporarily unavailable") from exc
 

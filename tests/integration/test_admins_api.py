@@ -16,6 +16,7 @@ import pyotp
 import pytest
 from aiohttp import ClientResponse
 from aiohttp.test_utils import TestClient
+from redis.asyncio import Redis
 
 from config.settings import Settings
 from gateway.app import create_app
@@ -465,7 +466,7 @@ async def test_redis_down_at_the_cut_off_saves_nothing(settings: Settings) -> No
             staff_id = await admin_id(pool, staff.username)
             staff_token = (await login(client, staff))["access_token"]
 
-            proxy.cut_on(b"INCR", refuse=OUTAGE)
+            proxy.cut_on(b"EVALSHA", refuse=OUTAGE)
             resp = await client.post(f"{URL}/{staff_id}/deactivate", headers=auth(token))
             await assert_error(resp, 503, "SERVICE_UNAVAILABLE")
             assert proxy.tripped == 1
@@ -481,3 +482,24 @@ async def test_redis_down_at_the_cut_off_saves_nothing(settings: Settings) -> No
             await assert_error(gone, 401, "TOKEN_REVOKED")
     finally:
         await proxy.close()
+
+
+async def test_a_cut_revokes_even_after_the_generation_was_lost(
+    app_client: TestClient, pg_pool: asyncpg.Pool, redis: Redis, settings: Settings
+) -> None:
+    """The generation only grows (it is at least Redis's clock), so a cut after the key
+    expired or Redis lost it still revokes tokens that carry the generation from before."""
+    _, token = await manager(app_client)
+    staff = await make_admin(app_client.server.app, "viewer")  # type: ignore[arg-type]
+    staff_id = await admin_id(pg_pool, staff.username)
+    key = f"{settings.redis_prefix}auth:user:{staff_id}:gen"
+    roles = {"roles": ["support"]}
+    await ok(await app_client.put(f"{URL}/{staff_id}/roles", json=roles, headers=auth(token)))
+    first = int(await redis.get(key))
+    assert await redis.ttl(key) > settings.refresh_token_ttl_s
+    tokens = await login(app_client, staff)
+    assert await redis.delete(key) == 1  # expired, or lost with Redis
+    await ok(await app_client.put(f"{URL}/{staff_id}/roles", json=roles, headers=auth(token)))
+    assert int(await redis.get(key)) > first
+    old = await app_client.get("/api/v1/auth/me", headers=auth(tokens["access_token"]))
+    await assert_error(old, 401, "TOKEN_REVOKED")
