@@ -348,6 +348,17 @@ async def test_only_admin_managers_may_call(app_client: TestClient, pg_pool: asy
 # --- the last manager, raced: an app on a database of its own, where the managers are known ---
 
 
+# Sessions waiting for the managers' lock: an advisory lock on one bigint keeps its high half
+# in classid, its low half in objid, and objsubid 1.
+WAITERS = f"""
+SELECT count(*) FROM pg_locks
+WHERE locktype = 'advisory' AND NOT granted AND objsubid = 1
+  AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
+  AND classid::bigint = ({MANAGERS_LOCK}::bigint >> 32) & 4294967295
+  AND objid::bigint = {MANAGERS_LOCK}::bigint & 4294967295
+"""
+
+
 async def race(
     client: TestClient, pool: asyncpg.Pool, first: Any, second: Any
 ) -> list[ClientResponse]:
@@ -358,14 +369,7 @@ async def race(
         await holder.execute(f"SELECT pg_advisory_lock({MANAGERS_LOCK})")
         try:
             tasks = [asyncio.ensure_future(first), asyncio.ensure_future(second)]
-            await eventually(
-                lambda: pool.fetchval(
-                    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
-                    " AND database = (SELECT oid FROM pg_database"
-                    " WHERE datname = current_database())"
-                ),
-                until=lambda waiting: waiting == 2,
-            )
+            await eventually(lambda: pool.fetchval(WAITERS), until=lambda waiting: waiting == 2)
         finally:
             await holder.execute(f"SELECT pg_advisory_unlock({MANAGERS_LOCK})")
     return list(await asyncio.gather(*tasks))
