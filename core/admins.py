@@ -181,13 +181,13 @@ async def set_roles(
                 code="CANNOT_DEMOTE_SELF",
             )
         await _refuse_last_manager(conn, admin, "taking it away")
-    await conn.execute("DELETE FROM admin_user_roles WHERE user_id = $1", admin_id)
-    await conn.executemany(
-        "INSERT INTO admin_user_roles (user_id, role_id) VALUES ($1, $2)",
-        [(admin_id, r["id"]) for r in found],
-    )
-    await conn.execute("UPDATE admin_users SET updated_at = now() WHERE id = $1", admin_id)
     if tuple(wanted) != before:
+        await conn.execute("DELETE FROM admin_user_roles WHERE user_id = $1", admin_id)
+        await conn.executemany(
+            "INSERT INTO admin_user_roles (user_id, role_id) VALUES ($1, $2)",
+            [(admin_id, r["id"]) for r in found],
+        )
+        await conn.execute("UPDATE admin_users SET updated_at = now() WHERE id = $1", admin_id)
         await record(
             conn,
             actor_type="admin",

@@ -214,6 +214,13 @@ async def test_role_change_ends_sessions_and_the_next_login_has_the_new_permissi
         "before": ["viewer"],
         "after": ["loan_officer", "support"],
     }
+    # The same roles again: nothing changes and nothing is audited, but the sessions end
+    # again (a retry after a 503 must be able to finish the cut-off).
+    same = {"roles": ["support", "loan_officer"]}
+    await ok(await app_client.put(f"{URL}/{staff_id}/roles", json=same, headers=auth(token)))
+    assert len(await audit_rows(pg_pool, "admin.roles_changed", staff.username)) == 1
+    again = await app_client.get("/api/v1/auth/me", headers=auth(new["access_token"]))
+    await assert_error(again, 401, "TOKEN_REVOKED")
 
 
 async def test_unlock_clears_a_lockout(
