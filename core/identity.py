@@ -113,8 +113,11 @@ async def create_admin(
     password: str,
     role: str = "admin",
     password_rounds: int = 12,
+    actor_type: str = "system",
+    actor: str = "cli",
 ) -> NewAdmin:
-    """Create an admin with one role; returns the TOTP provisioning URI to show once."""
+    """Create an admin with one role; returns the TOTP provisioning URI to show once. The
+    audit names who: the CLI (the default), or the admin who called the API."""
     username = normalise_username(username)
     check_password_policy(password)
     role_row = (await db.execute(select(Role).where(Role.name == role))).scalar_one_or_none()
@@ -135,8 +138,8 @@ async def create_admin(
     db.add(AdminUserRole(user_id=user.id, role_id=role_row.id))
     db.add(
         AuditLog(
-            actor_type="system",
-            actor="cli",
+            actor_type=actor_type,
+            actor=actor,
             action="admin.create",
             target=username,
             details={"role": role},

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from gateway.admin import (
+    admins,
     agents,
     audit,
     auth,
@@ -35,4 +36,5 @@ ROUTE_GROUPS: list[ApiRoutes] = [
     audit.routes,
     pricing.routes,
     push_devices.routes,
+    admins.routes,
 ]

@@ -57,6 +57,8 @@ async def login(request: web.Request, body: LoginIn) -> web.StreamResponse:
     limit = settings.login_rate_per_minute
     await hit(redis, f"{prefix}rl:login:ip:{request.remote}", limit, 60)
     await hit(redis, f"{prefix}rl:login:user:{body.username.strip().lower()}", limit, 60)
+    tokens = request.app[TOKENS]
+    generation = 0
     async with request.app[SESSIONMAKER].begin() as db:
         outcome = await identity.authenticate(
             db,
@@ -67,6 +69,10 @@ async def login(request: web.Request, body: LoginIn) -> web.StreamResponse:
             max_failures=settings.login_max_failures,
             lockout_s=settings.login_lockout_s,
         )
+        if not isinstance(outcome, CoreError):
+            # Read while authenticate's row lock is held: a deactivation or a role change
+            # waits for it, so its cut-off comes after this and revokes these tokens.
+            generation = await tokens.generation(outcome.user_id)
     if isinstance(outcome, CoreError):
         log.info(
             "admin login refused",
@@ -74,7 +80,7 @@ async def login(request: web.Request, body: LoginIn) -> web.StreamResponse:
         )
         raise outcome
     log.info("admin login", extra={"username": outcome.username})
-    return json_response(request.app[TOKENS].issue(outcome).as_json())
+    return json_response(tokens.issue(outcome, generation=generation).as_json())
 
 
 @routes.post(
@@ -86,13 +92,14 @@ async def login(request: web.Request, body: LoginIn) -> web.StreamResponse:
 )
 async def refresh(request: web.Request, body: RefreshIn) -> web.StreamResponse:
     tokens = request.app[TOKENS]
-    claims = await tokens.consume_refresh(body.refresh_token)
+    grant = await tokens.consume_refresh(body.refresh_token)
     async with request.app[SESSIONMAKER].begin() as db:
         try:
-            principal = await identity.load_principal(db, int(claims["sub"]))
+            principal = await identity.load_principal(db, grant.user_id)
         except CoreError:
             raise TokenInvalid("The admin no longer exists or is disabled") from None
-    return json_response(tokens.issue(principal, sid=claims["sid"]).as_json())
+    pair = tokens.issue(principal, sid=grant.sid, generation=grant.generation)
+    return json_response(pair.as_json())
 
 
 @routes.post(

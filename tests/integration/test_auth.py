@@ -169,3 +169,21 @@ async def test_password_never_logged(
     assert caplog.records, "the login path logs nothing to check"
     text = "\n".join(JsonFormatter().format(r) for r in caplog.records) + caplog.text
     assert admin.password not in text and "Secret-Wrong-99" not in text
+
+
+async def test_generation_claim(app_client: TestClient) -> None:
+    """A token from before per-admin generations (no `gen`) counts as generation 0, so a
+    deployment does not log everybody out; a `gen` that is not a whole number is refused."""
+    app = app_client.server.app
+    assert app is not None
+    admin = await make_admin(app, "viewer")
+    tokens = await login(app_client, admin)
+    claims = jwt.decode(tokens["access_token"], options={"verify_signature": False})
+    assert claims["gen"] == 0
+    key = derive_key(TEST_SECRET, "jwt-hs256")
+    old = _forge({k: v for k, v in claims.items() if k != "gen"}, key)
+    assert (await app_client.get("/api/v1/auth/me", headers=auth(old))).status == 200
+    for bad in ("1", 1.5, True, None):
+        forged = _forge({**claims, "gen": bad}, key)
+        resp = await app_client.get("/api/v1/auth/me", headers=auth(forged))
+        await assert_error(resp, 401, "INVALID_TOKEN")
