@@ -5,8 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
+
+import asyncpg
+
+from gateway import db as dbmod
 
 
 class CuttableProxy:
@@ -148,3 +153,22 @@ def postgres_proxy(url: str) -> tuple[CuttableProxy, Callable[[int], str]]:
         )
 
     return proxy, via
+
+
+@dataclass
+class Relay:
+    proxy: CuttableProxy
+    pool: asyncpg.Pool
+
+
+@contextlib.asynccontextmanager
+async def relayed_pool(database_url: str, *, max_size: int) -> AsyncIterator[Relay]:
+    """A pool made as the app makes its own (`gateway.db.make_pool`, no connection floor),
+    every connection of it through a proxy to the PostgreSQL of `database_url`."""
+    proxy, via = postgres_proxy(database_url)
+    pool = await dbmod.make_pool(via(await proxy.start()), min_size=0, max_size=max_size)
+    try:
+        yield Relay(proxy, pool)
+    finally:
+        await pool.close()
+        await proxy.close()

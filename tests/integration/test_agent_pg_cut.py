@@ -29,7 +29,6 @@ from core.pg import CALL_TIMEOUT_S, RECORD_RETRY_PAUSES_S
 from core.tasks import stop_tasks
 from core.transfers import balance, float_topup
 from gateway import agents as agents_module
-from gateway import db as dbmod
 from gateway.agents import AgentCollector, AgentRuntime
 from tests.conftest import TEST_SECRET
 from tests.helpers import eventually, new_msisdn
@@ -44,7 +43,7 @@ from tests.integration.agent_support import (
     prepare_core,
     zoned_agent,
 )
-from tests.tcp_proxy import CuttableProxy, postgres_proxy
+from tests.tcp_proxy import Relay, relayed_pool
 
 CIPHER = FieldCipher(TEST_SECRET)  # the app's own key in tests
 UNAVAILABLE = "SERVICE_UNAVAILABLE"
@@ -63,22 +62,10 @@ class Replies:
         return [json.loads(p) for t, p in self.sent if t == f"agents/{agent}/reply"]
 
 
-@dataclass
-class Relay:
-    proxy: CuttableProxy
-    pool: asyncpg.Pool
-
-
 @pytest.fixture
 async def relay(database_url: str) -> AsyncIterator[Relay]:
-    """A pool made as the app makes its own, every connection of it through the proxy."""
-    proxy, via = postgres_proxy(database_url)
-    pool = await dbmod.make_pool(via(await proxy.start()), min_size=0, max_size=4)
-    try:
-        yield Relay(proxy, pool)
-    finally:
-        await pool.close()
-        await proxy.close()
+    async with relayed_pool(database_url, max_size=4) as relay:
+        yield relay
 
 
 async def channel_over(

@@ -8,7 +8,6 @@ SMS) answers the first result. Money, receipts and the agent's SMS once, no PIN 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
@@ -17,31 +16,19 @@ import pytest
 from core import errors as E
 from core.crypto import FieldCipher
 from core.transfers import balance
-from gateway import db as dbmod
 from menus.actions import ActionContext, ActionFn, MenuBindings
 from menus.bindings import bind
 from menus.catalogue import CATALOGUE
 from tests.integration.core.conftest import PIN, make_agent, make_customer, new_key
-from tests.tcp_proxy import CuttableProxy, postgres_proxy
+from tests.tcp_proxy import Relay, relayed_pool
 
 OUTAGE = 1_000_000  # refusals: an outage that lasts until `restore()`
 
 
-@dataclass
-class Relay:
-    proxy: CuttableProxy
-    pool: asyncpg.Pool
-
-
 @pytest.fixture
 async def relay(database_url: str) -> AsyncIterator[Relay]:
-    proxy, via = postgres_proxy(database_url)
-    pool = await dbmod.make_pool(via(await proxy.start()), min_size=0, max_size=2)
-    try:
-        yield Relay(proxy, pool)
-    finally:
-        await pool.close()
-        await proxy.close()
+    async with relayed_pool(database_url, max_size=2) as relay:
+        yield relay
 
 
 class Gate:
