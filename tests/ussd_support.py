@@ -215,6 +215,23 @@ class UssdEnv:
         return AtSession(self.client, msisdn, **kw)
 
 
+async def ready_to_send(env: UssdEnv) -> tuple[AtSession, str, str]:
+    """A sender with KES 1,000 at the PIN screen of sending KES 100 to a new recipient (Neema
+    Achieng); the session, the sender and the recipient."""
+    sender = await env.bank.open(balance_minor=100_000)
+    recipient = await env.bank.open(first_name="Neema", last_name="Achieng")
+    s = env.session(sender)
+    await s.walk("1", recipient, "100", "1")
+    return s, sender, recipient
+
+
+async def moved_once(env: UssdEnv, sender: str, recipient: str) -> None:
+    """The KES 100 of `ready_to_send` moved, once."""
+    assert await env.bank.balance(recipient) == 10_000
+    assert await env.bank.balance(sender) == 90_000
+    assert await env.bank.transfers(recipient) == 1
+
+
 async def start_env(settings: Settings, **overrides: Any) -> AsyncIterator[UssdEnv]:
     """A running gateway (USSD and admin API, no channel workers) on the run's database."""
     app = create_app(replace(settings, **overrides), run_migrations=False, start_channels=False)

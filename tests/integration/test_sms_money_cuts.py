@@ -17,7 +17,6 @@ import pytest
 
 from channels.sms.executor import SmsBanking
 from channels.sms.handler import RetryLater
-from gateway import db as dbmod
 from menus.bindings import LoanActions
 from tests.loans_support import borrower, offer_products
 from tests.sms_banking_support import (
@@ -29,7 +28,7 @@ from tests.sms_banking_support import (
     sms_env_fixtures,
 )
 from tests.sms_helpers import peer_per_module  # noqa: F401 (the `peer` fixture)
-from tests.tcp_proxy import CuttableProxy, postgres_proxy
+from tests.tcp_proxy import CuttableProxy, relayed_pool
 from tests.ussd_support import PIN
 
 env, ledger_ok = sms_env_fixtures()
@@ -74,23 +73,18 @@ class Relayed:
 @pytest.fixture
 async def relayed(env: SmsEnv, database_url: str) -> AsyncIterator[Relayed]:
     live = banking(env)
-    proxy, via = postgres_proxy(database_url)
-    pool = await dbmod.make_pool(via(await proxy.start()), min_size=0, max_size=2)
-    core = replace(live.core, pool=pool)
-    loans = None if live.loans is None else LoanActions(pool, live.loans.loans, core)
-    replies = Replies()
-    executor = SmsBanking(
-        replies,
-        core=core,
-        loans=loans,
-        limiter=live.limiter,
-        confirmations=live.confirmations,
-    )
-    try:
-        yield Relayed(proxy, executor, replies)
-    finally:
-        await pool.close()
-        await proxy.close()
+    async with relayed_pool(database_url, max_size=2) as relay:
+        core = replace(live.core, pool=relay.pool)
+        loans = None if live.loans is None else LoanActions(relay.pool, live.loans.loans, core)
+        replies = Replies()
+        executor = SmsBanking(
+            replies,
+            core=core,
+            loans=loans,
+            limiter=live.limiter,
+            confirmations=live.confirmations,
+        )
+        yield Relayed(relay.proxy, executor, replies)
 
 
 def local(msisdn: str) -> str:

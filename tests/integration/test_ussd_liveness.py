@@ -30,7 +30,16 @@ from menus.service import STALE_CLAIM_GRACE_S, UssdService
 from menus.session import RedisSessionStore, Session
 from tests.helpers import eventually
 from tests.tcp_proxy import CuttableProxy
-from tests.ussd_support import PIN, AtSession, RedisProcess, UssdEnv, own_redis, start_env
+from tests.ussd_support import (
+    PIN,
+    AtSession,
+    RedisProcess,
+    UssdEnv,
+    moved_once,
+    own_redis,
+    ready_to_send,
+    start_env,
+)
 
 __all__ = ["own_redis"]
 
@@ -164,14 +173,6 @@ async def stalled(env: UssdEnv, marker: str, *, after: bool) -> AsyncIterator[St
         del store.save
 
 
-async def ready_to_send(a: UssdEnv) -> tuple[AtSession, str, str]:
-    sender = await a.bank.open(balance_minor=100_000)
-    recipient = await a.bank.open(first_name="Neema", last_name="Achieng")
-    s = a.session(sender)
-    await s.walk("1", recipient, "100", "1")
-    return s, sender, recipient
-
-
 def on(env: UssdEnv, s: AtSession) -> AtSession:
     """The same USSD session, its callbacks now delivered to `env` (another instance)."""
     moved = env.session(s.msisdn, session_id=s.session_id)
@@ -197,12 +198,6 @@ async def late_actions_done(env: UssdEnv) -> None:
     engine = service(env).engine
     await engine.drain(WAIT_S)
     assert not engine._late
-
-
-async def moved_once(env: UssdEnv, sender: str, recipient: str) -> None:
-    assert await env.bank.balance(recipient) == 10_000
-    assert await env.bank.balance(sender) == 90_000
-    assert await env.bank.transfers(recipient) == 1
 
 
 async def timed(call: Callable[[], Awaitable[str]], limit_s: float) -> str:

@@ -23,7 +23,7 @@ from menus.engine import LATE_ACTION_LIMIT_S, Engine
 from tests.helpers import eventually
 from tests.loans_support import borrower, choose_product, offer_products
 from tests.tcp_proxy import CuttableProxy, postgres_proxy
-from tests.ussd_support import PIN, AtSession, UssdEnv, start_env
+from tests.ussd_support import PIN, UssdEnv, ready_to_send, start_env
 
 PENDING = "END We are still processing your request. The result will come by SMS."
 WAIT_S = 30.0  # the background settle's pauses double: 0.5, 1, 2 ... s between asks
@@ -65,19 +65,11 @@ def fresh_connections(proxy: CuttableProxy) -> None:
     proxy.cut(refuse=0)
 
 
-async def ready_to_send(cut: Cut) -> tuple[AtSession, str, str]:
-    sender = await cut.env.bank.open(balance_minor=100_000)
-    recipient = await cut.env.bank.open(first_name="Neema", last_name="Achieng")
-    s = cut.env.session(sender)
-    await s.walk("1", recipient, "100", "1")
-    return s, sender, recipient
-
-
 @pytest.mark.parametrize("moment", sorted(CUTS))
 async def test_a_cut_send_answers_the_hop_and_its_retry_the_transfer(
     cut: Cut, pg_pool: asyncpg.Pool, moment: str
 ) -> None:
-    s, sender, recipient = await ready_to_send(cut)
+    s, sender, recipient = await ready_to_send(cut.env)
     tripped = cut.proxy.tripped
     fresh_connections(cut.proxy)
     CUTS[moment](cut.proxy)
@@ -145,7 +137,7 @@ async def test_an_outage_past_the_hops_tries_answers_by_sms_and_settles_once(
     again); once PostgreSQL is reachable the background settle, under the same key, finds the
     transfer or makes it: one transfer, and the customer told once, by the ledger's receipt
     (no result SMS repeating it)."""
-    s, sender, recipient = await ready_to_send(cut)
+    s, sender, recipient = await ready_to_send(cut.env)
     fresh_connections(cut.proxy)
     PENDING_CUTS[moment](cut.proxy)
     started = time.monotonic()
@@ -173,7 +165,7 @@ async def test_a_refusal_on_the_background_ask_is_told_by_sms_with_nothing_moved
 ) -> None:
     """The wallet emptied (from another channel) while the step's outcome was unknown: the
     background ask is refused, and the customer gets the refusal screen by SMS, once."""
-    s, sender, recipient = await ready_to_send(cut)
+    s, sender, recipient = await ready_to_send(cut.env)
     elsewhere = await cut.env.bank.open()
     fresh_connections(cut.proxy)
     PENDING_CUTS["statement_lost"](cut.proxy)
@@ -235,7 +227,7 @@ async def test_an_outage_past_the_late_limit_is_left_to_the_ledger(
     so at error. The COMMIT had landed: its receipt, queued in its transaction, is the one
     message the customer gets once PostgreSQL is back; the hop again moves nothing."""
     caplog.set_level(logging.ERROR, logger="menus.engine")
-    s, sender, recipient = await ready_to_send(cut)
+    s, sender, recipient = await ready_to_send(cut.env)
     engine(cut).late_limit_s = 2.0
     try:
         fresh_connections(cut.proxy)
@@ -308,7 +300,7 @@ async def test_a_stop_waits_for_a_pending_settle(own: Own, pg_pool: asyncpg.Pool
     """A stop begun while the outcome is unknown waits for the background settle (as for late
     actions): PostgreSQL back during the stop, the transfer is found, once, with its receipt."""
     env = own.env
-    s, sender, recipient = await ready_to_send(Cut(env, own.proxy))
+    s, sender, recipient = await ready_to_send(env)
     fresh_connections(own.proxy)
     PENDING_CUTS["answer_lost"](own.proxy)
     assert await s.send(PIN) == PENDING
@@ -332,7 +324,7 @@ async def test_a_stop_past_the_drain_hands_the_settle_to_the_ledger(
     the stored END and moves nothing."""
     caplog.set_level(logging.ERROR, logger="menus.engine")
     env = own.env
-    s, sender, recipient = await ready_to_send(Cut(env, own.proxy))
+    s, sender, recipient = await ready_to_send(env)
     fresh_connections(own.proxy)
     PENDING_CUTS["answer_lost"](own.proxy)
     assert await s.send(PIN) == PENDING

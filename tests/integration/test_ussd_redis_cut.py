@@ -23,7 +23,7 @@ from gateway.keys import MENU_BINDINGS, USSD_SERVICE
 from menus.actions import ActionContext, ActionResult
 from menus.redis_link import RedisLink
 from tests.tcp_proxy import CuttableProxy
-from tests.ussd_support import PIN, AtSession, UssdEnv, start_env
+from tests.ussd_support import PIN, AtSession, UssdEnv, moved_once, ready_to_send, start_env
 
 DEADLINE_S = 2.0  # the USSD deadline of this module's gateway (a hop must answer within it)
 OUTAGE = 1_000_000  # refusals: an outage that lasts until `restore()`
@@ -135,30 +135,15 @@ async def test_reply_to_a_navigation_write_lost(cut: Cut) -> None:
 # --- money ------------------------------------------------------------------------------------
 
 
-async def _ready_to_send(cut: Cut) -> tuple[AtSession, str, str]:
-    sender = await cut.env.bank.open(balance_minor=100_000)
-    recipient = await cut.env.bank.open(first_name="Neema", last_name="Achieng")
-    s = cut.env.session(sender)
-    await s.walk("1", recipient, "100", "1")
-    return s, sender, recipient
-
-
-async def _moved_once(cut: Cut, sender: str, recipient: str) -> None:
-    bank = cut.env.bank
-    assert await bank.balance(recipient) == 10_000
-    assert await bank.balance(sender) == 90_000
-    assert await bank.transfers(recipient) == 1
-
-
 async def test_cut_inside_send_money_the_link_reconnects(cut: Cut) -> None:
-    s, sender, recipient = await _ready_to_send(cut)
+    s, sender, recipient = await ready_to_send(cut.env)
     before = cut.env.calls["send_money"]
     with cut.cut_inside("send_money", refuse=0):
         receipt = await cut.timed(s, PIN)
     assert receipt.startswith("END KES 100.00 sent to Neema Achieng"), receipt
     assert await cut.timed(s, "") == receipt  # the provider retries: the stored answer
     assert cut.env.calls["send_money"] == before + 1
-    await _moved_once(cut, sender, recipient)
+    await moved_once(cut.env, sender, recipient)
 
 
 async def _receipt_once_back(
@@ -171,7 +156,7 @@ async def _receipt_once_back(
     assert receipt.startswith("END KES 100.00 sent to Neema Achieng"), receipt
     assert await cut.timed(s, "") == receipt
     assert cut.env.calls["send_money"] == calls
-    await _moved_once(cut, sender, recipient)
+    await moved_once(cut.env, sender, recipient)
 
 
 async def test_outage_from_inside_send_money(cut: Cut) -> None:
@@ -180,12 +165,12 @@ async def test_outage_from_inside_send_money(cut: Cut) -> None:
     END screen is all there is left to show: told "unavailable", they would send the money
     again from a new session). Once Redis is back, the provider's retry of the hop gets the
     receipt at once, and moves nothing again."""
-    s, sender, recipient = await _ready_to_send(cut)
+    s, sender, recipient = await ready_to_send(cut.env)
     before = cut.env.calls["send_money"]
     with cut.cut_inside("send_money", refuse=OUTAGE):
         first = await cut.timed(s, PIN)
     assert first.startswith("END KES 100.00 sent to Neema Achieng"), first
-    await _moved_once(cut, sender, recipient)
+    await moved_once(cut.env, sender, recipient)
     # The retry runs the step again (its claim is dead): the core answers the same key with
     # the same transfer.
     await _receipt_once_back(cut, s, sender, recipient, calls=before + 2)
@@ -195,7 +180,7 @@ async def test_reply_to_the_claim_lost(cut: Cut) -> None:
     """Redis stores the claim of the send-money hop, and the connection drops before its
     answer: the link sends the claim again on a new connection. The step must go on (the
     claim found is its own), not wait for itself and answer "still processing"."""
-    s, sender, recipient = await _ready_to_send(cut)
+    s, sender, recipient = await ready_to_send(cut.env)
     before = cut.env.calls["send_money"]
     dropped = cut.proxy.replies_dropped
     cut.proxy.cut_at_reply(CLAIM)
@@ -204,14 +189,14 @@ async def test_reply_to_the_claim_lost(cut: Cut) -> None:
     assert receipt.startswith("END KES 100.00 sent to Neema Achieng"), receipt
     assert cut.env.calls["send_money"] == before + 1
     assert await cut.timed(s, "") == receipt
-    await _moved_once(cut, sender, recipient)
+    await moved_once(cut.env, sender, recipient)
 
 
 async def test_claim_stored_then_an_outage(cut: Cut) -> None:
     """The claim lands, its answer is lost and Redis stays out of reach: the hop answers
     "unavailable" before any money moves. Once Redis is back, the hop sent again runs (the
     claim left behind is dead) and moves the money once."""
-    s, sender, recipient = await _ready_to_send(cut)
+    s, sender, recipient = await ready_to_send(cut.env)
     before = cut.env.calls["send_money"]
     cut.proxy.cut_at_reply(CLAIM, refuse=OUTAGE)
     assert await cut.timed(s, PIN) == DOWN
@@ -223,7 +208,7 @@ async def test_claim_stored_then_an_outage(cut: Cut) -> None:
 async def test_reply_to_the_final_write_lost(cut: Cut) -> None:
     """The step's last write (its receipt) lands, its answer is lost: the link sends it again,
     which finds it stored. The customer gets the receipt, a retry too, money moved once."""
-    s, sender, recipient = await _ready_to_send(cut)
+    s, sender, recipient = await ready_to_send(cut.env)
     before = cut.env.calls["send_money"]
     dropped = cut.proxy.replies_dropped
     cut.proxy.cut_at_reply(CLOSING)
@@ -232,7 +217,7 @@ async def test_reply_to_the_final_write_lost(cut: Cut) -> None:
     assert receipt.startswith("END KES 100.00 sent to Neema Achieng"), receipt
     assert await cut.timed(s, "") == receipt
     assert cut.env.calls["send_money"] == before + 1
-    await _moved_once(cut, sender, recipient)
+    await moved_once(cut.env, sender, recipient)
 
 
 # --- an outage over several hops --------------------------------------------------------------
