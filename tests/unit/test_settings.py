@@ -268,3 +268,17 @@ def test_mqtt_session_settings() -> None:
     s = load_settings({"MQTT_CLIENT_ID": " gw-nairobi-1 ", "MQTT_SESSION_EXPIRY_S": "600"})
     assert (s.mqtt_client_id, s.mqtt_session_expiry_s) == ("gw-nairobi-1", 600)
     assert load_settings({"MQTT_CLIENT_ID": " "}).mqtt_client_id is None
+
+
+def test_startup_wait() -> None:
+    assert load_settings({}).startup_wait_s == 30
+    assert load_settings({"GATEWAY_STARTUP_WAIT_S": "0"}).startup_wait_s == 0
+    assert load_settings({"GATEWAY_STARTUP_WAIT_S": "600"}).startup_wait_s == 600
+    for raw, message in (
+        ("601", "GATEWAY_STARTUP_WAIT_S: 601 is out of range [0, 600]"),
+        ("-1", "GATEWAY_STARTUP_WAIT_S: -1 is out of range [0, 600]"),
+        ("soon", "GATEWAY_STARTUP_WAIT_S: expected an integer, got 'soon'"),
+    ):
+        with pytest.raises(SettingsError) as caught:
+            load_settings({"GATEWAY_STARTUP_WAIT_S": raw})
+        assert str(caught.value) == message
