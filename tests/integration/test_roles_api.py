@@ -12,12 +12,15 @@ from typing import Any
 
 import asyncpg
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestClient
+from redis.asyncio import Redis
 
 from config.settings import Settings
-from core.roles import MAX_PERMISSIONS
+from core.roles import MAX_PERMISSIONS, MAX_ROLES
 from gateway.app import create_app
-from gateway.keys import PG_POOL
+from gateway.auth import CUT_BATCH
+from gateway.keys import PG_POOL, SETTINGS, TOKENS
 from tests.admin_support import (
     OUTAGE,
     admin_id,
@@ -432,6 +435,50 @@ async def test_not_json_and_a_taken_name(app_client: TestClient, pg_pool: asyncp
     assert await snapshot(pg_pool) == before
 
 
+async def test_a_role_being_deleted_cannot_gain_a_holder_meanwhile(
+    app_client: TestClient, pg_pool: asyncpg.Pool
+) -> None:
+    """Deleting a role and giving it to an admin, at once: either the admin gets it and the
+    deletion is refused, or the role goes and the assignment finds no such role; never an
+    admin whose new role vanished under them."""
+    _, token = await manager(app_client)
+    name = role_name()
+    await create(app_client, token, name, ["audit:read"])
+    staff_id = await admin_id(pg_pool, (await make_admin(app_client.server.app, "viewer")).username)  # type: ignore[arg-type]
+    answers = await race(
+        app_client,
+        pg_pool,
+        app_client.delete(f"{ROLES}/{name}", headers=auth(token)),
+        app_client.put(
+            f"/api/v1/admins/{staff_id}/roles", json={"roles": [name]}, headers=auth(token)
+        ),
+    )
+    deleted, assigned = answers
+    roles = await pg_pool.fetchval(
+        "SELECT array_agg(r.name) FROM admin_user_roles ur JOIN roles r ON r.id = ur.role_id "
+        "WHERE ur.user_id = $1",
+        staff_id,
+    )
+    if deleted.status == 204:
+        await assert_error(assigned, 404, "NOT_FOUND")
+        assert roles == ["viewer"]
+    else:
+        await assert_error(deleted, 409, "ROLE_IN_USE")
+        assert assigned.status == 200 and roles == [name]
+
+
+async def test_sessions_are_cut_in_batches(app: web.Application, redis: Redis) -> None:
+    """`cut_sessions_of` ends every admin's sessions, past one pipeline's worth."""
+    tokens = app[TOKENS]
+    user_ids = [10**12 + secrets.randbelow(10**9) * 1000 + i for i in range(2 * CUT_BATCH + 7)]
+    prefix = app[SETTINGS].redis_prefix
+    before = await redis.mget([f"{prefix}auth:user:{i}:gen" for i in user_ids])
+    await tokens.cut_sessions_of(user_ids)
+    after = await redis.mget([f"{prefix}auth:user:{i}:gen" for i in user_ids])
+    assert all(int(a) > int(b or 0) for a, b in zip(after, before, strict=True))
+    await tokens.cut_sessions_of([])  # nothing to do, and no error
+
+
 # --- the last manager, raced: an app on a database of its own, where the managers are known ---
 
 ACTIVE_MANAGERS = """
@@ -554,3 +601,29 @@ async def test_redis_down_at_the_cut_off_saves_nothing(
                 await assert_error(gone, 401, "TOKEN_REVOKED")
     finally:
         await proxy.close()
+
+
+async def test_roles_are_bounded(settings: Settings, empty_database: str) -> None:
+    """GET /api/v1/roles answers every role at once: their number is bounded."""
+    own = replace(
+        settings, database_url=empty_database, redis_prefix=settings.redis_prefix + "cap:"
+    )
+    async with running_app(create_app(own, start_channels=False)) as client:
+        app = client.server.app
+        assert app is not None
+        pool = app[PG_POOL]
+        _, token = await manager(client)
+        room = MAX_ROLES - await pool.fetchval("SELECT count(*) FROM roles")
+        await pool.executemany(
+            "INSERT INTO roles (name) VALUES ($1)", [(f"filler-{i}",) for i in range(room - 1)]
+        )
+        await create(client, token, "the-last-one", [])
+        resp = await client.post(
+            ROLES, json={"name": "one-too-many", "permissions": []}, headers=auth(token)
+        )
+        await assert_error(resp, 409, "TOO_MANY_ROLES")
+        listed = await ok(await client.get(ROLES, headers=auth(token)))
+        assert len(listed["items"]) == MAX_ROLES
+        resp = await client.delete(f"{ROLES}/filler-0", headers=auth(token))
+        assert resp.status == 204
+        await create(client, token, "one-too-many", [])
