@@ -7,8 +7,9 @@ Guard rails, so that the bank cannot lock itself out of its own gateway:
 - the last active admin who may manage admins (a role granting `admins:manage`, or a superuser
   role) cannot be deactivated nor lose it.
 Every change that can take `admins:manage` away from someone runs under one transaction-level
-advisory lock, so two of them (two managers deactivating each other) are serialised and the
-second one counts the managers after the first committed.
+advisory lock, `MANAGERS_LOCK`, so two of them (two managers deactivating each other) are
+serialised and the second one counts the managers after the first committed. core.roles takes
+the same lock for every change to a role (a role losing `admins:manage` is such a change).
 
 The caller owns the transaction and ends the admin's sessions (gateway.auth `cut_sessions`):
 core knows nothing of tokens.
@@ -29,8 +30,9 @@ from core.pg import Db, connection
 MANAGE = "admins:manage"
 MAX_PAGE = 100
 MAX_ROLES = 16
-# One lock for every change that can take MANAGE away from an admin (see the docstring).
-_MANAGERS_LOCK = "SELECT pg_advisory_xact_lock(hashtext('admins:manage'))"
+# One lock for every change that can take MANAGE away from an admin, here and in core.roles
+# (see the docstring).
+MANAGERS_LOCK = "SELECT pg_advisory_xact_lock(hashtext('admins:manage'))"
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,7 +164,7 @@ async def set_roles(
     the roles there are). In the caller's transaction."""
     assert roles, "the HTTP layer refuses an empty list"
     wanted = sorted(set(roles))
-    await conn.execute(_MANAGERS_LOCK)
+    await conn.execute(MANAGERS_LOCK)
     admin = await _lock_admin(conn, admin_id)
     found = await conn.fetch(_ROLES_BY_NAME, MANAGE, wanted)
     missing = sorted(set(wanted) - {r["name"] for r in found})
@@ -206,7 +208,7 @@ async def deactivate(conn: Any, *, actor_id: int, actor: str, admin_id: int) -> 
         raise Conflict(
             "You cannot deactivate yourself; another admin can", code="CANNOT_DEACTIVATE_SELF"
         )
-    await conn.execute(_MANAGERS_LOCK)
+    await conn.execute(MANAGERS_LOCK)
     admin = await _lock_admin(conn, admin_id)
     if admin["is_active"]:
         await _refuse_last_manager(conn, admin, "deactivating them")

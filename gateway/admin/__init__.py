@@ -15,6 +15,7 @@ from gateway.admin import (
     outbox,
     pricing,
     push_devices,
+    roles,
     sms,
     system,
 )
@@ -37,4 +38,5 @@ ROUTE_GROUPS: list[ApiRoutes] = [
     pricing.routes,
     push_devices.routes,
     admins.routes,
+    roles.routes,
 ]

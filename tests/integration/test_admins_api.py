@@ -4,17 +4,14 @@ the guard rails keep at least one active admin who may manage admins, even under
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 from dataclasses import replace
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pyotp
 import pytest
-from aiohttp import ClientResponse
 from aiohttp.test_utils import TestClient
 from redis.asyncio import Redis
 
@@ -22,50 +19,19 @@ from config.settings import Settings
 from gateway.app import create_app
 from gateway.keys import PG_POOL
 from gateway.logs import JsonFormatter
-from tests.conftest import running_app
-from tests.helpers import (
-    PASSWORD,
-    Admin,
-    assert_error,
-    auth,
-    eventually,
-    login,
-    make_admin,
-    token_for,
+from tests.admin_support import (
+    OUTAGE,
+    admin_id,
+    audit_rows,
+    manager,
+    ok,
+    race,
+    redis_proxy,
 )
-from tests.tcp_proxy import CuttableProxy
+from tests.conftest import running_app
+from tests.helpers import PASSWORD, Admin, assert_error, auth, login, make_admin, token_for
 
 URL = "/api/v1/admins"
-MANAGERS_LOCK = "hashtext('admins:manage')"
-
-
-async def admin_id(pool: asyncpg.Pool, username: str) -> int:
-    value = await pool.fetchval("SELECT id FROM admin_users WHERE username = $1", username)
-    assert isinstance(value, int)
-    return value
-
-
-async def manager(client: TestClient) -> tuple[Admin, str]:
-    """A new admin with the `admin` role and a fresh access token."""
-    app = client.server.app
-    assert app is not None
-    admin = await make_admin(app, "admin")
-    return admin, (await login(client, admin))["access_token"]
-
-
-async def audit_rows(pool: asyncpg.Pool, action: str, target: str) -> list[asyncpg.Record]:
-    return await pool.fetch(  # type: ignore[no-any-return]
-        "SELECT actor_type, actor, details FROM audit_log WHERE action = $1 AND target = $2 "
-        "ORDER BY id",
-        action,
-        target,
-    )
-
-
-async def ok(resp: ClientResponse, status: int = 200) -> dict[str, Any]:
-    body = await resp.json()
-    assert resp.status == status, body
-    return body  # type: ignore[no-any-return]
 
 
 async def test_create_get_and_list(app_client: TestClient, pg_pool: asyncpg.Pool) -> None:
@@ -355,33 +321,6 @@ async def test_only_admin_managers_may_call(app_client: TestClient, pg_pool: asy
 # --- the last manager, raced: an app on a database of its own, where the managers are known ---
 
 
-# Sessions waiting for the managers' lock: an advisory lock on one bigint keeps its high half
-# in classid, its low half in objid, and objsubid 1.
-WAITERS = f"""
-SELECT count(*) FROM pg_locks
-WHERE locktype = 'advisory' AND NOT granted AND objsubid = 1
-  AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
-  AND classid::bigint = ({MANAGERS_LOCK}::bigint >> 32) & 4294967295
-  AND objid::bigint = {MANAGERS_LOCK}::bigint & 4294967295
-"""
-
-
-async def race(
-    client: TestClient, pool: asyncpg.Pool, first: Any, second: Any
-) -> list[ClientResponse]:
-    """Send both requests while the test holds the managers' lock, wait until both wait for
-    it inside the database, then let them go: they pass authentication together and meet at
-    the lock, which is what a real race looks like at its worst."""
-    async with pool.acquire() as holder:
-        await holder.execute(f"SELECT pg_advisory_lock({MANAGERS_LOCK})")
-        try:
-            tasks = [asyncio.ensure_future(first), asyncio.ensure_future(second)]
-            await eventually(lambda: pool.fetchval(WAITERS), until=lambda waiting: waiting == 2)
-        finally:
-            await holder.execute(f"SELECT pg_advisory_unlock({MANAGERS_LOCK})")
-    return list(await asyncio.gather(*tasks))
-
-
 async def test_the_last_two_managers_cannot_both_go_at_once(
     settings: Settings, empty_database: str
 ) -> None:
@@ -454,20 +393,11 @@ async def test_the_last_two_managers_cannot_both_go_at_once(
 
 # --- Redis cut while a deactivation ends the sessions --------------------------------------
 
-OUTAGE = 1_000_000  # refusals: an outage that lasts until `restore()`
-
 
 async def test_redis_down_at_the_cut_off_saves_nothing(settings: Settings) -> None:
     """The sessions cannot be ended: the deactivation is refused (503) and rolled back, rather
     than saved with the admin's tokens still working for up to an hour."""
-    assert settings.redis_url is not None
-    parts = urlsplit(settings.redis_url)
-    proxy = CuttableProxy(parts.hostname or "127.0.0.1", parts.port or 6379)
-    port = await proxy.start()
-    auth_part = parts.netloc.rpartition("@")[0]
-    via = urlunsplit(
-        parts._replace(netloc=f"{auth_part}@127.0.0.1:{port}" if auth_part else f"127.0.0.1:{port}")
-    )
+    proxy, via = await redis_proxy(settings)
     app = create_app(replace(settings, redis_url=via), run_migrations=False, start_channels=False)
     try:
         async with running_app(app) as client:
