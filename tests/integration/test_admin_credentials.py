@@ -14,6 +14,7 @@ import time
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pyotp
@@ -31,6 +32,7 @@ from gateway.logs import JsonFormatter
 from tests.conftest import running_app
 from tests.helpers import Admin, assert_error, auth, eventually, login, make_admin
 from tests.integration.test_admins_api import admin_id, audit_rows, manager, ok
+from tests.tcp_proxy import CuttableProxy
 
 PASSWORD_URL = "/api/v1/auth/password"
 RESET_URL = "/api/v1/auth/reset"
@@ -580,3 +582,58 @@ async def test_the_new_routes_are_documented(app_client: TestClient) -> None:
     assert change_op["security"] == [{"bearer": []}]
     issue_op = doc["paths"]["/api/v1/admins/{id}/reset"]["post"]
     assert issue_op["x-permission"] == "admins:manage" and "201" in issue_op["responses"]
+
+
+# --- Redis cut while the sessions end -------------------------------------------------------------
+
+OUTAGE = 1_000_000  # refusals: an outage that lasts until `restore()`
+
+
+async def test_redis_down_at_the_cut_off_saves_nothing(
+    settings: Settings, pg_pool: asyncpg.Pool
+) -> None:
+    """The sessions cannot be ended: each change is refused (503) and rolled back, rather
+    than saved with the old tokens still working."""
+    assert settings.redis_url is not None
+    parts = urlsplit(settings.redis_url)
+    proxy = CuttableProxy(parts.hostname or "127.0.0.1", parts.port or 6379)
+    port = await proxy.start()
+    auth_part = parts.netloc.rpartition("@")[0]
+    via = urlunsplit(
+        parts._replace(netloc=f"{auth_part}@127.0.0.1:{port}" if auth_part else f"127.0.0.1:{port}")
+    )
+    app = create_app(replace(settings, redis_url=via), run_migrations=False, start_channels=False)
+    try:
+        async with running_app(app) as client:
+            _, token = await manager(client)
+            staff, staff_id = await staff_member(client)
+            secret = (await issue(client, token, staff_id))["reset_token"]
+            staff_token = (await session(client, staff_id))["access_token"]
+            before = await credentials_row(pg_pool, staff_id)
+            good = staff.totp.generate_otp(max(staff.next_step, int(time.time()) // 30))
+            right = {"current_password": staff.password, "otp": good, "new_password": NEW_PASSWORD}
+
+            proxy.cut_on(b"EVALSHA", refuse=OUTAGE)
+            resp = await client.post(PASSWORD_URL, json=right, headers=auth(staff_token))
+            await assert_error(resp, 503, "SERVICE_UNAVAILABLE")
+            body = {"token": secret, "new_password": NEW_PASSWORD}
+            await assert_error(await client.post(RESET_URL, json=body), 503, "SERVICE_UNAVAILABLE")
+            resp = await client.post(f"/api/v1/admins/{staff_id}/reset", headers=auth(token))
+            await assert_error(resp, 503, "SERVICE_UNAVAILABLE")
+            proxy.restore()
+
+            assert await credentials_row(pg_pool, staff_id) == before
+            tokens = await pg_pool.fetch(
+                "SELECT used_at, revoked_at FROM admin_reset_tokens WHERE admin_id = $1", staff_id
+            )
+            assert [tuple(t) for t in tokens] == [(None, None)]  # the first, still live
+            for action in ("password_changed", "reset_completed"):
+                assert await audit_rows(pg_pool, f"admin.{action}", staff.username) == []
+            assert len(await audit_rows(pg_pool, "admin.reset_issued", staff.username)) == 1
+            # Back: the same code and the same token work (neither was spent).
+            new = await ok(await client.post(PASSWORD_URL, json=right, headers=auth(staff_token)))
+            assert await me_status(client, new["access_token"]) == 200
+            body = {"token": secret, "new_password": "After-the-0utage"}
+            await ok(await client.post(RESET_URL, json=body))
+    finally:
+        await proxy.close()
