@@ -1,6 +1,7 @@
 """Managing admins (tables from migration 0001): list them, replace an admin's roles,
 deactivate, reactivate, and clear a login lockout. Creating one is `core.identity.create_admin`
-(shared with the CLI). Every change is audited with the acting admin's username.
+(shared with the CLI). Every change is audited with the acting admin's username, or as the
+CLI's (`gateway admin deactivate | unlock`, actor_type "system", actor "cli").
 
 Guard rails, so that the bank cannot lock itself out of its own gateway:
 - an admin cannot deactivate themselves, nor give themselves roles without `admins:manage`;

@@ -15,13 +15,16 @@ import sys
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from config.settings import Settings, SettingsError, load_settings
 from core.errors import CoreError
 from gateway.reach import DependencyDown
+
+if TYPE_CHECKING:  # imported where used: `gateway --help` stays light
+    from gateway.auth import TokenService
 
 Command = Callable[[argparse.Namespace, Settings], int]
 
@@ -127,7 +130,7 @@ CLI_ACTOR = ("system", "cli")
 
 
 @asynccontextmanager
-async def admin_tools(settings: Settings) -> AsyncIterator[tuple[Storage, Any, Any]]:
+async def admin_tools(settings: Settings) -> AsyncIterator[tuple[Storage, Any, TokenService]]:
     """For the admin commands that change a live admin: storage, one asyncpg connection, and the
     token service that ends an admin's sessions (the same Redis keys as the server's)."""
     import asyncpg
