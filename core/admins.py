@@ -215,8 +215,9 @@ async def admin_id_named(db: Db, username: str) -> int:
 async def deactivate(
     conn: Any, *, actor_id: int | None, actor: str, admin_id: int, actor_type: str = "admin"
 ) -> AdminView:
-    """The admin can no longer log in or refresh, and their unused reset token dies (it must
-    not come back with a reactivation). Deactivating an inactive admin changes nothing (a
+    """The admin can no longer log in or refresh; their unused reset token dies (it must not
+    come back with a reactivation), and so do the unused ones they issued as a manager (they
+    may still hold them). Deactivating an inactive admin changes nothing (a
     retry is safe). `actor_id` is None for the CLI, which is no admin. In the caller's
     transaction."""
     if admin_id == actor_id:
@@ -230,7 +231,8 @@ async def deactivate(
         await _set_active(conn, actor_type, actor, admin, active=False)
         await conn.execute(
             "UPDATE admin_reset_tokens SET revoked_at = now() "
-            "WHERE admin_id = $1 AND used_at IS NULL AND revoked_at IS NULL",
+            "WHERE (admin_id = $1 OR issued_by_id = $1) AND used_at IS NULL "
+            "AND revoked_at IS NULL",
             admin_id,
         )
     return await get_admin(conn, admin_id)

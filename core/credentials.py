@@ -9,15 +9,16 @@ Rules that live here (and not in the HTTP layer or the CLI):
 - a new password follows the policy and is none of the admin's last PASSWORD_HISTORY passwords
   (the current one and the newest kept in `admin_password_history`); bcrypt runs off the loop;
 - a reset token is 256 random bits, shown once; only its SHA-256 is stored. It expires, is used
-  once, dies when another is issued for the same admin or the admin is deactivated, and an
+  once, dies when another is issued for the same admin, when the admin is deactivated or when
+  the manager who issued it is (core.admins.deactivate), and an
   unknown, used, revoked and expired token all get one and the same answer;
 - completing a reset sets the password and a new TOTP secret (the old phone's codes stop
   working), clears the lockout and marks the token used, in one transaction: of two concurrent
   uses exactly one wins (both lock the admin's row first; the second then finds the token used);
 - a manager cannot reset themselves (they change their password) nor a deactivated admin.
 
-Every path locks the admin's row before any token row (issuing revokes the live token, a
-deactivation too), so two of them never deadlock. Like `identity.authenticate`,
+Every path locks admin rows (in id order when two) before any token row (issuing revokes the
+live token, a deactivation too), so two of them never deadlock. Like `identity.authenticate`,
 `change_password` returns a failure that must be committed (it counts toward the lockout)
 instead of raising it; the other failures raise and change nothing. The caller owns the
 transaction and ends the admin's sessions (gateway.auth `cut_sessions`): core knows nothing of
@@ -220,7 +221,24 @@ async def issue_reset(
             "You cannot reset your own credentials; change your password, or ask another admin",
             code="CANNOT_RESET_SELF",
         )
-    user = await _lock_user(db, admin_id)
+    # The manager's row too, both in id order: the token names the manager (a foreign key, so
+    # the insert would share-lock their row anyway), and a deactivation of the manager that
+    # runs now must either see this token or make this call fail, never deadlock with it.
+    ids = sorted({admin_id} if actor_id is None else {admin_id, actor_id})
+    locked = {
+        row.id: row
+        for row in (
+            await db.execute(
+                select(AdminUser)
+                .where(AdminUser.id.in_(ids))
+                .order_by(AdminUser.id)
+                .with_for_update()
+            )
+        ).scalars()
+    }
+    if actor_id is not None and not (actor_id in locked and locked[actor_id].is_active):
+        raise TokenInvalid("The admin no longer exists or is disabled", code="TOKEN_REVOKED")
+    user = locked.get(admin_id)
     if user is None:
         raise NotFound(f"No admin {admin_id}")
     if not user.is_active:
@@ -245,6 +263,7 @@ async def issue_reset(
             admin_id=admin_id,
             token_hash=token_digest(token),
             issued_by=actor[:128],
+            issued_by_id=actor_id,
             created_at=now,
             expires_at=expires_at,
         )

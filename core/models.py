@@ -103,6 +103,9 @@ class AdminResetToken(Base):
     admin_id: Mapped[int] = mapped_column(ForeignKey("admin_users.id", ondelete="CASCADE"))
     token_hash: Mapped[str] = mapped_column(Text, unique=True)
     issued_by: Mapped[str] = mapped_column(Text)
+    issued_by_id: Mapped[int | None] = mapped_column(
+        ForeignKey("admin_users.id", ondelete="SET NULL")
+    )
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

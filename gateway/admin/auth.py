@@ -214,7 +214,10 @@ async def change_password(request: web.Request, body: PasswordChangeIn) -> web.S
             "log in again with the new password"
         ) from None
     async with request.app[SESSIONMAKER].begin() as db:
-        current = await identity.load_principal(db, principal.user_id)
+        try:
+            current = await identity.load_principal(db, principal.user_id)
+        except CoreError:  # deactivated since: the change stands, the session does not
+            raise TokenInvalid("The admin no longer exists or is disabled") from None
     pair = tokens.issue(current, sid=sid, generation=generation)
     return _no_store(json_response(pair.as_json()))
 

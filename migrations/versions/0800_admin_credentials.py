@@ -12,7 +12,8 @@ the admin sets a new password and gets a new TOTP secret with it (core.credentia
   a fast hash is enough and lets the look-up use the unique index). At most one token per
   admin is live (neither used nor revoked): issuing another revokes the one before, and the
   partial unique index refuses a second live one even under a race. Used and revoked rows
-  stay, as the record of who reset whom and when.
+  stay, as the record of who reset whom and when. `issued_by_id` is the manager (NULL for the
+  CLI): deactivating a manager voids the unused tokens they issued, which they may still hold.
 
 Revision ID: 0800_admin_credentials
 Revises: 0790_audit_action_index
@@ -47,6 +48,7 @@ def upgrade() -> None:
             admin_id bigint NOT NULL REFERENCES admin_users (id) ON DELETE CASCADE,
             token_hash text NOT NULL UNIQUE CHECK (token_hash ~ '^[0-9a-f]{64}$'),
             issued_by text NOT NULL CHECK (length(issued_by) BETWEEN 1 AND 128),
+            issued_by_id bigint REFERENCES admin_users (id) ON DELETE SET NULL,
             created_at timestamptz NOT NULL,
             expires_at timestamptz NOT NULL,
             used_at timestamptz,
@@ -58,6 +60,10 @@ def upgrade() -> None:
     )
     op.execute(
         "CREATE UNIQUE INDEX admin_reset_tokens_live ON admin_reset_tokens (admin_id) "
+        "WHERE used_at IS NULL AND revoked_at IS NULL"
+    )
+    op.execute(
+        "CREATE INDEX admin_reset_tokens_issuer ON admin_reset_tokens (issued_by_id) "
         "WHERE used_at IS NULL AND revoked_at IS NULL"
     )
 

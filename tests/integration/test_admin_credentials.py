@@ -314,7 +314,7 @@ async def test_reset_gives_a_new_password_and_a_new_phone(
     assert await assert_error(unknown, 401, "INVALID_RESET_TOKEN") == first
 
 
-async def test_a_new_token_or_a_deactivation_kills_the_unused_one(
+async def test_a_new_token_or_a_deactivation_voids_the_unused_one(
     app_client: TestClient, pg_pool: asyncpg.Pool
 ) -> None:
     _, token = await manager(app_client)
@@ -337,6 +337,19 @@ async def test_a_new_token_or_a_deactivation_kills_the_unused_one(
     )
     assert live == 0
     await login(app_client, staff)  # the old credentials were never replaced
+
+    # A manager deactivated: the unused tokens they issued die with their access (they may
+    # still hold them); the ones another manager issued live on.
+    rogue, rogue_token = await manager(app_client)
+    rogue_id = await admin_id(pg_pool, rogue.username)
+    _, other_id = await staff_member(app_client)
+    from_rogue = (await issue(app_client, rogue_token, staff_id))["reset_token"]
+    from_boss = (await issue(app_client, token, other_id))["reset_token"]
+    await ok(await app_client.post(f"/api/v1/admins/{rogue_id}/deactivate", headers=auth(token)))
+    body = {"token": from_rogue, "new_password": NEW_PASSWORD}
+    await assert_error(await app_client.post(RESET_URL, json=body), 401, "INVALID_RESET_TOKEN")
+    body = {"token": from_boss, "new_password": NEW_PASSWORD}
+    await ok(await app_client.post(RESET_URL, json=body))
 
 
 async def test_an_expired_token_gets_the_same_answer(
@@ -425,6 +438,15 @@ async def test_who_may_be_reset(app_client: TestClient, pg_pool: asyncpg.Pool) -
     )
     assert (await assert_error(resp, 403, "FORBIDDEN"))["details"]["permission"] == "admins:manage"
     await assert_error(await app_client.post(f"/api/v1/admins/{target}/reset"), 401, "UNAUTHORIZED")
+    # A manager deactivated while their request was on its way (past the token check): refused.
+    app = app_client.server.app
+    assert app is not None
+    with pytest.raises(credentials.TokenInvalid):
+        async with app[SESSIONMAKER].begin() as db:
+            await credentials.issue_reset(
+                db, actor_id=gone_id, actor_type="admin", actor=gone.username, admin_id=target,
+                ttl_s=60,
+            )  # fmt: skip
     issued = await pg_pool.fetchval(
         "SELECT count(*) FROM admin_reset_tokens WHERE admin_id = ANY($1)",
         [boss_id, gone_id, target],
