@@ -112,6 +112,8 @@ class Settings:
     login_max_failures: int = 5
     login_lockout_s: int = 15 * 60
     login_rate_per_minute: int = 20
+    # How long a credentials reset token a manager issued for another admin stays usable.
+    admin_reset_ttl_s: int = 30 * 60
     pin_bcrypt_rounds: int = 10
     password_bcrypt_rounds: int = 12
     max_body_bytes: int = 1024 * 1024
@@ -448,6 +450,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         login_max_failures=_int(env, "LOGIN_MAX_FAILURES", 5, 1, 100),
         login_lockout_s=_int(env, "LOGIN_LOCKOUT_S", 900, 1, 86_400),
         login_rate_per_minute=_int(env, "LOGIN_RATE_PER_MINUTE", 20, 1, 10_000),
+        admin_reset_ttl_s=_int(env, "ADMIN_RESET_TTL_S", 1800, 60, 7 * 86_400),
         pin_bcrypt_rounds=_int(env, "PIN_BCRYPT_ROUNDS", 10, 4, 16),
         password_bcrypt_rounds=_int(env, "PASSWORD_BCRYPT_ROUNDS", 12, 4, 16),
         max_body_bytes=_int(env, "MAX_BODY_BYTES", 1024 * 1024, 1024, 64 * 1024 * 1024),

@@ -1,6 +1,7 @@
 """Managing admins (tables from migration 0001): list them, replace an admin's roles,
 deactivate, reactivate, and clear a login lockout. Creating one is `core.identity.create_admin`
-(shared with the CLI). Every change is audited with the acting admin's username.
+(shared with the CLI). Every change is audited with the acting admin's username, or as the
+CLI's (`gateway admin deactivate | unlock`, actor_type "system", actor "cli").
 
 Guard rails, so that the bank cannot lock itself out of its own gateway:
 - an admin cannot deactivate themselves, nor give themselves roles without `admins:manage`;
@@ -201,9 +202,26 @@ async def set_roles(
     return await get_admin(conn, admin_id)
 
 
-async def deactivate(conn: Any, *, actor_id: int, actor: str, admin_id: int) -> AdminView:
-    """The admin can no longer log in or refresh. Deactivating an inactive admin changes
-    nothing (a retry is safe). In the caller's transaction."""
+async def admin_id_named(db: Db, username: str) -> int:
+    """The id of the admin with this username (any case, spaces around ignored): the CLI
+    names admins by username."""
+    name = username.strip().lower()
+    async with connection(db) as conn:
+        found = await conn.fetchval("SELECT id FROM admin_users WHERE username = $1", name)
+    if found is None:
+        raise NotFound(f"No admin named {name[:64]!r}")
+    assert isinstance(found, int)
+    return found
+
+
+async def deactivate(
+    conn: Any, *, actor_id: int | None, actor: str, admin_id: int, actor_type: str = "admin"
+) -> AdminView:
+    """The admin can no longer log in or refresh; their unused reset token dies (it must not
+    come back with a reactivation), and so do the unused ones they issued as a manager (they
+    may still hold them). Deactivating an inactive admin changes nothing (a
+    retry is safe). `actor_id` is None for the CLI, which is no admin. In the caller's
+    transaction."""
     if admin_id == actor_id:
         raise Conflict(
             "You cannot deactivate yourself; another admin can", code="CANNOT_DEACTIVATE_SELF"
@@ -212,7 +230,13 @@ async def deactivate(conn: Any, *, actor_id: int, actor: str, admin_id: int) -> 
     admin = await _lock_admin(conn, admin_id)
     if admin["is_active"]:
         await _refuse_last_manager(conn, admin, "deactivating them")
-        await _set_active(conn, actor, admin, active=False)
+        await _set_active(conn, actor_type, actor, admin, active=False)
+        await conn.execute(
+            "UPDATE admin_reset_tokens SET revoked_at = now() "
+            "WHERE (admin_id = $1 OR issued_by_id = $1) AND used_at IS NULL "
+            "AND revoked_at IS NULL",
+            admin_id,
+        )
     return await get_admin(conn, admin_id)
 
 
@@ -222,11 +246,13 @@ async def reactivate(db: Db, *, actor: str, admin_id: int) -> AdminView:
     async with connection(db) as conn, conn.transaction():
         admin = await _lock_admin(conn, admin_id)
         if not admin["is_active"]:
-            await _set_active(conn, actor, admin, active=True)
+            await _set_active(conn, "admin", actor, admin, active=True)
         return await get_admin(conn, admin_id)
 
 
-async def _set_active(conn: Any, actor: str, admin: asyncpg.Record, *, active: bool) -> None:
+async def _set_active(
+    conn: Any, actor_type: str, actor: str, admin: asyncpg.Record, *, active: bool
+) -> None:
     await conn.execute(
         "UPDATE admin_users SET is_active = $2, updated_at = now() WHERE id = $1",
         admin["id"],
@@ -234,14 +260,14 @@ async def _set_active(conn: Any, actor: str, admin: asyncpg.Record, *, active: b
     )
     await record(
         conn,
-        actor_type="admin",
+        actor_type=actor_type,
         actor=actor,
         action="admin.reactivated" if active else "admin.deactivated",
         target=admin["username"],
     )
 
 
-async def unlock(db: Db, *, actor: str, admin_id: int) -> AdminView:
+async def unlock(db: Db, *, actor: str, admin_id: int, actor_type: str = "admin") -> AdminView:
     """Clear a login lockout and the failure count (core.identity locks an admin out for a
     while after repeated wrong logins). Audited only when there was something to clear."""
     async with connection(db) as conn, conn.transaction():
@@ -255,7 +281,7 @@ async def unlock(db: Db, *, actor: str, admin_id: int) -> AdminView:
         if cleared is not None:
             await record(
                 conn,
-                actor_type="admin",
+                actor_type=actor_type,
                 actor=actor,
                 action="admin.unlocked",
                 target=admin["username"],

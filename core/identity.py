@@ -169,7 +169,7 @@ async def load_principal(db: AsyncSession, user_id: int) -> Principal:
     return Principal(user.id, user.username, roles, perms, superuser)
 
 
-def _matching_step(secret: str, otp: str, now: datetime) -> int | None:
+def matching_step(secret: str, otp: str, now: datetime) -> int | None:
     """The TOTP time step `otp` belongs to, allowing one step of clock drift either way."""
     if not re.fullmatch(r"\d{6}", otp):
         return None
@@ -181,9 +181,17 @@ def _matching_step(secret: str, otp: str, now: datetime) -> int | None:
     return None
 
 
-async def _record_failure(
-    db: AsyncSession, user: AdminUser, now: datetime, max_failures: int, lockout_s: int
+async def record_failure(
+    db: AsyncSession,
+    user: AdminUser,
+    now: datetime,
+    max_failures: int,
+    lockout_s: int,
+    *,
+    action: str = "auth.login_failed",
 ) -> CoreError:
+    """Count a wrong password or code toward the lockout (and audit it as `action`); the
+    error to answer with, for the caller to raise after committing."""
     failures = user.failed_logins + 1
     locked_until = now + timedelta(seconds=lockout_s) if failures >= max_failures else None
     await db.execute(
@@ -199,7 +207,7 @@ async def _record_failure(
         AuditLog(
             actor_type="admin",
             actor=user.username,
-            action="auth.login_failed",
+            action=action,
             details={"failures": failures, "locked": locked_until is not None},
         )
     )
@@ -234,10 +242,10 @@ async def authenticate(
         retry = int((user.locked_until - now).total_seconds()) + 1
         return AccountLocked("The account is locked; try again later", retry_after_s=retry)
     if not password_ok:
-        return await _record_failure(db, user, now, max_failures, lockout_s)
-    step = _matching_step(cipher.decrypt(user.totp_secret_enc), otp, now)
+        return await record_failure(db, user, now, max_failures, lockout_s)
+    step = matching_step(cipher.decrypt(user.totp_secret_enc), otp, now)
     if step is None or step <= user.totp_last_step:
-        error = await _record_failure(db, user, now, max_failures, lockout_s)
+        error = await record_failure(db, user, now, max_failures, lockout_s)
         return error if isinstance(error, AccountLocked) else OtpInvalid()
     await db.execute(
         update(AdminUser)

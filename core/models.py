@@ -83,6 +83,35 @@ class AdminUser(Base):
     roles: Mapped[list[Role]] = relationship(secondary="admin_user_roles", lazy="raise")
 
 
+class AdminPasswordHistory(Base):
+    """A password an admin had before (migration 0800); the current one is on AdminUser."""
+
+    __tablename__ = "admin_password_history"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    admin_id: Mapped[int] = mapped_column(ForeignKey("admin_users.id", ondelete="CASCADE"))
+    password_hash: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class AdminResetToken(Base):
+    """A single-use credentials reset (migration 0800): only the token's SHA-256 is kept."""
+
+    __tablename__ = "admin_reset_tokens"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    admin_id: Mapped[int] = mapped_column(ForeignKey("admin_users.id", ondelete="CASCADE"))
+    token_hash: Mapped[str] = mapped_column(Text, unique=True)
+    issued_by: Mapped[str] = mapped_column(Text)
+    issued_by_id: Mapped[int | None] = mapped_column(
+        ForeignKey("admin_users.id", ondelete="SET NULL")
+    )
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
 class AuditLog(Base):
     """Append-only: a database trigger refuses UPDATE and DELETE."""
 

@@ -15,12 +15,16 @@ import sys
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from config.settings import Settings, SettingsError, load_settings
 from core.errors import CoreError
 from gateway.reach import DependencyDown
+
+if TYPE_CHECKING:  # imported where used: `gateway --help` stays light
+    from gateway.auth import TokenService
 
 Command = Callable[[argparse.Namespace, Settings], int]
 
@@ -120,6 +124,114 @@ def cmd_admin_create(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+# The audit names the CLI as the actor of what it changes (as `admin create` does): whoever runs
+# it holds the database's credentials, not an admin's.
+CLI_ACTOR = ("system", "cli")
+
+
+@asynccontextmanager
+async def admin_tools(settings: Settings) -> AsyncIterator[tuple[Storage, Any, TokenService]]:
+    """For the admin commands that change a live admin: storage, one asyncpg connection, and the
+    token service that ends an admin's sessions (the same Redis keys as the server's)."""
+    import asyncpg
+
+    from gateway import db as dbmod
+    from gateway.app import make_redis
+    from gateway.auth import TokenService
+    from gateway.secrets import resolve_secret
+
+    async with open_storage(settings) as storage:
+        conn = await asyncpg.connect(dbmod.asyncpg_url(storage.database_url), timeout=10)
+        redis = make_redis(storage.redis_url)
+        tokens = TokenService(
+            resolve_secret(settings),
+            redis,
+            prefix=settings.redis_prefix,
+            access_ttl_s=settings.access_token_ttl_s,
+            refresh_ttl_s=settings.refresh_token_ttl_s,
+        )
+        try:
+            yield storage, conn, tokens
+        finally:
+            await redis.aclose()
+            await conn.close()
+
+
+def cmd_admin_reset(args: argparse.Namespace, settings: Settings) -> int:
+    """A single-use credentials reset token for the admin (printed with its expiry): the admin
+    sets a new password and gets a new TOTP secret with it at POST /api/v1/auth/reset."""
+    from core.admins import admin_id_named
+    from core.credentials import issue_reset
+
+    async def run() -> tuple[str, str]:
+        async with admin_tools(settings) as (storage, conn, tokens):
+            admin_id = await admin_id_named(conn, args.username)
+            async with storage.sessionmaker.begin() as db:
+                issued = await issue_reset(
+                    db,
+                    actor_id=None,
+                    actor_type=CLI_ACTOR[0],
+                    actor=CLI_ACTOR[1],
+                    admin_id=admin_id,
+                    ttl_s=settings.admin_reset_ttl_s,
+                )
+                # Inside the transaction: Redis down saves nothing (exit 1, try again).
+                await tokens.cut_sessions(admin_id)
+            await tokens.cut_sessions(admin_id)  # and after: see gateway.admin.admins
+            return issued.token, issued.expires_at.isoformat(timespec="seconds")
+
+    token, expires_at = asyncio.run(run())
+    print(token)
+    print(f"expires {expires_at}")
+    return 0
+
+
+def cmd_admin_deactivate(args: argparse.Namespace, settings: Settings) -> int:
+    """No more logins for the admin, and every session of theirs ends at once; the last
+    active admin who may manage admins cannot be deactivated."""
+    from core import admins
+
+    async def run() -> bool:
+        async with admin_tools(settings) as (_, conn, tokens):
+            admin_id = await admins.admin_id_named(conn, args.username)
+            async with conn.transaction():
+                before = await admins.get_admin(conn, admin_id)
+                await admins.deactivate(
+                    conn,
+                    actor_id=None,
+                    actor_type=CLI_ACTOR[0],
+                    actor=CLI_ACTOR[1],
+                    admin_id=admin_id,
+                )
+                await tokens.cut_sessions(admin_id)
+            await tokens.cut_sessions(admin_id)
+            return before.active
+
+    was_active = asyncio.run(run())
+    name = args.username.strip().lower()
+    print(f"{name} deactivated" if was_active else f"{name} was already deactivated")
+    return 0
+
+
+def cmd_admin_unlock(args: argparse.Namespace, settings: Settings) -> int:
+    """Clear the admin's login lockout and failure count."""
+    from core import admins
+
+    async def run() -> bool:
+        async with admin_tools(settings) as (_, conn, _tokens):
+            admin_id = await admins.admin_id_named(conn, args.username)
+            before = await admins.get_admin(conn, admin_id)
+            await admins.unlock(
+                conn, actor_type=CLI_ACTOR[0], actor=CLI_ACTOR[1], admin_id=admin_id
+            )
+            return before.locked_until is not None or before.failed_logins > 0
+
+    cleared = asyncio.run(run())
+    name = args.username.strip().lower()
+    print(f"{name} unlocked" if cleared else f"{name} was not locked")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gateway", description="CodeForge channel gateway")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -138,6 +250,14 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("username")
     create.add_argument("--role", default="admin")
     create.set_defaults(func=cmd_admin_create)
+    for name, func, text in (
+        ("reset", cmd_admin_reset, "print a single-use credentials reset token for an admin"),
+        ("deactivate", cmd_admin_deactivate, "deactivate an admin and end their sessions"),
+        ("unlock", cmd_admin_unlock, "clear an admin's login lockout"),
+    ):
+        command = admin_sub.add_parser(name, help=text)
+        command.add_argument("username")
+        command.set_defaults(func=func)
 
     for register in EXTRA_COMMANDS:
         register(sub)

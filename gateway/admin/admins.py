@@ -1,12 +1,14 @@
-"""`/api/v1/admins`: list admins, create one, replace its roles, deactivate, reactivate and
-unlock it (core.admins, core.identity). Permission `admins:manage`; every change is audited.
+"""`/api/v1/admins`: list admins, create one, replace its roles, deactivate, reactivate, unlock
+it, and issue a credentials reset for it (core.admins, core.identity, core.credentials).
+Permission `admins:manage`; every change is audited.
 
 A deactivation or a role change takes effect at once: the route ends every session of the
 admin (gateway.auth `cut_sessions`) inside the transaction, so that Redis being down refuses
 the change instead of saving a change whose old tokens still work, and again after the commit,
 to revoke a token refreshed from the old state in between. A role change ends the sessions
 rather than re-checking roles per request (which would cost a database read on every call):
-the admin logs in again and gets the new permissions.
+the admin logs in again and gets the new permissions. Issuing a reset ends the sessions the
+same way: whoever holds the old credentials is out until the admin has used the token.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from typing import Annotated, Any
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
-from core import admins, identity
+from core import admins, credentials, identity
 from core.admins import AdminView
 from core.errors import NotFound, Unavailable
 from core.pg import connection
@@ -71,6 +73,14 @@ class AdminsPage(BaseModel):
 class NewAdminOut(AdminOut):
     # Shown once: the admin's authenticator app reads it; the gateway never shows it again.
     provisioning_uri: str
+
+
+class ResetTokenOut(BaseModel):
+    id: int
+    username: str
+    # Shown once: the manager hands it to the admin out of band (no address or number on file).
+    reset_token: str
+    expires_at: str
 
 
 def _admin_id(request: web.Request) -> int:
@@ -226,3 +236,45 @@ async def unlock(request: web.Request) -> web.StreamResponse:
         request.app[PG_POOL], actor=principal.username, admin_id=_admin_id(request)
     )
     return json_response(view.as_json())
+
+
+@routes.post(
+    "/api/v1/admins/{id}/reset",
+    permission=PERMISSION,
+    response=ResetTokenOut,
+    status=201,
+    summary="Issue a single-use credentials reset token for another active admin (shown once; "
+    "an earlier unused one dies); ends the admin's sessions at once. The admin uses it at "
+    "POST /api/v1/auth/reset",
+)
+async def issue_reset(request: web.Request) -> web.StreamResponse:
+    principal = request[PRINCIPAL_KEY]
+    admin_id = _admin_id(request)
+    tokens = request.app[TOKENS]
+    async with request.app[SESSIONMAKER].begin() as db:
+        issued = await credentials.issue_reset(
+            db,
+            actor_id=principal.user_id,
+            actor_type="admin",
+            actor=principal.username,
+            admin_id=admin_id,
+            ttl_s=request.app[SETTINGS].admin_reset_ttl_s,
+        )
+        await tokens.cut_sessions(admin_id)
+    try:
+        await tokens.cut_sessions(admin_id)
+    except Unavailable:
+        raise Unavailable(
+            "The admin's sessions may not all have ended; send the same request again "
+            "(its new token replaces the one not shown)"
+        ) from None
+    log.info("admin reset issued", extra={"username": issued.username, "actor": principal.username})
+    out = ResetTokenOut(
+        id=issued.admin_id,
+        username=issued.username,
+        reset_token=issued.token,
+        expires_at=issued.expires_at.isoformat(),
+    )
+    response = json_response(out.model_dump(), status=201)
+    response.headers["Cache-Control"] = "no-store"
+    return response

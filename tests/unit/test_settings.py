@@ -282,3 +282,17 @@ def test_startup_wait() -> None:
         with pytest.raises(SettingsError) as caught:
             load_settings({"GATEWAY_STARTUP_WAIT_S": raw})
         assert str(caught.value) == message
+
+
+def test_admin_reset_ttl() -> None:
+    assert load_settings({}).admin_reset_ttl_s == 1800
+    assert load_settings({"ADMIN_RESET_TTL_S": "60"}).admin_reset_ttl_s == 60
+    assert load_settings({"ADMIN_RESET_TTL_S": "604800"}).admin_reset_ttl_s == 604_800
+    for raw, message in (
+        ("59", "ADMIN_RESET_TTL_S: 59 is out of range [60, 604800]"),
+        ("604801", "ADMIN_RESET_TTL_S: 604801 is out of range [60, 604800]"),
+        ("half an hour", "ADMIN_RESET_TTL_S: expected an integer, got 'half an hour'"),
+    ):
+        with pytest.raises(SettingsError) as caught:
+            load_settings({"ADMIN_RESET_TTL_S": raw})
+        assert str(caught.value) == message
