@@ -16,10 +16,10 @@ from aiohttp.test_utils import TestClient
 from config.settings import Settings
 from gateway import db as dbmod
 from gateway.cli import main
+from tests.admin_support import admin_id, audit_rows, ok
 from tests.conftest import TEST_SECRET
 from tests.helpers import PASSWORD, assert_error, login, make_admin
 from tests.integration.test_admin_credentials import me_status, session
-from tests.integration.test_admins_api import admin_id, audit_rows, ok
 
 
 @pytest.fixture

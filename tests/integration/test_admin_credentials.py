@@ -14,7 +14,6 @@ import time
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pyotp
@@ -29,10 +28,9 @@ from core.identity import load_principal
 from gateway.app import create_app
 from gateway.keys import CIPHER, PG_POOL, SESSIONMAKER, TOKENS
 from gateway.logs import JsonFormatter
+from tests.admin_support import admin_id, audit_rows, manager, ok, redis_proxy
 from tests.conftest import running_app
 from tests.helpers import Admin, assert_error, auth, eventually, login, make_admin
-from tests.integration.test_admins_api import admin_id, audit_rows, manager, ok
-from tests.tcp_proxy import CuttableProxy
 
 PASSWORD_URL = "/api/v1/auth/password"
 RESET_URL = "/api/v1/auth/reset"
@@ -616,14 +614,7 @@ async def test_redis_down_at_the_cut_off_saves_nothing(
 ) -> None:
     """The sessions cannot be ended: each change is refused (503) and rolled back, rather
     than saved with the old tokens still working."""
-    assert settings.redis_url is not None
-    parts = urlsplit(settings.redis_url)
-    proxy = CuttableProxy(parts.hostname or "127.0.0.1", parts.port or 6379)
-    port = await proxy.start()
-    auth_part = parts.netloc.rpartition("@")[0]
-    via = urlunsplit(
-        parts._replace(netloc=f"{auth_part}@127.0.0.1:{port}" if auth_part else f"127.0.0.1:{port}")
-    )
+    proxy, via = await redis_proxy(settings)
     app = create_app(replace(settings, redis_url=via), run_migrations=False, start_channels=False)
     try:
         async with running_app(app) as client:
