@@ -63,7 +63,7 @@ STATUS_BY_ERROR: tuple[tuple[type[E.CoreError], int], ...] = (
     (E.Unavailable, 503),
 )
 
-_HTTP_CODES = {
+HTTP_CODES = {
     400: ("BAD_REQUEST", "The request is malformed"),
     401: ("UNAUTHORIZED", "Authentication is required"),
     403: ("FORBIDDEN", "You are not allowed to do this"),
@@ -71,10 +71,18 @@ _HTTP_CODES = {
     405: ("METHOD_NOT_ALLOWED", "This method is not allowed on this resource"),
     409: ("CONFLICT", "The request conflicts with the current state"),
     413: ("PAYLOAD_TOO_LARGE", "The request body is too large"),
+    414: ("URI_TOO_LONG", "The request line is too long"),
     415: ("UNSUPPORTED_MEDIA_TYPE", "Unsupported content type"),
     422: ("VALIDATION_ERROR", "The request is not valid"),
     429: ("RATE_LIMITED", "Too many requests"),
+    431: ("HEADERS_TOO_LARGE", "The request's header fields are too large"),
+    500: ("INTERNAL_ERROR", "Something went wrong on our side"),
+    504: ("TIMEOUT", "The request took too long"),
 }
+
+
+def new_request_id() -> str:
+    return f"{_ID_PREFIX}{next(_ID_COUNTER):010x}"
 
 
 def error_body(status: int, code: str, message: str, details: dict[str, Any]) -> dict[str, Any]:
@@ -101,7 +109,7 @@ def status_for(error: E.CoreError) -> int:
 
 
 def _from_http_exception(exc: HTTPException) -> web.Response:
-    code, message = _HTTP_CODES.get(exc.status, ("HTTP_ERROR", exc.reason))
+    code, message = HTTP_CODES.get(exc.status, ("HTTP_ERROR", exc.reason))
     details: dict[str, Any] = {}
     if exc.status == 405:
         allowed = exc.headers.get("Allow", "")
@@ -128,6 +136,14 @@ SECURITY_HEADERS = {
     "Cache-Control": "no-store",
     "Cross-Origin-Resource-Policy": "same-origin",
 }
+
+
+def finish_headers(response: web.StreamResponse, request_id: str) -> None:
+    """The request id and the security headers, on every response."""
+    headers = response.headers
+    headers["X-Request-Id"] = request_id
+    for name, value in SECURITY_HEADERS.items():
+        headers.setdefault(name, value)
 
 
 class JsonAccessLogger(AbstractAccessLogger):
@@ -174,7 +190,7 @@ async def gateway_middleware(request: web.Request, handler: Handler) -> web.Stre
     started = time.perf_counter()
     incoming = request.headers.get("X-Request-Id", "")
     if not incoming or not _REQUEST_ID_RE.match(incoming):
-        incoming = f"{_ID_PREFIX}{next(_ID_COUNTER):010x}"
+        incoming = new_request_id()
     request[REQUEST_ID_KEY] = incoming
     try:
         if "%00" in request.raw_path:
@@ -193,6 +209,8 @@ async def gateway_middleware(request: web.Request, handler: Handler) -> web.Stre
         # The body broke while being read: a Content-Encoding it is not in, a broken chunk. The
         # client's fault, and not an HTTPException, so it used to fall through to the 500.
         response = error_response(400, "BAD_REQUEST", "The request body could not be read")
+        # Where the next request would start in the stream is unknown: the connection ends.
+        response.force_close()
     except _DEPENDENCY_LOST as exc:
         # PostgreSQL or Redis went away under a handler's own query (not through core.pg.call,
         # which says Unavailable itself): "try again", not the 500 of a bug.
@@ -213,10 +231,7 @@ async def gateway_middleware(request: web.Request, handler: Handler) -> web.Stre
         _observe(request, response.status, started)
     except Exception:
         response = _internal_error(request)
-    headers = response.headers
-    headers["X-Request-Id"] = request[REQUEST_ID_KEY]
-    for name, value in SECURITY_HEADERS.items():
-        headers.setdefault(name, value)
+    finish_headers(response, request[REQUEST_ID_KEY])
     return response
 
 
