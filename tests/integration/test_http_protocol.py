@@ -8,13 +8,11 @@ request is a deposit that would otherwise be accepted: the well-formed one after
 
 from __future__ import annotations
 
-import asyncio
 import json
 import secrets
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import pytest
 from aiohttp import web
@@ -27,40 +25,7 @@ from gateway.http_server import (
     GatewayRequestHandler,
     GatewayRunner,
 )
-from tests.helpers import auth, direct_token, new_msisdn
-
-READ_DEADLINE_S = 10.0
-ERROR_KEYS = {"status_code", "error_code", "message", "details"}
-
-
-@dataclass
-class Answer:
-    status: int
-    headers: dict[str, str]  # lower-case names
-    body: bytes
-
-    def json(self) -> Any:
-        return json.loads(self.body)
-
-
-async def exchange(client: TestClient, data: bytes) -> Answer:
-    """Write `data` on a new connection and read until the server closes it (every answer
-    here ends its connection: a deadline, not a wait, bounds the read)."""
-    reader, writer = await asyncio.open_connection(client.host, client.port)
-    try:
-        writer.write(data)
-        await writer.drain()
-        async with asyncio.timeout(READ_DEADLINE_S):
-            raw = await reader.read(-1)
-    finally:
-        writer.close()
-    head, _, body = raw.partition(b"\r\n\r\n")
-    status_line, *lines = head.decode("latin-1").split("\r\n")
-    headers = {}
-    for line in lines:
-        name, _, value = line.partition(":")
-        headers[name.strip().lower()] = value.strip()
-    return Answer(int(status_line.split(" ")[1]), headers, body)
+from tests.helpers import ERROR_KEYS, RawAnswer, auth, direct_token, new_msisdn, raw_exchange
 
 
 @dataclass
@@ -182,6 +147,10 @@ def deposit(client: TestClient, admin: dict[str, str], msisdn: str) -> Request:
         ("Content-Length", str(len(body))),
     ]
     return Request("POST", "/api/v1/deposits", headers, body)
+
+
+async def exchange(client: TestClient, data: bytes) -> RawAnswer:
+    return await raw_exchange(client.host, client.port, data)
 
 
 Case = tuple[str, Callable[[Request], bytes], int, str, str]
