@@ -43,6 +43,7 @@ from aiohttp.http_exceptions import (
 
 from gateway.keys import REQUEST_ID_KEY
 from gateway.middlewares import (
+    BROKEN_BODY,
     HTTP_CODES,
     JsonAccessLogger,
     error_response,
@@ -165,7 +166,7 @@ class GatewayRequestHandler(web.RequestHandler):
         """A body the client broke (a bad chunk, a Content-Encoding it is not in) is met again
         when aiohttp drains it after the middleware has answered 400: aiohttp logs that as an
         "Unhandled exception" with a traceback. It is the client's, so it is debug here."""
-        if isinstance(kwargs.get("exc_info"), web.RequestPayloadError):
+        if isinstance(kwargs.get("exc_info"), BROKEN_BODY):
             log.debug("the rest of a broken request body was dropped")
             return
         super().log_exception(*args, **kwargs)

@@ -17,6 +17,7 @@ from typing import Any
 
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
+from aiohttp.http import HttpProcessingError
 from aiohttp.web_exceptions import HTTPException
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -38,6 +39,9 @@ _DEPENDENCY_LOST: tuple[type[BaseException], ...] = (
     RedisTimeoutError,
 )
 access_log = logging.getLogger("gateway.access")
+# A request body the client broke, met while reading it: aiohttp's C parser raises
+# RequestPayloadError, its pure-Python one (no compiled extension) the parser's own error.
+BROKEN_BODY = (web.RequestPayloadError, HttpProcessingError)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._-]{8,64}$")
@@ -205,7 +209,7 @@ async def gateway_middleware(request: web.Request, handler: Handler) -> web.Stre
             _observe(request, exc.status, started)
             raise
         response = _from_http_exception(exc)
-    except web.RequestPayloadError:
+    except BROKEN_BODY:
         # The body broke while being read: a Content-Encoding it is not in, a broken chunk. The
         # client's fault, and not an HTTPException, so it used to fall through to the 500.
         response = error_response(400, "BAD_REQUEST", "The request body could not be read")
