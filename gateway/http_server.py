@@ -240,7 +240,8 @@ async def check_protocol(server: GatewayServer) -> None:
     except (OSError, TimeoutError, asyncio.IncompleteReadError) as exc:
         raise _changed(f"the protocol self-check got no answer ({exc!r})") from exc
     finally:
-        ours.close()
+        ours.close()  # each end again, for when the check failed before a transport owned it
+        theirs.close()
     status = head.split(b"\r\n", 1)[0]
     try:
         answer = json.loads(body)
