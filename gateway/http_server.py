@@ -41,7 +41,8 @@ from aiohttp.http_exceptions import (
     TransferEncodingError,
 )
 
-from gateway.keys import REQUEST_ID_KEY
+from gateway.keys import METRICS, REQUEST_ID_KEY
+from gateway.metrics import Metrics
 from gateway.middlewares import (
     BROKEN_BODY,
     HTTP_CODES,
@@ -73,6 +74,9 @@ PROTOCOL_OPTIONS: dict[str, Any] = {
 # the text before its excerpt of the request, printable ASCII, at most this long.
 REASON_MAX_CHARS = 120
 SELF_CHECK_TIMEOUT_S = 5.0
+# The metrics' route for a request the parser refused (the middleware's is "unmatched" for a
+# request it could not route).
+UNPARSED_ROUTE = "unparsed"
 
 Refusal = tuple[int, str, str, dict[str, Any]]
 
@@ -121,9 +125,12 @@ _MESSAGES: dict[type[BaseException], str] = {
 
 
 class GatewayRequestHandler(web.RequestHandler):
-    """aiohttp's HTTP protocol, answering what it refuses in the standard error JSON."""
+    """aiohttp's HTTP protocol, answering what it refuses in the standard error JSON (and
+    counting it in `metrics`, as method "-" on route "unparsed": aiohttp does not say which)."""
 
-    __slots__ = ()
+    __slots__ = ("metrics",)
+
+    metrics: Metrics | None
 
     def handle_error(
         self,
@@ -156,6 +163,8 @@ class GatewayRequestHandler(web.RequestHandler):
                 exc_info=exc,
                 extra={"request_id": request_id, "status": status},
             )
+        if self.metrics is not None:
+            self.metrics.observe("-", UNPARSED_ROUTE, status, 0.0)
         response = error_response(status, code, text, details)
         finish_headers(response, request_id)
         response.headers["Connection"] = "close"
@@ -175,9 +184,15 @@ class GatewayRequestHandler(web.RequestHandler):
 class GatewayServer(web.Server):
     """aiohttp's connection factory, making GatewayRequestHandler protocols."""
 
+    metrics: Metrics | None = None
+
     def __call__(self) -> web.RequestHandler:
         # Called by the event loop for each accepted connection, so a loop is running.
-        return GatewayRequestHandler(self, loop=asyncio.get_running_loop(), **_server_kwargs(self))
+        handler = GatewayRequestHandler(
+            self, loop=asyncio.get_running_loop(), **_server_kwargs(self)
+        )
+        handler.metrics = self.metrics
+        return handler
 
 
 class GatewayRunner(web.AppRunner):
@@ -196,6 +211,7 @@ class GatewayRunner(web.AppRunner):
             **_server_kwargs(made),
         )
         await check_protocol(server)
+        server.metrics = self.app.get(METRICS)
         return server
 
 
@@ -217,17 +233,21 @@ def _changed(what: str) -> RuntimeError:
 _PROBE = b"\x00 / HTTP/1.1\r\nHost: gateway\r\n\r\n"
 
 
+def _quiet(server: GatewayServer, kwargs: dict[str, Any]) -> GatewayRequestHandler:
+    handler = GatewayRequestHandler(server, loop=asyncio.get_running_loop(), **kwargs)
+    handler.metrics = None
+    return handler
+
+
 async def check_protocol(server: GatewayServer) -> None:
     """Prove that a request the parser refuses comes back as the standard error JSON: one
     refused request through the server's own protocol, over a socket pair (no port, no access
-    log line), before the server takes its first connection."""
+    log line, not counted), before the server takes its first connection."""
     loop = asyncio.get_running_loop()
     kwargs = {**_server_kwargs(server), "access_log": None}
     ours, theirs = socket.socketpair()
     try:
-        transport, _ = await loop.connect_accepted_socket(
-            lambda: GatewayRequestHandler(server, loop=loop, **kwargs), ours
-        )
+        transport, _ = await loop.connect_accepted_socket(lambda: _quiet(server, kwargs), ours)
         reader, writer = await asyncio.open_connection(sock=theirs)
         try:
             writer.write(_PROBE)

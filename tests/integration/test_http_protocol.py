@@ -25,7 +25,15 @@ from gateway.http_server import (
     GatewayRequestHandler,
     GatewayRunner,
 )
-from tests.helpers import ERROR_KEYS, RawAnswer, auth, direct_token, new_msisdn, raw_exchange
+from tests.helpers import (
+    ERROR_KEYS,
+    RawAnswer,
+    auth,
+    direct_token,
+    new_msisdn,
+    raw_exchange,
+    scrape,
+)
 
 
 @dataclass
@@ -227,3 +235,14 @@ async def test_the_server_will_not_start_when_refusals_bypass_the_json(
     with pytest.raises(RuntimeError, match=r"gateway\.http_server needs updating"):
         await runner.setup()
     await runner.cleanup()
+
+
+async def test_a_refusal_is_counted_in_the_request_metrics(app_client: TestClient) -> None:
+    key = (
+        "gateway_http_requests_total",
+        (("method", "-"), ("route", "unparsed"), ("status", "400")),
+    )
+    before = (await scrape(app_client)).get(key, 0.0)
+    answer = await exchange(app_client, b"HELLO THERE\r\n\r\n")
+    assert answer.status == 400, answer
+    assert (await scrape(app_client))[key] == before + 1
