@@ -281,20 +281,35 @@ async def serve(
     shutdown_timeout_s: float,
     ready: Callable[[], None],
 ) -> None:
-    """Serve `app` on host:port until SIGINT or SIGTERM, then stop it gracefully (web.run_app,
-    which cannot take another runner, on GatewayRunner)."""
+    """Serve `app` on host:port until SIGINT or SIGTERM, then stop it gracefully: web.run_app
+    (which cannot take another runner) on GatewayRunner. A signal during start-up (which may
+    wait GATEWAY_STARTUP_WAIT_S for PostgreSQL) ends it too, stopping what had started."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
+    for sig in SIGNALS:
+        loop.add_signal_handler(sig, stop.set)
     runner = GatewayRunner(app, shutdown_timeout=shutdown_timeout_s)
+    starting = asyncio.create_task(_start(runner, host, port), name="http-start")
+    stopping = asyncio.create_task(stop.wait(), name="http-stop")
     try:
-        # Inside the try: a start-up that fails part way still stops what it started.
-        await runner.setup()
-        await web.TCPSite(runner, host, port).start()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        ready()
-        await stop.wait()
+        await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        if not stopping.done():
+            starting.result()  # a start-up that failed raises here (DependencyDown: exit 3)
+            ready()
+            await stopping
     finally:
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for task in (starting, stopping):
+            task.cancel()
+        await asyncio.gather(starting, stopping, return_exceptions=True)
+        for sig in SIGNALS:
             loop.remove_signal_handler(sig)
+        # Also after a start-up that failed or was cut short: what had started stops.
         await runner.cleanup()
+
+
+SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+async def _start(runner: GatewayRunner, host: str, port: int) -> None:
+    await runner.setup()
+    await web.TCPSite(runner, host, port).start()
