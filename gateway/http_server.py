@@ -41,7 +41,7 @@ from aiohttp.http_exceptions import (
     TransferEncodingError,
 )
 
-from gateway.keys import METRICS, REQUEST_ID_KEY
+from gateway.keys import METRICS, PARSER_REFUSAL_KEY, REQUEST_ID_KEY
 from gateway.metrics import Metrics
 from gateway.middlewares import (
     BROKEN_BODY,
@@ -149,8 +149,9 @@ class GatewayRequestHandler(web.RequestHandler):
         request[REQUEST_ID_KEY] = request_id
         if status == 400 and exc is not None:
             status, code, text, details = _refusal(self, exc)
-            # The access log has the line (status, request id); the excerpt the parser keeps
-            # of the request may hold a secret, so only the kind of refusal is logged.
+            request[PARSER_REFUSAL_KEY] = type(exc).__name__
+            # The access log has the line (status, request id, kind); the excerpt the parser
+            # keeps of the request may hold a secret, so only the kind of refusal is logged.
             log.debug(
                 "request refused by the HTTP parser",
                 extra={"request_id": request_id, "status": status, "error": type(exc).__name__},

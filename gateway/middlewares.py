@@ -25,7 +25,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from core import errors as E
 from core.pg import CONNECTION_LOST
 from gateway.api import HttpError
-from gateway.keys import METRICS, REQUEST_ID_KEY
+from gateway.keys import METRICS, PARSER_REFUSAL_KEY, REQUEST_ID_KEY
 from gateway.logs import redact_query
 
 log = logging.getLogger("gateway.http")
@@ -156,17 +156,18 @@ class JsonAccessLogger(AbstractAccessLogger):
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
         if response.status < 400 and request.path.startswith(QUIET_PREFIXES):
             return
-        access_log.info(
-            "request",
-            extra={
-                "request_id": request.get(REQUEST_ID_KEY, ""),
-                "method": request.method,
-                "path": redact_query(request.path_qs),
-                "status": response.status,
-                "duration_ms": round(time * 1000, 2),
-                "remote": request.remote,
-            },
-        )
+        extra = {
+            "request_id": request.get(REQUEST_ID_KEY, ""),
+            "method": request.method,
+            "path": redact_query(request.path_qs),
+            "status": response.status,
+            "duration_ms": round(time * 1000, 2),
+            "remote": request.remote,
+        }
+        refusal = request.get(PARSER_REFUSAL_KEY)
+        if refusal is not None:
+            extra.update(method="-", path="-", refused=refusal)
+        access_log.info("request", extra=extra)
 
     @property
     def enabled(self) -> bool:

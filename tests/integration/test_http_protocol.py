@@ -9,6 +9,7 @@ request is a deposit that would otherwise be accepted: the well-formed one after
 from __future__ import annotations
 
 import json
+import logging
 import secrets
 import zlib
 from collections.abc import Callable
@@ -246,3 +247,26 @@ async def test_a_refusal_is_counted_in_the_request_metrics(app_client: TestClien
     answer = await exchange(app_client, b"HELLO THERE\r\n\r\n")
     assert answer.status == 400, answer
     assert (await scrape(app_client))[key] == before + 1
+
+
+async def test_a_refusal_has_its_access_log_line(
+    app_client: TestClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    """One line with the status, the request id it was answered with and the kind of refusal;
+    no method or path (aiohttp has none for it) and nothing of the request itself."""
+    caplog.set_level(logging.INFO, logger="gateway.access")
+    caplog.set_level(logging.INFO, logger="aiohttp.access")  # aiohttp asks it whether to log
+    secret = secrets.token_hex(16)
+    answer = await exchange(app_client, f"GET /?token={secret} HTTP/9.9\r\n\r\n".encode())
+    assert answer.status == 400, answer
+    lines = [
+        r.__dict__
+        for r in caplog.records
+        if r.name == "gateway.access"
+        and r.__dict__.get("request_id") == answer.headers["x-request-id"]
+    ]
+    assert len(lines) == 1, caplog.records
+    line = lines[0]
+    assert (line["status"], line["method"], line["path"]) == (400, "-", "-"), line
+    assert line["refused"] == "BadStatusLine", line
+    assert secret not in caplog.text
