@@ -10,7 +10,8 @@ way to put a subclass of `RequestHandler` under an `Application` (aio-libs/aioht
 for one). `GatewayRunner` does it with two private names, `AppRunner._make_server` and
 `Server._kwargs`, and proves at every start, over a socket pair, that a refused request still
 comes back as the standard error JSON: if a release changes the path, the server refuses to
-start with a clear error instead of answering in plain text again.
+start with a clear error instead of answering in plain text again. `serve` runs it for
+`gateway serve` (web.run_app cannot take another runner); the tests' server runs on it too.
 
 Raising the parser's limits and enforcing our own in a middleware was the other way: it only
 moves the boundary (past the raised limit the parser answers again) and cannot reach a

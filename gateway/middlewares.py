@@ -2,7 +2,8 @@
 
 Every error leaves as `{"status_code", "error_code", "message", "details"}`: CoreErrors by the
 table below, aiohttp's own 404 / 405 / 413 included, and anything unexpected as a 500 that
-carries the request id and no traceback (the traceback goes to the log).
+carries the request id and no traceback (the traceback goes to the log). What aiohttp's HTTP
+parser refuses never reaches a middleware: gateway.http_server answers it in the same format.
 """
 
 from __future__ import annotations
@@ -127,9 +128,8 @@ def _from_http_exception(exc: HTTPException) -> web.Response:
 def _internal_error(request: web.Request) -> web.Response:
     rid = request.get(REQUEST_ID_KEY, "")
     log.exception("unhandled error", extra={"request_id": rid, "path": request.path})
-    return error_response(
-        500, "INTERNAL_ERROR", "Something went wrong on our side", {"request_id": rid}
-    )
+    code, message = HTTP_CODES[500]
+    return error_response(500, code, message, {"request_id": rid})
 
 
 SECURITY_HEADERS = {
