@@ -270,3 +270,30 @@ async def test_a_refusal_has_its_access_log_line(
     assert (line["status"], line["method"], line["path"]) == (400, "-", "-"), line
     assert line["refused"] == "BadStatusLine", line
     assert secret not in caplog.text
+
+
+async def test_an_error_past_the_middleware_is_the_json_500() -> None:
+    """The middleware answers every failure of a handler itself; were it to fail, aiohttp's
+    protocol answers, and that answer is the standard 500 too (here: an app without it)."""
+
+    async def broken(request: web.Request) -> web.StreamResponse:
+        raise RuntimeError("a bug")
+
+    app = web.Application()
+    app.router.add_get("/", broken)
+    runner = GatewayRunner(app)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        host, port = runner.addresses[0][:2]
+        answer = await raw_exchange(host, port, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    finally:
+        await runner.cleanup()
+    assert answer.status == 500, answer
+    assert answer.json() == {
+        "status_code": 500,
+        "error_code": "INTERNAL_ERROR",
+        "message": "Something went wrong on our side",
+        "details": {"request_id": answer.headers["x-request-id"]},
+    }
+    assert b"a bug" not in answer.body
