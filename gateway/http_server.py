@@ -59,7 +59,9 @@ log = logging.getLogger("gateway.http")
 # limits also differ so that a refusal can say which it was: aiohttp's LineTooLong carries only
 # the limit it broke (414 for the request line, 431 for a header field).
 MAX_REQUEST_LINE_BYTES = 16 * 1024
-MAX_HEADER_FIELD_BYTES = 8190  # name and value of one field: aiohttp's default
+# One field, name and value (aiohttp 3.14's compiled parser counts the value alone for every
+# field but the first): aiohttp's default.
+MAX_HEADER_FIELD_BYTES = 8190
 MAX_HEADERS = 128  # aiohttp's default
 # web.run_app's default, which `gateway serve` used before it ran its own runner (the protocol's
 # own default is an hour).
