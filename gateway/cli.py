@@ -27,6 +27,8 @@ if TYPE_CHECKING:  # imported where used: `gateway --help` stays light
     from gateway.auth import TokenService
 
 Command = Callable[[argparse.Namespace, Settings], int]
+# How long `serve` lets requests in flight finish after SIGTERM.
+SHUTDOWN_TIMEOUT_S = 10.0
 
 
 @dataclass
@@ -57,11 +59,9 @@ async def open_storage(
 
 
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
-    from aiohttp import web
-
     from gateway.app import create_app
+    from gateway.http_server import serve
     from gateway.logs import configure_logging
-    from gateway.middlewares import JsonAccessLogger
     from gateway.ussd import freeze_after_startup
 
     configure_logging(settings.log_level)
@@ -69,13 +69,14 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     port = args.port if args.port is not None else settings.port
     app = create_app(settings)
     freeze_after_startup(app)
-    web.run_app(
-        app,
-        host=host,
-        port=port,
-        access_log_class=JsonAccessLogger,
-        print=lambda _msg: print(f"gateway listening on http://{host}:{port}", flush=True),
-        shutdown_timeout=10.0,
+    asyncio.run(
+        serve(
+            app,
+            host,
+            port,
+            shutdown_timeout_s=SHUTDOWN_TIMEOUT_S,
+            ready=lambda: print(f"gateway listening on http://{host}:{port}", flush=True),
+        )
     )
     return 0
 

@@ -49,6 +49,9 @@ DISPATCHER = web.AppKey("dispatcher", Dispatcher)
 # Request-scoped values (request[...]).
 PRINCIPAL_KEY = web.RequestKey("principal", Principal)
 REQUEST_ID_KEY = web.RequestKey("request_id", str)
+# Set on a request aiohttp's parser refused (gateway.http_server): the kind of refusal. Such a
+# request has no method or path of its own (aiohttp stands a placeholder "GET /" in for it).
+PARSER_REFUSAL_KEY = web.RequestKey("parser_refusal", str)
 
 # Agent devices (issue 6); gateway.agents imports this module, so its type is named lazily.
 if TYPE_CHECKING:

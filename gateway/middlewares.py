@@ -2,7 +2,8 @@
 
 Every error leaves as `{"status_code", "error_code", "message", "details"}`: CoreErrors by the
 table below, aiohttp's own 404 / 405 / 413 included, and anything unexpected as a 500 that
-carries the request id and no traceback (the traceback goes to the log).
+carries the request id and no traceback (the traceback goes to the log). What aiohttp's HTTP
+parser refuses never reaches a middleware: gateway.http_server answers it in the same format.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
+from aiohttp.http import HttpProcessingError
 from aiohttp.web_exceptions import HTTPException
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -24,7 +26,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from core import errors as E
 from core.pg import CONNECTION_LOST
 from gateway.api import HttpError
-from gateway.keys import METRICS, REQUEST_ID_KEY
+from gateway.keys import METRICS, PARSER_REFUSAL_KEY, REQUEST_ID_KEY
 from gateway.logs import redact_query
 
 log = logging.getLogger("gateway.http")
@@ -38,6 +40,9 @@ _DEPENDENCY_LOST: tuple[type[BaseException], ...] = (
     RedisTimeoutError,
 )
 access_log = logging.getLogger("gateway.access")
+# A request body the client broke, met while reading it: aiohttp's C parser raises
+# RequestPayloadError, its pure-Python one (no compiled extension) the parser's own error.
+BROKEN_BODY = (web.RequestPayloadError, HttpProcessingError)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._-]{8,64}$")
@@ -63,7 +68,7 @@ STATUS_BY_ERROR: tuple[tuple[type[E.CoreError], int], ...] = (
     (E.Unavailable, 503),
 )
 
-_HTTP_CODES = {
+HTTP_CODES = {
     400: ("BAD_REQUEST", "The request is malformed"),
     401: ("UNAUTHORIZED", "Authentication is required"),
     403: ("FORBIDDEN", "You are not allowed to do this"),
@@ -71,10 +76,18 @@ _HTTP_CODES = {
     405: ("METHOD_NOT_ALLOWED", "This method is not allowed on this resource"),
     409: ("CONFLICT", "The request conflicts with the current state"),
     413: ("PAYLOAD_TOO_LARGE", "The request body is too large"),
+    414: ("URI_TOO_LONG", "The request line is too long"),
     415: ("UNSUPPORTED_MEDIA_TYPE", "Unsupported content type"),
     422: ("VALIDATION_ERROR", "The request is not valid"),
     429: ("RATE_LIMITED", "Too many requests"),
+    431: ("HEADERS_TOO_LARGE", "The request's header fields are too large"),
+    500: ("INTERNAL_ERROR", "Something went wrong on our side"),
+    504: ("TIMEOUT", "The request took too long"),
 }
+
+
+def new_request_id() -> str:
+    return f"{_ID_PREFIX}{next(_ID_COUNTER):010x}"
 
 
 def error_body(status: int, code: str, message: str, details: dict[str, Any]) -> dict[str, Any]:
@@ -101,7 +114,7 @@ def status_for(error: E.CoreError) -> int:
 
 
 def _from_http_exception(exc: HTTPException) -> web.Response:
-    code, message = _HTTP_CODES.get(exc.status, ("HTTP_ERROR", exc.reason))
+    code, message = HTTP_CODES.get(exc.status, ("HTTP_ERROR", exc.reason))
     details: dict[str, Any] = {}
     if exc.status == 405:
         allowed = exc.headers.get("Allow", "")
@@ -115,9 +128,8 @@ def _from_http_exception(exc: HTTPException) -> web.Response:
 def _internal_error(request: web.Request) -> web.Response:
     rid = request.get(REQUEST_ID_KEY, "")
     log.exception("unhandled error", extra={"request_id": rid, "path": request.path})
-    return error_response(
-        500, "INTERNAL_ERROR", "Something went wrong on our side", {"request_id": rid}
-    )
+    code, message = HTTP_CODES[500]
+    return error_response(500, code, message, {"request_id": rid})
 
 
 SECURITY_HEADERS = {
@@ -130,23 +142,32 @@ SECURITY_HEADERS = {
 }
 
 
+def finish_headers(response: web.StreamResponse, request_id: str) -> None:
+    """The request id and the security headers, on every response."""
+    headers = response.headers
+    headers["X-Request-Id"] = request_id
+    for name, value in SECURITY_HEADERS.items():
+        headers.setdefault(name, value)
+
+
 class JsonAccessLogger(AbstractAccessLogger):
     """One JSON line per request; query strings pass through the secret redactor."""
 
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
         if response.status < 400 and request.path.startswith(QUIET_PREFIXES):
             return
-        access_log.info(
-            "request",
-            extra={
-                "request_id": request.get(REQUEST_ID_KEY, ""),
-                "method": request.method,
-                "path": redact_query(request.path_qs),
-                "status": response.status,
-                "duration_ms": round(time * 1000, 2),
-                "remote": request.remote,
-            },
-        )
+        extra = {
+            "request_id": request.get(REQUEST_ID_KEY, ""),
+            "method": request.method,
+            "path": redact_query(request.path_qs),
+            "status": response.status,
+            "duration_ms": round(time * 1000, 2),
+            "remote": request.remote,
+        }
+        refusal = request.get(PARSER_REFUSAL_KEY)
+        if refusal is not None:
+            extra.update(method="-", path="-", refused=refusal)
+        access_log.info("request", extra=extra)
 
     @property
     def enabled(self) -> bool:
@@ -174,7 +195,7 @@ async def gateway_middleware(request: web.Request, handler: Handler) -> web.Stre
     started = time.perf_counter()
     incoming = request.headers.get("X-Request-Id", "")
     if not incoming or not _REQUEST_ID_RE.match(incoming):
-        incoming = f"{_ID_PREFIX}{next(_ID_COUNTER):010x}"
+        incoming = new_request_id()
     request[REQUEST_ID_KEY] = incoming
     try:
         if "%00" in request.raw_path:
@@ -189,10 +210,12 @@ async def gateway_middleware(request: web.Request, handler: Handler) -> web.Stre
             _observe(request, exc.status, started)
             raise
         response = _from_http_exception(exc)
-    except web.RequestPayloadError:
+    except BROKEN_BODY:
         # The body broke while being read: a Content-Encoding it is not in, a broken chunk. The
         # client's fault, and not an HTTPException, so it used to fall through to the 500.
         response = error_response(400, "BAD_REQUEST", "The request body could not be read")
+        # Where the next request would start in the stream is unknown: the connection ends.
+        response.force_close()
     except _DEPENDENCY_LOST as exc:
         # PostgreSQL or Redis went away under a handler's own query (not through core.pg.call,
         # which says Unavailable itself): "try again", not the 500 of a bug.
@@ -213,10 +236,7 @@ async def gateway_middleware(request: web.Request, handler: Handler) -> web.Stre
         _observe(request, response.status, started)
     except Exception:
         response = _internal_error(request)
-    headers = response.headers
-    headers["X-Request-Id"] = request[REQUEST_ID_KEY]
-    for name, value in SECURITY_HEADERS.items():
-        headers.setdefault(name, value)
+    finish_headers(response, request[REQUEST_ID_KEY])
     return response
 
 

@@ -17,6 +17,7 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import pytest
@@ -28,8 +29,8 @@ from config.settings import Settings, load_settings
 from gateway import db as dbmod
 from gateway.app import create_app, make_redis
 from gateway.embedded import EmbeddedMqtt, EmbeddedPostgres, EmbeddedRedis
+from gateway.http_server import GatewayRunner
 from gateway.keys import PG_POOL, SESSIONMAKER
-from gateway.middlewares import JsonAccessLogger
 
 RUN_ID = uuid.uuid4().hex[:10]
 TEST_SECRET = "test-secret-" + "x" * 40
@@ -169,11 +170,18 @@ async def redis(redis_url: str, redis_prefix: str) -> AsyncIterator[Redis]:
         await client.aclose()
 
 
+class GatewayTestServer(TestServer):
+    """TestServer on `gateway serve`'s own runner: its protocol options, its access log and
+    its answers to what the HTTP parser refuses."""
+
+    async def _make_runner(self, **kwargs: Any) -> web.AppRunner:
+        return GatewayRunner(self.app, **kwargs)
+
+
 @contextlib.asynccontextmanager
 async def running_app(app: web.Application) -> AsyncIterator[TestClient]:
-    server = TestServer(app)
-    # TestServer's constructor drops runner options: they go to start_server.
-    await server.start_server(access_log_class=JsonAccessLogger)
+    server = GatewayTestServer(app)
+    await server.start_server()
     client = TestClient(server)
     await client.start_server()
     try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import json
 import re
 import secrets
 import time
@@ -104,12 +105,47 @@ async def assert_error(
 ) -> dict[str, Any]:
     body = await resp.json()
     assert resp.status == status, body
-    assert set(body) == {"status_code", "error_code", "message", "details"}, body
+    assert set(body) == ERROR_KEYS, body
     assert body["status_code"] == status
     if code is not None:
         assert body["error_code"] == code, body
     assert isinstance(body["message"], str) and body["message"]
     return body  # type: ignore[no-any-return]
+
+
+ERROR_KEYS = {"status_code", "error_code", "message", "details"}
+RAW_READ_DEADLINE_S = 10.0
+
+
+@dataclass
+class RawAnswer:
+    status: int
+    headers: dict[str, str]  # lower-case names
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+async def raw_exchange(host: str, port: int, data: bytes) -> RawAnswer:
+    """Write `data` on a new connection and read until the server closes it: for requests
+    aiohttp's client will not send. The server must end the connection (the request says
+    `Connection: close`, or the server refuses it); a deadline bounds the read."""
+    reader, writer = await asyncio.open_connection(host, port)
+    try:
+        writer.write(data)
+        await writer.drain()
+        async with asyncio.timeout(RAW_READ_DEADLINE_S):
+            raw = await reader.read(-1)
+    finally:
+        writer.close()
+    head, _, body = raw.partition(b"\r\n\r\n")
+    status_line, *lines = head.decode("latin-1").split("\r\n")
+    headers = {}
+    for line in lines:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    return RawAnswer(int(status_line.split(" ")[1]), headers, body)
 
 
 async def direct_token(app: Application, role: str = "admin") -> str:

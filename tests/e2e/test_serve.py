@@ -15,6 +15,7 @@ import pyotp
 import pytest
 
 from gateway.embedded import free_port
+from tests.helpers import raw_exchange
 
 PASSWORD = "E2e-strong-passw0rd"
 READY_DEADLINE_S = 90
@@ -112,6 +113,10 @@ async def test_serve_admin_login_logout_restart(serve_dir: Path) -> None:
     server.start()
     try:
         await server.wait_ready()
+        # What aiohttp's parser refuses is answered by the server's own protocol, in JSON.
+        refused = await raw_exchange("127.0.0.1", server.port, b"HELLO THERE\r\n\r\n")
+        assert refused.status == 400 and refused.headers["connection"] == "close", refused
+        assert refused.json()["error_code"] == "BAD_REQUEST", refused
         created = server.cli("admin", "create", "operator", stdin=PASSWORD + "\n")
         assert created.returncode == 0, created.stderr
         uri = created.stdout.strip().splitlines()[-1]

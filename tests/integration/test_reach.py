@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -154,3 +155,46 @@ async def test_commands_say_what_is_out_of_reach_in_one_line(
     for run in (check, migrate, serve):
         assert "Traceback" not in run.stderr + run.stdout
         assert SECRET not in run.stderr + run.stdout
+
+
+def _stop_while_waiting(log: Path, **env: str) -> tuple[int, str]:
+    """`gateway serve` started against a PostgreSQL that refuses, SIGTERM once it says it is
+    waiting: (exit code, its output)."""
+    with log.open("w+") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "gateway", "serve", "--port", str(free_port())],
+            env=dict(os.environ, **env),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        try:
+            deadline = time.monotonic() + 60
+            while "waiting for PostgreSQL" not in log.read_text():
+                assert proc.poll() is None, log.read_text()
+                assert time.monotonic() < deadline, log.read_text()
+                time.sleep(0.1)  # polling interval while waiting for a condition
+            proc.send_signal(signal.SIGTERM)
+            code = proc.wait(timeout=30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    return code, log.read_text()
+
+
+async def test_serve_stops_on_sigterm_while_it_waits_for_postgres(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """A deployment that gives up on a start (SIGTERM during the wait for PostgreSQL) gets a
+    prompt, clean exit: what had started stops, no traceback."""
+    code, output = await asyncio.to_thread(
+        _stop_while_waiting,
+        tmp_path / "serve.log",
+        DATABASE_URL=closed_url("postgresql"),
+        REDIS_URL=redis_url,
+        GATEWAY_DATA_DIR=str(tmp_path),
+        GATEWAY_STARTUP_WAIT_S="120",
+    )
+    assert code == 0, output
+    assert "Traceback" not in output and SECRET not in output
