@@ -34,6 +34,7 @@ from channels.agents.mqtt import MqttService, PublishFailed, Session
 from channels.agents.osmand import parse_osmand
 from channels.agents.owntracks_devices import OwnTracksDevices
 from channels.agents.service import AgentChannel
+from channels.http_body import read_within
 from config.settings import DEVICES_RECIPIENT, Settings
 from core import devices, geofences
 from core.agent_transactions import DeviceGate
@@ -793,7 +794,7 @@ async def _osmand_params(request: web.Request) -> dict[str, str]:
         if request.content_type != "application/x-www-form-urlencoded":
             raise HttpError(400, "INVALID_CONTENT_TYPE", "Send the fields as a form or a query")
         try:
-            form = await request.post()
+            form = await read_within(request.post())
         except UnicodeDecodeError:  # aiohttp decodes the whole form strictly
             raise HttpError(400, "MALFORMED_FIX", "The form is not valid UTF-8") from None
         params.update({k: v for k, v in form.items() if isinstance(v, str)})

@@ -23,6 +23,7 @@ from typing import Any, NoReturn, TypeVar
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
+from channels.http_body import read_within
 from core.errors import CoreError, Forbidden, TokenInvalid, ValidationFailed
 from core.identity import Principal
 from gateway.keys import PRINCIPAL_KEY, TOKENS
@@ -233,7 +234,7 @@ async def read_json(request: web.Request) -> Any:
     ctype = request.content_type
     if ctype != "application/json" and not ctype.endswith("+json"):
         raise HttpError(400, "INVALID_CONTENT_TYPE", "The body must be JSON (application/json)")
-    raw = await request.read()
+    raw = await read_within(request.read())
     try:
         data = json.loads(raw, parse_float=_finite_float, parse_constant=_NotANumber)
     except (ValueError, UnicodeDecodeError, RecursionError):

@@ -23,6 +23,7 @@ from aiohttp.web_exceptions import HTTPException
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from channels.http_body import BodyTimeout
 from core import errors as E
 from core.pg import CONNECTION_LOST
 from gateway.api import HttpError
@@ -74,6 +75,7 @@ HTTP_CODES = {
     403: ("FORBIDDEN", "You are not allowed to do this"),
     404: ("NOT_FOUND", "No such resource"),
     405: ("METHOD_NOT_ALLOWED", "This method is not allowed on this resource"),
+    408: ("REQUEST_TIMEOUT", "The request did not arrive in time"),
     409: ("CONFLICT", "The request conflicts with the current state"),
     413: ("PAYLOAD_TOO_LARGE", "The request body is too large"),
     414: ("URI_TOO_LONG", "The request line is too long"),
@@ -180,6 +182,11 @@ def _observe(request: web.Request, status: int, started: float) -> None:
     request.app[METRICS].observe(request.method, route, status, time.perf_counter() - started)
 
 
+def _client_gone(request: web.Request) -> bool:
+    transport = request.transport
+    return transport is None or transport.is_closing()
+
+
 @web.middleware
 async def gateway_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """The one middleware, in one coroutine (three nested ones cost two more awaited frames per
@@ -210,6 +217,12 @@ async def gateway_middleware(request: web.Request, handler: Handler) -> web.Stre
             _observe(request, exc.status, started)
             raise
         response = _from_http_exception(exc)
+    except BodyTimeout as exc:
+        # The client stopped sending its body (channels.http_body): answered, and the
+        # connection ends, since the rest of that body may still arrive.
+        log.info("request body timed out", extra={"path": request.path, "error": str(exc)})
+        response = error_response(408, "REQUEST_TIMEOUT", "The request body did not arrive in time")
+        response.force_close()
     except BROKEN_BODY:
         # The body broke while being read: a Content-Encoding it is not in, a broken chunk. The
         # client's fault, and not an HTTPException, so it used to fall through to the 500.
@@ -217,6 +230,13 @@ async def gateway_middleware(request: web.Request, handler: Handler) -> web.Stre
         # Where the next request would start in the stream is unknown: the connection ends.
         response.force_close()
     except _DEPENDENCY_LOST as exc:
+        if _client_gone(request):
+            # The client hung up while its body was read or its answer written (aiohttp raises
+            # ConnectionResetError for both): nobody to answer, and nothing of ours was lost.
+            log.info("the client went away under a request", extra={"path": request.path})
+            response = error_response(499, "CLIENT_CLOSED_REQUEST", "The client went away")
+            _observe(request, response.status, started)
+            return response
         # PostgreSQL or Redis went away under a handler's own query (not through core.pg.call,
         # which says Unavailable itself): "try again", not the 500 of a bug.
         log.warning(

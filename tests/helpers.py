@@ -128,23 +128,25 @@ class RawAnswer:
 
 
 async def raw_exchange(host: str, port: int, data: bytes) -> RawAnswer:
-    """Write `data` on a new connection and read until the server closes it: for requests
-    aiohttp's client will not send. The server must end the connection (the request says
-    `Connection: close`, or the server refuses it); a deadline bounds the read."""
+    """Write `data` on a new connection and read one answer: for requests aiohttp's client will
+    not send. The answer ends at its Content-Length, or where the server closes the connection
+    (it may keep it open a while after answering: aiohttp lingers to drain the rest of an
+    unfinished body); a deadline bounds the read."""
     reader, writer = await asyncio.open_connection(host, port)
     try:
         writer.write(data)
         await writer.drain()
         async with asyncio.timeout(RAW_READ_DEADLINE_S):
-            raw = await reader.read(-1)
+            head = (await reader.readuntil(b"\r\n\r\n"))[:-4]
+            status_line, *lines = head.decode("latin-1").split("\r\n")
+            headers = {}
+            for line in lines:
+                name, _, value = line.partition(":")
+                headers[name.strip().lower()] = value.strip()
+            length = headers.get("content-length")
+            body = await (reader.readexactly(int(length)) if length else reader.read(-1))
     finally:
         writer.close()
-    head, _, body = raw.partition(b"\r\n\r\n")
-    status_line, *lines = head.decode("latin-1").split("\r\n")
-    headers = {}
-    for line in lines:
-        name, _, value = line.partition(":")
-        headers[name.strip().lower()] = value.strip()
     return RawAnswer(int(status_line.split(" ")[1]), headers, body)
 
 

@@ -14,6 +14,7 @@ from typing import Literal
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
+from channels.http_body import read_within
 from core import errors as E
 from core import kyc
 from gateway.admin.customers import path_msisdn
@@ -62,7 +63,7 @@ async def _read_file(request: web.Request, max_bytes: int) -> bytes:
     if request.content_length is not None and request.content_length > max_bytes:
         raise HttpError(413, "PAYLOAD_TOO_LARGE", f"A document is at most {max_bytes} bytes")
     chunks, size = [], 0
-    async for chunk in request.content.iter_chunked(CHUNK):
+    while chunk := await read_within(request.content.read(CHUNK)):
         size += len(chunk)
         if size > max_bytes:
             raise HttpError(413, "PAYLOAD_TOO_LARGE", f"A document is at most {max_bytes} bytes")

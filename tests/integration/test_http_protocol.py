@@ -8,6 +8,7 @@ request is a deposit that would otherwise be accepted: the well-formed one after
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import secrets
@@ -19,6 +20,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
+from channels import http_body
 from gateway.http_server import (
     MAX_HEADER_FIELD_BYTES,
     MAX_HEADERS,
@@ -31,6 +33,7 @@ from tests.helpers import (
     RawAnswer,
     auth,
     direct_token,
+    eventually,
     new_msisdn,
     raw_exchange,
     scrape,
@@ -297,3 +300,60 @@ async def test_an_error_past_the_middleware_is_the_json_500() -> None:
         "details": {"request_id": answer.headers["x-request-id"]},
     }
     assert b"a bug" not in answer.body
+
+
+# --- bodies that stall or are abandoned ---------------------------------------------------------
+
+
+@pytest.fixture
+def short_body_deadline(monkeypatch: pytest.MonkeyPatch) -> float:
+    monkeypatch.setattr(http_body, "BODY_IDLE_TIMEOUT_S", 1.0)
+    return 1.0
+
+
+async def test_a_body_that_stops_coming_is_answered_408_and_moves_nothing(
+    app_client: TestClient, admin: dict[str, str], short_body_deadline: float
+) -> None:
+    """Headers, then part of the body, then nothing (a phone that lost its signal, a slow-loris
+    client): before, the handler waited until the client gave up; now 408 and the connection
+    closes. The same deposit, whole, then moves the money."""
+    msisdn = await new_customer(app_client, admin)
+    request = deposit(app_client, admin, msisdn)
+    whole = request.encode()
+    answer = await exchange(app_client, whole[: len(whole) - 10])  # and then nothing
+    assert answer.status == 408, answer
+    assert answer.headers["connection"].lower() == "close", answer
+    body = answer.json()
+    assert set(body) == ERROR_KEYS and body["error_code"] == "REQUEST_TIMEOUT", body
+    assert await balance(app_client, admin, msisdn) == 0
+    ok = await exchange(app_client, request.with_headers(("Connection", "close")).encode())
+    assert ok.status == 201, ok
+    assert await balance(app_client, admin, msisdn) == 250_00
+
+
+async def test_a_client_that_hangs_up_mid_body_is_not_a_lost_dependency(
+    app_client: TestClient, admin: dict[str, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """aiohttp raises ConnectionResetError into the body read when the client goes away; that
+    was logged as PostgreSQL or Redis lost (a warning an operator would chase) and answered
+    503. Now it is counted as 499 (the client closed the request) and logged at info."""
+    caplog.set_level(logging.INFO, logger="gateway.http")
+    key = (
+        "gateway_http_requests_total",
+        (("method", "POST"), ("route", "/api/v1/deposits"), ("status", "499")),
+    )
+    before = (await scrape(app_client)).get(key, 0.0)
+    msisdn = await new_customer(app_client, admin)
+    whole = deposit(app_client, admin, msisdn).encode()
+    _, writer = await asyncio.open_connection(app_client.host, app_client.port)
+    writer.write(whole[: len(whole) - 10])
+    await writer.drain()
+    writer.close()
+    await writer.wait_closed()
+
+    async def counted() -> bool:
+        return (await scrape(app_client)).get(key, 0.0) == before + 1
+
+    await eventually(counted)
+    assert "a dependency was lost" not in caplog.text
+    assert await balance(app_client, admin, msisdn) == 0
