@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import uuid
+
 import asyncpg
+import pytest
 
 from gateway import db as dbmod
 
@@ -59,3 +62,49 @@ async def test_queue_tables_are_vacuumed_after_a_fixed_number_of_changes(
         assert {"autovacuum_vacuum_scale_factor=0", "autovacuum_analyze_scale_factor=0"} <= opts
         (threshold,) = [o for o in opts if o.startswith("autovacuum_vacuum_threshold=")]
         assert 1_000 <= int(threshold.split("=")[1]) <= 10_000, table
+
+
+async def test_an_index_build_that_died_half_way_is_finished_by_the_next_run(
+    empty_database: str,
+) -> None:
+    """0780 builds its unique index CONCURRENTLY (no write lock on agent_events for the build).
+    Such a build that fails leaves an invalid index of that name; the migration run again must
+    not stop at "already exists" but drop it and build a valid one."""
+    url = empty_database
+    await dbmod.migrate(url, "0775_admin_push_devices")
+    conn = await asyncpg.connect(dbmod.asyncpg_url(url))
+    try:
+        # What a first run of 0780 leaves when its build fails: the column (committed before
+        # the build) and an invalid index, here made by a duplicate the build then refuses.
+        await conn.execute("ALTER TABLE agent_events ADD COLUMN event_id uuid")
+        await conn.execute("SET session_replication_role = replica")  # rows without an agent
+        insert = "INSERT INTO agent_events (agent_code, kind, event_id) VALUES ($1, 'online', $2)"
+        same = uuid.uuid4()
+        await conn.execute(insert, "AG-ONE", same)
+        await conn.execute(insert, "AG-TWO", same)
+        with pytest.raises(asyncpg.UniqueViolationError):
+            await conn.execute(
+                "CREATE UNIQUE INDEX CONCURRENTLY agent_events_event_id ON agent_events (event_id)"
+            )
+        assert await _index_valid(conn, "agent_events_event_id") is False
+        await conn.execute("DELETE FROM agent_events WHERE agent_code = 'AG-TWO'")
+    finally:
+        await conn.close()
+
+    await dbmod.migrate(url)
+
+    conn = await asyncpg.connect(dbmod.asyncpg_url(url))
+    try:
+        assert await _index_valid(conn, "agent_events_event_id") is True
+        assert await _index_valid(conn, "audit_log_action_target") is True
+    finally:
+        await conn.close()
+
+
+async def _index_valid(conn: asyncpg.Connection, name: str) -> bool | None:
+    valid: bool | None = await conn.fetchval(
+        "SELECT i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+        "WHERE c.relname = $1",
+        name,
+    )
+    return valid
