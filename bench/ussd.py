@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import gc
 import os
 import random
@@ -90,9 +91,9 @@ def serve_gateway(port: int, redis_url: str, database_url: str) -> None:
 
     from config.settings import load_settings
     from gateway.app import create_app
+    from gateway.http_server import serve
     from gateway.keys import MENU_BINDINGS
     from gateway.logs import configure_logging
-    from gateway.middlewares import JsonAccessLogger
     from gateway.ussd import freeze_after_startup
     from menus.actions import ActionContext, ActionResult
 
@@ -118,16 +119,19 @@ def serve_gateway(port: int, redis_url: str, database_url: str) -> None:
     app = create_app(settings, start_channels=False)
     app.on_startup.append(bind_lookup)  # after the core binding (cleanup contexts run first)
     freeze_after_startup(app)  # as `gateway serve` does
+    # As `gateway serve` runs it: the production protocol (gateway.http_server's runner, its
+    # limits, parser refusals in JSON, the JSON access log).
+    run = functools.partial(serve, app, HOST, port, shutdown_timeout_s=10.0, ready=lambda: None)
     profile = os.environ.get(PROFILE_ENV)
     if not profile:
-        web.run_app(app, host=HOST, port=port, access_log_class=JsonAccessLogger, print=None)
+        asyncio.run(run())
         return
     import cProfile
 
     profiler = cProfile.Profile()
     profiler.enable()
-    try:  # SIGTERM from the bench ends run_app normally
-        web.run_app(app, host=HOST, port=port, access_log_class=JsonAccessLogger, print=None)
+    try:  # SIGTERM from the bench ends serve normally
+        asyncio.run(run())
     finally:
         profiler.disable()
         profiler.dump_stats(profile)
