@@ -32,10 +32,10 @@ from core.pg import Db, call
 
 __all__ = [
     "MAX_KEY_CHARS",
-    "abandon",
     "Quote",
     "StatementLine",
     "TransferResult",
+    "abandon",
     "balance",
     "cash_in",
     "cash_out",
