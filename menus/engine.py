@@ -45,6 +45,9 @@ MAX_LATE_TASKS = 1000
 UNSETTLED_FIRST_PAUSE_S = 0.5
 UNSETTLED_MAX_PAUSE_S = 10.0
 STOP_GRACE_S = 1.0  # for late actions cancelled at a stop to unwind
+# Writing the pending record delays the "result by SMS" answer, already at its deadline: a
+# Redis that does not answer within this leaves the promise to this process alone.
+PROMISE_WRITE_TIMEOUT_S = 0.5
 BACK, HOME, NEXT_PAGE = "0", "00", "98"
 
 
@@ -445,10 +448,11 @@ class Engine:
 
     # --- actions that outlive the deadline -----------------------------------------------------
 
-    async def _promise(self, step: Step, ctx: ActionContext) -> str | None:
+    async def _promise(self, step: Step, ctx: ActionContext) -> Pending | None:
         """Record the promise of a result by SMS (menus.pending) before it is made, for a
-        movement that can be settled without this process; its record key, or None (nothing
-        to record, or Redis did not take it: then the promise lives in this process only)."""
+        movement that can be settled or abandoned under its key; None for any other action.
+        A record Redis did not take is logged: the promise then rests on this process (its
+        limit is still kept: `_give_up` needs no record)."""
         settler = self.bindings.settler
         if self.pending is None or settler is None or not settler.settles(ctx.action):
             return None
@@ -466,15 +470,14 @@ class Engine:
             until=now + self.late_limit_s,
         )
         try:
-            await self.pending.put(record)
+            await asyncio.wait_for(self.pending.put(record), PROMISE_WRITE_TIMEOUT_S)
         except Exception:
             log.error(
                 "the late result was not recorded; kept in this process only",
                 extra=_k(ctx),
                 exc_info=True,
             )
-            return None
-        return self.pending.record_key(ctx.idempotency_key)
+        return record
 
     def _finish_later(
         self,
@@ -484,25 +487,24 @@ class Engine:
         task: asyncio.Future[ActionResult],
         fn: ActionFn,
         *,
-        promised: str | None = None,
+        promised: Pending | None = None,
     ) -> None:
         """The user already got "the result will come by SMS"; when the action completes, render
         where it leads and queue that SMS. A movement whose outcome is unknown is asked again
         under its key (`_settled`). A success needs no SMS of its own when the core queued the
         customer's receipt with the movement (`ActionResult.receipted`); a refusal, or an
-        action with no receipt, is told by SMS. With a pending record (`promised`), the record
-        goes once the result is queued; an outcome still unknown at the late limit is settled
-        or abandoned under its key (`_give_up`); a stop leaves the record to another
-        instance."""
+        action with no receipt, is told by SMS. A promise on record (`promised`) is dropped
+        once its result is queued; an outcome still unknown at the late limit is settled or
+        abandoned under its key (`_give_up`); a stop leaves the record to another instance."""
         snapshot = Session.from_json(step.session.to_json())
         menu = self._menu(step)
 
         async def finish() -> None:
             until = time.monotonic() + self.late_limit_s
-            done = await self._settled(ctx, task, fn, until, promised=promised)
+            done = await self._settled(ctx, task, fn, until, promised=promised is not None)
             if done is None:
-                if promised:
-                    await self._give_up(ctx, promised)
+                if promised is not None:
+                    await self._give_up(promised)
                 return
             late = Step(menu, snapshot, deadline=time.monotonic())
             late.state = node.id
@@ -528,7 +530,7 @@ class Engine:
 
         if len(self._late) >= MAX_LATE_TASKS:
             log.error("too many late actions; result SMS dropped", extra={"action": node.action})
-            if promised:
+            if promised is not None:
                 job = asyncio.ensure_future(self._release(promised))
             else:
                 return
@@ -537,60 +539,48 @@ class Engine:
         self._late.add(job)
         job.add_done_callback(self._late.discard)
 
-    async def _kept(self, promised: str | None) -> None:
-        """The promise is kept (the result queued): its record goes."""
+    async def _kept(self, promised: Pending | None) -> None:
+        """The promise is kept (its result queued): its record goes."""
         if promised is None or self.pending is None:
             return
         try:
-            await self.pending.done(promised)
+            await self.pending.done(self.pending.record_key(promised.key))
         except Exception:
-            # A sweeper will find the movement (or its refusal's SMS) under the key again.
+            # A sweeper finds the movement, or the result SMS queued, under the key again.
             log.warning("a kept late result's record stays", exc_info=True)
 
-    async def _release(self, promised: str) -> None:
-        """Hand a record to whichever instance sweeps next."""
+    async def _release(self, promised: Pending) -> None:
+        """Hand the record to whichever instance sweeps next."""
         assert self.pending is not None
         try:
-            await self.pending.release(promised)
+            await self.pending.release(self.pending.record_key(promised.key))
         except Exception:
             # Past its limit (and a grace) a sweeper takes it from this live instance anyway.
             log.warning("a late result's record was not released", exc_info=True)
 
-    async def _give_up(self, ctx: ActionContext, promised: str) -> None:
+    async def _give_up(self, promised: Pending) -> None:
         """The late limit passed with the outcome unknown: no more asks. Settle or abandon now
-        (the money must not move after the limit); failing that, a sweeper does it later."""
+        (no money moves after the limit); failing that, a sweeper does it later. Done here
+        whoever holds the record: settling twice is harmless (the ledger answers the same, the
+        result SMS's dedupe key queues one)."""
         settler = self.bindings.settler
-        assert settler is not None and self.pending is not None
-        read = await self._read_own(promised)
-        if read is None:
-            return
+        assert settler is not None
+        extra = {"action": promised.action, "key": promised.key}
         try:
-            moved = await settler.settle_or_abandon(read)
+            moved = await settler.settle_or_abandon(promised)
         except Exception:
             log.warning(
                 "late limit: not settled now; left to its pending record",
-                extra=_k(ctx),
+                extra=extra,
                 exc_info=True,
             )
             await self._release(promised)
             return
         if moved:
-            log.info("late limit: the movement is in the ledger", extra=_k(ctx))
+            log.info("late limit: the movement is in the ledger", extra=extra)
         else:
-            log.warning("late limit: abandoned; the customer is told nothing moved", extra=_k(ctx))
+            log.warning("late limit: abandoned; the customer is told nothing moved", extra=extra)
         await self._kept(promised)
-
-    async def _read_own(self, promised: str) -> Pending | None:
-        assert self.pending is not None
-        try:
-            read = await self.pending.read(promised)
-        except Exception:
-            log.warning("a late result's record could not be read", exc_info=True)
-            await self._release(promised)
-            return None
-        if read is None or read[0] != self.pending.instance:
-            return None  # finished, or taken by another instance: it keeps the promise
-        return read[1]
 
     async def _settled(
         self,
@@ -599,7 +589,7 @@ class Engine:
         fn: ActionFn,
         until: float,
         *,
-        promised: str | None = None,
+        promised: bool = False,
     ) -> asyncio.Future[ActionResult] | None:
         """`task` done, or, while it ends `Unsettled`, the action asked again (`ctx.again`:
         under the same key, the PIN not asked again of money already moved) after pauses that
