@@ -23,11 +23,10 @@ from core.transfers import send_money
 from gateway.keys import MENU_BINDINGS, USSD_HTTP, USSD_PENDING, USSD_SERVICE
 from menus.actions import ActionContext
 from menus.engine import LATE_ACTION_LIMIT_S, Engine
-from menus.pending import Pending
 from tests.helpers import eventually
 from tests.loans_support import borrower, choose_product, offer_products
 from tests.tcp_proxy import CuttableProxy, postgres_proxy
-from tests.ussd_support import PIN, UssdEnv, ready_to_send, start_env
+from tests.ussd_support import PIN, UssdEnv, pending_records, ready_to_send, start_env, swept
 
 PENDING = "END We are still processing your request. The result will come by SMS."
 NOT_DONE = (
@@ -105,28 +104,6 @@ PENDING_CUTS: dict[str, Callable[[CuttableProxy], None]] = {
 
 def engine(cut: Cut) -> Engine:
     return cut.env.app[USSD_SERVICE].engine
-
-
-async def pending_records(env: UssdEnv) -> list[Pending]:
-    """The promised late results in Redis, oldest first."""
-    store = env.app[USSD_PENDING].store
-    found = []
-    for record in await store.oldest():
-        read = await store.read(record)
-        assert read is not None, record
-        found.append(read[1])
-    return found
-
-
-async def swept(env: UssdEnv) -> None:
-    """Sweep now (what every instance does every few seconds) until no promise is left."""
-    sweeper = env.app[USSD_PENDING]
-
-    async def left() -> list[str]:
-        await sweeper.sweep()
-        return await sweeper.store.oldest()
-
-    await eventually(left, until=lambda records: not records, timeout_s=WAIT_S)
 
 
 async def nothing_moved_and_told_once(env: UssdEnv, sender: str, recipient: str, key: str) -> None:
