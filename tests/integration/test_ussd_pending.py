@@ -12,15 +12,18 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from gateway.keys import USSD_PENDING
+from gateway.keys import MENU_BINDINGS, USSD_PENDING
+from menus.bindings import result_sms_key
 from menus.pending import Pending, PendingSweeper
 from tests.ussd_support import UssdEnv, ussd  # noqa: F401 (fixture)
 
 NOT_DONE = {
+    "send_money": "Utumaji wako haukufanikiwa na hakuna pesa iliyotolewa kwenye akaunti yako. "
+    "Unaweza kutuma tena.",
+    "withdraw": "Utoaji wako haukufanikiwa na hakuna pesa iliyotolewa kwenye akaunti yako. "
+    "Usipokee pesa taslimu kwa ajili yake; unaweza kujaribu tena.",
     "en": "Your transfer did not go through and no money was taken from your account. "
     "You may send it again.",
-    "sw": "Utumaji wako haukufanikiwa na hakuna pesa iliyotolewa kwenye akaunti yako. "
-    "Unaweza kutuma tena.",
 }
 DEAD = "0123456789ab"  # an instance id with no liveness key
 
@@ -68,19 +71,30 @@ async def put(env: UssdEnv, pending: Pending, owner: str) -> str:
     return record
 
 
+async def abandoned(env: UssdEnv, idempotency_key: str) -> bool:
+    return bool(
+        await env.bank.pool.fetchval(
+            "SELECT count(*) FROM money_abandoned WHERE idempotency_key = $1", idempotency_key
+        )
+    )
+
+
 def key(tag: str) -> str:
     return f"ussd:test{time.monotonic_ns()}:{tag}"
 
 
+@pytest.mark.parametrize("action", ["send_money", "withdraw"])
 async def test_a_dead_owners_promise_is_abandoned_once_in_the_customers_language(
     ussd: UssdEnv,  # noqa: F811
+    action: str,
 ) -> None:
     customer = await ussd.bank.open(balance_minor=50_000, language="sw")
-    pending = promise(customer, key=key("dead"), language="sw")
+    pending = promise(customer, key=key("dead"), language="sw", action=action)
     await put(ussd, pending, DEAD)
     assert await sweeper(ussd).sweep() == 1
     [told] = await ussd.bank.outbox(customer, "ussd.late_result")
-    assert told["body"] == NOT_DONE["sw"]
+    assert told["body"] == NOT_DONE[action]
+    assert await abandoned(ussd, pending.key)
     assert await sweeper(ussd).sweep() == 0  # gone: nothing to do again
     assert len(await ussd.bank.outbox(customer, "ussd.late_result")) == 1
     assert await ussd.bank.balance(customer) == 50_000
@@ -101,6 +115,28 @@ async def test_a_live_owners_promise_is_left_to_it_until_past_its_limit(
     assert await sweeper(ussd).sweep() == 1
     [told] = await ussd.bank.outbox(customer, "ussd.late_result")
     assert told["body"] == NOT_DONE["en"]
+
+
+async def test_a_result_sms_queued_first_stays_the_one_and_the_key_is_abandoned_still(
+    ussd: UssdEnv,  # noqa: F811
+) -> None:
+    """The owner queued its late answer (a refusal, say) as the sweep abandons: the customer
+    keeps that one SMS, and the key is abandoned all the same (no later ask moves money)."""
+    customer = await ussd.bank.open()
+    pending = promise(customer, key=key("raced"))
+    notifier = ussd.app[MENU_BINDINGS].notifier
+    assert notifier is not None
+    first = "You have insufficient funds for this."
+    await notifier.notify(
+        msisdn=customer,
+        text=first,
+        kind="ussd.late_result",
+        idempotency_key=result_sms_key(pending.key),
+    )
+    await put(ussd, pending, DEAD)
+    assert await sweeper(ussd).sweep() == 1
+    assert [r["body"] for r in await ussd.bank.outbox(customer, "ussd.late_result")] == [first]
+    assert await abandoned(ussd, pending.key)
 
 
 async def test_a_promise_released_by_its_owner_is_taken_at_once(
