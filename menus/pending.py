@@ -44,7 +44,8 @@ log = logging.getLogger("menus.pending")
 
 RECORD_VERSION = 1
 SWEEP_INTERVAL_S = 5.0  # how often each instance looks for records to take over
-SWEEP_BATCH = 100  # records looked at per sweep, oldest first
+SWEEP_BATCH = 100  # records read per round trip of the index, oldest first
+SWEEP_MAX_RECORDS = 2000  # looked at per sweep: the rest wait for the next one
 # A record whose owner still lives is taken this long after its limit: the owner settles it
 # itself at the limit, so this is for an owner whose late task is gone (a bug, an overload).
 TAKEOVER_GRACE_S = 30.0
@@ -76,6 +77,10 @@ return 1
 
 class BadRecord(ValueError):
     """A pending record that is not one this code wrote."""
+
+
+class _NotNow(Exception):
+    """A record could not be settled now (the database away): this pass ends."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,8 +190,8 @@ class PendingStore:
     async def done(self, record: str) -> None:
         await self._run(DONE_SCRIPT, (record, self.index))
 
-    async def oldest(self, count: int = SWEEP_BATCH) -> list[str]:
-        found = await self._command("ZRANGE", self.index, 0, count - 1)
+    async def oldest(self, count: int = SWEEP_BATCH, start: int = 0) -> list[str]:
+        found = await self._command("ZRANGE", self.index, start, start + count - 1)
         return [m.decode() if isinstance(m, bytes) else str(m) for m in found or ()]
 
     async def read(self, record: str) -> tuple[str, Pending] | None:
@@ -263,24 +268,36 @@ class PendingSweeper:
                     log.warning("ussd pending: Redis did not answer the sweep", exc_info=True)
                 self._failing = True
                 continue
+            except Exception:  # a bug must not end the sweeps of this instance for good
+                log.exception("ussd pending: the sweep failed")
+                continue
             self._failing = False
 
     async def sweep(self) -> int:
-        """One pass over the oldest records; how many were finished here."""
+        """One pass over the records, oldest first (at most SWEEP_MAX_RECORDS); how many were
+        finished here. Records finished meanwhile shift the index: one skipped is seen at the
+        next pass."""
         finished = 0
-        for record in await self.store.oldest():
-            try:
-                finished += await self._one(record)
-            except BadRecord as exc:
-                log.error(
-                    "ussd pending: a record that does not parse was set aside: %s",
-                    exc,
-                    extra={"record": record},
-                )
-                await self.store.set_aside(record)
+        alive: dict[str, bool] = {}  # owner -> whether its liveness key exists, this pass
+        for start in range(0, SWEEP_MAX_RECORDS, SWEEP_BATCH):
+            records = await self.store.oldest(SWEEP_BATCH, start)
+            for record in records:
+                try:
+                    finished += await self._one(record, alive)
+                except _NotNow:
+                    return finished  # the ledger does not answer: the others would wait too
+                except BadRecord as exc:
+                    log.error(
+                        "ussd pending: a record that does not parse was set aside: %s",
+                        exc,
+                        extra={"record": record},
+                    )
+                    await self.store.set_aside(record)
+            if len(records) < SWEEP_BATCH:
+                break
         return finished
 
-    async def _one(self, record: str) -> int:
+    async def _one(self, record: str, alive: dict[str, bool]) -> int:
         read = await self.store.read(record)
         if read is None:
             log.error(
@@ -292,18 +309,22 @@ class PendingSweeper:
         owner, pending = read
         if not self.settler.settles(pending.action):
             raise BadRecord(f"no settling of {pending.action[:64]!r} here")
-        if not await self._orphaned(owner, pending):
+        if not await self._orphaned(owner, pending, alive):
             return 0
         if not await self.store.claim(record, owner):
             return 0  # another instance took it (or its owner finished it) first
-        return int(await finish(self.store, self.settler, record, pending))
+        if not await finish(self.store, self.settler, record, pending):
+            raise _NotNow
+        return 1
 
-    async def _orphaned(self, owner: str, pending: Pending) -> bool:
+    async def _orphaned(self, owner: str, pending: Pending, alive: dict[str, bool]) -> bool:
         if not owner:
             return True
         if time.time() > pending.until + self.grace_s:
             return True
-        return not await self.liveness.alive(owner)
+        if owner not in alive:
+            alive[owner] = await self.liveness.alive(owner)
+        return not alive[owner]
 
 
 async def finish(store: PendingStore, settler: Settler, record: str, pending: Pending) -> bool:

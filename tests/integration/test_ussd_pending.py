@@ -14,7 +14,7 @@ import pytest
 
 from gateway.keys import MENU_BINDINGS, USSD_PENDING
 from menus.bindings import result_sms_key
-from menus.pending import Pending, PendingSweeper
+from menus.pending import SWEEP_BATCH, Pending, PendingSweeper
 from tests.ussd_support import UssdEnv, ussd  # noqa: F401 (fixture)
 
 NOT_DONE = {
@@ -115,6 +115,26 @@ async def test_a_live_owners_promise_is_left_to_it_until_past_its_limit(
     assert await sweeper(ussd).sweep() == 1
     [told] = await ussd.bank.outbox(customer, "ussd.late_result")
     assert told["body"] == NOT_DONE["en"]
+
+
+async def test_an_orphan_behind_a_batch_of_live_promises_is_still_taken(
+    ussd: UssdEnv,  # noqa: F811
+) -> None:
+    """A sweep reads the whole index in batches, not only the oldest batch."""
+    customer = await ussd.bank.open()
+    me = sweeper(ussd).liveness.instance
+    live = [
+        await put(ussd, promise(customer, key=key(f"live{n}"), age_s=10.0), me)
+        for n in range(SWEEP_BATCH + 20)
+    ]
+    await put(ussd, promise(customer, key=key("orphan"), age_s=1.0), DEAD)
+    try:
+        assert await sweeper(ussd).sweep() == 1
+        assert len(await ussd.bank.outbox(customer, "ussd.late_result")) == 1
+        assert sorted(await sweeper(ussd).store.oldest(len(live) + 10)) == sorted(live)
+    finally:
+        for record in live:
+            await sweeper(ussd).store.done(record)
 
 
 async def test_a_result_sms_queued_first_stays_the_one_and_the_key_is_abandoned_still(
