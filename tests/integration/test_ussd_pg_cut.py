@@ -3,7 +3,9 @@ stays up): the money call lost on its way, or its COMMIT's answer lost. The hop 
 transfer (tried again under its key within the hop), and so does the provider's retry of the
 hop; the money moved once, no wrong PIN was counted. An outage that outlasts the hop's tries
 answers "the result will come by SMS" and settles in the background under the same key once
-PostgreSQL is back. The ledger check runs after every test."""
+PostgreSQL is back; past the late limit, or after a stop, the promise's record in Redis
+(menus.pending) is settled or abandoned under the key by whichever instance sweeps it. The
+ledger check runs after every test, and no promise is left behind."""
 
 from __future__ import annotations
 

@@ -12,6 +12,7 @@ import pytest
 
 from core import errors as E
 from core.crypto import FieldCipher
+from core.ledger import check_ledger
 from core.transfers import abandon, balance, cash_out, deposit, send_money
 from tests.helpers import eventually
 from tests.integration.core.conftest import make_agent, make_customer, new_key
@@ -160,6 +161,32 @@ async def test_a_movement_waits_for_an_abandonment_in_flight_and_is_refused(
     with pytest.raises(E.MoneyAbandoned):
         await asyncio.wait_for(moving, timeout=10)
     assert (await balance(core_db, alice), await balance(core_db, bob)) == (1_000_00, 0)
+
+
+async def test_the_ledger_check_sees_money_moved_under_an_abandoned_key(
+    core_db: asyncpg.Pool, cipher: FieldCipher
+) -> None:
+    """What the trigger prevents, written around it (a row put straight into the table): the
+    invariant check names the transfer."""
+    alice = await make_customer(core_db, cipher, 1_000_00)
+    bob = await make_customer(core_db, cipher)
+    key = new_key("breach")
+    sent = await send_money(
+        core_db,
+        sender=alice,
+        recipient=bob,
+        amount_minor=100_00,
+        idempotency_key=key,
+        channel="ussd",
+    )
+    await core_db.execute("INSERT INTO money_abandoned (idempotency_key) VALUES ($1)", key)
+    try:
+        report = await check_ledger(core_db)
+    finally:
+        await core_db.execute("DELETE FROM money_abandoned WHERE idempotency_key = $1", key)
+    [breach] = [c for c in report.checks if not c.ok]
+    assert breach.name == "nothing_moved_under_abandoned_keys"
+    assert breach.breaches == [{"reference": sent.reference, "idempotency_key": key}]
 
 
 @pytest.mark.parametrize("key", ["", "k" * 129])
