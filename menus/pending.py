@@ -322,6 +322,8 @@ class PendingSweeper:
             return True
         if time.time() > pending.until + self.grace_s:
             return True
+        if owner == self.store.instance:
+            return False  # this process runs: its late task has the record (or released it)
         if owner not in alive:
             alive[owner] = await self.liveness.alive(owner)
         return not alive[owner]

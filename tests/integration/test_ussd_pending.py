@@ -14,6 +14,7 @@ import pytest
 
 from gateway.keys import MENU_BINDINGS, USSD_PENDING
 from menus.bindings import result_sms_key
+from menus.liveness import liveness_key
 from menus.pending import SWEEP_BATCH, Pending, PendingSweeper
 from tests.ussd_support import UssdEnv, ussd  # noqa: F401 (fixture)
 
@@ -100,19 +101,30 @@ async def test_a_dead_owners_promise_is_abandoned_once_in_the_customers_language
     assert await ussd.bank.balance(customer) == 50_000
 
 
+@pytest.mark.parametrize("whose", ["another_instance", "this_instance"])
 async def test_a_live_owners_promise_is_left_to_it_until_past_its_limit(
     ussd: UssdEnv,  # noqa: F811
+    whose: str,
 ) -> None:
     customer = await ussd.bank.open(balance_minor=50_000)
-    me = sweeper(ussd).liveness.instance
-    young = await put(ussd, promise(customer, key=key("young")), me)
-    assert await sweeper(ussd).sweep() == 0
-    assert await sweeper(ussd).store.oldest() == [young]
-    assert await ussd.bank.outbox(customer, "ussd.late_result") == []
-    await sweeper(ussd).store.done(young)
-    # Past its limit and the grace, a live owner's record is taken all the same.
-    await put(ussd, promise(customer, key=key("old"), age_s=700.0), me)
-    assert await sweeper(ussd).sweep() == 1
+    liveness = sweeper(ussd).liveness
+    owner = liveness.instance
+    if whose == "another_instance":
+        owner = "live-elsewhere"
+        other = liveness_key(liveness.prefix, owner)
+        await liveness.link.command("SET", other, "1", "PX", 60_000)
+    try:
+        young = await put(ussd, promise(customer, key=key("young")), owner)
+        assert await sweeper(ussd).sweep() == 0
+        assert await sweeper(ussd).store.oldest() == [young]
+        assert await ussd.bank.outbox(customer, "ussd.late_result") == []
+        await sweeper(ussd).store.done(young)
+        # Past its limit and the grace, a live owner's record is taken all the same.
+        await put(ussd, promise(customer, key=key("old"), age_s=700.0), owner)
+        assert await sweeper(ussd).sweep() == 1
+    finally:
+        if whose == "another_instance":
+            await liveness.link.command("DEL", other)
     [told] = await ussd.bank.outbox(customer, "ussd.late_result")
     assert told["body"] == NOT_DONE["en"]
 
