@@ -37,6 +37,8 @@ from typing import Any, Protocol
 
 from redis.exceptions import NoScriptError, RedisError
 
+from core.errors import Unavailable
+from core.transfers import MAX_KEY_CHARS
 from menus.liveness import Liveness
 from menus.redis_link import RedisLink
 
@@ -113,6 +115,8 @@ class Pending:
             value = data.get(name)
             if not isinstance(value, str) or not 1 <= len(value) <= MAX_FIELD_CHARS:
                 raise BadRecord(f"bad {name}")
+        if len(data["key"]) > MAX_KEY_CHARS:  # no ledger key: nothing to settle under it
+            raise BadRecord("bad key")
         for name in ("version", "promised_at", "until"):
             value = data.get(name)
             if isinstance(value, bool) or not isinstance(value, int | float):
@@ -331,16 +335,19 @@ class PendingSweeper:
 
 async def finish(store: PendingStore, settler: Settler, record: str, pending: Pending) -> bool:
     """Settle or abandon a record this instance owns, then drop it; released for the next
-    sweeper when the ledger cannot answer now. Whether it was finished."""
+    sweeper when the ledger cannot answer now (False). A refusal that asking again would not
+    change (a key the ledger does not take, say) makes it a bad record."""
     extra = {"action": pending.action, "key": pending.key}
     try:
         moved = await settler.settle_or_abandon(pending)
-    except Exception:
+    except Unavailable:
         log.warning(
             "ussd pending: not settled now; left for the next sweep", extra=extra, exc_info=True
         )
         await store.release(record)
         return False
+    except Exception as exc:
+        raise BadRecord(f"the settling was refused: {type(exc).__name__}") from exc
     if moved:
         log.info(
             "ussd pending: the movement is in the ledger; its receipt is the result", extra=extra

@@ -47,6 +47,7 @@ def test_a_record_round_trips() -> None:
         pytest.param(with_(v=2), id="another_version"),
         pytest.param(with_(v=None), id="no_version"),
         pytest.param(with_(key=""), id="empty_key"),
+        pytest.param(with_(key="k" * 129), id="longer_than_a_ledger_key"),
         pytest.param(with_(key="k" * 257), id="oversized_key"),
         pytest.param(with_(msisdn=254700000001), id="msisdn_a_number"),
         pytest.param(with_(action=None), id="no_action"),
