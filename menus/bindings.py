@@ -647,13 +647,17 @@ class LoanActions:
 LATE_RESULT_KIND = "ussd.late_result"
 
 
+def _dedupe_key(key: str) -> str:
+    """`key` as an outbox dedupe key (a digest of it when longer than the outbox takes)."""
+    if len(key) > outbox.MAX_DEDUPE_KEY_CHARS:
+        return "sha256:" + hashlib.sha256(key.encode()).hexdigest()
+    return key
+
+
 def result_sms_key(idempotency_key: str) -> str:
     """The late result's dedupe key in the outbox: one result SMS per step, whoever sends it
-    (the engine, or the settler of its pending record)."""
-    key = idempotency_key + ":sms"
-    if len(key) > outbox.MAX_DEDUPE_KEY_CHARS:
-        key = "sha256:" + hashlib.sha256(key.encode()).hexdigest()
-    return key
+    (the engine's notifier, given `{key}:sms`, or the settler of its pending record)."""
+    return _dedupe_key(idempotency_key + ":sms")
 
 
 async def _enqueue_result(
@@ -685,10 +689,9 @@ class OutboxNotifier:
         self.pool = pool
 
     async def notify(self, *, msisdn: str, text: str, kind: str, idempotency_key: str) -> None:
-        key = idempotency_key
-        if len(key) > outbox.MAX_DEDUPE_KEY_CHARS:
-            key = "sha256:" + hashlib.sha256(key.encode()).hexdigest()
-        await _enqueue_result(self.pool, msisdn=msisdn, text=text, kind=kind, dedupe_key=key)
+        await _enqueue_result(
+            self.pool, msisdn=msisdn, text=text, kind=kind, dedupe_key=_dedupe_key(idempotency_key)
+        )
 
 
 class MoneySettler:
