@@ -141,6 +141,9 @@ class Settings:
     # How long an instance's liveness key outlives its last refresh (menus.liveness): after a
     # crash, its customers' sessions are blocked ("still processing") at most about this long.
     ussd_liveness_ttl_s: float = 10.0
+    # How long after "the result will come by SMS" the money may still move: the instance asks
+    # again under the step's key until then, then settles or abandons it (menus.pending).
+    ussd_late_result_limit_s: float = 600.0
 
     def ussd_provider(self, name: str) -> UssdProviderSettings:
         for provider in self.ussd_providers:
@@ -473,6 +476,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         ussd_providers=tuple(_ussd_provider(env, n) for n in USSD_PROVIDER_NAMES),
         ussd_deadline_s=float(_int(env, "USSD_DEADLINE_MS", 10_000, 500, 14_000)) / 1000,
         ussd_liveness_ttl_s=float(_int(env, "USSD_LIVENESS_TTL_MS", 10_000, 1_000, 60_000)) / 1000,
+        ussd_late_result_limit_s=float(_int(env, "USSD_LATE_RESULT_LIMIT_S", 600, 30, 3600)),
         sms_dedupe_window_s=_int(env, "SMS_DEDUPE_WINDOW_S", 600, 0, 86_400),
         sms_dedupe_short_window_s=_int(env, "SMS_DEDUPE_SHORT_WINDOW_S", 45, 0, 3_600),
         sms_concat_timeout_s=_int(env, "SMS_CONCAT_TIMEOUT_S", 300, 5, 86_400),

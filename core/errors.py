@@ -20,6 +20,8 @@ SMS hint, an MQTT error reply). Bugs are assertions, never CoreErrors.
     │   ├── AlreadyExists
     │   ├── BalanceNotZero            closing an account that still holds money
     │   ├── IdempotencyConflict       same idempotency key, different request
+    │   ├── MoneyAbandoned            the key was abandoned (a late USSD result given up): no
+    │   │                             movement may happen under it any more
     │   ├── InsufficientFunds         the balance does not cover amount + fee
     │   ├── LimitExceeded             a KYC tier limit (`details.limit` says which)
     │   ├── AlreadyReversed           a transfer is reversed at most once
@@ -100,6 +102,14 @@ class BalanceNotZero(Conflict):
 class IdempotencyConflict(Conflict):
     code = "IDEMPOTENCY_CONFLICT"
     default_message = "This idempotency key was already used with a different request"
+
+
+class MoneyAbandoned(Conflict):
+    """The movement's key was abandoned (`core.transfers.abandon`): the customer was told it
+    did not go through, so nothing may move under it any more, however late the ask."""
+
+    code = "MONEY_ABANDONED"
+    default_message = "This request was given up; nothing moved and nothing will move under it"
 
 
 class AuthFailed(CoreError):

@@ -9,7 +9,8 @@ gives a consistent answer:
 - every entry points at a transfer and an account (no foreign keys on the hot tables);
 - each account's chain of entries (for statements) is intact;
 - a sharded account's parent holds nothing (its balance is the sum of its shards);
-- no loan fund has lent more than it holds (its shards may dip below zero, the sum may not).
+- no loan fund has lent more than it holds (its shards may dip below zero, the sum may not);
+- nothing moved under an abandoned idempotency key (core.transfers.abandon).
 """
 
 from __future__ import annotations
@@ -135,6 +136,12 @@ CHECKS: tuple[tuple[str, str], ...] = (
         "loan_funds_not_overdrawn",
         "SELECT currency, sum(balance)::bigint AS balance_minor FROM accounts "
         "WHERE kind = 'loan_fund' GROUP BY currency HAVING sum(balance) < 0",
+    ),
+    (
+        "nothing_moved_under_abandoned_keys",
+        "SELECT ledger_reference(t.id) AS reference, a.idempotency_key FROM money_abandoned a "
+        "JOIN transfers t ON t.key_hash = hashtextextended(a.idempotency_key, 0) "
+        "AND t.idempotency_key = a.idempotency_key",
     ),
 )
 

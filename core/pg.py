@@ -66,6 +66,7 @@ ERRORS_BY_CODE: dict[str, type[E.CoreError]] = {
         E.AlreadyReversed,
         E.NotReversible,
         E.IdempotencyConflict,
+        E.MoneyAbandoned,
         E.WalletLocked,
         E.AccountClosed,
         E.AgentUnavailable,

@@ -35,6 +35,7 @@ __all__ = [
     "Quote",
     "StatementLine",
     "TransferResult",
+    "abandon",
     "balance",
     "cash_in",
     "cash_out",
@@ -420,6 +421,16 @@ async def posted_under(db: Db, idempotency_key: str) -> TransferResult | None:
         _key(idempotency_key),
     )
     return None if row is None else _result(row)
+
+
+async def abandon(db: Db, idempotency_key: str) -> TransferResult | None:
+    """Settle or abandon the movement under this key, atomically (migration 0810): the
+    transfer posted under it (as a replay), or None when none is, the key then abandoned so
+    that no later ask under it moves money (it raises MoneyAbandoned). A movement under the
+    key in flight is waited for. For a request whose outcome is lost and will not be asked
+    again: the caller tells the customer that nothing moved."""
+    row = await call(db, "SELECT * FROM ledger_abandon($1)", _key(idempotency_key))
+    return None if row is None or row["reference"] is None else _result(row)
 
 
 async def reverse(

@@ -20,6 +20,7 @@ from gateway.metrics import Metrics
 from gateway.services import Endpoints
 from menus.actions import MenuBindings
 from menus.loans.service import LoanService
+from menus.pending import PendingSweeper
 from menus.registry import MenuRegistry
 from menus.service import UssdService
 
@@ -39,6 +40,8 @@ MENU_BINDINGS = web.AppKey("menu_bindings", MenuBindings)
 MENU_REGISTRY = web.AppKey("menu_registry", MenuRegistry)
 USSD_SERVICE = web.AppKey("ussd_service", UssdService)
 USSD_HTTP = web.AppKey("ussd_http", UssdHttp)
+# Takes over promised late results whose instance is gone (menus.pending).
+USSD_PENDING = web.AppKey("ussd_pending", PendingSweeper)
 SMS_CHANNEL = web.AppKey("sms_channel", SmsChannel)  # only when SMPP_URL names binds
 SMS_SENDER = web.AppKey("sms_sender", SmppSender)
 # Outbox senders by channel ("sms", "email", "push", "log"): a channel's cleanup_ctx entry

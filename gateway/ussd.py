@@ -3,9 +3,11 @@
 USSD is always on (like the admin API). At start-up: bind the actions (`menus.bindings`), publish
 the shipped default menu if there is none yet, load the current menus, listen for publications,
 keep this instance's liveness key fresh (`menus.liveness`: other instances take the claims of
-a crashed one for dead once its key expires), and hand the service to the callback handler. At
-shutdown: stop listening, let claimed steps and actions that outlived their deadline finish,
-delete the liveness key, flush the analytics.
+a crashed one for dead once its key expires), sweep promised late results whose instance is
+gone (`menus.pending`), and hand the service to the callback handler. At
+shutdown: stop listening and sweeping, let claimed steps and actions that outlived their
+deadline finish (a late action still unsettled leaves its pending record), delete the liveness
+key, flush the analytics.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from gateway.keys import (
     REDIS,
     SETTINGS,
     USSD_HTTP,
+    USSD_PENDING,
     USSD_SERVICE,
 )
 from menus import bindings as core_bindings
@@ -42,6 +45,7 @@ from menus.bindings import WithdrawalGate
 from menus.catalogue import CATALOGUE
 from menus.engine import Engine
 from menus.liveness import Liveness
+from menus.pending import PendingStore, PendingSweeper
 from menus.registry import MenuRegistry
 from menus.seed import DEFAULT_MENU_FILE, ensure_menu
 from menus.service import UssdService
@@ -121,6 +125,7 @@ async def _ussd(app: web.Application) -> AsyncIterator[None]:
         app[CIPHER],
         currency=settings.currency,
         country_code=settings.default_country_code,
+        late_limit_s=settings.ussd_late_result_limit_s,
     )
     registry = MenuRegistry(
         app[PG_POOL],
@@ -138,6 +143,10 @@ async def _ussd(app: web.Application) -> AsyncIterator[None]:
     store = RedisSessionStore(sessions, settings.redis_prefix)
     liveness = Liveness(store.link, settings.redis_prefix, ttl_s=settings.ussd_liveness_ttl_s)
     await liveness.start()
+    engine.pending = PendingStore(store.link, settings.redis_prefix, liveness.instance)
+    assert bindings.settler is not None  # core_bindings.bind sets one
+    sweeper = PendingSweeper(engine.pending, liveness, bindings.settler)
+    sweeper.start()
     service = UssdService(
         registry,
         engine,
@@ -151,12 +160,14 @@ async def _ussd(app: web.Application) -> AsyncIterator[None]:
     )
     app[MENU_REGISTRY] = registry
     app[USSD_SERVICE] = service
+    app[USSD_PENDING] = sweeper
     app[USSD_HTTP].service = service
     try:
         yield
     finally:
         app[USSD_HTTP].service = None
         await registry.stop()
+        await sweeper.stop()
         # The key goes only once no claimed step (nor late action) runs here: deleted under a
         # running step, it would let another instance run that step again. Otherwise it
         # expires by its TTL.

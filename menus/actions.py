@@ -31,7 +31,10 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from menus.pending import Settler
 
 EMPTY: Mapping[str, Any] = MappingProxyType({})
 
@@ -105,6 +108,9 @@ class MenuBindings:
         self.specs: dict[str, ActionSpec] = dict(catalogue)
         self.functions: dict[str, ActionFn] = {}
         self.notifier: Notifier | None = None
+        # Settles or abandons a money action's movement under its key (menus.pending): what
+        # keeps a promised late result once the instance that promised it is gone.
+        self.settler: Settler | None = None
 
     def bind(self, name: str, fn: ActionFn, spec: ActionSpec | None = None) -> None:
         """Bind `fn` to `name`. `spec` declares an action outside the catalogue (tests,

@@ -36,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import hashlib
+import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import date, datetime
@@ -55,6 +56,10 @@ from core.pg import CALL_TIMEOUT_S, settle
 from core.transfers import StatementLine
 from menus.actions import ActionContext, ActionFn, ActionResult, MenuBindings
 from menus.loans.service import LoanService
+from menus.messages import NOT_DONE, not_done_text
+from menus.pending import Pending
+
+log = logging.getLogger("menus.bindings")
 
 CHANNEL = "ussd"
 STATEMENT_LINES = 10  # lines per statement call; 98 pages through them, then fetches older
@@ -639,6 +644,42 @@ class LoanActions:
         }
 
 
+LATE_RESULT_KIND = "ussd.late_result"
+
+
+def _dedupe_key(key: str) -> str:
+    """`key` as an outbox dedupe key (a digest of it when longer than the outbox takes)."""
+    if len(key) > outbox.MAX_DEDUPE_KEY_CHARS:
+        return "sha256:" + hashlib.sha256(key.encode()).hexdigest()
+    return key
+
+
+def result_sms_key(idempotency_key: str) -> str:
+    """The late result's dedupe key in the outbox: one result SMS per step, whoever sends it
+    (the engine's notifier, given `{key}:sms`, or the settler of its pending record)."""
+    return _dedupe_key(idempotency_key + ":sms")
+
+
+async def _enqueue_result(
+    db: Any, *, msisdn: str, text: str, kind: str, dedupe_key: str, language: str = "en"
+) -> None:
+    """One result SMS under its dedupe key. Another text queued under the key already (the
+    settler's "did not go through" and the engine's late answer, racing) is the result the
+    customer gets: the first one queued, never both."""
+    try:
+        await outbox.enqueue(
+            db,
+            channel=OUTBOX_CHANNEL,
+            recipient=msisdn,
+            body=text[:LATE_RESULT_MAX_CHARS],
+            kind=kind,
+            language=language,
+            dedupe_key=dedupe_key,
+        )
+    except E.IdempotencyConflict:
+        log.info("a result SMS was already queued for this step", extra={"kind": kind})
+
+
 class OutboxNotifier:
     """The late-result SMS: a row in the core's outbox (sent by the dispatcher, at least once).
     The step's idempotency key is the row's dedupe key, so a retried notify (after a crash
@@ -648,17 +689,45 @@ class OutboxNotifier:
         self.pool = pool
 
     async def notify(self, *, msisdn: str, text: str, kind: str, idempotency_key: str) -> None:
-        key = idempotency_key
-        if len(key) > outbox.MAX_DEDUPE_KEY_CHARS:
-            key = "sha256:" + hashlib.sha256(key.encode()).hexdigest()
-        await outbox.enqueue(
-            self.pool,
-            channel=OUTBOX_CHANNEL,
-            recipient=msisdn,
-            body=text[:LATE_RESULT_MAX_CHARS],
-            kind=kind,
-            dedupe_key=key,
+        await _enqueue_result(
+            self.pool, msisdn=msisdn, text=text, kind=kind, dedupe_key=_dedupe_key(idempotency_key)
         )
+
+
+class MoneySettler:
+    """Keeps a promised late result of a transfer or a withdrawal (menus.pending): in ONE
+    transaction, the movement under the step's key if the ledger has it (its receipt, queued
+    with it, is the result: nothing more to send), or the key abandoned
+    (core.transfers.abandon) and the customer's "did not go through" SMS queued under the
+    result's dedupe key. Either both commit or neither: an abandonment nobody is told of, or
+    an SMS saying nothing moved while the key stays open, cannot happen. Only the actions whose
+    movement is the ledger's under the step's own key (`NOT_DONE`): the loan service keys its
+    movements itself, so abandoning the step's key would not stop them."""
+
+    def __init__(self, pool: Any) -> None:
+        self.pool = pool
+
+    def settles(self, action: str) -> bool:
+        return action in NOT_DONE
+
+    async def settle_or_abandon(self, pending: Pending) -> bool:
+        if not self.settles(pending.action):
+            raise E.ValidationFailed("Not a movement settled here", field="action")
+        try:
+            async with self.pool.acquire(timeout=CALL_TIMEOUT_S) as conn, conn.transaction():
+                if await transfers.abandon(conn, pending.key) is not None:
+                    return True
+                await _enqueue_result(
+                    conn,
+                    msisdn=pending.msisdn,
+                    text=not_done_text(pending.action, pending.language),
+                    kind=LATE_RESULT_KIND,
+                    language=pending.language,
+                    dedupe_key=result_sms_key(pending.key),
+                )
+        except _DOWN as exc:
+            raise E.Unavailable(reason=type(exc).__name__) from None
+        return False
 
 
 def bind(
@@ -684,3 +753,5 @@ def bind(
             bindings.bind(name, _guard(fn))
     if bindings.notifier is None:
         bindings.notifier = OutboxNotifier(pool)
+    if bindings.settler is None:
+        bindings.settler = MoneySettler(pool)

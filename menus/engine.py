@@ -25,11 +25,12 @@ from types import MappingProxyType
 from typing import Any
 
 from core.crypto import FieldCipher
-from core.errors import CoreError, Unavailable, Unsettled
+from core.errors import CoreError, MoneyAbandoned, Unavailable, Unsettled
 from menus import validators
 from menus.actions import ActionContext, ActionFn, ActionResult, MenuBindings
 from menus.compiled import CompiledMenu, Node
 from menus.machine import apply_plain, build_machine, plain_moves
+from menus.pending import Pending, PendingStore
 from menus.render import EMPTY_SCOPE, full_text, render, visible_options
 from menus.schema import BEGIN
 from menus.session import Session
@@ -44,6 +45,9 @@ MAX_LATE_TASKS = 1000
 UNSETTLED_FIRST_PAUSE_S = 0.5
 UNSETTLED_MAX_PAUSE_S = 10.0
 STOP_GRACE_S = 1.0  # for late actions cancelled at a stop to unwind
+# Writing the pending record delays the "result by SMS" answer, already at its deadline: a
+# Redis that does not answer within this leaves the promise to this process alone.
+PROMISE_WRITE_TIMEOUT_S = 0.5
 BACK, HOME, NEXT_PAGE = "0", "00", "98"
 
 
@@ -181,6 +185,9 @@ class Engine:
         self.currency = currency
         self.country_code = country_code
         self.late_limit_s = late_limit_s
+        # Where promised late results are recorded (menus.pending), so that another instance
+        # keeps the promise when this one is gone; None: only in this process.
+        self.pending: PendingStore | None = None
         self._late: set[asyncio.Task[None]] = set()
 
     def attach(self, menu: CompiledMenu) -> CompiledMenu:
@@ -404,7 +411,8 @@ class Engine:
         if not done or _unsettled(task):
             # Past the deadline, or money whose outcome is unknown: "try again later" would
             # have the customer move it again from a new session, under a new key.
-            self._finish_later(step, node, ctx, task, fn)
+            promised = await self._promise(step, ctx)
+            self._finish_later(step, node, ctx, task, fn, promised=promised)
             return Outcome("late")
         outcome = self._outcome(node, task)
         if outcome.kind == "ok":
@@ -440,6 +448,37 @@ class Engine:
 
     # --- actions that outlive the deadline -----------------------------------------------------
 
+    async def _promise(self, step: Step, ctx: ActionContext) -> Pending | None:
+        """Record the promise of a result by SMS (menus.pending) before it is made, for a
+        movement that can be settled or abandoned under its key; None for any other action.
+        A record Redis did not take is logged: the promise then rests on this process (its
+        limit is still kept: `_give_up` needs no record)."""
+        settler = self.bindings.settler
+        if self.pending is None or settler is None or not settler.settles(ctx.action):
+            return None
+        now = time.time()
+        s = step.session
+        record = Pending(
+            key=ctx.idempotency_key,
+            action=ctx.action,
+            msisdn=ctx.msisdn,
+            language=ctx.language,
+            menu=s.menu,
+            version=s.version,
+            screen=step.state,
+            promised_at=now,
+            until=now + self.late_limit_s,
+        )
+        try:
+            await asyncio.wait_for(self.pending.put(record), PROMISE_WRITE_TIMEOUT_S)
+        except Exception:
+            log.error(
+                "the late result was not recorded; kept in this process only",
+                extra=_k(ctx),
+                exc_info=True,
+            )
+        return record
+
     def _finish_later(
         self,
         step: Step,
@@ -447,18 +486,25 @@ class Engine:
         ctx: ActionContext,
         task: asyncio.Future[ActionResult],
         fn: ActionFn,
+        *,
+        promised: Pending | None = None,
     ) -> None:
         """The user already got "the result will come by SMS"; when the action completes, render
         where it leads and queue that SMS. A movement whose outcome is unknown is asked again
         under its key (`_settled`). A success needs no SMS of its own when the core queued the
         customer's receipt with the movement (`ActionResult.receipted`); a refusal, or an
-        action with no receipt, is told by SMS."""
+        action with no receipt, is told by SMS. A promise on record (`promised`) is dropped
+        once its result is queued; an outcome still unknown at the late limit is settled or
+        abandoned under its key (`_give_up`); a stop leaves the record to another instance."""
         snapshot = Session.from_json(step.session.to_json())
         menu = self._menu(step)
 
         async def finish() -> None:
-            done = await self._settled(ctx, task, fn, time.monotonic() + self.late_limit_s)
+            until = time.monotonic() + self.late_limit_s
+            done = await self._settled(ctx, task, fn, until, promised=promised is not None)
             if done is None:
+                if promised is not None:
+                    await self._give_up(promised)
                 return
             late = Step(menu, snapshot, deadline=time.monotonic())
             late.state = node.id
@@ -469,17 +515,72 @@ class Engine:
                     # The core queued the customer's receipt with the movement: that SMS is the
                     # result promised (a second one with the same facts would only confuse).
                     log.info("late movement done; its receipt is the result", extra=_k(ctx))
+                    await self._kept(promised)
                     return
                 self._apply(late, late.outcome)
+            elif late.outcome.code == MoneyAbandoned.code:
+                # Another instance settled the record first: it abandoned the key and told the
+                # customer, in one transaction.
+                log.info("late ask refused: the key was abandoned and told", extra=_k(ctx))
+                await self._kept(promised)
+                return
             await self._settle_late(late)
-            await self._notify(late, ctx)
+            if await self._notify(late, ctx):
+                await self._kept(promised)
 
         if len(self._late) >= MAX_LATE_TASKS:
             log.error("too many late actions; result SMS dropped", extra={"action": node.action})
-            return
-        job = asyncio.ensure_future(finish())
+            if promised is not None:
+                job = asyncio.ensure_future(self._release(promised))
+            else:
+                return
+        else:
+            job = asyncio.ensure_future(finish())
         self._late.add(job)
         job.add_done_callback(self._late.discard)
+
+    async def _kept(self, promised: Pending | None) -> None:
+        """The promise is kept (its result queued): its record goes."""
+        if promised is None or self.pending is None:
+            return
+        try:
+            await self.pending.done(self.pending.record_key(promised.key))
+        except Exception:
+            # A sweeper finds the movement, or the result SMS queued, under the key again.
+            log.warning("a kept late result's record stays", exc_info=True)
+
+    async def _release(self, promised: Pending) -> None:
+        """Hand the record to whichever instance sweeps next."""
+        assert self.pending is not None
+        try:
+            await self.pending.release(self.pending.record_key(promised.key))
+        except Exception:
+            # Past its limit (and a grace) a sweeper takes it from this live instance anyway.
+            log.warning("a late result's record was not released", exc_info=True)
+
+    async def _give_up(self, promised: Pending) -> None:
+        """The late limit passed with the outcome unknown: no more asks. Settle or abandon now
+        (no money moves after the limit); failing that, a sweeper does it later. Done here
+        whoever holds the record: settling twice is harmless (the ledger answers the same, the
+        result SMS's dedupe key queues one)."""
+        settler = self.bindings.settler
+        assert settler is not None
+        extra = {"action": promised.action, "key": promised.key}
+        try:
+            moved = await settler.settle_or_abandon(promised)
+        except Exception:
+            log.warning(
+                "late limit: not settled now; left to its pending record",
+                extra=extra,
+                exc_info=True,
+            )
+            await self._release(promised)
+            return
+        if moved:
+            log.info("late limit: the movement is in the ledger", extra=extra)
+        else:
+            log.warning("late limit: abandoned; the customer is told nothing moved", extra=extra)
+        await self._kept(promised)
 
     async def _settled(
         self,
@@ -487,6 +588,8 @@ class Engine:
         task: asyncio.Future[ActionResult],
         fn: ActionFn,
         until: float,
+        *,
+        promised: bool = False,
     ) -> asyncio.Future[ActionResult] | None:
         """`task` done, or, while it ends `Unsettled`, the action asked again (`ctx.again`:
         under the same key, the PIN not asked again of money already moved) after pauses that
@@ -515,13 +618,22 @@ class Engine:
                 task = asyncio.ensure_future(fn(again))
         except asyncio.CancelledError:
             task.cancel()
-            if asked:
+            if promised:
+                log.warning(
+                    "stopped before a late action finished; left to its pending record",
+                    extra=_k(ctx),
+                )
+            elif asked:
                 log.error("stopped with a money outcome unknown; left to the ledger", extra=_k(ctx))
             else:
                 log.warning("stopped before a late action finished; no result SMS", extra=_k(ctx))
             raise
         task.cancel()
-        if asked:
+        if promised:
+            log.warning(
+                "late limit with the outcome unknown; settling under its key", extra=_k(ctx)
+            )
+        elif asked:
             log.error("money outcome unknown at the late limit; left to the ledger", extra=_k(ctx))
         return None
 
@@ -544,7 +656,8 @@ class Engine:
                 break
             await self._fire(step, "route")
 
-    async def _notify(self, step: Step, ctx: ActionContext) -> None:
+    async def _notify(self, step: Step, ctx: ActionContext) -> bool:
+        """Queue the late result; whether it was."""
         notifier = self.bindings.notifier
         if step.fault or not step.node.displayed:
             text = self._message(step, "error")
@@ -552,7 +665,7 @@ class Engine:
             text = full_text(self._menu(step), step.node, step.session.language, step.scope())
         if notifier is None:
             log.error("no notifier bound; late result not sent", extra={"action": ctx.action})
-            return
+            return False
         try:
             await notifier.notify(
                 msisdn=ctx.msisdn,
@@ -562,11 +675,15 @@ class Engine:
             )
         except Exception:
             log.exception("queueing the late result failed", extra={"action": ctx.action})
+            return False
+        return True
 
     async def drain(self, timeout_s: float = 5.0) -> None:
         """Let late actions finish (shutdown); those still running after `timeout_s` are
-        cancelled, each one whose money outcome is still unknown logged at error (left to the
-        ledger's receipt). A later retry of the hop gets the stored END: nothing runs again."""
+        cancelled. One with a pending record leaves it (owned by this instance, whose liveness
+        key goes at the stop) for another instance to settle or abandon; one without, whose
+        money outcome is still unknown, is logged at error (left to the ledger's receipt). A
+        later retry of the hop gets the stored END: nothing runs again."""
         if not self._late:
             return
         _, running = await asyncio.wait(set(self._late), timeout=timeout_s)

@@ -67,7 +67,41 @@ DEFAULTS: MappingProxyType[str, MappingProxyType[str, str]] = MappingProxyType(
 )
 
 KEYS = tuple(DEFAULTS)
+
+# The SMS that keeps the promise "the result will come by SMS" when a movement whose outcome was
+# lost is abandoned (menus.pending): nothing moved, and nothing will under that request. Not a
+# menu message (a menu cannot override it): it is sent where no menu is loaded, and no stored
+# menu in another language fails validation for a key it never had.
+NOT_DONE: MappingProxyType[str, MappingProxyType[str, str]] = MappingProxyType(
+    {
+        action: MappingProxyType(texts)
+        for action, texts in {
+            "send_money": {
+                "en": "Your transfer did not go through and no money was taken from your "
+                "account. You may send it again.",
+                "sw": "Utumaji wako haukufanikiwa na hakuna pesa iliyotolewa kwenye akaunti "
+                "yako. Unaweza kutuma tena.",
+                "fr": "Votre transfert n'a pas abouti et aucun montant n'a été prélevé sur "
+                "votre compte. Vous pouvez le refaire.",
+            },
+            "withdraw": {
+                "en": "Your withdrawal did not go through and no money was taken from your "
+                "account. Do not take cash for it; you may try again.",
+                "sw": "Utoaji wako haukufanikiwa na hakuna pesa iliyotolewa kwenye akaunti "
+                "yako. Usipokee pesa taslimu kwa ajili yake; unaweza kujaribu tena.",
+                "fr": "Votre retrait n'a pas abouti et aucun montant n'a été prélevé sur votre "
+                "compte. Ne prenez pas d'espèces pour ce retrait; vous pouvez réessayer.",
+            },
+        }.items()
+    }
+)
 FALLBACK_LANGUAGE = "en"
+
+
+def not_done_text(action: str, language: str) -> str:
+    """The abandoned movement's SMS in the customer's language (English when not catalogued)."""
+    texts = NOT_DONE[action]
+    return texts.get(language) or texts[FALLBACK_LANGUAGE]
 
 
 def default_text(key: str, language: str) -> str:

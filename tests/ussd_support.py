@@ -28,10 +28,11 @@ from core.ledger import check_ledger
 from core.transfers import balance, deposit, float_topup
 from gateway.app import create_app
 from gateway.embedded import free_port, port_open
-from gateway.keys import CIPHER, MENU_BINDINGS, PG_POOL
+from gateway.keys import CIPHER, MENU_BINDINGS, PG_POOL, USSD_PENDING
 from menus.actions import ActionContext, ActionFn, ActionResult, MenuBindings
+from menus.pending import Pending
 from tests.conftest import running_app
-from tests.helpers import new_msisdn
+from tests.helpers import eventually, new_msisdn
 
 PIN = "4821"  # not a sequence, not one digit repeated: the core accepts it
 AGENT_PIN = "7305"
@@ -230,6 +231,29 @@ async def moved_once(env: UssdEnv, sender: str, recipient: str) -> None:
     assert await env.bank.balance(recipient) == 10_000
     assert await env.bank.balance(sender) == 90_000
     assert await env.bank.transfers(recipient) == 1
+
+
+async def pending_records(env: UssdEnv) -> list[Pending]:
+    """The promised late results in Redis (menus.pending), oldest first."""
+    store = env.app[USSD_PENDING].store
+    found = []
+    for record in await store.oldest():
+        read = await store.read(record)
+        assert read is not None, record
+        found.append(read[1])
+    return found
+
+
+async def swept(env: UssdEnv, timeout_s: float = 30.0) -> None:
+    """`env` sweeps now (what every instance does every few seconds) until no promised late
+    result is left."""
+    sweeper = env.app[USSD_PENDING]
+
+    async def left() -> list[str]:
+        await sweeper.sweep()
+        return await sweeper.store.oldest()
+
+    await eventually(left, until=lambda records: not records, timeout_s=timeout_s)
 
 
 async def start_env(settings: Settings, **overrides: Any) -> AsyncIterator[UssdEnv]:

@@ -133,6 +133,7 @@ def test_provider_settings_from_the_environment() -> None:
             "USSD_BEEM_BASIC_AUTH": "beem:pw",
             "USSD_DEADLINE_MS": "8000",
             "USSD_LIVENESS_TTL_MS": "4000",
+            "USSD_LATE_RESULT_LIMIT_S": "300",
         }
     )
     hubtel = settings.ussd_provider("hubtel")
@@ -143,6 +144,8 @@ def test_provider_settings_from_the_environment() -> None:
     assert settings.ussd_deadline_s == 8.0
     assert settings.ussd_liveness_ttl_s == 4.0
     assert load_settings({}).ussd_liveness_ttl_s == 10.0
+    assert settings.ussd_late_result_limit_s == 300.0
+    assert load_settings({}).ussd_late_result_limit_s == 600.0
 
 
 @pytest.mark.parametrize(
@@ -155,6 +158,10 @@ def test_provider_settings_from_the_environment() -> None:
         ({"USSD_DEADLINE_MS": "20000"}, "USSD_DEADLINE_MS"),
         ({"USSD_LIVENESS_TTL_MS": "500"}, "USSD_LIVENESS_TTL_MS"),  # shorter than a hiccup
         ({"USSD_LIVENESS_TTL_MS": "10s"}, "USSD_LIVENESS_TTL_MS: expected an integer"),
+        # shorter than a hop's own tries, or a promise kept for hours
+        ({"USSD_LATE_RESULT_LIMIT_S": "29"}, "USSD_LATE_RESULT_LIMIT_S"),
+        ({"USSD_LATE_RESULT_LIMIT_S": "3601"}, "USSD_LATE_RESULT_LIMIT_S"),
+        ({"USSD_LATE_RESULT_LIMIT_S": "10m"}, "USSD_LATE_RESULT_LIMIT_S: expected an integer"),
     ],
 )
 def test_bad_provider_settings(env: dict[str, str], fragment: str) -> None:

@@ -23,7 +23,7 @@ from redis.asyncio import Redis
 
 from config.settings import Settings
 from gateway.app import make_redis
-from gateway.keys import MENU_BINDINGS, METRICS, USSD_SERVICE
+from gateway.keys import MENU_BINDINGS, METRICS, USSD_PENDING, USSD_SERVICE
 from menus.actions import ActionContext, ActionResult
 from menus.liveness import Liveness, liveness_key
 from menus.service import STALE_CLAIM_GRACE_S, UssdService
@@ -37,8 +37,10 @@ from tests.ussd_support import (
     UssdEnv,
     moved_once,
     own_redis,
+    pending_records,
     ready_to_send,
     start_env,
+    swept,
 )
 
 __all__ = ["own_redis"]
@@ -49,6 +51,10 @@ TTL_S = 0.5  # A's liveness TTL: short, so a crash is seen quickly
 OUTAGE = 1_000_000
 BUSY = "END Your previous request is still being processed. Please wait."
 PENDING = "END We are still processing your request. The result will come by SMS."
+NOT_DONE = (
+    "Your transfer did not go through and no money was taken from your account. "
+    "You may send it again."
+)
 CLAIM = '"f":{"hop"'  # in the session write that claims a hop with side effects
 CLOSING = '"e":true'  # in the session write that stores the step's END screen
 WAIT_S = 10.0
@@ -243,6 +249,63 @@ async def test_a_crashed_instance_s_claim_is_taken_over_at_once(
         (key, "instance")
     ]
     assert all(PIN not in str(r.__dict__) for r in caplog.records)
+
+
+class Hang:
+    """A's send money stops for good (until `woken`), as in a process that died: before the
+    core call (nothing moved) or after it (the money moved, the answer never used). Woken, it
+    goes on as a paused process would: the call, under the step's key, or its answer."""
+
+    def __init__(self, env: UssdEnv, *, moved: bool) -> None:
+        self.functions = env.app[MENU_BINDINGS].functions
+        self.real = self.functions["send_money"]
+        self.moved = moved
+        self.reached = asyncio.Event()
+        self.woken = asyncio.Event()
+
+    async def __call__(self, ctx: ActionContext) -> ActionResult:
+        result = await self.real(ctx) if self.moved else None
+        self.reached.set()
+        await self.woken.wait()
+        return result if result is not None else await self.real(ctx)
+
+
+@pytest.mark.parametrize("moved", [False, True], ids=["before_the_money", "after_the_money"])
+async def test_a_crashed_instance_s_promised_result_is_kept_by_another(
+    a: UssdEnv, b: UssdEnv, redis: Redis, moved: bool
+) -> None:
+    """A answered "the result will come by SMS" (its send money past A's deadline) and dies.
+    B's sweep takes A's pending record: the transfer that committed is the result (its
+    receipt; no SMS beside it), or nothing moved and the key is abandoned, the customer told
+    once. A waking up afterwards moves nothing and sends nothing."""
+    s, sender, recipient = await ready_to_send(a)
+    hang = Hang(a, moved=moved)
+    a.app[MENU_BINDINGS].functions["send_money"] = hang
+    try:
+        assert await s.send(PIN) == PENDING
+        assert hang.reached.is_set()
+        [promise] = await pending_records(b)
+        assert promise.msisdn == sender and promise.action == "send_money"
+        await a.app[USSD_PENDING].stop()  # a dead process sweeps nothing either
+        await crash(a, redis)
+        await swept(b)
+        told = await b.bank.outbox(sender, "ussd.late_result")
+        hang.woken.set()
+        await late_actions_done(a)
+    finally:
+        hang.woken.set()
+        hang.functions["send_money"] = hang.real
+    assert await b.bank.outbox(sender, "ussd.late_result") == told
+    if moved:
+        await moved_once(b, sender, recipient)
+        assert told == []
+        receipts = await b.bank.outbox(sender, "receipt")
+        assert [r["template"] for r in receipts] == ["deposit_received", "p2p_sent"]
+    else:
+        assert [r["body"] for r in told] == [NOT_DONE]
+        assert await b.bank.balance(sender) == 100_000
+        assert await b.bank.transfers(recipient) == 0
+    assert await on(b, s).post(s.form()) == PENDING  # the hop again: the stored END
 
 
 async def test_a_live_but_slow_instance_keeps_its_claim(

@@ -3,7 +3,9 @@ stays up): the money call lost on its way, or its COMMIT's answer lost. The hop 
 transfer (tried again under its key within the hop), and so does the provider's retry of the
 hop; the money moved once, no wrong PIN was counted. An outage that outlasts the hop's tries
 answers "the result will come by SMS" and settles in the background under the same key once
-PostgreSQL is back. The ledger check runs after every test."""
+PostgreSQL is back; past the late limit, or after a stop, the promise's record in Redis
+(menus.pending) is settled or abandoned under the key by whichever instance sweeps it. The
+ledger check runs after every test, and no promise is left behind."""
 
 from __future__ import annotations
 
@@ -12,20 +14,27 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from types import MappingProxyType
 
 import asyncpg
 import pytest
 
 from config.settings import Settings
+from core import errors as E
 from core.transfers import send_money
-from gateway.keys import USSD_HTTP, USSD_SERVICE
+from gateway.keys import MENU_BINDINGS, USSD_HTTP, USSD_PENDING, USSD_SERVICE
+from menus.actions import ActionContext
 from menus.engine import LATE_ACTION_LIMIT_S, Engine
 from tests.helpers import eventually
 from tests.loans_support import borrower, choose_product, offer_products
 from tests.tcp_proxy import CuttableProxy, postgres_proxy
-from tests.ussd_support import PIN, UssdEnv, ready_to_send, start_env
+from tests.ussd_support import PIN, UssdEnv, pending_records, ready_to_send, start_env, swept
 
 PENDING = "END We are still processing your request. The result will come by SMS."
+NOT_DONE = (
+    "Your transfer did not go through and no money was taken from your account. "
+    "You may send it again."
+)
 WAIT_S = 30.0  # the background settle's pauses double: 0.5, 1, 2 ... s between asks
 OUTAGE = 1_000_000  # refusals: an outage that lasts until `restore()`
 
@@ -57,6 +66,7 @@ async def ledger_ok(cut: Cut) -> AsyncIterator[None]:
     yield
     cut.proxy.restore()
     await cut.env.bank.check_ledger()
+    assert await pending_records(cut.env) == []  # every promise kept
 
 
 def fresh_connections(proxy: CuttableProxy) -> None:
@@ -98,6 +108,35 @@ def engine(cut: Cut) -> Engine:
     return cut.env.app[USSD_SERVICE].engine
 
 
+async def nothing_moved_and_told_once(env: UssdEnv, sender: str, recipient: str, key: str) -> None:
+    """The KES 100 of `ready_to_send` never moved, the sender was told so once, and an ask
+    under the step's key now (a paused instance waking up, with the right PIN) moves nothing."""
+    bank = env.bank
+    assert await bank.balance(sender) == 100_000 and await bank.balance(recipient) == 0
+    [told] = await bank.outbox(sender, "ussd.late_result")
+    assert told["body"] == NOT_DONE
+    ctx = ActionContext(
+        action="send_money",
+        msisdn=sender,
+        language="en",
+        vars=MappingProxyType({"recipient": recipient, "amount_minor": 10_000}),
+        secrets=MappingProxyType({"pin": PIN}),
+        customer=MappingProxyType({}),
+        params=MappingProxyType({}),
+        idempotency_key=key,
+        channel="ussd",
+        session_id="woken",
+        currency="KES",
+        again=True,
+    )
+    send = env.app[MENU_BINDINGS].function("send_money")
+    assert send is not None
+    with pytest.raises(E.MoneyAbandoned):
+        await send(ctx)
+    assert await bank.balance(sender) == 100_000 and await bank.balance(recipient) == 0
+    assert len(await bank.outbox(sender, "ussd.late_result")) == 1
+
+
 async def settled(cut: Cut) -> None:
     """Wait for the background settles to be over (the engine's late actions)."""
     await eventually(lambda: not engine(cut)._late, timeout_s=WAIT_S)
@@ -112,6 +151,10 @@ async def outbox(pool: asyncpg.Pool, msisdn: str) -> list[tuple[str, str | None]
         msisdn,
     )
     return [(r["kind"], r["template"]) for r in rows]
+
+
+def engine_messages(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "menus.engine"]
 
 
 def engine_errors(caplog: pytest.LogCaptureFixture) -> list[str]:
@@ -220,29 +263,40 @@ async def test_a_cut_withdrawal_answers_the_hop_with_the_withdrawal(
     assert paid == 1
 
 
-async def test_an_outage_past_the_late_limit_is_left_to_the_ledger(
-    cut: Cut, pg_pool: asyncpg.Pool, caplog: pytest.LogCaptureFixture
+@pytest.mark.parametrize("moment", sorted(PENDING_CUTS))
+async def test_an_outage_past_the_late_limit_settles_or_abandons_under_the_key(
+    cut: Cut, pg_pool: asyncpg.Pool, caplog: pytest.LogCaptureFixture, moment: str
 ) -> None:
-    """PostgreSQL away for longer than the late limit: the background settle gives up and says
-    so at error. The COMMIT had landed: its receipt, queued in its transaction, is the one
-    message the customer gets once PostgreSQL is back; the hop again moves nothing."""
-    caplog.set_level(logging.ERROR, logger="menus.engine")
+    """PostgreSQL away for longer than the late limit: no more asks; the movement is settled
+    or abandoned under its key once the database answers (the owner cannot then: it leaves the
+    record to the sweep). The COMMIT had landed (answer lost): its receipt is the one message.
+    It had not (statement lost): the key is abandoned, the customer told once that nothing
+    moved, and a later ask under the key (the old instance waking up) moves nothing."""
+    caplog.set_level(logging.INFO, logger="menus")
     s, sender, recipient = await ready_to_send(cut.env)
     engine(cut).late_limit_s = 2.0
     try:
         fresh_connections(cut.proxy)
-        PENDING_CUTS["answer_lost"](cut.proxy)
+        PENDING_CUTS[moment](cut.proxy)
         assert await s.send(PIN) == PENDING
+        [promise] = await pending_records(cut.env)
         await settled(cut)
     finally:
         engine(cut).late_limit_s = LATE_ACTION_LIMIT_S
-    assert engine_errors(caplog) == ["money outcome unknown at the late limit; left to the ledger"]
+    assert engine_errors(caplog) == []
+    assert "late limit: not settled now; left to its pending record" in engine_messages(caplog)
     cut.proxy.restore()
-    assert await moved(pg_pool, recipient) == 1
-    assert await outbox(pg_pool, sender) == [("receipt", "p2p_sent")]
+    await swept(cut.env)
+    assert await outbox(pg_pool, recipient) == (
+        [("receipt", "p2p_received")] if moment == "answer_lost" else []
+    )
+    if moment == "answer_lost":
+        assert await moved(pg_pool, recipient) == 1
+        assert await outbox(pg_pool, sender) == [("receipt", "p2p_sent")]
+    else:
+        await nothing_moved_and_told_once(cut.env, sender, recipient, promise.key)
     assert await s.post(s.form()) == PENDING
     assert not engine(cut)._late
-    assert await moved(pg_pool, recipient) == 1
 
 
 async def test_a_withdrawal_answer_lost_past_settle_is_paid_once(
@@ -315,32 +369,67 @@ async def test_a_stop_waits_for_a_pending_settle(own: Own, pg_pool: asyncpg.Pool
     assert await outbox(pg_pool, sender) == [("receipt", "p2p_sent")]
 
 
-async def test_a_stop_past_the_drain_hands_the_settle_to_the_ledger(
-    own: Own, pg_pool: asyncpg.Pool, caplog: pytest.LogCaptureFixture
+@pytest.mark.parametrize("moment", sorted(PENDING_CUTS))
+async def test_a_stop_leaves_the_promise_to_another_instance(
+    own: Own, pg_pool: asyncpg.Pool, caplog: pytest.LogCaptureFixture, moment: str
 ) -> None:
-    """The outage outlasting the stop's wait for late actions: the settle is cancelled and
-    logged at error; the COMMIT that landed has its receipt (its own transaction's), and no
-    result SMS follows it. The session stays over: the hop again, on another gateway, gets
-    the stored END and moves nothing."""
-    caplog.set_level(logging.ERROR, logger="menus.engine")
+    """The outage outlasting the stop's wait for late actions: the ask is cancelled and its
+    pending record stays (its owner's liveness key goes with the stop). Another instance's
+    sweep takes it: the COMMIT that landed is the result (its receipt, no SMS beside it); the
+    statement that never arrived is abandoned and told once. The hop again, on the other
+    instance, gets the stored END and moves nothing."""
+    caplog.set_level(logging.WARNING, logger="menus.engine")
     env = own.env
     s, sender, recipient = await ready_to_send(env)
     fresh_connections(own.proxy)
-    PENDING_CUTS["answer_lost"](own.proxy)
+    PENDING_CUTS[moment](own.proxy)
     assert await s.send(PIN) == PENDING
+    [promise] = await pending_records(env)
     engine_ = env.app[USSD_SERVICE].engine
     await own.stop()
     assert not engine_._late
-    assert engine_errors(caplog) == ["stopped with a money outcome unknown; left to the ledger"]
+    assert engine_errors(caplog) == []
+    stopped = [m for m in engine_messages(caplog) if m.startswith("stopped")]
+    assert stopped == ["stopped before a late action finished; left to its pending record"]
+    assert await pending_records(env) == [promise]  # nobody finished it
     own.proxy.restore()
-    assert await moved(pg_pool, recipient) == 1
-    assert await outbox(pg_pool, sender) == [("receipt", "p2p_sent")]
     async for other in start_env(env.settings):
+        await swept(other)
         again = other.session(sender, session_id=s.session_id)
         again.inputs = list(s.inputs)
         assert await again.post(again.form()) == PENDING
         assert other.calls["send_money"] == 0
-    assert await moved(pg_pool, recipient) == 1
+        if moment == "statement_lost":
+            await nothing_moved_and_told_once(other, sender, recipient, promise.key)
+    if moment == "answer_lost":
+        assert await moved(pg_pool, recipient) == 1
+        assert await outbox(pg_pool, sender) == [("receipt", "p2p_sent")]
+
+
+async def test_a_sweep_racing_the_owner_abandons_once_and_the_owner_moves_nothing(
+    cut: Cut, settings: Settings, pg_pool: asyncpg.Pool
+) -> None:
+    """The owner still asks (PostgreSQL cut from it) when its liveness key is lost: another
+    instance takes the record and abandons the key. The owner's next ask, PostgreSQL back, is
+    refused under the abandoned key: nothing moves, and the customer has one SMS, the
+    abandonment's (the owner sends none)."""
+    s, sender, recipient = await ready_to_send(cut.env)
+    fresh_connections(cut.proxy)
+    PENDING_CUTS["statement_lost"](cut.proxy)
+    assert await s.send(PIN) == PENDING
+    [promise] = await pending_records(cut.env)
+    liveness = cut.env.app[USSD_PENDING].liveness
+    await liveness.stop(delete=True)
+    try:
+        async for other in start_env(settings):
+            await swept(other)
+        assert engine(cut)._late  # the owner still asks
+        cut.proxy.restore()
+        await settled(cut)
+    finally:
+        await liveness.start()
+    await nothing_moved_and_told_once(cut.env, sender, recipient, promise.key)
+    assert await pending_records(cut.env) == []
 
 
 async def test_a_loan_repayment_answer_lost_past_settle_is_taken_once(
