@@ -16,7 +16,7 @@ functions reads a fresh snapshot under READ COMMITTED (every money path's isolat
 the lock waited for is seen. A hash collision of two keys in the lock only serialises them.
 
 Revision ID: 0810_money_abandoned
-Revises: 0790_audit_action_index
+Revises: 0800_admin_credentials
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from __future__ import annotations
 from alembic import op
 
 revision = "0810_money_abandoned"
-down_revision = "0790_audit_action_index"
+down_revision = "0800_admin_credentials"
 branch_labels = None
 depends_on = None
 
