@@ -289,9 +289,10 @@ class PgSink:
                 return await self._write_spool_batch()
             if self.backlog:
                 return await self._move_memory()
-            if self.spool is None or not take:
-                return _Step.IDLE
-            return await self._take_from_spool()
+            return await self._take_from_spool() if take else _Step.IDLE
+        except _REDIS_AWAY as exc:  # expected while it is away: no traceback at every step
+            log.warning("agent events writer: Redis unreachable (%s)", type(exc).__name__)
+            return _Step.BLOCKED
         except Exception:
             log.exception("agent events writer: step failed; retrying")
             return _Step.BLOCKED
@@ -335,7 +336,8 @@ class PgSink:
     async def _take_from_spool(self) -> _Step:
         """A batch from the spool, once PostgreSQL answers (taken while it is away, entries
         would only sit claimed); unusable entries set aside at once."""
-        assert self.spool is not None
+        if self.spool is None:
+            return _Step.IDLE
         self.spool_length = await self.spool.length()
         if self.spool_length == 0:
             self._spool_last = None
@@ -409,18 +411,19 @@ class PgSink:
         return True
 
     async def flush_events(self, timeout_s: float = EVENT_FLUSH_S) -> bool:
-        """At stop, after `run_events`, for at most `timeout_s` (PostgreSQL may still be away,
-        and a stop must end): the spool batch this process holds into PostgreSQL, and the
-        memory backlog into the spool or PostgreSQL. True when no event is left in memory. A
-        spool batch not written stays claimed in the spool, and another instance (or this
-        one restarted) takes it over after the claim's idle time; the memory left is logged
-        at error and lost with the process."""
+        """At stop, after `run_events`: the spool batch this process holds into PostgreSQL
+        (one try: not written, it stays claimed in the spool, and another instance, or this
+        one restarted, takes it over after the claim's idle time), and the memory backlog into
+        the spool or PostgreSQL, for at most `timeout_s` (both may still be away, and a stop
+        must end). True when no event is left in memory; what is left is logged at error and
+        lost with the process."""
         deadline = time.monotonic() + timeout_s
         delay = EVENT_RETRY_FIRST_S
         while self._spool_acks or self._spool_held or self.backlog:
             if await self._events_step(take=False) is not _Step.BLOCKED:
                 continue
-            if time.monotonic() + delay > deadline:
+            # A spool batch is safe where it is: one try, and the stop goes on.
+            if not self.backlog or time.monotonic() + delay > deadline:
                 break
             await asyncio.sleep(delay)
             delay = min(delay * 2, EVENT_RETRY_MAX_S)

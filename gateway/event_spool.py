@@ -183,6 +183,7 @@ class EventSpool:
         """Append `events` in order and trim the stream to its newest `max_len` entries, in
         one transaction (one round trip). The trim may take entries a writer holds: it still
         writes them (it holds their data), and they are counted as let go all the same."""
+        assert events
         async with asyncio.timeout(REDIS_TIMEOUT_S):
             async with self.redis.pipeline(transaction=True) as pipe:
                 for event in events:

@@ -30,6 +30,7 @@ from config.settings import Settings
 from core.devices import EventRow
 from core.tasks import stop_tasks
 from gateway import agents as agents_module
+from gateway import event_spool
 from gateway.agents import EVENT_WRITE_ROWS, PgSink, spool_key
 from gateway.app import make_redis
 from gateway.event_spool import GROUP, EventSpool, encode
@@ -161,6 +162,7 @@ async def test_events_deferred_during_an_outage_are_in_the_stream_and_written_on
     assert await each_once(pg_pool, first + later)
     assert await order_stored(pg_pool, agent) == [e.event_id for e in first + later]
     assert (sink.events_written, sink.events_dropped, sink.events_unreadable) == (5, 0, 0)
+    assert await redis.xinfo_consumers(key, GROUP) == []  # its stop forgot its consumer
     # None of its entries left in the spool, this process stores its events at once again.
     more = made(agent, 1, start=time.time() + 10)
     assert await sink.record_events(more) == 0
@@ -218,10 +220,8 @@ async def test_a_process_killed_while_postgres_is_away_loses_nothing(
         assert await redis.xlen(key) == count
         proxy.cut_on(INSERT, refuse=OUTAGE)  # the writer's probe passes, its INSERT does not
         proxy.restore()
-        await eventually(
-            lambda: pending_of(redis, key), lambda p: p == {"doomed": EVENT_WRITE_ROWS}
-        )
-        assert proxy.tripped == 1
+        await eventually(lambda: proxy.tripped == 1)  # it claimed a batch, its INSERT was cut
+        assert await pending_of(redis, key) == {"doomed": EVENT_WRITE_ROWS}
     finally:
         proc.send_signal(signal.SIGKILL)
         await proc.wait()
@@ -266,8 +266,9 @@ async def test_two_instances_writing_the_spool_at_once_store_each_event_once(
             relay.proxy.restore()
         async with writing(one, two):
             held = {one.spool.consumer: EVENT_WRITE_ROWS, two.spool.consumer: EVENT_WRITE_ROWS}  # type: ignore[union-attr]
-            await eventually(lambda: pending_of(redis, key), lambda p: p == held)
-            assert (a.proxy.tripped, b.proxy.tripped) == (1, 1)
+            # Each claimed its batch, and its INSERT was cut (not only about to be).
+            await eventually(lambda: (a.proxy.tripped, b.proxy.tripped) == (1, 1))
+            assert await pending_of(redis, key) == held
             a.proxy.restore()
             b.proxy.restore()
             await eventually(lambda: redis.xlen(key), lambda n: n == 0, timeout_s=30)
@@ -277,7 +278,7 @@ async def test_two_instances_writing_the_spool_at_once_store_each_event_once(
 
 
 async def test_a_batch_claimed_by_a_dead_consumer_is_taken_over_after_its_idle_time(
-    redis: Redis, key: str, pg_pool: asyncpg.Pool
+    redis: Redis, key: str, pg_pool: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A consumer claims entries and vanishes; its events were even stored already (it died
     between the COMMIT and the XACK). While the claim is fresh no other instance takes it;
@@ -310,6 +311,17 @@ async def test_a_batch_claimed_by_a_dead_consumer_is_taken_over_after_its_idle_t
     assert await each_once(pg_pool, events)
     assert await order_stored(pg_pool, agent) == [e.event_id for e in events]
     assert await pending_of(redis, key) == {}
+    # Each process is a new consumer: those holding nothing, silent long enough, are removed.
+    names = {c["name"] for c in await redis.xinfo_consumers(key, GROUP)}
+    assert b"dead" in names
+    assert survivor.spool.consumer.encode() not in names  # its stop forgot it  # type: ignore[union-attr]
+    await EventSpool(redis, key).forget_consumers()
+    assert {
+        c["name"] for c in await redis.xinfo_consumers(key, GROUP)
+    } == names  # not silent for an hour yet
+    monkeypatch.setattr(event_spool, "CONSUMER_FORGET_S", 0.0)
+    await EventSpool(redis, key).forget_consumers()
+    assert await redis.xinfo_consumers(key, GROUP) == []
 
 
 # --- Redis away too: the memory backlog ------------------------------------------------------
