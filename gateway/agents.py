@@ -306,7 +306,7 @@ class PgSink:
         assert self.spool is not None
         with contextlib.suppress(*_REDIS_AWAY):  # Redis away: the claim simply ages
             await self.spool.keep(self._spool_ids)
-        if not await self._write_events(self._spool_held, deadline=time.monotonic()):
+        if not await self._write_events(self._spool_held):
             return _Step.BLOCKED
         self._spool_acks, self._spool_ids = self._spool_ids, []
         await self._ack()
@@ -328,7 +328,7 @@ class PgSink:
                 pass
         batch = list(itertools.islice(self.backlog, EVENT_WRITE_ROWS))
         left = batch.copy()
-        done = await self._write_events(left, deadline=time.monotonic())
+        done = await self._write_events(left)
         for _ in range(len(batch) - len(left)):  # written or refused
             self.backlog.popleft()
         return _Step.DONE if done else _Step.BLOCKED
@@ -375,13 +375,12 @@ class PgSink:
             return False
         return True
 
-    async def _write_events(self, events: list[EventRow], deadline: float | None) -> bool:
-        """Insert `events`, again with backoff until it goes through (True) or `deadline`
-        passes (False). Every try is idempotent, so a try interrupted anywhere is simply made
-        again. A batch the table refuses as data goes in event by event, a refused one
-        dropped: it would otherwise stall every later event. `events` loses each event as it
-        is stored or dropped."""
-        delay = EVENT_RETRY_FIRST_S
+    async def _write_events(self, events: list[EventRow]) -> bool:
+        """Insert `events`, one try (the caller backs off and tries again): True when all went
+        in. Every try is idempotent, so a try interrupted anywhere is simply made again. A
+        batch the table refuses as data goes in event by event, a refused one dropped: it
+        would otherwise stall every later event. `events` loses each event as it is stored or
+        dropped."""
         single = False
         while events:
             batch = events[:1] if single else events
@@ -389,7 +388,6 @@ class PgSink:
                 await self._insert_events(batch)
                 self.events_written += len(batch)
                 del events[: len(batch)]
-                continue
             except (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError) as exc:
                 if single:
                     self.events_refused += 1
@@ -399,15 +397,10 @@ class PgSink:
                     )
                     del events[0]
                 single = True
-                continue
             except Exception:
-                # PostgreSQL away (core.pg.CONNECTION_LOST, a PostgresError) or anything else:
-                # logged at each try, and the caller tries again.
+                # PostgreSQL away (core.pg.CONNECTION_LOST, a PostgresError) or anything else.
                 log.exception("agent events write failed; retrying", extra={"events": len(events)})
-            if deadline is not None and time.monotonic() + delay > deadline:
                 return False
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, EVENT_RETRY_MAX_S)
         return True
 
     async def flush_events(self, timeout_s: float = EVENT_FLUSH_S) -> bool:
