@@ -74,10 +74,12 @@ HISTORY_RETRY_MAX_S = 30.0
 # (~200 bytes each in Redis), and, with Redis away too, in memory, as many (~1 KB each): hours
 # of breaches and fence crossings of a few thousand agents.
 EVENT_BACKLOG_MAX = 10_000
-EVENT_WRITE_ROWS = 250  # events per transaction when the backlog is written
+EVENT_WRITE_ROWS = (
+    250  # events per transaction (and per spool batch) when deferred ones are written
+)
 EVENT_RETRY_FIRST_S = 0.5
 EVENT_RETRY_MAX_S = 30.0
-EVENT_FLUSH_S = 10.0  # how long a stop tries to write the backlog
+EVENT_FLUSH_S = 10.0  # how long a stop tries to save the memory backlog (spool or PostgreSQL)
 # How often an idle writer looks at the spool (one XLEN): other instances' entries, and those
 # of dead ones, are written within this of PostgreSQL coming back.
 EVENT_SPOOL_POLL_S = 1.0
@@ -815,8 +817,8 @@ def build_runtime(
 
 @contextlib.asynccontextmanager
 async def running(runtime: AgentRuntime) -> AsyncIterator[AgentRuntime]:
-    """The runtime's background tasks, live for the context; the event backlog and the
-    history flushed at the end."""
+    """The runtime's background tasks, live for the context; deferred events held in memory
+    and the history flushed at the end."""
     try:
         runtime.catalog_gen = await runtime.redis.get(runtime.gen_key)
     except RedisError:
