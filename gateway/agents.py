@@ -74,17 +74,15 @@ HISTORY_RETRY_MAX_S = 30.0
 # (~200 bytes each in Redis), and, with Redis away too, in memory, as many (~1 KB each): hours
 # of breaches and fence crossings of a few thousand agents.
 EVENT_BACKLOG_MAX = 10_000
-EVENT_WRITE_ROWS = (
-    250  # events per transaction (and per spool batch) when deferred ones are written
-)
+EVENT_WRITE_ROWS = 250  # events per transaction (and spool batch) when deferred ones are written
 EVENT_RETRY_FIRST_S = 0.5
 EVENT_RETRY_MAX_S = 30.0
 EVENT_FLUSH_S = 10.0  # how long a stop tries to save the memory backlog (spool or PostgreSQL)
 # How often an idle writer looks at the spool (one XLEN): other instances' entries, and those
 # of dead ones, are written within this of PostgreSQL coming back.
 EVENT_SPOOL_POLL_S = 1.0
-EVENT_SPOOL_FORGET_EVERY_S = 600.0
-EVENT_PROBE_TIMEOUT_S = 5.0
+EVENT_SPOOL_FORGET_EVERY_S = 600.0  # how often an idle writer prunes the group's dead consumers
+EVENT_PROBE_TIMEOUT_S = 5.0  # the `SELECT 1` before a spool batch is taken
 # Redis away, as its client and our own timeouts say it.
 _REDIS_AWAY: tuple[type[BaseException], ...] = (RedisError, OSError, TimeoutError)
 SWEEP_MAX_S = 30.0
