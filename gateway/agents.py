@@ -338,14 +338,19 @@ class PgSink:
         would only sit claimed); unusable entries set aside at once."""
         if self.spool is None:
             return _Step.IDLE
+        # Cleared only if no event was spooled meanwhile (a handler's XADD may land while
+        # this step waits on Redis): that one is still ahead of the next direct write.
+        last = self._spool_last
         self.spool_length = await self.spool.length()
         if self.spool_length == 0:
-            self._spool_last = None
+            if self._spool_last == last:
+                self._spool_last = None
             if time.monotonic() - self._forgot_at > EVENT_SPOOL_FORGET_EVERY_S:
                 self._forgot_at = time.monotonic()
                 await self.spool.forget_consumers()
             return _Step.IDLE
-        if self._spool_last is not None and not await self.spool.holds_up_to(self._spool_last):
+        gone = last is not None and not await self.spool.holds_up_to(last)
+        if gone and self._spool_last == last:
             self._spool_last = None
         if not await self._postgres_answers():
             return _Step.BLOCKED
