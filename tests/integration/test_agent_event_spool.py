@@ -19,7 +19,6 @@ import uuid
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
@@ -37,7 +36,7 @@ from gateway.event_spool import GROUP, EventSpool, encode
 from tests.conftest import unique
 from tests.helpers import eventually
 from tests.integration.agent_support import new_code, spooled
-from tests.tcp_proxy import CuttableProxy, Relay, postgres_proxy, relayed_pool
+from tests.tcp_proxy import CuttableProxy, Relay, postgres_proxy, redis_proxy, relayed_pool
 
 ROOT = Path(__file__).resolve().parents[2]
 OUTAGE = 1_000_000  # refusals: an outage that lasts until `restore()`
@@ -109,12 +108,8 @@ class RedisRelay:
 async def redis_relay(settings: Settings) -> AsyncIterator[RedisRelay]:
     """A Redis client as the app makes it, through a relay a test can cut."""
     assert settings.redis_url is not None
-    parts = urlsplit(settings.redis_url)
-    proxy = CuttableProxy(parts.hostname or "127.0.0.1", parts.port or 6379)
-    port = await proxy.start()
-    auth = parts.netloc.rpartition("@")[0]
-    netloc = f"{auth}@127.0.0.1:{port}" if auth else f"127.0.0.1:{port}"
-    client = make_redis(urlunsplit(parts._replace(netloc=netloc)))
+    proxy, via = redis_proxy(settings.redis_url)
+    client = make_redis(via(await proxy.start()))
     try:
         yield RedisRelay(proxy, client)
     finally:
