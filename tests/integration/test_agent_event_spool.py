@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import signal
 import sys
 import time
@@ -422,7 +423,7 @@ async def test_a_stop_with_both_away_gives_up_at_its_deadline_and_says_so(
 
 
 async def test_unreadable_entries_are_set_aside_and_never_hold_up_the_others(
-    redis: Redis, key: str, pg_pool: asyncpg.Pool
+    redis: Redis, key: str, pg_pool: asyncpg.Pool, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Garbage, a later format, a kind this release does not know, a time no database
     takes, between good entries: those are moved to the unreadable stream with their reason
@@ -456,3 +457,6 @@ async def test_unreadable_entries_are_set_aside_and_never_hold_up_the_others(
     assert aside[1][1][b"d"] == later_format[b"d"]  # kept whole: a later release can read it
     assert [fields[b"spool_id"] for _, fields in aside] == bad_ids
     assert await pending_of(redis, key) == {}
+    logged = [r for r in caplog.records if r.getMessage().endswith("unreadable entries set aside")]
+    assert sum(r.entries for r in logged) == len(bad)  # type: ignore[attr-defined]
+    assert all(r.levelno == logging.ERROR for r in logged)
