@@ -60,6 +60,22 @@ _MAX_TS = 253_402_300_799.0
 CONSUMER_FORGET_S = 3600.0
 
 
+# KEYS[1] the stream; ARGV group, this consumer, idle limit (ms). XINFO CONSUMERS answers each
+# consumer as a flat list of field names and values.
+_FORGET = """
+local removed = 0
+for _, c in ipairs(redis.call('XINFO', 'CONSUMERS', KEYS[1], ARGV[1])) do
+  local f = {}
+  for i = 1, #c, 2 do f[c[i]] = c[i + 1] end
+  if f.pending == 0 and (f.name == ARGV[2] or f.idle > tonumber(ARGV[3])) then
+    redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], f.name)
+    removed = removed + 1
+  end
+end
+return removed
+"""
+
+
 class EntryUnusable(Exception):
     """A stream entry that is not an event this release can write; the reason says why."""
 
@@ -188,6 +204,7 @@ class EventSpool:
         self.consumer = consumer or consumer_name()
         self.claim_idle_s = claim_idle_s
         self._cursor = b"0-0"  # where XAUTOCLAIM goes on through the pending list
+        self._forget = redis.register_script(_FORGET)
 
     async def add(self, events: Sequence[EventRow], max_len: int) -> Added:
         """Append `events` in order and trim the stream to its newest `max_len` entries, in
@@ -297,20 +314,24 @@ class EventSpool:
                 pipe.xdel(self.key, *ids)
                 await pipe.execute()
 
-    async def forget_consumers(self) -> None:
-        """Remove consumers (this one included) holding nothing and unseen for
-        CONSUMER_FORGET_S, or this one when it holds nothing: each process is a new consumer,
-        and the group would otherwise keep every one that ever ran."""
+    async def forget_consumers(self) -> int:
+        """Remove consumers holding nothing that are this one or unseen for
+        CONSUMER_FORGET_S: each process is a new consumer, and the group would otherwise keep
+        every one that ever ran. Checked and removed in one script: a consumer that claimed
+        entries between a check and its removal would lose them from the pending list, where
+        nobody could take them over. How many were removed."""
         async with asyncio.timeout(REDIS_TIMEOUT_S):
             try:
-                consumers = await self.redis.xinfo_consumers(self.key, GROUP)
-            except ResponseError:  # no stream or no group: nothing to forget
-                return
-            for c in consumers:
-                name = _as_bytes(c["name"]).decode()
-                mine = name == self.consumer
-                if c["pending"] == 0 and (mine or c["idle"] > CONSUMER_FORGET_S * 1000):
-                    await self.redis.xgroup_delconsumer(self.key, GROUP, name)
+                return int(
+                    await self._forget(
+                        keys=[self.key],
+                        args=[GROUP, self.consumer, int(CONSUMER_FORGET_S * 1000)],
+                    )
+                )
+            except ResponseError as exc:
+                if "NOGROUP" in str(exc) or "no such key" in str(exc).lower():
+                    return 0  # no stream or no group: nothing to forget
+                raise
 
 
 def _as_bytes(value: bytes | str) -> bytes:

@@ -253,15 +253,15 @@ async def test_two_instances_writing_the_spool_at_once_store_each_event_once(
         relayed_pool(database_url, max_size=2) as a,
         relayed_pool(database_url, max_size=2) as b,
     ):
-        one = PgSink(a.pool, None, EventSpool(redis, key))
-        two = PgSink(b.pool, None, EventSpool(redis, key))
+        spools = EventSpool(redis, key), EventSpool(redis, key)
+        one, two = PgSink(a.pool, None, spools[0]), PgSink(b.pool, None, spools[1])
         a.proxy.cut(refuse=OUTAGE)
         assert await one.record_events(events) == len(events)
         for relay in (a, b):
             relay.proxy.cut_on(INSERT, refuse=OUTAGE)
             relay.proxy.restore()
         async with writing(one, two):
-            held = {one.spool.consumer: EVENT_WRITE_ROWS, two.spool.consumer: EVENT_WRITE_ROWS}  # type: ignore[union-attr]
+            held = {s.consumer: EVENT_WRITE_ROWS for s in spools}
             # Each claimed its batch, and its INSERT was cut (not only about to be).
             await eventually(lambda: (a.proxy.tripped, b.proxy.tripped) == (1, 1))
             assert await pending_of(redis, key) == held
@@ -309,13 +309,12 @@ async def test_a_batch_claimed_by_a_dead_consumer_is_taken_over_after_its_idle_t
     # Each process is a new consumer: those holding nothing, silent long enough, are removed.
     names = {c["name"] for c in await redis.xinfo_consumers(key, GROUP)}
     assert b"dead" in names
-    assert survivor.spool.consumer.encode() not in names  # its stop forgot it  # type: ignore[union-attr]
-    await EventSpool(redis, key).forget_consumers()
-    assert {
-        c["name"] for c in await redis.xinfo_consumers(key, GROUP)
-    } == names  # not silent for an hour yet
+    assert survivor.spool is not None
+    assert survivor.spool.consumer.encode() not in names  # its stop forgot it
+    assert await EventSpool(redis, key).forget_consumers() == 0  # not silent for an hour yet
+    assert {c["name"] for c in await redis.xinfo_consumers(key, GROUP)} == names
     monkeypatch.setattr(event_spool, "CONSUMER_FORGET_S", 0.0)
-    await EventSpool(redis, key).forget_consumers()
+    assert await EventSpool(redis, key).forget_consumers() == len(names)
     assert await redis.xinfo_consumers(key, GROUP) == []
 
 
