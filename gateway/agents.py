@@ -4,8 +4,10 @@ background tasks (fence catalog refresh, heartbeat sweep, history flush).
 
 Location history is written in batches with COPY from a bounded queue: a slow or absent database
 makes ingestion wait (and MQTT push back on the broker) rather than lose fixes or grow memory.
-Events are written at once; past a short retry they wait in a bounded backlog that a background
-writer stores when PostgreSQL is back, so a fix handler never waits out an outage for them.
+Events are written at once; past a short retry they wait in a bounded Redis stream (the spool,
+gateway.event_spool; in memory while Redis is away too) that the background writer of any
+instance stores when PostgreSQL is back, so a fix handler never waits out an outage for them and
+a process that dies meanwhile loses none.
 Fence and assignment changes bump `{prefix}geofences:gen` in Redis; every instance polls it and
 swaps in a freshly loaded catalog.
 """
@@ -15,6 +17,8 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import enum
+import itertools
 import json
 import logging
 import time
@@ -44,6 +48,7 @@ from core.errors import AuthFailed, Conflict, FixRejected, NotFound, Unavailable
 from core.pg import CONNECTION_LOST, through_outage
 from core.tasks import stop_tasks
 from gateway.api import HttpError, json_response
+from gateway.event_spool import EventSpool
 from gateway.keys import AGENTS, CIPHER, ENDPOINTS, METRICS, PG_POOL, REDIS, SETTINGS
 from geofence.gating import GatePolicy
 from geofence.tracker import TrackPolicy
@@ -66,13 +71,21 @@ HISTORY_QUEUE_MAX = 50_000
 HISTORY_FLUSH_ROWS = 250
 HISTORY_FLUSH_S = 0.1
 HISTORY_RETRY_MAX_S = 30.0
-# Events past the immediate retries (PostgreSQL away) wait in memory, at most this many
-# (~1 KB each): hours of breaches and fence crossings of a few thousand agents.
+# Events past the immediate retries (PostgreSQL away) wait in the spool, at most this many
+# (~200 bytes each in Redis), and, with Redis away too, in memory, as many (~1 KB each): hours
+# of breaches and fence crossings of a few thousand agents.
 EVENT_BACKLOG_MAX = 10_000
-EVENT_WRITE_ROWS = 250  # events per transaction when the backlog is written
+EVENT_WRITE_ROWS = 250  # events per transaction (and spool batch) when deferred ones are written
 EVENT_RETRY_FIRST_S = 0.5
 EVENT_RETRY_MAX_S = 30.0
-EVENT_FLUSH_S = 10.0  # how long a stop tries to write the backlog
+EVENT_FLUSH_S = 10.0  # how long a stop tries to save the memory backlog (spool or PostgreSQL)
+# How often an idle writer looks at the spool (one XLEN): other instances' entries, and those
+# of dead ones, are written within this of PostgreSQL coming back.
+EVENT_SPOOL_POLL_S = 1.0
+EVENT_SPOOL_FORGET_EVERY_S = 600.0  # how often an idle writer prunes the group's dead consumers
+EVENT_PROBE_TIMEOUT_S = 5.0  # the `SELECT 1` before a spool batch is taken
+# Redis away, as its client and our own timeouts say it.
+_REDIS_AWAY: tuple[type[BaseException], ...] = (RedisError, OSError, TimeoutError)
 SWEEP_MAX_S = 30.0
 MQTT_CONNECT_WAIT_S = 10.0
 OSMAND_MAX_BODY = 8192
@@ -97,31 +110,70 @@ def fix_limits(s: Settings) -> FixLimits:
     return FixLimits(float(s.agent_future_skew_s), float(s.agent_max_backlog_s))
 
 
+class _Step(enum.Enum):
+    """What one step of the events writer came to."""
+
+    DONE = "done"  # it moved something on: the next step goes at once
+    IDLE = "idle"  # nothing to do (or all claimed by live instances): wait for work
+    BLOCKED = "blocked"  # PostgreSQL (or Redis) away: back off
+
+
 class PgSink:
     """Events to PostgreSQL (a breach with its alerts to the admins, through the outbox, in
-    the same transaction), at once or, while PostgreSQL is away, through a bounded backlog;
-    location history through a bounded queue and COPY."""
+    the same transaction), at once or, while PostgreSQL is away, through the Redis spool
+    (gateway.event_spool) or, with Redis away too, a bounded backlog in memory; location
+    history through a bounded queue and COPY."""
 
-    def __init__(self, pool: asyncpg.Pool, alerts: BreachAlerts | None = None) -> None:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        alerts: BreachAlerts | None = None,
+        spool: EventSpool | None = None,
+    ) -> None:
         self.pool = pool
         self.alerts = alerts
+        self.spool = spool
         self.queue: asyncio.Queue[LocationRow] = asyncio.Queue(HISTORY_QUEUE_MAX)
         self.written = 0
         self.refused = 0  # history rows the table refused as data, dropped
         self._held: list[LocationRow] = []  # taken off the queue, not yet written
-        # Events past the immediate retries, oldest first, and the batch being written.
+        # Events deferred while Redis was away too, oldest first (the batch being written
+        # stays at the front until written).
         self.backlog: collections.deque[EventRow] = collections.deque()
-        self._events_held: list[EventRow] = []
         self._events_waiting = asyncio.Event()
-        self.events_deferred = 0  # events put in the backlog
-        self.events_dropped = 0  # events the full backlog let go
+        # The batch taken from the spool and being written, its entries, and entries whose
+        # events are stored but not yet acknowledged (Redis went away in between).
+        self._spool_held: list[EventRow] = []
+        self._spool_ids: list[bytes] = []
+        self._spool_acks: list[bytes] = []
+        # The last entry this process added, while it may still be in the stream: until it is
+        # gone, new events go behind it, so one agent's events keep their order.
+        self._spool_last: bytes | None = None
+        self._forgot_at = 0.0
+        self.spool_length = 0  # entries in the spool, as this process last saw
+        self.events_deferred = 0  # events put in the spool or the memory backlog
+        self.events_spooled = 0  # events put in the spool (from memory too)
+        self.events_dropped = 0  # events a full backlog or spool let go
         self.events_refused = 0  # events the table refused as data, dropped
-        self.events_written = 0  # events the backlog writer stored (or found stored)
+        self.events_unreadable = 0  # spool entries no event could be read from, set aside
+        self.events_written = 0  # deferred events the writer stored (or found stored)
 
     @property
     def events_pending(self) -> int:
-        """Events not stored yet: the backlog and the batch being written."""
-        return len(self.backlog) + len(self._events_held)
+        """Events only this process holds (in memory: lost if it dies)."""
+        return len(self.backlog)
+
+    @property
+    def _deferring(self) -> bool:
+        return bool(self.backlog) or self._spool_last is not None
+
+    @property
+    def _retry_max_s(self) -> float:
+        # A held spool batch's claim is refreshed at every try: tries closer than its idle
+        # time, or a live writer's batch would be taken over.
+        if self.spool is None:
+            return EVENT_RETRY_MAX_S
+        return min(EVENT_RETRY_MAX_S, self.spool.claim_idle_s / 3)
 
     async def record_events(self, events: Sequence[EventRow]) -> int:
         """Store `events`, or defer them; returns how many were deferred (0 or all).
@@ -129,13 +181,14 @@ class PgSink:
         Tried again at once when the connection is lost (core.pg.through_outage, ~1.5 s): the
         events already happened (the device state in Redis moved on) and a pooled connection
         that died idle fails its next use while PostgreSQL is up. Past those retries they go to
-        the backlog that `run_events` writes when PostgreSQL is back; while it holds any,
-        later events queue behind them without a try (in order, and without costing the
-        caller, a fix handler, the retries again). Each try is idempotent (EventRow.event_id):
-        an insert whose COMMIT answer was lost stores nothing twice when tried again."""
+        the spool (Redis), or with Redis away too to the memory backlog, which `run_events`
+        writes when PostgreSQL is back; while either holds any of this process's events,
+        later ones queue behind them without a try (in order, and without costing the caller,
+        a fix handler, the retries again). Each try is idempotent (EventRow.event_id): an
+        insert whose COMMIT answer was lost stores nothing twice when tried again."""
         if not events:
             return 0
-        if not self.events_pending:
+        if not self._deferring:
             try:
                 await through_outage(lambda: self._insert_events(events), what="agent events")
                 return 0
@@ -145,16 +198,44 @@ class PgSink:
                     type(exc).__name__,
                     extra={"events": len(events)},
                 )
-        self._defer(events)
+        await self._defer(events)
         return len(events)
 
-    def _defer(self, events: Sequence[EventRow]) -> None:
-        """Append to the backlog; past EVENT_BACKLOG_MAX the oldest waiting events go (the
-        batch being written is never dropped). The newest are kept because they say where the
-        agents are now: a breach alert from hours ago that nobody could act on matters less
-        than the one happening."""
-        self.backlog.extend(events)
+    async def _defer(self, events: Sequence[EventRow]) -> None:
+        """To the spool, unless Redis is away too or the memory backlog holds events (the
+        new ones go behind them)."""
         self.events_deferred += len(events)
+        self._events_waiting.set()
+        if self.spool is not None and not self.backlog:
+            try:
+                await self._spool_add(events)
+                return
+            except _REDIS_AWAY as exc:
+                log.warning(
+                    "agent events kept in memory: Redis unreachable too (%s)",
+                    type(exc).__name__,
+                    extra={"events": len(events)},
+                )
+        self._keep(events)
+
+    async def _spool_add(self, events: Sequence[EventRow]) -> None:
+        assert self.spool is not None
+        added = await self.spool.add(events, EVENT_BACKLOG_MAX)
+        self._spool_last = added.last_id
+        self.spool_length = added.length
+        self.events_spooled += len(events)
+        if added.trimmed:
+            self.events_dropped += added.trimmed
+            log.error(
+                "agent event spool full; oldest events dropped",
+                extra={"dropped": added.trimmed, "dropped_total": self.events_dropped},
+            )
+
+    def _keep(self, events: Sequence[EventRow]) -> None:
+        """Append to the memory backlog; past EVENT_BACKLOG_MAX the oldest waiting events go.
+        The newest are kept because they say where the agents are now: a breach alert from
+        hours ago that nobody could act on matters less than the one happening."""
+        self.backlog.extend(events)
         over = len(self.backlog) - EVENT_BACKLOG_MAX
         if over > 0:
             for _ in range(over):
@@ -164,7 +245,6 @@ class PgSink:
                 "agent event backlog full; oldest events dropped",
                 extra={"dropped": over, "dropped_total": self.events_dropped},
             )
-        self._events_waiting.set()
 
     async def _insert_events(self, events: Sequence[EventRow]) -> None:
         stored = False
@@ -179,32 +259,134 @@ class PgSink:
                 raise
 
     async def run_events(self) -> None:
-        """Write the backlog, oldest first, in batches of at most EVENT_WRITE_ROWS, each tried
-        until it goes through. A batch stays counted as pending until written, so events that
-        arrive meanwhile queue behind it and the order holds."""
-        while True:
-            await self._events_waiting.wait()
-            while self.backlog:
-                await self._write_events_batch()
-            self._events_waiting.clear()
-
-    async def _write_events_batch(self, deadline: float | None = None) -> bool:
-        """The held batch (after a stop, the one a stop interrupted) or the next one; False
-        when `deadline` (time.monotonic) passed first."""
-        if not self._events_held:
-            count = min(EVENT_WRITE_ROWS, len(self.backlog))
-            self._events_held = [self.backlog.popleft() for _ in range(count)]
-        done = await self._write_events(self._events_held, deadline)
-        if done:
-            self._events_held = []
-        return done
-
-    async def _write_events(self, events: list[EventRow], deadline: float | None) -> bool:
-        """Insert `events`, again with backoff until it goes through (True) or `deadline`
-        passes (False). Every try is idempotent, so a try interrupted anywhere is simply made
-        again. A batch the table refuses as data goes in event by event, a refused one
-        dropped: it would otherwise stall every later event."""
+        """Write what was deferred, oldest first, in batches of at most EVENT_WRITE_ROWS: a
+        spool batch this process holds, then the memory backlog (into the spool once Redis is
+        back, or PostgreSQL, whichever answers first), then the spool's entries, this
+        process's and those of any other instance, live or dead. Backs off while PostgreSQL
+        is away; polls the spool every EVENT_SPOOL_POLL_S while there is nothing to do."""
         delay = EVENT_RETRY_FIRST_S
+        while True:
+            step = await self._events_step(take=True)
+            if step is _Step.DONE:
+                delay = EVENT_RETRY_FIRST_S
+            elif step is _Step.IDLE:
+                delay = EVENT_RETRY_FIRST_S
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(EVENT_SPOOL_POLL_S):
+                        await self._events_waiting.wait()
+                self._events_waiting.clear()
+            else:
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self._retry_max_s)
+
+    async def _events_step(self, *, take: bool) -> _Step:
+        """One move of the writer; `take`: new entries may be taken from the spool. Any
+        failure is a BLOCKED step: raised out of here it would end `run_events` for good."""
+        try:
+            if self._spool_acks:
+                await self._ack()
+                return _Step.DONE
+            if self._spool_held:
+                return await self._write_spool_batch()
+            if self.backlog:
+                return await self._move_memory()
+            return await self._take_from_spool() if take else _Step.IDLE
+        except _REDIS_AWAY as exc:  # expected while it is away: no traceback at every step
+            log.warning("agent events writer: Redis unreachable (%s)", type(exc).__name__)
+            return _Step.BLOCKED
+        except Exception:
+            log.exception("agent events writer: step failed; retrying")
+            return _Step.BLOCKED
+
+    async def _ack(self) -> None:
+        assert self.spool is not None
+        await self.spool.done(self._spool_acks)
+        self._spool_acks = []
+
+    async def _write_spool_batch(self) -> _Step:
+        assert self.spool is not None
+        with contextlib.suppress(*_REDIS_AWAY):  # Redis away: the claim simply ages
+            await self.spool.keep(self._spool_ids)
+        if not await self._write_events(self._spool_held):
+            return _Step.BLOCKED
+        self._spool_acks, self._spool_ids = self._spool_ids, []
+        await self._ack()
+        return _Step.DONE
+
+    async def _move_memory(self) -> _Step:
+        """The memory backlog into the spool when Redis answers (it is then as safe as any
+        deferred event, and keeps its place behind this process's earlier entries), else
+        a batch into PostgreSQL. Nothing leaves the backlog before it is stored."""
+        if self.spool is not None:
+            try:
+                while self.backlog:
+                    batch = list(itertools.islice(self.backlog, EVENT_WRITE_ROWS))
+                    await self._spool_add(batch)
+                    for _ in batch:
+                        self.backlog.popleft()
+                return _Step.DONE
+            except _REDIS_AWAY:
+                pass
+        batch = list(itertools.islice(self.backlog, EVENT_WRITE_ROWS))
+        left = batch.copy()
+        done = await self._write_events(left)
+        for _ in range(len(batch) - len(left)):  # written or refused
+            self.backlog.popleft()
+        return _Step.DONE if done else _Step.BLOCKED
+
+    async def _take_from_spool(self) -> _Step:
+        """A batch from the spool, once PostgreSQL answers (taken while it is away, entries
+        would only sit claimed); unusable entries set aside at once."""
+        if self.spool is None:
+            return _Step.IDLE
+        # Cleared only if no event was spooled meanwhile (a handler's XADD may land while
+        # this step waits on Redis): that one is still ahead of the next direct write.
+        last = self._spool_last
+        self.spool_length = await self.spool.length()
+        if self.spool_length == 0:
+            if self._spool_last == last:
+                self._spool_last = None
+            if time.monotonic() - self._forgot_at > EVENT_SPOOL_FORGET_EVERY_S:
+                self._forgot_at = time.monotonic()
+                await self.spool.forget_consumers()
+            return _Step.IDLE
+        gone = last is not None and not await self.spool.holds_up_to(last)
+        if gone and self._spool_last == last:
+            self._spool_last = None
+        if not await self._postgres_answers():
+            return _Step.BLOCKED
+        entries = await self.spool.take(EVENT_WRITE_ROWS)
+        good = [e for e in entries if e.event is not None]
+        self._spool_held = [e.event for e in good if e.event is not None]
+        self._spool_ids = [e.entry_id for e in good]
+        unusable = [e for e in entries if e.event is None]
+        if unusable:
+            await self.spool.set_aside(unusable)
+            self.events_unreadable += len(unusable)
+            log.error(
+                "agent event spool: unreadable entries set aside",
+                extra={
+                    "entries": len(unusable),
+                    "problems": sorted({e.problem or "" for e in unusable}),
+                    "stream": self.spool.unreadable_key,
+                },
+            )
+        return _Step.DONE if entries else _Step.IDLE
+
+    async def _postgres_answers(self) -> bool:
+        try:
+            async with self.pool.acquire(timeout=EVENT_PROBE_TIMEOUT_S) as conn:
+                await conn.fetchval("SELECT 1", timeout=EVENT_PROBE_TIMEOUT_S)
+        except Exception:
+            return False
+        return True
+
+    async def _write_events(self, events: list[EventRow]) -> bool:
+        """Insert `events`, one try (the caller backs off and tries again): True when all went
+        in. Every try is idempotent, so a try interrupted anywhere is simply made again. A
+        batch the table refuses as data goes in event by event, a refused one dropped: it
+        would otherwise stall every later event. `events` loses each event as it is stored or
+        dropped."""
         single = False
         while events:
             batch = events[:1] if single else events
@@ -212,7 +394,6 @@ class PgSink:
                 await self._insert_events(batch)
                 self.events_written += len(batch)
                 del events[: len(batch)]
-                continue
             except (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError) as exc:
                 if single:
                     self.events_refused += 1
@@ -222,30 +403,40 @@ class PgSink:
                     )
                     del events[0]
                 single = True
-                continue
             except Exception:
-                # PostgreSQL away (core.pg.CONNECTION_LOST, a PostgresError) or anything else:
-                # raised out of here it would end `run_events` for good, and every later event
-                # would wait in the backlog until dropped. Logged at each try instead.
+                # PostgreSQL away (core.pg.CONNECTION_LOST, a PostgresError) or anything else.
                 log.exception("agent events write failed; retrying", extra={"events": len(events)})
-            if deadline is not None and time.monotonic() + delay > deadline:
                 return False
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, EVENT_RETRY_MAX_S)
         return True
 
     async def flush_events(self, timeout_s: float = EVENT_FLUSH_S) -> bool:
-        """At stop, after `run_events`: the backlog, for at most `timeout_s` (PostgreSQL may
-        still be away, and a stop must end). True when nothing is left; what is left is
-        logged at error and lost with the process."""
+        """At stop, after `run_events`: the spool batch this process holds into PostgreSQL
+        (one try: not written, it stays claimed in the spool, and another instance, or this
+        one restarted, takes it over after the claim's idle time), and the memory backlog into
+        the spool or PostgreSQL, for at most `timeout_s` (both may still be away, and a stop
+        must end). True when no event is left in memory; what is left is logged at error and
+        lost with the process."""
         deadline = time.monotonic() + timeout_s
-        while self.events_pending:
-            if not await self._write_events_batch(deadline):
-                log.error(
-                    "agent events not written at stop; lost",
-                    extra={"events": self.events_pending},
-                )
-                return False
+        delay = EVENT_RETRY_FIRST_S
+        while self._spool_acks or self._spool_held or self.backlog:
+            if await self._events_step(take=False) is not _Step.BLOCKED:
+                continue
+            # A spool batch is safe where it is: one try, and the stop goes on.
+            if not self.backlog or time.monotonic() + delay > deadline:
+                break
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, EVENT_RETRY_MAX_S)
+        if self._spool_held or self._spool_acks:
+            log.warning(
+                "agent events left in the spool at stop; another instance writes them",
+                extra={"events": len(self._spool_held) + len(self._spool_acks)},
+            )
+        elif self.spool is not None:
+            with contextlib.suppress(Exception):  # the consumer is only bookkeeping
+                await self.spool.forget_consumers()
+        if self.backlog:
+            log.error("agent events not written at stop; lost", extra={"events": len(self.backlog)})
+            return False
         return True
 
     async def record_locations(self, rows: Sequence[LocationRow]) -> None:
@@ -304,7 +495,7 @@ class PgSink:
             self._held = []
 
     async def flush(self) -> None:
-        """At stop, after `run` and `run_events`: the event backlog first (bounded in time,
+        """At stop, after `run` and `run_events`: the deferred events first (bounded in time,
         `flush_events`), then the history rows `run` held and everything queued. Rows whose
         COPY the stop interrupted are written again (the history may then hold them twice: a
         copy of a fix, never a lost one); events never twice (EventRow.event_id)."""
@@ -581,6 +772,11 @@ def _encode(command: dict[str, object]) -> bytes:
     return json.dumps(command, separators=(",", ":")).encode()
 
 
+def spool_key(prefix: str) -> str:
+    """The event spool's stream (its hash tag keeps the unreadable stream beside it)."""
+    return f"{prefix}agents:events:{{spool}}"
+
+
 def build_runtime(
     settings: Settings,
     redis: Redis,
@@ -615,7 +811,7 @@ def build_runtime(
             settings.agent_alert_language,
             devices=DEVICES_RECIPIENT in recipients,
         )
-    sink = PgSink(pool, alerts)
+    sink = PgSink(pool, alerts, EventSpool(redis, spool_key(settings.redis_prefix)))
     owntracks = OwnTracksDevices(redis, settings.redis_prefix)
     channel = AgentChannel(engine, dispatcher, sink, fix_limits(settings), owntracks=owntracks)
     runtime = AgentRuntime(settings, redis, engine, dispatcher, channel, sink, pool, owntracks)
@@ -625,8 +821,8 @@ def build_runtime(
 
 @contextlib.asynccontextmanager
 async def running(runtime: AgentRuntime) -> AsyncIterator[AgentRuntime]:
-    """The runtime's background tasks, live for the context; the event backlog and the
-    history flushed at the end."""
+    """The runtime's background tasks, live for the context; deferred events held in memory
+    and the history flushed at the end."""
     try:
         runtime.catalog_gen = await runtime.redis.get(runtime.gen_key)
     except RedisError:
@@ -701,7 +897,8 @@ _AGENT_COUNTERS = {
     ),
     "events_deferred": (
         "gateway_agent_events_deferred",
-        "events put in the backlog past the immediate retries (PostgreSQL away)",
+        "events deferred past the immediate retries (PostgreSQL away): to the spool, or to "
+        "memory with Redis away too",
     ),
     "unpublished": ("gateway_agent_replies_unpublished", "replies the broker did not take"),
 }
@@ -735,13 +932,30 @@ class AgentCollector(Collector):
         )
         yield GaugeMetricFamily(
             "gateway_agent_events_backlog",
-            "events waiting for PostgreSQL in memory (lost if the process dies)",
+            "events waiting for PostgreSQL in this process's memory, Redis away too (lost if "
+            "the process dies)",
             value=sink.events_pending,
+        )
+        yield GaugeMetricFamily(
+            "gateway_agent_events_spooled",
+            "events waiting for PostgreSQL in the Redis spool, all instances' (as this one "
+            "last saw)",
+            value=sink.spool_length,
         )
         yield CounterMetricFamily(
             "gateway_agent_events_dropped",
-            "events dropped from a full backlog (the oldest first)",
+            "events dropped from a full spool or memory backlog (the oldest first)",
             value=sink.events_dropped,
+        )
+        yield CounterMetricFamily(
+            "gateway_agent_events_written_late",
+            "deferred events this instance's writer stored (or found stored)",
+            value=sink.events_written,
+        )
+        yield CounterMetricFamily(
+            "gateway_agent_events_unreadable",
+            "spool entries no event could be read from (garbage, a later format), set aside",
+            value=sink.events_unreadable,
         )
         yield CounterMetricFamily(
             "gateway_agent_events_refused",

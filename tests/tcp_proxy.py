@@ -155,6 +155,26 @@ def postgres_proxy(url: str) -> tuple[CuttableProxy, Callable[[int], str]]:
     return proxy, via
 
 
+def redis_proxy(url: str) -> tuple[CuttableProxy, Callable[[int], str]]:
+    """A proxy to the Redis of `url` (TCP, or the embedded engine's `unix://` socket), and how
+    to make a `redis://` URL to the same database through the proxy once started (its port)."""
+    parts = urlsplit(url)
+    if parts.scheme == "unix":
+        proxy = CuttableProxy("127.0.0.1", 0, unix_path=parts.path)
+        database = next(iter(parse_qs(parts.query).get("db", [])), "0")
+        auth = ""
+    else:
+        proxy = CuttableProxy(parts.hostname or "127.0.0.1", parts.port or 6379)
+        database = parts.path.lstrip("/") or "0"
+        auth = parts.netloc.rpartition("@")[0]
+
+    def via(proxy_port: int) -> str:
+        netloc = f"{auth}@127.0.0.1:{proxy_port}" if auth else f"127.0.0.1:{proxy_port}"
+        return f"redis://{netloc}/{database}"
+
+    return proxy, via
+
+
 @dataclass
 class Relay:
     proxy: CuttableProxy

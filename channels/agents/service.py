@@ -182,8 +182,9 @@ class AgentChannel:
             if result.locations:
                 await self.sink.record_locations(result.locations)
             # The events happened (the device state in Redis moved on): announced and counted
-            # even when PostgreSQL cannot record them now (the sink then defers them to its
-            # backlog without holding this batch up), and the rest of the batch goes on.
+            # even when PostgreSQL cannot record them now (the sink then defers them, to a
+            # Redis spool any instance writes later, without holding this batch up), and the
+            # rest of the batch goes on.
             self.announce(result.events)
             total.events += result.events
             total.locations += result.locations

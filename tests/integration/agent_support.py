@@ -21,7 +21,8 @@ from core.devices import EventRow
 from core.fees import seed_demo_tariffs
 from core.ledger import check_ledger, ensure_system_accounts
 from core.transfers import deposit, float_topup
-from gateway.agents import AgentRuntime, build_runtime
+from gateway import event_spool
+from gateway.agents import AgentRuntime, PgSink, build_runtime
 from geofence.fences import GEOD
 from geofence.fix import Fix
 from menus.device import FixInput
@@ -160,3 +161,10 @@ async def walk_out(runtime: AgentRuntime, agent: str) -> list[EventRow]:
         fix = Fix(lat=lat, lon=lon, ts=now - 40 + n, accuracy_m=10)
         events += (await runtime.channel.ingest([FixInput(agent, fix, now)])).events
     return events
+
+
+async def spooled(redis: Redis, sink: PgSink) -> list[EventRow]:
+    """The events in the sink's spool, oldest first (every instance's)."""
+    assert sink.spool is not None
+    entries = await redis.xrange(sink.spool.key)
+    return [event_spool.decode(fields) for _, fields in entries]

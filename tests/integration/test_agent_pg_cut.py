@@ -30,7 +30,7 @@ from core.tasks import stop_tasks
 from core.transfers import balance, float_topup
 from gateway import agents as agents_module
 from gateway.agents import AgentCollector, AgentRuntime
-from tests.conftest import TEST_SECRET
+from tests.conftest import TEST_SECRET, unique
 from tests.helpers import eventually, new_msisdn
 from tests.integration.agent_support import (
     AGENT_PIN,
@@ -41,6 +41,7 @@ from tests.integration.agent_support import (
     new_national_id,
     outbox_rows,
     prepare_core,
+    spooled,
     zoned_agent,
 )
 from tests.tcp_proxy import Relay, relayed_pool
@@ -71,8 +72,10 @@ async def relay(database_url: str) -> AsyncIterator[Relay]:
 async def channel_over(
     relay: Relay, settings: Settings, redis: Redis
 ) -> tuple[AgentRuntime, str, Replies]:
-    """A runtime on the relayed pool, an agent zoned around CENTRE, replies recorded."""
-    runtime, agent, _ = await zoned_agent(settings, redis, relay.pool)
+    """A runtime on the relayed pool, an agent zoned around CENTRE, replies recorded; its Redis
+    keys (the event spool's among them) its own."""
+    prefix = f"{settings.redis_prefix}{unique('cut')}:"
+    runtime, agent, _ = await zoned_agent(settings, redis, relay.pool, redis_prefix=prefix)
     replies = Replies()
     runtime.channel.mqtt = replies  # type: ignore[assignment]
     return runtime, agent, replies
@@ -162,16 +165,18 @@ async def test_an_outage_longer_than_the_retries_defers_the_events_until_postgre
     relay: Relay, settings: Settings, redis: Redis, pg_pool: asyncpg.Pool
 ) -> None:
     """The database stays out of reach past the events' retries: the batch's events go to the
-    sink's backlog (counted as deferred, not lost) and `handle` goes on; the events of later
-    fixes queue behind them at once, without the retries. Once the relay is back the backlog
-    writer stores them all, in order, once each, the breach with its one alert."""
+    Redis spool (counted as deferred, not lost; none held in memory) and `handle` goes on; the
+    events of later fixes queue behind them at once, without the retries. Once the relay is
+    back the writer stores them all, in order, once each, the breach with its one alert, and
+    the spool is empty."""
     runtime, agent, published = await channel_over(relay, settings, redis)
     channel, sink = runtime.channel, runtime.sink
     now = time.time()
     async with history_writer(runtime) as writer:
         relay.proxy.cut(refuse=1_000_000)
         await channel.handle(fixes(agent, now - 30, now - 29))
-        assert (channel.stats["events_deferred"], sink.events_pending) == (2, 2)
+        assert (channel.stats["events_deferred"], sink.events_pending) == (2, 0)
+        assert [e.kind for e in await spooled(redis, sink)] == ["online", "enter"]
         assert channel.stats["ingest_failed"] == 0
         assert announced(published, agent) == ["online", "enter"]  # they happened
         started = time.monotonic()
@@ -181,14 +186,15 @@ async def test_an_outage_longer_than_the_retries_defers_the_events_until_postgre
         assert channel.stats["events_deferred"] == 4
         assert channel.stats["accepted"] == 4
         assert await events(pg_pool, agent) == []
+        assert len(await spooled(redis, sink)) == 4
         relay.proxy.restore()
-        await eventually(lambda: sink.events_pending, lambda n: n == 0)
+        await eventually(lambda: spooled(redis, sink), lambda e: e == [])
         await written(runtime, 4)
         assert not writer.done()
     assert await events(pg_pool, agent) == ["online", "enter", "exit", "breach"]
     assert len(await outbox_rows(pg_pool, agent)) == 1
     assert await history(pg_pool, agent) == stamps(now - 30, now - 29, now - 20, now - 10)
-    assert (sink.events_dropped, sink.events_refused) == (0, 0)
+    assert (sink.events_dropped, sink.events_refused, sink.events_written) == (0, 0, 4)
 
 
 async def test_a_breach_whose_commit_answer_is_lost_is_stored_and_alerted_once(
@@ -222,15 +228,16 @@ async def test_events_whose_insert_answer_is_lost_are_stored_once(
     assert await events(pg_pool, agent) == ["online", "enter"]
 
 
-async def test_a_full_backlog_drops_its_oldest_events_counted_and_ingestion_goes_on(
+async def test_a_full_spool_drops_its_oldest_events_counted_and_ingestion_goes_on(
     relay: Relay,
     settings: Settings,
     redis: Redis,
     pg_pool: asyncpg.Pool,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Past EVENT_BACKLOG_MAX the oldest waiting events are dropped, counted and shown on
-    /metrics; fixes keep going in, and once the relay is back the newest events are stored."""
+    """Past EVENT_BACKLOG_MAX the spool's oldest entries are trimmed, counted as dropped and
+    shown on /metrics; fixes keep going in, and once the relay is back the newest events are
+    stored. (The memory backlog's bound: tests/integration/test_agent_event_spool.py.)"""
     monkeypatch.setattr(agents_module, "EVENT_BACKLOG_MAX", 3)
     runtime, agent, _ = await channel_over(relay, settings, redis)
     channel, sink = runtime.channel, runtime.sink
@@ -241,38 +248,46 @@ async def test_a_full_backlog_drops_its_oldest_events_counted_and_ingestion_goes
     await channel.handle(fixes(agent, now - 10, metres=2_100))  # exit, breach
     assert channel.stats["accepted"] == 3  # every fix went in
     assert channel.stats["events_deferred"] == 4
-    assert (sink.events_pending, sink.events_dropped) == (3, 1)
-    assert [e.kind for e in sink.backlog] == ["enter", "exit", "breach"]  # "online" went
+    assert (sink.events_pending, sink.events_dropped) == (0, 1)
+    # "online" went
+    assert [e.kind for e in await spooled(redis, sink)] == ["enter", "exit", "breach"]
     metrics = collected(runtime)
-    assert metrics["gateway_agent_events_backlog"] == 3
+    assert metrics["gateway_agent_events_spooled"] == 3
+    assert metrics["gateway_agent_events_backlog"] == 0
     assert metrics["gateway_agent_events_dropped_total"] == 1
     assert metrics["gateway_agent_events_deferred_total"] == 4
     relay.proxy.restore()
     async with history_writer(runtime):
-        await eventually(lambda: sink.events_pending, lambda n: n == 0)
+        await eventually(lambda: spooled(redis, sink), lambda e: e == [])
+        await eventually(lambda: collected(runtime)["gateway_agent_events_spooled"] == 0)
     assert await events(pg_pool, agent) == ["enter", "exit", "breach"]
     assert len(await outbox_rows(pg_pool, agent)) == 1
-    assert collected(runtime)["gateway_agent_events_backlog"] == 0
+    assert collected(runtime)["gateway_agent_events_written_late_total"] == 3
 
 
-async def test_a_stop_with_a_backlog_writes_it_once_postgres_is_back(
+async def test_a_stop_with_deferred_events_leaves_them_in_the_spool_for_the_next_writer(
     relay: Relay, settings: Settings, redis: Redis, pg_pool: asyncpg.Pool
 ) -> None:
-    """Events deferred and the writer stopped before PostgreSQL came back: the stop's flush
-    gives up at its deadline while the relay is still cut (a stop must end; what is left is
-    logged) and writes the backlog once it is back, each event once."""
+    """Events deferred and the writer stopped before PostgreSQL came back: the stop has
+    nothing in memory to lose (a stop must end: it does not wait for PostgreSQL), the events
+    stay in the spool, and a writer started once it is back (here the same runtime's, as
+    after a restart) stores each once."""
     runtime, agent, _ = await channel_over(relay, settings, redis)
     sink = runtime.sink
     now = time.time()
     relay.proxy.cut(refuse=1_000_000)
     await runtime.channel.handle(fixes(agent, now - 30))
     await runtime.channel.handle(fixes(agent, now - 20, now - 10, metres=2_000))
-    assert sink.events_pending == 4
-    assert await sink.flush_events(timeout_s=1.0) is False  # still cut: given up, not hung
-    assert sink.events_pending == 4
+    assert (sink.events_pending, len(await spooled(redis, sink))) == (0, 4)
+    started = time.monotonic()
+    assert await sink.flush_events(timeout_s=1.0) is True
+    assert time.monotonic() - started < 1.0
+    assert len(await spooled(redis, sink)) == 4
     relay.proxy.restore()
-    await sink.flush()
-    assert sink.events_pending == 0
+    await sink.flush()  # the history
+    assert await events(pg_pool, agent) == []
+    async with history_writer(runtime):
+        await eventually(lambda: spooled(redis, sink), lambda e: e == [])
     assert await events(pg_pool, agent) == ["online", "enter", "exit", "breach"]
     assert len(await outbox_rows(pg_pool, agent)) == 1
     assert await history(pg_pool, agent) == stamps(now - 30, now - 20, now - 10)

@@ -14,7 +14,6 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
-from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
@@ -22,7 +21,7 @@ from config.settings import Settings
 from gateway.keys import MENU_BINDINGS, USSD_SERVICE
 from menus.actions import ActionContext, ActionResult
 from menus.redis_link import RedisLink
-from tests.tcp_proxy import CuttableProxy
+from tests.tcp_proxy import CuttableProxy, redis_proxy
 from tests.ussd_support import PIN, AtSession, UssdEnv, moved_once, ready_to_send, start_env
 
 DEADLINE_S = 2.0  # the USSD deadline of this module's gateway (a hop must answer within it)
@@ -72,15 +71,10 @@ class Cut:
 @pytest.fixture(scope="module")
 async def cut(settings: Settings) -> AsyncIterator[Cut]:
     assert settings.redis_url is not None
-    parts = urlsplit(settings.redis_url)
-    proxy = CuttableProxy(parts.hostname or "127.0.0.1", parts.port or 6379)
+    proxy, via = redis_proxy(settings.redis_url)
     port = await proxy.start()
-    auth = parts.netloc.rpartition("@")[0]
-    via = urlunsplit(
-        parts._replace(netloc=f"{auth}@127.0.0.1:{port}" if auth else f"127.0.0.1:{port}")
-    )
     try:
-        async for env in start_env(settings, redis_url=via, ussd_deadline_s=DEADLINE_S):
+        async for env in start_env(settings, redis_url=via(port), ussd_deadline_s=DEADLINE_S):
             yield Cut(env, proxy)
     finally:
         await proxy.close()

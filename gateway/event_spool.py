@@ -1,0 +1,346 @@
+"""The agent event spool: events PostgreSQL could not take, kept in a Redis stream until any
+gateway instance writes them.
+
+A process that dies while PostgreSQL is away would lose events it only held in memory; in the
+stream they outlive it, and every instance's writer (gateway.agents.PgSink.run_events) reads
+them through one consumer group:
+
+    XADD (one entry per event, trimmed to a bound)   -> entries, oldest first
+    XREADGROUP >  / XAUTOCLAIM after CLAIM_IDLE_S    -> a batch claimed by one instance
+    INSERT ... ON CONFLICT (event_id) DO NOTHING     -> stored once, however often written
+    XACK + XDEL                                      -> gone from the stream
+
+An instance that dies holding a claimed batch leaves it in the group's pending list; another
+instance claims it once it has been idle for CLAIM_IDLE_S (a live holder refreshes its claim
+while it retries). A batch may so be written twice, and the events' ids (migration
+0780_agent_event_ids) store it once: at least once into the stream's readers, exactly once in
+the table.
+
+An entry is `{v: format version, d: msgpack}`. A reader that cannot use one (bytes that are
+not an event, or a version it does not know, written by a later release) moves it aside to a
+second, bounded stream with the reason, acknowledged, so it never holds up the entries after
+it; a later release can read it back from there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import os
+import secrets
+import socket
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import msgpack
+from redis.asyncio import Redis
+from redis.exceptions import ResponseError
+
+from core.devices import EVENT_KINDS, EventRow
+
+log = logging.getLogger("gateway.agents")
+
+FORMAT = 1
+GROUP = "writers"
+# A claimed batch idle this long belongs to a dead instance (a live one refreshes its claim at
+# every try, at most a third of this apart): another instance takes it over.
+CLAIM_IDLE_S = 60.0
+REDIS_TIMEOUT_S = 2.0  # any one spool call; the fix handler waits on XADD
+UNREADABLE_MAX = 1_000  # entries set aside, newest kept
+MAX_ENTRY_BYTES = 64 * 1024
+MAX_AGENT_CODE = 64
+# Times PostgreSQL and Python both take (datetime.fromtimestamp fails far past year 9999).
+_MAX_TS = 253_402_300_799.0
+# A consumer with nothing pending, unseen this long, is a process that ended: forgotten.
+CONSUMER_FORGET_S = 3600.0
+
+
+# KEYS[1] the stream; ARGV group, this consumer, idle limit (ms). XINFO CONSUMERS answers each
+# consumer as a flat list of field names and values.
+_FORGET = """
+local removed = 0
+for _, c in ipairs(redis.call('XINFO', 'CONSUMERS', KEYS[1], ARGV[1])) do
+  local f = {}
+  for i = 1, #c, 2 do f[c[i]] = c[i + 1] end
+  if f.pending == 0 and (f.name == ARGV[2] or f.idle > tonumber(ARGV[3])) then
+    redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], f.name)
+    removed = removed + 1
+  end
+end
+return removed
+"""
+
+
+class EntryUnusable(Exception):
+    """A stream entry that is not an event this release can write; the reason says why."""
+
+
+def encode(event: EventRow) -> dict[bytes, bytes]:
+    """The entry for `event`: the format version beside a msgpack array (no field names in
+    each entry; ~50 bytes for a presence event, under 200 for a breach with its fix)."""
+    body = [
+        event.agent_code,
+        event.kind,
+        event.at,
+        event.fix_ts,
+        event.fence_id,
+        event.fence_version,
+        event.details,
+        event.event_id.bytes,
+    ]
+    return {b"v": str(FORMAT).encode(), b"d": msgpack.packb(body, use_bin_type=True)}
+
+
+def decode(fields: dict[bytes, bytes]) -> EventRow:
+    """The event of an entry, read by the reader of its format version; EntryUnusable when it
+    is not one (checked as far as writing it needs: a value the INSERT could not even encode
+    would otherwise be retried for ever). A release that changes the format adds its reader
+    and keeps the older ones, so entries written before an upgrade are still written after."""
+    version = fields.get(b"v")
+    reader = _READERS.get(version) if isinstance(version, bytes) else None
+    if reader is None:
+        raise EntryUnusable(f"format version {version!r} unknown")
+    data = fields.get(b"d")
+    if not isinstance(data, bytes) or len(data) > MAX_ENTRY_BYTES:
+        raise EntryUnusable("no payload, or an oversized one")
+    try:
+        body = msgpack.unpackb(data, raw=False, strict_map_key=True)
+    except Exception as exc:  # msgpack raises several unrelated types for garbage
+        raise EntryUnusable(f"not msgpack ({type(exc).__name__})") from None
+    return reader(body)
+
+
+def _read_v1(body: Any) -> EventRow:
+    if not isinstance(body, list) or len(body) != 8:
+        raise EntryUnusable("not an event array")
+    code, kind, at, fix_ts, fence_id, fence_version, details, event_id = body
+    if not isinstance(code, str) or not 0 < len(code) <= MAX_AGENT_CODE:
+        raise EntryUnusable("agent code")
+    if kind not in EVENT_KINDS:
+        raise EntryUnusable("kind")
+    for value in (fence_id, fence_version):
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
+            raise EntryUnusable("fence")
+    if details is not None and not _json_object(details):
+        raise EntryUnusable("details")
+    if not isinstance(event_id, bytes) or len(event_id) != 16:
+        raise EntryUnusable("event id")
+    return EventRow(
+        agent_code=code,
+        kind=kind,
+        at=_time(at),
+        fix_ts=None if fix_ts is None else _time(fix_ts),
+        fence_id=fence_id,
+        fence_version=fence_version,
+        details=details,
+        event_id=uuid.UUID(bytes=event_id),
+    )
+
+
+_READERS: dict[bytes, Callable[[Any], EventRow]] = {b"1": _read_v1}
+
+
+def _time(value: Any) -> float:
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        raise EntryUnusable("time")
+    if not math.isfinite(value) or not 0 <= value <= _MAX_TS:
+        raise EntryUnusable("time out of range")
+    datetime.fromtimestamp(value, UTC)  # the INSERT converts it so
+    return float(value)
+
+
+def _json_object(value: Any) -> bool:
+    if not isinstance(value, dict):
+        return False
+    try:
+        json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One entry taken from the stream: its event, or why it has none."""
+
+    entry_id: bytes
+    event: EventRow | None
+    problem: str | None = None
+    fields: dict[bytes, bytes] | None = None  # kept for an unusable entry, to set it aside
+
+
+@dataclass(frozen=True, slots=True)
+class Added:
+    last_id: bytes  # the last entry added
+    trimmed: int  # entries the bound let go (the oldest)
+    length: int  # entries in the stream after
+
+
+def consumer_name() -> str:
+    """Unique per process and spool: a restarted process is a new consumer, and what the old
+    one held is taken over by idle time like any dead instance's."""
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+
+
+class EventSpool:
+    """The stream under `key` and its consumer group, as this process's consumer."""
+
+    def __init__(
+        self,
+        redis: Redis,
+        key: str,
+        *,
+        consumer: str | None = None,
+        claim_idle_s: float = CLAIM_IDLE_S,
+    ) -> None:
+        self.redis = redis
+        self.key = key
+        self.unreadable_key = f"{key}:unreadable"  # the same hash tag: one slot for both
+        self.consumer = consumer or consumer_name()
+        self.claim_idle_s = claim_idle_s
+        self._cursor = b"0-0"  # where XAUTOCLAIM goes on through the pending list
+        self._forget = redis.register_script(_FORGET)
+
+    async def add(self, events: Sequence[EventRow], max_len: int) -> Added:
+        """Append `events` in order and trim the stream to its newest `max_len` entries, in
+        one transaction (one round trip). The trim may take entries a writer holds: it still
+        writes them (it holds their data), and they are counted as let go all the same."""
+        assert events
+        async with asyncio.timeout(REDIS_TIMEOUT_S):
+            async with self.redis.pipeline(transaction=True) as pipe:
+                for event in events:
+                    pipe.xadd(self.key, encode(event))  # type: ignore[arg-type]
+                pipe.xtrim(self.key, maxlen=max_len, approximate=False)
+                pipe.xlen(self.key)
+                answers = await pipe.execute()
+        return Added(_as_bytes(answers[len(events) - 1]), int(answers[-2]), int(answers[-1]))
+
+    async def length(self) -> int:
+        async with asyncio.timeout(REDIS_TIMEOUT_S):
+            return int(await self.redis.xlen(self.key))
+
+    async def holds_up_to(self, entry_id: bytes) -> bool:
+        """Whether any entry at or before `entry_id` is still in the stream."""
+        async with asyncio.timeout(REDIS_TIMEOUT_S):
+            return bool(await self.redis.xrange(self.key, "-", entry_id, count=1))
+
+    async def take(self, count: int) -> list[Entry]:
+        """Up to `count` entries for this consumer, oldest first: those of dead consumers idle
+        past `claim_idle_s`, then new ones."""
+        async with asyncio.timeout(REDIS_TIMEOUT_S):
+            try:
+                return await self._take(count)
+            except ResponseError as exc:
+                if "NOGROUP" not in str(exc):
+                    raise
+            await self._create_group()  # the stream was new, or lost with Redis's data
+            return await self._take(count)
+
+    async def _take(self, count: int) -> list[Entry]:
+        answer = await self.redis.xautoclaim(
+            self.key,
+            GROUP,
+            self.consumer,
+            min_idle_time=int(self.claim_idle_s * 1000),
+            start_id=self._cursor,
+            count=count,
+        )
+        self._cursor = _as_bytes(answer[0])
+        entries = [_entry(i, f) for i, f in answer[1] if i is not None and f]
+        # Redis 6.2 hands over entries deleted meanwhile (trimmed) without fields; 7 drops
+        # them from the pending list itself.
+        gone = [i for i, f in answer[1] if i is not None and not f]
+        if gone:
+            await self.redis.xack(self.key, GROUP, *gone)
+        if len(entries) < count:
+            # RESP2: [[stream, [(id, fields), ...]]], or None when nothing is new.
+            fresh: Any = await self.redis.xreadgroup(
+                GROUP, self.consumer, {self.key: ">"}, count=count - len(entries)
+            )
+            for _, items in fresh or []:
+                entries.extend(_entry(i, f) for i, f in items)
+        if len(answer[1]) > len(gone):
+            log.warning(
+                "agent event spool: entries of a silent writer taken over",
+                extra={"entries": len(answer[1]) - len(gone), "consumer": self.consumer},
+            )
+        return entries
+
+    async def _create_group(self) -> None:
+        try:
+            await self.redis.xgroup_create(self.key, GROUP, id="0", mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):  # another instance made it first
+                raise
+
+    async def keep(self, entry_ids: Sequence[bytes]) -> None:
+        """Refresh this consumer's claim on entries it is still trying to write, so no other
+        instance takes them over while this one lives."""
+        async with asyncio.timeout(REDIS_TIMEOUT_S):
+            await self.redis.xclaim(
+                self.key, GROUP, self.consumer, min_idle_time=0, message_ids=list(entry_ids),
+                justid=True,
+            )  # fmt: skip
+
+    async def done(self, entry_ids: Sequence[bytes]) -> None:
+        """Acknowledge and delete entries whose events are stored (after the COMMIT)."""
+        async with asyncio.timeout(REDIS_TIMEOUT_S):
+            async with self.redis.pipeline(transaction=True) as pipe:
+                pipe.xack(self.key, GROUP, *entry_ids)
+                pipe.xdel(self.key, *entry_ids)
+                await pipe.execute()
+
+    async def set_aside(self, entries: Sequence[Entry]) -> None:
+        """Move unusable entries to the unreadable stream (their fields, where from and why),
+        acknowledged and deleted here, in one transaction."""
+        async with asyncio.timeout(REDIS_TIMEOUT_S):
+            async with self.redis.pipeline(transaction=True) as pipe:
+                for entry in entries:
+                    # Cut to the bound: garbage may be of any size.
+                    fields = {k: v[:MAX_ENTRY_BYTES] for k, v in (entry.fields or {}).items()}
+                    fields[b"spool_id"] = entry.entry_id
+                    fields[b"problem"] = (entry.problem or "").encode()
+                    pipe.xadd(
+                        self.unreadable_key, fields,  # type: ignore[arg-type]
+                        maxlen=UNREADABLE_MAX, approximate=False,
+                    )  # fmt: skip
+                ids = [e.entry_id for e in entries]
+                pipe.xack(self.key, GROUP, *ids)
+                pipe.xdel(self.key, *ids)
+                await pipe.execute()
+
+    async def forget_consumers(self) -> int:
+        """Remove consumers holding nothing that are this one or unseen for
+        CONSUMER_FORGET_S: each process is a new consumer, and the group would otherwise keep
+        every one that ever ran. Checked and removed in one script: a consumer that claimed
+        entries between a check and its removal would lose them from the pending list, where
+        nobody could take them over. How many were removed."""
+        async with asyncio.timeout(REDIS_TIMEOUT_S):
+            try:
+                return int(
+                    await self._forget(
+                        keys=[self.key],
+                        args=[GROUP, self.consumer, int(CONSUMER_FORGET_S * 1000)],
+                    )
+                )
+            except ResponseError as exc:
+                if "NOGROUP" in str(exc) or "no such key" in str(exc).lower():
+                    return 0  # no stream or no group: nothing to forget
+                raise
+
+
+def _as_bytes(value: bytes | str) -> bytes:
+    return value if isinstance(value, bytes) else value.encode()
+
+
+def _entry(entry_id: bytes | str, fields: dict[bytes, bytes]) -> Entry:
+    key = _as_bytes(entry_id)
+    try:
+        return Entry(key, decode(fields))
+    except EntryUnusable as exc:
+        return Entry(key, None, str(exc), fields)
