@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import asyncio
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 from aiohttp import ClientResponse
 from aiohttp.test_utils import TestClient
 
 from config.settings import Settings
+from tests import tcp_proxy
 from tests.helpers import Admin, eventually, login, make_admin
 from tests.tcp_proxy import CuttableProxy
 
@@ -77,13 +77,8 @@ async def race(
 
 
 async def redis_proxy(settings: Settings) -> tuple[CuttableProxy, str]:
-    """A started proxy to the test Redis, and the REDIS_URL that goes through it."""
+    """A started proxy to the test Redis (TCP or the embedded engine's socket), and the
+    REDIS_URL that goes through it."""
     assert settings.redis_url is not None
-    parts = urlsplit(settings.redis_url)
-    proxy = CuttableProxy(parts.hostname or "127.0.0.1", parts.port or 6379)
-    port = await proxy.start()
-    auth_part = parts.netloc.rpartition("@")[0]
-    via = urlunsplit(
-        parts._replace(netloc=f"{auth_part}@127.0.0.1:{port}" if auth_part else f"127.0.0.1:{port}")
-    )
-    return proxy, via
+    proxy, via = tcp_proxy.redis_proxy(settings.redis_url)
+    return proxy, via(await proxy.start())
