@@ -499,9 +499,14 @@ class Engine:
         snapshot = Session.from_json(step.session.to_json())
         menu = self._menu(step)
 
+        settler = self.bindings.settler
+        movement = settler is not None and settler.settles(ctx.action)
+
         async def finish() -> None:
             until = time.monotonic() + self.late_limit_s
-            done = await self._settled(ctx, task, fn, until, promised=promised is not None)
+            done = await self._settled(
+                ctx, task, fn, until, promised=promised is not None, movement=movement
+            )
             if done is None:
                 if promised is not None:
                     await self._give_up(promised)
@@ -590,13 +595,17 @@ class Engine:
         until: float,
         *,
         promised: bool = False,
+        movement: bool = False,
     ) -> asyncio.Future[ActionResult] | None:
         """`task` done, or, while it ends `Unsettled`, the action asked again (`ctx.again`:
         under the same key, the PIN not asked again of money already moved) after pauses that
         double, until one answers other than Unavailable. None past `until`, or cancelled by a
         stop: the action is cancelled, and an outcome still unknown is logged at error (a
         movement that committed has its receipt queued in its transaction: the ledger tells
-        the customer)."""
+        the customer). For a `movement` (one the bindings' settler settles) a late Unavailable
+        is unknown too: past the deadline, it is mostly the client's timeout, and a statement
+        timed out by the client may still commit; told "unavailable", the customer would send
+        again under a new key."""
         pause = UNSETTLED_FIRST_PAUSE_S
         again = dataclasses.replace(ctx, again=True)
         asked = False  # whether the outcome was ever unknown
@@ -607,7 +616,7 @@ class Engine:
                     break
                 # Once unknown, a re-ask that meets the outage (its PIN check or its look-up
                 # for the movement, as Unavailable) leaves it unknown: ask again.
-                if not (_unsettled(task) or (asked and _unavailable(task))):
+                if not (_unsettled(task) or ((asked or movement) and _unavailable(task))):
                     return task
                 asked = True
                 if time.monotonic() + pause >= until:

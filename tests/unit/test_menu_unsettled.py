@@ -191,6 +191,33 @@ async def test_past_the_deadline_then_unknown_keeps_settling() -> None:
     assert sms["text"] == "You have insufficient funds for this."
 
 
+class SettlesSendMoney:
+    """A settler that takes send money (the bindings' MoneySettler is in the integration
+    tests); it is never asked to settle here."""
+
+    def settles(self, action: str) -> bool:
+        return action == "send_money"
+
+    async def settle_or_abandon(self, pending: object) -> bool:
+        raise AssertionError("not at the limit in this test")
+
+
+async def test_a_late_movement_ending_unavailable_is_asked_again_not_told_unavailable() -> None:
+    """Past the deadline a movement's Unavailable is mostly the client's statement timeout,
+    and a statement timed out may still commit: told "unavailable", the customer would send
+    again under a new key (found in review). It is asked again under its key instead, and the
+    core's receipt is the result."""
+    gate = asyncio.Event()
+    r = rig(E.Unavailable(reason="TimeoutError"), SENT, gate=gate)
+    r.engine.bindings.settler = SettlesSendMoney()
+    assert await r.send(within_s=0.05) == (PENDING["en"], True)
+    gate.set()
+    await r.settled()
+    assert [ctx.again for ctx in r.script.asks] == [False, True]
+    assert {ctx.idempotency_key for ctx in r.script.asks} == {r.script.asks[0].idempotency_key}
+    assert r.sms.sent == []
+
+
 async def test_the_late_limit_ends_the_asks_with_nothing_sent(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
