@@ -13,7 +13,9 @@ uses it), held until its commit; `ledger_abandon` takes it EXCLUSIVE, so it wait
 movement under the key in flight and then sees it committed (or not), and a movement that
 comes after waits for the abandonment and then sees it. Each statement of these volatile
 functions reads a fresh snapshot under READ COMMITTED (every money path's isolation), so what
-the lock waited for is seen. A hash collision of two keys in the lock only serialises them.
+the lock waited for is seen; both functions refuse to run under any other isolation (a
+snapshot from before the wait would miss what it waited for). A hash collision of two keys in
+the lock only serialises them.
 
 Revision ID: 0810_money_abandoned
 Revises: 0800_admin_credentials
@@ -38,6 +40,10 @@ UPGRADE = (
     """
     CREATE FUNCTION ledger_key_open() RETURNS trigger LANGUAGE plpgsql AS $$
     BEGIN
+        IF current_setting('transaction_isolation') <> 'read committed' THEN
+            RAISE EXCEPTION 'transfers_key_open needs READ COMMITTED (a fresh snapshot after '
+                            'the key lock), not %', current_setting('transaction_isolation');
+        END IF;
         PERFORM pg_advisory_xact_lock_shared(810, hashtext(NEW.idempotency_key));
         IF EXISTS (SELECT 1 FROM money_abandoned WHERE idempotency_key = NEW.idempotency_key)
         THEN
@@ -63,6 +69,10 @@ UPGRADE = (
             PERFORM ledger_fail('VALIDATION_ERROR',
                                 'An idempotency key of 1 to 128 characters is needed',
                                 jsonb_build_object('field', 'idempotency_key'));
+        END IF;
+        IF current_setting('transaction_isolation') <> 'read committed' THEN
+            RAISE EXCEPTION 'ledger_abandon needs READ COMMITTED (a fresh snapshot after the '
+                            'key lock), not %', current_setting('transaction_isolation');
         END IF;
         PERFORM pg_advisory_xact_lock(810, hashtext(p_key));
         SELECT id INTO v_id FROM transfers

@@ -195,3 +195,14 @@ async def test_the_ledger_check_sees_money_moved_under_an_abandoned_key(
 async def test_a_bad_key_is_refused(core_db: asyncpg.Pool, key: str) -> None:
     with pytest.raises(E.ValidationFailed):
         await abandon(core_db, key)
+
+
+async def test_the_key_guard_refuses_to_run_on_an_older_snapshot(core_db: asyncpg.Pool) -> None:
+    """Race-free only at READ COMMITTED (each statement a fresh snapshot, taken after the key
+    lock): under REPEATABLE READ the look-up would use a snapshot from before the wait, and
+    abandon a key whose movement committed meanwhile. Refused rather than trusted."""
+    async with core_db.acquire() as conn:
+        for isolation in ("repeatable_read", "serializable"):
+            with pytest.raises(asyncpg.RaiseError, match="needs READ COMMITTED"):
+                async with conn.transaction(isolation=isolation):
+                    await abandon(conn, new_key("isolation"))
