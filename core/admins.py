@@ -158,6 +158,25 @@ async def _refuse_last_manager(conn: Any, admin: asyncpg.Record, what: str) -> N
         )
 
 
+# The unused reset tokens issued by these admins ($1) who may no longer manage admins ($2 is
+# MANAGE): they may still hold them, and a token lets whoever holds it into the account.
+_VOID_FORMER_MANAGERS_TOKENS = """
+UPDATE admin_reset_tokens t SET revoked_at = now()
+WHERE t.issued_by_id = ANY($1::bigint[]) AND t.used_at IS NULL AND t.revoked_at IS NULL
+  AND NOT EXISTS (
+    SELECT 1 FROM admin_user_roles ur JOIN roles r ON r.id = ur.role_id
+    WHERE ur.user_id = t.issued_by_id AND (r.is_superuser OR EXISTS (
+        SELECT 1 FROM role_permissions rp WHERE rp.role_id = r.id AND rp.permission_code = $2)))
+"""
+
+
+async def void_former_managers_tokens(conn: Any, admin_ids: list[int]) -> None:
+    """After a change to roles, in its transaction: the unused reset tokens issued by those of
+    `admin_ids` who may no longer manage admins die, as a deactivation's do."""
+    if admin_ids:
+        await conn.execute(_VOID_FORMER_MANAGERS_TOKENS, admin_ids, MANAGE)
+
+
 async def set_roles(
     conn: Any, *, actor_id: int, actor: str, admin_id: int, roles: list[str]
 ) -> AdminView:
@@ -199,6 +218,7 @@ async def set_roles(
             target=admin["username"],
             details={"before": list(before), "after": wanted},
         )
+        await void_former_managers_tokens(conn, [admin_id])
     return await get_admin(conn, admin_id)
 
 

@@ -37,7 +37,7 @@ from typing import Any
 
 import asyncpg
 
-from core.admins import MANAGE, MANAGERS_LOCK
+from core.admins import MANAGE, MANAGERS_LOCK, void_former_managers_tokens
 from core.audit import record
 from core.errors import AlreadyExists, Conflict, NotFound, ValidationFailed
 from core.pg import Db, connection
@@ -318,6 +318,8 @@ async def update_role(
                 "UPDATE roles SET description = $2 WHERE id = $1", role["id"], new_description
             )
             details["description"] = {"before": role["description"], "after": new_description}
+        if MANAGE in removed:
+            await void_former_managers_tokens(conn, list(cut))
         await record(
             conn,
             actor_type="admin",

@@ -10,6 +10,7 @@ import hashlib
 import itertools
 import json
 import logging
+import secrets
 import time
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -692,3 +693,46 @@ async def test_redis_down_at_the_cut_off_saves_nothing(
             await ok(await client.post(RESET_URL, json=body))
     finally:
         await proxy.close()
+
+
+async def test_a_manager_who_loses_admins_manage_loses_the_tokens_they_issued(
+    app_client: TestClient, pg_pool: asyncpg.Pool
+) -> None:
+    """As a deactivation does: a manager demoted (their roles, or their role's permissions)
+    may still hold the tokens they issued, each a way into another admin's account (found in
+    review). The tokens other managers issued live on."""
+    _, boss_token = await manager(app_client)
+    suffix = secrets.token_hex(3)
+    role = f"resetters-{suffix}"
+    body = {"name": role, "permissions": ["admins:manage"]}
+    await ok(await app_client.post("/api/v1/roles", json=body, headers=auth(boss_token)), 201)
+
+    by_roles, by_roles_token = await manager(app_client, role)
+    _, by_role_token = await manager(app_client, role)
+    other_role = f"keepers-{suffix}"
+    body = {"name": other_role, "permissions": ["admins:manage"]}
+    await ok(await app_client.post("/api/v1/roles", json=body, headers=auth(boss_token)), 201)
+    _, keeper_token = await manager(app_client, other_role)
+    targets = [(await staff_member(app_client))[1] for _ in range(3)]
+    tokens = [
+        (await issue(app_client, t, target))["reset_token"]
+        for t, target in zip((by_roles_token, by_role_token, keeper_token), targets, strict=True)
+    ]
+
+    # One demoted through their roles, then every holder of the role through its permissions.
+    by_roles_id = await admin_id(pg_pool, by_roles.username)
+    resp = await app_client.put(
+        f"/api/v1/admins/{by_roles_id}/roles", json={"roles": ["viewer"]}, headers=auth(boss_token)
+    )
+    await ok(resp)
+    resp = await app_client.post(RESET_URL, json={"token": tokens[0], "new_password": NEW_PASSWORD})
+    await assert_error(resp, 401, "INVALID_RESET_TOKEN")
+    resp = await app_client.put(
+        f"/api/v1/roles/{role}", json={"permissions": ["ledger:read"]}, headers=auth(boss_token)
+    )
+    await ok(resp)
+    resp = await app_client.post(RESET_URL, json={"token": tokens[1], "new_password": NEW_PASSWORD})
+    await assert_error(resp, 401, "INVALID_RESET_TOKEN")
+    await ok(
+        await app_client.post(RESET_URL, json={"token": tokens[2], "new_password": NEW_PASSWORD})
+    )
