@@ -70,11 +70,14 @@ class FinalWrites:
         store: SessionStore,
         *,
         limit: int = MAX_HELD,
+        first_pause_s: float = FIRST_PAUSE_S,
+        max_pause_s: float = MAX_PAUSE_S,
         observe: Observer | None = None,
     ) -> None:
-        assert limit >= 0
+        assert limit >= 0 and 0 < first_pause_s <= max_pause_s
         self.store = store
         self.limit = limit
+        self.first_pause_s, self.max_pause_s = first_pause_s, max_pause_s
         self.observe = observe
         self._held: OrderedDict[str, FinalWrite] = OrderedDict()
         self._tokens: set[str] = set()
@@ -142,7 +145,7 @@ class FinalWrites:
         return left
 
     async def _retry(self, write: FinalWrite) -> None:
-        pause = FIRST_PAUSE_S
+        pause = self.first_pause_s
         while True:
             # Half to all of the pause: held writes spread out instead of retrying in step.
             delay = pause * random.uniform(0.5, 1.0)  # noqa: S311 - jitter, not a secret
@@ -155,7 +158,7 @@ class FinalWrites:
                 await self._try(write)
                 return
             except WRITE_FAILURES:
-                pause = min(pause * 2, MAX_PAUSE_S)
+                pause = min(pause * 2, self.max_pause_s)
         log.warning(
             "ussd: a session write was not stored in time; its claim waits out the grace",
             extra={"key": write.key, "claim": write.token},
