@@ -149,7 +149,8 @@ class FinalWrites:
         while True:
             # Half to all of the pause: held writes spread out instead of retrying in step.
             delay = pause * random.uniform(0.5, 1.0)  # noqa: S311 - jitter, not a secret
-            if time.monotonic() + delay >= write.until:
+            delay = min(delay, write.until - time.monotonic())  # the last try at `until`
+            if delay <= 0:
                 break
             await asyncio.sleep(delay)  # the backoff between tries, not a synchronisation
             if self._held.get(write.key) is not write:
