@@ -220,33 +220,35 @@ async def test_a_session_taken_over_meanwhile_is_not_clobbered(
     Redis back, A's held write finds B's record: it gives up and says so, B's record stays."""
     caplog.set_level(logging.WARNING, logger="menus.final_writes")
     url = via_proxy(settings, proxy)
-    async for a in start_env(
-        settings, redis_url=url, ussd_deadline_s=DEADLINE_A_S, ussd_liveness_ttl_s=0.5
-    ):
-        s, sender, recipient = await ready_to_send(a)
-        form, key = s.form(PIN), session_key(a, s)
+    envs = start_env(settings, redis_url=url, ussd_deadline_s=DEADLINE_A_S, ussd_liveness_ttl_s=0.5)
+    short = await anext(envs)
+    try:
+        s, sender, recipient = await ready_to_send(short)
+        form, key = s.form(PIN), session_key(short, s)
         calls_b = b.calls["send_money"]
         takeovers = counted(b, "gateway_ussd_claim_takeovers_total", "reason", "instance")
         proxy.cut_on(CLOSING, refuse=OUTAGE)
         receipt = await s.post(form)
         assert receipt.startswith(RECEIPT), receipt
-        await eventually(lambda: redis.exists(liveness_of(a).key), lambda n: n == 0, WAIT_S)
+        await eventually(lambda: redis.exists(liveness_of(short).key), lambda n: n == 0, WAIT_S)
         assert (await on(b, s).post(form)).startswith(RECEIPT)
         assert b.calls["send_money"] == calls_b + 1
         assert counted(b, "gateway_ussd_claim_takeovers_total", "reason", "instance") == (
             takeovers + 1
         )
         taken = await redis.get(key)
-        lost = final_writes(a, "lost")
+        lost = final_writes(short, "lost")
         proxy.restore()
-        await eventually(lambda: final_writes(a, "lost") == lost + 1, timeout_s=WAIT_S)
-        assert len(service(a).final_writes) == 0
+        await eventually(lambda: final_writes(short, "lost") == lost + 1, timeout_s=WAIT_S)
+        assert len(service(short).final_writes) == 0
         assert await redis.get(key) == taken
         gave_up = "ussd: an unstored session write gives up: the session changed meanwhile"
         assert [getattr(r, "key", None) for r in caplog.records if r.getMessage() == gave_up] == [
             key
         ]
         await moved_once(b, sender, recipient)
+    finally:
+        await envs.aclose()
 
 
 async def test_a_stop_stores_the_held_writes(
