@@ -62,6 +62,13 @@ class FinalWrite:
     task: asyncio.Task[None] | None = None
 
 
+def _left(write: FinalWrite) -> None:
+    log.warning(
+        "ussd: stopping with a session write unstored; its claim is left",
+        extra={"key": write.key, "claim": write.token},
+    )
+
+
 class FinalWrites:
     """The held writes of this process, one per session key, oldest first."""
 
@@ -81,6 +88,7 @@ class FinalWrites:
         self.observe = observe
         self._held: OrderedDict[str, FinalWrite] = OrderedDict()
         self._tokens: set[str] = set()
+        self._closed = False
 
     def __len__(self) -> int:
         return len(self._held)
@@ -95,6 +103,10 @@ class FinalWrites:
 
     def hold(self, write: FinalWrite) -> None:
         """Keep `write` and send it again in the background until it lands or gives up."""
+        if self._closed:  # a step that outlived the stop's wait: no background tries now
+            _left(write)
+            self._count("left")
+            return
         previous = self._held.get(write.key)
         if previous is not None:  # cannot land any more: the session moved past its version
             self._end(previous, "lost")
@@ -125,6 +137,7 @@ class FinalWrites:
         """A stop: the background tries end and every held write is tried once more, all at
         once (each bounded by the store's I/O timeout). Returns how many did not land (their
         claims stay: with this instance's liveness key gone, they are dead at once)."""
+        self._closed = True
         writes = list(self._held.values())
         for write in writes:
             if write.task is not None:
@@ -136,10 +149,7 @@ class FinalWrites:
         left = 0
         for write, result in zip(writes, results, strict=True):
             if isinstance(result, BaseException) and self._held.get(write.key) is write:
-                log.warning(
-                    "ussd: stopping with a session write unstored; its claim is left",
-                    extra={"key": write.key, "claim": write.token},
-                )
+                _left(write)
                 self._end(write, "left")
                 left += 1
         return left

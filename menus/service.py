@@ -498,8 +498,9 @@ class UssdService:
         """Keep a claimed step's last write to send again (`menus.final_writes`) until the
         claim would be stale anyway or the session would have expired."""
         assert claim.expected is not None  # a claim wrote a version
-        grace_s = self.deadline_s + STALE_CLAIM_GRACE_S
-        until = min(hop.started + grace_s, time.monotonic() + hop.ttl_s)
+        # Past the grace other instances take the claim for stale; past the TTL (set by the
+        # claim's write) the record is gone.
+        until = hop.started + min(self.deadline_s + STALE_CLAIM_GRACE_S, hop.ttl_s)
         self.final_writes.hold(FinalWrite(hop.key, claim.expected, raw, hop.ttl_s, token, until))
 
     def _trace(self, trace: Trace, step: Step, reply: Reply, text: str | None) -> None:
