@@ -238,10 +238,9 @@ class UssdService:
         """Whether a claim found on the session is dead, so that this hop may take the session
         over (through the compare-and-set: if two hops try, one wins). Dead: a claim this
         process made whose step has ended without clearing it (its last write failed, and is
-        not held in `final_writes`: one held is on its way, and a hop for its session sends it
-        first, in `_handle`); a claim
-        of an instance whose liveness key is gone (the process died); a claim older than the
-        deadline plus STALE_CLAIM_GRACE_S. When the other instance cannot be asked (no
+        not held in `final_writes`: a held one is on its way, and `_handle` sends it first); a
+        claim of an instance whose liveness key is gone (the process died); a claim older than
+        the deadline plus STALE_CLAIM_GRACE_S. When the other instance cannot be asked (no
         liveness, Redis not answering, an older record without "by"), only age decides: a
         step must not run twice on a guess. The reason ("own", "instance", "stale") is kept
         on the hop for `_took_over`."""
