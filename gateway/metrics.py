@@ -131,7 +131,7 @@ class Metrics:
             "gateway_ussd_final_writes_total",
             "USSD steps whose last session write failed and was held to send again, by what "
             "became of it (stored; lost: the session changed meanwhile; expired: not stored "
-            "within the claim's grace; dropped: too many held; left: unstored at a stop)",
+            "within the claim's grace; dropped: too many held; left: unstored at a stop; error)",
             ("outcome",),
             histogram=False,
         )

@@ -44,7 +44,8 @@ MAX_PAUSE_S = 1.0  # Redis back, a held write lands within about this
 WRITE_FAILURES = (RedisError, OSError, TimeoutError)
 
 # Outcomes counted: stored (it landed), lost (another writer changed the session), expired
-# (tried until `until`), dropped (over `limit`), left (a stop's last try failed).
+# (tried until `until`), dropped (over `limit`), left (a stop's last try failed), error (a
+# bug: the try raised something other than a Redis failure).
 Observer = Callable[[str], None]
 
 
@@ -170,6 +171,11 @@ class FinalWrites:
                 return
             except WRITE_FAILURES:
                 pause = min(pause * 2, self.max_pause_s)
+            except Exception:
+                # A bug, not an outage: trying again would fail the same way.
+                log.exception("ussd: an unstored session write failed", extra={"key": write.key})
+                self._end(write, "error", cancel=False)
+                return
         log.warning(
             "ussd: a session write was not stored in time; its claim waits out the grace",
             extra={"key": write.key, "claim": write.token},
