@@ -127,12 +127,21 @@ class Metrics:
             ("reason",),
             histogram=False,
         )
+        self._ussd_final_writes = _Family(
+            "gateway_ussd_final_writes_total",
+            "USSD steps whose last session write failed and was held to send again, by what "
+            "became of it (stored; lost: the session changed meanwhile; expired: not stored "
+            "within the claim's grace; dropped: too many held; left: unstored at a stop; error)",
+            ("outcome",),
+            histogram=False,
+        )
         families = [
             self._requests,
             self._latency,
             self._ussd_steps,
             self._ussd_latency,
             self._ussd_takeovers,
+            self._ussd_final_writes,
         ]
         self.registry.register(_Families(families))
 
@@ -154,6 +163,9 @@ class Metrics:
 
     def observe_takeover(self, reason: str) -> None:
         self._count(self._ussd_takeovers, (reason,))
+
+    def observe_final_write(self, outcome: str) -> None:
+        self._count(self._ussd_final_writes, (outcome,))
 
     def observe(self, method: str, route: str, status: int, elapsed_s: float) -> None:
         self._count(self._requests, (method, route, str(status)))

@@ -6,8 +6,9 @@ keep this instance's liveness key fresh (`menus.liveness`: other instances take 
 a crashed one for dead once its key expires), sweep promised late results whose instance is
 gone (`menus.pending`), and hand the service to the callback handler. At
 shutdown: stop listening and sweeping, let claimed steps and actions that outlived their
-deadline finish (a late action still unsettled leaves its pending record), delete the liveness
-key, flush the analytics.
+deadline finish (a late action still unsettled leaves its pending record), try once more the
+last session writes of steps that Redis did not take (`menus.final_writes`), delete the
+liveness key, flush the analytics.
 """
 
 from __future__ import annotations
@@ -157,6 +158,7 @@ async def _ussd(app: web.Application) -> AsyncIterator[None]:
         observe=app[METRICS].observe_ussd,
         liveness=liveness,
         on_takeover=app[METRICS].observe_takeover,
+        on_final_write=app[METRICS].observe_final_write,
     )
     app[MENU_REGISTRY] = registry
     app[USSD_SERVICE] = service
@@ -172,6 +174,9 @@ async def _ussd(app: web.Application) -> AsyncIterator[None]:
         # running step, it would let another instance run that step again. Otherwise it
         # expires by its TTL.
         idle = await service.drain(settings.ussd_deadline_s + STEP_DRAIN_MARGIN_S)
+        # Steps whose last write Redis did not take: once more now (their claims are left
+        # otherwise, dead for other instances as soon as the liveness key goes).
+        await service.close()
         await engine.drain()
         await liveness.stop(delete=idle)
         await steps.stop()

@@ -1,6 +1,8 @@
 """One USSD step around the engine: sessions, repeats, one writer, deadlines, failures.
 
     handle(request) -> Reply
+      a claimed step of this session ended here with its last write unstored: one more try
+          of that write first (`menus.final_writes`, which also retries it in the background)
       load the session (local cache of own writes, else one GET)
       a repeat of the last hop (same hop, same input), a stale hop, or a closed session
           -> the stored reply; nothing runs again
@@ -11,7 +13,8 @@
           older than the deadline plus a grace period; then the hop takes the session over
           through the same compare-and-set as any step (one taker wins)
       otherwise run the engine; before its first side effect the step claims the session
-          (a CAS that records the hop in flight), and it ends with one CAS of the new record
+          (a CAS that records the hop in flight), and it ends with one CAS of the new record;
+          if that CAS fails, a claimed step's write is held and sent again until it lands
       Redis or PostgreSQL down -> "temporarily unavailable" (an END screen, never an error page)
 
 A navigation step therefore costs one Redis round trip (the final CAS) when the session is in the
@@ -39,6 +42,7 @@ from core.errors import Unavailable
 from menus import messages
 from menus.analytics import StepLog, StepRecord, masked, now
 from menus.engine import Engine, Reply, Step, UssdRequest
+from menus.final_writes import FinalWrite, FinalWrites
 from menus.liveness import Liveness
 from menus.registry import MenuSet
 from menus.session import Session, SessionStore, Versioned
@@ -62,6 +66,7 @@ FAILURES = (
 
 Observer = Callable[[str, str, float], None]
 TakeoverObserver = Callable[[str], None]  # why the claim taken over was dead: `_dead`'s reason
+FinalWriteObserver = Callable[[str], None]  # what became of a held final write
 
 
 @dataclass
@@ -194,6 +199,7 @@ class UssdService:
         observe: Observer | None = None,
         liveness: Liveness | None = None,
         on_takeover: TakeoverObserver | None = None,
+        on_final_write: FinalWriteObserver | None = None,
     ) -> None:
         self.registry = registry
         self.engine = engine
@@ -211,6 +217,8 @@ class UssdService:
         self._instance = liveness.instance if liveness is not None else secrets.token_hex(6)
         self._claim_numbers = itertools.count()
         self._live = _LiveClaims()
+        # A claimed step's last write that Redis did not take, sent again until it lands.
+        self.final_writes = FinalWrites(store, observe=on_final_write)
 
     async def drain(self, timeout_s: float) -> bool:
         """Wait until no step with a claim runs here (a clean stop); False if some still do."""
@@ -221,12 +229,18 @@ class UssdService:
             return False
         return True
 
+    async def close(self) -> int:
+        """A stop, once no claimed step runs: held final writes are tried once more. Returns
+        how many claims are left in Redis (dead at once when the liveness key goes)."""
+        return await self.final_writes.close()
+
     async def _dead(self, hop: _Hop, inflight: dict[str, Any]) -> bool:
         """Whether a claim found on the session is dead, so that this hop may take the session
         over (through the compare-and-set: if two hops try, one wins). Dead: a claim this
-        process made whose step has ended without clearing it (its last write failed); a claim
-        of an instance whose liveness key is gone (the process died); a claim older than the
-        deadline plus STALE_CLAIM_GRACE_S. When the other instance cannot be asked (no
+        process made whose step has ended without clearing it (its last write failed, and is
+        not held in `final_writes`: a held one is on its way, and `_handle` sends it first); a
+        claim of an instance whose liveness key is gone (the process died); a claim older than
+        the deadline plus STALE_CLAIM_GRACE_S. When the other instance cannot be asked (no
         liveness, Redis not answering, an older record without "by"), only age decides: a
         step must not run twice on a guess. The reason ("own", "instance", "stale") is kept
         on the hop for `_took_over`."""
@@ -245,7 +259,12 @@ class UssdService:
 
     def _death(self, by: object, at: float) -> str | None:
         """Why a claim is dead without asking Redis: made here and over, or too old."""
-        if isinstance(by, str) and by.startswith(self._instance + ":") and by not in self._live:
+        if (
+            isinstance(by, str)
+            and by.startswith(self._instance + ":")
+            and by not in self._live
+            and not self.final_writes.holds(by)
+        ):
             return "own"
         if time.time() - at >= self.deadline_s + STALE_CLAIM_GRACE_S:
             return "stale"
@@ -313,6 +332,10 @@ class UssdService:
 
     async def _handle(self, req: UssdRequest, ttl_s: int, started: float, trace: Trace) -> Reply:
         key = self.store.key(req.namespace, req.session_id)
+        if self.final_writes.held(key) is not None:
+            # This session's last step ended here with its write unstored: store it first, so
+            # this hop (most likely the provider's retry) gets that step's reply.
+            await self.final_writes.flush(key)
         if req.kind == "end":
             await self._abort(key, req, ttl_s, trace)
             return Reply("", True)
@@ -437,23 +460,27 @@ class UssdService:
             session.inflight = None
             if reply.end:
                 session.close()
+            raw = session.to_json()
             try:
                 ok, now_stored = await self.store.save(
-                    hop.key, claim.expected, session.to_json(), hop.ttl_s, session
+                    hop.key, claim.expected, raw, hop.ttl_s, session
                 )
             except (RedisError, OSError, TimeoutError):
+                if claim.claimed:
+                    self._hold(hop, claim, raw, token)
                 if not reply.end:
                     raise  # a menu not on record would take the next input for the old screen
                 # The session ends with this screen and what the step did is done (an END after
                 # money moved is its receipt): told "temporarily unavailable" instead, the
-                # customer would send the money again from a new session. A retry of the hop
-                # runs the step again under the same idempotency key (its claim is dead here).
+                # customer would send the money again from a new session.
                 log.warning("ussd: the last screen was not stored", extra={"key": hop.key})
                 return reply
         finally:
-            # The step is over: a claim it could not clear (Redis out of reach) is dead from
-            # now on. The hop sent again runs again (its action's idempotency key is the same:
-            # nothing moves twice) rather than wait out STALE_CLAIM_GRACE_S on "still processing".
+            # The step is over. A claim it could not clear (Redis out of reach) is released by
+            # its held write as soon as Redis answers, and the hop sent again gets this step's
+            # reply (`_hold`). A claim whose write is not held (dropped, given up) is dead from
+            # now on: the hop sent here again runs again (its action's idempotency key is the
+            # same: nothing moves twice) rather than wait out STALE_CLAIM_GRACE_S.
             self._live.discard(token)
             if claim.claimed:
                 self._took_over(hop)  # the claim replaced a dead one (if this hop found one)
@@ -465,6 +492,15 @@ class UssdService:
             raise _Lost(now_stored)
         self._took_over(hop)
         return reply
+
+    def _hold(self, hop: _Hop, claim: _Claim, raw: str, token: str) -> None:
+        """Keep a claimed step's last write to send again (`menus.final_writes`) until the
+        claim would be stale anyway or the session would have expired."""
+        assert claim.expected is not None  # a claim wrote a version
+        # Past the grace other instances take the claim for stale; past the TTL (set by the
+        # claim's write) the record is gone.
+        until = hop.started + min(self.deadline_s + STALE_CLAIM_GRACE_S, hop.ttl_s)
+        self.final_writes.hold(FinalWrite(hop.key, claim.expected, raw, hop.ttl_s, token, until))
 
     def _trace(self, trace: Trace, step: Step, reply: Reply, text: str | None) -> None:
         trace.session(step.session)

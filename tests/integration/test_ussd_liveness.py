@@ -404,15 +404,20 @@ async def test_a_polling_copy_runs_the_step_when_the_claim_dies(
     assert await on(b, s).post(form) == receipt
 
 
-async def test_a_polling_copy_takes_over_its_own_instance_s_dead_claim(
-    b: UssdEnv, proxy: CuttableProxy
+@pytest.mark.parametrize("held", [True, False], ids=["write_held", "write_dropped"])
+async def test_a_polling_copy_on_the_instance_whose_last_write_failed(
+    b: UssdEnv, proxy: CuttableProxy, held: bool
 ) -> None:
     """One instance: the first copy of the hop moves the money, its last write is cut at the
-    network (the receipt is answered, not stored: the claim stays, dead). The copy polling on
-    the same instance sees its own instance's dead claim and runs the step (reason "own")."""
+    network (the receipt is answered, not stored: the claim stays). Held
+    (`menus.final_writes`), that write lands once Redis is back and the copy polling on the
+    same instance answers its receipt: nothing runs again. Dropped (no room to hold it), the
+    claim is dead for its own instance: the polling copy runs the step (reason "own")."""
     s, sender, recipient = await ready_to_send(b)
     form = s.form(PIN)
     calls, before = b.calls["send_money"], takeovers(b, "own")
+    writes = service(b).final_writes
+    limit = writes.limit
     functions = b.app[MENU_BINDINGS].functions
     real = functions["send_money"]
     moved, go = asyncio.Event(), asyncio.Event()
@@ -427,6 +432,7 @@ async def test_a_polling_copy_takes_over_its_own_instance_s_dead_claim(
     loads = Loads(store, store.key("africastalking", s.session_id))
     functions["send_money"] = hold
     store.load = loads.load  # type: ignore[method-assign]
+    writes.limit = limit if held else 0
     try:
         first = asyncio.ensure_future(s.post(form))
         await asyncio.wait_for(moved.wait(), WAIT_S)
@@ -446,9 +452,15 @@ async def test_a_polling_copy_takes_over_its_own_instance_s_dead_claim(
     finally:
         go.set()
         functions["send_money"] = real
+        writes.limit = limit
         del store.load
-    assert b.calls["send_money"] == calls + 2  # the second run: the same idempotency key
-    assert takeovers(b, "own") == before + 1
+    if held:
+        assert b.calls["send_money"] == calls + 1
+        assert takeovers(b, "own") == before
+    else:
+        assert b.calls["send_money"] == calls + 2  # the second run: the same idempotency key
+        assert takeovers(b, "own") == before + 1
+    assert len(writes) == 0
     await moved_once(b, sender, recipient)
     assert await s.post(form) == receipt  # now stored
 

@@ -77,3 +77,14 @@ def test_claim_takeovers_count_by_reason() -> None:
     assert s[("gateway_ussd_claim_takeovers_total", (("reason", "instance"),))] == 2
     assert s[("gateway_ussd_claim_takeovers_total", (("reason", "own"),))] == 1
     assert s[("gateway_ussd_claim_takeovers_total", (("reason", "stale"),))] == 1
+
+
+def test_held_final_writes_count_by_outcome() -> None:
+    m = Metrics()
+    assert not any(name == "gateway_ussd_final_writes_total" for name, _ in _samples(m))
+    for outcome in ("stored", "stored", "lost", "dropped"):
+        m.observe_final_write(outcome)
+    s = _samples(m)
+    assert s[("gateway_ussd_final_writes_total", (("outcome", "stored"),))] == 2
+    assert s[("gateway_ussd_final_writes_total", (("outcome", "lost"),))] == 1
+    assert s[("gateway_ussd_final_writes_total", (("outcome", "dropped"),))] == 1
