@@ -116,6 +116,7 @@ async def _index_valid(conn: asyncpg.Connection, name: str) -> bool | None:
 
 MIGRATE = "import asyncio, sys\nfrom gateway import db\nasyncio.run(db.migrate(sys.argv[1]))"
 ROOT = Path(__file__).resolve().parents[2]
+STARTUP_S = 60.0
 
 
 async def test_two_instances_starting_together_both_migrate_through_a_concurrent_build(
@@ -154,10 +155,15 @@ async def test_two_instances_starting_together_both_migrate_through_a_concurrent
             return [r["pid"] for r in rows]
 
         await start()
-        (builder,) = await eventually(lambda: sessions("CREATE UNIQUE INDEX CONCURRENTLY%"))
+        # A process starting (an interpreter, alembic) takes seconds on a loaded machine.
+        (builder,) = await eventually(
+            lambda: sessions("CREATE UNIQUE INDEX CONCURRENTLY%"), timeout_s=STARTUP_S
+        )
         await start()
         await eventually(
-            lambda: sessions("%advisory_lock(%"), lambda pids: [p for p in pids if p != builder]
+            lambda: sessions("%advisory_lock(%"),
+            lambda pids: [p for p in pids if p != builder],
+            timeout_s=STARTUP_S,
         )
         await held.commit()
         for proc in procs:
