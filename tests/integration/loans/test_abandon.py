@@ -18,6 +18,7 @@ from core import errors as E
 from core.loans import store
 from core.loans.book import get_loan, open_loan_for
 from menus.bindings import LATE_RESULT_KIND, MoneySettler
+from menus.loans.service import late_result_text
 from menus.pending import Pending
 from tests.helpers import eventually
 from tests.integration.loans.conftest import World, new_key
@@ -277,6 +278,27 @@ async def test_the_settler_tells_a_refusal_that_sent_no_notice(world: World) -> 
         "Ombi lako la mkopo halikukubaliwa. Mkopo huu haupatikani kwa kiwango cha akaunti yako"
     ]
     assert await abandoned(world, msisdn, pending.key) == 0
+
+
+async def test_the_settler_tells_a_review_and_leaves_an_officers_decision_to_its_notice(
+    world: World,
+) -> None:
+    """Sent to review (over the product's auto-approve amount): the customer is told so. Once
+    an officer has decided, the officer's notice is the result: nothing more."""
+    product = await world.product(auto_approve_max_minor=100_000)
+    msisdn = await world.customer()
+    waiting = promise(msisdn, new_key("ussd"), "loans.apply", "fr")
+    applied = await world.apply(msisdn, product.code, 300_000, key=waiting.key)
+    assert applied.loan is None and applied.refusal_error() is None
+    settler = MoneySettler(world.pool)
+    assert await settler.settle_or_abandon(waiting) is True
+    assert await told(world, msisdn) == ["Votre demande sera examinée"]
+    rejected = await world.service.reject(
+        world.pool, applied.application.id, actor="officer", reason="No"
+    )
+    assert late_result_text(rejected.application, "fr") is None
+    assert await settler.settle_or_abandon(waiting) is True
+    assert await told(world, msisdn) == ["Votre demande sera examinée"]
 
 
 @pytest.mark.parametrize(
