@@ -28,7 +28,9 @@ so a phone at home cannot pay out "at the counter"; the gate's evidence joins th
 Loans go through the loan service (`menus.loans.service.LoanService`, `app[LOANS]`), which
 moves the money on the core's ledger. Its refusals (`LoanRefused`, one code per rule) reach the
 menu as `LOAN_OUTSTANDING` (an open loan) or `NOT_ELIGIBLE` with the rule's screen-sized
-`reason` in the caller's language; the PIN is checked first, as everywhere.
+`reason` in the caller's language; the PIN is checked first, as everywhere. A loan application
+or repayment promised "result by SMS" is kept as a transfer is (`MoneySettler`), under the
+step's request key where the loan service claims it.
 """
 
 from __future__ import annotations

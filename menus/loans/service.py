@@ -20,6 +20,11 @@ written, the ledger moves the money, and the loan becomes `active`, all or nothi
 change asks the shared `transitions` machine (menus.loans.lifecycle) for its destination; core
 and the database trigger check the same table again.
 
+An application's and a repayment's transaction claims its request key (the channel's
+idempotency key, per customer) before anything else (core.loans.store.claim_request, migration
+0820): a request given up as a late USSD result (menus.bindings.MoneySettler) is refused there
+with MoneyAbandoned, so nothing is applied for, disbursed or repaid under its key.
+
 Money needs a `LoanLedger` and applications a `CustomerDirectory` (core.loans.ports; the
 banking core's are in core.loans.core_ledger); without them the service answers those calls
 with `Unavailable`.
