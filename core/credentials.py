@@ -169,8 +169,9 @@ async def change_password(
 ) -> CoreError | None:
     """Change the admin's own password. None on success; a wrong password or code is returned
     after it was counted (commit, then raise it). A policy or reuse failure raises, having
-    spent nothing: the reuse check comes after the password and before the code, so a right
-    code is only read by a change that then happens."""
+    spent nothing: the reuse check comes after both factors (so it cannot be probed without the
+    code) and its refusal rolls back, so the code's step is only stored by a change that
+    happens."""
     now = now or datetime.now(UTC)
     _check_new_password(new_password)
     user = await _lock_user(db, admin_id)
@@ -182,11 +183,14 @@ async def change_password(
     failed = "auth.password_change_failed"
     if not await verify_secret(current_password, user.password_hash):
         return await record_failure(db, user, now, max_failures, lockout_s, action=failed)
-    await _refuse_reuse(db, user, new_password)
     step = matching_step(cipher.decrypt(user.totp_secret_enc), otp, now)
     if step is None or step <= user.totp_last_step:
         error = await record_failure(db, user, now, max_failures, lockout_s, action=failed)
         return error if isinstance(error, AccountLocked) else OtpInvalid()
+    # After both factors: without the code, a stolen session and password could probe the
+    # password history (a refusal counts nothing). The refusal raises, so the transaction rolls
+    # back and the code's step is not spent.
+    await _refuse_reuse(db, user, new_password)
     new_hash = await hash_secret(new_password, password_rounds)
     await _replace_password(
         db, user, new_hash, now, totp_last_step=step, failed_logins=0, locked_until=None

@@ -34,7 +34,15 @@ from core.errors import (
     OtpInvalid,
     ValidationFailed,
 )
-from core.models import AdminUser, AdminUserRole, AuditLog, Permission, Role, RolePermission
+from core.models import (
+    AdminResetToken,
+    AdminUser,
+    AdminUserRole,
+    AuditLog,
+    Permission,
+    Role,
+    RolePermission,
+)
 
 TOTP_ISSUER = "CodeForge Gateway"
 TOTP_SECRET_CHARS = 32  # base32: 32 characters = 160 bits
@@ -218,6 +226,20 @@ async def record_failure(
     return AuthFailed()
 
 
+async def _reset_pending(db: AsyncSession, admin_id: int) -> bool:
+    """An issued reset token not used nor revoked (expired included)."""
+    found = await db.execute(
+        select(AdminResetToken.id)
+        .where(
+            AdminResetToken.admin_id == admin_id,
+            AdminResetToken.used_at.is_(None),
+            AdminResetToken.revoked_at.is_(None),
+        )
+        .limit(1)
+    )
+    return found.first() is not None
+
+
 async def authenticate(
     db: AsyncSession,
     cipher: FieldCipher,
@@ -247,6 +269,23 @@ async def authenticate(
     if step is None or step <= user.totp_last_step:
         error = await record_failure(db, user, now, max_failures, lockout_s)
         return error if isinstance(error, AccountLocked) else OtpInvalid()
+    if await _reset_pending(db, user.id):
+        # A manager issued a credentials reset (core.credentials): the old password and phone
+        # stay shut out until the token is used (a stolen pair must not log straight back in
+        # after the reset cut its sessions), even past the token's expiry (then a new reset).
+        # Said only to whoever has both factors right, so it tells a stranger nothing.
+        db.add(
+            AuditLog(
+                actor_type="admin",
+                actor=user.username,
+                action="auth.reset_pending",
+                target=user.username,
+            )
+        )
+        return AuthFailed(
+            "A credentials reset is pending for this account; use the reset token",
+            code="RESET_PENDING",
+        )
     await db.execute(
         update(AdminUser)
         .where(AdminUser.id == user.id)

@@ -56,7 +56,7 @@ from core.loans.choice import Choice, choose_product
 from core.loans.messages import refusal_text
 from core.loans.products import Product
 from core.money import format_amount
-from core.pg import CALL_TIMEOUT_S, settle
+from core.pg import CALL_TIMEOUT_S, CONNECTION_LOST, settle
 from core.transfers import StatementLine
 from menus.actions import ActionContext, ActionFn, ActionResult, MenuBindings
 from menus.loans.service import LoanService, late_result_text
@@ -69,14 +69,13 @@ CHANNEL = "ussd"
 STATEMENT_LINES = 10  # lines per statement call; 98 pages through them, then fetches older
 OUTBOX_CHANNEL = "sms"
 LATE_RESULT_MAX_CHARS = 4000  # the outbox's body limit
+# PostgreSQL not answering now (asking again later may): a lost connection (core.pg's list,
+# a server shutting down included), a statement cancelled by the server, a standby refusing
+# writes during a failover.
 _DOWN = (
-    asyncpg.PostgresConnectionError,
-    asyncpg.InterfaceError,
-    asyncpg.InternalClientError,  # the connection died between two protocol steps
-    asyncpg.CannotConnectNowError,
-    asyncpg.TooManyConnectionsError,
-    OSError,
-    TimeoutError,
+    *CONNECTION_LOST,
+    asyncpg.QueryCanceledError,
+    asyncpg.ReadOnlySQLTransactionError,
 )
 
 # One statement line: "05/01 Sent KES 505.00 to +254712345678". Amounts out include the fee.

@@ -38,7 +38,7 @@ from typing import Any, Protocol
 
 from redis.exceptions import NoScriptError, RedisError
 
-from core.errors import Unavailable
+from core.errors import CoreError, Unavailable
 from core.transfers import MAX_KEY_CHARS
 from menus.liveness import Liveness
 from menus.redis_link import RedisLink
@@ -52,6 +52,9 @@ SWEEP_MAX_RECORDS = 2000  # looked at per sweep: the rest wait for the next one
 # A record whose owner still lives is taken this long after its limit: the owner settles it
 # itself at the limit, so this is for an owner whose late task is gone (a bug, an overload).
 TAKEOVER_GRACE_S = 30.0
+# A settling that fails with an unforeseen error (not Unavailable, not a refusal) is tried at
+# every sweep until this long past the promise's limit, then the record is set aside.
+GIVE_UP_AFTER_S = 3600.0
 BAD_RECORD_KEEP_S = 7 * 24 * 3600  # a record that does not parse, kept for an operator
 REDIS_TIMEOUT_S = 2.0
 MAX_FIELD_CHARS = 256
@@ -79,7 +82,13 @@ return 1
 
 
 class BadRecord(ValueError):
-    """A pending record that is not one this code wrote."""
+    """A pending record that is not one this code wrote. `owner`: the instance that wrote it,
+    when that much could be read (a newer release's record, during a rolling upgrade, is left
+    to its owner while the owner lives)."""
+
+    def __init__(self, reason: str, owner: str | None = None) -> None:
+        super().__init__(reason)
+        self.owner = owner
 
 
 class _NotNow(Exception):
@@ -214,9 +223,13 @@ class PendingStore:
         if owner is None or data is None:
             raise BadRecord("owner or data missing")
         try:
-            return owner.decode(), Pending.from_json(data)
+            who = owner.decode()
         except UnicodeDecodeError:
             raise BadRecord("owner is not text") from None
+        try:
+            return who, Pending.from_json(data)
+        except BadRecord as exc:
+            raise BadRecord(str(exc), owner=who) from None
 
     async def set_aside(self, record: str) -> None:
         """Out of the index; the key itself kept a while for an operator to read."""
@@ -292,6 +305,13 @@ class PendingSweeper:
                 except _NotNow:
                     return finished  # the ledger does not answer: the others would wait too
                 except BadRecord as exc:
+                    if await self._owner_alive(exc.owner, alive):
+                        # Maybe a newer release's record (a rolling upgrade): its owner keeps it.
+                        log.warning(
+                            "ussd pending: a record this release cannot read; its owner lives",
+                            extra={"record": record, "problem": str(exc)},
+                        )
+                        continue
                     log.error(
                         "ussd pending: a record that does not parse was set aside: %s",
                         exc,
@@ -313,7 +333,7 @@ class PendingSweeper:
             return 0
         owner, pending = read
         if not self.settler.settles(pending.action):
-            raise BadRecord(f"no settling of {pending.action[:64]!r} here")
+            raise BadRecord(f"no settling of {pending.action[:64]!r} here", owner=owner)
         if not await self._orphaned(owner, pending, alive):
             return 0
         if not await self.store.claim(record, owner):
@@ -321,6 +341,14 @@ class PendingSweeper:
         if not await finish(self.store, self.settler, record, pending):
             raise _NotNow
         return 1
+
+    async def _owner_alive(self, owner: str | None, alive: dict[str, bool]) -> bool:
+        """Another instance that wrote a record and still runs."""
+        if not owner or owner == self.store.instance:
+            return False
+        if owner not in alive:
+            alive[owner] = await self.liveness.alive(owner)
+        return alive[owner]
 
     async def _orphaned(self, owner: str, pending: Pending, alive: dict[str, bool]) -> bool:
         if not owner:
@@ -347,8 +375,19 @@ async def finish(store: PendingStore, settler: Settler, record: str, pending: Pe
         )
         await store.release(record)
         return False
+    except CoreError as exc:  # a refusal: asking again would get the same
+        raise BadRecord(f"the settling was refused: {exc.error_code}") from exc
     except Exception as exc:
-        raise BadRecord(f"the settling was refused: {type(exc).__name__}") from exc
+        # Not a refusal: a database error no list foresaw (a failover's), or a bug. Setting the
+        # record aside would break the promise for good; it is asked again at the next sweeps,
+        # and set aside only once it is long overdue (a bug, not an outage).
+        if time.time() > pending.until + GIVE_UP_AFTER_S:
+            raise BadRecord(f"the settling kept failing: {type(exc).__name__}") from exc
+        log.error(
+            "ussd pending: the settling failed; left for the next sweep", extra=extra, exc_info=True
+        )
+        await store.release(record)
+        return False
     if moved:
         log.info(
             "ussd pending: the movement is in the ledger; its receipt is the result", extra=extra

@@ -8,7 +8,8 @@ the change instead of saving a change whose old tokens still work, and again aft
 to revoke a token refreshed from the old state in between. A role change ends the sessions
 rather than re-checking roles per request (which would cost a database read on every call):
 the admin logs in again and gets the new permissions. Issuing a reset ends the sessions the
-same way: whoever holds the old credentials is out until the admin has used the token.
+same way, and from then on the old password and phone no longer log in (core.identity answers
+401 `RESET_PENDING`) until the admin has used the token: whoever holds them is out.
 """
 
 from __future__ import annotations

@@ -175,6 +175,19 @@ async def test_change_password_refusals_change_nothing(
     assert (await credentials_row(pg_pool, staff_id))["failed_logins"] == 0
 
 
+async def test_the_password_history_cannot_be_probed_without_the_code(
+    app_client: TestClient,
+) -> None:
+    """A stolen session and password without the phone: a reused password is answered as a
+    wrong code (and counted), never as PASSWORD_REUSED (found in review: the history was
+    checked first, and its refusal counted nothing)."""
+    staff, _ = await staff_member(app_client)
+    token = (await login(app_client, staff))["access_token"]
+    body = {"current_password": staff.password, "otp": "000000", "new_password": staff.password}
+    resp = await app_client.post(PASSWORD_URL, json=body, headers=auth(token))
+    await assert_error(resp, 401, "INVALID_OTP")
+
+
 async def test_wrong_current_passwords_lock_the_account(
     app_client: TestClient, pg_pool: asyncpg.Pool, settings: Settings
 ) -> None:
@@ -310,6 +323,35 @@ async def test_reset_gives_a_new_password_and_a_new_phone(
         RESET_URL, json={"token": "A" * 43, "new_password": "An0ther-one-"}
     )
     assert await assert_error(unknown, 401, "INVALID_RESET_TOKEN") == first
+
+
+async def test_a_reset_shuts_the_old_credentials_out_until_it_is_used(
+    app_client: TestClient, pg_pool: asyncpg.Pool
+) -> None:
+    """A manager resets a stolen account: the thief's password and phone must not log straight
+    back in after the reset cut the sessions (found in review: they did, for the token's
+    whole life). Told only to whoever has both factors right; no failure counted."""
+    _, token = await manager(app_client)
+    staff, staff_id = await staff_member(app_client)
+    secret = (await issue(app_client, token, staff_id))["reset_token"]
+    right = {"username": staff.username, "password": staff.password, "otp": staff.otp()}
+    await assert_error(
+        await app_client.post("/api/v1/auth/login", json=right), 401, "RESET_PENDING"
+    )
+    wrong = {"username": staff.username, "password": "not-the-passw0rd", "otp": staff.otp()}
+    await assert_error(
+        await app_client.post("/api/v1/auth/login", json=wrong), 401, "INVALID_CREDENTIALS"
+    )
+    assert len(await audit_rows(pg_pool, "auth.reset_pending", staff.username)) == 1
+    assert (await credentials_row(pg_pool, staff_id))["failed_logins"] == 1  # the wrong one
+
+    body = {"token": secret, "new_password": NEW_PASSWORD}
+    totp = pyotp.parse_uri(
+        (await ok(await app_client.post(RESET_URL, json=body)))["provisioning_uri"]
+    )
+    assert isinstance(totp, pyotp.TOTP)
+    fresh = Admin(staff.username, NEW_PASSWORD, totp)
+    assert await me_status(app_client, (await login(app_client, fresh))["access_token"]) == 200
 
 
 async def test_a_new_token_or_a_deactivation_voids_the_unused_one(

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+import sys
 import uuid
+from pathlib import Path
 
 import asyncpg
 import pytest
 
 from gateway import db as dbmod
+from tests.helpers import eventually
 
 
 async def _tables(url: str) -> set[str]:
@@ -108,3 +112,63 @@ async def _index_valid(conn: asyncpg.Connection, name: str) -> bool | None:
         name,
     )
     return valid
+
+
+MIGRATE = "import asyncio, sys\nfrom gateway import db\nasyncio.run(db.migrate(sys.argv[1]))"
+ROOT = Path(__file__).resolve().parents[2]
+
+
+async def test_two_instances_starting_together_both_migrate_through_a_concurrent_build(
+    empty_database: str,
+) -> None:
+    """Every instance migrates at start under one advisory lock. An instance blocked in
+    pg_advisory_lock holds a snapshot while it waits, and CREATE INDEX CONCURRENTLY (0780)
+    waits for every older snapshot: the two waited for each other and PostgreSQL killed one
+    ("deadlock detected"), leaving the migration half-way. The lock is now polled."""
+    url = empty_database
+    await dbmod.migrate(url, "0775_admin_push_devices")
+    watch = await asyncpg.connect(dbmod.asyncpg_url(url))
+    reader = await asyncpg.connect(dbmod.asyncpg_url(url))
+    procs: list[asyncio.subprocess.Process] = []
+    try:
+        # An ordinary reader's snapshot (of another table: a lock on agent_events would hold
+        # the ALTER before it) holds the first instance's build until it ends, so the second
+        # instance surely starts while the build is running.
+        held = reader.transaction(isolation="repeatable_read")
+        await held.start()
+        await reader.fetchval("SELECT count(*) FROM roles")
+
+        async def start() -> None:
+            procs.append(
+                await asyncio.create_subprocess_exec(
+                    sys.executable, "-c", MIGRATE, url, cwd=ROOT, stderr=asyncio.subprocess.PIPE
+                )
+            )
+
+        async def sessions(pattern: str) -> list[int]:
+            rows = await watch.fetch(
+                "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+                "AND query LIKE $1 AND pid <> pg_backend_pid()",
+                pattern,
+            )
+            return [r["pid"] for r in rows]
+
+        await start()
+        (builder,) = await eventually(lambda: sessions("CREATE UNIQUE INDEX CONCURRENTLY%"))
+        await start()
+        await eventually(
+            lambda: sessions("%advisory_lock(%"), lambda pids: [p for p in pids if p != builder]
+        )
+        await held.commit()
+        for proc in procs:
+            _, err = await asyncio.wait_for(proc.communicate(), timeout=120)
+            assert proc.returncode == 0, err.decode()[-2000:]
+        assert await _index_valid(watch, "agent_events_event_id") is True
+        assert await _index_valid(watch, "audit_log_action_target") is True
+    finally:
+        for proc in procs:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+        await reader.close()
+        await watch.close()

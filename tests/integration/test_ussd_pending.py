@@ -35,6 +35,9 @@ def sweeper(env: UssdEnv) -> PendingSweeper:
 
 @pytest.fixture(autouse=True)
 async def ledger_ok(ussd: UssdEnv) -> AsyncIterator[None]:  # noqa: F811
+    # These tests sweep by hand; the app's own sweeps (every 5 s) would race them for the
+    # same records (a record it took first would fail a test's `sweep() == 1`).
+    await sweeper(ussd).stop()
     yield
     await ussd.bank.check_ledger()
     assert await sweeper(ussd).store.oldest() == []
@@ -243,3 +246,66 @@ async def test_garbage_is_logged_set_aside_and_never_blocks_a_good_record(
     assert [r for r in caplog.records if r.name == "menus.pending"] == []
     for record in [*bad, unknown]:
         await store.link.command("DEL", record)
+
+
+async def test_a_record_this_release_cannot_read_is_left_while_its_owner_lives(
+    ussd: UssdEnv,  # noqa: F811
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A rolling upgrade: a newer release's record (another version) or an action only it
+    settles. Set aside at once (found in review), its owner would keep its late task but no
+    instance would keep the promise if that owner then died. Left while the owner lives; set
+    aside once it is gone."""
+    caplog.set_level(logging.WARNING, logger="menus.pending")
+    customer = await ussd.bank.open()
+    liveness = sweeper(ussd).liveness
+    owner = "newer-release"
+    alive = liveness_key(liveness.prefix, owner)
+    await liveness.link.command("SET", alive, "1", "PX", 60_000)
+    store = sweeper(ussd).store
+    newer = await put(ussd, promise(customer, key=key("newer")), owner)
+    await store.link.command("HSET", newer, "data", '{"v": 2, "something": "new"}')
+    other = await put(ussd, promise(customer, key=key("other"), action="register"), owner)
+    try:
+        assert await sweeper(ussd).sweep() == 0
+        assert sorted(await store.oldest()) == sorted([newer, other])
+    finally:
+        await liveness.link.command("DEL", alive)
+    assert await sweeper(ussd).sweep() == 0
+    assert await store.oldest() == []
+    set_aside = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert {getattr(r, "record", None) for r in set_aside} == {newer, other}
+    for record in (newer, other):
+        await store.link.command("DEL", record)
+
+
+async def test_a_settling_that_fails_unforeseen_is_asked_again_not_set_aside(
+    ussd: UssdEnv,  # noqa: F811
+) -> None:
+    """An error no list foresaw (not Unavailable, not a refusal: a failover's, say) used to
+    set the record aside for good, and the customer promised a result never got one (found
+    in review). Now it is released and asked again at the next sweep."""
+    customer = await ussd.bank.open(balance_minor=50_000)
+    real = sweeper(ussd)
+    failures = []
+
+    class FailsOnce:
+        def settles(self, action: str) -> bool:
+            return real.settler.settles(action)
+
+        async def settle_or_abandon(self, pending: Pending) -> bool:
+            if not failures:
+                failures.append(pending.key)
+                raise RuntimeError("a database error no list foresaw")
+            return await real.settler.settle_or_abandon(pending)
+
+    flaky = PendingSweeper(real.store, real.liveness, FailsOnce())
+    pending = promise(customer, key=key("flaky"))
+    record = await put(ussd, pending, DEAD)
+    assert await flaky.sweep() == 0
+    assert failures == [pending.key]
+    assert await real.store.oldest() == [record]  # released, not set aside
+    assert await flaky.sweep() == 1
+    [told] = await ussd.bank.outbox(customer, "ussd.late_result")
+    assert told["body"] == NOT_DONE["en"]
+    assert await abandoned(ussd, pending.key)

@@ -19,10 +19,12 @@ from tests.integration.core.conftest import make_agent, make_customer, new_key
 
 
 async def waiting_on_key_lock(db: asyncpg.Pool) -> int:
-    """Sessions waiting for a key's lock (class 810 of the two-int advisory locks)."""
+    """Sessions of this database waiting for a key's lock (class 810 of the two-int advisory
+    locks); pg_locks shows the whole server's, where other runs may wait on theirs."""
     value = await db.fetchval(
         "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
         " AND classid = 810 AND objsubid = 2"
+        " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
     )
     return int(value)
 
