@@ -28,7 +28,9 @@ so a phone at home cannot pay out "at the counter"; the gate's evidence joins th
 Loans go through the loan service (`menus.loans.service.LoanService`, `app[LOANS]`), which
 moves the money on the core's ledger. Its refusals (`LoanRefused`, one code per rule) reach the
 menu as `LOAN_OUTSTANDING` (an open loan) or `NOT_ELIGIBLE` with the rule's screen-sized
-`reason` in the caller's language; the PIN is checked first, as everywhere.
+`reason` in the caller's language; the PIN is checked first, as everywhere. A loan application
+or repayment promised "result by SMS" is kept as a transfer is (`MoneySettler`), under the
+step's request key where the loan service claims it.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import date, datetime
+from types import MappingProxyType
 from typing import Any
 
 import asyncpg
@@ -48,6 +51,7 @@ from core import agent_messages, customers, fees, limits, outbox, pins, transfer
 from core import errors as E
 from core.agents import Agent, get_agent
 from core.crypto import FieldCipher
+from core.loans import store as loan_store
 from core.loans.choice import Choice, choose_product
 from core.loans.messages import refusal_text
 from core.loans.products import Product
@@ -55,7 +59,7 @@ from core.money import format_amount
 from core.pg import CALL_TIMEOUT_S, CONNECTION_LOST, settle
 from core.transfers import StatementLine
 from menus.actions import ActionContext, ActionFn, ActionResult, MenuBindings
-from menus.loans.service import LoanService
+from menus.loans.service import LoanService, late_result_text
 from menus.messages import NOT_DONE, not_done_text
 from menus.pending import Pending
 
@@ -693,15 +697,25 @@ class OutboxNotifier:
         )
 
 
+# The loan actions a promise may be settled for, and what the loan service calls the request.
+LOAN_REQUESTS = MappingProxyType({"loans.apply": "apply", "loans.repay": "repay"})
+
+
 class MoneySettler:
-    """Keeps a promised late result of a transfer or a withdrawal (menus.pending): in ONE
-    transaction, the movement under the step's key if the ledger has it (its receipt, queued
-    with it, is the result: nothing more to send), or the key abandoned
-    (core.transfers.abandon) and the customer's "did not go through" SMS queued under the
-    result's dedupe key. Either both commit or neither: an abandonment nobody is told of, or
-    an SMS saying nothing moved while the key stays open, cannot happen. Only the actions whose
-    movement is the ledger's under the step's own key (`NOT_DONE`): the loan service keys its
-    movements itself, so abandoning the step's key would not stop them."""
+    """Keeps a promised late result of a transfer, a withdrawal, a loan application or a loan
+    repayment (menus.pending): in ONE transaction, what was done under the step's key if
+    anything was (its notice, queued with it, is the result), or the key abandoned and the
+    customer's "did not go through" SMS queued under the result's dedupe key. Either both
+    commit or neither: an abandonment nobody is told of, or an SMS saying nothing moved while
+    the key stays open, cannot happen.
+
+    A transfer or a withdrawal is the ledger's movement under the step's own key
+    (core.transfers.abandon). A loan request is the loan service's, which keys its ledger
+    movements itself: it is settled or abandoned where the service claims the request key
+    (core.loans.store.abandon_request, migration 0820), so no later application or repayment
+    under the key happens, and no disbursement or repayment follows from one. An application
+    the system refused or sent to review has no notice of its own: its decision is told
+    (menus.loans.service.late_result_text)."""
 
     def __init__(self, pool: Any) -> None:
         self.pool = pool
@@ -714,19 +728,36 @@ class MoneySettler:
             raise E.ValidationFailed("Not a movement settled here", field="action")
         try:
             async with self.pool.acquire(timeout=CALL_TIMEOUT_S) as conn, conn.transaction():
-                if await transfers.abandon(conn, pending.key) is not None:
+                request = LOAN_REQUESTS.get(pending.action)
+                if request is None:
+                    done = await transfers.abandon(conn, pending.key) is not None
+                    told = None
+                else:
+                    done, told = await self._loan(conn, pending, request)
+                if done and told is None:
                     return True
                 await _enqueue_result(
                     conn,
                     msisdn=pending.msisdn,
-                    text=not_done_text(pending.action, pending.language),
+                    text=told or not_done_text(pending.action, pending.language),
                     kind=LATE_RESULT_KIND,
                     language=pending.language,
                     dedupe_key=result_sms_key(pending.key),
                 )
         except _DOWN as exc:
             raise E.Unavailable(reason=type(exc).__name__) from None
-        return False
+        return done
+
+    @staticmethod
+    async def _loan(conn: Any, pending: Pending, request: str) -> tuple[bool, str | None]:
+        """(whether the loan service did the request, the text to tell when its own notice is
+        not the result)."""
+        found = await loan_store.abandon_request(conn, pending.msisdn, pending.key, request)
+        if found != "apply":
+            return found is not None, None
+        app = await loan_store.find_application(conn, pending.msisdn, pending.key)
+        assert app is not None  # found under the key's lock, which this transaction holds
+        return True, late_result_text(app, pending.language)
 
 
 def bind(

@@ -92,6 +92,22 @@ NOT_DONE: MappingProxyType[str, MappingProxyType[str, str]] = MappingProxyType(
                 "fr": "Votre retrait n'a pas abouti et aucun montant n'a été prélevé sur votre "
                 "compte. Ne prenez pas d'espèces pour ce retrait; vous pouvez réessayer.",
             },
+            "loans.apply": {
+                "en": "Your loan application did not go through: no loan was given and nothing "
+                "was taken from your account. You may apply again.",
+                "sw": "Ombi lako la mkopo halikufanikiwa: hakuna mkopo uliotolewa wala pesa "
+                "iliyochukuliwa kwenye akaunti yako. Unaweza kuomba tena.",
+                "fr": "Votre demande de crédit n'a pas abouti: aucun crédit n'a été versé et "
+                "rien n'a été prélevé sur votre compte. Vous pouvez la refaire.",
+            },
+            "loans.repay": {
+                "en": "Your loan repayment did not go through and no money was taken from your "
+                "account. Your loan is unchanged; you may repay again.",
+                "sw": "Malipo yako ya mkopo hayakufanikiwa na hakuna pesa iliyotolewa kwenye "
+                "akaunti yako. Deni lako halijabadilika; unaweza kulipa tena.",
+                "fr": "Votre remboursement n'a pas abouti et aucun montant n'a été prélevé sur "
+                "votre compte. Votre crédit est inchangé; vous pouvez rembourser à nouveau.",
+            },
         }.items()
     }
 )

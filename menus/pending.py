@@ -13,9 +13,10 @@ never written, nor keeps one that was finished.
 The record holds no input and no secret: nobody runs the action again from it. Whoever
 finishes a record that its owner could not (the owner gone: its liveness key expired or
 deleted at a stop; the owner released it; or it outlived its limit) settles or abandons the
-movement under its key (`Settler`, core.transfers.abandon): the ledger's movement, whose
-receipt the core queued with it, or the key abandoned for good and the customer told nothing
-moved, in one transaction. So a PIN is never needed, and never stored, to keep the promise.
+movement under its key (`Settler`; core.transfers.abandon, or for a loan application or
+repayment core.loans.store.abandon_request): the movement, whose receipt or loan notice was
+queued with it, or the key abandoned for good and the customer told nothing moved, in one
+transaction. So a PIN is never needed, and never stored, to keep the promise.
 
 Every instance runs a `PendingSweeper`. A record is taken by a compare-and-set of its owner
 (the owner it read -> this instance), so one instance finishes it; finishing twice would still

@@ -27,6 +27,7 @@ from core.loans.lifecycle import OPEN_LOAN_STATES, State
 from core.loans.ports import Connection
 from core.loans.products import Product, validate_product
 from core.loans.scoring import Score
+from core.pg import call
 
 ILLEGAL_TRANSITION_SQLSTATE = "LN001"
 MAX_PAGE = 200
@@ -176,6 +177,24 @@ async def lock_applicant(conn: Connection, msisdn: str) -> None:
     await conn.execute(
         "SELECT pg_advisory_xact_lock(hashtextextended('loan-apply:' || $1, 0))", msisdn
     )
+
+
+async def claim_request(conn: Connection, msisdn: str, key: str) -> None:
+    """Claim this customer's request key for an application or a repayment: the FIRST statement
+    of its transaction, before any other lock (migration 0820 gives the lock order). Holds the
+    key's shared lock until the commit, so an abandonment (`abandon_request`) waits for this
+    request, or this request for it; raises MoneyAbandoned when the request was given up."""
+    await call(conn, "SELECT loan_claim_key($1, $2)", msisdn, key)
+
+
+async def abandon_request(conn: Connection, msisdn: str, key: str, action: str) -> str | None:
+    """Settle or abandon a request whose outcome is lost, in the caller's transaction: "apply"
+    or "repay" when the loan service has an application or a repayment under this customer's
+    key (waited for when one is in flight), else None, the request then abandoned: no later
+    ask under the key applies or repays (MoneyAbandoned). `action` is "apply" or "repay"."""
+    row = await call(conn, "SELECT loan_abandon($1, $2, $3) AS found", msisdn, key, action)
+    found = None if row is None else row["found"]
+    return None if found is None else str(found)
 
 
 async def applicant_counts(conn: Connection, msisdn: str, now: datetime) -> tuple[int, int, int]:

@@ -20,6 +20,11 @@ written, the ledger moves the money, and the loan becomes `active`, all or nothi
 change asks the shared `transitions` machine (menus.loans.lifecycle) for its destination; core
 and the database trigger check the same table again.
 
+An application's and a repayment's transaction claims its request key (the channel's
+idempotency key, per customer) before anything else (core.loans.store.claim_request, migration
+0820): a request given up as a late USSD result (menus.bindings.MoneySettler) is refused there
+with MoneyAbandoned, so nothing is applied for, disbursed or repaid under its key.
+
 Money needs a `LoanLedger` and applications a `CustomerDirectory` (core.loans.ports; the
 banking core's are in core.loans.core_ledger); without them the service answers those calls
 with `Unavailable`.
@@ -190,6 +195,25 @@ def decision_of(app: Application) -> Decision:
     return Decision(Outcome.REFUSE, "REJECTED", "Your application was not approved", limit, known)
 
 
+def late_result_text(app: Application, language: str) -> str | None:
+    """The SMS that tells a customer who was promised this application's result by SMS, when
+    the request is found settled after its owner could not say (menus.bindings.MoneySettler),
+    or None when a loan notice is, or will be, that result: a disbursed loan's, the one of a
+    disbursement still to come (an approval: the request's own retry or
+    `resume_disbursements` finishes it), an officer's decision. The system's decisions (a
+    refusal, a review, a disbursement that failed) send no notice of their own: the screen
+    said them, and this says what the screen would have."""
+    if app.loan_id is not None or app.status in (State.APPROVED, State.DISBURSED):
+        return None
+    if app.decided_by not in (None, SYSTEM):
+        return None
+    shown = decision_of(app)
+    text = messages.reason(shown.code, language, shown.details) or shown.message
+    if shown.outcome is Outcome.REFUSE:
+        return messages.notice("loan_rejected", language, {"reason": text})
+    return text
+
+
 class LoanService:
     def __init__(
         self,
@@ -279,6 +303,9 @@ class LoanService:
             facts = await self._scoring_facts(conn, msisdn, product, customer.registered_at)
         score = await self._score(facts, product)
         async with pool.acquire() as conn, conn.transaction():
+            # The request key first, the applicant's lock next (the order of migration 0820):
+            # a request given up (a late USSD result settled as abandoned) is refused here.
+            await store.claim_request(conn, msisdn, idempotency_key)
             await store.lock_applicant(conn, msisdn)
             earlier = await store.find_application(conn, msisdn, idempotency_key)
             if earlier is not None:
@@ -620,6 +647,8 @@ class LoanService:
         check_key(idempotency_key, channel)
         self.require_ledger()
         async with pool.acquire() as conn, conn.transaction():
+            # The request key before the loan's row and the ledger's locks (migration 0820).
+            await store.claim_request(conn, msisdn, idempotency_key)
             prior = await book.find_repayment_for(conn, msisdn, idempotency_key)
             if prior is not None:
                 return await self._repay_replay(conn, prior, amount_minor)

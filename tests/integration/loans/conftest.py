@@ -10,7 +10,8 @@ KES defaults and its loan fund is funded from settlement once per run.
 After every test that builds a `World`: the core's ledger check (`core.ledger.check_ledger`)
 and the loan book against the ledger: every loan's disbursement is a posted transfer of its
 principal, every repayment a posted transfer whose legs carry exactly the allocation's
-principal, interest, fees and penalties, and the installments say what the repayments paid.
+principal, interest, fees and penalties, the installments say what the repayments paid, and
+nothing was applied for or repaid under an abandoned request (migration 0820).
 """
 
 from __future__ import annotations
@@ -106,6 +107,16 @@ _INVARIANTS = (
            OR coalesce(legs.fee, 0) <> r.fee_minor
            OR coalesce(legs.penalty, 0) <> r.penalty_minor
            OR coalesce(legs.wallet, 0) <> -r.amount_minor
+        """,
+    ),
+    (
+        "nothing applied or repaid under an abandoned request",
+        """
+        SELECT a.id FROM loan_abandoned x JOIN loan_applications a
+          ON a.msisdn = x.msisdn AND a.idempotency_key = x.idempotency_key
+        UNION ALL
+        SELECT r.id FROM loan_abandoned x JOIN loans l ON l.msisdn = x.msisdn
+        JOIN loan_repayments r ON r.loan_id = l.id AND r.idempotency_key = x.idempotency_key
         """,
     ),
 )
