@@ -55,6 +55,10 @@ UPGRADE = (
     CREATE FUNCTION loan_claim_key(p_msisdn text, p_key text) RETURNS void
     LANGUAGE plpgsql AS $$
     BEGIN
+        IF current_setting('transaction_isolation') <> 'read committed' THEN
+            RAISE EXCEPTION 'loan_claim_key needs READ COMMITTED, not %',
+                current_setting('transaction_isolation');
+        END IF;
         PERFORM pg_advisory_xact_lock_shared(820, hashtext(p_msisdn || ' ' || p_key));
         IF EXISTS (SELECT 1 FROM loan_abandoned
                    WHERE msisdn = p_msisdn AND idempotency_key = p_key) THEN
@@ -99,6 +103,10 @@ UPGRADE = (
             PERFORM ledger_fail('VALIDATION_ERROR',
                                 'A phone number, a request key and apply or repay are needed',
                                 jsonb_build_object('field', 'idempotency_key'));
+        END IF;
+        IF current_setting('transaction_isolation') <> 'read committed' THEN
+            RAISE EXCEPTION 'loan_abandon needs READ COMMITTED, not %',
+                current_setting('transaction_isolation');
         END IF;
         PERFORM pg_advisory_xact_lock(820, hashtext(p_msisdn || ' ' || p_key));
         IF EXISTS (SELECT 1 FROM loan_applications
