@@ -274,6 +274,9 @@ def notice(template: str, language: str, params: Mapping[str, Any]) -> str:
     officer = OFFICER_REASONS.get(str(params.get("reason_code")))
     if officer is not None:  # an officer's reason, in the customer's language
         values["reason"] = officer.get(language, officer[DEFAULT_LANGUAGE])
+    refusal = REASONS.get(str(params.get("refusal_code")))
+    if refusal is not None:  # the system's refusal (a disbursement the ledger refused)
+        values["reason"] = refusal.get(language, refusal[DEFAULT_LANGUAGE])
     return " ".join(text.format_map(_Blank(values)).split())
 
 

@@ -331,7 +331,7 @@ class LoanService:
             if decision.outcome is not Outcome.REVIEW:
                 trigger = "approve" if decision.outcome is Outcome.APPROVE else "reject"
                 app = await self._move_app(conn, app, trigger, SYSTEM)
-        app, loan = await self._disburse(pool, app, SYSTEM)
+        app, loan = await self._disburse(pool, app, SYSTEM, answered=True)
         shown = decision_of(app)
         if shown.code == decision.code:  # the figures behind it are known now, not stored
             shown = replace(shown, details={**shown.details, **decision.details})
@@ -410,7 +410,7 @@ class LoanService:
         if app.status == State.APPROVED:
             # Approved, and its disbursement never committed (the first try met an outage, or
             # the process died): the customer asking again gets the money now, once.
-            app, loan = await self._disburse(pool, app, SYSTEM)
+            app, loan = await self._disburse(pool, app, SYSTEM, answered=True)
             return ApplyResult(app, decision_of(app), loan, replayed=True)
         loan = None
         if app.loan_id is not None:
@@ -544,11 +544,15 @@ class LoanService:
         return ReviewResult(app)
 
     async def _disburse(
-        self, pool: Pool, app: Application, actor: str
+        self, pool: Pool, app: Application, actor: str, *, answered: bool = False
     ) -> tuple[Application, Loan | None]:
         """Disburse an approved application; without a ledger it stays approved (the banking
         core is not connected yet). If the ledger refuses (the fund is short, the wallet is at
-        its cap ...), nothing moved and the application is rejected with the reason."""
+        its cap ...), nothing moved and the application is rejected with the reason. `answered`:
+        the customer's own request runs this and its answer says the refusal; otherwise (an
+        officer's approval, a resumed disbursement) the customer is told by a notice, in the
+        same transaction (before, nobody told them: their last word was "approved" or "under
+        review")."""
         if app.status != State.APPROVED or self.ledger is None:
             return app, None
         try:
@@ -576,6 +580,14 @@ class LoanService:
                     raise
                 note = f"{DISBURSEMENT_FAILED}: {exc.error_code}"
                 rejected = await self._move_app(conn, current, "reject", SYSTEM, note)
+                if not answered:
+                    await self.notify(
+                        conn,
+                        rejected.msisdn,
+                        "loan_rejected",
+                        {"refusal_code": DISBURSEMENT_FAILED},
+                        None,
+                    )
             return rejected, None
         async with pool.acquire() as conn:
             return await store.get_application(conn, app.id), loan

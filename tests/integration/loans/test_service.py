@@ -176,6 +176,7 @@ async def test_fund_short_rejects_the_approval_and_moves_nothing(world: World) -
     assert loans == 0  # the loan row rolled back with the money
     refused = result.refusal_error()
     assert refused is not None and refused.error_code == "DISBURSEMENT_FAILED"
+    assert await _notices(world, msisdn) == []  # the customer's own request answers it
     # Once the bank funds it, the fund lends.
     await fund_loans(
         world.pool, amount_minor=200_000, idempotency_key=new_key(), channel="test",
@@ -373,3 +374,31 @@ async def test_a_replay_after_review_reads_as_the_final_decision(world: World) -
     replay = await world.apply(msisdn, product.code, 100_000, key="r")
     assert replay.replayed and replay.decision.outcome is Outcome.APPROVE
     assert replay.loan is not None and replay.loan.status == "active"
+
+
+async def test_an_approval_whose_disbursement_is_refused_is_told_to_the_customer(
+    world: World,
+) -> None:
+    """An officer approves; the ledger refuses the disbursement (the fund is short): the
+    application is rejected and the customer told so, in their language. Before, nobody told
+    them: their last word was "your application will be reviewed" (found in review; the same
+    path serves a resumed disbursement after a USSD promise was settled as approved)."""
+    world.currency = "XTF"  # a test currency whose loan fund holds nothing yet
+    await prepare_currency(world.pool, world.currency)
+    product = await world.product(auto_approve_max_minor=0)
+    msisdn = await world.customer()
+    await world.pool.execute("UPDATE customers SET language = 'sw' WHERE msisdn = $1", msisdn)
+    result = await world.apply(msisdn, product.code, 20_000)
+    assert result.decision.outcome is Outcome.REVIEW
+    reviewed = await world.service.approve(world.pool, result.application.id, actor="officer1")
+    assert reviewed.application.status == "rejected" and reviewed.loan is None
+    assert await _notices(world, msisdn) == ["loan_rejected"]
+    body = await world.pool.fetchval(
+        "SELECT o.body FROM loan_notices n JOIN outbox o ON o.id = n.outbox_id "
+        "WHERE n.recipient = $1 AND n.kind = 'loan_rejected'",
+        msisdn,
+    )
+    assert body == (
+        "Ombi lako la mkopo halikukubaliwa. Hatukuweza kutuma pesa sasa; tafadhali jaribu tena "
+        "baadaye"
+    )
