@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
@@ -161,18 +162,23 @@ def redis_proxy(url: str) -> tuple[CuttableProxy, Callable[[int], str]]:
     parts = urlsplit(url)
     if parts.scheme == "unix":
         proxy = CuttableProxy("127.0.0.1", 0, unix_path=parts.path)
+    else:
+        proxy = CuttableProxy(parts.hostname or "127.0.0.1", parts.port or 6379)
+    return proxy, functools.partial(redis_url_via, url)
+
+
+def redis_url_via(url: str, proxy_port: int) -> str:
+    """A `redis://` URL to the database of `url` (TCP or `unix://`) through a proxy on
+    `proxy_port`, with the same credentials."""
+    parts = urlsplit(url)
+    if parts.scheme == "unix":
         database = next(iter(parse_qs(parts.query).get("db", [])), "0")
         auth = ""
     else:
-        proxy = CuttableProxy(parts.hostname or "127.0.0.1", parts.port or 6379)
         database = parts.path.lstrip("/") or "0"
         auth = parts.netloc.rpartition("@")[0]
-
-    def via(proxy_port: int) -> str:
-        netloc = f"{auth}@127.0.0.1:{proxy_port}" if auth else f"127.0.0.1:{proxy_port}"
-        return f"redis://{netloc}/{database}"
-
-    return proxy, via
+    netloc = f"{auth}@127.0.0.1:{proxy_port}" if auth else f"127.0.0.1:{proxy_port}"
+    return f"redis://{netloc}/{database}"
 
 
 @dataclass

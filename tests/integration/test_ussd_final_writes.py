@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import AsyncIterator
-from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 from redis.asyncio import Redis
@@ -27,7 +26,7 @@ from menus.liveness import Liveness
 from menus.service import STALE_CLAIM_GRACE_S, UssdService
 from menus.session import RedisSessionStore, Session
 from tests.helpers import eventually, new_msisdn
-from tests.tcp_proxy import CuttableProxy
+from tests.tcp_proxy import CuttableProxy, redis_proxy, redis_url_via
 from tests.ussd_support import PIN, AtSession, UssdEnv, moved_once, ready_to_send, start_env
 
 DEADLINE_A_S = 2.0
@@ -95,17 +94,13 @@ async def released(redis: Redis, key: str) -> tuple[int, Session]:
 
 def via_proxy(settings: Settings, proxy: CuttableProxy) -> str:
     assert settings.redis_url is not None
-    parts = urlsplit(settings.redis_url)
-    auth = parts.netloc.rpartition("@")[0]
-    host = f"127.0.0.1:{proxy.port}"
-    return urlunsplit(parts._replace(netloc=f"{auth}@{host}" if auth else host))
+    return redis_url_via(settings.redis_url, proxy.port)
 
 
 @pytest.fixture(scope="module")
 async def proxy(settings: Settings) -> AsyncIterator[CuttableProxy]:
     assert settings.redis_url is not None
-    parts = urlsplit(settings.redis_url)
-    relay = CuttableProxy(parts.hostname or "127.0.0.1", parts.port or 6379)
+    relay, _ = redis_proxy(settings.redis_url)  # TCP or the embedded engine's socket
     await relay.start()
     try:
         yield relay

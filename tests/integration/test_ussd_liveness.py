@@ -16,7 +16,6 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 from redis.asyncio import Redis
@@ -29,7 +28,7 @@ from menus.liveness import Liveness, liveness_key
 from menus.service import STALE_CLAIM_GRACE_S, UssdService
 from menus.session import RedisSessionStore, Session
 from tests.helpers import eventually
-from tests.tcp_proxy import CuttableProxy
+from tests.tcp_proxy import CuttableProxy, redis_proxy, redis_url_via
 from tests.ussd_support import (
     PIN,
     AtSession,
@@ -128,8 +127,7 @@ def takeovers(env: UssdEnv, reason: str) -> float:
 @pytest.fixture(scope="module")
 async def proxy(settings: Settings) -> AsyncIterator[CuttableProxy]:
     assert settings.redis_url is not None
-    parts = urlsplit(settings.redis_url)
-    relay = CuttableProxy(parts.hostname or "127.0.0.1", parts.port or 6379)
+    relay, _ = redis_proxy(settings.redis_url)  # TCP or the embedded engine's socket
     await relay.start()
     try:
         yield relay
@@ -141,10 +139,7 @@ async def proxy(settings: Settings) -> AsyncIterator[CuttableProxy]:
 async def b(settings: Settings, proxy: CuttableProxy) -> AsyncIterator[UssdEnv]:
     """Instance B, its Redis through the proxy."""
     assert settings.redis_url is not None
-    parts = urlsplit(settings.redis_url)
-    auth = parts.netloc.rpartition("@")[0]
-    host = f"127.0.0.1:{proxy.port}"
-    via = urlunsplit(parts._replace(netloc=f"{auth}@{host}" if auth else host))
+    via = redis_url_via(settings.redis_url, proxy.port)
     async for env in start_env(settings, redis_url=via, ussd_deadline_s=DEADLINE_B_S):
         yield env
 
