@@ -259,9 +259,9 @@ class PgSink:
                 raise
 
     async def run_events(self) -> None:
-        """Write what was deferred, oldest first, in batches of at most EVENT_WRITE_ROWS: a
-        spool batch this process holds, then the memory backlog (into the spool once Redis is
-        back, or PostgreSQL, whichever answers first), then the spool's entries, this
+        """Write what was deferred, oldest first, in batches of at most EVENT_WRITE_ROWS: the
+        memory backlog into the spool whenever Redis answers, a spool batch this process
+        holds, the memory backlog into PostgreSQL (Redis away), then the spool's entries, this
         process's and those of any other instance, live or dead. Backs off while PostgreSQL
         is away; polls the spool every EVENT_SPOOL_POLL_S while there is nothing to do."""
         delay = EVENT_RETRY_FIRST_S
@@ -286,10 +286,15 @@ class PgSink:
             if self._spool_acks:
                 await self._ack()
                 return _Step.DONE
+            # Memory into the spool as soon as Redis answers, before a held batch is tried: that
+            # batch waits for PostgreSQL, and behind it the memory (and every event deferred
+            # after it, see `_defer`) would stay in this process for the whole outage.
+            if self.backlog and await self._memory_to_spool():
+                return _Step.DONE
             if self._spool_held:
                 return await self._write_spool_batch()
             if self.backlog:
-                return await self._move_memory()
+                return await self._memory_to_postgres()
             return await self._take_from_spool() if take else _Step.IDLE
         except _REDIS_AWAY as exc:  # expected while it is away: no traceback at every step
             log.warning("agent events writer: Redis unreachable (%s)", type(exc).__name__)
@@ -313,20 +318,24 @@ class PgSink:
         await self._ack()
         return _Step.DONE
 
-    async def _move_memory(self) -> _Step:
-        """The memory backlog into the spool when Redis answers (it is then as safe as any
-        deferred event, and keeps its place behind this process's earlier entries), else
-        a batch into PostgreSQL. Nothing leaves the backlog before it is stored."""
-        if self.spool is not None:
-            try:
-                while self.backlog:
-                    batch = list(itertools.islice(self.backlog, EVENT_WRITE_ROWS))
-                    await self._spool_add(batch)
-                    for _ in batch:
-                        self.backlog.popleft()
-                return _Step.DONE
-            except _REDIS_AWAY:
-                pass
+    async def _memory_to_spool(self) -> bool:
+        """The memory backlog into the spool, when Redis answers (it is then as safe as any
+        deferred event, and keeps its place behind this process's earlier entries): whether
+        it went. Nothing leaves the backlog before it is stored."""
+        if self.spool is None:
+            return False
+        try:
+            while self.backlog:
+                batch = list(itertools.islice(self.backlog, EVENT_WRITE_ROWS))
+                await self._spool_add(batch)
+                for _ in batch:
+                    self.backlog.popleft()
+        except _REDIS_AWAY:
+            return False
+        return True
+
+    async def _memory_to_postgres(self) -> _Step:
+        """A batch of the memory backlog into PostgreSQL (Redis away)."""
         batch = list(itertools.islice(self.backlog, EVENT_WRITE_ROWS))
         left = batch.copy()
         done = await self._write_events(left)

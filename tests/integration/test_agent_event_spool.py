@@ -459,3 +459,38 @@ async def test_unreadable_entries_are_set_aside_and_never_hold_up_the_others(
     logged = [r for r in caplog.records if r.getMessage().endswith("unreadable entries set aside")]
     assert sum(r.entries for r in logged) == len(bad)  # type: ignore[attr-defined]
     assert all(r.levelno == logging.ERROR for r in logged)
+
+
+async def test_memory_goes_to_the_spool_once_redis_is_back_though_a_held_batch_waits(
+    relay: Relay, redis_relay: RedisRelay, redis: Redis, key: str, pg_pool: asyncpg.Pool
+) -> None:
+    """The writer holds a spool batch (PostgreSQL went away under its INSERT) when Redis
+    blips: events deferred in the blip wait in memory. Once Redis is back they move to the
+    spool although the held batch still waits for PostgreSQL, and so do later ones (not into
+    memory behind them); a stop then loses nothing. All stored once when PostgreSQL is back."""
+    others = made(new_code(), 3)
+    await EventSpool(redis, key).add(others, max_len=100)  # another instance's
+    sink = PgSink(relay.pool, None, EventSpool(redis_relay.client, key, claim_idle_s=3.0))
+    agent = new_code()
+    blip, after = made(agent, 2), made(agent, 3, start=time.time())
+    relay.proxy.cut_on(INSERT, refuse=OUTAGE)
+    task = asyncio.create_task(sink.run_events(), name="test-events")
+    try:
+        await eventually(lambda: relay.proxy.tripped == 1 and sink._spool_held == others)
+        redis_relay.proxy.cut(refuse=OUTAGE)
+        assert await sink.record_events(blip) == 2
+        assert list(sink.backlog) == blip
+        redis_relay.proxy.restore()
+        assert await sink.record_events(after) == 3
+        await eventually(lambda: sink.events_pending, lambda n: n == 0)
+        assert sink._spool_held == others  # still waiting for PostgreSQL
+        assert await spooled(redis, sink) == others + blip + after
+    finally:
+        await stop_tasks([task], "test event writers")
+    assert await sink.flush_events(timeout_s=2.0) is True
+    assert sink.events_dropped == 0
+    relay.proxy.restore()
+    async with writing(sink):
+        await eventually(lambda: redis.xlen(key), lambda n: n == 0, timeout_s=20)
+    assert await each_once(pg_pool, others + blip + after)
+    assert await order_stored(pg_pool, agent) == [e.event_id for e in blip + after]
