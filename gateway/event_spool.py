@@ -58,6 +58,8 @@ MAX_AGENT_CODE = 64
 _MAX_TS = 253_402_300_799.0
 # A consumer with nothing pending, unseen this long, is a process that ended: forgotten.
 CONSUMER_FORGET_S = 3600.0
+# Pending entries of this consumer looked at when a claim hands over deleted ones (Redis 6.2).
+_PENDING_SCAN = 1_000
 
 
 # KEYS[1] the stream; ARGV group, this consumer, idle limit (ms). XINFO CONSUMERS answers each
@@ -250,13 +252,14 @@ class EventSpool:
             start_id=self._cursor,
             count=count,
         )
-        self._cursor = _as_bytes(answer[0])
+        start, self._cursor = self._cursor, _as_bytes(answer[0])
         entries = [_entry(i, f) for i, f in answer[1] if i is not None and f]
-        # Redis 6.2 hands over entries deleted meanwhile (trimmed) without fields; 7 drops
-        # them from the pending list itself.
-        gone = [i for i, f in answer[1] if i is not None and not f]
+        # Redis 6.2 (the embedded engine) hands over entries deleted meanwhile (trimmed) as
+        # nil, without even their id; 7 drops them from the pending list itself. Left there
+        # they would be claimed again at every idle time, for ever.
+        gone = len(answer[1]) - len(entries)
         if gone:
-            await self.redis.xack(self.key, GROUP, *gone)
+            await self._ack_deleted(start, self._cursor, {e.entry_id for e in entries})
         if len(entries) < count:
             # RESP2: [[stream, [(id, fields), ...]]], or None when nothing is new.
             fresh: Any = await self.redis.xreadgroup(
@@ -264,12 +267,33 @@ class EventSpool:
             )
             for _, items in fresh or []:
                 entries.extend(_entry(i, f) for i, f in items)
-        if len(answer[1]) > len(gone):
+        if len(answer[1]) > gone:
             log.warning(
                 "agent event spool: entries of a silent writer taken over",
-                extra={"entries": len(answer[1]) - len(gone), "consumer": self.consumer},
+                extra={"entries": len(answer[1]) - gone, "consumer": self.consumer},
             )
         return entries
+
+    async def _ack_deleted(self, start: bytes, cursor: bytes, kept: set[bytes]) -> None:
+        """Acknowledge the entries this consumer claimed between `start` and `cursor` (the
+        XAUTOCLAIM's range; all that follows when it went round) that are no longer in the
+        stream. Its pending ones there are those just claimed, or entries it leaves pending
+        on purpose (a later format), which are still in the stream."""
+        end = b"+" if cursor == b"0-0" else b"(" + cursor
+        pending = await self.redis.xpending_range(
+            self.key, GROUP, min=start, max=end, count=_PENDING_SCAN, consumername=self.consumer
+        )
+        ids = [_as_bytes(p["message_id"]) for p in pending]
+        ids = [i for i in ids if i not in kept]
+        if not ids:
+            return
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for entry_id in ids:
+                pipe.xrange(self.key, entry_id, entry_id, count=1)
+            found = await pipe.execute()
+        deleted = [i for i, there in zip(ids, found, strict=True) if not there]
+        if deleted:
+            await self.redis.xack(self.key, GROUP, *deleted)
 
     async def _create_group(self) -> None:
         try:
