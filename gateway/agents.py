@@ -283,25 +283,28 @@ class PgSink:
         """One move of the writer; `take`: new entries may be taken from the spool. Any
         failure is a BLOCKED step: raised out of here it would end `run_events` for good."""
         try:
-            if self._spool_acks:
-                await self._ack()
-                return _Step.DONE
-            # Memory into the spool as soon as Redis answers, before a held batch is tried: that
-            # batch waits for PostgreSQL, and behind it the memory (and every event deferred
-            # after it, see `_defer`) would stay in this process for the whole outage.
-            if self.backlog and await self._memory_to_spool():
-                return _Step.DONE
-            if self._spool_held:
-                return await self._write_spool_batch()
-            if self.backlog:
-                return await self._memory_to_postgres()
-            return await self._take_from_spool() if take else _Step.IDLE
+            return await self._next_step(take=take)
         except _REDIS_AWAY as exc:  # expected while it is away: no traceback at every step
             log.warning("agent events writer: Redis unreachable (%s)", type(exc).__name__)
             return _Step.BLOCKED
         except Exception:
             log.exception("agent events writer: step failed; retrying")
             return _Step.BLOCKED
+
+    async def _next_step(self, *, take: bool) -> _Step:
+        if self._spool_acks:
+            await self._ack()
+            return _Step.DONE
+        # Memory into the spool as soon as Redis answers, before a held batch is tried: that
+        # batch waits for PostgreSQL, and behind it the memory (and every event deferred
+        # after it, see `_defer`) would stay in this process for the whole outage.
+        if self.backlog and await self._memory_to_spool():
+            return _Step.DONE
+        if self._spool_held:
+            return await self._write_spool_batch()
+        if self.backlog:
+            return await self._memory_to_postgres()
+        return await self._take_from_spool() if take else _Step.IDLE
 
     async def _ack(self) -> None:
         assert self.spool is not None
