@@ -371,7 +371,15 @@ class PgSink:
         good = [e for e in entries if e.event is not None]
         self._spool_held = [e.event for e in good if e.event is not None]
         self._spool_ids = [e.entry_id for e in good]
-        unusable = [e for e in entries if e.event is None]
+        later = [e for e in entries if e.later]
+        if later:
+            # Left pending, claimed by this consumer: a newer instance takes them over once
+            # idle (CLAIM_IDLE_S), this one skips them and writes the rest.
+            log.warning(
+                "agent event spool: entries of a later format left for a newer release",
+                extra={"entries": len(later), "problems": sorted({e.problem or "" for e in later})},
+            )
+        unusable = [e for e in entries if e.event is None and not e.later]
         if unusable:
             await self.spool.set_aside(unusable)
             self.events_unreadable += len(unusable)
@@ -966,7 +974,7 @@ class AgentCollector(Collector):
         )
         yield CounterMetricFamily(
             "gateway_agent_events_unreadable",
-            "spool entries no event could be read from (garbage, a later format), set aside",
+            "spool entries no event could be read from (garbage), set aside",
             value=sink.events_unreadable,
         )
         yield CounterMetricFamily(

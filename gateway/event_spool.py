@@ -17,9 +17,11 @@ while it retries). A batch may so be written twice, and the events' ids (migrati
 the table.
 
 An entry is `{v: format version, d: msgpack}`. A reader that cannot use one (bytes that are
-not an event, or a version it does not know, written by a later release) moves it aside to a
-second, bounded stream with the reason, acknowledged, so it never holds up the entries after
-it; a later release can read it back from there.
+not an event) moves it aside to a second, bounded stream with the reason, acknowledged, so it
+never holds up the entries after it. An entry of a later format (a newer release wrote it
+during a rolling upgrade) is no garbage: the reader leaves it pending, skipped, and a newer
+instance takes it over once it has been idle for CLAIM_IDLE_S (older instances take it over
+too, and leave it again, until then).
 """
 
 from __future__ import annotations
@@ -82,6 +84,10 @@ class EntryUnusable(Exception):
     """A stream entry that is not an event this release can write; the reason says why."""
 
 
+class EntryLater(Exception):
+    """A stream entry of a format version later than this release's: a newer one writes it."""
+
+
 def encode(event: EventRow) -> dict[bytes, bytes]:
     """The entry for `event`: the format version beside a msgpack array (no field names in
     each entry; ~50 bytes for a presence event, under 200 for a breach with its fix)."""
@@ -106,6 +112,8 @@ def decode(fields: dict[bytes, bytes]) -> EventRow:
     version = fields.get(b"v")
     reader = _READERS.get(version) if isinstance(version, bytes) else None
     if reader is None:
+        if _later(version):
+            raise EntryLater(f"format version {version!r} is later than this release's")
         raise EntryUnusable(f"format version {version!r} unknown")
     data = fields.get(b"d")
     if not isinstance(data, bytes) or len(data) > MAX_ENTRY_BYTES:
@@ -115,6 +123,16 @@ def decode(fields: dict[bytes, bytes]) -> EventRow:
     except Exception as exc:  # msgpack raises several unrelated types for garbage
         raise EntryUnusable(f"not msgpack ({type(exc).__name__})") from None
     return reader(body)
+
+
+def _later(version: object) -> bool:
+    # Versions are small decimal numbers; anything else is garbage, not the future.
+    return (
+        isinstance(version, bytes)
+        and 0 < len(version) <= 9
+        and version.isdigit()
+        and int(version) > FORMAT
+    )
 
 
 def _read_v1(body: Any) -> EventRow:
@@ -174,6 +192,7 @@ class Entry:
     event: EventRow | None
     problem: str | None = None
     fields: dict[bytes, bytes] | None = None  # kept for an unusable entry, to set it aside
+    later: bool = False  # of a later format: left pending for a newer release
 
 
 @dataclass(frozen=True, slots=True)
@@ -280,11 +299,10 @@ class EventSpool:
         stream. Its pending ones there are those just claimed, or entries it leaves pending
         on purpose (a later format), which are still in the stream."""
         end = b"+" if cursor == b"0-0" else b"(" + cursor
-        pending = await self.redis.xpending_range(
+        pending: list[dict[str, Any]] = await self.redis.xpending_range(
             self.key, GROUP, min=start, max=end, count=_PENDING_SCAN, consumername=self.consumer
         )
-        ids = [_as_bytes(p["message_id"]) for p in pending]
-        ids = [i for i in ids if i not in kept]
+        ids = [i for i in (_as_bytes(p["message_id"]) for p in pending) if i not in kept]
         if not ids:
             return
         async with self.redis.pipeline(transaction=False) as pipe:
@@ -366,5 +384,7 @@ def _entry(entry_id: bytes | str, fields: dict[bytes, bytes]) -> Entry:
     key = _as_bytes(entry_id)
     try:
         return Entry(key, decode(fields))
+    except EntryLater as exc:
+        return Entry(key, None, str(exc), later=True)
     except EntryUnusable as exc:
         return Entry(key, None, str(exc), fields)

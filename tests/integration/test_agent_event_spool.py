@@ -426,16 +426,16 @@ async def test_a_stop_with_both_away_gives_up_at_its_deadline_and_says_so(
 async def test_unreadable_entries_are_set_aside_and_never_hold_up_the_others(
     redis: Redis, key: str, pg_pool: asyncpg.Pool, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """Garbage, a later format, a kind this release does not know, a time no database
-    takes, between good entries: those are moved to the unreadable stream with their reason
-    and the entry they were (acknowledged, gone from the spool), logged and counted; every
-    good event is stored once, in order."""
+    """Garbage, a format version that is no number, a kind this release does not know, a time
+    no database takes, between good entries: those are moved to the unreadable stream with
+    their reason and the entry they were (acknowledged, gone from the spool), logged and
+    counted; every good event is stored once, in order."""
     agent = new_code()
     good = made(agent, 4)
-    later_format = {b"v": b"2", b"d": encode(good[0])[b"d"]}
+    odd_version = {b"v": b"2x", b"d": encode(good[0])[b"d"]}
     bad: list[dict[bytes, bytes]] = [
         {b"v": b"1", b"d": b"\xc1\xff garbage"},
-        later_format,
+        odd_version,
         {b"v": b"1", b"d": encode(EventRow(agent, "teleport", time.time()))[b"d"]},
         {b"v": b"1", b"d": encode(EventRow(agent, "enter", 1e300))[b"d"]},
         {b"nothing": b"of ours"},
@@ -455,7 +455,7 @@ async def test_unreadable_entries_are_set_aside_and_never_hold_up_the_others(
     assert [fields[b"problem"].split(b" ")[0] for _, fields in aside] == [
         b"not", b"format", b"kind", b"time", b"format",
     ]  # fmt: skip
-    assert aside[1][1][b"d"] == later_format[b"d"]  # kept whole: a later release can read it
+    assert aside[1][1][b"d"] == odd_version[b"d"]  # kept whole, for whoever looks
     assert [fields[b"spool_id"] for _, fields in aside] == bad_ids
     assert await pending_of(redis, key) == {}
     logged = [r for r in caplog.records if r.getMessage().endswith("unreadable entries set aside")]
@@ -538,3 +538,34 @@ async def test_claimed_entries_trimmed_meanwhile_leave_the_pending_list(
     assert await survivor.take(10) == []
     assert await pending_of(redis, key) == {}
     assert await redis.xlen(key) == 0
+
+
+async def test_entries_of_a_later_format_wait_pending_for_a_newer_release(
+    redis: Redis, key: str, pg_pool: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A rolling upgrade: entries a newer release wrote (format 2) ahead of and between this
+    release's. This one writes its own and leaves those pending, neither acknowledged nor set
+    aside; a newer instance takes them over once idle and stores them."""
+    agent = new_code()
+    events = made(agent, 4)
+    newer_ids = []
+    for event in events:
+        newer_ids.append(await redis.xadd(key, {b"v": b"2", b"d": encode(event)[b"d"]}))
+        await redis.xadd(key, encode(event))  # type: ignore[arg-type]
+    old = PgSink(pg_pool, None, EventSpool(redis, key))
+    assert old.spool is not None
+    async with writing(old):
+        await eventually(lambda: redis.xlen(key), lambda n: n == len(events))
+        await eventually(lambda: pending_of(redis, key), lambda p: p == {old.spool.consumer: 4})
+    assert [i for i, _ in await redis.xrange(key)] == newer_ids
+    assert await redis.exists(f"{key}:unreadable") == 0
+    assert old.events_unreadable == 0
+    assert old.events_written == 4  # each event once (the format 2 entries are copies)
+
+    monkeypatch.setitem(event_spool._READERS, b"2", event_spool._read_v1)  # a newer release
+    newer = PgSink(pg_pool, None, EventSpool(redis, key, claim_idle_s=0.3))
+    async with writing(newer):
+        await eventually(lambda: redis.xlen(key), lambda n: n == 0)
+    assert newer.events_written == 4
+    assert await each_once(pg_pool, events)
+    assert await pending_of(redis, key) == {}
