@@ -18,7 +18,6 @@ import asyncio
 import collections
 import contextlib
 import enum
-import itertools
 import json
 import logging
 import time
@@ -137,9 +136,11 @@ class PgSink:
         self.written = 0
         self.refused = 0  # history rows the table refused as data, dropped
         self._held: list[LocationRow] = []  # taken off the queue, not yet written
-        # Events deferred while Redis was away too, oldest first (the batch being written
-        # stays at the front until written).
+        # Events deferred while Redis was away too, oldest first, and the batch taken from its
+        # front that is being moved (to the spool or PostgreSQL) until it is stored: outside
+        # the deque, so a full backlog's drops never take it, nor count it.
         self.backlog: collections.deque[EventRow] = collections.deque()
+        self._memory_held: list[EventRow] = []
         self._events_waiting = asyncio.Event()
         # The batch taken from the spool and being written, its entries, and entries whose
         # events are stored but not yet acknowledged (Redis went away in between).
@@ -161,11 +162,15 @@ class PgSink:
     @property
     def events_pending(self) -> int:
         """Events only this process holds (in memory: lost if it dies)."""
-        return len(self.backlog)
+        return len(self._memory_held) + len(self.backlog)
+
+    @property
+    def _in_memory(self) -> bool:
+        return bool(self._memory_held or self.backlog)
 
     @property
     def _deferring(self) -> bool:
-        return bool(self.backlog) or self._spool_last is not None
+        return self._in_memory or self._spool_last is not None
 
     @property
     def _retry_max_s(self) -> float:
@@ -206,7 +211,7 @@ class PgSink:
         new ones go behind them)."""
         self.events_deferred += len(events)
         self._events_waiting.set()
-        if self.spool is not None and not self.backlog:
+        if self.spool is not None and not self._in_memory:
             try:
                 await self._spool_add(events)
                 return
@@ -232,7 +237,8 @@ class PgSink:
             )
 
     def _keep(self, events: Sequence[EventRow]) -> None:
-        """Append to the memory backlog; past EVENT_BACKLOG_MAX the oldest waiting events go.
+        """Append to the memory backlog; past EVENT_BACKLOG_MAX the oldest waiting events go
+        (not the batch being moved: the memory holds at most EVENT_WRITE_ROWS more).
         The newest are kept because they say where the agents are now: a breach alert from
         hours ago that nobody could act on matters less than the one happening."""
         self.backlog.extend(events)
@@ -298,11 +304,11 @@ class PgSink:
         # Memory into the spool as soon as Redis answers, before a held batch is tried: that
         # batch waits for PostgreSQL, and behind it the memory (and every event deferred
         # after it, see `_defer`) would stay in this process for the whole outage.
-        if self.backlog and await self._memory_to_spool():
+        if self._in_memory and await self._memory_to_spool():
             return _Step.DONE
         if self._spool_held:
             return await self._write_spool_batch()
-        if self.backlog:
+        if self._in_memory:
             return await self._memory_to_postgres()
         return await self._take_from_spool() if take else _Step.IDLE
 
@@ -328,23 +334,25 @@ class PgSink:
         if self.spool is None:
             return False
         try:
-            while self.backlog:
-                batch = list(itertools.islice(self.backlog, EVENT_WRITE_ROWS))
-                await self._spool_add(batch)
-                for _ in batch:
-                    self.backlog.popleft()
+            while self._in_memory:
+                self._hold_memory()
+                await self._spool_add(self._memory_held)
+                self._memory_held = []
         except _REDIS_AWAY:
             return False
         return True
 
     async def _memory_to_postgres(self) -> _Step:
         """A batch of the memory backlog into PostgreSQL (Redis away)."""
-        batch = list(itertools.islice(self.backlog, EVENT_WRITE_ROWS))
-        left = batch.copy()
-        done = await self._write_events(left)
-        for _ in range(len(batch) - len(left)):  # written or refused
-            self.backlog.popleft()
+        self._hold_memory()
+        # Loses each event as it is stored (or refused): a later try writes only the rest.
+        done = await self._write_events(self._memory_held)
         return _Step.DONE if done else _Step.BLOCKED
+
+    def _hold_memory(self) -> None:
+        if not self._memory_held:
+            count = min(EVENT_WRITE_ROWS, len(self.backlog))
+            self._memory_held = [self.backlog.popleft() for _ in range(count)]
 
     async def _take_from_spool(self) -> _Step:
         """A batch from the spool, once PostgreSQL answers (taken while it is away, entries
@@ -438,11 +446,11 @@ class PgSink:
         lost with the process."""
         deadline = time.monotonic() + timeout_s
         delay = EVENT_RETRY_FIRST_S
-        while self._spool_acks or self._spool_held or self.backlog:
+        while self._spool_acks or self._spool_held or self._in_memory:
             if await self._events_step(take=False) is not _Step.BLOCKED:
                 continue
             # A spool batch is safe where it is: one try, and the stop goes on.
-            if not self.backlog or time.monotonic() + delay > deadline:
+            if not self._in_memory or time.monotonic() + delay > deadline:
                 break
             await asyncio.sleep(delay)
             delay = min(delay * 2, EVENT_RETRY_MAX_S)
@@ -454,8 +462,10 @@ class PgSink:
         elif self.spool is not None:
             with contextlib.suppress(Exception):  # the consumer is only bookkeeping
                 await self.spool.forget_consumers()
-        if self.backlog:
-            log.error("agent events not written at stop; lost", extra={"events": len(self.backlog)})
+        if self._in_memory:
+            log.error(
+                "agent events not written at stop; lost", extra={"events": self.events_pending}
+            )
             return False
         return True
 

@@ -569,3 +569,46 @@ async def test_entries_of_a_later_format_wait_pending_for_a_newer_release(
     assert newer.events_written == 4
     assert await each_once(pg_pool, events)
     assert await pending_of(redis, key) == {}
+
+
+async def test_a_full_backlog_never_drops_the_batch_being_moved_nor_newer_events_for_it(
+    relay: Relay, key: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Memory full when Redis comes back: the writer moves a batch to the spool, and while
+    that XADD waits (Redis pauses writes; a Redis of the test's own) a handler defers more.
+    The batch in flight is not in the bound: nothing is dropped from memory, and every event
+    reaches the spool in order, where its own bound (the same) lets the oldest go, counted.
+    It used to drop the in-flight batch's events, counted, and then take newer unstored ones
+    out in their place, uncounted."""
+    monkeypatch.setattr(agents_module, "EVENT_BACKLOG_MAX", 6)
+    monkeypatch.setattr(agents_module, "EVENT_WRITE_ROWS", 4)
+    engine = EmbeddedRedis(tmp_path)
+    url = engine.start()
+    proxy, via = redis_proxy(url)
+    client, direct = make_redis(via(await proxy.start())), make_redis(url)
+    try:
+        sink = PgSink(relay.pool, None, EventSpool(client, key))
+        events = made(new_code(), 9)
+        relay.proxy.cut(refuse=OUTAGE)
+        proxy.cut(refuse=OUTAGE)
+        assert await sink.record_events(events[:6]) == 6
+        proxy.restore()
+        await direct.client_pause(30_000, all=False)  # writes wait, reads go on
+        try:
+            task = asyncio.create_task(sink.run_events(), name="test-events")
+            await eventually(
+                lambda: direct.info("clients"), lambda i: i["blocked_clients"] == 1
+            )  # the first batch's XADD, waiting
+            assert await sink.record_events(events[6:]) == 3
+            assert (sink.events_pending, sink.events_dropped) == (9, 0)
+        finally:
+            await direct.client_unpause()
+        await eventually(lambda: sink.events_pending, lambda n: n == 0)
+        await stop_tasks([task], "test event writers")
+        assert [event_spool.decode(f) for _, f in await direct.xrange(key)] == events[3:]
+        assert sink.events_dropped == 3
+    finally:
+        await client.aclose()
+        await direct.aclose()
+        await proxy.close()
+        engine.stop()
