@@ -47,7 +47,7 @@ from core.errors import AuthFailed, Conflict, FixRejected, NotFound, Unavailable
 from core.pg import CONNECTION_LOST, through_outage
 from core.tasks import stop_tasks
 from gateway.api import HttpError, json_response
-from gateway.event_spool import EventSpool
+from gateway.event_spool import EventSpool, unspoolable
 from gateway.keys import AGENTS, CIPHER, ENDPOINTS, METRICS, PG_POOL, REDIS, SETTINGS
 from geofence.gating import GatePolicy
 from geofence.tracker import TrackPolicy
@@ -155,7 +155,9 @@ class PgSink:
         self.events_deferred = 0  # events put in the spool or the memory backlog
         self.events_spooled = 0  # events put in the spool (from memory too)
         self.events_dropped = 0  # events a full backlog or spool let go
-        self.events_refused = 0  # events the table refused as data, dropped
+        # Events the table refused as data, or the spool could not hold while PostgreSQL was
+        # away: dropped.
+        self.events_refused = 0
         self.events_unreadable = 0  # spool entries no event could be read from, set aside
         self.events_written = 0  # deferred events the writer stored (or found stored)
 
@@ -181,7 +183,8 @@ class PgSink:
         return min(EVENT_RETRY_MAX_S, self.spool.claim_idle_s / 3)
 
     async def record_events(self, events: Sequence[EventRow]) -> int:
-        """Store `events`, or defer them; returns how many were deferred (0 or all).
+        """Store `events`, or defer them; returns how many were deferred (0, or all but
+        those the spool cannot hold, see `_defer`).
 
         Tried again at once when the connection is lost (core.pg.through_outage, ~1.5 s): the
         events already happened (the device state in Redis moved on) and a pooled connection
@@ -203,18 +206,27 @@ class PgSink:
                     type(exc).__name__,
                     extra={"events": len(events)},
                 )
-        await self._defer(events)
-        return len(events)
+        return await self._defer(events)
 
-    async def _defer(self, events: Sequence[EventRow]) -> None:
+    async def _defer(self, events: Sequence[EventRow]) -> int:
         """To the spool, unless Redis is away too or the memory backlog holds events (the
-        new ones go behind them)."""
+        new ones go behind them); how many were deferred. An event the spool cannot hold
+        is written at once or dropped (`_write_unspoolable`): it would block the others."""
+        if self.spool is not None:
+            problems = [(e, unspoolable(e)) for e in events]
+            if any(p is not None for _, p in problems):
+                for event, problem in problems:
+                    if problem is not None:
+                        await self._write_unspoolable(event, problem)
+                events = [e for e, p in problems if p is None]
+                if not events:
+                    return 0
         self.events_deferred += len(events)
         self._events_waiting.set()
         if self.spool is not None and not self._in_memory:
             try:
                 await self._spool_add(events)
-                return
+                return len(events)
             except _REDIS_AWAY as exc:
                 log.warning(
                     "agent events kept in memory: Redis unreachable too (%s)",
@@ -222,6 +234,22 @@ class PgSink:
                     extra={"events": len(events)},
                 )
         self._keep(events)
+        return len(events)
+
+    async def _write_unspoolable(self, event: EventRow, problem: str) -> None:
+        """One try, bounded (a fix handler waits): PostgreSQL may well be back while later
+        events still queue behind earlier ones. Not stored, it is dropped, counted as refused."""
+        try:
+            async with asyncio.timeout(EVENT_PROBE_TIMEOUT_S):
+                await self._insert_events([event])
+        except Exception as exc:
+            self.events_refused += 1
+            log.error(
+                "agent event the spool cannot hold, and PostgreSQL did not take; dropped",
+                extra={"agent": event.agent_code, "problem": problem, "error": repr(exc)[:200]},
+            )
+            return
+        self.events_written += 1
 
     async def _spool_add(self, events: Sequence[EventRow]) -> None:
         assert self.spool is not None
@@ -989,7 +1017,8 @@ class AgentCollector(Collector):
         )
         yield CounterMetricFamily(
             "gateway_agent_events_refused",
-            "events PostgreSQL refused as data, dropped",
+            "events dropped as data: PostgreSQL refused them, or the spool could not hold them "
+            "while PostgreSQL was away",
             value=sink.events_refused,
         )
         mqtt = self.runtime.mqtt

@@ -104,6 +104,18 @@ def encode(event: EventRow) -> dict[bytes, bytes]:
     return {b"v": str(FORMAT).encode(), b"d": msgpack.packb(body, use_bin_type=True)}
 
 
+def unspoolable(event: EventRow) -> str | None:
+    """Why `event` cannot go through the spool (None: it can): its entry would not encode
+    (an integer past 64 bits, a value msgpack has no type for) or would not read back (a
+    key that is no string, a time no database takes); such an entry would otherwise fail
+    every move of the memory backlog, or be set aside as unreadable."""
+    try:
+        decode(encode(event))
+    except (TypeError, ValueError, OverflowError, EntryUnusable) as exc:
+        return f"{type(exc).__name__}: {exc}"[:200]
+    return None
+
+
 def decode(fields: dict[bytes, bytes]) -> EventRow:
     """The event of an entry, read by the reader of its format version; EntryUnusable when it
     is not one (checked as far as writing it needs: a value the INSERT could not even encode

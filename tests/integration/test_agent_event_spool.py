@@ -612,3 +612,59 @@ async def test_a_full_backlog_never_drops_the_batch_being_moved_nor_newer_events
         await direct.aclose()
         await proxy.close()
         engine.stop()
+
+
+def unencodable(agent: str) -> list[EventRow]:
+    """Events whose details the spool's format cannot carry (PostgreSQL's JSON can)."""
+    return [
+        EventRow(agent, "breach", time.time(), details={"n": 2**70}),
+        EventRow(agent, "breach", time.time(), details={1: "key that is no string"}),  # type: ignore[dict-item]
+    ]
+
+
+async def test_events_the_spool_cannot_hold_are_dropped_counted_while_postgres_is_away(
+    relay: Relay,
+    redis_relay: RedisRelay,
+    redis: Redis,
+    key: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Both away: between good events, ones msgpack cannot encode or read back. Those are
+    dropped, counted as refused and logged (PostgreSQL did not take them either), the good
+    ones wait in memory, and once Redis is back they move to the spool: nothing raised to
+    the handler, and no move blocked by an event that can never be encoded."""
+    sink = PgSink(relay.pool, None, EventSpool(redis_relay.client, key))
+    agent = new_code()
+    good, bad = made(agent, 2), unencodable(agent)
+    relay.proxy.cut(refuse=OUTAGE)
+    redis_relay.proxy.cut(refuse=OUTAGE)
+    assert await sink.record_events([good[0], *bad, good[1]]) == 2
+    assert list(sink.backlog) == good
+    assert (sink.events_refused, sink.events_deferred) == (2, 2)
+    logged = [r for r in caplog.records if "the spool cannot hold" in r.getMessage()]
+    assert len(logged) == 2
+    assert all(r.levelno == logging.ERROR for r in logged)
+    redis_relay.proxy.restore()
+    async with writing(sink):
+        await eventually(lambda: sink.events_pending, lambda n: n == 0)
+        assert await spooled(redis, sink) == good
+
+
+async def test_events_the_spool_cannot_hold_are_written_at_once_when_postgres_answers(
+    relay: Relay, redis: Redis, key: str, pg_pool: asyncpg.Pool
+) -> None:
+    """PostgreSQL back while this process's events still queue behind its spool entries:
+    an event the spool cannot hold is written at once, not dropped."""
+    sink = PgSink(relay.pool, None, EventSpool(redis, key))
+    agent = new_code()
+    earlier, bad = made(agent, 1), unencodable(agent)
+    relay.proxy.cut(refuse=OUTAGE)
+    assert await sink.record_events(earlier) == 1
+    relay.proxy.restore()
+    assert await sink.record_events(bad) == 0
+    assert await each_once(pg_pool, bad)
+    assert sink.events_refused == 0
+    assert await spooled(redis, sink) == earlier  # still waiting for the writer
+    async with writing(sink):
+        await eventually(lambda: redis.xlen(key), lambda n: n == 0)
+    assert await each_once(pg_pool, earlier + bad)

@@ -5,13 +5,21 @@ anything else (the writer sets it aside; anything else would stall every entry b
 from __future__ import annotations
 
 import uuid
+from dataclasses import replace
 from typing import Any
 
 import msgpack
 import pytest
 
 from core.devices import EventRow
-from gateway.event_spool import MAX_ENTRY_BYTES, EntryLater, EntryUnusable, decode, encode
+from gateway.event_spool import (
+    MAX_ENTRY_BYTES,
+    EntryLater,
+    EntryUnusable,
+    decode,
+    encode,
+    unspoolable,
+)
 
 BREACH = EventRow(
     agent_code="AG12AB34CD",
@@ -101,3 +109,21 @@ def test_an_entry_of_a_later_format_is_told_apart_from_garbage(version: bytes) -
     """Left for a newer release to write, not set aside as unusable."""
     with pytest.raises(EntryLater, match="later"):
         decode({b"v": version, b"d": encode(BREACH)[b"d"]})
+
+
+@pytest.mark.parametrize(
+    ("details", "reason"),
+    [
+        ({"n": 2**64}, "OverflowError"),
+        ({1: "x"}, "EntryUnusable"),
+        ({"at": object()}, "TypeError"),
+        ({"d": float("nan")}, "details"),
+    ],
+    ids=["an integer past 64 bits", "a key that is no string", "an object", "NaN"],
+)
+def test_an_event_the_spool_cannot_hold_says_why(details: dict[Any, Any], reason: str) -> None:
+    assert reason in (unspoolable(replace(BREACH, details=details)) or "")
+
+
+def test_an_event_the_spool_can_hold_has_no_problem() -> None:
+    assert unspoolable(BREACH) is None
