@@ -151,6 +151,7 @@ class PgSink:
         # gone, new events go behind it, so one agent's events keep their order.
         self._spool_last: bytes | None = None
         self._forgot_at = 0.0
+        self._deferrals = 0  # `_defer` calls under way
         self.spool_length = 0  # entries in the spool, as this process last saw
         self.events_deferred = 0  # events put in the spool or the memory backlog
         self.events_spooled = 0  # events put in the spool (from memory too)
@@ -172,7 +173,9 @@ class PgSink:
 
     @property
     def _deferring(self) -> bool:
-        return self._in_memory or self._spool_last is not None
+        # `_deferrals`: a first deferral still waiting on its XADD has no entry yet, and an
+        # event written directly meanwhile would be stored ahead of it.
+        return self._in_memory or self._spool_last is not None or self._deferrals > 0
 
     @property
     def _retry_max_s(self) -> float:
@@ -209,6 +212,13 @@ class PgSink:
         return await self._defer(events)
 
     async def _defer(self, events: Sequence[EventRow]) -> int:
+        self._deferrals += 1
+        try:
+            return await self._defer_now(events)
+        finally:
+            self._deferrals -= 1
+
+    async def _defer_now(self, events: Sequence[EventRow]) -> int:
         """To the spool, unless Redis is away too or the memory backlog holds events (the
         new ones go behind them); how many were deferred. An event the spool cannot hold
         is written at once or dropped (`_write_unspoolable`): it would block the others."""

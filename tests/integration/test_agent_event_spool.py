@@ -582,6 +582,7 @@ async def test_a_full_backlog_never_drops_the_batch_being_moved_nor_newer_events
     out in their place, uncounted."""
     monkeypatch.setattr(agents_module, "EVENT_BACKLOG_MAX", 6)
     monkeypatch.setattr(agents_module, "EVENT_WRITE_ROWS", 4)
+    monkeypatch.setattr(event_spool, "REDIS_TIMEOUT_S", 30.0)  # the pause is no outage
     engine = EmbeddedRedis(tmp_path)
     url = engine.start()
     proxy, via = redis_proxy(url)
@@ -668,3 +669,40 @@ async def test_events_the_spool_cannot_hold_are_written_at_once_when_postgres_an
     async with writing(sink):
         await eventually(lambda: redis.xlen(key), lambda n: n == 0)
     assert await each_once(pg_pool, earlier + bad)
+
+
+async def test_an_event_arriving_while_the_first_deferral_awaits_redis_queues_behind_it(
+    relay: Relay,
+    key: str,
+    tmp_path: Path,
+    pg_pool: asyncpg.Pool,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The first deferral of an outage waits on its XADD (Redis pauses writes; a Redis of
+    the test's own) when PostgreSQL comes back and another handler records an event: that
+    one goes behind the first in the spool, not straight into the table ahead of it."""
+    monkeypatch.setattr(event_spool, "REDIS_TIMEOUT_S", 30.0)  # the pause is no outage
+    engine = EmbeddedRedis(tmp_path)
+    url = engine.start()
+    client, direct = make_redis(url), make_redis(url)
+    try:
+        sink = PgSink(relay.pool, None, EventSpool(client, key))
+        agent = new_code()
+        first, second = made(agent, 1), made(agent, 1, start=time.time())
+        relay.proxy.cut(refuse=OUTAGE)
+        await direct.client_pause(30_000, all=False)
+        try:
+            one = asyncio.create_task(sink.record_events(first))
+            await eventually(lambda: direct.info("clients"), lambda i: i["blocked_clients"] == 1)
+            relay.proxy.restore()
+            two = asyncio.create_task(sink.record_events(second))
+            await eventually(lambda: direct.info("clients"), lambda i: i["blocked_clients"] == 2)
+        finally:
+            await direct.client_unpause()
+        assert (await one, await two) == (1, 1)
+        assert [event_spool.decode(f) for _, f in await direct.xrange(key)] == first + second
+        assert await stored(pg_pool, second) == {second[0].event_id: 0}
+    finally:
+        await client.aclose()
+        await direct.aclose()
+        engine.stop()
