@@ -117,9 +117,10 @@ def unspoolable(event: EventRow) -> str | None:
 
 
 def decode(fields: dict[bytes, bytes]) -> EventRow:
-    """The event of an entry, read by the reader of its format version; EntryUnusable when it
-    is not one (checked as far as writing it needs: a value the INSERT could not even encode
-    would otherwise be retried for ever). A release that changes the format adds its reader
+    """The event of an entry, read by the reader of its format version; EntryLater when that
+    version is later than this release's, EntryUnusable when it is no event (checked as far
+    as writing it needs: a value the INSERT could not even encode would otherwise be retried
+    for ever). A release that changes the format adds its reader
     and keeps the older ones, so entries written before an upgrade are still written after."""
     version = fields.get(b"v")
     reader = _READERS.get(version) if isinstance(version, bytes) else None
