@@ -18,7 +18,6 @@ import asyncio
 import collections
 import contextlib
 import enum
-import itertools
 import json
 import logging
 import time
@@ -48,7 +47,7 @@ from core.errors import AuthFailed, Conflict, FixRejected, NotFound, Unavailable
 from core.pg import CONNECTION_LOST, through_outage
 from core.tasks import stop_tasks
 from gateway.api import HttpError, json_response
-from gateway.event_spool import EventSpool
+from gateway.event_spool import EventSpool, unspoolable
 from gateway.keys import AGENTS, CIPHER, ENDPOINTS, METRICS, PG_POOL, REDIS, SETTINGS
 from geofence.gating import GatePolicy
 from geofence.tracker import TrackPolicy
@@ -137,9 +136,11 @@ class PgSink:
         self.written = 0
         self.refused = 0  # history rows the table refused as data, dropped
         self._held: list[LocationRow] = []  # taken off the queue, not yet written
-        # Events deferred while Redis was away too, oldest first (the batch being written
-        # stays at the front until written).
+        # Events deferred while Redis was away too, oldest first, and the batch taken from its
+        # front that is being moved (to the spool or PostgreSQL) until it is stored: outside
+        # the deque, so a full backlog's drops never take it, nor count it.
         self.backlog: collections.deque[EventRow] = collections.deque()
+        self._memory_held: list[EventRow] = []
         self._events_waiting = asyncio.Event()
         # The batch taken from the spool and being written, its entries, and entries whose
         # events are stored but not yet acknowledged (Redis went away in between).
@@ -150,22 +151,31 @@ class PgSink:
         # gone, new events go behind it, so one agent's events keep their order.
         self._spool_last: bytes | None = None
         self._forgot_at = 0.0
+        self._deferrals = 0  # `_defer` calls under way
         self.spool_length = 0  # entries in the spool, as this process last saw
         self.events_deferred = 0  # events put in the spool or the memory backlog
         self.events_spooled = 0  # events put in the spool (from memory too)
         self.events_dropped = 0  # events a full backlog or spool let go
-        self.events_refused = 0  # events the table refused as data, dropped
+        # Events the table refused as data, or the spool could not hold while PostgreSQL was
+        # away: dropped.
+        self.events_refused = 0
         self.events_unreadable = 0  # spool entries no event could be read from, set aside
         self.events_written = 0  # deferred events the writer stored (or found stored)
 
     @property
     def events_pending(self) -> int:
         """Events only this process holds (in memory: lost if it dies)."""
-        return len(self.backlog)
+        return len(self._memory_held) + len(self.backlog)
+
+    @property
+    def _in_memory(self) -> bool:
+        return bool(self._memory_held or self.backlog)
 
     @property
     def _deferring(self) -> bool:
-        return bool(self.backlog) or self._spool_last is not None
+        # `_deferrals`: a first deferral still waiting on its XADD has no entry yet, and an
+        # event written directly meanwhile would be stored ahead of it.
+        return self._in_memory or self._spool_last is not None or self._deferrals > 0
 
     @property
     def _retry_max_s(self) -> float:
@@ -176,7 +186,8 @@ class PgSink:
         return min(EVENT_RETRY_MAX_S, self.spool.claim_idle_s / 3)
 
     async def record_events(self, events: Sequence[EventRow]) -> int:
-        """Store `events`, or defer them; returns how many were deferred (0 or all).
+        """Store `events`, or defer them; returns how many were deferred (0, or all but
+        those the spool cannot hold, see `_defer`).
 
         Tried again at once when the connection is lost (core.pg.through_outage, ~1.5 s): the
         events already happened (the device state in Redis moved on) and a pooled connection
@@ -198,18 +209,34 @@ class PgSink:
                     type(exc).__name__,
                     extra={"events": len(events)},
                 )
-        await self._defer(events)
-        return len(events)
+        return await self._defer(events)
 
-    async def _defer(self, events: Sequence[EventRow]) -> None:
+    async def _defer(self, events: Sequence[EventRow]) -> int:
+        self._deferrals += 1
+        try:
+            return await self._defer_now(events)
+        finally:
+            self._deferrals -= 1
+
+    async def _defer_now(self, events: Sequence[EventRow]) -> int:
         """To the spool, unless Redis is away too or the memory backlog holds events (the
-        new ones go behind them)."""
+        new ones go behind them); how many were deferred. An event the spool cannot hold
+        is written at once or dropped (`_write_unspoolable`): it would block the others."""
+        if self.spool is not None:
+            problems = [(e, unspoolable(e)) for e in events]
+            if any(p is not None for _, p in problems):
+                for event, problem in problems:
+                    if problem is not None:
+                        await self._write_unspoolable(event, problem)
+                events = [e for e, p in problems if p is None]
+                if not events:
+                    return 0
         self.events_deferred += len(events)
         self._events_waiting.set()
-        if self.spool is not None and not self.backlog:
+        if self.spool is not None and not self._in_memory:
             try:
                 await self._spool_add(events)
-                return
+                return len(events)
             except _REDIS_AWAY as exc:
                 log.warning(
                     "agent events kept in memory: Redis unreachable too (%s)",
@@ -217,6 +244,22 @@ class PgSink:
                     extra={"events": len(events)},
                 )
         self._keep(events)
+        return len(events)
+
+    async def _write_unspoolable(self, event: EventRow, problem: str) -> None:
+        """One try, bounded (a fix handler waits): PostgreSQL may well be back while later
+        events still queue behind earlier ones. Not stored, it is dropped, counted as refused."""
+        try:
+            async with asyncio.timeout(EVENT_PROBE_TIMEOUT_S):
+                await self._insert_events([event])
+        except Exception as exc:
+            self.events_refused += 1
+            log.error(
+                "agent event the spool cannot hold, and PostgreSQL did not take; dropped",
+                extra={"agent": event.agent_code, "problem": problem, "error": repr(exc)[:200]},
+            )
+            return
+        self.events_written += 1
 
     async def _spool_add(self, events: Sequence[EventRow]) -> None:
         assert self.spool is not None
@@ -232,7 +275,8 @@ class PgSink:
             )
 
     def _keep(self, events: Sequence[EventRow]) -> None:
-        """Append to the memory backlog; past EVENT_BACKLOG_MAX the oldest waiting events go.
+        """Append to the memory backlog; past EVENT_BACKLOG_MAX the oldest waiting events go
+        (not the batch being moved: the memory holds at most EVENT_WRITE_ROWS more).
         The newest are kept because they say where the agents are now: a breach alert from
         hours ago that nobody could act on matters less than the one happening."""
         self.backlog.extend(events)
@@ -259,9 +303,9 @@ class PgSink:
                 raise
 
     async def run_events(self) -> None:
-        """Write what was deferred, oldest first, in batches of at most EVENT_WRITE_ROWS: a
-        spool batch this process holds, then the memory backlog (into the spool once Redis is
-        back, or PostgreSQL, whichever answers first), then the spool's entries, this
+        """Write what was deferred, oldest first, in batches of at most EVENT_WRITE_ROWS: the
+        memory backlog into the spool whenever Redis answers, a spool batch this process
+        holds, the memory backlog into PostgreSQL (Redis away), then the spool's entries, this
         process's and those of any other instance, live or dead. Backs off while PostgreSQL
         is away; polls the spool every EVENT_SPOOL_POLL_S while there is nothing to do."""
         delay = EVENT_RETRY_FIRST_S
@@ -283,20 +327,28 @@ class PgSink:
         """One move of the writer; `take`: new entries may be taken from the spool. Any
         failure is a BLOCKED step: raised out of here it would end `run_events` for good."""
         try:
-            if self._spool_acks:
-                await self._ack()
-                return _Step.DONE
-            if self._spool_held:
-                return await self._write_spool_batch()
-            if self.backlog:
-                return await self._move_memory()
-            return await self._take_from_spool() if take else _Step.IDLE
+            return await self._next_step(take=take)
         except _REDIS_AWAY as exc:  # expected while it is away: no traceback at every step
             log.warning("agent events writer: Redis unreachable (%s)", type(exc).__name__)
             return _Step.BLOCKED
         except Exception:
             log.exception("agent events writer: step failed; retrying")
             return _Step.BLOCKED
+
+    async def _next_step(self, *, take: bool) -> _Step:
+        if self._spool_acks:
+            await self._ack()
+            return _Step.DONE
+        # Memory into the spool as soon as Redis answers, before a held batch is tried: that
+        # batch waits for PostgreSQL, and behind it the memory (and every event deferred
+        # after it, see `_defer`) would stay in this process for the whole outage.
+        if self._in_memory and await self._memory_to_spool():
+            return _Step.DONE
+        if self._spool_held:
+            return await self._write_spool_batch()
+        if self._in_memory:
+            return await self._memory_to_postgres()
+        return await self._take_from_spool() if take else _Step.IDLE
 
     async def _ack(self) -> None:
         assert self.spool is not None
@@ -313,26 +365,32 @@ class PgSink:
         await self._ack()
         return _Step.DONE
 
-    async def _move_memory(self) -> _Step:
-        """The memory backlog into the spool when Redis answers (it is then as safe as any
-        deferred event, and keeps its place behind this process's earlier entries), else
-        a batch into PostgreSQL. Nothing leaves the backlog before it is stored."""
-        if self.spool is not None:
-            try:
-                while self.backlog:
-                    batch = list(itertools.islice(self.backlog, EVENT_WRITE_ROWS))
-                    await self._spool_add(batch)
-                    for _ in batch:
-                        self.backlog.popleft()
-                return _Step.DONE
-            except _REDIS_AWAY:
-                pass
-        batch = list(itertools.islice(self.backlog, EVENT_WRITE_ROWS))
-        left = batch.copy()
-        done = await self._write_events(left)
-        for _ in range(len(batch) - len(left)):  # written or refused
-            self.backlog.popleft()
+    async def _memory_to_spool(self) -> bool:
+        """The memory backlog into the spool, when Redis answers (it is then as safe as any
+        deferred event, and keeps its place behind this process's earlier entries): whether
+        it went. Nothing leaves the backlog before it is stored."""
+        if self.spool is None:
+            return False
+        try:
+            while self._in_memory:
+                self._hold_memory()
+                await self._spool_add(self._memory_held)
+                self._memory_held = []
+        except _REDIS_AWAY:
+            return False
+        return True
+
+    async def _memory_to_postgres(self) -> _Step:
+        """A batch of the memory backlog into PostgreSQL (Redis away)."""
+        self._hold_memory()
+        # Loses each event as it is stored (or refused): a later try writes only the rest.
+        done = await self._write_events(self._memory_held)
         return _Step.DONE if done else _Step.BLOCKED
+
+    def _hold_memory(self) -> None:
+        if not self._memory_held:
+            count = min(EVENT_WRITE_ROWS, len(self.backlog))
+            self._memory_held = [self.backlog.popleft() for _ in range(count)]
 
     async def _take_from_spool(self) -> _Step:
         """A batch from the spool, once PostgreSQL answers (taken while it is away, entries
@@ -359,7 +417,15 @@ class PgSink:
         good = [e for e in entries if e.event is not None]
         self._spool_held = [e.event for e in good if e.event is not None]
         self._spool_ids = [e.entry_id for e in good]
-        unusable = [e for e in entries if e.event is None]
+        later = [e for e in entries if e.later]
+        if later:
+            # Left pending, claimed by this consumer: a newer instance takes them over once
+            # idle (CLAIM_IDLE_S), this one skips them and writes the rest.
+            log.warning(
+                "agent event spool: entries of a later format left for a newer release",
+                extra={"entries": len(later), "problems": sorted({e.problem or "" for e in later})},
+            )
+        unusable = [e for e in entries if e.event is None and not e.later]
         if unusable:
             await self.spool.set_aside(unusable)
             self.events_unreadable += len(unusable)
@@ -418,11 +484,11 @@ class PgSink:
         lost with the process."""
         deadline = time.monotonic() + timeout_s
         delay = EVENT_RETRY_FIRST_S
-        while self._spool_acks or self._spool_held or self.backlog:
+        while self._spool_acks or self._spool_held or self._in_memory:
             if await self._events_step(take=False) is not _Step.BLOCKED:
                 continue
             # A spool batch is safe where it is: one try, and the stop goes on.
-            if not self.backlog or time.monotonic() + delay > deadline:
+            if not self._in_memory or time.monotonic() + delay > deadline:
                 break
             await asyncio.sleep(delay)
             delay = min(delay * 2, EVENT_RETRY_MAX_S)
@@ -434,8 +500,10 @@ class PgSink:
         elif self.spool is not None:
             with contextlib.suppress(Exception):  # the consumer is only bookkeeping
                 await self.spool.forget_consumers()
-        if self.backlog:
-            log.error("agent events not written at stop; lost", extra={"events": len(self.backlog)})
+        if self._in_memory:
+            log.error(
+                "agent events not written at stop; lost", extra={"events": self.events_pending}
+            )
             return False
         return True
 
@@ -954,12 +1022,13 @@ class AgentCollector(Collector):
         )
         yield CounterMetricFamily(
             "gateway_agent_events_unreadable",
-            "spool entries no event could be read from (garbage, a later format), set aside",
+            "spool entries no event could be read from (garbage), set aside",
             value=sink.events_unreadable,
         )
         yield CounterMetricFamily(
             "gateway_agent_events_refused",
-            "events PostgreSQL refused as data, dropped",
+            "events dropped as data: PostgreSQL refused them, or the spool could not hold them "
+            "while PostgreSQL was away",
             value=sink.events_refused,
         )
         mqtt = self.runtime.mqtt

@@ -17,9 +17,11 @@ while it retries). A batch may so be written twice, and the events' ids (migrati
 the table.
 
 An entry is `{v: format version, d: msgpack}`. A reader that cannot use one (bytes that are
-not an event, or a version it does not know, written by a later release) moves it aside to a
-second, bounded stream with the reason, acknowledged, so it never holds up the entries after
-it; a later release can read it back from there.
+not an event) moves it aside to a second, bounded stream with the reason, acknowledged, so it
+never holds up the entries after it. An entry of a later format (a newer release wrote it
+during a rolling upgrade) is no garbage: the reader leaves it pending, skipped, and a newer
+instance takes it over once it has been idle for CLAIM_IDLE_S (older instances take it over
+too, and leave it again, until then).
 """
 
 from __future__ import annotations
@@ -58,6 +60,8 @@ MAX_AGENT_CODE = 64
 _MAX_TS = 253_402_300_799.0
 # A consumer with nothing pending, unseen this long, is a process that ended: forgotten.
 CONSUMER_FORGET_S = 3600.0
+# Pending entries of this consumer looked at when a claim hands over deleted ones (Redis 6.2).
+_PENDING_SCAN = 1_000
 
 
 # KEYS[1] the stream; ARGV group, this consumer, idle limit (ms). XINFO CONSUMERS answers each
@@ -80,6 +84,10 @@ class EntryUnusable(Exception):
     """A stream entry that is not an event this release can write; the reason says why."""
 
 
+class EntryLater(Exception):
+    """A stream entry of a format version later than this release's: a newer one writes it."""
+
+
 def encode(event: EventRow) -> dict[bytes, bytes]:
     """The entry for `event`: the format version beside a msgpack array (no field names in
     each entry; ~50 bytes for a presence event, under 200 for a breach with its fix)."""
@@ -96,14 +104,29 @@ def encode(event: EventRow) -> dict[bytes, bytes]:
     return {b"v": str(FORMAT).encode(), b"d": msgpack.packb(body, use_bin_type=True)}
 
 
+def unspoolable(event: EventRow) -> str | None:
+    """Why `event` cannot go through the spool (None: it can): its entry would not encode
+    (an integer past 64 bits, a value msgpack has no type for) or would not read back (a
+    key that is no string, a time no database takes); such an entry would otherwise fail
+    every move of the memory backlog, or be set aside as unreadable."""
+    try:
+        decode(encode(event))
+    except (TypeError, ValueError, OverflowError, EntryUnusable) as exc:
+        return f"{type(exc).__name__}: {exc}"[:200]
+    return None
+
+
 def decode(fields: dict[bytes, bytes]) -> EventRow:
-    """The event of an entry, read by the reader of its format version; EntryUnusable when it
-    is not one (checked as far as writing it needs: a value the INSERT could not even encode
-    would otherwise be retried for ever). A release that changes the format adds its reader
+    """The event of an entry, read by the reader of its format version; EntryLater when that
+    version is later than this release's, EntryUnusable when it is no event (checked as far
+    as writing it needs: a value the INSERT could not even encode would otherwise be retried
+    for ever). A release that changes the format adds its reader
     and keeps the older ones, so entries written before an upgrade are still written after."""
     version = fields.get(b"v")
     reader = _READERS.get(version) if isinstance(version, bytes) else None
     if reader is None:
+        if _later(version):
+            raise EntryLater(f"format version {version!r} is later than this release's")
         raise EntryUnusable(f"format version {version!r} unknown")
     data = fields.get(b"d")
     if not isinstance(data, bytes) or len(data) > MAX_ENTRY_BYTES:
@@ -113,6 +136,16 @@ def decode(fields: dict[bytes, bytes]) -> EventRow:
     except Exception as exc:  # msgpack raises several unrelated types for garbage
         raise EntryUnusable(f"not msgpack ({type(exc).__name__})") from None
     return reader(body)
+
+
+def _later(version: object) -> bool:
+    # Versions are small decimal numbers; anything else is garbage, not the future.
+    return (
+        isinstance(version, bytes)
+        and 0 < len(version) <= 9
+        and version.isdigit()
+        and int(version) > FORMAT
+    )
 
 
 def _read_v1(body: Any) -> EventRow:
@@ -172,6 +205,7 @@ class Entry:
     event: EventRow | None
     problem: str | None = None
     fields: dict[bytes, bytes] | None = None  # kept for an unusable entry, to set it aside
+    later: bool = False  # of a later format: left pending for a newer release
 
 
 @dataclass(frozen=True, slots=True)
@@ -250,13 +284,14 @@ class EventSpool:
             start_id=self._cursor,
             count=count,
         )
-        self._cursor = _as_bytes(answer[0])
+        start, self._cursor = self._cursor, _as_bytes(answer[0])
         entries = [_entry(i, f) for i, f in answer[1] if i is not None and f]
-        # Redis 6.2 hands over entries deleted meanwhile (trimmed) without fields; 7 drops
-        # them from the pending list itself.
-        gone = [i for i, f in answer[1] if i is not None and not f]
+        # Redis 6.2 (the embedded engine) hands over entries deleted meanwhile (trimmed) as
+        # nil, without even their id; 7 drops them from the pending list itself. Left there
+        # they would be claimed again at every idle time, for ever.
+        gone = len(answer[1]) - len(entries)
         if gone:
-            await self.redis.xack(self.key, GROUP, *gone)
+            await self._ack_deleted(start, self._cursor, {e.entry_id for e in entries})
         if len(entries) < count:
             # RESP2: [[stream, [(id, fields), ...]]], or None when nothing is new.
             fresh: Any = await self.redis.xreadgroup(
@@ -264,12 +299,32 @@ class EventSpool:
             )
             for _, items in fresh or []:
                 entries.extend(_entry(i, f) for i, f in items)
-        if len(answer[1]) > len(gone):
+        if len(answer[1]) > gone:
             log.warning(
                 "agent event spool: entries of a silent writer taken over",
-                extra={"entries": len(answer[1]) - len(gone), "consumer": self.consumer},
+                extra={"entries": len(answer[1]) - gone, "consumer": self.consumer},
             )
         return entries
+
+    async def _ack_deleted(self, start: bytes, cursor: bytes, kept: set[bytes]) -> None:
+        """Acknowledge the entries this consumer claimed between `start` and `cursor` (the
+        XAUTOCLAIM's range; all that follows when it went round) that are no longer in the
+        stream. Its pending ones there are those just claimed, or entries it leaves pending
+        on purpose (a later format), which are still in the stream."""
+        end = b"+" if cursor == b"0-0" else b"(" + cursor
+        pending: list[dict[str, Any]] = await self.redis.xpending_range(
+            self.key, GROUP, min=start, max=end, count=_PENDING_SCAN, consumername=self.consumer
+        )
+        ids = [i for i in (_as_bytes(p["message_id"]) for p in pending) if i not in kept]
+        if not ids:
+            return
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for entry_id in ids:
+                pipe.xrange(self.key, entry_id, entry_id, count=1)
+            found = await pipe.execute()
+        deleted = [i for i, there in zip(ids, found, strict=True) if not there]
+        if deleted:
+            await self.redis.xack(self.key, GROUP, *deleted)
 
     async def _create_group(self) -> None:
         try:
@@ -342,5 +397,7 @@ def _entry(entry_id: bytes | str, fields: dict[bytes, bytes]) -> Entry:
     key = _as_bytes(entry_id)
     try:
         return Entry(key, decode(fields))
+    except EntryLater as exc:
+        return Entry(key, None, str(exc), later=True)
     except EntryUnusable as exc:
         return Entry(key, None, str(exc), fields)

