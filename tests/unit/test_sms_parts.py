@@ -11,6 +11,7 @@ from channels.sms import address
 from channels.sms.smpp.pacer import MIN_RATE_FRACTION, Pacer
 from config.settings import SettingsError, load_settings, parse_smpp_url
 from core.batching import Batcher
+from tests.helpers import eventually
 
 
 async def test_pacer_spaces_submits() -> None:
@@ -61,7 +62,17 @@ async def test_batcher_groups_concurrent_items() -> None:
     await asyncio.sleep(0)
     gate.set()
     assert await asyncio.gather(*tasks) == [i * 2 for i in range(10)]
-    assert sizes == [1, 9]  # the first starts at once, the rest wait and go together
+    # All submitted in one loop turn: one flush, started at once, takes them all.
+    assert sizes == [10]
+    # A second wave while a flush runs (concurrency 1) waits and goes together next.
+    gate.clear()
+    first = [asyncio.create_task(batcher.submit(i)) for i in range(3)]
+    await eventually(lambda: len(sizes) == 2)
+    later = [asyncio.create_task(batcher.submit(i)) for i in range(3, 7)]
+    await asyncio.sleep(0)
+    gate.set()
+    assert await asyncio.gather(*first, *later) == [i * 2 for i in range(7)]
+    assert sizes == [10, 3, 4]
 
 
 async def test_batcher_failure_reaches_every_caller_and_it_recovers() -> None:
