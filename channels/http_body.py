@@ -18,6 +18,8 @@ import asyncio
 from collections.abc import Awaitable
 from typing import TypeVar
 
+from aiohttp import web
+
 T = TypeVar("T")
 
 # Long enough for a feature phone's operator or a 2G agent phone between two packets; short
@@ -26,11 +28,24 @@ T = TypeVar("T")
 BODY_IDLE_TIMEOUT_S = 30.0
 
 
+def _received(request: web.BaseRequest) -> bool:
+    # `total_bytes` counts what the parser fed the stream: decoded bytes when the body has a
+    # Content-Encoding, which Content-Length (encoded) does not measure.
+    length = request.content_length
+    if length is None or "Content-Encoding" in request.headers:
+        return False
+    return request.content.total_bytes >= length
+
+
 class BodyTimeout(Exception):
     """The client stopped sending its request body."""
 
 
-async def read_within(read: Awaitable[T]) -> T:
+async def read_within(read: Awaitable[T], request: web.BaseRequest | None = None) -> T:
+    """`read` under the deadline; with `request`, a body already received whole (a small POST
+    in one packet: most USSD hops) is read without one (the timer costs ~4 us a request)."""
+    if request is not None and _received(request):
+        return await read
     try:
         async with asyncio.timeout(BODY_IDLE_TIMEOUT_S):
             return await read

@@ -1077,7 +1077,7 @@ async def _osmand_params(request: web.Request) -> dict[str, str]:
         if request.content_type != "application/x-www-form-urlencoded":
             raise HttpError(400, "INVALID_CONTENT_TYPE", "Send the fields as a form or a query")
         try:
-            form = await read_within(request.post())
+            form = await read_within(request.post(), request)
         except UnicodeDecodeError:  # aiohttp decodes the whole form strictly
             raise HttpError(400, "MALFORMED_FIX", "The form is not valid UTF-8") from None
         params.update({k: v for k, v in form.items() if isinstance(v, str)})

@@ -234,7 +234,7 @@ async def read_json(request: web.Request) -> Any:
     ctype = request.content_type
     if ctype != "application/json" and not ctype.endswith("+json"):
         raise HttpError(400, "INVALID_CONTENT_TYPE", "The body must be JSON (application/json)")
-    raw = await read_within(request.read())
+    raw = await read_within(request.read(), request)
     try:
         data = json.loads(raw, parse_float=_finite_float, parse_constant=_NotANumber)
     except (ValueError, UnicodeDecodeError, RecursionError):

@@ -74,7 +74,7 @@ def authorise(request: web.Request, cfg: UssdProviderSettings) -> None:
 async def read_body(request: web.Request) -> bytes:
     if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
         raise BadRequest(f"The body is larger than {MAX_BODY_BYTES} bytes")
-    body = await read_within(request.content.read(MAX_BODY_BYTES + 1))
+    body = await read_within(request.content.read(MAX_BODY_BYTES + 1), request)
     if len(body) > MAX_BODY_BYTES:
         raise BadRequest(f"The body is larger than {MAX_BODY_BYTES} bytes")
     return body

@@ -15,6 +15,7 @@ import secrets
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from types import SimpleNamespace
 
 import pytest
 from aiohttp import web
@@ -357,3 +358,29 @@ async def test_a_client_that_hangs_up_mid_body_is_not_a_lost_dependency(
     await eventually(counted)
     assert "a dependency was lost" not in caplog.text
     assert await balance(app_client, admin, msisdn) == 0
+
+
+async def test_a_body_received_whole_is_read_without_the_deadline(
+    app_client: TestClient, admin: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Most bodies (a USSD hop, a JSON call) arrive whole with their headers: they are read
+    without a timer (~4 us a request). One whose body has not all arrived gets the deadline."""
+    timers: list[float] = []
+
+    def counted(delay: float | None) -> asyncio.Timeout:
+        timers.append(delay or 0.0)
+        return asyncio.timeout(delay)
+
+    monkeypatch.setattr(http_body, "asyncio", SimpleNamespace(timeout=counted))
+    monkeypatch.setattr(http_body, "BODY_IDLE_TIMEOUT_S", 0.5)
+    msisdn = await new_customer(app_client, admin)
+    timers.clear()
+    request = deposit(app_client, admin, msisdn)
+    ok = await exchange(app_client, request.with_headers(("Connection", "close")).encode())
+    assert ok.status == 201, ok
+    assert timers == []
+    whole = request.encode()
+    answer = await exchange(app_client, whole[: len(whole) - 10])
+    assert answer.status == 408, answer
+    assert timers == [0.5]
+    assert await balance(app_client, admin, msisdn) == 250_00
