@@ -260,13 +260,13 @@ async def deactivate(
     return await get_admin(conn, admin_id)
 
 
-async def reactivate(db: Db, *, actor: str, admin_id: int) -> AdminView:
+async def reactivate(db: Db, *, actor: str, admin_id: int, actor_type: str = "admin") -> AdminView:
     """The admin may log in again (with the password and TOTP they had). Their old tokens
     stay revoked."""
     async with connection(db) as conn, conn.transaction():
         admin = await _lock_admin(conn, admin_id)
         if not admin["is_active"]:
-            await _set_active(conn, "admin", actor, admin, active=True)
+            await _set_active(conn, actor_type, actor, admin, active=True)
         return await get_admin(conn, admin_id)
 
 

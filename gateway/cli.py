@@ -214,6 +214,26 @@ def cmd_admin_deactivate(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_admin_reactivate(args: argparse.Namespace, settings: Settings) -> int:
+    """The admin may log in again with the credentials they had (a reset token voided by the
+    deactivation stays void: issue a new one if they need it)."""
+    from core import admins
+
+    async def run() -> bool:
+        async with admin_tools(settings) as (_, conn, _tokens):
+            admin_id = await admins.admin_id_named(conn, args.username)
+            before = await admins.get_admin(conn, admin_id)
+            await admins.reactivate(
+                conn, actor_type=CLI_ACTOR[0], actor=CLI_ACTOR[1], admin_id=admin_id
+            )
+            return not before.active
+
+    changed = asyncio.run(run())
+    name = args.username.strip().lower()
+    print(f"{name} reactivated" if changed else f"{name} was already active")
+    return 0
+
+
 def cmd_admin_unlock(args: argparse.Namespace, settings: Settings) -> int:
     """Clear the admin's login lockout and failure count."""
     from core import admins
@@ -254,6 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, func, text in (
         ("reset", cmd_admin_reset, "print a single-use credentials reset token for an admin"),
         ("deactivate", cmd_admin_deactivate, "deactivate an admin and end their sessions"),
+        ("reactivate", cmd_admin_reactivate, "let a deactivated admin log in again"),
         ("unlock", cmd_admin_unlock, "clear an admin's login lockout"),
     ):
         command = admin_sub.add_parser(name, help=text)

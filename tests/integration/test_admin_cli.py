@@ -121,12 +121,24 @@ async def test_deactivate_and_unlock(
     assert err.startswith("gateway: ") and "deactivated" in err and err.count("\n") == 1
     assert await audit_rows(pg_pool, "admin.reset_issued", staff.username) == []
 
+    # Reactivated: the credentials they had log in again; the old tokens stay revoked.
+    assert await gateway(capsys, "admin", "reactivate", staff.username) == (
+        0, f"{staff.username} reactivated\n", "",
+    )  # fmt: skip
+    assert await gateway(capsys, "admin", "reactivate", staff.username) == (
+        0, f"{staff.username} was already active\n", "",
+    )  # fmt: skip
+    [row] = await audit_rows(pg_pool, "admin.reactivated", staff.username)
+    assert (row["actor_type"], row["actor"]) == ("system", "cli")
+    assert await me_status(app_client, tokens["access_token"]) == 401
+    assert await me_status(app_client, (await login(app_client, staff))["access_token"]) == 200
+
 
 @pytest.mark.usefixtures("cli_env")
 async def test_unknown_admins_and_bad_settings(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    for verb in ("reset", "deactivate", "unlock"):
+    for verb in ("reset", "deactivate", "reactivate", "unlock"):
         assert await gateway(capsys, "admin", verb, "Nobody-Here") == (
             1, "", "gateway: No admin named 'nobody-here'\n",
         )  # fmt: skip
