@@ -167,6 +167,18 @@ def redis_proxy(url: str) -> tuple[CuttableProxy, Callable[[int], str]]:
     return proxy, functools.partial(redis_url_via, url)
 
 
+@contextlib.asynccontextmanager
+async def running_redis_proxy(url: str) -> AsyncIterator[CuttableProxy]:
+    """A started `redis_proxy` for the duration (a module's fixture, say); `redis_url_via`
+    makes the URL through it."""
+    relay, _ = redis_proxy(url)
+    await relay.start()
+    try:
+        yield relay
+    finally:
+        await relay.close()
+
+
 def redis_url_via(url: str, proxy_port: int) -> str:
     """A `redis://` URL to the database of `url` (TCP or `unix://`) through a proxy on
     `proxy_port`, with the same credentials."""

@@ -26,7 +26,7 @@ from menus.liveness import Liveness
 from menus.service import STALE_CLAIM_GRACE_S, UssdService
 from menus.session import RedisSessionStore, Session
 from tests.helpers import eventually, new_msisdn
-from tests.tcp_proxy import CuttableProxy, redis_proxy, redis_url_via
+from tests.tcp_proxy import CuttableProxy, redis_url_via, running_redis_proxy
 from tests.ussd_support import PIN, AtSession, UssdEnv, moved_once, ready_to_send, start_env
 
 DEADLINE_A_S = 2.0
@@ -100,12 +100,8 @@ def via_proxy(settings: Settings, proxy: CuttableProxy) -> str:
 @pytest.fixture(scope="module")
 async def proxy(settings: Settings) -> AsyncIterator[CuttableProxy]:
     assert settings.redis_url is not None
-    relay, _ = redis_proxy(settings.redis_url)  # TCP or the embedded engine's socket
-    await relay.start()
-    try:
+    async with running_redis_proxy(settings.redis_url) as relay:  # TCP or a unix socket
         yield relay
-    finally:
-        await relay.close()
 
 
 @pytest.fixture(scope="module")

@@ -28,7 +28,7 @@ from menus.liveness import Liveness, liveness_key
 from menus.service import STALE_CLAIM_GRACE_S, UssdService
 from menus.session import RedisSessionStore, Session
 from tests.helpers import eventually
-from tests.tcp_proxy import CuttableProxy, redis_proxy, redis_url_via
+from tests.tcp_proxy import CuttableProxy, redis_url_via, running_redis_proxy
 from tests.ussd_support import (
     PIN,
     AtSession,
@@ -127,12 +127,8 @@ def takeovers(env: UssdEnv, reason: str) -> float:
 @pytest.fixture(scope="module")
 async def proxy(settings: Settings) -> AsyncIterator[CuttableProxy]:
     assert settings.redis_url is not None
-    relay, _ = redis_proxy(settings.redis_url)  # TCP or the embedded engine's socket
-    await relay.start()
-    try:
+    async with running_redis_proxy(settings.redis_url) as relay:  # TCP or a unix socket
         yield relay
-    finally:
-        await relay.close()
 
 
 @pytest.fixture(scope="module")
