@@ -21,12 +21,15 @@ from config.settings import Settings
 from core.devices import BreachAlerts, EventRow, insert_events
 from gateway import event_spool
 from gateway.agents import spool_key
+from gateway.app import make_redis
 from gateway.cli import main
 from gateway.event_spool import GROUP, EventSpool, encode
 from tests.conftest import unique
 from tests.integration.agent_support import new_code, outbox_rows
+from tests.tcp_proxy import redis_proxy, relayed_pool
 
 Fields = dict[bytes, bytes]
+OUTAGE = 1_000_000  # refusals: an outage that lasts until `restore()`
 
 
 def aside(fields: Fields, problem: str) -> Fields:
@@ -148,6 +151,50 @@ async def test_counts_group_the_reasons(redis: Redis, key: str) -> None:
         "format version b'9' unknown": 1,
         "not msgpack (ExtraData)": 1,
     }
+
+
+async def test_an_outage_mid_replay_stops_it_and_a_replay_again_stores_each_event_once(
+    redis: Redis, redis_url: str, key: str, database_url: str, pg_pool: asyncpg.Pool
+) -> None:
+    """Six events, two a page. PostgreSQL cut after the first page: the replay stops (Away),
+    the second page's entries stay. Then Redis cut as the second page's XDEL goes out, after
+    its COMMIT: those entries stay too, their events stored. A replay after each stores the
+    rest, the events already stored counted so, each event once in the table."""
+    agent = new_code()
+    events = [EventRow(agent, "enter", time.time() - 60 + n) for n in range(6)]
+    await fill(redis, key, [aside(encode(e), "kind") for e in events])
+    proxy, via = redis_proxy(redis_url)
+    relayed = make_redis(via(await proxy.start()))
+    try:
+        async with relayed_pool(database_url, max_size=2) as relay:
+            spool = EventSpool(relayed, key, consumer="test")
+
+            def cut_postgres(done: event_spool.Replayed) -> None:
+                if done.read == 2:
+                    relay.proxy.cut(refuse=OUTAGE)
+
+            with pytest.raises(event_spool.Away) as away:
+                await event_spool.replay_unreadable(spool, relay.pool, None, cut_postgres, 2)
+            assert away.value.service == "PostgreSQL"
+            assert await rows_of(pg_pool, events) == [1, 1, 0, 0, 0, 0]
+            assert len(await unreadable(redis, key)) == 4
+            relay.proxy.restore()
+
+            proxy.cut_on(b"XDEL", refuse=OUTAGE)
+            with pytest.raises(event_spool.Away) as away:
+                await event_spool.replay_unreadable(spool, relay.pool, None, None, 2)
+            assert away.value.service == "Redis"
+            assert await rows_of(pg_pool, events) == [1, 1, 1, 1, 0, 0]
+            assert len(await unreadable(redis, key)) == 4  # its XDEL never arrived
+            proxy.restore()
+
+            done = await event_spool.replay_unreadable(spool, relay.pool, None, None, 2)
+    finally:
+        await relayed.aclose()
+        await proxy.close()
+    assert (done.read, done.written, done.already, done.kept) == (4, 2, 2, 0)
+    assert await rows_of(pg_pool, events) == [1] * 6
+    assert await unreadable(redis, key) == []
 
 
 # --- the command ------------------------------------------------------------------------------
