@@ -12,9 +12,11 @@ import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import pytest
+from aiohttp.test_utils import TestClient
 from redis.asyncio import Redis
 
 from config.settings import Settings
@@ -25,7 +27,9 @@ from gateway.app import make_redis
 from gateway.cli import main
 from gateway.event_spool import GROUP, EventSpool, encode
 from tests.conftest import unique
+from tests.helpers import assert_error, auth
 from tests.integration.agent_support import new_code, outbox_rows
+from tests.integration.test_agents_api import token_for
 from tests.tcp_proxy import redis_proxy, relayed_pool
 
 Fields = dict[bytes, bytes]
@@ -339,3 +343,60 @@ async def _closed_port() -> int:
     server.close()
     await server.wait_closed()
     return port
+
+
+# --- the admin API's read-only view -------------------------------------------------------------
+
+
+async def test_the_admin_api_shows_the_unreadable_entries(
+    app_client: TestClient, redis: Redis, settings: Settings
+) -> None:
+    """The app's own spool (shared by the session's tests, so only this test's entries are
+    looked at, and removed after)."""
+    key = spool_key(settings.redis_prefix)
+    case = Case()
+    ids = await fill(redis, key, [case.entries[0], case.garbage, case.later])
+    headers = auth(await token_for(app_client, "viewer"))
+    try:
+        resp = await app_client.get("/api/v1/agent-event-spool", headers=headers)
+        counts = await resp.json()
+        assert resp.status == 200, counts
+        assert counts["unreadable"] >= 3 and counts["readable_now"] >= 1
+        assert {"problem": "not msgpack (ExtraData)", "entries": 1} in counts["problems"]
+
+        seen: dict[str, dict[str, Any]] = {}
+        params = {"limit": "2"}
+        while True:
+            resp = await app_client.get(
+                "/api/v1/agent-event-spool/unreadable", params=params, headers=headers
+            )
+            body = await resp.json()
+            assert resp.status == 200, body
+            seen |= {e["id"]: e for e in body["entries"]}
+            if body["next_cursor"] is None:
+                break
+            params = {"limit": "2", "cursor": body["next_cursor"]}
+        ours = [seen[i.decode()] for i in ids]
+        assert [e["problem"] for e in ours] == [
+            "kind", "not msgpack (ExtraData)", "format version b'9' unknown",
+        ]  # fmt: skip
+        assert [e["problem_now"] for e in ours] == [
+            None, "not msgpack (FormatError)", "format version b'9' is later than this release's",
+        ]  # fmt: skip
+        event = ours[0]["event"]
+        assert (event["event_id"], event["agent_code"], event["kind"]) == (
+            str(case.new[0].event_id), case.agent, "enter",
+        )  # fmt: skip
+        assert ours[1]["event"] is None and ours[1]["spool_id"]
+
+        url = "/api/v1/agent-event-spool/unreadable"
+        for bad in ("x", "1-2-3", "-1-0", "99999999999999999999-0", "1\u0661-0", "1" * 5000):
+            resp = await app_client.get(url, params={"cursor": bad}, headers=headers)
+            await assert_error(resp, 400, "INVALID_CURSOR")
+        for bad in ("0", "201", "x"):
+            resp = await app_client.get(url, params={"limit": bad}, headers=headers)
+            await assert_error(resp, 422, "VALIDATION_ERROR")
+        await assert_error(await app_client.get(url), 401)
+        assert len(await redis.xrange(f"{key}:unreadable", ids[0], ids[-1])) == 3  # read only
+    finally:
+        await redis.xdel(f"{key}:unreadable", *ids)
