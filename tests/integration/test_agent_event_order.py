@@ -2,8 +2,9 @@
 cursor on (at, id) that stays right while late events are written: events deferred while
 PostgreSQL was away (the spool) are stored after later ones, with higher ids.
 
-Events are stored as the spool's writer stores them (core.devices.insert_events); each test's
-times are a window of its own, far in the past, so the global list can be walked over it."""
+Events are stored as the spool's writer stores them (core.devices.insert_events), and once by
+the writer itself; each test's times are a window of its own, far in the past, so the global
+list can be walked over it."""
 
 from __future__ import annotations
 
@@ -17,11 +18,16 @@ from typing import Any
 import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient
+from redis.asyncio import Redis
 
 from core import devices
 from core.devices import EventRow
 from gateway.admin.geofences import event_cursor
-from tests.helpers import assert_error, auth
+from gateway.agents import PgSink, spool_key
+from gateway.event_spool import EventSpool, encode
+from tests.conftest import unique
+from tests.helpers import assert_error, auth, eventually
+from tests.integration.test_agent_event_spool import writing
 from tests.integration.test_agents_api import agent, token_for
 
 BIG_ID = 2**62
@@ -223,3 +229,38 @@ async def test_the_order_is_read_from_an_index(
         )
     assert f"Index Scan Backward using {index}" in plan, plan
     assert "Sort" not in plan, plan
+
+
+async def test_events_the_spool_writer_stores_late_are_listed_in_their_place(
+    app_client: TestClient,
+    admin: dict[str, str],
+    redis: Redis,
+    redis_prefix: str,
+    pg_pool: asyncpg.Pool,
+) -> None:
+    """Events a dead instance left in the spool (times 1 and 3) are written by a writer after
+    events that happened later were stored directly (0, 2, 4): their ids are the highest, and
+    the list walked two a page still gives them by time."""
+    code = await agent(app_client)
+    base = window()
+    key = spool_key(f"{redis_prefix}{unique('order')}:")
+    for event in (ev(code, base + 1, "s1"), ev(code, base + 3, "s3")):
+        await redis.xadd(key, encode(event))  # type: ignore[arg-type]
+    direct = await store(pg_pool, [ev(code, base + t, f"d{t}") for t in (0, 2, 4)])
+    sink = PgSink(pg_pool, None, EventSpool(redis, key))
+    async with writing(sink):
+        await eventually(lambda: redis.xlen(key), lambda n: n == 0)
+    ids = await pg_pool.fetch(
+        "SELECT id, details->>'n' AS n FROM agent_events WHERE agent_code = $1", code
+    )
+    assert min(r["id"] for r in ids if r["n"].startswith("s")) > max(direct.values())
+
+    walked: list[str] = []
+    query = {"limit": "2"}
+    while True:
+        body = await page(app_client, admin, f"/api/v1/agents/{code}/events", **query)
+        walked += labels(body)
+        if body["next_cursor"] is None:
+            break
+        query = {"limit": "2", "cursor": body["next_cursor"]}
+    assert walked == ["d4", "s3", "d2", "s1", "d0"]
