@@ -355,14 +355,16 @@ async def test_the_admin_api_shows_the_unreadable_entries(
     looked at, and removed after)."""
     key = spool_key(settings.redis_prefix)
     case = Case()
-    ids = await fill(redis, key, [case.entries[0], case.garbage, case.later])
+    mine = f"not msgpack ({unique('reason')})"  # a reason no other test's entry has
+    garbage = {**case.garbage, b"problem": mine.encode()}
+    ids = await fill(redis, key, [case.entries[0], garbage, case.later])
     headers = auth(await token_for(app_client, "viewer"))
     try:
         resp = await app_client.get("/api/v1/agent-event-spool", headers=headers)
         counts = await resp.json()
         assert resp.status == 200, counts
         assert counts["unreadable"] >= 3 and counts["readable_now"] >= 1
-        assert {"problem": "not msgpack (ExtraData)", "entries": 1} in counts["problems"]
+        assert {"problem": mine, "entries": 1} in counts["problems"]
 
         seen: dict[str, dict[str, Any]] = {}
         params = {"limit": "2"}
@@ -378,7 +380,7 @@ async def test_the_admin_api_shows_the_unreadable_entries(
             params = {"limit": "2", "cursor": body["next_cursor"]}
         ours = [seen[i.decode()] for i in ids]
         assert [e["problem"] for e in ours] == [
-            "kind", "not msgpack (ExtraData)", "format version b'9' unknown",
+            "kind", mine, "format version b'9' unknown",
         ]  # fmt: skip
         assert [e["problem_now"] for e in ours] == [
             None, "not msgpack (FormatError)", "format version b'9' is later than this release's",
