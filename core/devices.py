@@ -323,26 +323,59 @@ async def _insert_events(
     return {r["event_id"]: r["id"] for r in rows}
 
 
+@dataclass(frozen=True, slots=True)
+class EventPosition:
+    """Where an event stands in the lists' order: its time, then its row id (ties)."""
+
+    at: datetime
+    id: int
+
+
+async def event_position(conn: asyncpg.Connection, event_id: int) -> EventPosition | None:
+    """The position of the event with row id `event_id` (None: no such row)."""
+    row = await conn.fetchrow("SELECT at, id FROM agent_events WHERE id = $1", event_id)
+    return None if row is None else EventPosition(row["at"], row["id"])
+
+
 async def list_events(
     conn: asyncpg.Connection,
     *,
     agent_code: str | None = None,
+    before: EventPosition | None = None,
     before_id: int | None = None,
     limit: int = 100,
 ) -> list[dict[str, Any]]:
-    """Newest first; page with `before_id` (the smallest id of the previous page)."""
+    """Newest first by the event's time (`at`), ties by row id: the order the events
+    happened, not the order they were written (a deferred event is written late, with a
+    higher id than events after it). Page with `before`, the position of the previous page's
+    last event: a keyset on (at, id), so rows written meanwhile shift nothing and every event
+    comes at most once. `before_id` is the position of that row (ValidationFailed when there is
+    none), for callers that page by id."""
+    if before_id is not None:
+        assert before is None, "before or before_id, not both"
+        before = await event_position(conn, before_id)
+        if before is None:
+            raise ValidationFailed(
+                "before_id names no event",
+                errors=[{"field": "before_id", "problem": "the id of an event"}],
+            )
+    # Two or three conditions as the page needs them (no `$1 IS NULL OR ...`: a generic plan
+    # of that could not pick the index of agent_events_agent_at or agent_events_at).
+    where: list[str] = []
+    args: list[Any] = []
+    if agent_code is not None:
+        args.append(agent_code)
+        where.append(f"agent_code = ${len(args)}")
+    if before is not None:
+        args += [before.at, before.id]
+        where.append(f"(at, id) < (${len(args) - 1}, ${len(args)})")
+    args.append(min(max(limit, 1), MAX_EVENTS_PAGE))
+    # Only constant fragments and $n placeholders go into the text; the values are arguments.
+    conditions = f"WHERE {' AND '.join(where)}" if where else ""
     rows = await conn.fetch(
-        """
-        SELECT id, agent_code, kind, at, fix_ts, fence_id, fence_version, details
-          FROM agent_events
-         WHERE ($1::text IS NULL OR agent_code = $1)
-           AND ($2::bigint IS NULL OR id < $2)
-         ORDER BY id DESC
-         LIMIT $3
-        """,
-        agent_code,
-        before_id,
-        min(max(limit, 1), MAX_EVENTS_PAGE),
+        "SELECT id, agent_code, kind, at, fix_ts, fence_id, fence_version, details"  # noqa: S608
+        f" FROM agent_events {conditions} ORDER BY at DESC, id DESC LIMIT ${len(args)}",
+        *args,
     )
     return [{**dict(r), "details": json.loads(r["details"])} for r in rows]
 

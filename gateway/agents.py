@@ -845,6 +845,19 @@ def spool_key(prefix: str) -> str:
     return f"{prefix}agents:events:{{spool}}"
 
 
+def breach_alerts(settings: Settings) -> BreachAlerts | None:
+    """Who hears of a stored breach (AGENT_ALERT_*), or None: nobody."""
+    if settings.agent_alert_channel is None:
+        return None
+    recipients = settings.agent_alert_recipients
+    return BreachAlerts(
+        settings.agent_alert_channel,
+        tuple(r for r in recipients if r != DEVICES_RECIPIENT),
+        settings.agent_alert_language,
+        devices=DEVICES_RECIPIENT in recipients,
+    )
+
+
 def build_runtime(
     settings: Settings,
     redis: Redis,
@@ -870,15 +883,7 @@ def build_runtime(
         gate = DeviceGate(engine, gate_policy(settings))
         executor = CoreCommandExecutor(pool, cipher, gate, core_config)
     dispatcher = CommandDispatcher(redis, settings.redis_prefix, executor)
-    alerts = None
-    if settings.agent_alert_channel is not None:
-        recipients = settings.agent_alert_recipients
-        alerts = BreachAlerts(
-            settings.agent_alert_channel,
-            tuple(r for r in recipients if r != DEVICES_RECIPIENT),
-            settings.agent_alert_language,
-            devices=DEVICES_RECIPIENT in recipients,
-        )
+    alerts = breach_alerts(settings)
     sink = PgSink(pool, alerts, EventSpool(redis, spool_key(settings.redis_prefix)))
     owntracks = OwnTracksDevices(redis, settings.redis_prefix)
     channel = AgentChannel(engine, dispatcher, sink, fix_limits(settings), owntracks=owntracks)

@@ -15,7 +15,7 @@ import sys
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -253,8 +253,17 @@ def cmd_admin_unlock(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """A usage error (an unknown flag, a missing argument) as one line naming the command and
+    where to read its usage, exit 2, like every other refusal of the CLI; argparse's own
+    error prints the whole usage first. Subcommands' parsers are of this class too."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="gateway", description="CodeForge channel gateway")
+    parser = OneLineParser(prog="gateway", description="CodeForge channel gateway")
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="run the server and every configured channel")

@@ -27,6 +27,7 @@ too, and leave it again, until then).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import math
@@ -34,16 +35,18 @@ import os
 import secrets
 import socket
 import uuid
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import asyncpg
 import msgpack
 from redis.asyncio import Redis
-from redis.exceptions import ResponseError
+from redis.exceptions import RedisError, ResponseError
 
-from core.devices import EVENT_KINDS, EventRow
+from core import devices
+from core.devices import EVENT_KINDS, BreachAlerts, EventRow
 
 log = logging.getLogger("gateway.agents")
 
@@ -401,3 +404,181 @@ def _entry(entry_id: bytes | str, fields: dict[bytes, bytes]) -> Entry:
         return Entry(key, None, str(exc), later=True)
     except EntryUnusable as exc:
         return Entry(key, None, str(exc), fields)
+
+
+# --- the unreadable entries, read back ---------------------------------------------------------
+
+REPLAY_PAGE = 100  # unreadable entries read (and their events written) at a time
+_PROBLEM_CHARS = 200  # a reason as shown: the stream may hold anything anyone wrote
+
+
+@dataclass(frozen=True, slots=True)
+class Unreadable:
+    """An entry of the unreadable stream: why it was set aside, and what this release reads
+    in it now (its event, or its problem)."""
+
+    entry_id: bytes
+    spool_id: bytes | None
+    problem: str  # as recorded when it was set aside
+    event: EventRow | None
+    problem_now: str | None  # None: this release reads it
+
+
+@dataclass(frozen=True, slots=True)
+class SpoolCounts:
+    spool: int  # entries waiting to be written
+    pending: int  # of those, claimed by a writer and not acknowledged yet
+    unreadable: int  # entries set aside
+    readable_now: int  # of those, entries this release reads
+    problems: dict[str, int]  # entries set aside, by the reason recorded, most first
+
+
+@dataclass(slots=True)
+class Replayed:
+    total: int = 0  # unreadable entries when the replay began
+    read: int = 0  # unreadable entries looked at
+    written: int = 0  # events this replay stored
+    already: int = 0  # events stored before (a replay that died before its XDEL, a copy)
+    kept: int = 0  # entries still unreadable, left where they are
+    problems: dict[str, int] = field(default_factory=dict)  # the kept, by today's reason
+
+
+def shown(problem: bytes | str | None) -> str:
+    """A reason fit for one line of a terminal or a log."""
+    text = problem.decode(errors="replace") if isinstance(problem, bytes) else problem or ""
+    text = "".join(c if c.isprintable() else "?" for c in text[:_PROBLEM_CHARS])
+    return text or "(no reason recorded)"
+
+
+def read_unreadable(entry_id: bytes | str, fields: dict[bytes, bytes]) -> Unreadable:
+    """An unreadable entry as this release reads it. Its fields are the entry's own with the
+    spool id and reason added (EventSpool.set_aside); the reader looks only at its own."""
+    recorded = shown(fields.get(b"problem"))
+    try:
+        event: EventRow | None = decode(fields)
+        now = None
+    except (EntryUnusable, EntryLater) as exc:
+        event, now = None, shown(str(exc))
+    return Unreadable(_as_bytes(entry_id), fields.get(b"spool_id"), recorded, event, now)
+
+
+async def unreadable_page(
+    spool: EventSpool, after: bytes | None, count: int = REPLAY_PAGE
+) -> list[Unreadable]:
+    """The unreadable entries after `after` (from the first: None), oldest first."""
+    start = b"-" if after is None else b"(" + after
+    async with _away("Redis"), asyncio.timeout(REDIS_TIMEOUT_S):
+        items: Any = await spool.redis.xrange(spool.unreadable_key, start, b"+", count=count)
+    return [read_unreadable(i, f) for i, f in items or []]
+
+
+async def counts(spool: EventSpool) -> SpoolCounts:
+    """The spool's entries, those claimed, and the unreadable ones by reason (all of them read:
+    the stream is bounded at UNREADABLE_MAX)."""
+    async with _away("Redis"), asyncio.timeout(REDIS_TIMEOUT_S):
+        length = int(await spool.redis.xlen(spool.key))
+        try:
+            pending = int((await spool.redis.xpending(spool.key, GROUP))["pending"])
+        except ResponseError as exc:
+            if "NOGROUP" not in str(exc):
+                raise
+            pending = 0  # no writer ever read this spool
+    problems: dict[str, int] = {}
+    total = readable = 0
+    after: bytes | None = None
+    while page := await unreadable_page(spool, after):
+        after = page[-1].entry_id
+        for entry in page:
+            total += 1
+            readable += entry.problem_now is None
+            problems[entry.problem] = problems.get(entry.problem, 0) + 1
+    ordered = dict(sorted(problems.items(), key=lambda p: (-p[1], p[0])))
+    return SpoolCounts(length, pending, total, readable, ordered)
+
+
+async def replay_unreadable(
+    spool: EventSpool,
+    pool: asyncpg.Pool,
+    alerts: BreachAlerts | None = None,
+    progress: Callable[[Replayed], None] | None = None,
+    page_size: int = REPLAY_PAGE,
+) -> Replayed:
+    """Read each unreadable entry again with this release's reader: the events it now reads
+    are stored as the writer stores them (`ON CONFLICT (event_id) DO NOTHING`, a breach's
+    alerts with its first store, one transaction a page) and only then deleted from the
+    unreadable stream, so a replay that dies anywhere, or two at once, store each event once.
+    Entries still unreadable (or that PostgreSQL refuses as data) stay where they are, with
+    the reason they were set aside. `progress` hears after every page."""
+    async with _away("Redis"), asyncio.timeout(REDIS_TIMEOUT_S):
+        done = Replayed(total=int(await spool.redis.xlen(spool.unreadable_key)))
+    after: bytes | None = None
+    while page := await unreadable_page(spool, after, page_size):
+        after = page[-1].entry_id
+        readable = [e for e in page if e.event is not None]
+        kept = [(e, e.problem_now or "") for e in page if e.event is None]
+        stored, refused = await _store_replayed(pool, readable, alerts)
+        kept += refused
+        refused_ids = {r.entry_id for r, _ in refused}
+        gone = [e.entry_id for e in readable if e.entry_id not in refused_ids]
+        if gone:
+            async with _away("Redis"), asyncio.timeout(REDIS_TIMEOUT_S):
+                await spool.redis.xdel(spool.unreadable_key, *gone)
+        done.read += len(page)
+        done.written += stored
+        done.already += len(gone) - stored
+        done.kept += len(kept)
+        for _, problem in kept:
+            done.problems[problem] = done.problems.get(problem, 0) + 1
+        if progress is not None:
+            progress(done)
+    return done
+
+
+async def _store_replayed(
+    pool: asyncpg.Pool, entries: Sequence[Unreadable], alerts: BreachAlerts | None
+) -> tuple[int, list[tuple[Unreadable, str]]]:
+    """Store the entries' events: how many were new, and the entries PostgreSQL refused as
+    data, with why (a page refused goes in entry by entry, as the writer's batches do)."""
+    events = [e.event for e in entries if e.event is not None]
+    if not events:
+        return 0, []
+    try:
+        async with _away("PostgreSQL"), pool.acquire() as conn:
+            return len(await devices.insert_events(conn, events, alerts)), []
+    except _REFUSED as exc:
+        if len(entries) == 1:
+            return 0, [(entries[0], shown(f"PostgreSQL refused it: {exc}"))]
+    stored, refused = 0, list[tuple[Unreadable, str]]()
+    for entry in entries:
+        n, no = await _store_replayed(pool, [entry], alerts)
+        stored, refused = stored + n, refused + no
+    return stored, refused
+
+
+_REFUSED = (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError)
+
+
+class Away(Exception):
+    """Redis or PostgreSQL stopped answering during a replay (`service` says which); what was
+    stored so far stays stored, and a replay run again goes on from there."""
+
+    def __init__(self, service: str, exc: BaseException) -> None:
+        text = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+        self.detail = f"stopped answering ({type(exc).__name__}{': ' + text if text else ''})"
+        super().__init__(f"{service} {self.detail}")
+        self.service = service
+
+
+@contextlib.asynccontextmanager
+async def _away(service: str) -> AsyncIterator[None]:
+    errors: tuple[type[BaseException], ...] = (OSError, TimeoutError)
+    if service == "Redis":
+        errors += (RedisError,)
+    else:
+        errors += (asyncpg.PostgresError, asyncpg.InterfaceError)
+    try:
+        yield
+    except _REFUSED:
+        raise  # data, not an outage: the caller's
+    except errors as exc:
+        raise Away(service, exc) from exc

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from gateway.admin import (
     admins,
+    agent_spool,
     agents,
     audit,
     auth,
@@ -30,6 +31,7 @@ ROUTE_GROUPS: list[ApiRoutes] = [
     money.routes,
     agents.routes,
     geofences.routes,
+    agent_spool.routes,
     loans_admin.routes,
     menus.routes,
     sms.routes,

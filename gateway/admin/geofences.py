@@ -12,7 +12,9 @@
                                                also done after an assignment or a fence edit
     POST /api/v1/agents/{code}/credentials     new MQTT password and device token (old ones die)
     GET  /api/v1/agents/{code}/position        live state: presence, latest fix, zone
-    GET  /api/v1/agents/{code}/events, /api/v1/agent-events   newest first, paged by before_id
+    GET  /api/v1/agents/{code}/events, /api/v1/agent-events   newest first by the event's
+                                               time (ties by id), paged by `cursor` (see
+                                               _events); `before_id` still works
     GET  /api/v1/agents/{code}/decisions       the gate's decisions on the agent's device
                                                transactions (evidence, outcome), newest first
     GET  /api/v1/agent-positions               each agent's latest fix from the history
@@ -24,7 +26,11 @@ Collections live outside `/api/v1/agents/{code}` so they never collide with the 
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
+import struct
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 from aiohttp import web
@@ -32,7 +38,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from core import agent_transactions, devices, geofences
 from core.agents import check_code  # agent codes as the core keeps them (upper case)
-from core.errors import ValidationFailed
+from core.errors import BadRequest, ValidationFailed
 from gateway.agents import QueuedPushes
 from gateway.api import ApiRoutes, json_response, whole_number
 from gateway.keys import AGENTS, PG_POOL, PRINCIPAL_KEY
@@ -100,6 +106,7 @@ class EventOut(BaseModel):
 
 class EventsOut(BaseModel):
     events: list[EventOut]
+    next_cursor: str | None
     next_before_id: int | None
 
 
@@ -370,11 +377,70 @@ async def agent_position(request: web.Request) -> web.StreamResponse:
     )
 
 
+# An events page cursor: the position (time in microseconds since the epoch, row id) of the
+# last event of the page before, packed and base64url-encoded. Opaque to clients: the version
+# byte lets a later release change it while the cursors handed out before still read.
+_CURSOR = struct.Struct(">Bqq")
+_CURSOR_VERSION = 1
+_CURSOR_CHARS = -(-_CURSOR.size * 4 // 3)  # base64 of the packed bytes, padding dropped
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+
+
+def event_cursor(position: devices.EventPosition) -> str:
+    at_us = (position.at - _EPOCH) // _MICROSECOND
+    raw = _CURSOR.pack(_CURSOR_VERSION, at_us, position.id)
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+def read_event_cursor(cursor: str) -> devices.EventPosition:
+    """The position in `cursor`; BadRequest (400 INVALID_CURSOR) for anything this gateway did
+    not hand out: a cursor is not a parameter to tune, and a wrong one must not page silently
+    from somewhere else."""
+    problem = BadRequest(
+        "cursor is not a cursor of this list: pass next_cursor back as it was given",
+        code="INVALID_CURSOR",
+        field="cursor",
+    )
+    if len(cursor) != _CURSOR_CHARS or not cursor.isascii():
+        raise problem
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        version, at_us, row_id = _CURSOR.unpack(raw)
+        at = _EPOCH + at_us * _MICROSECOND
+    except (binascii.Error, ValueError, struct.error, OverflowError):
+        raise problem from None
+    if (
+        version != _CURSOR_VERSION
+        or row_id < 1
+        or event_cursor(devices.EventPosition(at, row_id)) != cursor
+    ):  # one spelling per position (no trailing bits, no other alphabet)
+        raise problem
+    return devices.EventPosition(at, row_id)
+
+
 async def _events(request: web.Request, code: str | None) -> web.StreamResponse:
-    before = _int_query(request, "before_id", None, 1, 2**62)
+    """Newest first by the event's time, ties by row id. A page's `next_cursor` (null on a
+    page that is not full) carries the position of its last event; the next page holds the
+    events strictly after that position. So paging is stable while events are written: each
+    event comes at most once in a walk, and an event written late (deferred while PostgreSQL
+    was away) comes in the walk if its time is after the page read last, in its place among
+    the others; one whose place the walk has passed is seen by a walk from the top.
+    `before_id` (the older form) is the position of that event: `next_before_id` passed back
+    pages as `next_cursor` does."""
+    raw_cursor = request.query.get("cursor")
+    before = None if not raw_cursor else read_event_cursor(raw_cursor)
+    before_id = _int_query(request, "before_id", None, 1, 2**62)
+    if before is not None and before_id is not None:
+        raise ValidationFailed(
+            "Give cursor or before_id, not both",
+            errors=[{"field": "before_id", "problem": "not with cursor"}],
+        )
     limit = _int_query(request, "limit", 100, 1, MAX_LIMIT) or 100
     async with request.app[PG_POOL].acquire() as conn:
-        rows = await devices.list_events(conn, agent_code=code, before_id=before, limit=limit)
+        rows = await devices.list_events(
+            conn, agent_code=code, before=before, before_id=before_id, limit=limit
+        )
     events = [
         {
             **r,
@@ -383,16 +449,30 @@ async def _events(request: web.Request, code: str | None) -> web.StreamResponse:
         }
         for r in rows
     ]
-    next_before = events[-1]["id"] if len(events) == limit else None
-    return json_response({"events": events, "next_before_id": next_before})
+    full = len(rows) == limit
+    last = devices.EventPosition(rows[-1]["at"], rows[-1]["id"]) if full else None
+    return json_response(
+        {
+            "events": events,
+            "next_cursor": None if last is None else event_cursor(last),
+            "next_before_id": None if last is None else last.id,
+        }
+    )
+
+
+EVENT_QUERY = (
+    ("cursor", "page: next_cursor of the page before (events after its last one)"),
+    ("before_id", "page (older form): next_before_id of the page before"),
+    ("limit", "at most 500"),
+)
 
 
 @routes.get(
     "/api/v1/agents/{code}/events",
     response=EventsOut,
     permission="agents:read",
-    query=(("before_id", "page: ids below this one"), ("limit", "at most 500")),
-    summary="An agent's events (enter, exit, breach, online, offline), newest first",
+    query=EVENT_QUERY,
+    summary="An agent's events (enter, exit, breach, online, offline), newest first by time",
 )
 async def agent_events(request: web.Request) -> web.StreamResponse:
     return await _events(request, check_code(request.match_info["code"]))
@@ -402,8 +482,8 @@ async def agent_events(request: web.Request) -> web.StreamResponse:
     "/api/v1/agent-events",
     response=EventsOut,
     permission="agents:read",
-    query=(("before_id", "page: ids below this one"), ("limit", "at most 500")),
-    summary="Every agent's events, newest first",
+    query=EVENT_QUERY,
+    summary="Every agent's events, newest first by time",
 )
 async def all_events(request: web.Request) -> web.StreamResponse:
     return await _events(request, None)

@@ -101,6 +101,8 @@ async def test_an_index_build_that_died_half_way_is_finished_by_the_next_run(
     try:
         assert await _index_valid(conn, "agent_events_event_id") is True
         assert await _index_valid(conn, "audit_log_action_target") is True
+        for name in ("agent_events_agent_at", "agent_events_at"):  # 0830, built the same way
+            assert await _index_valid(conn, name) is True
     finally:
         await conn.close()
 
