@@ -119,9 +119,10 @@ async def register_customer(
     the number or the national id is taken; WeakPin for a guessable PIN.
 
     With `idempotency_key` (the channel's key for this request, a USSD step's) the customer
-    remembers it (`registered_by`): the same request processed again answers the customer it
-    registered instead of AlreadyExists, and a request given up (`abandon_request`) is refused
-    under its key with ActionAbandoned (migration 0840)."""
+    remembers it (`registered_by`; `registered_under` finds it), and a request given up
+    (`abandon_request`) is refused under its key with ActionAbandoned (migration 0840). The
+    same request processed again is still AlreadyExists: the channel decides whether that
+    is its answer (a USSD step asked again) or not (an SMS dialog's second final message)."""
     if channel == DEVICE_CHANNEL:  # an agent's device registers through the geofence gate
         raise E.ValidationFailed(
             "Agent device registrations go through core.agent_transactions", field="channel"
@@ -190,12 +191,6 @@ async def _register_customer(
     except asyncpg.RaiseError as exc:  # the request's key was abandoned (ActionAbandoned)
         raise core_error(exc) from None
     except asyncpg.UniqueViolationError as exc:
-        if key is not None:
-            again = await db.fetchrow(
-                "SELECT * FROM customers WHERE msisdn = $1 AND registered_by = $2", number, key
-            )
-            if again is not None:  # this very request, processed again: the same answer
-                return _customer(again)
         if "national_id" in unique_violation(exc):
             raise E.AlreadyExists(
                 "A customer with this national id exists", field="national_id"
@@ -235,6 +230,17 @@ async def abandon_request(db: Db, msisdn: str, idempotency_key: str, action: str
         action,
     )
     return bool(row["done"])
+
+
+async def registered_under(
+    db: Db, msisdn: str, idempotency_key: str, country_code: str = "254"
+) -> Customer | None:
+    """The customer the request `idempotency_key` registered, if it did."""
+    number = normalise_msisdn(msisdn, country_code)
+    row = await db.fetchrow(
+        "SELECT * FROM customers WHERE msisdn = $1 AND registered_by = $2", number, idempotency_key
+    )
+    return None if row is None else _customer(row)
 
 
 async def find_customer(db: Db, msisdn: str, country_code: str = "254") -> Customer | None:
