@@ -28,14 +28,23 @@ from config.settings import Settings
 from core import errors as E
 from core.customers import find_customer
 from core.pins import verify_pin
-from gateway.keys import MENU_BINDINGS, USSD_PENDING
+from gateway.keys import MENU_BINDINGS, USSD_PENDING, USSD_SERVICE
 from menus.actions import ActionContext, ActionResult
+from menus.engine import LATE_ACTION_LIMIT_S
 from menus.messages import done_text, not_done_text
 from menus.pending import PendingSweeper
 from tests.helpers import new_msisdn
 from tests.integration.test_ussd_liveness import crash, late_actions_done
 from tests.integration.test_ussd_pending import promise, put
-from tests.ussd_support import PIN, AtSession, UssdEnv, pending_records, start_env, swept
+from tests.ussd_support import (
+    PIN,
+    AtSession,
+    UssdEnv,
+    nothing_changed_under_abandoned_requests,
+    pending_records,
+    start_env,
+    swept,
+)
 
 DEADLINE_A_S = 1.5
 TTL_S = 0.5
@@ -154,6 +163,7 @@ async def a(settings: Settings) -> AsyncIterator[UssdEnv]:
 async def ledger_ok(b: UssdEnv) -> AsyncIterator[None]:
     yield
     await b.bank.check_ledger()
+    await nothing_changed_under_abandoned_requests(b.bank.pool)
     assert await pending_records(b) == []  # every promise kept
 
 
@@ -209,6 +219,33 @@ async def test_a_dead_owners_promise_is_kept_by_another_instance_once(
             pending.key,
         )
         assert table == action
+
+
+@pytest.mark.parametrize("action", ACTIONS)
+async def test_a_live_owner_past_the_late_limit_keeps_the_promise_itself(
+    a: UssdEnv, b: UssdEnv, action: str
+) -> None:
+    """A's action still hangs at the late limit: A stops waiting and settles the promise itself
+    (no record needed for that): the read told it could not be completed, the change not made
+    abandoned under its key and told so. The step asked again afterwards applies nothing."""
+    at = await at_last_input(a, action)
+    engine = a.app[USSD_SERVICE].engine
+    engine.late_limit_s = 1.0
+    hang = Hang(a, action, done=False)
+    try:
+        assert await at.session.send(at.last) == PENDING[at.language]
+        [pending] = await pending_records(b)
+        await late_actions_done(a)  # the limit: the hung call is cancelled, the promise kept
+    finally:
+        hang.restore()
+        engine.late_limit_s = LATE_ACTION_LIMIT_S
+    assert await pending_records(b) == []
+    assert await late_results(b, at.msisdn) == [not_done_text(action, at.language)]
+    if action not in READS:
+        with pytest.raises(E.ActionAbandoned):
+            await woken(b, action, at.msisdn, pending.key)
+        await unchanged(b, action, at.msisdn)
+    assert len(await late_results(b, at.msisdn)) == 1
 
 
 OWN_RESULT: dict[str, Callable[[str], bool]] = {

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+from collections.abc import AsyncIterator
 
 import asyncpg
 import pytest
@@ -19,8 +20,15 @@ from core.customers import abandon_request, find_customer, register_customer, re
 from core.pins import change_pin, verify_pin
 from tests.helpers import eventually, new_msisdn
 from tests.integration.core.conftest import PIN, make_customer, new_key
+from tests.ussd_support import nothing_changed_under_abandoned_requests
 
 NEW_PIN = "7391"
+
+
+@pytest.fixture(autouse=True)
+async def nothing_changed(core_db: asyncpg.Pool) -> AsyncIterator[None]:
+    yield
+    await nothing_changed_under_abandoned_requests(core_db)
 
 
 async def waiting_on_key_lock(db: asyncpg.Pool) -> int:
