@@ -224,11 +224,12 @@ class CoreActions:
         try:
             customer = await self._register(ctx)
         except E.AlreadyExists:
-            # A USSD step asked again under its key (a late answer lost that had committed):
-            # the customer it registered is its answer. SMS answers a dialog's final message
-            # processed again from the dialog (channels.sms.executor), and its key names the
-            # dialog, not one message: a second message must stay "already registered".
-            if not ctx.again or self.channel != CHANNEL:
+            # A USSD step run again under its key (asked again after a late answer lost that
+            # had committed, or taken over from a dead claim): the customer it registered is
+            # its answer. SMS answers a dialog's final message processed again from the dialog
+            # (channels.sms.executor), and its key names the dialog, not one message: a second
+            # message must stay "already registered".
+            if self.channel != CHANNEL:
                 raise
             found = await customers.registered_under(
                 self.pool, ctx.msisdn, ctx.idempotency_key, self.country_code

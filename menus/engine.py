@@ -571,9 +571,9 @@ class Engine:
     async def _give_up(self, promised: Pending) -> None:
         """The late limit passed with the outcome unknown: no more asks. Settle or abandon now
         (nothing moves or changes after the limit; a read is told "could not be completed");
-        failing that, a sweeper does it later. Done here
-        whoever holds the record: settling twice is harmless (the ledger answers the same, the
-        result SMS's dedupe key queues one)."""
+        failing that, a sweeper does it later. Done here whoever holds the record: settling
+        twice is harmless (the ledger answers the same, the result SMS's dedupe key queues
+        one)."""
         settler = self.bindings.settler
         assert settler is not None
         extra = {"action": promised.action, "key": promised.key}
