@@ -24,7 +24,7 @@ snapshot under READ COMMITTED, so what the lock waited for is seen; they refuse 
 any other isolation. A hash collision of two requests in the lock only serialises them.
 
 Revision ID: 0840_ussd_action_abandoned
-Revises: 0820_loan_abandoned
+Revises: 0830_agent_event_order
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from __future__ import annotations
 from alembic import op
 
 revision = "0840_ussd_action_abandoned"
-down_revision = "0820_loan_abandoned"
+down_revision = "0830_agent_event_order"
 branch_labels = None
 depends_on = None
 
