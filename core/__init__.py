@@ -6,7 +6,10 @@ core.money       parse_amount(text, currency) -> int; format_amount(minor, curre
                  check_amount(value) -> int; MAX_AMOUNT_MINOR
 core.customers   register_customer(db, cipher, *, msisdn, first_name, last_name, national_id,
                      pin, language="en", channel, pin_rounds, currency="KES",
-                     country_code="254", actor=None) -> Customer
+                     country_code="254", actor=None, idempotency_key=None) -> Customer
+                 registered_under(db, msisdn, key) -> Customer | None;
+                 abandon_request(db, msisdn, key, "register" | "pin.change") -> bool (done
+                     under the key, or the key abandoned: ActionAbandoned ever after)
                  find_customer(db, msisdn) -> Customer | None; get_customer(...) -> Customer
                  wallets(db, customer_id) -> [Wallet]; open_wallet(db, msisdn, currency)
                  set_language(db, msisdn, language); set_tier(db, msisdn, tier, *, actor)

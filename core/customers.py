@@ -22,7 +22,7 @@ from core.crypto import FieldCipher
 from core.limits import normalise_tier
 from core.money import check_currency
 from core.msisdn import normalise_msisdn
-from core.pg import Db, connection, unique_violation
+from core.pg import Db, call, connection, core_error, unique_violation
 from core.pins import hash_pin
 
 LANGUAGES = ("en", "sw", "fr")
@@ -85,8 +85,8 @@ def _customer(row: Any) -> Customer:
 _REGISTER_SQL = """
 WITH c AS (
     INSERT INTO customers (msisdn, first_name, last_name, national_id_enc, national_id_hash,
-                           language, pin_hash)
-    VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING *
+                           language, pin_hash, registered_by)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $12) RETURNING *
 ), w AS (
     INSERT INTO accounts (kind, currency, customer_id) SELECT 'wallet', $8, c.id FROM c
 ), a AS (
@@ -113,9 +113,16 @@ async def register_customer(
     currency: str = "KES",
     country_code: str = "254",
     actor: str | None = None,
+    idempotency_key: str | None = None,
 ) -> Customer:
     """Create the customer and its wallet (tier Basic) in one statement. AlreadyExists when
-    the number or the national id is taken; WeakPin for a guessable PIN."""
+    the number or the national id is taken; WeakPin for a guessable PIN.
+
+    With `idempotency_key` (the channel's key for this request, a USSD step's) the customer
+    remembers it (`registered_by`; `registered_under` finds it), and a request given up
+    (`abandon_request`) is refused under its key with ActionAbandoned (migration 0840). The
+    same request processed again is still AlreadyExists: the channel decides whether that
+    is its answer (a USSD step asked again) or not (an SMS dialog's second final message)."""
     if channel == DEVICE_CHANNEL:  # an agent's device registers through the geofence gate
         raise E.ValidationFailed(
             "Agent device registrations go through core.agent_transactions", field="channel"
@@ -134,6 +141,7 @@ async def register_customer(
         currency=currency,
         country_code=country_code,
         actor=actor,
+        idempotency_key=idempotency_key,
     )
 
 
@@ -152,9 +160,11 @@ async def _register_customer(
     currency: str = "KES",
     country_code: str = "254",
     actor: str | None = None,
+    idempotency_key: str | None = None,
 ) -> Customer:
     """The registration itself; core.agent_transactions calls it for a device after the gate."""
     number = normalise_msisdn(msisdn, country_code)
+    key = _request_key(idempotency_key)
     first = check_name(first_name, "first_name")
     last = check_name(last_name, "last_name")
     nid = check_national_id(national_id)
@@ -176,7 +186,10 @@ async def _register_customer(
             actor_type,
             who,
             channel,
+            key,
         )
+    except asyncpg.RaiseError as exc:  # the request's key was abandoned (ActionAbandoned)
+        raise core_error(exc) from None
     except asyncpg.UniqueViolationError as exc:
         if "national_id" in unique_violation(exc):
             raise E.AlreadyExists(
@@ -184,6 +197,50 @@ async def _register_customer(
             ) from None
         raise E.AlreadyExists(f"{number} is already registered", field="msisdn") from None
     return _customer(row)
+
+
+MAX_REQUEST_KEY_CHARS = 200
+# The requests a key may be abandoned for (migration 0840's action_abandon).
+ABANDONABLE = ("register", "pin.change")
+
+
+def _request_key(key: str | None) -> str | None:
+    if key is not None and (not isinstance(key, str) or not 1 <= len(key) <= MAX_REQUEST_KEY_CHARS):
+        raise E.ValidationFailed(
+            f"An idempotency key is 1 to {MAX_REQUEST_KEY_CHARS} characters",
+            field="idempotency_key",
+        )
+    return key
+
+
+async def abandon_request(db: Db, msisdn: str, idempotency_key: str, action: str) -> bool:
+    """Settle or abandon a registration (`action` "register") or a PIN change ("pin.change")
+    under its key, atomically (migration 0840): True when it was done under the key (the
+    customer registered by it; the PIN set by it, even if changed again since), else False,
+    the key then abandoned so that no later request under it registers or changes the PIN
+    (ActionAbandoned). A request under the key in flight is waited for. For a request whose
+    outcome was promised by SMS and will not be asked again: the caller tells the customer."""
+    if action not in ABANDONABLE:
+        raise E.ValidationFailed("register or pin.change", field="action")
+    row = await call(
+        db,
+        "SELECT action_abandon($1, $2, $3) AS done",
+        msisdn,
+        _request_key(idempotency_key),
+        action,
+    )
+    return bool(row["done"])
+
+
+async def registered_under(
+    db: Db, msisdn: str, idempotency_key: str, country_code: str = "254"
+) -> Customer | None:
+    """The customer the request `idempotency_key` registered, if it did."""
+    number = normalise_msisdn(msisdn, country_code)
+    row = await db.fetchrow(
+        "SELECT * FROM customers WHERE msisdn = $1 AND registered_by = $2", number, idempotency_key
+    )
+    return None if row is None else _customer(row)
 
 
 async def find_customer(db: Db, msisdn: str, country_code: str = "254") -> Customer | None:

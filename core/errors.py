@@ -22,6 +22,8 @@ SMS hint, an MQTT error reply). Bugs are assertions, never CoreErrors.
     │   ├── IdempotencyConflict       same idempotency key, different request
     │   ├── MoneyAbandoned            the key was abandoned (a late USSD result given up): no
     │   │                             movement may happen under it any more
+    │   ├── ActionAbandoned           the same for a registration or a PIN change: nothing
+    │   │                             changes under the key any more
     │   ├── InsufficientFunds         the balance does not cover amount + fee
     │   ├── LimitExceeded             a KYC tier limit (`details.limit` says which)
     │   ├── AlreadyReversed           a transfer is reversed at most once
@@ -110,6 +112,14 @@ class MoneyAbandoned(Conflict):
 
     code = "MONEY_ABANDONED"
     default_message = "This request was given up; nothing moved and nothing will move under it"
+
+
+class ActionAbandoned(Conflict):
+    """A registration's or a PIN change's key was abandoned (`core.customers.abandon_request`):
+    the customer was told it did not go through, so nothing may change under it any more."""
+
+    code = "ACTION_ABANDONED"
+    default_message = "This request was given up; nothing changed and nothing will under it"
 
 
 class AuthFailed(CoreError):

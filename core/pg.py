@@ -67,6 +67,7 @@ ERRORS_BY_CODE: dict[str, type[E.CoreError]] = {
         E.NotReversible,
         E.IdempotencyConflict,
         E.MoneyAbandoned,
+        E.ActionAbandoned,
         E.WalletLocked,
         E.AccountClosed,
         E.AgentUnavailable,
@@ -84,6 +85,11 @@ def _from_raise(exc: asyncpg.RaiseError) -> E.CoreError:
     except ValueError:
         details = {}
     return cls(exc.args[0] if exc.args else None, **details)
+
+
+def core_error(exc: asyncpg.RaiseError) -> E.CoreError:
+    """The typed error a ledger_fail RAISE stands for (a RAISE we did not write re-raised)."""
+    return _from_raise(exc)
 
 
 def _unavailable(exc: BaseException) -> E.Unavailable:

@@ -7,13 +7,15 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+from collections.abc import Awaitable
 
+import asyncpg
 import bcrypt
 
 from core import errors as E
 from core.audit import record
 from core.msisdn import normalise_msisdn
-from core.pg import Db
+from core.pg import Db, core_error
 
 PIN_LENGTH = 4
 MAX_PIN_FAILURES = 3
@@ -171,23 +173,43 @@ async def change_pin(  # noqa: PLR0917 (the planned API passes rounds positional
     and the reply) returns as the first did, without checking the old PIN against the new hash,
     which would count a wrong PIN. Only the key of the latest change is remembered, so any
     other request, an older one included, is checked and counted as usual. A wrong old PIN is
-    counted once per key, however often the request runs (`register_failure`)."""
+    counted once per key, however often the request runs (`register_failure`). A key given up
+    (`core.customers.abandon_request`) is refused with ActionAbandoned, nothing counted."""
     number = normalise_msisdn(msisdn, country_code)
     key = _change_key(idempotency_key)
     check_pin_format(new_pin)
+    if key is not None:
+        # A request given up (a late USSD result abandoned, migration 0840) is refused first:
+        # no PIN checked, no wrong PIN counted. The UPDATE's trigger checks again under the
+        # key's lock (an abandonment between the two is seen there).
+        await _raising(db.execute("SELECT action_claim_key($1, $2)", number, key))
     if await _verify(db, number, old_pin, key, request_key=key):
         return
     if new_pin == old_pin:
         raise E.WeakPin("The new PIN must differ from the old one", field="new_pin")
     hashed = await hash_pin(new_pin, rounds)
-    await db.execute(
-        "WITH u AS (UPDATE customers SET pin_hash = $2, pin_changed_by = $3, updated_at = now() "
-        "WHERE msisdn = $1 RETURNING msisdn) INSERT INTO audit_log (actor_type, actor, action, "
-        "target) SELECT 'customer', msisdn, 'customer.pin_changed', msisdn FROM u",
-        number,
-        hashed,
-        key,
+    # The audit row names the request's key: a change overwritten since by another is still
+    # found under its key (core.customers.abandon_request).
+    await _raising(
+        db.execute(
+            "WITH u AS (UPDATE customers SET pin_hash = $2, pin_changed_by = $3, "
+            "updated_at = now() WHERE msisdn = $1 RETURNING msisdn) INSERT INTO audit_log "
+            "(actor_type, actor, action, target, details) SELECT 'customer', msisdn, "
+            "'customer.pin_changed', msisdn, CASE WHEN $3::text IS NULL THEN '{}'::jsonb "
+            "ELSE jsonb_build_object('request', $3::text) END FROM u",
+            number,
+            hashed,
+            key,
+        )
     )
+
+
+async def _raising(statement: Awaitable[object]) -> None:
+    """`statement`, a ledger_fail RAISE (an abandoned key) as its typed error."""
+    try:
+        await statement
+    except asyncpg.RaiseError as exc:
+        raise core_error(exc) from None
 
 
 async def unlock(db: Db, msisdn: str, actor: str, country_code: str = "254") -> None:

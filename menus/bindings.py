@@ -25,11 +25,15 @@ The agent's location still is: an agent with fences must have a fresh device fix
 (`withdrawal_gate`, core.agent_transactions.gate_customer_withdrawal, AGENT_WITHDRAWAL_GATE),
 so a phone at home cannot pay out "at the counter"; the gate's evidence joins the note.
 
+A registration or a PIN change promised "result by SMS" is kept under the step's key too,
+where the core makes the change (core.customers.abandon_request), and a balance or statement
+promised so is answered "could not be completed" once its owner is gone (`PromiseSettler`).
+
 Loans go through the loan service (`menus.loans.service.LoanService`, `app[LOANS]`), which
 moves the money on the core's ledger. Its refusals (`LoanRefused`, one code per rule) reach the
 menu as `LOAN_OUTSTANDING` (an open loan) or `NOT_ELIGIBLE` with the rule's screen-sized
 `reason` in the caller's language; the PIN is checked first, as everywhere. A loan application
-or repayment promised "result by SMS" is kept as a transfer is (`MoneySettler`), under the
+or repayment promised "result by SMS" is kept as a transfer is (`PromiseSettler`), under the
 step's request key where the loan service claims it.
 """
 
@@ -60,7 +64,7 @@ from core.pg import CALL_TIMEOUT_S, CONNECTION_LOST, settle
 from core.transfers import StatementLine
 from menus.actions import ActionContext, ActionFn, ActionResult, MenuBindings
 from menus.loans.service import LoanService, late_result_text
-from menus.messages import NOT_DONE, not_done_text
+from menus.messages import NOT_DONE, done_text, not_done_text
 from menus.pending import Pending
 
 log = logging.getLogger("menus.bindings")
@@ -217,7 +221,28 @@ class CoreActions:
         return ActionResult(customer=customer_context(found))
 
     async def register(self, ctx: ActionContext) -> ActionResult:
-        customer = await customers.register_customer(
+        try:
+            customer = await self._register(ctx)
+        except E.AlreadyExists:
+            # A USSD step run again under its key (asked again after a late answer lost that
+            # had committed, or taken over from a dead claim): the customer it registered is
+            # its answer. SMS answers a dialog's final message processed again from the dialog
+            # (channels.sms.executor), and its key names the dialog, not one message: a second
+            # message must stay "already registered".
+            if self.channel != CHANNEL:
+                raise
+            found = await customers.registered_under(
+                self.pool, ctx.msisdn, ctx.idempotency_key, self.country_code
+            )
+            if found is None:
+                raise
+            customer = found
+        return ActionResult(
+            vars={"first_name": customer.first_name}, customer=customer_context(customer)
+        )
+
+    async def _register(self, ctx: ActionContext) -> customers.Customer:
+        return await customers.register_customer(
             self.pool,
             self.cipher,
             msisdn=ctx.msisdn,
@@ -230,9 +255,9 @@ class CoreActions:
             pin_rounds=self.pin_rounds,
             currency=self.currency,
             country_code=self.country_code,
-        )
-        return ActionResult(
-            vars={"first_name": customer.first_name}, customer=customer_context(customer)
+            # Remembered with the customer; a request given up (a late result abandoned,
+            # PromiseSettler) registers nothing.
+            idempotency_key=ctx.idempotency_key,
         )
 
     async def verify(self, ctx: ActionContext, name: str = "pin") -> None:
@@ -699,15 +724,19 @@ class OutboxNotifier:
 
 # The loan actions a promise may be settled for, and what the loan service calls the request.
 LOAN_REQUESTS = MappingProxyType({"loans.apply": "apply", "loans.repay": "repay"})
+# Reads a promise may be kept for: nothing to settle (the sweeper holds no PIN to read again),
+# so an orphaned one is told "could not be completed, nothing changed".
+READS = frozenset({"balance", "statement"})
+# Changes that are not money, settled or abandoned under the step's key (migration 0840).
+CHANGES = frozenset(customers.ABANDONABLE)
 
 
-class MoneySettler:
-    """Keeps a promised late result of a transfer, a withdrawal, a loan application or a loan
-    repayment (menus.pending): in ONE transaction, what was done under the step's key if
-    anything was (its notice, queued with it, is the result), or the key abandoned and the
-    customer's "did not go through" SMS queued under the result's dedupe key. Either both
-    commit or neither: an abandonment nobody is told of, or an SMS saying nothing moved while
-    the key stays open, cannot happen.
+class PromiseSettler:
+    """Keeps a promised late result (menus.pending) whose owner could not: in ONE transaction,
+    what was done under the step's key if anything was (told by its own notice, or by the
+    result SMS queued here), or the key abandoned and the customer's "did not go through" SMS
+    queued under the result's dedupe key. Either both commit or neither: an abandonment nobody
+    is told of, or an SMS saying nothing moved while the key stays open, cannot happen.
 
     A transfer or a withdrawal is the ledger's movement under the step's own key
     (core.transfers.abandon). A loan request is the loan service's, which keys its ledger
@@ -715,7 +744,11 @@ class MoneySettler:
     (core.loans.store.abandon_request, migration 0820), so no later application or repayment
     under the key happens, and no disbursement or repayment follows from one. An application
     the system refused or sent to review has no notice of its own: its decision is told
-    (menus.loans.service.late_result_text)."""
+    (menus.loans.service.late_result_text). A registration or a PIN change is settled or
+    abandoned where the core makes it (core.customers.abandon_request, migration 0840): done
+    under the key, the customer is told so (menus.messages.DONE); not, nothing changes under
+    the key afterwards. A read (balance, statement) changed nothing and cannot be done again
+    here (no PIN): the customer is told it could not be completed, to try again."""
 
     def __init__(self, pool: Any) -> None:
         self.pool = pool
@@ -723,17 +756,15 @@ class MoneySettler:
     def settles(self, action: str) -> bool:
         return action in NOT_DONE
 
+    def changes(self, action: str) -> bool:
+        return self.settles(action) and action not in READS
+
     async def settle_or_abandon(self, pending: Pending) -> bool:
         if not self.settles(pending.action):
-            raise E.ValidationFailed("Not a movement settled here", field="action")
+            raise E.ValidationFailed("Not an action settled here", field="action")
         try:
             async with self.pool.acquire(timeout=CALL_TIMEOUT_S) as conn, conn.transaction():
-                request = LOAN_REQUESTS.get(pending.action)
-                if request is None:
-                    done = await transfers.abandon(conn, pending.key) is not None
-                    told = None
-                else:
-                    done, told = await self._loan(conn, pending, request)
+                done, told = await self._settle(conn, pending)
                 if done and told is None:
                     return True
                 await _enqueue_result(
@@ -747,6 +778,20 @@ class MoneySettler:
         except _DOWN as exc:
             raise E.Unavailable(reason=type(exc).__name__) from None
         return done
+
+    async def _settle(self, conn: Any, pending: Pending) -> tuple[bool, str | None]:
+        """(whether it was done under the key, the text to tell when no notice of its own is
+        the result); not done: the key abandoned, for whatever could still be done under it."""
+        action = pending.action
+        if action in READS:
+            return False, None
+        if action in CHANGES:
+            done = await customers.abandon_request(conn, pending.msisdn, pending.key, action)
+            return done, done_text(action, pending.language) if done else None
+        request = LOAN_REQUESTS.get(action)
+        if request is not None:
+            return await self._loan(conn, pending, request)
+        return await transfers.abandon(conn, pending.key) is not None, None
 
     @staticmethod
     async def _loan(conn: Any, pending: Pending, request: str) -> tuple[bool, str | None]:
@@ -784,4 +829,4 @@ def bind(
     if bindings.notifier is None:
         bindings.notifier = OutboxNotifier(pool)
     if bindings.settler is None:
-        bindings.settler = MoneySettler(pool)
+        bindings.settler = PromiseSettler(pool)

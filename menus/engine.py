@@ -25,7 +25,7 @@ from types import MappingProxyType
 from typing import Any
 
 from core.crypto import FieldCipher
-from core.errors import CoreError, MoneyAbandoned, Unavailable, Unsettled
+from core.errors import ActionAbandoned, CoreError, MoneyAbandoned, Unavailable, Unsettled
 from menus import validators
 from menus.actions import ActionContext, ActionFn, ActionResult, MenuBindings
 from menus.compiled import CompiledMenu, Node
@@ -49,6 +49,9 @@ STOP_GRACE_S = 1.0  # for late actions cancelled at a stop to unwind
 # Redis that does not answer within this leaves the promise to this process alone.
 PROMISE_WRITE_TIMEOUT_S = 0.5
 BACK, HOME, NEXT_PAGE = "0", "00", "98"
+# A late ask refused so: another instance settled the promise first, abandoned the key and
+# told the customer, in one transaction.
+_ABANDONED = frozenset({MoneyAbandoned.code, ActionAbandoned.code})
 
 
 # Read-only by convention, not frozen: a frozen dataclass's __init__ sets each field through
@@ -449,8 +452,10 @@ class Engine:
     # --- actions that outlive the deadline -----------------------------------------------------
 
     async def _promise(self, step: Step, ctx: ActionContext) -> Pending | None:
-        """Record the promise of a result by SMS (menus.pending) before it is made, for a
-        movement that can be settled or abandoned under its key; None for any other action.
+        """Record the promise of a result by SMS (menus.pending) before it is made, for an
+        action whose promise the bindings' settler keeps (a movement, a registration or a PIN
+        change settled or abandoned under its key; a read told "could not be completed");
+        None for any other action.
         A record Redis did not take is logged: the promise then rests on this process (its
         limit is still kept: `_give_up` needs no record)."""
         settler = self.bindings.settler
@@ -500,7 +505,7 @@ class Engine:
         menu = self._menu(step)
 
         settler = self.bindings.settler
-        movement = settler is not None and settler.settles(ctx.action)
+        movement = settler is not None and settler.changes(ctx.action)
 
         async def finish() -> None:
             until = time.monotonic() + self.late_limit_s
@@ -523,7 +528,7 @@ class Engine:
                     await self._kept(promised)
                     return
                 self._apply(late, late.outcome)
-            elif late.outcome.code == MoneyAbandoned.code:
+            elif late.outcome.code in _ABANDONED:
                 # Another instance settled the record first: it abandoned the key and told the
                 # customer, in one transaction.
                 log.info("late ask refused: the key was abandoned and told", extra=_k(ctx))
@@ -565,9 +570,10 @@ class Engine:
 
     async def _give_up(self, promised: Pending) -> None:
         """The late limit passed with the outcome unknown: no more asks. Settle or abandon now
-        (no money moves after the limit); failing that, a sweeper does it later. Done here
-        whoever holds the record: settling twice is harmless (the ledger answers the same, the
-        result SMS's dedupe key queues one)."""
+        (nothing moves or changes after the limit; a read is told "could not be completed");
+        failing that, a sweeper does it later. Done here whoever holds the record: settling
+        twice is harmless (the ledger answers the same, the result SMS's dedupe key queues
+        one)."""
         settler = self.bindings.settler
         assert settler is not None
         extra = {"action": promised.action, "key": promised.key}
@@ -582,9 +588,9 @@ class Engine:
             await self._release(promised)
             return
         if moved:
-            log.info("late limit: the movement is in the ledger", extra=extra)
+            log.info("late limit: done under its key", extra=extra)
         else:
-            log.warning("late limit: abandoned; the customer is told nothing moved", extra=extra)
+            log.warning("late limit: abandoned; the customer is told nothing was done", extra=extra)
         await self._kept(promised)
 
     async def _settled(
@@ -602,8 +608,9 @@ class Engine:
         double, until one answers other than Unavailable. None past `until`, or cancelled by a
         stop: the action is cancelled, and an outcome still unknown is logged at error (a
         movement that committed has its receipt queued in its transaction: the ledger tells
-        the customer). For a `movement` (one the bindings' settler settles) a late Unavailable
-        is unknown too: past the deadline, it is mostly the client's timeout, and a statement
+        the customer). For a `movement` (an action the bindings' settler says changes
+        something under its key: money, a registration, a PIN change) a late Unavailable is
+        unknown too: past the deadline, it is mostly the client's timeout, and a statement
         timed out by the client may still commit; told "unavailable", the customer would send
         again under a new key."""
         pause = UNSETTLED_FIRST_PAUSE_S
@@ -621,7 +628,7 @@ class Engine:
                 asked = True
                 if time.monotonic() + pause >= until:
                     break
-                log.warning("money outcome unknown; asking again in %.1f s", pause, extra=_k(ctx))
+                log.warning("outcome unknown; asking again in %.1f s", pause, extra=_k(ctx))
                 await asyncio.sleep(pause)  # the backoff between asks, not a synchronisation
                 pause = min(pause * 2, UNSETTLED_MAX_PAUSE_S)
                 task = asyncio.ensure_future(fn(again))

@@ -69,7 +69,8 @@ DEFAULTS: MappingProxyType[str, MappingProxyType[str, str]] = MappingProxyType(
 KEYS = tuple(DEFAULTS)
 
 # The SMS that keeps the promise "the result will come by SMS" when a movement whose outcome was
-# lost is abandoned (menus.pending): nothing moved, and nothing will under that request. Not a
+# lost is abandoned (menus.pending): nothing moved, and nothing will under that request; for a
+# read whose owner is gone, or a registration or PIN change abandoned, nothing changed. Not a
 # menu message (a menu cannot override it): it is sent where no menu is loaded, and no stored
 # menu in another language fails validation for a key it never had.
 NOT_DONE: MappingProxyType[str, MappingProxyType[str, str]] = MappingProxyType(
@@ -108,6 +109,60 @@ NOT_DONE: MappingProxyType[str, MappingProxyType[str, str]] = MappingProxyType(
                 "fr": "Votre remboursement n'a pas abouti et aucun montant n'a été prélevé sur "
                 "votre compte. Votre crédit est inchangé; vous pouvez rembourser à nouveau.",
             },
+            # A read the sweeper cannot do again (it holds no PIN): nothing was changed.
+            "balance": {
+                "en": "Your balance request could not be completed. Nothing was changed on "
+                "your account. Please try again.",
+                "sw": "Ombi lako la salio halikukamilika. Hakuna kilichobadilishwa kwenye "
+                "akaunti yako. Tafadhali jaribu tena.",
+                "fr": "Votre demande de solde n'a pas abouti. Rien n'a été modifié sur votre "
+                "compte. Veuillez réessayer.",
+            },
+            "statement": {
+                "en": "Your statement request could not be completed. Nothing was changed on "
+                "your account. Please try again.",
+                "sw": "Ombi lako la taarifa halikukamilika. Hakuna kilichobadilishwa kwenye "
+                "akaunti yako. Tafadhali jaribu tena.",
+                "fr": "Votre demande de relevé n'a pas abouti. Rien n'a été modifié sur votre "
+                "compte. Veuillez réessayer.",
+            },
+            # A change abandoned under its key (core.customers.abandon_request).
+            "register": {
+                "en": "Your registration did not go through and nothing was changed. You may "
+                "register again.",
+                "sw": "Usajili wako haukufanikiwa na hakuna kilichobadilishwa. Unaweza "
+                "kujisajili tena.",
+                "fr": "Votre inscription n'a pas abouti et rien n'a été modifié. Vous pouvez "
+                "vous inscrire à nouveau.",
+            },
+            "pin.change": {
+                "en": "Your PIN change did not go through and nothing was changed: your PIN "
+                "is the same. You may change it again.",
+                "sw": "Kubadilisha PIN yako hakukufanikiwa na hakuna kilichobadilishwa: PIN "
+                "yako ni ile ile. Unaweza kuibadilisha tena.",
+                "fr": "Le changement de votre PIN n'a pas abouti et rien n'a été modifié: "
+                "votre PIN est inchangé. Vous pouvez réessayer.",
+            },
+        }.items()
+    }
+)
+# The SMS that keeps the promise when a registration or a PIN change promised "by SMS" was
+# done under its key after all, and its owner could not say so (menus.pending): the result,
+# as the menu's own end screen says it (without the name: one GSM-7 SMS whatever it is).
+DONE: MappingProxyType[str, MappingProxyType[str, str]] = MappingProxyType(
+    {
+        action: MappingProxyType(texts)
+        for action, texts in {
+            "register": {
+                "en": "You are registered. Dial again to use your wallet.",
+                "sw": "Umesajiliwa. Piga tena kutumia pochi yako.",
+                "fr": "Inscription réussie. Composez à nouveau pour commencer.",
+            },
+            "pin.change": {
+                "en": "Your PIN has been changed.",
+                "sw": "PIN yako imebadilishwa.",
+                "fr": "Votre PIN a été changé.",
+            },
         }.items()
     }
 )
@@ -117,6 +172,13 @@ FALLBACK_LANGUAGE = "en"
 def not_done_text(action: str, language: str) -> str:
     """The abandoned movement's SMS in the customer's language (English when not catalogued)."""
     texts = NOT_DONE[action]
+    return texts.get(language) or texts[FALLBACK_LANGUAGE]
+
+
+def done_text(action: str, language: str) -> str:
+    """A registration's or a PIN change's result, found done under its key, in the
+    customer's language (English when not catalogued)."""
+    texts = DONE[action]
     return texts.get(language) or texts[FALLBACK_LANGUAGE]
 
 

@@ -1,8 +1,9 @@
 """Promised late results, kept in Redis until kept: "the result will come by SMS" survives the
 instance that said it.
 
-When a USSD money action outlives its deadline or its outcome is lost (`menus.engine`), the
-engine answers "the result will come by SMS" and writes a record here before it does:
+When a USSD money action outlives its deadline or its outcome is lost (`menus.engine`), or a
+balance, a statement, a registration or a PIN change outlives its deadline, the engine
+answers "the result will come by SMS" and writes a record here before it does:
 `{prefix}ussd:pending:{idempotency key}`, a hash of `owner` (the instance that asks, by its
 liveness id; "" once released) and `data` (JSON: the key, the action, the phone, the language,
 the menu, version and screen, when it was promised and until when the money may still move).
@@ -14,9 +15,13 @@ The record holds no input and no secret: nobody runs the action again from it. W
 finishes a record that its owner could not (the owner gone: its liveness key expired or
 deleted at a stop; the owner released it; or it outlived its limit) settles or abandons the
 movement under its key (`Settler`; core.transfers.abandon, or for a loan application or
-repayment core.loans.store.abandon_request): the movement, whose receipt or loan notice was
-queued with it, or the key abandoned for good and the customer told nothing moved, in one
-transaction. So a PIN is never needed, and never stored, to keep the promise.
+repayment core.loans.store.abandon_request, for a registration or a PIN change
+core.customers.abandon_request): the movement, whose receipt or loan notice was queued with
+it (the change, told by an SMS queued with the settling), or the key abandoned for good and
+the customer told nothing moved (nothing changed), in one transaction. A read (balance,
+statement) is not done again (that needs the PIN): the customer is told it could not be
+completed, nothing changed, to try again. So a PIN is never needed, and never stored, to
+keep the promise.
 
 Every instance runs a `PendingSweeper`. A record is taken by a compare-and-set of its owner
 (the owner it read -> this instance), so one instance finishes it; finishing twice would still
@@ -142,15 +147,22 @@ class Pending:
 
 
 class Settler(Protocol):
-    """Settles or abandons a movement under its key (bound by `menus.bindings`)."""
+    """Settles or abandons a promised action under its key (bound by `menus.bindings`)."""
 
     def settles(self, action: str) -> bool:
-        """Whether this action's movement is under its idempotency key in the ledger."""
+        """Whether a promise of this action's result is kept on record (settled here)."""
+        ...
+
+    def changes(self, action: str) -> bool:
+        """Whether this action changes something under its key (money, a registration, a PIN):
+        a late `Unavailable` may have applied it, so its owner asks again under the key. A
+        read (balance, statement) does not."""
         ...
 
     async def settle_or_abandon(self, pending: Pending) -> bool:
-        """True: the movement is in the ledger (its receipt is the result). False: the key is
-        abandoned and the customer told that nothing moved. Raises when it could not tell."""
+        """True: it was done under the key (its receipt, or a result SMS queued here, is the
+        result). False: nothing was done, the key is abandoned (for a read: nothing to
+        abandon) and the customer told so. Raises when it could not tell."""
         ...
 
 
@@ -389,10 +401,8 @@ async def finish(store: PendingStore, settler: Settler, record: str, pending: Pe
         await store.release(record)
         return False
     if moved:
-        log.info(
-            "ussd pending: the movement is in the ledger; its receipt is the result", extra=extra
-        )
+        log.info("ussd pending: done under its key; its notice is the result", extra=extra)
     else:
-        log.warning("ussd pending: abandoned; the customer is told nothing moved", extra=extra)
+        log.warning("ussd pending: abandoned; the customer is told nothing was done", extra=extra)
     await store.done(record)
     return True

@@ -135,6 +135,27 @@ class Bank:
         assert report.ok, "\n".join(report.lines())
 
 
+# What migration 0840 prevents: a registration or a PIN change made under a request key that
+# was abandoned (the customer told "nothing changed"). The PIN change's audit row names its key.
+_CHANGED_UNDER_ABANDONED = """
+SELECT a.msisdn, a.idempotency_key FROM action_abandoned a
+WHERE (a.action = 'register' AND EXISTS (
+           SELECT 1 FROM customers c
+           WHERE c.msisdn = a.msisdn AND c.registered_by = a.idempotency_key))
+   OR (a.action = 'pin.change' AND (
+           EXISTS (SELECT 1 FROM customers c
+                   WHERE c.msisdn = a.msisdn AND c.pin_changed_by = a.idempotency_key)
+           OR EXISTS (SELECT 1 FROM audit_log l
+                      WHERE l.action = 'customer.pin_changed' AND l.target = a.msisdn
+                        AND l.details->>'request' = a.idempotency_key)))
+"""
+
+
+async def nothing_changed_under_abandoned_requests(pool: asyncpg.Pool) -> None:
+    broken = [tuple(r) for r in await pool.fetch(_CHANGED_UNDER_ABANDONED)]
+    assert broken == [], f"changed under an abandoned request: {broken}"
+
+
 class CallCounter:
     """Counts calls of each bound action; the wrapped core function still runs."""
 

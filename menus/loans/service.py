@@ -22,7 +22,7 @@ and the database trigger check the same table again.
 
 An application's and a repayment's transaction claims its request key (the channel's
 idempotency key, per customer) before anything else (core.loans.store.claim_request, migration
-0820): a request given up as a late USSD result (menus.bindings.MoneySettler) is refused there
+0820): a request given up as a late USSD result (menus.bindings.PromiseSettler) is refused there
 with MoneyAbandoned, so nothing is applied for, disbursed or repaid under its key.
 
 Money needs a `LoanLedger` and applications a `CustomerDirectory` (core.loans.ports; the
@@ -197,7 +197,7 @@ def decision_of(app: Application) -> Decision:
 
 def late_result_text(app: Application, language: str) -> str | None:
     """The SMS that tells a customer who was promised this application's result by SMS, when
-    the request is found settled after its owner could not say (menus.bindings.MoneySettler),
+    the request is found settled after its owner could not say (menus.bindings.PromiseSettler),
     or None when a loan notice is, or will be, that result: a disbursed loan's, the one of a
     disbursement still to come (an approval: the request's own retry or
     `resume_disbursements` finishes it), an officer's decision. The system's decisions (a

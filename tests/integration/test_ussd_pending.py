@@ -229,7 +229,7 @@ async def test_garbage_is_logged_set_aside_and_never_blocks_a_good_record(
         await store.link.command("ZADD", store.index, 0, record)
         bad.append(record)
     customer = await ussd.bank.open()
-    unknown = await put(ussd, promise(customer, key=key("unknown"), action="register"), DEAD)
+    unknown = await put(ussd, promise(customer, key=key("unknown"), action="language.set"), DEAD)
     good = await put(ussd, promise(customer, key=key("good")), DEAD)
     assert await sweeper(ussd).sweep() == 1
     assert await store.oldest() == []
@@ -265,7 +265,7 @@ async def test_a_record_this_release_cannot_read_is_left_while_its_owner_lives(
     store = sweeper(ussd).store
     newer = await put(ussd, promise(customer, key=key("newer")), owner)
     await store.link.command("HSET", newer, "data", '{"v": 2, "something": "new"}')
-    other = await put(ussd, promise(customer, key=key("other"), action="register"), owner)
+    other = await put(ussd, promise(customer, key=key("other"), action="language.set"), owner)
     try:
         assert await sweeper(ussd).sweep() == 0
         assert sorted(await store.oldest()) == sorted([newer, other])

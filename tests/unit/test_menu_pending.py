@@ -9,7 +9,7 @@ import json
 import pytest
 
 from menus.gsm import is_gsm7
-from menus.messages import NOT_DONE, not_done_text
+from menus.messages import DONE, NOT_DONE, done_text, not_done_text
 from menus.pending import BadRecord, Pending
 
 GOOD = Pending(
@@ -72,4 +72,14 @@ def test_the_abandonment_text_is_in_every_language(action: str) -> None:
     assert len(set(texts.values())) == 3
     assert not_done_text(action, "yo") == texts["en"]
     # One SMS each: GSM-7, at most 160 characters.
+    assert all(is_gsm7(t) and len(t) <= 160 for t in texts.values()), texts
+
+
+@pytest.mark.parametrize("action", sorted(DONE))
+def test_the_done_text_of_a_change_is_in_every_language(action: str) -> None:
+    """A registration or a PIN change found done under its key by a sweeper: told so."""
+    assert action in NOT_DONE
+    texts = {lang: done_text(action, lang) for lang in ("en", "sw", "fr")}
+    assert len(set(texts.values())) == 3
+    assert done_text(action, "yo") == texts["en"]
     assert all(is_gsm7(t) and len(t) <= 160 for t in texts.values()), texts

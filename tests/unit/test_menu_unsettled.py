@@ -192,10 +192,13 @@ async def test_past_the_deadline_then_unknown_keeps_settling() -> None:
 
 
 class SettlesSendMoney:
-    """A settler that takes send money (the bindings' MoneySettler is in the integration
+    """A settler that takes send money (the bindings' PromiseSettler is in the integration
     tests); it is never asked to settle here."""
 
     def settles(self, action: str) -> bool:
+        return action == "send_money"
+
+    def changes(self, action: str) -> bool:
         return action == "send_money"
 
     async def settle_or_abandon(self, pending: object) -> bool:

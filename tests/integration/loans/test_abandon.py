@@ -17,7 +17,7 @@ import pytest
 from core import errors as E
 from core.loans import store
 from core.loans.book import get_loan, open_loan_for
-from menus.bindings import LATE_RESULT_KIND, MoneySettler
+from menus.bindings import LATE_RESULT_KIND, PromiseSettler
 from menus.loans.service import late_result_text
 from menus.pending import Pending
 from tests.helpers import eventually
@@ -239,7 +239,7 @@ async def test_the_settler_abandons_a_request_and_tells_once(
     world: World, action: str, language: str
 ) -> None:
     msisdn, loan_id, _ = await world.new_loan(300_000)
-    settler = MoneySettler(world.pool)
+    settler = PromiseSettler(world.pool)
     pending = promise(msisdn, new_key("ussd"), action, language)
     assert settler.settles(action)
     assert await settler.settle_or_abandon(pending) is False
@@ -254,7 +254,7 @@ async def test_the_settler_finds_a_disbursed_loan_and_adds_nothing(world: World)
     msisdn = await world.customer()
     pending = promise(msisdn, new_key("ussd"), "loans.apply")
     await world.apply(msisdn, product.code, 300_000, key=pending.key)
-    assert await MoneySettler(world.pool).settle_or_abandon(pending) is True
+    assert await PromiseSettler(world.pool).settle_or_abandon(pending) is True
     assert await told(world, msisdn) == []  # the disbursement's notice is the result
     notices = await world.pool.fetchval(
         "SELECT count(*) FROM loan_notices WHERE recipient = $1 AND kind = 'loan_disbursed'",
@@ -271,7 +271,7 @@ async def test_the_settler_tells_a_refusal_that_sent_no_notice(world: World) -> 
     pending = promise(msisdn, new_key("ussd"), "loans.apply", "sw")
     refused = await world.apply(msisdn, product.code, 300_000, key=pending.key)
     assert refused.refusal_error() is not None
-    settler = MoneySettler(world.pool)
+    settler = PromiseSettler(world.pool)
     assert await settler.settle_or_abandon(pending) is True
     assert await settler.settle_or_abandon(pending) is True
     assert await told(world, msisdn) == [
@@ -290,7 +290,7 @@ async def test_the_settler_tells_a_review_and_leaves_an_officers_decision_to_its
     waiting = promise(msisdn, new_key("ussd"), "loans.apply", "fr")
     applied = await world.apply(msisdn, product.code, 300_000, key=waiting.key)
     assert applied.loan is None and applied.refusal_error() is None
-    settler = MoneySettler(world.pool)
+    settler = PromiseSettler(world.pool)
     assert await settler.settle_or_abandon(waiting) is True
     assert await told(world, msisdn) == ["Votre demande sera examinée"]
     rejected = await world.service.reject(
