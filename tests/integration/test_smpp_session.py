@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import replace
 
 import pytest
 
@@ -217,6 +218,32 @@ async def test_bind_refused_backs_off_with_growing_delays() -> None:
         finally:
             await session.stop()
         assert session.state is BindState.STOPPED
+
+
+async def test_a_long_outage_never_stops_the_bind() -> None:
+    """The backoff ceiling was `min * 2 ** (failures - 1)`: at the 1,025th failed attempt in a
+    row the power no longer converts to a float, OverflowError left the run loop and the bind
+    stopped for good (with default timers, after some 13 hours of an SMSC down or refusing the
+    password). Attempts here are a connection refused and a backoff of at most 0.1 ms."""
+    tuning = replace(FAST, reconnect_min_s=0.00005, reconnect_max_s=0.0001)
+    attempts = 0
+    gave_up = asyncio.Event()
+
+    def on_state(session: SmppSession, state: BindState) -> None:
+        nonlocal attempts
+        attempts += state is BindState.CONNECTING
+        if state is BindState.STOPPED or attempts > 1_100:
+            gave_up.set()
+
+    session = SmppSession(bind_for(1), name="o", on_state=on_state, tuning=tuning)
+    session.start()
+    try:
+        async with asyncio.timeout(60):
+            await gave_up.wait()
+        assert session.state is not BindState.STOPPED, session.status().last_error
+        assert attempts > 1_100
+    finally:
+        await session.stop()
 
 
 async def test_unknown_command_gets_generic_nack() -> None:

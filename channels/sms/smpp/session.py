@@ -61,6 +61,7 @@ from .pacer import Pacer
 log = logging.getLogger("channels.sms.smpp")
 
 INTERFACE_VERSION = 0x34
+_MAX_BACKOFF_DOUBLINGS = 32  # far past any reconnect_max_s / reconnect_min_s ratio
 
 
 class BindState(StrEnum):
@@ -375,8 +376,11 @@ class SmppSession:
     async def _back_off(self, failures: int) -> None:
         if self._stop.is_set():
             return
+        # The exponent is capped: 2 ** 1024 does not convert to a float, and the OverflowError
+        # once ended the bind for good after 1,024 failed attempts in a row (a long outage).
         ceiling = min(
-            self.tuning.reconnect_max_s, self.tuning.reconnect_min_s * 2 ** (failures - 1)
+            self.tuning.reconnect_max_s,
+            self.tuning.reconnect_min_s * 2.0 ** min(failures - 1, _MAX_BACKOFF_DOUBLINGS),
         )
         delay = random.uniform(ceiling / 2, ceiling)  # noqa: S311 - jitter, not a secret
         self._retry_at = time.time() + delay
