@@ -21,6 +21,7 @@ from channels.sms.handler import GrammarReplyHandler, InboundSms, RetryLater
 from core.sms_messages import MtRecord, SmsMessageStore, SubmittedPart, get_message
 from gateway.keys import CIPHER
 from tests.helpers import eventually
+from tests.raw_smsc import deliver_sm_body, pdu, raw_smsc, tlv
 from tests.sms_helpers import (
     ChannelFactory,
     Recorder,
@@ -359,6 +360,38 @@ async def test_receipt_before_the_record_is_matched(
     assert message["submitted_parts"] == [
         {"part_no": 1, "message_id": key[2:], "status": "delivered", "error": None}
     ]
+
+
+async def test_receipt_id_tlv_without_its_nul_still_matches(
+    store: SmsMessageStore, pg_pool: asyncpg.Pool
+) -> None:
+    """receipted_message_id is a C-string, but SMSCs send it without the NUL too (the TLV's
+    length says where it ends). smpplib drops the last byte of every C-string TLV, so
+    `0A1B2C3D` was read as `0A1B2C3`: the receipt went unmatched, or matched another message
+    (7 of a message's 8 hex digits are another id)."""
+    message_id = secrets.token_hex(4).upper().encode()
+    async with raw_smsc(submit_id=message_id) as smsc:
+        channel = new_channel([bind_for(smsc.port)], store, tuning=TUNING)
+        await channel.start()
+        try:
+            assert await channel.sessions[0].wait_bound(10)
+            msisdn = new_msisdn()
+            ref = f"dlr-nonul:{msisdn}"
+            await channel.send_text(msisdn, "hello", ref=ref)
+            text = b"id:" + message_id + b" sub:001 dlvrd:001 stat:DELIVRD err:000 text:hello"
+            tlvs = tlv(0x001E, message_id) + tlv(0x0427, b"\x02")  # no NUL; DELIVERED
+            body = deliver_sm_body(msisdn, "12345", text, esm_class=0x04, tlvs=tlvs)
+            smsc.send(pdu(0x00000005, 77, body))
+            assert (await smsc.wait_for(0x80000005, seq=77)).status == 0
+            assert channel.counters["receipts_unmatched"] == 0
+
+            async def status() -> str | None:
+                record = await row(pg_pool, ref=ref)
+                return None if record is None else str(record["status"])
+
+            await eventually(status, lambda s: s == "delivered")
+        finally:
+            await channel.stop()
 
 
 def mt_record(msisdn: str, key: str, smsc: str = "acct@smsc") -> MtRecord:

@@ -264,14 +264,26 @@ def _walk_sm_body(body: bytes) -> tuple[str | None, int]:
     return _check_tlvs(body, pos), pos
 
 
-def _vendor_tlvs(body: bytes, pos: int) -> tuple[tuple[int, bytes], ...]:
+TLV_RECEIPTED_MESSAGE_ID = 0x001E
+
+
+def _tlvs(body: bytes, pos: int) -> list[tuple[int, bytes]]:
+    """Every TLV as (tag, value), in order (the body was checked: they tile it exactly)."""
     found = []
     while pos + 4 <= len(body):
         tag, length = struct.unpack_from(">HH", body, pos)
-        if 0x1400 <= tag <= 0x3FFF:
-            found.append((tag, body[pos + 4 : pos + 4 + length]))
+        found.append((tag, body[pos + 4 : pos + 4 + length]))
         pos += 4 + length
-    return tuple(found)
+    return found
+
+
+def _receipted_id(tlvs: list[tuple[int, bytes]]) -> str | None:
+    """receipted_message_id up to its NUL, or all of it when the SMSC sent none. (smpplib
+    drops the last byte of a C-string TLV whatever it is, so `0A1B2C3D` without the NUL
+    became `0A1B2C3`: an unmatched receipt, or another message's.)"""
+    value = next((v for tag, v in reversed(tlvs) if tag == TLV_RECEIPTED_MESSAGE_ID), b"")
+    text = value.partition(b"\x00")[0].decode("latin-1")
+    return text or None
 
 
 def _check_tlvs(body: bytes, pos: int) -> str | None:
@@ -300,7 +312,7 @@ def decode_deliver_sm(frame: bytes) -> DeliverSm:
     except Exception as exc:
         raise CodecError(f"cannot decode PDU: {exc}") from exc
     payload = pdu.message_payload
-    receipted = pdu.receipted_message_id
+    tlvs = _tlvs(body, tlv_start) if tlv_start < len(body) else []
     return DeliverSm(
         sequence=pdu.sequence,
         source_addr=_text(pdu.source_addr),
@@ -310,7 +322,7 @@ def decode_deliver_sm(frame: bytes) -> DeliverSm:
         data_coding=int(pdu.data_coding or 0),
         short_message=bytes(pdu.short_message or b""),
         message_payload=bytes(payload) if payload else None,
-        receipted_message_id=_text(receipted).strip("\x00") if receipted else None,
+        receipted_message_id=_receipted_id(tlvs) if tlvs else None,
         message_state=_opt_int(pdu.message_state),
         network_error_code=bytes(pdu.network_error_code) if pdu.network_error_code else None,
         sar_msg_ref_num=_opt_int(pdu.sar_msg_ref_num),
@@ -319,7 +331,7 @@ def decode_deliver_sm(frame: bytes) -> DeliverSm:
         user_message_reference=_opt_int(pdu.user_message_reference),
         schedule_delivery_time=_text(pdu.schedule_delivery_time),
         validity_period=_text(pdu.validity_period),
-        vendor_tlvs=_vendor_tlvs(body, tlv_start) if tlv_start < len(body) else (),
+        vendor_tlvs=tuple((tag, v) for tag, v in tlvs if 0x1400 <= tag <= 0x3FFF),
     )
 
 
