@@ -80,6 +80,32 @@ async def test_tps_is_respected(peer: SmscPeer) -> None:
         await session.stop()
 
 
+async def test_tps_holds_when_the_window_opens_after_a_stall() -> None:
+    """The pacer's slot was taken before the window's: while the SMSC sat on a full window,
+    submits kept collecting slots, and when the responses came they all went at once (here
+    10 submits in a few milliseconds at 20 TPS). Operators count TPS when submits arrive."""
+    tps = 20.0
+    async with raw_smsc(answer_submit=False) as smsc:
+        bind = bind_for(smsc.port, tps=tps, window=5, response_timeout_s=10)
+        session = await started(SmppSession(bind, name="st", tuning=FAST))
+        try:
+            sends = [asyncio.create_task(session.submit(**SUBMIT)) for _ in range(15)]
+            await eventually(lambda: smsc.count(0x04), lambda n: n == 5)
+            await asyncio.sleep(1.0)  # the SMSC's stall: the window stays full for a second
+            smsc.answer_submit = True
+            for frame in [f for f in smsc.frames if f.command_id == 0x04]:
+                smsc.send(pdu(0x80000004, frame.seq, b"S\x00"))
+            await asyncio.gather(*sends)
+            stamps = [f.at for f in smsc.frames if f.command_id == 0x04]
+            assert len(stamps) == 15
+            # In any quarter of a second, at most what 20 TPS allows (and one for the edge).
+            window_s = 0.25
+            most = max(sum(1 for t in stamps if s <= t < s + window_s) for s in stamps)
+            assert most <= tps * window_s + 1, (most, [round(t - stamps[0], 3) for t in stamps])
+        finally:
+            await session.stop()
+
+
 async def test_throttled_submit_slows_the_bind(peer: SmscPeer) -> None:
     await peer.configure(throttle_every=2)
     session = await started(SmppSession(bind_for(peer.port, tps=100), name="th", tuning=FAST))

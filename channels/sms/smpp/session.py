@@ -286,8 +286,7 @@ class SmppSession:
         SmscRejected, LinkDown / ResponseTimeout, or CodecError for fields that cannot be
         encoded."""
         frame = codec.encode("submit_sm", 0, **fields)
-        await self.pacer.wait()
-        resp = await self._request(SUBMIT_SM, frame)
+        resp = await self._request(SUBMIT_SM, frame, paced=True)
         if resp.status == ESME_ROK:
             self.pacer.accepted()
             self.counters["submitted"] += 1
@@ -646,9 +645,13 @@ class SmppSession:
         frame: bytes,
         *,
         windowed: bool = True,
+        paced: bool = False,
         timeout_s: float | None = None,
     ) -> Response:
-        """Send `frame` (its sequence number is filled in here) and await the response."""
+        """Send `frame` (its sequence number is filled in here) and await the response. A
+        paced request takes its pacer slot once it holds a window slot, right before it goes:
+        a slot taken while waiting for the window would let every submit that queued behind a
+        full window go at once when it opens."""
         if windowed:
             if self._writer is None:
                 raise LinkDown("not bound")
@@ -661,6 +664,8 @@ class SmppSession:
             else:
                 await self._window.acquire()  # a free slot: no timer needed
         try:
+            if paced:
+                await self.pacer.wait()
             return await self._exchange(
                 command_id, frame, timeout_s or self.bind.response_timeout_s
             )
