@@ -120,6 +120,45 @@ async def test_throttled_submit_slows_the_bind(peer: SmscPeer) -> None:
         await session.stop()
 
 
+async def test_a_full_window_throttled_at_once_halves_the_rate_once() -> None:
+    """Every submit in a full window answered ESME_RTHROTTLED is one push-back from the SMSC,
+    about submits sent at the same rate. Each answer used to halve the rate again: ten in
+    flight took the bind from 500 TPS to its floor (50) in one go, and 50 accepted submits to
+    climb back."""
+    async with raw_smsc(answer_submit=False) as smsc:
+        bind = bind_for(smsc.port, tps=500, window=10, response_timeout_s=10)
+        session = await started(SmppSession(bind, name="fw", tuning=FAST))
+        try:
+            sends = [asyncio.create_task(session.submit(**SUBMIT)) for _ in range(10)]
+            await eventually(lambda: smsc.count(0x04), lambda n: n == 10)
+            for frame in [f for f in smsc.frames if f.command_id == 0x04]:
+                smsc.send(pdu(0x80000004, frame.seq, status=0x58))
+            results = await asyncio.gather(*sends, return_exceptions=True)
+            assert all(isinstance(r, Throttled) for r in results), results
+            assert session.status().throttled == 10
+            assert session.pacer.rate == 250
+        finally:
+            await session.stop()
+
+
+async def test_generic_nack_throttled_slows_the_bind() -> None:
+    """An SMSC that says ESME_RTHROTTLED in a generic_nack (some do, for a submit over their
+    rate) means the same as in a submit_sm_resp: the bind slows down and the part is retried,
+    not failed as a refusal."""
+    async with raw_smsc(answer_submit=False) as smsc:
+        session = await started(SmppSession(bind_for(smsc.port, tps=100), name="gt", tuning=FAST))
+        try:
+            task = asyncio.create_task(session.submit(**SUBMIT))
+            frame = await smsc.wait_for(0x04)
+            smsc.send(pdu(0x80000000, frame.seq, status=0x58))
+            with pytest.raises(Throttled):
+                await task
+            assert session.pacer.rate == 50
+            assert session.status().throttled == 1
+        finally:
+            await session.stop()
+
+
 async def test_message_queue_full_slows_the_bind_like_throttling(peer: SmscPeer) -> None:
     """ESME_RMSGQFUL (0x14): the SMSC's queue for this bind is full. Like ESME_RTHROTTLED it
     is temporary and halves the bind's rate, never a failed message."""

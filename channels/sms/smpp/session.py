@@ -26,7 +26,7 @@ import logging
 import random
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -286,17 +286,28 @@ class SmppSession:
         SmscRejected, LinkDown / ResponseTimeout, or CodecError for fields that cannot be
         encoded."""
         frame = codec.encode("submit_sm", 0, **fields)
-        resp = await self._request(SUBMIT_SM, frame, paced=True)
-        if resp.status == ESME_ROK:
+        async with self._window_slot():
+            # The pacer's slot is taken with the window's, right before the submit goes: one
+            # taken while waiting for the window would let every submit queued behind a full
+            # window go at once when it opens.
+            epoch = await self.pacer.wait()
+            try:
+                resp = await self._exchange(SUBMIT_SM, frame, self.bind.response_timeout_s)
+                status, message_id = resp.status, resp.message_id
+            except SmscRejected as exc:  # a generic_nack; throttling there means the same
+                if exc.status not in SLOW_DOWN_STATUSES:
+                    raise
+                status, message_id = exc.status, ""
+        if status == ESME_ROK:
             self.pacer.accepted()
             self.counters["submitted"] += 1
-            return resp.message_id
-        if resp.status in SLOW_DOWN_STATUSES:
-            self.pacer.slow_down(self.tuning.throttle_pause_s)
+            return message_id
+        if status in SLOW_DOWN_STATUSES:
+            self.pacer.slow_down(self.tuning.throttle_pause_s, epoch)
             self.counters["throttled"] += 1
-            raise Throttled(resp.status, "submit_sm")
+            raise Throttled(status, "submit_sm")
         self.counters["rejected"] += 1
-        raise SmscRejected(resp.status, "submit_sm")
+        raise SmscRejected(status, "submit_sm")
 
     def status(self) -> BindStatus:
         return BindStatus(
@@ -645,33 +656,32 @@ class SmppSession:
         frame: bytes,
         *,
         windowed: bool = True,
-        paced: bool = False,
         timeout_s: float | None = None,
     ) -> Response:
-        """Send `frame` (its sequence number is filled in here) and await the response. A
-        paced request takes its pacer slot once it holds a window slot, right before it goes:
-        a slot taken while waiting for the window would let every submit that queued behind a
-        full window go at once when it opens."""
-        if windowed:
-            if self._writer is None:
-                raise LinkDown("not bound")
-            if self._window.locked():
-                try:
-                    async with asyncio.timeout(self.tuning.window_wait_s):
-                        await self._window.acquire()
-                except TimeoutError:
-                    raise LinkDown("the window stayed full") from None
-            else:
-                await self._window.acquire()  # a free slot: no timer needed
+        """Send `frame` (its sequence number is filled in here) and await the response."""
+        timeout_s = timeout_s or self.bind.response_timeout_s
+        if not windowed:
+            return await self._exchange(command_id, frame, timeout_s)
+        async with self._window_slot():
+            return await self._exchange(command_id, frame, timeout_s)
+
+    @contextlib.asynccontextmanager
+    async def _window_slot(self) -> AsyncIterator[None]:
+        """One of the window's slots (at most `window` requests outstanding)."""
+        if self._writer is None:
+            raise LinkDown("not bound")
+        if self._window.locked():
+            try:
+                async with asyncio.timeout(self.tuning.window_wait_s):
+                    await self._window.acquire()
+            except TimeoutError:
+                raise LinkDown("the window stayed full") from None
+        else:
+            await self._window.acquire()  # a free slot: no timer needed
         try:
-            if paced:
-                await self.pacer.wait()
-            return await self._exchange(
-                command_id, frame, timeout_s or self.bind.response_timeout_s
-            )
+            yield
         finally:
-            if windowed:
-                self._window.release()
+            self._window.release()
 
     async def _exchange(
         self, command_id: int, frame: bytes, timeout_s: float, *, closing: bool = False
