@@ -58,6 +58,7 @@ class RawSmsc:
     answer_submit: bool = True
     bind_status: int = 0
     submit_id: bytes = b"RAW1"  # the message_id every submit_sm_resp carries
+    unbind_after_bind: bool = False  # accept every bind, then unbind at once
     frames: list[Frame] = field(default_factory=list)
     binds: int = 0
     writer: asyncio.StreamWriter | None = None
@@ -88,6 +89,8 @@ class RawSmsc:
                 if cid in (1, 2, 9):
                     self.binds += 1
                     writer.write(pdu(cid | 0x80000000, seq, b"raw\x00", self.bind_status))
+                    if self.unbind_after_bind:
+                        writer.write(pdu(0x00000006, 1))
                 elif cid == 0x15 and self.answer_enquire_link:
                     writer.write(pdu(0x80000015, seq))
                 elif cid == 6:

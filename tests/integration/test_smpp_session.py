@@ -5,6 +5,7 @@ for what a well-behaved SMSC never sends."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from dataclasses import replace
 
@@ -309,6 +310,25 @@ async def test_a_long_outage_never_stops_the_bind() -> None:
         assert attempts > 1_100
     finally:
         await session.stop()
+
+
+async def test_binds_that_drop_at_once_back_off_like_refused_ones() -> None:
+    """An SMSC that accepts every bind and drops it at once (a duplicate-bind policy, a
+    licence limit) was re-bound after the shortest backoff for ever, about once a second with
+    the default timers: a successful bind reset the backoff however short the bind lived.
+    Only a bind that stayed up `stable_bind_s` resets it now."""
+    async with raw_smsc(unbind_after_bind=True) as smsc:
+        session = SmppSession(bind_for(smsc.port), name="d", tuning=FAST)
+        session.start()
+        try:
+            await eventually(lambda: smsc.binds, lambda n: n >= 6)
+            stamps = [f.at for f in smsc.frames if f.command_id == 0x09]
+            gaps = [b - a for a, b in itertools.pairwise(stamps)]
+            # From the 4th drop on the ceiling is reconnect_max_s: each delay is at least half.
+            assert min(gaps[3:]) >= FAST.reconnect_max_s / 2, gaps
+            assert session.status().last_error == "the SMSC unbound"
+        finally:
+            await session.stop()
 
 
 async def test_unknown_command_gets_generic_nack() -> None:

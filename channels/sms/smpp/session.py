@@ -131,6 +131,8 @@ class SessionTuning:
     connect_timeout_s: float = 10.0
     reconnect_min_s: float = 1.0
     reconnect_max_s: float = 60.0
+    # A bind that stayed up this long resets the reconnect backoff when it ends.
+    stable_bind_s: float = 30.0
     throttle_pause_s: float = 1.0
     unbind_timeout_s: float = 3.0
     window_wait_s: float = 30.0
@@ -371,10 +373,15 @@ class SmppSession:
                     failures += 1
                     await self._back_off(failures)
                     continue
-                failures = 0
+                started = time.monotonic()
                 await self._serve(reader, writer)
-                if not self._stop.is_set():
-                    await self._back_off(1)
+                # Only a bind that lived resets the backoff: one the SMSC accepts and drops at
+                # once, again and again, is a failure like a refused bind, not a reason to
+                # re-bind at the shortest delay for ever.
+                if time.monotonic() - started >= self.tuning.stable_bind_s:
+                    failures = 0
+                failures += 1
+                await self._back_off(failures)
         finally:
             self._bound.clear()
             self._fail_pending("the bind stopped")
