@@ -455,6 +455,15 @@ CODING_CASES = [
     # temporary error, so the SMSC redelivered the MO for ever. Dropped now.
     ("latin1-nul", b"Caf\xe9\x00 \x00ok", 3, "Café ok"),
     ("ucs2-nul-padding", "Привет".encode("utf-16-be") + b"\x00\x00", 8, "Привет"),
+    # The GSM 03.38 codings SMSCs pass through: a message class (0x10-0x13 / 0xF0-0xF3
+    # GSM-7, 0x18-0x1B UCS-2) and the message-waiting groups (0xC0-0xDF GSM-7, 0xE0-0xEF
+    # UCS-2), which were read as Latin-1 bytes: a UCS-2 text came out as mojibake.
+    ("class1-gsm7", b"BAL \x1b\x65", 0x11, "BAL €"),
+    ("class0-gsm7", b"MINI", 0xF0, "MINI"),
+    ("class2-ucs2", "Баланс".encode("utf-16-be"), 0x1A, "Баланс"),
+    ("mwi-gsm7", b"BAL \x1b\x65", 0xC8, "BAL €"),
+    ("mwi-store-gsm7", b"BAL 1", 0xD0, "BAL 1"),
+    ("mwi-ucs2", "Привет".encode("utf-16-be"), 0xE0, "Привет"),
 ]
 
 
