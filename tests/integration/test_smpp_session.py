@@ -271,6 +271,34 @@ async def test_smsc_unbind_is_answered_and_the_bind_returns(
     assert "ended with an error" not in caplog.text
 
 
+async def test_answers_after_the_smscs_unbind_still_count() -> None:
+    """The SMSC unbinds with two submits in flight, answers one after its unbind and then
+    closes. The answered one succeeded (the SMSC has it: failing it made the channel send it
+    again); the unanswered one fails with LinkDown when the link closes and may be retried.
+    Before, both failed the moment the unbind was read and the late answer was lost."""
+    async with raw_smsc(answer_submit=False) as smsc:
+        bind = bind_for(smsc.port, response_timeout_s=10)
+        session = await started(SmppSession(bind, name="ul", tuning=FAST))
+        try:
+            first = asyncio.create_task(session.submit(**SUBMIT))
+            second = asyncio.create_task(session.submit(**SUBMIT))
+            await eventually(lambda: smsc.count(0x04), lambda n: n == 2)
+            frames = [f for f in smsc.frames if f.command_id == 0x04]
+            smsc.send(pdu(0x00000006, 600))  # the SMSC unbinds
+            assert (await smsc.wait_for(0x80000006, seq=600)).status == 0
+            assert not session.is_up  # no new requests once the SMSC said goodbye
+            smsc.send(pdu(0x80000004, frames[0].seq, b"LATE1\x00"))
+            assert await first == "LATE1"
+            smsc.drop()
+            with pytest.raises(LinkDown):
+                await second
+            await eventually(lambda: smsc.binds, lambda n: n == 2)
+            assert session.status().last_error == "the SMSC unbound"
+            assert smsc.count(0x04) == 2
+        finally:
+            await session.stop()
+
+
 async def test_bind_refused_backs_off_with_growing_delays() -> None:
     async with raw_smsc(bind_status=0x0E) as smsc:  # ESME_RINVPASWD
         session = SmppSession(bind_for(smsc.port), name="r", tuning=FAST)

@@ -9,13 +9,15 @@ The bind is a small state machine whose state the admin API shows:
 
 While bound, one reader task owns the socket's read side and dispatches every PDU: responses
 resolve the future registered under their sequence number; `enquire_link` and `unbind` from the
-SMSC are answered at once; a `deliver_sm` is handed to the channel's callback (bounded
-concurrency, so a slow store pushes back on the SMSC through TCP) and answered with the status
-the callback returns; anything unknown or malformed gets `generic_nack`. Requests wait for a
-window slot (at most `window` outstanding), submits also for the pacer (the operator's TPS).
-Every request has a response timeout; a run of timeouts, a silent link or a failed
-enquire_link drops the connection. When the link drops, every in-flight request fails at once
-with `LinkDown` and the bind reconnects with exponential backoff and jitter.
+SMSC are answered at once (after the SMSC's unbind nothing new is sent, but the answers to the
+requests in flight are still read, for up to `unbind_timeout_s`); a `deliver_sm` is handed to
+the channel's callback (bounded concurrency, so a slow store pushes back on the SMSC through
+TCP) and answered with the status the callback returns; anything unknown or malformed gets
+`generic_nack`. Requests wait for a window slot (at most `window` outstanding), submits then
+for the pacer (the operator's TPS). Every request has a response timeout; a run of timeouts,
+a silent link or a failed enquire_link drops the connection. When the link drops, every
+in-flight request fails at once with `LinkDown` and the bind reconnects with exponential
+backoff and jitter.
 """
 
 from __future__ import annotations
@@ -220,6 +222,7 @@ class SmppSession:
         self._task: asyncio.Task[None] | None = None
         self._timeouts_in_row = 0
         self._abort_reason: str | None = None
+        self._peer_unbound_at: float | None = None  # the SMSC's unbind, answers still due
         self._retry_at: float | None = None
         self.last_error: str | None = None
         self.last_error_at: float | None = None
@@ -452,6 +455,7 @@ class SmppSession:
         self._writer = writer
         self._timeouts_in_row = 0
         self._abort_reason = None
+        self._peer_unbound_at = None
         self.counters["connects"] += 1
         self._set_state(BindState.BOUND)
         self._bound.set()
@@ -530,7 +534,10 @@ class SmppSession:
         loop = asyncio.get_running_loop()
         try:
             while True:
-                frame = await self._read_frame(reader)
+                if self._peer_unbound_at is None:
+                    frame = await self._read_frame(reader)
+                else:
+                    frame = await self._read_after_peer_unbind(reader)
                 self._last_read = loop.time()
                 self._dispatch(frame)
                 if HEADER.unpack_from(frame)[1] == DELIVER_SM:
@@ -540,6 +547,20 @@ class SmppSession:
             self._bound.clear()
             self._fail_pending("the link dropped")
 
+    async def _read_after_peer_unbind(self, reader: asyncio.StreamReader) -> bytes:
+        """The next frame while the SMSC's unbind waits for our requests in flight; the link
+        ends (`_PeerUnbound`) once none is left, at the SMSC's close, or at the deadline."""
+        assert self._peer_unbound_at is not None
+        if not self._pending:
+            raise _PeerUnbound
+        loop = asyncio.get_running_loop()
+        remaining = self._peer_unbound_at + self.tuning.unbind_timeout_s - loop.time()
+        try:
+            async with asyncio.timeout(max(0.0, remaining)):
+                return await self._read_frame(reader)
+        except (TimeoutError, asyncio.IncompleteReadError, OSError):
+            raise _PeerUnbound from None
+
     def _dispatch(self, frame: bytes) -> None:
         _, cid, status, seq = HEADER.unpack_from(frame)
         if cid & RESP_BIT:
@@ -548,7 +569,14 @@ class SmppSession:
             self._write(header_only(ENQUIRE_LINK | RESP_BIT, seq))
         elif cid == UNBIND:
             self._write(header_only(UNBIND | RESP_BIT, seq))
-            raise _PeerUnbound
+            self._bound.clear()  # no new requests
+            if not self._pending:
+                raise _PeerUnbound
+            # The SMSC has what is in flight and may still answer it (failing a request it
+            # answers later sends that message twice): read on until every request is
+            # answered or timed out, the SMSC closes, or unbind_timeout_s has passed.
+            self._set_state(BindState.UNBINDING)
+            self._peer_unbound_at = asyncio.get_running_loop().time()
         elif cid not in (DELIVER_SM, ALERT_NOTIFICATION):  # alert_notification has no response
             self._write(header_only(GENERIC_NACK, seq, ESME_RINVCMDID))
             self.counters["nacks"] += 1
@@ -654,6 +682,8 @@ class SmppSession:
     async def _keepalive(self) -> None:
         while True:
             await asyncio.sleep(self.bind.enquire_link_s)
+            if not self._bound.is_set():
+                continue  # the SMSC unbound: the link ends once its last answers are in
             with contextlib.suppress(SmscRejected):  # a nack still proves the link is alive
                 await self._request(ENQUIRE_LINK, header_only(ENQUIRE_LINK, 0), windowed=False)
 
