@@ -65,6 +65,7 @@ from .smpp import (
     DeliverSm,
     LinkDown,
     SessionTuning,
+    SmppFailure,
     SmppSession,
     SmscRejected,
     Throttled,
@@ -643,6 +644,11 @@ class SmsChannel:
                 raise SendFailed(str(exc), temporary=False) from None
             except TimeoutError:
                 raise SendFailed("the send deadline passed", temporary=True) from None
+            except SmppFailure as exc:
+                # Any other answer that is not an acceptance (the wrong response to the
+                # submit): the SMSC may still act on it, so temporary, and through SendFailed
+                # so the parts already accepted are recorded and not sent again.
+                raise SendFailed(str(exc), temporary=True) from None
             return SubmittedPart(
                 part_no, message_id, message_key(message_id, bind.message_id_base), smsc_key(bind)
             )

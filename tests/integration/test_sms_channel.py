@@ -251,6 +251,42 @@ async def test_retry_after_partial_send_skips_accepted_parts(
     assert len(await accepted_to(peer, msisdn)) == 3
 
 
+async def test_a_wrong_response_mid_message_is_temporary_and_keeps_accepted_parts(
+    store: SmsMessageStore,
+) -> None:
+    """The SMSC answers part 2's submit_sm with an enquire_link_resp (its sequence number,
+    the wrong command). That SmppFailure escaped `send_text` as itself, not as SendFailed:
+    the accepted part 1 was never recorded, so the retry sent it again, and an MO's reply
+    failed its MO for good as a handler bug."""
+    async with raw_smsc(answer_submit=False, submit_id=secrets.token_hex(4).encode()) as smsc:
+        channel = new_channel([bind_for(smsc.port)], store, tuning=TUNING)
+        await channel.start()
+        try:
+            assert await channel.sessions[0].wait_bound(10)
+            msisdn = new_msisdn()
+            ref = f"wrongresp:{msisdn}"
+            text = "p" * 153 + "q" * 10
+            sending = asyncio.create_task(channel.send_text(msisdn, text, ref=ref))
+            first = await smsc.wait_for(0x04)
+            smsc.send(pdu(0x80000004, first.seq, b"P1\x00"))
+            second = await eventually(
+                lambda: [f for f in smsc.frames if f.command_id == 0x04], lambda f: len(f) == 2
+            )
+            smsc.send(pdu(0x80000015, second[1].seq))  # enquire_link_resp for a submit_sm
+            with pytest.raises(SendFailed) as info:
+                await sending
+            assert info.value.temporary
+            smsc.answer_submit = True
+            await channel.send_text(msisdn, text, ref=ref)  # the retry: part 2 only
+            parts = [f.body for f in smsc.frames if f.command_id == 0x04]
+            assert len(parts) == 3, parts
+            sent = await store.find_mt(ref)
+            assert sent is not None and sent.status == "submitted"
+            assert len(sent.parts) == 2 and sent.parts[0].message_id == "P1"
+        finally:
+            await channel.stop()
+
+
 async def test_sender_implements_the_outbox_protocol(
     make_channel: ChannelFactory, peer: SmscPeer, pg_pool: asyncpg.Pool
 ) -> None:
