@@ -21,7 +21,7 @@ from channels.sms.smpp import (
 )
 from channels.sms.smpp.codec import DeliverSm
 from tests.helpers import eventually
-from tests.raw_smsc import pdu, raw_smsc
+from tests.raw_smsc import deliver_sm_body, pdu, raw_smsc, tlv
 from tests.sms_helpers import FAST, bind_for, peer_per_test  # noqa: F401 (the `peer` fixture)
 from tests.smsc_peer import SmscPeer
 
@@ -371,6 +371,53 @@ async def test_unknown_command_gets_generic_nack() -> None:
             assert session.state is BindState.BOUND
             assert await session.submit(**SUBMIT) == "RAW1"  # the link still works
             assert session.status().nacks_sent == 2
+        finally:
+            await session.stop()
+
+
+ODD_TLVS = [
+    # Known TLVs the gateway never reads, with a length their definition does not have:
+    # smpplib reads an integer TLV by its defined size whatever its length says, lost its
+    # place in the rest, and the MO was refused with a generic_nack (redelivered or lost).
+    ("source_port len 1", tlv(0x020A, b"\x01"), {}),
+    ("language_indicator len 2", tlv(0x020D, b"\x00\x01"), {}),
+    ("payload_type len 0", tlv(0x0019, b""), {}),
+    # TLVs it reads, sent wider or narrower than defined: read as the integer they hold.
+    ("message_state len 4", tlv(0x0427, b"\x00\x00\x00\x02"), {"message_state": 2}),
+    ("sar_msg_ref_num len 1", tlv(0x020C, b"\x07"), {"sar_msg_ref_num": 7}),
+    (
+        "user_message_reference len 4",
+        tlv(0x0204, b"\x00\x00\x01\x02"),
+        {"user_message_reference": 258},
+    ),
+    # An unknown standard-range tag and a vendor tag, skipped.
+    ("unknown tag", tlv(0x0777, b"xyz"), {}),
+    ("vendor tag", tlv(0x1501, b"id-1"), {"vendor_tlvs": ((0x1501, b"id-1"),)}),
+]
+
+
+@pytest.mark.parametrize(("label", "tlvs", "fields"), ODD_TLVS, ids=[c[0] for c in ODD_TLVS])
+async def test_odd_tlvs_do_not_cost_the_mo(
+    label: str, tlvs: bytes, fields: dict[str, object]
+) -> None:
+    seen: list[DeliverSm] = []
+
+    async def on_deliver(session: SmppSession, pdu_: DeliverSm) -> int:
+        seen.append(pdu_)
+        return 0
+
+    async with raw_smsc() as smsc:
+        session = await started(
+            SmppSession(bind_for(smsc.port), name="tv", on_deliver=on_deliver, tuning=FAST)
+        )
+        try:
+            body = deliver_sm_body("254711000111", "12345", b"BAL 1234", tlvs=tlvs)
+            smsc.send(pdu(0x00000005, 56, body))
+            resp = await smsc.wait_for(0x80000005, seq=56, timeout_s=5)
+            assert resp.status == 0
+            assert [p.short_message for p in seen] == [b"BAL 1234"]
+            for name, value in fields.items():
+                assert getattr(seen[0], name) == value, name
         finally:
             await session.stop()
 
