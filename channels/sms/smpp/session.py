@@ -117,7 +117,15 @@ class _FramingError(Exception):
     pass
 
 
-LINK_ENDS = (_PeerUnbound, _FramingError, asyncio.IncompleteReadError, OSError, TimeoutError)
+# ResponseTimeout: the keepalive's enquire_link went unanswered, a link end like the others.
+LINK_ENDS = (
+    _PeerUnbound,
+    _FramingError,
+    asyncio.IncompleteReadError,
+    OSError,
+    TimeoutError,
+    ResponseTimeout,
+)
 
 
 def _link_ended(task: asyncio.Task[Any]) -> bool:
