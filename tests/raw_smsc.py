@@ -59,6 +59,7 @@ class RawSmsc:
     bind_status: int = 0
     submit_id: bytes = b"RAW1"  # the message_id every submit_sm_resp carries
     unbind_after_bind: bool = False  # accept every bind, then unbind at once
+    bind_nack: bool = False  # answer binds with a generic_nack (status bind_status)
     frames: list[Frame] = field(default_factory=list)
     binds: int = 0
     writer: asyncio.StreamWriter | None = None
@@ -88,6 +89,9 @@ class RawSmsc:
                 self._changed.set()
                 if cid in (1, 2, 9):
                     self.binds += 1
+                    if self.bind_nack:
+                        writer.write(pdu(0x80000000, seq, status=self.bind_status))
+                        continue
                     writer.write(pdu(cid | 0x80000000, seq, b"raw\x00", self.bind_status))
                     if self.unbind_after_bind:
                         writer.write(pdu(0x00000006, 1))

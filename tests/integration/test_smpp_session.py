@@ -340,6 +340,22 @@ async def test_a_long_outage_never_stops_the_bind() -> None:
         await session.stop()
 
 
+async def test_a_generic_nack_to_the_bind_is_never_a_bind() -> None:
+    """A generic_nack answers a bind the SMSC could not read. One whose status was 0 (some
+    SMSCs leave it unset) passed for a successful bind: the session counted itself bound
+    and sent submits to an SMSC that had not bound it."""
+    async with raw_smsc(bind_nack=True) as smsc:
+        session = SmppSession(bind_for(smsc.port), name="bn", tuning=FAST)
+        session.start()
+        try:
+            await eventually(lambda: smsc.binds, lambda n: n >= 2)
+            status = session.status()
+            assert status.connects == 0 and status.state != "bound", status
+            assert "generic_nack" in (status.last_error or ""), status.last_error
+        finally:
+            await session.stop()
+
+
 async def test_binds_that_drop_at_once_back_off_like_refused_ones() -> None:
     """An SMSC that accepts every bind and drops it at once (a duplicate-bind policy, a
     licence limit) was re-bound after the shortest backoff for ever, about once a second with

@@ -452,7 +452,10 @@ class SmppSession:
         while True:
             frame = await self._read_frame(reader)
             _, cid, status, fseq = HEADER.unpack_from(frame)
-            if fseq == seq and cid in (command_id | RESP_BIT, GENERIC_NACK):
+            if fseq == seq and cid == GENERIC_NACK:
+                # Never a bind, whatever its status says (some SMSCs leave it 0).
+                raise SmscRejected(status or codec.ESME_RSYSERR, "bind (generic_nack)")
+            if fseq == seq and cid == command_id | RESP_BIT:
                 if status != ESME_ROK:
                     raise SmscRejected(status, "bind")
                 return
