@@ -8,6 +8,9 @@ store drops the copy. Stored MOs go to a bounded queue served by a few workers t
 MOs whose lease ran out (the queue was full, a retry is due, an instance died), assembles
 concatenated MOs whose missing parts never came, and purges old de-duplication keys.
 
+A deliver_sm of another message type (an SME acknowledgement, a conversation abort) is
+acknowledged and ignored: nothing the customer typed.
+
 Receipts: matched by `receipted_message_id` first and the `id:` text second (each with its own
 id base), then the part's and the message's status are updated.
 
@@ -57,7 +60,7 @@ from .encoding import (
     valid_concat,
 )
 from .handler import InboundSms, MoHandler, RetryLater
-from .receipts import is_receipt, message_key, parse_receipt
+from .receipts import ESM_TYPE_MASK, is_receipt, message_key, parse_receipt
 from .smpp import (
     BindState,
     BindStatus,
@@ -225,6 +228,16 @@ class SmsChannel:
     async def _on_deliver(self, session: SmppSession, pdu: DeliverSm) -> int:
         if is_receipt(pdu.esm_class):
             await self._on_receipt(session, pdu)
+            return ESME_ROK
+        if pdu.esm_class & ESM_TYPE_MASK:
+            # An SME delivery or manual/user acknowledgement, a conversation abort or a
+            # reserved type: nothing the customer typed, so no command. Acknowledged, so the
+            # SMSC does not deliver it again.
+            log.info(
+                "sms: ignored a deliver_sm of message type 0x%02X from %s",
+                pdu.esm_class & ESM_TYPE_MASK,
+                session.name,
+            )
             return ESME_ROK
         return await self._on_mo(session, pdu)
 

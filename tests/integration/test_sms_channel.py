@@ -600,6 +600,24 @@ async def test_redelivered_mo_is_processed_once(
     assert len(await mo_rows(pg_pool, msisdn)) == 2
 
 
+async def test_sme_acknowledgements_are_not_commands(
+    make_channel: ChannelFactory, peer: SmscPeer, pg_pool: asyncpg.Pool
+) -> None:
+    """A deliver_sm whose esm_class message type is an SME delivery or manual/user
+    acknowledgement (0x08, 0x10) or a conversation abort (0x18) is no message from the
+    customer. Each was stored and run as a command (answered with a hint SMS)."""
+    recorder = Recorder()
+    await make_channel(recorder)
+    msisdn = new_msisdn()
+    for esm_class in (0x08, 0x10, 0x18):
+        assert await peer.mo(source=msisdn, text="ack", esm_class=esm_class) == [0]
+    assert await peer.mo(source=msisdn, text="BAL 1234") == [0]
+    # Each deliver_sm_resp comes after its MO is stored: every row is there by now.
+    assert [r["body"] for r in await mo_rows(pg_pool, msisdn)] == ["BAL ****"]
+    await eventually(lambda: len(recorder.seen), lambda n: n == 1)
+    assert [s.text for s in recorder.seen] == ["BAL 1234"]
+
+
 async def test_malformed_udh_is_refused_for_good(
     make_channel: ChannelFactory, peer: SmscPeer, pg_pool: asyncpg.Pool
 ) -> None:
