@@ -175,7 +175,9 @@ def split_text(text: str, ref: int) -> SplitMessage:
     if units is not None:
         coding, encoding, single, part = DC_DEFAULT, "gsm7", SINGLE_GSM7_SEPTETS, PART_GSM7_SEPTETS
     else:
-        units = _ucs2_units(text)
+        # Surrogate code points (a str from JSON escapes can hold them) do not encode: a pair
+        # becomes its character, a lone half U+FFFD.
+        units = _ucs2_units(fix_surrogates(text))
         coding, encoding, single, part = DC_UCS2, "ucs2", SINGLE_UCS2_OCTETS, PART_UCS2_OCTETS
     if sum(len(u) for u in units) <= single:
         return SplitMessage(coding, encoding, 0, (b"".join(units),))
