@@ -513,6 +513,36 @@ async def test_enquire_link_both_ways() -> None:
         assert smsc.count(0x06) == 1  # a polite unbind on stop
 
 
+async def test_smscs_enquire_link_is_answered_while_the_window_is_full() -> None:
+    async with raw_smsc(answer_submit=False) as smsc:
+        bind = bind_for(smsc.port, window=2, response_timeout_s=10)
+        session = await started(SmppSession(bind, name="ef", tuning=FAST))
+        try:
+            sends = [asyncio.create_task(session.submit(**SUBMIT)) for _ in range(3)]
+            await eventually(lambda: smsc.count(0x04), lambda n: n == 2)
+            assert session.in_flight == 2
+            smsc.send(pdu(0x00000015, 4343))
+            assert (await smsc.wait_for(0x80000015, seq=4343)).status == 0
+            smsc.answer_submit = True
+            for frame in [f for f in smsc.frames if f.command_id == 0x04]:
+                smsc.send(pdu(0x80000004, frame.seq, b"W\x00"))
+            assert len(await asyncio.gather(*sends)) == 3
+        finally:
+            await session.stop()
+
+
+async def test_sequence_numbers_wrap_from_0x7fffffff_to_1() -> None:
+    async with raw_smsc() as smsc:
+        session = await started(SmppSession(bind_for(smsc.port), name="sq", tuning=FAST))
+        try:
+            session._seq = 0x7FFFFFFE  # as if 2**31 - 2 requests had gone before
+            for _ in range(3):
+                assert await session.submit(**SUBMIT) == "RAW1"
+            assert [f.seq for f in smsc.frames if f.command_id == 0x04] == [0x7FFFFFFF, 1, 2]
+        finally:
+            await session.stop()
+
+
 async def test_silent_smsc_is_detected_by_enquire_link(caplog: pytest.LogCaptureFixture) -> None:
     async with raw_smsc(answer_enquire_link=False) as smsc:
         bind = bind_for(smsc.port, enquire_link_s=0.1, response_timeout_s=0.2)
