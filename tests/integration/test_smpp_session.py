@@ -176,6 +176,29 @@ async def test_message_queue_full_slows_the_bind_like_throttling(peer: SmscPeer)
         await session.stop()
 
 
+async def test_incorrect_bind_status_rebinds() -> None:
+    """ESME_RINVBNDSTS to a submit: the SMSC no longer counts this session as bound (it
+    restarted or failed over behind a link that stayed up). The bind stayed "bound" and every
+    submit was refused the same way until something else dropped the link; now the link is
+    dropped and re-bound, and the submit fails with LinkDown (the SMSC did not take it), so
+    the channel sends it again on the new bind."""
+    async with raw_smsc(answer_submit=False) as smsc:
+        session = await started(SmppSession(bind_for(smsc.port), name="ib", tuning=FAST))
+        try:
+            task = asyncio.create_task(session.submit(**SUBMIT))
+            frame = await smsc.wait_for(0x04)
+            smsc.send(pdu(0x80000004, frame.seq, status=0x04))
+            with pytest.raises(LinkDown):
+                await task
+            await eventually(lambda: smsc.binds, lambda n: n == 2)
+            assert "0x00000004" in (session.status().last_error or "")
+            assert await session.wait_bound(5)
+            smsc.answer_submit = True
+            assert await session.submit(**SUBMIT) == "RAW1"
+        finally:
+            await session.stop()
+
+
 async def test_permanent_rejection_carries_the_status(peer: SmscPeer) -> None:
     await peer.configure(reject_dest="254799999999", reject_status=0x0B)
     session = await started(SmppSession(bind_for(peer.port), name="rj", tuning=FAST))

@@ -41,6 +41,7 @@ from .codec import (
     ALERT_NOTIFICATION,
     DELIVER_SM,
     ENQUIRE_LINK,
+    ESME_RINVBNDSTS,
     ESME_RINVCMDID,
     ESME_RINVCMDLEN,
     ESME_ROK,
@@ -320,6 +321,13 @@ class SmppSession:
             self.counters["throttled"] += 1
             raise Throttled(status, "submit_sm")
         self.counters["rejected"] += 1
+        if status == ESME_RINVBNDSTS:
+            # The SMSC no longer counts this session as bound (it restarted or failed over
+            # behind a link that stayed up): every submit would be refused until a re-bind.
+            # It did not take this one, so LinkDown: sent again on the next bind.
+            reason = f"submit_sm refused: {codec.status_text(status)}"
+            self._drop_link(reason)
+            raise LinkDown(reason)
         raise SmscRejected(status, "submit_sm")
 
     def status(self) -> BindStatus:
@@ -749,14 +757,22 @@ class SmppSession:
             self.counters["timeouts"] += 1
             self._timeouts_in_row += 1
             if self._timeouts_in_row >= self.tuning.max_timeouts_in_row:
-                # Closing makes the reader see EOF; the bind then reconnects.
-                self._abort_reason = f"{self._timeouts_in_row} responses in a row timed out"
-                writer.close()
+                self._drop_link(f"{self._timeouts_in_row} responses in a row timed out", writer)
             raise ResponseTimeout(f"no response in {timeout_s}s") from None
         except (ConnectionError, RuntimeError) as exc:
             raise LinkDown(describe(exc)) from exc
         finally:
             self._pending.pop(seq, None)
+
+    def _drop_link(self, reason: str, writer: asyncio.StreamWriter | None = None) -> None:
+        """Close the link (`writer`'s, by default the current one): the reader sees EOF and
+        the bind reconnects."""
+        writer = writer or self._writer
+        if writer is None or writer is not self._writer:
+            return  # that link is gone already
+        self._abort_reason = reason
+        self._bound.clear()
+        writer.close()
 
     def _fail_pending(self, reason: str) -> None:
         pending, self._pending = self._pending, {}
