@@ -301,7 +301,8 @@ async def test_answers_after_the_smscs_unbind_still_count() -> None:
     Before, both failed the moment the unbind was read and the late answer was lost."""
     async with raw_smsc(answer_submit=False) as smsc:
         bind = bind_for(smsc.port, response_timeout_s=10)
-        session = await started(SmppSession(bind, name="ul", tuning=FAST))
+        tuning = replace(FAST, unbind_timeout_s=5.0)  # how long the late answers may take
+        session = await started(SmppSession(bind, name="ul", tuning=tuning))
         try:
             first = asyncio.create_task(session.submit(**SUBMIT))
             second = asyncio.create_task(session.submit(**SUBMIT))
