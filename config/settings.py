@@ -249,6 +249,9 @@ def _url(env: Mapping[str, str], name: str, schemes: tuple[str, ...]) -> str | N
     return raw.strip()
 
 
+_SMPP_MAX_CHARS = {"system_id": 15, "password": 8, "system_type": 12, "source_addr": 20}
+
+
 def parse_smpp_url(name: str, raw: str) -> SmppBind:
     """Parse one `smpp://system_id:password@host:port?bind=trx&source_addr=...&tps=...`."""
     parts = urlsplit(raw.strip())
@@ -273,16 +276,30 @@ def parse_smpp_url(name: str, raw: str) -> SmppBind:
     if not 0 < tps <= 10_000 or not 1 <= window <= 1000 or base not in {10, 16}:
         raise SettingsError(f"{name}: tps in (0, 10000], window in [1, 1000], base 10 or 16")
     sms = _smpp_sms_options(name, query, base)
+    strings = {
+        "system_id": unquote(parts.username),
+        "password": unquote(parts.password or ""),
+        "system_type": query.get("system_type", ""),
+        "source_addr": query.get("source_addr", ""),
+    }
+    for field_name, value in strings.items():
+        # SMPP 3.4's C-string limits (without the NUL); smpplib would cut a longer value
+        # short without a word (a 9-character password is sent as 8: "invalid password").
+        if len(value.encode("latin-1", "replace")) > _SMPP_MAX_CHARS[field_name]:
+            raise SettingsError(
+                f"{name}: {field_name} is longer than SMPP allows "
+                f"({_SMPP_MAX_CHARS[field_name]} characters)"
+            )
     return SmppBind(
-        system_id=unquote(parts.username),
-        password=unquote(parts.password or ""),
+        system_id=strings["system_id"],
+        password=strings["password"],
         host=parts.hostname,
         port=port,
         bind=bind,
-        source_addr=query.get("source_addr", ""),
+        source_addr=strings["source_addr"],
         tps=tps,
         window=window,
-        system_type=query.get("system_type", ""),
+        system_type=strings["system_type"],
         message_id_base=base,
         **sms,
     )

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import struct
+import time
 from dataclasses import dataclass, field
 
 HEADER = struct.Struct(">LLLL")
@@ -16,12 +17,39 @@ def pdu(command_id: int, seq: int, body: bytes = b"", status: int = 0) -> bytes:
     return HEADER.pack(16 + len(body), command_id, status, seq) + body
 
 
+def tlv(tag: int, value: bytes) -> bytes:
+    return struct.pack(">HH", tag, len(value)) + value
+
+
+def deliver_sm_body(
+    source: str,
+    dest: str,
+    short_message: bytes,
+    *,
+    esm_class: int = 0,
+    data_coding: int = 0,
+    tlvs: bytes = b"",
+) -> bytes:
+    """A deliver_sm body packed by hand (SMPP 3.4 4.6.1), TLVs appended as given."""
+    return (
+        b"\x00"  # service_type
+        + b"\x01\x01" + source.encode() + b"\x00"
+        + b"\x00\x00" + dest.encode() + b"\x00"
+        + bytes([esm_class, 0, 0])  # esm_class, protocol_id, priority_flag
+        + b"\x00\x00"  # schedule_delivery_time, validity_period
+        + bytes([0, 0, data_coding, 0, len(short_message)])
+        + short_message
+        + tlvs
+    )  # fmt: skip
+
+
 @dataclass
 class Frame:
     command_id: int
     status: int
     seq: int
     body: bytes
+    at: float = field(default_factory=time.monotonic)  # when it was read
 
 
 @dataclass
@@ -29,6 +57,9 @@ class RawSmsc:
     answer_enquire_link: bool = True
     answer_submit: bool = True
     bind_status: int = 0
+    submit_id: bytes = b"RAW1"  # the message_id every submit_sm_resp carries
+    unbind_after_bind: bool = False  # accept every bind, then unbind at once
+    bind_nack: bool = False  # answer binds with a generic_nack (status bind_status)
     frames: list[Frame] = field(default_factory=list)
     binds: int = 0
     writer: asyncio.StreamWriter | None = None
@@ -58,13 +89,18 @@ class RawSmsc:
                 self._changed.set()
                 if cid in (1, 2, 9):
                     self.binds += 1
+                    if self.bind_nack:
+                        writer.write(pdu(0x80000000, seq, status=self.bind_status))
+                        continue
                     writer.write(pdu(cid | 0x80000000, seq, b"raw\x00", self.bind_status))
+                    if self.unbind_after_bind:
+                        writer.write(pdu(0x00000006, 1))
                 elif cid == 0x15 and self.answer_enquire_link:
                     writer.write(pdu(0x80000015, seq))
                 elif cid == 6:
                     writer.write(pdu(0x80000006, seq))
                 elif cid == 4 and self.answer_submit:
-                    writer.write(pdu(0x80000004, seq, b"RAW1\x00"))
+                    writer.write(pdu(0x80000004, seq, self.submit_id + b"\x00"))
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
         finally:

@@ -8,6 +8,9 @@ store drops the copy. Stored MOs go to a bounded queue served by a few workers t
 MOs whose lease ran out (the queue was full, a retry is due, an instance died), assembles
 concatenated MOs whose missing parts never came, and purges old de-duplication keys.
 
+A deliver_sm of another message type (an SME acknowledgement, a conversation abort) is
+acknowledged and ignored: nothing the customer typed.
+
 Receipts: matched by `receipted_message_id` first and the `id:` text second (each with its own
 id base), then the part's and the message's status are updated.
 
@@ -57,7 +60,7 @@ from .encoding import (
     valid_concat,
 )
 from .handler import InboundSms, MoHandler, RetryLater
-from .receipts import is_receipt, message_key, parse_receipt
+from .receipts import ESM_TYPE_MASK, is_receipt, message_key, parse_receipt
 from .smpp import (
     BindState,
     BindStatus,
@@ -65,6 +68,7 @@ from .smpp import (
     DeliverSm,
     LinkDown,
     SessionTuning,
+    SmppFailure,
     SmppSession,
     SmscRejected,
     Throttled,
@@ -224,6 +228,16 @@ class SmsChannel:
     async def _on_deliver(self, session: SmppSession, pdu: DeliverSm) -> int:
         if is_receipt(pdu.esm_class):
             await self._on_receipt(session, pdu)
+            return ESME_ROK
+        if pdu.esm_class & ESM_TYPE_MASK:
+            # An SME delivery or manual/user acknowledgement, a conversation abort or a
+            # reserved type: nothing the customer typed, so no command. Acknowledged, so the
+            # SMSC does not deliver it again.
+            log.info(
+                "sms: ignored a deliver_sm of message type 0x%02X from %s",
+                pdu.esm_class & ESM_TYPE_MASK,
+                session.name,
+            )
             return ESME_ROK
         return await self._on_mo(session, pdu)
 
@@ -643,6 +657,11 @@ class SmsChannel:
                 raise SendFailed(str(exc), temporary=False) from None
             except TimeoutError:
                 raise SendFailed("the send deadline passed", temporary=True) from None
+            except SmppFailure as exc:
+                # Any other answer that is not an acceptance (the wrong response to the
+                # submit): the SMSC may still act on it, so temporary, and through SendFailed
+                # so the parts already accepted are recorded and not sent again.
+                raise SendFailed(str(exc), temporary=True) from None
             return SubmittedPart(
                 part_no, message_id, message_key(message_id, bind.message_id_base), smsc_key(bind)
             )

@@ -9,8 +9,8 @@ pair, which smpplib's `make_parts` can do (its FIXME); its GSM table also maps `
 the tables here follow 3GPP TS 23.038 directly.
 
 Inbound, `parse_udh` separates the user-data header (8- and 16-bit concatenation references)
-from the payload, and `decode_payload` turns bytes into text by data_coding (0, 1, 3, 8 and the
-rest best-effort).
+from the payload, and `decode_payload` turns bytes into text by data_coding (0, 1, 3, 8, their
+GSM 03.38 class and message-waiting variants, and the rest best-effort).
 """
 
 from __future__ import annotations
@@ -175,7 +175,9 @@ def split_text(text: str, ref: int) -> SplitMessage:
     if units is not None:
         coding, encoding, single, part = DC_DEFAULT, "gsm7", SINGLE_GSM7_SEPTETS, PART_GSM7_SEPTETS
     else:
-        units = _ucs2_units(text)
+        # Surrogate code points (a str from JSON escapes can hold them) do not encode: a pair
+        # becomes its character, a lone half U+FFFD.
+        units = _ucs2_units(fix_surrogates(text))
         coding, encoding, single, part = DC_UCS2, "ucs2", SINGLE_UCS2_OCTETS, PART_UCS2_OCTETS
     if sum(len(u) for u in units) <= single:
         return SplitMessage(coding, encoding, 0, (b"".join(units),))
@@ -231,10 +233,16 @@ def decode_payload(data: bytes, data_coding: int) -> tuple[str, str]:
     dropped: it means nothing in a text (handsets pad UCS-2 with it), and PostgreSQL's text
     refuses it, so one such MO failed its whole batch's store and the SMSC redelivered it for
     ever. (GSM-7's 0x00 is "@" and stays.)"""
-    # 0x10-0x13 and 0xF0-0xF3 are the default alphabet with a message class; 0x18-0x1B UCS-2.
-    if data_coding == DC_DEFAULT or (data_coding & 0xFC) in (0x10, 0xF0):
+    # GSM 03.38 codings SMSCs pass through: 0x10-0x13 and 0xF0-0xF3 are the default alphabet
+    # with a message class, 0x18-0x1B UCS-2 with one; 0xC0-0xDF the default alphabet with a
+    # message-waiting indication, 0xE0-0xEF UCS-2 with one.
+    if (
+        data_coding == DC_DEFAULT
+        or (data_coding & 0xFC) in (0x10, 0xF0)
+        or (0xC0 <= data_coding <= 0xDF)
+    ):
         return gsm7_decode(data), "gsm7"
-    if data_coding == DC_UCS2 or (data_coding & 0xFC) == 0x18:
+    if data_coding == DC_UCS2 or (data_coding & 0xFC) == 0x18 or (data_coding & 0xF0) == 0xE0:
         if len(data) % 2:
             data = data[:-1]  # half a unit is noise; the rest is still readable
         # surrogatepass keeps a half pair readable; `fix_surrogates` joins pairs after assembly.

@@ -5,7 +5,9 @@ for what a well-behaved SMSC never sends."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
+from dataclasses import replace
 
 import pytest
 
@@ -19,7 +21,7 @@ from channels.sms.smpp import (
 )
 from channels.sms.smpp.codec import DeliverSm
 from tests.helpers import eventually
-from tests.raw_smsc import pdu, raw_smsc
+from tests.raw_smsc import deliver_sm_body, pdu, raw_smsc, tlv
 from tests.sms_helpers import FAST, bind_for, peer_per_test  # noqa: F401 (the `peer` fixture)
 from tests.smsc_peer import SmscPeer
 
@@ -79,6 +81,32 @@ async def test_tps_is_respected(peer: SmscPeer) -> None:
         await session.stop()
 
 
+async def test_tps_holds_when_the_window_opens_after_a_stall() -> None:
+    """The pacer's slot was taken before the window's: while the SMSC sat on a full window,
+    submits kept collecting slots, and when the responses came they all went at once (here
+    10 submits in a few milliseconds at 20 TPS). Operators count TPS when submits arrive."""
+    tps = 20.0
+    async with raw_smsc(answer_submit=False) as smsc:
+        bind = bind_for(smsc.port, tps=tps, window=5, response_timeout_s=10)
+        session = await started(SmppSession(bind, name="st", tuning=FAST))
+        try:
+            sends = [asyncio.create_task(session.submit(**SUBMIT)) for _ in range(15)]
+            await eventually(lambda: smsc.count(0x04), lambda n: n == 5)
+            await asyncio.sleep(1.0)  # the SMSC's stall: the window stays full for a second
+            smsc.answer_submit = True
+            for frame in [f for f in smsc.frames if f.command_id == 0x04]:
+                smsc.send(pdu(0x80000004, frame.seq, b"S\x00"))
+            await asyncio.gather(*sends)
+            stamps = [f.at for f in smsc.frames if f.command_id == 0x04]
+            assert len(stamps) == 15
+            # The ten after the stall are spaced by the pacer: 9 gaps of 1/20 s (0.45 s; a
+            # late first one shortens the span, hence the margin). They came in a few ms.
+            after = stamps[5:]
+            assert after[-1] - after[0] >= 9 / tps * 0.66, [round(t - after[0], 3) for t in after]
+        finally:
+            await session.stop()
+
+
 async def test_throttled_submit_slows_the_bind(peer: SmscPeer) -> None:
     await peer.configure(throttle_every=2)
     session = await started(SmppSession(bind_for(peer.port, tps=100), name="th", tuning=FAST))
@@ -91,6 +119,45 @@ async def test_throttled_submit_slows_the_bind(peer: SmscPeer) -> None:
         assert session.status().throttled == 1
     finally:
         await session.stop()
+
+
+async def test_a_full_window_throttled_at_once_halves_the_rate_once() -> None:
+    """Every submit in a full window answered ESME_RTHROTTLED is one push-back from the SMSC,
+    about submits sent at the same rate. Each answer used to halve the rate again: ten in
+    flight took the bind from 500 TPS to its floor (50) in one go, and 50 accepted submits to
+    climb back."""
+    async with raw_smsc(answer_submit=False) as smsc:
+        bind = bind_for(smsc.port, tps=500, window=10, response_timeout_s=10)
+        session = await started(SmppSession(bind, name="fw", tuning=FAST))
+        try:
+            sends = [asyncio.create_task(session.submit(**SUBMIT)) for _ in range(10)]
+            await eventually(lambda: smsc.count(0x04), lambda n: n == 10)
+            for frame in [f for f in smsc.frames if f.command_id == 0x04]:
+                smsc.send(pdu(0x80000004, frame.seq, status=0x58))
+            results = await asyncio.gather(*sends, return_exceptions=True)
+            assert all(isinstance(r, Throttled) for r in results), results
+            assert session.status().throttled == 10
+            assert session.pacer.rate == 250
+        finally:
+            await session.stop()
+
+
+async def test_generic_nack_throttled_slows_the_bind() -> None:
+    """An SMSC that says ESME_RTHROTTLED in a generic_nack (some do, for a submit over their
+    rate) means the same as in a submit_sm_resp: the bind slows down and the part is retried,
+    not failed as a refusal."""
+    async with raw_smsc(answer_submit=False) as smsc:
+        session = await started(SmppSession(bind_for(smsc.port, tps=100), name="gt", tuning=FAST))
+        try:
+            task = asyncio.create_task(session.submit(**SUBMIT))
+            frame = await smsc.wait_for(0x04)
+            smsc.send(pdu(0x80000000, frame.seq, status=0x58))
+            with pytest.raises(Throttled):
+                await task
+            assert session.pacer.rate == 50
+            assert session.status().throttled == 1
+        finally:
+            await session.stop()
 
 
 async def test_message_queue_full_slows_the_bind_like_throttling(peer: SmscPeer) -> None:
@@ -107,6 +174,29 @@ async def test_message_queue_full_slows_the_bind_like_throttling(peer: SmscPeer)
         await session.submit(**SUBMIT)  # the bind still sends
     finally:
         await session.stop()
+
+
+async def test_incorrect_bind_status_rebinds() -> None:
+    """ESME_RINVBNDSTS to a submit: the SMSC no longer counts this session as bound (it
+    restarted or failed over behind a link that stayed up). The bind stayed "bound" and every
+    submit was refused the same way until something else dropped the link; now the link is
+    dropped and re-bound, and the submit fails with LinkDown (the SMSC did not take it), so
+    the channel sends it again on the new bind."""
+    async with raw_smsc(answer_submit=False) as smsc:
+        session = await started(SmppSession(bind_for(smsc.port), name="ib", tuning=FAST))
+        try:
+            task = asyncio.create_task(session.submit(**SUBMIT))
+            frame = await smsc.wait_for(0x04)
+            smsc.send(pdu(0x80000004, frame.seq, status=0x04))
+            with pytest.raises(LinkDown):
+                await task
+            await eventually(lambda: smsc.binds, lambda n: n == 2)
+            assert "0x00000004" in (session.status().last_error or "")
+            assert await session.wait_bound(5)
+            smsc.answer_submit = True
+            assert await session.submit(**SUBMIT) == "RAW1"
+        finally:
+            await session.stop()
 
 
 async def test_permanent_rejection_carries_the_status(peer: SmscPeer) -> None:
@@ -204,6 +294,35 @@ async def test_smsc_unbind_is_answered_and_the_bind_returns(
     assert "ended with an error" not in caplog.text
 
 
+async def test_answers_after_the_smscs_unbind_still_count() -> None:
+    """The SMSC unbinds with two submits in flight, answers one after its unbind and then
+    closes. The answered one succeeded (the SMSC has it: failing it made the channel send it
+    again); the unanswered one fails with LinkDown when the link closes and may be retried.
+    Before, both failed the moment the unbind was read and the late answer was lost."""
+    async with raw_smsc(answer_submit=False) as smsc:
+        bind = bind_for(smsc.port, response_timeout_s=10)
+        tuning = replace(FAST, unbind_timeout_s=5.0)  # how long the late answers may take
+        session = await started(SmppSession(bind, name="ul", tuning=tuning))
+        try:
+            first = asyncio.create_task(session.submit(**SUBMIT))
+            second = asyncio.create_task(session.submit(**SUBMIT))
+            await eventually(lambda: smsc.count(0x04), lambda n: n == 2)
+            frames = [f for f in smsc.frames if f.command_id == 0x04]
+            smsc.send(pdu(0x00000006, 600))  # the SMSC unbinds
+            assert (await smsc.wait_for(0x80000006, seq=600)).status == 0
+            assert not session.is_up  # no new requests once the SMSC said goodbye
+            smsc.send(pdu(0x80000004, frames[0].seq, b"LATE1\x00"))
+            assert await first == "LATE1"
+            smsc.drop()
+            with pytest.raises(LinkDown):
+                await second
+            await eventually(lambda: smsc.binds, lambda n: n == 2)
+            assert session.status().last_error == "the SMSC unbound"
+            assert smsc.count(0x04) == 2
+        finally:
+            await session.stop()
+
+
 async def test_bind_refused_backs_off_with_growing_delays() -> None:
     async with raw_smsc(bind_status=0x0E) as smsc:  # ESME_RINVPASWD
         session = SmppSession(bind_for(smsc.port), name="r", tuning=FAST)
@@ -219,6 +338,67 @@ async def test_bind_refused_backs_off_with_growing_delays() -> None:
         assert session.state is BindState.STOPPED
 
 
+async def test_a_long_outage_never_stops_the_bind() -> None:
+    """The backoff ceiling was `min * 2 ** (failures - 1)`: at the 1,025th failed attempt in a
+    row the power no longer converts to a float, OverflowError left the run loop and the bind
+    stopped for good (with default timers, after some 13 hours of an SMSC down or refusing the
+    password). Attempts here are a connection refused and a backoff of at most 0.1 ms."""
+    tuning = replace(FAST, reconnect_min_s=0.00005, reconnect_max_s=0.0001)
+    attempts = 0
+    gave_up = asyncio.Event()
+
+    def on_state(session: SmppSession, state: BindState) -> None:
+        nonlocal attempts
+        attempts += state is BindState.CONNECTING
+        if state is BindState.STOPPED or attempts > 1_100:
+            gave_up.set()
+
+    session = SmppSession(bind_for(1), name="o", on_state=on_state, tuning=tuning)
+    session.start()
+    try:
+        async with asyncio.timeout(60):
+            await gave_up.wait()
+        assert session.state is not BindState.STOPPED, session.status().last_error
+        assert attempts > 1_100
+    finally:
+        await session.stop()
+
+
+async def test_a_generic_nack_to_the_bind_is_never_a_bind() -> None:
+    """A generic_nack answers a bind the SMSC could not read. One whose status was 0 (some
+    SMSCs leave it unset) passed for a successful bind: the session counted itself bound
+    and sent submits to an SMSC that had not bound it."""
+    async with raw_smsc(bind_nack=True) as smsc:
+        session = SmppSession(bind_for(smsc.port), name="bn", tuning=FAST)
+        session.start()
+        try:
+            await eventually(lambda: smsc.binds, lambda n: n >= 2)
+            status = session.status()
+            assert status.connects == 0 and status.state != "bound", status
+            assert "generic_nack" in (status.last_error or ""), status.last_error
+        finally:
+            await session.stop()
+
+
+async def test_binds_that_drop_at_once_back_off_like_refused_ones() -> None:
+    """An SMSC that accepts every bind and drops it at once (a duplicate-bind policy, a
+    licence limit) was re-bound after the shortest backoff for ever, about once a second with
+    the default timers: a successful bind reset the backoff however short the bind lived.
+    Only a bind that stayed up `stable_bind_s` resets it now."""
+    async with raw_smsc(unbind_after_bind=True) as smsc:
+        session = SmppSession(bind_for(smsc.port), name="d", tuning=FAST)
+        session.start()
+        try:
+            await eventually(lambda: smsc.binds, lambda n: n >= 6)
+            stamps = [f.at for f in smsc.frames if f.command_id == 0x09]
+            gaps = [b - a for a, b in itertools.pairwise(stamps)]
+            # From the 4th drop on the ceiling is reconnect_max_s: each delay is at least half.
+            assert min(gaps[3:]) >= FAST.reconnect_max_s / 2, gaps
+            assert session.status().last_error == "the SMSC unbound"
+        finally:
+            await session.stop()
+
+
 async def test_unknown_command_gets_generic_nack() -> None:
     async with raw_smsc() as smsc:
         session = await started(SmppSession(bind_for(smsc.port), name="n", tuning=FAST))
@@ -231,6 +411,53 @@ async def test_unknown_command_gets_generic_nack() -> None:
             assert session.state is BindState.BOUND
             assert await session.submit(**SUBMIT) == "RAW1"  # the link still works
             assert session.status().nacks_sent == 2
+        finally:
+            await session.stop()
+
+
+ODD_TLVS = [
+    # Known TLVs the gateway never reads, with a length their definition does not have:
+    # smpplib reads an integer TLV by its defined size whatever its length says, lost its
+    # place in the rest, and the MO was refused with a generic_nack (redelivered or lost).
+    ("source_port len 1", tlv(0x020A, b"\x01"), {}),
+    ("language_indicator len 2", tlv(0x020D, b"\x00\x01"), {}),
+    ("payload_type len 0", tlv(0x0019, b""), {}),
+    # TLVs it reads, sent wider or narrower than defined: read as the integer they hold.
+    ("message_state len 4", tlv(0x0427, b"\x00\x00\x00\x02"), {"message_state": 2}),
+    ("sar_msg_ref_num len 1", tlv(0x020C, b"\x07"), {"sar_msg_ref_num": 7}),
+    (
+        "user_message_reference len 4",
+        tlv(0x0204, b"\x00\x00\x01\x02"),
+        {"user_message_reference": 258},
+    ),
+    # An unknown standard-range tag and a vendor tag, skipped.
+    ("unknown tag", tlv(0x0777, b"xyz"), {}),
+    ("vendor tag", tlv(0x1501, b"id-1"), {"vendor_tlvs": ((0x1501, b"id-1"),)}),
+]
+
+
+@pytest.mark.parametrize(("label", "tlvs", "fields"), ODD_TLVS, ids=[c[0] for c in ODD_TLVS])
+async def test_odd_tlvs_do_not_cost_the_mo(
+    label: str, tlvs: bytes, fields: dict[str, object]
+) -> None:
+    seen: list[DeliverSm] = []
+
+    async def on_deliver(session: SmppSession, pdu_: DeliverSm) -> int:
+        seen.append(pdu_)
+        return 0
+
+    async with raw_smsc() as smsc:
+        session = await started(
+            SmppSession(bind_for(smsc.port), name="tv", on_deliver=on_deliver, tuning=FAST)
+        )
+        try:
+            body = deliver_sm_body("254711000111", "12345", b"BAL 1234", tlvs=tlvs)
+            smsc.send(pdu(0x00000005, 56, body))
+            resp = await smsc.wait_for(0x80000005, seq=56, timeout_s=5)
+            assert resp.status == 0
+            assert [p.short_message for p in seen] == [b"BAL 1234"]
+            for name, value in fields.items():
+                assert getattr(seen[0], name) == value, name
         finally:
             await session.stop()
 
@@ -310,15 +537,49 @@ async def test_enquire_link_both_ways() -> None:
         assert smsc.count(0x06) == 1  # a polite unbind on stop
 
 
-async def test_silent_smsc_is_detected_by_enquire_link() -> None:
+async def test_smscs_enquire_link_is_answered_while_the_window_is_full() -> None:
+    async with raw_smsc(answer_submit=False) as smsc:
+        bind = bind_for(smsc.port, window=2, response_timeout_s=10)
+        session = await started(SmppSession(bind, name="ef", tuning=FAST))
+        try:
+            sends = [asyncio.create_task(session.submit(**SUBMIT)) for _ in range(3)]
+            await eventually(lambda: smsc.count(0x04), lambda n: n == 2)
+            assert session.in_flight == 2
+            smsc.send(pdu(0x00000015, 4343))
+            assert (await smsc.wait_for(0x80000015, seq=4343)).status == 0
+            smsc.answer_submit = True
+            for frame in [f for f in smsc.frames if f.command_id == 0x04]:
+                smsc.send(pdu(0x80000004, frame.seq, b"W\x00"))
+            assert len(await asyncio.gather(*sends)) == 3
+        finally:
+            await session.stop()
+
+
+async def test_sequence_numbers_wrap_from_0x7fffffff_to_1() -> None:
+    async with raw_smsc() as smsc:
+        session = await started(SmppSession(bind_for(smsc.port), name="sq", tuning=FAST))
+        try:
+            session._seq = 0x7FFFFFFE  # as if 2**31 - 2 requests had gone before
+            for _ in range(3):
+                assert await session.submit(**SUBMIT) == "RAW1"
+            assert [f.seq for f in smsc.frames if f.command_id == 0x04] == [0x7FFFFFFF, 1, 2]
+        finally:
+            await session.stop()
+
+
+async def test_silent_smsc_is_detected_by_enquire_link(caplog: pytest.LogCaptureFixture) -> None:
     async with raw_smsc(answer_enquire_link=False) as smsc:
         bind = bind_for(smsc.port, enquire_link_s=0.1, response_timeout_s=0.2)
         session = await started(SmppSession(bind, name="s", tuning=FAST))
         try:
             await eventually(lambda: smsc.binds, lambda n: n >= 2)
-            assert session.status().last_error
+            assert "ResponseTimeout" in (session.status().last_error or "")
         finally:
             await session.stop()
+    # An unanswered enquire_link is the link ending (the bind's last error says so), not a
+    # fault in our code: it was logged with a traceback as a link task that "ended with an
+    # error".
+    assert "ended with an error" not in caplog.text
 
 
 async def test_generic_nack_to_a_request_fails_it() -> None:

@@ -21,6 +21,7 @@ from channels.sms.handler import GrammarReplyHandler, InboundSms, RetryLater
 from core.sms_messages import MtRecord, SmsMessageStore, SubmittedPart, get_message
 from gateway.keys import CIPHER
 from tests.helpers import eventually
+from tests.raw_smsc import deliver_sm_body, pdu, raw_smsc, tlv
 from tests.sms_helpers import (
     ChannelFactory,
     Recorder,
@@ -250,6 +251,42 @@ async def test_retry_after_partial_send_skips_accepted_parts(
     assert len(await accepted_to(peer, msisdn)) == 3
 
 
+async def test_a_wrong_response_mid_message_is_temporary_and_keeps_accepted_parts(
+    store: SmsMessageStore,
+) -> None:
+    """The SMSC answers part 2's submit_sm with an enquire_link_resp (its sequence number,
+    the wrong command). That SmppFailure escaped `send_text` as itself, not as SendFailed:
+    the accepted part 1 was never recorded, so the retry sent it again, and an MO's reply
+    failed its MO for good as a handler bug."""
+    async with raw_smsc(answer_submit=False, submit_id=secrets.token_hex(4).encode()) as smsc:
+        channel = new_channel([bind_for(smsc.port)], store, tuning=TUNING)
+        await channel.start()
+        try:
+            assert await channel.sessions[0].wait_bound(10)
+            msisdn = new_msisdn()
+            ref = f"wrongresp:{msisdn}"
+            text = "p" * 153 + "q" * 10
+            sending = asyncio.create_task(channel.send_text(msisdn, text, ref=ref))
+            first = await smsc.wait_for(0x04)
+            smsc.send(pdu(0x80000004, first.seq, b"P1\x00"))
+            second = await eventually(
+                lambda: [f for f in smsc.frames if f.command_id == 0x04], lambda f: len(f) == 2
+            )
+            smsc.send(pdu(0x80000015, second[1].seq))  # enquire_link_resp for a submit_sm
+            with pytest.raises(SendFailed) as info:
+                await sending
+            assert info.value.temporary
+            smsc.answer_submit = True
+            await channel.send_text(msisdn, text, ref=ref)  # the retry: part 2 only
+            parts = [f.body for f in smsc.frames if f.command_id == 0x04]
+            assert len(parts) == 3, parts
+            sent = await store.find_mt(ref)
+            assert sent is not None and sent.status == "submitted"
+            assert len(sent.parts) == 2 and sent.parts[0].message_id == "P1"
+        finally:
+            await channel.stop()
+
+
 async def test_sender_implements_the_outbox_protocol(
     make_channel: ChannelFactory, peer: SmscPeer, pg_pool: asyncpg.Pool
 ) -> None:
@@ -361,6 +398,38 @@ async def test_receipt_before_the_record_is_matched(
     ]
 
 
+async def test_receipt_id_tlv_without_its_nul_still_matches(
+    store: SmsMessageStore, pg_pool: asyncpg.Pool
+) -> None:
+    """receipted_message_id is a C-string, but SMSCs send it without the NUL too (the TLV's
+    length says where it ends). smpplib drops the last byte of every C-string TLV, so
+    `0A1B2C3D` was read as `0A1B2C3`: the receipt went unmatched, or matched another message
+    (7 of a message's 8 hex digits are another id)."""
+    message_id = secrets.token_hex(4).upper().encode()
+    async with raw_smsc(submit_id=message_id) as smsc:
+        channel = new_channel([bind_for(smsc.port)], store, tuning=TUNING)
+        await channel.start()
+        try:
+            assert await channel.sessions[0].wait_bound(10)
+            msisdn = new_msisdn()
+            ref = f"dlr-nonul:{msisdn}"
+            await channel.send_text(msisdn, "hello", ref=ref)
+            text = b"id:" + message_id + b" sub:001 dlvrd:001 stat:DELIVRD err:000 text:hello"
+            tlvs = tlv(0x001E, message_id) + tlv(0x0427, b"\x02")  # no NUL; DELIVERED
+            body = deliver_sm_body(msisdn, "12345", text, esm_class=0x04, tlvs=tlvs)
+            smsc.send(pdu(0x00000005, 77, body))
+            assert (await smsc.wait_for(0x80000005, seq=77)).status == 0
+            assert channel.counters["receipts_unmatched"] == 0
+
+            async def status() -> str | None:
+                record = await row(pg_pool, ref=ref)
+                return None if record is None else str(record["status"])
+
+            await eventually(status, lambda s: s == "delivered")
+        finally:
+            await channel.stop()
+
+
 def mt_record(msisdn: str, key: str, smsc: str = "acct@smsc") -> MtRecord:
     return MtRecord(
         ref=None,
@@ -422,6 +491,15 @@ CODING_CASES = [
     # temporary error, so the SMSC redelivered the MO for ever. Dropped now.
     ("latin1-nul", b"Caf\xe9\x00 \x00ok", 3, "Café ok"),
     ("ucs2-nul-padding", "Привет".encode("utf-16-be") + b"\x00\x00", 8, "Привет"),
+    # The GSM 03.38 codings SMSCs pass through: a message class (0x10-0x13 / 0xF0-0xF3
+    # GSM-7, 0x18-0x1B UCS-2) and the message-waiting groups (0xC0-0xDF GSM-7, 0xE0-0xEF
+    # UCS-2), which were read as Latin-1 bytes: a UCS-2 text came out as mojibake.
+    ("class1-gsm7", b"BAL \x1b\x65", 0x11, "BAL €"),
+    ("class0-gsm7", b"MINI", 0xF0, "MINI"),
+    ("class2-ucs2", "Баланс".encode("utf-16-be"), 0x1A, "Баланс"),
+    ("mwi-gsm7", b"BAL \x1b\x65", 0xC8, "BAL €"),
+    ("mwi-store-gsm7", b"BAL 1", 0xD0, "BAL 1"),
+    ("mwi-ucs2", "Привет".encode("utf-16-be"), 0xE0, "Привет"),
 ]
 
 
@@ -520,6 +598,24 @@ async def test_redelivered_mo_is_processed_once(
     assert [s.text for s in recorder.seen] == ["BAL 1234"]
     assert [s.text for s in again.seen] == ["BAL 1234"]  # the concatenated one, once
     assert len(await mo_rows(pg_pool, msisdn)) == 2
+
+
+async def test_sme_acknowledgements_are_not_commands(
+    make_channel: ChannelFactory, peer: SmscPeer, pg_pool: asyncpg.Pool
+) -> None:
+    """A deliver_sm whose esm_class message type is an SME delivery or manual/user
+    acknowledgement (0x08, 0x10) or a conversation abort (0x18) is no message from the
+    customer. Each was stored and run as a command (answered with a hint SMS)."""
+    recorder = Recorder()
+    await make_channel(recorder)
+    msisdn = new_msisdn()
+    for esm_class in (0x08, 0x10, 0x18):
+        assert await peer.mo(source=msisdn, text="ack", esm_class=esm_class) == [0]
+    assert await peer.mo(source=msisdn, text="BAL 1234") == [0]
+    # Each deliver_sm_resp comes after its MO is stored: every row is there by now.
+    assert [r["body"] for r in await mo_rows(pg_pool, msisdn)] == ["BAL ****"]
+    await eventually(lambda: len(recorder.seen), lambda n: n == 1)
+    assert [s.text for s in recorder.seen] == ["BAL 1234"]
 
 
 async def test_malformed_udh_is_refused_for_good(

@@ -59,6 +59,12 @@ def test_urls_and_smpp_binds() -> None:
         ({"SMPP_URL": "smpp://sys@h?bind=xx"}, "SMPP_URL"),
         ({"SMPP_URL": "smpp://h:2775"}, "SMPP_URL"),
         ({"SMPP_URL": "smpp://s@h?tps=fast"}, "SMPP_URL"),
+        # Longer than SMPP 3.4 allows: smpplib cut them short without a word, so a 9-character
+        # password was sent as 8 and the bind was refused as a wrong password.
+        ({"SMPP_URL": "smpp://s:ninechars@h"}, "SMPP_URL"),
+        ({"SMPP_URL": f"smpp://{'s' * 16}:pw@h"}, "SMPP_URL"),
+        ({"SMPP_URL": f"smpp://s@h?system_type={'t' * 13}"}, "SMPP_URL"),
+        ({"SMPP_URL": f"smpp://s@h?source_addr={'1' * 21}"}, "SMPP_URL"),
         ({"USSD_SERVICE_CODE": "384"}, "USSD_SERVICE_CODE"),
         ({"CURRENCY": "shilling"}, "CURRENCY"),
         ({"DEFAULT_COUNTRY_CODE": "+25a"}, "DEFAULT_COUNTRY_CODE"),

@@ -83,6 +83,23 @@ def test_deliver_sm_roundtrip_with_tlvs() -> None:
     assert check_sm_body(frame[16:]) is None
 
 
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (b"0000001F\x00", "0000001F"),
+        (b"0000001F", "0000001F"),  # no NUL: the TLV's length ends it
+        (b"7\x00\x00", "7"),
+        (b"\x00", None),
+        (b"", None),
+    ],
+)
+def test_receipted_message_id_with_or_without_its_nul(value: bytes, expected: str | None) -> None:
+    frame = encode("deliver_sm", 3, source_addr="1", destination_addr="2", esm_class=4)
+    tlv = struct.pack(">HH", 0x001E, len(value)) + value
+    frame = struct.pack(">L", len(frame) + len(tlv)) + frame[4:] + tlv
+    assert decode_deliver_sm(frame).receipted_message_id == expected
+
+
 def test_encoding_garbage_is_a_codec_error() -> None:
     with pytest.raises(CodecError):
         encode("submit_sm", 1, source_addr=object())

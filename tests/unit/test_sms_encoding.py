@@ -86,6 +86,17 @@ def test_ucs2_is_big_endian_without_bom() -> None:
     assert msg.parts[0] == b"\x04\x16\x00a"
 
 
+def test_surrogate_code_points_are_sent_not_raised() -> None:
+    """A str can hold surrogate code points (JSON's "\\ud83d" escapes, text decoded with
+    surrogatepass): a lone one raised UnicodeEncodeError out of `send_text` (no SendFailed,
+    so an MO's reply failed its MO as a handler bug). A pair becomes its character, a lone
+    half U+FFFD."""
+    assert split_text("Asante \ud83d", ref=0).parts[0] == "Asante \ufffd".encode("utf-16-be")
+    assert split_text("\ud83d\ude00", ref=0).parts[0] == "😀".encode("utf-16-be")
+    long = "ж" * 66 + "\ud83d\ude00" + "ж" * 5  # the pair joined, so never split
+    assert [len(p) - 6 for p in split_text(long, ref=0).parts] == [132, 14]
+
+
 def test_too_many_parts_is_refused() -> None:
     with pytest.raises(MessageTooLong):
         split_text("a" * (153 * MAX_PARTS + 1), ref=0)

@@ -5,7 +5,9 @@ encode and decode on their own. This module hides its quirks: it needs a "client
 `.sequence` / `.next_sequence()`, ignores `sequence=` given as a keyword (we set the attribute
 after construction), returns C-strings as bytes, and parses truncated or inconsistent bodies
 without complaint (so `check_sm_body` walks the structure first and a malformed deliver_sm gets a
-generic_nack instead of garbage fields).
+generic_nack instead of garbage fields). A deliver_sm's TLVs are read here too, by the length
+each one states: smpplib reads integer TLVs by their defined size and C-string ones one byte
+short, so an odd TLV shifted the rest (or cut an id short).
 
 Header-only PDUs (enquire_link, unbind, generic_nack and their responses), deliver_sm_resp (an
 empty message_id) and the one C-string of submit_sm_resp / bind_*_resp are packed and read with
@@ -117,12 +119,18 @@ class _SubmitSm(smpplib_command.SubmitSM):  # type: ignore[misc]
 
 
 class _DeliverSm(smpplib_command.DeliverSM):  # type: ignore[misc]
-    """smpplib's deliver_sm decoder, without setting every optional parameter to None on each
-    instance first: they default to None on the class instead. smpplib's `parse` fills in
-    what the PDU carries, as it does for its own class (compared in a property test)."""
+    """smpplib's deliver_sm decoder for the mandatory fields, without setting every optional
+    parameter to None on each instance first. The TLVs are read by `decode_deliver_sm`, not
+    by smpplib: it reads an integer TLV by its defined size whatever the TLV's length says
+    (and a C-string one as one byte shorter), so one odd TLV the gateway never uses shifted
+    the rest and cost the MO. Same fields as smpplib's own class for well-formed TLVs
+    (compared in a property test)."""
 
     def __init__(self, command: str, **kwargs: Any) -> None:
         smpplib_command.Command.__init__(self, command, **kwargs)
+
+    def parse_optional_params(self, data: bytes) -> None:
+        pass
 
 
 for _name in smpplib_command.DeliverSM.params:
@@ -264,14 +272,25 @@ def _walk_sm_body(body: bytes) -> tuple[str | None, int]:
     return _check_tlvs(body, pos), pos
 
 
-def _vendor_tlvs(body: bytes, pos: int) -> tuple[tuple[int, bytes], ...]:
+TLV_RECEIPTED_MESSAGE_ID = 0x001E
+
+
+def _tlvs(body: bytes, pos: int) -> list[tuple[int, bytes]]:
+    """Every TLV as (tag, value), in order (the body was checked: they tile it exactly)."""
     found = []
     while pos + 4 <= len(body):
         tag, length = struct.unpack_from(">HH", body, pos)
-        if 0x1400 <= tag <= 0x3FFF:
-            found.append((tag, body[pos + 4 : pos + 4 + length]))
+        found.append((tag, body[pos + 4 : pos + 4 + length]))
         pos += 4 + length
-    return tuple(found)
+    return found
+
+
+def _receipted_id(value: bytes) -> str | None:
+    """receipted_message_id up to its NUL, or all of it when the SMSC sent none. (smpplib
+    drops the last byte of a C-string TLV whatever it is, so `0A1B2C3D` without the NUL
+    became `0A1B2C3`: an unmatched receipt, or another message's.)"""
+    text = value.partition(b"\x00")[0].decode("latin-1")
+    return text or None
 
 
 def _check_tlvs(body: bytes, pos: int) -> str | None:
@@ -285,8 +304,23 @@ def _check_tlvs(body: bytes, pos: int) -> str | None:
     return None
 
 
-def _opt_int(value: Any) -> int | None:
-    return value if isinstance(value, int) else None
+# The TLVs a deliver_sm is read for (SMPP 3.4 5.3.2).
+TLV_USER_MESSAGE_REFERENCE = 0x0204
+TLV_SAR_MSG_REF_NUM = 0x020C
+TLV_SAR_TOTAL_SEGMENTS = 0x020E
+TLV_SAR_SEGMENT_SEQNUM = 0x020F
+TLV_NETWORK_ERROR_CODE = 0x0423
+TLV_MESSAGE_PAYLOAD = 0x0424
+TLV_MESSAGE_STATE = 0x0427
+
+
+def _tlv_int(tlvs: dict[int, bytes], tag: int) -> int | None:
+    """An integer TLV as the number its bytes hold (big-endian), whatever width the SMSC
+    gave it; None when absent, empty or wider than 4 octets."""
+    value = tlvs.get(tag)
+    if not value or len(value) > 4:
+        return None
+    return int.from_bytes(value, "big")
 
 
 def decode_deliver_sm(frame: bytes) -> DeliverSm:
@@ -299,8 +333,8 @@ def decode_deliver_sm(frame: bytes) -> DeliverSm:
         pdu.parse(frame)
     except Exception as exc:
         raise CodecError(f"cannot decode PDU: {exc}") from exc
-    payload = pdu.message_payload
-    receipted = pdu.receipted_message_id
+    tlv_list = _tlvs(body, tlv_start) if tlv_start < len(body) else []
+    tlvs = dict(tlv_list)  # a tag sent twice: the last one counts (as in smpplib)
     return DeliverSm(
         sequence=pdu.sequence,
         source_addr=_text(pdu.source_addr),
@@ -309,17 +343,17 @@ def decode_deliver_sm(frame: bytes) -> DeliverSm:
         esm_class=int(pdu.esm_class or 0),
         data_coding=int(pdu.data_coding or 0),
         short_message=bytes(pdu.short_message or b""),
-        message_payload=bytes(payload) if payload else None,
-        receipted_message_id=_text(receipted).strip("\x00") if receipted else None,
-        message_state=_opt_int(pdu.message_state),
-        network_error_code=bytes(pdu.network_error_code) if pdu.network_error_code else None,
-        sar_msg_ref_num=_opt_int(pdu.sar_msg_ref_num),
-        sar_total_segments=_opt_int(pdu.sar_total_segments),
-        sar_segment_seqnum=_opt_int(pdu.sar_segment_seqnum),
-        user_message_reference=_opt_int(pdu.user_message_reference),
+        message_payload=tlvs.get(TLV_MESSAGE_PAYLOAD) or None,
+        receipted_message_id=_receipted_id(tlvs.get(TLV_RECEIPTED_MESSAGE_ID, b"")),
+        message_state=_tlv_int(tlvs, TLV_MESSAGE_STATE),
+        network_error_code=tlvs.get(TLV_NETWORK_ERROR_CODE) or None,
+        sar_msg_ref_num=_tlv_int(tlvs, TLV_SAR_MSG_REF_NUM),
+        sar_total_segments=_tlv_int(tlvs, TLV_SAR_TOTAL_SEGMENTS),
+        sar_segment_seqnum=_tlv_int(tlvs, TLV_SAR_SEGMENT_SEQNUM),
+        user_message_reference=_tlv_int(tlvs, TLV_USER_MESSAGE_REFERENCE),
         schedule_delivery_time=_text(pdu.schedule_delivery_time),
         validity_period=_text(pdu.validity_period),
-        vendor_tlvs=_vendor_tlvs(body, tlv_start) if tlv_start < len(body) else (),
+        vendor_tlvs=tuple((tag, v) for tag, v in tlv_list if 0x1400 <= tag <= 0x3FFF),
     )
 
 

@@ -9,13 +9,15 @@ The bind is a small state machine whose state the admin API shows:
 
 While bound, one reader task owns the socket's read side and dispatches every PDU: responses
 resolve the future registered under their sequence number; `enquire_link` and `unbind` from the
-SMSC are answered at once; a `deliver_sm` is handed to the channel's callback (bounded
-concurrency, so a slow store pushes back on the SMSC through TCP) and answered with the status
-the callback returns; anything unknown or malformed gets `generic_nack`. Requests wait for a
-window slot (at most `window` outstanding), submits also for the pacer (the operator's TPS).
-Every request has a response timeout; a run of timeouts, a silent link or a failed
-enquire_link drops the connection. When the link drops, every in-flight request fails at once
-with `LinkDown` and the bind reconnects with exponential backoff and jitter.
+SMSC are answered at once (after the SMSC's unbind nothing new is sent, but the answers to the
+requests in flight are still read, for up to `unbind_timeout_s`); a `deliver_sm` is handed to
+the channel's callback (bounded concurrency, so a slow store pushes back on the SMSC through
+TCP) and answered with the status the callback returns; anything unknown or malformed gets
+`generic_nack`. Requests wait for a window slot (at most `window` outstanding), submits then
+for the pacer (the operator's TPS). Every request has a response timeout; a run of timeouts,
+a silent link or a failed enquire_link drops the connection. When the link drops, every
+in-flight request fails at once with `LinkDown` and the bind reconnects with exponential
+backoff and jitter.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import logging
 import random
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -39,6 +41,7 @@ from .codec import (
     ALERT_NOTIFICATION,
     DELIVER_SM,
     ENQUIRE_LINK,
+    ESME_RINVBNDSTS,
     ESME_RINVCMDID,
     ESME_RINVCMDLEN,
     ESME_ROK,
@@ -61,6 +64,7 @@ from .pacer import Pacer
 log = logging.getLogger("channels.sms.smpp")
 
 INTERFACE_VERSION = 0x34
+_MAX_BACKOFF_DOUBLINGS = 32  # far past any reconnect_max_s / reconnect_min_s ratio
 
 
 class BindState(StrEnum):
@@ -114,7 +118,15 @@ class _FramingError(Exception):
     pass
 
 
-LINK_ENDS = (_PeerUnbound, _FramingError, asyncio.IncompleteReadError, OSError, TimeoutError)
+# ResponseTimeout: the keepalive's enquire_link went unanswered, a link end like the others.
+LINK_ENDS = (
+    _PeerUnbound,
+    _FramingError,
+    asyncio.IncompleteReadError,
+    OSError,
+    TimeoutError,
+    ResponseTimeout,
+)
 
 
 def _link_ended(task: asyncio.Task[Any]) -> bool:
@@ -130,6 +142,8 @@ class SessionTuning:
     connect_timeout_s: float = 10.0
     reconnect_min_s: float = 1.0
     reconnect_max_s: float = 60.0
+    # A bind that stayed up this long resets the reconnect backoff when it ends.
+    stable_bind_s: float = 30.0
     throttle_pause_s: float = 1.0
     unbind_timeout_s: float = 3.0
     window_wait_s: float = 30.0
@@ -217,6 +231,7 @@ class SmppSession:
         self._task: asyncio.Task[None] | None = None
         self._timeouts_in_row = 0
         self._abort_reason: str | None = None
+        self._peer_unbound_at: float | None = None  # the SMSC's unbind, answers still due
         self._retry_at: float | None = None
         self.last_error: str | None = None
         self.last_error_at: float | None = None
@@ -285,18 +300,35 @@ class SmppSession:
         SmscRejected, LinkDown / ResponseTimeout, or CodecError for fields that cannot be
         encoded."""
         frame = codec.encode("submit_sm", 0, **fields)
-        await self.pacer.wait()
-        resp = await self._request(SUBMIT_SM, frame)
-        if resp.status == ESME_ROK:
+        async with self._window_slot():
+            # The pacer's slot is taken with the window's, right before the submit goes: one
+            # taken while waiting for the window would let every submit queued behind a full
+            # window go at once when it opens.
+            epoch = await self.pacer.wait()
+            try:
+                resp = await self._exchange(SUBMIT_SM, frame, self.bind.response_timeout_s)
+                status, message_id = resp.status, resp.message_id
+            except SmscRejected as exc:  # a generic_nack; throttling there means the same
+                if exc.status not in SLOW_DOWN_STATUSES:
+                    raise
+                status, message_id = exc.status, ""
+        if status == ESME_ROK:
             self.pacer.accepted()
             self.counters["submitted"] += 1
-            return resp.message_id
-        if resp.status in SLOW_DOWN_STATUSES:
-            self.pacer.slow_down(self.tuning.throttle_pause_s)
+            return message_id
+        if status in SLOW_DOWN_STATUSES:
+            self.pacer.slow_down(self.tuning.throttle_pause_s, epoch)
             self.counters["throttled"] += 1
-            raise Throttled(resp.status, "submit_sm")
+            raise Throttled(status, "submit_sm")
         self.counters["rejected"] += 1
-        raise SmscRejected(resp.status, "submit_sm")
+        if status == ESME_RINVBNDSTS:
+            # The SMSC no longer counts this session as bound (it restarted or failed over
+            # behind a link that stayed up): every submit would be refused until a re-bind.
+            # It did not take this one, so LinkDown: sent again on the next bind.
+            reason = f"submit_sm refused: {codec.status_text(status)}"
+            self._drop_link(reason)
+            raise LinkDown(reason)
+        raise SmscRejected(status, "submit_sm")
 
     def status(self) -> BindStatus:
         return BindStatus(
@@ -360,10 +392,15 @@ class SmppSession:
                     failures += 1
                     await self._back_off(failures)
                     continue
-                failures = 0
+                started = time.monotonic()
                 await self._serve(reader, writer)
-                if not self._stop.is_set():
-                    await self._back_off(1)
+                # Only a bind that lived resets the backoff: one the SMSC accepts and drops at
+                # once, again and again, is a failure like a refused bind, not a reason to
+                # re-bind at the shortest delay for ever.
+                if time.monotonic() - started >= self.tuning.stable_bind_s:
+                    failures = 0
+                failures += 1
+                await self._back_off(failures)
         finally:
             self._bound.clear()
             self._fail_pending("the bind stopped")
@@ -375,8 +412,11 @@ class SmppSession:
     async def _back_off(self, failures: int) -> None:
         if self._stop.is_set():
             return
+        # The exponent is capped: 2 ** 1024 does not convert to a float, and the OverflowError
+        # once ended the bind for good after 1,024 failed attempts in a row (a long outage).
         ceiling = min(
-            self.tuning.reconnect_max_s, self.tuning.reconnect_min_s * 2 ** (failures - 1)
+            self.tuning.reconnect_max_s,
+            self.tuning.reconnect_min_s * 2.0 ** min(failures - 1, _MAX_BACKOFF_DOUBLINGS),
         )
         delay = random.uniform(ceiling / 2, ceiling)  # noqa: S311 - jitter, not a secret
         self._retry_at = time.time() + delay
@@ -420,7 +460,10 @@ class SmppSession:
         while True:
             frame = await self._read_frame(reader)
             _, cid, status, fseq = HEADER.unpack_from(frame)
-            if fseq == seq and cid in (command_id | RESP_BIT, GENERIC_NACK):
+            if fseq == seq and cid == GENERIC_NACK:
+                # Never a bind, whatever its status says (some SMSCs leave it 0).
+                raise SmscRejected(status or codec.ESME_RSYSERR, "bind (generic_nack)")
+            if fseq == seq and cid == command_id | RESP_BIT:
                 if status != ESME_ROK:
                     raise SmscRejected(status, "bind")
                 return
@@ -431,6 +474,7 @@ class SmppSession:
         self._writer = writer
         self._timeouts_in_row = 0
         self._abort_reason = None
+        self._peer_unbound_at = None
         self.counters["connects"] += 1
         self._set_state(BindState.BOUND)
         self._bound.set()
@@ -509,7 +553,10 @@ class SmppSession:
         loop = asyncio.get_running_loop()
         try:
             while True:
-                frame = await self._read_frame(reader)
+                if self._peer_unbound_at is None:
+                    frame = await self._read_frame(reader)
+                else:
+                    frame = await self._read_after_peer_unbind(reader)
                 self._last_read = loop.time()
                 self._dispatch(frame)
                 if HEADER.unpack_from(frame)[1] == DELIVER_SM:
@@ -519,6 +566,20 @@ class SmppSession:
             self._bound.clear()
             self._fail_pending("the link dropped")
 
+    async def _read_after_peer_unbind(self, reader: asyncio.StreamReader) -> bytes:
+        """The next frame while the SMSC's unbind waits for our requests in flight; the link
+        ends (`_PeerUnbound`) once none is left, at the SMSC's close, or at the deadline."""
+        assert self._peer_unbound_at is not None
+        if not self._pending:
+            raise _PeerUnbound
+        loop = asyncio.get_running_loop()
+        remaining = self._peer_unbound_at + self.tuning.unbind_timeout_s - loop.time()
+        try:
+            async with asyncio.timeout(max(0.0, remaining)):
+                return await self._read_frame(reader)
+        except (TimeoutError, asyncio.IncompleteReadError, OSError):
+            raise _PeerUnbound from None
+
     def _dispatch(self, frame: bytes) -> None:
         _, cid, status, seq = HEADER.unpack_from(frame)
         if cid & RESP_BIT:
@@ -527,7 +588,14 @@ class SmppSession:
             self._write(header_only(ENQUIRE_LINK | RESP_BIT, seq))
         elif cid == UNBIND:
             self._write(header_only(UNBIND | RESP_BIT, seq))
-            raise _PeerUnbound
+            self._bound.clear()  # no new requests
+            if not self._pending:
+                raise _PeerUnbound
+            # The SMSC has what is in flight and may still answer it (failing a request it
+            # answers later sends that message twice): read on until every request is
+            # answered or timed out, the SMSC closes, or unbind_timeout_s has passed.
+            self._set_state(BindState.UNBINDING)
+            self._peer_unbound_at = asyncio.get_running_loop().time()
         elif cid not in (DELIVER_SM, ALERT_NOTIFICATION):  # alert_notification has no response
             self._write(header_only(GENERIC_NACK, seq, ESME_RINVCMDID))
             self.counters["nacks"] += 1
@@ -633,6 +701,8 @@ class SmppSession:
     async def _keepalive(self) -> None:
         while True:
             await asyncio.sleep(self.bind.enquire_link_s)
+            if not self._bound.is_set():
+                continue  # the SMSC unbound: the link ends once its last answers are in
             with contextlib.suppress(SmscRejected):  # a nack still proves the link is alive
                 await self._request(ENQUIRE_LINK, header_only(ENQUIRE_LINK, 0), windowed=False)
 
@@ -645,24 +715,29 @@ class SmppSession:
         timeout_s: float | None = None,
     ) -> Response:
         """Send `frame` (its sequence number is filled in here) and await the response."""
-        if windowed:
-            if self._writer is None:
-                raise LinkDown("not bound")
-            if self._window.locked():
-                try:
-                    async with asyncio.timeout(self.tuning.window_wait_s):
-                        await self._window.acquire()
-                except TimeoutError:
-                    raise LinkDown("the window stayed full") from None
-            else:
-                await self._window.acquire()  # a free slot: no timer needed
+        timeout_s = timeout_s or self.bind.response_timeout_s
+        if not windowed:
+            return await self._exchange(command_id, frame, timeout_s)
+        async with self._window_slot():
+            return await self._exchange(command_id, frame, timeout_s)
+
+    @contextlib.asynccontextmanager
+    async def _window_slot(self) -> AsyncIterator[None]:
+        """One of the window's slots (at most `window` requests outstanding)."""
+        if self._writer is None:
+            raise LinkDown("not bound")
+        if self._window.locked():
+            try:
+                async with asyncio.timeout(self.tuning.window_wait_s):
+                    await self._window.acquire()
+            except TimeoutError:
+                raise LinkDown("the window stayed full") from None
+        else:
+            await self._window.acquire()  # a free slot: no timer needed
         try:
-            return await self._exchange(
-                command_id, frame, timeout_s or self.bind.response_timeout_s
-            )
+            yield
         finally:
-            if windowed:
-                self._window.release()
+            self._window.release()
 
     async def _exchange(
         self, command_id: int, frame: bytes, timeout_s: float, *, closing: bool = False
@@ -682,14 +757,22 @@ class SmppSession:
             self.counters["timeouts"] += 1
             self._timeouts_in_row += 1
             if self._timeouts_in_row >= self.tuning.max_timeouts_in_row:
-                # Closing makes the reader see EOF; the bind then reconnects.
-                self._abort_reason = f"{self._timeouts_in_row} responses in a row timed out"
-                writer.close()
+                self._drop_link(f"{self._timeouts_in_row} responses in a row timed out", writer)
             raise ResponseTimeout(f"no response in {timeout_s}s") from None
         except (ConnectionError, RuntimeError) as exc:
             raise LinkDown(describe(exc)) from exc
         finally:
             self._pending.pop(seq, None)
+
+    def _drop_link(self, reason: str, writer: asyncio.StreamWriter | None = None) -> None:
+        """Close the link (`writer`'s, by default the current one): the reader sees EOF and
+        the bind reconnects."""
+        writer = writer or self._writer
+        if writer is None or writer is not self._writer:
+            return  # that link is gone already
+        self._abort_reason = reason
+        self._bound.clear()
+        writer.close()
 
     def _fail_pending(self, reason: str) -> None:
         pending, self._pending = self._pending, {}
