@@ -49,11 +49,13 @@ def test_error_response_has_no_id() -> None:
     assert (resp.status, resp.message_id) == (0x58, "")
 
 
-def test_unterminated_response_is_refused() -> None:
-    frame = encode("submit_sm_resp", 3, message_id="X")[:-1]
+def test_an_unterminated_message_id_runs_to_the_pdus_end() -> None:
+    # The SMSC accepted the message (status 0) but left the NUL off its id: the id is read to
+    # the end, as the receipt's TLV is, so the message is submitted, not failed for good.
+    frame = encode("submit_sm_resp", 3, message_id="0A1B2C3D")[:-1]
     frame = (len(frame)).to_bytes(4, "big") + frame[4:]
-    with pytest.raises(CodecError):
-        decode_response(frame)
+    resp = decode_response(frame)
+    assert (resp.status, resp.sequence, resp.message_id) == (0, 3, "0A1B2C3D")
 
 
 def test_sequence_is_set_after_construction() -> None:

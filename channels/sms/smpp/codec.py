@@ -193,9 +193,12 @@ def decode_response(frame: bytes) -> Response:
         return Response(command_id, status, sequence, "")
     # submit_sm_resp (message_id) and bind_*_resp (system_id) open with one C-string; what
     # follows (a bind_resp's sc_interface_version TLV) is not needed.
+    # An SMSC that leaves the NUL off the id still took the message: the id runs to the
+    # PDU's end (as `receipted_message_id` is read), rather than a permanent failure of a
+    # message the SMSC accepted and will deliver.
     end = frame.find(b"\x00", HEADER_BYTES)
     if end < 0:
-        raise CodecError("the response's C-string has no terminator")
+        end = len(frame)
     return Response(command_id, status, sequence, frame[HEADER_BYTES:end].decode("latin-1"))
 
 
