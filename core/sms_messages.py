@@ -295,6 +295,23 @@ def _like(term: str) -> str:
     return f"%{escaped}%"
 
 
+def _part_keys(parts: Sequence[tuple[str, SubmittedPart]]) -> list[str]:
+    """The matching key each part is recorded under. A part the SMSC gave no id, or an id an
+    earlier part of this statement already holds (one id for every part of a long message,
+    or the same id twice), is keyed by its message and number instead (`x:` is no key a
+    receipt makes): upserting one key twice in a statement is refused by PostgreSQL, and the
+    whole outcome batch failed with it. A receipt for a shared id matches its first part."""
+    seen: set[tuple[str, str]] = set()
+    keys = []
+    for ref, p in parts:
+        key = p.message_key
+        if not p.message_id.strip().strip("\x00") or (p.smsc, key) in seen:
+            key = f"x:{ref}:{p.part_no}"
+        seen.add((p.smsc, key))
+        keys.append(key)
+    return keys
+
+
 class SmsMessageStore:
     def __init__(
         self,
@@ -587,6 +604,7 @@ class SmsMessageStore:
     async def _record_mt_batch(self, batch: dict[str, MtRecord], processed: Sequence[int]) -> None:
         recs = list(batch.values())
         parts = [(ref, p) for ref, rec in batch.items() for p in rec.submitted]
+        keys = _part_keys(parts)
         async with self._pool.acquire() as conn:
             early = await conn.fetch(
                 _RECORD_MTS,
@@ -602,7 +620,7 @@ class SmsMessageStore:
                 [r.concat_ref for r in recs],
                 [ref for ref, _ in parts],
                 [p.smsc for _, p in parts],
-                [p.message_key for _, p in parts],
+                keys,
                 [p.message_id for _, p in parts],
                 [p.part_no for _, p in parts],
                 float(EARLY_RECEIPT_S),

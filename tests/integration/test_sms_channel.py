@@ -480,6 +480,41 @@ async def test_one_reference_twice_in_a_batch(store: SmsMessageStore) -> None:
     assert [p.part_no for p in sent.parts] == [1, 2]
 
 
+async def test_an_smsc_giving_one_id_or_none_loses_no_part_and_no_batch(
+    store: SmsMessageStore, pg_pool: asyncpg.Pool
+) -> None:
+    """An SMSC that answers every part of a long message with one id, or with an empty id:
+    the parts were upserted on (smsc, id) in one statement, which PostgreSQL refuses ("cannot
+    affect row a second time"), and the whole outcome batch failed with them (other MOs'
+    replies and processed marks too: their replies went again after the lease)."""
+    tag = secrets.token_hex(4)
+    same = f"s:same-{tag}"
+    one_id = replace(
+        mt_record("+254700000004", same),
+        ref=f"one-id:{tag}",
+        parts=3,
+        submitted=[SubmittedPart(n, same[2:], same, "acct@smsc") for n in (1, 2, 3)],
+    )
+    no_id = replace(
+        mt_record("+254700000005", "s:"),
+        ref=f"no-id:{tag}",
+        parts=2,
+        submitted=[SubmittedPart(n, "", "s:", "acct@smsc") for n in (1, 2)],
+    )
+    other = replace(mt_record("+254700000006", f"s:other-{tag}"), ref=f"other:{tag}")
+    await store._record_mts([one_id, no_id, other])  # one statement, as one flush writes them
+    for rec in (one_id, no_id, other):
+        sent = await store.find_mt(rec.ref or "")
+        assert sent is not None and sent.status == "submitted", rec.ref
+        assert [p.part_no for p in sent.parts] == list(range(1, rec.parts + 1)), rec.ref
+    # A receipt for the shared id still finds its message.
+    assert await store.apply_receipt("acct@smsc", same, same[2:], "delivered", None)
+    count = await pg_pool.fetchval(
+        "SELECT count(*) FROM sms_mt_parts WHERE smsc = 'acct@smsc' AND message_key = 's:'"
+    )
+    assert count == 0  # an empty id is nothing a receipt can name
+
+
 # --- MO ---------------------------------------------------------------------------------------
 
 
