@@ -47,6 +47,7 @@ from gateway.sms import sms_channel
 from tests.conftest import running_app
 from tests.helpers import auth, eventually, shows_pin, token_for
 from tests.helpers import new_msisdn as new_e164
+from tests.raw_smsc import pdu, raw_smsc
 from tests.sms_banking_support import SmsEnv, banking, digits, start_sms_env
 from tests.sms_helpers import (
     FAST,
@@ -240,6 +241,105 @@ async def test_ack_does_not_wait_for_processing(
     await eventually(lambda: started, lambda s: s == ["MINI 1234"])
     release.set()
     await eventually(lambda: mo_rows(pg_pool, msisdn), lambda r: r[0]["status"] == "processed")
+
+
+# --- what only a hand-packed SMSC can show ----------------------------------------------------
+
+
+def _submit_dest(body: bytes) -> str:
+    """destination_addr of a submit_sm body: service_type, ton, npi, source, ton, npi, dest."""
+    i = body.index(b"\x00") + 1 + 2  # service_type, then source_addr_ton and _npi
+    i = body.index(b"\x00", i) + 1 + 2  # source_addr, then dest_addr_ton and _npi
+    return body[i : body.index(b"\x00", i)].decode()
+
+
+async def test_responses_out_of_order_reach_their_own_requests() -> None:
+    """The sequence -> future map: five submits in flight, answered last first, each with an
+    id naming its destination; every submit gets its own."""
+    async with raw_smsc(answer_submit=False) as smsc:
+        session = SmppSession(bind_for(smsc.port), name="seq", tuning=FAST)
+        session.start()
+        try:
+            assert await session.wait_bound(10)
+            dests = [f"25470000{i:04d}" for i in range(5)]
+            sends = {
+                d: asyncio.create_task(session.submit(**{**SUBMIT, "destination_addr": d}))
+                for d in dests
+            }
+            await eventually(lambda: smsc.count(0x04), lambda n: n == 5)
+            frames = [f for f in smsc.frames if f.command_id == 0x04]
+            assert len({f.seq for f in frames}) == 5
+            for frame in reversed(frames):
+                dest = _submit_dest(frame.body)
+                smsc.send(pdu(0x80000004, frame.seq, f"M-{dest}".encode() + b"\x00"))
+            assert {d: await t for d, t in sends.items()} == {d: f"M-{d}" for d in dests}
+            assert session.in_flight == 0
+        finally:
+            await session.stop()
+
+
+async def test_an_smsc_unbind_is_answered_then_the_bind_returns() -> None:
+    """The SMSC's unbind gets an unbind_resp with its sequence and status 0 (the smpp34 peer's
+    unbind does not tell whether it was answered), the bind goes through unbinding and binds
+    again."""
+    states: list[str] = []
+    async with raw_smsc() as smsc:
+        session = SmppSession(
+            bind_for(smsc.port),
+            name="unbind",
+            tuning=FAST,
+            on_state=lambda _, state: states.append(state.value),
+        )
+        session.start()
+        try:
+            assert await session.wait_bound(10)
+            smsc.send(pdu(0x00000006, 4343))
+            answer = await smsc.wait_for(0x80000006, seq=4343)
+            assert answer.status == 0 and answer.body == b""
+            await eventually(lambda: smsc.binds, lambda n: n == 2)
+            assert await session.wait_bound(10)
+            assert session.status().last_error == "the SMSC unbound"
+            assert states[:5] == ["connecting", "bound", "unbinding", "backing_off", "connecting"]
+            assert session.status().connects == 2
+        finally:
+            await session.stop()
+
+
+# --- receipts: the TLV first -----------------------------------------------------------------
+
+
+def receipt_text(message_id: str, stat: str = "DELIVRD") -> str:
+    return (
+        f"id:{message_id} sub:001 dlvrd:001 submit date:2401011200 done date:2401011201 "
+        f"stat:{stat} err:000 text:"
+    )
+
+
+async def test_a_receipt_is_matched_by_its_tlv_before_its_text(
+    make_channel: ChannelFactory, peer: SmscPeer, pg_pool: asyncpg.Pool
+) -> None:
+    """A receipt whose receipted_message_id names one message and whose text names another:
+    the TLV's message is the one updated. Without the TLV, the text's id is used."""
+    channel = await make_channel(registered_delivery=False)  # only the receipts sent here
+    msisdn = new_msisdn()
+    first = await channel.send_text(msisdn, "first", ref=f"tlv1:{msisdn}")
+    second = await channel.send_text(msisdn, "second", ref=f"tlv2:{msisdn}")
+    assert first != second
+
+    async def status(ref: str) -> str:
+        return str(await pg_pool.fetchval("SELECT status FROM sms_messages WHERE ref = $1", ref))
+
+    tlv = [[0x001E, (first + "\x00").encode().hex()]]
+    statuses = await peer.mo(
+        source=msisdn, text=receipt_text(second, "UNDELIV"), esm_class=0x04, tlvs=tlv
+    )
+    assert statuses == [0]
+    await eventually(lambda: status(f"tlv1:{msisdn}"), lambda s: s == "failed")
+    assert await status(f"tlv2:{msisdn}") == "submitted"
+    # The text alone still matches.
+    assert await peer.mo(source=msisdn, text=receipt_text(second), esm_class=0x04) == [0]
+    await eventually(lambda: status(f"tlv2:{msisdn}"), lambda s: s == "delivered")
+    assert await status(f"tlv1:{msisdn}") == "failed"
 
 
 # --- the admin API over a bind that meets trouble ---------------------------------------------
@@ -537,3 +637,62 @@ async def test_the_rate_limit_is_per_number(
     assert replies[2] == "Too many messages. Please wait a minute before sending another."
     # Another number is not held back by the first one's limit.
     assert await env.ask(quiet, f"BAL {PIN}") == "Your balance is KES 0.00."
+
+
+async def test_an_outbox_sms_the_smsc_refuses_for_good_is_dead_with_its_reason(
+    env: SmsEnv, pg_pool: asyncpg.Pool
+) -> None:
+    recipient = new_e164()
+    await env.peer.configure(reject_dest=digits(recipient), reject_status=0x0B)
+    try:
+        row_id = await enqueue(
+            pg_pool, channel="sms", recipient=recipient, body="Your loan is due", kind="notice"
+        )
+        env.app[DISPATCHER].wake()
+        row = await eventually(
+            lambda: pg_pool.fetchrow(
+                "SELECT status, attempts, last_error FROM outbox WHERE id = $1", row_id
+            ),
+            lambda r: r["status"] != "pending",
+        )
+    finally:
+        await env.peer.configure(reject_dest="")
+    assert row["status"] == "dead" and row["attempts"] == 1  # not retried
+    assert "Invalid Destination Address" in row["last_error"]
+    mt = await pg_pool.fetchrow(
+        "SELECT status, error FROM sms_messages WHERE ref = $1", f"outbox:{row_id}"
+    )
+    assert mt is not None and mt["status"] == "failed"
+    assert "Invalid Destination Address" in mt["error"]
+    assert await env.texts(recipient) == []
+
+
+async def test_outbox_sms_queued_while_the_smsc_is_down_arrive_once_it_is_back(
+    env: SmsEnv, pg_pool: asyncpg.Pool
+) -> None:
+    """Kept last in the module: the SMSC is killed and started again on its port."""
+    channel = env.app[SMS_CHANNEL]
+    env.peer.kill()
+    await eventually(lambda: channel.bind_statuses()[0].state, lambda s: s != "bound", timeout_s=10)
+    recipients = [new_e164() for _ in range(3)]
+    ids = [
+        await enqueue(pg_pool, channel="sms", recipient=r, body=f"queued {i}", kind="notice")
+        for i, r in enumerate(recipients)
+    ]
+    env.app[DISPATCHER].wake()
+    # A dispatcher has them (their sends wait for a bind, or failed for now and wait to retry).
+    await eventually(
+        lambda: pg_pool.fetchval("SELECT min(attempts) FROM outbox WHERE id = ANY($1)", ids),
+        lambda n: n >= 1,
+    )
+    await env.peer.start()
+    for i, r in enumerate(recipients):
+        assert await env.wait_texts(r, 1, timeout_s=45) == [f"queued {i}"]
+    await eventually(
+        lambda: pg_pool.fetch("SELECT status FROM outbox WHERE id = ANY($1)", ids),
+        lambda rows: [r["status"] for r in rows] == ["sent"] * 3,
+        timeout_s=15,
+    )
+    for r in recipients:
+        assert len(await env.texts(r)) == 1  # once
+    assert channel.bind_statuses()[0].state == "bound"
