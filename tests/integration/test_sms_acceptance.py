@@ -35,6 +35,7 @@ from aiohttp.test_utils import TestClient
 from redis.asyncio import Redis
 
 from channels.sms.channel import ChannelTuning, assemble_mo
+from channels.sms.encoding import decode_payload, parse_udh, udh_concat
 from channels.sms.executor import SmsBanking
 from channels.sms.smpp import BindState, SmppSession, Throttled
 from config.settings import Settings, SettingsError, load_settings
@@ -340,6 +341,51 @@ async def test_a_receipt_is_matched_by_its_tlv_before_its_text(
     assert await peer.mo(source=msisdn, text=receipt_text(second), esm_class=0x04) == [0]
     await eventually(lambda: status(f"tlv2:{msisdn}"), lambda s: s == "delivered")
     assert await status(f"tlv1:{msisdn}") == "failed"
+
+
+# --- concatenated MOs split inside a character ---------------------------------------------
+
+
+def _udh16(ref: int, total: int, seq: int) -> bytes:
+    return bytes([6, 8, 4, ref >> 8, ref & 0xFF, total, seq])
+
+
+SPLIT_INSIDE = [
+    # A GSM-7 escape (0x1B) ends part 1, its character (0x65: the euro sign) starts part 2.
+    ("gsm7-escape", 0, [b"Price 10\x1b", b"\x65 only"], "Price 10\u20ac only", "udh8"),
+    # A UCS-2 surrogate pair (an emoji) cut between its two halves.
+    (
+        "ucs2-surrogate",
+        8,
+        [b"\x00H\x00i\x00 \xd8\x3d", b"\xde\x00\x00!"],
+        "Hi \U0001f600!",
+        "udh16",
+    ),
+]
+
+
+@pytest.mark.parametrize("case", SPLIT_INSIDE, ids=[c[0] for c in SPLIT_INSIDE])
+async def test_a_concatenated_mo_split_inside_a_character_is_reassembled(
+    make_channel: ChannelFactory, peer: SmscPeer, case: tuple[str, int, list[bytes], str, str]
+) -> None:
+    _, coding, chunks, text, udh = case
+    seen: list[str] = []
+
+    class Keep:
+        async def handle(self, sms: Any) -> None:
+            seen.append(sms.text)
+
+    await make_channel(Keep())
+    msisdn = new_msisdn()
+    for seq in (2, 1):
+        header = bytes(_udh16(0x0B0C, 2, seq)) if udh == "udh16" else udh_concat(0x42, 2, seq)
+        payload = header + chunks[seq - 1]
+        statuses = await peer.mo(
+            source=msisdn, hex=payload.hex(), esm_class=0x40, data_coding=coding
+        )
+        assert statuses == [0]
+    await eventually(lambda: seen, lambda s: len(s) == 1)
+    assert seen == [text]
 
 
 # --- the admin API over a bind that meets trouble ---------------------------------------------
@@ -696,3 +742,36 @@ async def test_outbox_sms_queued_while_the_smsc_is_down_arrive_once_it_is_back(
     for r in recipients:
         assert len(await env.texts(r)) == 1  # once
     assert channel.bind_statuses()[0].state == "bound"
+
+
+async def test_a_reply_naming_a_cyrillic_recipient_arrives_as_numbered_ucs2_parts(
+    env: SmsEnv, ledger_ok: None
+) -> None:
+    """Through SMS banking (not the channel alone): the SEND quote names the recipient in
+    Cyrillic, so it goes as UCS-2, in parts of at most 67 units behind a UDH, numbered 1..n
+    under one reference, whose text joined is the reply on record."""
+    sender = await env.bank.open(balance_minor=100_000)
+    recipient = await env.bank.open(first_name="Олег", last_name="Петров")
+    reply = await env.ask(sender, f"SEND {local(recipient)} 200 {PIN}")
+    assert "Олег Петров" in reply and len(reply) > 70, reply
+    # The reply's parts by their SMSC ids (the deposit's receipt may reach the number too).
+    ids = await env.bank.pool.fetch(
+        "SELECT p.message_id FROM sms_mt_parts p JOIN sms_messages t ON t.id = p.mt_id "
+        "JOIN sms_messages m ON t.ref = 'mo:' || m.id "
+        "WHERE m.direction = 'mo' AND m.msisdn = $1 ORDER BY p.part_no",
+        sender,
+    )
+    by_id = {s.get("message_id"): s for s in await env.peer.submits() if s["status"] == 0}
+    parts = [by_id[r["message_id"]] for r in ids]
+    assert len(parts) >= 2
+    assert all(p["data_coding"] == 8 and p["esm_class"] == 0x40 for p in parts)
+    decoded = [parse_udh(bytes.fromhex(p["hex"])) for p in parts]
+    assert all(len(payload) <= 134 for payload, _ in decoded)  # 67 UCS-2 units
+    concats = [c for _, c in decoded]
+    assert all(c is not None for c in concats)
+    assert len({c.ref for c in concats if c}) == 1
+    assert [(c.seq, c.total) for c in concats if c] == [
+        (i, len(parts)) for i in range(1, len(parts) + 1)
+    ]
+    joined = b"".join(payload for payload, _ in decoded)
+    assert decode_payload(joined, 8)[0] == reply
