@@ -775,3 +775,40 @@ async def test_a_reply_naming_a_cyrillic_recipient_arrives_as_numbered_ucs2_part
     ]
     joined = b"".join(payload for payload, _ in decoded)
     assert decode_payload(joined, 8)[0] == reply
+
+
+async def ucs2_mo(env: SmsEnv, msisdn: str, text: str) -> str:
+    """Send `text` as a UCS-2 MO (as a phone writing other digits does); the reply to it."""
+    before = await last_mo(env, msisdn)
+    assert await env.peer.mo(
+        source=digits(msisdn), hex=text.encode("utf-16-be").hex(), data_coding=8
+    ) == [0]
+    (reply,) = await replies_to(env, msisdn, before, 1)
+    return reply
+
+
+DIGIT_SCRIPTS = [
+    ("arabic-indic", "\u0664\u0668\u0662\u0661"),  # ٤٨٢١
+    ("fullwidth", "\uff14\uff18\uff12\uff11"),  # ４８２１
+]
+
+
+@pytest.mark.parametrize(("label", "pin"), DIGIT_SCRIPTS, ids=[c[0] for c in DIGIT_SCRIPTS])
+async def test_the_right_pin_in_other_digits_is_the_right_pin(
+    env: SmsEnv, ledger_ok: None, label: str, pin: str
+) -> None:
+    """A phone with an Arabic or a full-width keyboard writes the customer's PIN in other
+    digits: it is the same PIN (before, the parser took them for digits and the core's bcrypt
+    check did not, so the right PIN counted as a wrong one and the third locked the wallet)."""
+    assert pin.translate({ord(c): str(int(c)) for c in pin}) == PIN
+    me = await env.bank.open(balance_minor=1_000)
+    assert await ucs2_mo(env, me, f"BAL {pin}") == "Your balance is KES 10.00."
+    failures = await env.bank.pool.fetchval(
+        "SELECT pin_failures FROM customers WHERE msisdn = $1", me
+    )
+    assert failures == 0
+    # A wrong PIN in those digits is still a wrong PIN, and still masked when stored.
+    wrong = "".join(chr(ord(pin[0]) - int(pin[0]) + int(d)) for d in "9137")
+    assert "2 attempts left" in await ucs2_mo(env, me, f"bal {wrong}")
+    bodies = [str(r["body"]) for r in await mo_rows(env.bank.pool, digits(me))]
+    assert all(pin not in b and wrong not in b for b in bodies), bodies
