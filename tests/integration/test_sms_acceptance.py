@@ -130,9 +130,9 @@ async def test_reconnect_backs_off_exponentially_with_jitter_then_rebinds(peer: 
 
     def on_state(session: SmppSession, state: BindState) -> None:
         if state is BindState.BACKING_OFF:
-            retry_at = session.status().retry_at
-            assert retry_at is not None
-            delays.append(retry_at - time.time())
+            status = session.status()  # `since`: when the state was entered, just after the draw
+            assert status.retry_at is not None
+            delays.append(status.retry_at - status.since)
 
     session = SmppSession(bind_for(peer), name="backoff", tuning=tuning, on_state=on_state)
     session.start()
@@ -144,7 +144,7 @@ async def test_reconnect_backs_off_exponentially_with_jitter_then_rebinds(peer: 
         ceilings = [0.05] + [min(0.8, 0.05 * 2 ** (n - 1)) for n in range(1, 8)]
         got = delays[:8]
         for delay, ceiling in zip(got, ceilings, strict=True):
-            assert ceiling / 2 - 0.02 <= delay <= ceiling + 0.001, (got, ceilings)
+            assert ceiling / 2 - 0.03 <= delay <= ceiling + 0.001, (got, ceilings)
         assert max(got[5:]) > 4 * max(got[:2])  # it grew
         ratios = [d / c for d, c in zip(got, ceilings, strict=True)]
         assert max(ratios) - min(ratios) > 0.01, ratios  # jittered, not a fixed schedule
