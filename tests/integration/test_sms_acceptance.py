@@ -189,6 +189,33 @@ async def test_several_binds_from_smpp_url_each_paced_at_its_own_tps(
         await channel.stop()
 
 
+async def test_with_one_of_two_smscs_dead_every_message_goes_over_the_other(
+    peer: SmscPeer, store: SmsMessageStore, tmp_path: Path
+) -> None:
+    """Two binds to two SMSCs: one dies, and what is sent meanwhile goes over the other, each
+    message once; the dead one's bind keeps trying and is bound again when it is back."""
+    second = tmp_path / "second"
+    second.mkdir()
+    async with running_peer(second) as other:
+        channel = new_channel([bind_for(peer), bind_for(other)], store, tuning=TUNING)
+        await channel.start()
+        try:
+            for session in channel.sessions:
+                assert await session.wait_bound(10)
+            peer.kill()
+            await eventually(lambda: channel.bind_statuses()[0].state, lambda s: s != "bound")
+            numbers = [new_msisdn() for _ in range(6)]
+            await asyncio.gather(*(channel.send_text(n, f"via the other {n}") for n in numbers))
+            accepted = [s for s in await other.submits() if s["status"] == 0]
+            assert sorted(s["dest"] for s in accepted) == sorted(numbers)
+            assert channel.bind_statuses()[1].submitted == len(numbers)
+            await peer.start()
+            assert await channel.sessions[0].wait_bound(15)
+            assert channel.bind_statuses()[0].connects == 2
+        finally:
+            await channel.stop()
+
+
 async def test_message_queue_full_is_retried_and_delivered_once(
     make_channel: ChannelFactory, peer: SmscPeer, pg_pool: asyncpg.Pool
 ) -> None:
