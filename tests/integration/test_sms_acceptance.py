@@ -37,7 +37,7 @@ from redis.asyncio import Redis
 from channels.sms.channel import ChannelTuning, assemble_mo
 from channels.sms.encoding import decode_payload, parse_udh, udh_concat
 from channels.sms.executor import SmsBanking
-from channels.sms.smpp import BindState, SmppSession, Throttled
+from channels.sms.smpp import BindState, DeliverSm, SmppSession, Throttled
 from config.settings import Settings, SettingsError, load_settings
 from core.outbox import enqueue
 from core.sms_messages import SmsMessageStore
@@ -95,7 +95,13 @@ async def test_a_bare_smpp_url_binds_as_transceiver_with_a_window_of_ten(peer: S
         {"SMPP_URL": f"smpp://{peer.account}:pw@127.0.0.1:{peer.port}?source_addr=12345&tps=1000"}
     )
     (bind,) = settings.smpp_binds
-    session = SmppSession(bind, name="defaults", tuning=FAST)
+    received: list[bytes] = []
+
+    async def on_deliver(_: SmppSession, pdu: DeliverSm) -> int:
+        received.append(pdu.short_message)
+        return 0
+
+    session = SmppSession(bind, name="defaults", tuning=FAST, on_deliver=on_deliver)
     session.start()
     try:
         assert await session.wait_bound(10)
@@ -118,6 +124,9 @@ async def test_a_bare_smpp_url_binds_as_transceiver_with_a_window_of_ten(peer: S
         ids = await asyncio.gather(*sends)
         assert len(set(ids)) == 14
         assert len(await peer.submits()) == 14
+        # And it receives on the same bind.
+        assert await peer.mo(source="254711000222", text="HELP") == [0]
+        assert received == [b"HELP"]
     finally:
         await session.stop()
 
