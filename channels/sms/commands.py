@@ -36,6 +36,7 @@ store masks an MO when it arrives, before anyone knows whether a dialog is waiti
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -59,6 +60,7 @@ _PRODUCT = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{1,31}")
 _TOKEN = re.compile(r"\S+")
 _DIGIT_RUN = re.compile(r"(?<!\d)\d{1,8}(?!\d)")
 _ALONE_SECRET = re.compile(r"\s*(?=[A-Za-z]*\d)[A-Za-z0-9]{4,20}\s*")
+_ANY_DIGIT = re.compile(r"\d")  # any script's decimal digit (Unicode category Nd)
 
 
 @dataclass(frozen=True, slots=True)
@@ -265,11 +267,21 @@ def parse(text: str) -> ParseResult:
     """One SMS text to a command, or a Malformed/Unknown with a one-line hint."""
     if len(text) > MAX_TEXT_CHARS:
         return Unknown(hint_text(None, "too_long", "en"), "too_long")
-    words = text.split()
+    words = ascii_digits(text).split()
     parser = _PARSERS.get(words[0].upper()) if words else None
     if parser is None:
         return Unknown(hint_text(None, "unknown", "en"))
     return parser(words[1:])
+
+
+def ascii_digits(text: str) -> str:
+    """`text` with the digits of any script (Arabic-Indic, full-width ...) written as ASCII.
+    A phone writes a PIN, a number or an amount in its keyboard's digits. Before, `\\d` took
+    them for digits and the core's bcrypt check compared their bytes: the right PIN written in
+    Arabic-Indic digits counted as a wrong PIN, and the third locked the wallet."""
+    if text.isascii():
+        return text
+    return _ANY_DIGIT.sub(lambda m: str(unicodedata.decimal(m.group())), text)
 
 
 def hint(result: Malformed | Unknown, language: str = "en") -> str:
