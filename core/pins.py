@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import unicodedata
 from collections.abc import Awaitable
 
 import asyncpg
@@ -42,8 +43,12 @@ async def hash_pin(pin: str, rounds: int) -> str:
 
 
 async def pin_matches(pin: str, hashed: str | None) -> bool:
-    """bcrypt off the event loop; malformed input still spends the time of one check."""
-    well_formed = isinstance(pin, str) and len(pin) == PIN_LENGTH and pin.isdigit()
+    """bcrypt off the event loop; malformed input still spends the time of one check. A PIN
+    in any script's decimal digits (a phone with an Arabic or full-width keyboard) is read as
+    its ASCII digits: PINs are set in ASCII, and the right one in other digits is right."""
+    well_formed = isinstance(pin, str) and len(pin) == PIN_LENGTH and pin.isdecimal()
+    if well_formed and not pin.isascii():
+        pin = "".join(str(unicodedata.decimal(c)) for c in pin)
     candidate = pin.encode() if well_formed else b"-"
     target = hashed.encode() if hashed else _DUMMY_HASH
     ok = await asyncio.to_thread(bcrypt.checkpw, candidate, target)
