@@ -68,7 +68,13 @@ class SmsEnv(UssdEnv):
         return await eventually(probe, lambda t: len(t) >= count, timeout_s)
 
     async def mo(self, msisdn: str, text: str) -> None:
-        await self.peer.mo(source=digits(msisdn), text=text)
+        """One MO from `msisdn`: ASCII as is, anything else as UCS-2 (data_coding 8), as a phone
+        sends text outside GSM-7."""
+        if text.isascii():
+            await self.peer.mo(source=digits(msisdn), text=text)
+        else:
+            hex_text = text.encode("utf-16-be").hex()
+            await self.peer.mo(source=digits(msisdn), hex=hex_text, data_coding=8)
 
     async def ask(self, msisdn: str, text: str, timeout_s: float = 15.0) -> str:
         """Send one MO and return the reply to it (the MT sent with ref "mo:{MO id}"), once the

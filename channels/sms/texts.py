@@ -403,6 +403,11 @@ HINT_PROBLEMS: dict[str, dict[str, str]] = {
         "sw": "Kiasi kiwe nambari kama 500 au 12.50.",
         "fr": "Le montant est un nombre comme 500 ou 12.50.",
     },
+    "zero_amount": {
+        "en": "The amount must be more than 0.",
+        "sw": "Kiasi kiwe zaidi ya 0.",
+        "fr": "Le montant doit dépasser 0.",
+    },
     "name": {
         "en": "Names must be letters.",
         "sw": "Majina yawe herufi tu.",
@@ -495,9 +500,31 @@ def text(key: str, language: str, **values: Any) -> str:
     return template.format_map(_Blank(values)).strip()
 
 
+# The core's own checks (a recipient `normalise_msisdn` refuses, an amount with more decimals
+# than the currency has, a name) say what is wrong in English; the field they name
+# (`details["field"]`) has the grammar's problem line in every language.
+VALIDATION_PROBLEMS = {
+    "amount": "amount",
+    "phone": "phone",
+    "first_name": "name",
+    "last_name": "name",
+    "national_id": "national_id",
+    "pin": "pin",
+    "language": "language",
+}
+
+
 def error_text(error_code: str, language: str, **values: Any) -> str:
-    """The refusal `error_code` in `language`; `values` fill its placeholders."""
+    """The refusal `error_code` in `language`; `values` fill its placeholders. A
+    VALIDATION_ERROR says what is wrong in `language` by its `field`; with a field not in
+    VALIDATION_PROBLEMS, the core's English `message` is given in English only."""
     key = f"error_{error_code}"
+    if error_code == "VALIDATION_ERROR":
+        problem = VALIDATION_PROBLEMS.get(str(values.get("field")))
+        if problem is not None:
+            values = {**values, "message": _in(HINT_PROBLEMS[problem], language)}
+        elif language != "en":
+            key = "error_default"
     if key not in TEXTS:
         key = "error_default"
     return text(key, language, **{**values, "code": error_code})

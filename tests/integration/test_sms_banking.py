@@ -82,7 +82,8 @@ CASES = [
     ("SEND 0712 100 {pin}", "The phone number is not valid."),
     ("SEND {peer} 10.505 {pin}", "The amount must be a number like 500 or 12.50."),
     ("send {peer} abc {pin}", "The amount must be a number"),
-    ("SEND {peer} 0 {pin}", "Not accepted: The amount must be more than zero"),
+    ("SEND {peer} 0 {pin}", "The amount must be more than 0. Use: SEND <phone> <amount> <PIN>."),
+    ("SEND +0712345678 100 {pin}", "Not accepted: The phone number is not valid."),
     ("SEND {peer} 100", "Wrong number of words. Use: SEND <phone> <amount> <PIN>."),
     ("SEND {self} 100 {pin}", "You cannot send money to yourself."),
     ("SEND {stranger} 100 {pin}", "is not registered for mobile money."),
@@ -387,6 +388,11 @@ HINTS_BY_LANGUAGE = [
         "Désolé, nous n'avons pas compris. Envoyez HELP pour la liste des commandes.",
     ),
     ("en", "LANG de", "The language must be EN, SW or FR. Use: LANG <EN or SW or FR>."),
+    # Refusals of the core's own checks: their reason was the core's English message.
+    ("sw", "SEND {peer} 0 {pin}", "Kiasi kiwe zaidi ya 0. Tumia: SEND <simu> <kiasi> <PIN>."),
+    ("sw", "SEND +0712345678 100 {pin}", "Haikubaliwi: Nambari ya simu si sahihi."),
+    ("fr", "SEND +0712345678 100 {pin}", "Refusé : Le numéro de téléphone n'est pas valide."),
+    ("fr", "REPAY 00 {pin}", "Le montant doit dépasser 0."),
 ]
 
 
@@ -395,9 +401,35 @@ async def test_hints_in_the_customers_language(
     env: SmsEnv, language: str, template: str, expected: str
 ) -> None:
     me = await env.bank.open(language=language)
-    reply = await env.ask(me, template.format(pin=PIN))
+    other = await env.bank.open()
+    reply = await env.ask(me, template.format(pin=PIN, peer=local(other)))
     assert reply.startswith(expected), reply
     assert not shows_pin(PIN, reply)
+
+
+@pytest.mark.parametrize(
+    "pin",
+    [
+        "\uff14\uff18\uff12\uff11",
+        "\u0664\u0668\u0662\u0661",
+    ],  # PIN in full-width, Arabic-Indic digits
+    ids=["full-width", "arabic-indic"],
+)
+async def test_the_pin_in_other_digits_is_a_hint_not_a_wrong_pin(env: SmsEnv, pin: str) -> None:
+    """The right PIN typed with another script's digits used to pass the grammar (`\\d`) and
+    reach the core, which compares ASCII digits: a wrong PIN counted, the third locked."""
+    assert PIN == "4821"
+    me = await env.bank.open(balance_minor=10_000)
+    other = await env.bank.open()
+    for text in (f"BAL {pin}", f"SEND {local(other)} 10 {pin}", f"MINI {pin}"):
+        reply = await env.ask(me, text)
+        assert reply.startswith("The PIN must be 4 digits."), reply
+    assert (
+        await env.bank.pool.fetchval("SELECT pin_failures FROM customers WHERE msisdn = $1", me)
+        == 0
+    )
+    assert await env.bank.status(me) == "active"
+    assert await env.bank.balance(other) == 0
 
 
 async def test_an_unknown_sender_gets_english_hints(env: SmsEnv) -> None:
