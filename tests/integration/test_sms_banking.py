@@ -8,6 +8,7 @@ from __future__ import annotations
 import secrets
 from collections.abc import AsyncIterator
 from dataclasses import replace
+from datetime import UTC, datetime
 
 import asyncpg
 import pytest
@@ -16,6 +17,7 @@ from redis.asyncio import Redis
 from channels.sms.executor import RateLimiter, SmsBanking
 from channels.sms.handler import InboundSms, RetryLater
 from config.settings import Settings
+from core.clock import ManualClock, SystemClock
 from gateway.app import make_redis
 from gateway.keys import DISPATCHER, REDIS
 from tests.helpers import eventually, new_msisdn, shows_pin
@@ -528,6 +530,31 @@ async def test_expired_confirmation_moves_nothing(env: SmsEnv, confirm_on: SmsBa
     confirm_on.confirmations.store.forget(key)
     assert "No transfer is waiting" in await env.ask(sender, f"YES {code}")
     assert await env.bank.balance(recipient) == 0
+
+
+async def test_wrong_codes_do_not_extend_the_confirmation(
+    env: SmsEnv, confirm_on: SmsBanking
+) -> None:
+    """ "Reply YES <code> within 5 minutes": a wrong code used to save the dialog with a new
+    five-minute TTL, so two wrong codes kept a transfer confirmable for up to fifteen."""
+    sender = await env.bank.open(balance_minor=100_000)
+    recipient = await env.bank.open()
+    code = (await env.ask(sender, f"SEND {local(recipient)} 100 {PIN}")).split("Reply YES ")[1][:5]
+    wrong = "22222" if code != "22222" else "33333"
+    confirmations = confirm_on.confirmations
+    clock = ManualClock(datetime.now(UTC))
+    confirmations.clock = clock
+    try:
+        clock.advance(seconds=confirmations.ttl_s - 30)  # four and a half minutes later
+        assert "not right" in await env.ask(sender, f"YES {wrong}")
+        redis: Redis = env.app[REDIS]
+        assert 0 < await redis.pttl(confirmations.store.key("sms-send", sender)) <= 30_000
+        clock.advance(seconds=31)  # the five minutes are over
+        assert "No transfer is waiting" in await env.ask(sender, f"YES {code}")
+    finally:
+        confirmations.clock = SystemClock()
+    assert await env.bank.balance(recipient) == 0
+    assert await env.bank.balance(sender) == 100_000
 
 
 async def test_wrong_pin_in_a_confirmed_send_asks_nothing(
