@@ -434,6 +434,30 @@ async def test_the_pin_in_other_digits_is_a_hint_not_a_wrong_pin(env: SmsEnv, pi
     assert await env.bank.balance(other) == 0
 
 
+@pytest.mark.parametrize(
+    ("form", "ton"),
+    [("national", 2), ("national with the trunk 0", 2), ("international prefix 00", 0)],
+)
+async def test_a_sender_in_any_number_form_is_answered_at_its_number(
+    env: SmsEnv, form: str, ton: int
+) -> None:
+    """The SMSC may give the sender in national form (TON 2, `712345678`) or with the `00`
+    prefix. The core found the customer under `+254712345678` (its own rules) while the channel
+    kept `712345678`, so the reply went to the international `712345678` (or, for `00254...`,
+    to `+2540254...`): money moved on one number, its receipt went to another."""
+    me = await env.bank.open()  # no deposit: no receipt among the texts read here
+    national = digits(me)[3:]
+    source = {
+        "national": national,
+        "national with the trunk 0": "0" + national,
+        "international prefix 00": "00" + digits(me),
+    }[form]
+    await env.peer.mo(source=source, source_ton=ton, text=f"BAL {PIN}")
+    assert await env.wait_texts(me, 1) == ["Your balance is KES 0.00."]
+    (row,) = await all_processed(env, me, 1)
+    assert row["body"] == "BAL ****"
+
+
 async def test_an_unknown_sender_gets_english_hints(env: SmsEnv) -> None:
     reply = await env.ask(new_msisdn(), "habari")
     assert reply == "Sorry, we did not understand that. Send HELP for the list of commands."

@@ -141,6 +141,13 @@ async def test_batcher_linger_gathers_company_and_drain_waits_for_it() -> None:
         ("254712345678", 0, "+254712345678"),
         ("12345", 0, "12345"),
         ("MPESA", 5, "MPESA"),
+        # As the core reads them (core.msisdn.normalise_msisdn), so the customer the core acts
+        # for and the number the reply goes to are one.
+        ("712345678", 2, "+254712345678"),  # national, without the trunk 0
+        ("0712345678", 2, "+254712345678"),
+        ("712345678", 0, "+254712345678"),
+        ("00254712345678", 0, "+254712345678"),
+        ("12345", 2, "12345"),  # a short code stays one
     ],
 )
 def test_to_e164(raw: str, ton: int, expected: str) -> None:
