@@ -8,6 +8,9 @@ through the loan service with its refusal codes.
 
 Once per stored MO, at least once (see `channels.sms.handler`):
 
+- an MO whose sender is not a phone number (an alphanumeric id, a short code) is left
+  unanswered;
+
 - a number over `SMS_RATE_PER_MINUTE` (a fixed one-minute window in Redis) gets one notice, then
   silence, and nothing runs; a retried MO is not counted again;
 - an unregistered sender gets a one-line hint to register (HELP and REG still work);
@@ -128,6 +131,12 @@ class SmsBanking:
     # --- the handler -------------------------------------------------------------------------
 
     async def handle(self, sms: InboundSms) -> None:
+        if not sms.msisdn.startswith("+"):
+            # An alphanumeric sender id, a short code, a number in no plan we can place (the
+            # channel gives every phone number in E.164): no customer, nobody to answer. The
+            # core's number check used to raise here, failing the MO as a handler bug.
+            log.info("sms: the sender is not a phone number", extra={"mo": sms.id})
+            return
         language = "en"
         try:
             if sms.attempt == 1:  # a retried MO was counted when it first came

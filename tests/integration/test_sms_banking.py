@@ -458,6 +458,29 @@ async def test_a_sender_in_any_number_form_is_answered_at_its_number(
     assert row["body"] == "BAL ****"
 
 
+@pytest.mark.parametrize(("kind", "ton"), [("alphanumeric", 5), ("short code", 3)])
+async def test_a_sender_that_is_not_a_phone_number_is_not_a_handler_failure(
+    env: SmsEnv, kind: str, ton: int
+) -> None:
+    """An MO from an alphanumeric sender id or a short code (an operator's service, a
+    misrouted message) made the core's number check raise inside the handler: the MO was
+    failed as a handler bug with a traceback, each time."""
+    source = (
+        "Svc" + secrets.token_hex(3)
+        if kind == "alphanumeric"
+        else str(10_000 + secrets.randbelow(90_000))
+    )
+    await env.peer.mo(source=source, source_ton=ton, text=f"BAL {PIN}")
+    (row,) = await all_processed(env, source, 1)
+    assert row["body"] == "BAL ****"
+    assert (
+        await env.bank.pool.fetchval(
+            "SELECT count(*) FROM sms_messages WHERE direction = 'mt' AND msisdn = $1", source
+        )
+        == 0
+    )
+
+
 async def test_an_unknown_sender_gets_english_hints(env: SmsEnv) -> None:
     reply = await env.ask(new_msisdn(), "habari")
     assert reply == "Sorry, we did not understand that. Send HELP for the list of commands."
