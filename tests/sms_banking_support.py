@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
+from channels.sms.channel import ChannelTuning
 from channels.sms.encoding import decode_payload, parse_udh
 from channels.sms.executor import SmsBanking
 from channels.sms.handler import InboundSms
@@ -218,6 +219,14 @@ def inbound(msisdn: str, text: str, mo_id: int, attempt: int = 1) -> InboundSms:
         complete=True,
         attempt=attempt,
     )
+
+
+def retry_horizon_s() -> float:
+    """How long after its first attempt the channel may still run an MO again (default tuning):
+    the delays between attempts (30, 60, 90, 120 s) and each attempt's handler timeout."""
+    tuning = ChannelTuning()
+    delays = sum(tuning.retry_delay_s * n for n in range(1, tuning.max_attempts))
+    return delays + tuning.handler_timeout_s * tuning.max_attempts
 
 
 def fresh_mo_id() -> int:

@@ -39,6 +39,12 @@ CODE_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"  # no 0/O, 1/I look-alikes
 CODE_LENGTH = 5
 MAX_WRONG_CODES = 3
 SAVE_TRIES = 5
+# How long a finished dialog (a SEND confirmed, a registration done) is kept, without secrets,
+# to answer its final message again: longer than the channel runs one MO again (its retries
+# take about five minutes with the default tuning; raised, still far less than a day). With
+# the dialog's own TTL, the last runs of a YES whose reply could not go out found nothing and
+# answered "no transfer is waiting" for a transfer that had gone through.
+DONE_KEEP_S = 86_400
 
 
 def new_code() -> str:
@@ -158,7 +164,7 @@ class SendConfirmations:
             left = dialog.expires_at - self._now() if dialog.expires_at else self.ttl_s
             if left <= 0:
                 return Outcome(None, execute=False, reply_key="no_pending")  # expired
-            ttl_s = self.ttl_s  # a confirmed dialog answers its YES processed again
+            ttl_s = DONE_KEEP_S  # a confirmed dialog answers its YES processed again
             if fire("confirm", dialog, code):
                 dialog.confirmed_by = yes_mo
                 outcome = Outcome(dialog, execute=True)

@@ -53,7 +53,7 @@ from typing import Any, TypeGuard, TypeVar
 from transitions import Machine
 
 from channels.sms.commands import REGISTER_SPEC
-from channels.sms.dialogs import SAVE_TRIES, JsonDialog
+from channels.sms.dialogs import DONE_KEEP_S, SAVE_TRIES, JsonDialog
 from core import errors as E
 from core.crypto import FieldCipher
 from core.pins import check_pin_format
@@ -294,7 +294,10 @@ class Registrations:
             if changed is None:
                 return result
             version = None if found is None else found.version
-            saved, _ = await self.store.save(key, version, changed.to_json(), self.ttl_s)
+            # A registered dialog (no secrets left) answers its final message again for as
+            # long as the channel may run that MO again.
+            ttl_s = DONE_KEEP_S if changed.state == "registered" else self.ttl_s
+            saved, _ = await self.store.save(key, version, changed.to_json(), ttl_s)
             if saved:
                 return result
         raise RuntimeError("the registration dialog kept changing under us")

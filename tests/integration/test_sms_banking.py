@@ -29,6 +29,7 @@ from tests.sms_banking_support import (
     fresh_mo_id,
     inbound,
     reprocess,
+    retry_horizon_s,
     sms_env_fixtures,
 )
 from tests.sms_helpers import peer_per_module  # noqa: F401 (the `peer` fixture)
@@ -602,6 +603,37 @@ async def test_wrong_codes_do_not_extend_the_confirmation(
         confirmations.clock = SystemClock()
     assert await env.bank.balance(recipient) == 0
     assert await env.bank.balance(sender) == 100_000
+
+
+async def test_a_confirmed_send_answers_its_yes_for_as_long_as_the_channel_retries_it(
+    env: SmsEnv, confirm_on: SmsBanking
+) -> None:
+    """A YES whose reply could not go out (the SMSC down) is run again by the channel for
+    about five minutes, and each run answers from the confirmed dialog. That dialog lived
+    SMS_DIALOG_TTL_S (300 s) from the confirmation, so the last runs found nothing and
+    answered "No transfer is waiting" for a transfer that had gone through."""
+    sender = await env.bank.open(balance_minor=100_000)
+    recipient = await env.bank.open()
+    code = (await env.ask(sender, f"SEND {local(recipient)} 100 {PIN}")).split("Reply YES ")[1][:5]
+    replies = Replies()
+    handler = SmsBanking(
+        replies,
+        core=confirm_on.core,
+        loans=confirm_on.loans,
+        limiter=confirm_on.limiter,
+        confirmations=confirm_on.confirmations,
+        confirm_send=True,
+    )
+    yes = fresh_mo_id()
+    await handler.handle(inbound(sender, f"YES {code}", yes))
+    receipt = replies.sent[-1][1]
+    assert "KES 100.00 sent" in receipt, receipt
+    redis: Redis = env.app[REDIS]
+    key = confirm_on.confirmations.store.key("sms-send", sender)
+    assert await redis.pttl(key) > retry_horizon_s() * 1000
+    await handler.handle(inbound(sender, f"YES {code}", yes, attempt=5))
+    assert replies.sent[-1][1] == receipt
+    assert await env.bank.transfers(recipient) == 1
 
 
 async def test_wrong_pin_in_a_confirmed_send_asks_nothing(
