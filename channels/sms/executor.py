@@ -264,7 +264,8 @@ class SmsBanking:
     ) -> str | None:
         """A registered number: REG alone is "already registered"; the dialog's final answer
         processed again (its registration done) gets the welcome again, another copy of it
-        "already registered". Only a PIN-shaped message costs a look-up."""
+        "already registered" (while registering, or within the dialog's TTL of the
+        registration; later the usual answer). Only a PIN-shaped message costs a look-up."""
         if command is None:
             return None
         if C.starts_registration(sms.text):
@@ -276,7 +277,8 @@ class SmsBanking:
             return None
         if dialog.final_mo == sms.id:
             return text("registered", dialog.language, first_name=dialog.first_name)
-        return text("already_registered", customer.language)
+        copy = dialog.state == "registering" or regs.finished_lately(dialog)
+        return text("already_registered", customer.language) if copy else None
 
     async def _register_dialog(
         self, sms: InboundSms, dialog: R.RegDialog, regs: R.Registrations

@@ -55,6 +55,7 @@ from transitions import Machine
 from channels.sms.commands import REGISTER_SPEC
 from channels.sms.dialogs import DONE_KEEP_S, SAVE_TRIES, JsonDialog
 from core import errors as E
+from core.clock import Clock, SystemClock
 from core.crypto import FieldCipher
 from core.pins import check_pin_format
 from menus.session import RedisSessionStore
@@ -90,6 +91,7 @@ class RegDialog(JsonDialog):
     start_mo: int = 0  # the REG that started it: the registration's idempotency anchor
     last_mo: int = 0  # the newest MO applied
     final_mo: int = 0  # the MO that confirmed the PIN
+    finished_at: float = 0.0  # epoch seconds: when the core registered the customer
 
     @property
     def active(self) -> bool:
@@ -268,10 +270,24 @@ T = TypeVar("T")
 class Registrations:
     """The registration dialogs of all numbers, in Redis with `ttl_s` after the last change."""
 
-    def __init__(self, store: RedisSessionStore, cipher: FieldCipher, ttl_s: int) -> None:
+    def __init__(
+        self,
+        store: RedisSessionStore,
+        cipher: FieldCipher,
+        ttl_s: int,
+        clock: Clock | None = None,
+    ) -> None:
         self.store = store
         self.cipher = cipher
         self.ttl_s = ttl_s
+        self.clock: Clock = clock or SystemClock()
+
+    def finished_lately(self, dialog: RegDialog) -> bool:
+        """Registered within the dialog's TTL: a copy of the final message (a new MO id) is
+        answered "already registered"; later the dialog is kept only for the final MO itself."""
+        return dialog.state == "registered" and (
+            self.clock.now().timestamp() - dialog.finished_at <= self.ttl_s
+        )
 
     def key(self, msisdn: str) -> str:
         return self.store.key("sms-reg", msisdn)
@@ -382,6 +398,7 @@ class Registrations:
             if dialog.state != "registering" or dialog.final_mo != mo:
                 return None, None
             fire("finish", dialog)
+            dialog.finished_at = self.clock.now().timestamp()
             return None, dialog
 
         await self._change(msisdn, change)

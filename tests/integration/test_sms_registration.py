@@ -12,6 +12,7 @@ import logging
 import secrets
 from collections.abc import Iterator
 from dataclasses import fields
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -21,6 +22,7 @@ from channels.sms.dialogs import DONE_KEEP_S
 from channels.sms.executor import SmsBanking
 from channels.sms.registration import Registrations
 from core import errors as E
+from core.clock import ManualClock, SystemClock
 from gateway.keys import REDIS, SMS_CHANNEL
 from menus.actions import ActionContext, ActionResult
 from menus.bindings import CoreActions
@@ -606,6 +608,33 @@ async def test_a_one_shot_reg_registers_in_the_dialogs_language(env: SmsEnv) -> 
     assert reply.startswith("Bienvenue Awa ! Votre portefeuille est ouvert.")
     language = await env.bank.pool.fetchval("SELECT language FROM customers WHERE msisdn=$1", me)
     assert language == "fr"
+
+
+async def test_after_the_dialogs_ttl_a_pin_shaped_message_is_answered_as_usual(
+    env: SmsEnv,
+) -> None:
+    """The registered dialog is kept long enough to answer its final message again (the
+    channel's retries); other PIN-shaped messages get "already registered" only within the
+    dialog's TTL, then the usual answer (`PIN 4821` its hint)."""
+    me = new_msisdn()
+    replies = await walk(env, me, "REG", "Amina Otieno", new_id_number(), PIN, f"YES {PIN}")
+    assert replies[-1].startswith("Welcome Amina!")
+    final = await env.bank.pool.fetchval(
+        "SELECT max(id) FROM sms_messages WHERE msisdn = $1 AND direction = 'mo'", me
+    )
+    out = Replies()
+    assert (await env.ask(me, f"PIN {PIN}")).startswith("This number is already registered.")
+    registrations = regs(env)
+    clock = ManualClock(datetime.now(UTC))
+    registrations.clock = clock
+    try:
+        clock.advance(seconds=registrations.ttl_s + 1)
+        await collecting(env, out).handle(inbound(me, f"PIN {PIN}", fresh_mo_id()))
+        assert out.sent[-1][1].startswith("Wrong number of words. Use: PIN <old PIN> <new PIN>.")
+        await collecting(env, out).handle(inbound(me, f"YES {PIN}", final, attempt=5))
+        assert out.sent[-1][1].startswith("Welcome Amina!")
+    finally:
+        registrations.clock = SystemClock()
 
 
 # --- a registered number ----------------------------------------------------------------------
