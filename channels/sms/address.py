@@ -44,7 +44,7 @@ def destination(recipient: str, country_code: str) -> tuple[str, int, int]:
     Raises ValueError for something that is not a phone number."""
     raw = recipient.strip().replace(" ", "")
     digits = raw.lstrip("+")
-    if not digits.isdigit() or not 6 <= len(digits) <= 15:
+    if not digits.isdigit() or not digits.isascii() or not 6 <= len(digits) <= 15:
         raise ValueError(f"not a phone number: {recipient!r}")
     if not raw.startswith("+") and digits.startswith("0"):
         digits = country_code + digits[1:]

@@ -166,7 +166,17 @@ def test_destination(raw: str, expected: str) -> None:
     assert address.destination(raw, "254") == (expected, 1, 1)
 
 
-@pytest.mark.parametrize("raw", ["", "abc", "+12345", "1" * 16, "07123-45678"])
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "",
+        "abc",
+        "+12345",
+        "1" * 16,
+        "07123-45678",
+        "\u0660\u0667\u0661\u0662\u0663\u0664\u0665\u0666\u0667\u0668",
+    ],
+)
 def test_destination_refuses(raw: str) -> None:
     with pytest.raises(ValueError):
         address.destination(raw, "254")
