@@ -143,7 +143,8 @@ class SmsBanking:
                 verdict = await self.limiter.check(sms.msisdn)
                 if verdict != "ok":
                     log.info("sms: rate limited", extra={"mo": sms.id, "verdict": verdict})
-                    if verdict == "notice":
+                    if verdict == "notice":  # once a window: the look-up for its language
+                        language = await self._language_of(sms.msisdn)
                         await self._reply(sms, text("rate_limited", language))
                     return
             customer = await customers.find_customer(
@@ -164,6 +165,14 @@ class SmsBanking:
                 log.warning("sms: could not send the unavailable notice", extra={"mo": sms.id})
             raise RetryLater(type(exc).__name__) from None
         await self._reply(sms, reply)
+
+    async def _language_of(self, msisdn: str) -> str:
+        """The customer's language; for an unregistered number its registration dialog's."""
+        customer = await customers.find_customer(self.core.pool, msisdn, self.core.country_code)
+        if customer is not None:
+            return customer.language
+        waiting = await self.registrations.waiting(msisdn) if self.registrations else None
+        return waiting.language if waiting else "en"
 
     async def _reply(self, sms: InboundSms, body: str) -> None:
         # On the first attempt nothing can have been sent for this MO yet: skip the look-up.

@@ -518,6 +518,27 @@ async def test_rate_limit_notice_once_then_silence(env: SmsEnv) -> None:
     assert await env.ask(me, f"BAL {PIN}") == "Your balance is KES 0.00."
 
 
+async def test_the_rate_limit_notice_is_in_the_customers_language(env: SmsEnv) -> None:
+    """The limiter runs before the customer is looked up, and its notice was always English."""
+    me = await env.bank.open(language="sw")
+    handler = banking(env)
+    replies = Replies()
+    limited = SmsBanking(
+        replies,
+        core=handler.core,
+        loans=handler.loans,
+        limiter=RateLimiter(handler.limiter.redis, f"rate-{secrets.token_hex(4)}:", 1),
+        confirmations=handler.confirmations,
+    )
+    await limited.handle(inbound(me, "HELP", fresh_mo_id()))
+    await limited.handle(inbound(me, "help", fresh_mo_id()))
+    assert replies.sent[-1][1] == (
+        "Ujumbe mwingi mno. Tafadhali subiri dakika moja kabla ya kutuma mwingine."
+    )
+    await limited.handle(inbound(me, "Help", fresh_mo_id()))
+    assert len(replies.sent) == 2  # then silence
+
+
 # --- the YES confirmation dialog --------------------------------------------------------------
 
 
