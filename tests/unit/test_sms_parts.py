@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import time
+from datetime import UTC, datetime
 
 import pytest
 
 from channels.sms import address
+from channels.sms.handler import InboundSms
 from channels.sms.smpp.pacer import MIN_RATE_FRACTION, Pacer
 from config.settings import SettingsError, load_settings, parse_smpp_url
 from core.batching import Batcher
+from core.sms_messages import InboundPart, InboundRecord, StoredMo
 from tests.helpers import eventually
 
 
@@ -240,3 +243,17 @@ def test_mo_id_tlv_and_the_short_dedupe_window() -> None:
     assert settings.sms_dedupe_short_window_s == 30
     with pytest.raises(SettingsError, match="SMS_DEDUPE_SHORT_WINDOW_S"):
         load_settings({"SMS_DEDUPE_SHORT_WINDOW_S": "soon"})
+
+
+def test_no_repr_of_an_mo_shows_its_raw_text() -> None:
+    """The raw text holds the PIN: a careless log line or error message with an MO in it
+    (`%r`, an f-string) must not show it, as ActionContext's repr hides its secrets."""
+    when = datetime.now(UTC)
+    objects = [
+        InboundSms(1, "+254712345678", "12345", "BAL 4821", "smsc", when, 1, True, 1),
+        StoredMo(1, "smsc", "+254712345678", "12345", "BAL 4821", 1, True, 1, when),
+        InboundRecord("smsc", "+254712345678", "12345", "BAL 4821", "BAL ****", "gsm7", "k"),
+        InboundPart("smsc", "+254712345678", "12345", "g", 1, 2, 0, b"BAL 4821", "k"),
+    ]
+    for obj in objects:
+        assert "4821" not in repr(obj) and "4821" not in str(obj), obj
