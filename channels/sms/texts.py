@@ -501,8 +501,9 @@ def text(key: str, language: str, **values: Any) -> str:
 
 
 # The core's own checks (a recipient `normalise_msisdn` refuses, an amount with more decimals
-# than the currency has, a name) say what is wrong in English; the field they name
-# (`details["field"]`) has the grammar's problem line in every language.
+# than the currency has, a name) say what is wrong in English, and English replies keep that
+# (it is the more precise); in other languages the field they name (`details["field"]`) gives
+# the grammar's problem line.
 VALIDATION_PROBLEMS = {
     "amount": "amount",
     "phone": "phone",
@@ -516,14 +517,14 @@ VALIDATION_PROBLEMS = {
 
 def error_text(error_code: str, language: str, **values: Any) -> str:
     """The refusal `error_code` in `language`; `values` fill its placeholders. A
-    VALIDATION_ERROR says what is wrong in `language` by its `field`; with a field not in
-    VALIDATION_PROBLEMS, the core's English `message` is given in English only."""
+    VALIDATION_ERROR in another language than English says what is wrong by its `field`
+    (the core's English `message` is given in English only)."""
     key = f"error_{error_code}"
-    if error_code == "VALIDATION_ERROR":
+    if error_code == "VALIDATION_ERROR" and language != "en":
         problem = VALIDATION_PROBLEMS.get(str(values.get("field")))
         if problem is not None:
             values = {**values, "message": _in(HINT_PROBLEMS[problem], language)}
-        elif language != "en":
+        else:
             key = "error_default"
     if key not in TEXTS:
         key = "error_default"

@@ -86,7 +86,7 @@ CASES = [
     ("SEND {peer} 10.505 {pin}", "The amount must be a number like 500 or 12.50."),
     ("send {peer} abc {pin}", "The amount must be a number"),
     ("SEND {peer} 0 {pin}", "The amount must be more than 0. Use: SEND <phone> <amount> <PIN>."),
-    ("SEND +0712345678 100 {pin}", "Not accepted: The phone number is not valid."),
+    ("SEND +0712345678 100 {pin}", "Not accepted: Type a phone number like 0712345678"),
     ("SEND {peer} 100", "Wrong number of words. Use: SEND <phone> <amount> <PIN>."),
     ("SEND {self} 100 {pin}", "You cannot send money to yourself."),
     ("SEND {stranger} 100 {pin}", "is not registered for mobile money."),
