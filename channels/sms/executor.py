@@ -224,32 +224,32 @@ class SmsBanking:
         self, sms: InboundSms, command: C.ParseResult | None, regs: R.Registrations
     ) -> tuple[str | None, str]:
         """An unregistered number: (the reply when the registration dialog takes the message,
-        else None; the language of the usual answer, the waiting dialog's or English).
+        else None; the language of the usual answer: the one the number chose with LANG, in a
+        dialog or before any, else English).
 
-        It takes `REG` with too few words (a new dialog), and while it waits: STOP/CANCEL, LANG
-        (the dialog's language), any text that is not a command (the answer), and at a PIN
+        It takes `REG` with too few words (a new dialog), LANG (the dialog's language, or with
+        none waiting the number's, kept for the REG to come), and while it waits: STOP/CANCEL,
+        any text that is not a command (the answer), and at a PIN
         question `<PIN>`, `PIN <PIN>` or `YES <PIN>`; while registering, every message but
         HELP, REG, STOP and LANG (the retry, or how to finish). Other commands are answered as
         usual in the dialog's language and the dialog keeps waiting; a full one-shot REG
         replaces it (and registers in its language). Each costs one read of the dialog, and
         unregistered numbers only: the hot path (a registered number's BAL, SEND) reads none."""
         if command is None or isinstance(command, C.Help):
-            waiting = await regs.waiting(sms.msisdn)
-            return None, waiting.language if waiting else "en"
+            return None, await regs.language(sms.msisdn)
         if isinstance(command, C.Register):
             ended = await regs.end(sms.msisdn)
-            return None, ended.language if ended else "en"
+            return None, ended.language if ended else await regs.language(sms.msisdn)
         if C.starts_registration(sms.text):
             started, dialog = await regs.start(sms.msisdn, sms.id, sms.text.split()[1:])
             return text(started.key, dialog.language, **started.values), dialog.language
         if isinstance(command, C.Stop):
             ended = await regs.end(sms.msisdn)
-            stopped = None if ended is None else text("reg_stopped", ended.language)
-            return stopped, ended.language if ended else "en"
+            language = ended.language if ended else await regs.language(sms.msisdn)
+            return (text("reg_stopped", language) if ended else None), language
         if isinstance(command, C.Language):
             asked = await regs.set_language(sms.msisdn, command.code)
-            language = command.code if asked else "en"
-            return None if asked is None else text(asked.key, language, **asked.values), language
+            return text(asked.key, command.code, **asked.values), command.code
         return await self._dialog_answer(sms, command, regs)
 
     async def _dialog_answer(

@@ -310,9 +310,10 @@ class Registrations:
             if changed is None:
                 return result
             version = None if found is None else found.version
-            # A registered dialog (no secrets left) answers its final message again for as
-            # long as the channel may run that MO again.
-            ttl_s = DONE_KEEP_S if changed.state == "registered" else self.ttl_s
+            # A dialog that waits for no answer (no secrets left in it) is kept longer: a
+            # registered one answers its final message again for as long as the channel may
+            # run that MO again; an ended or idle one keeps the number's language.
+            ttl_s = self.ttl_s if changed.waiting else DONE_KEEP_S
             saved, _ = await self.store.save(key, version, changed.to_json(), ttl_s)
             if saved:
                 return result
@@ -335,8 +336,9 @@ class Registrations:
     async def answer(
         self, msisdn: str, text: str, mo: int, *, pin_only: bool = False
     ) -> tuple[Step | None, RegDialog | None]:
-        """Apply a message to the waiting dialog: (the step, the dialog), or (None, the waiting
-        dialog or None) when the message is not for it and is answered as usual. A question
+        """Apply a message to the waiting dialog: (the step, the dialog), or (None, the dialog
+        stored, for its language) when the message is not for it and is answered as usual. A
+        question
         takes any text, or with `pin_only` (`text` is a command) a PIN-shaped one at a PIN
         question; a dialog registering takes every message (`answer`'s retry)."""
 
@@ -346,7 +348,7 @@ class Registrations:
             if dialog.state == "registering" and dialog.final_mo == mo:
                 return (Step(register=True), dialog), None  # processed again: register again
             if not dialog.waiting:
-                return (None, None), None
+                return (None, dialog), None  # answered as usual, in the number's language
             at_pin = dialog.state in PIN_STEPS and is_pin_answer(text)
             if dialog.active and pin_only and not at_pin:
                 return (None, dialog), None
@@ -367,15 +369,20 @@ class Registrations:
         dialog = await self.load(msisdn)
         return dialog if dialog is not None and dialog.waiting else None
 
-    async def set_language(self, msisdn: str, language: str) -> Step | None:
-        """The dialog's language (its questions and the new wallet's); None without a dialog.
-        Answers with the current question, or while registering how to finish."""
+    async def language(self, msisdn: str) -> str:
+        """The language the number chose (LANG, in a dialog or before any), English else."""
+        dialog = await self.load(msisdn)
+        return dialog.language if dialog is not None else "en"
 
-        def change(dialog: RegDialog) -> tuple[Step | None, RegDialog | None]:
-            if not dialog.waiting:
-                return None, None
+    async def set_language(self, msisdn: str, language: str) -> Step:
+        """The language of the number's dialog (its questions and the new wallet's). Answers
+        with the current question, or while registering how to finish; with no dialog
+        waiting, "language_set" (the language is kept for a dialog or a one-shot REG to come,
+        as HELP for a number without a wallet promises)."""
+
+        def change(dialog: RegDialog) -> tuple[Step, RegDialog | None]:
             dialog.language = language
-            return question(dialog), dialog
+            return (question(dialog) if dialog.waiting else Step("language_set")), dialog
 
         return await self._change(msisdn, change)
 

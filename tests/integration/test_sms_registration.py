@@ -375,6 +375,24 @@ async def test_language_during_the_dialog(env: SmsEnv) -> None:
     assert (await env.ask(other, "reg")).startswith("Bienvenue ! Pour ouvrir")
 
 
+async def test_lang_before_reg_sets_the_language_of_what_follows(env: SmsEnv) -> None:
+    """HELP tells a number without a wallet "LANG en/sw/fr sets your language", but LANG with
+    no dialog waiting was answered "You are not registered" in English and changed nothing."""
+    me = new_msisdn()
+    assert await env.ask(me, "LANG sw") == "Sasa utapokea ujumbe kwa Kiswahili."
+    assert (await env.ask(me, "HELP")).startswith("Fungua pochi")
+    assert (await env.ask(me, "BAL 12")).startswith("PIN iwe tarakimu 4.")
+    assert (await env.ask(me, "REG")).startswith("Karibu! Kufungua pochi")
+    other = new_msisdn()
+    assert await env.ask(other, "lang FR") == "Vous recevrez désormais les messages en francais."
+    reply = await env.ask(other, f"REG Amina Otieno {new_id_number()} {PIN}")
+    assert reply.startswith("Bienvenue Amina !"), reply
+    language = await env.bank.pool.fetchval(
+        "SELECT language FROM customers WHERE msisdn = $1", other
+    )
+    assert language == "fr"
+
+
 async def test_a_one_shot_reg_replaces_the_dialog(env: SmsEnv) -> None:
     me, id_number = new_msisdn(), new_id_number()
     await walk(env, me, "REG", "Amina Otieno")
@@ -595,10 +613,13 @@ async def test_hints_follow_the_dialogs_language(env: SmsEnv) -> None:
     assert replies[5].startswith("Idadi ya maneno si sahihi. Tumia: SEND <simu>")
     dialog = await regs(env).load(me)
     assert dialog is not None and dialog.state == "name" and dialog.wrong == 0
-    # No dialog waiting: English again.
+    # No dialog waiting: still the language the number chose (English was a surprise to a
+    # number that had said LANG sw); a number that never chose one gets English.
     replies = await walk(env, me, "STOP", "bal 12")
     assert replies[0].startswith("Usajili umesitishwa.")
-    assert replies[1] == "The PIN must be 4 digits. Use: BAL <PIN>. Send HELP for all commands."
+    assert replies[1] == "PIN iwe tarakimu 4. Tumia: BAL <PIN>. Tuma HELP kuona amri zote."
+    reply = await env.ask(new_msisdn(), "bal 12")
+    assert reply == "The PIN must be 4 digits. Use: BAL <PIN>. Send HELP for all commands."
 
 
 async def test_a_one_shot_reg_registers_in_the_dialogs_language(env: SmsEnv) -> None:
