@@ -167,12 +167,11 @@ class SmsBanking:
         await self._reply(sms, reply)
 
     async def _language_of(self, msisdn: str) -> str:
-        """The customer's language; for an unregistered number its registration dialog's."""
+        """The customer's language; for an unregistered number the one it chose (LANG)."""
         customer = await customers.find_customer(self.core.pool, msisdn, self.core.country_code)
         if customer is not None:
             return customer.language
-        waiting = await self.registrations.waiting(msisdn) if self.registrations else None
-        return waiting.language if waiting else "en"
+        return await self.registrations.language(msisdn) if self.registrations else "en"
 
     async def _reply(self, sms: InboundSms, body: str) -> None:
         # On the first attempt nothing can have been sent for this MO yet: skip the look-up.
