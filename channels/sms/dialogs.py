@@ -137,11 +137,12 @@ class SendConfirmations:
 
     async def ask(self, msisdn: str, *, recipient: str, amount_minor: int, send_mo: int) -> str:
         """A pending SEND (replacing any other); returns its confirmation code. A SEND message
-        processed again keeps the code it was given."""
+        processed again keeps the code it was given, and its dialog as it is: confirmed or
+        cancelled (STOP, three wrong codes) stays so (it used to open again, a new code)."""
         key = self._key(msisdn)
         for _ in range(SAVE_TRIES):
             version, dialog = await self._load(key)
-            if dialog.state == "awaiting" and dialog.send_mo == send_mo:
+            if dialog.send_mo == send_mo and dialog.state != "idle":
                 return dialog.code
             fire("ask", dialog)
             dialog.code = new_code()

@@ -657,6 +657,35 @@ async def test_a_confirmed_send_answers_its_yes_for_as_long_as_the_channel_retri
     assert await env.bank.transfers(recipient) == 1
 
 
+async def test_a_send_processed_again_does_not_reopen_its_dialog(
+    env: SmsEnv, confirm_on: SmsBanking
+) -> None:
+    """A SEND run again (its reply not recorded, a lease taken over) after its transfer was
+    cancelled or confirmed opened it again under a new code: STOP's "cancelled" was undone."""
+    sender = await env.bank.open(balance_minor=100_000)
+    recipient = await env.bank.open()
+    send = f"SEND {local(recipient)} 100 {PIN}"
+    code = (await env.ask(sender, send)).split("Reply YES ")[1][:5]
+    assert await env.ask(sender, "STOP") == "The transfer is cancelled. Nothing was sent."
+    send_mo = await env.bank.pool.fetchval(
+        "SELECT id FROM sms_messages WHERE msisdn = $1 AND direction = 'mo' AND body LIKE 'SEND%'",
+        sender,
+    )
+    replies = Replies()
+    again = SmsBanking(
+        replies,
+        core=confirm_on.core,
+        loans=confirm_on.loans,
+        limiter=confirm_on.limiter,
+        confirmations=confirm_on.confirmations,
+        confirm_send=True,
+    )
+    await again.handle(inbound(sender, send, send_mo, attempt=2))
+    assert code in replies.sent[-1][1]  # the same answer, the same code
+    assert "No transfer is waiting" in await env.ask(sender, f"YES {code}")
+    assert await env.bank.balance(recipient) == 0
+
+
 async def test_wrong_pin_in_a_confirmed_send_asks_nothing(
     env: SmsEnv, confirm_on: SmsBanking
 ) -> None:
