@@ -8,8 +8,8 @@ through the loan service with its refusal codes.
 
 Once per stored MO, at least once (see `channels.sms.handler`):
 
-- an MO whose sender is not a phone number (an alphanumeric id, a short code) is left
-  unanswered;
+- an MO whose sender is not a phone number the core takes (an alphanumeric id, a short
+  code) is left unanswered;
 
 - a number over `SMS_RATE_PER_MINUTE` (a fixed one-minute window in Redis) gets one notice, then
   silence, and nothing runs; a retried MO is not counted again;
@@ -75,6 +75,16 @@ _DOWN = (
 )
 
 
+def _phone_number(msisdn: str, country_code: str) -> bool:
+    """An E.164 number the core takes (the channel writes every phone number so)."""
+    if not msisdn.startswith("+"):
+        return False
+    try:
+        return normalise_msisdn(msisdn, country_code) == msisdn
+    except E.ValidationFailed:
+        return False
+
+
 class RateLimiter:
     """At most `per_minute` commands per number in a window that starts with the number's first
     message and lasts a minute: one MULTI of `SET NX EX` (start the window) and `INCR`."""
@@ -131,10 +141,10 @@ class SmsBanking:
     # --- the handler -------------------------------------------------------------------------
 
     async def handle(self, sms: InboundSms) -> None:
-        if not sms.msisdn.startswith("+"):
-            # An alphanumeric sender id, a short code, a number in no plan we can place (the
-            # channel gives every phone number in E.164): no customer, nobody to answer. The
-            # core's number check used to raise here, failing the MO as a handler bug.
+        if not _phone_number(sms.msisdn, self.core.country_code):
+            # An alphanumeric sender id, a short code, a number in no plan we can place: no
+            # customer, nobody to answer. The core's number check used to raise below, failing
+            # the MO as a handler bug (with a traceback) each time.
             log.info("sms: the sender is not a phone number", extra={"mo": sms.id})
             return
         language = "en"
