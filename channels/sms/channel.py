@@ -99,6 +99,14 @@ class ChannelTuning:
     max_throttle_retries: int = 20
     purge_every_rounds: int = 60
 
+    @property
+    def retry_horizon_s(self) -> float:
+        """How long after its first attempt an MO may still be run again: the delays between
+        its attempts and each attempt's handler timeout. State an MO's later attempts read
+        (a dialog waiting for the core) must be kept at least this long."""
+        delays = sum(self.retry_delay_s * n for n in range(1, self.max_attempts))
+        return delays + self.handler_timeout_s * self.max_attempts
+
 
 def assemble_mo(payloads: Sequence[bytes], data_coding: int) -> tuple[str, str, str]:
     """The store's Assembler: joined payloads -> (raw text, masked text, encoding). Bytes are

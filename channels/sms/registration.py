@@ -46,6 +46,7 @@ answer here: the wallet does not exist yet, so there is nothing to guess.
 from __future__ import annotations
 
 import hmac
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeGuard, TypeVar
@@ -276,11 +277,18 @@ class Registrations:
         cipher: FieldCipher,
         ttl_s: int,
         clock: Clock | None = None,
+        *,
+        registering_keep_s: float = 0.0,
     ) -> None:
         self.store = store
         self.cipher = cipher
         self.ttl_s = ttl_s
         self.clock: Clock = clock or SystemClock()
+        # A dialog registering waits for its final MO's next run (the core was down): kept at
+        # least as long as the channel runs an MO again (`ChannelTuning.retry_horizon_s`), and
+        # a minute for the claim and the queue; with SMS_DIALOG_TTL_S alone the last runs
+        # found no dialog and answered "You are not registered".
+        self.registering_ttl_s = max(ttl_s, math.ceil(registering_keep_s) + 60)
 
     def finished_lately(self, dialog: RegDialog) -> bool:
         """Registered within the dialog's TTL: a copy of the final message (a new MO id) is
@@ -313,7 +321,10 @@ class Registrations:
             # A dialog that waits for no answer (no secrets left in it) is kept longer: a
             # registered one answers its final message again for as long as the channel may
             # run that MO again; an ended or idle one keeps the number's language.
-            ttl_s = self.ttl_s if changed.waiting else DONE_KEEP_S
+            if changed.state == "registering":
+                ttl_s = self.registering_ttl_s
+            else:
+                ttl_s = self.ttl_s if changed.waiting else DONE_KEEP_S
             saved, _ = await self.store.save(key, version, changed.to_json(), ttl_s)
             if saved:
                 return result

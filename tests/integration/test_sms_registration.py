@@ -375,6 +375,23 @@ async def test_language_during_the_dialog(env: SmsEnv) -> None:
     assert (await env.ask(other, "reg")).startswith("Bienvenue ! Pour ouvrir")
 
 
+async def test_a_registering_dialog_outlives_the_retries_of_its_final_message(
+    env: SmsEnv,
+) -> None:
+    """The final message of a dialog whose core call failed (the core down) is run again by
+    the channel for about five minutes; the `registering` dialog lived SMS_DIALOG_TTL_S from
+    the confirmation, so the last runs found none and answered "You are not registered"."""
+    me = new_msisdn()
+    await walk(env, me, "REG", "Amina Otieno", new_id_number(), PIN)
+    step, dialog = await regs(env).answer(me, f"YES {PIN}", fresh_mo_id())
+    assert step is not None and step.register
+    assert dialog is not None and dialog.state == "registering"
+    redis: Redis = env.app[REDIS]
+    ttl_ms = await redis.pttl(regs(env).key(me))
+    assert retry_horizon_s() * 1000 < ttl_ms <= (retry_horizon_s() + 120) * 1000
+    await regs(env).end(me)
+
+
 async def test_lang_before_reg_sets_the_language_of_what_follows(env: SmsEnv) -> None:
     """HELP tells a number without a wallet "LANG en/sw/fr sets your language", but LANG with
     no dialog waiting was answered "You are not registered" in English and changed nothing."""
