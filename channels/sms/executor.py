@@ -21,8 +21,8 @@ Once per stored MO, at least once (see `channels.sms.handler`):
   amount, fee, new balance), so the core queues none for them (`CoreActions.sender_receipt`
   is False for SMS banking) and the sender gets one SMS;
 - replies are in the customer's language (`channels.sms.texts`), the hints for malformed or
-  unknown text included; an unregistered sender gets the language of its waiting registration
-  dialog (`LANG sw` inside it), English otherwise;
+  unknown text included; an unregistered sender gets the language it chose with `LANG` (in a
+  registration dialog or before any: kept on its dialog record), English otherwise;
 - `REG` alone starts the registration dialog (`channels.sms.registration`); see `_dialog_reply`
   for which messages it takes while it waits;
 - a temporary failure (the database or Redis not answering) sends "temporarily unavailable"

@@ -2,7 +2,9 @@
 
 Like the SEND confirmation (`channels.sms.dialogs`), a registration is per MSISDN, plain JSON in
 `menus.session.RedisSessionStore` (versioned, compare-and-set, `SMS_DIALOG_TTL_S` after the last
-answer), driven by one shared, model-less `transitions` machine:
+answer; while registering at least as long as the channel runs the final MO again; once it waits
+for no answer, a day: it holds no secrets then, answers the final MO again and keeps the
+number's language), driven by one shared, model-less `transitions` machine:
 
     * --start--> name --next--> national_id --next--> pin --next--> pin_confirm
     pin_confirm --mismatch--> pin                      the two PINs differ
