@@ -15,7 +15,7 @@ from aiohttp import web
 
 from channels.sms.channel import ChannelTuning
 from channels.sms.encoding import decode_payload, parse_udh
-from channels.sms.executor import SmsBanking
+from channels.sms.executor import SmsBanking, stored_reply
 from channels.sms.handler import InboundSms
 from config.settings import Settings
 from core.fees import seed_demo_tariffs
@@ -98,9 +98,15 @@ class SmsEnv(UssdEnv):
 
         row = await eventually(reply, lambda r: r is not None, timeout_s)
         assert row["status"] != "failed", row
-        body = str(row["body"])
-        await eventually(lambda: self.texts(msisdn), lambda texts: body in texts, timeout_s)
-        return body
+        body = str(row["body"])  # as stored: a confirmation code masked
+
+        def arrived(texts: list[str]) -> str | None:
+            return next((t for t in texts if stored_reply(t) == body), None)
+
+        texts = await eventually(lambda: self.texts(msisdn), arrived, timeout_s)
+        found = arrived(texts)
+        assert found is not None
+        return found
 
 
 async def start_sms_env(
@@ -201,6 +207,7 @@ class Replies:
         ref: str | None = None,
         sensitive: bool = False,
         first_attempt: bool = False,
+        stored_as: str | None = None,
     ) -> str:
         self.sent.append((recipient, text, ref))
         return f"id{len(self.sent)}"

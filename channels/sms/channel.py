@@ -536,11 +536,13 @@ class SmsChannel:
         ref: str | None = None,
         sensitive: bool = False,
         first_attempt: bool = False,
+        stored_as: str | None = None,
     ) -> str:
         """Send `text` (split when long) and return the SMSC's message id of its first part.
         `ref` makes the send idempotent: a reference already sent is not sent again (one store
         look-up, skipped when the caller knows this is the first attempt for `ref`).
-        `sensitive` stores the body as "[redacted]". Raises SendFailed."""
+        `sensitive` stores the body as "[redacted]", `stored_as` as that text (a secret in it
+        masked). Raises SendFailed."""
         try:
             dest, _, _ = address.destination(recipient, self._country)
         except ValueError as exc:
@@ -548,7 +550,7 @@ class SmsChannel:
         progress = await self._progress_for(ref, text, first_attempt)
         if isinstance(progress, str):
             return progress
-        body = REDACTED if sensitive else text
+        body = REDACTED if sensitive else (text if stored_as is None else stored_as)
         try:
             await self._send_parts(progress, dest)
         except SendFailed as exc:

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -45,7 +46,7 @@ from redis.exceptions import RedisError
 
 from channels.sms import commands as C
 from channels.sms import registration as R
-from channels.sms.dialogs import SendConfirmations
+from channels.sms.dialogs import CODE_ALPHABET, CODE_LENGTH, SendConfirmations
 from channels.sms.handler import InboundSms, ReplySender, RetryLater
 from channels.sms.texts import error_text, text
 from core import customers, transfers
@@ -57,6 +58,8 @@ from menus.actions import ActionContext, ActionResult
 from menus.bindings import CoreActions, LoanActions
 
 log = logging.getLogger("channels.sms.executor")
+# "Reply YES K7PQ2 within ...", in every language of the catalogue ("Jibu YES ...").
+_CONFIRM_CODE = re.compile(rf"\b(YES )[{CODE_ALPHABET}]{{{CODE_LENGTH}}}\b")
 
 CHANNEL = "sms"
 RATE_WINDOW_S = 60
@@ -83,6 +86,12 @@ def _phone_number(msisdn: str, country_code: str) -> bool:
         return normalise_msisdn(msisdn, country_code) == msisdn
     except E.ValidationFailed:
         return False
+
+
+def stored_reply(body: str) -> str:
+    """A reply as the message store keeps it: a SEND confirmation's code masked, as the YES
+    that answers it is (admins read MT bodies too)."""
+    return _CONFIRM_CODE.sub(r"\1" + "*" * CODE_LENGTH, body)
 
 
 class RateLimiter:
@@ -185,8 +194,13 @@ class SmsBanking:
 
     async def _reply(self, sms: InboundSms, body: str) -> None:
         # On the first attempt nothing can have been sent for this MO yet: skip the look-up.
+        stored = stored_reply(body)
         await self.sender.send_text(
-            sms.msisdn, body, ref=f"mo:{sms.id}", first_attempt=sms.attempt == 1
+            sms.msisdn,
+            body,
+            ref=f"mo:{sms.id}",
+            first_attempt=sms.attempt == 1,
+            stored_as=None if stored == body else stored,
         )
 
     async def _reply_for(self, sms: InboundSms, customer: customers.Customer | None) -> str:

@@ -55,6 +55,7 @@ class ReplySender(Protocol):
         ref: str | None = None,
         sensitive: bool = False,
         first_attempt: bool = False,
+        stored_as: str | None = None,
     ) -> str: ...
 
 

@@ -565,6 +565,17 @@ async def test_send_with_confirmation(env: SmsEnv, confirm_on: SmsBanking) -> No
     assert await env.bank.transfers(recipient) == 1
     rows = await mo_rows(env, sender)
     assert all(code not in str(r["body"]) and not shows_pin(PIN, str(r["body"])) for r in rows)
+    # Nor in the reply that gave it, as stored (the admin API lists MT bodies): the customer
+    # got it, the record says where it was.
+    bodies = [
+        str(r["body"])
+        for r in await env.bank.pool.fetch(
+            "SELECT body FROM sms_messages WHERE direction = 'mt' AND msisdn = $1", sender
+        )
+    ]
+    prompt_body = next(b for b in bodies if "within 5 minutes" in b)
+    assert code not in prompt_body and "Reply YES ***** within 5 minutes." in prompt_body
+    assert all(code not in b for b in bodies)
 
 
 async def test_a_new_send_replaces_the_pending_one(env: SmsEnv, confirm_on: SmsBanking) -> None:
