@@ -7,7 +7,7 @@ fires one event on it, as the USSD engine does with its steps.
 
 The SEND confirmation (`SMS_SEND_CONFIRM`):
 
-    idle / awaiting / confirmed / cancelled --ask--> awaiting     a new SEND replaces the old one
+    idle / awaiting / confirmed / cancelled --ask--> awaiting     a newer SEND replaces the old one
     awaiting --confirm [code matches]--> confirmed                 the money then moves once
     awaiting --cancel--> cancelled                                 third wrong code, or STOP
 
@@ -135,15 +135,20 @@ class SendConfirmations:
             return None, SendDialog()
         return found.version, SendDialog.from_json(found.raw)
 
-    async def ask(self, msisdn: str, *, recipient: str, amount_minor: int, send_mo: int) -> str:
-        """A pending SEND (replacing any other); returns its confirmation code. A SEND message
-        processed again keeps the code it was given, and its dialog as it is: confirmed or
-        cancelled (STOP, three wrong codes) stays so (it used to open again, a new code)."""
+    async def ask(
+        self, msisdn: str, *, recipient: str, amount_minor: int, send_mo: int
+    ) -> str | None:
+        """A pending SEND (replacing any older one); returns its confirmation code. A SEND
+        message processed again keeps the code it was given, and its dialog as it is: confirmed
+        or cancelled (STOP, three wrong codes) stays so (it used to open again, a new code).
+        None: the dialog is a newer SEND's (this one processed late, a retry), which stays."""
         key = self._key(msisdn)
         for _ in range(SAVE_TRIES):
             version, dialog = await self._load(key)
             if dialog.send_mo == send_mo and dialog.state != "idle":
                 return dialog.code
+            if dialog.send_mo > send_mo and dialog.state != "idle":
+                return None
             fire("ask", dialog)
             dialog.code = new_code()
             dialog.recipient, dialog.amount_minor, dialog.send_mo = recipient, amount_minor, send_mo

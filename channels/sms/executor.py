@@ -543,6 +543,8 @@ class SmsBanking:
         code = await self.confirmations.ask(
             sms.msisdn, recipient=recipient, amount_minor=amount_minor, send_mo=sms.id
         )
+        if code is None:  # a newer SEND is waiting for its YES: it stays
+            return Reply("send_superseded", {})
         minutes = max(1, self.confirmations.ttl_s // 60)
         return Reply(
             "confirm_send", {**quote.vars, "recipient": recipient, "code": code, "minutes": minutes}

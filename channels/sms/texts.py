@@ -273,6 +273,12 @@ _TEXTS: dict[str, dict[str, str]] = {
         "sw": "Usajili umesitishwa. Hakuna kilichohifadhiwa. Tuma REG kuanza upya.",
         "fr": "Inscription annulée. Rien n'a été enregistré. Envoyez REG pour recommencer.",
     },
+    "send_superseded": {
+        "en": "A newer transfer is waiting for your YES. This one was not kept: nothing was sent.",
+        "sw": "Muamala mpya zaidi unasubiri YES yako. Huu haukuhifadhiwa: hakuna kilichotumwa.",
+        "fr": "Un transfert plus récent attend votre YES. Celui-ci n'est pas gardé : rien n'a "
+        "été envoyé.",
+    },
     "send_stopped": {
         "en": "The transfer is cancelled. Nothing was sent.",
         "sw": "Muamala umesitishwa. Hakuna kilichotumwa.",

@@ -700,6 +700,36 @@ async def test_a_send_processed_again_does_not_reopen_its_dialog(
     assert await env.bank.balance(recipient) == 0
 
 
+async def test_an_older_send_processed_late_does_not_replace_the_newer_one(
+    env: SmsEnv, confirm_on: SmsBanking
+) -> None:
+    """A SEND whose first run failed (the core or Redis down: "we will answer when it is
+    back") is run again later; meanwhile the customer sent another SEND and got its code. The
+    late run replaced the newer pending transfer with the older one, so the code the customer
+    was answering with last was "not right" and the older transfer was the one left to
+    confirm."""
+    sender = await env.bank.open(balance_minor=100_000)
+    first, second = await env.bank.open(), await env.bank.open()
+    replies = Replies()
+    handler = SmsBanking(
+        replies,
+        core=confirm_on.core,
+        loans=confirm_on.loans,
+        limiter=confirm_on.limiter,
+        confirmations=confirm_on.confirmations,
+        confirm_send=True,
+    )
+    newer = fresh_mo_id()
+    await handler.handle(inbound(sender, f"SEND {local(second)} 300 {PIN}", newer))
+    code = replies.sent[-1][1].split("Reply YES ")[1][:5]
+    await handler.handle(inbound(sender, f"SEND {local(first)} 100 {PIN}", newer - 1, attempt=2))
+    assert replies.sent[-1][1] == (
+        "A newer transfer is waiting for your YES. This one was not kept: nothing was sent."
+    )
+    assert "KES 300.00 sent" in await env.ask(sender, f"YES {code}")
+    assert await env.bank.balance(first) == 0 and await env.bank.balance(second) == 30_000
+
+
 async def test_wrong_pin_in_a_confirmed_send_asks_nothing(
     env: SmsEnv, confirm_on: SmsBanking
 ) -> None:
