@@ -39,7 +39,7 @@ import base64
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -72,7 +72,7 @@ class InboundRecord:
     smsc: str
     msisdn: str
     short_code: str
-    text: str
+    text: str = field(repr=False)  # raw, the PIN in it: never in a repr or a log line
     masked: str
     encoding: str
     dedupe_key: str
@@ -91,7 +91,7 @@ class InboundPart:
     seq: int
     total: int
     data_coding: int
-    payload: bytes
+    payload: bytes = field(repr=False)  # raw, the PIN in it
     dedupe_key: str
 
 
@@ -103,7 +103,7 @@ class StoredMo:
     smsc: str
     msisdn: str
     short_code: str
-    text: str
+    text: str = field(repr=False)  # raw, the PIN in it
     parts: int
     complete: bool
     attempts: int

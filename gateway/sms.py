@@ -131,7 +131,12 @@ def banking(app: web.Application, channel: SmsChannel, dialogs: RedisSessionStor
         loans=loans,
         limiter=RateLimiter(app[REDIS], settings.redis_prefix, settings.sms_rate_per_minute),
         confirmations=SendConfirmations(dialogs, settings.sms_dialog_ttl_s),
-        registrations=Registrations(dialogs, app[CIPHER], settings.sms_dialog_ttl_s),
+        registrations=Registrations(
+            dialogs,
+            app[CIPHER],
+            settings.sms_dialog_ttl_s,
+            registering_keep_s=channel.tuning.retry_horizon_s,
+        ),
         confirm_send=settings.sms_send_confirm,
     )
 

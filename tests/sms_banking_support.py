@@ -13,8 +13,9 @@ from typing import Any
 import pytest
 from aiohttp import web
 
+from channels.sms.channel import ChannelTuning
 from channels.sms.encoding import decode_payload, parse_udh
-from channels.sms.executor import SmsBanking
+from channels.sms.executor import SmsBanking, stored_reply
 from channels.sms.handler import InboundSms
 from config.settings import Settings
 from core.fees import seed_demo_tariffs
@@ -68,7 +69,13 @@ class SmsEnv(UssdEnv):
         return await eventually(probe, lambda t: len(t) >= count, timeout_s)
 
     async def mo(self, msisdn: str, text: str) -> None:
-        await self.peer.mo(source=digits(msisdn), text=text)
+        """One MO from `msisdn`: ASCII as is, anything else as UCS-2 (data_coding 8), as a phone
+        sends text outside GSM-7."""
+        if text.isascii():
+            await self.peer.mo(source=digits(msisdn), text=text)
+        else:
+            hex_text = text.encode("utf-16-be").hex()
+            await self.peer.mo(source=digits(msisdn), hex=hex_text, data_coding=8)
 
     async def ask(self, msisdn: str, text: str, timeout_s: float = 15.0) -> str:
         """Send one MO and return the reply to it (the MT sent with ref "mo:{MO id}"), once the
@@ -91,9 +98,15 @@ class SmsEnv(UssdEnv):
 
         row = await eventually(reply, lambda r: r is not None, timeout_s)
         assert row["status"] != "failed", row
-        body = str(row["body"])
-        await eventually(lambda: self.texts(msisdn), lambda texts: body in texts, timeout_s)
-        return body
+        body = str(row["body"])  # as stored: a confirmation code masked
+
+        def arrived(texts: list[str]) -> str | None:
+            return next((t for t in texts if stored_reply(t) == body), None)
+
+        texts = await eventually(lambda: self.texts(msisdn), arrived, timeout_s)
+        found = arrived(texts)
+        assert found is not None
+        return found
 
 
 async def start_sms_env(
@@ -194,6 +207,7 @@ class Replies:
         ref: str | None = None,
         sensitive: bool = False,
         first_attempt: bool = False,
+        stored_as: str | None = None,
     ) -> str:
         self.sent.append((recipient, text, ref))
         return f"id{len(self.sent)}"
@@ -212,6 +226,14 @@ def inbound(msisdn: str, text: str, mo_id: int, attempt: int = 1) -> InboundSms:
         complete=True,
         attempt=attempt,
     )
+
+
+def retry_horizon_s() -> float:
+    """How long after its first attempt the channel may still run an MO again (default tuning):
+    the delays between attempts (30, 60, 90, 120 s) and each attempt's handler timeout."""
+    tuning = ChannelTuning()
+    delays = sum(tuning.retry_delay_s * n for n in range(1, tuning.max_attempts))
+    return delays + tuning.handler_timeout_s * tuning.max_attempts
 
 
 def fresh_mo_id() -> int:

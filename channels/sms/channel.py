@@ -103,6 +103,14 @@ class ChannelTuning:
     max_throttle_retries: int = 20
     purge_every_rounds: int = 60
 
+    @property
+    def retry_horizon_s(self) -> float:
+        """How long after its first attempt an MO may still be run again: the delays between
+        its attempts and each attempt's handler timeout. State an MO's later attempts read
+        (a dialog waiting for the core) must be kept at least this long."""
+        delays = sum(self.retry_delay_s * n for n in range(1, self.max_attempts))
+        return delays + self.handler_timeout_s * self.max_attempts
+
 
 def assemble_mo(payloads: Sequence[bytes], data_coding: int) -> tuple[str, str, str]:
     """The store's Assembler: joined payloads -> (raw text, masked text, encoding). Bytes are
@@ -542,11 +550,13 @@ class SmsChannel:
         ref: str | None = None,
         sensitive: bool = False,
         first_attempt: bool = False,
+        stored_as: str | None = None,
     ) -> str:
         """Send `text` (split when long) and return the SMSC's message id of its first part.
         `ref` makes the send idempotent: a reference already sent is not sent again (one store
         look-up, skipped when the caller knows this is the first attempt for `ref`).
-        `sensitive` stores the body as "[redacted]". Raises SendFailed."""
+        `sensitive` stores the body as "[redacted]", `stored_as` as that text (a secret in it
+        masked). Raises SendFailed."""
         try:
             dest, _, _ = address.destination(recipient, self._country)
         except ValueError as exc:
@@ -554,7 +564,7 @@ class SmsChannel:
         progress = await self._progress_for(ref, text, first_attempt)
         if isinstance(progress, str):
             return progress
-        body = REDACTED if sensitive else text
+        body = REDACTED if sensitive else (text if stored_as is None else stored_as)
         try:
             await self._send_parts(progress, dest)
         except SendFailed as exc:

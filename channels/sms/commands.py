@@ -41,16 +41,23 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from channels.sms.texts import hint_text, text
+from core.customers import NAME_MAX
 
 PIN_DIGITS = 4
 MASK = "****"
 MAX_TEXT_CHARS = 480  # three concatenated SMS; longer is not a command
 LANGUAGES = ("en", "sw", "fr")
 
-_PIN = re.compile(rf"\d{{{PIN_DIGITS}}}")
-_PHONE = re.compile(r"\+?\d{9,15}")
-_AMOUNT = re.compile(r"\d{1,9}(\.\d{1,2})?")
-_NAME = re.compile(r"[^\W\d_][\w'.-]{0,39}")
+# Digits are ASCII digits: `\d` also takes other scripts' (full-width, Arabic-Indic), which the
+# core compares as they are, so the right PIN typed in them was counted as a wrong one.
+_PIN = re.compile(rf"[0-9]{{{PIN_DIGITS}}}")
+_PHONE = re.compile(r"\+?[0-9]{9,15}")
+_AMOUNT = re.compile(r"[0-9]{1,9}(\.[0-9]{1,2})?")
+_NONZERO = re.compile(r"[1-9]")
+# One name as the core's registration takes it (core.customers.check_name: letters, joined by
+# one apostrophe, dot or hyphen, a dot at the end, at most NAME_MAX characters); a looser rule
+# let REG, and the registration dialog after four answers, end in the core's refusal.
+_NAME = re.compile(rf"(?=.{{1,{NAME_MAX}}}\Z)[^\W\d_]+(?:['.-][^\W\d_]+)*\.?")
 _NATIONAL_ID = re.compile(r"[A-Za-z0-9]{4,20}")
 _CODE = re.compile(r"[A-Za-z0-9]{4,8}")
 # A loan product's code (core.loans.products.CODE_RE, any case). `LOAN` with three words names
@@ -181,6 +188,8 @@ def _check(
     for value, (pattern, problem) in zip(args, spec, strict=True):
         if not pattern.fullmatch(value):
             return _bad(keyword, problem)
+        if pattern is _AMOUNT and not _NONZERO.search(value):
+            return _bad(keyword, "zero_amount")  # the core refuses it, after the PIN check
     return None
 
 

@@ -8,6 +8,9 @@ through the loan service with its refusal codes.
 
 Once per stored MO, at least once (see `channels.sms.handler`):
 
+- an MO whose sender is not a phone number the core takes (an alphanumeric id, a short
+  code) is left unanswered;
+
 - a number over `SMS_RATE_PER_MINUTE` (a fixed one-minute window in Redis) gets one notice, then
   silence, and nothing runs; a retried MO is not counted again;
 - an unregistered sender gets a one-line hint to register (HELP and REG still work);
@@ -18,8 +21,8 @@ Once per stored MO, at least once (see `channels.sms.handler`):
   amount, fee, new balance), so the core queues none for them (`CoreActions.sender_receipt`
   is False for SMS banking) and the sender gets one SMS;
 - replies are in the customer's language (`channels.sms.texts`), the hints for malformed or
-  unknown text included; an unregistered sender gets the language of its waiting registration
-  dialog (`LANG sw` inside it), English otherwise;
+  unknown text included; an unregistered sender gets the language it chose with `LANG` (in a
+  registration dialog or before any: kept on its dialog record), English otherwise;
 - `REG` alone starts the registration dialog (`channels.sms.registration`); see `_dialog_reply`
   for which messages it takes while it waits;
 - a temporary failure (the database or Redis not answering) sends "temporarily unavailable"
@@ -32,6 +35,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -42,7 +46,7 @@ from redis.exceptions import RedisError
 
 from channels.sms import commands as C
 from channels.sms import registration as R
-from channels.sms.dialogs import SendConfirmations
+from channels.sms.dialogs import CODE_ALPHABET, CODE_LENGTH, SendConfirmations
 from channels.sms.handler import InboundSms, ReplySender, RetryLater
 from channels.sms.texts import error_text, text
 from core import customers, transfers
@@ -54,6 +58,8 @@ from menus.actions import ActionContext, ActionResult
 from menus.bindings import CoreActions, LoanActions
 
 log = logging.getLogger("channels.sms.executor")
+# "Reply YES K7PQ2 within ...", in every language of the catalogue ("Jibu YES ...").
+_CONFIRM_CODE = re.compile(rf"\b(YES )[{CODE_ALPHABET}]{{{CODE_LENGTH}}}\b")
 
 CHANNEL = "sms"
 RATE_WINDOW_S = 60
@@ -70,6 +76,22 @@ _DOWN = (
     RedisError,
     E.Unavailable,
 )
+
+
+def _phone_number(msisdn: str, country_code: str) -> bool:
+    """An E.164 number the core takes (the channel writes every phone number so)."""
+    if not msisdn.startswith("+"):
+        return False
+    try:
+        return normalise_msisdn(msisdn, country_code) == msisdn
+    except E.ValidationFailed:
+        return False
+
+
+def stored_reply(body: str) -> str:
+    """A reply as the message store keeps it: a SEND confirmation's code masked, as the YES
+    that answers it is (admins read MT bodies too)."""
+    return _CONFIRM_CODE.sub(r"\1" + "*" * CODE_LENGTH, body)
 
 
 class RateLimiter:
@@ -128,13 +150,20 @@ class SmsBanking:
     # --- the handler -------------------------------------------------------------------------
 
     async def handle(self, sms: InboundSms) -> None:
+        if not _phone_number(sms.msisdn, self.core.country_code):
+            # An alphanumeric sender id, a short code, a number in no plan we can place: no
+            # customer, nobody to answer. The core's number check used to raise below, failing
+            # the MO as a handler bug (with a traceback) each time.
+            log.info("sms: the sender is not a phone number", extra={"mo": sms.id})
+            return
         language = "en"
         try:
             if sms.attempt == 1:  # a retried MO was counted when it first came
                 verdict = await self.limiter.check(sms.msisdn)
                 if verdict != "ok":
                     log.info("sms: rate limited", extra={"mo": sms.id, "verdict": verdict})
-                    if verdict == "notice":
+                    if verdict == "notice":  # once a window: the look-up for its language
+                        language = await self._language_of(sms.msisdn)
                         await self._reply(sms, text("rate_limited", language))
                     return
             customer = await customers.find_customer(
@@ -156,10 +185,22 @@ class SmsBanking:
             raise RetryLater(type(exc).__name__) from None
         await self._reply(sms, reply)
 
+    async def _language_of(self, msisdn: str) -> str:
+        """The customer's language; for an unregistered number the one it chose (LANG)."""
+        customer = await customers.find_customer(self.core.pool, msisdn, self.core.country_code)
+        if customer is not None:
+            return customer.language
+        return await self.registrations.language(msisdn) if self.registrations else "en"
+
     async def _reply(self, sms: InboundSms, body: str) -> None:
         # On the first attempt nothing can have been sent for this MO yet: skip the look-up.
+        stored = stored_reply(body)
         await self.sender.send_text(
-            sms.msisdn, body, ref=f"mo:{sms.id}", first_attempt=sms.attempt == 1
+            sms.msisdn,
+            body,
+            ref=f"mo:{sms.id}",
+            first_attempt=sms.attempt == 1,
+            stored_as=None if stored == body else stored,
         )
 
     async def _reply_for(self, sms: InboundSms, customer: customers.Customer | None) -> str:
@@ -206,32 +247,32 @@ class SmsBanking:
         self, sms: InboundSms, command: C.ParseResult | None, regs: R.Registrations
     ) -> tuple[str | None, str]:
         """An unregistered number: (the reply when the registration dialog takes the message,
-        else None; the language of the usual answer, the waiting dialog's or English).
+        else None; the language of the usual answer: the one the number chose with LANG, in a
+        dialog or before any, else English).
 
-        It takes `REG` with too few words (a new dialog), and while it waits: STOP/CANCEL, LANG
-        (the dialog's language), any text that is not a command (the answer), and at a PIN
+        It takes `REG` with too few words (a new dialog), LANG (the dialog's language, or with
+        none waiting the number's, kept for the REG to come), and while it waits: STOP/CANCEL,
+        any text that is not a command (the answer), and at a PIN
         question `<PIN>`, `PIN <PIN>` or `YES <PIN>`; while registering, every message but
         HELP, REG, STOP and LANG (the retry, or how to finish). Other commands are answered as
         usual in the dialog's language and the dialog keeps waiting; a full one-shot REG
         replaces it (and registers in its language). Each costs one read of the dialog, and
         unregistered numbers only: the hot path (a registered number's BAL, SEND) reads none."""
         if command is None or isinstance(command, C.Help):
-            waiting = await regs.waiting(sms.msisdn)
-            return None, waiting.language if waiting else "en"
+            return None, await regs.language(sms.msisdn)
         if isinstance(command, C.Register):
             ended = await regs.end(sms.msisdn)
-            return None, ended.language if ended else "en"
+            return None, ended.language if ended else await regs.language(sms.msisdn)
         if C.starts_registration(sms.text):
             started, dialog = await regs.start(sms.msisdn, sms.id, sms.text.split()[1:])
             return text(started.key, dialog.language, **started.values), dialog.language
         if isinstance(command, C.Stop):
             ended = await regs.end(sms.msisdn)
-            stopped = None if ended is None else text("reg_stopped", ended.language)
-            return stopped, ended.language if ended else "en"
+            language = ended.language if ended else await regs.language(sms.msisdn)
+            return (text("reg_stopped", language) if ended else None), language
         if isinstance(command, C.Language):
             asked = await regs.set_language(sms.msisdn, command.code)
-            language = command.code if asked else "en"
-            return None if asked is None else text(asked.key, language, **asked.values), language
+            return text(asked.key, command.code, **asked.values), command.code
         return await self._dialog_answer(sms, command, regs)
 
     async def _dialog_answer(
@@ -255,7 +296,8 @@ class SmsBanking:
     ) -> str | None:
         """A registered number: REG alone is "already registered"; the dialog's final answer
         processed again (its registration done) gets the welcome again, another copy of it
-        "already registered". Only a PIN-shaped message costs a look-up."""
+        "already registered" (while registering, or within the dialog's TTL of the
+        registration; later the usual answer). Only a PIN-shaped message costs a look-up."""
         if command is None:
             return None
         if C.starts_registration(sms.text):
@@ -267,7 +309,8 @@ class SmsBanking:
             return None
         if dialog.final_mo == sms.id:
             return text("registered", dialog.language, first_name=dialog.first_name)
-        return text("already_registered", customer.language)
+        copy = dialog.state == "registering" or regs.finished_lately(dialog)
+        return text("already_registered", customer.language) if copy else None
 
     async def _register_dialog(
         self, sms: InboundSms, dialog: R.RegDialog, regs: R.Registrations
@@ -500,6 +543,8 @@ class SmsBanking:
         code = await self.confirmations.ask(
             sms.msisdn, recipient=recipient, amount_minor=amount_minor, send_mo=sms.id
         )
+        if code is None:  # a newer SEND is waiting for its YES: it stays
+            return Reply("send_superseded", {})
         minutes = max(1, self.confirmations.ttl_s // 60)
         return Reply(
             "confirm_send", {**quote.vars, "recipient": recipient, "code": code, "minutes": minutes}

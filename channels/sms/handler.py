@@ -13,7 +13,7 @@ well-formed banking command with a "not available" line (channel tests use it).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
 
@@ -28,7 +28,7 @@ class InboundSms:
     id: int  # the message store's id: the idempotency anchor for anything this MO causes
     msisdn: str  # E.164 when the SMSC gave a phone number
     short_code: str
-    text: str
+    text: str = field(repr=False)  # the PIN: never in a repr, a log line, an error message
     smsc: str
     received_at: datetime
     parts: int
@@ -55,6 +55,7 @@ class ReplySender(Protocol):
         ref: str | None = None,
         sensitive: bool = False,
         first_attempt: bool = False,
+        stored_as: str | None = None,
     ) -> str: ...
 
 

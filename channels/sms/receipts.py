@@ -54,7 +54,9 @@ _STAT_WORDS = {
     "ENROUTE": SUBMITTED,
     "UNKNOWN": SUBMITTED,
 }
-_FIELD = re.compile(r"(?i)\b(id|stat|err):(\S*)")
+# A value ends at white space or a NUL (a C-string's end): PostgreSQL's text refuses U+0000, so a
+# receipt carrying one made the store's write raise and the SMSC got a system error for it.
+_FIELD = re.compile(r"(?i)\b(id|stat|err):([^\s\x00]*)")
 MAX_ID_LENGTH = 64  # SMPP message_id is a C-string of at most 65 octets
 
 
@@ -98,7 +100,7 @@ def parse_receipt(
     tlv_id = receipted_message_id
     if isinstance(tlv_id, bytes):
         tlv_id = tlv_id.decode("latin-1")
-    tlv_id = (tlv_id or "").strip("\x00 ")
+    tlv_id = (tlv_id or "").split("\x00", 1)[0].strip()  # a C-string: up to its NUL
     if tlv_id:
         message_id, source = tlv_id, "tlv"
     elif fields.get("id"):

@@ -2,7 +2,9 @@
 
 Like the SEND confirmation (`channels.sms.dialogs`), a registration is per MSISDN, plain JSON in
 `menus.session.RedisSessionStore` (versioned, compare-and-set, `SMS_DIALOG_TTL_S` after the last
-answer), driven by one shared, model-less `transitions` machine:
+answer; while registering at least as long as the channel runs the final MO again; once it waits
+for no answer, a day: it holds no secrets then, answers the final MO again and keeps the
+number's language), driven by one shared, model-less `transitions` machine:
 
     * --start--> name --next--> national_id --next--> pin --next--> pin_confirm
     pin_confirm --mismatch--> pin                      the two PINs differ
@@ -46,6 +48,7 @@ answer here: the wallet does not exist yet, so there is nothing to guess.
 from __future__ import annotations
 
 import hmac
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeGuard, TypeVar
@@ -53,8 +56,9 @@ from typing import Any, TypeGuard, TypeVar
 from transitions import Machine
 
 from channels.sms.commands import REGISTER_SPEC
-from channels.sms.dialogs import SAVE_TRIES, JsonDialog
+from channels.sms.dialogs import DONE_KEEP_S, SAVE_TRIES, JsonDialog
 from core import errors as E
+from core.clock import Clock, SystemClock
 from core.crypto import FieldCipher
 from core.pins import check_pin_format
 from menus.session import RedisSessionStore
@@ -90,6 +94,7 @@ class RegDialog(JsonDialog):
     start_mo: int = 0  # the REG that started it: the registration's idempotency anchor
     last_mo: int = 0  # the newest MO applied
     final_mo: int = 0  # the MO that confirmed the PIN
+    finished_at: float = 0.0  # epoch seconds: when the core registered the customer
 
     @property
     def active(self) -> bool:
@@ -268,10 +273,31 @@ T = TypeVar("T")
 class Registrations:
     """The registration dialogs of all numbers, in Redis with `ttl_s` after the last change."""
 
-    def __init__(self, store: RedisSessionStore, cipher: FieldCipher, ttl_s: int) -> None:
+    def __init__(
+        self,
+        store: RedisSessionStore,
+        cipher: FieldCipher,
+        ttl_s: int,
+        clock: Clock | None = None,
+        *,
+        registering_keep_s: float = 0.0,
+    ) -> None:
         self.store = store
         self.cipher = cipher
         self.ttl_s = ttl_s
+        self.clock: Clock = clock or SystemClock()
+        # A dialog registering waits for its final MO's next run (the core was down): kept at
+        # least as long as the channel runs an MO again (`ChannelTuning.retry_horizon_s`), and
+        # a minute for the claim and the queue; with SMS_DIALOG_TTL_S alone the last runs
+        # found no dialog and answered "You are not registered".
+        self.registering_ttl_s = max(ttl_s, math.ceil(registering_keep_s) + 60)
+
+    def finished_lately(self, dialog: RegDialog) -> bool:
+        """Registered within the dialog's TTL: a copy of the final message (a new MO id) is
+        answered "already registered"; later the dialog is kept only for the final MO itself."""
+        return dialog.state == "registered" and (
+            self.clock.now().timestamp() - dialog.finished_at <= self.ttl_s
+        )
 
     def key(self, msisdn: str) -> str:
         return self.store.key("sms-reg", msisdn)
@@ -294,7 +320,14 @@ class Registrations:
             if changed is None:
                 return result
             version = None if found is None else found.version
-            saved, _ = await self.store.save(key, version, changed.to_json(), self.ttl_s)
+            # A dialog that waits for no answer (no secrets left in it) is kept longer: a
+            # registered one answers its final message again for as long as the channel may
+            # run that MO again; an ended or idle one keeps the number's language.
+            if changed.state == "registering":
+                ttl_s = self.registering_ttl_s
+            else:
+                ttl_s = self.ttl_s if changed.waiting else DONE_KEEP_S
+            saved, _ = await self.store.save(key, version, changed.to_json(), ttl_s)
             if saved:
                 return result
         raise RuntimeError("the registration dialog kept changing under us")
@@ -316,8 +349,9 @@ class Registrations:
     async def answer(
         self, msisdn: str, text: str, mo: int, *, pin_only: bool = False
     ) -> tuple[Step | None, RegDialog | None]:
-        """Apply a message to the waiting dialog: (the step, the dialog), or (None, the waiting
-        dialog or None) when the message is not for it and is answered as usual. A question
+        """Apply a message to the waiting dialog: (the step, the dialog), or (None, the dialog
+        stored, for its language) when the message is not for it and is answered as usual. A
+        question
         takes any text, or with `pin_only` (`text` is a command) a PIN-shaped one at a PIN
         question; a dialog registering takes every message (`answer`'s retry)."""
 
@@ -327,7 +361,7 @@ class Registrations:
             if dialog.state == "registering" and dialog.final_mo == mo:
                 return (Step(register=True), dialog), None  # processed again: register again
             if not dialog.waiting:
-                return (None, None), None
+                return (None, dialog), None  # answered as usual, in the number's language
             at_pin = dialog.state in PIN_STEPS and is_pin_answer(text)
             if dialog.active and pin_only and not at_pin:
                 return (None, dialog), None
@@ -348,15 +382,20 @@ class Registrations:
         dialog = await self.load(msisdn)
         return dialog if dialog is not None and dialog.waiting else None
 
-    async def set_language(self, msisdn: str, language: str) -> Step | None:
-        """The dialog's language (its questions and the new wallet's); None without a dialog.
-        Answers with the current question, or while registering how to finish."""
+    async def language(self, msisdn: str) -> str:
+        """The language the number chose (LANG, in a dialog or before any), English else."""
+        dialog = await self.load(msisdn)
+        return dialog.language if dialog is not None else "en"
 
-        def change(dialog: RegDialog) -> tuple[Step | None, RegDialog | None]:
-            if not dialog.waiting:
-                return None, None
+    async def set_language(self, msisdn: str, language: str) -> Step:
+        """The language of the number's dialog (its questions and the new wallet's). Answers
+        with the current question, or while registering how to finish; with no dialog
+        waiting, "language_set" (the language is kept for a dialog or a one-shot REG to come,
+        as HELP for a number without a wallet promises)."""
+
+        def change(dialog: RegDialog) -> tuple[Step, RegDialog | None]:
             dialog.language = language
-            return question(dialog), dialog
+            return (question(dialog) if dialog.waiting else Step("language_set")), dialog
 
         return await self._change(msisdn, change)
 
@@ -379,6 +418,7 @@ class Registrations:
             if dialog.state != "registering" or dialog.final_mo != mo:
                 return None, None
             fire("finish", dialog)
+            dialog.finished_at = self.clock.now().timestamp()
             return None, dialog
 
         await self._change(msisdn, change)

@@ -273,6 +273,12 @@ _TEXTS: dict[str, dict[str, str]] = {
         "sw": "Usajili umesitishwa. Hakuna kilichohifadhiwa. Tuma REG kuanza upya.",
         "fr": "Inscription annulée. Rien n'a été enregistré. Envoyez REG pour recommencer.",
     },
+    "send_superseded": {
+        "en": "A newer transfer is waiting for your YES. This one was not kept: nothing was sent.",
+        "sw": "Muamala mpya zaidi unasubiri YES yako. Huu haukuhifadhiwa: hakuna kilichotumwa.",
+        "fr": "Un transfert plus récent attend votre YES. Celui-ci n'est pas gardé : rien n'a "
+        "été envoyé.",
+    },
     "send_stopped": {
         "en": "The transfer is cancelled. Nothing was sent.",
         "sw": "Muamala umesitishwa. Hakuna kilichotumwa.",
@@ -403,6 +409,11 @@ HINT_PROBLEMS: dict[str, dict[str, str]] = {
         "sw": "Kiasi kiwe nambari kama 500 au 12.50.",
         "fr": "Le montant est un nombre comme 500 ou 12.50.",
     },
+    "zero_amount": {
+        "en": "The amount must be more than 0.",
+        "sw": "Kiasi kiwe zaidi ya 0.",
+        "fr": "Le montant doit dépasser 0.",
+    },
     "name": {
         "en": "Names must be letters.",
         "sw": "Majina yawe herufi tu.",
@@ -495,9 +506,32 @@ def text(key: str, language: str, **values: Any) -> str:
     return template.format_map(_Blank(values)).strip()
 
 
+# The core's own checks (a recipient `normalise_msisdn` refuses, an amount with more decimals
+# than the currency has, a name) say what is wrong in English, and English replies keep that
+# (it is the more precise); in other languages the field they name (`details["field"]`) gives
+# the grammar's problem line.
+VALIDATION_PROBLEMS = {
+    "amount": "amount",
+    "phone": "phone",
+    "first_name": "name",
+    "last_name": "name",
+    "national_id": "national_id",
+    "pin": "pin",
+    "language": "language",
+}
+
+
 def error_text(error_code: str, language: str, **values: Any) -> str:
-    """The refusal `error_code` in `language`; `values` fill its placeholders."""
+    """The refusal `error_code` in `language`; `values` fill its placeholders. A
+    VALIDATION_ERROR in another language than English says what is wrong by its `field`
+    (the core's English `message` is given in English only)."""
     key = f"error_{error_code}"
+    if error_code == "VALIDATION_ERROR" and language != "en":
+        problem = VALIDATION_PROBLEMS.get(str(values.get("field")))
+        if problem is not None:
+            values = {**values, "message": _in(HINT_PROBLEMS[problem], language)}
+        else:
+            key = "error_default"
     if key not in TEXTS:
         key = "error_default"
     return text(key, language, **{**values, "code": error_code})

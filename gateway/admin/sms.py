@@ -10,8 +10,8 @@ from typing import Any, Literal
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
-from channels.sms import address
 from core.errors import NotFound, ValidationFailed
+from core.msisdn import normalise_msisdn
 from core.sms_messages import MAX_PAGE, get_message, search_messages
 from gateway.api import ApiRoutes, json_response, validate, whole_number
 from gateway.keys import PG_POOL, SETTINGS, SMS_CHANNEL
@@ -136,16 +136,15 @@ async def list_messages(request: web.Request) -> web.StreamResponse:
     query = validate(MessageQuery, dict(request.query))
     msisdn = None
     if query.msisdn is not None:
+        # The core's rules, as the channel reads a sender (`address.to_e164`): `00254...` is
+        # international, and only ASCII digits make a number.
         try:
-            digits, _, _ = address.destination(
-                query.msisdn, request.app[SETTINGS].default_country_code
-            )
-        except ValueError:
+            msisdn = normalise_msisdn(query.msisdn, request.app[SETTINGS].default_country_code)
+        except ValidationFailed:
             raise ValidationFailed(
                 "The request is not valid",
                 errors=[{"field": "msisdn", "problem": "not a phone number"}],
             ) from None
-        msisdn = "+" + digits
     rows = await search_messages(
         request.app[PG_POOL],
         direction=query.direction,

@@ -33,6 +33,8 @@ from channels.sms.commands import (
 from channels.sms.encoding import gsm7_units, split_text
 from channels.sms.texts import HINT_PROBLEMS, HINT_USAGE, LANGUAGES, hint_text
 from channels.sms.texts import text as catalogue_text
+from core.customers import check_name
+from core.errors import ValidationFailed
 
 GOOD = [
     ("help", "HELP", Help()),
@@ -106,6 +108,30 @@ MALFORMED = [
     ("reg bad id", "REG Jane Doe 12 1234", "REG", "national_id"),
     ("yes no code", "YES", "YES", "arguments"),
     ("yes bad code", "YES a!", "YES", "code"),
+    # Zero: the core refuses it after the PIN check, and its reason was in English only.
+    ("send zero", "SEND 0712345678 0 1234", "SEND", "zero_amount"),
+    ("send zero with decimals", "SEND 0712345678 000.00 1234", "SEND", "zero_amount"),
+    ("loan zero", "LOAN 0 1234", "LOAN", "zero_amount"),
+    ("repay zero", "REPAY 0.0 1234", "REPAY", "zero_amount"),
+    # Digits of other scripts: `\d` took them, the core compares ASCII digits, so the right
+    # PIN typed on a full-width or Arabic-Indic keyboard was counted as a wrong PIN.
+    ("full-width pin", "BAL \uff11\uff12\uff13\uff14", "BAL", "pin"),
+    ("arabic-indic pin", "MINI \u0661\u0662\u0663\u0664", "MINI", "pin"),
+    ("arabic-indic new pin", "PIN 1234 \u0665\u0666\u0667\u0668", "PIN", "pin"),
+    (
+        "arabic-indic phone",
+        "SEND \u0660\u0667\u0661\u0662\u0663\u0664\u0665\u0666\u0667\u0668 500 1234",
+        "SEND",
+        "phone",
+    ),
+    ("full-width amount", "SEND 0712345678 \uff15\uff10\uff10 1234", "SEND", "amount"),
+    ("reg other digits pin", "REG Jane Doe 12345678 \u0664\u0668\u0662\u0661", "REG", "pin"),
+    # Names the core refuses (core.customers.check_name): the grammar took them, so a REG or a
+    # whole registration dialog ended in the core's refusal, in English.
+    ("reg digit inside a name", "REG Am1na Otieno 12345678 4821", "REG", "name"),
+    ("reg underscore in a name", "REG Jane_Ann Doe 12345678 4821", "REG", "name"),
+    ("reg name ends with a hyphen", "REG Jane- Doe 12345678 4821", "REG", "name"),
+    ("reg double hyphen", "REG Mary--Anne Doe 12345678 4821", "REG", "name"),
 ]
 
 
@@ -174,6 +200,8 @@ MASKING = [
     ),
     ("reg too many words", "reg Mary Anne Kamau ID12345678 4821", "reg Mary Anne **** **** ****"),
     ("reg alone untouched", "REG", "REG"),
+    ("a full-width PIN", "BAL \uff11\uff12\uff13\uff14", "BAL ****"),
+    ("zero amount", "SEND 0712345678 0 4821", "SEND 0712345678 **** ****"),
 ]
 
 
@@ -181,6 +209,24 @@ MASKING = [
 def test_mask_secrets(label: str, text: str, masked: str) -> None:
     assert mask_secrets(text) == masked
     assert MASK in masked or not any(ch.isdigit() for ch in text) or label.startswith("lang")
+
+
+NAMES = ["Amina", "Zoë", "O'Neil", "Mary-Anne", "St.John", "Jr.", "Олена", "Ñúñez", "A" * 50]
+NOT_NAMES = ["Am1na", "Jane_Ann", "Jane-", "Mary--Anne", "O'", "-Ann", ".J", "A" * 51, "😀"]
+
+
+@pytest.mark.parametrize("name", NAMES + NOT_NAMES)
+def test_a_name_the_grammar_takes_is_one_the_core_takes(name: str) -> None:
+    """REG (and the registration dialog, which checks with REGISTER_SPEC) must not take a name
+    the core's registration then refuses."""
+    parsed = parse(f"REG {name} Otieno 12345678 4821")
+    try:
+        check_name(name, "first_name")
+    except ValidationFailed:
+        assert isinstance(parsed, Malformed) and parsed.problem == "name", parsed
+    else:
+        assert parsed == Register(name, "Otieno", "12345678", "4821")
+    assert (name in NAMES) is isinstance(parsed, Register)
 
 
 REG_STARTS = [

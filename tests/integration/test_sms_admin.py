@@ -114,6 +114,14 @@ async def test_mo_reply_and_the_message_list(
     mts = [r for r in items if r["direction"] == "mt"]
     assert {r["status"] for r in mts} == {"submitted"}
 
+    # The number in any form the core reads: with the international prefix 00 too (it was
+    # read as a local number, 2540254..., and found nothing).
+    for form in ("00" + msisdn, local(msisdn), msisdn, "+" + msisdn):
+        resp = await sms_client.get(
+            "/api/v1/sms/messages", params={"msisdn": form}, headers=auth(token)
+        )
+        assert len((await resp.json())["items"]) == 4, form
+
     # Search, filters and keyset paging.
     resp = await sms_client.get(
         "/api/v1/sms/messages",
@@ -153,6 +161,8 @@ async def test_mo_reply_and_the_message_list(
         {"direction": "sideways"},
         {"status": "lost"},
         {"msisdn": "not-a-number"},
+        {"msisdn": "\u0660\u0667\u0661\u0662\u0663\u0664\u0665\u0666\u0667\u0668"},  # Arabic-Indic
+        {"msisdn": "+"},
         {"before": "-4"},
         {"q": ""},
         {"q": "x" * 200},

@@ -8,6 +8,7 @@ from __future__ import annotations
 import secrets
 from collections.abc import AsyncIterator
 from dataclasses import replace
+from datetime import UTC, datetime
 
 import asyncpg
 import pytest
@@ -16,6 +17,7 @@ from redis.asyncio import Redis
 from channels.sms.executor import RateLimiter, SmsBanking
 from channels.sms.handler import InboundSms, RetryLater
 from config.settings import Settings
+from core.clock import ManualClock, SystemClock
 from gateway.app import make_redis
 from gateway.keys import DISPATCHER, REDIS
 from tests.helpers import eventually, new_msisdn, shows_pin
@@ -27,6 +29,7 @@ from tests.sms_banking_support import (
     fresh_mo_id,
     inbound,
     reprocess,
+    retry_horizon_s,
     sms_env_fixtures,
 )
 from tests.sms_helpers import peer_per_module  # noqa: F401 (the `peer` fixture)
@@ -82,7 +85,8 @@ CASES = [
     ("SEND 0712 100 {pin}", "The phone number is not valid."),
     ("SEND {peer} 10.505 {pin}", "The amount must be a number like 500 or 12.50."),
     ("send {peer} abc {pin}", "The amount must be a number"),
-    ("SEND {peer} 0 {pin}", "Not accepted: The amount must be more than zero"),
+    ("SEND {peer} 0 {pin}", "The amount must be more than 0. Use: SEND <phone> <amount> <PIN>."),
+    ("SEND +0712345678 100 {pin}", "Not accepted: Type a phone number like 0712345678"),
     ("SEND {peer} 100", "Wrong number of words. Use: SEND <phone> <amount> <PIN>."),
     ("SEND {self} 100 {pin}", "You cannot send money to yourself."),
     ("SEND {stranger} 100 {pin}", "is not registered for mobile money."),
@@ -387,6 +391,11 @@ HINTS_BY_LANGUAGE = [
         "Désolé, nous n'avons pas compris. Envoyez HELP pour la liste des commandes.",
     ),
     ("en", "LANG de", "The language must be EN, SW or FR. Use: LANG <EN or SW or FR>."),
+    # Refusals of the core's own checks: their reason was the core's English message.
+    ("sw", "SEND {peer} 0 {pin}", "Kiasi kiwe zaidi ya 0. Tumia: SEND <simu> <kiasi> <PIN>."),
+    ("sw", "SEND +0712345678 100 {pin}", "Haikubaliwi: Nambari ya simu si sahihi."),
+    ("fr", "SEND +0712345678 100 {pin}", "Refusé : Le numéro de téléphone n'est pas valide."),
+    ("fr", "REPAY 00 {pin}", "Le montant doit dépasser 0."),
 ]
 
 
@@ -395,9 +404,85 @@ async def test_hints_in_the_customers_language(
     env: SmsEnv, language: str, template: str, expected: str
 ) -> None:
     me = await env.bank.open(language=language)
-    reply = await env.ask(me, template.format(pin=PIN))
+    other = await env.bank.open()
+    reply = await env.ask(me, template.format(pin=PIN, peer=local(other)))
     assert reply.startswith(expected), reply
     assert not shows_pin(PIN, reply)
+
+
+@pytest.mark.parametrize(
+    "pin",
+    [
+        "\uff14\uff18\uff12\uff11",
+        "\u0664\u0668\u0662\u0661",
+    ],  # PIN in full-width, Arabic-Indic digits
+    ids=["full-width", "arabic-indic"],
+)
+async def test_the_pin_in_other_digits_is_a_hint_not_a_wrong_pin(env: SmsEnv, pin: str) -> None:
+    """The right PIN typed with another script's digits used to pass the grammar (`\\d`) and
+    reach the core, which compares ASCII digits: a wrong PIN counted, the third locked."""
+    assert PIN == "4821"
+    me = await env.bank.open(balance_minor=10_000)
+    other = await env.bank.open()
+    for text in (f"BAL {pin}", f"SEND {local(other)} 10 {pin}", f"MINI {pin}"):
+        reply = await env.ask(me, text)
+        assert reply.startswith("The PIN must be 4 digits."), reply
+    assert (
+        await env.bank.pool.fetchval("SELECT pin_failures FROM customers WHERE msisdn = $1", me)
+        == 0
+    )
+    assert await env.bank.status(me) == "active"
+    assert await env.bank.balance(other) == 0
+
+
+@pytest.mark.parametrize(
+    ("form", "ton"),
+    [("national", 2), ("national with the trunk 0", 2), ("international prefix 00", 0)],
+)
+async def test_a_sender_in_any_number_form_is_answered_at_its_number(
+    env: SmsEnv, form: str, ton: int
+) -> None:
+    """The SMSC may give the sender in national form (TON 2, `712345678`) or with the `00`
+    prefix. The core found the customer under `+254712345678` (its own rules) while the channel
+    kept `712345678`, so the reply went to the international `712345678` (or, for `00254...`,
+    to `+2540254...`): money moved on one number, its receipt went to another."""
+    me = await env.bank.open()  # no deposit: no receipt among the texts read here
+    national = digits(me)[3:]
+    source = {
+        "national": national,
+        "national with the trunk 0": "0" + national,
+        "international prefix 00": "00" + digits(me),
+    }[form]
+    await env.peer.mo(source=source, source_ton=ton, text=f"BAL {PIN}")
+    assert await env.wait_texts(me, 1) == ["Your balance is KES 0.00."]
+    (row,) = await all_processed(env, me, 1)
+    assert row["body"] == "BAL ****"
+
+
+@pytest.mark.parametrize(
+    ("kind", "ton"), [("alphanumeric", 5), ("short code", 3), ("short, international", 1)]
+)
+async def test_a_sender_that_is_not_a_phone_number_is_not_a_handler_failure(
+    env: SmsEnv, kind: str, ton: int
+) -> None:
+    """An MO from an alphanumeric sender id or a short code (an operator's service, a
+    misrouted message) made the core's number check raise inside the handler: the MO was
+    failed as a handler bug with a traceback, each time."""
+    source = (
+        "Svc" + secrets.token_hex(3)
+        if kind == "alphanumeric"
+        else str(10_000 + secrets.randbelow(90_000))
+    )
+    await env.peer.mo(source=source, source_ton=ton, text=f"BAL {PIN}")
+    stored = "+" + source if ton == 1 else source  # international: as the channel writes it
+    (row,) = await all_processed(env, stored, 1)
+    assert row["body"] == "BAL ****"
+    assert (
+        await env.bank.pool.fetchval(
+            "SELECT count(*) FROM sms_messages WHERE direction = 'mt' AND msisdn = $1", stored
+        )
+        == 0
+    )
 
 
 async def test_an_unknown_sender_gets_english_hints(env: SmsEnv) -> None:
@@ -436,6 +521,27 @@ async def test_rate_limit_notice_once_then_silence(env: SmsEnv) -> None:
     assert await env.ask(me, f"BAL {PIN}") == "Your balance is KES 0.00."
 
 
+async def test_the_rate_limit_notice_is_in_the_customers_language(env: SmsEnv) -> None:
+    """The limiter runs before the customer is looked up, and its notice was always English."""
+    me = await env.bank.open(language="sw")
+    handler = banking(env)
+    replies = Replies()
+    limited = SmsBanking(
+        replies,
+        core=handler.core,
+        loans=handler.loans,
+        limiter=RateLimiter(handler.limiter.redis, f"rate-{secrets.token_hex(4)}:", 1),
+        confirmations=handler.confirmations,
+    )
+    await limited.handle(inbound(me, "HELP", fresh_mo_id()))
+    await limited.handle(inbound(me, "help", fresh_mo_id()))
+    assert replies.sent[-1][1] == (
+        "Ujumbe mwingi mno. Tafadhali subiri dakika moja kabla ya kutuma mwingine."
+    )
+    await limited.handle(inbound(me, "Help", fresh_mo_id()))
+    assert len(replies.sent) == 2  # then silence
+
+
 # --- the YES confirmation dialog --------------------------------------------------------------
 
 
@@ -459,6 +565,17 @@ async def test_send_with_confirmation(env: SmsEnv, confirm_on: SmsBanking) -> No
     assert await env.bank.transfers(recipient) == 1
     rows = await mo_rows(env, sender)
     assert all(code not in str(r["body"]) and not shows_pin(PIN, str(r["body"])) for r in rows)
+    # Nor in the reply that gave it, as stored (the admin API lists MT bodies): the customer
+    # got it, the record says where it was.
+    bodies = [
+        str(r["body"])
+        for r in await env.bank.pool.fetch(
+            "SELECT body FROM sms_messages WHERE direction = 'mt' AND msisdn = $1", sender
+        )
+    ]
+    prompt_body = next(b for b in bodies if "within 5 minutes" in b)
+    assert code not in prompt_body and "Reply YES ***** within 5 minutes." in prompt_body
+    assert all(code not in b for b in bodies)
 
 
 async def test_a_new_send_replaces_the_pending_one(env: SmsEnv, confirm_on: SmsBanking) -> None:
@@ -496,6 +613,121 @@ async def test_expired_confirmation_moves_nothing(env: SmsEnv, confirm_on: SmsBa
     confirm_on.confirmations.store.forget(key)
     assert "No transfer is waiting" in await env.ask(sender, f"YES {code}")
     assert await env.bank.balance(recipient) == 0
+
+
+async def test_wrong_codes_do_not_extend_the_confirmation(
+    env: SmsEnv, confirm_on: SmsBanking
+) -> None:
+    """ "Reply YES <code> within 5 minutes": a wrong code used to save the dialog with a new
+    five-minute TTL, so two wrong codes kept a transfer confirmable for up to fifteen."""
+    sender = await env.bank.open(balance_minor=100_000)
+    recipient = await env.bank.open()
+    code = (await env.ask(sender, f"SEND {local(recipient)} 100 {PIN}")).split("Reply YES ")[1][:5]
+    wrong = "22222" if code != "22222" else "33333"
+    confirmations = confirm_on.confirmations
+    clock = ManualClock(datetime.now(UTC))
+    confirmations.clock = clock
+    try:
+        clock.advance(seconds=confirmations.ttl_s - 30)  # four and a half minutes later
+        assert "not right" in await env.ask(sender, f"YES {wrong}")
+        redis: Redis = env.app[REDIS]
+        assert 0 < await redis.pttl(confirmations.store.key("sms-send", sender)) <= 30_000
+        clock.advance(seconds=31)  # the five minutes are over
+        assert "No transfer is waiting" in await env.ask(sender, f"YES {code}")
+    finally:
+        confirmations.clock = SystemClock()
+    assert await env.bank.balance(recipient) == 0
+    assert await env.bank.balance(sender) == 100_000
+
+
+async def test_a_confirmed_send_answers_its_yes_for_as_long_as_the_channel_retries_it(
+    env: SmsEnv, confirm_on: SmsBanking
+) -> None:
+    """A YES whose reply could not go out (the SMSC down) is run again by the channel for
+    about five minutes, and each run answers from the confirmed dialog. That dialog lived
+    SMS_DIALOG_TTL_S (300 s) from the confirmation, so the last runs found nothing and
+    answered "No transfer is waiting" for a transfer that had gone through."""
+    sender = await env.bank.open(balance_minor=100_000)
+    recipient = await env.bank.open()
+    code = (await env.ask(sender, f"SEND {local(recipient)} 100 {PIN}")).split("Reply YES ")[1][:5]
+    replies = Replies()
+    handler = SmsBanking(
+        replies,
+        core=confirm_on.core,
+        loans=confirm_on.loans,
+        limiter=confirm_on.limiter,
+        confirmations=confirm_on.confirmations,
+        confirm_send=True,
+    )
+    yes = fresh_mo_id()
+    await handler.handle(inbound(sender, f"YES {code}", yes))
+    receipt = replies.sent[-1][1]
+    assert "KES 100.00 sent" in receipt, receipt
+    redis: Redis = env.app[REDIS]
+    key = confirm_on.confirmations.store.key("sms-send", sender)
+    assert await redis.pttl(key) > retry_horizon_s() * 1000
+    await handler.handle(inbound(sender, f"YES {code}", yes, attempt=5))
+    assert replies.sent[-1][1] == receipt
+    assert await env.bank.transfers(recipient) == 1
+
+
+async def test_a_send_processed_again_does_not_reopen_its_dialog(
+    env: SmsEnv, confirm_on: SmsBanking
+) -> None:
+    """A SEND run again (its reply not recorded, a lease taken over) after its transfer was
+    cancelled or confirmed opened it again under a new code: STOP's "cancelled" was undone."""
+    sender = await env.bank.open(balance_minor=100_000)
+    recipient = await env.bank.open()
+    send = f"SEND {local(recipient)} 100 {PIN}"
+    code = (await env.ask(sender, send)).split("Reply YES ")[1][:5]
+    assert await env.ask(sender, "STOP") == "The transfer is cancelled. Nothing was sent."
+    send_mo = await env.bank.pool.fetchval(
+        "SELECT id FROM sms_messages WHERE msisdn = $1 AND direction = 'mo' AND body LIKE 'SEND%'",
+        sender,
+    )
+    replies = Replies()
+    again = SmsBanking(
+        replies,
+        core=confirm_on.core,
+        loans=confirm_on.loans,
+        limiter=confirm_on.limiter,
+        confirmations=confirm_on.confirmations,
+        confirm_send=True,
+    )
+    await again.handle(inbound(sender, send, send_mo, attempt=2))
+    assert code in replies.sent[-1][1]  # the same answer, the same code
+    assert "No transfer is waiting" in await env.ask(sender, f"YES {code}")
+    assert await env.bank.balance(recipient) == 0
+
+
+async def test_an_older_send_processed_late_does_not_replace_the_newer_one(
+    env: SmsEnv, confirm_on: SmsBanking
+) -> None:
+    """A SEND whose first run failed (the core or Redis down: "we will answer when it is
+    back") is run again later; meanwhile the customer sent another SEND and got its code. The
+    late run replaced the newer pending transfer with the older one, so the code the customer
+    was answering with last was "not right" and the older transfer was the one left to
+    confirm."""
+    sender = await env.bank.open(balance_minor=100_000)
+    first, second = await env.bank.open(), await env.bank.open()
+    replies = Replies()
+    handler = SmsBanking(
+        replies,
+        core=confirm_on.core,
+        loans=confirm_on.loans,
+        limiter=confirm_on.limiter,
+        confirmations=confirm_on.confirmations,
+        confirm_send=True,
+    )
+    newer = fresh_mo_id()
+    await handler.handle(inbound(sender, f"SEND {local(second)} 300 {PIN}", newer))
+    code = replies.sent[-1][1].split("Reply YES ")[1][:5]
+    await handler.handle(inbound(sender, f"SEND {local(first)} 100 {PIN}", newer - 1, attempt=2))
+    assert replies.sent[-1][1] == (
+        "A newer transfer is waiting for your YES. This one was not kept: nothing was sent."
+    )
+    assert "KES 300.00 sent" in await env.ask(sender, f"YES {code}")
+    assert await env.bank.balance(first) == 0 and await env.bank.balance(second) == 30_000
 
 
 async def test_wrong_pin_in_a_confirmed_send_asks_nothing(

@@ -380,6 +380,25 @@ async def test_receipts_update_status(
     await eventually(status, lambda s: s == expected)
 
 
+@pytest.mark.parametrize(
+    "text",
+    [
+        b"id:AB\x0012 sub:001 dlvrd:001 stat:DELIVRD err:000",  # a NUL inside the id
+        b"id:ABCD12 sub:001 dlvrd:001 stat:UNDELIV err:0\x0012",  # and inside the error
+    ],
+    ids=["id", "err"],
+)
+async def test_a_receipt_with_a_nul_is_acknowledged(
+    make_channel: ChannelFactory, peer: SmscPeer, text: bytes
+) -> None:
+    """PostgreSQL's text refuses U+0000: a receipt carrying one in its id or error made the
+    store's write raise under the deliver_sm, and the SMSC was answered with a system error
+    (it redelivers such a receipt, again and again)."""
+    await make_channel()
+    msisdn = new_msisdn()
+    assert await peer.mo(source=msisdn, hex=text.hex(), esm_class=0x04) == [0]
+
+
 async def test_receipt_before_the_record_is_matched(
     store: SmsMessageStore, pg_pool: asyncpg.Pool
 ) -> None:

@@ -12,14 +12,17 @@ import logging
 import secrets
 from collections.abc import Iterator
 from dataclasses import fields
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 from redis.asyncio import Redis
 
+from channels.sms.dialogs import DONE_KEEP_S
 from channels.sms.executor import SmsBanking
 from channels.sms.registration import Registrations
 from core import errors as E
+from core.clock import ManualClock, SystemClock
 from gateway.keys import REDIS, SMS_CHANNEL
 from menus.actions import ActionContext, ActionResult
 from menus.bindings import CoreActions
@@ -30,6 +33,7 @@ from tests.sms_banking_support import (
     banking,
     fresh_mo_id,
     inbound,
+    retry_horizon_s,
     sms_env_fixtures,
 )
 from tests.sms_helpers import peer_per_module  # noqa: F401 (the `peer` fixture)
@@ -150,10 +154,13 @@ async def test_full_dialog_registers_once(
     assert (
         not shows_pin(PIN, logged) and id_number not in logged and id_number.lower() not in logged
     )
-    # The dialog lives on for its TTL only to answer the final message again.
+    # The dialog lives on (without its secrets) only to answer the final message again, for as
+    # long as the channel may run that MO again: with SMS_DIALOG_TTL_S alone, a final message
+    # whose welcome could not be sent (the SMSC down) was answered, on its last runs, as a YES
+    # with no transfer waiting.
     redis: Redis = env.app[REDIS]
     ttl_ms = await redis.pttl(regs(env).key(me))
-    assert 0 < ttl_ms <= env.settings.sms_dialog_ttl_s * 1000
+    assert retry_horizon_s() * 1000 < ttl_ms <= DONE_KEEP_S * 1000
 
 
 async def test_reprocessed_and_redelivered_final_message_registers_once(env: SmsEnv) -> None:
@@ -366,6 +373,41 @@ async def test_language_during_the_dialog(env: SmsEnv) -> None:
     other = new_msisdn()
     await walk(env, other, "REG", "LANG fr", "STOP")
     assert (await env.ask(other, "reg")).startswith("Bienvenue ! Pour ouvrir")
+
+
+async def test_a_registering_dialog_outlives_the_retries_of_its_final_message(
+    env: SmsEnv,
+) -> None:
+    """The final message of a dialog whose core call failed (the core down) is run again by
+    the channel for about five minutes; the `registering` dialog lived SMS_DIALOG_TTL_S from
+    the confirmation, so the last runs found none and answered "You are not registered"."""
+    me = new_msisdn()
+    await walk(env, me, "REG", "Amina Otieno", new_id_number(), PIN)
+    step, dialog = await regs(env).answer(me, f"YES {PIN}", fresh_mo_id())
+    assert step is not None and step.register
+    assert dialog is not None and dialog.state == "registering"
+    redis: Redis = env.app[REDIS]
+    ttl_ms = await redis.pttl(regs(env).key(me))
+    assert retry_horizon_s() * 1000 < ttl_ms <= (retry_horizon_s() + 120) * 1000
+    await regs(env).end(me)
+
+
+async def test_lang_before_reg_sets_the_language_of_what_follows(env: SmsEnv) -> None:
+    """HELP tells a number without a wallet "LANG en/sw/fr sets your language", but LANG with
+    no dialog waiting was answered "You are not registered" in English and changed nothing."""
+    me = new_msisdn()
+    assert await env.ask(me, "LANG sw") == "Sasa utapokea ujumbe kwa Kiswahili."
+    assert (await env.ask(me, "HELP")).startswith("Fungua pochi")
+    assert (await env.ask(me, "BAL 12")).startswith("PIN iwe tarakimu 4.")
+    assert (await env.ask(me, "REG")).startswith("Karibu! Kufungua pochi")
+    other = new_msisdn()
+    assert await env.ask(other, "lang FR") == "Vous recevrez désormais les messages en francais."
+    reply = await env.ask(other, f"REG Amina Otieno {new_id_number()} {PIN}")
+    assert reply.startswith("Bienvenue Amina !"), reply
+    language = await env.bank.pool.fetchval(
+        "SELECT language FROM customers WHERE msisdn = $1", other
+    )
+    assert language == "fr"
 
 
 async def test_a_one_shot_reg_replaces_the_dialog(env: SmsEnv) -> None:
@@ -588,10 +630,13 @@ async def test_hints_follow_the_dialogs_language(env: SmsEnv) -> None:
     assert replies[5].startswith("Idadi ya maneno si sahihi. Tumia: SEND <simu>")
     dialog = await regs(env).load(me)
     assert dialog is not None and dialog.state == "name" and dialog.wrong == 0
-    # No dialog waiting: English again.
+    # No dialog waiting: still the language the number chose (English was a surprise to a
+    # number that had said LANG sw); a number that never chose one gets English.
     replies = await walk(env, me, "STOP", "bal 12")
     assert replies[0].startswith("Usajili umesitishwa.")
-    assert replies[1] == "The PIN must be 4 digits. Use: BAL <PIN>. Send HELP for all commands."
+    assert replies[1] == "PIN iwe tarakimu 4. Tumia: BAL <PIN>. Tuma HELP kuona amri zote."
+    reply = await env.ask(new_msisdn(), "bal 12")
+    assert reply == "The PIN must be 4 digits. Use: BAL <PIN>. Send HELP for all commands."
 
 
 async def test_a_one_shot_reg_registers_in_the_dialogs_language(env: SmsEnv) -> None:
@@ -601,6 +646,33 @@ async def test_a_one_shot_reg_registers_in_the_dialogs_language(env: SmsEnv) -> 
     assert reply.startswith("Bienvenue Awa ! Votre portefeuille est ouvert.")
     language = await env.bank.pool.fetchval("SELECT language FROM customers WHERE msisdn=$1", me)
     assert language == "fr"
+
+
+async def test_after_the_dialogs_ttl_a_pin_shaped_message_is_answered_as_usual(
+    env: SmsEnv,
+) -> None:
+    """The registered dialog is kept long enough to answer its final message again (the
+    channel's retries); other PIN-shaped messages get "already registered" only within the
+    dialog's TTL, then the usual answer (`PIN 4821` its hint)."""
+    me = new_msisdn()
+    replies = await walk(env, me, "REG", "Amina Otieno", new_id_number(), PIN, f"YES {PIN}")
+    assert replies[-1].startswith("Welcome Amina!")
+    final = await env.bank.pool.fetchval(
+        "SELECT max(id) FROM sms_messages WHERE msisdn = $1 AND direction = 'mo'", me
+    )
+    out = Replies()
+    assert (await env.ask(me, f"PIN {PIN}")).startswith("This number is already registered.")
+    registrations = regs(env)
+    clock = ManualClock(datetime.now(UTC))
+    registrations.clock = clock
+    try:
+        clock.advance(seconds=registrations.ttl_s + 1)
+        await collecting(env, out).handle(inbound(me, f"PIN {PIN}", fresh_mo_id()))
+        assert out.sent[-1][1].startswith("Wrong number of words. Use: PIN <old PIN> <new PIN>.")
+        await collecting(env, out).handle(inbound(me, f"YES {PIN}", final, attempt=5))
+        assert out.sent[-1][1].startswith("Welcome Amina!")
+    finally:
+        registrations.clock = SystemClock()
 
 
 # --- a registered number ----------------------------------------------------------------------

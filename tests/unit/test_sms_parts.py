@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import time
+from datetime import UTC, datetime
 
 import pytest
 
 from channels.sms import address
+from channels.sms.handler import InboundSms
 from channels.sms.smpp.pacer import MIN_RATE_FRACTION, Pacer
 from config.settings import SettingsError, load_settings, parse_smpp_url
 from core.batching import Batcher
+from core.sms_messages import InboundPart, InboundRecord, StoredMo
 from tests.helpers import eventually
 
 
@@ -141,6 +144,13 @@ async def test_batcher_linger_gathers_company_and_drain_waits_for_it() -> None:
         ("254712345678", 0, "+254712345678"),
         ("12345", 0, "12345"),
         ("MPESA", 5, "MPESA"),
+        # As the core reads them (core.msisdn.normalise_msisdn), so the customer the core acts
+        # for and the number the reply goes to are one.
+        ("712345678", 2, "+254712345678"),  # national, without the trunk 0
+        ("0712345678", 2, "+254712345678"),
+        ("712345678", 0, "+254712345678"),
+        ("00254712345678", 0, "+254712345678"),
+        ("12345", 2, "12345"),  # a short code stays one
     ],
 )
 def test_to_e164(raw: str, ton: int, expected: str) -> None:
@@ -159,7 +169,17 @@ def test_destination(raw: str, expected: str) -> None:
     assert address.destination(raw, "254") == (expected, 1, 1)
 
 
-@pytest.mark.parametrize("raw", ["", "abc", "+12345", "1" * 16, "07123-45678"])
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "",
+        "abc",
+        "+12345",
+        "1" * 16,
+        "07123-45678",
+        "\u0660\u0667\u0661\u0662\u0663\u0664\u0665\u0666\u0667\u0668",
+    ],
+)
 def test_destination_refuses(raw: str) -> None:
     with pytest.raises(ValueError):
         address.destination(raw, "254")
@@ -223,3 +243,17 @@ def test_mo_id_tlv_and_the_short_dedupe_window() -> None:
     assert settings.sms_dedupe_short_window_s == 30
     with pytest.raises(SettingsError, match="SMS_DEDUPE_SHORT_WINDOW_S"):
         load_settings({"SMS_DEDUPE_SHORT_WINDOW_S": "soon"})
+
+
+def test_no_repr_of_an_mo_shows_its_raw_text() -> None:
+    """The raw text holds the PIN: a careless log line or error message with an MO in it
+    (`%r`, an f-string) must not show it, as ActionContext's repr hides its secrets."""
+    when = datetime.now(UTC)
+    objects = [
+        InboundSms(1, "+254712345678", "12345", "BAL 4821", "smsc", when, 1, True, 1),
+        StoredMo(1, "smsc", "+254712345678", "12345", "BAL 4821", 1, True, 1, when),
+        InboundRecord("smsc", "+254712345678", "12345", "BAL 4821", "BAL ****", "gsm7", "k"),
+        InboundPart("smsc", "+254712345678", "12345", "g", 1, 2, 0, b"BAL 4821", "k"),
+    ]
+    for obj in objects:
+        assert "4821" not in repr(obj) and "4821" not in str(obj), obj

@@ -101,3 +101,11 @@ def test_message_key_normalises_bases(a: str, base_a: int, b: str, base_b: int, 
 )
 def test_is_receipt(esm: int, expected: bool) -> None:
     assert is_receipt(esm) is expected
+
+
+def test_a_nul_ends_a_value() -> None:
+    """PostgreSQL's text refuses U+0000: no receipt field may carry one to the store."""
+    receipt = parse_receipt(b"id:AB\x0012 stat:UNDELIV err:0\x0012", None, None)
+    assert receipt is not None and receipt.message_id == "AB" and receipt.error is None
+    receipt = parse_receipt(b"stat:DELIVRD", b"1F\x002\x00", None)
+    assert receipt is not None and receipt.message_id == "1F"
