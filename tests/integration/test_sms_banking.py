@@ -411,31 +411,6 @@ async def test_hints_in_the_customers_language(
 
 
 @pytest.mark.parametrize(
-    "pin",
-    [
-        "\uff14\uff18\uff12\uff11",
-        "\u0664\u0668\u0662\u0661",
-    ],  # PIN in full-width, Arabic-Indic digits
-    ids=["full-width", "arabic-indic"],
-)
-async def test_the_pin_in_other_digits_is_a_hint_not_a_wrong_pin(env: SmsEnv, pin: str) -> None:
-    """The right PIN typed with another script's digits used to pass the grammar (`\\d`) and
-    reach the core, which compares ASCII digits: a wrong PIN counted, the third locked."""
-    assert PIN == "4821"
-    me = await env.bank.open(balance_minor=10_000)
-    other = await env.bank.open()
-    for text in (f"BAL {pin}", f"SEND {local(other)} 10 {pin}", f"MINI {pin}"):
-        reply = await env.ask(me, text)
-        assert reply.startswith("The PIN must be 4 digits."), reply
-    assert (
-        await env.bank.pool.fetchval("SELECT pin_failures FROM customers WHERE msisdn = $1", me)
-        == 0
-    )
-    assert await env.bank.status(me) == "active"
-    assert await env.bank.balance(other) == 0
-
-
-@pytest.mark.parametrize(
     ("form", "ton"),
     [("national", 2), ("national with the trunk 0", 2), ("international prefix 00", 0)],
 )
