@@ -29,6 +29,7 @@ from core.audit import record
 from core.errors import Conflict, IdempotencyConflict, NotFound, SendFailed, ValidationFailed
 from core.pg import Db, connection, record_retrying
 from core.receipts import render
+from core.tasks import raise_if_cancelled
 
 log = logging.getLogger("core.outbox")
 
@@ -328,6 +329,7 @@ class Dispatcher:
                 claimed = await self.dispatch_once()
                 failures = 0
             except Exception:
+                raise_if_cancelled()
                 failures += 1
                 log.exception("outbox dispatch failed; retrying", extra={"failures": failures})
                 claimed = 0

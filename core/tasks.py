@@ -20,6 +20,17 @@ log = logging.getLogger("core.tasks")
 STOP_TIMEOUT_S = 10.0
 
 
+def raise_if_cancelled() -> None:
+    """Raise CancelledError when this task was asked to stop. A retry loop that catches
+    `Exception` calls it in its handler: a cancellation turned into another exception inside
+    a library (the 3.11 `wait_for` loss above) would otherwise be logged as one more failure
+    and retried, and the task would run on after its stop (seen in the test suite: an agent
+    event writer outlived its test and reconnected a closed Redis client)."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
 async def stop_tasks(
     tasks: Iterable[asyncio.Future[Any]],
     what: str,

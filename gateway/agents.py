@@ -45,7 +45,7 @@ from core.crypto import FieldCipher
 from core.devices import BreachAlerts, EventRow, LocationRow
 from core.errors import AuthFailed, Conflict, FixRejected, NotFound, Unavailable
 from core.pg import CONNECTION_LOST, through_outage
-from core.tasks import stop_tasks
+from core.tasks import raise_if_cancelled, stop_tasks
 from gateway.api import HttpError, json_response
 from gateway.event_spool import EventSpool, unspoolable
 from gateway.keys import AGENTS, CIPHER, ENDPOINTS, METRICS, PG_POOL, REDIS, SETTINGS
@@ -329,9 +329,11 @@ class PgSink:
         try:
             return await self._next_step(take=take)
         except _REDIS_AWAY as exc:  # expected while it is away: no traceback at every step
+            raise_if_cancelled()
             log.warning("agent events writer: Redis unreachable (%s)", type(exc).__name__)
             return _Step.BLOCKED
         except Exception:
+            raise_if_cancelled()
             log.exception("agent events writer: step failed; retrying")
             return _Step.BLOCKED
 
@@ -471,6 +473,7 @@ class PgSink:
                 single = True
             except Exception:
                 # PostgreSQL away (core.pg.CONNECTION_LOST, a PostgresError) or anything else.
+                raise_if_cancelled()
                 log.exception("agent events write failed; retrying", extra={"events": len(events)})
                 return False
         return True
@@ -545,6 +548,7 @@ class PgSink:
                 # All of core.pg.CONNECTION_LOST (asyncpg's InterfaceError and
                 # InternalClientError too): one raised out of here would end `run` for good,
                 # and ingestion would block once the queue is full.
+                raise_if_cancelled()
                 if not rows:
                     return
                 log.exception("location history write failed; retrying", extra={"rows": len(rows)})

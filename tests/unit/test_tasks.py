@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from core.tasks import finish_task, stop_tasks
+from core.tasks import finish_task, raise_if_cancelled, stop_tasks
 
 
 async def _stubborn(release: asyncio.Event) -> None:
@@ -63,3 +63,31 @@ async def test_finish_waits_for_a_graceful_end_then_cancels() -> None:
     deaf = asyncio.create_task(asyncio.Event().wait())  # ignores the stop flag
     assert await finish_task(deaf, "deaf worker", grace_s=0.05, timeout_s=1.0) is True
     assert deaf.cancelled()
+
+
+async def _retrying_loop(turns: list[int]) -> None:
+    """A background loop as the agent event writer and the outbox dispatcher run: a failure
+    is logged and tried again. A library turns the cancellation into another exception."""
+    while True:
+        turns.append(1)
+        try:
+            try:
+                await asyncio.Event().wait()
+            except asyncio.CancelledError:
+                raise ConnectionError("a cancellation a library turned into this") from None
+        except Exception:
+            raise_if_cancelled()
+            await asyncio.sleep(0)  # retried: without the check, for ever
+
+
+async def test_a_retry_loop_ends_at_its_stop_though_a_library_swallowed_the_cancellation() -> None:
+    turns: list[int] = []
+    task = asyncio.create_task(_retrying_loop(turns))
+    await asyncio.sleep(0)
+    assert await stop_tasks([task], "retrying loop", timeout_s=1.0)
+    assert task.cancelled()
+    assert len(turns) == 1
+
+
+async def test_raise_if_cancelled_is_quiet_when_no_stop_was_asked() -> None:
+    raise_if_cancelled()  # the test's own task: not cancelled
