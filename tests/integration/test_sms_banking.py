@@ -615,6 +615,20 @@ async def test_wrong_codes_do_not_extend_the_confirmation(
     assert await env.bank.balance(sender) == 100_000
 
 
+def recorded_copy(confirm_on: SmsBanking) -> tuple[Replies, SmsBanking]:
+    """Another instance of the confirming handler on the same core, Redis and dialogs, its
+    replies recorded: the channel running an MO again, where a test drives it by hand."""
+    replies = Replies()
+    return replies, SmsBanking(
+        replies,
+        core=confirm_on.core,
+        loans=confirm_on.loans,
+        limiter=confirm_on.limiter,
+        confirmations=confirm_on.confirmations,
+        confirm_send=True,
+    )
+
+
 async def test_a_confirmed_send_answers_its_yes_for_as_long_as_the_channel_retries_it(
     env: SmsEnv, confirm_on: SmsBanking
 ) -> None:
@@ -625,15 +639,7 @@ async def test_a_confirmed_send_answers_its_yes_for_as_long_as_the_channel_retri
     sender = await env.bank.open(balance_minor=100_000)
     recipient = await env.bank.open()
     code = (await env.ask(sender, f"SEND {local(recipient)} 100 {PIN}")).split("Reply YES ")[1][:5]
-    replies = Replies()
-    handler = SmsBanking(
-        replies,
-        core=confirm_on.core,
-        loans=confirm_on.loans,
-        limiter=confirm_on.limiter,
-        confirmations=confirm_on.confirmations,
-        confirm_send=True,
-    )
+    replies, handler = recorded_copy(confirm_on)
     yes = fresh_mo_id()
     await handler.handle(inbound(sender, f"YES {code}", yes))
     receipt = replies.sent[-1][1]
@@ -660,15 +666,7 @@ async def test_a_send_processed_again_does_not_reopen_its_dialog(
         "SELECT id FROM sms_messages WHERE msisdn = $1 AND direction = 'mo' AND body LIKE 'SEND%'",
         sender,
     )
-    replies = Replies()
-    again = SmsBanking(
-        replies,
-        core=confirm_on.core,
-        loans=confirm_on.loans,
-        limiter=confirm_on.limiter,
-        confirmations=confirm_on.confirmations,
-        confirm_send=True,
-    )
+    replies, again = recorded_copy(confirm_on)
     await again.handle(inbound(sender, send, send_mo, attempt=2))
     assert code in replies.sent[-1][1]  # the same answer, the same code
     assert "No transfer is waiting" in await env.ask(sender, f"YES {code}")
@@ -685,15 +683,7 @@ async def test_an_older_send_processed_late_does_not_replace_the_newer_one(
     confirm."""
     sender = await env.bank.open(balance_minor=100_000)
     first, second = await env.bank.open(), await env.bank.open()
-    replies = Replies()
-    handler = SmsBanking(
-        replies,
-        core=confirm_on.core,
-        loans=confirm_on.loans,
-        limiter=confirm_on.limiter,
-        confirmations=confirm_on.confirmations,
-        confirm_send=True,
-    )
+    replies, handler = recorded_copy(confirm_on)
     newer = fresh_mo_id()
     await handler.handle(inbound(sender, f"SEND {local(second)} 300 {PIN}", newer))
     code = replies.sent[-1][1].split("Reply YES ")[1][:5]
